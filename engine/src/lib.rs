@@ -1,0 +1,17 @@
+//! The core of Tollgate: what a receipt is, who may be charged for it, and what is owed.
+//!
+//! - [`receipt`]: receipt v1, its fixed 176-byte layout, its signing bytes and the domain that binds
+//!   a signature to one chain and settlement contract.
+//! - [`verdict`]: per-receipt verdicts and their stable reason codes.
+//!
+//! The engine is synchronous and knows nothing of sockets or async runtimes: it is driven through
+//! bounded channels by `tollgate-ingest` (receipts in) and `tollgate-settle` (deposits in, sealed
+//! epochs out), so it can equally be driven by a log consumer when receipts are sharded by payer.
+//! It must never charge a payer for a receipt whose signature it has not checked, never count a
+//! receipt twice, and never acknowledge anything before it is durable.
+
+pub mod receipt;
+pub mod verdict;
+
+pub use receipt::{Address, Domain, PayerKey, Receipt, ReceiptBatch, ReceiptView, UnsignedReceipt};
+pub use verdict::{Reason, Verdict};
