@@ -3,6 +3,8 @@
 //! - [`receipt`]: receipt v1, its fixed 176-byte layout, its signing bytes and the domain that binds
 //!   a signature to one chain and settlement contract.
 //! - [`verdict`]: per-receipt verdicts and their stable reason codes.
+//! - [`verify`]: the signature rule, batch verification with key coalescing and bisection, and the
+//!   dedicated rayon pool that runs it.
 //!
 //! The engine is synchronous and knows nothing of sockets or async runtimes: it is driven through
 //! bounded channels by `tollgate-ingest` (receipts in) and `tollgate-settle` (deposits in, sealed
@@ -12,6 +14,8 @@
 
 pub mod receipt;
 pub mod verdict;
+pub mod verify;
 
 pub use receipt::{Address, Domain, PayerKey, Receipt, ReceiptBatch, ReceiptView, UnsignedReceipt};
 pub use verdict::{Reason, Verdict};
+pub use verify::{SignedMessage, Verifier, VerifyConfig, VerifyError, VerifyPool};
