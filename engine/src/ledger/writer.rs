@@ -9,10 +9,13 @@
 //! At most one group is in flight. Replies are sent by the sync thread, only after the write
 //! that holds them returned; if it failed, every reply of the group is an error and the store is
 //! poisoned, so nothing is written or acked again.
+//!
+//! Metrics: `tollgate_ledger_group_receipts` (receipts per fsync), `tollgate_ledger_write_seconds`,
+//! `tollgate_ledger_receipts_accepted_total`, `tollgate_ledger_receipts_rejected_total{reason}`.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, bounded};
 use futures_channel::oneshot;
@@ -157,7 +160,10 @@ fn sync_loop(store: Arc<Store>, jobs: Receiver<Job>, done: Sender<()>) {
         let result = if job.batch.is_empty() {
             Ok(())
         } else {
-            store.write(job.batch)
+            let started = Instant::now();
+            let result = store.write(job.batch);
+            metrics::histogram!("tollgate_ledger_write_seconds").record(started.elapsed());
+            result
         };
         match result {
             Ok(()) => job.replies.into_iter().for_each(Reply::send),
@@ -289,6 +295,14 @@ impl Writer {
                     .ledger
                     .apply_batch(session, &receipts, &verdicts, now_ms());
                 self.check_fatal(&result);
+                if let Ok(ack) = &result {
+                    metrics::counter!("tollgate_ledger_receipts_accepted_total")
+                        .increment(u64::from(ack.accepted));
+                    for (_, reason) in &ack.rejections {
+                        metrics::counter!("tollgate_ledger_receipts_rejected_total", "reason" => reason.name())
+                            .increment(1);
+                    }
+                }
                 self.replies.push(Reply::Ack(reply, result));
             }
             WriterMsg::Funds { event, reply } => {
@@ -342,6 +356,8 @@ impl Writer {
             return;
         }
         self.wait_idle();
+        metrics::histogram!("tollgate_ledger_group_receipts")
+            .record(self.ledger.group_receipts() as f64);
         let batch = match self.ledger.close_group() {
             Ok(batch) => batch,
             Err(error) => {
