@@ -259,7 +259,7 @@ contract Settlement {
         for (uint256 i; i < debits.length; ++i) {
             bytes32 payerKey = debits[i].payerKey;
             uint256 amount = debits[i].amount;
-            Account memory account = _roll(payers[payerKey], seq, true);
+            Account memory account = _roll(payers[payerKey], seq, commit.prevLive, true);
             uint256 pending = account.pending + amount;
             if (pending > account.settled) revert Overdraft(payerKey, account.settled - account.pending, amount);
             account.pending = uint96(pending);
@@ -273,7 +273,7 @@ contract Settlement {
             address payee = address(uint160(word));
             uint256 amount = word >> 160;
             if (payee == address(0)) revert ZeroPayee();
-            Account memory account = _roll(payees[payee], seq, false);
+            Account memory account = _roll(payees[payee], seq, commit.prevLive, false);
             uint256 pending = account.pending + amount;
             if (pending > type(uint96).max) revert AmountTooLarge(pending);
             account.pending = uint96(pending);
@@ -352,10 +352,16 @@ contract Settlement {
     }
 
     /// Moves an account onto commit `seq`. Only called while committing, when every older commit
-    /// is either final or voided (one epoch open at a time), so no finality check is needed.
-    function _roll(Account memory account, uint64 seq, bool isPayer) private view returns (Account memory) {
+    /// is either final or voided (one epoch open at a time), so no finality check is needed. The
+    /// commit before `seq` (`prevLive`) cannot have been voided, which spares the bitmap lookup for
+    /// accounts touched every epoch.
+    function _roll(Account memory account, uint64 seq, uint64 prevLive, bool isPayer)
+        private
+        view
+        returns (Account memory)
+    {
         if (account.stamp == seq) return account;
-        if (account.pending != 0 && !_isVoided(account.stamp)) {
+        if (account.pending != 0 && (account.stamp == prevLive || !_isVoided(account.stamp))) {
             account.settled = _fold(account, isPayer);
         }
         account.pending = 0;
