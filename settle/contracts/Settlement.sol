@@ -23,8 +23,8 @@ import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProo
 ///   deposit themselves; a deposit to a key someone else owns is a gift to that owner.
 /// - The arbiter is meant to be an independent watchtower (e.g. a multisig run by payees or an
 ///   auditor) that recomputes each epoch from the receipts the operator publishes and disputes an
-///   epoch whose root or balances do not match. It can only void the open epoch; the operator then
-///   commits a corrected epoch under the same number.
+///   epoch whose root or balances do not match. It can only void the open epoch; the engine carries
+///   the voided amounts into its next epoch, so epoch numbers are never reused.
 /// - Amounts are kept in 96 bits per account (7.9e28 smallest units): ample for a 6- or 18-decimal
 ///   dollar token, and it is what lets an account fit one slot.
 contract Settlement {
@@ -46,8 +46,8 @@ contract Settlement {
         uint64 stamp;
     }
 
-    /// One epoch commitment attempt. `seq` numbers attempts, so a voided epoch that is committed
-    /// again gets a new stamp and the old pending amounts stay recognisable as voided.
+    /// One epoch commitment, numbered by `seq`. Account stamps name the seq, so amounts of a voided
+    /// commit stay recognisable as voided however much later the account is touched.
     struct Commit {
         uint64 epoch;
         uint64 completedAt;
@@ -68,7 +68,7 @@ contract Settlement {
     uint64 public immutable challengeWindowSecs;
     uint64 public immutable withdrawalDelaySecs;
 
-    /// Highest epoch whose commit has started (its parts may still be arriving).
+    /// Highest epoch whose commit has started (its parts may still be arriving, or it was voided).
     uint64 public lastEpoch;
     /// Commit seq of the latest commit that is not voided (0: none yet).
     uint64 public liveSeq;
@@ -296,7 +296,8 @@ contract Settlement {
     // ---------------------------------------------------------------------------------- arbiter
 
     /// Voids the open epoch while it is still incomplete or inside its challenge window. Its debits
-    /// and credits are discarded lazily; the operator commits a corrected epoch under the same number.
+    /// and credits are discarded lazily and its root is deleted; the number stays used, and the
+    /// operator commits the corrected amounts in the next epoch.
     function dispute(uint64 epoch) external {
         if (msg.sender != arbiter) revert NotArbiter();
         uint64 seq = liveSeq;
@@ -308,7 +309,6 @@ contract Settlement {
         commits[seq].voided = true;
         voidedSeqs[seq >> 8] |= uint256(1) << (seq & 0xff);
         liveSeq = commit.prevLive;
-        lastEpoch = epoch - 1;
         delete roots[epoch];
         openImbalance = 0;
         emit Disputed(epoch, seq, msg.sender);

@@ -475,84 +475,40 @@ async fn rust_proofs_verify_onchain_for_1_2_3_and_1000_leaves() {
 }
 
 #[tokio::test]
-async fn arbiter_voids_the_open_epoch_and_it_is_committed_again() {
+async fn arbiter_voids_the_open_epoch_and_its_amounts_go_in_the_next() {
     let chain = Chain::start(60, 600).await;
     chain.deposit(2, payer_key(7), 1_000).await;
     let settlement = chain.settlement(0);
     let payee = common::payee(1);
     let payer = PayerKey(payer_key(7));
-    let wrong = EpochCommit {
-        epoch: 1,
-        root: B256::repeat_byte(1),
-        debits: vec![(payer, 900)],
-        credits: vec![(payee, 900)],
-    };
+    let available = || async { settlement.available(B256::from(payer.0)).call().await.unwrap() };
+    let wrong = EpochCommit { epoch: 1, root: B256::repeat_byte(1), debits: vec![(payer, 900)], credits: vec![(payee, 900)] };
     let submitter = submitter(&chain, 1_500).await;
     submitter.submit(&wrong).await.unwrap();
-    assert_eq!(
-        settlement
-            .available(B256::from(payer.0))
-            .call()
-            .await
-            .unwrap(),
-        U256::from(100)
-    );
+    assert_eq!(available().await, U256::from(100));
 
-    // Only the arbiter may dispute.
+    // Only the arbiter may dispute, and only once.
     let not_arbiter = chain.settlement(3).dispute(1).call().await.unwrap_err();
-    assert!(matches!(
-        revert_of(&not_arbiter),
-        SettlementErrors::NotArbiter(_)
-    ));
-    let receipt = chain
-        .settlement(1)
-        .dispute(1)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    assert!(matches!(revert_of(&not_arbiter), SettlementErrors::NotArbiter(_)));
+    let receipt = chain.settlement(1).dispute(1).send().await.unwrap().get_receipt().await.unwrap();
     assert!(receipt.status());
-    assert_eq!(settlement.lastEpoch().call().await.unwrap(), 0);
-    assert_eq!(
-        settlement
-            .available(B256::from(payer.0))
-            .call()
-            .await
-            .unwrap(),
-        U256::from(1_000),
-        "debit voided"
-    );
+    assert_eq!(settlement.roots(1).call().await.unwrap(), B256::ZERO, "voided root is gone");
+    assert_eq!(available().await, U256::from(1_000), "debit voided");
+    let again = chain.settlement(1).dispute(1).call().await.unwrap_err();
+    assert!(matches!(revert_of(&again), SettlementErrors::NotDisputable(_)));
 
-    // The corrected epoch 1 goes in under the same number; the voided credit never becomes withdrawable.
-    let right = EpochCommit {
-        epoch: 1,
-        root: B256::repeat_byte(2),
-        debits: vec![(payer, 300)],
-        credits: vec![(payee, 300)],
-    };
+    // Epoch numbers are never reused: resending epoch 1 is a conflict, the corrected amounts go in
+    // as epoch 2, and the voided credit never becomes withdrawable.
+    let reused = submitter.submit(&EpochCommit { root: B256::repeat_byte(2), ..wrong.clone() }).await;
+    assert!(matches!(reused, Err(SubmitError::RootConflict { epoch: 1, .. })), "{reused:?}");
+    let right = EpochCommit { epoch: 2, root: B256::repeat_byte(2), debits: vec![(payer, 300)], credits: vec![(payee, 300)] };
     submitter.submit(&right).await.unwrap();
     chain.advance_secs(61).await;
-    let payee_address = Address::from(payee.0);
-    assert_eq!(
-        settlement.withdrawable(payee_address).call().await.unwrap(),
-        U256::from(300)
-    );
-    assert_eq!(
-        settlement
-            .available(B256::from(payer.0))
-            .call()
-            .await
-            .unwrap(),
-        U256::from(700)
-    );
+    assert_eq!(settlement.withdrawable(Address::from(payee.0)).call().await.unwrap(), U256::from(300));
+    assert_eq!(available().await, U256::from(700));
     // Past the window the epoch is final: no more disputes.
-    let late = chain.settlement(1).dispute(1).call().await.unwrap_err();
-    assert!(matches!(
-        revert_of(&late),
-        SettlementErrors::NotDisputable(_)
-    ));
+    let late = chain.settlement(1).dispute(2).call().await.unwrap_err();
+    assert!(matches!(revert_of(&late), SettlementErrors::NotDisputable(_)));
 }
 
 #[tokio::test]
