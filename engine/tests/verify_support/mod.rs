@@ -140,10 +140,10 @@ pub fn large_order_point_with_y_above_p() -> [u8; 32] {
             let mut bytes = identity_with_y_above_p();
             bytes[0] = 0xed + y;
             bytes[31] |= sign;
-            if let Some(point) = CompressedEdwardsY(bytes).decompress() {
-                if !point.is_small_order() {
-                    return bytes;
-                }
+            if let Some(point) = CompressedEdwardsY(bytes).decompress()
+                && !point.is_small_order()
+            {
+                return bytes;
             }
         }
     }
