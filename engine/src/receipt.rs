@@ -393,7 +393,7 @@ impl ReceiptBatch {
     /// Wraps `bytes`, which must hold a whole number of records. Records are parsed one at a time by
     /// [`ReceiptBatch::get`], so one bad record is that record's problem, not the batch's.
     pub fn new(bytes: bytes::Bytes) -> Result<Self, BatchLengthError> {
-        if bytes.len() % RECEIPT_BYTES != 0 {
+        if !bytes.len().is_multiple_of(RECEIPT_BYTES) {
             return Err(BatchLengthError(bytes.len()));
         }
         Ok(Self { bytes })

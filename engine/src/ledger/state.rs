@@ -95,7 +95,7 @@ pub(crate) fn initial_format(config: &LedgerConfig) -> Vec<u8> {
 pub(crate) fn validate(config: &LedgerConfig) -> Result<(), EngineError> {
     let words = config.window_nonces / WINDOW_WORD_BITS;
     if config.window_nonces == 0
-        || config.window_nonces % WINDOW_WORD_BITS != 0
+        || !config.window_nonces.is_multiple_of(WINDOW_WORD_BITS)
         || words >= u32::from(u16::MAX)
     {
         return Err(EngineError::Config {

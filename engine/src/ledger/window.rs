@@ -22,7 +22,7 @@ pub struct NonceWindow {
 impl NonceWindow {
     /// An empty window covering `window_nonces` nonces (a non-zero multiple of 64).
     pub fn new(window_nonces: u32) -> Self {
-        debug_assert!(window_nonces > 0 && window_nonces % WINDOW_WORD_BITS == 0);
+        debug_assert!(window_nonces > 0 && window_nonces.is_multiple_of(WINDOW_WORD_BITS));
         let words = (window_nonces / WINDOW_WORD_BITS) as usize + 1;
         Self {
             top: None,
