@@ -100,7 +100,7 @@ contract Settlement {
     event Disputed(uint64 indexed epoch, uint64 seq, address arbiter);
     event Withdrawn(address indexed payee, uint256 amount);
     event WithdrawalRequested(bytes32 indexed payerKey, address indexed owner, uint256 amount, uint64 readyAt);
-    event WithdrawalCompleted(bytes32 indexed payerKey, address indexed owner, uint256 requested, uint256 amount);
+    event WithdrawalCompleted(bytes32 indexed payerKey, address indexed owner, uint256 amount, uint256 remaining);
 
     /// A zero address for the token, operator or arbiter, or a withdrawal delay not above the window.
     error BadConfig();
@@ -134,7 +134,7 @@ contract Settlement {
     error NoWithdrawalRequest(bytes32 payerKey);
     /// The withdrawal delay has not passed yet.
     error WithdrawalNotReady(uint64 readyAt);
-    /// The payee has nothing withdrawable.
+    /// Nothing to pay out: a payee with no final credit, or a payer with nothing left.
     error NothingToWithdraw();
 
     constructor(
@@ -174,19 +174,22 @@ contract Settlement {
         emit Deposited(payerKey, msg.sender, owner, amount);
     }
 
-    /// Starts a payer exit. The delay (longer than an epoch plus the window) lets the engine commit
-    /// every receipt it accepted before it saw this request; a new request replaces an older one.
+    /// Starts (or adds to) a payer exit. The delay (longer than an epoch plus the window) lets the
+    /// engine commit every receipt it accepted before it saw this request; adding to a pending
+    /// request restarts the delay. Requests add up, as the engine's ledger counts them.
     function requestWithdrawal(bytes32 payerKey, uint256 amount) external {
         _onlyPayerOwner(payerKey);
         if (amount == 0) revert ZeroAmount();
-        if (amount > type(uint96).max) revert AmountTooLarge(amount);
+        uint256 total = withdrawalRequests[payerKey].amount + amount;
+        if (total > type(uint96).max) revert AmountTooLarge(total);
         uint64 readyAt = uint64(block.timestamp) + withdrawalDelaySecs;
-        withdrawalRequests[payerKey] = WithdrawalRequest(uint96(amount), readyAt);
+        withdrawalRequests[payerKey] = WithdrawalRequest(uint96(total), readyAt);
         emit WithdrawalRequested(payerKey, msg.sender, amount, readyAt);
     }
 
-    /// Pays out the requested amount, capped at what is left after every debit committed so far
-    /// (including the open epoch's, which stays reserved until that epoch is final or voided).
+    /// Pays out the request, capped at what is left after every debit committed so far (the open
+    /// epoch's debit stays reserved until that epoch is final or voided). An unpaid remainder stays
+    /// requested, exactly as the engine's ledger keeps it, and can be completed later.
     function completeWithdrawal(bytes32 payerKey) external {
         _onlyPayerOwner(payerKey);
         WithdrawalRequest memory request = withdrawalRequests[payerKey];
@@ -195,11 +198,14 @@ contract Settlement {
         Account memory account = _resolve(payers[payerKey], true);
         uint256 spendable = account.settled - account.pending;
         uint256 amount = request.amount < spendable ? request.amount : spendable;
+        if (amount == 0) revert NothingToWithdraw();
         account.settled -= uint96(amount);
         payers[payerKey] = account;
-        delete withdrawalRequests[payerKey];
-        if (amount != 0) token.safeTransfer(msg.sender, amount);
-        emit WithdrawalCompleted(payerKey, msg.sender, request.amount, amount);
+        uint96 remaining = request.amount - uint96(amount);
+        if (remaining == 0) delete withdrawalRequests[payerKey];
+        else withdrawalRequests[payerKey].amount = remaining;
+        token.safeTransfer(msg.sender, amount);
+        emit WithdrawalCompleted(payerKey, msg.sender, amount, remaining);
     }
 
     // ----------------------------------------------------------------------------------- payees

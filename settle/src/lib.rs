@@ -9,6 +9,8 @@
 //! - [`submitter`]: commits an epoch's parts, resumable from whatever the chain already holds.
 //! - [`watcher`]: reads Deposit / WithdrawalRequested / WithdrawalCompleted / Disputed events from a
 //!   given height, only from blocks with enough confirmations.
+//! - [`epoch`]: the engine glue: `EpochLoop` seals, persists and commits epochs; `FundsLoop` feeds
+//!   the watcher's events into the ledger from its persisted cursor.
 //!
 //! This crate must never treat a transaction as landed without its receipt, never resend an epoch
 //! without first re-reading the contract's position (the contract refuses a duplicate anyway),
@@ -16,6 +18,7 @@
 
 pub mod chain;
 pub mod contract;
+pub mod epoch;
 pub mod merkle;
 pub mod submitter;
 pub mod watcher;

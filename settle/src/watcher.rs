@@ -72,14 +72,15 @@ pub enum FundsChange {
         /// Chain time (unix seconds) from which it can be completed.
         ready_at: u64,
     },
-    /// `amount` (possibly less than requested) left the contract.
+    /// `amount` left the contract; `remaining` of the request stays requested (the payout is
+    /// capped at what the payer has left).
     WithdrawalCompleted {
         /// The payer key.
         payer: PayerKey,
-        /// Token units requested.
-        requested: u128,
         /// Token units paid out.
         amount: u128,
+        /// Token units still requested.
+        remaining: u128,
     },
     /// The arbiter voided `epoch`; the engine must commit it again.
     Disputed {
@@ -215,8 +216,8 @@ fn decode(log: &alloy::rpc::types::Log) -> Result<ChainEvent, WatchError> {
         Settlement::SettlementEvents::WithdrawalCompleted(event) => {
             FundsChange::WithdrawalCompleted {
                 payer: PayerKey(event.payerKey.0),
-                requested: amount(event.requested)?,
                 amount: amount(event.amount)?,
+                remaining: amount(event.remaining)?,
             }
         }
         Settlement::SettlementEvents::Disputed(event) => {

@@ -481,34 +481,86 @@ async fn arbiter_voids_the_open_epoch_and_its_amounts_go_in_the_next() {
     let settlement = chain.settlement(0);
     let payee = common::payee(1);
     let payer = PayerKey(payer_key(7));
-    let available = || async { settlement.available(B256::from(payer.0)).call().await.unwrap() };
-    let wrong = EpochCommit { epoch: 1, root: B256::repeat_byte(1), debits: vec![(payer, 900)], credits: vec![(payee, 900)] };
+    let available = || async {
+        settlement
+            .available(B256::from(payer.0))
+            .call()
+            .await
+            .unwrap()
+    };
+    let wrong = EpochCommit {
+        epoch: 1,
+        root: B256::repeat_byte(1),
+        debits: vec![(payer, 900)],
+        credits: vec![(payee, 900)],
+    };
     let submitter = submitter(&chain, 1_500).await;
     submitter.submit(&wrong).await.unwrap();
     assert_eq!(available().await, U256::from(100));
 
     // Only the arbiter may dispute, and only once.
     let not_arbiter = chain.settlement(3).dispute(1).call().await.unwrap_err();
-    assert!(matches!(revert_of(&not_arbiter), SettlementErrors::NotArbiter(_)));
-    let receipt = chain.settlement(1).dispute(1).send().await.unwrap().get_receipt().await.unwrap();
+    assert!(matches!(
+        revert_of(&not_arbiter),
+        SettlementErrors::NotArbiter(_)
+    ));
+    let receipt = chain
+        .settlement(1)
+        .dispute(1)
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
     assert!(receipt.status());
-    assert_eq!(settlement.roots(1).call().await.unwrap(), B256::ZERO, "voided root is gone");
+    assert_eq!(
+        settlement.roots(1).call().await.unwrap(),
+        B256::ZERO,
+        "voided root is gone"
+    );
     assert_eq!(available().await, U256::from(1_000), "debit voided");
     let again = chain.settlement(1).dispute(1).call().await.unwrap_err();
-    assert!(matches!(revert_of(&again), SettlementErrors::NotDisputable(_)));
+    assert!(matches!(
+        revert_of(&again),
+        SettlementErrors::NotDisputable(_)
+    ));
 
     // Epoch numbers are never reused: resending epoch 1 is a conflict, the corrected amounts go in
     // as epoch 2, and the voided credit never becomes withdrawable.
-    let reused = submitter.submit(&EpochCommit { root: B256::repeat_byte(2), ..wrong.clone() }).await;
-    assert!(matches!(reused, Err(SubmitError::RootConflict { epoch: 1, .. })), "{reused:?}");
-    let right = EpochCommit { epoch: 2, root: B256::repeat_byte(2), debits: vec![(payer, 300)], credits: vec![(payee, 300)] };
+    let reused = submitter
+        .submit(&EpochCommit {
+            root: B256::repeat_byte(2),
+            ..wrong.clone()
+        })
+        .await;
+    assert!(
+        matches!(reused, Err(SubmitError::RootConflict { epoch: 1, .. })),
+        "{reused:?}"
+    );
+    let right = EpochCommit {
+        epoch: 2,
+        root: B256::repeat_byte(2),
+        debits: vec![(payer, 300)],
+        credits: vec![(payee, 300)],
+    };
     submitter.submit(&right).await.unwrap();
     chain.advance_secs(61).await;
-    assert_eq!(settlement.withdrawable(Address::from(payee.0)).call().await.unwrap(), U256::from(300));
+    assert_eq!(
+        settlement
+            .withdrawable(Address::from(payee.0))
+            .call()
+            .await
+            .unwrap(),
+        U256::from(300)
+    );
     assert_eq!(available().await, U256::from(700));
     // Past the window the epoch is final: no more disputes.
     let late = chain.settlement(1).dispute(2).call().await.unwrap_err();
-    assert!(matches!(revert_of(&late), SettlementErrors::NotDisputable(_)));
+    assert!(matches!(
+        revert_of(&late),
+        SettlementErrors::NotDisputable(_)
+    ));
 }
 
 #[tokio::test]
@@ -578,11 +630,51 @@ async fn payer_exit_belongs_to_the_first_depositor_and_waits_for_the_delay() {
         chain.settlement(0).available(key).call().await.unwrap(),
         U256::ZERO
     );
-    let twice = owner.completeWithdrawal(key).call().await.unwrap_err();
+    // The unpaid 100 stays requested, as the engine's ledger keeps it, and is paid from a top-up.
+    assert_eq!(
+        owner
+            .withdrawalRequests(key)
+            .call()
+            .await
+            .unwrap()
+            .amount
+            .to::<u128>(),
+        100
+    );
+    let empty = owner.completeWithdrawal(key).call().await.unwrap_err();
     assert!(matches!(
-        revert_of(&twice),
-        SettlementErrors::NoWithdrawalRequest(_)
+        revert_of(&empty),
+        SettlementErrors::NothingToWithdraw(_)
     ));
+    chain.deposit(2, payer_key(9), 60).await;
+    owner
+        .completeWithdrawal(key)
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert_eq!(
+        owner
+            .withdrawalRequests(key)
+            .call()
+            .await
+            .unwrap()
+            .amount
+            .to::<u128>(),
+        40
+    );
+    assert_eq!(
+        chain
+            .token(0)
+            .balanceOf(chain.address(2))
+            .call()
+            .await
+            .unwrap()
+            - after,
+        U256::from(60)
+    );
 }
 
 #[tokio::test]

@@ -123,8 +123,8 @@ async fn watcher_reads_funds_events_in_order_only_once_confirmed() {
             FundsChange::Disputed { epoch: 1 },
             FundsChange::WithdrawalCompleted {
                 payer,
-                requested: 1_000,
-                amount: 1_000
+                amount: 1_000,
+                remaining: 0
             },
         ]
     );

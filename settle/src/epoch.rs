@@ -1,0 +1,397 @@
+//! The engine glue: the settlement loop (seal, build the tree, persist, submit, mark committed)
+//! and the funds loop (chain events into the ledger's funds check).
+//!
+//! Both loops keep nothing in memory that a restart could lose: the ledger holds every epoch's
+//! status and root and the funds cursor, and the contract holds the next (epoch, part) it will
+//! take. After a crash at any point, `EpochLoop::run` re-reads the epochs that are sealed but not
+//! committed, rebuilds each tree from the stored leaves (checking it against the stored root), and
+//! the submitter sends only what the chain still lacks, so every epoch ends committed exactly once.
+
+use std::time::Duration;
+
+use alloy::primitives::B256;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tollgate_engine::{
+    PayerKey,
+    ledger::{EpochRecord, EpochStatus, EpochUpdate, FundsEvent, FundsKind, SealedEpoch},
+    pipeline::{Engine, EngineError, SubmitError as EngineSubmitError},
+    store::StoreError,
+};
+
+use crate::merkle::{EpochTree, Leaf, MerkleError};
+use crate::submitter::{EpochCommit, SubmitError, Submitter};
+use crate::watcher::{FundsChange, WatchBatch, WatchError, Watcher};
+
+/// When to close an epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EpochConfig {
+    /// Seal at least this often (when the open epoch holds anything).
+    pub epoch_interval_ms: u64,
+    /// Seal as soon as the open epoch holds this many receipts.
+    pub epoch_receipts_max: u64,
+    /// How often to look at the open epoch and the backlog.
+    pub tick_ms: u64,
+}
+
+impl Default for EpochConfig {
+    fn default() -> Self {
+        Self {
+            epoch_interval_ms: 60_000,
+            epoch_receipts_max: 1_000_000,
+            tick_ms: 500,
+        }
+    }
+}
+
+/// Why a loop stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum EpochError {
+    /// The engine failed (fatal errors such as a poisoned ledger included).
+    #[error("engine: {0}")]
+    Engine(#[from] EngineError),
+    /// The ledger could not be read.
+    #[error("ledger read: {0}")]
+    Store(#[from] StoreError),
+    /// The engine stopped taking requests (shut down).
+    #[error("engine closed")]
+    Closed,
+    /// A sealed epoch the ledger lists has no stored entries.
+    #[error("epoch {0} is listed but its entries are missing")]
+    MissingEpoch(u64),
+    /// The tree rebuilt from stored leaves differs from the stored root: storage or code changed
+    /// under a sealed epoch, and committing either root could be wrong.
+    #[error("epoch {epoch}: stored root {stored}, rebuilt root {rebuilt}")]
+    RootMismatch {
+        /// The epoch.
+        epoch: u64,
+        /// Root stored at seal time.
+        stored: B256,
+        /// Root rebuilt now.
+        rebuilt: B256,
+    },
+    /// The epoch's leaves do not form a tree.
+    #[error("epoch {epoch}: {source}")]
+    Merkle {
+        /// The epoch.
+        epoch: u64,
+        /// Why.
+        source: MerkleError,
+    },
+    /// The contract refused the epoch for a reason retrying cannot cure.
+    #[error("settlement: {0}")]
+    Submit(#[from] SubmitError),
+    /// The chain returned something the watcher cannot decode.
+    #[error("funds watcher: {0}")]
+    Watch(WatchError),
+}
+
+/// Sends a control request to the engine and waits for its reply, waiting out a full queue.
+async fn engine_call<T>(
+    mut send: impl FnMut() -> Result<
+        futures_channel::oneshot::Receiver<Result<T, EngineError>>,
+        EngineSubmitError,
+    >,
+) -> Result<T, EpochError> {
+    loop {
+        match send() {
+            Ok(reply) => {
+                return reply
+                    .await
+                    .map_err(|_| EpochError::Closed)?
+                    .map_err(EpochError::from);
+            }
+            Err(EngineSubmitError::Full) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(_) => return Err(EpochError::Closed),
+        }
+    }
+}
+
+async fn record(engine: &Engine, update: EpochUpdate) -> Result<(), EpochError> {
+    engine_call(|| engine.record_epoch(update)).await
+}
+
+/// The root of a sealed epoch. An epoch whose amounts were all carried in from a disputed one can
+/// have no leaf of its own; it still takes its number onchain, with a zero root no proof verifies.
+fn root_of(sealed: &SealedEpoch) -> Result<B256, EpochError> {
+    if sealed.leaves.is_empty() {
+        return Ok(B256::ZERO);
+    }
+    let leaves = sealed.leaves.iter().map(|(payer, payee, cumulative)| Leaf {
+        payer: *payer,
+        payee: *payee,
+        cumulative: *cumulative,
+    });
+    EpochTree::build(sealed.epoch, leaves)
+        .map(|tree| tree.root())
+        .map_err(|source| EpochError::Merkle {
+            epoch: sealed.epoch,
+            source,
+        })
+}
+
+/// Seals epochs and commits them, in order, exactly once.
+#[derive(Debug)]
+pub struct EpochLoop {
+    engine: Engine,
+    submitter: Submitter,
+    config: EpochConfig,
+}
+
+impl EpochLoop {
+    /// A loop over `engine` committing through `submitter`.
+    pub fn new(engine: Engine, submitter: Submitter, config: EpochConfig) -> Self {
+        Self {
+            engine,
+            submitter,
+            config,
+        }
+    }
+
+    /// Runs until `shutdown`. A chain that is down does not stop sealing: sealed epochs queue in
+    /// the ledger and are committed in order once the chain answers again.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), EpochError> {
+        let interval = Duration::from_millis(self.config.epoch_interval_ms);
+        let mut last_seal = Instant::now();
+        loop {
+            match self.commit_backlog().await {
+                Ok(()) => {}
+                Err(EpochError::Submit(SubmitError::Unavailable { attempts, last })) => {
+                    tracing::warn!(attempts, error = %last, "settlement chain unavailable; epochs stay queued");
+                }
+                Err(error) => return Err(error),
+            }
+            let open = self.engine.reader().open_epoch()?;
+            let has_content = open.receipts > 0 || open.amount > 0;
+            if has_content
+                && (open.receipts >= self.config.epoch_receipts_max
+                    || last_seal.elapsed() >= interval)
+            {
+                self.seal().await?;
+                last_seal = Instant::now();
+                continue;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(Duration::from_millis(self.config.tick_ms)) => {}
+            }
+        }
+    }
+
+    /// Seals the open epoch and stores its root. Returns the sealed epoch's number.
+    pub async fn seal(&self) -> Result<u64, EpochError> {
+        let sealed = engine_call(|| self.engine.seal_epoch()).await?;
+        let root = root_of(&sealed)?;
+        record(
+            &self.engine,
+            EpochUpdate {
+                epoch: sealed.epoch,
+                status: EpochStatus::Sealed,
+                root: Some(root.0),
+                tx_hash: None,
+                block: None,
+            },
+        )
+        .await?;
+        metrics::gauge!("tollgate_settle_last_sealed_epoch").set(sealed.epoch as f64);
+        Ok(sealed.epoch)
+    }
+
+    /// Commits every sealed epoch not yet committed, oldest first.
+    pub async fn commit_backlog(&self) -> Result<(), EpochError> {
+        let pending = self.backlog()?;
+        metrics::gauge!("tollgate_settle_backlog_epochs").set(pending.len() as f64);
+        for record in pending {
+            self.commit(&record).await?;
+        }
+        metrics::gauge!("tollgate_settle_backlog_epochs").set(0.0);
+        Ok(())
+    }
+
+    fn backlog(&self) -> Result<Vec<EpochRecord>, EpochError> {
+        let reader = self.engine.reader();
+        let mut pending = Vec::new();
+        let mut after = None;
+        loop {
+            let page = reader.epochs(after, 256)?;
+            let Some(last) = page.last() else {
+                return Ok(pending);
+            };
+            after = Some(last.epoch);
+            pending.extend(page.into_iter().filter(|record| {
+                matches!(record.status, EpochStatus::Sealed | EpochStatus::Submitted)
+            }));
+        }
+    }
+
+    async fn commit(&self, record: &EpochRecord) -> Result<(), EpochError> {
+        let sealed = self
+            .engine
+            .reader()
+            .sealed_epoch(record.epoch)?
+            .ok_or(EpochError::MissingEpoch(record.epoch))?;
+        // The root sent onchain must be the one recomputed from storage.
+        let root = root_of(&sealed)?;
+        match record.root {
+            Some(stored) if B256::from(stored) != root => {
+                return Err(EpochError::RootMismatch {
+                    epoch: record.epoch,
+                    stored: B256::from(stored),
+                    rebuilt: root,
+                });
+            }
+            Some(_) => {}
+            None => {
+                record_status(
+                    &self.engine,
+                    record.epoch,
+                    EpochStatus::Sealed,
+                    Some(root),
+                    None,
+                )
+                .await?;
+            }
+        }
+        let commit = EpochCommit {
+            epoch: sealed.epoch,
+            root,
+            debits: sealed.debits,
+            credits: sealed.credits,
+        };
+        let outcome = self.submitter.submit(&commit).await?;
+        let last = outcome.landed.last();
+        record_status(
+            &self.engine,
+            record.epoch,
+            EpochStatus::Committed,
+            None,
+            last.map(|part| (part.tx_hash.0, part.block)),
+        )
+        .await?;
+        metrics::gauge!("tollgate_settle_last_committed_epoch").set(record.epoch as f64);
+        tracing::info!(
+            epoch = record.epoch,
+            parts = outcome.parts,
+            sent = outcome.landed.len(),
+            "epoch committed"
+        );
+        Ok(())
+    }
+}
+
+async fn record_status(
+    engine: &Engine,
+    epoch: u64,
+    status: EpochStatus,
+    root: Option<B256>,
+    landed: Option<([u8; 32], u64)>,
+) -> Result<(), EpochError> {
+    record(
+        engine,
+        EpochUpdate {
+            epoch,
+            status,
+            root: root.map(|root| root.0),
+            tx_hash: landed.map(|(hash, _)| hash),
+            block: landed.map(|(_, block)| block),
+        },
+    )
+    .await
+}
+
+/// Feeds the contract's funds events into the engine, from the ledger's persisted cursor.
+#[derive(Debug)]
+pub struct FundsLoop {
+    engine: Engine,
+    watcher: Watcher,
+    /// Block to start from when the ledger has no cursor yet (the contract's deployment block).
+    start_block: u64,
+    poll_ms: u64,
+}
+
+impl FundsLoop {
+    /// A loop reading `watcher` into `engine`, polling every `poll_ms` when caught up.
+    pub fn new(engine: Engine, watcher: Watcher, start_block: u64, poll_ms: u64) -> Self {
+        Self {
+            engine,
+            watcher,
+            start_block,
+            poll_ms,
+        }
+    }
+
+    /// Runs until `shutdown`. RPC failures are retried on the next poll; an undecodable log stops it.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), EpochError> {
+        loop {
+            let caught_up = match self.step().await {
+                Ok(caught_up) => caught_up,
+                Err(EpochError::Watch(WatchError::Chain(error))) => {
+                    tracing::warn!(%error, "funds watcher: chain unavailable, retrying");
+                    true
+                }
+                Err(error) => return Err(error),
+            };
+            if caught_up {
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_millis(self.poll_ms)) => {}
+                }
+            } else if shutdown.is_cancelled() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads and applies one batch of events. True when there was no new confirmed block.
+    pub async fn step(&self) -> Result<bool, EpochError> {
+        // The cursor is the last applied position: an event at or before it is ignored by the
+        // ledger, so re-reading the cursor's own block is harmless and nothing is skipped.
+        let from = match self.engine.reader().funds_cursor()? {
+            Some(cursor) if cursor.log_index == u64::MAX => cursor.block.saturating_add(1),
+            Some(cursor) => cursor.block,
+            None => self.start_block,
+        };
+        let batch = self.watcher.poll(from).await.map_err(EpochError::Watch)?;
+        if batch.next_block == from {
+            return Ok(true);
+        }
+        self.apply(&batch).await?;
+        Ok(false)
+    }
+
+    async fn apply(&self, batch: &WatchBatch) -> Result<(), EpochError> {
+        for event in &batch.events {
+            let funds = |payer: PayerKey, kind: FundsKind, amount: u128| FundsEvent {
+                payer,
+                kind,
+                amount,
+                block: event.block,
+                log_index: event.log_index,
+            };
+            let funds_event = match event.change {
+                FundsChange::Deposit { payer, amount } => funds(payer, FundsKind::Deposit, amount),
+                FundsChange::WithdrawalRequested { payer, amount, .. } => {
+                    funds(payer, FundsKind::WithdrawalRequested, amount)
+                }
+                FundsChange::WithdrawalCompleted { payer, amount, .. } => {
+                    funds(payer, FundsKind::WithdrawalCompleted, amount)
+                }
+                FundsChange::Disputed { epoch } => {
+                    // Idempotent in the ledger (Disputed may become Disputed), so a replay after a
+                    // restart is harmless.
+                    record_status(&self.engine, epoch, EpochStatus::Disputed, None, None).await?;
+                    continue;
+                }
+            };
+            engine_call(|| self.engine.funds(funds_event)).await?;
+        }
+        let scanned = FundsEvent {
+            payer: PayerKey([0; 32]),
+            kind: FundsKind::BlockScanned,
+            amount: 0,
+            block: batch.next_block - 1,
+            log_index: u64::MAX,
+        };
+        engine_call(|| self.engine.funds(scanned)).await
+    }
+}

@@ -1,0 +1,324 @@
+//! The engine glue on a real anvil and a real RocksDB ledger: deposits reach the funds check,
+//! sealed epochs are committed exactly once (also after a "crash" between seal and commit), and
+//! every onchain balance equals the engine's.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use alloy::primitives::{Address as EvmAddress, B256, U256};
+use common::{Chain, key};
+use ed25519_dalek::SigningKey;
+use tollgate_engine::{
+    Address, Domain, PayerKey, Reason, Receipt, ReceiptBatch, ReceiptView, UnsignedReceipt,
+    Verdict,
+    ledger::EpochStatus,
+    pipeline::{BatchAck, BatchVerifier, Engine, EngineConfig, SubmitRequest},
+};
+use tollgate_settle::{
+    epoch::{EpochConfig, EpochLoop, FundsLoop},
+    merkle::{EpochTree, Leaf},
+    submitter::{SubmitConfig, Submitter},
+    watcher::{WatchConfig, Watcher},
+};
+
+struct Setup {
+    chain: Chain,
+    engine: Engine,
+    domain: Domain,
+    _dir: tempfile::TempDir,
+}
+
+/// ed25519-dalek's strict single verification, receipt by receipt. engine::verify::VerifyPool is
+/// the production verifier, but its batch path currently panics on batches mixing payer keys
+/// (curve25519-dalek's multiscalar length assertion); reported to the lead rather than fixed here.
+#[derive(Debug)]
+struct StrictVerifier(Domain);
+
+impl BatchVerifier for StrictVerifier {
+    fn verify(&self, receipts: &[ReceiptView<'_>]) -> Vec<Verdict> {
+        receipts
+            .iter()
+            .map(|receipt| {
+                let key = ed25519_dalek::VerifyingKey::from_bytes(&receipt.payer().0)
+                    .map_err(|_| Reason::BadPayerKey)?;
+                let signature = ed25519_dalek::Signature::from_bytes(&receipt.signature());
+                key.verify_strict(&receipt.signing_bytes(&self.0), &signature)
+                    .map_err(|_| Reason::BadSignature)
+            })
+            .collect()
+    }
+}
+
+async fn setup() -> Setup {
+    let chain = Chain::start(0, 60).await;
+    let domain = Domain {
+        chain_id: chain.anvil.chain_id(),
+        contract: Address(chain.addresses.settlement.0.0),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(
+        EngineConfig::new(dir.path()),
+        Arc::new(StrictVerifier(domain)),
+    )
+    .unwrap();
+    Setup {
+        chain,
+        engine,
+        domain,
+        _dir: dir,
+    }
+}
+
+async fn submitter(chain: &Chain) -> Submitter {
+    let config = SubmitConfig {
+        receipt_poll_ms: 10,
+        backoff_initial_ms: 10,
+        ..SubmitConfig::default()
+    };
+    Submitter::connect(
+        &chain.endpoint(),
+        chain.anvil.chain_id(),
+        chain.addresses.settlement,
+        key(&chain.anvil, 0),
+        config,
+    )
+    .await
+    .unwrap()
+}
+
+async fn funds_loop(setup: &Setup) -> FundsLoop {
+    let config = WatchConfig {
+        confirmations: 0,
+        blocks_per_poll_max: 1_000,
+    };
+    let watcher = Watcher::connect(
+        &setup.chain.endpoint(),
+        setup.chain.anvil.chain_id(),
+        setup.chain.addresses.settlement,
+        config,
+    )
+    .await
+    .unwrap();
+    FundsLoop::new(setup.engine.clone(), watcher, 0, 10)
+}
+
+async fn catch_up(funds: &FundsLoop) {
+    for _ in 0..100 {
+        if funds.step().await.unwrap() {
+            return;
+        }
+    }
+    panic!("the funds loop never caught up");
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+fn signed(key: &SigningKey, payee: Address, amount: u64, nonce: u64, domain: &Domain) -> Receipt {
+    UnsignedReceipt {
+        payer: PayerKey(key.verifying_key().to_bytes()),
+        payee,
+        amount,
+        nonce,
+        timestamp_ms: now_ms() + nonce,
+        request_hash: [1; 32],
+    }
+    .sign(key, domain)
+}
+
+async fn submit(engine: &Engine, batch_seq: u64, receipts: &[Receipt]) -> BatchAck {
+    let request = SubmitRequest {
+        producer_id: 1,
+        session_epoch: 1,
+        batch_seq,
+        receipts: ReceiptBatch::from_receipts(receipts),
+        prejudged: Vec::new(),
+    };
+    engine.submit(request).unwrap().await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn deposits_fund_receipts_and_epochs_commit_exactly_once_with_matching_balances() {
+    let setup = setup().await;
+    let (chain, engine, domain) = (&setup.chain, &setup.engine, &setup.domain);
+    let payers: Vec<SigningKey> = (1..=3u8)
+        .map(|seed| SigningKey::from_bytes(&[seed; 32]))
+        .collect();
+    let payer_key = |i: usize| PayerKey(payers[i].verifying_key().to_bytes());
+    for (i, amount) in [10_000u128, 20_000, 5_000].into_iter().enumerate() {
+        chain.deposit(2 + i, payer_key(i).0, amount).await;
+    }
+    let funds = funds_loop(&setup).await;
+    catch_up(&funds).await;
+    assert_eq!(
+        engine
+            .reader()
+            .payer(&payer_key(1))
+            .unwrap()
+            .unwrap()
+            .deposited,
+        20_000
+    );
+
+    let payee_a = Address(chain.address(5).0.0);
+    let payee_b = Address(chain.address(6).0.0);
+    let ack = submit(
+        engine,
+        1,
+        &[
+            signed(&payers[0], payee_a, 1_000, 1, domain),
+            signed(&payers[1], payee_a, 2_500, 1, domain),
+            signed(&payers[1], payee_b, 500, 2, domain),
+            signed(&payers[2], payee_b, 4_000, 1, domain),
+            // Beyond what payer 2 has left: refused before it can reach the chain.
+            signed(&payers[2], payee_a, 1_001, 2, domain),
+        ],
+    )
+    .await;
+    assert_eq!(ack.accepted, 4, "{ack:?}");
+    assert_eq!(ack.rejections, vec![(4, Reason::InsufficientFunds)]);
+
+    let epochs = EpochLoop::new(
+        engine.clone(),
+        submitter(chain).await,
+        EpochConfig::default(),
+    );
+    assert_eq!(epochs.seal().await.unwrap(), 1);
+    epochs.commit_backlog().await.unwrap();
+    assert_eq!(
+        engine.reader().epoch(1).unwrap().unwrap().status,
+        EpochStatus::Committed
+    );
+
+    // Epoch 2 is sealed, then the process "dies" before committing: a fresh loop (new submitter,
+    // same ledger) commits it from the stored leaves, and running it again sends nothing.
+    submit(
+        engine,
+        2,
+        &[
+            signed(&payers[0], payee_b, 700, 2, domain),
+            signed(&payers[1], payee_a, 300, 3, domain),
+        ],
+    )
+    .await;
+    assert_eq!(epochs.seal().await.unwrap(), 2);
+    drop(epochs);
+    let restarted = EpochLoop::new(
+        engine.clone(),
+        submitter(chain).await,
+        EpochConfig::default(),
+    );
+    restarted.commit_backlog().await.unwrap();
+    restarted.commit_backlog().await.unwrap();
+    let settlement = chain.settlement(0);
+    assert_eq!(settlement.lastEpoch().call().await.unwrap(), 2);
+    let record = engine.reader().epoch(2).unwrap().unwrap();
+    assert_eq!(record.status, EpochStatus::Committed);
+    assert!(record.tx_hash.is_some() && record.block.is_some());
+
+    // Every onchain balance equals the engine's.
+    for i in 0..3 {
+        let engine_payer = engine.reader().payer(&payer_key(i)).unwrap().unwrap();
+        let onchain = settlement
+            .available(B256::from(payer_key(i).0))
+            .call()
+            .await
+            .unwrap();
+        assert_eq!(
+            onchain,
+            U256::from(engine_payer.deposited - engine_payer.settled),
+            "payer {i}"
+        );
+        assert_eq!(engine_payer.pending, 0, "payer {i} fully settled");
+    }
+    for payee in [payee_a, payee_b] {
+        let engine_payee = engine.reader().payee(&payee).unwrap().unwrap();
+        let onchain = settlement
+            .withdrawable(EvmAddress::from(payee.0))
+            .call()
+            .await
+            .unwrap();
+        assert_eq!(onchain, U256::from(engine_payee.settled));
+    }
+
+    // A proof built from the stored epoch verifies onchain.
+    let sealed = engine.reader().sealed_epoch(2).unwrap().unwrap();
+    let tree = EpochTree::build(
+        2,
+        sealed.leaves.iter().map(|(payer, payee, cumulative)| Leaf {
+            payer: *payer,
+            payee: *payee,
+            cumulative: *cumulative,
+        }),
+    )
+    .unwrap();
+    assert_eq!(settlement.roots(2).call().await.unwrap(), tree.root());
+    let (leaf, proof) = tree.proof(&payer_key(0), &payee_b).unwrap();
+    assert_eq!(leaf.cumulative, 700);
+    assert!(
+        settlement
+            .verifyLeaf(
+                2,
+                B256::from(leaf.payer.0),
+                EvmAddress::from(leaf.payee.0),
+                U256::from(leaf.cumulative),
+                proof
+            )
+            .call()
+            .await
+            .unwrap()
+    );
+
+    // A payee withdraws what the engine says it earned.
+    let before = chain
+        .token(0)
+        .balanceOf(chain.address(5))
+        .call()
+        .await
+        .unwrap();
+    chain
+        .settlement(5)
+        .withdraw()
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    let after = chain
+        .token(0)
+        .balanceOf(chain.address(5))
+        .call()
+        .await
+        .unwrap();
+    assert_eq!(
+        after - before,
+        U256::from(engine.reader().payee(&payee_a).unwrap().unwrap().settled)
+    );
+
+    // A withdrawal request reaches the funds check: that much is no longer spendable.
+    chain
+        .settlement(3)
+        .requestWithdrawal(B256::from(payer_key(1).0), U256::from(15_000))
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    catch_up(&funds).await;
+    let payer1 = engine.reader().payer(&payer_key(1)).unwrap().unwrap();
+    assert_eq!(payer1.withdrawal_requested, 15_000);
+    let over = submit(engine, 3, &[signed(&payers[1], payee_a, 2_000, 4, domain)]).await;
+    assert_eq!(
+        over.rejections,
+        vec![(0, Reason::InsufficientFunds)],
+        "20,000 - 3,300 settled - 15,000 requested < 2,000"
+    );
+}
