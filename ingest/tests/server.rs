@@ -1,0 +1,561 @@
+//! The real server on 127.0.0.1:0 over a real engine (RocksDB in a temp dir, the real verify
+//! pool), driven by the client library and by raw frames for everything a client library would
+//! never send.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::BufMut;
+use ed25519_dalek::SigningKey;
+use futures::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tollgate_engine::pipeline::{Engine, EngineConfig, FundsEvent, FundsKind};
+use tollgate_engine::{
+    Address, Domain, PayerKey, Reason, Receipt, ReceiptBatch, UnsignedReceipt, Verifier,
+    VerifyConfig, VerifyPool,
+};
+use tollgate_ingest::client::{Client, ClientConfig};
+use tollgate_ingest::server::{ClientAuth, ServerConfig, ServerError, run};
+use tollgate_ingest::wire::{Ack, ErrorCode, Frame, FrameCodec, Hello, Ping, Submit};
+
+fn domain() -> Domain {
+    Domain {
+        chain_id: 31_337,
+        contract: Address([0x33; 20]),
+    }
+}
+
+const PAYEE: Address = Address([0x11; 20]);
+const FLEET_SEED: [u8; 32] = [3; 32];
+const PAYER_SEED: [u8; 32] = [9; 32];
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
+fn receipt(nonce: u64, payee: Address) -> Receipt {
+    let key = SigningKey::from_bytes(&PAYER_SEED);
+    UnsignedReceipt {
+        payer: PayerKey(key.verifying_key().to_bytes()),
+        payee,
+        amount: 10,
+        nonce,
+        timestamp_ms: now_ms(),
+        request_hash: [0; 32],
+    }
+    .sign(&key, &domain())
+}
+
+struct Harness {
+    addr: std::net::SocketAddr,
+    engine: Engine,
+    shutdown: CancellationToken,
+    server: JoinHandle<Result<(), ServerError>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(adjust: impl FnOnce(&mut ServerConfig)) -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let verify_config = VerifyConfig {
+        threads: 1,
+        ..VerifyConfig::default()
+    };
+    let pool = VerifyPool::new(
+        Verifier::new(domain(), verify_config.clone()),
+        verify_config,
+    )
+    .expect("verify pool");
+    let engine = Engine::open(EngineConfig::new(dir.path()), Arc::new(pool)).expect("engine");
+    let payer = PayerKey(
+        SigningKey::from_bytes(&PAYER_SEED)
+            .verifying_key()
+            .to_bytes(),
+    );
+    engine
+        .funds(FundsEvent {
+            payer,
+            kind: FundsKind::Deposit,
+            amount: 1_000_000,
+            block: 1,
+            log_index: 0,
+        })
+        .expect("queued")
+        .await
+        .expect("answered")
+        .expect("deposit applied");
+    let mut config = ServerConfig::new(domain());
+    adjust(&mut config);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(run(listener, config, engine.clone(), shutdown.clone()));
+    Harness {
+        addr,
+        engine,
+        shutdown,
+        server,
+        _dir: dir,
+    }
+}
+
+fn client_config(addr: std::net::SocketAddr, producer_id: u64) -> ClientConfig {
+    let mut config = ClientConfig::new(
+        addr.to_string(),
+        1,
+        SigningKey::from_bytes(&FLEET_SEED),
+        producer_id,
+        domain(),
+    );
+    config.reconnect_backoff_ms_min = 10;
+    config
+}
+
+type Raw = Framed<TcpStream, FrameCodec>;
+
+/// A raw connection that has completed the handshake as client 1, producer `producer_id`.
+async fn handshake(addr: std::net::SocketAddr, producer_id: u64, session_epoch: u64) -> Raw {
+    let mut raw = Framed::new(
+        TcpStream::connect(addr).await.expect("connect"),
+        FrameCodec::default(),
+    );
+    let Some(Ok(Frame::Challenge(challenge))) = raw.next().await else {
+        panic!("expected CHALLENGE");
+    };
+    let key = SigningKey::from_bytes(&FLEET_SEED);
+    let hello = Hello::signed(1, producer_id, session_epoch, domain(), &key, &challenge);
+    raw.send(&Frame::Hello(hello)).await.expect("send");
+    match raw.next().await {
+        Some(Ok(Frame::HelloOk(_))) => raw,
+        other => panic!("expected HELLO_OK, got {other:?}"),
+    }
+}
+
+/// The ERROR the server ends the connection with (skipping ACKs and PONGs before it).
+async fn error_code(raw: &mut Raw) -> Option<ErrorCode> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), raw.next()).await {
+            Ok(Some(Ok(Frame::Error(error)))) => return error.error_code(),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected an ERROR frame, got {other:?}"),
+        }
+    }
+}
+
+async fn fresh_connection(addr: std::net::SocketAddr) -> Raw {
+    let mut raw = Framed::new(
+        TcpStream::connect(addr).await.expect("connect"),
+        FrameCodec::default(),
+    );
+    let Some(Ok(Frame::Challenge(_))) = raw.next().await else {
+        panic!("expected CHALLENGE");
+    };
+    raw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_library_gets_durable_verdicts_and_balance() {
+    let h = start(|_| {}).await;
+    let client = Client::connect(client_config(h.addr, 1))
+        .await
+        .expect("connect");
+    let first = client.submit(receipt(1, PAYEE)).await.expect("queued");
+    let again = client.submit(receipt(1, PAYEE)).await.expect("queued");
+    assert_eq!(first.await, Ok(Ok(())));
+    assert_eq!(again.await, Ok(Err(Reason::Duplicate)));
+    let payer = PayerKey(
+        SigningKey::from_bytes(&PAYER_SEED)
+            .verifying_key()
+            .to_bytes(),
+    );
+    let balance = client.balance(payer).await.expect("balance");
+    assert_eq!(
+        (balance.pending, balance.receipts, balance.channels),
+        (10, 1, 1)
+    );
+    client.close().await.expect("close");
+    h.shutdown.cancel();
+    h.server.await.expect("join").expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_violations_get_their_error_code_and_a_close() {
+    let h = start(|config| {
+        config.batch_receipts_max = 2;
+        config.frame_bytes_max = 4096;
+    })
+    .await;
+    // Garbage on connect.
+    let mut raw = fresh_connection(h.addr).await;
+    raw.get_mut()
+        .write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(error_code(&mut raw).await, Some(ErrorCode::BadMagic));
+    // SUBMIT before HELLO.
+    let mut raw = fresh_connection(h.addr).await;
+    let submit = Frame::Submit(Submit {
+        batch_seq: 1,
+        receipts: ReceiptBatch::from_receipts(&[receipt(1, PAYEE)]),
+    });
+    raw.send(&submit).await.expect("send");
+    assert_eq!(error_code(&mut raw).await, Some(ErrorCode::UnexpectedFrame));
+    // HELLO for another chain, then another contract.
+    for (wrong, code) in [
+        (
+            Domain {
+                chain_id: 1,
+                ..domain()
+            },
+            ErrorCode::WrongChain,
+        ),
+        (
+            Domain {
+                contract: Address([0x44; 20]),
+                ..domain()
+            },
+            ErrorCode::WrongContract,
+        ),
+    ] {
+        let mut raw = Framed::new(
+            TcpStream::connect(h.addr).await.expect("connect"),
+            FrameCodec::default(),
+        );
+        let Some(Ok(Frame::Challenge(challenge))) = raw.next().await else {
+            panic!("challenge")
+        };
+        let hello = Hello::signed(
+            1,
+            1,
+            1,
+            wrong,
+            &SigningKey::from_bytes(&FLEET_SEED),
+            &challenge,
+        );
+        raw.send(&Frame::Hello(hello)).await.expect("send");
+        assert_eq!(error_code(&mut raw).await, Some(code));
+    }
+    // A HELLO signed over another challenge.
+    let mut raw = fresh_connection(h.addr).await;
+    let hello = Hello::signed(
+        1,
+        1,
+        1,
+        domain(),
+        &SigningKey::from_bytes(&FLEET_SEED),
+        &tollgate_ingest::wire::Challenge { nonce: [0; 32] },
+    );
+    raw.send(&Frame::Hello(hello)).await.expect("send");
+    assert_eq!(error_code(&mut raw).await, Some(ErrorCode::BadClientAuth));
+    // After the handshake: a batch over the receipt limit, a 10 GB length prefix, a second HELLO.
+    let mut raw = handshake(h.addr, 1, 1).await;
+    let receipts: Vec<Receipt> = (1..=3).map(|n| receipt(n, PAYEE)).collect();
+    raw.send(&Frame::Submit(Submit {
+        batch_seq: 1,
+        receipts: ReceiptBatch::from_receipts(&receipts),
+    }))
+    .await
+    .expect("send");
+    assert_eq!(error_code(&mut raw).await, Some(ErrorCode::BatchTooLarge));
+    let mut raw = handshake(h.addr, 1, 1).await;
+    let mut header = bytes::BytesMut::new();
+    header.put_slice(&Frame::Ping(Ping { nonce: 0 }).to_bytes()[..24]);
+    header[5] = 4;
+    header[8..16].copy_from_slice(&10_000_000_000u64.to_le_bytes());
+    raw.get_mut().write_all(&header).await.expect("write");
+    assert_eq!(error_code(&mut raw).await, Some(ErrorCode::FrameTooLarge));
+    let mut raw = handshake(h.addr, 1, 1).await;
+    let mut half = Frame::Ping(Ping { nonce: 0 }).to_bytes().to_vec();
+    half[16] ^= 0xff;
+    raw.get_mut().write_all(&half).await.expect("write");
+    assert_eq!(
+        error_code(&mut raw).await,
+        Some(ErrorCode::ChecksumMismatch)
+    );
+    // Half a frame, then the client closes its side.
+    let mut raw = handshake(h.addr, 1, 1).await;
+    raw.get_mut()
+        .write_all(&Frame::Ping(Ping { nonce: 0 }).to_bytes()[..10])
+        .await
+        .expect("write");
+    raw.get_mut().shutdown().await.expect("half-close");
+    assert_eq!(error_code(&mut raw).await, Some(ErrorCode::TruncatedFrame));
+    h.shutdown.cancel();
+    h.server.await.expect("join").expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_clients_are_authenticated_and_limited_to_their_payees() {
+    let fleet = SigningKey::from_bytes(&FLEET_SEED);
+    let h = start(|config| {
+        config.clients = vec![ClientAuth {
+            client_id: 1,
+            key: fleet.verifying_key().to_bytes(),
+            payees: BTreeSet::from([PAYEE]),
+        }];
+    })
+    .await;
+    let client = Client::connect(client_config(h.addr, 1))
+        .await
+        .expect("connect");
+    let verdicts = client
+        .submit_batch(vec![receipt(1, PAYEE), receipt(2, Address([0x55; 20]))])
+        .await
+        .expect("queued")
+        .await
+        .expect("verdicts");
+    assert_eq!(verdicts, vec![Ok(()), Err(Reason::PayeeNotAllowed)]);
+    let mut unknown = client_config(h.addr, 2);
+    unknown.client_id = 99;
+    let error = Client::connect(unknown).await.expect_err("unknown client");
+    assert_eq!(error.code(), Some(ErrorCode::UnknownClient));
+    let mut impostor = client_config(h.addr, 3);
+    impostor.client_key = SigningKey::from_bytes(&[4; 32]);
+    let error = Client::connect(impostor).await.expect_err("wrong key");
+    assert_eq!(error.code(), Some(ErrorCode::BadClientAuth));
+    h.shutdown.cancel();
+    h.server.await.expect("join").expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_resent_after_reconnect_gets_the_identical_ack_and_counts_once() {
+    let h = start(|_| {}).await;
+    let receipts = vec![receipt(1, PAYEE), receipt(2, PAYEE)];
+    let submit = Frame::Submit(Submit {
+        batch_seq: 7,
+        receipts: ReceiptBatch::from_receipts(&receipts),
+    });
+    let mut first = handshake(h.addr, 5, 1).await;
+    first.send(&submit).await.expect("send");
+    let Some(Ok(Frame::Ack(ack))) = first.next().await else {
+        panic!("ACK")
+    };
+    drop(first);
+    let mut second = handshake(h.addr, 5, 1).await;
+    second.send(&submit).await.expect("re-send");
+    let Some(Ok(Frame::Ack(again))) = second.next().await else {
+        panic!("ACK")
+    };
+    assert_eq!(again, ack);
+    assert_eq!(
+        ack,
+        Ack {
+            batch_seq: 7,
+            accepted: 2,
+            rejections: vec![]
+        }
+    );
+    let payer = PayerKey(
+        SigningKey::from_bytes(&PAYER_SEED)
+            .verifying_key()
+            .to_bytes(),
+    );
+    let funds = h
+        .engine
+        .reader()
+        .payer(&payer)
+        .expect("read")
+        .expect("known payer");
+    assert_eq!(funds.pending, 20, "two receipts of 10, counted once");
+    // An older session of the same producer is fenced off.
+    let mut newer = handshake(h.addr, 5, 2).await;
+    newer
+        .send(&Frame::Submit(Submit {
+            batch_seq: 1,
+            receipts: ReceiptBatch::from_receipts(&[receipt(3, PAYEE)]),
+        }))
+        .await
+        .expect("send");
+    let Some(Ok(Frame::Ack(_))) = newer.next().await else {
+        panic!("ACK")
+    };
+    let mut raw = Framed::new(
+        TcpStream::connect(h.addr).await.expect("connect"),
+        FrameCodec::default(),
+    );
+    let Some(Ok(Frame::Challenge(challenge))) = raw.next().await else {
+        panic!("challenge")
+    };
+    let hello = Hello::signed(
+        1,
+        5,
+        1,
+        domain(),
+        &SigningKey::from_bytes(&FLEET_SEED),
+        &challenge,
+    );
+    raw.send(&Frame::Hello(hello)).await.expect("send");
+    assert_eq!(error_code(&mut raw).await, Some(ErrorCode::ProducerFenced));
+    h.shutdown.cancel();
+    h.server.await.expect("join").expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_and_connection_limits_are_enforced() {
+    let h = start(|config| {
+        config.handshake_timeout_ms = 300;
+        config.idle_timeout_ms = 300;
+        config.read_deadline_ms = 300;
+        config.batches_in_flight_max = 1;
+    })
+    .await;
+    let mut silent = fresh_connection(h.addr).await;
+    assert_eq!(
+        error_code(&mut silent).await,
+        Some(ErrorCode::HandshakeTimeout)
+    );
+    let mut idle = handshake(h.addr, 1, 1).await;
+    assert_eq!(error_code(&mut idle).await, Some(ErrorCode::IdleTimeout));
+    let mut trickle = handshake(h.addr, 1, 1).await;
+    trickle
+        .get_mut()
+        .write_all(&Frame::Ping(Ping { nonce: 0 }).to_bytes()[..5])
+        .await
+        .expect("write");
+    assert_eq!(
+        error_code(&mut trickle).await,
+        Some(ErrorCode::ReadDeadline)
+    );
+    // Two batches back to back with one allowed in flight: the second arrives before the first's
+    // fsync can have finished.
+    let mut eager = handshake(h.addr, 2, 1).await;
+    for (seq, nonce) in [(1, 10), (2, 11)] {
+        eager
+            .feed(&Frame::Submit(Submit {
+                batch_seq: seq,
+                receipts: ReceiptBatch::from_receipts(&[receipt(nonce, PAYEE)]),
+            }))
+            .await
+            .expect("feed");
+    }
+    SinkExt::<&Frame>::flush(&mut eager).await.expect("flush");
+    assert_eq!(
+        error_code(&mut eager).await,
+        Some(ErrorCode::TooManyBatchesInFlight)
+    );
+    h.shutdown.cancel();
+    h.server.await.expect("join").expect("clean shutdown");
+    // Three open connections fill a fresh server; the fourth is refused.
+    let h = start(|config| config.connections_max = 3).await;
+    let _held: Vec<Raw> = futures::future::join_all((0..3).map(|_| fresh_connection(h.addr))).await;
+    let mut refused = Framed::new(
+        TcpStream::connect(h.addr).await.expect("connect"),
+        FrameCodec::default(),
+    );
+    assert_eq!(
+        error_code(&mut refused).await,
+        Some(ErrorCode::TooManyConnections)
+    );
+    h.shutdown.cancel();
+    h.server.await.expect("join").expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_slowloris_connections_do_not_stop_an_honest_client() {
+    let h = start(|config| {
+        config.read_deadline_ms = 2_000;
+        config.connections_max = 256;
+    })
+    .await;
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let mut raw = handshake(h.addr, 9, 1).await;
+        raw.get_mut().write_all(b"TO").await.expect("write");
+        slow.push(raw);
+    }
+    let client = Client::connect(client_config(h.addr, 1))
+        .await
+        .expect("connect");
+    for nonce in 1..=20 {
+        let verdict = tokio::time::timeout(Duration::from_secs(20), async {
+            client
+                .submit(receipt(nonce, PAYEE))
+                .await
+                .expect("queued")
+                .await
+        })
+        .await
+        .expect("honest client is answered");
+        assert_eq!(verdict, Ok(Ok(())));
+    }
+    for raw in &mut slow {
+        assert_eq!(error_code(raw).await, Some(ErrorCode::ReadDeadline));
+    }
+    h.shutdown.cancel();
+    h.server.await.expect("join").expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_acks_every_batch_it_read_then_says_so() {
+    let h = start(|_| {}).await;
+    let mut raw = handshake(h.addr, 1, 1).await;
+    for seq in 1..=8u64 {
+        raw.feed(&Frame::Submit(Submit {
+            batch_seq: seq,
+            receipts: ReceiptBatch::from_receipts(&[receipt(100 + seq, PAYEE)]),
+        }))
+        .await
+        .expect("feed");
+    }
+    // The PONG proves the server has read every SUBMIT before it.
+    raw.send(&Frame::Ping(Ping { nonce: 42 }))
+        .await
+        .expect("send");
+    let mut acked = BTreeSet::new();
+    loop {
+        match raw.next().await {
+            Some(Ok(Frame::Pong(Ping { nonce: 42 }))) => break,
+            Some(Ok(Frame::Ack(ack))) => {
+                acked.insert(ack.batch_seq);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    h.shutdown.cancel();
+    let code = loop {
+        match raw.next().await {
+            Some(Ok(Frame::Ack(ack))) => {
+                acked.insert(ack.batch_seq);
+            }
+            Some(Ok(Frame::Error(error))) => break error.error_code(),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(ErrorCode::ShuttingDown));
+    assert_eq!(acked, (1..=8).collect::<BTreeSet<u64>>());
+    h.server.await.expect("join").expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn open_mode_is_refused_off_loopback() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let verify_config = VerifyConfig {
+        threads: 1,
+        ..VerifyConfig::default()
+    };
+    let pool = VerifyPool::new(
+        Verifier::new(domain(), verify_config.clone()),
+        verify_config,
+    )
+    .expect("pool");
+    let engine = Engine::open(EngineConfig::new(dir.path()), Arc::new(pool)).expect("engine");
+    let listener = TcpListener::bind("0.0.0.0:0").await.expect("bind");
+    let result = run(
+        listener,
+        ServerConfig::new(domain()),
+        engine,
+        CancellationToken::new(),
+    )
+    .await;
+    assert!(
+        matches!(result, Err(ServerError::OpenModeNotLoopback(_))),
+        "{result:?}"
+    );
+}
