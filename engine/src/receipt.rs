@@ -434,7 +434,9 @@ impl ReceiptBatch {
 
     /// Every record in order, parsed.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Result<ReceiptView<'_>, ReceiptError>> {
-        self.bytes.chunks_exact(RECEIPT_BYTES).map(ReceiptView::parse)
+        self.bytes
+            .chunks_exact(RECEIPT_BYTES)
+            .map(ReceiptView::parse)
     }
 }
 
@@ -478,7 +480,10 @@ mod tests {
             chain_id: 1,
             contract: Address([0x33; 20]),
         };
-        let theirs = Domain { chain_id: 2, ..ours };
+        let theirs = Domain {
+            chain_id: 2,
+            ..ours
+        };
         let receipt = sample(&key).sign(&key, &ours);
         let signature = ed25519_dalek::Signature::from_bytes(&receipt.signature);
         assert!(

@@ -1,1 +1,116 @@
-fn main() {}
+//! `tollgate`: the operator's command. A thin shell over `tollgate_tools`.
+
+use std::io::{BufReader, BufWriter};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tollgate_tools::cli::DomainArgs;
+use tollgate_tools::{keys, receipts_json};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Offchain metering and onchain settlement for signed usage receipts"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Make a new ed25519 key (a payer's, or a fleet client's).
+    Keygen {
+        /// Write the secret key to this new file (mode 0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign and verify receipts as JSON lines.
+    #[command(subcommand)]
+    Receipts(ReceiptsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ReceiptsCommand {
+    /// Read unsigned receipts (JSON lines) on stdin, write them signed on stdout.
+    Sign {
+        /// The payer's secret key: 64 hex digits, or a file holding them.
+        #[arg(long, env = "TOLLGATE_PAYER_KEY", hide_env_values = true)]
+        key: String,
+        #[command(flatten)]
+        domain: DomainArgs,
+    },
+}
+
+/// Exit codes scripts can rely on: 0 everything fine, 1 some line failed, 2 the command failed.
+const EXIT_SOME_FAILED: u8 = 1;
+const EXIT_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("tollgate: {error:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Keygen { out, json } => {
+            let key = keys::generate();
+            let public = hex::encode(key.verifying_key().to_bytes());
+            let secret = match &out {
+                Some(path) => {
+                    keys::write_new(path, &key)?;
+                    None
+                }
+                None => Some(hex::encode(key.to_bytes())),
+            };
+            if json {
+                let mut object = serde_json::json!({ "public_key": public });
+                if let Some(secret) = &secret {
+                    object["secret_key"] = secret.clone().into();
+                }
+                if let Some(path) = &out {
+                    object["secret_key_file"] = path.display().to_string().into();
+                }
+                println!("{object}");
+            } else {
+                println!("public key: {public}");
+                match (&secret, &out) {
+                    (Some(secret), _) => println!("secret key: {secret}"),
+                    (None, Some(path)) => println!("secret key written to {}", path.display()),
+                    (None, None) => {}
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Receipts(ReceiptsCommand::Sign { key, domain }) => {
+            let key = keys::load(&key)?;
+            let summary = receipts_json::sign_stream(
+                &key,
+                &domain.domain(),
+                BufReader::new(std::io::stdin().lock()),
+                BufWriter::new(std::io::stdout().lock()),
+                std::io::stderr().lock(),
+            )?;
+            Ok(stream_exit(&summary))
+        }
+    }
+}
+
+fn stream_exit(summary: &receipts_json::StreamSummary) -> ExitCode {
+    if summary.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_SOME_FAILED)
+    }
+}

@@ -1,0 +1,186 @@
+//! The writer's bounded cache of hot state, in front of RocksDB.
+//!
+//! Only the writer thread touches it. An entry changed since the last write is dirty: it stays
+//! until the group's write has put it on disk, after which any entry may be evicted. Eviction is
+//! CLOCK-like (one reference bit): entries used since the last sweep survive one sweep. A sweep
+//! runs only when the cache is over capacity and takes it down to 7/8 of it, so its cost is
+//! amortised over many groups. Between writes the cache may exceed its capacity by what one group
+//! touches, which the writer bounds.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use crate::store::{Cf, Store, StoreBatch, StoreError};
+
+use super::record::DecodeError;
+
+/// A value the cache can load and store.
+pub(crate) trait Cached: Sized {
+    /// Key type.
+    type Key: Copy + Eq + Hash;
+    /// Column family the values live in.
+    const CF: Cf;
+    /// Storage key.
+    fn key_bytes(key: &Self::Key) -> Vec<u8>;
+    /// Storage form.
+    fn encode(&self) -> Vec<u8>;
+    /// Inverse of `encode`.
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError>;
+    /// The money this value holds that only accepted receipts change, for the pair assertion
+    /// around every write (zero for values that hold none).
+    fn receipt_money(&self) -> u128;
+}
+
+struct Slot<V> {
+    value: V,
+    /// `receipt_money` when the entry became dirty in this group; `None` when clean.
+    dirty_base: Option<u128>,
+    referenced: bool,
+}
+
+/// Bounded map from keys to hot values, loaded from the store on a miss.
+pub(crate) struct Cache<V: Cached> {
+    map: HashMap<V::Key, Slot<V>>,
+    dirty: Vec<V::Key>,
+    capacity: usize,
+}
+
+impl<V: Cached> Cache<V> {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            dirty: Vec::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Makes sure `key` is in the cache: from the store, or `default()` when the store has none.
+    pub(crate) fn load(
+        &mut self,
+        store: &Store,
+        key: &V::Key,
+        default: impl FnOnce() -> V,
+    ) -> Result<(), StoreError> {
+        if let Some(slot) = self.map.get_mut(key) {
+            slot.referenced = true;
+            return Ok(());
+        }
+        let value = match store.get(V::CF, &V::key_bytes(key))? {
+            Some(bytes) => {
+                V::decode(&bytes).map_err(|DecodeError(problem)| StoreError::Corrupt {
+                    cf: V::CF.name(),
+                    problem,
+                })?
+            }
+            None => default(),
+        };
+        self.map.insert(
+            *key,
+            Slot {
+                value,
+                dirty_base: None,
+                referenced: true,
+            },
+        );
+        Ok(())
+    }
+
+    /// The cached value; `None` unless `load` ran for it in this group.
+    pub(crate) fn get(&self, key: &V::Key) -> Option<&V> {
+        self.map.get(key).map(|slot| &slot.value)
+    }
+
+    /// The cached value for changing; it will be written with the group.
+    pub(crate) fn get_mut(&mut self, key: &V::Key) -> Option<&mut V> {
+        let slot = self.map.get_mut(key)?;
+        if slot.dirty_base.is_none() {
+            slot.dirty_base = Some(slot.value.receipt_money());
+            self.dirty.push(*key);
+        }
+        Some(&mut slot.value)
+    }
+
+    /// Puts every dirty value into `batch` and returns the total change of `receipt_money` since
+    /// the values became dirty. `None` when that total is negative or overflows (a broken
+    /// invariant: receipt money only grows, and an epoch commit moves it, never removes it).
+    pub(crate) fn drain_dirty(&mut self, batch: &mut StoreBatch) -> Option<u128> {
+        let mut delta: Option<u128> = Some(0);
+        for key in self.dirty.drain(..) {
+            let Some(slot) = self.map.get_mut(&key) else {
+                continue;
+            };
+            let Some(base) = slot.dirty_base.take() else {
+                continue;
+            };
+            delta =
+                delta.and_then(|d| d.checked_add(slot.value.receipt_money().checked_sub(base)?));
+            batch.put(V::CF, V::key_bytes(&key), slot.value.encode());
+        }
+        delta
+    }
+
+    /// Evicts clean entries when over capacity. Call after a successful write only.
+    pub(crate) fn evict(&mut self) {
+        if self.map.len() <= self.capacity {
+            return;
+        }
+        let target = self.capacity - self.capacity / 8;
+        let mut excess = self.map.len() - target;
+        for second_chance in [true, false] {
+            self.map.retain(|_, slot| {
+                if excess == 0 || slot.dirty_base.is_some() {
+                    return true;
+                }
+                if second_chance && slot.referenced {
+                    slot.referenced = false;
+                    return true;
+                }
+                excess -= 1;
+                false
+            });
+            if excess == 0 {
+                break;
+            }
+        }
+    }
+
+    /// Entries held.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::record::PayeeState;
+    use crate::receipt::Address;
+
+    #[test]
+    fn evicts_only_clean_entries_and_stays_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path(), |b| {
+            b.put(Cf::Meta, crate::store::FORMAT_KEY, b"x".to_vec())
+        })
+        .expect("open");
+        let mut cache: Cache<PayeeState> = Cache::new(16);
+        for i in 0..64u8 {
+            let key = Address([i; 20]);
+            cache.load(&store, &key, PayeeState::default).expect("load");
+            cache.get_mut(&key).expect("loaded").credited = u128::from(i);
+        }
+        // Dirty entries are never evicted.
+        cache.evict();
+        assert_eq!(cache.len(), 64);
+        let mut batch = StoreBatch::default();
+        assert_eq!(cache.drain_dirty(&mut batch), Some((0..64u128).sum()));
+        store.write(batch).expect("write");
+        cache.evict();
+        assert!(cache.len() <= 16, "{}", cache.len());
+        // An evicted entry comes back from the store.
+        let key = Address([63; 20]);
+        cache.load(&store, &key, PayeeState::default).expect("load");
+        assert_eq!(cache.get(&key).map(|p| p.credited), Some(63));
+    }
+}

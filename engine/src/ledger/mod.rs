@@ -1,0 +1,191 @@
+//! The ledger: the state machine that turns verified receipts into money owed, and the single
+//! writer thread that makes it durable with group commit.
+//!
+//! - [`window`]: the per-channel anti-replay bitmap (RFC 6479).
+//! - [`record`]: every stored record and its byte layout.
+//! - `cache`: the writer's bounded cache of hot state.
+//! - `state`: the state machine (receipts, funds events, seals, epoch updates) over the cache.
+//! - `writer`: the writer thread: applies everything in arrival order, writes each group as one
+//!   synced `WriteBatch`, replies only after the write returned.
+//! - [`reader`]: reads from RocksDB snapshots; never blocks the writer.
+//!
+//! The ledger must never apply a receipt that was not verified, never count a (payer, payee,
+//! nonce) twice, never take a payer below zero available, and never reply before the write that
+//! holds the answer is synced.
+
+mod cache;
+pub mod reader;
+pub mod record;
+pub(crate) mod state;
+pub mod window;
+pub(crate) mod writer;
+
+pub use reader::{ChannelInfo, LedgerReader, PayeeBalance, PayerBalance};
+pub use record::{EpochRecord, FundsCursor, OpenEpoch};
+
+use crate::receipt::{Address, PayerKey};
+use crate::verdict::Reason;
+
+/// What to do with a receipt whose payer never deposited.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum UnknownPayers {
+    /// Refuse it as [`Reason::UnknownPayer`]: the normal mode with a chain.
+    #[default]
+    Reject,
+    /// Accept it without a funds check: chainless mode for load tests and benches. Payers that
+    /// did deposit are still checked.
+    Accept,
+}
+
+/// Ledger limits and policies.
+#[derive(Clone, Debug)]
+pub struct LedgerConfig {
+    /// Nonces below a channel's highest that are still judged (a multiple of 64). Fixed when the
+    /// data directory is created.
+    pub window_nonces: u32,
+    /// Receipts whose timestamp is further than this from the server clock are refused.
+    pub timestamp_skew_ms: u64,
+    /// Policy for payers that never deposited.
+    pub unknown_payers: UnknownPayers,
+    /// Channels kept in memory between groups.
+    pub channels_cached_max: usize,
+    /// Payers and payees kept in memory between groups (each).
+    pub accounts_cached_max: usize,
+    /// Producers whose sessions are kept in memory.
+    pub producers_cached_max: usize,
+    /// Acks kept per producer for re-sent batches (the last W batch sequence numbers).
+    pub acks_kept_per_producer: usize,
+    /// A group is written once it holds this many receipts, even if more are waiting.
+    pub group_receipts_max: usize,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            window_nonces: 1024,
+            timestamp_skew_ms: 5 * 60 * 1000,
+            unknown_payers: UnknownPayers::Reject,
+            channels_cached_max: 100_000,
+            accounts_cached_max: 100_000,
+            producers_cached_max: 10_000,
+            acks_kept_per_producer: 64,
+            group_receipts_max: 16_384,
+        }
+    }
+}
+
+/// The reply to one submitted batch: how many receipts were accepted and why each other one was
+/// not. A re-sent batch gets exactly the same ack.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct BatchAck {
+    /// The batch's sequence number in its producer's session.
+    pub batch_seq: u64,
+    /// Receipts accepted.
+    pub accepted: u32,
+    /// Every receipt not accepted, by index in the batch, sorted by index.
+    pub rejections: Vec<(u32, Reason)>,
+}
+
+/// What happened onchain to a payer's funds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FundsKind {
+    /// Tokens deposited for the payer: spendable from now.
+    Deposit,
+    /// The payer asked to withdraw: that much is no longer spendable.
+    WithdrawalRequested,
+    /// A requested withdrawal left the contract.
+    WithdrawalCompleted,
+    /// No event: the watcher has processed every block up to `block`. `payer` and `amount` are
+    /// ignored; only the cursor moves.
+    BlockScanned,
+}
+
+/// One chain event for the funds check, applied exactly once: an event at or before the
+/// persisted cursor `(block, log_index)` is acknowledged and ignored.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct FundsEvent {
+    /// The payer whose funds moved.
+    pub payer: PayerKey,
+    /// What happened.
+    pub kind: FundsKind,
+    /// Amount in the token's smallest unit.
+    pub amount: u128,
+    /// Block that holds the event.
+    pub block: u64,
+    /// Log index of the event in its block (`u64::MAX` for [`FundsKind::BlockScanned`]).
+    pub log_index: u64,
+}
+
+/// Where settlement has got to with an epoch. Codes are stored: never renumber.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum EpochStatus {
+    /// Frozen by the ledger; not yet sent.
+    Sealed = 1,
+    /// A commit transaction was sent.
+    Submitted = 2,
+    /// The commit is onchain: the payers' pending amounts are settled.
+    Committed = 3,
+    /// The arbiter voided the epoch: its amounts were returned to pending and carried into the
+    /// open epoch to be committed again.
+    Disputed = 4,
+}
+
+impl EpochStatus {
+    /// Stored code.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+    /// Status for a stored code.
+    pub fn from_code(code: u8) -> Option<Self> {
+        [
+            Self::Sealed,
+            Self::Submitted,
+            Self::Committed,
+            Self::Disputed,
+        ]
+        .into_iter()
+        .find(|s| s.code() == code)
+    }
+    /// Whether settle may move an epoch from `self` to `next`. Repeating the current status is
+    /// allowed (a retried update) and never moves money twice.
+    pub fn may_become(self, next: EpochStatus) -> bool {
+        use EpochStatus::*;
+        matches!(
+            (self, next),
+            (Sealed, Sealed | Submitted | Committed)
+                | (Submitted, Submitted | Committed)
+                | (Committed, Committed | Disputed)
+                | (Disputed, Disputed)
+        )
+    }
+}
+
+/// Settle's news about an epoch. `None` fields keep what is stored.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct EpochUpdate {
+    /// Which epoch.
+    pub epoch: u64,
+    /// Its new status.
+    pub status: EpochStatus,
+    /// Merkle root of its leaves.
+    pub root: Option<[u8; 32]>,
+    /// Hash of the commit transaction.
+    pub tx_hash: Option<[u8; 32]>,
+    /// Block that included the commit.
+    pub block: Option<u64>,
+}
+
+/// An epoch frozen by one atomic write.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct SealedEpoch {
+    /// Epoch number (the first is 1).
+    pub epoch: u64,
+    /// Every channel that moved in the epoch with its cumulative amount (all time) at the seal,
+    /// sorted by (payer, payee). Channels that did not move keep their leaf in an earlier epoch.
+    pub leaves: Vec<(PayerKey, Address, u128)>,
+    /// Net debit per payer since the previous seal, sorted by payer.
+    pub debits: Vec<(PayerKey, u128)>,
+    /// Net credit per payee since the previous seal, sorted by payee.
+    pub credits: Vec<(Address, u128)>,
+}

@@ -1,0 +1,306 @@
+//! Reads of the ledger for operators and settle, served from RocksDB snapshots.
+//!
+//! The writer only ever writes a group after it is complete and replies after the write
+//! returned, so anything an ack promised is visible here by the time the ack is out; the reader
+//! never takes a lock the writer needs. Each call reads one snapshot, so a multi-key answer (a
+//! channel list, a sealed epoch) is from one point in time.
+
+use std::sync::Arc;
+
+use crate::receipt::{Address, PayerKey};
+use crate::store::{Cf, Store, StoreError, StoreSnapshot};
+
+use super::SealedEpoch;
+use super::record::{
+    ChannelKey, ChannelState, DecodeError, EntryKind, EpochRecord, FUNDS_CURSOR_KEY, FundsCursor,
+    OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerState, address_from, decode_amount,
+    entry_prefix, epoch_key, payer_from, producer_key,
+};
+
+/// A payer's funds as the ledger sees them.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct PayerBalance {
+    /// Sum of deposits seen onchain.
+    pub deposited: u128,
+    /// Requested withdrawals not yet completed.
+    pub withdrawal_requested: u128,
+    /// Completed withdrawals.
+    pub withdrawn: u128,
+    /// Debited by committed epochs.
+    pub settled: u128,
+    /// Accepted, not yet settled.
+    pub pending: u128,
+    /// What the payer may still spend.
+    pub available: u128,
+}
+
+/// A payee's credits.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct PayeeBalance {
+    /// Sum of accepted receipts paying this payee.
+    pub credited: u128,
+    /// Credited by committed epochs.
+    pub settled: u128,
+}
+
+/// One channel's totals.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ChannelInfo {
+    /// Who pays.
+    pub payer: PayerKey,
+    /// Who is paid.
+    pub payee: Address,
+    /// Total of every accepted receipt.
+    pub cumulative: u128,
+    /// Accepted receipts.
+    pub receipts: u64,
+    /// Latest timestamp among accepted receipts.
+    pub last_timestamp_ms: u64,
+    /// Highest accepted nonce.
+    pub highest_nonce: Option<u64>,
+}
+
+/// Read-only access to the ledger. Cheap to clone; safe from any thread.
+#[derive(Clone, Debug)]
+pub struct LedgerReader {
+    store: Arc<Store>,
+}
+
+fn corrupt(cf: Cf) -> impl FnOnce(DecodeError) -> StoreError {
+    move |DecodeError(problem)| StoreError::Corrupt {
+        cf: cf.name(),
+        problem,
+    }
+}
+
+fn channel_info(key: ChannelKey, bytes: &[u8]) -> Result<ChannelInfo, StoreError> {
+    let state = ChannelState::decode(bytes).map_err(corrupt(Cf::Channels))?;
+    Ok(ChannelInfo {
+        payer: key.payer,
+        payee: key.payee,
+        cumulative: state.cumulative,
+        receipts: state.receipts,
+        last_timestamp_ms: state.last_timestamp_ms,
+        highest_nonce: state.window.top(),
+    })
+}
+
+fn amounts(
+    snapshot: &StoreSnapshot<'_>,
+    epoch: u64,
+    kind: EntryKind,
+) -> Result<Vec<(Box<[u8]>, u128)>, StoreError> {
+    snapshot
+        .scan(
+            Cf::EpochEntries,
+            &entry_prefix(epoch, kind),
+            None,
+            usize::MAX,
+        )?
+        .into_iter()
+        .map(|(key, value)| {
+            let amount = decode_amount(&value).map_err(corrupt(Cf::EpochEntries))?;
+            Ok((key[9..].into(), amount))
+        })
+        .collect()
+}
+
+impl LedgerReader {
+    pub(crate) fn new(store: Arc<Store>) -> Self {
+        Self { store }
+    }
+
+    /// A payer's funds; `None` if the ledger never heard of the payer.
+    pub fn payer(&self, payer: &PayerKey) -> Result<Option<PayerBalance>, StoreError> {
+        let Some(bytes) = self.store.get(Cf::Payers, &payer.0)? else {
+            return Ok(None);
+        };
+        let state = PayerState::decode(&bytes).map_err(corrupt(Cf::Payers))?;
+        Ok(Some(PayerBalance {
+            deposited: state.deposited,
+            withdrawal_requested: state.withdrawal_requested,
+            withdrawn: state.withdrawn,
+            settled: state.settled,
+            pending: state.pending,
+            available: state.available(),
+        }))
+    }
+
+    /// A payee's credits; `None` if nothing was ever accepted for it.
+    pub fn payee(&self, payee: &Address) -> Result<Option<PayeeBalance>, StoreError> {
+        let Some(bytes) = self.store.get(Cf::Payees, &payee.0)? else {
+            return Ok(None);
+        };
+        let state = PayeeState::decode(&bytes).map_err(corrupt(Cf::Payees))?;
+        Ok(Some(PayeeBalance {
+            credited: state.credited,
+            settled: state.settled,
+        }))
+    }
+
+    /// One channel's totals; `None` if it never accepted anything.
+    pub fn channel(
+        &self,
+        payer: &PayerKey,
+        payee: &Address,
+    ) -> Result<Option<ChannelInfo>, StoreError> {
+        let key = ChannelKey {
+            payer: *payer,
+            payee: *payee,
+        };
+        self.store
+            .get(Cf::Channels, &key.to_bytes())?
+            .map(|bytes| channel_info(key, &bytes))
+            .transpose()
+    }
+
+    /// Up to `limit` channels of `payer` in payee order, after `after` when given.
+    pub fn payer_channels(
+        &self,
+        payer: &PayerKey,
+        after: Option<&Address>,
+        limit: usize,
+    ) -> Result<Vec<ChannelInfo>, StoreError> {
+        let after = after.map(|payee| {
+            ChannelKey {
+                payer: *payer,
+                payee: *payee,
+            }
+            .to_bytes()
+        });
+        self.store
+            .snapshot()
+            .scan(
+                Cf::Channels,
+                &payer.0,
+                after.as_ref().map(|a| &a[..]),
+                limit,
+            )?
+            .into_iter()
+            .map(|(key, value)| {
+                let key = ChannelKey::from_bytes(&key).map_err(corrupt(Cf::Channels))?;
+                channel_info(key, &value)
+            })
+            .collect()
+    }
+
+    /// Up to `limit` channels paying `payee` in payer order, after `after` when given.
+    pub fn payee_channels(
+        &self,
+        payee: &Address,
+        after: Option<&PayerKey>,
+        limit: usize,
+    ) -> Result<Vec<ChannelInfo>, StoreError> {
+        let after = after.map(|payer| {
+            ChannelKey {
+                payer: *payer,
+                payee: *payee,
+            }
+            .to_payee_index()
+        });
+        let snapshot = self.store.snapshot();
+        snapshot
+            .scan(
+                Cf::PayeeChannels,
+                &payee.0,
+                after.as_ref().map(|a| &a[..]),
+                limit,
+            )?
+            .into_iter()
+            .map(|(index, _)| {
+                let key =
+                    ChannelKey::from_payee_index(&index).map_err(corrupt(Cf::PayeeChannels))?;
+                let bytes = snapshot
+                    .get(Cf::Channels, &key.to_bytes())?
+                    .ok_or_else(|| StoreError::Corrupt {
+                        cf: Cf::PayeeChannels.name(),
+                        problem: format!("index names channel {key:?} that does not exist"),
+                    })?;
+                channel_info(key, &bytes)
+            })
+            .collect()
+    }
+
+    /// The epoch being filled now.
+    pub fn open_epoch(&self) -> Result<OpenEpoch, StoreError> {
+        match self.store.get(Cf::Meta, OPEN_EPOCH_KEY)? {
+            Some(bytes) => OpenEpoch::decode(&bytes).map_err(corrupt(Cf::Meta)),
+            None => Ok(OpenEpoch::default()),
+        }
+    }
+
+    /// Up to `limit` sealed epochs in order, after epoch `after` when given.
+    pub fn epochs(&self, after: Option<u64>, limit: usize) -> Result<Vec<EpochRecord>, StoreError> {
+        let after = after.map(epoch_key);
+        self.store
+            .snapshot()
+            .scan(Cf::Epochs, &[], after.as_ref().map(|a| &a[..]), limit)?
+            .into_iter()
+            .map(|(_, value)| EpochRecord::decode(&value).map_err(corrupt(Cf::Epochs)))
+            .collect()
+    }
+
+    /// One sealed epoch's record.
+    pub fn epoch(&self, epoch: u64) -> Result<Option<EpochRecord>, StoreError> {
+        self.store
+            .get(Cf::Epochs, &epoch_key(epoch))?
+            .map(|bytes| EpochRecord::decode(&bytes).map_err(corrupt(Cf::Epochs)))
+            .transpose()
+    }
+
+    /// A sealed epoch's leaves, debits and credits exactly as the seal returned them (for
+    /// settle to rebuild its tree after a restart).
+    pub fn sealed_epoch(&self, epoch: u64) -> Result<Option<SealedEpoch>, StoreError> {
+        let snapshot = self.store.snapshot();
+        if snapshot.get(Cf::Epochs, &epoch_key(epoch))?.is_none() {
+            return Ok(None);
+        }
+        let leaves = amounts(&snapshot, epoch, EntryKind::Leaf)?
+            .into_iter()
+            .map(|(id, cumulative)| {
+                let key = ChannelKey::from_bytes(&id).map_err(corrupt(Cf::EpochEntries))?;
+                Ok((key.payer, key.payee, cumulative))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let debits = amounts(&snapshot, epoch, EntryKind::Debit)?
+            .into_iter()
+            .map(|(id, amount)| Ok((payer_from(&id).map_err(corrupt(Cf::EpochEntries))?, amount)))
+            .collect::<Result<_, StoreError>>()?;
+        let credits = amounts(&snapshot, epoch, EntryKind::Credit)?
+            .into_iter()
+            .map(|(id, amount)| {
+                Ok((
+                    address_from(&id).map_err(corrupt(Cf::EpochEntries))?,
+                    amount,
+                ))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Some(SealedEpoch {
+            epoch,
+            leaves,
+            debits,
+            credits,
+        }))
+    }
+
+    /// The last chain event the ledger applied; the watcher resumes after it.
+    pub fn funds_cursor(&self) -> Result<Option<FundsCursor>, StoreError> {
+        self.store
+            .get(Cf::Meta, FUNDS_CURSOR_KEY)?
+            .map(|bytes| FundsCursor::decode(&bytes).map_err(corrupt(Cf::Meta)))
+            .transpose()
+    }
+
+    /// The session epoch stored for a producer, for a HELLO to be refused early when it is
+    /// older (the writer checks again on every batch).
+    pub fn session_epoch(&self, producer_id: u64) -> Result<Option<u64>, StoreError> {
+        self.store
+            .get(Cf::Sessions, &producer_key(producer_id))?
+            .map(|bytes| {
+                ProducerState::decode(&bytes)
+                    .map(|p| p.session_epoch)
+                    .map_err(corrupt(Cf::Sessions))
+            })
+            .transpose()
+    }
+}

@@ -1,0 +1,275 @@
+//! The single writer thread and its group commit.
+//!
+//! The writer takes whatever is waiting (verified batches from the verify stage, funds events
+//! and epoch updates from settle), applies it in arrival order, and writes everything it applied
+//! as one synced `WriteBatch`. While that write's fsync runs, the verify stage keeps filling the
+//! bounded queue, so the next group is accumulating: under load a group holds as much as
+//! arrived during one fsync, which is what lets the disk stop setting the pace. Replies go out
+//! only after the write returned; if it failed, every reply of the group is an error and the
+//! store is poisoned, so nothing is written or acked again.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Select, TryRecvError};
+use futures_channel::oneshot;
+
+use crate::pipeline::EngineError;
+use crate::receipt::ReceiptBatch;
+use crate::verdict::Verdict;
+
+use super::state::{Ledger, SessionId};
+use super::{BatchAck, EpochUpdate, FundsEvent, SealedEpoch};
+
+pub(crate) type AckSender = oneshot::Sender<Result<BatchAck, EngineError>>;
+pub(crate) type DoneSender = oneshot::Sender<Result<(), EngineError>>;
+pub(crate) type SealSender = oneshot::Sender<Result<SealedEpoch, EngineError>>;
+
+/// Work for the writer.
+pub(crate) enum WriterMsg {
+    /// A verified batch: `verdicts[i]` is the verify stage's verdict for record `i`.
+    Batch {
+        session: SessionId,
+        receipts: ReceiptBatch,
+        verdicts: Vec<Verdict>,
+        reply: AckSender,
+    },
+    /// A chain event for the funds check.
+    Funds {
+        event: FundsEvent,
+        reply: DoneSender,
+    },
+    /// Seal the open epoch.
+    Seal { reply: SealSender },
+    /// Settle's news about an epoch.
+    Record {
+        update: EpochUpdate,
+        reply: DoneSender,
+    },
+    /// Finish what is queued, write it, stop.
+    Shutdown,
+}
+
+enum Reply {
+    Ack(AckSender, Result<BatchAck, EngineError>),
+    Done(DoneSender, Result<(), EngineError>),
+}
+
+impl Reply {
+    fn send(self) {
+        // A receiver that went away (a closed connection) does not need its answer: the state
+        // is durable either way and a re-send gets the same ack.
+        match self {
+            Reply::Ack(tx, result) => drop(tx.send(result)),
+            Reply::Done(tx, result) => drop(tx.send(result)),
+        }
+    }
+
+    fn fail(self, error: &EngineError) -> Self {
+        match self {
+            Reply::Ack(tx, Ok(_)) => Reply::Ack(tx, Err(error.clone_fatal())),
+            Reply::Done(tx, Ok(())) => Reply::Done(tx, Err(error.clone_fatal())),
+            refused => refused,
+        }
+    }
+}
+
+/// The two queues the writer reads. Control messages are rare and small, so they are taken
+/// first whenever both have something.
+struct Inbox {
+    batches: Option<Receiver<WriterMsg>>,
+    control: Option<Receiver<WriterMsg>>,
+}
+
+impl Inbox {
+    /// Blocks until a message arrives; `None` once both queues are closed and empty.
+    fn recv(&mut self) -> Option<WriterMsg> {
+        loop {
+            if let Some(msg) = self.try_recv() {
+                return Some(msg);
+            }
+            // Clones of the receivers (a reference count each) so the selection borrows them,
+            // not `self`, which the disconnect handling below changes.
+            let open: Vec<(bool, Receiver<WriterMsg>)> =
+                [(true, &self.batches), (false, &self.control)]
+                    .into_iter()
+                    .filter_map(|(is_batches, rx)| rx.clone().map(|rx| (is_batches, rx)))
+                    .collect();
+            if open.is_empty() {
+                return None;
+            }
+            let mut select = Select::new();
+            for (_, rx) in &open {
+                select.recv(rx);
+            }
+            let ready = select.select();
+            // `select` only returns indices it was given.
+            let (from_batches, rx) = &open[ready.index()];
+            match ready.recv(rx) {
+                Ok(msg) => return Some(msg),
+                Err(_) if *from_batches => self.batches = None,
+                Err(_) => self.control = None,
+            }
+        }
+    }
+
+    /// A waiting message, if any, without blocking.
+    fn try_recv(&mut self) -> Option<WriterMsg> {
+        for slot in [&mut self.control, &mut self.batches] {
+            let Some(rx) = slot else { continue };
+            match rx.try_recv() {
+                Ok(msg) => return Some(msg),
+                Err(TryRecvError::Disconnected) => *slot = None,
+                Err(TryRecvError::Empty) => {}
+            }
+        }
+        None
+    }
+
+    fn try_recv_control(&mut self) -> Option<WriterMsg> {
+        let rx = self.control.as_ref()?;
+        rx.try_recv().ok()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+pub(crate) struct Writer {
+    ledger: Ledger,
+    inbox: Inbox,
+    replies: Vec<Reply>,
+    group_receipts_max: usize,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        ledger: Ledger,
+        batches: Receiver<WriterMsg>,
+        control: Receiver<WriterMsg>,
+        group_receipts_max: usize,
+    ) -> Self {
+        Self {
+            ledger,
+            inbox: Inbox {
+                batches: Some(batches),
+                control: Some(control),
+            },
+            replies: Vec::new(),
+            group_receipts_max,
+        }
+    }
+
+    /// Runs until shut down or until every sender is gone. `Err` when the store is poisoned.
+    pub(crate) fn run(mut self) -> Result<(), EngineError> {
+        let mut stopping = false;
+        while !stopping {
+            let Some(first) = self.inbox.recv() else {
+                break;
+            };
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match msg {
+                    WriterMsg::Shutdown => {
+                        stopping = true;
+                        // Settle's last updates still count; nothing new is accepted after this.
+                        while let Some(msg) = self.inbox.try_recv_control() {
+                            self.handle(msg);
+                        }
+                    }
+                    msg => self.handle(msg),
+                }
+                if stopping || self.ledger.group_receipts() >= self.group_receipts_max {
+                    break;
+                }
+                next = self.inbox.try_recv();
+            }
+            self.flush();
+        }
+        self.flush();
+        if self.ledger.is_poisoned() {
+            return Err(self.poisoned());
+        }
+        Ok(())
+    }
+
+    fn poisoned(&self) -> EngineError {
+        EngineError::Poisoned {
+            cause: "an earlier write failed".into(),
+        }
+    }
+
+    fn handle(&mut self, msg: WriterMsg) {
+        if self.ledger.is_poisoned() {
+            let error = self.poisoned();
+            match msg {
+                WriterMsg::Batch { reply, .. } => drop(reply.send(Err(error))),
+                WriterMsg::Funds { reply, .. } | WriterMsg::Record { reply, .. } => {
+                    drop(reply.send(Err(error)))
+                }
+                WriterMsg::Seal { reply } => drop(reply.send(Err(error))),
+                WriterMsg::Shutdown => {}
+            }
+            return;
+        }
+        match msg {
+            WriterMsg::Batch {
+                session,
+                receipts,
+                verdicts,
+                reply,
+            } => {
+                let result = self
+                    .ledger
+                    .apply_batch(session, &receipts, &verdicts, now_ms());
+                self.check_fatal(&result);
+                self.replies.push(Reply::Ack(reply, result));
+            }
+            WriterMsg::Funds { event, reply } => {
+                let result = self.ledger.apply_funds(event);
+                self.check_fatal(&result);
+                self.replies.push(Reply::Done(reply, result));
+            }
+            WriterMsg::Record { update, reply } => {
+                let result = self.ledger.record_epoch(update);
+                self.check_fatal(&result);
+                self.replies.push(Reply::Done(reply, result));
+            }
+            WriterMsg::Seal { reply } => {
+                // The seal is its own write: what came before it is written (and answered) first.
+                self.flush();
+                let result = self.ledger.seal();
+                self.check_fatal(&result);
+                drop(reply.send(result));
+            }
+            WriterMsg::Shutdown => {}
+        }
+    }
+
+    /// A refusal (stale session, unknown epoch...) changed nothing. Anything else may have left
+    /// the cache half-changed, so nothing more may be written.
+    fn check_fatal<T>(&self, result: &Result<T, EngineError>) {
+        if let Err(error) = result
+            && !error.is_refusal()
+        {
+            self.ledger.poison(error.to_string());
+        }
+    }
+
+    fn flush(&mut self) {
+        let result = self.ledger.commit();
+        let replies = std::mem::take(&mut self.replies);
+        match result {
+            Ok(()) => replies.into_iter().for_each(Reply::send),
+            Err(error) => {
+                tracing::error!(%error, "ledger group write failed; refusing all further writes");
+                for reply in replies {
+                    reply.fail(&error).send();
+                }
+            }
+        }
+    }
+}

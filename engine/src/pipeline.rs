@@ -1,0 +1,570 @@
+//! The engine as ingest and settle see it: submit a batch, get an ack once it is durable.
+//!
+//! ```text
+//! submit ──[queue_batches_max]──▶ verify thread ──[verified_batches_max]──▶ ledger writer ──▶ RocksDB
+//! funds / seal_epoch / record_epoch ──────[control_queue_max]──────────────▶ ledger writer
+//! ```
+//! Both stages are single threads connected by bounded crossbeam channels, so batches reach the
+//! writer in submission order; the verify thread hands each batch to a [`BatchVerifier`], which
+//! may fan out on its own pool. When the writer or the verifier falls behind, the queues fill,
+//! `submit` answers [`SubmitError::Full`], and ingest stops reading sockets: TCP pushes back on the
+//! fleet. Replies travel on `futures_channel::oneshot`, which needs no async runtime.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use futures_channel::oneshot;
+use thiserror::Error;
+
+use crate::ledger::state::{Ledger, SessionId, initial_format, validate};
+use crate::ledger::writer::{Writer, WriterMsg};
+use crate::receipt::{PayerKey, ReceiptBatch, ReceiptView};
+use crate::store::{Cf, FORMAT_KEY, Store, StoreError};
+use crate::verdict::{Reason, Verdict};
+
+pub use crate::ledger::{
+    BatchAck, EpochStatus, EpochUpdate, FundsEvent, FundsKind, LedgerConfig, LedgerReader,
+    SealedEpoch, UnknownPayers,
+};
+
+/// Checks the signatures of a batch. `engine::verify::VerifyPool` is the production one.
+pub trait BatchVerifier: Send + Sync + 'static {
+    /// One verdict per receipt, in input order: `Ok(())` or why the signature (or key) fails.
+    fn verify(&self, receipts: &[ReceiptView<'_>]) -> Vec<Verdict>;
+}
+
+/// Engine limits and where it keeps its data.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// RocksDB directory of the ledger.
+    pub data_dir: PathBuf,
+    /// Ledger policies and limits.
+    pub ledger: LedgerConfig,
+    /// Batches submitted and not yet verified; `submit` answers `Full` beyond.
+    pub queue_batches_max: usize,
+    /// Verified batches waiting for the writer; the verify thread waits beyond.
+    pub verified_batches_max: usize,
+    /// Funds events, seals and epoch updates waiting for the writer.
+    pub control_queue_max: usize,
+}
+
+impl EngineConfig {
+    /// Defaults for a ledger in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            ledger: LedgerConfig::default(),
+            queue_batches_max: 256,
+            verified_batches_max: 64,
+            control_queue_max: 256,
+        }
+    }
+}
+
+/// One client batch for the engine.
+#[derive(Clone, Debug)]
+pub struct SubmitRequest {
+    /// The fleet client's producer id.
+    pub producer_id: u64,
+    /// The producer's session epoch; older than the stored one is refused.
+    pub session_epoch: u64,
+    /// The batch's number in the session; a re-send reuses it and gets the same ack.
+    pub batch_seq: u64,
+    /// The receipts.
+    pub receipts: ReceiptBatch,
+    /// Receipts an earlier stage already refused (e.g. PayeeNotAllowed): not verified, not applied.
+    pub prejudged: Vec<(u32, Reason)>,
+}
+
+/// Why the engine could not do what was asked. Errors marked fatal mean the process must stop.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// The store could not be opened or read (the message names the problem and the directory).
+    #[error(transparent)]
+    Store(StoreError),
+    /// Fatal: a write or fsync failed, or an invariant broke, and the ledger takes no more writes.
+    #[error("ledger poisoned (fatal): {cause}")]
+    Poisoned {
+        /// what failed first
+        cause: String,
+    },
+    /// Fatal: the ledger's state contradicts itself; nothing is written after this.
+    #[error("ledger invariant broken (fatal): {what}")]
+    Invariant {
+        /// what did not add up
+        what: String,
+    },
+    /// A batch or HELLO from a session older than the producer's current one.
+    #[error(
+        "producer {producer_id}: session epoch {session_epoch} is older than the current {current}"
+    )]
+    SessionSuperseded {
+        /// the producer
+        producer_id: u64,
+        /// the epoch the request came with
+        session_epoch: u64,
+        /// the epoch stored for the producer
+        current: u64,
+    },
+    /// `record_epoch` for an epoch that was never sealed.
+    #[error("epoch {epoch} was never sealed")]
+    UnknownEpoch {
+        /// the epoch asked for
+        epoch: u64,
+    },
+    /// `record_epoch` asked for a status change that settlement cannot make.
+    #[error("epoch {epoch} cannot go from {from:?} to {to:?}")]
+    EpochTransition {
+        /// the epoch
+        epoch: u64,
+        /// stored status
+        from: EpochStatus,
+        /// requested status
+        to: EpochStatus,
+    },
+    /// A funds event would overflow the payer's totals; it was not applied.
+    #[error("funds event for payer {payer} overflows its totals")]
+    FundsOverflow {
+        /// the payer
+        payer: PayerKey,
+    },
+    /// The configuration is invalid or does not match the data directory.
+    #[error("engine configuration: {problem}")]
+    Config {
+        /// what is wrong
+        problem: String,
+    },
+    /// A thread could not be started.
+    #[error("cannot start engine thread: {0}")]
+    Spawn(std::io::Error),
+    /// The engine stopped before it could answer.
+    #[error("engine stopped")]
+    Stopped,
+}
+
+impl From<StoreError> for EngineError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Poisoned { cause } => EngineError::Poisoned { cause },
+            other => EngineError::Store(other),
+        }
+    }
+}
+
+impl EngineError {
+    /// True for answers that refuse one request and change nothing; false for failures after
+    /// which the ledger must not write again.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            EngineError::SessionSuperseded { .. }
+                | EngineError::UnknownEpoch { .. }
+                | EngineError::EpochTransition { .. }
+                | EngineError::FundsOverflow { .. }
+                | EngineError::Config { .. }
+        )
+    }
+
+    /// The error every other reply of a failed group gets.
+    pub(crate) fn clone_fatal(&self) -> EngineError {
+        EngineError::Poisoned {
+            cause: self.to_string(),
+        }
+    }
+}
+
+/// Why a request was not queued. Nothing was done.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The queue is full: back off (ingest holds a permit per batch so this is rare).
+    #[error("engine queue full")]
+    Full,
+    /// The engine is shutting down or has stopped.
+    #[error("engine closed")]
+    Closed,
+    /// The ledger is poisoned (fatal): the process must stop.
+    #[error("engine poisoned")]
+    Poisoned,
+    /// A prejudged index is past the end of the batch.
+    #[error("prejudged receipt {index} is outside a batch of {receipts}")]
+    PrejudgedOutOfRange {
+        /// the index given
+        index: u32,
+        /// receipts in the batch
+        receipts: usize,
+    },
+}
+
+/// The answer to a batch: its ack once durable.
+pub type AckReceiver = oneshot::Receiver<Result<BatchAck, EngineError>>;
+/// The answer to a funds event or an epoch update, once durable.
+pub type DoneReceiver = oneshot::Receiver<Result<(), EngineError>>;
+/// The sealed epoch, once durable.
+pub type SealReceiver = oneshot::Receiver<Result<SealedEpoch, EngineError>>;
+
+enum VerifyMsg {
+    Batch(
+        SubmitRequest,
+        oneshot::Sender<Result<BatchAck, EngineError>>,
+    ),
+    Shutdown,
+}
+
+struct Threads {
+    verify: JoinHandle<()>,
+    writer: JoinHandle<Result<(), EngineError>>,
+}
+
+struct Inner {
+    submit: Sender<VerifyMsg>,
+    control: Sender<WriterMsg>,
+    store: Arc<Store>,
+    closed: AtomicBool,
+    threads: Mutex<Option<Threads>>,
+}
+
+/// Handle to a running engine. Clones share it; the threads stop on [`Engine::shutdown`] or
+/// when the last handle is dropped.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("store", &self.inner.store)
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Opens (or creates) the ledger in `config.data_dir` and starts the verify and writer
+    /// threads. A corrupt, half-written or foreign directory is refused with an error naming the
+    /// problem.
+    pub fn open(
+        config: EngineConfig,
+        verifier: Arc<dyn BatchVerifier>,
+    ) -> Result<Engine, EngineError> {
+        validate(&config.ledger)?;
+        if config.queue_batches_max == 0
+            || config.verified_batches_max == 0
+            || config.control_queue_max == 0
+        {
+            return Err(EngineError::Config {
+                problem: "queue capacities must be at least 1".into(),
+            });
+        }
+        let format = initial_format(&config.ledger);
+        let (store, created) = Store::open(&config.data_dir, |batch| {
+            batch.put(Cf::Meta, FORMAT_KEY, format)
+        })?;
+        let store = Arc::new(store);
+        let ledger = Ledger::open(Arc::clone(&store), config.ledger.clone())?;
+        if config.ledger.unknown_payers == UnknownPayers::Accept {
+            tracing::warn!(
+                "unknown payers accepted without a funds check (chainless mode): nothing here is \
+                 backed by a deposit"
+            );
+        }
+        tracing::info!(data_dir = %config.data_dir.display(), created, "ledger opened");
+
+        // submit → verify: bounded so `submit` can refuse instead of buffering without limit.
+        let (submit_tx, submit_rx) = bounded(config.queue_batches_max);
+        // verify → writer: bounded so a slow disk stalls verification, then submission.
+        let (verified_tx, verified_rx) = bounded(config.verified_batches_max);
+        // settle → writer: funds events and epoch work, small and rare.
+        let (control_tx, control_rx) = bounded(config.control_queue_max);
+
+        let writer = Writer::new(
+            ledger,
+            verified_rx,
+            control_rx,
+            config.ledger.group_receipts_max,
+        );
+        let writer = std::thread::Builder::new()
+            .name("tollgate-ledger".into())
+            .spawn(move || writer.run())
+            .map_err(EngineError::Spawn)?;
+        let verify = std::thread::Builder::new()
+            .name("tollgate-verify".into())
+            .spawn(move || verify_stage(verifier.as_ref(), submit_rx, verified_tx))
+            .map_err(EngineError::Spawn)?;
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                submit: submit_tx,
+                control: control_tx,
+                store,
+                closed: AtomicBool::new(false),
+                threads: Mutex::new(Some(Threads { verify, writer })),
+            }),
+        })
+    }
+
+    fn check_open(&self) -> Result<(), SubmitError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(SubmitError::Closed);
+        }
+        if self.inner.store.is_poisoned() {
+            return Err(SubmitError::Poisoned);
+        }
+        Ok(())
+    }
+
+    /// Queues a batch for verification and the ledger. Never blocks: `Err(SubmitError::Full)`
+    /// when `queue_batches_max` batches are in flight.
+    pub fn submit(&self, request: SubmitRequest) -> Result<AckReceiver, SubmitError> {
+        self.check_open()?;
+        let receipts = request.receipts.len();
+        if let Some(&(index, _)) = request
+            .prejudged
+            .iter()
+            .find(|(index, _)| *index as usize >= receipts)
+        {
+            return Err(SubmitError::PrejudgedOutOfRange { index, receipts });
+        }
+        let (tx, rx) = oneshot::channel();
+        match self.inner.submit.try_send(VerifyMsg::Batch(request, tx)) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(SubmitError::Full),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
+        }
+    }
+
+    fn control<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, EngineError>>) -> WriterMsg,
+    ) -> Result<oneshot::Receiver<Result<T, EngineError>>, SubmitError> {
+        self.check_open()?;
+        let (tx, rx) = oneshot::channel();
+        match self.inner.control.try_send(make(tx)) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(SubmitError::Full),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
+        }
+    }
+
+    /// Queues a chain event for the funds check. Applied exactly once by `(block, log_index)`,
+    /// with the cursor persisted in the same write.
+    pub fn funds(&self, event: FundsEvent) -> Result<DoneReceiver, SubmitError> {
+        self.control(|reply| WriterMsg::Funds { event, reply })
+    }
+
+    /// Seals the open epoch in one atomic write; receipts after it go to the next epoch.
+    pub fn seal_epoch(&self) -> Result<SealReceiver, SubmitError> {
+        self.control(|reply| WriterMsg::Seal { reply })
+    }
+
+    /// Persists settle's progress with an epoch (root, status, transaction, block).
+    pub fn record_epoch(&self, update: EpochUpdate) -> Result<DoneReceiver, SubmitError> {
+        self.control(|reply| WriterMsg::Record { update, reply })
+    }
+
+    /// Snapshot reads that never block the writer.
+    pub fn reader(&self) -> LedgerReader {
+        LedgerReader::new(Arc::clone(&self.inner.store))
+    }
+
+    /// Stops taking requests, lets everything queued be verified, applied, written and answered,
+    /// then joins the threads. `Err(Poisoned)` if the ledger was poisoned on the way. Dropping the
+    /// last handle does the same, without the report.
+    pub fn shutdown(self) -> Result<(), EngineError> {
+        self.inner.stop()
+    }
+}
+
+impl Inner {
+    fn stop(&self) -> Result<(), EngineError> {
+        self.closed.store(true, Ordering::Release);
+        let threads = match self.threads.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        let Some(threads) = threads else {
+            // Another handle already shut the engine down.
+            return Ok(());
+        };
+        // Blocking send: the marker queues behind every batch already submitted. An error means
+        // the verify thread is gone already, which joining reports.
+        drop(self.submit.send(VerifyMsg::Shutdown));
+        let verify = threads.verify.join();
+        let writer = threads.writer.join();
+        if verify.is_err() {
+            return Err(EngineError::Invariant {
+                what: "verify thread panicked".into(),
+            });
+        }
+        match writer {
+            Ok(result) => result,
+            Err(_) => Err(EngineError::Invariant {
+                what: "ledger writer panicked".into(),
+            }),
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Err(error) = self.stop() {
+            tracing::error!(%error, "engine stopped with an error");
+        }
+    }
+}
+
+/// The verify stage: one batch at a time, in order, so the writer sees batches in submission
+/// order.
+fn verify_stage(
+    verifier: &dyn BatchVerifier,
+    requests: Receiver<VerifyMsg>,
+    verified: Sender<WriterMsg>,
+) {
+    for msg in requests {
+        match msg {
+            VerifyMsg::Batch(request, reply) => {
+                let verdicts = verdicts(verifier, &request);
+                let msg = WriterMsg::Batch {
+                    session: SessionId {
+                        producer_id: request.producer_id,
+                        session_epoch: request.session_epoch,
+                        batch_seq: request.batch_seq,
+                    },
+                    receipts: request.receipts,
+                    verdicts,
+                    reply,
+                };
+                if verified.send(msg).is_err() {
+                    return;
+                }
+            }
+            VerifyMsg::Shutdown => {
+                drop(verified.send(WriterMsg::Shutdown));
+                return;
+            }
+        }
+    }
+}
+
+/// One verdict per record: prejudged reasons, `Malformed` for records that do not parse, and
+/// the verifier's verdict for the rest.
+fn verdicts(verifier: &dyn BatchVerifier, request: &SubmitRequest) -> Vec<Verdict> {
+    let mut verdicts: Vec<Verdict> = vec![Ok(()); request.receipts.len()];
+    for &(index, reason) in &request.prejudged {
+        if let Some(verdict) = verdicts.get_mut(index as usize) {
+            *verdict = Err(reason);
+        }
+    }
+    let mut views = Vec::with_capacity(verdicts.len());
+    let mut positions = Vec::with_capacity(verdicts.len());
+    for (index, record) in request.receipts.iter().enumerate() {
+        if verdicts[index].is_err() {
+            continue;
+        }
+        match record {
+            Ok(view) => {
+                views.push(view);
+                positions.push(index);
+            }
+            Err(_) => verdicts[index] = Err(Reason::Malformed),
+        }
+    }
+    if views.is_empty() {
+        return verdicts;
+    }
+    let checked = verifier.verify(&views);
+    if checked.len() != views.len() {
+        // A verifier that answers for the wrong number of receipts cannot be trusted on any:
+        // nobody is charged on its word.
+        tracing::error!(
+            expected = views.len(),
+            got = checked.len(),
+            "verifier returned the wrong number of verdicts; rejecting the batch's signatures"
+        );
+        for index in positions {
+            verdicts[index] = Err(Reason::BadSignature);
+        }
+        return verdicts;
+    }
+    for (index, verdict) in positions.into_iter().zip(checked) {
+        verdicts[index] = verdict;
+    }
+    verdicts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No receipt is applied in these tests; refusing every signature keeps it that way.
+    struct RefuseEverySignature;
+
+    impl BatchVerifier for RefuseEverySignature {
+        fn verify(&self, receipts: &[ReceiptView<'_>]) -> Vec<Verdict> {
+            vec![Err(Reason::BadSignature); receipts.len()]
+        }
+    }
+
+    fn deposit(amount: u128, block: u64) -> FundsEvent {
+        FundsEvent {
+            payer: PayerKey([1; 32]),
+            kind: FundsKind::Deposit,
+            amount,
+            block,
+            log_index: 0,
+        }
+    }
+
+    #[test]
+    fn failed_write_poisons_the_engine_and_nothing_more_is_written_or_acked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::open(
+            EngineConfig::new(dir.path()),
+            Arc::new(RefuseEverySignature),
+        )
+        .expect("open");
+        let done = engine.funds(deposit(10, 1)).expect("queued");
+        futures::executor::block_on(done)
+            .expect("answered")
+            .expect("written");
+
+        engine.inner.store.fail_next_write();
+        let done = engine.funds(deposit(20, 2)).expect("queued");
+        let error = futures::executor::block_on(done)
+            .expect("answered")
+            .expect_err("write failed");
+        assert!(matches!(error, EngineError::Poisoned { .. }), "{error}");
+
+        assert_eq!(
+            engine.funds(deposit(30, 3)).err(),
+            Some(SubmitError::Poisoned)
+        );
+        let request = SubmitRequest {
+            producer_id: 1,
+            session_epoch: 0,
+            batch_seq: 0,
+            receipts: ReceiptBatch::default(),
+            prejudged: Vec::new(),
+        };
+        assert_eq!(engine.submit(request).err(), Some(SubmitError::Poisoned));
+        let error = engine.clone().shutdown().expect_err("reports the poison");
+        assert!(matches!(error, EngineError::Poisoned { .. }), "{error}");
+        drop(engine);
+
+        // Only what was acked is on disk.
+        let engine = Engine::open(
+            EngineConfig::new(dir.path()),
+            Arc::new(RefuseEverySignature),
+        )
+        .expect("reopen");
+        let balance = engine
+            .reader()
+            .payer(&PayerKey([1; 32]))
+            .expect("read")
+            .expect("known");
+        assert_eq!(balance.deposited, 10);
+        engine.shutdown().expect("clean");
+    }
+}

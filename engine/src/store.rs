@@ -1,0 +1,534 @@
+//! The only code that touches RocksDB.
+//!
+//! Everything the ledger knows lives in the column families named below. A write is one
+//! [`StoreBatch`] applied atomically with [`synced_write_options`]; the first write that fails
+//! poisons the store for good, because after a failed fsync the kernel may have dropped dirty pages
+//! and nothing we write next can be trusted to sit on top of what we think is there (the
+//! "fsyncgate" lesson: retrying an fsync reports success over lost data).
+//!
+//! Opening refuses anything that is not a whole Tollgate data directory: a non-empty directory
+//! without a RocksDB `CURRENT` file, a database missing one of our column families, a WAL that
+//! does not replay cleanly (`AbsoluteConsistency`), or a directory created but never initialised.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, DBRecoveryMode, IteratorMode, Options, PrefixRange, ReadOptions,
+    WriteBatch, WriteOptions,
+};
+use thiserror::Error;
+
+/// Ledger metadata: format marker, open epoch, funds cursor.
+pub const CF_META: &str = "meta";
+/// Channel state keyed by `payer ‖ payee`.
+pub const CF_CHANNELS: &str = "channels";
+/// Index of channels by payee: `payee ‖ payer` → empty.
+pub const CF_PAYEE_CHANNELS: &str = "payee_channels";
+/// Per-payer funds keyed by payer key.
+pub const CF_PAYERS: &str = "payers";
+/// Per-payee credits keyed by address.
+pub const CF_PAYEES: &str = "payees";
+/// Client sessions: producer records and the acks of their last batches.
+pub const CF_SESSIONS: &str = "sessions";
+/// What the open (not yet sealed) epoch touched: channels, payers and payees.
+pub const CF_OPEN_EPOCH: &str = "open_epoch";
+/// One record per sealed epoch keyed by big-endian epoch number.
+pub const CF_EPOCHS: &str = "epochs";
+/// Leaves, debits and credits of sealed epochs keyed by `epoch ‖ kind ‖ id`.
+pub const CF_EPOCH_ENTRIES: &str = "epoch_entries";
+
+/// A column family of the ledger store.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Cf {
+    /// [`CF_META`]
+    Meta,
+    /// [`CF_CHANNELS`]
+    Channels,
+    /// [`CF_PAYEE_CHANNELS`]
+    PayeeChannels,
+    /// [`CF_PAYERS`]
+    Payers,
+    /// [`CF_PAYEES`]
+    Payees,
+    /// [`CF_SESSIONS`]
+    Sessions,
+    /// [`CF_OPEN_EPOCH`]
+    OpenEpoch,
+    /// [`CF_EPOCHS`]
+    Epochs,
+    /// [`CF_EPOCH_ENTRIES`]
+    EpochEntries,
+}
+
+impl Cf {
+    /// Every column family the store opens.
+    pub const ALL: [Cf; 9] = [
+        Cf::Meta,
+        Cf::Channels,
+        Cf::PayeeChannels,
+        Cf::Payers,
+        Cf::Payees,
+        Cf::Sessions,
+        Cf::OpenEpoch,
+        Cf::Epochs,
+        Cf::EpochEntries,
+    ];
+
+    /// The RocksDB name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::Meta => CF_META,
+            Cf::Channels => CF_CHANNELS,
+            Cf::PayeeChannels => CF_PAYEE_CHANNELS,
+            Cf::Payers => CF_PAYERS,
+            Cf::Payees => CF_PAYEES,
+            Cf::Sessions => CF_SESSIONS,
+            Cf::OpenEpoch => CF_OPEN_EPOCH,
+            Cf::Epochs => CF_EPOCHS,
+            Cf::EpochEntries => CF_EPOCH_ENTRIES,
+        }
+    }
+}
+
+/// Why the store could not be opened, read or written.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The directory holds files but no RocksDB `CURRENT` file: half-written, or not ours.
+    #[error(
+        "data dir {path} is not empty but holds no RocksDB CURRENT file (half-written or not a Tollgate data dir); refusing to start"
+    )]
+    NotADatabase {
+        /// the data directory
+        path: PathBuf,
+    },
+    /// RocksDB refused to open the directory (corruption, WAL that does not replay, missing
+    /// column family, lock held by another process...).
+    #[error("cannot open data dir {path}: {message}")]
+    Open {
+        /// the data directory
+        path: PathBuf,
+        /// RocksDB's explanation
+        message: String,
+    },
+    /// The database opened but was never initialised as a Tollgate ledger, or by another format.
+    #[error("data dir {path}: {problem}; refusing to start")]
+    Format {
+        /// the data directory
+        path: PathBuf,
+        /// what is wrong with it
+        problem: String,
+    },
+    /// A stored record does not decode: the data on disk is not what we wrote.
+    #[error("corrupt record in column family {cf}: {problem}")]
+    Corrupt {
+        /// column family name
+        cf: &'static str,
+        /// what failed to decode
+        problem: String,
+    },
+    /// A read failed.
+    #[error("read from column family {cf} failed: {message}")]
+    Read {
+        /// column family name
+        cf: &'static str,
+        /// RocksDB's explanation
+        message: String,
+    },
+    /// A write or its fsync failed, now or earlier. The store takes no more writes: fatal.
+    #[error("store poisoned, no more writes: {cause}")]
+    Poisoned {
+        /// the failure that poisoned the store
+        cause: String,
+    },
+    /// Creating the data directory failed.
+    #[error("cannot create data dir {path}: {source}")]
+    CreateDir {
+        /// the data directory
+        path: PathBuf,
+        /// the OS error
+        source: std::io::Error,
+    },
+}
+
+/// The write options of every ledger write: `sync = true` (fsync the WAL before returning) with
+/// the WAL on. An ack may only be sent after a write with these options returned `Ok`.
+pub fn synced_write_options() -> WriteOptions {
+    let mut options = WriteOptions::default();
+    options.set_sync(true);
+    options.disable_wal(false);
+    options
+}
+
+/// A group of puts and deletes applied atomically by [`Store::write`].
+#[derive(Default)]
+pub struct StoreBatch {
+    ops: Vec<(Cf, Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl std::fmt::Debug for StoreBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreBatch")
+            .field("ops", &self.ops.len())
+            .finish()
+    }
+}
+
+impl StoreBatch {
+    /// Sets `key` to `value`.
+    pub fn put(&mut self, cf: Cf, key: impl Into<Vec<u8>>, value: Vec<u8>) {
+        self.ops.push((cf, key.into(), Some(value)));
+    }
+    /// Deletes `key`.
+    pub fn delete(&mut self, cf: Cf, key: impl Into<Vec<u8>>) {
+        self.ops.push((cf, key.into(), None));
+    }
+    /// Number of operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+    /// True when the batch holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// The RocksDB database behind the ledger.
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+    poison: OnceLock<String>,
+    #[cfg(test)]
+    fail_next_write: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("poisoned", &self.poison.get())
+            .finish()
+    }
+}
+
+/// The RocksDB `CURRENT` file: present in every database that finished its creation.
+const CURRENT_FILE: &str = "CURRENT";
+/// The metadata key that marks a directory as an initialised ledger.
+pub const FORMAT_KEY: &[u8] = b"format";
+
+fn db_options(create: bool) -> Options {
+    let mut options = Options::default();
+    options.create_if_missing(create);
+    options.create_missing_column_families(create);
+    // A WAL record that does not replay means an acked write may be gone: refuse to start rather
+    // than serve balances that silently miss it.
+    options.set_wal_recovery_mode(DBRecoveryMode::AbsoluteConsistency);
+    options.set_paranoid_checks(true);
+    options.set_max_background_jobs(2);
+    options
+}
+
+impl Store {
+    /// Opens the ledger at `path`, creating it when the directory is missing or empty.
+    ///
+    /// A fresh database is created with every column family; `init` then writes the format
+    /// marker (synced) so that a directory which crashed during creation is recognised as
+    /// half-written on the next start. An existing one must already carry the marker.
+    pub fn open(
+        path: &Path,
+        init: impl FnOnce(&mut StoreBatch),
+    ) -> Result<(Store, bool), StoreError> {
+        let fresh = is_missing_or_empty(path)?;
+        if !fresh && !path.join(CURRENT_FILE).is_file() {
+            return Err(StoreError::NotADatabase {
+                path: path.to_path_buf(),
+            });
+        }
+        if fresh {
+            std::fs::create_dir_all(path).map_err(|source| StoreError::CreateDir {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        let descriptors = Cf::ALL
+            .iter()
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+        let db = DB::open_cf_descriptors(&db_options(fresh), path, descriptors).map_err(|e| {
+            StoreError::Open {
+                path: path.to_path_buf(),
+                message: e.into_string(),
+            }
+        })?;
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+            poison: OnceLock::new(),
+            #[cfg(test)]
+            fail_next_write: std::sync::atomic::AtomicBool::new(false),
+        };
+        if fresh {
+            let mut batch = StoreBatch::default();
+            init(&mut batch);
+            store.write(batch)?;
+        } else if store.get(Cf::Meta, FORMAT_KEY)?.is_none() {
+            return Err(StoreError::Format {
+                path: path.to_path_buf(),
+                problem: "database was created but never initialised as a Tollgate ledger \
+                          (crash during creation?)"
+                    .into(),
+            });
+        }
+        Ok((store, fresh))
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True once a write has failed.
+    pub fn is_poisoned(&self) -> bool {
+        self.poison.get().is_some()
+    }
+
+    fn poisoned(&self) -> Option<StoreError> {
+        self.poison.get().map(|cause| StoreError::Poisoned {
+            cause: cause.clone(),
+        })
+    }
+
+    /// Applies `batch` atomically and fsyncs the WAL before returning. Any failure poisons the
+    /// store: this and every later write return [`StoreError::Poisoned`].
+    pub fn write(&self, batch: StoreBatch) -> Result<(), StoreError> {
+        #[cfg(test)]
+        if self
+            .fail_next_write
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            // A real RocksDB failure: sync without a WAL is refused as an invalid argument.
+            let mut invalid = synced_write_options();
+            invalid.disable_wal(true);
+            return self.write_with(batch, &invalid);
+        }
+        self.write_with(batch, &synced_write_options())
+    }
+
+    fn write_with(&self, batch: StoreBatch, options: &WriteOptions) -> Result<(), StoreError> {
+        if let Some(error) = self.poisoned() {
+            return Err(error);
+        }
+        let mut write_batch = WriteBatch::default();
+        for (cf, key, value) in batch.ops {
+            let Some(handle) = self.db.cf_handle(cf.name()) else {
+                return Err(self.poison(format!("column family {} is gone", cf.name())));
+            };
+            match value {
+                Some(value) => write_batch.put_cf(handle, key, value),
+                None => write_batch.delete_cf(handle, key),
+            }
+        }
+        self.db
+            .write_opt(write_batch, options)
+            .map_err(|e| self.poison(format!("write failed: {}", e.into_string())))
+    }
+
+    /// Poisons the store: this and every later write fail. Used by the writer when an invariant
+    /// breaks, so that nothing more is written over state it no longer trusts.
+    pub(crate) fn poison(&self, cause: String) -> StoreError {
+        let cause = self.poison.get_or_init(|| cause).clone();
+        tracing::error!(path = %self.path.display(), %cause, "ledger store poisoned");
+        StoreError::Poisoned { cause }
+    }
+
+    /// Test hook: the next write fails inside RocksDB (and so poisons the store).
+    #[cfg(test)]
+    pub(crate) fn fail_next_write(&self) {
+        self.fail_next_write
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Reads the latest written value of `key`.
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let handle = self.handle(cf)?;
+        self.db
+            .get_pinned_cf(handle, key)
+            .map(|value| value.map(|v| v.to_vec()))
+            .map_err(|e| StoreError::Read {
+                cf: cf.name(),
+                message: e.into_string(),
+            })
+    }
+
+    /// A consistent point-in-time view for reads that span several keys. Holding it never
+    /// blocks the writer.
+    pub fn snapshot(&self) -> StoreSnapshot<'_> {
+        StoreSnapshot {
+            store: self,
+            snapshot: self.db.snapshot(),
+        }
+    }
+
+    fn handle(&self, cf: Cf) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        self.db.cf_handle(cf.name()).ok_or(StoreError::Read {
+            cf: cf.name(),
+            message: "column family missing".into(),
+        })
+    }
+}
+
+fn is_missing_or_empty(path: &Path) -> Result<bool, StoreError> {
+    match std::fs::read_dir(path) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(source) => Err(StoreError::CreateDir {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// A point-in-time view of the store (a RocksDB snapshot).
+pub struct StoreSnapshot<'a> {
+    store: &'a Store,
+    snapshot: rocksdb::Snapshot<'a>,
+}
+
+impl std::fmt::Debug for StoreSnapshot<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSnapshot")
+            .field("sequence", &self.snapshot.sequence_number())
+            .finish()
+    }
+}
+
+impl StoreSnapshot<'_> {
+    /// Reads `key` as of the snapshot.
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let handle = self.store.handle(cf)?;
+        self.snapshot
+            .get_cf(handle, key)
+            .map_err(|e| StoreError::Read {
+                cf: cf.name(),
+                message: e.into_string(),
+            })
+    }
+
+    /// Up to `limit` entries whose key starts with `prefix`, in key order, starting after
+    /// `after` when given.
+    pub fn scan(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>, StoreError> {
+        let handle = self.store.handle(cf)?;
+        let mut options = ReadOptions::default();
+        options.set_iterate_range(PrefixRange(prefix));
+        let start = after.unwrap_or(prefix);
+        let iter = self.snapshot.iterator_cf_opt(
+            handle,
+            options,
+            IteratorMode::From(start, rocksdb::Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            let (key, value) = item.map_err(|e| StoreError::Read {
+                cf: cf.name(),
+                message: e.into_string(),
+            })?;
+            if after.is_some_and(|after| *key == *after) {
+                continue;
+            }
+            if out.len() >= limit {
+                break;
+            }
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn init(batch: &mut StoreBatch) {
+        batch.put(Cf::Meta, FORMAT_KEY, b"test".to_vec());
+    }
+
+    #[test]
+    fn write_after_a_failed_write_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, fresh) = Store::open(dir.path(), init).expect("open");
+        assert!(fresh);
+        let mut batch = StoreBatch::default();
+        batch.put(Cf::Payers, b"a".to_vec(), b"1".to_vec());
+        store.write(batch).expect("first write");
+
+        store.fail_next_write();
+        let mut batch = StoreBatch::default();
+        batch.put(Cf::Payers, b"b".to_vec(), b"2".to_vec());
+        assert!(matches!(
+            store.write(batch),
+            Err(StoreError::Poisoned { .. })
+        ));
+        assert!(store.is_poisoned());
+
+        // A perfectly good write is refused from now on, and nothing reaches the disk.
+        let mut batch = StoreBatch::default();
+        batch.put(Cf::Payers, b"c".to_vec(), b"3".to_vec());
+        assert!(matches!(
+            store.write(batch),
+            Err(StoreError::Poisoned { .. })
+        ));
+        assert_eq!(store.get(Cf::Payers, b"c").expect("read"), None);
+        assert_eq!(
+            store.get(Cf::Payers, b"a").expect("read"),
+            Some(b"1".to_vec())
+        );
+    }
+
+    #[test]
+    fn non_empty_dir_without_current_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("MANIFEST-000001"), b"half").expect("write");
+        let error = Store::open(dir.path(), init).expect_err("must refuse");
+        assert!(matches!(error, StoreError::NotADatabase { .. }), "{error}");
+        assert!(error.to_string().contains("CURRENT"));
+    }
+
+    #[test]
+    fn database_without_format_marker_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path(), |_| {}).expect("create");
+        drop(store);
+        let error = Store::open(dir.path(), init).expect_err("must refuse");
+        assert!(matches!(error, StoreError::Format { .. }), "{error}");
+    }
+
+    #[test]
+    fn scan_respects_prefix_cursor_and_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path(), init).expect("open");
+        let mut batch = StoreBatch::default();
+        for key in [&b"a1"[..], b"a2", b"a3", b"b1"] {
+            batch.put(Cf::Channels, key.to_vec(), key.to_vec());
+        }
+        store.write(batch).expect("write");
+        let snapshot = store.snapshot();
+        let keys = |after: Option<&[u8]>, limit| {
+            snapshot
+                .scan(Cf::Channels, b"a", after, limit)
+                .expect("scan")
+                .into_iter()
+                .map(|(k, _)| k.to_vec())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            keys(None, 10),
+            vec![b"a1".to_vec(), b"a2".to_vec(), b"a3".to_vec()]
+        );
+        assert_eq!(keys(Some(b"a1"), 1), vec![b"a2".to_vec()]);
+    }
+}

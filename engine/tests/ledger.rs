@@ -1,0 +1,430 @@
+//! The ledger's guarantees through the engine's public API: every reason code, exactly-once
+//! batches and funds events, reads consistent with acks, epochs, sessions and restarts.
+
+mod common;
+
+use common::*;
+use tollgate_engine::pipeline::{
+    EngineConfig, EngineError, EpochStatus, EpochUpdate, FundsEvent, FundsKind, SubmitError,
+    UnknownPayers,
+};
+use tollgate_engine::{Reason, ReceiptBatch};
+
+#[test]
+fn every_ledger_reason_rejects_its_receipt_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let alice = signing_key(1);
+    let stranger = signing_key(2);
+    deposit(&engine, payer_of(&alice), 1_000, 10, 0);
+
+    let mut tampered = receipt(&alice, payee(1), 5, 100);
+    tampered.amount = 6; // signed for 5
+    let mut malformed = receipt(&alice, payee(1), 5, 101).to_bytes();
+    malformed[52] = 1; // reserved bytes
+    let mut bytes = Vec::new();
+    for record in [
+        receipt(&alice, payee(1), 10, 1).to_bytes(), // 0 accepted
+        receipt(&alice, payee(1), 10, 1).to_bytes(), // 1 duplicate inside the batch
+        receipt(&stranger, payee(1), 10, 1).to_bytes(), // 2 unknown payer
+        receipt(&alice, payee(1), 2_000, 2).to_bytes(), // 3 overdraft
+        receipt_at(&alice, payee(1), 10, 3, now_ms() + 3_600_000).to_bytes(), // 4 future
+        receipt_at(&alice, payee(1), 10, 4, 1).to_bytes(), // 5 ancient
+        tampered.to_bytes(),                         // 6 bad signature
+        malformed,                                   // 7 malformed
+        receipt(&alice, payee(2), 10, 1).to_bytes(), // 8 prejudged
+        receipt(&alice, payee(1), 10, 5_000).to_bytes(), // 9 accepted, slides the window
+        receipt(&alice, payee(1), 10, 2).to_bytes(), // 10 stale now
+    ] {
+        bytes.extend_from_slice(&record);
+    }
+    let mut request = request(1, 1, &[]);
+    request.receipts = ReceiptBatch::new(bytes.into()).expect("whole records");
+    request.prejudged = vec![(8, Reason::PayeeNotAllowed)];
+    let ack = submit(&engine, request).expect("ack");
+    assert_eq!(ack.accepted, 2);
+    assert_eq!(
+        ack.rejections,
+        vec![
+            (1, Reason::Duplicate),
+            (2, Reason::UnknownPayer),
+            (3, Reason::InsufficientFunds),
+            (4, Reason::TimestampSkew),
+            (5, Reason::TimestampSkew),
+            (6, Reason::BadSignature),
+            (7, Reason::Malformed),
+            (8, Reason::PayeeNotAllowed),
+            (10, Reason::Stale),
+        ]
+    );
+    let reader = engine.reader();
+    let balance = reader
+        .payer(&payer_of(&alice))
+        .expect("read")
+        .expect("known");
+    assert_eq!((balance.pending, balance.available), (20, 980));
+    assert_eq!(reader.payer(&payer_of(&stranger)).expect("read"), None);
+    let channel = reader
+        .channel(&payer_of(&alice), &payee(1))
+        .expect("read")
+        .expect("exists");
+    assert_eq!(
+        (channel.cumulative, channel.receipts, channel.highest_nonce),
+        (20, 2, Some(5_000))
+    );
+    assert_eq!(
+        reader.channel(&payer_of(&alice), &payee(2)).expect("read"),
+        None
+    );
+    engine.shutdown().expect("clean shutdown");
+}
+
+#[test]
+fn replayed_batch_gets_identical_ack_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let alice = signing_key(1);
+    deposit(&engine, payer_of(&alice), 100, 1, 0);
+    let receipts = [
+        receipt(&alice, payee(1), 30, 1),
+        receipt(&alice, payee(1), 30, 1),
+        receipt(&alice, payee(1), 30, 2),
+        receipt(&alice, payee(1), 30, 3),
+    ];
+    // The re-send is queued before the original is written: same group or the next one.
+    let first = engine.submit(request(9, 7, &receipts)).expect("queued");
+    let again = engine.submit(request(9, 7, &receipts)).expect("queued");
+    let first = wait(first).expect("ack");
+    assert_eq!(wait(again).expect("ack"), first);
+    assert_eq!(first.accepted, 3);
+    assert_eq!(first.rejections, vec![(1, Reason::Duplicate)]);
+
+    // After a restart, from disk, even with different contents under the same number.
+    engine.shutdown().expect("shutdown");
+    let engine = open(dir.path());
+    let other = [receipt(&alice, payee(1), 5, 50)];
+    assert_eq!(submit(&engine, request(9, 7, &other)).expect("ack"), first);
+    let balance = engine
+        .reader()
+        .payer(&payer_of(&alice))
+        .expect("read")
+        .expect("known");
+    assert_eq!(balance.pending, 90);
+
+    // A new batch number is new work, and receipt-level dedup still holds.
+    let ack = submit(&engine, request(9, 8, &receipts)).expect("ack");
+    assert_eq!(ack.accepted, 0);
+    assert_eq!(ack.rejections.len(), 4);
+    engine.shutdown().expect("shutdown");
+}
+
+#[test]
+fn older_session_epoch_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let alice = signing_key(1);
+    deposit(&engine, payer_of(&alice), 100, 1, 0);
+    let mut newer = request(4, 1, &[receipt(&alice, payee(1), 1, 1)]);
+    newer.session_epoch = 5;
+    submit(&engine, newer).expect("ack");
+    assert_eq!(engine.reader().session_epoch(4).expect("read"), Some(5));
+
+    let mut older = request(4, 2, &[receipt(&alice, payee(1), 1, 2)]);
+    older.session_epoch = 4;
+    let error = submit(&engine, older).expect_err("superseded");
+    assert!(
+        matches!(
+            error,
+            EngineError::SessionSuperseded {
+                producer_id: 4,
+                session_epoch: 4,
+                current: 5
+            }
+        ),
+        "{error}"
+    );
+    let balance = engine
+        .reader()
+        .payer(&payer_of(&alice))
+        .expect("read")
+        .expect("known");
+    assert_eq!(balance.pending, 1, "the refused batch changed nothing");
+    engine.shutdown().expect("shutdown");
+}
+
+#[test]
+fn funds_events_apply_exactly_once_and_withdrawals_limit_spend() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let alice = signing_key(1);
+    let payer = payer_of(&alice);
+    deposit(&engine, payer, 100, 5, 1);
+    deposit(&engine, payer, 100, 5, 1); // the same log again
+    deposit(&engine, payer, 100, 4, 9); // an older one
+    let funds = |kind, amount, block, log_index| {
+        wait(
+            engine
+                .funds(FundsEvent {
+                    payer,
+                    kind,
+                    amount,
+                    block,
+                    log_index,
+                })
+                .expect("queued"),
+        )
+        .expect("applied")
+    };
+    funds(FundsKind::WithdrawalRequested, 60, 6, 0);
+    let ack = submit(&engine, request(1, 1, &[receipt(&alice, payee(1), 50, 1)])).expect("ack");
+    assert_eq!(ack.rejections, vec![(0, Reason::InsufficientFunds)]);
+    funds(FundsKind::WithdrawalCompleted, 60, 7, 0);
+    funds(FundsKind::BlockScanned, 0, 9, u64::MAX);
+    let reader = engine.reader();
+    let balance = reader.payer(&payer).expect("read").expect("known");
+    assert_eq!(
+        (
+            balance.deposited,
+            balance.withdrawn,
+            balance.withdrawal_requested,
+            balance.available
+        ),
+        (100, 60, 0, 40)
+    );
+    let cursor = reader.funds_cursor().expect("read").expect("set");
+    assert_eq!((cursor.block, cursor.log_index), (9, u64::MAX));
+    engine.shutdown().expect("shutdown");
+}
+
+#[test]
+fn chainless_mode_accepts_unknown_payers_without_funds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = EngineConfig::new(dir.path());
+    config.ledger.unknown_payers = UnknownPayers::Accept;
+    let engine = open_with(config);
+    let bob = signing_key(3);
+    let ack = submit(
+        &engine,
+        request(1, 1, &[receipt(&bob, payee(1), u64::MAX, 1)]),
+    )
+    .expect("ack");
+    assert_eq!((ack.accepted, ack.rejections.len()), (1, 0));
+    let balance = engine
+        .reader()
+        .payer(&payer_of(&bob))
+        .expect("read")
+        .expect("known");
+    assert_eq!(balance.pending, u128::from(u64::MAX));
+    engine.shutdown().expect("shutdown");
+}
+
+#[test]
+fn epochs_seal_commit_and_dispute_move_money_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let (alice, bob) = (signing_key(1), signing_key(2));
+    deposit(&engine, payer_of(&alice), 1_000, 1, 0);
+    deposit(&engine, payer_of(&bob), 1_000, 1, 1);
+    submit(
+        &engine,
+        request(
+            1,
+            1,
+            &[
+                receipt(&alice, payee(1), 10, 1),
+                receipt(&alice, payee(2), 20, 1),
+                receipt(&bob, payee(1), 5, 1),
+            ],
+        ),
+    )
+    .expect("ack");
+    let sealed = wait(engine.seal_epoch().expect("queued")).expect("sealed");
+    assert_eq!(sealed.epoch, 1);
+    assert_eq!(sealed.leaves.len(), 3);
+    let mut debits = sealed.debits.clone();
+    debits.sort();
+    assert_eq!(debits, {
+        let mut d = vec![(payer_of(&alice), 30), (payer_of(&bob), 5)];
+        d.sort();
+        d
+    });
+    assert_eq!(sealed.credits, vec![(payee(1), 15), (payee(2), 10 + 10)]);
+    let reader = engine.reader();
+    assert_eq!(reader.sealed_epoch(1).expect("read"), Some(sealed.clone()));
+
+    // New receipts go to the next epoch; the channel's leaf carries its all-time total.
+    submit(&engine, request(1, 2, &[receipt(&alice, payee(1), 7, 2)])).expect("ack");
+    assert_eq!(reader.open_epoch().expect("read").receipts, 1);
+
+    let update = |status| EpochUpdate {
+        epoch: 1,
+        status,
+        root: Some([9; 32]),
+        tx_hash: Some([8; 32]),
+        block: Some(44),
+    };
+    wait(
+        engine
+            .record_epoch(update(EpochStatus::Submitted))
+            .expect("queued"),
+    )
+    .expect("ok");
+    for _ in 0..2 {
+        wait(
+            engine
+                .record_epoch(update(EpochStatus::Committed))
+                .expect("queued"),
+        )
+        .expect("ok");
+    }
+    let alice_balance = reader
+        .payer(&payer_of(&alice))
+        .expect("read")
+        .expect("known");
+    assert_eq!(
+        (
+            alice_balance.settled,
+            alice_balance.pending,
+            alice_balance.available
+        ),
+        (30, 7, 963)
+    );
+    assert_eq!(
+        reader
+            .payee(&payee(1))
+            .expect("read")
+            .expect("known")
+            .settled,
+        15
+    );
+    let error = wait(
+        engine
+            .record_epoch(update(EpochStatus::Sealed))
+            .expect("queued"),
+    )
+    .expect_err("cannot go back");
+    assert!(
+        matches!(error, EngineError::EpochTransition { .. }),
+        "{error}"
+    );
+    let error = wait(
+        engine
+            .record_epoch(EpochUpdate {
+                epoch: 2,
+                ..update(EpochStatus::Committed)
+            })
+            .expect("queued"),
+    )
+    .expect_err("never sealed");
+    assert!(
+        matches!(error, EngineError::UnknownEpoch { epoch: 2 }),
+        "{error}"
+    );
+
+    // A dispute voids the commit: the amounts are owed again and go into the next seal.
+    wait(
+        engine
+            .record_epoch(update(EpochStatus::Disputed))
+            .expect("queued"),
+    )
+    .expect("ok");
+    let alice_balance = reader
+        .payer(&payer_of(&alice))
+        .expect("read")
+        .expect("known");
+    assert_eq!((alice_balance.settled, alice_balance.pending), (0, 37));
+    let record = reader.epoch(1).expect("read").expect("exists");
+    assert_eq!(
+        (record.status, record.root, record.block),
+        (EpochStatus::Disputed, Some([9; 32]), Some(44))
+    );
+    let second = wait(engine.seal_epoch().expect("queued")).expect("sealed");
+    assert_eq!(second.epoch, 2);
+    let debit_total: u128 = second.debits.iter().map(|(_, d)| d).sum();
+    assert_eq!(debit_total, 35 + 7);
+    assert_eq!(second.leaves.len(), 3);
+    assert!(second.leaves.contains(&(payer_of(&alice), payee(1), 17)));
+    assert_eq!(reader.epochs(None, 10).expect("read").len(), 2);
+    engine.shutdown().expect("shutdown");
+}
+
+#[test]
+fn acked_state_survives_restart_and_reads_list_channels() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let alice = signing_key(1);
+    let bob = signing_key(2);
+    {
+        let engine = open(dir.path());
+        deposit(&engine, payer_of(&alice), 500, 1, 0);
+        deposit(&engine, payer_of(&bob), 500, 1, 1);
+        for (seq, nonce) in (1..=3).zip([3, 1, 2]) {
+            submit(
+                &engine,
+                request(
+                    1,
+                    seq,
+                    &[
+                        receipt(&alice, payee(nonce as u8), 10, nonce),
+                        receipt(&bob, payee(1), 1, nonce),
+                    ],
+                ),
+            )
+            .expect("ack");
+        }
+        // No shutdown: dropping the handle is all a crashing process would do before exit.
+        drop(engine);
+    }
+    let engine = open(dir.path());
+    let reader = engine.reader();
+    let alice_channels = reader
+        .payer_channels(&payer_of(&alice), None, 10)
+        .expect("read");
+    assert_eq!(
+        alice_channels
+            .iter()
+            .map(|c| (c.payee, c.cumulative))
+            .collect::<Vec<_>>(),
+        vec![(payee(1), 10), (payee(2), 10), (payee(3), 10)]
+    );
+    let page = reader
+        .payer_channels(&payer_of(&alice), Some(&payee(1)), 1)
+        .expect("read");
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].payee, payee(2));
+    let payee_channels = reader.payee_channels(&payee(1), None, 10).expect("read");
+    assert_eq!(payee_channels.len(), 2);
+    assert_eq!(
+        reader
+            .payee(&payee(1))
+            .expect("read")
+            .expect("known")
+            .credited,
+        13
+    );
+    // The window survived: nonce 2 for bob is a duplicate now.
+    let ack = submit(&engine, request(1, 4, &[receipt(&bob, payee(1), 1, 2)])).expect("ack");
+    assert_eq!(ack.rejections, vec![(0, Reason::Duplicate)]);
+    engine.shutdown().expect("shutdown");
+}
+
+#[test]
+fn submit_refuses_bad_requests_and_after_shutdown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let alice = signing_key(1);
+    let mut bad = request(1, 1, &[receipt(&alice, payee(1), 1, 1)]);
+    bad.prejudged = vec![(1, Reason::PayeeNotAllowed)];
+    assert_eq!(
+        engine.submit(bad).err(),
+        Some(SubmitError::PrejudgedOutOfRange {
+            index: 1,
+            receipts: 1
+        })
+    );
+    let handle = engine.clone();
+    engine.shutdown().expect("shutdown");
+    assert_eq!(
+        handle.submit(request(1, 2, &[])).err(),
+        Some(SubmitError::Closed)
+    );
+}

@@ -1,0 +1,128 @@
+//! A data directory the ledger cannot trust is refused at start with a message naming the
+//! problem, never served from.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use common::*;
+use tollgate_engine::pipeline::{Engine, EngineConfig, EngineError};
+use tollgate_engine::store::StoreError;
+
+fn open_err(config: EngineConfig) -> EngineError {
+    Engine::open(config, Arc::new(StrictVerifier)).expect_err("must refuse to start")
+}
+
+/// A ledger with a few acked receipts, closed cleanly.
+fn populated(dir: &Path) {
+    let engine = open(dir);
+    let alice = signing_key(1);
+    deposit(&engine, payer_of(&alice), 1_000, 1, 0);
+    for seq in 1..=20 {
+        let ack = submit(
+            &engine,
+            request(1, seq, &[receipt(&alice, payee(1), 1, seq)]),
+        )
+        .expect("ack");
+        assert_eq!(ack.accepted, 1);
+    }
+    engine.shutdown().expect("shutdown");
+}
+
+fn wal_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("list")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .filter(|path| {
+            std::fs::metadata(path)
+                .map(|m| m.len() > 0)
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn corrupt_wal_record_refuses_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    populated(dir.path());
+    let wals = wal_files(dir.path());
+    let wal = wals
+        .first()
+        .expect("acked writes are in the WAL until a flush");
+    let mut bytes = std::fs::read(wal).expect("read wal");
+    let middle = bytes.len() / 2;
+    for byte in &mut bytes[middle..middle + 16] {
+        *byte ^= 0x5a;
+    }
+    std::fs::write(wal, bytes).expect("write wal");
+
+    let error = open_err(EngineConfig::new(dir.path()));
+    assert!(
+        matches!(error, EngineError::Store(StoreError::Open { .. })),
+        "{error}"
+    );
+    let message = error.to_string();
+    assert!(message.contains("Corruption"), "{message}");
+    assert!(
+        message.contains(&dir.path().display().to_string()),
+        "{message}"
+    );
+}
+
+#[test]
+fn garbage_current_file_refuses_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    populated(dir.path());
+    std::fs::write(dir.path().join("CURRENT"), b"MANIFEST-999999\n").expect("write");
+    let error = open_err(EngineConfig::new(dir.path()));
+    assert!(
+        matches!(error, EngineError::Store(StoreError::Open { .. })),
+        "{error}"
+    );
+}
+
+#[test]
+fn half_written_or_foreign_dir_refuses_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("000004.sst"), b"not ours").expect("write");
+    let error = open_err(EngineConfig::new(dir.path()));
+    assert!(
+        matches!(error, EngineError::Store(StoreError::NotADatabase { .. })),
+        "{error}"
+    );
+    assert!(error.to_string().contains("half-written"), "{error}");
+}
+
+#[test]
+fn missing_current_in_a_real_ledger_refuses_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    populated(dir.path());
+    std::fs::remove_file(dir.path().join("CURRENT")).expect("remove");
+    let error = open_err(EngineConfig::new(dir.path()));
+    assert!(
+        matches!(error, EngineError::Store(StoreError::NotADatabase { .. })),
+        "{error}"
+    );
+}
+
+#[test]
+fn changed_window_size_refuses_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    populated(dir.path());
+    let mut config = EngineConfig::new(dir.path());
+    config.ledger.window_nonces = 128;
+    let error = open_err(config);
+    assert!(matches!(error, EngineError::Config { .. }), "{error}");
+    assert!(error.to_string().contains("window_nonces"), "{error}");
+    // The directory itself is fine.
+    let engine = open(dir.path());
+    let balance = engine
+        .reader()
+        .payer(&payer_of(&signing_key(1)))
+        .expect("read")
+        .expect("known");
+    assert_eq!(balance.pending, 20);
+    engine.shutdown().expect("shutdown");
+}
