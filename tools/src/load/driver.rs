@@ -228,7 +228,7 @@ fn stream(
         let Some(planned) = planner.next_planned()? else {
             break;
         };
-        if planner.planned() % TIMESTAMP_REFRESH_RECEIPTS == 0 {
+        if planner.planned().is_multiple_of(TIMESTAMP_REFRESH_RECEIPTS) {
             planner.set_timestamp_ms(unix_ms());
         }
         let connection = planned.connection as usize;
