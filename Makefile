@@ -13,4 +13,4 @@ test: bootstrap
 	$(CARGO) test --workspace --locked
 
 demo: bootstrap
-	$(CARGO) run --release --locked --bin tollgate -- demo
+	./scripts/demo.sh

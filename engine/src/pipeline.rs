@@ -285,7 +285,8 @@ impl Engine {
             verified_rx,
             control_rx,
             config.ledger.group_receipts_max,
-        );
+        )
+        .map_err(EngineError::Spawn)?;
         let writer = std::thread::Builder::new()
             .name("tollgate-ledger".into())
             .spawn(move || writer.run())

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use rocksdb::{
-    ColumnFamilyDescriptor, DB, DBRecoveryMode, IteratorMode, Options, PrefixRange, ReadOptions,
-    WriteBatch, WriteOptions,
+    BlockBasedOptions, ColumnFamilyDescriptor, DB, DBRecoveryMode, IteratorMode, Options,
+    PrefixRange, ReadOptions, WriteBatch, WriteOptions,
 };
 use thiserror::Error;
 
@@ -216,8 +216,25 @@ const CURRENT_FILE: &str = "CURRENT";
 /// The metadata key that marks a directory as an initialised ledger.
 pub const FORMAT_KEY: &[u8] = b"format";
 
+/// All memtables together stay below this; RocksDB flushes the largest when it is reached.
+const MEMTABLES_BYTES_MAX: usize = 128 << 20;
+/// Bloom filter size: about 1% false positives.
+const BLOOM_BITS_PER_KEY: f64 = 10.0;
+
+/// Column family options: a bloom filter on every family, because most of the writer's reads are
+/// point lookups of keys that do not exist yet (a new channel, a new payer), and without a filter
+/// every such miss reads an index and a data block from each level.
+fn cf_options() -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_bloom_filter(BLOOM_BITS_PER_KEY, false);
+    let mut options = Options::default();
+    options.set_block_based_table_factory(&table);
+    options
+}
+
 fn db_options(create: bool) -> Options {
     let mut options = Options::default();
+    options.set_db_write_buffer_size(MEMTABLES_BYTES_MAX);
     options.create_if_missing(create);
     options.create_missing_column_families(create);
     // A WAL record that does not replay means an acked write may be gone: refuse to start rather
@@ -252,7 +269,7 @@ impl Store {
         }
         let descriptors = Cf::ALL
             .iter()
-            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options()));
         let db = DB::open_cf_descriptors(&db_options(fresh), path, descriptors).map_err(|e| {
             StoreError::Open {
                 path: path.to_path_buf(),
@@ -336,6 +353,7 @@ impl Store {
     /// breaks, so that nothing more is written over state it no longer trusts.
     pub(crate) fn poison(&self, cause: String) -> StoreError {
         let cause = self.poison.get_or_init(|| cause).clone();
+        metrics::gauge!("tollgate_ledger_poisoned").set(1.0);
         tracing::error!(path = %self.path.display(), %cause, "ledger store poisoned");
         StoreError::Poisoned { cause }
     }

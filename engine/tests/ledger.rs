@@ -428,3 +428,35 @@ fn submit_refuses_bad_requests_and_after_shutdown() {
         Some(SubmitError::Closed)
     );
 }
+
+#[test]
+fn only_the_last_acks_are_kept_and_older_resends_fall_back_to_receipt_dedup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = EngineConfig::new(dir.path());
+    config.ledger.acks_kept_per_producer = 2;
+    let engine = open_with(config);
+    let alice = signing_key(1);
+    deposit(&engine, payer_of(&alice), 100, 1, 0);
+    let batches: Vec<_> = (1..=3u64)
+        .map(|seq| vec![receipt(&alice, payee(1), 1, seq)])
+        .collect();
+    let acks: Vec<_> = (1..=3u64)
+        .zip(&batches)
+        .map(|(seq, receipts)| submit(&engine, request(2, seq, receipts)).expect("ack"))
+        .collect();
+    assert!(acks.iter().all(|ack| ack.accepted == 1));
+    assert_eq!(
+        submit(&engine, request(2, 3, &batches[2])).expect("ack"),
+        acks[2]
+    );
+    // Batch 1's ack was dropped: the re-send is judged again and its receipt is a duplicate.
+    let again = submit(&engine, request(2, 1, &batches[0])).expect("ack");
+    assert_eq!(again.rejections, vec![(0, Reason::Duplicate)]);
+    let balance = engine
+        .reader()
+        .payer(&payer_of(&alice))
+        .expect("read")
+        .expect("known");
+    assert_eq!(balance.pending, 3);
+    engine.shutdown().expect("shutdown");
+}

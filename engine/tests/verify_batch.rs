@@ -18,9 +18,12 @@ fn corpus() -> &'static Vec<(Receipt, Verdict)> {
             .map(|receipt| (receipt, Ok(())))
             .collect();
         // Honest receipts with one signature bit flipped: R or S bytes.
-        for (index, bit) in [(0usize, 0u8), (5, 3), (31, 6), (32, 0), (40, 7), (60, 2)] {
-            let mut broken = corpus[index].0;
-            broken.signature[index] ^= 1 << bit;
+        for (receipt, (byte, bit)) in [(0usize, 0u8), (5, 3), (31, 6), (32, 0), (40, 7), (60, 2)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut broken = corpus[receipt].0;
+            broken.signature[byte] ^= 1 << bit;
             corpus.push((broken, Err(Reason::BadSignature)));
         }
         corpus.extend(

@@ -1,1 +1,24 @@
-//! placeholder
+//! Tollgate's onchain half: the Settlement contract, epoch Merkle trees, and the alloy code that
+//! commits epochs and follows the contract's funds events.
+//!
+//! - [`contract`]: alloy bindings generated from the committed solc artifacts (`settle/artifacts`),
+//!   plus the calldata packing the contract expects.
+//! - [`merkle`]: OpenZeppelin-compatible epoch trees (double-keccak leaves, sorted pairs) on
+//!   rs_merkle; proofs verify with `MerkleProof.verify` / `Settlement.verifyLeaf`.
+//! - [`chain`]: connecting to an RPC (chain id checked at start), deploying token and contract.
+//! - [`submitter`]: commits an epoch's parts, resumable from whatever the chain already holds.
+//! - [`watcher`]: reads Deposit / WithdrawalRequested / WithdrawalCompleted / Disputed events from a
+//!   given height, only from blocks with enough confirmations.
+//!
+//! This crate must never treat a transaction as landed without its receipt, never resend an epoch
+//! without first re-reading the contract's position (the contract refuses a duplicate anyway),
+//! and never hand the engine an event from a block that lacks the configured confirmations.
+
+pub mod chain;
+pub mod contract;
+pub mod merkle;
+pub mod submitter;
+pub mod watcher;
+
+pub use chain::{ChainError, DeployParams, DeployedAddresses, deploy};
+pub use merkle::{EpochTree, Leaf, MerkleError};

@@ -17,7 +17,6 @@
 use std::time::Instant;
 
 use anyhow::{Context, ensure};
-use ed25519_dalek::Signer as _;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rayon::prelude::*;
@@ -297,6 +296,59 @@ pub struct Report {
     pub tollgate_clean_receipts_per_s: Option<f64>,
     /// Throughput lost to the bad mix: 1 - bad / clean.
     pub bad_mix_cost: Option<f64>,
+    /// Per-receipt work every ed25519 verifier does whatever its batch equation, one thread.
+    pub floor: Floor,
+}
+
+/// The per-receipt work no batch equation removes: decompressing R (a field square root) and
+/// hashing the challenge k. Timed alone on one thread, it bounds what coalescing can gain.
+#[derive(Debug, Clone, Serialize)]
+pub struct Floor {
+    /// Microseconds to decompress one R.
+    pub r_decompress_us: f64,
+    /// Microseconds to compute one k = SHA-512(R ‖ A ‖ M) mod L.
+    pub challenge_hash_us: f64,
+    /// Receipts per second per thread if the multiscalar multiplication cost nothing.
+    pub receipts_per_s_per_thread_max: f64,
+}
+
+impl Floor {
+    fn measure(workload: &Workload) -> anyhow::Result<Self> {
+        use curve25519_dalek::edwards::CompressedEdwardsY;
+        use curve25519_dalek::scalar::Scalar;
+        use sha2::{Digest, Sha512};
+        let views = workload.views()?;
+        let separator = workload.domain.separator();
+        let n = views.len() as f64;
+        let r_decompress = timed(|| {
+            views
+                .iter()
+                .filter(|view| {
+                    let mut r = [0u8; 32];
+                    r.copy_from_slice(&view.signature()[..32]);
+                    CompressedEdwardsY(r).decompress().is_some()
+                })
+                .count()
+        });
+        let challenge_hash = timed(|| {
+            views
+                .iter()
+                .map(|view| {
+                    let mut hasher = Sha512::new();
+                    hasher.update(&view.signature()[..32]);
+                    hasher.update(view.payer().0);
+                    hasher.update(separator);
+                    hasher.update(view.body());
+                    Scalar::from_hash(hasher).to_bytes()[0]
+                })
+                .fold(0u8, |acc, byte| acc ^ byte)
+        });
+        Ok(Self {
+            r_decompress_us: r_decompress / n * 1e6,
+            challenge_hash_us: challenge_hash / n * 1e6,
+            receipts_per_s_per_thread_max: n / (r_decompress + challenge_hash),
+        })
+    }
 }
 
 /// Runs the benchmark and prints the report (text, or JSON with `--json`).
@@ -411,6 +463,7 @@ pub fn measure(args: &BenchVerifyArgs) -> anyhow::Result<Report> {
         thread_scaling: tollgate_one_thread_receipts_per_s.map(|one| tollgate_rate / one),
         tollgate_clean_receipts_per_s,
         bad_mix_cost: tollgate_clean_receipts_per_s.map(|clean| 1.0 - tollgate_rate / clean),
+        floor: Floor::measure(&workload)?,
     })
 }
 
@@ -608,6 +661,11 @@ fn print_text(report: &Report) {
             cost * 100.0
         );
     }
+    let floor = &report.floor;
+    println!(
+        "floor per receipt, 1 thread: R decompress {:.2} us + challenge hash {:.2} us = at most {:.0} receipts/s per thread",
+        floor.r_decompress_us, floor.challenge_hash_us, floor.receipts_per_s_per_thread_max
+    );
 }
 
 #[cfg(test)]

@@ -119,6 +119,11 @@ impl<V: Cached> Cache<V> {
         delta
     }
 
+    /// True when nothing changed since the last drain.
+    pub(crate) fn is_clean(&self) -> bool {
+        self.dirty.is_empty()
+    }
+
     /// Evicts clean entries when over capacity. Call after a successful write only.
     pub(crate) fn evict(&mut self) {
         if self.map.len() <= self.capacity {

@@ -52,8 +52,15 @@ struct Group {
     epochs: HashMap<u64, EpochRecord>,
 }
 
+/// What a group whose write is still running answers for.
+struct InFlight {
+    acks: HashMap<SessionId, BatchAck>,
+    epochs: HashMap<u64, EpochRecord>,
+}
+
 pub(crate) struct Ledger {
     store: Arc<Store>,
+    in_flight: Option<InFlight>,
     config: LedgerConfig,
     channels: Cache<ChannelState>,
     payers: Cache<PayerState>,
@@ -154,6 +161,7 @@ impl Ledger {
             open,
             cursor,
             group: Group::default(),
+            in_flight: None,
         })
     }
 
@@ -164,6 +172,21 @@ impl Ledger {
     /// Refuses every further write (see [`Store::poison`]).
     pub(crate) fn poison(&self, cause: String) {
         self.store.poison(cause);
+    }
+
+    /// The store the ledger writes to.
+    pub(crate) fn store(&self) -> Arc<Store> {
+        Arc::clone(&self.store)
+    }
+
+    /// True when closing the group now would write nothing.
+    pub(crate) fn group_is_empty(&self) -> bool {
+        self.group.batch.is_empty()
+            && !self.group.meta_dirty
+            && self.channels.is_clean()
+            && self.payers.is_clean()
+            && self.payees.is_clean()
+            && self.producers.is_clean()
     }
 
     /// Receipts applied since the last write.
@@ -199,7 +222,12 @@ impl Ledger {
             });
         }
         if session_epoch == producer.session_epoch && producer.recent.contains(&batch_seq) {
-            if let Some(ack) = self.group.acks.get(&session) {
+            let unwritten = self
+                .group
+                .acks
+                .get(&session)
+                .or_else(|| self.in_flight.as_ref()?.acks.get(&session));
+            if let Some(ack) = unwritten {
                 return Ok(ack.clone());
             }
             let key = ack_key(producer_id, session_epoch, batch_seq);
@@ -434,7 +462,12 @@ impl Ledger {
     }
 
     fn epoch_record(&self, epoch: u64) -> Result<EpochRecord, EngineError> {
-        if let Some(record) = self.group.epochs.get(&epoch) {
+        let unwritten = self
+            .group
+            .epochs
+            .get(&epoch)
+            .or_else(|| self.in_flight.as_ref()?.epochs.get(&epoch));
+        if let Some(record) = unwritten {
             return Ok(record.clone());
         }
         let bytes = self
@@ -708,10 +741,15 @@ impl Ledger {
         Ok(sealed)
     }
 
-    /// Writes the group (dirty state, indexes, acks, metadata) as one synced batch. Before the
-    /// write, the pair assertion: the receipts accepted in the group moved channels, payers and
-    /// payees by the same total. A failed assertion or write poisons the store.
-    pub(crate) fn commit(&mut self) -> Result<(), EngineError> {
+    /// Closes the current group: its dirty state, indexes, acks and metadata become one batch
+    /// for the caller to write with [`Store::write`], after the pair assertion (the receipts
+    /// accepted in the group moved channels, payers and payees by the same total; a failure
+    /// poisons the store). Until [`Ledger::written`] is called, the group is in flight: its
+    /// entries stay cached and its acks and epoch records answer lookups that its write would
+    /// otherwise have to serve, so the next group can be applied while it is being synced.
+    /// At most one group may be in flight.
+    pub(crate) fn close_group(&mut self) -> Result<StoreBatch, EngineError> {
+        debug_assert!(self.in_flight.is_none(), "one group in flight at most");
         let mut group = std::mem::take(&mut self.group);
         let expected = group.receipt_amount;
         let deltas = [
@@ -739,15 +777,34 @@ impl Ledger {
                 return Err(invariant(cause));
             }
         }
-        if group.batch.is_empty() {
-            return Ok(());
+        self.in_flight = Some(InFlight {
+            acks: group.acks,
+            epochs: group.epochs,
+        });
+        Ok(group.batch)
+    }
+
+    /// The in-flight group's write returned: what it held is on disk, so its entries may be
+    /// evicted and lookups go to the store again.
+    pub(crate) fn written(&mut self) {
+        if self.in_flight.take().is_some() {
+            self.channels.evict();
+            self.payers.evict();
+            self.payees.evict();
+            self.producers.evict();
         }
-        self.store.write(group.batch)?;
-        self.channels.evict();
-        self.payers.evict();
-        self.payees.evict();
-        self.producers.evict();
-        Ok(())
+    }
+
+    /// Closes and writes the current group in the calling thread (seals, tests).
+    pub(crate) fn commit(&mut self) -> Result<(), EngineError> {
+        let batch = self.close_group()?;
+        let result = if batch.is_empty() {
+            Ok(())
+        } else {
+            self.store.write(batch).map_err(EngineError::from)
+        };
+        self.written();
+        result
     }
 }
 
@@ -826,6 +883,87 @@ mod tests {
             request_hash: [0; 32],
         }
         .sign(key, &Domain::default())
+    }
+
+    fn deposit(ledger: &mut Ledger, payer: PayerKey, amount: u128, block: u64) {
+        ledger
+            .apply_funds(FundsEvent {
+                payer,
+                kind: FundsKind::Deposit,
+                amount,
+                block,
+                log_index: 0,
+            })
+            .expect("deposit");
+    }
+
+    fn session(batch_seq: u64) -> SessionId {
+        SessionId {
+            producer_id: 1,
+            session_epoch: 0,
+            batch_seq,
+        }
+    }
+
+    /// The re-send arrives while the original's group is closed but its write has not returned:
+    /// the answer comes from the group in flight, and nothing is applied twice.
+    #[test]
+    fn resend_while_the_original_is_in_flight_gets_the_same_ack() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ledger = ledger(dir.path());
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let payer = PayerKey(key.verifying_key().to_bytes());
+        deposit(&mut ledger, payer, 100, 1);
+        let batch = ReceiptBatch::from_receipts(&[receipt(&key, 10, 1), receipt(&key, 10, 1)]);
+        let now = 1_000;
+        let ack = ledger
+            .apply_batch(session(5), &batch, &[Ok(()), Ok(())], now)
+            .expect("apply");
+        let in_flight = ledger.close_group().expect("close");
+
+        let again = ledger
+            .apply_batch(session(5), &batch, &[Ok(()), Ok(())], now)
+            .expect("resend");
+        assert_eq!(again, ack);
+        assert!(ledger.group_is_empty(), "the re-send changed nothing");
+        ledger.store.write(in_flight).expect("write");
+        ledger.written();
+
+        let from_disk = ledger
+            .apply_batch(session(5), &batch, &[Ok(()), Ok(())], now)
+            .expect("resend");
+        assert_eq!(from_disk, ack);
+        assert_eq!(ledger.payers.get(&payer).map(|p| p.pending), Some(10));
+    }
+
+    /// A repeated `Committed` while the first one's write is in flight moves the money once.
+    #[test]
+    fn repeated_commit_while_the_first_is_in_flight_settles_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ledger = ledger(dir.path());
+        let key = SigningKey::from_bytes(&[4; 32]);
+        let payer = PayerKey(key.verifying_key().to_bytes());
+        deposit(&mut ledger, payer, 100, 1);
+        let batch = ReceiptBatch::from_receipts(&[receipt(&key, 30, 1)]);
+        ledger
+            .apply_batch(session(1), &batch, &[Ok(())], 1_000)
+            .expect("apply");
+        let sealed = ledger.seal().expect("seal");
+        let committed = EpochUpdate {
+            epoch: sealed.epoch,
+            status: EpochStatus::Committed,
+            root: None,
+            tx_hash: None,
+            block: Some(9),
+        };
+        ledger.record_epoch(committed).expect("commit");
+        let in_flight = ledger.close_group().expect("close");
+        ledger.record_epoch(committed).expect("repeat");
+        ledger.store.write(in_flight).expect("write");
+        ledger.written();
+        ledger.commit().expect("commit");
+        let state = ledger.payers.get(&payer).copied().expect("cached");
+        assert_eq!((state.pending, state.settled), (0, 30));
     }
 
     /// Overflow cannot be reached with u64 amounts and real deposits in a test's lifetime, so the

@@ -1,20 +1,28 @@
 //! The single writer thread and its group commit.
 //!
 //! The writer takes whatever is waiting (verified batches from the verify stage, funds events
-//! and epoch updates from settle), applies it in arrival order, and writes everything it applied
-//! as one synced `WriteBatch`. While that write's fsync runs, the verify stage keeps filling the
-//! bounded queue, so the next group is accumulating: under load a group holds as much as
-//! arrived during one fsync, which is what lets the disk stop setting the pace. Replies go out
-//! only after the write returned; if it failed, every reply of the group is an error and the
-//! store is poisoned, so nothing is written or acked again.
+//! and epoch updates from settle), applies it in arrival order, and closes it as one group: one
+//! `WriteBatch` written with `sync = true` by the sync thread beside it. While that write's
+//! fsync runs, the writer already applies the next group (its cache runs ahead of the disk; the
+//! group in flight keeps its entries cached and answers re-sent batches and epoch lookups), so
+//! under load a group holds what arrived during one fsync and the disk stops setting the pace.
+//! At most one group is in flight. Replies are sent by the sync thread, only after the write
+//! that holds them returned; if it failed, every reply of the group is an error and the store is
+//! poisoned, so nothing is written or acked again.
+//!
+//! Metrics: `tollgate_ledger_group_receipts` (receipts per fsync), `tollgate_ledger_write_seconds`,
+//! `tollgate_ledger_receipts_accepted_total`, `tollgate_ledger_receipts_rejected_total{reason}`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, Select, TryRecvError};
+use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, bounded};
 use futures_channel::oneshot;
 
 use crate::pipeline::EngineError;
 use crate::receipt::ReceiptBatch;
+use crate::store::{Store, StoreBatch};
 use crate::verdict::Verdict;
 
 use super::state::{Ledger, SessionId};
@@ -138,21 +146,71 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A closed group on its way to disk, with the replies it releases.
+struct Job {
+    batch: StoreBatch,
+    replies: Vec<Reply>,
+}
+
+/// The sync thread: writes one closed group at a time and releases its replies once the write
+/// returned. Running it beside the writer is what lets the next group be applied during the
+/// fsync.
+fn sync_loop(store: Arc<Store>, jobs: Receiver<Job>, done: Sender<()>) {
+    for job in jobs {
+        let result = if job.batch.is_empty() {
+            Ok(())
+        } else {
+            let started = Instant::now();
+            let result = store.write(job.batch);
+            metrics::histogram!("tollgate_ledger_write_seconds").record(started.elapsed());
+            result
+        };
+        match result {
+            Ok(()) => job.replies.into_iter().for_each(Reply::send),
+            Err(error) => {
+                let error = EngineError::from(error);
+                tracing::error!(%error, "ledger group write failed; refusing all further writes");
+                for reply in job.replies {
+                    reply.fail(&error).send();
+                }
+            }
+        }
+        if done.send(()).is_err() {
+            return;
+        }
+    }
+}
+
 pub(crate) struct Writer {
     ledger: Ledger,
     inbox: Inbox,
     replies: Vec<Reply>,
     group_receipts_max: usize,
+    /// To the sync thread; `None` once closed.
+    jobs: Option<Sender<Job>>,
+    /// From the sync thread: one message per job written.
+    done: Receiver<()>,
+    /// A job was handed to the sync thread and has not reported back.
+    in_flight: bool,
+    syncer: Option<JoinHandle<()>>,
 }
 
 impl Writer {
+    /// Starts the sync thread; the writer itself runs in [`Writer::run`].
     pub(crate) fn new(
         ledger: Ledger,
         batches: Receiver<WriterMsg>,
         control: Receiver<WriterMsg>,
         group_receipts_max: usize,
-    ) -> Self {
-        Self {
+    ) -> std::io::Result<Self> {
+        // One job at a time each way: one group being written while the next is applied.
+        let (jobs_tx, jobs_rx) = bounded(1);
+        let (done_tx, done_rx) = bounded(1);
+        let store = ledger.store();
+        let syncer = std::thread::Builder::new()
+            .name("tollgate-ledger-sync".into())
+            .spawn(move || sync_loop(store, jobs_rx, done_tx))?;
+        Ok(Self {
             ledger,
             inbox: Inbox {
                 batches: Some(batches),
@@ -160,7 +218,11 @@ impl Writer {
             },
             replies: Vec::new(),
             group_receipts_max,
-        }
+            jobs: Some(jobs_tx),
+            done: done_rx,
+            in_flight: false,
+            syncer: Some(syncer),
+        })
     }
 
     /// Runs until shut down or until every sender is gone. `Err` when the store is poisoned.
@@ -190,6 +252,13 @@ impl Writer {
             self.flush();
         }
         self.flush();
+        self.wait_idle();
+        self.jobs = None;
+        if let Some(syncer) = self.syncer.take()
+            && syncer.join().is_err()
+        {
+            self.ledger.poison("ledger sync thread panicked".into());
+        }
         if self.ledger.is_poisoned() {
             return Err(self.poisoned());
         }
@@ -226,6 +295,14 @@ impl Writer {
                     .ledger
                     .apply_batch(session, &receipts, &verdicts, now_ms());
                 self.check_fatal(&result);
+                if let Ok(ack) = &result {
+                    metrics::counter!("tollgate_ledger_receipts_accepted_total")
+                        .increment(u64::from(ack.accepted));
+                    for (_, reason) in &ack.rejections {
+                        metrics::counter!("tollgate_ledger_receipts_rejected_total", "reason" => reason.name())
+                            .increment(1);
+                    }
+                }
                 self.replies.push(Reply::Ack(reply, result));
             }
             WriterMsg::Funds { event, reply } => {
@@ -239,8 +316,10 @@ impl Writer {
                 self.replies.push(Reply::Done(reply, result));
             }
             WriterMsg::Seal { reply } => {
-                // The seal is its own write: what came before it is written (and answered) first.
+                // The seal scans the store, so everything before it must be on disk first; it
+                // is then its own write, made here.
                 self.flush();
+                self.wait_idle();
                 let result = self.ledger.seal();
                 self.check_fatal(&result);
                 drop(reply.send(result));
@@ -259,17 +338,42 @@ impl Writer {
         }
     }
 
+    /// Waits for the group in flight, if any, to be written.
+    fn wait_idle(&mut self) {
+        if self.in_flight {
+            self.in_flight = false;
+            if self.done.recv().is_err() {
+                self.ledger.poison("ledger sync thread stopped".into());
+            }
+        }
+        self.ledger.written();
+    }
+
+    /// Hands the current group to the sync thread, once the previous one is written.
     fn flush(&mut self) {
-        let result = self.ledger.commit();
         let replies = std::mem::take(&mut self.replies);
-        match result {
-            Ok(()) => replies.into_iter().for_each(Reply::send),
+        if replies.is_empty() && self.ledger.group_is_empty() {
+            return;
+        }
+        self.wait_idle();
+        metrics::histogram!("tollgate_ledger_group_receipts")
+            .record(self.ledger.group_receipts() as f64);
+        let batch = match self.ledger.close_group() {
+            Ok(batch) => batch,
             Err(error) => {
-                tracing::error!(%error, "ledger group write failed; refusing all further writes");
+                tracing::error!(%error, "ledger group refused before writing; refusing all further writes");
                 for reply in replies {
                     reply.fail(&error).send();
                 }
+                return;
             }
+        };
+        let Some(jobs) = &self.jobs else {
+            return;
+        };
+        match jobs.send(Job { batch, replies }) {
+            Ok(()) => self.in_flight = true,
+            Err(_) => self.ledger.poison("ledger sync thread stopped".into()),
         }
     }
 }

@@ -30,6 +30,7 @@ pub(crate) struct Candidate {
 pub(crate) struct Equations {
     key_coefficients: Vec<Scalar>,
     key_used: Vec<bool>,
+    used_slots: Vec<usize>,
     scalars: Vec<Scalar>,
     /// Equations computed, for tests that check bisection stays cheap.
     pub(crate) computed: usize,
@@ -83,6 +84,7 @@ impl Equations {
         self.key_coefficients.resize(keys.len(), Scalar::ZERO);
         self.key_used.clear();
         self.key_used.resize(keys.len(), false);
+        self.used_slots.clear();
         self.scalars.clear();
         self.scalars.push(Scalar::ZERO);
         let mut basepoint_coefficient = Scalar::ZERO;
@@ -90,19 +92,22 @@ impl Equations {
             let weight = Scalar::from(nonzero_weight(&mut rng));
             basepoint_coefficient -= weight * candidate.prepared.s;
             self.key_coefficients[candidate.key_slot] += weight * candidate.prepared.k;
-            self.key_used[candidate.key_slot] = true;
+            if !self.key_used[candidate.key_slot] {
+                self.key_used[candidate.key_slot] = true;
+                self.used_slots.push(candidate.key_slot);
+            }
             self.scalars.push(weight);
         }
         self.scalars[0] = basepoint_coefficient;
-        let used = |slot: &usize| self.key_used[*slot];
+        // curve25519-dalek insists on iterators whose exact length is known up front.
         let scalars = self.scalars.iter().chain(
-            (0..keys.len())
-                .filter(used)
-                .map(|slot| &self.key_coefficients[slot]),
+            self.used_slots
+                .iter()
+                .map(|&slot| &self.key_coefficients[slot]),
         );
         let points = std::iter::once(&ED25519_BASEPOINT_POINT)
             .chain(candidates.iter().map(|candidate| &candidate.prepared.r))
-            .chain((0..keys.len()).filter(used).map(|slot| &keys[slot].point));
+            .chain(self.used_slots.iter().map(|&slot| &keys[slot].point));
         EdwardsPoint::vartime_multiscalar_mul(scalars, points)
             .mul_by_cofactor()
             .is_identity()

@@ -5,8 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tollgate_engine::verify::{Verifier, VerifyConfig};
+use tollgate_tools::bench_verify::BenchVerifyArgs;
 use tollgate_tools::cli::DomainArgs;
-use tollgate_tools::{keys, receipts_json};
+use tollgate_tools::receipts_json::VerdictFormat;
+use tollgate_tools::{bench_verify, keys, receipts_json};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +36,15 @@ enum Command {
     /// Sign and verify receipts as JSON lines.
     #[command(subcommand)]
     Receipts(ReceiptsCommand),
+    /// Measure: figures for docs/BENCHMARKS.md, baselines measured in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Tollgate's verifier against ed25519-dalek's verify_batch over the same presigned receipts.
+    Verify(BenchVerifyArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,6 +56,15 @@ enum ReceiptsCommand {
         key: String,
         #[command(flatten)]
         domain: DomainArgs,
+    },
+    /// Read signed receipts (JSON lines) on stdin, print one verdict per line with its reason
+    /// code, judged by the engine's own single-receipt rule.
+    Verify {
+        #[command(flatten)]
+        domain: DomainArgs,
+        /// One JSON object per verdict.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -103,6 +124,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 std::io::stderr().lock(),
             )?;
             Ok(stream_exit(&summary))
+        }
+        Command::Receipts(ReceiptsCommand::Verify { domain, json }) => {
+            let verifier = Verifier::new(domain.domain(), VerifyConfig::default());
+            let format = if json {
+                VerdictFormat::Json
+            } else {
+                VerdictFormat::Text
+            };
+            let summary = receipts_json::verify_stream(
+                |receipt| verifier.verify_one(receipt),
+                BufReader::new(std::io::stdin().lock()),
+                BufWriter::new(std::io::stdout().lock()),
+                format,
+            )?;
+            Ok(stream_exit(&summary))
+        }
+        Command::Bench(BenchCommand::Verify(args)) => {
+            bench_verify::run(&args)?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -1,0 +1,76 @@
+//! Root of a 1M-leaf epoch tree (issue 6 target: at most 1 s on one core), against the floor of
+//! hashing the leaves alone, measured in the same run.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use tollgate_engine::{Address, PayerKey};
+use tollgate_settle::merkle::{EpochTree, Leaf, leaf_hash};
+
+const LEAVES: u32 = 1_000_000;
+
+fn leaves() -> Vec<Leaf> {
+    (0..LEAVES)
+        .map(|i| {
+            let mut payer = [0x11u8; 32];
+            payer[..4].copy_from_slice(&(i / 8).to_be_bytes());
+            let mut payee = [0x22u8; 20];
+            payee[..4].copy_from_slice(&(i % 4096).to_be_bytes());
+            payee[4..8].copy_from_slice(&i.to_be_bytes());
+            Leaf {
+                payer: PayerKey(payer),
+                payee: Address(payee),
+                cumulative: u128::from(i) * 1_000,
+            }
+        })
+        .collect()
+}
+
+fn merkle(c: &mut Criterion) {
+    let leaves = leaves();
+    let mut group = c.benchmark_group("merkle_1m_leaves");
+    group.sample_size(10);
+    group.bench_function("leaf_hashes_only", |b| {
+        b.iter(|| {
+            leaves
+                .iter()
+                .map(|leaf| leaf_hash(1, leaf))
+                .collect::<Vec<_>>()
+        })
+    });
+    group.bench_function("epoch_tree_root", |b| {
+        b.iter(|| {
+            EpochTree::build(1, leaves.iter().copied())
+                .expect("1M leaves")
+                .root()
+        })
+    });
+    group.finish();
+
+    let start = Instant::now();
+    black_box(
+        leaves
+            .iter()
+            .map(|leaf| leaf_hash(1, leaf))
+            .collect::<Vec<_>>(),
+    );
+    let hashes = start.elapsed();
+    let start = Instant::now();
+    black_box(
+        EpochTree::build(1, leaves.iter().copied())
+            .expect("1M leaves")
+            .root(),
+    );
+    let tree = start.elapsed();
+    println!(
+        "1M leaves: root {:.3} s, leaf hashes alone {:.3} s, ratio {:.2}x (sort + {} internal nodes on top of the leaves)",
+        tree.as_secs_f64(),
+        hashes.as_secs_f64(),
+        tree.as_secs_f64() / hashes.as_secs_f64(),
+        LEAVES - 1
+    );
+}
+
+criterion_group!(benches, merkle);
+criterion_main!(benches);

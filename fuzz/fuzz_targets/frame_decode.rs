@@ -1,0 +1,21 @@
+//! Any bytes into the frame decoder: it must never panic, never allocate past the frame limit,
+//! and every frame it accepts must re-encode to exactly the bytes it was decoded from (v1 has one
+//! encoding per frame, which is what makes "nothing of a bad frame is applied" checkable).
+#![no_main]
+
+use bytes::BytesMut;
+use libfuzzer_sys::fuzz_target;
+use tollgate_ingest::wire::{Decoded, decode_frame};
+
+// Small enough that the fuzzer reaches the size check with short inputs.
+const FRAME_BYTES_MAX: u32 = 4096;
+
+fuzz_target!(|data: &[u8]| {
+    let mut buf = BytesMut::from(data);
+    let mut offset = 0;
+    while let Ok(Decoded::Frame(frame)) = decode_frame(&mut buf, FRAME_BYTES_MAX) {
+        let consumed = data.len() - buf.len() - offset;
+        assert_eq!(&frame.to_bytes()[..], &data[offset..offset + consumed]);
+        offset += consumed;
+    }
+});

@@ -1,0 +1,302 @@
+//! Epoch Merkle trees whose proofs verify with OpenZeppelin's `MerkleProof.verify`.
+//!
+//! Hashing follows OpenZeppelin's `StandardMerkleTree` exactly:
+//! - leaf = `keccak256(bytes.concat(keccak256(abi.encode(uint64 epoch, bytes32 payer, address payee,
+//!   uint256 cumulative))))`. The epoch is a `uint64` (the contract's epoch type); `abi.encode` pads
+//!   it to a word, so `uint256` would hash identically for every epoch that fits.
+//! - internal node = `keccak256(min(a, b) ‖ max(a, b))` (sorted pair, so proofs carry no sides);
+//!   a 64-byte node can never be confused with a 32-byte-preimage leaf.
+//! - leaves are ordered by leaf hash, ascending, as `StandardMerkleTree.of` does by default, which
+//!   makes the root independent of the order the engine lists channels in.
+//!
+//! The tree SHAPE is rs_merkle's, not StandardMerkleTree's: rs_merkle pairs nodes left to right and
+//! carries an odd last node up a level unhashed, while OpenZeppelin lays the tree out as a complete
+//! binary heap. The shapes agree for 1, 2, 3, 4, 6 and every power-of-two leaf count and differ for
+//! others (5 leaves: rs_merkle has a leaf one level below the root, the heap has none). Any shape
+//! built from sorted-pair nodes verifies with `MerkleProof.verify` (a carried-up node simply
+//! contributes no proof element), which is all the contract and the payees need; a third party
+//! recomputing the root must use this module's shape, not `StandardMerkleTree.of`.
+
+use alloy::primitives::{B256, U256, keccak256};
+use rs_merkle::{Hasher, MerkleTree};
+use tollgate_engine::{Address, PayerKey};
+
+/// One channel's frozen cumulative amount in an epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    /// The payer's ed25519 public key.
+    pub payer: PayerKey,
+    /// The payee's EVM address.
+    pub payee: Address,
+    /// Everything the payer owes the payee on this channel since it opened, in token units.
+    pub cumulative: u128,
+}
+
+/// Errors building a tree.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MerkleError {
+    /// An epoch with no leaves has no root; the engine does not commit empty epochs.
+    #[error("an epoch tree needs at least one leaf")]
+    Empty,
+    /// The same (payer, payee, cumulative) leaf was given twice: the engine freezes each channel once.
+    #[error("duplicate leaf {0}")]
+    DuplicateLeaf(B256),
+}
+
+/// rs_merkle hasher reproducing OpenZeppelin's node hashing: keccak256 over the sorted pair.
+#[derive(Clone, Copy, Debug)]
+pub struct SortedKeccak;
+
+impl Hasher for SortedKeccak {
+    type Hash = [u8; 32];
+
+    fn hash(data: &[u8]) -> [u8; 32] {
+        keccak256(data).0
+    }
+
+    /// Overridden so siblings are sorted (OpenZeppelin's `_hashPair`) and no `Vec` is allocated per
+    /// node, which the default implementation does.
+    fn concat_and_hash(left: &[u8; 32], right: Option<&[u8; 32]>) -> [u8; 32] {
+        match right {
+            Some(right) => hash_pair(left, right),
+            None => *left,
+        }
+    }
+}
+
+fn hash_pair(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
+    let (low, high) = if a <= b { (a, b) } else { (b, a) };
+    let mut buf = [0u8; 64];
+    buf[..32].copy_from_slice(low);
+    buf[32..].copy_from_slice(high);
+    keccak256(buf).0
+}
+
+/// The StandardMerkleTree leaf hash of `(epoch, payer, payee, cumulative)`.
+pub fn leaf_hash(epoch: u64, leaf: &Leaf) -> B256 {
+    // abi.encode of four static words: uint64, bytes32, address, uint256 — all left-padded.
+    let mut encoded = [0u8; 128];
+    encoded[24..32].copy_from_slice(&epoch.to_be_bytes());
+    encoded[32..64].copy_from_slice(&leaf.payer.0);
+    encoded[76..96].copy_from_slice(&leaf.payee.0);
+    encoded[96..128].copy_from_slice(&U256::from(leaf.cumulative).to_be_bytes::<32>());
+    keccak256(keccak256(encoded))
+}
+
+/// `MerkleProof.verify` in Rust: fold the proof into the leaf with sorted-pair hashing.
+pub fn verify(root: B256, leaf: B256, proof: &[B256]) -> bool {
+    let computed = proof
+        .iter()
+        .fold(leaf.0, |node, sibling| hash_pair(&node, &sibling.0));
+    computed == root.0
+}
+
+/// An epoch's tree: leaves sorted by hash, every layer kept so proofs are a walk up.
+pub struct EpochTree {
+    epoch: u64,
+    /// (leaf hash, leaf), ascending by hash: position i is rs_merkle leaf i.
+    leaves: Vec<(B256, Leaf)>,
+    tree: MerkleTree<SortedKeccak>,
+}
+
+impl std::fmt::Debug for EpochTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EpochTree")
+            .field("epoch", &self.epoch)
+            .field("leaves", &self.leaves.len())
+            .field("root", &self.root())
+            .finish()
+    }
+}
+
+impl EpochTree {
+    /// Builds the tree of `epoch` over one leaf per channel.
+    pub fn build(epoch: u64, leaves: impl IntoIterator<Item = Leaf>) -> Result<Self, MerkleError> {
+        let mut leaves: Vec<(B256, Leaf)> = leaves
+            .into_iter()
+            .map(|leaf| (leaf_hash(epoch, &leaf), leaf))
+            .collect();
+        if leaves.is_empty() {
+            return Err(MerkleError::Empty);
+        }
+        leaves.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if let Some(pair) = leaves.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+            return Err(MerkleError::DuplicateLeaf(pair[0].0));
+        }
+        let hashes: Vec<[u8; 32]> = leaves.iter().map(|(hash, _)| hash.0).collect();
+        let tree = MerkleTree::<SortedKeccak>::from_leaves(&hashes);
+        Ok(Self {
+            epoch,
+            leaves,
+            tree,
+        })
+    }
+
+    /// The epoch this tree commits.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The root committed onchain.
+    pub fn root(&self) -> B256 {
+        // `build` refuses an empty tree, and rs_merkle has a root for any non-empty committed tree.
+        B256::from(self.tree.root().unwrap_or_default())
+    }
+
+    /// Number of leaves (channels).
+    pub fn len(&self) -> usize {
+        self.leaves.len()
+    }
+
+    /// Always false: `build` refuses empty trees. Present for clippy's `len_without_is_empty`.
+    pub fn is_empty(&self) -> bool {
+        self.leaves.is_empty()
+    }
+
+    /// Leaves in tree order with their hashes.
+    pub fn leaves(&self) -> impl ExactSizeIterator<Item = &(B256, Leaf)> {
+        self.leaves.iter()
+    }
+
+    /// The proof for the channel `(payer, payee)`, ready for `verifyLeaf` / `MerkleProof.verify`.
+    /// A linear scan: proofs are served on request, and an index would cost every epoch memory.
+    pub fn proof(&self, payer: &PayerKey, payee: &Address) -> Option<(Leaf, Vec<B256>)> {
+        let index = self
+            .leaves
+            .iter()
+            .position(|(_, leaf)| leaf.payer == *payer && leaf.payee == *payee)?;
+        Some((self.leaves[index].1, self.proof_at(index)))
+    }
+
+    /// The proof for the leaf at tree position `index` (see [`Self::leaves`]); empty past the end.
+    pub fn proof_at(&self, index: usize) -> Vec<B256> {
+        if index >= self.leaves.len() {
+            return Vec::new();
+        }
+        // rs_merkle lists a single leaf's siblings bottom-up and omits levels where the node was
+        // carried up without a sibling: exactly the sequence MerkleProof.verify folds.
+        self.tree
+            .proof(&[index])
+            .proof_hashes()
+            .iter()
+            .map(|hash| B256::from(*hash))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn leaf(i: u32) -> Leaf {
+        let mut payer = [0u8; 32];
+        payer[..4].copy_from_slice(&i.to_be_bytes());
+        let mut payee = [0u8; 20];
+        payee[16..].copy_from_slice(&(i.wrapping_mul(7)).to_be_bytes());
+        Leaf {
+            payer: PayerKey(payer),
+            payee: Address(payee),
+            cumulative: u128::from(i) * 1_000 + 1,
+        }
+    }
+
+    /// OpenZeppelin StandardMerkleTree's heap layout, written independently of rs_merkle, to pin
+    /// down exactly which leaf counts share its shape.
+    fn heap_root(sorted: &[B256]) -> B256 {
+        let n = sorted.len();
+        let mut tree = vec![[0u8; 32]; 2 * n - 1];
+        for (i, hash) in sorted.iter().enumerate() {
+            tree[2 * n - 2 - i] = hash.0;
+        }
+        for i in (0..n - 1).rev() {
+            tree[i] = hash_pair(&tree[2 * i + 1], &tree[2 * i + 2]);
+        }
+        B256::from(tree[0])
+    }
+
+    #[test]
+    fn leaf_hash_is_double_keccak_of_abi_encoding() {
+        // abi.encode(uint64(7), bytes32(0x11..), address(0x22..), uint256(5)) built by alloy's encoder.
+        use alloy::sol_types::SolValue;
+        let l = Leaf {
+            payer: PayerKey([0x11; 32]),
+            payee: Address([0x22; 20]),
+            cumulative: 5,
+        };
+        let encoded = (
+            7u64,
+            B256::from(l.payer.0),
+            alloy::primitives::Address::from(l.payee.0),
+            U256::from(l.cumulative),
+        )
+            .abi_encode();
+        assert_eq!(leaf_hash(7, &l), keccak256(keccak256(encoded)));
+    }
+
+    #[test]
+    fn single_leaf_root_is_the_leaf_and_proof_is_empty() {
+        let tree = EpochTree::build(1, [leaf(1)]).expect("one leaf");
+        assert_eq!(tree.root(), leaf_hash(1, &leaf(1)));
+        assert!(tree.proof_at(0).is_empty());
+    }
+
+    #[test]
+    fn shape_matches_standard_merkle_tree_where_documented() {
+        for n in [1usize, 2, 3, 4, 6, 8, 16, 64] {
+            let tree = EpochTree::build(3, (0..n as u32).map(leaf)).expect("leaves");
+            let sorted: Vec<B256> = tree.leaves().map(|(h, _)| *h).collect();
+            assert_eq!(tree.root(), heap_root(&sorted), "n = {n}");
+        }
+        let tree = EpochTree::build(3, (0..5).map(leaf)).expect("leaves");
+        let sorted: Vec<B256> = tree.leaves().map(|(h, _)| *h).collect();
+        assert_ne!(
+            tree.root(),
+            heap_root(&sorted),
+            "5 leaves: shapes differ as documented"
+        );
+    }
+
+    #[test]
+    fn empty_and_duplicate_are_refused() {
+        assert_eq!(EpochTree::build(1, []).err(), Some(MerkleError::Empty));
+        assert_eq!(
+            EpochTree::build(1, [leaf(1), leaf(1)]).err(),
+            Some(MerkleError::DuplicateLeaf(leaf_hash(1, &leaf(1))))
+        );
+    }
+
+    #[test]
+    fn tampered_leaf_or_proof_fails() {
+        let tree = EpochTree::build(9, (0..11).map(leaf)).expect("leaves");
+        let (l, proof) = tree.proof(&leaf(4).payer, &leaf(4).payee).expect("present");
+        assert!(verify(tree.root(), leaf_hash(9, &l), &proof));
+        let more = Leaf {
+            cumulative: l.cumulative + 1,
+            ..l
+        };
+        assert!(!verify(tree.root(), leaf_hash(9, &more), &proof));
+        assert!(
+            !verify(tree.root(), leaf_hash(10, &l), &proof),
+            "other epoch"
+        );
+        let mut bad = proof.clone();
+        bad[0].0[0] ^= 1;
+        assert!(!verify(tree.root(), leaf_hash(9, &l), &bad));
+        assert!(tree.proof(&leaf(99).payer, &leaf(4).payee).is_none());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn every_leaf_proves_against_the_root(n in 1u32..300, epoch in any::<u64>()) {
+            let tree = EpochTree::build(epoch, (0..n).map(leaf)).expect("leaves");
+            // Insertion order must not matter: the root of the reversed list is the same.
+            let reversed = EpochTree::build(epoch, (0..n).rev().map(leaf)).expect("leaves");
+            prop_assert_eq!(tree.root(), reversed.root());
+            for (i, (hash, _)) in tree.leaves().enumerate() {
+                prop_assert!(verify(tree.root(), *hash, &tree.proof_at(i)));
+            }
+        }
+    }
+}

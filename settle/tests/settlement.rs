@@ -1,0 +1,642 @@
+//! The Settlement contract on a real anvil, driven through the Rust submitter and Merkle code.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use alloy::primitives::{Address, B256, U256};
+use common::{Chain, key, payer_key};
+use tollgate_engine::PayerKey;
+use tollgate_settle::{
+    EpochTree, Leaf,
+    contract::Settlement::SettlementErrors,
+    merkle::leaf_hash,
+    submitter::{EpochCommit, SubmitConfig, SubmitError, Submitter},
+};
+
+fn engine_address(address: Address) -> tollgate_engine::Address {
+    tollgate_engine::Address(address.0.0)
+}
+
+async fn submitter(chain: &Chain, part_entries_max: usize) -> Submitter {
+    let config = SubmitConfig {
+        part_entries_max,
+        backoff_initial_ms: 20,
+        receipt_timeout_ms: 20_000,
+        receipt_poll_ms: 10,
+        ..SubmitConfig::default()
+    };
+    Submitter::connect(
+        &chain.endpoint(),
+        chain.anvil.chain_id(),
+        chain.addresses.settlement,
+        key(&chain.anvil, 0),
+        config,
+    )
+    .await
+    .expect("submitter connects")
+}
+
+/// Net debits and credits of an epoch from the channels' growth since the previous epoch.
+fn commit_for(epoch: u64, tree: &EpochTree, previous: &[Leaf]) -> EpochCommit {
+    use std::collections::BTreeMap;
+    let mut debits: BTreeMap<[u8; 32], u128> = BTreeMap::new();
+    let mut credits: BTreeMap<[u8; 20], u128> = BTreeMap::new();
+    for (_, leaf) in tree.leaves() {
+        let before = previous
+            .iter()
+            .find(|old| old.payer == leaf.payer && old.payee == leaf.payee)
+            .map_or(0, |old| old.cumulative);
+        let delta = leaf.cumulative - before;
+        *debits.entry(leaf.payer.0).or_default() += delta;
+        *credits.entry(leaf.payee.0).or_default() += delta;
+    }
+    EpochCommit {
+        epoch,
+        root: tree.root(),
+        debits: debits.into_iter().map(|(k, v)| (PayerKey(k), v)).collect(),
+        credits: credits
+            .into_iter()
+            .map(|(k, v)| (tollgate_engine::Address(k), v))
+            .collect(),
+    }
+}
+
+fn revert_of(error: &alloy::contract::Error) -> SettlementErrors {
+    error
+        .as_decoded_interface_error::<SettlementErrors>()
+        .unwrap_or_else(|| panic!("expected a Settlement custom error, got {error}"))
+}
+
+#[tokio::test]
+async fn deposits_two_epochs_withdrawal_proofs_and_refusals() {
+    let window_secs = 30;
+    let chain = Chain::start(window_secs, 600).await;
+    let settlement = chain.settlement(0);
+
+    // Three payers, each deposited from its own EVM account (which becomes the key's exit owner).
+    let deposits = [1_000_000u128, 2_000_000, 500_000];
+    for (i, amount) in deposits.iter().enumerate() {
+        chain.deposit(2 + i, payer_key(i as u32), *amount).await;
+    }
+    for (i, amount) in deposits.iter().enumerate() {
+        let key = B256::from(payer_key(i as u32));
+        assert_eq!(
+            settlement.available(key).call().await.unwrap(),
+            U256::from(*amount)
+        );
+        assert_eq!(
+            settlement.payerOwner(key).call().await.unwrap(),
+            chain.address(2 + i)
+        );
+    }
+
+    // Payees are dev accounts 5 and 6 so they can withdraw.
+    let payee_a = engine_address(chain.address(5));
+    let payee_b = engine_address(chain.address(6));
+    let p = |i: u32| PayerKey(payer_key(i));
+    let epoch1 = vec![
+        Leaf {
+            payer: p(0),
+            payee: payee_a,
+            cumulative: 100_000,
+        },
+        Leaf {
+            payer: p(1),
+            payee: payee_a,
+            cumulative: 250_000,
+        },
+        Leaf {
+            payer: p(1),
+            payee: payee_b,
+            cumulative: 50_000,
+        },
+        Leaf {
+            payer: p(2),
+            payee: payee_b,
+            cumulative: 400_000,
+        },
+    ];
+    let tree1 = EpochTree::build(1, epoch1.clone()).unwrap();
+    let submitter = submitter(&chain, 1_500).await;
+    let outcome = submitter
+        .submit(&commit_for(1, &tree1, &[]))
+        .await
+        .expect("epoch 1 commits");
+    assert_eq!(outcome.landed.len(), 1);
+    assert_eq!(settlement.lastEpoch().call().await.unwrap(), 1);
+    assert_eq!(settlement.roots(1).call().await.unwrap(), tree1.root());
+
+    // Inside the window: debits are reserved, credits are not yet withdrawable.
+    assert_eq!(
+        settlement
+            .available(B256::from(payer_key(1)))
+            .call()
+            .await
+            .unwrap(),
+        U256::from(2_000_000 - 300_000)
+    );
+    assert_eq!(
+        settlement
+            .withdrawable(chain.address(5))
+            .call()
+            .await
+            .unwrap(),
+        U256::ZERO
+    );
+    let early = chain.settlement(5).withdraw().call().await.unwrap_err();
+    assert!(matches!(
+        revert_of(&early),
+        SettlementErrors::NothingToWithdraw(_)
+    ));
+
+    // Epoch 2 cannot start while epoch 1 can still be disputed.
+    let epoch2 = vec![
+        Leaf {
+            payer: p(0),
+            payee: payee_a,
+            cumulative: 180_000,
+        },
+        Leaf {
+            payer: p(1),
+            payee: payee_a,
+            cumulative: 250_000,
+        },
+        Leaf {
+            payer: p(1),
+            payee: payee_b,
+            cumulative: 90_000,
+        },
+        Leaf {
+            payer: p(2),
+            payee: payee_b,
+            cumulative: 450_000,
+        },
+        Leaf {
+            payer: p(2),
+            payee: payee_a,
+            cumulative: 10_000,
+        },
+    ];
+    let tree2 = EpochTree::build(2, epoch2.clone()).unwrap();
+    let commit2 = commit_for(2, &tree2, &epoch1);
+    let too_early = settlement
+        .commitEpoch(2, 0, 1, tree2.root(), vec![], vec![])
+        .call()
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        revert_of(&too_early),
+        SettlementErrors::PreviousEpochNotFinal(_)
+    ));
+
+    // After the window the payees withdraw epoch 1's credits.
+    chain.advance_secs(window_secs + 1).await;
+    assert_eq!(
+        settlement
+            .withdrawable(chain.address(5))
+            .call()
+            .await
+            .unwrap(),
+        U256::from(350_000)
+    );
+    let receipt = chain
+        .settlement(5)
+        .withdraw()
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(receipt.status());
+    assert_eq!(
+        chain
+            .token(0)
+            .balanceOf(chain.address(5))
+            .call()
+            .await
+            .unwrap(),
+        U256::from(350_000)
+    );
+    assert_eq!(
+        settlement
+            .withdrawable(chain.address(5))
+            .call()
+            .await
+            .unwrap(),
+        U256::ZERO
+    );
+
+    // Epoch 2 in parts of two entries (3 debits + 2 credits: three parts).
+    let submitter_parts = submitter_with_parts(&chain, 2).await;
+    let outcome = submitter_parts
+        .submit(&commit2)
+        .await
+        .expect("epoch 2 commits");
+    assert_eq!(outcome.parts, 3);
+    assert_eq!(
+        outcome.landed.iter().map(|l| l.part).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+
+    // Every onchain balance equals what the epochs say.
+    let debited = |i: u32| {
+        epoch2
+            .iter()
+            .filter(|l| l.payer == p(i))
+            .map(|l| l.cumulative)
+            .sum::<u128>()
+    };
+    for (i, amount) in deposits.iter().enumerate() {
+        let onchain = settlement
+            .available(B256::from(payer_key(i as u32)))
+            .call()
+            .await
+            .unwrap();
+        assert_eq!(onchain, U256::from(amount - debited(i as u32)), "payer {i}");
+    }
+    chain.advance_secs(window_secs + 1).await;
+    let credited = |payee: tollgate_engine::Address| {
+        epoch2
+            .iter()
+            .filter(|l| l.payee == payee)
+            .map(|l| l.cumulative)
+            .sum::<u128>()
+    };
+    assert_eq!(
+        settlement
+            .withdrawable(chain.address(5))
+            .call()
+            .await
+            .unwrap(),
+        U256::from(credited(payee_a) - 350_000)
+    );
+    assert_eq!(
+        settlement
+            .withdrawable(chain.address(6))
+            .call()
+            .await
+            .unwrap(),
+        U256::from(credited(payee_b))
+    );
+
+    // A Rust-built proof verifies onchain; a tampered leaf or proof does not.
+    for leaf in &epoch2 {
+        let (proved, proof) = tree2.proof(&leaf.payer, &leaf.payee).unwrap();
+        let ok = settlement
+            .verifyLeaf(
+                2,
+                B256::from(proved.payer.0),
+                Address::from(proved.payee.0),
+                U256::from(proved.cumulative),
+                proof.clone(),
+            )
+            .call()
+            .await
+            .unwrap();
+        assert!(ok, "leaf {leaf:?}");
+        let inflated = settlement
+            .verifyLeaf(
+                2,
+                B256::from(proved.payer.0),
+                Address::from(proved.payee.0),
+                U256::from(proved.cumulative + 1),
+                proof.clone(),
+            )
+            .call()
+            .await
+            .unwrap();
+        assert!(!inflated, "tampered cumulative must fail");
+        if let Some(first) = proof.first() {
+            let mut bad = proof.clone();
+            bad[0] = B256::from(first.0.map(|b| b ^ 0x01));
+            let tampered = settlement
+                .verifyLeaf(
+                    2,
+                    B256::from(proved.payer.0),
+                    Address::from(proved.payee.0),
+                    U256::from(proved.cumulative),
+                    bad,
+                )
+                .call()
+                .await
+                .unwrap();
+            assert!(!tampered, "tampered proof must fail");
+        }
+        let wrong_epoch = settlement
+            .verifyLeaf(
+                1,
+                B256::from(proved.payer.0),
+                Address::from(proved.payee.0),
+                U256::from(proved.cumulative),
+                proof,
+            )
+            .call()
+            .await
+            .unwrap();
+        assert!(!wrong_epoch);
+    }
+
+    // A resubmitted epoch reverts onchain; the submitter sees it is done and sends nothing.
+    let resent = settlement
+        .commitEpoch(2, 0, 3, tree2.root(), vec![], vec![])
+        .call()
+        .await
+        .unwrap_err();
+    match revert_of(&resent) {
+        SettlementErrors::UnexpectedPart(e) => {
+            assert_eq!((e.expectedEpoch, e.expectedPart), (3, 0))
+        }
+        other => panic!("unexpected revert {other:?}"),
+    }
+    let again = submitter_parts.submit(&commit2).await.expect("idempotent");
+    assert!(again.landed.is_empty(), "nothing re-sent");
+    // A different root for an epoch the chain already has is a conflict, not a silent success.
+    let conflicting = EpochCommit {
+        root: B256::repeat_byte(9),
+        ..commit2.clone()
+    };
+    assert!(matches!(
+        submitter.submit(&conflicting).await,
+        Err(SubmitError::RootConflict { .. })
+    ));
+
+    // An overdraft debit is refused by the contract and reported as a rejection.
+    let payer2_left = settlement
+        .available(B256::from(payer_key(2)))
+        .call()
+        .await
+        .unwrap();
+    let over = u128::try_from(payer2_left).unwrap() + 1;
+    let epoch3 = EpochCommit {
+        epoch: 3,
+        root: B256::repeat_byte(3),
+        debits: vec![(p(2), over)],
+        credits: vec![(payee_b, over)],
+    };
+    match submitter.submit(&epoch3).await {
+        Err(SubmitError::Rejected {
+            epoch: 3,
+            part: 0,
+            reason,
+        }) => assert!(reason.contains("Overdraft"), "{reason}"),
+        other => panic!("expected an overdraft rejection, got {other:?}"),
+    }
+    assert_eq!(settlement.lastEpoch().call().await.unwrap(), 2);
+
+    // Conservation: the contract holds exactly deposits minus withdrawals.
+    let held = chain
+        .token(0)
+        .balanceOf(chain.addresses.settlement)
+        .call()
+        .await
+        .unwrap();
+    assert_eq!(held, U256::from(deposits.iter().sum::<u128>() - 350_000));
+}
+
+async fn submitter_with_parts(chain: &Chain, part_entries_max: usize) -> Submitter {
+    submitter(chain, part_entries_max).await
+}
+
+/// A commit for `n` leaves, all owed by one payer that has deposited enough.
+async fn commit_leaves(chain: &Chain, epoch: u64, n: u32) -> (EpochTree, Vec<Leaf>) {
+    let payer = PayerKey(payer_key(42));
+    let leaves: Vec<Leaf> = (0..n)
+        .map(|i| Leaf {
+            payer,
+            payee: common::payee(i),
+            cumulative: u128::from(i) + u128::from(epoch) * 10_000,
+        })
+        .collect();
+    let tree = EpochTree::build(epoch, leaves.clone()).unwrap();
+    let total: u128 = leaves.iter().map(|l| l.cumulative).sum();
+    let commit = EpochCommit {
+        epoch,
+        root: tree.root(),
+        debits: vec![(payer, total)],
+        credits: leaves.iter().map(|l| (l.payee, l.cumulative)).collect(),
+    };
+    submitter(chain, 1_500)
+        .await
+        .submit(&commit)
+        .await
+        .expect("commit");
+    (tree, leaves)
+}
+
+#[tokio::test]
+async fn rust_proofs_verify_onchain_for_1_2_3_and_1000_leaves() {
+    let chain = Chain::start(0, 60).await;
+    chain.deposit(2, payer_key(42), 10_000_000_000).await;
+    let settlement = chain.settlement(0);
+    for (epoch, n) in [(1u64, 1u32), (2, 2), (3, 3), (4, 1_000)] {
+        let (tree, leaves) = commit_leaves(&chain, epoch, n).await;
+        assert_eq!(settlement.roots(epoch).call().await.unwrap(), tree.root());
+        // Every leaf for small trees; for 1,000 leaves the first, the last and every 37th.
+        let sample: Vec<&Leaf> = leaves
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| n < 10 || i % 37 == 0 || *i as u32 == n - 1)
+            .map(|(_, l)| l)
+            .collect();
+        for leaf in sample {
+            let (_, proof) = tree.proof(&leaf.payer, &leaf.payee).unwrap();
+            let call = |cumulative: u128, proof: Vec<B256>| {
+                settlement.verifyLeaf(
+                    epoch,
+                    B256::from(leaf.payer.0),
+                    Address::from(leaf.payee.0),
+                    U256::from(cumulative),
+                    proof,
+                )
+            };
+            assert!(
+                call(leaf.cumulative, proof.clone()).call().await.unwrap(),
+                "n={n} {leaf:?}"
+            );
+            assert!(
+                !call(leaf.cumulative + 1, proof.clone())
+                    .call()
+                    .await
+                    .unwrap(),
+                "tampered leaf, n={n}"
+            );
+            let mut shortened = proof.clone();
+            if shortened.pop().is_some() {
+                assert!(
+                    !call(leaf.cumulative, shortened).call().await.unwrap(),
+                    "tampered proof, n={n}"
+                );
+            }
+            // The leaf hash the contract computes is the one the Rust tree holds.
+            assert!(tree.leaves().any(|(h, _)| *h == leaf_hash(epoch, leaf)));
+        }
+    }
+}
+
+#[tokio::test]
+async fn arbiter_voids_the_open_epoch_and_its_amounts_go_in_the_next() {
+    let chain = Chain::start(60, 600).await;
+    chain.deposit(2, payer_key(7), 1_000).await;
+    let settlement = chain.settlement(0);
+    let payee = common::payee(1);
+    let payer = PayerKey(payer_key(7));
+    let available = || async { settlement.available(B256::from(payer.0)).call().await.unwrap() };
+    let wrong = EpochCommit { epoch: 1, root: B256::repeat_byte(1), debits: vec![(payer, 900)], credits: vec![(payee, 900)] };
+    let submitter = submitter(&chain, 1_500).await;
+    submitter.submit(&wrong).await.unwrap();
+    assert_eq!(available().await, U256::from(100));
+
+    // Only the arbiter may dispute, and only once.
+    let not_arbiter = chain.settlement(3).dispute(1).call().await.unwrap_err();
+    assert!(matches!(revert_of(&not_arbiter), SettlementErrors::NotArbiter(_)));
+    let receipt = chain.settlement(1).dispute(1).send().await.unwrap().get_receipt().await.unwrap();
+    assert!(receipt.status());
+    assert_eq!(settlement.roots(1).call().await.unwrap(), B256::ZERO, "voided root is gone");
+    assert_eq!(available().await, U256::from(1_000), "debit voided");
+    let again = chain.settlement(1).dispute(1).call().await.unwrap_err();
+    assert!(matches!(revert_of(&again), SettlementErrors::NotDisputable(_)));
+
+    // Epoch numbers are never reused: resending epoch 1 is a conflict, the corrected amounts go in
+    // as epoch 2, and the voided credit never becomes withdrawable.
+    let reused = submitter.submit(&EpochCommit { root: B256::repeat_byte(2), ..wrong.clone() }).await;
+    assert!(matches!(reused, Err(SubmitError::RootConflict { epoch: 1, .. })), "{reused:?}");
+    let right = EpochCommit { epoch: 2, root: B256::repeat_byte(2), debits: vec![(payer, 300)], credits: vec![(payee, 300)] };
+    submitter.submit(&right).await.unwrap();
+    chain.advance_secs(61).await;
+    assert_eq!(settlement.withdrawable(Address::from(payee.0)).call().await.unwrap(), U256::from(300));
+    assert_eq!(available().await, U256::from(700));
+    // Past the window the epoch is final: no more disputes.
+    let late = chain.settlement(1).dispute(2).call().await.unwrap_err();
+    assert!(matches!(revert_of(&late), SettlementErrors::NotDisputable(_)));
+}
+
+#[tokio::test]
+async fn payer_exit_belongs_to_the_first_depositor_and_waits_for_the_delay() {
+    let chain = Chain::start(0, 100).await;
+    let key = B256::from(payer_key(9));
+    chain.deposit(2, payer_key(9), 1_000).await;
+    chain.deposit(3, payer_key(9), 500).await; // a top-up from someone else: still owned by account 2
+    let owner = chain.settlement(2);
+    let stranger = chain
+        .settlement(3)
+        .requestWithdrawal(key, U256::from(1))
+        .call()
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        revert_of(&stranger),
+        SettlementErrors::NotPayerOwner(_)
+    ));
+
+    owner
+        .requestWithdrawal(key, U256::from(1_200))
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    let early = owner.completeWithdrawal(key).call().await.unwrap_err();
+    assert!(matches!(
+        revert_of(&early),
+        SettlementErrors::WithdrawalNotReady(_)
+    ));
+
+    // Spend committed during the delay is honoured first: the payout is capped at what is left.
+    let submitter = submitter(&chain, 1_500).await;
+    let spend = EpochCommit {
+        epoch: 1,
+        root: B256::repeat_byte(5),
+        debits: vec![(PayerKey(payer_key(9)), 400)],
+        credits: vec![(common::payee(3), 400)],
+    };
+    submitter.submit(&spend).await.unwrap();
+    chain.advance_secs(101).await;
+    let before = chain
+        .token(0)
+        .balanceOf(chain.address(2))
+        .call()
+        .await
+        .unwrap();
+    owner
+        .completeWithdrawal(key)
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    let after = chain
+        .token(0)
+        .balanceOf(chain.address(2))
+        .call()
+        .await
+        .unwrap();
+    assert_eq!(after - before, U256::from(1_100));
+    assert_eq!(
+        chain.settlement(0).available(key).call().await.unwrap(),
+        U256::ZERO
+    );
+    let twice = owner.completeWithdrawal(key).call().await.unwrap_err();
+    assert!(matches!(
+        revert_of(&twice),
+        SettlementErrors::NoWithdrawalRequest(_)
+    ));
+}
+
+#[tokio::test]
+async fn submitter_refuses_a_wrong_chain_id_or_operator_at_start() {
+    let chain = Chain::start(0, 60).await;
+    let wrong_chain = Submitter::connect(
+        &chain.endpoint(),
+        1,
+        chain.addresses.settlement,
+        key(&chain.anvil, 0),
+        SubmitConfig::default(),
+    )
+    .await;
+    assert!(matches!(
+        wrong_chain,
+        Err(tollgate_settle::ChainError::ChainIdMismatch { expected: 1, .. })
+    ));
+    let wrong_key = Submitter::connect(
+        &chain.endpoint(),
+        chain.anvil.chain_id(),
+        chain.addresses.settlement,
+        key(&chain.anvil, 4),
+        SubmitConfig::default(),
+    )
+    .await;
+    assert!(matches!(
+        wrong_key,
+        Err(tollgate_settle::ChainError::NotOperator { .. })
+    ));
+    let no_contract = Submitter::connect(
+        &chain.endpoint(),
+        chain.anvil.chain_id(),
+        Address::repeat_byte(0x42),
+        key(&chain.anvil, 0),
+        SubmitConfig::default(),
+    )
+    .await;
+    assert!(matches!(
+        no_contract,
+        Err(tollgate_settle::ChainError::NoContract(_))
+    ));
+    // An epoch that skips ahead is refused before anything is sent.
+    let submitter = submitter(&chain, 10).await;
+    let gap = EpochCommit {
+        epoch: 5,
+        root: B256::repeat_byte(5),
+        debits: vec![],
+        credits: vec![],
+    };
+    assert!(matches!(
+        submitter.submit(&gap).await,
+        Err(SubmitError::Gap {
+            epoch: 5,
+            next_expected: 1
+        })
+    ));
+}
