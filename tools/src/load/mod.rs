@@ -5,6 +5,7 @@
 //! - [`driver`]: presigning, pacing, connections and ack collection ([`driver::run_with`]).
 //! - [`stats`]: counts, verdict mismatches, the ack latency histogram and the `--json` summary.
 //! - [`check`]: `--check URL`, the server's per-payer totals against the acks.
+//! - [`client`]: the ingest client as the driver's transport.
 //! - [`acked_log`], [`report`]: `--acked-log FILE` and `--report FILE.html`.
 //!
 //! The generator must never steal the engine's CPU while the clock runs (presign, batch, no task
@@ -13,6 +14,7 @@
 
 pub mod acked_log;
 pub mod check;
+pub mod client;
 pub mod driver;
 pub mod report;
 pub mod stats;
