@@ -62,9 +62,9 @@ pub struct PayerBalance {
     /// deposited − settled − pending.
     #[serde(deserialize_with = "decimal")]
     pub available: u128,
-    /// Receipts accepted.
-    #[serde(deserialize_with = "decimal")]
-    pub receipts: u128,
+    /// Receipts accepted, when the API reports it (only compared then).
+    #[serde(default, deserialize_with = "optional_decimal")]
+    pub receipts: Option<u128>,
 }
 
 impl PayerBalance {
@@ -86,6 +86,12 @@ fn decimal<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u128, D:
         Either::Number(n) => Ok(u128::from(n)),
         Either::Text(text) => text.parse().map_err(serde::de::Error::custom),
     }
+}
+
+fn optional_decimal<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u128>, D::Error> {
+    decimal(deserializer).map(Some)
 }
 
 /// Reads the balance of every payer, in order. A payer the server has never heard of (404) has a
@@ -184,21 +190,27 @@ pub fn compare(
             .spent()
             .zip(after.spent())
             .and_then(|(b, a)| a.checked_sub(b));
-        let receipts = after.receipts.checked_sub(before.receipts);
-        for (field, got, min, unknown) in [
-            (
-                "pending + settled",
-                spend,
-                tally.accepted_amount,
-                tally.unknown_amount,
-            ),
-            (
+        let receipts = match (before.receipts, after.receipts) {
+            (Some(b), Some(a)) => Some(a.checked_sub(b)),
+            // A 404 before the run (payer unseen) counts as zero receipts.
+            (None, Some(a)) if before == &PayerBalance::default() => Some(Some(a)),
+            _ => None,
+        };
+        let mut fields = vec![(
+            "pending + settled",
+            spend,
+            tally.accepted_amount,
+            tally.unknown_amount,
+        )];
+        if let Some(receipts) = receipts {
+            fields.push((
                 "receipts",
                 receipts,
                 u128::from(tally.accepted_receipts),
                 u128::from(tally.unknown_receipts),
-            ),
-        ] {
+            ));
+        }
+        for (field, got, min, unknown) in fields {
             let max = min.saturating_add(unknown);
             if got.is_none_or(|g| g < min || g > max) {
                 differences.push(Difference {
@@ -224,7 +236,7 @@ mod tests {
             settled,
             pending,
             available: 1_000 - settled - pending,
-            receipts,
+            receipts: Some(receipts),
         }
     }
 
@@ -235,7 +247,12 @@ mod tests {
         let parsed: PayerBalance = serde_json::from_str(body).expect("API body");
         assert_eq!(parsed.deposited, u128::MAX);
         assert_eq!(parsed.spent(), Some(12));
-        assert_eq!(parsed.receipts, 3);
+        assert_eq!(parsed.receipts, Some(3));
+        let without_count: PayerBalance = serde_json::from_str(
+            r#"{"deposited":"1","settled":"0","pending":"0","available":"1"}"#,
+        )
+        .expect("receipts is optional");
+        assert_eq!(without_count.receipts, None);
         assert!(serde_json::from_str::<PayerBalance>(r#"{"deposited":"x"}"#).is_err());
     }
 
