@@ -4,6 +4,8 @@
 //! - [`receipts_json`]: receipts as JSON lines, signed and verified from a shell.
 //! - [`cli`]: argument types shared by the binaries.
 //! - [`bench_verify`]: `tollgate bench verify`, Tollgate's verifier against ed25519-dalek in one run.
+//! - [`load`]: the load generator behind `tollgate-load`, which the demo and tests drive too; it
+//!   checks every verdict the engine returns against the one its workload model owes.
 //!
 //! The binaries are thin shells over these modules so tests and the demo drive the same code an
 //! operator does. This crate wires the others together; it owns no protocol, ledger or chain logic.
@@ -11,4 +13,5 @@
 pub mod bench_verify;
 pub mod cli;
 pub mod keys;
+pub mod load;
 pub mod receipts_json;

@@ -1,0 +1,25 @@
+//! `tollgate-load`, as a library: a load generator that also audits the engine's answers.
+//!
+//! - [`workload`]: deterministic payers, payees, Zipf popularity, nonces, injected bad receipts and
+//!   the verdict each receipt must get.
+//! - [`driver`]: presigning, pacing, connections and ack collection ([`driver::run_with`]).
+//! - [`stats`]: counts, verdict mismatches, the ack latency histogram and the `--json` summary.
+//! - [`check`]: `--check URL`, the server's per-payer totals against the acks.
+//! - [`client`]: the ingest client as the driver's transport.
+//! - [`acked_log`], [`report`]: `--acked-log FILE` and `--report FILE.html`.
+//!
+//! The generator must never steal the engine's CPU while the clock runs (presign, batch, no task
+//! per receipt), and never report a figure it did not measure: every ack is judged against the
+//! verdict the workload model owes, and `sent = acked + failed` always holds.
+
+pub mod acked_log;
+pub mod check;
+pub mod client;
+pub mod driver;
+pub mod report;
+pub mod stats;
+pub mod workload;
+
+pub use driver::{LoadError, Options, Outcome, Transport, run_with};
+pub use stats::{Stats, Summary};
+pub use workload::{Funds, Kind, Planner, Workload, WorkloadError};

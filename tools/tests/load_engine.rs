@@ -1,0 +1,163 @@
+//! The generator against the real engine (verify pool, ledger, RocksDB with fsync) in process:
+//! every expected verdict of the workload model must be the engine's, and the ledger's totals
+//! must equal what the acks said. The network path is the same driver behind the ingest client.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tollgate_engine::pipeline::{Engine, EngineConfig, FundsEvent, FundsKind, SubmitRequest};
+use tollgate_engine::{
+    Address, Domain, Receipt, ReceiptBatch, Verdict, Verifier, VerifyConfig, VerifyPool,
+};
+use tollgate_tools::load::driver::Options;
+use tollgate_tools::load::{Funds, Planner, Transport, Workload, run_with};
+
+/// One producer session on the engine.
+struct InProcessEngine {
+    engine: Engine,
+    producer_id: u64,
+    batch_seq: AtomicU64,
+}
+
+impl Transport for InProcessEngine {
+    type Error = String;
+    type Verdicts = BoxFuture<'static, Result<Vec<Verdict>, String>>;
+
+    async fn submit_batch(&self, receipts: Vec<Receipt>) -> Result<Self::Verdicts, String> {
+        let n = receipts.len();
+        let ack = self
+            .engine
+            .submit(SubmitRequest {
+                producer_id: self.producer_id,
+                session_epoch: 1,
+                batch_seq: self.batch_seq.fetch_add(1, Ordering::Relaxed),
+                receipts: ReceiptBatch::from_receipts(&receipts),
+                prejudged: Vec::new(),
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(ack
+            .map(move |answer| {
+                let ack = answer
+                    .map_err(|_| "ack dropped".to_owned())?
+                    .map_err(|e| e.to_string())?;
+                let mut verdicts: Vec<Verdict> = vec![Ok(()); n];
+                for (index, reason) in ack.rejections {
+                    verdicts[index as usize] = Err(reason);
+                }
+                Ok(verdicts)
+            })
+            .boxed())
+    }
+
+    async fn close(self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_engine_gives_every_expected_verdict_and_the_ledger_adds_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let domain = Domain {
+        chain_id: 31_337,
+        contract: Address([0x42; 20]),
+    };
+    let verify_config = VerifyConfig {
+        threads: 2,
+        ..VerifyConfig::default()
+    };
+    let pool = VerifyPool::new(Verifier::new(domain, verify_config.clone()), verify_config)
+        .expect("verify pool");
+    let engine = Engine::open(EngineConfig::new(dir.path()), Arc::new(pool)).expect("engine");
+
+    let payers = 100u32;
+    let deposit: u128 = 5_000;
+    let now_ms = tollgate_tools::load::driver::unix_ms();
+    let workload = Workload {
+        seed: 3,
+        receipts: Some(12_000),
+        payers,
+        payees: 6,
+        zipf_exponent: 1.1,
+        amount: 2,
+        bad_signature_pct: 1.0,
+        replay_pct: 1.0,
+        stale_pct: 1.0,
+        overdraft_pct: 1.0,
+        window_nonces: 1024,
+        nonce_base: now_ms << 20,
+        timestamp_ms: now_ms,
+        domain,
+        connections: 3,
+        funds: Funds::Available(vec![deposit; payers as usize]),
+    };
+    let planner = Planner::new(workload).expect("valid workload");
+    for (index, payer) in planner.payers().iter().enumerate() {
+        engine
+            .funds(FundsEvent {
+                payer: *payer,
+                kind: FundsKind::Deposit,
+                amount: deposit,
+                block: index as u64 + 1,
+                log_index: 0,
+            })
+            .expect("funds queued")
+            .await
+            .expect("answer")
+            .expect("deposit applied");
+    }
+    let payer_keys = planner.payers().to_vec();
+    let options = Options {
+        batch_receipts: 128,
+        rate_per_s: 0.0,
+        duration: None,
+        presign: true,
+        batches_in_flight_max: 4,
+        progress: false,
+        acked_log: None,
+    };
+    let outcome = run_with(planner, &options, |connection| {
+        let engine = engine.clone();
+        async move {
+            Ok::<_, String>(InProcessEngine {
+                engine,
+                producer_id: 1_000 + u64::from(connection),
+                batch_seq: AtomicU64::new(0),
+            })
+        }
+    })
+    .await
+    .expect("run");
+    let s = &outcome.summary;
+    assert_eq!((s.sent, s.acked, s.failed), (12_000, 12_000, 0));
+    assert_eq!(
+        s.verdict_mismatches, 0,
+        "{:?}",
+        outcome.stats.mismatch_examples
+    );
+    for reason in ["bad_signature", "duplicate", "stale", "insufficient_funds"] {
+        assert!(
+            s.rejected.get(reason).copied().unwrap_or(0) > 0,
+            "{reason}: {:?}",
+            s.rejected
+        );
+    }
+
+    let reader = engine.reader();
+    for (index, payer) in payer_keys.iter().enumerate() {
+        let tally = outcome
+            .stats
+            .payers
+            .get(&(index as u32))
+            .copied()
+            .unwrap_or_default();
+        let balance = reader.payer(payer).expect("read").unwrap_or_default();
+        assert_eq!(
+            balance.pending + balance.settled,
+            tally.accepted_amount,
+            "payer #{index}"
+        );
+    }
+    engine.shutdown().expect("clean shutdown");
+}
