@@ -3,10 +3,13 @@
 //! - [`keys`]: generating and loading ed25519 keys (payers, fleet clients).
 //! - [`receipts_json`]: receipts as JSON lines, signed and verified from a shell.
 //! - [`cli`]: argument types shared by the binaries.
+//! - [`api`]: the HTTP query API (balances, epochs, proofs, metrics, OpenAPI) and the CLI's
+//!   query commands that talk to it.
 //!
 //! The binaries are thin shells over these modules so tests and the demo drive the same code an
 //! operator does. This crate wires the others together; it owns no protocol, ledger or chain logic.
 
+pub mod api;
 pub mod cli;
 pub mod keys;
 pub mod receipts_json;
