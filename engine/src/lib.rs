@@ -9,6 +9,8 @@
 //!   writer thread with group commit; [`ledger::LedgerReader`] reads without blocking it.
 //! - [`store`]: the only code that touches RocksDB: column families, synced writes, poisoning
 //!   on write failure, refusing corrupt or half-written data directories.
+//! - [`verify`]: the signature rule, batch verification with key coalescing and bisection, and the
+//!   dedicated rayon pool that runs it.
 //!
 //! The engine is synchronous and knows nothing of sockets or async runtimes: it is driven through
 //! bounded channels by `tollgate-ingest` (receipts in) and `tollgate-settle` (deposits in, sealed
@@ -21,6 +23,8 @@ pub mod pipeline;
 pub mod receipt;
 pub mod store;
 pub mod verdict;
+pub mod verify;
 
 pub use receipt::{Address, Domain, PayerKey, Receipt, ReceiptBatch, ReceiptView, UnsignedReceipt};
 pub use verdict::{Reason, Verdict};
+pub use verify::{SignedMessage, Verifier, VerifyConfig, VerifyError, VerifyPool};

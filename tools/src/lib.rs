@@ -3,6 +3,7 @@
 //! - [`keys`]: generating and loading ed25519 keys (payers, fleet clients).
 //! - [`receipts_json`]: receipts as JSON lines, signed and verified from a shell.
 //! - [`cli`]: argument types shared by the binaries.
+//! - [`bench_verify`]: `tollgate bench verify`, Tollgate's verifier against ed25519-dalek in one run.
 //! - [`api`]: the HTTP query API (balances, epochs, proofs, metrics, OpenAPI) and the CLI's
 //!   query commands that talk to it.
 //!
@@ -10,6 +11,7 @@
 //! operator does. This crate wires the others together; it owns no protocol, ledger or chain logic.
 
 pub mod api;
+pub mod bench_verify;
 pub mod cli;
 pub mod keys;
 pub mod receipts_json;

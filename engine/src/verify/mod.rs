@@ -1,0 +1,290 @@
+//! Signature verification: one acceptance rule, a batch path that can never disagree with the
+//! single path, and a dedicated rayon pool to run it on.
+//!
+//! - `rule`: the checks and the cofactored single equation (docs/VERIFICATION.md states the rule
+//!   and why each case is accepted or refused).
+//! - `batch`: the batch equation with payer keys coalesced, bisection on failure.
+//! - `key_cache`: checked payer keys, decompressed once and kept in a bounded cache; refused keys
+//!   in a bounded set of their own.
+//! - [`VerifyPool`]: chunks a submission across a dedicated rayon pool; verdicts come back in
+//!   input order.
+//!
+//! Nothing here blocks on I/O, and nothing here runs on tokio's threads: the pool's threads are its
+//! own. The bounded queue in front of the pool belongs to `engine::pipeline`; a caller of
+//! [`VerifyPool::verify`] blocks until its receipts are done, so work in flight is bounded by the
+//! number of callers.
+
+mod batch;
+mod key_cache;
+mod rule;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use sha2::{Digest, Sha512};
+use thiserror::Error;
+
+use crate::receipt::{DOMAIN_BYTES, Domain, ReceiptView};
+use crate::verdict::{Reason, Verdict};
+use batch::{Candidate, Equations};
+use key_cache::KeyCache;
+use rule::{CheckedKey, Signed, equation_holds, prepare};
+
+/// Receipts per batch equation unless configured otherwise. Measured (docs/BENCHMARKS.md):
+/// past a few hundred receipts the multiscalar multiplication gains little per receipt, while
+/// a failed batch costs bisection work in proportion to its size.
+pub const BATCH_RECEIPTS_DEFAULT: usize = 256;
+/// Checked payer keys remembered unless configured otherwise (about 200 bytes each).
+pub const KEY_CACHE_KEYS_DEFAULT: usize = 131_072;
+/// Refused payer keys remembered unless configured otherwise.
+pub const REFUSED_KEYS_DEFAULT: usize = 65_536;
+
+/// How verification is sized.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyConfig {
+    /// Threads in the [`VerifyPool`]. Default: every core the process may use.
+    pub threads: usize,
+    /// Receipts per batch equation; larger submissions are split into chunks of this size.
+    pub batch_receipts_max: usize,
+    /// Checked payer keys kept decompressed across batches.
+    pub key_cache_keys_max: usize,
+    /// Refused payer keys remembered so they are not checked again.
+    pub refused_keys_max: usize,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        Self {
+            threads: std::thread::available_parallelism().map_or(1, usize::from),
+            batch_receipts_max: BATCH_RECEIPTS_DEFAULT,
+            key_cache_keys_max: KEY_CACHE_KEYS_DEFAULT,
+            refused_keys_max: REFUSED_KEYS_DEFAULT,
+        }
+    }
+}
+
+/// Why a [`VerifyPool`] could not be built.
+#[derive(Debug, Error)]
+pub enum VerifyError {
+    /// `threads` is zero: a pool with no threads would never return.
+    #[error("verify pool needs at least one thread")]
+    NoThreads,
+    /// `batch_receipts_max` is zero: receipts could never be chunked.
+    #[error("batch_receipts_max must be at least 1")]
+    EmptyBatch,
+    /// The operating system refused to start the pool's threads.
+    #[error("could not start the verify pool: {0}")]
+    ThreadPool(#[from] rayon::ThreadPoolBuildError),
+}
+
+/// A signature over arbitrary bytes, checked under the same rule as receipts. For auditing the
+/// rule against published test vectors (ed25519-speccheck) and for tools; receipts use
+/// [`Verifier::verify_one`] and [`Verifier::verify_batch`], which hash in place.
+#[derive(Clone, Copy, Debug)]
+pub struct SignedMessage<'a> {
+    /// The signer's public key, compressed.
+    pub public_key: [u8; 32],
+    /// `R ‖ S`.
+    pub signature: [u8; 64],
+    /// Every byte that was signed.
+    pub message: &'a [u8],
+}
+
+impl Signed for SignedMessage<'_> {
+    fn public_key(&self) -> [u8; 32] {
+        self.public_key
+    }
+    fn signature(&self) -> [u8; 64] {
+        self.signature
+    }
+    fn absorb_message(&self, _separator: &[u8], hasher: &mut Sha512) {
+        hasher.update(self.message);
+    }
+}
+
+impl Signed for ReceiptView<'_> {
+    fn public_key(&self) -> [u8; 32] {
+        self.payer().0
+    }
+    fn signature(&self) -> [u8; 64] {
+        ReceiptView::signature(self)
+    }
+    fn absorb_message(&self, separator: &[u8], hasher: &mut Sha512) {
+        hasher.update(separator);
+        hasher.update(self.body());
+    }
+}
+
+/// Verifies receipts of one domain. Cheap to clone: clones share one key cache.
+#[derive(Clone, Debug)]
+pub struct Verifier {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    separator: [u8; DOMAIN_BYTES],
+    batch_receipts_max: usize,
+    keys: KeyCache,
+}
+
+impl Verifier {
+    /// A verifier for receipts signed under `domain`. A zero `batch_receipts_max` is taken as 1
+    /// ([`VerifyPool::new`] refuses it outright).
+    pub fn new(domain: Domain, config: VerifyConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                separator: domain.separator(),
+                batch_receipts_max: config.batch_receipts_max.max(1),
+                keys: KeyCache::new(config.key_cache_keys_max, config.refused_keys_max),
+            }),
+        }
+    }
+
+    /// The single path: `Ok(())`, or `Err(BadPayerKey)` / `Err(BadSignature)`.
+    pub fn verify_one(&self, receipt: &ReceiptView<'_>) -> Verdict {
+        self.single(receipt, &self.inner.separator)
+    }
+
+    /// The batch path: one verdict per receipt, in order, equal to what [`Verifier::verify_one`]
+    /// says of each. Runs on the calling thread, in chunks of `batch_receipts_max`.
+    pub fn verify_batch(&self, receipts: &[ReceiptView<'_>]) -> Vec<Verdict> {
+        let mut verdicts = vec![Ok(()); receipts.len()];
+        let chunk = self.inner.batch_receipts_max;
+        for (items, out) in receipts.chunks(chunk).zip(verdicts.chunks_mut(chunk)) {
+            self.batch(items, &self.inner.separator, out);
+        }
+        verdicts
+    }
+
+    /// [`Verifier::verify_one`] for a signature over arbitrary bytes (no domain separator).
+    pub fn verify_message(&self, message: &SignedMessage<'_>) -> Verdict {
+        self.single(message, &[])
+    }
+
+    /// [`Verifier::verify_batch`] for signatures over arbitrary bytes (no domain separator).
+    pub fn verify_messages(&self, messages: &[SignedMessage<'_>]) -> Vec<Verdict> {
+        let mut verdicts = vec![Ok(()); messages.len()];
+        let chunk = self.inner.batch_receipts_max;
+        for (items, out) in messages.chunks(chunk).zip(verdicts.chunks_mut(chunk)) {
+            self.batch(items, &[], out);
+        }
+        verdicts
+    }
+
+    /// Payer keys remembered: (accepted, refused).
+    pub fn cached_keys(&self) -> (usize, usize) {
+        self.inner.keys.len()
+    }
+
+    fn single<T: Signed>(&self, item: &T, separator: &[u8]) -> Verdict {
+        let key = self.inner.keys.get_or_check(&item.public_key())?;
+        let prepared = prepare(item, separator)?;
+        if equation_holds(&prepared, &key) {
+            Ok(())
+        } else {
+            Err(Reason::BadSignature)
+        }
+    }
+
+    /// One chunk: the same checks as `single`, in the same order, then one batch equation for
+    /// everything that passed them. Returns the number of equations bisection needed.
+    fn batch<T: Signed>(&self, items: &[T], separator: &[u8], verdicts: &mut [Verdict]) -> usize {
+        debug_assert_eq!(items.len(), verdicts.len());
+        let mut keys: Vec<CheckedKey> = Vec::new();
+        let mut slots: HashMap<[u8; 32], Result<usize, Reason>> =
+            HashMap::with_capacity(items.len());
+        let mut candidates = Vec::with_capacity(items.len());
+        for (index, (item, verdict)) in items.iter().zip(verdicts.iter_mut()).enumerate() {
+            let key_bytes = item.public_key();
+            let slot = *slots.entry(key_bytes).or_insert_with(|| {
+                self.inner.keys.get_or_check(&key_bytes).map(|key| {
+                    keys.push(key);
+                    keys.len() - 1
+                })
+            });
+            let candidate = slot.and_then(|key_slot| {
+                prepare(item, separator).map(|prepared| Candidate {
+                    index,
+                    prepared,
+                    key_slot,
+                })
+            });
+            match candidate {
+                Ok(candidate) => candidates.push(candidate),
+                Err(reason) => *verdict = Err(reason),
+            }
+        }
+        let mut equations = Equations::default();
+        equations.settle(&candidates, &keys, verdicts);
+        metrics::counter!("tollgate_verify_equations_total").increment(equations.computed as u64);
+        equations.computed
+    }
+}
+
+/// A dedicated rayon pool running a [`Verifier`]. Never tokio's threads.
+#[derive(Debug)]
+pub struct VerifyPool {
+    verifier: Verifier,
+    pool: rayon::ThreadPool,
+    batch_receipts_max: usize,
+}
+
+impl VerifyPool {
+    /// Starts `config.threads` threads named `tollgate-verify-N`.
+    pub fn new(verifier: Verifier, config: VerifyConfig) -> Result<Self, VerifyError> {
+        if config.threads == 0 {
+            return Err(VerifyError::NoThreads);
+        }
+        if config.batch_receipts_max == 0 {
+            return Err(VerifyError::EmptyBatch);
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.threads)
+            .thread_name(|index| format!("tollgate-verify-{index}"))
+            .build()?;
+        Ok(Self {
+            verifier,
+            pool,
+            batch_receipts_max: config.batch_receipts_max,
+        })
+    }
+
+    /// The verifier the pool runs.
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// Threads in the pool.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// Verifies `receipts` in chunks of `batch_receipts_max` across the pool and returns one
+    /// verdict per receipt, in input order. The verdict vector is the only allocation that grows
+    /// with the input: each chunk works in its own batch-sized scratch space.
+    pub fn verify(&self, receipts: &[ReceiptView<'_>]) -> Vec<Verdict> {
+        let mut verdicts = vec![Ok(()); receipts.len()];
+        let chunk = self.batch_receipts_max;
+        let separator = &self.verifier.inner.separator;
+        self.pool.install(|| {
+            receipts
+                .par_chunks(chunk)
+                .zip(verdicts.par_chunks_mut(chunk))
+                .for_each(|(items, out)| {
+                    self.verifier.batch(items, separator, out);
+                });
+        });
+        verdicts
+    }
+}
+
+impl crate::pipeline::BatchVerifier for VerifyPool {
+    fn verify(&self, receipts: &[ReceiptView<'_>]) -> Vec<Verdict> {
+        VerifyPool::verify(self, receipts)
+    }
+}
+
+#[cfg(test)]
+mod tests;

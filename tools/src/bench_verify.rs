@@ -1,0 +1,662 @@
+//! `tollgate bench verify`: Tollgate's verifier against ed25519-dalek's `verify_batch`, over the
+//! same presigned receipts, in one run, so the ratio is honest on any machine.
+//!
+//! Contenders, each on a rayon pool of `--threads` threads, chunked by the same batch size:
+//! - `dalek2_default`: ed25519-dalek 2.x `verify_batch` on curve25519-dalek 4, built the default
+//!   way (its AVX2 backend; its IFMA path needs a nightly compiler). The baseline.
+//! - `dalek3_same_backend`: ed25519-dalek 3 `verify_batch` on curve25519-dalek 5, with the
+//!   backend Tollgate uses.
+//! - `tollgate`: [`tollgate_engine::VerifyPool`] over the raw receipt bytes.
+//!
+//! The dalek contenders get their keys decompressed and their messages assembled before the clock
+//! starts (a caller could cache both); a dalek batch that fails falls back to `verify` per
+//! receipt, which is what a caller of `verify_batch` has to do to find the bad ones. Tollgate
+//! starts from the 176-byte records with a warm key cache (a first, untimed pass fills it, as
+//! traffic does).
+
+use std::time::Instant;
+
+use anyhow::{Context, ensure};
+use ed25519_dalek::Signer as _;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use rayon::prelude::*;
+use serde::Serialize;
+use tollgate_engine::receipt::{RECEIPT_BYTES, SIGNING_BYTES};
+use tollgate_engine::verify::BATCH_RECEIPTS_DEFAULT;
+use tollgate_engine::{
+    Address, Domain, PayerKey, ReceiptView, UnsignedReceipt, Verifier, VerifyConfig, VerifyPool,
+};
+
+/// Flags of `tollgate bench verify`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchVerifyArgs {
+    /// Receipts to presign and verify.
+    #[arg(long, default_value_t = 100_000)]
+    pub receipts: usize,
+    /// Distinct payer keys to draw from.
+    #[arg(long, default_value_t = 10_000)]
+    pub payers: usize,
+    /// Zipf exponent of the payer draw; 0 gives each payer in turn (all keys distinct when
+    /// `--payers` >= `--receipts`).
+    #[arg(long, default_value_t = 1.1)]
+    pub zipf: f64,
+    /// Verification threads (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Percentage of receipts whose signature is broken, at random positions.
+    #[arg(long, default_value_t = 0.0)]
+    pub bad_pct: f64,
+    /// Receipts per batch equation, for every contender.
+    #[arg(long, default_value_t = BATCH_RECEIPTS_DEFAULT)]
+    pub batch: usize,
+    /// Timed passes per contender; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Seed for payers, amounts and bad positions.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Payer ranks drawn from a Zipf(s) law over `n` ranks by inverting its cumulative weights. Small
+/// and exact; the table costs 8 bytes per rank.
+#[derive(Debug, Clone)]
+pub struct Zipf {
+    cumulative: Vec<f64>,
+}
+
+impl Zipf {
+    /// Weights 1/r^s for ranks r = 1..=n. `n` must be at least 1 and `s` finite and >= 0.
+    pub fn new(n: usize, s: f64) -> anyhow::Result<Self> {
+        ensure!(n >= 1, "zipf needs at least one rank");
+        ensure!(
+            s.is_finite() && s >= 0.0,
+            "zipf exponent must be finite and >= 0"
+        );
+        let mut total = 0.0;
+        let cumulative = (1..=n)
+            .map(|rank| {
+                total += (rank as f64).powf(-s);
+                total
+            })
+            .collect();
+        Ok(Self { cumulative })
+    }
+
+    /// A rank in `0..n`, rank 0 the most frequent.
+    pub fn sample(&self, rng: &mut impl rand::Rng) -> usize {
+        let total = self.cumulative.last().copied().unwrap_or(0.0);
+        let target = rng.random::<f64>() * total;
+        self.cumulative
+            .partition_point(|&c| c <= target)
+            .min(self.cumulative.len() - 1)
+    }
+}
+
+/// Presigned receipts for a verification benchmark.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// The domain every receipt is signed under.
+    pub domain: Domain,
+    /// Encoded receipts.
+    pub records: Vec<[u8; RECEIPT_BYTES]>,
+    /// `bad[i]`: receipt i's signature was broken on purpose.
+    pub bad: Vec<bool>,
+    /// Distinct payers that signed at least one receipt.
+    pub payers_used: usize,
+}
+
+impl Workload {
+    /// `receipts` receipts from `payers` keys drawn Zipf(`zipf`) (round robin when `zipf` is 0),
+    /// with `bad_pct` percent of signatures broken. Signing runs on rayon's global pool.
+    pub fn generate(
+        receipts: usize,
+        payers: usize,
+        zipf: f64,
+        bad_pct: f64,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
+        ensure!(payers >= 1, "--payers must be at least 1");
+        ensure!(
+            (0.0..=100.0).contains(&bad_pct),
+            "--bad-pct must be within 0..=100"
+        );
+        let mut rng = StdRng::seed_from_u64(seed);
+        let draw: Vec<usize> = if zipf == 0.0 {
+            (0..receipts).map(|n| n % payers).collect()
+        } else {
+            let law = Zipf::new(payers, zipf)?;
+            (0..receipts).map(|_| law.sample(&mut rng)).collect()
+        };
+        let mut used = vec![false; payers];
+        for &payer in &draw {
+            used[payer] = true;
+        }
+        let payers_used = used.iter().filter(|&&u| u).count();
+        let domain = Domain {
+            chain_id: 31_337,
+            contract: Address([0x7a; 20]),
+        };
+        let keys: Vec<Option<ed25519_dalek::SigningKey>> = (0..payers)
+            .into_par_iter()
+            .map(|payer| {
+                used[payer].then(|| {
+                    let mut secret = [0u8; 32];
+                    secret[..8].copy_from_slice(&(payer as u64).to_le_bytes());
+                    secret[8..16].copy_from_slice(&seed.to_le_bytes());
+                    secret[31] = 0xb5;
+                    ed25519_dalek::SigningKey::from_bytes(&secret)
+                })
+            })
+            .collect();
+        let records: Vec<[u8; RECEIPT_BYTES]> = draw
+            .par_iter()
+            .enumerate()
+            .map(|(n, &payer)| {
+                let key = keys[payer]
+                    .as_ref()
+                    .context("every drawn payer has a key")?;
+                let unsigned = UnsignedReceipt {
+                    payer: PayerKey(key.verifying_key().to_bytes()),
+                    payee: Address([(n % 251) as u8; 20]),
+                    amount: 1_000 + n as u64,
+                    nonce: n as u64,
+                    timestamp_ms: 1_764_000_000_000 + n as u64,
+                    request_hash: *blake3::hash(&(n as u64).to_le_bytes()).as_bytes(),
+                };
+                Ok(unsigned.sign(key, &domain).to_bytes())
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let mut workload = Self {
+            domain,
+            records,
+            bad: vec![false; receipts],
+            payers_used,
+        };
+        let bad_count = ((receipts as f64) * bad_pct / 100.0).round() as usize;
+        let mut positions: Vec<usize> = (0..receipts).collect();
+        for i in 0..bad_count {
+            let j = rng.random_range(i..receipts);
+            positions.swap(i, j);
+            let position = positions[i];
+            // Flip a low bit of S: still canonical, no longer a signature.
+            workload.records[position][RECEIPT_BYTES - 32] ^= 1;
+            workload.bad[position] = true;
+        }
+        Ok(workload)
+    }
+
+    /// Receipts with a broken signature.
+    pub fn bad_count(&self) -> usize {
+        self.bad.iter().filter(|&&b| b).count()
+    }
+
+    /// Views of every record.
+    pub fn views(&self) -> anyhow::Result<Vec<ReceiptView<'_>>> {
+        self.records
+            .iter()
+            .map(|record| ReceiptView::parse(record).context("a generated record parses"))
+            .collect()
+    }
+}
+
+/// Which curve25519 arithmetic runs on this CPU.
+#[derive(Debug, Clone, Serialize)]
+pub struct Backends {
+    /// CPU reports AVX-512 IFMA.
+    pub cpu_avx512ifma: bool,
+    /// CPU reports AVX-512 VL.
+    pub cpu_avx512vl: bool,
+    /// CPU reports AVX2.
+    pub cpu_avx2: bool,
+    /// This build carries `--cfg curve25519_dalek_backend="avx512"`.
+    pub built_with_avx512_cfg: bool,
+    /// What curve25519-dalek 5 (Tollgate, ed25519-dalek 3) selects at run time.
+    pub curve25519_dalek_5: &'static str,
+    /// What curve25519-dalek 4 (ed25519-dalek 2.x, the baseline) selects at run time.
+    pub curve25519_dalek_4: &'static str,
+}
+
+impl Backends {
+    /// Detects the CPU features and states what each curve25519-dalek picks: version 5 takes IFMA
+    /// when built with the avx512 cfg and the CPU has avx512ifma and avx512vl, AVX2 otherwise;
+    /// version 4 on a stable compiler takes AVX2 at most.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        let (ifma, vl, avx2) = (
+            std::is_x86_feature_detected!("avx512ifma"),
+            std::is_x86_feature_detected!("avx512vl"),
+            std::is_x86_feature_detected!("avx2"),
+        );
+        #[cfg(not(target_arch = "x86_64"))]
+        let (ifma, vl, avx2) = (false, false, false);
+        // The cfg comes from the workspace's .cargo/config.toml rustflags, which reach every
+        // crate, this one included: so this crate sees what curve25519-dalek saw.
+        #[allow(unexpected_cfgs)]
+        let built_with_avx512_cfg = cfg!(curve25519_dalek_backend = "avx512");
+        let vector = if avx2 { "avx2" } else { "serial" };
+        Self {
+            cpu_avx512ifma: ifma,
+            cpu_avx512vl: vl,
+            cpu_avx2: avx2,
+            built_with_avx512_cfg,
+            curve25519_dalek_5: if built_with_avx512_cfg && ifma && vl {
+                "avx512ifma"
+            } else {
+                vector
+            },
+            curve25519_dalek_4: vector,
+        }
+    }
+}
+
+/// One contender's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measurement {
+    /// Contender name.
+    pub name: String,
+    /// Threads it ran on.
+    pub threads: usize,
+    /// Median receipts per second over the timed passes.
+    pub receipts_per_s: f64,
+    /// `receipts_per_s` over the baseline's, measured in this run.
+    pub ratio_vs_dalek_default: f64,
+    /// Every pass, receipts per second.
+    pub passes_receipts_per_s: Vec<f64>,
+}
+
+/// Everything one run prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Receipts verified per pass.
+    pub receipts: usize,
+    /// Payer keys drawn from.
+    pub payers: usize,
+    /// Distinct payers that signed something.
+    pub payers_used: usize,
+    /// Zipf exponent.
+    pub zipf: f64,
+    /// Threads per contender.
+    pub threads: usize,
+    /// Percentage of broken signatures.
+    pub bad_pct: f64,
+    /// Receipts per batch equation.
+    pub batch: usize,
+    /// Backend detection.
+    pub backend: Backends,
+    /// The contenders, baseline first.
+    pub results: Vec<Measurement>,
+    /// Tollgate on one thread, when `threads` > 1.
+    pub tollgate_one_thread_receipts_per_s: Option<f64>,
+    /// Tollgate at `threads` over Tollgate on one thread.
+    pub thread_scaling: Option<f64>,
+    /// Tollgate on the same receipts with no broken signature, when `bad_pct` > 0.
+    pub tollgate_clean_receipts_per_s: Option<f64>,
+    /// Throughput lost to the bad mix: 1 - bad / clean.
+    pub bad_mix_cost: Option<f64>,
+}
+
+/// Runs the benchmark and prints the report (text, or JSON with `--json`).
+pub fn run(args: &BenchVerifyArgs) -> anyhow::Result<()> {
+    let report = measure(args)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_text(&report);
+    }
+    Ok(())
+}
+
+/// Runs the benchmark and returns the figures.
+pub fn measure(args: &BenchVerifyArgs) -> anyhow::Result<Report> {
+    ensure!(args.receipts >= 1, "--receipts must be at least 1");
+    ensure!(args.batch >= 1, "--batch must be at least 1");
+    ensure!(args.rounds >= 1, "--rounds must be at least 1");
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    ensure!(threads >= 1, "--threads must be at least 1");
+    let workload = Workload::generate(
+        args.receipts,
+        args.payers,
+        args.zipf,
+        args.bad_pct,
+        args.seed,
+    )?;
+    let expected_bad = workload.bad_count();
+
+    let dalek2 = Dalek2Inputs::new(&workload)?;
+    let dalek3 = Dalek3Inputs::new(&workload)?;
+    let views = workload.views()?;
+    let pool = tollgate_pool(&workload.domain, threads, args.batch)?;
+    let rayon_pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
+
+    // Untimed pass: warms Tollgate's key cache and checks every contender finds the bad ones.
+    let warm_bad = count_bad(&pool.verify(&views));
+    ensure!(
+        warm_bad == expected_bad,
+        "tollgate rejected {warm_bad}, expected {expected_bad}"
+    );
+    let dalek2_bad = rayon_pool.install(|| dalek2.verify(args.batch));
+    ensure!(
+        dalek2_bad == expected_bad,
+        "dalek 2 rejected {dalek2_bad}, expected {expected_bad}"
+    );
+    let dalek3_bad = rayon_pool.install(|| dalek3.verify(args.batch));
+    ensure!(
+        dalek3_bad == expected_bad,
+        "dalek 3 rejected {dalek3_bad}, expected {expected_bad}"
+    );
+
+    let n = args.receipts as f64;
+    let mut passes: [Vec<f64>; 3] = Default::default();
+    // Interleave the contenders so a noisy neighbour slows them alike.
+    for _ in 0..args.rounds {
+        passes[0].push(n / timed(|| rayon_pool.install(|| dalek2.verify(args.batch))));
+        passes[1].push(n / timed(|| rayon_pool.install(|| dalek3.verify(args.batch))));
+        passes[2].push(n / timed(|| pool.verify(&views).len()));
+    }
+    let names = ["dalek2_default", "dalek3_same_backend", "tollgate"];
+    let baseline = median(&passes[0]);
+    let results = names
+        .iter()
+        .zip(passes)
+        .map(|(name, passes)| Measurement {
+            name: (*name).to_owned(),
+            threads,
+            receipts_per_s: median(&passes),
+            ratio_vs_dalek_default: median(&passes) / baseline,
+            passes_receipts_per_s: passes,
+        })
+        .collect::<Vec<_>>();
+    let tollgate_rate = results[2].receipts_per_s;
+
+    let tollgate_one_thread_receipts_per_s = if threads > 1 {
+        let single = tollgate_pool(&workload.domain, 1, args.batch)?;
+        single.verify(&views);
+        let rates: Vec<f64> = (0..args.rounds)
+            .map(|_| n / timed(|| single.verify(&views).len()))
+            .collect();
+        Some(median(&rates))
+    } else {
+        None
+    };
+    let tollgate_clean_receipts_per_s = if expected_bad > 0 {
+        let clean = Workload::generate(args.receipts, args.payers, args.zipf, 0.0, args.seed)?;
+        let clean_views = clean.views()?;
+        pool.verify(&clean_views);
+        let rates: Vec<f64> = (0..args.rounds)
+            .map(|_| n / timed(|| pool.verify(&clean_views).len()))
+            .collect();
+        Some(median(&rates))
+    } else {
+        None
+    };
+    Ok(Report {
+        receipts: args.receipts,
+        payers: args.payers,
+        payers_used: workload.payers_used,
+        zipf: args.zipf,
+        threads,
+        bad_pct: args.bad_pct,
+        batch: args.batch,
+        backend: Backends::detect(),
+        results,
+        tollgate_one_thread_receipts_per_s,
+        thread_scaling: tollgate_one_thread_receipts_per_s.map(|one| tollgate_rate / one),
+        tollgate_clean_receipts_per_s,
+        bad_mix_cost: tollgate_clean_receipts_per_s.map(|clean| 1.0 - tollgate_rate / clean),
+    })
+}
+
+/// A Tollgate pool of `threads` threads for `domain`.
+pub fn tollgate_pool(domain: &Domain, threads: usize, batch: usize) -> anyhow::Result<VerifyPool> {
+    let config = VerifyConfig {
+        threads,
+        batch_receipts_max: batch,
+        ..VerifyConfig::default()
+    };
+    Ok(VerifyPool::new(
+        Verifier::new(*domain, config.clone()),
+        config,
+    )?)
+}
+
+fn count_bad(verdicts: &[tollgate_engine::Verdict]) -> usize {
+    verdicts.iter().filter(|verdict| verdict.is_err()).count()
+}
+
+/// Seconds `work` took.
+fn timed<T>(work: impl FnOnce() -> T) -> f64 {
+    let start = Instant::now();
+    std::hint::black_box(work());
+    start.elapsed().as_secs_f64()
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+fn signing_bytes(workload: &Workload) -> anyhow::Result<Vec<[u8; SIGNING_BYTES]>> {
+    workload
+        .views()?
+        .iter()
+        .map(|view| Ok(view.signing_bytes(&workload.domain)))
+        .collect()
+}
+
+/// The baseline: ed25519-dalek 2.x inputs, prepared before the clock starts.
+#[derive(Debug)]
+pub struct Dalek2Inputs {
+    messages: Vec<[u8; SIGNING_BYTES]>,
+    signatures: Vec<ed25519_dalek_2::Signature>,
+    keys: Vec<ed25519_dalek_2::VerifyingKey>,
+}
+
+impl Dalek2Inputs {
+    /// Decodes keys and signatures and assembles the messages.
+    pub fn new(workload: &Workload) -> anyhow::Result<Self> {
+        let views = workload.views()?;
+        Ok(Self {
+            messages: signing_bytes(workload)?,
+            signatures: views
+                .iter()
+                .map(|view| ed25519_dalek_2::Signature::from_bytes(&view.signature()))
+                .collect(),
+            keys: views
+                .iter()
+                .map(|view| {
+                    ed25519_dalek_2::VerifyingKey::from_bytes(&view.payer().0)
+                        .context("generated payer keys decompress")
+                })
+                .collect::<anyhow::Result<_>>()?,
+        })
+    }
+
+    /// Verifies everything in `batch`-sized chunks on the current rayon pool; returns the number
+    /// rejected.
+    pub fn verify(&self, batch: usize) -> usize {
+        use ed25519_dalek_2::Verifier as _;
+        let chunks = self.messages.len().div_ceil(batch);
+        (0..chunks)
+            .into_par_iter()
+            .map(|chunk| {
+                let range = chunk * batch..((chunk + 1) * batch).min(self.messages.len());
+                let messages: Vec<&[u8]> = self.messages[range.clone()]
+                    .iter()
+                    .map(|m| m.as_slice())
+                    .collect();
+                let signatures = &self.signatures[range.clone()];
+                let keys = &self.keys[range];
+                if ed25519_dalek_2::verify_batch(&messages, signatures, keys).is_ok() {
+                    return 0;
+                }
+                messages
+                    .iter()
+                    .zip(signatures)
+                    .zip(keys)
+                    .filter(|((message, signature), key)| key.verify(message, signature).is_err())
+                    .count()
+            })
+            .sum()
+    }
+}
+
+/// ed25519-dalek 3 inputs, prepared before the clock starts.
+#[derive(Debug)]
+pub struct Dalek3Inputs {
+    messages: Vec<[u8; SIGNING_BYTES]>,
+    signatures: Vec<ed25519_dalek::Signature>,
+    keys: Vec<ed25519_dalek::VerifyingKey>,
+}
+
+impl Dalek3Inputs {
+    /// Decodes keys and signatures and assembles the messages.
+    pub fn new(workload: &Workload) -> anyhow::Result<Self> {
+        let views = workload.views()?;
+        Ok(Self {
+            messages: signing_bytes(workload)?,
+            signatures: views
+                .iter()
+                .map(|view| ed25519_dalek::Signature::from_bytes(&view.signature()))
+                .collect(),
+            keys: views
+                .iter()
+                .map(|view| {
+                    ed25519_dalek::VerifyingKey::from_bytes(&view.payer().0)
+                        .context("generated payer keys decompress")
+                })
+                .collect::<anyhow::Result<_>>()?,
+        })
+    }
+
+    /// As [`Dalek2Inputs::verify`].
+    pub fn verify(&self, batch: usize) -> usize {
+        use ed25519_dalek::Verifier as _;
+        let chunks = self.messages.len().div_ceil(batch);
+        (0..chunks)
+            .into_par_iter()
+            .map(|chunk| {
+                let range = chunk * batch..((chunk + 1) * batch).min(self.messages.len());
+                let messages: Vec<&[u8]> = self.messages[range.clone()]
+                    .iter()
+                    .map(|m| m.as_slice())
+                    .collect();
+                let signatures = &self.signatures[range.clone()];
+                let keys = &self.keys[range];
+                if ed25519_dalek::verify_batch(&messages, signatures, keys).is_ok() {
+                    return 0;
+                }
+                messages
+                    .iter()
+                    .zip(signatures)
+                    .zip(keys)
+                    .filter(|((message, signature), key)| key.verify(message, signature).is_err())
+                    .count()
+            })
+            .sum()
+    }
+}
+
+fn print_text(report: &Report) {
+    println!(
+        "bench verify: {} receipts, {} payers ({} used), zipf {}, {} threads, {}% bad, batch {}",
+        report.receipts,
+        report.payers,
+        report.payers_used,
+        report.zipf,
+        report.threads,
+        report.bad_pct,
+        report.batch
+    );
+    let b = &report.backend;
+    println!(
+        "backend: curve25519-dalek 5 (tollgate, dalek 3) = {}, curve25519-dalek 4 (dalek 2) = {} \
+         [cpu avx512ifma={} avx512vl={} avx2={}; built with avx512 cfg={}]",
+        b.curve25519_dalek_5,
+        b.curve25519_dalek_4,
+        b.cpu_avx512ifma,
+        b.cpu_avx512vl,
+        b.cpu_avx2,
+        b.built_with_avx512_cfg
+    );
+    for m in &report.results {
+        println!(
+            "{:<22} {:>10.0} receipts/s  ratio_vs_dalek_default {:.2}",
+            m.name, m.receipts_per_s, m.ratio_vs_dalek_default
+        );
+    }
+    if let (Some(one), Some(scaling)) = (
+        report.tollgate_one_thread_receipts_per_s,
+        report.thread_scaling,
+    ) {
+        println!(
+            "tollgate 1 thread      {one:>10.0} receipts/s  scaling at {} threads {scaling:.2}",
+            report.threads
+        );
+    }
+    if let (Some(clean), Some(cost)) = (report.tollgate_clean_receipts_per_s, report.bad_mix_cost) {
+        println!(
+            "tollgate clean         {clean:>10.0} receipts/s  bad mix costs {:.1}%",
+            cost * 100.0
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zipf_favours_low_ranks_and_stays_in_range() {
+        let law = Zipf::new(1_000, 1.1).expect("valid");
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut counts = vec![0usize; 1_000];
+        for _ in 0..100_000 {
+            counts[law.sample(&mut rng)] += 1;
+        }
+        assert!(counts[0] > counts[1] && counts[1] > counts[9] && counts[9] > counts[999]);
+        // Rank 1 vs rank 2 under s = 1.1: ratio 2^1.1 ≈ 2.14.
+        let ratio = counts[0] as f64 / counts[1] as f64;
+        assert!((1.9..2.4).contains(&ratio), "ratio {ratio}");
+    }
+
+    #[test]
+    fn workload_breaks_exactly_the_requested_share() {
+        let workload = Workload::generate(400, 50, 1.1, 5.0, 3).expect("generates");
+        assert_eq!(workload.bad_count(), 20);
+        let verifier = Verifier::new(workload.domain, VerifyConfig::default());
+        let views = workload.views().expect("parse");
+        let verdicts = verifier.verify_batch(&views);
+        for (verdict, bad) in verdicts.iter().zip(&workload.bad) {
+            assert_eq!(verdict.is_err(), *bad);
+        }
+    }
+
+    #[test]
+    fn tiny_run_reports_every_contender() {
+        let args = BenchVerifyArgs {
+            receipts: 300,
+            payers: 20,
+            zipf: 1.1,
+            threads: Some(2),
+            bad_pct: 1.0,
+            batch: 64,
+            rounds: 1,
+            seed: 9,
+            json: true,
+        };
+        let report = measure(&args).expect("runs");
+        let names: Vec<&str> = report.results.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["dalek2_default", "dalek3_same_backend", "tollgate"]);
+        assert!(report.thread_scaling.is_some());
+        assert!(report.bad_mix_cost.is_some());
+    }
+}
