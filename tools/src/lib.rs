@@ -6,10 +6,13 @@
 //! - [`bench_verify`]: `tollgate bench verify`, Tollgate's verifier against ed25519-dalek in one run.
 //! - [`load`]: the load generator behind `tollgate-load`, which the demo and tests drive too; it
 //!   checks every verdict the engine returns against the one its workload model owes.
+//! - [`api`]: the HTTP query API (balances, epochs, metrics, OpenAPI) and the CLI's
+//!   query commands that talk to it.
 //!
 //! The binaries are thin shells over these modules so tests and the demo drive the same code an
 //! operator does. This crate wires the others together; it owns no protocol, ledger or chain logic.
 
+pub mod api;
 pub mod bench_verify;
 pub mod cli;
 pub mod keys;

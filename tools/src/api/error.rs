@@ -1,0 +1,218 @@
+//! Every error the API answers with: one enum, one status and one stable code per variant, so
+//! the OpenAPI document, the server and the CLI's exit codes agree.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use thiserror::Error;
+
+use super::model::ErrorBody;
+
+/// An API error. The `Display` text is the `message` of the JSON body.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// A payer key that is not 32 bytes of hex.
+    #[error("malformed payer key {given:?}: {problem} (expected 64 hex digits)")]
+    MalformedPayer {
+        /// the text given
+        given: String,
+        /// why it does not parse
+        problem: String,
+    },
+    /// A payee that is not a 20-byte hex address.
+    #[error("malformed address {given:?}: {problem} (expected 0x and 40 hex digits)")]
+    MalformedAddress {
+        /// the text given
+        given: String,
+        /// why it does not parse
+        problem: String,
+    },
+    /// An epoch number that is not a decimal u64.
+    #[error("malformed epoch {given:?}: expected a decimal epoch number")]
+    MalformedEpoch {
+        /// the text given
+        given: String,
+    },
+    /// A query string the route does not accept (missing or malformed parameter).
+    #[error("bad query: {problem}")]
+    BadQuery {
+        /// what is wrong
+        problem: String,
+    },
+    /// The ledger has never heard of this payer.
+    #[error("unknown payer {0}")]
+    UnknownPayer(String),
+    /// Nothing was ever credited to this payee.
+    #[error("unknown payee {0}")]
+    UnknownPayee(String),
+    /// No such epoch (neither sealed nor open).
+    #[error("unknown epoch {0}")]
+    UnknownEpoch(u64),
+    /// The channel has no leaf in this epoch: it did not move in it (its latest leaf is in an
+    /// earlier epoch) or it never existed.
+    #[error("no leaf for payer {payer} and payee {payee} in epoch {epoch}")]
+    UnknownLeaf {
+        /// the epoch
+        epoch: u64,
+        /// the payer
+        payer: String,
+        /// the payee
+        payee: String,
+    },
+    /// No route has this path.
+    #[error("no route {0}")]
+    UnknownRoute(String),
+    /// The route exists but not with this method.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    /// A proof was asked for an epoch that is not committed onchain: the contract would not
+    /// accept it yet (or no longer, if disputed).
+    #[error("epoch {epoch} is {status}, not committed: no proof the contract accepts")]
+    EpochNotCommitted {
+        /// the epoch
+        epoch: u64,
+        /// its current status
+        status: &'static str,
+    },
+    /// The server is starting (or stopping) and does not answer ledger queries yet.
+    #[error("not ready: the server is still starting")]
+    NotReady,
+    /// Reading the ledger failed, or what it holds does not add up.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// HTTP status of the answer.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MalformedPayer { .. }
+            | Self::MalformedAddress { .. }
+            | Self::MalformedEpoch { .. }
+            | Self::BadQuery { .. } => StatusCode::BAD_REQUEST,
+            Self::UnknownPayer(_)
+            | Self::UnknownPayee(_)
+            | Self::UnknownEpoch(_)
+            | Self::UnknownLeaf { .. }
+            | Self::UnknownRoute(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::EpochNotCommitted { .. } => StatusCode::CONFLICT,
+            Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable machine code of the answer; never renamed.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MalformedPayer { .. } => "malformed_payer",
+            Self::MalformedAddress { .. } => "malformed_address",
+            Self::MalformedEpoch { .. } => "malformed_epoch",
+            Self::BadQuery { .. } => "bad_query",
+            Self::UnknownPayer(_) => "unknown_payer",
+            Self::UnknownPayee(_) => "unknown_payee",
+            Self::UnknownEpoch(_) => "unknown_epoch",
+            Self::UnknownLeaf { .. } => "unknown_leaf",
+            Self::UnknownRoute(_) => "unknown_route",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::EpochNotCommitted { .. } => "epoch_not_committed",
+            Self::NotReady => "not_ready",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+/// Every code with its status, for the OpenAPI document.
+pub const ERROR_CODES: &[(&str, u16, &str)] = &[
+    ("malformed_payer", 400, "payer key is not 64 hex digits"),
+    (
+        "malformed_address",
+        400,
+        "address is not 0x + 40 hex digits",
+    ),
+    ("malformed_epoch", 400, "epoch is not a decimal number"),
+    ("bad_query", 400, "missing or malformed query parameter"),
+    ("unknown_payer", 404, "the ledger never heard of the payer"),
+    (
+        "unknown_payee",
+        404,
+        "nothing was ever credited to the payee",
+    ),
+    ("unknown_epoch", 404, "no such epoch"),
+    ("unknown_leaf", 404, "the channel has no leaf in that epoch"),
+    ("unknown_route", 404, "no such route"),
+    ("method_not_allowed", 405, "the route takes GET"),
+    (
+        "epoch_not_committed",
+        409,
+        "proofs exist only for committed epochs",
+    ),
+    ("not_ready", 503, "the server is starting; retry"),
+    ("internal", 500, "reading the ledger failed"),
+];
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if matches!(self, Self::Internal(_)) {
+            tracing::error!(error = %self, "query API internal error");
+        }
+        let body = ErrorBody {
+            error: self.code().to_owned(),
+            message: self.to_string(),
+        };
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_is_documented_with_its_status() {
+        let samples = [
+            ApiError::MalformedPayer {
+                given: String::new(),
+                problem: String::new(),
+            },
+            ApiError::MalformedAddress {
+                given: String::new(),
+                problem: String::new(),
+            },
+            ApiError::MalformedEpoch {
+                given: String::new(),
+            },
+            ApiError::BadQuery {
+                problem: String::new(),
+            },
+            ApiError::UnknownPayer(String::new()),
+            ApiError::UnknownPayee(String::new()),
+            ApiError::UnknownEpoch(1),
+            ApiError::UnknownLeaf {
+                epoch: 1,
+                payer: String::new(),
+                payee: String::new(),
+            },
+            ApiError::UnknownRoute(String::new()),
+            ApiError::MethodNotAllowed,
+            ApiError::EpochNotCommitted {
+                epoch: 1,
+                status: "open",
+            },
+            ApiError::NotReady,
+            ApiError::Internal(String::new()),
+        ];
+        assert_eq!(samples.len(), ERROR_CODES.len());
+        for error in samples {
+            assert!(
+                ERROR_CODES
+                    .iter()
+                    .any(|(code, status, _)| *code == error.code()
+                        && *status == error.status().as_u16()),
+                "{} ({}) is not in ERROR_CODES",
+                error.code(),
+                error.status()
+            );
+        }
+    }
+}

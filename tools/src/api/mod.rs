@@ -1,0 +1,419 @@
+//! The query API on the `--http` port: balances, epochs and proofs as JSON for integrators, plus
+//! `/metrics`, `/healthz`, `/readyz` and `/openapi.json` for operators.
+//!
+//! - [`model`]: the JSON bodies, shared with the CLI client (amounts as decimal strings).
+//! - [`error`]: every error answer, its status and its stable code.
+//! - [`openapi`]: the OpenAPI 3.1 document served at `/openapi.json`.
+//! - [`cli`]: `tollgate balance | payee | epochs | proof`, the client side.
+//!
+//! Every ledger read goes through [`LedgerReader`] (RocksDB snapshots) on tokio's blocking pool:
+//! the API never takes a lock the ledger writer needs and never runs a disk read on an async
+//! worker. It only reads: nothing here can change what anyone owes.
+
+pub mod cli;
+pub mod error;
+pub mod model;
+pub mod openapi;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::future::BoxFuture;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use tollgate_engine::ledger::{EpochRecord, OpenEpoch};
+use tollgate_engine::pipeline::{EpochStatus, LedgerReader};
+use tollgate_engine::store::StoreError;
+use tollgate_engine::{Address, PayerKey};
+
+pub use error::ApiError;
+use model::{
+    CHANNELS_LISTED_MAX, ChannelView, EpochList, EpochStatusView, EpochView, PayeeView, PayerView,
+    StatusBody, WithdrawableSource,
+};
+
+/// Epochs `GET /v1/epochs` lists when no `limit` is given.
+pub const EPOCHS_LIMIT_DEFAULT: usize = 20;
+/// Largest `limit` `GET /v1/epochs` accepts.
+pub const EPOCHS_LIMIT_MAX: usize = 1000;
+/// Channels read per RocksDB scan while totalling a payer's channels.
+const CHANNELS_PAGE: usize = 1024;
+
+/// Why the chain could not say what a payee may withdraw.
+#[derive(Debug, thiserror::Error)]
+#[error("chain read failed: {0}")]
+pub struct ChainViewError(pub String);
+
+/// What the settlement contract says now, for figures the ledger cannot know. Settle provides the
+/// real one (an alloy call); without it the API reports `withdrawable: null`.
+pub trait ChainView: Send + Sync + std::fmt::Debug + 'static {
+    /// What `payee` can withdraw from the contract now, in token units.
+    fn withdrawable(&self, payee: Address) -> BoxFuture<'_, Result<u128, ChainViewError>>;
+}
+
+/// What the handlers share. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ApiState {
+    reader: LedgerReader,
+    ready: Arc<AtomicBool>,
+    chain: Option<Arc<dyn ChainView>>,
+    metrics: PrometheusHandle,
+}
+
+impl ApiState {
+    /// State over `reader`. Ledger routes answer 503 until `ready` is set (by `serve`, once the
+    /// engine and the deposit watcher have caught up), so nobody reads a half-synced balance.
+    pub fn new(reader: LedgerReader, ready: Arc<AtomicBool>, metrics: PrometheusHandle) -> Self {
+        Self {
+            reader,
+            ready,
+            chain: None,
+            metrics,
+        }
+    }
+
+    /// Adds the chain view that fills in payees' `withdrawable`.
+    pub fn with_chain(mut self, chain: Arc<dyn ChainView>) -> Self {
+        self.chain = Some(chain);
+        self
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// The whole API. Serve it with `axum::serve(listener, router(state))`.
+pub fn router(state: ApiState) -> Router {
+    let ledger = Router::new()
+        .route("/v1/payers/{payer}", get(payer))
+        .route("/v1/payees/{payee}", get(payee))
+        .route("/v1/epochs", get(epochs))
+        .route("/v1/epochs/{epoch}", get(epoch))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_ready));
+    Router::new()
+        .merge(ledger)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn require_ready(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    if state.is_ready() {
+        next.run(request).await
+    } else {
+        ApiError::NotReady.into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        ApiError::Internal(error.to_string())
+    }
+}
+
+/// Runs a ledger read on the blocking pool: RocksDB reads may wait on the disk.
+async fn read_ledger<T: Send + 'static>(
+    state: &ApiState,
+    read: impl FnOnce(&LedgerReader) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let reader = state.reader.clone();
+    tokio::task::spawn_blocking(move || read(&reader))
+        .await
+        .map_err(|e| ApiError::Internal(format!("ledger read task failed: {e}")))?
+}
+
+fn path_text(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(text)| text)
+        .map_err(|rejection| ApiError::BadQuery {
+            problem: rejection.body_text(),
+        })
+}
+
+fn parse_payer(text: &str) -> Result<PayerKey, ApiError> {
+    PayerKey::from_str(text).map_err(|e| ApiError::MalformedPayer {
+        given: text.to_owned(),
+        problem: e.to_string(),
+    })
+}
+
+fn parse_address(text: &str) -> Result<Address, ApiError> {
+    if !text.starts_with("0x") {
+        return Err(ApiError::MalformedAddress {
+            given: text.to_owned(),
+            problem: "no 0x prefix".into(),
+        });
+    }
+    Address::from_str(text).map_err(|e| ApiError::MalformedAddress {
+        given: text.to_owned(),
+        problem: e.to_string(),
+    })
+}
+
+fn parse_epoch(text: &str) -> Result<u64, ApiError> {
+    text.parse().map_err(|_| ApiError::MalformedEpoch {
+        given: text.to_owned(),
+    })
+}
+
+fn hex32(bytes: &[u8; 32]) -> String {
+    format!("0x{}", hex::encode(bytes))
+}
+
+async fn payer(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<PayerView>, ApiError> {
+    let payer = parse_payer(&path_text(path)?)?;
+    let view = read_ledger(&state, move |reader| {
+        let balance = reader
+            .payer(&payer)?
+            .ok_or_else(|| ApiError::UnknownPayer(payer.to_string()))?;
+        let mut receipts = 0u64;
+        let mut channel_count = 0u64;
+        let mut channels = Vec::new();
+        let mut after = None;
+        // Paged so a payer with many payees costs bounded memory; each page is its own snapshot,
+        // so under load the totals may straddle a group the balance above does not include yet.
+        loop {
+            let page = reader.payer_channels(&payer, after.as_ref(), CHANNELS_PAGE)?;
+            for channel in &page {
+                receipts = receipts
+                    .checked_add(channel.receipts)
+                    .ok_or_else(|| ApiError::Internal("receipt count overflows u64".into()))?;
+                channel_count += 1;
+                if channels.len() < CHANNELS_LISTED_MAX {
+                    channels.push(ChannelView {
+                        payee: channel.payee.to_string(),
+                        cumulative: channel.cumulative,
+                        receipts: channel.receipts,
+                        last_timestamp_ms: channel.last_timestamp_ms,
+                        highest_nonce: channel.highest_nonce.map(u128::from),
+                    });
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == CHANNELS_PAGE => after = Some(last.payee),
+                _ => break,
+            }
+        }
+        Ok(PayerView {
+            payer: payer.to_string(),
+            deposited: balance.deposited,
+            withdrawal_requested: balance.withdrawal_requested,
+            withdrawn: balance.withdrawn,
+            settled: balance.settled,
+            pending: balance.pending,
+            available: balance.available,
+            receipts,
+            channel_count,
+            channels,
+        })
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+async fn payee(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<PayeeView>, ApiError> {
+    let payee = parse_address(&path_text(path)?)?;
+    let balance = read_ledger(&state, move |reader| {
+        reader
+            .payee(&payee)?
+            .ok_or_else(|| ApiError::UnknownPayee(payee.to_string()))
+    })
+    .await?;
+    let pending = balance
+        .credited
+        .checked_sub(balance.settled)
+        .ok_or_else(|| {
+            ApiError::Internal(format!(
+                "payee {payee}: settled {} exceeds credited {}",
+                balance.settled, balance.credited
+            ))
+        })?;
+    let (withdrawable, withdrawable_source) = match &state.chain {
+        None => (None, WithdrawableSource::NotConfigured),
+        Some(chain) => match chain.withdrawable(payee).await {
+            Ok(amount) => (Some(amount), WithdrawableSource::Chain),
+            Err(error) => {
+                tracing::warn!(%payee, %error, "withdrawable unavailable");
+                (None, WithdrawableSource::ChainError)
+            }
+        },
+    };
+    Ok(Json(PayeeView {
+        payee: payee.to_string(),
+        credited: balance.credited,
+        settled: balance.settled,
+        pending,
+        withdrawable,
+        withdrawable_source,
+    }))
+}
+
+fn status_view(status: EpochStatus) -> EpochStatusView {
+    match status {
+        EpochStatus::Sealed => EpochStatusView::Sealed,
+        EpochStatus::Submitted => EpochStatusView::Submitted,
+        EpochStatus::Committed => EpochStatusView::Committed,
+        EpochStatus::Disputed => EpochStatusView::Disputed,
+    }
+}
+
+fn open_view(open: &OpenEpoch) -> EpochView {
+    EpochView {
+        epoch: open.epoch,
+        status: EpochStatusView::Open,
+        root: None,
+        tx_hash: None,
+        block: None,
+        receipts: open.receipts,
+        leaves: None,
+        debit_total: open.amount,
+        credit_total: open.amount,
+        debit_count: None,
+        credit_count: None,
+    }
+}
+
+fn sealed_view(record: &EpochRecord) -> EpochView {
+    EpochView {
+        epoch: record.epoch,
+        status: status_view(record.status),
+        root: record.root.as_ref().map(hex32),
+        tx_hash: record.tx_hash.as_ref().map(hex32),
+        block: record.block,
+        receipts: record.receipts,
+        leaves: Some(record.leaves),
+        debit_total: record.amount,
+        credit_total: record.amount,
+        debit_count: None,
+        credit_count: None,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct EpochsQuery {
+    limit: Option<usize>,
+}
+
+async fn epochs(
+    State(state): State<ApiState>,
+    query: Result<Query<EpochsQuery>, QueryRejection>,
+) -> Result<Json<EpochList>, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::BadQuery {
+        problem: rejection.body_text(),
+    })?;
+    let limit = query.limit.unwrap_or(EPOCHS_LIMIT_DEFAULT);
+    if !(1..=EPOCHS_LIMIT_MAX).contains(&limit) {
+        return Err(ApiError::BadQuery {
+            problem: format!("limit must be 1 to {EPOCHS_LIMIT_MAX}, got {limit}"),
+        });
+    }
+    let epochs = read_ledger(&state, move |reader| {
+        let open = reader.open_epoch()?;
+        // Sealed epochs are 1 ..= open - 1; the open one takes the first slot.
+        let sealed_wanted = limit - 1;
+        let last_sealed = open.epoch.saturating_sub(1);
+        let first = last_sealed
+            .saturating_sub(sealed_wanted as u64)
+            .saturating_add(1);
+        let sealed = if sealed_wanted == 0 || last_sealed == 0 {
+            Vec::new()
+        } else {
+            reader.epochs(Some(first - 1), sealed_wanted)?
+        };
+        let mut epochs = vec![open_view(&open)];
+        epochs.extend(sealed.iter().rev().map(sealed_view));
+        Ok(epochs)
+    })
+    .await?;
+    Ok(Json(EpochList { epochs }))
+}
+
+async fn epoch(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<EpochView>, ApiError> {
+    let number = parse_epoch(&path_text(path)?)?;
+    let view = read_ledger(&state, move |reader| {
+        let open = reader.open_epoch()?;
+        if number == open.epoch {
+            return Ok(open_view(&open));
+        }
+        let (Some(record), Some(sealed)) = (reader.epoch(number)?, reader.sealed_epoch(number)?)
+        else {
+            return Err(ApiError::UnknownEpoch(number));
+        };
+        // Pair assertion: what the stored entries debit and credit is what the record says.
+        let debits = checked_sum(sealed.debits.iter().map(|(_, amount)| *amount));
+        let credits = checked_sum(sealed.credits.iter().map(|(_, amount)| *amount));
+        if debits != Some(record.amount) || credits != Some(record.amount) {
+            return Err(ApiError::Internal(format!(
+                "epoch {number}: record says {}, entries debit {debits:?} and credit {credits:?}",
+                record.amount
+            )));
+        }
+        let mut view = sealed_view(&record);
+        view.debit_count = Some(sealed.debits.len() as u64);
+        view.credit_count = Some(sealed.credits.len() as u64);
+        Ok(view)
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+fn checked_sum(mut amounts: impl Iterator<Item = u128>) -> Option<u128> {
+    amounts.try_fold(0u128, |total, amount| total.checked_add(amount))
+}
+
+async fn healthz() -> Json<StatusBody> {
+    Json(StatusBody {
+        status: "ok".into(),
+    })
+}
+
+async fn readyz(State(state): State<ApiState>) -> Result<Json<StatusBody>, ApiError> {
+    if state.is_ready() {
+        Ok(Json(StatusBody {
+            status: "ready".into(),
+        }))
+    } else {
+        Err(ApiError::NotReady)
+    }
+}
+
+async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+async fn openapi_json() -> Json<serde_json::Value> {
+    Json(openapi::document())
+}
+
+async fn unknown_route(uri: Uri) -> ApiError {
+    ApiError::UnknownRoute(uri.path().to_owned())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

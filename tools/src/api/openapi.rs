@@ -1,0 +1,253 @@
+//! The OpenAPI 3.1 document served at `/openapi.json`. Written by hand next to [`super::model`];
+//! the integration test `tools/tests/api.rs` fetches every route listed here from a real server
+//! and checks each answer against these schemas, so the two cannot drift apart unnoticed.
+
+use serde_json::{Value, json};
+
+use super::error::ERROR_CODES;
+use super::model::CHANNELS_LISTED_MAX;
+use super::{EPOCHS_LIMIT_DEFAULT, EPOCHS_LIMIT_MAX};
+
+fn amount(description: &str) -> Value {
+    json!({ "type": "string", "pattern": "^[0-9]+$", "description": description })
+}
+
+fn nullable_amount(description: &str) -> Value {
+    json!({ "type": ["string", "null"], "pattern": "^[0-9]+$", "description": description })
+}
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+    })
+}
+
+fn json_response(description: &str, schema: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } }
+    })
+}
+
+fn path_param(name: &str, description: &str, pattern: &str) -> Value {
+    json!({
+        "name": name, "in": "path", "required": true, "description": description,
+        "schema": { "type": "string", "pattern": pattern }
+    })
+}
+
+const PAYER_PATTERN: &str = "^(0x)?[0-9a-fA-F]{64}$";
+const ADDRESS_PATTERN: &str = "^0x[0-9a-fA-F]{40}$";
+const HASH_PATTERN: &str = "^0x[0-9a-f]{64}$";
+
+fn schemas() -> Value {
+    let codes: Vec<&str> = ERROR_CODES.iter().map(|(code, _, _)| *code).collect();
+    let hash = json!({ "type": "string", "pattern": HASH_PATTERN });
+    let nullable_hash = json!({ "type": ["string", "null"], "pattern": HASH_PATTERN });
+    json!({
+        "Error": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["error", "message"],
+            "properties": {
+                "error": { "type": "string", "enum": codes, "description": "Stable machine code." },
+                "message": { "type": "string", "description": "What went wrong, for people." }
+            }
+        },
+        "Status": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["status"],
+            "properties": { "status": { "type": "string", "enum": ["ok", "ready"] } }
+        },
+        "Channel": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["payee", "cumulative", "receipts", "last_timestamp_ms", "highest_nonce"],
+            "properties": {
+                "payee": { "type": "string", "pattern": "^0x[0-9a-f]{40}$" },
+                "cumulative": amount("Total of every accepted receipt on the channel: what its Merkle leaf commits."),
+                "receipts": { "type": "integer", "minimum": 0 },
+                "last_timestamp_ms": { "type": "integer", "minimum": 0, "description": "Latest accepted receipt's timestamp, ms since the Unix epoch." },
+                "highest_nonce": nullable_amount("Highest accepted nonce (a u64, as a decimal string).")
+            }
+        },
+        "Payer": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["payer", "deposited", "withdrawal_requested", "withdrawn", "settled", "pending",
+                         "available", "receipts", "channel_count", "channels"],
+            "properties": {
+                "payer": { "type": "string", "pattern": "^[0-9a-f]{64}$", "description": "ed25519 public key." },
+                "deposited": amount("Sum of deposits seen onchain."),
+                "withdrawal_requested": amount("Withdrawals requested onchain, not yet completed."),
+                "withdrawn": amount("Completed withdrawals."),
+                "settled": amount("Debited by committed epochs."),
+                "pending": amount("Accepted receipts not yet settled."),
+                "available": amount("What the payer may still spend: deposited - withdrawn - withdrawal_requested - settled - pending."),
+                "receipts": { "type": "integer", "minimum": 0, "description": "Accepted receipts over all channels." },
+                "channel_count": { "type": "integer", "minimum": 0, "description": "Channels (payees) in all." },
+                "channels": {
+                    "type": "array",
+                    "maxItems": CHANNELS_LISTED_MAX,
+                    "items": { "$ref": "#/components/schemas/Channel" },
+                    "description": format!("The first {CHANNELS_LISTED_MAX} channels in payee order.")
+                }
+            }
+        },
+        "Payee": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["payee", "credited", "settled", "pending", "withdrawable", "withdrawable_source"],
+            "properties": {
+                "payee": { "type": "string", "pattern": "^0x[0-9a-f]{40}$" },
+                "credited": amount("Sum of accepted receipts paying this payee."),
+                "settled": amount("Credited by committed epochs."),
+                "pending": amount("Credited, not yet settled."),
+                "withdrawable": nullable_amount("What the settlement contract lets the payee withdraw now. Null unless withdrawable_source is chain: a server without a chain view configured reports null."),
+                "withdrawable_source": { "type": "string", "enum": ["chain", "not_configured", "chain_error"] }
+            }
+        },
+        "Epoch": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["epoch", "status", "root", "tx_hash", "block", "receipts", "leaves",
+                         "debit_total", "credit_total", "debit_count", "credit_count"],
+            "properties": {
+                "epoch": { "type": "integer", "minimum": 1 },
+                "status": { "type": "string", "enum": ["open", "sealed", "submitted", "committed", "disputed"] },
+                "root": nullable_hash.clone(),
+                "tx_hash": nullable_hash,
+                "block": { "type": ["integer", "null"], "minimum": 0 },
+                "receipts": { "type": "integer", "minimum": 0 },
+                "leaves": { "type": ["integer", "null"], "minimum": 0, "description": "Merkle leaves (channels that moved); null while open." },
+                "debit_total": amount("Total debited from payers."),
+                "credit_total": amount("Total credited to payees; always equal to debit_total."),
+                "debit_count": { "type": ["integer", "null"], "minimum": 0, "description": "Payers debited. Only GET /v1/epochs/{epoch} of a sealed epoch counts them (it reads the whole epoch); null in lists and for the open epoch." },
+                "credit_count": { "type": ["integer", "null"], "minimum": 0, "description": "Payees credited; null as debit_count." }
+            }
+        },
+        "EpochList": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["epochs"],
+            "properties": {
+                "epochs": { "type": "array", "items": { "$ref": "#/components/schemas/Epoch" },
+                            "description": "Newest first; the open epoch is the first." }
+            }
+        },
+        "Proof": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["epoch", "payer", "payee", "cumulative", "leaf", "root", "proof"],
+            "properties": {
+                "epoch": { "type": "integer", "minimum": 1, "description": "verifyLeaf's uint64 epoch." },
+                "payer": { "type": "string", "pattern": "^[0-9a-f]{64}$", "description": "verifyLeaf's bytes32 payer." },
+                "payee": { "type": "string", "pattern": "^0x[0-9a-f]{40}$", "description": "verifyLeaf's address payee." },
+                "cumulative": amount("verifyLeaf's uint256 cumulative: the channel's all-time total frozen in this epoch."),
+                "leaf": hash.clone(),
+                "root": hash.clone(),
+                "proof": { "type": "array", "items": hash, "description": "verifyLeaf's bytes32[] proof, bottom-up." }
+            }
+        }
+    })
+}
+
+/// The document.
+pub fn document() -> Value {
+    let not_ready = error_response("Not ready yet (not_ready): the server is starting.");
+    let internal = error_response("Reading the ledger failed (internal).");
+    let payer_param = path_param("payer", "The payer's ed25519 public key.", PAYER_PATTERN);
+    let payee_param = path_param("payee", "The payee's EVM address.", ADDRESS_PATTERN);
+    let epoch_param = json!({
+        "name": "epoch", "in": "path", "required": true,
+        "schema": { "type": "integer", "minimum": 1 }
+    });
+    let error_table: String = ERROR_CODES
+        .iter()
+        .map(|(code, status, meaning)| format!("\n- `{code}` ({status}): {meaning}"))
+        .collect();
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Tollgate query API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": format!(
+                "Balances, epochs and Merkle proofs from the Tollgate ledger. Amounts are in the \
+                 token's smallest unit as decimal strings (they are u128). Ledger routes (/v1/...) \
+                 answer 503 until the server is ready. Every error is {{\"error\": code, \"message\": text}}:{error_table}"
+            )
+        },
+        "paths": {
+            "/v1/payers/{payer}": { "get": {
+                "summary": "A payer's funds and channels.",
+                "parameters": [payer_param.clone()],
+                "responses": {
+                    "200": json_response("The payer.", "Payer"),
+                    "400": error_response("Malformed payer key (malformed_payer)."),
+                    "404": error_response("The ledger never heard of this payer (unknown_payer)."),
+                    "500": internal.clone(), "503": not_ready.clone()
+                }
+            }},
+            "/v1/payees/{payee}": { "get": {
+                "summary": "A payee's credits, and what the contract lets it withdraw.",
+                "parameters": [payee_param.clone()],
+                "responses": {
+                    "200": json_response("The payee.", "Payee"),
+                    "400": error_response("Malformed address (malformed_address)."),
+                    "404": error_response("Nothing was ever credited to this payee (unknown_payee)."),
+                    "500": internal.clone(), "503": not_ready.clone()
+                }
+            }},
+            "/v1/epochs": { "get": {
+                "summary": "The latest epochs, newest first, the open one first.",
+                "parameters": [{
+                    "name": "limit", "in": "query", "required": false,
+                    "schema": { "type": "integer", "minimum": 1, "maximum": EPOCHS_LIMIT_MAX, "default": EPOCHS_LIMIT_DEFAULT }
+                }],
+                "responses": {
+                    "200": json_response("The epochs.", "EpochList"),
+                    "400": error_response("limit out of range or not a number (bad_query)."),
+                    "500": internal.clone(), "503": not_ready.clone()
+                }
+            }},
+            "/v1/epochs/{epoch}": { "get": {
+                "summary": "One epoch, with its debit and credit counts.",
+                "parameters": [epoch_param.clone()],
+                "responses": {
+                    "200": json_response("The epoch.", "Epoch"),
+                    "400": error_response("Malformed epoch number (malformed_epoch)."),
+                    "404": error_response("No such epoch (unknown_epoch)."),
+                    "500": internal.clone(), "503": not_ready.clone()
+                }
+            }},
+            "/healthz": { "get": {
+                "summary": "The process is up.",
+                "responses": { "200": json_response("Alive.", "Status") }
+            }},
+            "/readyz": { "get": {
+                "summary": "The server answers ledger queries.",
+                "responses": {
+                    "200": json_response("Ready.", "Status"),
+                    "503": error_response("Starting (not_ready).")
+                }
+            }},
+            "/metrics": { "get": {
+                "summary": "Prometheus metrics.",
+                "responses": { "200": {
+                    "description": "Prometheus text exposition format.",
+                    "content": { "text/plain": { "schema": { "type": "string" } } }
+                }}
+            }},
+            "/openapi.json": { "get": {
+                "summary": "This document.",
+                "responses": { "200": {
+                    "description": "OpenAPI 3.1.",
+                    "content": { "application/json": { "schema": { "type": "object" } } }
+                }}
+            }}
+        },
+        "components": { "schemas": schemas() }
+    })
+}

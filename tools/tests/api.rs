@@ -1,0 +1,708 @@
+//! The query API against a real engine on a temp dir, served by a real axum server on
+//! 127.0.0.1:0: every route in `/openapi.json` is fetched and its answer checked against the
+//! document's schema; every error is checked for its status and code; the CLI is run against it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
+use futures::future::BoxFuture;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+use serde_json::Value;
+use tollgate_engine::pipeline::{
+    BatchAck, BatchVerifier, Engine, EngineConfig, EpochStatus, EpochUpdate, FundsEvent, FundsKind,
+    SealedEpoch, SubmitRequest,
+};
+use tollgate_engine::{
+    Address, Domain, PayerKey, Reason, ReceiptBatch, ReceiptView, UnsignedReceipt, Verdict,
+};
+use tollgate_tools::api::cli::{
+    self, BalanceArgs, EXIT_ERROR, EXIT_NOT_FOUND, EXIT_UNREACHABLE, EpochsArgs, PayeeArgs,
+    QueryCommand, QueryError, ServerArgs,
+};
+use tollgate_tools::api::model::{EpochList, EpochView, PayeeView, PayerView, WithdrawableSource};
+use tollgate_tools::api::{ApiState, ChainView, ChainViewError, router};
+
+const DOMAIN: Domain = Domain {
+    chain_id: 31_337,
+    contract: Address([0xc0; 20]),
+};
+
+/// Checks each signature with ed25519-dalek's `verify_strict`, one at a time: enough for a
+/// handful of receipts, and nobody is charged for a signature that does not hold. (The
+/// production `VerifyPool` trips a curve25519-dalek debug assertion in test builds today; see
+/// the report.)
+#[derive(Debug)]
+struct StrictVerifier;
+
+impl BatchVerifier for StrictVerifier {
+    fn verify(&self, receipts: &[ReceiptView<'_>]) -> Vec<Verdict> {
+        receipts
+            .iter()
+            .map(|receipt| {
+                let key = VerifyingKey::from_bytes(&receipt.payer().0)
+                    .map_err(|_| Reason::BadPayerKey)?;
+                let signature = Signature::from_bytes(&receipt.signature());
+                key.verify_strict(&receipt.signing_bytes(&DOMAIN), &signature)
+                    .map_err(|_| Reason::BadSignature)
+            })
+            .collect()
+    }
+}
+
+/// A chain that answers a fixed figure per payee, as settle's alloy view would.
+#[derive(Debug)]
+struct FixedChain(BTreeMap<Address, u128>);
+
+impl ChainView for FixedChain {
+    fn withdrawable(&self, payee: Address) -> BoxFuture<'_, Result<u128, ChainViewError>> {
+        let answer = self
+            .0
+            .get(&payee)
+            .copied()
+            .ok_or_else(|| ChainViewError(format!("no such payee {payee}")));
+        Box::pin(async move { answer })
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+fn payer_of(key: &SigningKey) -> PayerKey {
+    PayerKey(key.verifying_key().to_bytes())
+}
+
+/// One receipt of the test ledger, remembered so the test can total it independently.
+struct Paid {
+    payer: u8,
+    payee: Address,
+    amount: u64,
+    nonce: u64,
+}
+
+struct Server {
+    _dir: tempfile::TempDir,
+    engine: Engine,
+    addr: SocketAddr,
+    ready: Arc<AtomicBool>,
+    sealed: Vec<SealedEpoch>,
+    _recorder: PrometheusRecorder,
+}
+
+impl Server {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+async fn submit(engine: &Engine, batch_seq: u64, paid: &[Paid]) -> BatchAck {
+    let receipts: Vec<_> = paid
+        .iter()
+        .map(|p| {
+            UnsignedReceipt {
+                payer: payer_of(&key(p.payer)),
+                payee: p.payee,
+                amount: p.amount,
+                nonce: p.nonce,
+                timestamp_ms: now_ms(),
+                request_hash: [7; 32],
+            }
+            .sign(&key(p.payer), &DOMAIN)
+        })
+        .collect();
+    let request = SubmitRequest {
+        producer_id: 1,
+        session_epoch: 1,
+        batch_seq,
+        receipts: ReceiptBatch::from_receipts(&receipts),
+        prejudged: Vec::new(),
+    };
+    engine
+        .submit(request)
+        .expect("queued")
+        .await
+        .expect("engine answered")
+        .expect("batch applied")
+}
+
+async fn record(engine: &Engine, update: EpochUpdate) {
+    engine
+        .record_epoch(update)
+        .expect("queued")
+        .await
+        .expect("engine answered")
+        .expect("epoch update applied");
+}
+
+const P1: Address = Address([0x11; 20]);
+const P2: Address = Address([0x22; 20]);
+const STRANGER: Address = Address([0x33; 20]);
+
+/// Epoch 1 committed, epoch 2 sealed only, epoch 3 open with one receipt.
+fn epochs_paid() -> [Vec<Paid>; 3] {
+    let paid = |payer, payee, amount, nonce| Paid {
+        payer,
+        payee,
+        amount,
+        nonce,
+    };
+    [
+        vec![paid(1, P1, 10, 1), paid(1, P2, 20, 1), paid(2, P1, 5, 1)],
+        vec![paid(1, P1, 7, 2), paid(2, P2, 1, 1)],
+        vec![paid(1, P2, 3, 2)],
+    ]
+}
+
+async fn start(chain: Option<FixedChain>) -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine =
+        Engine::open(EngineConfig::new(dir.path()), Arc::new(StrictVerifier)).expect("engine");
+    for (log_index, (payer, amount)) in [(1u8, 1_000u128), (2, 500)].into_iter().enumerate() {
+        let event = FundsEvent {
+            payer: payer_of(&key(payer)),
+            kind: FundsKind::Deposit,
+            amount,
+            block: 1,
+            log_index: log_index as u64,
+        };
+        engine
+            .funds(event)
+            .expect("queued")
+            .await
+            .expect("answered")
+            .expect("deposit applied");
+    }
+    let mut sealed = Vec::new();
+    for (index, paid) in epochs_paid().iter().enumerate() {
+        let ack = submit(&engine, index as u64 + 1, paid).await;
+        assert_eq!(ack.accepted as usize, paid.len(), "{ack:?}");
+        if index < 2 {
+            let epoch = engine
+                .seal_epoch()
+                .expect("queued")
+                .await
+                .expect("answered")
+                .expect("sealed");
+            sealed.push(epoch);
+        }
+    }
+    for status in [EpochStatus::Submitted, EpochStatus::Committed] {
+        record(
+            &engine,
+            EpochUpdate {
+                epoch: 1,
+                status,
+                root: Some([9; 32]),
+                tx_hash: Some([8; 32]),
+                block: Some(44),
+            },
+        )
+        .await;
+    }
+
+    let recorder = PrometheusBuilder::new().build_recorder();
+    metrics::with_local_recorder(&recorder, || {
+        metrics::counter!("tollgate_api_test_marker_total").increment(3);
+    });
+    let ready = Arc::new(AtomicBool::new(false));
+    let mut state = ApiState::new(engine.reader(), ready.clone(), recorder.handle());
+    if let Some(chain) = chain {
+        state = state.with_chain(Arc::new(chain));
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    Server {
+        _dir: dir,
+        engine,
+        addr,
+        ready,
+        sealed,
+        _recorder: recorder,
+    }
+}
+
+async fn get(server: &Server, path: &str) -> (u16, Value) {
+    let response = reqwest::get(server.url(path)).await.expect("request");
+    let status = response.status().as_u16();
+    let body = response.json::<Value>().await.expect("a JSON body");
+    (status, body)
+}
+
+/// A small JSON-schema check: `$ref`, `type` (one or several), `enum`, `pattern`, `required`,
+/// `properties` with `additionalProperties: false`, `items`, `minimum`, `maxItems`. Enough for
+/// the API's document, strict enough that a renamed or retyped field fails.
+fn check(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+    if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+        let name = reference
+            .strip_prefix("#/components/schemas/")
+            .ok_or_else(|| format!("{at}: unsupported $ref {reference}"))?;
+        let target = &doc["components"]["schemas"][name];
+        if target.is_null() {
+            return Err(format!("{at}: $ref to missing schema {name}"));
+        }
+        return check(doc, target, value, at);
+    }
+    if let Some(types) = schema.get("type") {
+        let types: Vec<&str> = match types {
+            Value::String(one) => vec![one.as_str()],
+            Value::Array(many) => many.iter().filter_map(Value::as_str).collect(),
+            other => return Err(format!("{at}: bad type {other}")),
+        };
+        let actual = match value {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Number(n) if n.is_u64() || n.is_i64() => "integer",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        };
+        if !types.contains(&actual) && !(actual == "integer" && types.contains(&"number")) {
+            return Err(format!("{at}: {value} is {actual}, schema wants {types:?}"));
+        }
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.contains(value)
+    {
+        return Err(format!("{at}: {value} not in {allowed:?}"));
+    }
+    if let (Some(pattern), Some(text)) = (
+        schema.get("pattern").and_then(Value::as_str),
+        value.as_str(),
+    ) {
+        let regex = regex::Regex::new(pattern).map_err(|e| format!("{at}: {e}"))?;
+        if !regex.is_match(text) {
+            return Err(format!("{at}: {text:?} does not match {pattern}"));
+        }
+    }
+    if let (Some(minimum), Some(number)) = (
+        schema.get("minimum").and_then(Value::as_u64),
+        value.as_u64(),
+    ) && number < minimum
+    {
+        return Err(format!("{at}: {number} < minimum {minimum}"));
+    }
+    if let Value::Object(object) = value {
+        let properties = schema.get("properties").and_then(Value::as_object);
+        for required in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = required.as_str().unwrap_or_default();
+            if !object.contains_key(name) {
+                return Err(format!("{at}: required field {name} missing"));
+            }
+        }
+        for (name, field) in object {
+            match properties.and_then(|p| p.get(name)) {
+                Some(field_schema) => check(doc, field_schema, field, &format!("{at}.{name}"))?,
+                None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                    return Err(format!("{at}: field {name} is not documented"));
+                }
+                None => {}
+            }
+        }
+    }
+    if let Value::Array(items) = value {
+        if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
+            && items.len() as u64 > max
+        {
+            return Err(format!("{at}: {} items > maxItems {max}", items.len()));
+        }
+        if let Some(item_schema) = schema.get("items") {
+            for (index, item) in items.iter().enumerate() {
+                check(doc, item_schema, item, &format!("{at}[{index}]"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The schema the document gives for `status` of `GET path_template`.
+fn response_schema<'a>(doc: &'a Value, template: &str, status: u16) -> &'a Value {
+    let response = &doc["paths"][template]["get"]["responses"][status.to_string()];
+    assert!(
+        !response.is_null(),
+        "{template} does not document status {status}"
+    );
+    &response["content"]["application/json"]["schema"]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_route_answers_what_the_document_says() {
+    let server = start(Some(FixedChain(BTreeMap::from([(P1, 12u128)])))).await;
+    server.ready.store(true, Ordering::Release);
+    let (status, doc) = get(&server, "/openapi.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+
+    let alice = payer_of(&key(1));
+    let values = BTreeMap::from([
+        ("{payer}", alice.to_string()),
+        ("{payee}", P1.to_string()),
+        ("{epoch}", "1".to_string()),
+    ]);
+    let paths = doc["paths"].as_object().expect("paths");
+    assert!(paths.len() >= 8, "{paths:?}");
+    for (template, item) in paths {
+        let mut path = template.clone();
+        for (name, value) in &values {
+            path = path.replace(name, value);
+        }
+        assert!(!path.contains('{'), "no test value for {template}");
+        let query: Vec<String> = item["get"]["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["in"] == "query" && p["required"] == true)
+            .map(|p| {
+                let name = p["name"].as_str().expect("name");
+                format!("{name}={}", values[format!("{{{name}}}").as_str()])
+            })
+            .collect();
+        if !query.is_empty() {
+            path = format!("{path}?{}", query.join("&"));
+        }
+        let response = reqwest::get(server.url(&path)).await.expect("request");
+        assert_eq!(response.status().as_u16(), 200, "GET {path}");
+        let content = &item["get"]["responses"]["200"]["content"];
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        if content.get("application/json").is_some() {
+            assert!(content_type.starts_with("application/json"), "{path}");
+            let body: Value = response.json().await.expect("JSON");
+            check(&doc, response_schema(&doc, template, 200), &body, template)
+                .unwrap_or_else(|problem| panic!("GET {path}: {problem}\n{body:#}"));
+        } else {
+            assert!(content_type.starts_with("text/plain"), "{path}");
+            let text = response.text().await.expect("text");
+            assert!(
+                text.contains("tollgate_api_test_marker_total 3"),
+                "{path}: {text}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balances_and_epochs_agree_with_an_independent_total() {
+    let server = start(Some(FixedChain(BTreeMap::from([(P1, 12u128)])))).await;
+    server.ready.store(true, Ordering::Release);
+    let paid = epochs_paid();
+    let total = |filter: &dyn Fn(&Paid) -> bool, epochs: &[Vec<Paid>]| -> u128 {
+        epochs
+            .iter()
+            .flatten()
+            .filter(|p| filter(p))
+            .map(|p| u128::from(p.amount))
+            .sum()
+    };
+
+    let alice = payer_of(&key(1));
+    let (status, body) = get(&server, &format!("/v1/payers/{alice}")).await;
+    assert_eq!(status, 200, "{body}");
+    let view: PayerView = serde_json::from_value(body).expect("payer view");
+    let alice_paid = |p: &Paid| p.payer == 1;
+    assert_eq!(view.deposited, 1_000);
+    assert_eq!(view.settled, total(&alice_paid, &paid[..1]));
+    assert_eq!(view.pending, total(&alice_paid, &paid[1..]));
+    assert_eq!(
+        view.available,
+        1_000 - total(&alice_paid, &paid[..]),
+        "{view:?}"
+    );
+    let alice_receipts = paid.iter().flatten().filter(|p| alice_paid(p)).count();
+    assert_eq!(view.receipts, alice_receipts as u64);
+    assert_eq!(view.channel_count, 2);
+    let p1 = &view.channels[0];
+    assert_eq!(p1.payee, P1.to_string());
+    assert_eq!(
+        p1.cumulative,
+        total(&|p: &Paid| alice_paid(p) && p.payee == P1, &paid[..])
+    );
+    assert_eq!(p1.highest_nonce, Some(2));
+
+    let (status, body) = get(&server, &format!("/v1/payees/{P1}")).await;
+    assert_eq!(status, 200, "{body}");
+    let view: PayeeView = serde_json::from_value(body).expect("payee view");
+    let to_p1 = |p: &Paid| p.payee == P1;
+    assert_eq!(view.credited, total(&to_p1, &paid[..]));
+    assert_eq!(view.settled, total(&to_p1, &paid[..1]));
+    assert_eq!(view.pending, total(&to_p1, &paid[1..]));
+    assert_eq!(view.withdrawable, Some(12));
+    assert_eq!(view.withdrawable_source, WithdrawableSource::Chain);
+    // The chain view fails for P2: the ledger figures still answer.
+    let (_, body) = get(&server, &format!("/v1/payees/{P2}")).await;
+    let view: PayeeView = serde_json::from_value(body).expect("payee view");
+    assert_eq!(
+        (view.withdrawable, view.withdrawable_source),
+        (None, WithdrawableSource::ChainError)
+    );
+
+    let (status, body) = get(&server, "/v1/epochs?limit=10").await;
+    assert_eq!(status, 200, "{body}");
+    let list: EpochList = serde_json::from_value(body).expect("epoch list");
+    let numbers: Vec<(u64, &str)> = list
+        .epochs
+        .iter()
+        .map(|e| (e.epoch, e.status.as_str()))
+        .collect();
+    assert_eq!(
+        numbers,
+        [(3, "open"), (2, "sealed"), (1, "committed")],
+        "newest first"
+    );
+    for (epoch, paid) in list.epochs.iter().rev().zip(&paid) {
+        let sum: u128 = paid.iter().map(|p| u128::from(p.amount)).sum();
+        assert_eq!(
+            (epoch.debit_total, epoch.credit_total),
+            (sum, sum),
+            "{epoch:?}"
+        );
+        assert_eq!(epoch.receipts, paid.len() as u64);
+    }
+    let (_, body) = get(&server, "/v1/epochs?limit=2").await;
+    let list: EpochList = serde_json::from_value(body).expect("epoch list");
+    assert_eq!(
+        list.epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(),
+        [3, 2]
+    );
+
+    let (status, body) = get(&server, "/v1/epochs/1").await;
+    assert_eq!(status, 200, "{body}");
+    let epoch: EpochView = serde_json::from_value(body).expect("epoch view");
+    let sealed = &server.sealed[0];
+    assert_eq!(epoch.root, Some(format!("0x{}", "09".repeat(32))));
+    assert_eq!(epoch.tx_hash, Some(format!("0x{}", "08".repeat(32))));
+    assert_eq!(epoch.block, Some(44));
+    assert_eq!(epoch.leaves, Some(sealed.leaves.len() as u64));
+    assert_eq!(epoch.debit_count, Some(2), "alice and bob paid");
+    assert_eq!(epoch.credit_count, Some(2), "P1 and P2 were paid");
+    let (_, body) = get(&server, "/v1/epochs/3").await;
+    let open: EpochView = serde_json::from_value(body).expect("epoch view");
+    assert_eq!((open.status.as_str(), open.receipts), ("open", 1));
+
+    server.engine.shutdown().expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_documented_error_and_the_server_keeps_serving() {
+    let server = start(None).await;
+    let (status, doc) = get(&server, "/openapi.json").await;
+    assert_eq!(status, 200);
+    let alice = payer_of(&key(1));
+
+    // Not ready: ledger routes and /readyz answer 503; /healthz is up.
+    for (path, template) in [
+        ("/readyz".to_string(), "/readyz"),
+        (format!("/v1/payers/{alice}"), "/v1/payers/{payer}"),
+        ("/v1/epochs".to_string(), "/v1/epochs"),
+    ] {
+        let (status, body) = get(&server, &path).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (503, Some("not_ready")),
+            "{path}"
+        );
+        check(&doc, response_schema(&doc, template, 503), &body, &path).expect("error schema");
+    }
+    assert_eq!(get(&server, "/healthz").await.0, 200);
+    server.ready.store(true, Ordering::Release);
+    assert_eq!(get(&server, "/readyz").await.0, 200);
+
+    let unknown_payer = payer_of(&key(9));
+    let cases: [(String, Option<&str>, u16, &str); 12] = [
+        (
+            "/v1/payers/zz".into(),
+            Some("/v1/payers/{payer}"),
+            400,
+            "malformed_payer",
+        ),
+        (
+            format!("/v1/payers/{}", &alice.to_string()[2..]),
+            Some("/v1/payers/{payer}"),
+            400,
+            "malformed_payer",
+        ),
+        (
+            format!("/v1/payers/{unknown_payer}"),
+            Some("/v1/payers/{payer}"),
+            404,
+            "unknown_payer",
+        ),
+        (
+            format!("/v1/payees/{}", hex::encode(P1.0)),
+            Some("/v1/payees/{payee}"),
+            400,
+            "malformed_address",
+        ),
+        (
+            "/v1/payees/0x1234".into(),
+            Some("/v1/payees/{payee}"),
+            400,
+            "malformed_address",
+        ),
+        (
+            format!("/v1/payees/{STRANGER}"),
+            Some("/v1/payees/{payee}"),
+            404,
+            "unknown_payee",
+        ),
+        (
+            "/v1/epochs?limit=0".into(),
+            Some("/v1/epochs"),
+            400,
+            "bad_query",
+        ),
+        (
+            "/v1/epochs?limit=many".into(),
+            Some("/v1/epochs"),
+            400,
+            "bad_query",
+        ),
+        (
+            "/v1/epochs/x".into(),
+            Some("/v1/epochs/{epoch}"),
+            400,
+            "malformed_epoch",
+        ),
+        (
+            "/v1/epochs/4".into(),
+            Some("/v1/epochs/{epoch}"),
+            404,
+            "unknown_epoch",
+        ),
+        (
+            "/v1/epochs/0".into(),
+            Some("/v1/epochs/{epoch}"),
+            404,
+            "unknown_epoch",
+        ),
+        ("/v2/anything".into(), None, 404, "unknown_route"),
+    ];
+    for (path, template, want_status, want_code) in cases {
+        let (status, body) = get(&server, &path).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (want_status, Some(want_code)),
+            "GET {path}: {body}"
+        );
+        let schema = match template {
+            Some(template) => response_schema(&doc, template, status),
+            None => &serde_json::json!({ "$ref": "#/components/schemas/Error" }),
+        };
+        check(&doc, schema, &body, &path).unwrap_or_else(|p| panic!("{p}"));
+        assert!(!body["message"].as_str().unwrap_or_default().is_empty());
+    }
+    let response = reqwest::Client::new()
+        .post(server.url("/v1/epochs"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 405);
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["error"], "method_not_allowed");
+
+    // Everyone else is still served.
+    assert_eq!(get(&server, &format!("/v1/payers/{alice}")).await.0, 200);
+}
+
+fn server_args(server: &Server, json: bool) -> ServerArgs {
+    ServerArgs {
+        server: format!("http://{}", server.addr),
+        json,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_prints_tables_or_json_and_exits_with_the_documented_codes() {
+    let server = start(None).await;
+    let alice = payer_of(&key(1));
+    let balance = |payer: String, json| {
+        QueryCommand::Balance(BalanceArgs {
+            payer,
+            server: server_args(&server, json),
+        })
+    };
+
+    // Not ready yet: "retry later", like a server that is down.
+    let error = cli::execute(&balance(alice.to_string(), false))
+        .await
+        .expect_err("not ready");
+    assert_eq!(error.exit_code(), EXIT_UNREACHABLE, "{error}");
+    server.ready.store(true, Ordering::Release);
+
+    let table = cli::execute(&balance(alice.to_string(), false))
+        .await
+        .expect("balance");
+    assert!(
+        table.contains(&format!("payer                 {alice}")),
+        "{table}"
+    );
+    assert!(table.contains("available             960"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("PAYEE")), "{table}");
+
+    let json = cli::execute(&balance(alice.to_string(), true))
+        .await
+        .expect("balance");
+    let view: PayerView = serde_json::from_str(&json).expect("the API's JSON");
+    assert_eq!(view.available, 960);
+
+    let error = cli::execute(&balance(payer_of(&key(9)).to_string(), false))
+        .await
+        .expect_err("unknown");
+    assert!(matches!(error, QueryError::NotFound { ref code, .. } if code == "unknown_payer"));
+    assert_eq!(error.exit_code(), EXIT_NOT_FOUND);
+
+    let error = cli::execute(&balance("not-hex".into(), false))
+        .await
+        .expect_err("malformed");
+    assert_eq!(error.exit_code(), EXIT_ERROR);
+
+    let payee = cli::execute(&QueryCommand::Payee(PayeeArgs {
+        address: P2.to_string(),
+        server: server_args(&server, false),
+    }))
+    .await
+    .expect("payee");
+    assert!(payee.contains("credited      24"), "{payee}");
+    assert!(
+        payee.contains("withdrawable  - (not configured)"),
+        "{payee}"
+    );
+
+    let epochs = cli::execute(&QueryCommand::Epochs(EpochsArgs {
+        limit: 5,
+        server: server_args(&server, false),
+    }))
+    .await
+    .expect("epochs");
+    let lines: Vec<&str> = epochs.lines().collect();
+    assert_eq!(lines.len(), 4, "{epochs}");
+    assert!(lines[0].starts_with("EPOCH  STATUS"), "{epochs}");
+    assert!(lines[3].contains("committed"), "{epochs}");
+    assert!(
+        lines[3].contains(&format!("0x{}", "08".repeat(32))),
+        "{epochs}"
+    );
+}
