@@ -6,10 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tollgate_engine::verify::{Verifier, VerifyConfig};
+use tollgate_tools::api::cli::QueryCommand;
 use tollgate_tools::bench_verify::BenchVerifyArgs;
 use tollgate_tools::cli::DomainArgs;
 use tollgate_tools::receipts_json::VerdictFormat;
-use tollgate_tools::{bench_verify, keys, receipts_json};
+use tollgate_tools::{api, bench_verify, keys, receipts_json};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,6 +40,8 @@ enum Command {
     /// Measure: figures for docs/BENCHMARKS.md, baselines measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    #[command(flatten)]
+    Query(QueryCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +143,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
             Ok(stream_exit(&summary))
         }
+        Command::Query(query) => Ok(api::cli::run(&query)),
         Command::Bench(BenchCommand::Verify(args)) => {
             bench_verify::run(&args)?;
             Ok(ExitCode::SUCCESS)
