@@ -85,11 +85,11 @@ fn push(engine: &Engine, seq: &mut u64, start: u64, receipts: u64, channels: u64
             })
             .expect("queue has room");
         pending.push_back(ack);
-        if pending.len() >= IN_FLIGHT_BATCHES {
-            if let Some(ack) = pending.pop_front() {
-                let ack = block_on(ack).expect("answered").expect("acked");
-                assert!(ack.rejections.is_empty(), "{:?}", ack.rejections.first());
-            }
+        if pending.len() >= IN_FLIGHT_BATCHES
+            && let Some(ack) = pending.pop_front()
+        {
+            let ack = block_on(ack).expect("answered").expect("acked");
+            assert!(ack.rejections.is_empty(), "{:?}", ack.rejections.first());
         }
     }
     for ack in pending {

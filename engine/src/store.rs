@@ -19,6 +19,9 @@ use rocksdb::{
 };
 use thiserror::Error;
 
+/// One RocksDB entry as read: key and value bytes.
+pub type KeyValue = (Box<[u8]>, Box<[u8]>);
+
 /// Ledger metadata: format marker, open epoch, funds cursor.
 pub const CF_META: &str = "meta";
 /// Channel state keyed by `payer ‖ payee`.
@@ -439,7 +442,7 @@ impl StoreSnapshot<'_> {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>, StoreError> {
+    ) -> Result<Vec<KeyValue>, StoreError> {
         let handle = self.store.handle(cf)?;
         let mut options = ReadOptions::default();
         options.set_iterate_range(PrefixRange(prefix));

@@ -145,10 +145,11 @@ impl Model {
             return Err(Reason::UnknownPayer);
         }
         let channel = self.channels.entry((spec.payer, spec.payee)).or_default();
-        if let Some(top) = channel.top {
-            if nonce <= top && top - nonce >= WINDOW_NONCES {
-                return Err(Reason::Stale);
-            }
+        if let Some(top) = channel.top
+            && nonce <= top
+            && top - nonce >= WINDOW_NONCES
+        {
+            return Err(Reason::Stale);
         }
         if channel.seen.contains(&nonce) {
             return Err(Reason::Duplicate);

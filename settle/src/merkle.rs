@@ -119,7 +119,7 @@ impl EpochTree {
         if leaves.is_empty() {
             return Err(MerkleError::Empty);
         }
-        leaves.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        leaves.sort_unstable_by_key(|leaf| leaf.0);
         if let Some(pair) = leaves.windows(2).find(|pair| pair[0].0 == pair[1].0) {
             return Err(MerkleError::DuplicateLeaf(pair[0].0));
         }

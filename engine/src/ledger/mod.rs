@@ -26,6 +26,9 @@ pub use record::{EpochRecord, FundsCursor, OpenEpoch};
 use crate::receipt::{Address, PayerKey};
 use crate::verdict::Reason;
 
+/// An epoch entry as stored: the account id bytes (payer key or payee address) and its amount.
+pub type EntryAmount = (Box<[u8]>, u128);
+
 /// What to do with a receipt whose payer never deposited.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub enum UnknownPayers {

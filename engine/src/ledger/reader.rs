@@ -89,7 +89,7 @@ fn amounts(
     snapshot: &StoreSnapshot<'_>,
     epoch: u64,
     kind: EntryKind,
-) -> Result<Vec<(Box<[u8]>, u128)>, StoreError> {
+) -> Result<Vec<super::EntryAmount>, StoreError> {
     snapshot
         .scan(
             Cf::EpochEntries,

@@ -481,7 +481,7 @@ impl Ledger {
         &self,
         epoch: u64,
         kind: EntryKind,
-    ) -> Result<Vec<(Box<[u8]>, u128)>, EngineError> {
+    ) -> Result<Vec<super::EntryAmount>, EngineError> {
         let snapshot = self.store.snapshot();
         snapshot
             .scan(
