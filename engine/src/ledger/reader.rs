@@ -85,7 +85,9 @@ fn channel_info(key: ChannelKey, bytes: &[u8]) -> Result<ChannelInfo, StoreError
     })
 }
 
-fn amounts(
+/// An epoch's stored debits or credits, read from one snapshot. The writer uses it too, so both
+/// sides decode entries the same way.
+pub(crate) fn epoch_amounts(
     snapshot: &StoreSnapshot<'_>,
     epoch: u64,
     kind: EntryKind,
@@ -255,18 +257,18 @@ impl LedgerReader {
         if snapshot.get(Cf::Epochs, &epoch_key(epoch))?.is_none() {
             return Ok(None);
         }
-        let leaves = amounts(&snapshot, epoch, EntryKind::Leaf)?
+        let leaves = epoch_amounts(&snapshot, epoch, EntryKind::Leaf)?
             .into_iter()
             .map(|(id, cumulative)| {
                 let key = ChannelKey::from_bytes(&id).map_err(corrupt(Cf::EpochEntries))?;
                 Ok((key.payer, key.payee, cumulative))
             })
             .collect::<Result<_, StoreError>>()?;
-        let debits = amounts(&snapshot, epoch, EntryKind::Debit)?
+        let debits = epoch_amounts(&snapshot, epoch, EntryKind::Debit)?
             .into_iter()
             .map(|(id, amount)| Ok((payer_from(&id).map_err(corrupt(Cf::EpochEntries))?, amount)))
             .collect::<Result<_, StoreError>>()?;
-        let credits = amounts(&snapshot, epoch, EntryKind::Credit)?
+        let credits = epoch_amounts(&snapshot, epoch, EntryKind::Credit)?
             .into_iter()
             .map(|(id, amount)| {
                 Ok((

@@ -18,8 +18,8 @@ use super::cache::Cache;
 use super::record::{
     ChannelKey, ChannelState, DecodeError, EntryKind, EpochRecord, FUNDS_CURSOR_KEY, FormatRecord,
     FundsCursor, LAYOUT_VERSION, OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerState,
-    ack_key, address_from, decode_ack, decode_amount, encode_ack, encode_amount, entry_key,
-    entry_prefix, epoch_key, open_channel_key, open_payee_key, open_payer_key, payer_from,
+    ack_key, address_from, decode_ack, encode_ack, encode_amount, entry_key, epoch_key,
+    open_channel_key, open_payee_key, open_payer_key, payer_from,
 };
 use super::window::WINDOW_WORD_BITS;
 use super::{
@@ -482,20 +482,11 @@ impl Ledger {
         epoch: u64,
         kind: EntryKind,
     ) -> Result<Vec<super::EntryAmount>, EngineError> {
-        let snapshot = self.store.snapshot();
-        snapshot
-            .scan(
-                Cf::EpochEntries,
-                &entry_prefix(epoch, kind),
-                None,
-                usize::MAX,
-            )?
-            .into_iter()
-            .map(|(key, value)| {
-                let amount = decode_amount(&value).map_err(corrupt(Cf::EpochEntries))?;
-                Ok((key[9..].into(), amount))
-            })
-            .collect()
+        Ok(super::reader::epoch_amounts(
+            &self.store.snapshot(),
+            epoch,
+            kind,
+        )?)
     }
 
     /// Records settle's news about an epoch. Committing settles its debits and credits; a dispute
