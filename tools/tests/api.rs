@@ -8,17 +8,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
+use ed25519_dalek::SigningKey;
 use futures::future::BoxFuture;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use serde_json::Value;
 use tollgate_engine::pipeline::{
-    BatchAck, BatchVerifier, Engine, EngineConfig, EpochStatus, EpochUpdate, FundsEvent, FundsKind,
-    SealedEpoch, SubmitRequest,
+    BatchAck, Engine, EngineConfig, EpochStatus, EpochUpdate, FundsEvent, FundsKind, SealedEpoch,
+    SubmitRequest,
 };
-use tollgate_engine::{
-    Address, Domain, PayerKey, Reason, ReceiptBatch, ReceiptView, UnsignedReceipt, Verdict,
-};
+use tollgate_engine::verify::{Verifier, VerifyConfig, VerifyPool};
+use tollgate_engine::{Address, Domain, PayerKey, ReceiptBatch, UnsignedReceipt};
 use tollgate_tools::api::cli::{
     self, BalanceArgs, EXIT_ERROR, EXIT_NOT_FOUND, EXIT_UNREACHABLE, EpochsArgs, PayeeArgs,
     QueryCommand, QueryError, ServerArgs,
@@ -30,28 +29,6 @@ const DOMAIN: Domain = Domain {
     chain_id: 31_337,
     contract: Address([0xc0; 20]),
 };
-
-/// Checks each signature with ed25519-dalek's `verify_strict`, one at a time: enough for a
-/// handful of receipts, and nobody is charged for a signature that does not hold. (The
-/// production `VerifyPool` trips a curve25519-dalek debug assertion in test builds today; see
-/// the report.)
-#[derive(Debug)]
-struct StrictVerifier;
-
-impl BatchVerifier for StrictVerifier {
-    fn verify(&self, receipts: &[ReceiptView<'_>]) -> Vec<Verdict> {
-        receipts
-            .iter()
-            .map(|receipt| {
-                let key = VerifyingKey::from_bytes(&receipt.payer().0)
-                    .map_err(|_| Reason::BadPayerKey)?;
-                let signature = Signature::from_bytes(&receipt.signature());
-                key.verify_strict(&receipt.signing_bytes(&DOMAIN), &signature)
-                    .map_err(|_| Reason::BadSignature)
-            })
-            .collect()
-    }
-}
 
 /// A chain that answers a fixed figure per payee, as settle's alloy view would.
 #[derive(Debug)]
@@ -166,8 +143,17 @@ fn epochs_paid() -> [Vec<Paid>; 3] {
 
 async fn start(chain: Option<FixedChain>) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
-    let engine =
-        Engine::open(EngineConfig::new(dir.path()), Arc::new(StrictVerifier)).expect("engine");
+    let engine = Engine::open(
+        EngineConfig::new(dir.path()),
+        Arc::new(
+            VerifyPool::new(
+                Verifier::new(DOMAIN, VerifyConfig::default()),
+                VerifyConfig::default(),
+            )
+            .expect("verify pool"),
+        ),
+    )
+    .expect("engine");
     for (log_index, (payer, amount)) in [(1u8, 1_000u128), (2, 500)].into_iter().enumerate() {
         let event = FundsEvent {
             payer: payer_of(&key(payer)),
