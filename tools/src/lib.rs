@@ -6,6 +6,8 @@
 //! - [`bench_verify`]: `tollgate bench verify`, Tollgate's verifier against ed25519-dalek in one run.
 //! - [`load`]: the load generator behind `tollgate-load`, which the demo and tests drive too; it
 //!   checks every verdict the engine returns against the one its workload model owes.
+//! - [`serve`]: `tollgate serve`, the engine, fleet protocol, HTTP API and settlement loops in
+//!   one process, and its configuration (flags, `TOLLGATE_*` variables, a TOML file).
 //! - [`api`]: the HTTP query API (balances, epochs, metrics, OpenAPI) and the CLI's
 //!   query commands that talk to it.
 //!
@@ -18,3 +20,4 @@ pub mod cli;
 pub mod keys;
 pub mod load;
 pub mod receipts_json;
+pub mod serve;

@@ -10,6 +10,7 @@ use tollgate_tools::api::cli::QueryCommand;
 use tollgate_tools::bench_verify::BenchVerifyArgs;
 use tollgate_tools::cli::DomainArgs;
 use tollgate_tools::receipts_json::VerdictFormat;
+use tollgate_tools::serve::ServeArgs;
 use tollgate_tools::{api, bench_verify, keys, receipts_json};
 
 #[derive(Debug, Parser)]
@@ -25,6 +26,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the engine: fleet protocol, HTTP API, and settlement when a chain is configured.
+    Serve(Box<ServeArgs>),
     /// Make a new ed25519 key (a payer's, or a fleet client's).
     Keygen {
         /// Write the secret key to this new file (mode 0600) instead of printing it.
@@ -88,6 +91,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Serve(args) => {
+            tollgate_tools::serve::run_command(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Keygen { out, json } => {
             let key = keys::generate();
             let public = hex::encode(key.verifying_key().to_bytes());

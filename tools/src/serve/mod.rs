@@ -1,0 +1,324 @@
+//! `tollgate serve`: the engine, the fleet protocol, the HTTP API and (with a chain) the deposit
+//! watcher and the epoch loop, in one process that shuts down cleanly.
+//!
+//! Start-up order is what makes the numbers trustworthy: the ledger opens (refusing a corrupt
+//! directory), the deposit watcher catches up with the chain, and only then do the TCP port take
+//! receipts and `/readyz` say ready, so no receipt is judged against stale deposits. Shutdown runs
+//! the other way: the fleet port stops accepting and acks what it read, the loops finish their
+//! step, and the engine writes and fsyncs everything before the process exits 0.
+
+pub mod config;
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tollgate_engine::pipeline::{Engine, EngineConfig};
+use tollgate_engine::{Verifier, VerifyPool};
+use tollgate_settle::epoch::{EpochLoop, FundsLoop};
+use tollgate_settle::submitter::Submitter;
+use tollgate_settle::watcher::Watcher;
+
+use crate::api::{ApiState, router};
+use crate::keys;
+use config::{ChainSettings, LogFormat, ServeConfig, ServeOptions};
+
+/// `tollgate serve`'s command line.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML file of options (keys are the flag names with `_`); flags and `TOLLGATE_*`
+    /// variables override it.
+    #[arg(long, env = "TOLLGATE_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+    /// Print the effective configuration (secrets masked) as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    #[command(flatten)]
+    pub options: ServeOptions,
+}
+
+/// How often histogram summaries are refreshed for `/metrics`.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+/// Beyond the ingest grace period, how long the settlement loops get to finish their step on
+/// shutdown. Cutting one short is safe: both resume from the ledger on restart.
+const LOOPS_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs the command: prints the configuration, or serves until SIGTERM / ctrl-c.
+pub fn run_command(args: &ServeArgs) -> anyhow::Result<()> {
+    let options = ServeOptions::effective(args.config.as_deref(), &args.options)?;
+    if args.print_config {
+        print!("{}", options.to_masked_toml()?);
+        return Ok(());
+    }
+    let config = options.resolve().context("invalid configuration")?;
+    init_logging(config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tollgate-io")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        serve(config, shutdown).await
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr so stdout stays for what a command prints; colours only on a terminal.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; ctrl-c still works");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("ctrl-c: shutting down"),
+        () = terminate => tracing::info!("SIGTERM: shutting down"),
+    }
+    shutdown.cancel();
+}
+
+/// Serves `config` until `shutdown` is cancelled or a part fails; then stops every part, writes
+/// and fsyncs what was accepted, and returns the first failure, if any.
+pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let metrics = install_metrics()?;
+    let engine = open_engine(&config).await?;
+    let fleet_listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen: cannot bind {}", config.listen))?;
+    let http_listener = TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("http: cannot bind {}", config.http))?;
+
+    // Logged as bound, so a port of 0 in the configuration shows the one the kernel chose.
+    let fleet_address = fleet_listener.local_addr().context("listen")?;
+    let http_address = http_listener.local_addr().context("http")?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let api = ApiState::new(engine.reader(), Arc::clone(&ready), metrics.clone());
+    let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    tasks.spawn(named("http", {
+        let shutdown = shutdown.clone();
+        async move {
+            axum::serve(http_listener, router(api))
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+                .context("http server")
+        }
+    }));
+    tasks.spawn(named("metrics upkeep", upkeep(metrics, shutdown.clone())));
+
+    let settlement = match &config.chain {
+        Some(chain) => Some(start_settlement(&config, chain, &engine, &mut tasks, &shutdown).await),
+        None => {
+            tracing::warn!(
+                "CHAINLESS MODE: no chain configured; no settlement, and receipts of payers that \
+                 never deposited are accepted without a funds check"
+            );
+            None
+        }
+    };
+    if let Some(Err(error)) = settlement {
+        shutdown.cancel();
+        drain(&mut tasks, Duration::ZERO).await;
+        stop_engine(engine).await?;
+        return Err(error);
+    }
+
+    let ingest_shutdown = shutdown.clone();
+    let server_config = config.server.clone();
+    let ingest_engine = engine.clone();
+    tasks.spawn(named("ingest", async move {
+        tollgate_ingest::server::run(fleet_listener, server_config, ingest_engine, ingest_shutdown)
+            .await
+            .context("ingest server")
+    }));
+    ready.store(true, Ordering::Release);
+    tracing::info!(
+        listen = %fleet_address,
+        http = %http_address,
+        data_dir = %config.data_dir.display(),
+        "tollgate ready"
+    );
+
+    // The first part to end, for whatever reason (a signal, a poisoned ledger, a broken chain
+    // loop), ends the others.
+    let mut failure = match tasks.join_next().await {
+        Some(outcome) => failure_of(outcome),
+        None => None,
+    };
+    shutdown.cancel();
+    ready.store(false, Ordering::Release);
+    let grace = Duration::from_millis(config.server.shutdown_grace_ms) + LOOPS_GRACE;
+    let late_failure = drain(&mut tasks, grace).await;
+    failure = failure.or(late_failure);
+    let stopped = stop_engine(engine).await;
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    stopped?;
+    tracing::info!("tollgate stopped cleanly");
+    Ok(())
+}
+
+fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the Prometheus recorder")
+}
+
+async fn upkeep(metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(METRICS_UPKEEP);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => metrics.run_upkeep(),
+        }
+    }
+}
+
+async fn open_engine(config: &ServeConfig) -> anyhow::Result<Engine> {
+    let verifier = Verifier::new(config.domain, config.verify.clone());
+    let pool = VerifyPool::new(verifier, config.verify.clone()).context("verify pool")?;
+    let engine_config = EngineConfig {
+        ledger: config.ledger.clone(),
+        ..EngineConfig::new(&config.data_dir)
+    };
+    let data_dir = config.data_dir.display().to_string();
+    // Opening replays RocksDB's log: blocking work, kept off the async threads.
+    tokio::task::spawn_blocking(move || Engine::open(engine_config, Arc::new(pool)))
+        .await
+        .context("opening the ledger")?
+        .with_context(|| format!("data_dir: cannot open the ledger in {data_dir}"))
+}
+
+async fn stop_engine(engine: Engine) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || engine.shutdown())
+        .await
+        .context("stopping the engine")?
+        .context("the ledger stopped with an error")
+}
+
+/// Connects to the chain, catches the deposit watcher up, and starts the funds and epoch loops.
+async fn start_settlement(
+    config: &ServeConfig,
+    chain: &ChainSettings,
+    engine: &Engine,
+    tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let domain = config.domain;
+    let contract = alloy::primitives::Address::from(domain.contract.0);
+    let operator = keys::load_evm(&chain.operator_key).context("operator_key")?;
+    tracing::info!(operator = %operator.address(), rpc_url = %chain.rpc_url, %contract, "settlement on");
+    let watcher = Watcher::connect(&chain.rpc_url, domain.chain_id, contract, chain.watch.clone())
+        .await
+        .context("rpc_url: deposit watcher")?;
+    let submitter = Submitter::connect(
+        &chain.rpc_url,
+        domain.chain_id,
+        contract,
+        operator,
+        chain.submit.clone(),
+    )
+    .await
+    .context("rpc_url: epoch submitter")?;
+
+    let funds = FundsLoop::new(
+        engine.clone(),
+        watcher,
+        chain.start_block,
+        chain.funds_poll_ms,
+    );
+    tracing::info!("catching up with deposits on the chain");
+    while !funds.step().await.context("deposit watcher")? {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+    }
+    tracing::info!("deposits caught up");
+    let funds_shutdown = shutdown.clone();
+    tasks.spawn(named("deposit watcher", async move {
+        funds.run(funds_shutdown).await.context("deposit watcher")
+    }));
+    let epochs = EpochLoop::new(engine.clone(), submitter, chain.epochs.clone());
+    let epochs_shutdown = shutdown.clone();
+    tasks.spawn(named("epoch loop", async move {
+        epochs.run(epochs_shutdown).await.context("epoch loop")
+    }));
+    Ok(())
+}
+
+async fn named(
+    name: &'static str,
+    task: impl Future<Output = anyhow::Result<()>>,
+) -> (&'static str, anyhow::Result<()>) {
+    (name, task.await)
+}
+
+type Outcome = Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>;
+
+fn failure_of(outcome: Outcome) -> Option<anyhow::Error> {
+    match outcome {
+        Ok((_, Ok(()))) => None,
+        Ok((name, Err(error))) => {
+            tracing::error!(task = name, error = %format!("{error:#}"), "stopped with an error");
+            Some(error)
+        }
+        Err(join_error) if join_error.is_cancelled() => None,
+        Err(join_error) => Some(anyhow::anyhow!("a task panicked: {join_error}")),
+    }
+}
+
+/// Waits up to `grace` for every task, then aborts the ones still running (safe: every part
+/// resumes from the ledger). Returns the first failure.
+async fn drain(
+    tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+    grace: Duration,
+) -> Option<anyhow::Error> {
+    let mut first_failure = None;
+    let deadline = tokio::time::Instant::now() + grace;
+    loop {
+        match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+            Ok(Some(outcome)) => {
+                if let Some(error) = failure_of(outcome) {
+                    first_failure.get_or_insert(error);
+                }
+            }
+            Ok(None) => return first_failure,
+            Err(_) => {
+                tracing::warn!(
+                    left = tasks.len(),
+                    "still busy after the grace period; aborting"
+                );
+                tasks.shutdown().await;
+                return first_failure;
+            }
+        }
+    }
+}
