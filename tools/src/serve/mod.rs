@@ -8,6 +8,7 @@
 //! step, and the engine writes and fsyncs everything before the process exits 0.
 
 pub mod config;
+pub mod process;
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -37,12 +38,16 @@ pub struct ServeArgs {
     /// variables override it.
     #[arg(long, env = "TOLLGATE_CONFIG")]
     pub config: Option<std::path::PathBuf>,
-    /// Print the effective configuration (secrets masked) as TOML and exit.
+    /// Check the configuration, print it as TOML with secrets masked, and exit.
     #[arg(long)]
     pub print_config: bool,
     #[command(flatten)]
     pub options: ServeOptions,
 }
+
+/// Logged once every part runs and the fleet port takes receipts; [`process::ServerProcess`]
+/// waits for it.
+pub const READY_MESSAGE: &str = "tollgate ready";
 
 /// How often histogram summaries are refreshed for `/metrics`.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
@@ -53,11 +58,11 @@ const LOOPS_GRACE: Duration = Duration::from_secs(10);
 /// Runs the command: prints the configuration, or serves until SIGTERM / ctrl-c.
 pub fn run_command(args: &ServeArgs) -> anyhow::Result<()> {
     let options = ServeOptions::effective(args.config.as_deref(), &args.options)?;
+    let config = options.resolve().context("invalid configuration")?;
     if args.print_config {
         print!("{}", options.to_masked_toml()?);
         return Ok(());
     }
-    let config = options.resolve().context("invalid configuration")?;
     init_logging(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -154,16 +159,21 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
     let server_config = config.server.clone();
     let ingest_engine = engine.clone();
     tasks.spawn(named("ingest", async move {
-        tollgate_ingest::server::run(fleet_listener, server_config, ingest_engine, ingest_shutdown)
-            .await
-            .context("ingest server")
+        tollgate_ingest::server::run(
+            fleet_listener,
+            server_config,
+            ingest_engine,
+            ingest_shutdown,
+        )
+        .await
+        .context("ingest server")
     }));
     ready.store(true, Ordering::Release);
     tracing::info!(
         listen = %fleet_address,
         http = %http_address,
         data_dir = %config.data_dir.display(),
-        "tollgate ready"
+        "{READY_MESSAGE}"
     );
 
     // The first part to end, for whatever reason (a signal, a poisoned ledger, a broken chain
@@ -236,9 +246,14 @@ async fn start_settlement(
     let contract = alloy::primitives::Address::from(domain.contract.0);
     let operator = keys::load_evm(&chain.operator_key).context("operator_key")?;
     tracing::info!(operator = %operator.address(), rpc_url = %chain.rpc_url, %contract, "settlement on");
-    let watcher = Watcher::connect(&chain.rpc_url, domain.chain_id, contract, chain.watch.clone())
-        .await
-        .context("rpc_url: deposit watcher")?;
+    let watcher = Watcher::connect(
+        &chain.rpc_url,
+        domain.chain_id,
+        contract,
+        chain.watch.clone(),
+    )
+    .await
+    .context("rpc_url: deposit watcher")?;
     let submitter = Submitter::connect(
         &chain.rpc_url,
         domain.chain_id,

@@ -1,0 +1,236 @@
+//! `tollgate serve` as an operator runs it: the real binary, its configuration precedence, its
+//! refusals of bad configuration, and a chainless run fed by the real `tollgate-load` that
+//! survives a clean restart with the same balances.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use tollgate_tools::serve::process::ServerProcess;
+
+const TOLLGATE: &str = env!("CARGO_BIN_EXE_tollgate");
+const TOLLGATE_LOAD: &str = env!("CARGO_BIN_EXE_tollgate-load");
+const EXAMPLE_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tollgate.example.toml");
+
+/// A command with no `TOLLGATE_*` variable inherited from whoever runs the tests.
+fn tollgate() -> Command {
+    let mut command = Command::new(TOLLGATE);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TOLLGATE_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn printed(dir: &Path, file: &str, env: &[(&str, &str)], flags: &[&str]) -> Output {
+    let config = dir.join("tollgate.toml");
+    std::fs::write(&config, file).expect("write config");
+    let mut command = tollgate();
+    command
+        .args(["serve", "--print-config", "--config"])
+        .arg(&config)
+        .args(flags)
+        .envs(env.iter().copied());
+    command.output().expect("run tollgate")
+}
+
+#[test]
+fn flags_beat_environment_beat_file_beat_defaults_and_secrets_are_masked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = "ab".repeat(32);
+    let output = printed(
+        dir.path(),
+        "unknown_payers = \"accept\"\nepoch_secs = 5\nverify_batch = 128\nwindow_nonces = 2048\n",
+        &[
+            ("TOLLGATE_EPOCH_SECS", "9"),
+            ("TOLLGATE_VERIFY_BATCH", "64"),
+            ("TOLLGATE_OPERATOR_KEY", &secret),
+        ],
+        &["--epoch-secs", "11"],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let shown: toml::Table = toml::from_str(&stdout(&output)).expect("printed config is TOML");
+    let int = |key: &str| shown.get(key).and_then(toml::Value::as_integer);
+    assert_eq!(int("epoch_secs"), Some(11), "flag over environment");
+    assert_eq!(int("verify_batch"), Some(64), "environment over file");
+    assert_eq!(int("window_nonces"), Some(2048), "file over default");
+    assert_eq!(int("connections_max"), Some(1024), "default");
+    assert_eq!(
+        shown.get("listen").and_then(toml::Value::as_str),
+        Some("127.0.0.1:7402")
+    );
+    assert_eq!(
+        shown.get("operator_key").and_then(toml::Value::as_str),
+        Some("********")
+    );
+    assert!(!stdout(&output).contains(&secret), "the secret leaked");
+}
+
+#[test]
+fn an_invalid_configuration_names_the_key_and_exits_non_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: [(&str, &[&str], &str); 6] = [
+        ("epoch_second = 3\n", &[], "epoch_second"),
+        ("epoch_secs = \"soon\"\n", &[], "epoch_secs"),
+        (
+            "unknown_payers = \"accept\"\n",
+            &["--contract", "0x12"],
+            "contract",
+        ),
+        ("", &[], "unknown_payers"),
+        (
+            "unknown_payers = \"accept\"\n",
+            &["--listen", "0.0.0.0:7402"],
+            "listen",
+        ),
+        (
+            "unknown_payers = \"accept\"\n[[client]]\nid = 1\nkey = \"00\"\npayees = []\n",
+            &[],
+            "client 1",
+        ),
+    ];
+    for (file, flags, key) in cases {
+        let output = printed(dir.path(), file, &[], flags);
+        assert!(!output.status.success(), "accepted {file:?} {flags:?}");
+        assert!(
+            stderr(&output).contains(key),
+            "error for {file:?} {flags:?} does not name {key}: {}",
+            stderr(&output)
+        );
+    }
+}
+
+#[test]
+fn the_example_configuration_is_valid() {
+    let output = tollgate()
+        .args(["serve", "--print-config", "--config", EXAMPLE_CONFIG])
+        .env("TOLLGATE_OPERATOR_KEY", "11".repeat(32))
+        .output()
+        .expect("run tollgate");
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("rpc_url"));
+}
+
+fn start_chainless(data_dir: &Path) -> ServerProcess {
+    let args: Vec<String> = [
+        "--unknown-payers",
+        "accept",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--data-dir",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain([data_dir.display().to_string()])
+    .collect();
+    ServerProcess::start(Path::new(TOLLGATE), &args, None).expect("server ready")
+}
+
+fn load(server: &ServerProcess, receipts: u32, extra: &[&str]) -> serde_json::Value {
+    let output = Command::new(TOLLGATE_LOAD)
+        .args(["--addr", &server.listen.to_string()])
+        .args(["--check", &format!("http://{}", server.http)])
+        .args(["--receipts", &receipts.to_string()])
+        .args(["--payers", "200", "--connections", "3", "--json"])
+        .args(extra)
+        .output()
+        .expect("run tollgate-load");
+    assert!(
+        output.status.success(),
+        "tollgate-load failed: {}\n{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    let last = stdout(&output)
+        .lines()
+        .last()
+        .expect("a summary line")
+        .to_owned();
+    serde_json::from_str(&last).expect("summary is JSON")
+}
+
+#[test]
+fn a_chainless_server_takes_load_checks_out_and_keeps_it_across_a_clean_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("data");
+    let acked_log = dir.path().join("acked.jsonl");
+    let server = start_chainless(&data_dir);
+    let summary = load(
+        &server,
+        20_000,
+        &[
+            "--bad-sig-pct",
+            "2",
+            "--replay-pct",
+            "2",
+            "--stale-pct",
+            "1",
+            "--acked-log",
+            &acked_log.display().to_string(),
+        ],
+    );
+    assert_eq!(summary["sent"], 20_000);
+    assert_eq!(summary["acked"], 20_000);
+    assert_eq!(summary["verdict_mismatches"], 0);
+    let accepted = summary["accepted"].as_u64().expect("accepted");
+    assert!(accepted > 0 && accepted < 20_000, "{summary}");
+
+    let metrics = http_get(&format!("http://{}/metrics", server.http));
+    assert!(
+        metrics.contains("tollgate_ingest_receipts_received_total 20000"),
+        "{metrics}"
+    );
+    let log = std::fs::read_to_string(&acked_log).expect("acked log");
+    let first: serde_json::Value =
+        serde_json::from_str(log.lines().next().expect("a line")).expect("JSON line");
+    let payer = first["payer"].as_str().expect("payer hex").to_owned();
+    let balance_url = |server: &ServerProcess| format!("http://{}/v1/payers/{payer}", server.http);
+    let before = http_get(&balance_url(&server));
+    assert!(before.contains("\"pending\""), "{before}");
+    let status = server
+        .terminate(Duration::from_secs(60))
+        .expect("stops on SIGTERM");
+    assert!(status.success(), "exit status {status}");
+
+    let server = start_chainless(&data_dir);
+    assert_eq!(
+        http_get(&balance_url(&server)),
+        before,
+        "balance changed across a restart"
+    );
+    // The same seed continues the same channels; --check compares deltas, so it still holds.
+    let again = load(&server, 5_000, &[]);
+    assert_eq!(again["acked"], 5_000);
+    assert_eq!(again["verdict_mismatches"], 0);
+    let status = server
+        .terminate(Duration::from_secs(60))
+        .expect("stops on SIGTERM");
+    assert!(status.success(), "exit status {status}");
+}
+
+/// A GET from a plain thread: the tests here are synchronous.
+fn http_get(url: &str) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        reqwest::get(url)
+            .await
+            .expect("GET")
+            .text()
+            .await
+            .expect("body")
+    })
+}
