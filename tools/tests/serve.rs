@@ -134,7 +134,7 @@ fn start_chainless(data_dir: &Path) -> ServerProcess {
     .map(str::to_owned)
     .chain([data_dir.display().to_string()])
     .collect();
-    ServerProcess::start(Path::new(TOLLGATE), &args, None).expect("server ready")
+    ServerProcess::start(Path::new(TOLLGATE), &args, None, &[]).expect("server ready")
 }
 
 fn load(server: &ServerProcess, receipts: u32, extra: &[&str]) -> serde_json::Value {

@@ -38,10 +38,16 @@ enum LogEvent {
 }
 
 impl ServerProcess {
-    /// Starts `binary serve ARGS --log-format json` and waits until it is ready. Its log lines
-    /// are appended to `log_file` when given (to keep the terminal for the caller's own output).
-    pub fn start(binary: &Path, args: &[String], log_file: Option<&Path>) -> anyhow::Result<Self> {
+    /// Starts `binary serve ARGS --log-format json` with `env` added to its environment, and
+    /// waits until it is ready. Its log lines are appended to `log_file` when given.
+    pub fn start(
+        binary: &Path,
+        args: &[String],
+        log_file: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(binary)
+            .envs(env.iter().copied())
             .arg("serve")
             .args(args)
             .args(["--log-format", "json"])
