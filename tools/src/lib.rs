@@ -3,6 +3,8 @@
 //! - [`keys`]: generating and loading ed25519 keys (payers, fleet clients).
 //! - [`receipts_json`]: receipts as JSON lines, signed and verified from a shell.
 //! - [`cli`]: argument types shared by the binaries.
+//! - [`bench_e2e`]: `tollgate bench e2e`, the durable rate through `tollgate serve` next to the
+//!   verify-only ceiling, in one run.
 //! - [`bench_verify`]: `tollgate bench verify`, Tollgate's verifier against ed25519-dalek in one run.
 //! - [`load`]: the load generator behind `tollgate-load`, which the demo and tests drive too; it
 //!   checks every verdict the engine returns against the one its workload model owes.
@@ -15,6 +17,7 @@
 //! operator does. This crate wires the others together; it owns no protocol, ledger or chain logic.
 
 pub mod api;
+pub mod bench_e2e;
 pub mod bench_verify;
 pub mod cli;
 pub mod keys;

@@ -7,11 +7,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tollgate_engine::verify::{Verifier, VerifyConfig};
 use tollgate_tools::api::cli::QueryCommand;
+use tollgate_tools::bench_e2e::BenchE2eArgs;
 use tollgate_tools::bench_verify::BenchVerifyArgs;
 use tollgate_tools::cli::DomainArgs;
 use tollgate_tools::receipts_json::VerdictFormat;
 use tollgate_tools::serve::ServeArgs;
-use tollgate_tools::{api, bench_verify, keys, receipts_json};
+use tollgate_tools::{api, bench_e2e, bench_verify, keys, receipts_json};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,6 +52,8 @@ enum Command {
 enum BenchCommand {
     /// Tollgate's verifier against ed25519-dalek's verify_batch over the same presigned receipts.
     Verify(BenchVerifyArgs),
+    /// The durable end-to-end rate through `tollgate serve` next to the verify-only ceiling.
+    E2e(BenchE2eArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,6 +156,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Query(query) => Ok(api::cli::run(&query)),
         Command::Bench(BenchCommand::Verify(args)) => {
             bench_verify::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::E2e(args)) => {
+            bench_e2e::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
     }

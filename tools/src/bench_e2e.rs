@@ -1,0 +1,400 @@
+//! `tollgate bench e2e`: the durable end-to-end rate next to the verify-only ceiling, measured in
+//! one run on one machine so their ratio means something on any hardware.
+//!
+//! 1. The ceiling: the workload's receipts presigned in process and verified by Tollgate's
+//!    [`VerifyPool`] on every core, nothing else running.
+//! 2. The real thing: `tollgate serve` (a child process, fsync on, chainless) fed over loopback
+//!    by `tollgate-load --presign`, which checks every verdict and the server's balances.
+//! 3. A paced run at a fraction of the rate just measured, for the ack latency a deployment sees
+//!    when it is not saturated.
+//!
+//! Receipts per fsync come from the server's own `/metrics`; its peak RSS from `/proc`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use rayon::prelude::*;
+use serde::Serialize;
+use tollgate_engine::{Address, Domain, ReceiptBatch};
+
+use crate::bench_verify::{Backends, tollgate_pool};
+use crate::load::{Funds, Planner, Workload};
+use crate::serve::process::ServerProcess;
+
+/// The generator's replay window bound; nothing stale is injected, so only its floor matters.
+const WINDOW_NONCES: u64 = 4096;
+
+/// Flags of `tollgate bench e2e`. Defaults are the workload of issue 8.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchE2eArgs {
+    /// Receipts in the full-speed run (and in the verify-only pass).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub receipts: u64,
+    /// Distinct payers.
+    #[arg(long, default_value_t = 10_000)]
+    pub payers: u32,
+    /// Payees.
+    #[arg(long, default_value_t = 16)]
+    pub payees: u32,
+    /// Zipf exponent of payer popularity.
+    #[arg(long, default_value_t = 1.1)]
+    pub zipf: f64,
+    /// Generator connections.
+    #[arg(long, default_value_t = 16)]
+    pub connections: u32,
+    /// Receipts per batch.
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Batches in flight per connection.
+    #[arg(long, default_value_t = 8)]
+    pub in_flight: usize,
+    /// Seed of the workload.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// The paced run offers this percentage of the full-speed rate (0 skips it).
+    #[arg(long, default_value_t = 80)]
+    pub paced_pct: u32,
+    /// Length of the paced run, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub paced_secs: u64,
+    /// Verification threads, for the ceiling and the server (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Keep the server's data directory and log here instead of a temporary directory.
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Ack latency, milliseconds.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Worst.
+    pub max: f64,
+}
+
+/// What one `tollgate-load --json` run reported (the fields used here).
+#[derive(Clone, Debug, serde::Deserialize)]
+struct LoadSummary {
+    sent: u64,
+    acked: u64,
+    accepted: u64,
+    verdict_mismatches: u64,
+    receipts_per_s: f64,
+    ack_latency_ms: Latency,
+}
+
+/// The paced run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Paced {
+    /// Percentage of the full-speed rate offered.
+    pub offered_pct: u32,
+    /// Receipts per second offered.
+    pub offered_receipts_per_s: f64,
+    /// Receipts per second acked.
+    pub receipts_per_s: f64,
+    /// Its ack latency.
+    pub ack_latency_ms: Latency,
+}
+
+/// Everything the benchmark measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Receipts in the full-speed run.
+    pub receipts: u64,
+    /// Payers.
+    pub payers: u32,
+    /// Zipf exponent.
+    pub zipf: f64,
+    /// Connections.
+    pub connections: u32,
+    /// Cores the process may use.
+    pub cores: usize,
+    /// The curve arithmetic in use.
+    pub backend: Backends,
+    /// Verify-only ceiling on every core.
+    pub verify_ceiling_receipts_per_s: f64,
+    /// Durable end-to-end rate (fsync before ack, verdicts checked).
+    pub e2e_receipts_per_s: f64,
+    /// The two above divided.
+    pub e2e_vs_verify_ceiling: f64,
+    /// Ack latency of the full-speed run.
+    pub ack_latency_ms: Latency,
+    /// Receipts made durable per RocksDB sync write, from the server's metrics.
+    pub receipts_per_fsync: f64,
+    /// The paced run, unless skipped.
+    pub paced: Option<Paced>,
+    /// The server's peak resident memory over both runs, MiB.
+    pub server_peak_rss_mib: f64,
+}
+
+/// Runs the benchmark and prints the report.
+pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
+    let report = measure(args)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_text(&report);
+    }
+    Ok(())
+}
+
+/// Runs the benchmark.
+pub fn measure(args: &BenchE2eArgs) -> anyhow::Result<Report> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads = args.threads.unwrap_or(cores);
+    let exe = std::env::current_exe().context("locating the tollgate binary")?;
+    let load_binary = exe
+        .parent()
+        .map(|dir| dir.join("tollgate-load"))
+        .filter(|path| path.is_file())
+        .context("tollgate-load is not next to tollgate; build both (cargo build --release)")?;
+
+    let ceiling = verify_ceiling(args, threads)?;
+    eprintln!("verify-only ceiling: {ceiling:.0} receipts/s on {threads} threads");
+
+    let scratch;
+    let work_dir = match &args.work_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            scratch = tempfile::tempdir()?;
+            scratch.path().to_owned()
+        }
+    };
+    let server_args = vec![
+        "--unknown-payers".to_owned(),
+        "accept".to_owned(),
+        "--listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--http".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--data-dir".to_owned(),
+        work_dir.join("data").display().to_string(),
+        "--verify-threads".to_owned(),
+        threads.to_string(),
+    ];
+    let log = work_dir.join("server.log");
+    let server = ServerProcess::start(&exe, &server_args, Some(&log), &[])?;
+    let full = run_load(&load_binary, &server, args, &[])?;
+    eprintln!("end to end: {:.0} receipts/s", full.receipts_per_s);
+    let receipts_per_fsync = receipts_per_fsync(&server)?;
+
+    let paced = if args.paced_pct > 0 {
+        let offered = full.receipts_per_s * f64::from(args.paced_pct) / 100.0;
+        let receipts = ((offered * args.paced_secs as f64) as u64).max(1);
+        let summary = run_load(
+            &load_binary,
+            &server,
+            &BenchE2eArgs {
+                receipts,
+                ..args.clone()
+            },
+            &["--rate".to_owned(), format!("{offered:.0}")],
+        )?;
+        Some(Paced {
+            offered_pct: args.paced_pct,
+            offered_receipts_per_s: offered,
+            receipts_per_s: summary.receipts_per_s,
+            ack_latency_ms: summary.ack_latency_ms,
+        })
+    } else {
+        None
+    };
+    let peak_rss = server.peak_rss_bytes()?;
+    let status = server.terminate(Duration::from_secs(60))?;
+    ensure!(status.success(), "the server exited with {status}");
+
+    Ok(Report {
+        receipts: args.receipts,
+        payers: args.payers,
+        zipf: args.zipf,
+        connections: args.connections,
+        cores,
+        backend: Backends::detect(),
+        verify_ceiling_receipts_per_s: ceiling,
+        e2e_receipts_per_s: full.receipts_per_s,
+        e2e_vs_verify_ceiling: full.receipts_per_s / ceiling,
+        ack_latency_ms: full.ack_latency_ms,
+        receipts_per_fsync,
+        paced,
+        server_peak_rss_mib: peak_rss as f64 / (1024.0 * 1024.0),
+    })
+}
+
+fn workload(args: &BenchE2eArgs, receipts: u64) -> Workload {
+    Workload {
+        seed: args.seed,
+        receipts: Some(receipts),
+        payers: args.payers,
+        payees: args.payees,
+        zipf_exponent: args.zipf,
+        amount: 1,
+        bad_signature_pct: 0.0,
+        replay_pct: 0.0,
+        stale_pct: 0.0,
+        overdraft_pct: 0.0,
+        window_nonces: WINDOW_NONCES,
+        nonce_base: 3 * WINDOW_NONCES,
+        timestamp_ms: crate::load::driver::unix_ms(),
+        domain: Domain {
+            chain_id: 31_337,
+            contract: Address::default(),
+        },
+        connections: args.connections,
+        funds: Funds::Unlimited,
+    }
+}
+
+/// The workload's receipts, signed before the clock starts, through one fresh pool on `threads`.
+fn verify_ceiling(args: &BenchE2eArgs, threads: usize) -> anyhow::Result<f64> {
+    let workload = workload(args, args.receipts);
+    let domain = workload.domain;
+    let mut planner = Planner::new(workload)?;
+    let mut planned = Vec::new();
+    while let Some(receipt) = planner.next_planned()? {
+        planned.push(receipt);
+    }
+    let keys = planner.keys();
+    let signed: Vec<_> = planned
+        .par_iter()
+        .map(|p| p.sign(&keys[p.payer_index as usize], &domain))
+        .collect();
+    let batch = ReceiptBatch::from_receipts(&signed);
+    drop(signed);
+    let views = (0..batch.len())
+        .map(|i| match batch.get(i) {
+            Some(Ok(view)) => Ok(view),
+            _ => bail!("presigned receipt {i} does not parse"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pool = tollgate_pool(&domain, threads, args.batch)?;
+    let started = Instant::now();
+    let verdicts = pool.verify(&views);
+    let elapsed = started.elapsed().as_secs_f64();
+    let refused = verdicts.iter().filter(|verdict| verdict.is_err()).count();
+    ensure!(
+        refused == 0,
+        "the verifier refused {refused} valid receipts"
+    );
+    Ok(views.len() as f64 / elapsed)
+}
+
+fn run_load(
+    load_binary: &Path,
+    server: &ServerProcess,
+    args: &BenchE2eArgs,
+    extra: &[String],
+) -> anyhow::Result<LoadSummary> {
+    let output = Command::new(load_binary)
+        .args(["--addr", &server.listen.to_string()])
+        .args(["--check", &format!("http://{}", server.http)])
+        .args(["--receipts", &args.receipts.to_string()])
+        .args(["--payers", &args.payers.to_string()])
+        .args(["--payees", &args.payees.to_string()])
+        .args(["--zipf", &args.zipf.to_string()])
+        .args(["--connections", &args.connections.to_string()])
+        .args(["--batch", &args.batch.to_string()])
+        .args(["--in-flight", &args.in_flight.to_string()])
+        .args(["--seed", &args.seed.to_string()])
+        .args(["--presign", "--json"])
+        .args(extra)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running tollgate-load")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success(),
+        "tollgate-load failed ({}): {stdout}",
+        output.status
+    );
+    let last = stdout
+        .lines()
+        .last()
+        .context("tollgate-load printed nothing")?;
+    let summary: LoadSummary =
+        serde_json::from_str(last).context("tollgate-load's JSON summary")?;
+    ensure!(
+        summary.verdict_mismatches == 0 && summary.acked == summary.sent,
+        "tollgate-load: {} of {} acked, {} verdict mismatches",
+        summary.acked,
+        summary.sent,
+        summary.verdict_mismatches
+    );
+    ensure!(
+        summary.accepted == summary.sent,
+        "only {} of {} valid receipts accepted",
+        summary.accepted,
+        summary.sent
+    );
+    Ok(summary)
+}
+
+/// Receipts received per ledger write so far, from the server's Prometheus text.
+fn receipts_per_fsync(server: &ServerProcess) -> anyhow::Result<f64> {
+    let url = format!("http://{}/metrics", server.http);
+    let text = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async { reqwest::get(&url).await?.text().await })
+        .with_context(|| format!("GET {url}"))?;
+    let metric = |name: &str| {
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .with_context(|| format!("{name} missing from /metrics"))
+    };
+    let receipts = metric("tollgate_ingest_receipts_received_total")?;
+    let writes = metric("tollgate_ledger_write_seconds_count")?;
+    ensure!(writes > 0.0, "the server reports no ledger writes");
+    Ok(receipts / writes)
+}
+
+fn print_text(report: &Report) {
+    println!(
+        "workload: {} receipts, {} payers, Zipf({}), {} connections, {} cores",
+        report.receipts, report.payers, report.zipf, report.connections, report.cores
+    );
+    println!("backend: {}", report.backend.curve25519_dalek_5);
+    println!(
+        "verify-only ceiling   {:>10.0} receipts/s",
+        report.verify_ceiling_receipts_per_s
+    );
+    println!(
+        "end to end (durable)  {:>10.0} receipts/s  = {:.2} of the ceiling",
+        report.e2e_receipts_per_s, report.e2e_vs_verify_ceiling
+    );
+    let latency = |l: &Latency| {
+        format!(
+            "p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms",
+            l.p50, l.p99, l.p999, l.max
+        )
+    };
+    println!(
+        "ack latency at full speed: {}",
+        latency(&report.ack_latency_ms)
+    );
+    if let Some(paced) = &report.paced {
+        println!(
+            "ack latency at {}% ({:.0} receipts/s offered): {}",
+            paced.offered_pct,
+            paced.offered_receipts_per_s,
+            latency(&paced.ack_latency_ms)
+        );
+    }
+    println!("receipts per fsync: {:.0}", report.receipts_per_fsync);
+    println!("server peak RSS: {:.0} MiB", report.server_peak_rss_mib);
+}
