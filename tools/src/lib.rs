@@ -6,6 +6,7 @@
 //! - [`bench_verify`]: `tollgate bench verify`, Tollgate's verifier against ed25519-dalek in one run.
 //! - [`load`]: the load generator behind `tollgate-load`, which the demo and tests drive too; it
 //!   checks every verdict the engine returns against the one its workload model owes.
+//! - [`deploy`]: `tollgate deploy`, the Settlement contract (and a dev chain's test token) onchain.
 //! - [`api`]: the HTTP query API (balances, epochs, metrics, OpenAPI) and the CLI's
 //!   query commands that talk to it.
 //!
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod bench_verify;
 pub mod cli;
+pub mod deploy;
 pub mod keys;
 pub mod load;
 pub mod receipts_json;

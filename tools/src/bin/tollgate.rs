@@ -9,8 +9,9 @@ use tollgate_engine::verify::{Verifier, VerifyConfig};
 use tollgate_tools::api::cli::QueryCommand;
 use tollgate_tools::bench_verify::BenchVerifyArgs;
 use tollgate_tools::cli::DomainArgs;
+use tollgate_tools::deploy::DeployArgs;
 use tollgate_tools::receipts_json::VerdictFormat;
-use tollgate_tools::{api, bench_verify, keys, receipts_json};
+use tollgate_tools::{api, bench_verify, deploy, keys, receipts_json};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,6 +43,9 @@ enum Command {
     Bench(BenchCommand),
     #[command(flatten)]
     Query(QueryCommand),
+    /// Deploy the Settlement contract (and, on a dev chain without --token, a test token) and
+    /// print the addresses and deployment block `tollgate serve` needs.
+    Deploy(DeployArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +148,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(stream_exit(&summary))
         }
         Command::Query(query) => Ok(api::cli::run(&query)),
+        Command::Deploy(args) => {
+            deploy::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Verify(args)) => {
             bench_verify::run(&args)?;
             Ok(ExitCode::SUCCESS)
