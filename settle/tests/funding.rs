@@ -59,7 +59,7 @@ async fn fund_payers_deposits_for_fifty_payers_and_the_contract_holds_each() {
         mint: false,
         ..params
     };
-    let stranger = PayerKey(payer_key(99));
+    let stranger = PayerKey(payer_key(1_000_000));
     fund_payers(
         &chain.endpoint(),
         key(&chain.anvil, 5),

@@ -19,7 +19,7 @@ use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use serde::Deserialize;
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::Semaphore;
 use tollgate_engine::pipeline::{EpochStatus, LedgerReader};
 use tollgate_engine::{Address, PayerKey};
 use tollgate_settle::merkle::{EpochTree, leaf_hash};
@@ -34,15 +34,14 @@ use super::{
 /// which is what payees ask about; each 1M-leaf tree holds about 170 MB.
 pub const TREES_CACHED_DEFAULT: usize = 2;
 
-/// One epoch's tree, built at most once however many requests wait for it.
-type TreeSlot = Arc<OnceCell<Arc<EpochTree>>>;
-
-/// The most recently used epoch trees, least recently used first.
+/// The most recently used epoch trees, least recently used first. Only built trees go in, so a
+/// request that finds no leaf never pushes a useful tree out.
 #[derive(Debug)]
 pub(super) struct TreeCache {
     capacity: usize,
-    slots: Mutex<VecDeque<(u64, TreeSlot)>>,
-    /// One build at a time: bounds the memory of trees being built to one.
+    trees: Mutex<VecDeque<Arc<EpochTree>>>,
+    /// One build at a time: bounds the memory of trees being built to one, and a request that
+    /// waited re-checks the cache, so concurrent requests for an epoch build it once.
     building: Semaphore,
 }
 
@@ -50,28 +49,39 @@ impl TreeCache {
     pub(super) fn new(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(1),
-            slots: Mutex::new(VecDeque::new()),
+            trees: Mutex::new(VecDeque::new()),
             building: Semaphore::new(1),
         }
     }
 
-    /// The slot of `epoch`, now the most recently used; the least recently used falls out when
-    /// the cache is full (a request still holding it finishes with its own copy).
-    fn slot(&self, epoch: u64) -> Result<TreeSlot, ApiError> {
-        let mut slots = self
-            .slots
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, VecDeque<Arc<EpochTree>>>, ApiError> {
+        self.trees
             .lock()
-            .map_err(|_| ApiError::Internal("proof tree cache poisoned".into()))?;
-        let slot = match slots.iter().position(|(number, _)| *number == epoch) {
-            Some(index) => slots.remove(index).map(|(_, slot)| slot),
-            None => None,
+            .map_err(|_| ApiError::Internal("proof tree cache poisoned".into()))
+    }
+
+    /// The tree of `epoch` if built, now the most recently used.
+    fn get(&self, epoch: u64) -> Result<Option<Arc<EpochTree>>, ApiError> {
+        let mut trees = self.lock()?;
+        let Some(index) = trees.iter().position(|tree| tree.epoch() == epoch) else {
+            return Ok(None);
+        };
+        let tree = trees.remove(index);
+        if let Some(tree) = &tree {
+            trees.push_back(tree.clone());
         }
-        .unwrap_or_default();
-        if slots.len() >= self.capacity {
-            slots.pop_front();
+        Ok(tree)
+    }
+
+    /// Keeps `tree`, dropping the least recently used one when full (a request still holding
+    /// it finishes with its own reference).
+    fn insert(&self, tree: Arc<EpochTree>) -> Result<(), ApiError> {
+        let mut trees = self.lock()?;
+        if trees.len() >= self.capacity {
+            trees.pop_front();
         }
-        slots.push_back((epoch, slot.clone()));
-        Ok(slot)
+        trees.push_back(tree);
+        Ok(())
     }
 }
 
@@ -163,22 +173,28 @@ pub(super) async fn proof(
     let payee = parse_address(required(&query.payee, "payee")?)?;
     let root = read_ledger(&state, move |reader| committed_root(reader, epoch)).await?;
 
-    let slot = state.trees.slot(epoch)?;
-    let tree = slot
-        .get_or_try_init(|| async {
+    let tree = match state.trees.get(epoch)? {
+        Some(tree) => tree,
+        None => {
             let _permit = state
                 .trees
                 .building
                 .acquire()
                 .await
                 .map_err(|_| ApiError::Internal("proof tree builder closed".into()))?;
-            read_ledger(&state, move |reader| {
-                build_tree(reader, epoch, root, payer, payee).map(Arc::new)
-            })
-            .await
-        })
-        .await?
-        .clone();
+            match state.trees.get(epoch)? {
+                Some(tree) => tree,
+                None => {
+                    let tree = read_ledger(&state, move |reader| {
+                        build_tree(reader, epoch, root, payer, payee).map(Arc::new)
+                    })
+                    .await?;
+                    state.trees.insert(tree.clone())?;
+                    tree
+                }
+            }
+        }
+    };
 
     // A linear scan over up to millions of leaves: off the async workers.
     let found = tokio::task::spawn_blocking(move || tree.proof(&payer, &payee))
@@ -194,4 +210,44 @@ pub(super) async fn proof(
         root: hex32(&root),
         proof: proof.iter().map(|hash| hex32(&hash.0)).collect(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_settle::merkle::Leaf;
+
+    fn tree(epoch: u64) -> Arc<EpochTree> {
+        let leaf = Leaf {
+            payer: PayerKey([1; 32]),
+            payee: Address([2; 20]),
+            cumulative: u128::from(epoch),
+        };
+        Arc::new(EpochTree::build(epoch, [leaf]).expect("one leaf"))
+    }
+
+    fn cached(cache: &TreeCache) -> Vec<u64> {
+        cache
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|tree| tree.epoch())
+            .collect()
+    }
+
+    #[test]
+    fn the_cache_keeps_the_most_recently_used_trees_up_to_its_capacity() {
+        let cache = TreeCache::new(2);
+        cache.insert(tree(1)).expect("insert");
+        cache.insert(tree(2)).expect("insert");
+        assert_eq!(cache.get(1).expect("get").map(|t| t.epoch()), Some(1));
+        assert_eq!(cached(&cache), [2, 1], "a hit becomes the most recent");
+        cache.insert(tree(3)).expect("insert");
+        assert_eq!(cached(&cache), [1, 3], "the least recently used fell out");
+        assert!(cache.get(2).expect("get").is_none());
+        assert_eq!(cached(&TreeCache::new(0)).len(), 0);
+        let single = TreeCache::new(0);
+        single.insert(tree(4)).expect("insert");
+        assert_eq!(cached(&single), [4], "a capacity of 0 still keeps one");
+    }
 }
