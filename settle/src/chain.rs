@@ -292,6 +292,11 @@ impl ContractReader {
         *self.settlement.address()
     }
 
+    /// The settlement token the contract was deployed with.
+    pub async fn token(&self) -> Result<Address, ChainError> {
+        Ok(self.settlement.token().call().await?)
+    }
+
     /// What `payee` can withdraw now (`Settlement.withdrawable`): credits of final epochs.
     pub async fn withdrawable(&self, payee: tollgate_engine::Address) -> Result<u128, ChainError> {
         let amount = self

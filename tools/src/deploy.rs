@@ -115,7 +115,7 @@ impl DeployOutput {
 }
 
 /// The innermost cause of an error chain ("Connection refused (os error 111)").
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = error;
     while let Some(source) = cause.source() {
         cause = source;
@@ -123,21 +123,39 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
-/// The operator key: the one given, or anvil's first dev account on anvil only.
-fn operator_signer(args: &DeployArgs, chain_id: u64) -> anyhow::Result<PrivateKeySigner> {
-    match &args.operator_key {
+/// The error chain on one line, each cause once: alloy's errors repeat their source in their own
+/// message, which `{:#}` would print twice.
+pub(crate) fn one_line(error: &anyhow::Error) -> anyhow::Error {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    anyhow!(line)
+}
+
+/// The key given as `flag`, or anvil's first dev account on anvil only (said on stderr).
+pub(crate) fn dev_chain_signer(
+    key: Option<&str>,
+    chain_id: u64,
+    flag: &str,
+) -> anyhow::Result<PrivateKeySigner> {
+    match key {
         Some(key) => Ok(load_signer(key)?),
         None if chain_id == ANVIL_CHAIN_ID => {
             let signer = load_signer(ANVIL_FIRST_DEV_KEY)?;
             eprintln!(
-                "tollgate: no --operator-key given: using anvil's first dev account {:#x} (chain {ANVIL_CHAIN_ID} only)",
+                "tollgate: no {flag} given: using anvil's first dev account {:#x} (chain {ANVIL_CHAIN_ID} only)",
                 signer.address()
             );
             Ok(signer)
         }
-        None => bail!(
-            "chain {chain_id} is not anvil: pass --operator-key (or set TOLLGATE_OPERATOR_KEY)"
-        ),
+        None => bail!("chain {chain_id} is not anvil: pass {flag}"),
     }
 }
 
@@ -186,7 +204,7 @@ pub async fn execute(args: &DeployArgs) -> anyhow::Result<DeployOutput> {
         )
     })?;
     let params = deploy_params(args, chain_id)?;
-    let operator = operator_signer(args, chain_id)?;
+    let operator = dev_chain_signer(args.operator_key.as_deref(), chain_id, "--operator-key")?;
     let deployed = tollgate_settle::deploy(&args.rpc_url, operator, args.token, &params)
         .await
         .with_context(|| format!("deploying on chain {chain_id} at {}", args.rpc_url))?;
@@ -199,11 +217,34 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let output = runtime.block_on(execute(args))?;
+    let output = runtime
+        .block_on(execute(args))
+        .map_err(|error| one_line(&error))?;
     if args.json {
         println!("{}", serde_json::to_string(&output)?);
     } else {
         print!("{}", output.render());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("rpc: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[test]
+    fn one_line_names_each_cause_once() {
+        let error = anyhow::Error::new(Repeats(std::io::Error::other("connection refused")))
+            .context("deploying on chain 1");
+        assert_eq!(
+            one_line(&error).to_string(),
+            "deploying on chain 1: rpc: connection refused"
+        );
+        let error = anyhow::Error::new(std::io::Error::other("inner")).context("outer");
+        assert_eq!(one_line(&error).to_string(), "outer: inner");
+    }
 }

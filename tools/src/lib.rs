@@ -7,6 +7,7 @@
 //! - [`load`]: the load generator behind `tollgate-load`, which the demo and tests drive too; it
 //!   checks every verdict the engine returns against the one its workload model owes.
 //! - [`deploy`]: `tollgate deploy`, the Settlement contract (and a dev chain's test token) onchain.
+//! - [`deposit`]: `tollgate deposit`, deposits for many payer keys from one account (dev chains).
 //! - [`api`]: the HTTP query API (balances, epochs, metrics, OpenAPI) and the CLI's
 //!   query commands that talk to it.
 //!
@@ -17,6 +18,7 @@ pub mod api;
 pub mod bench_verify;
 pub mod cli;
 pub mod deploy;
+pub mod deposit;
 pub mod keys;
 pub mod load;
 pub mod receipts_json;

@@ -1,4 +1,5 @@
-//! `tollgate deploy` as an operator runs it: the real binary against a real anvil.
+//! `tollgate deploy` and `tollgate deposit` as an operator runs them: the real binary against a
+//! real anvil.
 
 mod common;
 
@@ -7,6 +8,8 @@ use std::process::{Command, Output};
 use alloy::primitives::Address;
 use alloy::providers::{Provider, ProviderBuilder};
 use serde_json::Value;
+use tollgate_engine::PayerKey;
+use tollgate_settle::chain::ContractReader;
 
 fn tollgate(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tollgate"))
@@ -66,6 +69,35 @@ async fn deploy_on_anvil_prints_addresses_and_the_block_and_the_contract_has_cod
         .await
         .expect("code");
     assert!(!at.is_empty(), "code at block {block}");
+
+    // Deposits for two payer keys through the binary land in the contract.
+    let payers = [PayerKey([0xa1; 32]), PayerKey([0xb2; 32])];
+    let settlement = json["settlement"].as_str().expect("settlement").to_owned();
+    let payer_args: Vec<String> = payers.iter().map(ToString::to_string).collect();
+    let mut args = vec![
+        "deposit",
+        "--rpc-url",
+        &endpoint,
+        "--contract",
+        &settlement,
+        "--amount",
+        "5000",
+        "--mint",
+        "--json",
+        "--payer",
+    ];
+    args.extend(payer_args.iter().map(String::as_str));
+    let output = tollgate(&args);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let deposited: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(deposited["deposits"], 2);
+    assert_eq!(deposited["total"], "10000");
+    let contract = ContractReader::connect(&endpoint, 31_337, address("settlement"))
+        .await
+        .expect("reader");
+    for payer in &payers {
+        assert_eq!(contract.available(payer).await.expect("call"), 5_000);
+    }
 
     // An explicit key, token, arbiter and window; the table for people.
     let key = hex::encode(anvil.keys()[2].to_bytes());

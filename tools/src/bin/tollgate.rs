@@ -10,8 +10,9 @@ use tollgate_tools::api::cli::QueryCommand;
 use tollgate_tools::bench_verify::BenchVerifyArgs;
 use tollgate_tools::cli::DomainArgs;
 use tollgate_tools::deploy::DeployArgs;
+use tollgate_tools::deposit::DepositArgs;
 use tollgate_tools::receipts_json::VerdictFormat;
-use tollgate_tools::{api, bench_verify, deploy, keys, receipts_json};
+use tollgate_tools::{api, bench_verify, deploy, deposit, keys, receipts_json};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,6 +47,8 @@ enum Command {
     /// Deploy the Settlement contract (and, on a dev chain without --token, a test token) and
     /// print the addresses and deployment block `tollgate serve` needs.
     Deploy(DeployArgs),
+    /// Deposit for payer keys from one EVM account (minting first with --mint on a dev chain).
+    Deposit(DepositArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +153,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Query(query) => Ok(api::cli::run(&query)),
         Command::Deploy(args) => {
             deploy::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deposit(args) => {
+            deposit::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Verify(args)) => {
