@@ -1,13 +1,23 @@
-//! Connecting to the settlement chain and deploying the contracts.
+//! Connecting to the settlement chain, deploying and funding the contracts, and reading what the
+//! contract says (withdrawable, available, proofs) for the query API and the demo.
+
+use std::time::Duration;
 
 use alloy::{
-    primitives::{Address, TxHash},
+    primitives::{Address, B256, TxHash, U256},
     providers::{DynProvider, PendingTransactionError, Provider, ProviderBuilder},
     signers::local::PrivateKeySigner,
     transports::http::reqwest::Url,
 };
+use tollgate_engine::PayerKey;
 
 use crate::contract::{Settlement, TestToken};
+use crate::merkle::Leaf;
+
+/// The secret key of anvil's first dev account (public knowledge: every anvil prints it). Only
+/// for dev chains, and only when the operator gave no key.
+pub const ANVIL_FIRST_DEV_KEY: &str =
+    "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 
 /// Chain ids of local development chains (anvil, hardhat, ganache), where `deploy` may create the
 /// test token and a zero challenge window is acceptable.
@@ -63,6 +73,14 @@ pub enum ChainError {
     /// A transaction was mined but reverted.
     #[error("transaction {0} reverted")]
     Reverted(TxHash),
+    /// An EVM secret key that is neither 32 bytes of hex nor a readable file holding them. The
+    /// message never contains the key.
+    #[error("operator key: {0}")]
+    BadKey(String),
+    /// The node answered something the contract cannot have meant (an amount past 96 bits, a
+    /// deployment receipt without a contract address).
+    #[error("unexpected answer from the chain: {0}")]
+    BadAnswer(String),
 }
 
 impl ChainError {
@@ -165,6 +183,8 @@ pub struct DeployedAddresses {
     pub arbiter: Address,
     /// True when `token` is a freshly deployed [`TestToken`].
     pub test_token: bool,
+    /// Block that included the Settlement deployment: the deposit watcher's first block.
+    pub block: u64,
 }
 
 /// Deploys Settlement (and, on a dev chain without `token`, a [`TestToken`]) with `operator` as
@@ -189,7 +209,7 @@ pub async fn deploy(
         None => return Err(ChainError::TokenRequired(chain_id)),
     };
     let arbiter = params.arbiter.unwrap_or(operator_address);
-    let settlement = Settlement::deploy(
+    let receipt = Settlement::deploy_builder(
         provider.clone(),
         token,
         operator_address,
@@ -197,15 +217,225 @@ pub async fn deploy(
         params.challenge_window_secs,
         params.withdrawal_delay_secs,
     )
+    .send()
+    .await?
+    .get_receipt()
     .await?;
+    if !receipt.status() {
+        return Err(ChainError::Reverted(receipt.transaction_hash));
+    }
+    let (Some(settlement), Some(block)) = (receipt.contract_address, receipt.block_number) else {
+        return Err(ChainError::BadAnswer(format!(
+            "deployment receipt {} names no contract address or block",
+            receipt.transaction_hash
+        )));
+    };
     Ok(DeployedAddresses {
         chain_id,
         token,
-        settlement: *settlement.address(),
+        settlement,
         operator: operator_address,
         arbiter,
         test_token,
+        block,
     })
+}
+
+/// Reads an EVM secret key given as 64 hex digits (`0x` optional), or as the path of a file
+/// holding them. Errors never echo the text: it may be the key itself.
+pub fn load_signer(key_or_path: &str) -> Result<PrivateKeySigner, ChainError> {
+    let path = std::path::Path::new(key_or_path);
+    let text = if path.is_file() {
+        std::fs::read_to_string(path).map_err(|error| {
+            ChainError::BadKey(format!("cannot read key file {}: {error}", path.display()))
+        })?
+    } else {
+        key_or_path.to_owned()
+    };
+    let text = text.trim();
+    let digits = text.strip_prefix("0x").unwrap_or(text);
+    let mut secret = [0u8; 32];
+    hex::decode_to_slice(digits, &mut secret)
+        .map_err(|_| ChainError::BadKey("expected 64 hex digits, or a file holding them".into()))?;
+    PrivateKeySigner::from_bytes(&B256::from(secret))
+        .map_err(|_| ChainError::BadKey("not a valid secp256k1 secret key".into()))
+}
+
+fn amount_u128(what: &str, value: U256) -> Result<u128, ChainError> {
+    u128::try_from(value).map_err(|_| ChainError::BadAnswer(format!("{what} {value} exceeds u128")))
+}
+
+/// Read-only calls to a deployed Settlement contract.
+#[derive(Clone, Debug)]
+pub struct ContractReader {
+    settlement: Settlement::SettlementInstance<DynProvider>,
+}
+
+impl ContractReader {
+    /// A reader of the Settlement at `settlement` on the node at `rpc_url`. Refuses a node that
+    /// serves another chain than `chain_id` or has no code at the address.
+    pub async fn connect(
+        rpc_url: &str,
+        chain_id: u64,
+        settlement: Address,
+    ) -> Result<Self, ChainError> {
+        let provider = read_provider(rpc_url)?;
+        check_chain_id(&provider, chain_id).await?;
+        check_code(&provider, settlement).await?;
+        Ok(Self {
+            settlement: Settlement::new(settlement, provider),
+        })
+    }
+
+    /// The contract's address.
+    pub fn address(&self) -> Address {
+        *self.settlement.address()
+    }
+
+    /// The settlement token the contract was deployed with.
+    pub async fn token(&self) -> Result<Address, ChainError> {
+        Ok(self.settlement.token().call().await?)
+    }
+
+    /// What `payee` can withdraw now (`Settlement.withdrawable`): credits of final epochs.
+    pub async fn withdrawable(&self, payee: tollgate_engine::Address) -> Result<u128, ChainError> {
+        let amount = self
+            .settlement
+            .withdrawable(Address::from(payee.0))
+            .call()
+            .await?;
+        amount_u128("withdrawable", amount)
+    }
+
+    /// What `payer` could still be debited (`Settlement.available`): deposit minus final and
+    /// open debits.
+    pub async fn available(&self, payer: &PayerKey) -> Result<u128, ChainError> {
+        let amount = self
+            .settlement
+            .available(B256::from(payer.0))
+            .call()
+            .await?;
+        amount_u128("available", amount)
+    }
+
+    /// Whether the contract accepts `proof` for `leaf` in `epoch` (`Settlement.verifyLeaf`).
+    pub async fn verify_leaf(
+        &self,
+        epoch: u64,
+        leaf: &Leaf,
+        proof: &[B256],
+    ) -> Result<bool, ChainError> {
+        Ok(self
+            .settlement
+            .verifyLeaf(
+                epoch,
+                B256::from(leaf.payer.0),
+                Address::from(leaf.payee.0),
+                U256::from(leaf.cumulative),
+                proof.to_vec(),
+            )
+            .call()
+            .await?)
+    }
+}
+
+/// What to fund: a deposit of `amount_each` for every payer key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FundParams {
+    /// The settlement token.
+    pub token: Address,
+    /// The Settlement contract.
+    pub settlement: Address,
+    /// Deposit per payer, in token units.
+    pub amount_each: u128,
+    /// Mint the whole amount to the funder first (a [`TestToken`] on a dev chain lets anyone mint);
+    /// otherwise the funder must already hold it.
+    pub mint: bool,
+}
+
+/// What [`fund_payers`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Funded {
+    /// Deposits made (one per payer key).
+    pub deposits: usize,
+    /// Tokens deposited in all.
+    pub total: u128,
+    /// Highest block holding one of the deposits (0 when there were none): once the deposit
+    /// watcher has scanned it, every deposit is in the ledger.
+    pub last_block: u64,
+}
+
+/// How long [`fund_payers`] waits for each receipt once everything is sent.
+const FUND_RECEIPT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often it asks for a receipt meanwhile.
+const FUND_RECEIPT_POLL: Duration = Duration::from_millis(50);
+
+/// Deposits `params.amount_each` for every key in `payers` from the `funder` account: optionally
+/// mints the total, approves it once, then sends every deposit with consecutive nonces without
+/// waiting for each receipt (a dev chain mines each on arrival) and finally waits for all of
+/// them. The deposits' first depositor, and so the payers' exit owner, is `funder`: this is for
+/// dev chains and demos, where one account funds many payer keys.
+pub async fn fund_payers(
+    rpc_url: &str,
+    funder: PrivateKeySigner,
+    payers: &[PayerKey],
+    params: &FundParams,
+) -> Result<Funded, ChainError> {
+    let funder_address = funder.address();
+    let provider = wallet_provider(rpc_url, funder)?;
+    let total = u128::try_from(payers.len())
+        .ok()
+        .and_then(|count| count.checked_mul(params.amount_each))
+        .ok_or_else(|| ChainError::BadAnswer("total deposit exceeds u128".into()))?;
+    let token = TestToken::new(params.token, provider.clone());
+    let settlement = Settlement::new(params.settlement, provider.clone());
+    if params.mint {
+        let pending = token.mint(funder_address, U256::from(total)).send().await?;
+        landed(&provider, *pending.tx_hash()).await?;
+    }
+    let pending = token
+        .approve(params.settlement, U256::from(total))
+        .send()
+        .await?;
+    landed(&provider, *pending.tx_hash()).await?;
+
+    // One nonce read, then consecutive nonces: the node need not be asked once per deposit, and
+    // the deposits cannot race each other for a nonce.
+    let first_nonce = provider
+        .get_transaction_count(funder_address)
+        .pending()
+        .await?;
+    let mut sent = Vec::with_capacity(payers.len());
+    for (nonce, payer) in (first_nonce..).zip(payers) {
+        let pending = settlement
+            .deposit(B256::from(payer.0), U256::from(params.amount_each))
+            .nonce(nonce)
+            .send()
+            .await?;
+        sent.push(*pending.tx_hash());
+    }
+    let mut last_block = 0;
+    for tx_hash in sent {
+        last_block = last_block.max(landed(&provider, tx_hash).await?);
+    }
+    Ok(Funded {
+        deposits: payers.len(),
+        total,
+        last_block,
+    })
+}
+
+/// Waits for `tx_hash`'s receipt; the block it landed in, or why it did not land.
+async fn landed(provider: &DynProvider, tx_hash: TxHash) -> Result<u64, ChainError> {
+    let receipt = wait_for_receipt(provider, tx_hash, FUND_RECEIPT_POLL, FUND_RECEIPT_TIMEOUT)
+        .await?
+        .ok_or(ChainError::ReceiptTimeout(tx_hash))?;
+    if !receipt.status() {
+        return Err(ChainError::Reverted(tx_hash));
+    }
+    receipt
+        .block_number
+        .ok_or_else(|| ChainError::BadAnswer(format!("receipt of {tx_hash} names no block")))
 }
 
 /// Polls for `tx_hash`'s receipt every `poll` until `timeout`; `Ok(None)` when it never showed up

@@ -19,7 +19,7 @@ use tollgate_engine::{
     store::StoreError,
 };
 
-use crate::merkle::{EpochTree, Leaf, MerkleError};
+use crate::merkle::{EpochTree, MerkleError};
 use crate::submitter::{EpochCommit, SubmitError, Submitter};
 use crate::watcher::{FundsChange, WatchBatch, WatchError, Watcher};
 
@@ -117,12 +117,7 @@ fn root_of(sealed: &SealedEpoch) -> Result<B256, EpochError> {
     if sealed.leaves.is_empty() {
         return Ok(B256::ZERO);
     }
-    let leaves = sealed.leaves.iter().map(|(payer, payee, cumulative)| Leaf {
-        payer: *payer,
-        payee: *payee,
-        cumulative: *cumulative,
-    });
-    EpochTree::build(sealed.epoch, leaves)
+    EpochTree::from_sealed(sealed)
         .map(|tree| tree.root())
         .map_err(|source| EpochError::Merkle {
             epoch: sealed.epoch,

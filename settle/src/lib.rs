@@ -5,7 +5,8 @@
 //!   plus the calldata packing the contract expects.
 //! - [`merkle`]: OpenZeppelin-compatible epoch trees (double-keccak leaves, sorted pairs) on
 //!   rs_merkle; proofs verify with `MerkleProof.verify` / `Settlement.verifyLeaf`.
-//! - [`chain`]: connecting to an RPC (chain id checked at start), deploying token and contract.
+//! - [`chain`]: connecting to an RPC (chain id checked at start), deploying token and contract,
+//!   funding payers on a dev chain, and [`ContractReader`] for the contract's views.
 //! - [`submitter`]: commits an epoch's parts, resumable from whatever the chain already holds.
 //! - [`watcher`]: reads Deposit / WithdrawalRequested / WithdrawalCompleted / Disputed events from a
 //!   given height, only from blocks with enough confirmations.
@@ -23,5 +24,8 @@ pub mod merkle;
 pub mod submitter;
 pub mod watcher;
 
-pub use chain::{ChainError, DeployParams, DeployedAddresses, deploy};
+pub use chain::{
+    ChainError, ContractReader, DeployParams, DeployedAddresses, FundParams, Funded, deploy,
+    fund_payers,
+};
 pub use merkle::{EpochTree, Leaf, MerkleError};

@@ -19,7 +19,7 @@
 
 use alloy::primitives::{B256, U256, keccak256};
 use rs_merkle::{Hasher, MerkleTree};
-use tollgate_engine::{Address, PayerKey};
+use tollgate_engine::{Address, PayerKey, ledger::SealedEpoch};
 
 /// One channel's frozen cumulative amount in an epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,6 +130,20 @@ impl EpochTree {
             leaves,
             tree,
         })
+    }
+
+    /// Rebuilds the tree of a sealed epoch from the ledger's stored leaves: the one place that
+    /// turns stored entries into a tree, so the root settle commits and the proofs the query API
+    /// serves can never be built two ways. An epoch without leaves is [`MerkleError::Empty`].
+    pub fn from_sealed(sealed: &SealedEpoch) -> Result<Self, MerkleError> {
+        Self::build(
+            sealed.epoch,
+            sealed.leaves.iter().map(|(payer, payee, cumulative)| Leaf {
+                payer: *payer,
+                payee: *payee,
+                cumulative: *cumulative,
+            }),
+        )
     }
 
     /// The epoch this tree commits.

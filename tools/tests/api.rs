@@ -18,12 +18,17 @@ use tollgate_engine::pipeline::{
 };
 use tollgate_engine::verify::{Verifier, VerifyConfig, VerifyPool};
 use tollgate_engine::{Address, Domain, PayerKey, ReceiptBatch, UnsignedReceipt};
+use tollgate_settle::merkle::{self, EpochTree, Leaf, leaf_hash};
 use tollgate_tools::api::cli::{
     self, BalanceArgs, EXIT_ERROR, EXIT_NOT_FOUND, EXIT_UNREACHABLE, EpochsArgs, PayeeArgs,
-    QueryCommand, QueryError, ServerArgs,
+    ProofArgs, QueryCommand, QueryError, ServerArgs,
 };
-use tollgate_tools::api::model::{EpochList, EpochView, PayeeView, PayerView, WithdrawableSource};
+use tollgate_tools::api::model::{
+    EpochList, EpochView, PayeeView, PayerView, ProofView, WithdrawableSource,
+};
 use tollgate_tools::api::{ApiState, ChainView, ChainViewError, router};
+
+mod common;
 
 const DOMAIN: Domain = Domain {
     chain_id: 31_337,
@@ -83,7 +88,7 @@ impl Server {
     }
 }
 
-async fn submit(engine: &Engine, batch_seq: u64, paid: &[Paid]) -> BatchAck {
+async fn submit(engine: &Engine, domain: &Domain, batch_seq: u64, paid: &[Paid]) -> BatchAck {
     let receipts: Vec<_> = paid
         .iter()
         .map(|p| {
@@ -95,7 +100,7 @@ async fn submit(engine: &Engine, batch_seq: u64, paid: &[Paid]) -> BatchAck {
                 timestamp_ms: now_ms(),
                 request_hash: [7; 32],
             }
-            .sign(&key(p.payer), &DOMAIN)
+            .sign(&key(p.payer), domain)
         })
         .collect();
     let request = SubmitRequest {
@@ -120,6 +125,24 @@ async fn record(engine: &Engine, update: EpochUpdate) {
         .await
         .expect("engine answered")
         .expect("epoch update applied");
+}
+
+/// Records `sealed` as submitted then committed with its real root, as settle's loop would.
+async fn commit(engine: &Engine, sealed: &SealedEpoch) {
+    let root = EpochTree::from_sealed(sealed).expect("leaves").root().0;
+    for status in [EpochStatus::Submitted, EpochStatus::Committed] {
+        record(
+            engine,
+            EpochUpdate {
+                epoch: sealed.epoch,
+                status,
+                root: Some(root),
+                tx_hash: Some([8; 32]),
+                block: Some(44),
+            },
+        )
+        .await;
+    }
 }
 
 const P1: Address = Address([0x11; 20]);
@@ -171,7 +194,7 @@ async fn start(chain: Option<FixedChain>) -> Server {
     }
     let mut sealed = Vec::new();
     for (index, paid) in epochs_paid().iter().enumerate() {
-        let ack = submit(&engine, index as u64 + 1, paid).await;
+        let ack = submit(&engine, &DOMAIN, index as u64 + 1, paid).await;
         assert_eq!(ack.accepted as usize, paid.len(), "{ack:?}");
         if index < 2 {
             let epoch = engine
@@ -183,19 +206,7 @@ async fn start(chain: Option<FixedChain>) -> Server {
             sealed.push(epoch);
         }
     }
-    for status in [EpochStatus::Submitted, EpochStatus::Committed] {
-        record(
-            &engine,
-            EpochUpdate {
-                epoch: 1,
-                status,
-                root: Some([9; 32]),
-                tx_hash: Some([8; 32]),
-                block: Some(44),
-            },
-        )
-        .await;
-    }
+    commit(&engine, &sealed[0]).await;
 
     let recorder = PrometheusBuilder::new().build_recorder();
     metrics::with_local_recorder(&recorder, || {
@@ -206,11 +217,7 @@ async fn start(chain: Option<FixedChain>) -> Server {
     if let Some(chain) = chain {
         state = state.with_chain(Arc::new(chain));
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    let addr = serve(state).await;
     Server {
         _dir: dir,
         engine,
@@ -219,6 +226,16 @@ async fn start(chain: Option<FixedChain>) -> Server {
         sealed,
         _recorder: recorder,
     }
+}
+
+/// Serves the API on a free loopback port.
+async fn serve(state: ApiState) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    addr
 }
 
 async fn get(server: &Server, path: &str) -> (u16, Value) {
@@ -478,7 +495,8 @@ async fn balances_and_epochs_agree_with_an_independent_total() {
     assert_eq!(status, 200, "{body}");
     let epoch: EpochView = serde_json::from_value(body).expect("epoch view");
     let sealed = &server.sealed[0];
-    assert_eq!(epoch.root, Some(format!("0x{}", "09".repeat(32))));
+    let root = EpochTree::from_sealed(sealed).expect("leaves").root();
+    assert_eq!(epoch.root, Some(format!("0x{}", hex::encode(root))));
     assert_eq!(epoch.tx_hash, Some(format!("0x{}", "08".repeat(32))));
     assert_eq!(epoch.block, Some(44));
     assert_eq!(epoch.leaves, Some(sealed.leaves.len() as u64));
@@ -517,7 +535,12 @@ async fn bad_input_gets_a_documented_error_and_the_server_keeps_serving() {
     assert_eq!(get(&server, "/readyz").await.0, 200);
 
     let unknown_payer = payer_of(&key(9));
-    let cases: [(String, Option<&str>, u16, &str); 12] = [
+    let proof_path = |epoch: &str, payer: &str, payee: &str| {
+        format!("/v1/epochs/{epoch}/proof?payer={payer}&payee={payee}")
+    };
+    let (alice_hex, p1_hex) = (alice.to_string(), P1.to_string());
+    let proof_template = Some("/v1/epochs/{epoch}/proof");
+    let cases: [(String, Option<&str>, u16, &str); 21] = [
         (
             "/v1/payers/zz".into(),
             Some("/v1/payers/{payer}"),
@@ -585,6 +608,60 @@ async fn bad_input_gets_a_documented_error_and_the_server_keeps_serving() {
             "unknown_epoch",
         ),
         ("/v2/anything".into(), None, 404, "unknown_route"),
+        (
+            proof_path("x", &alice_hex, &p1_hex),
+            proof_template,
+            400,
+            "malformed_epoch",
+        ),
+        (
+            proof_path("1", "zz", &p1_hex),
+            proof_template,
+            400,
+            "malformed_payer",
+        ),
+        (
+            proof_path("1", &alice_hex, &p1_hex[2..]),
+            proof_template,
+            400,
+            "malformed_address",
+        ),
+        (
+            format!("/v1/epochs/1/proof?payer={alice_hex}"),
+            proof_template,
+            400,
+            "bad_query",
+        ),
+        (
+            proof_path("4", &alice_hex, &p1_hex),
+            proof_template,
+            404,
+            "unknown_epoch",
+        ),
+        (
+            proof_path("1", &alice_hex, &STRANGER.to_string()),
+            proof_template,
+            404,
+            "unknown_leaf",
+        ),
+        (
+            proof_path("2", &alice_hex, &p1_hex),
+            proof_template,
+            409,
+            "epoch_not_committed",
+        ),
+        (
+            proof_path("3", &alice_hex, &p1_hex),
+            proof_template,
+            409,
+            "epoch_not_committed",
+        ),
+        (
+            proof_path("0", &alice_hex, &p1_hex),
+            proof_template,
+            404,
+            "unknown_epoch",
+        ),
     ];
     for (path, template, want_status, want_code) in cases {
         let (status, body) = get(&server, &path).await;
@@ -691,4 +768,307 @@ async fn cli_prints_tables_or_json_and_exits_with_the_documented_codes() {
         lines[3].contains(&format!("0x{}", "08".repeat(32))),
         "{epochs}"
     );
+}
+
+/// What the test ledger owes on `(payer, payee)` over the given epochs, totalled independently.
+fn cumulative(epochs: &[Vec<Paid>], payer: u8, payee: Address) -> u128 {
+    epochs
+        .iter()
+        .flatten()
+        .filter(|p| p.payer == payer && p.payee == payee)
+        .map(|p| u128::from(p.amount))
+        .sum()
+}
+
+fn hash_of(text: &str) -> alloy::primitives::B256 {
+    text.parse().expect("a 0x hash")
+}
+
+async fn fetch_proof(server: &Server, epoch: u64, payer: u8, payee: Address) -> (u16, Value) {
+    let payer = payer_of(&key(payer));
+    get(
+        server,
+        &format!("/v1/epochs/{epoch}/proof?payer={payer}&payee={payee}"),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proofs_of_committed_epochs_verify_against_their_root_and_tampering_fails() {
+    let server = start(None).await;
+    server.ready.store(true, Ordering::Release);
+    let paid = epochs_paid();
+    // Epoch 2 committed too, so a channel that moved in epoch 1 only has no leaf in it.
+    commit(&server.engine, &server.sealed[1]).await;
+
+    let channels = [
+        (1u8, P1, 1u64),
+        (1, P2, 1),
+        (2, P1, 1),
+        (1, P1, 2),
+        (2, P2, 2),
+    ];
+    for (payer, payee, epoch) in channels {
+        let (status, body) = fetch_proof(&server, epoch, payer, payee).await;
+        assert_eq!(status, 200, "{body}");
+        let view: ProofView = serde_json::from_value(body).expect("proof view");
+        let expected = cumulative(&paid[..epoch as usize], payer, payee);
+        assert_eq!(view.cumulative, expected, "all-time cumulative at the seal");
+        let leaf = Leaf {
+            payer: payer_of(&key(payer)),
+            payee,
+            cumulative: view.cumulative,
+        };
+        assert_eq!(hash_of(&view.leaf), leaf_hash(epoch, &leaf));
+        let record = server
+            .engine
+            .reader()
+            .epoch(epoch)
+            .expect("read")
+            .expect("epoch");
+        let root = alloy::primitives::B256::from(record.root.expect("root"));
+        assert_eq!(hash_of(&view.root), root);
+        let proof: Vec<_> = view.proof.iter().map(|h| hash_of(h)).collect();
+        assert!(merkle::verify(root, leaf_hash(epoch, &leaf), &proof));
+
+        let more = Leaf {
+            cumulative: leaf.cumulative + 1,
+            ..leaf
+        };
+        assert!(
+            !merkle::verify(root, leaf_hash(epoch, &more), &proof),
+            "a tampered cumulative fails"
+        );
+        assert!(
+            !merkle::verify(root, leaf_hash(epoch + 1, &leaf), &proof),
+            "another epoch fails"
+        );
+        if let Some(first) = proof.first() {
+            let mut bad = proof.clone();
+            bad[0] = alloy::primitives::B256::from(first.0.map(|b| b ^ 1));
+            assert!(!merkle::verify(root, leaf_hash(epoch, &leaf), &bad));
+        }
+    }
+    // (alice, P2) did not move in epoch 2: its leaf stays in epoch 1.
+    let (status, body) = fetch_proof(&server, 2, 1, P2).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("unknown_leaf"))
+    );
+    // Asking again for the cached epoch answers the same.
+    let (_, first) = fetch_proof(&server, 1, 1, P1).await;
+    let (_, again) = fetch_proof(&server, 1, 1, P1).await;
+    assert_eq!(first, again);
+
+    // The CLI shows the same proof as a table and as the API's JSON; no proof is exit code 1.
+    let proof_command = |epoch, payee: Address, json| {
+        QueryCommand::Proof(ProofArgs {
+            epoch,
+            payer: payer_of(&key(1)).to_string(),
+            payee: payee.to_string(),
+            server: server_args(&server, json),
+        })
+    };
+    let json = cli::execute(&proof_command(1, P1, true))
+        .await
+        .expect("proof");
+    let view: ProofView = serde_json::from_str(&json).expect("the API's JSON");
+    assert_eq!(serde_json::to_value(&view).expect("json"), first);
+    let table = cli::execute(&proof_command(1, P1, false))
+        .await
+        .expect("proof");
+    assert!(
+        table.contains(&format!("cumulative  {}", view.cumulative)),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!("root        {}", view.root)),
+        "{table}"
+    );
+    for hash in &view.proof {
+        assert!(table.contains(hash.as_str()), "{table}");
+    }
+    for (epoch, payee, code) in [(3, P1, "epoch_not_committed"), (2, P2, "unknown_leaf")] {
+        let error = cli::execute(&proof_command(epoch, payee, false))
+            .await
+            .expect_err("no proof");
+        assert!(
+            matches!(error, QueryError::NotFound { code: ref c, .. } if c == code),
+            "{error:?}"
+        );
+        assert_eq!(error.exit_code(), EXIT_NOT_FOUND);
+    }
+
+    server.engine.shutdown().expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_from_the_route_is_accepted_by_the_contract_after_a_real_commit() {
+    use tollgate_settle::chain::{ContractReader, DeployParams, FundParams, fund_payers};
+    use tollgate_settle::epoch::{EpochConfig, EpochLoop, FundsLoop};
+    use tollgate_settle::submitter::{SubmitConfig, Submitter};
+    use tollgate_settle::watcher::{WatchConfig, Watcher};
+
+    let anvil = common::spawn_anvil();
+    let endpoint = anvil.endpoint();
+    let deployed = tollgate_settle::deploy(
+        &endpoint,
+        common::dev_key(&anvil, 0),
+        None,
+        &DeployParams::dev(),
+    )
+    .await
+    .expect("deploy");
+    let domain = Domain {
+        chain_id: deployed.chain_id,
+        contract: Address(deployed.settlement.0.0),
+    };
+    let payers: Vec<PayerKey> = (1..=3).map(|seed| payer_of(&key(seed))).collect();
+    let funding = FundParams {
+        token: deployed.token,
+        settlement: deployed.settlement,
+        amount_each: 10_000,
+        mint: true,
+    };
+    fund_payers(&endpoint, common::dev_key(&anvil, 1), &payers, &funding)
+        .await
+        .expect("funded");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::open(
+        EngineConfig::new(dir.path()),
+        Arc::new(
+            VerifyPool::new(
+                Verifier::new(domain, VerifyConfig::default()),
+                VerifyConfig::default(),
+            )
+            .expect("verify pool"),
+        ),
+    )
+    .expect("engine");
+    let watcher = Watcher::connect(
+        &endpoint,
+        deployed.chain_id,
+        deployed.settlement,
+        WatchConfig {
+            confirmations: 0,
+            blocks_per_poll_max: 1_000,
+        },
+    )
+    .await
+    .expect("watcher");
+    let funds = FundsLoop::new(engine.clone(), watcher, deployed.block, 10);
+    let mut caught_up = false;
+    for _ in 0..100 {
+        if funds.step().await.expect("funds step") {
+            caught_up = true;
+            break;
+        }
+    }
+    assert!(caught_up, "the funds loop never caught up");
+
+    let paid = |payer, payee, amount, nonce| Paid {
+        payer,
+        payee,
+        amount,
+        nonce,
+    };
+    let receipts = vec![
+        paid(1, P1, 100, 1),
+        paid(1, P2, 200, 2),
+        paid(2, P1, 300, 1),
+        paid(3, P2, 50, 1),
+        paid(3, STRANGER, 25, 2),
+    ];
+    let ack = submit(&engine, &domain, 1, &receipts).await;
+    assert_eq!(ack.accepted as usize, receipts.len(), "{ack:?}");
+
+    let submitter = Submitter::connect(
+        &endpoint,
+        deployed.chain_id,
+        deployed.settlement,
+        common::dev_key(&anvil, 0),
+        SubmitConfig {
+            receipt_poll_ms: 10,
+            backoff_initial_ms: 10,
+            ..SubmitConfig::default()
+        },
+    )
+    .await
+    .expect("submitter");
+    let epochs = EpochLoop::new(engine.clone(), submitter, EpochConfig::default());
+    assert_eq!(epochs.seal().await.expect("sealed"), 1);
+    epochs.commit_backlog().await.expect("committed");
+
+    let contract = ContractReader::connect(&endpoint, deployed.chain_id, deployed.settlement)
+        .await
+        .expect("contract reader");
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let ready = Arc::new(AtomicBool::new(true));
+    let state = ApiState::new(engine.reader(), ready.clone(), recorder.handle())
+        .with_chain(Arc::new(contract.clone()));
+    let server = Server {
+        _dir: dir,
+        engine,
+        addr: serve(state).await,
+        ready,
+        sealed: Vec::new(),
+        _recorder: recorder,
+    };
+
+    for p in &receipts {
+        let (status, body) = fetch_proof(&server, 1, p.payer, p.payee).await;
+        assert_eq!(status, 200, "{body}");
+        let view: ProofView = serde_json::from_value(body).expect("proof view");
+        assert_eq!(view.cumulative, u128::from(p.amount));
+        let leaf = Leaf {
+            payer: payer_of(&key(p.payer)),
+            payee: p.payee,
+            cumulative: view.cumulative,
+        };
+        let proof: Vec<_> = view.proof.iter().map(|h| hash_of(h)).collect();
+        assert!(
+            contract.verify_leaf(1, &leaf, &proof).await.expect("call"),
+            "the contract accepts the route's proof"
+        );
+        let more = Leaf {
+            cumulative: leaf.cumulative + 1,
+            ..leaf
+        };
+        assert!(
+            !contract.verify_leaf(1, &more, &proof).await.expect("call"),
+            "the contract refuses a tampered cumulative"
+        );
+    }
+
+    // The chain view reads the contract: with no challenge window, P1's credits are withdrawable.
+    let (status, body) = get(&server, &format!("/v1/payees/{P1}")).await;
+    assert_eq!(status, 200, "{body}");
+    let view: PayeeView = serde_json::from_value(body).expect("payee view");
+    assert_eq!(view.withdrawable_source, WithdrawableSource::Chain);
+    assert_eq!((view.settled, view.withdrawable), (400, Some(400)));
+    assert_eq!(contract.withdrawable(P1).await.expect("call"), 400);
+    assert_eq!(
+        contract.available(&payers[0]).await.expect("call"),
+        10_000 - 300
+    );
+    // Nothing settled to a payee the contract never credited.
+    assert_eq!(
+        contract
+            .withdrawable(Address([0x44; 20]))
+            .await
+            .expect("call"),
+        0
+    );
+
+    // A chain that goes away costs the payee answer its withdrawable figure, nothing else.
+    drop(anvil);
+    let (status, body) = get(&server, &format!("/v1/payees/{P1}")).await;
+    assert_eq!(status, 200, "{body}");
+    let view: PayeeView = serde_json::from_value(body).expect("payee view");
+    assert_eq!(
+        (view.withdrawable, view.withdrawable_source),
+        (None, WithdrawableSource::ChainError)
+    );
+    server.engine.shutdown().expect("clean shutdown");
 }

@@ -351,7 +351,7 @@ fn table(header: &[(&str, Align)], rows: &[Vec<String>]) -> String {
 }
 
 /// `name  value` lines with the values aligned.
-fn fields(pairs: &[(&str, String)]) -> String {
+pub(crate) fn fields(pairs: &[(&str, String)]) -> String {
     let rows: Vec<Vec<String>> = pairs
         .iter()
         .map(|(name, value)| vec![name.to_string(), value.clone()])

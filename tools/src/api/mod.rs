@@ -4,7 +4,11 @@
 //! - [`model`]: the JSON bodies, shared with the CLI client (amounts as decimal strings).
 //! - [`error`]: every error answer, its status and its stable code.
 //! - [`openapi`]: the OpenAPI 3.1 document served at `/openapi.json`.
+//! - [`proof`]: `GET /v1/epochs/{n}/proof` and its bounded cache of built epoch trees.
 //! - [`cli`]: `tollgate balance | payee | epochs | proof`, the client side.
+//!
+//! [`ChainView`] is implemented for settle's [`ContractReader`], which reads the Settlement
+//! contract over alloy.
 //!
 //! Every ledger read goes through [`LedgerReader`] (RocksDB snapshots) on tokio's blocking pool:
 //! the API never takes a lock the ledger writer needs and never runs a disk read on an async
@@ -14,10 +18,12 @@ pub mod cli;
 pub mod error;
 pub mod model;
 pub mod openapi;
+pub mod proof;
 
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
@@ -33,6 +39,7 @@ use tollgate_engine::ledger::{EpochRecord, OpenEpoch};
 use tollgate_engine::pipeline::{EpochStatus, LedgerReader};
 use tollgate_engine::store::StoreError;
 use tollgate_engine::{Address, PayerKey};
+use tollgate_settle::ContractReader;
 
 pub use error::ApiError;
 use model::{
@@ -59,6 +66,23 @@ pub trait ChainView: Send + Sync + std::fmt::Debug + 'static {
     fn withdrawable(&self, payee: Address) -> BoxFuture<'_, Result<u128, ChainViewError>>;
 }
 
+/// How long one contract read may take before a payee is answered without `withdrawable`.
+const CHAIN_READ_TIMEOUT_MS: u64 = 3_000;
+
+impl ChainView for ContractReader {
+    fn withdrawable(&self, payee: Address) -> BoxFuture<'_, Result<u128, ChainViewError>> {
+        Box::pin(async move {
+            let read = ContractReader::withdrawable(self, payee);
+            match tokio::time::timeout(Duration::from_millis(CHAIN_READ_TIMEOUT_MS), read).await {
+                Ok(answer) => answer.map_err(|e| ChainViewError(e.to_string())),
+                Err(_) => Err(ChainViewError(format!(
+                    "no answer from the chain within {CHAIN_READ_TIMEOUT_MS} ms"
+                ))),
+            }
+        })
+    }
+}
+
 /// What the handlers share. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct ApiState {
@@ -66,6 +90,7 @@ pub struct ApiState {
     ready: Arc<AtomicBool>,
     chain: Option<Arc<dyn ChainView>>,
     metrics: PrometheusHandle,
+    trees: Arc<proof::TreeCache>,
 }
 
 impl ApiState {
@@ -77,7 +102,15 @@ impl ApiState {
             ready,
             chain: None,
             metrics,
+            trees: Arc::new(proof::TreeCache::new(proof::TREES_CACHED_DEFAULT)),
         }
+    }
+
+    /// Keeps up to `trees` epoch trees built for proofs (at least one) instead of
+    /// [`proof::TREES_CACHED_DEFAULT`]; each 1M-leaf tree holds about 170 MB.
+    pub fn with_trees_cached(mut self, trees: usize) -> Self {
+        self.trees = Arc::new(proof::TreeCache::new(trees));
+        self
     }
 
     /// Adds the chain view that fills in payees' `withdrawable`.
@@ -98,6 +131,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/payees/{payee}", get(payee))
         .route("/v1/epochs", get(epochs))
         .route("/v1/epochs/{epoch}", get(epoch))
+        .route("/v1/epochs/{epoch}/proof", get(proof::proof))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_ready));
     Router::new()
         .merge(ledger)

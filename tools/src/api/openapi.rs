@@ -37,6 +37,13 @@ fn path_param(name: &str, description: &str, pattern: &str) -> Value {
     })
 }
 
+fn query_param(name: &str, description: &str, pattern: &str) -> Value {
+    json!({
+        "name": name, "in": "query", "required": true, "description": description,
+        "schema": { "type": "string", "pattern": pattern }
+    })
+}
+
 const PAYER_PATTERN: &str = "^(0x)?[0-9a-fA-F]{64}$";
 const ADDRESS_PATTERN: &str = "^0x[0-9a-fA-F]{40}$";
 const HASH_PATTERN: &str = "^0x[0-9a-f]{64}$";
@@ -219,6 +226,27 @@ pub fn document() -> Value {
                     "200": json_response("The epoch.", "Epoch"),
                     "400": error_response("Malformed epoch number (malformed_epoch)."),
                     "404": error_response("No such epoch (unknown_epoch)."),
+                    "500": internal.clone(), "503": not_ready.clone()
+                }
+            }},
+            "/v1/epochs/{epoch}/proof": { "get": {
+                "summary": "A channel's leaf in a committed epoch and the Merkle proof Settlement.verifyLeaf accepts.",
+                "description": "Pass epoch, payer, payee, cumulative and proof to the contract's \
+                    verifyLeaf(uint64 epoch, bytes32 payer, address payee, uint256 cumulative, bytes32[] proof). \
+                    Only committed epochs have proofs (the contract holds no root before the commit, and \
+                    deletes a disputed epoch's). A leaf exists only for channels that moved in the epoch, \
+                    and commits the channel's all-time cumulative amount at the seal; a channel that did \
+                    not move keeps its leaf in an earlier epoch.",
+                "parameters": [
+                    epoch_param.clone(),
+                    query_param("payer", "The payer's ed25519 public key.", PAYER_PATTERN),
+                    query_param("payee", "The payee's EVM address.", ADDRESS_PATTERN)
+                ],
+                "responses": {
+                    "200": json_response("The leaf and its proof.", "Proof"),
+                    "400": error_response("Malformed epoch, payer or payee, or a missing parameter (malformed_epoch, malformed_payer, malformed_address, bad_query)."),
+                    "404": error_response("No such epoch (unknown_epoch), or the channel has no leaf in it: it did not move in that epoch (unknown_leaf)."),
+                    "409": error_response("The epoch is open, sealed, submitted or disputed: not committed onchain, so no proof the contract accepts (epoch_not_committed)."),
                     "500": internal.clone(), "503": not_ready.clone()
                 }
             }},

@@ -10,9 +10,11 @@ use tollgate_tools::api::cli::QueryCommand;
 use tollgate_tools::bench_e2e::BenchE2eArgs;
 use tollgate_tools::bench_verify::BenchVerifyArgs;
 use tollgate_tools::cli::DomainArgs;
+use tollgate_tools::deploy::DeployArgs;
+use tollgate_tools::deposit::DepositArgs;
 use tollgate_tools::receipts_json::VerdictFormat;
 use tollgate_tools::serve::ServeArgs;
-use tollgate_tools::{api, bench_e2e, bench_verify, keys, receipts_json};
+use tollgate_tools::{api, bench_e2e, bench_verify, deploy, deposit, keys, receipts_json};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,6 +48,11 @@ enum Command {
     Bench(BenchCommand),
     #[command(flatten)]
     Query(QueryCommand),
+    /// Deploy the Settlement contract (and, on a dev chain without --token, a test token) and
+    /// print the addresses and deployment block `tollgate serve` needs.
+    Deploy(DeployArgs),
+    /// Deposit for payer keys from one EVM account (minting first with --mint on a dev chain).
+    Deposit(DepositArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,6 +161,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(stream_exit(&summary))
         }
         Command::Query(query) => Ok(api::cli::run(&query)),
+        Command::Deploy(args) => {
+            deploy::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deposit(args) => {
+            deposit::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Verify(args)) => {
             bench_verify::run(&args)?;
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,253 @@
+//! `GET /v1/epochs/{epoch}/proof?payer=…&payee=…`: a channel's leaf in a committed epoch and the
+//! Merkle proof `Settlement.verifyLeaf` accepts for it.
+//!
+//! Only committed epochs have proofs: before the commit lands the contract holds no root to verify
+//! against, and a disputed epoch's root was deleted. A leaf exists only for the channels that
+//! moved in the epoch, and it commits the channel's all-time cumulative amount at the seal; a
+//! channel that did not move keeps its leaf in an earlier epoch.
+//!
+//! The tree is rebuilt from the ledger's stored leaves by [`EpochTree::from_sealed`], the same
+//! code settle computes the committed root with, and checked against that root before any proof
+//! leaves it. A 1M-leaf tree takes seconds and a few hundred MB to build, so the cache keeps the
+//! few most recently used trees and builds one tree at a time however many requests arrive:
+//! concurrent requests for an epoch wait for the same build.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+use tollgate_engine::pipeline::{EpochStatus, LedgerReader};
+use tollgate_engine::{Address, PayerKey};
+use tollgate_settle::merkle::{EpochTree, leaf_hash};
+
+use super::model::ProofView;
+use super::{
+    ApiError, ApiState, hex32, parse_address, parse_epoch, parse_payer, path_text, read_ledger,
+    status_view,
+};
+
+/// Epoch trees kept built by default. Two covers the epoch just committed and the one before,
+/// which is what payees ask about; each 1M-leaf tree holds about 170 MB.
+pub const TREES_CACHED_DEFAULT: usize = 2;
+
+/// The most recently used epoch trees, least recently used first. Only built trees go in, so a
+/// request that finds no leaf never pushes a useful tree out.
+#[derive(Debug)]
+pub(super) struct TreeCache {
+    capacity: usize,
+    trees: Mutex<VecDeque<Arc<EpochTree>>>,
+    /// One build at a time: bounds the memory of trees being built to one, and a request that
+    /// waited re-checks the cache, so concurrent requests for an epoch build it once.
+    building: Semaphore,
+}
+
+impl TreeCache {
+    pub(super) fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            trees: Mutex::new(VecDeque::new()),
+            building: Semaphore::new(1),
+        }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, VecDeque<Arc<EpochTree>>>, ApiError> {
+        self.trees
+            .lock()
+            .map_err(|_| ApiError::Internal("proof tree cache poisoned".into()))
+    }
+
+    /// The tree of `epoch` if built, now the most recently used.
+    fn get(&self, epoch: u64) -> Result<Option<Arc<EpochTree>>, ApiError> {
+        let mut trees = self.lock()?;
+        let Some(index) = trees.iter().position(|tree| tree.epoch() == epoch) else {
+            return Ok(None);
+        };
+        let tree = trees.remove(index);
+        if let Some(tree) = &tree {
+            trees.push_back(tree.clone());
+        }
+        Ok(tree)
+    }
+
+    /// Keeps `tree`, dropping the least recently used one when full (a request still holding
+    /// it finishes with its own reference).
+    fn insert(&self, tree: Arc<EpochTree>) -> Result<(), ApiError> {
+        let mut trees = self.lock()?;
+        if trees.len() >= self.capacity {
+            trees.pop_front();
+        }
+        trees.push_back(tree);
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ProofQuery {
+    payer: Option<String>,
+    payee: Option<String>,
+}
+
+fn required<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, ApiError> {
+    value.as_deref().ok_or_else(|| ApiError::BadQuery {
+        problem: format!("missing query parameter {name}"),
+    })
+}
+
+/// The committed root of `epoch`, or why the epoch has no proofs.
+fn committed_root(reader: &LedgerReader, epoch: u64) -> Result<[u8; 32], ApiError> {
+    let open = reader.open_epoch()?;
+    if epoch == open.epoch {
+        return Err(ApiError::EpochNotCommitted {
+            epoch,
+            status: "open",
+        });
+    }
+    let record = reader.epoch(epoch)?.ok_or(ApiError::UnknownEpoch(epoch))?;
+    if record.status != EpochStatus::Committed {
+        return Err(ApiError::EpochNotCommitted {
+            epoch,
+            status: status_view(record.status).as_str(),
+        });
+    }
+    record
+        .root
+        .ok_or_else(|| ApiError::Internal(format!("committed epoch {epoch} has no stored root")))
+}
+
+/// Reads the epoch's stored leaves and builds its tree, refusing a tree whose root is not the
+/// committed one. Answers `UnknownLeaf` without building when the channel has no leaf.
+fn build_tree(
+    reader: &LedgerReader,
+    epoch: u64,
+    root: [u8; 32],
+    payer: PayerKey,
+    payee: Address,
+) -> Result<EpochTree, ApiError> {
+    let sealed = reader.sealed_epoch(epoch)?.ok_or_else(|| {
+        ApiError::Internal(format!(
+            "epoch {epoch} is committed but its entries are missing"
+        ))
+    })?;
+    // The stored leaves are sorted by (payer, payee): a miss costs a search, not a build.
+    if sealed
+        .leaves
+        .binary_search_by(|(p, q, _)| (p, q).cmp(&(&payer, &payee)))
+        .is_err()
+    {
+        return Err(unknown_leaf(epoch, &payer, &payee));
+    }
+    let tree = EpochTree::from_sealed(&sealed)
+        .map_err(|e| ApiError::Internal(format!("epoch {epoch}: {e}")))?;
+    if tree.root().0 != root {
+        return Err(ApiError::Internal(format!(
+            "epoch {epoch}: tree rebuilt from storage has root {}, committed root is {}",
+            hex32(&tree.root().0),
+            hex32(&root)
+        )));
+    }
+    Ok(tree)
+}
+
+fn unknown_leaf(epoch: u64, payer: &PayerKey, payee: &Address) -> ApiError {
+    ApiError::UnknownLeaf {
+        epoch,
+        payer: payer.to_string(),
+        payee: payee.to_string(),
+    }
+}
+
+pub(super) async fn proof(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<ProofQuery>, QueryRejection>,
+) -> Result<Json<ProofView>, ApiError> {
+    let epoch = parse_epoch(&path_text(path)?)?;
+    let Query(query) = query.map_err(|rejection| ApiError::BadQuery {
+        problem: rejection.body_text(),
+    })?;
+    let payer = parse_payer(required(&query.payer, "payer")?)?;
+    let payee = parse_address(required(&query.payee, "payee")?)?;
+    let root = read_ledger(&state, move |reader| committed_root(reader, epoch)).await?;
+
+    let tree = match state.trees.get(epoch)? {
+        Some(tree) => tree,
+        None => {
+            let _permit = state
+                .trees
+                .building
+                .acquire()
+                .await
+                .map_err(|_| ApiError::Internal("proof tree builder closed".into()))?;
+            match state.trees.get(epoch)? {
+                Some(tree) => tree,
+                None => {
+                    let tree = read_ledger(&state, move |reader| {
+                        build_tree(reader, epoch, root, payer, payee).map(Arc::new)
+                    })
+                    .await?;
+                    state.trees.insert(tree.clone())?;
+                    tree
+                }
+            }
+        }
+    };
+
+    // A linear scan over up to millions of leaves: off the async workers.
+    let found = tokio::task::spawn_blocking(move || tree.proof(&payer, &payee))
+        .await
+        .map_err(|e| ApiError::Internal(format!("proof task failed: {e}")))?;
+    let (leaf, proof) = found.ok_or_else(|| unknown_leaf(epoch, &payer, &payee))?;
+    Ok(Json(ProofView {
+        epoch,
+        payer: leaf.payer.to_string(),
+        payee: leaf.payee.to_string(),
+        cumulative: leaf.cumulative,
+        leaf: hex32(&leaf_hash(epoch, &leaf).0),
+        root: hex32(&root),
+        proof: proof.iter().map(|hash| hex32(&hash.0)).collect(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_settle::merkle::Leaf;
+
+    fn tree(epoch: u64) -> Arc<EpochTree> {
+        let leaf = Leaf {
+            payer: PayerKey([1; 32]),
+            payee: Address([2; 20]),
+            cumulative: u128::from(epoch),
+        };
+        Arc::new(EpochTree::build(epoch, [leaf]).expect("one leaf"))
+    }
+
+    fn cached(cache: &TreeCache) -> Vec<u64> {
+        cache
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|tree| tree.epoch())
+            .collect()
+    }
+
+    #[test]
+    fn the_cache_keeps_the_most_recently_used_trees_up_to_its_capacity() {
+        let cache = TreeCache::new(2);
+        cache.insert(tree(1)).expect("insert");
+        cache.insert(tree(2)).expect("insert");
+        assert_eq!(cache.get(1).expect("get").map(|t| t.epoch()), Some(1));
+        assert_eq!(cached(&cache), [2, 1], "a hit becomes the most recent");
+        cache.insert(tree(3)).expect("insert");
+        assert_eq!(cached(&cache), [1, 3], "the least recently used fell out");
+        assert!(cache.get(2).expect("get").is_none());
+        assert_eq!(cached(&TreeCache::new(0)).len(), 0);
+        let single = TreeCache::new(0);
+        single.insert(tree(4)).expect("insert");
+        assert_eq!(cached(&single), [4], "a capacity of 0 still keeps one");
+    }
+}

@@ -1,0 +1,250 @@
+//! `tollgate deploy`: deploys the Settlement contract (and, on a dev chain without `--token`, the
+//! test token) and prints what `tollgate serve` needs to settle on it: the addresses, the chain id
+//! and the deployment block the deposit watcher starts from.
+
+use alloy::primitives::Address;
+use alloy::providers::Provider;
+use alloy::signers::local::PrivateKeySigner;
+use anyhow::{Context, anyhow, bail};
+use clap::Args;
+use serde::Serialize;
+use tollgate_settle::chain::{
+    ANVIL_FIRST_DEV_KEY, DEV_CHAIN_IDS, DeployParams, DeployedAddresses, load_signer, read_provider,
+};
+
+/// anvil's chain id: the only chain where `deploy` falls back to a well-known dev key.
+pub const ANVIL_CHAIN_ID: u64 = 31_337;
+
+/// `tollgate deploy`.
+#[derive(Debug, Clone, Args)]
+pub struct DeployArgs {
+    /// JSON-RPC URL of the settlement chain.
+    #[arg(long, env = "TOLLGATE_RPC_URL")]
+    pub rpc_url: String,
+    /// The operator's EVM secret key (64 hex digits) or a file holding it; prefer the file or the
+    /// environment over the command line. The deployer becomes the contract's operator. On anvil
+    /// (chain id 31337) its first dev account is used when no key is given.
+    #[arg(long, env = "TOLLGATE_OPERATOR_KEY", hide_env_values = true)]
+    pub operator_key: Option<String>,
+    /// The settlement token (an ERC20). Required except on a dev chain, where a test token is
+    /// deployed when it is left out.
+    #[arg(long)]
+    pub token: Option<Address>,
+    /// Seconds an epoch stays open to dispute. Defaults to 0 on a dev chain; required elsewhere.
+    #[arg(long)]
+    pub challenge_window_secs: Option<u64>,
+    /// Seconds between a payer's withdrawal request and its completion; must exceed the challenge
+    /// window plus the engine's epoch interval. Defaults to 120 on a dev chain; required elsewhere.
+    #[arg(long)]
+    pub withdrawal_delay_secs: Option<u64>,
+    /// The arbiter allowed to dispute epochs (an independent watchtower). Defaults to the
+    /// operator, which is acceptable on dev chains only.
+    #[arg(long)]
+    pub arbiter: Option<Address>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `tollgate deploy` prints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeployOutput {
+    /// Chain id the contracts live on.
+    pub chain_id: u64,
+    /// The settlement token.
+    pub token: String,
+    /// True when `token` is a test token deployed just now.
+    pub test_token: bool,
+    /// The Settlement contract.
+    pub settlement: String,
+    /// The operator the contract accepts commits from.
+    pub operator: String,
+    /// The arbiter that may dispute epochs.
+    pub arbiter: String,
+    /// The contract's challenge window.
+    pub challenge_window_secs: u64,
+    /// The contract's payer withdrawal delay.
+    pub withdrawal_delay_secs: u64,
+    /// Block that included the Settlement deployment: where the deposit watcher starts.
+    pub block: u64,
+}
+
+fn address_text(address: Address) -> String {
+    format!("{address:#x}")
+}
+
+impl DeployOutput {
+    fn new(deployed: &DeployedAddresses, params: &DeployParams) -> Self {
+        Self {
+            chain_id: deployed.chain_id,
+            token: address_text(deployed.token),
+            test_token: deployed.test_token,
+            settlement: address_text(deployed.settlement),
+            operator: address_text(deployed.operator),
+            arbiter: address_text(deployed.arbiter),
+            challenge_window_secs: params.challenge_window_secs,
+            withdrawal_delay_secs: params.withdrawal_delay_secs,
+            block: deployed.block,
+        }
+    }
+
+    /// Aligned `name  value` lines for people.
+    pub fn render(&self) -> String {
+        let token = if self.test_token {
+            format!("{} (test token, deployed now)", self.token)
+        } else {
+            self.token.clone()
+        };
+        crate::api::cli::fields(&[
+            ("chain id", self.chain_id.to_string()),
+            ("settlement", self.settlement.clone()),
+            ("token", token),
+            ("operator", self.operator.clone()),
+            ("arbiter", self.arbiter.clone()),
+            (
+                "challenge window",
+                format!("{} s", self.challenge_window_secs),
+            ),
+            (
+                "withdrawal delay",
+                format!("{} s", self.withdrawal_delay_secs),
+            ),
+            ("deployed in block", self.block.to_string()),
+        ])
+    }
+}
+
+/// The innermost cause of an error chain ("Connection refused (os error 111)").
+pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+/// The error chain on one line, each cause once: alloy's errors repeat their source in their own
+/// message, which `{:#}` would print twice.
+pub(crate) fn one_line(error: &anyhow::Error) -> anyhow::Error {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    anyhow!(line)
+}
+
+/// The key given as `flag`, or anvil's first dev account on anvil only (said on stderr).
+pub(crate) fn dev_chain_signer(
+    key: Option<&str>,
+    chain_id: u64,
+    flag: &str,
+) -> anyhow::Result<PrivateKeySigner> {
+    match key {
+        Some(key) => Ok(load_signer(key)?),
+        None if chain_id == ANVIL_CHAIN_ID => {
+            let signer = load_signer(ANVIL_FIRST_DEV_KEY)?;
+            eprintln!(
+                "tollgate: no {flag} given: using anvil's first dev account {:#x} (chain {ANVIL_CHAIN_ID} only)",
+                signer.address()
+            );
+            Ok(signer)
+        }
+        None => bail!("chain {chain_id} is not anvil: pass {flag}"),
+    }
+}
+
+/// Constructor parameters: dev defaults on a dev chain; a real chain must choose its own.
+fn deploy_params(args: &DeployArgs, chain_id: u64) -> anyhow::Result<DeployParams> {
+    let dev = DeployParams::dev();
+    let is_dev = DEV_CHAIN_IDS.contains(&chain_id);
+    let pick = |given: Option<u64>, default: u64, flag: &str| match given {
+        Some(value) => Ok(value),
+        None if is_dev => Ok(default),
+        None => Err(anyhow!(
+            "chain {chain_id} is not a dev chain: pass {flag} (no default outside dev chains)"
+        )),
+    };
+    let params = DeployParams {
+        challenge_window_secs: pick(
+            args.challenge_window_secs,
+            dev.challenge_window_secs,
+            "--challenge-window-secs",
+        )?,
+        withdrawal_delay_secs: pick(
+            args.withdrawal_delay_secs,
+            dev.withdrawal_delay_secs,
+            "--withdrawal-delay-secs",
+        )?,
+        arbiter: args.arbiter,
+    };
+    if params.withdrawal_delay_secs <= params.challenge_window_secs {
+        bail!(
+            "--withdrawal-delay-secs ({}) must exceed --challenge-window-secs ({})",
+            params.withdrawal_delay_secs,
+            params.challenge_window_secs
+        );
+    }
+    Ok(params)
+}
+
+/// Deploys and returns what to print.
+pub async fn execute(args: &DeployArgs) -> anyhow::Result<DeployOutput> {
+    let provider = read_provider(&args.rpc_url)?;
+    let chain_id = provider.get_chain_id().await.map_err(|e| {
+        anyhow!(
+            "cannot reach the node at {}: {}",
+            args.rpc_url,
+            root_cause(&e)
+        )
+    })?;
+    let params = deploy_params(args, chain_id)?;
+    let operator = dev_chain_signer(args.operator_key.as_deref(), chain_id, "--operator-key")?;
+    let deployed = tollgate_settle::deploy(&args.rpc_url, operator, args.token, &params)
+        .await
+        .with_context(|| format!("deploying on chain {chain_id} at {}", args.rpc_url))?;
+    Ok(DeployOutput::new(&deployed, &params))
+}
+
+/// Runs `tollgate deploy` from a synchronous `main`: prints the table or the JSON object.
+pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let output = runtime
+        .block_on(execute(args))
+        .map_err(|error| one_line(&error))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&output)?);
+    } else {
+        print!("{}", output.render());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("rpc: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[test]
+    fn one_line_names_each_cause_once() {
+        let error = anyhow::Error::new(Repeats(std::io::Error::other("connection refused")))
+            .context("deploying on chain 1");
+        assert_eq!(
+            one_line(&error).to_string(),
+            "deploying on chain 1: rpc: connection refused"
+        );
+        let error = anyhow::Error::new(std::io::Error::other("inner")).context("outer");
+        assert_eq!(one_line(&error).to_string(), "outer: inner");
+    }
+}
