@@ -12,5 +12,5 @@ test: bootstrap
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) test --workspace --locked
 
-demo: bootstrap
+demo:
 	./scripts/demo.sh

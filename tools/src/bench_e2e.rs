@@ -11,7 +11,6 @@
 //! Receipts per fsync come from the server's own `/metrics`; its peak RSS from `/proc`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -20,7 +19,8 @@ use serde::Serialize;
 use tollgate_engine::{Address, Domain, ReceiptBatch};
 
 use crate::bench_verify::{Backends, tollgate_pool};
-use crate::load::{Funds, Planner, Workload};
+use crate::load::stats::LatencyMs;
+use crate::load::{Funds, Planner, Summary, Workload, child};
 use crate::serve::process::ServerProcess;
 
 /// The generator's replay window bound; nothing stale is injected, so only its floor matters.
@@ -70,30 +70,6 @@ pub struct BenchE2eArgs {
     pub json: bool,
 }
 
-/// Ack latency, milliseconds.
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
-pub struct Latency {
-    /// Median.
-    pub p50: f64,
-    /// 99th percentile.
-    pub p99: f64,
-    /// 99.9th percentile.
-    pub p999: f64,
-    /// Worst.
-    pub max: f64,
-}
-
-/// What one `tollgate-load --json` run reported (the fields used here).
-#[derive(Clone, Debug, serde::Deserialize)]
-struct LoadSummary {
-    sent: u64,
-    acked: u64,
-    accepted: u64,
-    verdict_mismatches: u64,
-    receipts_per_s: f64,
-    ack_latency_ms: Latency,
-}
-
 /// The paced run.
 #[derive(Clone, Debug, Serialize)]
 pub struct Paced {
@@ -104,7 +80,7 @@ pub struct Paced {
     /// Receipts per second acked.
     pub receipts_per_s: f64,
     /// Its ack latency.
-    pub ack_latency_ms: Latency,
+    pub ack_latency_ms: LatencyMs,
 }
 
 /// Everything the benchmark measured.
@@ -129,7 +105,7 @@ pub struct Report {
     /// The two above divided.
     pub e2e_vs_verify_ceiling: f64,
     /// Ack latency of the full-speed run.
-    pub ack_latency_ms: Latency,
+    pub ack_latency_ms: LatencyMs,
     /// Receipts made durable per RocksDB sync write, from the server's metrics.
     pub receipts_per_fsync: f64,
     /// The paced run, unless skipped.
@@ -154,11 +130,7 @@ pub fn measure(args: &BenchE2eArgs) -> anyhow::Result<Report> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let threads = args.threads.unwrap_or(cores);
     let exe = std::env::current_exe().context("locating the tollgate binary")?;
-    let load_binary = exe
-        .parent()
-        .map(|dir| dir.join("tollgate-load"))
-        .filter(|path| path.is_file())
-        .context("tollgate-load is not next to tollgate; build both (cargo build --release)")?;
+    let load_binary = child::sibling_binary()?;
 
     let ceiling = verify_ceiling(args, threads)?;
     eprintln!("verify-only ceiling: {ceiling:.0} receipts/s on {threads} threads");
@@ -294,38 +266,30 @@ fn run_load(
     server: &ServerProcess,
     args: &BenchE2eArgs,
     extra: &[String],
-) -> anyhow::Result<LoadSummary> {
-    let output = Command::new(load_binary)
-        .args(["--addr", &server.listen.to_string()])
-        .args(["--check", &format!("http://{}", server.http)])
-        .args(["--receipts", &args.receipts.to_string()])
-        .args(["--payers", &args.payers.to_string()])
-        .args(["--payees", &args.payees.to_string()])
-        .args(["--zipf", &args.zipf.to_string()])
-        .args(["--connections", &args.connections.to_string()])
-        .args(["--batch", &args.batch.to_string()])
-        .args(["--in-flight", &args.in_flight.to_string()])
-        .args(["--seed", &args.seed.to_string()])
-        .args(["--presign", "--json"])
-        .args(extra)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("running tollgate-load")?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
+) -> anyhow::Result<Summary> {
+    let mut load_args: Vec<String> = [
+        ("--addr", server.listen.to_string()),
+        ("--check", format!("http://{}", server.http)),
+        ("--receipts", args.receipts.to_string()),
+        ("--payers", args.payers.to_string()),
+        ("--payees", args.payees.to_string()),
+        ("--zipf", args.zipf.to_string()),
+        ("--connections", args.connections.to_string()),
+        ("--batch", args.batch.to_string()),
+        ("--in-flight", args.in_flight.to_string()),
+        ("--seed", args.seed.to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(flag, value)| [flag.to_owned(), value])
+    .collect();
+    load_args.push("--presign".to_owned());
+    load_args.extend_from_slice(extra);
+    let run = child::run(load_binary, &load_args)?;
+    let summary = run.summary;
     ensure!(
-        output.status.success(),
-        "tollgate-load failed ({}): {stdout}",
-        output.status
-    );
-    let last = stdout
-        .lines()
-        .last()
-        .context("tollgate-load printed nothing")?;
-    let summary: LoadSummary =
-        serde_json::from_str(last).context("tollgate-load's JSON summary")?;
-    ensure!(
-        summary.verdict_mismatches == 0 && summary.acked == summary.sent,
-        "tollgate-load: {} of {} acked, {} verdict mismatches",
+        run.status.success() && summary.verdict_mismatches == 0 && summary.acked == summary.sent,
+        "tollgate-load ({}): {} of {} acked, {} verdict mismatches",
+        run.status,
         summary.acked,
         summary.sent,
         summary.verdict_mismatches
@@ -377,7 +341,7 @@ fn print_text(report: &Report) {
         "end to end (durable)  {:>10.0} receipts/s  = {:.2} of the ceiling",
         report.e2e_receipts_per_s, report.e2e_vs_verify_ceiling
     );
-    let latency = |l: &Latency| {
+    let latency = |l: &LatencyMs| {
         format!(
             "p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms",
             l.p50, l.p99, l.p999, l.max

@@ -1,10 +1,9 @@
-//! Payer, client and operator keys as operators handle them: 32-byte secrets in hex, inline or
-//! in a file readable only by its owner.
+//! Payer and client keys as operators handle them: 32-byte ed25519 seeds in hex, inline or in a
+//! file readable only by its owner.
 
 use std::io::Write;
 use std::path::Path;
 
-use alloy::signers::local::PrivateKeySigner;
 use anyhow::{Context, bail};
 use ed25519_dalek::SigningKey;
 use tollgate_engine::receipt::parse_hex;
@@ -16,23 +15,14 @@ pub fn generate() -> SigningKey {
 
 /// Reads a key given as 64 hex digits, or as the path of a file holding them.
 pub fn load(key_or_path: &str) -> anyhow::Result<SigningKey> {
-    read_secret(key_or_path).map(|seed| SigningKey::from_bytes(&seed))
-}
-
-/// Reads an EVM (secp256k1) key the same way: 64 hex digits (`0x` optional), or a file.
-pub fn load_evm(key_or_path: &str) -> anyhow::Result<PrivateKeySigner> {
-    let secret = read_secret(key_or_path)?;
-    PrivateKeySigner::from_bytes(&secret.into()).context("not a valid secp256k1 key")
-}
-
-fn read_secret(key_or_path: &str) -> anyhow::Result<[u8; 32]> {
     let text = if Path::new(key_or_path).is_file() {
         std::fs::read_to_string(key_or_path)
             .with_context(|| format!("reading key file {key_or_path}"))?
     } else {
         key_or_path.to_owned()
     };
-    parse_hex::<32>(text.trim()).context("a key is 32 bytes of hex (64 digits)")
+    let seed = parse_hex::<32>(text.trim()).context("a key is 32 bytes of hex (64 digits)")?;
+    Ok(SigningKey::from_bytes(&seed))
 }
 
 /// Writes the secret seed as hex to a new file with mode 0600. Refuses to overwrite: losing a

@@ -10,6 +10,7 @@
 //!   checks every verdict the engine returns against the one its workload model owes.
 //! - [`serve`]: `tollgate serve`, the engine, fleet protocol, HTTP API and settlement loops in
 //!   one process, and its configuration (flags, `TOLLGATE_*` variables, a TOML file).
+//! - [`demo`]: `tollgate demo`, chain + engine + generator + settlement end to end, checked.
 //! - [`deploy`]: `tollgate deploy`, the Settlement contract (and a dev chain's test token) onchain.
 //! - [`deposit`]: `tollgate deposit`, deposits for many payer keys from one account (dev chains).
 //! - [`api`]: the HTTP query API (balances, epochs, metrics, OpenAPI) and the CLI's
@@ -22,6 +23,7 @@ pub mod api;
 pub mod bench_e2e;
 pub mod bench_verify;
 pub mod cli;
+pub mod demo;
 pub mod deploy;
 pub mod deposit;
 pub mod keys;

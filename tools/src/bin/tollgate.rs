@@ -10,11 +10,12 @@ use tollgate_tools::api::cli::QueryCommand;
 use tollgate_tools::bench_e2e::BenchE2eArgs;
 use tollgate_tools::bench_verify::BenchVerifyArgs;
 use tollgate_tools::cli::DomainArgs;
+use tollgate_tools::demo::DemoArgs;
 use tollgate_tools::deploy::DeployArgs;
 use tollgate_tools::deposit::DepositArgs;
 use tollgate_tools::receipts_json::VerdictFormat;
 use tollgate_tools::serve::ServeArgs;
-use tollgate_tools::{api, bench_e2e, bench_verify, deploy, deposit, keys, receipts_json};
+use tollgate_tools::{api, bench_e2e, bench_verify, demo, deploy, deposit, keys, receipts_json};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,6 +30,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The whole system end to end on a local anvil chain, checked against the chain.
+    Demo(Box<DemoArgs>),
     /// Run the engine: fleet protocol, HTTP API, and settlement when a chain is configured.
     Serve(Box<ServeArgs>),
     /// Make a new ed25519 key (a payer's, or a fleet client's).
@@ -101,6 +104,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Demo(args) => Ok(if demo::run(&args)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_SOME_FAILED)
+        }),
         Command::Serve(args) => {
             tollgate_tools::serve::run_command(&args)?;
             Ok(ExitCode::SUCCESS)

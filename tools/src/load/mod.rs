@@ -6,6 +6,7 @@
 //! - [`stats`]: counts, verdict mismatches, the ack latency histogram and the `--json` summary.
 //! - [`check`]: `--check URL`, the server's per-payer totals against the acks.
 //! - [`client`]: the ingest client as the driver's transport.
+//! - [`child`]: `tollgate-load` as a child process, for the bench and the demo.
 //! - [`acked_log`], [`report`]: `--acked-log FILE` and `--report FILE.html`.
 //!
 //! The generator must never steal the engine's CPU while the clock runs (presign, batch, no task
@@ -14,6 +15,7 @@
 
 pub mod acked_log;
 pub mod check;
+pub mod child;
 pub mod client;
 pub mod driver;
 pub mod report;

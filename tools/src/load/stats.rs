@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tollgate_engine::{Reason, Verdict};
 
 use super::workload::{Kind, Planned};
@@ -290,7 +290,7 @@ impl Stats {
 }
 
 /// Ack latency percentiles in milliseconds.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
 pub struct LatencyMs {
     /// median
     pub p50: f64,
@@ -303,7 +303,7 @@ pub struct LatencyMs {
 }
 
 /// The one JSON object `--json` prints last.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
     /// Receipts handed to the client.
     pub sent: u64,

@@ -28,7 +28,6 @@ use tollgate_settle::submitter::Submitter;
 use tollgate_settle::watcher::Watcher;
 
 use crate::api::{ApiState, router};
-use crate::keys;
 use config::{ChainSettings, LogFormat, ServeConfig, ServeOptions};
 
 /// `tollgate serve`'s command line.
@@ -244,7 +243,8 @@ async fn start_settlement(
 ) -> anyhow::Result<()> {
     let domain = config.domain;
     let contract = alloy::primitives::Address::from(domain.contract.0);
-    let operator = keys::load_evm(&chain.operator_key).context("operator_key")?;
+    let operator =
+        tollgate_settle::chain::load_signer(&chain.operator_key).context("operator_key")?;
     tracing::info!(operator = %operator.address(), rpc_url = %chain.rpc_url, %contract, "settlement on");
     let watcher = Watcher::connect(
         &chain.rpc_url,

@@ -1,0 +1,448 @@
+//! `tollgate demo`: the whole system on one machine, end to end, checked.
+//!
+//! A real anvil chain, the Settlement contract and its test token deployed, 1,000 payers funded
+//! onchain, `tollgate serve` with settlement on over a temporary RocksDB ledger, a million
+//! receipts streamed by `tollgate-load` (a few of them bad on purpose), epochs committed until
+//! nothing is pending, then the engine's numbers read next to the chain's and one Merkle proof
+//! checked by the contract itself. Exit 0 only when every number agrees.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use alloy::node_bindings::{Anvil, AnvilInstance};
+use alloy::primitives::B256;
+use alloy::signers::local::PrivateKeySigner;
+use anyhow::{Context, bail, ensure};
+use tollgate_engine::{Address, PayerKey};
+use tollgate_settle::chain::{ContractReader, DeployParams, FundParams, deploy, fund_payers};
+use tollgate_settle::merkle::Leaf;
+
+use crate::api::cli::QueryClient;
+use crate::api::model::EpochView;
+use crate::load::check::{PayerBalance, fetch_balances};
+use crate::load::child::{self, LoadRun};
+use crate::load::workload::{payee_address, payer_keys};
+use crate::serve::process::ServerProcess;
+
+/// Where `npm ci` puts the pinned anvil, relative to the repository root.
+const ANVIL_FROM_NPM: &str = "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil";
+/// Payers shown side by side with the chain in the summary.
+const PAYERS_SHOWN: usize = 5;
+
+/// Flags of `tollgate demo`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// The anvil binary (installed by `npm ci` from the pinned npm package).
+    #[arg(long, env = "TOLLGATE_ANVIL", default_value = ANVIL_FROM_NPM)]
+    pub anvil: PathBuf,
+    /// Payers funded onchain.
+    #[arg(long, default_value_t = 1_000)]
+    pub payers: u32,
+    /// Payees.
+    #[arg(long, default_value_t = 16)]
+    pub payees: u32,
+    /// Receipts streamed.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub receipts: u64,
+    /// Each payer's deposit, in token units (each receipt costs 1).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub deposit: u128,
+    /// Epochs sealed at least this often.
+    #[arg(long, default_value_t = 5)]
+    pub epoch_secs: u64,
+    /// Receipts per second offered (0 = as fast as the engine acks).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Generator connections.
+    #[arg(long, default_value_t = 8)]
+    pub connections: u32,
+    /// Seed of payer keys, payees and the workload.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Keep the ledger and the server log here instead of a temporary directory.
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+}
+
+/// Runs the demo; `Ok(false)` when it ran but some number disagreed.
+pub fn run(args: &DemoArgs) -> anyhow::Result<bool> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(demo(args))
+}
+
+fn step(text: &str) {
+    println!("\n== {text}");
+}
+
+async fn demo(args: &DemoArgs) -> anyhow::Result<bool> {
+    let started = Instant::now();
+    let exe = std::env::current_exe().context("locating the tollgate binary")?;
+    let load_binary = child::sibling_binary()?;
+    ensure!(
+        args.anvil.is_file(),
+        "no anvil at {}: run `npm ci` at the repository root (or `make demo`, which does)",
+        args.anvil.display()
+    );
+    let scratch;
+    let work_dir = match &args.work_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            scratch = tempfile::tempdir()?;
+            scratch.path().to_owned()
+        }
+    };
+
+    step("a chain: anvil, with the Settlement contract and its test token");
+    let anvil = spawn_anvil(args)?;
+    let rpc_url = anvil.endpoint();
+    let operator = dev_key(&anvil, 0)?;
+    let funder = dev_key(&anvil, 1)?;
+    let deployed = deploy(&rpc_url, operator.clone(), None, &DeployParams::dev()).await?;
+    println!(
+        "anvil {rpc_url} (chain {}); token {}; Settlement {} at block {}",
+        deployed.chain_id, deployed.token, deployed.settlement, deployed.block
+    );
+
+    step(&format!(
+        "{} payers funded onchain, {} tokens each",
+        args.payers, args.deposit
+    ));
+    let payers: Vec<PayerKey> = payer_keys(args.seed, args.payers)
+        .iter()
+        .map(|key| PayerKey(key.verifying_key().to_bytes()))
+        .collect();
+    let funding_started = Instant::now();
+    let funded = fund_payers(
+        &rpc_url,
+        funder,
+        &payers,
+        &FundParams {
+            token: deployed.token,
+            settlement: deployed.settlement,
+            amount_each: args.deposit,
+            mint: true,
+        },
+    )
+    .await?;
+    println!(
+        "{} deposits, {} tokens, in {:.1} s",
+        funded.deposits,
+        funded.total,
+        funding_started.elapsed().as_secs_f64()
+    );
+
+    step("the engine: tollgate serve, settlement on, RocksDB in a temporary directory");
+    let contract = format!("{}", deployed.settlement);
+    // Epochs by size as well as by time, so even a fast run commits several.
+    let epoch_receipts = (args.receipts / 4).max(1);
+    let server_args: Vec<String> = [
+        "--rpc-url",
+        &rpc_url,
+        "--contract",
+        &contract,
+        "--chain-id",
+        &deployed.chain_id.to_string(),
+        "--start-block",
+        &deployed.block.to_string(),
+        "--confirmations",
+        "0",
+        "--funds-poll-ms",
+        "200",
+        "--epoch-secs",
+        &args.epoch_secs.to_string(),
+        "--epoch-receipts",
+        &epoch_receipts.to_string(),
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--data-dir",
+        &work_dir.join("data").display().to_string(),
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    let operator_key = hex::encode(operator.to_bytes());
+    let log = work_dir.join("server.log");
+    let server = ServerProcess::start(
+        &exe,
+        &server_args,
+        Some(&log),
+        // The key goes through the environment, never the command line `ps` shows.
+        &[("TOLLGATE_OPERATOR_KEY", &operator_key)],
+    )?;
+    let api_url = format!("http://{}", server.http);
+    println!(
+        "fleet port {}, API {api_url}, log {}",
+        server.listen,
+        log.display()
+    );
+
+    step(&format!(
+        "{} receipts from {} payers to {} payees, some bad on purpose",
+        args.receipts, args.payers, args.payees
+    ));
+    let load = run_load(args, &load_binary, &server, &contract)?;
+    let summary = &load.summary;
+    println!(
+        "{:.0} receipts/s; sent {}, acked {}, accepted {}, rejected {}, verdict mismatches {}",
+        summary.receipts_per_s,
+        summary.sent,
+        summary.acked,
+        summary.accepted,
+        render_reasons(&summary.rejected),
+        summary.verdict_mismatches
+    );
+    // tollgate-load exits non-zero on any verdict mismatch or --check difference.
+    let mut agreed = load.status.success();
+
+    step("settlement: epochs committed until nothing is pending");
+    let query = QueryClient::new(&api_url)?;
+    let balances = wait_until_settled(&api_url, &payers, &query, args.epoch_secs).await?;
+    let epochs = query.epochs(100).await?.epochs;
+    print_epochs(&epochs);
+    let committed = epochs
+        .iter()
+        .filter(|epoch| epoch.status.as_str() == "committed")
+        .count();
+    if committed < 2 {
+        println!("only {committed} epoch(s) committed; the demo needs at least two");
+        agreed = false;
+    }
+
+    step("the engine's balances next to the chain's");
+    let chain = ContractReader::connect(&rpc_url, deployed.chain_id, deployed.settlement).await?;
+    agreed &= compare_with_chain(args, &payers, &balances, &query, &chain).await?;
+
+    step("a proof from the API, checked by the contract's verifyLeaf");
+    agreed &= prove_onchain(args, &payers, &balances, &epochs, &query, &chain).await?;
+
+    let status = server.terminate(Duration::from_secs(60))?;
+    ensure!(status.success(), "tollgate serve exited with {status}");
+    drop(anvil);
+    println!(
+        "\n{} in {:.0} s: {}",
+        if agreed { "AGREED" } else { "DISAGREED" },
+        started.elapsed().as_secs_f64(),
+        if agreed {
+            "every balance, epoch and proof matches the chain"
+        } else {
+            "see the lines above"
+        }
+    );
+    Ok(agreed)
+}
+
+fn spawn_anvil(args: &DemoArgs) -> anyhow::Result<AnvilInstance> {
+    Anvil::at(&args.anvil)
+        .host("127.0.0.1")
+        .port(0u16)
+        .try_spawn()
+        .with_context(|| format!("starting {}", args.anvil.display()))
+}
+
+fn dev_key(anvil: &AnvilInstance, index: usize) -> anyhow::Result<PrivateKeySigner> {
+    let key = anvil
+        .keys()
+        .get(index)
+        .with_context(|| format!("anvil has no dev key {index}"))?;
+    Ok(PrivateKeySigner::from(key.clone()))
+}
+
+fn run_load(
+    args: &DemoArgs,
+    load_binary: &std::path::Path,
+    server: &ServerProcess,
+    contract: &str,
+) -> anyhow::Result<LoadRun> {
+    let flags = [
+        ("--addr", server.listen.to_string()),
+        ("--check", format!("http://{}", server.http)),
+        ("--deposit", "api".to_owned()),
+        ("--receipts", args.receipts.to_string()),
+        ("--payers", args.payers.to_string()),
+        ("--payees", args.payees.to_string()),
+        ("--connections", args.connections.to_string()),
+        ("--seed", args.seed.to_string()),
+        ("--contract", contract.to_owned()),
+        ("--rate", args.rate.to_string()),
+        ("--bad-sig-pct", "0.1".to_owned()),
+        ("--replay-pct", "0.1".to_owned()),
+        ("--stale-pct", "0.05".to_owned()),
+        ("--overdraft-pct", "0.05".to_owned()),
+    ];
+    let mut load_args: Vec<String> = flags
+        .into_iter()
+        .flat_map(|(flag, value)| [flag.to_owned(), value])
+        .collect();
+    load_args.push("--presign".to_owned());
+    child::run(load_binary, &load_args)
+}
+
+fn render_reasons(rejected: &BTreeMap<String, u64>) -> String {
+    let total: u64 = rejected.values().sum();
+    let parts: Vec<String> = rejected
+        .iter()
+        .map(|(reason, count)| format!("{reason} {count}"))
+        .collect();
+    format!("{total} ({})", parts.join(", "))
+}
+
+/// Polls until no payer has anything pending (every accepted receipt is in a committed epoch).
+async fn wait_until_settled(
+    api_url: &str,
+    payers: &[PayerKey],
+    query: &QueryClient,
+    epoch_secs: u64,
+) -> anyhow::Result<Vec<PayerBalance>> {
+    let deadline = Instant::now() + Duration::from_secs(epoch_secs * 6 + 120);
+    loop {
+        let balances = fetch_balances(api_url, payers).await?;
+        let pending: u128 = balances.iter().map(|balance| balance.pending).sum();
+        let epochs = query.epochs(100).await?.epochs;
+        let uncommitted = epochs
+            .iter()
+            .filter(|epoch| matches!(epoch.status.as_str(), "sealed" | "submitted"))
+            .count();
+        if pending == 0 && uncommitted == 0 {
+            return Ok(balances);
+        }
+        if Instant::now() >= deadline {
+            bail!("still {pending} pending and {uncommitted} epochs not committed; giving up");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn print_epochs(epochs: &[EpochView]) {
+    println!(
+        "{:>5}  {:<9}  {:>8}  {:>9}  {:>6}  TX",
+        "EPOCH", "STATUS", "RECEIPTS", "AMOUNT", "BLOCK"
+    );
+    let mut sorted: Vec<&EpochView> = epochs.iter().collect();
+    sorted.sort_by_key(|epoch| epoch.epoch);
+    for epoch in sorted {
+        println!(
+            "{:>5}  {:<9}  {:>8}  {:>9}  {:>6}  {}",
+            epoch.epoch,
+            epoch.status.as_str(),
+            epoch.receipts,
+            epoch.debit_total,
+            epoch
+                .block
+                .map_or_else(|| "-".to_owned(), |b| b.to_string()),
+            epoch.tx_hash.as_deref().unwrap_or("-")
+        );
+    }
+}
+
+/// Every payer's available balance and every payee's settled credit against the contract.
+async fn compare_with_chain(
+    args: &DemoArgs,
+    payers: &[PayerKey],
+    balances: &[PayerBalance],
+    query: &QueryClient,
+    chain: &ContractReader,
+) -> anyhow::Result<bool> {
+    let mut disagreements = 0usize;
+    println!(
+        "{:<18}  {:>10}  {:>10}  {:>14}  {:>14}",
+        "PAYER", "DEPOSITED", "SETTLED", "API AVAILABLE", "CHAIN AVAILABLE"
+    );
+    let mut by_spend: Vec<usize> = (0..payers.len()).collect();
+    by_spend.sort_by_key(|&i| std::cmp::Reverse(balances[i].settled));
+    for (rank, &i) in by_spend.iter().enumerate() {
+        let onchain = chain.available(&payers[i]).await?;
+        let same = onchain == balances[i].available;
+        if !same {
+            disagreements += 1;
+        }
+        if rank < PAYERS_SHOWN || !same {
+            println!(
+                "{:<18}  {:>10}  {:>10}  {:>14}  {:>14}{}",
+                format!("{}…", &payers[i].to_string()[..16]),
+                balances[i].deposited,
+                balances[i].settled,
+                balances[i].available,
+                onchain,
+                if same { "" } else { "  DIFFERENT" }
+            );
+        }
+    }
+    println!("… {} payers compared", payers.len());
+
+    let mut payee_rows = 0;
+    for index in 0..args.payees {
+        let payee = payee_address(args.seed, index);
+        let api = query.payee(&payee).await?;
+        let onchain = chain.withdrawable(payee).await?;
+        if api.settled != onchain {
+            disagreements += 1;
+            println!(
+                "payee {payee}: API settled {}, chain withdrawable {onchain}  DIFFERENT",
+                api.settled
+            );
+        }
+        payee_rows += 1;
+    }
+    println!("{payee_rows} payees: API settled credit against the chain's withdrawable");
+    if disagreements == 0 {
+        println!("all agree");
+    } else {
+        println!("{disagreements} disagreements");
+    }
+    Ok(disagreements == 0)
+}
+
+/// The most active payer's leaf in the last committed epoch, proven by the contract.
+async fn prove_onchain(
+    args: &DemoArgs,
+    payers: &[PayerKey],
+    balances: &[PayerBalance],
+    epochs: &[EpochView],
+    query: &QueryClient,
+    chain: &ContractReader,
+) -> anyhow::Result<bool> {
+    let last = epochs
+        .iter()
+        .filter(|epoch| epoch.status.as_str() == "committed")
+        .map(|epoch| epoch.epoch)
+        .max()
+        .context("no committed epoch")?;
+    let busiest = (0..payers.len())
+        .max_by_key(|&i| balances[i].settled)
+        .context("no payers")?;
+    let payer = payers[busiest];
+    for index in 0..args.payees {
+        let payee: Address = payee_address(args.seed, index);
+        let Ok(proof) = query.proof(last, &payer, &payee).await else {
+            continue;
+        };
+        let leaf = Leaf {
+            payer,
+            payee,
+            cumulative: proof.cumulative,
+        };
+        let hashes = proof
+            .proof
+            .iter()
+            .map(|hash| hash.parse::<B256>().context("proof hash"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let accepted = chain.verify_leaf(last, &leaf, &hashes).await?;
+        let mut tampered = leaf;
+        tampered.cumulative += 1;
+        let tampered_accepted = chain.verify_leaf(last, &tampered, &hashes).await?;
+        println!(
+            "epoch {last} root {}\nleaf: payer {payer}\n      payee {payee}, cumulative {}\nproof: {} hashes; verifyLeaf: {accepted}; with cumulative + 1: {tampered_accepted}",
+            proof.root,
+            proof.cumulative,
+            hashes.len()
+        );
+        return Ok(accepted && !tampered_accepted);
+    }
+    println!("no leaf of the busiest payer in epoch {last}");
+    Ok(false)
+}
