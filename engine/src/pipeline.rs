@@ -416,60 +416,83 @@ impl Drop for Inner {
     }
 }
 
-/// The verify stage: one batch at a time, in order, so the writer sees batches in submission
-/// order.
+/// Most queued batches verified together; bounds the memory held between the verify stage and
+/// the writer.
+const VERIFY_GROUP_BATCHES_MAX: usize = 64;
+
+/// The verify stage. It takes every batch already queued (up to a bound) and verifies them in
+/// one call, so the pool spreads their receipts over all its threads: one client batch is often
+/// a single batch equation, which alone would keep one core busy and leave the others idle. A
+/// lone batch goes at once, so a quiet server adds no latency. Results leave in submission order.
 fn verify_stage(
     verifier: &dyn BatchVerifier,
     requests: Receiver<VerifyMsg>,
     verified: Sender<WriterMsg>,
 ) {
-    for msg in requests {
-        match msg {
-            VerifyMsg::Batch(request, reply) => {
-                let verdicts = verdicts(verifier, &request);
-                let msg = WriterMsg::Batch {
-                    session: SessionId {
-                        producer_id: request.producer_id,
-                        session_epoch: request.session_epoch,
-                        batch_seq: request.batch_seq,
-                    },
-                    receipts: request.receipts,
-                    verdicts,
-                    reply,
-                };
-                if verified.send(msg).is_err() {
-                    return;
-                }
+    let mut group = Vec::with_capacity(VERIFY_GROUP_BATCHES_MAX);
+    let mut stopping = false;
+    while !stopping {
+        let Ok(first) = requests.recv() else { return };
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                VerifyMsg::Batch(request, reply) => group.push((request, reply)),
+                VerifyMsg::Shutdown => stopping = true,
             }
-            VerifyMsg::Shutdown => {
-                drop(verified.send(WriterMsg::Shutdown));
+            if !stopping && group.len() < VERIFY_GROUP_BATCHES_MAX {
+                next = requests.try_recv().ok();
+            }
+        }
+        let requests_in_group: Vec<&SubmitRequest> = group.iter().map(|(r, _)| r).collect();
+        let verdicts = group_verdicts(verifier, &requests_in_group);
+        for ((request, reply), verdicts) in group.drain(..).zip(verdicts) {
+            let msg = WriterMsg::Batch {
+                session: SessionId {
+                    producer_id: request.producer_id,
+                    session_epoch: request.session_epoch,
+                    batch_seq: request.batch_seq,
+                },
+                receipts: request.receipts,
+                verdicts,
+                reply,
+            };
+            if verified.send(msg).is_err() {
                 return;
             }
         }
     }
+    drop(verified.send(WriterMsg::Shutdown));
 }
 
-/// One verdict per record: prejudged reasons, `Malformed` for records that do not parse, and
-/// the verifier's verdict for the rest.
-fn verdicts(verifier: &dyn BatchVerifier, request: &SubmitRequest) -> Vec<Verdict> {
-    let mut verdicts: Vec<Verdict> = vec![Ok(()); request.receipts.len()];
-    for &(index, reason) in &request.prejudged {
-        if let Some(verdict) = verdicts.get_mut(index as usize) {
-            *verdict = Err(reason);
-        }
-    }
-    let mut views = Vec::with_capacity(verdicts.len());
-    let mut positions = Vec::with_capacity(verdicts.len());
-    for (index, record) in request.receipts.iter().enumerate() {
-        if verdicts[index].is_err() {
-            continue;
-        }
-        match record {
-            Ok(view) => {
-                views.push(view);
-                positions.push(index);
+/// One verdict per record of each request: prejudged reasons, `Malformed` for records that do
+/// not parse, and the verifier's verdict for the rest, from a single call over the whole group.
+fn group_verdicts(verifier: &dyn BatchVerifier, requests: &[&SubmitRequest]) -> Vec<Vec<Verdict>> {
+    let mut verdicts: Vec<Vec<Verdict>> = requests
+        .iter()
+        .map(|request| {
+            let mut verdicts: Vec<Verdict> = vec![Ok(()); request.receipts.len()];
+            for &(index, reason) in &request.prejudged {
+                if let Some(verdict) = verdicts.get_mut(index as usize) {
+                    *verdict = Err(reason);
+                }
             }
-            Err(_) => verdicts[index] = Err(Reason::Malformed),
+            verdicts
+        })
+        .collect();
+    let mut views = Vec::new();
+    let mut positions = Vec::new();
+    for (batch, request) in requests.iter().enumerate() {
+        for (index, record) in request.receipts.iter().enumerate() {
+            if verdicts[batch][index].is_err() {
+                continue;
+            }
+            match record {
+                Ok(view) => {
+                    views.push(view);
+                    positions.push((batch, index));
+                }
+                Err(_) => verdicts[batch][index] = Err(Reason::Malformed),
+            }
         }
     }
     if views.is_empty() {
@@ -482,15 +505,15 @@ fn verdicts(verifier: &dyn BatchVerifier, request: &SubmitRequest) -> Vec<Verdic
         tracing::error!(
             expected = views.len(),
             got = checked.len(),
-            "verifier returned the wrong number of verdicts; rejecting the batch's signatures"
+            "verifier returned the wrong number of verdicts; rejecting the group's signatures"
         );
-        for index in positions {
-            verdicts[index] = Err(Reason::BadSignature);
+        for (batch, index) in positions {
+            verdicts[batch][index] = Err(Reason::BadSignature);
         }
         return verdicts;
     }
-    for (index, verdict) in positions.into_iter().zip(checked) {
-        verdicts[index] = verdict;
+    for ((batch, index), verdict) in positions.into_iter().zip(checked) {
+        verdicts[batch][index] = verdict;
     }
     verdicts
 }

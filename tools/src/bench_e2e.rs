@@ -7,6 +7,8 @@
 //!    by `tollgate-load --presign`, which checks every verdict and the server's balances.
 //! 3. A paced run at a fraction of the rate just measured, for the ack latency a deployment sees
 //!    when it is not saturated.
+//! 4. With `--overload`, four times that rate from four times the connections: the server's
+//!    memory must stay bounded (it stops reading sockets) and every verdict must still be right.
 //!
 //! Receipts per fsync come from the server's own `/metrics`; its peak RSS from `/proc`.
 
@@ -56,9 +58,13 @@ pub struct BenchE2eArgs {
     /// The paced run offers this percentage of the full-speed rate (0 skips it).
     #[arg(long, default_value_t = 80)]
     pub paced_pct: u32,
-    /// Length of the paced run, in seconds.
+    /// Length of the paced and overload runs, in seconds of offered load.
     #[arg(long, default_value_t = 10)]
-    pub paced_secs: u64,
+    pub offered_secs: u64,
+    /// Also offer 4x the full-speed rate from 4x the connections, and report the server's
+    /// memory: back-pressure must keep it bounded.
+    #[arg(long)]
+    pub overload: bool,
     /// Verification threads, for the ceiling and the server (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -70,17 +76,21 @@ pub struct BenchE2eArgs {
     pub json: bool,
 }
 
-/// The paced run.
+/// A run offering a fixed rate, as a percentage of the full-speed rate.
 #[derive(Clone, Debug, Serialize)]
-pub struct Paced {
+pub struct Offered {
     /// Percentage of the full-speed rate offered.
     pub offered_pct: u32,
+    /// Generator connections.
+    pub connections: u32,
     /// Receipts per second offered.
     pub offered_receipts_per_s: f64,
     /// Receipts per second acked.
     pub receipts_per_s: f64,
-    /// Its ack latency.
+    /// Its ack latency, measured from when each batch was due (so queueing counts).
     pub ack_latency_ms: LatencyMs,
+    /// The server's peak resident memory so far, MiB.
+    pub server_peak_rss_mib: f64,
 }
 
 /// Everything the benchmark measured.
@@ -109,9 +119,11 @@ pub struct Report {
     /// Receipts made durable per RocksDB sync write, from the server's metrics.
     pub receipts_per_fsync: f64,
     /// The paced run, unless skipped.
-    pub paced: Option<Paced>,
-    /// The server's peak resident memory over both runs, MiB.
+    pub paced: Option<Offered>,
+    /// The server's peak resident memory over the full-speed and paced runs, MiB.
     pub server_peak_rss_mib: f64,
+    /// The overload run, when asked for.
+    pub overload: Option<Offered>,
 }
 
 /// Runs the benchmark and prints the report.
@@ -161,28 +173,43 @@ pub fn measure(args: &BenchE2eArgs) -> anyhow::Result<Report> {
     eprintln!("end to end: {:.0} receipts/s", full.receipts_per_s);
     let receipts_per_fsync = receipts_per_fsync(&server)?;
 
-    let paced = if args.paced_pct > 0 {
-        let offered = full.receipts_per_s * f64::from(args.paced_pct) / 100.0;
-        let receipts = ((offered * args.paced_secs as f64) as u64).max(1);
+    let offered = |pct: u32, connections: u32, in_flight: usize| {
+        let rate = full.receipts_per_s * f64::from(pct) / 100.0;
+        let receipts = ((rate * args.offered_secs as f64) as u64).max(1);
+        let run_args = BenchE2eArgs {
+            receipts,
+            connections,
+            in_flight,
+            ..args.clone()
+        };
         let summary = run_load(
             &load_binary,
             &server,
-            &BenchE2eArgs {
-                receipts,
-                ..args.clone()
-            },
-            &["--rate".to_owned(), format!("{offered:.0}")],
+            &run_args,
+            &["--rate".to_owned(), format!("{rate:.0}")],
         )?;
-        Some(Paced {
-            offered_pct: args.paced_pct,
-            offered_receipts_per_s: offered,
+        anyhow::Ok(Offered {
+            offered_pct: pct,
+            connections,
+            offered_receipts_per_s: rate,
             receipts_per_s: summary.receipts_per_s,
             ack_latency_ms: summary.ack_latency_ms,
+            server_peak_rss_mib: mib(server.peak_rss_bytes()?),
         })
+    };
+    let paced = match args.paced_pct {
+        0 => None,
+        pct => Some(offered(pct, args.connections, args.in_flight)?),
+    };
+    let peak_rss = server.peak_rss_bytes()?;
+    // Four times the connections, each with twice the batches in flight, offering four times
+    // what the server just managed: the server must push back through TCP, not buffer.
+    let overload = if args.overload {
+        eprintln!("overload: 4x the rate from 4x the connections");
+        Some(offered(400, args.connections * 4, args.in_flight * 2)?)
     } else {
         None
     };
-    let peak_rss = server.peak_rss_bytes()?;
     let status = server.terminate(Duration::from_secs(60))?;
     ensure!(status.success(), "the server exited with {status}");
 
@@ -199,8 +226,13 @@ pub fn measure(args: &BenchE2eArgs) -> anyhow::Result<Report> {
         ack_latency_ms: full.ack_latency_ms,
         receipts_per_fsync,
         paced,
-        server_peak_rss_mib: peak_rss as f64 / (1024.0 * 1024.0),
+        server_peak_rss_mib: mib(peak_rss),
+        overload,
     })
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
 fn workload(args: &BenchE2eArgs, receipts: u64) -> Workload {
@@ -361,4 +393,15 @@ fn print_text(report: &Report) {
     }
     println!("receipts per fsync: {:.0}", report.receipts_per_fsync);
     println!("server peak RSS: {:.0} MiB", report.server_peak_rss_mib);
+    if let Some(overload) = &report.overload {
+        println!(
+            "overload ({:.0} receipts/s offered on {} connections): {:.0} receipts/s acked, \
+             server peak RSS {:.0} MiB, {}",
+            overload.offered_receipts_per_s,
+            overload.connections,
+            overload.receipts_per_s,
+            overload.server_peak_rss_mib,
+            latency(&overload.ack_latency_ms)
+        );
+    }
 }

@@ -15,7 +15,7 @@ fn the_end_to_end_bench_reports_consistent_figures() {
             "--connections",
             "4",
         ])
-        .args(["--paced-pct", "50", "--paced-secs", "1"])
+        .args(["--paced-pct", "50", "--offered-secs", "1", "--overload"])
         .output()
         .expect("run tollgate bench e2e");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -43,4 +43,7 @@ fn the_end_to_end_bench_reports_consistent_figures() {
     assert_eq!(number(&["paced", "offered_pct"]), 50.0);
     assert!(number(&["paced", "ack_latency_ms", "p99"]) > 0.0);
     assert_eq!(report["receipts"], 6000);
+    assert_eq!(number(&["overload", "offered_pct"]), 400.0);
+    assert_eq!(number(&["overload", "connections"]), 16.0);
+    assert!(number(&["overload", "server_peak_rss_mib"]) >= number(&["server_peak_rss_mib"]));
 }
