@@ -75,8 +75,11 @@ pub enum ChainError {
     Reverted(TxHash),
     /// An EVM secret key that is neither 32 bytes of hex nor a readable file holding them. The
     /// message never contains the key.
-    #[error("operator key: {0}")]
+    #[error("EVM key: {0}")]
     BadKey(String),
+    /// The caller asked for more than any token amount can hold (a funding total past u128).
+    #[error("amount too large: {0}")]
+    AmountTooLarge(String),
     /// The node answered something the contract cannot have meant (an amount past 96 bits, a
     /// deployment receipt without a contract address).
     #[error("unexpected answer from the chain: {0}")]
@@ -386,7 +389,13 @@ pub async fn fund_payers(
     let total = u128::try_from(payers.len())
         .ok()
         .and_then(|count| count.checked_mul(params.amount_each))
-        .ok_or_else(|| ChainError::BadAnswer("total deposit exceeds u128".into()))?;
+        .ok_or_else(|| {
+            ChainError::AmountTooLarge(format!(
+                "{} payers times {} exceeds u128",
+                payers.len(),
+                params.amount_each
+            ))
+        })?;
     let token = TestToken::new(params.token, provider.clone());
     let settlement = Settlement::new(params.settlement, provider.clone());
     if params.mint {

@@ -1021,12 +1021,8 @@ async fn a_proof_from_the_route_is_accepted_by_the_contract_after_a_real_commit(
         assert_eq!(status, 200, "{body}");
         let view: ProofView = serde_json::from_value(body).expect("proof view");
         assert_eq!(view.cumulative, u128::from(p.amount));
-        let leaf = Leaf {
-            payer: payer_of(&key(p.payer)),
-            payee: p.payee,
-            cumulative: view.cumulative,
-        };
-        let proof: Vec<_> = view.proof.iter().map(|h| hash_of(h)).collect();
+        let (leaf, proof) = view.decode().expect("a well-formed proof");
+        assert_eq!((leaf.payer, leaf.payee), (payer_of(&key(p.payer)), p.payee));
         assert!(
             contract.verify_leaf(1, &leaf, &proof).await.expect("call"),
             "the contract accepts the route's proof"

@@ -159,3 +159,33 @@ fn a_node_that_is_down_is_one_line_and_exit_2() {
     let output = tollgate(&["deploy", "--rpc-url", &url, "--operator-key", "not-a-key"]);
     assert_eq!(output.status.code(), Some(2));
 }
+
+#[test]
+fn outside_a_dev_chain_nothing_defaults_to_a_dev_key_or_dev_parameters() {
+    let anvil = common::spawn_anvil_as_chain(10);
+    let endpoint = anvil.endpoint();
+    let key = hex::encode(anvil.keys()[0].to_bytes());
+    let run = |extra: &[&str]| {
+        let mut args = vec!["deploy", "--rpc-url", &endpoint];
+        args.extend_from_slice(extra);
+        let output = tollgate(&args);
+        assert_eq!(output.status.code(), Some(2), "{}", text(&output.stdout));
+        assert!(output.stdout.is_empty());
+        text(&output.stderr)
+    };
+    let windows = [
+        "--challenge-window-secs",
+        "3600",
+        "--withdrawal-delay-secs",
+        "90000",
+    ];
+    let stderr = run(&windows);
+    assert!(stderr.contains("--operator-key"), "{stderr}");
+    assert!(!stderr.contains("dev account"), "{stderr}");
+    let stderr = run(&["--operator-key", &key]);
+    assert!(stderr.contains("--challenge-window-secs"), "{stderr}");
+    let mut with_key = vec!["--operator-key", key.as_str()];
+    with_key.extend_from_slice(&windows);
+    let stderr = run(&with_key);
+    assert!(stderr.contains("settlement token"), "{stderr}");
+}

@@ -3,7 +3,9 @@
 //! JSON number loses precision past 2^53. Keys and hashes are lower-case hex, addresses and
 //! hashes with `0x`, payer keys without (as `PayerKey` displays them).
 
+use alloy::primitives::B256;
 use serde::{Deserialize, Serialize};
+use tollgate_settle::merkle::{Leaf, leaf_hash};
 
 /// Serde for `u128` as a decimal string.
 pub mod decimal {
@@ -220,6 +222,45 @@ pub struct ProofView {
     pub proof: Vec<String>,
 }
 
+/// A proof answer whose fields do not parse (a server bug, or not a Tollgate server).
+#[derive(Debug, thiserror::Error)]
+#[error("malformed proof answer: {0}")]
+pub struct ProofDecodeError(String);
+
+impl ProofView {
+    /// The leaf and the proof as settle takes them, e.g. for
+    /// `tollgate_settle::ContractReader::verify_leaf(view.epoch, &leaf, &proof)`.
+    pub fn decode(&self) -> Result<(Leaf, Vec<B256>), ProofDecodeError> {
+        let hash = |text: &str| {
+            text.parse::<B256>()
+                .map_err(|e| ProofDecodeError(format!("hash {text:?}: {e}")))
+        };
+        let leaf = Leaf {
+            payer: self
+                .payer
+                .parse()
+                .map_err(|e| ProofDecodeError(format!("payer {:?}: {e}", self.payer)))?,
+            payee: self
+                .payee
+                .parse()
+                .map_err(|e| ProofDecodeError(format!("payee {:?}: {e}", self.payee)))?,
+            cumulative: self.cumulative,
+        };
+        if hash(&self.leaf)? != leaf_hash(self.epoch, &leaf) {
+            return Err(ProofDecodeError(format!(
+                "leaf {} is not the hash of the leaf's fields",
+                self.leaf
+            )));
+        }
+        let proof = self
+            .proof
+            .iter()
+            .map(|text| hash(text))
+            .collect::<Result<_, _>>()?;
+        Ok((leaf, proof))
+    }
+}
+
 /// Every error: a stable machine code and a sentence for people.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -271,5 +312,31 @@ mod tests {
                 "{bad} accepted as an amount"
             );
         }
+    }
+
+    #[test]
+    fn a_proof_decodes_only_when_its_leaf_hash_matches_its_fields() {
+        let leaf = Leaf {
+            payer: tollgate_engine::PayerKey([3; 32]),
+            payee: tollgate_engine::Address([4; 20]),
+            cumulative: 77,
+        };
+        let hex = |hash: B256| format!("0x{}", hex::encode(hash));
+        let mut view = ProofView {
+            epoch: 5,
+            payer: leaf.payer.to_string(),
+            payee: leaf.payee.to_string(),
+            cumulative: leaf.cumulative,
+            leaf: hex(leaf_hash(5, &leaf)),
+            root: hex(B256::ZERO),
+            proof: vec![hex(B256::repeat_byte(9))],
+        };
+        let (decoded, proof) = view.decode().expect("decodes");
+        assert_eq!((decoded, proof), (leaf, vec![B256::repeat_byte(9)]));
+        view.cumulative += 1;
+        assert!(view.decode().is_err(), "leaf hash no longer matches");
+        view.cumulative -= 1;
+        view.proof.push("0x12".into());
+        assert!(view.decode().is_err(), "short hash");
     }
 }

@@ -41,8 +41,9 @@ pub(super) struct TreeCache {
     capacity: usize,
     trees: Mutex<VecDeque<Arc<EpochTree>>>,
     /// One build at a time: bounds the memory of trees being built to one, and a request that
-    /// waited re-checks the cache, so concurrent requests for an epoch build it once.
-    building: Semaphore,
+    /// waited re-checks the cache, so concurrent requests for an epoch build it once. The permit
+    /// moves into the blocking build, so a client that hangs up does not release it early.
+    building: Arc<Semaphore>,
 }
 
 impl TreeCache {
@@ -50,7 +51,7 @@ impl TreeCache {
         Self {
             capacity: capacity.max(1),
             trees: Mutex::new(VecDeque::new()),
-            building: Semaphore::new(1),
+            building: Arc::new(Semaphore::new(1)),
         }
     }
 
@@ -176,16 +177,18 @@ pub(super) async fn proof(
     let tree = match state.trees.get(epoch)? {
         Some(tree) => tree,
         None => {
-            let _permit = state
+            let permit = state
                 .trees
                 .building
-                .acquire()
+                .clone()
+                .acquire_owned()
                 .await
                 .map_err(|_| ApiError::Internal("proof tree builder closed".into()))?;
             match state.trees.get(epoch)? {
                 Some(tree) => tree,
                 None => {
                     let tree = read_ledger(&state, move |reader| {
+                        let _building = permit;
                         build_tree(reader, epoch, root, payer, payee).map(Arc::new)
                     })
                     .await?;

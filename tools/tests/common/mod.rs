@@ -20,7 +20,16 @@ pub fn anvil_path() -> PathBuf {
 
 /// Starts anvil on a free loopback port (port 0: anvil picks one and reports it).
 pub fn spawn_anvil() -> AnvilInstance {
-    Anvil::at(anvil_path())
+    spawn(Anvil::at(anvil_path()))
+}
+
+/// The same, posing as chain `chain_id` (to look like a chain that is not a dev chain).
+pub fn spawn_anvil_as_chain(chain_id: u64) -> AnvilInstance {
+    spawn(Anvil::at(anvil_path()).chain_id(chain_id))
+}
+
+fn spawn(anvil: Anvil) -> AnvilInstance {
+    anvil
         .host("127.0.0.1")
         .port(0u16)
         .try_spawn()
