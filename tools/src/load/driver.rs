@@ -139,6 +139,8 @@ impl Source {
 #[derive(Debug)]
 struct Shared {
     start: Instant,
+    /// `start + --duration`: no batch due at or after it is sent.
+    deadline: Option<Instant>,
     stop: AtomicBool,
     /// Nanoseconds after `start` at which the next batch may go, when a rate is set.
     next_slot_ns: AtomicU64,
@@ -148,6 +150,11 @@ struct Shared {
 }
 
 impl Shared {
+    /// Whether a batch due at `due` is past `--duration`.
+    fn past_deadline(&self, due: Instant) -> bool {
+        self.deadline.is_some_and(|deadline| due >= deadline)
+    }
+
     /// When a batch of `n` may go: slots are handed out in order over all connections, so the
     /// offered rate holds whatever the engine does (latency is measured from the slot, not from
     /// when the batch finally went, so a stalled engine shows up in the latency).
@@ -328,6 +335,11 @@ async fn drive<T: Transport>(
             break;
         }
         let slot = shared.slot(receipts.len());
+        // Judged by the batch's due time, not by when this task got to run: a busy machine must
+        // not turn a late wake-up into extra batches past --duration.
+        if shared.past_deadline(slot.unwrap_or_else(Instant::now)) {
+            break;
+        }
         if let Some(slot) = slot {
             tokio::time::sleep_until(slot.into()).await;
             if shared.stop.load(Ordering::Relaxed) {
@@ -445,6 +457,7 @@ where
 
     let shared = Arc::new(Shared {
         start: Instant::now(),
+        deadline: options.duration.map(|duration| Instant::now() + duration),
         stop: AtomicBool::new(false),
         next_slot_ns: AtomicU64::new(0),
         rate_per_s: options.rate_per_s,
