@@ -379,11 +379,14 @@ async fn compare_with_chain(
         let payee = payee_address(args.seed, index);
         let api = query.payee(&payee).await?;
         let onchain = chain.withdrawable(payee).await?;
-        if api.settled != onchain {
+        // The API's own `withdrawable` is read from the contract by the server: it must be
+        // there, and equal what the engine says was settled to this payee.
+        if api.settled != onchain || api.withdrawable != Some(onchain) {
             disagreements += 1;
             println!(
-                "payee {payee}: API settled {}, chain withdrawable {onchain}  DIFFERENT",
-                api.settled
+                "payee {payee}: API settled {}, API withdrawable {:?}, chain withdrawable \
+                 {onchain}  DIFFERENT",
+                api.settled, api.withdrawable
             );
         }
         payee_rows += 1;

@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tollgate_engine::pipeline::{Engine, EngineConfig};
 use tollgate_engine::{Verifier, VerifyPool};
+use tollgate_settle::chain::ContractReader;
 use tollgate_settle::epoch::{EpochLoop, FundsLoop};
 use tollgate_settle::submitter::Submitter;
 use tollgate_settle::watcher::Watcher;
@@ -123,8 +124,28 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
     // Logged as bound, so a port of 0 in the configuration shows the one the kernel chose.
     let fleet_address = fleet_listener.local_addr().context("listen")?;
     let http_address = http_listener.local_addr().context("http")?;
+    let settlement = match &config.chain {
+        Some(chain) => match connect_settlement(&config, chain, &engine).await {
+            Ok(settlement) => Some(settlement),
+            Err(error) => {
+                stop_engine(engine).await?;
+                return Err(error);
+            }
+        },
+        None => {
+            tracing::warn!(
+                "CHAINLESS MODE: no chain configured; no settlement, and receipts of payers that \
+                 never deposited are accepted without a funds check"
+            );
+            None
+        }
+    };
+
     let ready = Arc::new(AtomicBool::new(false));
-    let api = ApiState::new(engine.reader(), Arc::clone(&ready), metrics.clone());
+    let mut api = ApiState::new(engine.reader(), Arc::clone(&ready), metrics.clone());
+    if let Some(settlement) = &settlement {
+        api = api.with_chain(Arc::new(settlement.reader.clone()));
+    }
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     tasks.spawn(named("http", {
         let shutdown = shutdown.clone();
@@ -137,17 +158,9 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
     }));
     tasks.spawn(named("metrics upkeep", upkeep(metrics, shutdown.clone())));
 
-    let settlement = match &config.chain {
-        Some(chain) => Some(start_settlement(&config, chain, &engine, &mut tasks, &shutdown).await),
-        None => {
-            tracing::warn!(
-                "CHAINLESS MODE: no chain configured; no settlement, and receipts of payers that \
-                 never deposited are accepted without a funds check"
-            );
-            None
-        }
-    };
-    if let Some(Err(error)) = settlement {
+    if let Some(settlement) = settlement
+        && let Err(error) = settlement.start(&mut tasks, &shutdown).await
+    {
         shutdown.cancel();
         drain(&mut tasks, Duration::ZERO).await;
         stop_engine(engine).await?;
@@ -233,14 +246,20 @@ async fn stop_engine(engine: Engine) -> anyhow::Result<()> {
         .context("the ledger stopped with an error")
 }
 
-/// Connects to the chain, catches the deposit watcher up, and starts the funds and epoch loops.
-async fn start_settlement(
+/// The chain side of `serve`: connected and checked, not yet running.
+struct Settlement {
+    funds: FundsLoop,
+    epochs: EpochLoop,
+    reader: ContractReader,
+}
+
+/// Connects the deposit watcher, the epoch submitter and the API's contract reader; each checks
+/// the chain id and the contract's code, and the submitter that the key is the operator's.
+async fn connect_settlement(
     config: &ServeConfig,
     chain: &ChainSettings,
     engine: &Engine,
-    tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Settlement> {
     let domain = config.domain;
     let contract = alloy::primitives::Address::from(domain.contract.0);
     let operator =
@@ -263,30 +282,46 @@ async fn start_settlement(
     )
     .await
     .context("rpc_url: epoch submitter")?;
+    let reader = ContractReader::connect(&chain.rpc_url, domain.chain_id, contract)
+        .await
+        .context("rpc_url: contract reader")?;
+    Ok(Settlement {
+        funds: FundsLoop::new(
+            engine.clone(),
+            watcher,
+            chain.start_block,
+            chain.funds_poll_ms,
+        ),
+        epochs: EpochLoop::new(engine.clone(), submitter, chain.epochs.clone()),
+        reader,
+    })
+}
 
-    let funds = FundsLoop::new(
-        engine.clone(),
-        watcher,
-        chain.start_block,
-        chain.funds_poll_ms,
-    );
-    tracing::info!("catching up with deposits on the chain");
-    while !funds.step().await.context("deposit watcher")? {
-        if shutdown.is_cancelled() {
-            return Ok(());
+impl Settlement {
+    /// Catches the deposit watcher up with the chain, then runs both loops as tasks.
+    async fn start(
+        self,
+        tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        tracing::info!("catching up with deposits on the chain");
+        while !self.funds.step().await.context("deposit watcher")? {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
         }
+        tracing::info!("deposits caught up");
+        let Settlement { funds, epochs, .. } = self;
+        let funds_shutdown = shutdown.clone();
+        tasks.spawn(named("deposit watcher", async move {
+            funds.run(funds_shutdown).await.context("deposit watcher")
+        }));
+        let epochs_shutdown = shutdown.clone();
+        tasks.spawn(named("epoch loop", async move {
+            epochs.run(epochs_shutdown).await.context("epoch loop")
+        }));
+        Ok(())
     }
-    tracing::info!("deposits caught up");
-    let funds_shutdown = shutdown.clone();
-    tasks.spawn(named("deposit watcher", async move {
-        funds.run(funds_shutdown).await.context("deposit watcher")
-    }));
-    let epochs = EpochLoop::new(engine.clone(), submitter, chain.epochs.clone());
-    let epochs_shutdown = shutdown.clone();
-    tasks.spawn(named("epoch loop", async move {
-        epochs.run(epochs_shutdown).await.context("epoch loop")
-    }));
-    Ok(())
 }
 
 async fn named(
