@@ -416,9 +416,11 @@ impl Drop for Inner {
     }
 }
 
-/// Most queued batches verified together; bounds the memory held between the verify stage and
-/// the writer.
-const VERIFY_GROUP_BATCHES_MAX: usize = 64;
+/// Most queued batches verified together. Eight client batches are enough chunks to keep a
+/// small pool busy; more makes the first batch of a group wait for the last. Measured on 2
+/// cores (docs/BENCHMARKS.md): p99 ack latency at 80% load 47 ms with 8, 63 ms with 16, 84 ms
+/// with 64, for an end-to-end rate within the run-to-run noise (145k-158k receipts/s).
+const VERIFY_GROUP_BATCHES_MAX: usize = 8;
 
 /// The verify stage. It takes every batch already queued (up to a bound) and verifies them in
 /// one call, so the pool spreads their receipts over all its threads: one client batch is often

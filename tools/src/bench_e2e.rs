@@ -58,9 +58,13 @@ pub struct BenchE2eArgs {
     /// The paced run offers this percentage of the full-speed rate (0 skips it).
     #[arg(long, default_value_t = 80)]
     pub paced_pct: u32,
-    /// Length of the paced and overload runs, in seconds of offered load.
+    /// Length of the paced run, in seconds of offered load.
     #[arg(long, default_value_t = 10)]
     pub offered_secs: u64,
+    /// Length of the overload run, in seconds of offered load (the server takes about four
+    /// times as long to work through it).
+    #[arg(long, default_value_t = 3)]
+    pub overload_secs: u64,
     /// Also offer 4x the full-speed rate from 4x the connections, and report the server's
     /// memory: back-pressure must keep it bounded.
     #[arg(long)]
@@ -173,9 +177,9 @@ pub fn measure(args: &BenchE2eArgs) -> anyhow::Result<Report> {
     eprintln!("end to end: {:.0} receipts/s", full.receipts_per_s);
     let receipts_per_fsync = receipts_per_fsync(&server)?;
 
-    let offered = |pct: u32, connections: u32, in_flight: usize| {
+    let offered = |pct: u32, connections: u32, in_flight: usize, secs: u64| {
         let rate = full.receipts_per_s * f64::from(pct) / 100.0;
-        let receipts = ((rate * args.offered_secs as f64) as u64).max(1);
+        let receipts = ((rate * secs as f64) as u64).max(1);
         let run_args = BenchE2eArgs {
             receipts,
             connections,
@@ -199,14 +203,24 @@ pub fn measure(args: &BenchE2eArgs) -> anyhow::Result<Report> {
     };
     let paced = match args.paced_pct {
         0 => None,
-        pct => Some(offered(pct, args.connections, args.in_flight)?),
+        pct => Some(offered(
+            pct,
+            args.connections,
+            args.in_flight,
+            args.offered_secs,
+        )?),
     };
     let peak_rss = server.peak_rss_bytes()?;
     // Four times the connections, each with twice the batches in flight, offering four times
     // what the server just managed: the server must push back through TCP, not buffer.
     let overload = if args.overload {
         eprintln!("overload: 4x the rate from 4x the connections");
-        Some(offered(400, args.connections * 4, args.in_flight * 2)?)
+        Some(offered(
+            400,
+            args.connections * 4,
+            args.in_flight * 2,
+            args.overload_secs,
+        )?)
     } else {
         None
     };

@@ -15,7 +15,15 @@ fn the_end_to_end_bench_reports_consistent_figures() {
             "--connections",
             "4",
         ])
-        .args(["--paced-pct", "50", "--offered-secs", "1", "--overload"])
+        .args([
+            "--paced-pct",
+            "50",
+            "--offered-secs",
+            "1",
+            "--overload",
+            "--overload-secs",
+            "1",
+        ])
         .output()
         .expect("run tollgate bench e2e");
     let stdout = String::from_utf8_lossy(&output.stdout);
