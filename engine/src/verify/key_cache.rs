@@ -5,6 +5,9 @@
 //! Each shard keeps two generations: lookups hit the young one, or promote from the old one;
 //! when the young one fills up it becomes the old one and the previous old one is dropped. Keys
 //! in use survive, keys not seen for a generation go, and memory never exceeds the capacity.
+//! A working set of up to half the capacity is always kept; a larger one cycled through in order
+//! (every payer once per round) can miss on every lookup, so size the capacity at twice the
+//! payers expected.
 //! Refused keys live in their own bounded generations: refusing a key is a pure function of its
 //! bytes, so a key refused once is refused for good whether or not it is still remembered; the set
 //! only spares the work, and an attacker spraying fresh bad keys cannot grow it.
