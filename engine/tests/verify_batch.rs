@@ -132,6 +132,48 @@ fn duplicate_receipts_in_one_batch_are_each_verified() {
 }
 
 #[test]
+fn chunks_shrink_while_most_fail_and_return_on_clean_traffic() {
+    let mut rng = verify_support::rng(4);
+    let honest = verify_support::honest(1024, 16, &mut rng);
+    let clean: Vec<[u8; 176]> = honest.iter().map(Receipt::to_bytes).collect();
+    // One bad S every 50 receipts (R stays a valid point, so only the equation can catch it):
+    // every chunk of 64 or more fails, and most chunks of 32.
+    let mixed: Vec<[u8; 176]> = honest
+        .iter()
+        .enumerate()
+        .map(|(index, receipt)| {
+            let mut receipt = *receipt;
+            if index % 50 == 7 {
+                receipt.signature[40] ^= 1;
+            }
+            receipt.to_bytes()
+        })
+        .collect();
+    let expected_mixed: Vec<Verdict> = (0..mixed.len())
+        .map(|index| {
+            if index % 50 == 7 {
+                Err(Reason::BadSignature)
+            } else {
+                Ok(())
+            }
+        })
+        .collect();
+    let pool = pool(256);
+    let mut chunks = vec![pool.chunk_receipts()];
+    for _ in 0..4 {
+        assert_eq!(pool.verify(&views(&mixed)), expected_mixed);
+        chunks.push(pool.chunk_receipts());
+    }
+    assert_eq!(chunks, [256, 128, 64, 32, 32], "halves down to the floor");
+    assert_eq!(pool.verify(&views(&clean)), vec![Ok(()); clean.len()]);
+    assert_eq!(
+        pool.chunk_receipts(),
+        256,
+        "clean traffic restores the largest chunk"
+    );
+}
+
+#[test]
 fn bad_configuration_is_a_typed_error() {
     let verifier = Verifier::new(verify_support::domain(), VerifyConfig::default());
     let no_threads = VerifyConfig {
