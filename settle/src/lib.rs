@@ -3,8 +3,8 @@
 //!
 //! - [`contract`]: alloy bindings generated from the committed solc artifacts (`settle/artifacts`),
 //!   plus the calldata packing the contract expects.
-//! - [`merkle`]: OpenZeppelin-compatible epoch trees (double-keccak leaves, sorted pairs) on
-//!   rs_merkle; proofs verify with `MerkleProof.verify` / `Settlement.verifyLeaf`.
+//! - [`merkle`]: OpenZeppelin-compatible epoch trees (double-keccak leaves, sorted pairs) in
+//!   rs_merkle's shape; proofs verify with `MerkleProof.verify` / `Settlement.verifyLeaf`.
 //! - [`chain`]: connecting to an RPC (chain id checked at start), deploying token and contract,
 //!   funding payers on a dev chain, and [`ContractReader`] for the contract's views.
 //! - [`submitter`]: commits an epoch's parts, resumable from whatever the chain already holds.
