@@ -4,14 +4,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use common::*;
 use tollgate_engine::pipeline::{Engine, EngineConfig, EngineError};
 use tollgate_engine::store::StoreError;
 
 fn open_err(config: EngineConfig) -> EngineError {
-    Engine::open(config, Arc::new(StrictVerifier)).expect_err("must refuse to start")
+    Engine::open(config, verifier()).expect_err("must refuse to start")
 }
 
 /// A ledger with a few acked receipts, closed cleanly.

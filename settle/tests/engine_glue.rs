@@ -11,10 +11,10 @@ use alloy::primitives::{Address as EvmAddress, B256, U256};
 use common::{Chain, key};
 use ed25519_dalek::SigningKey;
 use tollgate_engine::{
-    Address, Domain, PayerKey, Reason, Receipt, ReceiptBatch, ReceiptView, UnsignedReceipt,
-    Verdict,
+    Address, Domain, PayerKey, Reason, Receipt, ReceiptBatch, UnsignedReceipt, Verifier,
+    VerifyConfig, VerifyPool,
     ledger::EpochStatus,
-    pipeline::{BatchAck, BatchVerifier, Engine, EngineConfig, SubmitRequest},
+    pipeline::{BatchAck, Engine, EngineConfig, SubmitRequest},
 };
 use tollgate_settle::{
     epoch::{EpochConfig, EpochLoop, FundsLoop},
@@ -30,27 +30,6 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
-/// ed25519-dalek's strict single verification, receipt by receipt. engine::verify::VerifyPool is
-/// the production verifier, but its batch path currently panics on batches mixing payer keys
-/// (curve25519-dalek's multiscalar length assertion); reported to the lead rather than fixed here.
-#[derive(Debug)]
-struct StrictVerifier(Domain);
-
-impl BatchVerifier for StrictVerifier {
-    fn verify(&self, receipts: &[ReceiptView<'_>]) -> Vec<Verdict> {
-        receipts
-            .iter()
-            .map(|receipt| {
-                let key = ed25519_dalek::VerifyingKey::from_bytes(&receipt.payer().0)
-                    .map_err(|_| Reason::BadPayerKey)?;
-                let signature = ed25519_dalek::Signature::from_bytes(&receipt.signature());
-                key.verify_strict(&receipt.signing_bytes(&self.0), &signature)
-                    .map_err(|_| Reason::BadSignature)
-            })
-            .collect()
-    }
-}
-
 async fn setup() -> Setup {
     let chain = Chain::start(0, 60).await;
     let domain = Domain {
@@ -58,11 +37,9 @@ async fn setup() -> Setup {
         contract: Address(chain.addresses.settlement.0.0),
     };
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(
-        EngineConfig::new(dir.path()),
-        Arc::new(StrictVerifier(domain)),
-    )
-    .unwrap();
+    let verify = VerifyConfig::default();
+    let verifier = VerifyPool::new(Verifier::new(domain, verify.clone()), verify).unwrap();
+    let engine = Engine::open(EngineConfig::new(dir.path()), Arc::new(verifier)).unwrap();
     Setup {
         chain,
         engine,

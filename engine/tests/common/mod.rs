@@ -1,4 +1,4 @@
-//! Shared by the ledger tests: a verifier that really checks signatures, signing helpers, and a
+//! Shared by the ledger tests: the production verifier, signing helpers, and a
 //! way to wait for the engine's oneshot replies without an async runtime.
 #![allow(dead_code)] // each test file uses its own subset
 
@@ -6,13 +6,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
+use ed25519_dalek::SigningKey;
 use tollgate_engine::pipeline::{
-    BatchAck, BatchVerifier, Engine, EngineConfig, EngineError, FundsEvent, FundsKind,
-    SubmitRequest,
+    BatchAck, Engine, EngineConfig, EngineError, FundsEvent, FundsKind, SubmitRequest,
 };
 use tollgate_engine::{
-    Address, Domain, PayerKey, Reason, Receipt, ReceiptBatch, ReceiptView, UnsignedReceipt, Verdict,
+    Address, Domain, PayerKey, Receipt, ReceiptBatch, UnsignedReceipt, Verifier, VerifyConfig,
+    VerifyPool,
 };
 
 pub const DOMAIN: Domain = Domain {
@@ -20,25 +20,14 @@ pub const DOMAIN: Domain = Domain {
     contract: Address([0xc0; 20]),
 };
 
-/// Test-only verifier: ed25519-dalek `verify_strict`, one receipt at a time. Slow and simple, so
-/// the ledger tests never depend on the production batch verifier, yet nobody is charged for a
-/// signature that does not hold.
-#[derive(Debug)]
-pub struct StrictVerifier;
-
-impl BatchVerifier for StrictVerifier {
-    fn verify(&self, receipts: &[ReceiptView<'_>]) -> Vec<Verdict> {
-        receipts
-            .iter()
-            .map(|receipt| {
-                let key = VerifyingKey::from_bytes(&receipt.payer().0)
-                    .map_err(|_| Reason::BadPayerKey)?;
-                let signature = Signature::from_bytes(&receipt.signature());
-                key.verify_strict(&receipt.signing_bytes(&DOMAIN), &signature)
-                    .map_err(|_| Reason::BadSignature)
-            })
-            .collect()
-    }
+/// The production verifier, on one thread: the ledger tests charge only for signatures the
+/// engine's own rule accepts, as a server would.
+pub fn verifier() -> Arc<VerifyPool> {
+    let config = VerifyConfig {
+        threads: 1,
+        ..VerifyConfig::default()
+    };
+    Arc::new(VerifyPool::new(Verifier::new(DOMAIN, config.clone()), config).expect("verify pool"))
 }
 
 pub fn now_ms() -> u64 {
@@ -87,7 +76,7 @@ pub fn open(dir: &Path) -> Engine {
 }
 
 pub fn open_with(config: EngineConfig) -> Engine {
-    Engine::open(config, Arc::new(StrictVerifier)).expect("engine opens")
+    Engine::open(config, verifier()).expect("engine opens")
 }
 
 pub fn wait<T>(
