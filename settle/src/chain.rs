@@ -1,11 +1,16 @@
-//! Connecting to the settlement chain, deploying and funding the contracts, and reading what the
-//! contract says (withdrawable, available, proofs) for the query API and the demo.
+//! Connecting to the settlement chain, deploying and funding the contracts, reading what the
+//! contract says (withdrawable, available, proofs) for the query API and the demo, and the
+//! payee's side: gas money and `withdraw`.
 
 use std::time::Duration;
 
 use alloy::{
+    consensus::Transaction as _,
+    contract::RawCallBuilder,
+    network::{TransactionBuilder, TransactionResponse},
     primitives::{Address, B256, TxHash, U256},
     providers::{DynProvider, PendingTransactionError, Provider, ProviderBuilder},
+    rpc::types::TransactionRequest,
     signers::local::PrivateKeySigner,
     transports::http::reqwest::Url,
 };
@@ -342,6 +347,76 @@ impl ContractReader {
     }
 }
 
+impl ContractReader {
+    /// Replays the exact call of the mined transaction `tx_hash` (same sender, same calldata)
+    /// against the latest state with `eth_call`, sending nothing. `Ok(None)` when it would
+    /// succeed now, otherwise the contract's custom error: how the demo, or an auditor, shows
+    /// that a committed epoch part cannot land a second time.
+    pub async fn replay(
+        &self,
+        tx_hash: TxHash,
+    ) -> Result<Option<Settlement::SettlementErrors>, ChainError> {
+        let provider = self.settlement.provider().clone();
+        let mined = provider
+            .get_transaction_by_hash(tx_hash)
+            .await?
+            .ok_or_else(|| {
+                ChainError::BadAnswer(format!("the node knows no transaction {tx_hash}"))
+            })?;
+        let call = RawCallBuilder::new_raw(provider, mined.input().clone())
+            .from(mined.from())
+            .to(self.address());
+        match call.call().await {
+            Ok(_) => Ok(None),
+            Err(error) => {
+                match error.as_decoded_interface_error::<Settlement::SettlementErrors>() {
+                    Some(revert) => Ok(Some(revert)),
+                    None => Err(ChainError::Contract(error)),
+                }
+            }
+        }
+    }
+}
+
+/// Sends `Settlement.withdraw()` from the `payee` account and returns what the contract paid
+/// out, read from its `Withdrawn` event.
+pub async fn withdraw(
+    rpc_url: &str,
+    payee: PrivateKeySigner,
+    settlement: Address,
+) -> Result<u128, ChainError> {
+    let provider = wallet_provider(rpc_url, payee)?;
+    let pending = Settlement::new(settlement, provider.clone())
+        .withdraw()
+        .send()
+        .await?;
+    let receipt = landed_receipt(&provider, *pending.tx_hash()).await?;
+    let paid = receipt
+        .decoded_log::<Settlement::Withdrawn>()
+        .ok_or_else(|| {
+            ChainError::BadAnswer(format!(
+                "withdrawal {} logged no Withdrawn event",
+                receipt.transaction_hash
+            ))
+        })?;
+    amount_u128("withdrawn", paid.data.amount)
+}
+
+/// Sends `wei` of the chain's native currency from `from` to `to`: gas money for an account that
+/// only ever received tokens (a payee about to withdraw, on a dev chain).
+pub async fn send_gas_money(
+    rpc_url: &str,
+    from: PrivateKeySigner,
+    to: Address,
+    wei: U256,
+) -> Result<(), ChainError> {
+    let provider = wallet_provider(rpc_url, from)?;
+    let request = TransactionRequest::default().with_to(to).with_value(wei);
+    let pending = provider.send_transaction(request).await?;
+    landed_receipt(&provider, *pending.tx_hash()).await?;
+    Ok(())
+}
+
 /// What to fund: a deposit of `amount_each` for every payer key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FundParams {
@@ -436,15 +511,24 @@ pub async fn fund_payers(
 
 /// Waits for `tx_hash`'s receipt; the block it landed in, or why it did not land.
 async fn landed(provider: &DynProvider, tx_hash: TxHash) -> Result<u64, ChainError> {
+    let receipt = landed_receipt(provider, tx_hash).await?;
+    receipt
+        .block_number
+        .ok_or_else(|| ChainError::BadAnswer(format!("receipt of {tx_hash} names no block")))
+}
+
+/// Waits for `tx_hash`'s receipt, or says why it did not land (never mined, or reverted).
+async fn landed_receipt(
+    provider: &DynProvider,
+    tx_hash: TxHash,
+) -> Result<alloy::rpc::types::TransactionReceipt, ChainError> {
     let receipt = wait_for_receipt(provider, tx_hash, FUND_RECEIPT_POLL, FUND_RECEIPT_TIMEOUT)
         .await?
         .ok_or(ChainError::ReceiptTimeout(tx_hash))?;
     if !receipt.status() {
         return Err(ChainError::Reverted(tx_hash));
     }
-    receipt
-        .block_number
-        .ok_or_else(|| ChainError::BadAnswer(format!("receipt of {tx_hash} names no block")))
+    Ok(receipt)
 }
 
 /// Polls for `tx_hash`'s receipt every `poll` until `timeout`; `Ok(None)` when it never showed up

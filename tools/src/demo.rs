@@ -3,30 +3,35 @@
 //! A real anvil chain, the Settlement contract and its test token deployed, 1,000 payers funded
 //! onchain, `tollgate serve` with settlement on over a temporary RocksDB ledger, a million
 //! receipts streamed by `tollgate-load` (a few of them bad on purpose), epochs committed until
-//! nothing is pending, then the engine's numbers read next to the chain's and one Merkle proof
-//! checked by the contract itself. Exit 0 only when every number agrees.
+//! nothing is pending, then the engine's numbers read next to the chain's, one Merkle proof
+//! checked by the contract itself, a payee's withdrawal, and the last epoch commit replayed to
+//! show the contract refuses it. Exit 0 only when every number agrees.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use alloy::node_bindings::{Anvil, AnvilInstance};
-use alloy::primitives::B256;
+use alloy::primitives::{B256, TxHash, U256};
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{Context, bail, ensure};
 use tollgate_engine::{Address, PayerKey};
-use tollgate_settle::chain::{ContractReader, DeployParams, FundParams, deploy, fund_payers};
+use tollgate_settle::chain::{
+    ContractReader, DeployParams, FundParams, deploy, fund_payers, send_gas_money, withdraw,
+};
 use tollgate_settle::merkle::Leaf;
 
 use crate::api::cli::QueryClient;
 use crate::api::model::EpochView;
 use crate::load::check::{PayerBalance, fetch_balances};
 use crate::load::child::{self, LoadRun};
-use crate::load::workload::{payee_address, payer_keys};
+use crate::load::workload::{payee_address, payee_signer, payer_keys};
 use crate::serve::process::ServerProcess;
 
 /// Where `npm ci` puts the pinned anvil, relative to the repository root.
 const ANVIL_FROM_NPM: &str = "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil";
+/// Gas money sent to the payee that withdraws: 0.1 ETH, far more than one `withdraw` costs.
+const PAYEE_GAS_WEI: u128 = 100_000_000_000_000_000;
 /// Payers shown side by side with the chain in the summary.
 const PAYERS_SHOWN: usize = 5;
 
@@ -220,6 +225,10 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<bool> {
     step("a proof from the API, checked by the contract's verifyLeaf");
     agreed &= prove_onchain(args, &payers, &balances, &epochs, &query, &chain).await?;
 
+    step("a payee withdraws; the last commit, replayed, cannot land again");
+    agreed &= payee_withdraws(args, &rpc_url, dev_key(&anvil, 1)?, &query, &chain).await?;
+    agreed &= replay_last_commit(&epochs, &chain).await?;
+
     let status = server.terminate(Duration::from_secs(60))?;
     ensure!(status.success(), "tollgate serve exited with {status}");
     drop(anvil);
@@ -398,6 +407,64 @@ async fn compare_with_chain(
         println!("{disagreements} disagreements");
     }
     Ok(disagreements == 0)
+}
+
+/// Payee 0 gets gas money from `funder` and withdraws: the contract must pay exactly what it
+/// owed, and afterwards owe nothing, onchain and per the API.
+async fn payee_withdraws(
+    args: &DemoArgs,
+    rpc_url: &str,
+    funder: PrivateKeySigner,
+    query: &QueryClient,
+    chain: &ContractReader,
+) -> anyhow::Result<bool> {
+    let signer = payee_signer(args.seed, 0);
+    let payee = Address(signer.address().0.0);
+    let owed = chain.withdrawable(payee).await?;
+    send_gas_money(rpc_url, funder, signer.address(), U256::from(PAYEE_GAS_WEI)).await?;
+    let paid = withdraw(rpc_url, signer, chain.address()).await?;
+    let left = chain.withdrawable(payee).await?;
+    let api = query.payee(&payee).await?.withdrawable;
+    let right = owed > 0 && paid == owed && left == 0 && api == Some(0);
+    println!(
+        "payee {payee} withdrew {paid} of {owed} owed; withdrawable now {left} onchain, {} per \
+         the API{}",
+        api.map_or_else(|| "nothing".to_owned(), |amount| amount.to_string()),
+        if right { "" } else { "  WRONG" }
+    );
+    Ok(right)
+}
+
+/// The last committed epoch's commit transaction, replayed as `eth_call` from the operator: the
+/// contract must refuse it.
+async fn replay_last_commit(epochs: &[EpochView], chain: &ContractReader) -> anyhow::Result<bool> {
+    let last = epochs
+        .iter()
+        .filter(|epoch| epoch.status.as_str() == "committed")
+        .max_by_key(|epoch| epoch.epoch)
+        .context("no committed epoch")?;
+    let tx_hash: TxHash = last
+        .tx_hash
+        .as_deref()
+        .with_context(|| format!("committed epoch {} has no tx hash", last.epoch))?
+        .parse()
+        .context("epoch tx hash")?;
+    Ok(match chain.replay(tx_hash).await? {
+        Some(revert) => {
+            println!(
+                "epoch {} commit {tx_hash} replayed: reverts with {revert:?}",
+                last.epoch
+            );
+            true
+        }
+        None => {
+            println!(
+                "epoch {} commit {tx_hash} replayed: it would land again  WRONG",
+                last.epoch
+            );
+            false
+        }
+    })
 }
 
 /// The most active payer's leaf in the last committed epoch, proven by the contract.

@@ -2,7 +2,8 @@
 //! anvil, deploy, deposits for 30 payers, `tollgate serve` with settlement on, receipts streamed
 //! by `tollgate-load` (bad ones included; an overdraft must be refused before it reaches the
 //! chain), at least two epochs committed, every payer's and payee's balance equal to the
-//! contract's, and a proof accepted by `verifyLeaf` while a tampered leaf is not.
+//! contract's, a proof accepted by `verifyLeaf` while a tampered leaf is not, a payee withdrawing
+//! exactly what it is owed, and the last epoch commit reverting when sent again.
 
 use std::process::Command;
 
@@ -29,6 +30,14 @@ fn the_demo_agrees_with_the_chain_on_a_small_run() {
     assert!(
         stdout.contains("verifyLeaf: true; with cumulative + 1: false"),
         "{stdout}"
+    );
+    assert!(
+        stdout.contains(" withdrew ") && !stdout.contains("WRONG"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("replayed: reverts with UnexpectedPart"),
+        "a resubmitted epoch must revert: {stdout}"
     );
     let committed = stdout
         .lines()

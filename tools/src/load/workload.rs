@@ -14,6 +14,8 @@
 
 use std::collections::HashMap;
 
+use alloy::primitives::B256;
+use alloy::signers::local::PrivateKeySigner;
 use ed25519_dalek::SigningKey;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
@@ -184,11 +186,22 @@ pub fn payer_keys(seed: u64, count: u32) -> Vec<SigningKey> {
         .collect()
 }
 
-/// The address of payee `index` under `seed`.
+/// The EVM account of payee `index` under `seed`. Its key is derived like the payers', so whoever
+/// holds the seed (the demo) can sign that payee's `withdraw`.
+pub fn payee_signer(seed: u64, index: u32) -> PrivateKeySigner {
+    let mut secret = derived("tollgate-load v1 payee secp256k1 key", seed, index);
+    loop {
+        match PrivateKeySigner::from_bytes(&B256::from(secret)) {
+            Ok(signer) => return signer,
+            // Zero or past the curve order (odds about 2^-128): rehash, deterministically.
+            Err(_) => secret = *blake3::hash(&secret).as_bytes(),
+        }
+    }
+}
+
+/// The address of payee `index` under `seed`: [`payee_signer`]'s account.
 pub fn payee_address(seed: u64, index: u32) -> Address {
-    let mut address = [0u8; 20];
-    address.copy_from_slice(&derived("tollgate-load v1 payee address", seed, index)[..20]);
-    Address(address)
+    Address(payee_signer(seed, index).address().0.0)
 }
 
 /// The request hash of a receipt: blake3 over its channel and nonce, so it is deterministic and a
