@@ -445,8 +445,11 @@ fn verify_stage(
                 next = requests.try_recv().ok();
             }
         }
+        metrics::gauge!("tollgate_verify_queue_batches").set(requests.len() as f64);
         let requests_in_group: Vec<&SubmitRequest> = group.iter().map(|(r, _)| r).collect();
+        let started = std::time::Instant::now();
         let verdicts = group_verdicts(verifier, &requests_in_group);
+        metrics::histogram!("tollgate_verify_seconds").record(started.elapsed());
         for ((request, reply), verdicts) in group.drain(..).zip(verdicts) {
             let msg = WriterMsg::Batch {
                 session: SessionId {
@@ -462,6 +465,7 @@ fn verify_stage(
                 return;
             }
         }
+        metrics::gauge!("tollgate_ledger_queue_batches").set(verified.len() as f64);
     }
     drop(verified.send(WriterMsg::Shutdown));
 }

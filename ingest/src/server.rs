@@ -179,6 +179,24 @@ const REFUSALS_IN_FLIGHT_MAX: usize = 64;
 /// to a TCP reset.
 const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
+/// The fleet port's accept queue. tokio's `TcpListener::bind` asks for 1,024; a burst of
+/// connects beyond the queue is dropped by the kernel before the server can refuse it with a
+/// reason, so ask for more (Linux caps it at `net.core.somaxconn`, 4,096 by default).
+const LISTEN_BACKLOG: u32 = 4_096;
+
+/// Binds the fleet port with [`LISTEN_BACKLOG`], ready for [`run`].
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // A restarted server must not wait out TIME_WAIT sockets of its previous run.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves `listener` until `shutdown` is cancelled (then returns `Ok` once every connection has
 /// acknowledged what it read, or `shutdown_grace_ms` passed) or the engine fails.
 pub async fn run(
@@ -210,6 +228,7 @@ pub async fn run(
     // Connections watch this one token: cancelled on shutdown or on an engine failure.
     let stop = shutdown.child_token();
     let tracker = TaskTracker::new();
+    let connection_limit_bytes = Frame::Error(connection_limit()).to_bytes();
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -248,16 +267,21 @@ pub async fn run(
             }
             Err(_) => {
                 count_refusal(ErrorCode::TooManyConnections);
-                if let Ok(refusal) = Arc::clone(&refusals).try_acquire_owned() {
-                    let deadline = Duration::from_millis(shared.config.write_deadline_ms);
-                    tracker.spawn(async move {
-                        let error = ErrorFrame::new(
-                            ErrorCode::TooManyConnections,
-                            "server is at its connection limit",
-                        );
-                        let _ = timeout(deadline, refuse(stream, error)).await;
-                        drop(refusal);
-                    });
+                match Arc::clone(&refusals).try_acquire_owned() {
+                    Ok(refusal) => {
+                        let deadline = Duration::from_millis(shared.config.write_deadline_ms);
+                        tracker.spawn(async move {
+                            let _ = timeout(deadline, refuse(stream, connection_limit())).await;
+                            drop(refusal);
+                        });
+                    }
+                    // Past the refusals in flight: one non-blocking write of the ready-made frame
+                    // into the fresh socket's empty send buffer, then close. A client waiting
+                    // for CHALLENGE has sent nothing, so the close is a FIN after the frame, not
+                    // a reset that could destroy it; the flood costs one syscall per connect.
+                    Err(_) => {
+                        let _ = stream.try_write(&connection_limit_bytes);
+                    }
                 }
             }
         }
@@ -283,6 +307,13 @@ fn count_refusal(code: ErrorCode) {
 }
 
 /// Sends one ERROR on a connection that gets nothing else, then closes it gently.
+fn connection_limit() -> ErrorFrame {
+    ErrorFrame::new(
+        ErrorCode::TooManyConnections,
+        "server is at its connection limit",
+    )
+}
+
 async fn refuse(stream: TcpStream, error: ErrorFrame) {
     let (read, write) = stream.into_split();
     let mut writer = FramedWrite::new(write, FrameCodec::default());

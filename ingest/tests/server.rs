@@ -20,7 +20,7 @@ use tollgate_engine::{
     VerifyConfig, VerifyPool,
 };
 use tollgate_ingest::client::{Client, ClientConfig};
-use tollgate_ingest::server::{ClientAuth, ServerConfig, ServerError, run};
+use tollgate_ingest::server::{ClientAuth, ServerConfig, ServerError, bind, run};
 use tollgate_ingest::wire::{Ack, ErrorCode, Frame, FrameCodec, Hello, Ping, Submit};
 
 fn domain() -> Domain {
@@ -93,7 +93,7 @@ async fn start(adjust: impl FnOnce(&mut ServerConfig)) -> Harness {
         .expect("deposit applied");
     let mut config = ServerConfig::new(domain());
     adjust(&mut config);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = bind(([127, 0, 0, 1], 0).into()).expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(run(listener, config, engine.clone(), shutdown.clone()));
@@ -488,6 +488,96 @@ async fn two_hundred_slowloris_connections_do_not_stop_an_honest_client() {
     for raw in &mut slow {
         assert_eq!(error_code(raw).await, Some(ErrorCode::ReadDeadline));
     }
+    h.shutdown.cancel();
+    h.server.await.expect("join").expect("clean shutdown");
+}
+
+/// What one of the 10,000 connection attempts got from the server.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Attempt {
+    /// A slot: the server greeted it with CHALLENGE.
+    Served,
+    /// An ERROR frame saying the server is full.
+    RefusedWithReason,
+    /// Closed without a frame: the server was already busy refusing others.
+    Closed,
+    /// No answer at all: the kernel's accept queue overflowed and dropped the handshake, so the
+    /// server never saw this attempt.
+    NeverAccepted,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_connection_attempts_at_once_leave_the_honest_client_served() {
+    const ATTEMPTS: usize = 10_000;
+    let h = start(|config| config.connections_max = 64).await;
+    let client = Client::connect(client_config(h.addr, 1))
+        .await
+        .expect("connect");
+    // Every attempt keeps its socket until all have been answered, so a slot once given is not
+    // freed for the next attempt.
+    let flood = futures::future::join_all((0..ATTEMPTS).map(|_| async move {
+        let Ok(stream) = TcpStream::connect(h.addr).await else {
+            return (Attempt::Closed, None);
+        };
+        let mut raw = Framed::new(stream, FrameCodec::default());
+        let attempt = match tokio::time::timeout(Duration::from_secs(10), raw.next()).await {
+            Err(_) => Attempt::NeverAccepted,
+            Ok(Some(Ok(Frame::Challenge(_)))) => Attempt::Served,
+            Ok(Some(Ok(Frame::Error(error))))
+                if error.error_code() == Some(ErrorCode::TooManyConnections) =>
+            {
+                Attempt::RefusedWithReason
+            }
+            Ok(None | Some(Err(_))) => Attempt::Closed,
+            Ok(other) => panic!("unexpected answer to a connection attempt: {other:?}"),
+        };
+        (attempt, Some(raw))
+    }));
+    let honest = async {
+        for nonce in 1..=20 {
+            let verdict = tokio::time::timeout(Duration::from_secs(30), async {
+                client
+                    .submit(receipt(nonce, PAYEE))
+                    .await
+                    .expect("queued")
+                    .await
+            })
+            .await
+            .expect("honest client is answered during the flood");
+            assert_eq!(verdict, Ok(Ok(())));
+        }
+    };
+    let (attempts, ()) = tokio::join!(flood, honest);
+    let mut counts = std::collections::BTreeMap::new();
+    for (attempt, _) in &attempts {
+        *counts.entry(attempt).or_insert(0usize) += 1;
+    }
+    let served = counts.get(&Attempt::Served).copied().unwrap_or(0);
+    let refused = counts
+        .get(&Attempt::RefusedWithReason)
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        served <= 63,
+        "the honest client holds one of 64 slots: {counts:?}"
+    );
+    eprintln!("10,000 connection attempts: {counts:?}");
+    assert!(
+        refused > 0 && !counts.contains_key(&Attempt::Closed),
+        "every attempt the server saw and could not serve is told why: {counts:?}"
+    );
+    // The flood is gone; the server still takes new clients.
+    drop(attempts);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let late = Client::connect(client_config(h.addr, 2))
+        .await
+        .expect("a new client after the flood");
+    let verdict = late
+        .submit(receipt(100, PAYEE))
+        .await
+        .expect("queued")
+        .await;
+    assert_eq!(verdict, Ok(Ok(())));
     h.shutdown.cancel();
     h.server.await.expect("join").expect("clean shutdown");
 }

@@ -191,6 +191,27 @@ fn a_chainless_server_takes_load_checks_out_and_keeps_it_across_a_clean_restart(
         metrics.contains("tollgate_ingest_receipts_received_total 20000"),
         "{metrics}"
     );
+    // Everything the README's metrics table promises for a chainless server under load.
+    for name in [
+        "tollgate_ingest_connections_open",
+        "tollgate_ingest_connections_accepted_total",
+        "tollgate_ingest_batches_received_total",
+        "tollgate_ingest_batch_receipts",
+        "tollgate_ingest_receipts_accepted_total",
+        "tollgate_ingest_receipts_rejected_total{reason=\"bad_signature\"}",
+        "tollgate_ingest_receipts_rejected_total{reason=\"duplicate\"}",
+        "tollgate_ingest_engine_batches_in_flight",
+        "tollgate_verify_queue_batches",
+        "tollgate_ledger_queue_batches",
+        "tollgate_verify_seconds",
+        "tollgate_verify_equations_total",
+        "tollgate_ledger_write_seconds",
+        "tollgate_ledger_group_receipts",
+        "tollgate_ledger_receipts_accepted_total",
+        "tollgate_ledger_receipts_rejected_total{reason=\"duplicate\"}",
+    ] {
+        assert!(metrics.contains(name), "no {name} in /metrics:\n{metrics}");
+    }
     let log = std::fs::read_to_string(&acked_log).expect("acked log");
     let first: serde_json::Value =
         serde_json::from_str(log.lines().next().expect("a line")).expect("JSON line");

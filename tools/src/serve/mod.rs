@@ -114,8 +114,7 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
 pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = install_metrics()?;
     let engine = open_engine(&config).await?;
-    let fleet_listener = TcpListener::bind(config.listen)
-        .await
+    let fleet_listener = tollgate_ingest::server::bind(config.listen)
         .with_context(|| format!("listen: cannot bind {}", config.listen))?;
     let http_listener = TcpListener::bind(config.http)
         .await
