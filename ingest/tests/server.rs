@@ -457,6 +457,23 @@ async fn timeouts_and_connection_limits_are_enforced() {
     h.server.await.expect("join").expect("clean shutdown");
 }
 
+/// An honest client's receipts with nonces `1..=count`, each submitted after the previous one was
+/// answered: every one must be accepted, and none may wait long, whatever else hits the server.
+async fn answered_one_by_one(client: &Client, count: u64) {
+    for nonce in 1..=count {
+        let verdict = tokio::time::timeout(Duration::from_secs(30), async {
+            client
+                .submit(receipt(nonce, PAYEE))
+                .await
+                .expect("queued")
+                .await
+        })
+        .await
+        .expect("honest client is answered");
+        assert_eq!(verdict, Ok(Ok(())));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_slowloris_connections_do_not_stop_an_honest_client() {
     let h = start(|config| {
@@ -473,18 +490,7 @@ async fn two_hundred_slowloris_connections_do_not_stop_an_honest_client() {
     let client = Client::connect(client_config(h.addr, 1))
         .await
         .expect("connect");
-    for nonce in 1..=20 {
-        let verdict = tokio::time::timeout(Duration::from_secs(20), async {
-            client
-                .submit(receipt(nonce, PAYEE))
-                .await
-                .expect("queued")
-                .await
-        })
-        .await
-        .expect("honest client is answered");
-        assert_eq!(verdict, Ok(Ok(())));
-    }
+    answered_one_by_one(&client, 20).await;
     for raw in &mut slow {
         assert_eq!(error_code(raw).await, Some(ErrorCode::ReadDeadline));
     }
@@ -533,21 +539,7 @@ async fn ten_thousand_connection_attempts_at_once_leave_the_honest_client_served
         };
         (attempt, Some(raw))
     }));
-    let honest = async {
-        for nonce in 1..=20 {
-            let verdict = tokio::time::timeout(Duration::from_secs(30), async {
-                client
-                    .submit(receipt(nonce, PAYEE))
-                    .await
-                    .expect("queued")
-                    .await
-            })
-            .await
-            .expect("honest client is answered during the flood");
-            assert_eq!(verdict, Ok(Ok(())));
-        }
-    };
-    let (attempts, ()) = tokio::join!(flood, honest);
+    let (attempts, ()) = tokio::join!(flood, answered_one_by_one(&client, 20));
     let mut counts = std::collections::BTreeMap::new();
     for (attempt, _) in &attempts {
         *counts.entry(attempt).or_insert(0usize) += 1;

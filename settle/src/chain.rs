@@ -12,7 +12,7 @@ use alloy::{
     providers::{DynProvider, PendingTransactionError, Provider, ProviderBuilder},
     rpc::types::TransactionRequest,
     signers::local::PrivateKeySigner,
-    transports::http::reqwest::Url,
+    transports::http::reqwest::{self, Url},
 };
 use tollgate_engine::PayerKey;
 
@@ -32,6 +32,9 @@ pub const DEV_CHAIN_IDS: [u64; 2] = [31_337, 1_337];
 /// can help.
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
+    /// The HTTP client for the RPC could not be built (the TLS backend failed to start).
+    #[error("http client: {0}")]
+    HttpClient(String),
     /// The RPC URL does not parse.
     #[error("invalid rpc url {url:?}: {reason}")]
     BadUrl {
@@ -115,10 +118,22 @@ pub fn parse_url(rpc_url: &str) -> Result<Url, ChainError> {
     })
 }
 
+/// How long one RPC request may take. Without a bound, a node that accepts connections but
+/// never answers (hung, overloaded, stopped) would stall the submitter, the deposit watcher and
+/// the API's chain reads forever; with it they fail, and retry or report, like any RPC error.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn http_client() -> Result<reqwest::Client, ChainError> {
+    reqwest::Client::builder()
+        .timeout(RPC_TIMEOUT)
+        .build()
+        .map_err(|error| ChainError::HttpClient(error.to_string()))
+}
+
 /// A read-only provider.
 pub fn read_provider(rpc_url: &str) -> Result<DynProvider, ChainError> {
     Ok(ProviderBuilder::new()
-        .connect_http(parse_url(rpc_url)?)
+        .connect_reqwest(http_client()?, parse_url(rpc_url)?)
         .erased())
 }
 
@@ -132,7 +147,7 @@ pub fn wallet_provider(rpc_url: &str, signer: PrivateKeySigner) -> Result<DynPro
         .with_simple_nonce_management()
         .fetch_chain_id()
         .wallet(signer)
-        .connect_http(parse_url(rpc_url)?)
+        .connect_reqwest(http_client()?, parse_url(rpc_url)?)
         .erased())
 }
 

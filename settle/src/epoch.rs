@@ -143,19 +143,19 @@ impl EpochLoop {
         }
     }
 
-    /// Runs until `shutdown`. A chain that is down does not stop sealing: sealed epochs queue in
-    /// the ledger and are committed in order once the chain answers again.
+    /// Runs until `shutdown`. Sealing and committing run side by side, so a chain that is down
+    /// (a commit retrying with backoff for minutes) does not stop sealing: sealed epochs queue in
+    /// the ledger, `tollgate_settle_backlog_epochs` counts them, and they are committed in order
+    /// once the chain answers again.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), EpochError> {
+        tokio::try_join!(self.seal_when_due(&shutdown), self.commit_queued(&shutdown))?;
+        Ok(())
+    }
+
+    async fn seal_when_due(&self, shutdown: &CancellationToken) -> Result<(), EpochError> {
         let interval = Duration::from_millis(self.config.epoch_interval_ms);
         let mut last_seal = Instant::now();
         loop {
-            match self.commit_backlog().await {
-                Ok(()) => {}
-                Err(EpochError::Submit(SubmitError::Unavailable { attempts, last })) => {
-                    tracing::warn!(attempts, error = %last, "settlement chain unavailable; epochs stay queued");
-                }
-                Err(error) => return Err(error),
-            }
             let open = self.engine.reader().open_epoch()?;
             let has_content = open.receipts > 0 || open.amount > 0;
             if has_content
@@ -166,10 +166,38 @@ impl EpochLoop {
                 last_seal = Instant::now();
                 continue;
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                () = tokio::time::sleep(Duration::from_millis(self.config.tick_ms)) => {}
+            if self.tick(shutdown).await {
+                return Ok(());
             }
+        }
+    }
+
+    async fn commit_queued(&self, shutdown: &CancellationToken) -> Result<(), EpochError> {
+        loop {
+            // Dropping a commit mid-flight on shutdown is safe: the next start re-reads the
+            // chain and sends only what is missing.
+            let committed = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                committed = self.commit_backlog() => committed,
+            };
+            match committed {
+                Ok(()) => {}
+                Err(EpochError::Submit(SubmitError::Unavailable { attempts, last })) => {
+                    tracing::warn!(attempts, error = %last, "settlement chain unavailable; epochs stay queued");
+                }
+                Err(error) => return Err(error),
+            }
+            if self.tick(shutdown).await {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits one tick; true when `shutdown` came first.
+    async fn tick(&self, shutdown: &CancellationToken) -> bool {
+        tokio::select! {
+            () = shutdown.cancelled() => true,
+            () = tokio::time::sleep(Duration::from_millis(self.config.tick_ms)) => false,
         }
     }
 
@@ -189,6 +217,7 @@ impl EpochLoop {
         )
         .await?;
         metrics::gauge!("tollgate_settle_last_sealed_epoch").set(sealed.epoch as f64);
+        metrics::gauge!("tollgate_settle_backlog_epochs").set(self.backlog()?.len() as f64);
         Ok(sealed.epoch)
     }
 
@@ -199,7 +228,8 @@ impl EpochLoop {
         for record in pending {
             self.commit(&record).await?;
         }
-        metrics::gauge!("tollgate_settle_backlog_epochs").set(0.0);
+        // Not simply zero: epochs sealed while these were committed are still waiting.
+        metrics::gauge!("tollgate_settle_backlog_epochs").set(self.backlog()?.len() as f64);
         Ok(())
     }
 

@@ -1,0 +1,195 @@
+//! A settlement chain that stops answering does not stop ingest: `tollgate serve` keeps acking
+//! receipts, keeps sealing epochs, shows them queued in `/metrics`, and commits every one of them
+//! in order once the chain answers again, after which the chain agrees with the engine.
+//!
+//! The chain is a real anvil frozen with SIGSTOP: its sockets stay open, so every RPC request
+//! hangs until the client's timeout, the hardest way for a node to be down.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, kill_process};
+use serde_json::Value;
+use tollgate_engine::PayerKey;
+use tollgate_settle::chain::{ContractReader, DeployParams, FundParams, deploy, fund_payers};
+use tollgate_tools::load::workload::payer_keys;
+use tollgate_tools::serve::process::ServerProcess;
+
+const SEED: u64 = 11;
+const PAYERS: u32 = 20;
+const RECEIPTS: u32 = 3_000;
+
+async fn get_json(url: &str) -> Value {
+    reqwest::get(url)
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .unwrap_or_else(|error| panic!("GET {url}: {error}"))
+        .json()
+        .await
+        .unwrap_or_else(|error| panic!("GET {url}: not JSON: {error}"))
+}
+
+/// The value of an unlabelled gauge in the Prometheus text of `/metrics`.
+async fn gauge(server: &ServerProcess, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{}/metrics", server.http))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn signal(pid: Pid, signal: Signal) {
+    kill_process(pid, signal).unwrap_or_else(|error| panic!("{signal:?} to anvil: {error}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_chain_does_not_stop_ingest_and_queued_epochs_commit_when_it_returns() {
+    let anvil = common::spawn_anvil();
+    let rpc_url = anvil.endpoint();
+    let deployed = deploy(
+        &rpc_url,
+        common::dev_key(&anvil, 0),
+        None,
+        &DeployParams::dev(),
+    )
+    .await
+    .expect("deploy");
+    let payers: Vec<PayerKey> = payer_keys(SEED, PAYERS)
+        .iter()
+        .map(|key| PayerKey(key.verifying_key().to_bytes()))
+        .collect();
+    fund_payers(
+        &rpc_url,
+        common::dev_key(&anvil, 1),
+        &payers,
+        &FundParams {
+            token: deployed.token,
+            settlement: deployed.settlement,
+            amount_each: 1_000_000,
+            mint: true,
+        },
+    )
+    .await
+    .expect("fund payers");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args: Vec<String> = [
+        "--rpc-url",
+        &rpc_url,
+        "--contract",
+        &deployed.settlement.to_string(),
+        "--chain-id",
+        &deployed.chain_id.to_string(),
+        "--start-block",
+        &deployed.block.to_string(),
+        "--confirmations",
+        "0",
+        "--epoch-secs",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--data-dir",
+        &dir.path().join("data").display().to_string(),
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    let operator_key = hex::encode(common::dev_key(&anvil, 0).to_bytes());
+    let server = ServerProcess::start(
+        env!("CARGO_BIN_EXE_tollgate").as_ref(),
+        &args,
+        Some(&dir.path().join("server.log")),
+        &[("TOLLGATE_OPERATOR_KEY", &operator_key)],
+    )
+    .expect("tollgate serve starts");
+    let api = format!("http://{}", server.http);
+
+    let anvil_pid = Pid::from_raw(i32::try_from(anvil.child().id()).expect("pid")).expect("pid");
+    signal(anvil_pid, Signal::STOP);
+
+    // Ingest goes on with the chain frozen: every receipt acked, every verdict and balance right.
+    let load = Command::new(env!("CARGO_BIN_EXE_tollgate-load"))
+        .args(["--addr", &server.listen.to_string(), "--check", &api])
+        .args([
+            "--contract",
+            &deployed.settlement.to_string(),
+            "--deposit",
+            "api",
+        ])
+        .args(["--seed", &SEED.to_string(), "--payers", &PAYERS.to_string()])
+        .args(["--receipts", &RECEIPTS.to_string(), "--rate", "1000"])
+        .args(["--connections", "2", "--json"])
+        .output()
+        .expect("run tollgate-load");
+    let stdout = String::from_utf8_lossy(&load.stdout);
+    assert!(
+        load.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    let summary: Value =
+        serde_json::from_str(stdout.lines().last().expect("summary")).expect("JSON summary");
+    assert_eq!(summary["acked"], RECEIPTS);
+    assert_eq!(summary["accepted"], RECEIPTS);
+
+    // Epochs keep sealing and queue up, visibly.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let backlog = gauge(&server, "tollgate_settle_backlog_epochs").await;
+        if backlog.is_some_and(|epochs| epochs >= 2.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no backlog of 2 sealed epochs while the chain was down: {backlog:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    signal(anvil_pid, Signal::CONT);
+
+    // Back: everything commits, in order, and nothing stays queued.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let epochs = loop {
+        let listed = get_json(&format!("{api}/v1/epochs?limit=100")).await;
+        let epochs = listed["epochs"].as_array().expect("epochs").clone();
+        let settled = epochs.iter().all(|epoch| {
+            matches!(epoch["status"].as_str(), Some("committed" | "open"))
+                && (epoch["status"] == "committed" || epoch["receipts"] == 0)
+        });
+        if settled && gauge(&server, "tollgate_settle_backlog_epochs").await == Some(0.0) {
+            break epochs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queued epochs not committed after the chain came back: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let committed = epochs
+        .iter()
+        .filter(|epoch| epoch["status"] == "committed")
+        .count();
+    assert!(committed >= 2, "{epochs:?}");
+
+    let chain = ContractReader::connect(&rpc_url, deployed.chain_id, deployed.settlement)
+        .await
+        .expect("contract reader");
+    for payer in &payers {
+        let engine = get_json(&format!("{api}/v1/payers/{payer}")).await;
+        let onchain = chain.available(payer).await.expect("available onchain");
+        assert_eq!(engine["pending"], "0", "{engine}");
+        assert_eq!(engine["available"], onchain.to_string(), "payer {payer}");
+    }
+    let status = server
+        .terminate(Duration::from_secs(60))
+        .expect("stops on SIGTERM");
+    assert!(status.success(), "exit status {status}");
+}
