@@ -732,3 +732,43 @@ async fn submitter_refuses_a_wrong_chain_id_or_operator_at_start() {
         })
     ));
 }
+
+#[tokio::test]
+async fn an_rpc_endpoint_that_answers_garbage_is_refused_at_start() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An HTTP server that answers every request with 200 and a body that is not JSON-RPC.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let body = "<html>502 bad gateway</html>";
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    let chain = Chain::start(0, 60).await;
+    let refused = Submitter::connect(
+        &endpoint,
+        chain.anvil.chain_id(),
+        chain.addresses.settlement,
+        key(&chain.anvil, 0),
+        SubmitConfig::default(),
+    )
+    .await;
+    match refused {
+        Err(error @ tollgate_settle::ChainError::Rpc(_)) => {
+            assert!(
+                error.is_transient(),
+                "a garbled answer may be a passing proxy fault"
+            );
+        }
+        other => panic!("expected an RPC error, got {other:?}"),
+    }
+}
