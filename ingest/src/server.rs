@@ -229,6 +229,7 @@ pub async fn run(
     let stop = shutdown.child_token();
     let tracker = TaskTracker::new();
     let connection_limit_bytes = Frame::Error(connection_limit()).to_bytes();
+    let mut limit_log = LimitLog::default();
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -267,6 +268,7 @@ pub async fn run(
             }
             Err(_) => {
                 count_refusal(ErrorCode::TooManyConnections);
+                limit_log.refused(&peer);
                 match Arc::clone(&refusals).try_acquire_owned() {
                     Ok(refusal) => {
                         let deadline = Duration::from_millis(shared.config.write_deadline_ms);
@@ -299,6 +301,36 @@ pub async fn run(
     match fatal {
         Some(error) => Err(ServerError::Engine(error)),
         None => Ok(()),
+    }
+}
+
+/// How often a flood of connections over the limit is logged: a line per refused connect would
+/// let the flood fill the disk; the counter in `/metrics` has the exact figure.
+const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs refusals at the connection limit once per [`LIMIT_LOG_EVERY`], with how many there were.
+#[derive(Default)]
+struct LimitLog {
+    logged_at: Option<Instant>,
+    unlogged: u64,
+}
+
+impl LimitLog {
+    fn refused(&mut self, peer: &std::net::SocketAddr) {
+        self.unlogged += 1;
+        if self
+            .logged_at
+            .is_some_and(|at| at.elapsed() < LIMIT_LOG_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            %peer,
+            refused = self.unlogged,
+            "at the connection limit: refusing connections"
+        );
+        self.logged_at = Some(Instant::now());
+        self.unlogged = 0;
     }
 }
 
