@@ -26,7 +26,7 @@ use crate::api::model::EpochView;
 use crate::load::check::{PayerBalance, fetch_balances};
 use crate::load::child::{self, LoadRun};
 use crate::load::workload::{payee_address, payee_signer, payer_keys};
-use crate::serve::process::ServerProcess;
+use crate::serve::process::{self, ServerProcess};
 
 /// Where `npm ci` puts the pinned anvil, relative to the repository root.
 const ANVIL_FROM_NPM: &str = "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil";
@@ -143,33 +143,18 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<bool> {
     let contract = format!("{}", deployed.settlement);
     // Epochs by size as well as by time, so even a fast run commits several.
     let epoch_receipts = (args.receipts / 4).max(1);
-    let server_args: Vec<String> = [
-        "--rpc-url",
-        &rpc_url,
-        "--contract",
-        &contract,
-        "--chain-id",
-        &deployed.chain_id.to_string(),
-        "--start-block",
-        &deployed.block.to_string(),
-        "--confirmations",
-        "0",
-        "--funds-poll-ms",
-        "200",
-        "--epoch-secs",
-        &args.epoch_secs.to_string(),
-        "--epoch-receipts",
-        &epoch_receipts.to_string(),
-        "--listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--data-dir",
-        &work_dir.join("data").display().to_string(),
-    ]
-    .into_iter()
-    .map(str::to_owned)
-    .collect();
+    let mut server_args = process::dev_chain_args(&rpc_url, &deployed, &work_dir.join("data"));
+    server_args.extend(
+        [
+            "--funds-poll-ms",
+            "200",
+            "--epoch-secs",
+            &args.epoch_secs.to_string(),
+            "--epoch-receipts",
+            &epoch_receipts.to_string(),
+        ]
+        .map(str::to_owned),
+    );
     let operator_key = hex::encode(operator.to_bytes());
     let log = work_dir.join("server.log");
     let server = ServerProcess::start(

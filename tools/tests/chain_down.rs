@@ -15,7 +15,7 @@ use serde_json::Value;
 use tollgate_engine::PayerKey;
 use tollgate_settle::chain::{ContractReader, DeployParams, FundParams, deploy, fund_payers};
 use tollgate_tools::load::workload::payer_keys;
-use tollgate_tools::serve::process::ServerProcess;
+use tollgate_tools::serve::process::{ServerProcess, dev_chain_args};
 
 const SEED: u64 = 11;
 const PAYERS: u32 = 20;
@@ -78,29 +78,8 @@ async fn a_stopped_chain_does_not_stop_ingest_and_queued_epochs_commit_when_it_r
     .expect("fund payers");
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let args: Vec<String> = [
-        "--rpc-url",
-        &rpc_url,
-        "--contract",
-        &deployed.settlement.to_string(),
-        "--chain-id",
-        &deployed.chain_id.to_string(),
-        "--start-block",
-        &deployed.block.to_string(),
-        "--confirmations",
-        "0",
-        "--epoch-secs",
-        "1",
-        "--listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--data-dir",
-        &dir.path().join("data").display().to_string(),
-    ]
-    .into_iter()
-    .map(str::to_owned)
-    .collect();
+    let mut args = dev_chain_args(&rpc_url, &deployed, &dir.path().join("data"));
+    args.extend(["--epoch-secs", "1"].map(str::to_owned));
     let operator_key = hex::encode(common::dev_key(&anvil, 0).to_bytes());
     let server = ServerProcess::start(
         env!("CARGO_BIN_EXE_tollgate").as_ref(),

@@ -13,11 +13,39 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rustix::process::{Pid, Signal, kill_process};
+use tollgate_settle::chain::DeployedAddresses;
 
 /// How long a child may take to open its ledger and catch up with the chain.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Log lines kept to explain a child that died before it was ready.
 const TAIL_LINES: usize = 20;
+
+/// The flags that run a child on a dev chain where `deployed` lives: settlement on, deposits
+/// acted on at once (no confirmations), ports chosen by the kernel, the ledger in `data_dir`.
+/// The operator key is not among them: it goes through the environment.
+pub fn dev_chain_args(rpc_url: &str, deployed: &DeployedAddresses, data_dir: &Path) -> Vec<String> {
+    [
+        "--rpc-url",
+        rpc_url,
+        "--contract",
+        &deployed.settlement.to_string(),
+        "--chain-id",
+        &deployed.chain_id.to_string(),
+        "--start-block",
+        &deployed.block.to_string(),
+        "--confirmations",
+        "0",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data_dir.display().to_string(),
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect()
+}
 
 /// A running `tollgate serve`. Dropping it kills the child.
 #[derive(Debug)]
