@@ -7,6 +7,7 @@
 //! committed, rebuilds each tree from the stored leaves (checking it against the stored root), and
 //! the submitter sends only what the chain still lacks, so every epoch ends committed exactly once.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use alloy::primitives::B256;
@@ -131,6 +132,10 @@ pub struct EpochLoop {
     engine: Engine,
     submitter: Submitter,
     config: EpochConfig,
+    /// Every epoch up to this one is committed or disputed: final, never in the backlog again.
+    /// Commits land in order, so the backlog scan starts after it instead of re-reading the whole
+    /// history on every tick of a long-running server. 0 until the first scan.
+    final_through: AtomicU64,
 }
 
 impl EpochLoop {
@@ -140,6 +145,7 @@ impl EpochLoop {
             engine,
             submitter,
             config,
+            final_through: AtomicU64::new(0),
         }
     }
 
@@ -233,20 +239,32 @@ impl EpochLoop {
         Ok(())
     }
 
+    /// Sealed or submitted epochs, oldest first, read from after [`Self::final_through`].
     fn backlog(&self) -> Result<Vec<EpochRecord>, EpochError> {
         let reader = self.engine.reader();
         let mut pending = Vec::new();
-        let mut after = None;
+        let mut after = self.final_through.load(Ordering::Relaxed);
+        let mut final_through = after;
         loop {
-            let page = reader.epochs(after, 256)?;
+            let page = reader.epochs(Some(after), 256)?;
             let Some(last) = page.last() else {
-                return Ok(pending);
+                break;
             };
-            after = Some(last.epoch);
-            pending.extend(page.into_iter().filter(|record| {
-                matches!(record.status, EpochStatus::Sealed | EpochStatus::Submitted)
-            }));
+            after = last.epoch;
+            for record in page {
+                match record.status {
+                    EpochStatus::Sealed | EpochStatus::Submitted => pending.push(record),
+                    EpochStatus::Committed | EpochStatus::Disputed => {
+                        if pending.is_empty() {
+                            final_through = record.epoch;
+                        }
+                    }
+                }
+            }
         }
+        self.final_through
+            .fetch_max(final_through, Ordering::Relaxed);
+        Ok(pending)
     }
 
     async fn commit(&self, record: &EpochRecord) -> Result<(), EpochError> {
