@@ -360,9 +360,7 @@ impl ContractReader {
             .call()
             .await?)
     }
-}
 
-impl ContractReader {
     /// Replays the exact call of the mined transaction `tx_hash` (same sender, same calldata)
     /// against the latest state with `eth_call`, sending nothing. `Ok(None)` when it would
     /// succeed now, otherwise the contract's custom error: how the demo, or an auditor, shows
