@@ -238,7 +238,7 @@ impl Zipf {
     }
 
     /// One draw.
-    pub fn sample(&self, rng: &mut Xoshiro256PlusPlus) -> u32 {
+    pub fn sample(&self, rng: &mut impl rand::Rng) -> u32 {
         let total = self.cumulative.last().copied().unwrap_or(0.0);
         let point = rng.random::<f64>() * total;
         let index = self.cumulative.partition_point(|&c| c <= point);
