@@ -416,11 +416,12 @@ impl Drop for Inner {
     }
 }
 
-/// Most queued batches verified together. Eight client batches are enough chunks to keep a
-/// small pool busy; more makes the first batch of a group wait for the last. Measured on 2
-/// cores (docs/BENCHMARKS.md): p99 ack latency at 80% load 47 ms with 8, 63 ms with 16, 84 ms
-/// with 64, for an end-to-end rate within the run-to-run noise (145k-158k receipts/s).
-const VERIFY_GROUP_BATCHES_MAX: usize = 8;
+/// Most queued batches verified together: enough chunks to keep a small pool busy, few enough
+/// that the first batch of a group does not wait long for the last. Measured on 2 cores
+/// (docs/BENCHMARKS.md), p99 ack latency at 80% load: 32-39 ms with 4, 45-57 ms with 8, 63 ms
+/// with 16, 84 ms with 64; full speed with 4 is about 6% below 8, a trade taken for the
+/// latency target.
+const VERIFY_GROUP_BATCHES_MAX: usize = 4;
 
 /// The verify stage. It takes every batch already queued (up to a bound) and verifies them in
 /// one call, so the pool spreads their receipts over all its threads: one client batch is often
