@@ -338,7 +338,7 @@ fn count_refusal(code: ErrorCode) {
     metrics::counter!("tollgate_ingest_refusals_total", "code" => code.name()).increment(1);
 }
 
-/// Sends one ERROR on a connection that gets nothing else, then closes it gently.
+/// The refusal a connection over `connections_max` gets.
 fn connection_limit() -> ErrorFrame {
     ErrorFrame::new(
         ErrorCode::TooManyConnections,
@@ -346,6 +346,7 @@ fn connection_limit() -> ErrorFrame {
     )
 }
 
+/// Sends one ERROR on a connection that gets nothing else, then closes it gently.
 async fn refuse(stream: TcpStream, error: ErrorFrame) {
     let (read, write) = stream.into_split();
     let mut writer = FramedWrite::new(write, FrameCodec::default());
