@@ -431,14 +431,19 @@ async fn payee_withdraws(
     Ok(right)
 }
 
-/// The last committed epoch's commit transaction, replayed as `eth_call` from the operator: the
-/// contract must refuse it.
-async fn replay_last_commit(epochs: &[EpochView], chain: &ContractReader) -> anyhow::Result<bool> {
-    let last = epochs
+/// The highest committed epoch: the one the proof and the replay are about.
+fn last_committed(epochs: &[EpochView]) -> anyhow::Result<&EpochView> {
+    epochs
         .iter()
         .filter(|epoch| epoch.status.as_str() == "committed")
         .max_by_key(|epoch| epoch.epoch)
-        .context("no committed epoch")?;
+        .context("no committed epoch")
+}
+
+/// The last committed epoch's commit transaction, replayed as `eth_call` from the operator: the
+/// contract must refuse it.
+async fn replay_last_commit(epochs: &[EpochView], chain: &ContractReader) -> anyhow::Result<bool> {
+    let last = last_committed(epochs)?;
     let tx_hash: TxHash = last
         .tx_hash
         .as_deref()
@@ -472,12 +477,7 @@ async fn prove_onchain(
     query: &QueryClient,
     chain: &ContractReader,
 ) -> anyhow::Result<bool> {
-    let last = epochs
-        .iter()
-        .filter(|epoch| epoch.status.as_str() == "committed")
-        .map(|epoch| epoch.epoch)
-        .max()
-        .context("no committed epoch")?;
+    let last = last_committed(epochs)?.epoch;
     let busiest = (0..payers.len())
         .max_by_key(|&i| balances[i].settled)
         .context("no payers")?;
