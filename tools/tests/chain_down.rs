@@ -7,13 +7,13 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, kill_process};
 use serde_json::Value;
 use tollgate_engine::PayerKey;
 use tollgate_settle::chain::{ContractReader, DeployParams, FundParams, deploy, fund_payers};
+use tollgate_tools::load::child;
 use tollgate_tools::load::workload::payer_keys;
 use tollgate_tools::serve::process::{ServerProcess, dev_chain_args};
 
@@ -94,29 +94,33 @@ async fn a_stopped_chain_does_not_stop_ingest_and_queued_epochs_commit_when_it_r
     signal(anvil_pid, Signal::STOP);
 
     // Ingest goes on with the chain frozen: every receipt acked, every verdict and balance right.
-    let load = Command::new(env!("CARGO_BIN_EXE_tollgate-load"))
-        .args(["--addr", &server.listen.to_string(), "--check", &api])
-        .args([
-            "--contract",
-            &deployed.settlement.to_string(),
-            "--deposit",
-            "api",
-        ])
-        .args(["--seed", &SEED.to_string(), "--payers", &PAYERS.to_string()])
-        .args(["--receipts", &RECEIPTS.to_string(), "--rate", "1000"])
-        .args(["--connections", "2", "--json"])
-        .output()
+    let load_args: Vec<String> = [
+        "--addr",
+        &server.listen.to_string(),
+        "--check",
+        &api,
+        "--contract",
+        &deployed.settlement.to_string(),
+        "--deposit",
+        "api",
+        "--seed",
+        &SEED.to_string(),
+        "--payers",
+        &PAYERS.to_string(),
+        "--receipts",
+        &RECEIPTS.to_string(),
+        "--rate",
+        "1000",
+        "--connections",
+        "2",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let load = child::run(env!("CARGO_BIN_EXE_tollgate-load").as_ref(), &load_args)
         .expect("run tollgate-load");
-    let stdout = String::from_utf8_lossy(&load.stdout);
-    assert!(
-        load.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&load.stderr)
-    );
-    let summary: Value =
-        serde_json::from_str(stdout.lines().last().expect("summary")).expect("JSON summary");
-    assert_eq!(summary["acked"], RECEIPTS);
-    assert_eq!(summary["accepted"], RECEIPTS);
+    assert!(load.status.success(), "{:?}", load.summary);
+    assert_eq!(load.summary.acked, u64::from(RECEIPTS));
+    assert_eq!(load.summary.accepted, u64::from(RECEIPTS));
 
     // Epochs keep sealing and queue up, visibly.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use tollgate_tools::load::{Summary, child};
 use tollgate_tools::serve::process::ServerProcess;
 
 const TOLLGATE: &str = env!("CARGO_BIN_EXE_tollgate");
@@ -137,27 +138,29 @@ fn start_chainless(data_dir: &Path) -> ServerProcess {
     ServerProcess::start(Path::new(TOLLGATE), &args, None, &[]).expect("server ready")
 }
 
-fn load(server: &ServerProcess, receipts: u32, extra: &[&str]) -> serde_json::Value {
-    let output = Command::new(TOLLGATE_LOAD)
-        .args(["--addr", &server.listen.to_string()])
-        .args(["--check", &format!("http://{}", server.http)])
-        .args(["--receipts", &receipts.to_string()])
-        .args(["--payers", "200", "--connections", "3", "--json"])
-        .args(extra)
-        .output()
-        .expect("run tollgate-load");
+fn load(server: &ServerProcess, receipts: u32, extra: &[&str]) -> Summary {
+    let mut args: Vec<String> = [
+        "--addr",
+        &server.listen.to_string(),
+        "--check",
+        &format!("http://{}", server.http),
+        "--receipts",
+        &receipts.to_string(),
+        "--payers",
+        "200",
+        "--connections",
+        "3",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    let run = child::run(Path::new(TOLLGATE_LOAD), &args).expect("run tollgate-load");
     assert!(
-        output.status.success(),
-        "tollgate-load failed: {}\n{}",
-        stdout(&output),
-        stderr(&output)
+        run.status.success(),
+        "tollgate-load failed: {:?}",
+        run.summary
     );
-    let last = stdout(&output)
-        .lines()
-        .last()
-        .expect("a summary line")
-        .to_owned();
-    serde_json::from_str(&last).expect("summary is JSON")
+    run.summary
 }
 
 #[test]
@@ -180,11 +183,11 @@ fn a_chainless_server_takes_load_checks_out_and_keeps_it_across_a_clean_restart(
             &acked_log.display().to_string(),
         ],
     );
-    assert_eq!(summary["sent"], 20_000);
-    assert_eq!(summary["acked"], 20_000);
-    assert_eq!(summary["verdict_mismatches"], 0);
-    let accepted = summary["accepted"].as_u64().expect("accepted");
-    assert!(accepted > 0 && accepted < 20_000, "{summary}");
+    assert_eq!(summary.sent, 20_000);
+    assert_eq!(summary.acked, 20_000);
+    assert_eq!(summary.verdict_mismatches, 0);
+    let accepted = summary.accepted;
+    assert!(accepted > 0 && accepted < 20_000, "{summary:?}");
 
     let metrics = http_get(&format!("http://{}/metrics", server.http));
     assert!(
@@ -232,8 +235,8 @@ fn a_chainless_server_takes_load_checks_out_and_keeps_it_across_a_clean_restart(
     );
     // The same seed continues the same channels; --check compares deltas, so it still holds.
     let again = load(&server, 5_000, &[]);
-    assert_eq!(again["acked"], 5_000);
-    assert_eq!(again["verdict_mismatches"], 0);
+    assert_eq!(again.acked, 5_000);
+    assert_eq!(again.verdict_mismatches, 0);
     let status = server
         .terminate(Duration::from_secs(60))
         .expect("stops on SIGTERM");
