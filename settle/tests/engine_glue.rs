@@ -18,7 +18,7 @@ use tollgate_engine::{
 };
 use tollgate_settle::{
     epoch::{EpochConfig, EpochLoop, FundsLoop},
-    merkle::{EpochTree, Leaf},
+    merkle::EpochTree,
     submitter::{SubmitConfig, Submitter},
     watcher::{WatchConfig, Watcher},
 };
@@ -226,15 +226,7 @@ async fn deposits_fund_receipts_and_epochs_commit_exactly_once_with_matching_bal
 
     // A proof built from the stored epoch verifies onchain.
     let sealed = engine.reader().sealed_epoch(2).unwrap().unwrap();
-    let tree = EpochTree::build(
-        2,
-        sealed.leaves.iter().map(|(payer, payee, cumulative)| Leaf {
-            payer: *payer,
-            payee: *payee,
-            cumulative: *cumulative,
-        }),
-    )
-    .unwrap();
+    let tree = EpochTree::from_sealed(&sealed).unwrap();
     assert_eq!(settlement.roots(2).call().await.unwrap(), tree.root());
     let (leaf, proof) = tree.proof(&payer_key(0), &payee_b).unwrap();
     assert_eq!(leaf.cumulative, 700);
