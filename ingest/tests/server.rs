@@ -505,7 +505,7 @@ enum Attempt {
     Served,
     /// An ERROR frame saying the server is full.
     RefusedWithReason,
-    /// Closed without a frame: the server was already busy refusing others.
+    /// The connect failed, or the connection closed without a frame: the test allows none.
     Closed,
     /// No answer at all: the kernel's accept queue overflowed and dropped the handshake, so the
     /// server never saw this attempt.
