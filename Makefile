@@ -1,7 +1,10 @@
 # The two commands the README opens with: `make demo` and `make test`.
+# Both build with `--release` into the same target directory (CARGO_TARGET_DIR when set), so the
+# demo, clippy and the tests share one compile of RocksDB and alloy.
 CARGO ?= cargo
+BUILD_FLAGS := --release --locked
 
-.PHONY: demo test bootstrap lint
+.PHONY: demo test bootstrap
 
 bootstrap:
 	./scripts/bootstrap.sh
@@ -9,8 +12,8 @@ bootstrap:
 # Every check CI runs: formatting, lints as errors, then every test in the workspace.
 test: bootstrap
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
-	$(CARGO) test --workspace --locked
+	$(CARGO) clippy --workspace --all-targets $(BUILD_FLAGS) -- -D warnings
+	$(CARGO) test --workspace $(BUILD_FLAGS)
 
 demo:
 	./scripts/demo.sh

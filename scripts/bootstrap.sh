@@ -5,12 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# perl generates keccak-asm's assembly (alloy's `asm-keccak`), which cc then assembles.
+# Each build need is checked as the exact Debian package that provides it, never by a file glob:
+# `/usr/lib/x86_64-linux-gnu/libclang*.so*` matches libclang-cpp.so.14 (a different library that a
+# fresh machine has), which once made this script skip the install bindgen needs.
+# - libclang-dev: bindgen (librocksdb-sys) loads libclang and its builtin headers (stddef.h ...).
+# - perl: generates keccak-asm's assembly (alloy's `asm-keccak`), which cc then assembles.
+installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 missing=()
-if ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
-  missing+=(libclang-dev)
-fi
-command -v perl >/dev/null 2>&1 || missing+=(perl)
+for pkg in libclang-dev perl; do
+  installed "$pkg" || missing+=("$pkg")
+done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bootstrap: installing ${missing[*]} (needed to build librocksdb-sys and keccak-asm)"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
