@@ -11,6 +11,12 @@
 //!
 //! The child is this very test binary re-executed with `TOLLGATE_CRASH_TEST_SERVER` set, running
 //! `tollgate_tools::serve`, so the test needs no other binary built first. Harness-less for that.
+//!
+//! SIGKILL kills the process, not the machine: the page cache survives, so this test passes even
+//! if nothing is ever fsynced. Durability has its own checks: every acked group is fsynced before
+//! its ack (`engine::pipeline` test `every_acked_group_is_fsynced_before_its_ack`, on RocksDB's
+//! count of WAL syncs), and what a power cut can leave behind, a torn WAL tail, recovers every
+//! acked group (engine/tests/wal_recovery.rs).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -548,6 +548,46 @@ mod tests {
         }
     }
 
+    /// An ack may only leave after RocksDB fsynced the WAL holding its group. The page cache
+    /// survives a SIGKILL, so the crash test cannot see a missing fsync; RocksDB's own count of
+    /// WAL syncs can: with `sync = false` in `synced_write_options` it stays put and this fails.
+    #[test]
+    fn every_acked_group_is_fsynced_before_its_ack() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::open(
+            EngineConfig::new(dir.path()),
+            Arc::new(RefuseEverySignature),
+        )
+        .expect("open");
+        let store = Arc::clone(&engine.inner.store);
+        let mut syncs = store.wal_syncs();
+        for seq in 1..=5u64 {
+            let request = SubmitRequest {
+                producer_id: 1,
+                session_epoch: 1,
+                batch_seq: seq,
+                receipts: ReceiptBatch::default(),
+                prejudged: Vec::new(),
+            };
+            let ack = futures::executor::block_on(engine.submit(request).expect("queued"))
+                .expect("answered")
+                .expect("acked");
+            assert_eq!(ack.batch_seq, seq);
+            let done = engine.funds(deposit(1, seq)).expect("queued");
+            futures::executor::block_on(done)
+                .expect("answered")
+                .expect("applied");
+            let now = store.wal_syncs();
+            assert!(
+                now >= syncs + 2,
+                "batch {seq} and a funds event were acked after {} WAL fsyncs",
+                now - syncs
+            );
+            syncs = now;
+        }
+        engine.shutdown().expect("clean");
+    }
+
     #[test]
     fn failed_write_poisons_the_engine_and_nothing_more_is_written_or_acked() {
         let dir = tempfile::tempdir().expect("tempdir");

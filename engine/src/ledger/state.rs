@@ -789,11 +789,7 @@ impl Ledger {
     /// Closes and writes the current group in the calling thread (seals, tests).
     pub(crate) fn commit(&mut self) -> Result<(), EngineError> {
         let batch = self.close_group()?;
-        let result = if batch.is_empty() {
-            Ok(())
-        } else {
-            self.store.write(batch).map_err(EngineError::from)
-        };
+        let result = self.store.write(batch).map_err(EngineError::from);
         self.written();
         result
     }

@@ -157,14 +157,14 @@ struct Job {
 /// fsync.
 fn sync_loop(store: Arc<Store>, jobs: Receiver<Job>, done: Sender<()>) {
     for job in jobs {
-        let result = if job.batch.is_empty() {
-            Ok(())
-        } else {
-            let started = Instant::now();
-            let result = store.write(job.batch);
+        let writes = !job.batch.is_empty();
+        let started = Instant::now();
+        // Even a group with nothing to write (re-sends answered from the group before it) goes
+        // through the store: its replies may only leave if every earlier write succeeded.
+        let result = store.write(job.batch);
+        if writes {
             metrics::histogram!("tollgate_ledger_write_seconds").record(started.elapsed());
-            result
-        };
+        }
         match result {
             Ok(()) => job.replies.into_iter().for_each(Reply::send),
             Err(error) => {
@@ -193,6 +193,10 @@ pub(crate) struct Writer {
     /// A job was handed to the sync thread and has not reported back.
     in_flight: bool,
     syncer: Option<JoinHandle<()>>,
+    /// Test hook: told after each message is handled, so a test can order its steps against
+    /// the writer's without sleeping.
+    #[cfg(test)]
+    handled: Option<Sender<()>>,
 }
 
 impl Writer {
@@ -222,6 +226,8 @@ impl Writer {
             done: done_rx,
             in_flight: false,
             syncer: Some(syncer),
+            #[cfg(test)]
+            handled: None,
         })
     }
 
@@ -243,6 +249,10 @@ impl Writer {
                         }
                     }
                     msg => self.handle(msg),
+                }
+                #[cfg(test)]
+                if let Some(handled) = &self.handled {
+                    let _ = handled.send(());
                 }
                 if stopping || self.ledger.group_receipts() >= self.group_receipts_max {
                     break;
@@ -375,5 +385,91 @@ impl Writer {
             Ok(()) => self.in_flight = true,
             Err(_) => self.ledger.poison("ledger sync thread stopped".into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::state::initial_format;
+    use crate::ledger::{LedgerConfig, UnknownPayers};
+    use crate::receipt::{Address, Domain, PayerKey, UnsignedReceipt};
+    use crate::store::{Cf, FORMAT_KEY};
+    use ed25519_dalek::SigningKey;
+
+    /// A batch re-sent while its original group is being written is answered from that group,
+    /// so its reply waits in the next group, which has nothing to write. If the original write
+    /// fails, neither reply may be an ack: the real writer and sync thread over a real RocksDB,
+    /// with the original write held until the re-send was handled.
+    #[test]
+    fn resend_answered_from_a_group_whose_write_fails_is_not_acked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = LedgerConfig {
+            unknown_payers: UnknownPayers::Accept,
+            ..LedgerConfig::default()
+        };
+        let format = initial_format(&config);
+        let (store, _) =
+            Store::open(dir.path(), |batch| batch.put(Cf::Meta, FORMAT_KEY, format)).expect("open");
+        let store = Arc::new(store);
+        let ledger = Ledger::open(Arc::clone(&store), config.clone()).expect("ledger");
+        let (batches, batches_rx) = bounded(4);
+        let (control, control_rx) = bounded(4);
+        let (handled_tx, handled) = bounded(4);
+        let mut writer =
+            Writer::new(ledger, batches_rx, control_rx, config.group_receipts_max).expect("writer");
+        writer.handled = Some(handled_tx);
+        let writer = std::thread::spawn(move || writer.run());
+
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let receipt = UnsignedReceipt {
+            payer: PayerKey(key.verifying_key().to_bytes()),
+            payee: Address([5; 20]),
+            amount: 10,
+            nonce: 1,
+            timestamp_ms: now_ms(),
+            request_hash: [0; 32],
+        }
+        .sign(&key, &Domain::default());
+        let send = || {
+            let (reply, answer) = oneshot::channel();
+            batches
+                .send(WriterMsg::Batch {
+                    session: SessionId {
+                        producer_id: 1,
+                        session_epoch: 1,
+                        batch_seq: 1,
+                    },
+                    receipts: ReceiptBatch::from_receipts(&[receipt]),
+                    verdicts: vec![Ok(())],
+                    reply,
+                })
+                .expect("writer is running");
+            answer
+        };
+
+        let held = store.hold_next_write_then_fail();
+        let original = send();
+        held.wait_until_held();
+        let resend = send();
+        for _ in 0..2 {
+            handled.recv().expect("writer handled the batch");
+        }
+        held.release_with_failure();
+
+        let answers = [original, resend]
+            .map(|answer| futures::executor::block_on(answer).expect("writer answered"));
+        for (which, answer) in ["original", "re-send"].iter().zip(&answers) {
+            assert!(
+                matches!(answer, Err(EngineError::Poisoned { .. })),
+                "{which}: {answer:?}"
+            );
+        }
+        drop((batches, control));
+        let result = writer.join().expect("writer thread");
+        assert!(
+            matches!(result, Err(EngineError::Poisoned { .. })),
+            "{result:?}"
+        );
     }
 }
