@@ -1,5 +1,5 @@
 //! The ledger's guarantees through the engine's public API: every reason code, exactly-once
-//! batches and funds events, reads consistent with acks, epochs, sessions and restarts.
+//! batches and funds events, reads consistent with acks, epochs, sessions, restarts and a crash.
 
 mod common;
 
@@ -348,8 +348,102 @@ fn epochs_seal_commit_and_dispute_move_money_once() {
     engine.shutdown().expect("shutdown");
 }
 
+/// The contract can void an epoch before its commit lands: a dispute of a sealed or a submitted
+/// epoch owes its amounts again in the open epoch (nothing was settled, so nothing is
+/// unsettled), once however often it is repeated.
 #[test]
-fn acked_state_survives_restart_and_reads_list_channels() {
+fn dispute_of_a_sealed_or_submitted_epoch_carries_its_amounts_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let alice = signing_key(1);
+    let payer = payer_of(&alice);
+    deposit(&engine, payer, 1_000, 1, 0);
+    submit(
+        &engine,
+        request(
+            1,
+            1,
+            &[
+                receipt(&alice, payee(1), 10, 1),
+                receipt(&alice, payee(2), 20, 1),
+            ],
+        ),
+    )
+    .expect("ack");
+    let record = |epoch, status| {
+        wait(
+            engine
+                .record_epoch(EpochUpdate {
+                    epoch,
+                    status,
+                    root: None,
+                    tx_hash: None,
+                    block: None,
+                })
+                .expect("queued"),
+        )
+    };
+    let seal = || wait(engine.seal_epoch().expect("queued")).expect("sealed");
+    let reader = engine.reader();
+    let owed = || {
+        let balance = reader.payer(&payer).expect("read").expect("known");
+        (balance.pending, balance.settled, balance.available)
+    };
+
+    let first = seal();
+    assert_eq!(first.debits, vec![(payer, 30)]);
+    for _ in 0..2 {
+        record(1, EpochStatus::Disputed).expect("a sealed epoch can be voided");
+    }
+    assert_eq!(owed(), (30, 0, 970));
+    submit(&engine, request(1, 2, &[receipt(&alice, payee(1), 5, 2)])).expect("ack");
+
+    // The voided epoch's amounts and leaves are in the next seal, once.
+    let second = seal();
+    assert_eq!(second.debits, vec![(payer, 35)]);
+    assert_eq!(second.credits, vec![(payee(1), 15), (payee(2), 20)]);
+    assert_eq!(
+        second.leaves,
+        vec![(payer, payee(1), 15), (payer, payee(2), 20)]
+    );
+    record(2, EpochStatus::Submitted).expect("submitted");
+    for _ in 0..2 {
+        record(2, EpochStatus::Disputed).expect("a submitted epoch can be voided");
+    }
+    assert_eq!(owed(), (35, 0, 965));
+    let error = record(2, EpochStatus::Committed).expect_err("a voided epoch stays void");
+    assert!(
+        matches!(error, EngineError::EpochTransition { .. }),
+        "{error}"
+    );
+
+    let third = seal();
+    assert_eq!(third.debits, vec![(payer, 35)]);
+    assert_eq!(third.credits, vec![(payee(1), 15), (payee(2), 20)]);
+    record(3, EpochStatus::Committed).expect("committed");
+    assert_eq!(owed(), (0, 35, 965));
+    let statuses: Vec<_> = (1..=3)
+        .map(|epoch| reader.epoch(epoch).expect("read").expect("exists").status)
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            EpochStatus::Disputed,
+            EpochStatus::Disputed,
+            EpochStatus::Committed
+        ]
+    );
+    engine.shutdown().expect("shutdown");
+}
+
+/// The child side of the crash below (a no-op in a normal run).
+#[test]
+fn crash_child() {
+    common::crash_child();
+}
+
+#[test]
+fn acked_state_survives_kill_9_and_reads_list_channels() {
     let dir = tempfile::tempdir().expect("tempdir");
     let alice = signing_key(1);
     let bob = signing_key(2);
@@ -357,23 +451,31 @@ fn acked_state_survives_restart_and_reads_list_channels() {
         let engine = open(dir.path());
         deposit(&engine, payer_of(&alice), 500, 1, 0);
         deposit(&engine, payer_of(&bob), 500, 1, 1);
-        for (seq, nonce) in (1..=3).zip([3, 1, 2]) {
-            submit(
-                &engine,
-                request(
-                    1,
-                    seq,
-                    &[
-                        receipt(&alice, payee(nonce as u8), 10, nonce),
-                        receipt(&bob, payee(1), 1, nonce),
-                    ],
-                ),
-            )
-            .expect("ack");
-        }
-        // No shutdown: dropping the handle is all a crashing process would do before exit.
-        drop(engine);
+        engine.shutdown().expect("shutdown");
     }
+    // The batches are acked by a child process that is then killed with SIGKILL: no shutdown,
+    // no drain, no join (dropping an engine would do all three).
+    let batches = (1..=3)
+        .zip([3, 1, 2])
+        .map(|(seq, nonce)| {
+            CrashBatch::new(
+                1,
+                seq,
+                &[
+                    receipt(&alice, payee(nonce as u8), 10, nonce),
+                    receipt(&bob, payee(1), 1, nonce),
+                ],
+            )
+        })
+        .collect();
+    crash_after(
+        &CrashJob {
+            data_dir: dir.path().to_path_buf(),
+            window_nonces: EngineConfig::new(dir.path()).ledger.window_nonces,
+            batches,
+        },
+        3,
+    );
     let engine = open(dir.path());
     let reader = engine.reader();
     let alice_channels = reader

@@ -129,8 +129,9 @@ pub enum EpochStatus {
     Submitted = 2,
     /// The commit is onchain: the payers' pending amounts are settled.
     Committed = 3,
-    /// The arbiter voided the epoch: its amounts were returned to pending and carried into the
-    /// open epoch to be committed again.
+    /// The arbiter voided the epoch: its amounts are owed again (returned from settled to
+    /// pending if it had been committed) and were carried into the open epoch to be committed
+    /// again.
     Disputed = 4,
 }
 
@@ -151,13 +152,14 @@ impl EpochStatus {
         .find(|s| s.code() == code)
     }
     /// Whether settle may move an epoch from `self` to `next`. Repeating the current status is
-    /// allowed (a retried update) and never moves money twice.
+    /// allowed (a retried update) and never moves money twice. Every status but `Disputed`
+    /// itself may become `Disputed`: the contract can void an epoch before or after its commit.
     pub fn may_become(self, next: EpochStatus) -> bool {
         use EpochStatus::*;
         matches!(
             (self, next),
-            (Sealed, Sealed | Submitted | Committed)
-                | (Submitted, Submitted | Committed)
+            (Sealed, Sealed | Submitted | Committed | Disputed)
+                | (Submitted, Submitted | Committed | Disputed)
                 | (Committed, Committed | Disputed)
                 | (Disputed, Disputed)
         )

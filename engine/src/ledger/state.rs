@@ -490,8 +490,9 @@ impl Ledger {
     }
 
     /// Records settle's news about an epoch. Committing settles its debits and credits; a dispute
-    /// of a committed epoch unsettles them; either way the amounts move once, however often the
-    /// update is repeated.
+    /// of a committed epoch unsettles them, and any dispute (of a sealed, submitted or committed
+    /// epoch) carries them into the open epoch; either way the amounts move once, however often
+    /// the update is repeated.
     pub(crate) fn record_epoch(&mut self, update: EpochUpdate) -> Result<(), EngineError> {
         let mut record = self.epoch_record(update.epoch)?;
         if !record.status.may_become(update.status) {

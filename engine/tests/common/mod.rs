@@ -1,8 +1,12 @@
-//! Shared by the ledger tests: the production verifier, signing helpers, and a
-//! way to wait for the engine's oneshot replies without an async runtime.
+//! Shared by the ledger tests: the production verifier, signing helpers, a way to wait for the
+//! engine's oneshot replies without an async runtime, and crashes: a child copy of the test
+//! binary that writes through its own engine and is killed with SIGKILL.
 #![allow(dead_code)] // each test file uses its own subset
 
-use std::path::Path;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -112,4 +116,119 @@ pub fn deposit(engine: &Engine, payer: PayerKey, amount: u128, block: u64, log_i
             .expect("queued"),
     )
     .expect("deposit applied");
+}
+
+/// The test every crashing test binary declares, running [`crash_child`]:
+/// `#[test] fn crash_child() { common::crash_child() }`.
+pub const CRASH_CHILD_TEST: &str = "crash_child";
+/// Set in the child: the path of its [`CrashJob`].
+const CRASH_JOB_ENV: &str = "TOLLGATE_TEST_CRASH_JOB";
+/// The line the child prints after each ack.
+const CRASH_ACK: &str = "tollgate-crash-child: ack";
+
+/// What a child process does before it is killed: open the ledger in `data_dir` and submit
+/// every batch at once (so some groups are in flight when the kill lands), reporting each ack.
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+pub struct CrashJob {
+    pub data_dir: PathBuf,
+    pub window_nonces: u32,
+    pub batches: Vec<CrashBatch>,
+}
+
+/// One client batch of a [`CrashJob`].
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+pub struct CrashBatch {
+    pub producer_id: u64,
+    pub batch_seq: u64,
+    /// Receipt records, back to back.
+    pub receipts: Vec<u8>,
+}
+
+impl CrashBatch {
+    /// The batch `request(producer_id, batch_seq, receipts)` would send.
+    pub fn new(producer_id: u64, batch_seq: u64, receipts: &[Receipt]) -> Self {
+        Self {
+            producer_id,
+            batch_seq,
+            receipts: receipts.iter().flat_map(|r| r.to_bytes()).collect(),
+        }
+    }
+}
+
+/// Runs `job` in a child copy of this test binary and kills it with SIGKILL once it reported
+/// `acks` acks (0: at once, wherever it is). Nothing of the child's engine is shut down: no
+/// drain, no join, no close; what survives is what its writes made durable.
+pub fn crash_after(job: &CrashJob, acks: usize) {
+    let job_file = tempfile::NamedTempFile::new().expect("job file");
+    std::fs::write(
+        job_file.path(),
+        serde_json::to_vec(job).expect("job encodes"),
+    )
+    .expect("write");
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            CRASH_CHILD_TEST,
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CRASH_JOB_ENV, job_file.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the child");
+    let mut reported = 0;
+    if acks > 0 {
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        for line in stdout.lines() {
+            let line = line.expect("read the child");
+            // The harness may have started the line with the test's name.
+            if line.ends_with(CRASH_ACK) {
+                reported += 1;
+                if reported == acks {
+                    break;
+                }
+            }
+        }
+    }
+    child.kill().expect("kill -9");
+    let status = child.wait().expect("reap the child");
+    assert_eq!(
+        (reported, status.signal()),
+        (acks, Some(9)),
+        "the child must be killed after {acks} acks ({status})"
+    );
+}
+
+/// The child side of [`crash_after`]; a no-op in a normal test run.
+pub fn crash_child() {
+    let Some(job) = std::env::var_os(CRASH_JOB_ENV) else {
+        return;
+    };
+    let job: CrashJob =
+        serde_json::from_slice(&std::fs::read(job).expect("read job")).expect("job decodes");
+    let mut config = EngineConfig::new(&job.data_dir);
+    config.ledger.window_nonces = job.window_nonces;
+    let engine = open_with(config);
+    let answers: Vec<_> = job
+        .batches
+        .into_iter()
+        .map(|batch| {
+            let receipts = ReceiptBatch::new(batch.receipts.into()).expect("whole records");
+            engine
+                .submit(SubmitRequest {
+                    receipts,
+                    ..request(batch.producer_id, batch.batch_seq, &[])
+                })
+                .expect("queued")
+        })
+        .collect();
+    for answer in answers {
+        wait(answer).expect("acked");
+        println!("{CRASH_ACK}");
+    }
+    // The parent kills us now. Should it be gone instead, stdin closes: stop without shutting
+    // the engine down, as a crash would.
+    drop(std::io::copy(&mut std::io::stdin(), &mut std::io::sink()));
+    std::process::exit(1);
 }
