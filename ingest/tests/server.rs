@@ -21,7 +21,9 @@ use tollgate_engine::{
 };
 use tollgate_ingest::client::{Client, ClientConfig};
 use tollgate_ingest::server::{ClientAuth, ServerConfig, ServerError, bind, run};
-use tollgate_ingest::wire::{Ack, ErrorCode, Frame, FrameCodec, Hello, Ping, Submit};
+use tollgate_ingest::wire::{
+    Ack, ErrorCode, FRAME_BYTES_MAX, Frame, FrameCodec, FrameType, Hello, Ping, Submit,
+};
 
 fn domain() -> Domain {
     Domain {
@@ -122,6 +124,18 @@ type Raw = Framed<TcpStream, FrameCodec>;
 
 /// A raw connection that has completed the handshake as client 1, producer `producer_id`.
 async fn handshake(addr: std::net::SocketAddr, producer_id: u64, session_epoch: u64) -> Raw {
+    let key = SigningKey::from_bytes(&FLEET_SEED);
+    handshake_as(addr, 1, &key, producer_id, session_epoch).await
+}
+
+/// A raw connection that has completed the handshake as `client_id` signing with `key`.
+async fn handshake_as(
+    addr: std::net::SocketAddr,
+    client_id: u64,
+    key: &SigningKey,
+    producer_id: u64,
+    session_epoch: u64,
+) -> Raw {
     let mut raw = Framed::new(
         TcpStream::connect(addr).await.expect("connect"),
         FrameCodec::default(),
@@ -129,8 +143,14 @@ async fn handshake(addr: std::net::SocketAddr, producer_id: u64, session_epoch: 
     let Some(Ok(Frame::Challenge(challenge))) = raw.next().await else {
         panic!("expected CHALLENGE");
     };
-    let key = SigningKey::from_bytes(&FLEET_SEED);
-    let hello = Hello::signed(1, producer_id, session_epoch, domain(), &key, &challenge);
+    let hello = Hello::signed(
+        client_id,
+        producer_id,
+        session_epoch,
+        domain(),
+        key,
+        &challenge,
+    );
     raw.send(&Frame::Hello(hello)).await.expect("send");
     match raw.next().await {
         Some(Ok(Frame::HelloOk(_))) => raw,
@@ -640,4 +660,207 @@ async fn open_mode_is_refused_off_loopback() {
         matches!(result, Err(ServerError::OpenModeNotLoopback(_))),
         "{result:?}"
     );
+}
+
+fn payer() -> PayerKey {
+    PayerKey(
+        SigningKey::from_bytes(&PAYER_SEED)
+            .verifying_key()
+            .to_bytes(),
+    )
+}
+
+fn pending(h: &Harness) -> u128 {
+    h.engine
+        .reader()
+        .payer(&payer())
+        .expect("read")
+        .expect("known payer")
+        .pending
+}
+
+fn submit_frame(batch_seq: u64, nonces: &[u64]) -> Frame {
+    let receipts: Vec<Receipt> = nonces.iter().map(|&n| receipt(n, PAYEE)).collect();
+    Frame::Submit(Submit {
+        batch_seq,
+        receipts: ReceiptBatch::from_receipts(&receipts),
+    })
+}
+
+async fn next_ack(raw: &mut Raw) -> Ack {
+    match raw.next().await {
+        Some(Ok(Frame::Ack(ack))) => ack,
+        other => panic!("expected an ACK, got {other:?}"),
+    }
+}
+
+/// Each `Client` numbers its batches from 1: a second one made from the same config must run in
+/// a session of its own, or the server answers its batches with the first one's acks and never
+/// applies its receipts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_from_one_config_each_get_their_receipts_applied() {
+    let h = start(|_| {}).await;
+    let config = client_config(h.addr, 1);
+    for nonces in [[1, 2, 3], [4, 5, 6]] {
+        let client = Client::connect(config.clone()).await.expect("connect");
+        for nonce in nonces {
+            let verdict = client
+                .submit(receipt(nonce, PAYEE))
+                .await
+                .expect("queued")
+                .await;
+            assert_eq!(verdict, Ok(Ok(())));
+        }
+        client.close().await.expect("close");
+    }
+    assert_eq!(pending(&h), 60, "six receipts of 10, every one applied");
+    h.shutdown.cancel();
+    h.server.await.expect("join").expect("clean shutdown");
+}
+
+/// A re-send must be the batch it claims to be: the same number with other receipts gets
+/// `batch_mismatch`, never the first batch's ack, and applies nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resent_batch_number_with_other_receipts_is_refused_and_applies_nothing() {
+    let h = start(|_| {}).await;
+    let mut raw = handshake(h.addr, 5, 1).await;
+    raw.send(&submit_frame(7, &[1])).await.expect("send");
+    assert_eq!(next_ack(&mut raw).await.accepted, 1);
+    drop(raw);
+
+    let mut raw = handshake(h.addr, 5, 1).await;
+    raw.send(&submit_frame(7, &[2])).await.expect("send");
+    match raw.next().await {
+        Some(Ok(Frame::Error(error))) => {
+            assert_eq!(error.code, 26, "{error:?}")
+        }
+        other => panic!("expected ERROR batch_mismatch, got {other:?}"),
+    }
+    assert_eq!(pending(&h), 10, "only the original batch was applied");
+    // The original bytes still get the original ack.
+    let mut raw = handshake(h.addr, 5, 1).await;
+    raw.send(&submit_frame(7, &[1])).await.expect("send");
+    assert_eq!(next_ack(&mut raw).await.accepted, 1);
+    h.shutdown.cancel();
+    h.server.await.expect("join").expect("clean shutdown");
+}
+
+/// Producer ids belong to the authenticated client: another configured client using the same
+/// producer id, even with the largest session epoch, neither fences it nor learns its epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_fence_another_clients_producer() {
+    let fleet = SigningKey::from_bytes(&FLEET_SEED);
+    let rival = SigningKey::from_bytes(&[5; 32]);
+    let h = start(|config| {
+        config.clients = [(1, &fleet), (2, &rival)]
+            .into_iter()
+            .map(|(client_id, key)| ClientAuth {
+                client_id,
+                key: key.verifying_key().to_bytes(),
+                payees: BTreeSet::from([PAYEE]),
+            })
+            .collect();
+    })
+    .await;
+    let mut own = handshake_as(h.addr, 1, &fleet, 5, 1).await;
+    own.send(&submit_frame(1, &[1])).await.expect("send");
+    assert_eq!(next_ack(&mut own).await.accepted, 1);
+    drop(own);
+
+    let mut taken = handshake_as(h.addr, 2, &rival, 5, u64::MAX).await;
+    taken.send(&submit_frame(1, &[2, 3])).await.expect("send");
+    assert_eq!(next_ack(&mut taken).await.accepted, 2);
+    drop(taken);
+
+    // Client 1's producer 5 carries on in its own session, and its batch 2 is its own.
+    let mut own = handshake_as(h.addr, 1, &fleet, 5, 1).await;
+    own.send(&submit_frame(2, &[4])).await.expect("send");
+    assert_eq!(next_ack(&mut own).await.accepted, 1);
+    assert_eq!(pending(&h), 40);
+    // Fencing still works inside client 2's own namespace.
+    let mut raw = Framed::new(
+        TcpStream::connect(h.addr).await.expect("connect"),
+        FrameCodec::default(),
+    );
+    let Some(Ok(Frame::Challenge(challenge))) = raw.next().await else {
+        panic!("challenge")
+    };
+    let hello = Hello::signed(2, 5, 1, domain(), &rival, &challenge);
+    raw.send(&Frame::Hello(hello)).await.expect("send");
+    assert_eq!(error_code(&mut raw).await, Some(ErrorCode::ProducerFenced));
+    h.shutdown.cancel();
+    h.server.await.expect("join").expect("clean shutdown");
+}
+
+/// A batch read after the engine stopped cannot be handed over; the connection must still say
+/// why and close, not wait forever for an answer that will never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_stopped_engine_cannot_take_is_refused_and_the_connection_closes() {
+    let h = start(|_| {}).await;
+    let mut raw = handshake(h.addr, 1, 1).await;
+    h.engine.clone().shutdown().expect("engine stops cleanly");
+    raw.send(&submit_frame(1, &[1])).await.expect("send");
+    // `error_code` gives up after 20 s: a connection that never closes fails here.
+    assert_eq!(error_code(&mut raw).await, Some(ErrorCode::ShuttingDown));
+    h.shutdown.cancel();
+    h.server.await.expect("join").expect("clean shutdown");
+}
+
+/// Before HELLO_OK the only frame a client may send is one HELLO: a header announcing anything
+/// larger is refused at once, before the server sets memory aside for its body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_hello_a_frame_larger_than_hello_is_refused_at_its_header() {
+    let h = start(|config| config.handshake_timeout_ms = 60_000).await;
+    for (frame_type, code) in [
+        (FrameType::Hello, ErrorCode::FrameTooLarge),
+        (FrameType::Submit, ErrorCode::UnexpectedFrame),
+    ] {
+        let mut raw = fresh_connection(h.addr).await;
+        let mut header = Frame::Ping(Ping { nonce: 0 }).to_bytes()[..24].to_vec();
+        header[5] = frame_type.code();
+        let body_bytes = u64::from(FRAME_BYTES_MAX) - 24;
+        header[8..16].copy_from_slice(&body_bytes.to_le_bytes());
+        raw.get_mut().write_all(&header).await.expect("write");
+        assert_eq!(error_code(&mut raw).await, Some(code), "{frame_type}");
+    }
+    h.shutdown.cancel();
+    h.server.await.expect("join").expect("clean shutdown");
+}
+
+/// The read deadline runs from a frame's first byte, however many ACKs the server writes
+/// meanwhile: a PING whose bytes take three deadlines must be refused, not served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_deadline_runs_from_a_frames_first_byte_while_acks_keep_coming() {
+    const BATCHES: u64 = 128;
+    const DEADLINE_MS: u64 = 200;
+    let h = start(|config| {
+        config.read_deadline_ms = DEADLINE_MS;
+        config.batches_in_flight_max = BATCHES as u32;
+    })
+    .await;
+    // Answers for these keep arriving while the PING trickles in: the first batch is accepted,
+    // every later copy is verified again and rejected as duplicates.
+    let nonces: Vec<u64> = (1..=1024).collect();
+    let mut raw = handshake(h.addr, 1, 1).await;
+    for seq in 1..=BATCHES {
+        raw.feed(&submit_frame(seq, &nonces)).await.expect("feed");
+    }
+    SinkExt::<&Frame>::flush(&mut raw).await.expect("flush");
+    let ping = Frame::Ping(Ping { nonce: 7 }).to_bytes();
+    raw.get_mut().write_all(&ping[..1]).await.expect("write");
+    tokio::time::sleep(Duration::from_millis(3 * DEADLINE_MS)).await;
+    // The server may have closed already.
+    let _ = raw.get_mut().write_all(&ping[1..]).await;
+    let mut acks = 0;
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(60), raw.next()).await {
+            Ok(Some(Ok(Frame::Ack(_)))) => acks += 1,
+            Ok(Some(Ok(Frame::Error(error)))) => break error.error_code(),
+            other => panic!("expected ACKs then ERROR read_deadline, got {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(ErrorCode::ReadDeadline));
+    assert_eq!(acks, BATCHES, "every batch read is acknowledged before the ERROR");
+    h.shutdown.cancel();
+    h.server.await.expect("join").expect("clean shutdown");
 }
