@@ -77,6 +77,7 @@ fn push(engine: &Engine, seq: &mut u64, start: u64, receipts: u64, channels: u64
         *seq += 1;
         let ack = engine
             .submit(SubmitRequest {
+                client_id: 1,
                 producer_id: 1,
                 session_epoch: 1,
                 batch_seq: *seq,

@@ -19,6 +19,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use futures_channel::oneshot;
 use thiserror::Error;
 
+use crate::ledger::record::BatchDigest;
 use crate::ledger::state::{Ledger, SessionId, initial_format, validate};
 use crate::ledger::writer::{Writer, WriterMsg};
 use crate::receipt::{PayerKey, ReceiptBatch, ReceiptView};
@@ -67,11 +68,15 @@ impl EngineConfig {
 /// One client batch for the engine.
 #[derive(Clone, Debug)]
 pub struct SubmitRequest {
-    /// The fleet client's producer id.
+    /// The client the batch's connection authenticated as: producer sessions live inside it, so
+    /// no client can reach another's sessions.
+    pub client_id: u64,
+    /// The producer id, chosen by the client, inside `client_id`.
     pub producer_id: u64,
     /// The producer's session epoch; older than the stored one is refused.
     pub session_epoch: u64,
-    /// The batch's number in the session; a re-send reuses it and gets the same ack.
+    /// The batch's number in the session; a re-send of the same receipts reuses it and gets the
+    /// same ack.
     pub batch_seq: u64,
     /// The receipts.
     pub receipts: ReceiptBatch,
@@ -108,6 +113,21 @@ pub enum EngineError {
         session_epoch: u64,
         /// the epoch stored for the producer
         current: u64,
+    },
+    /// A batch under a (client, producer, session epoch, batch sequence) whose ack is remembered,
+    /// but with other receipt bytes than the batch that got that ack: not a re-send. Nothing was
+    /// applied; the original ack still answers the original bytes.
+    #[error(
+        "producer {producer_id}: batch {batch_seq} of session epoch {session_epoch} was acknowledged \
+         with other receipts; a re-send must repeat the batch exactly"
+    )]
+    BatchMismatch {
+        /// the producer
+        producer_id: u64,
+        /// the session epoch the batch came with
+        session_epoch: u64,
+        /// the batch sequence number reused
+        batch_seq: u64,
     },
     /// `record_epoch` for an epoch that was never sealed.
     #[error("epoch {epoch} was never sealed")]
@@ -161,6 +181,7 @@ impl EngineError {
         matches!(
             self,
             EngineError::SessionSuperseded { .. }
+                | EngineError::BatchMismatch { .. }
                 | EngineError::UnknownEpoch { .. }
                 | EngineError::EpochTransition { .. }
                 | EngineError::FundsOverflow { .. }
@@ -208,6 +229,7 @@ pub type SealReceiver = oneshot::Receiver<Result<SealedEpoch, EngineError>>;
 enum VerifyMsg {
     Batch(
         SubmitRequest,
+        BatchDigest,
         oneshot::Sender<Result<BatchAck, EngineError>>,
     ),
     Shutdown,
@@ -317,7 +339,8 @@ impl Engine {
     }
 
     /// Queues a batch for verification and the ledger. Never blocks: `Err(SubmitError::Full)`
-    /// when `queue_batches_max` batches are in flight.
+    /// when `queue_batches_max` batches are in flight. The batch's digest is computed here, on
+    /// the caller's thread, so the single ledger writer never hashes.
     pub fn submit(&self, request: SubmitRequest) -> Result<AckReceiver, SubmitError> {
         self.check_open()?;
         let receipts = request.receipts.len();
@@ -328,8 +351,13 @@ impl Engine {
         {
             return Err(SubmitError::PrejudgedOutOfRange { index, receipts });
         }
+        let digest = *blake3::hash(request.receipts.as_bytes()).as_bytes();
         let (tx, rx) = oneshot::channel();
-        match self.inner.submit.try_send(VerifyMsg::Batch(request, tx)) {
+        match self
+            .inner
+            .submit
+            .try_send(VerifyMsg::Batch(request, digest, tx))
+        {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => Err(SubmitError::Full),
             Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
@@ -439,7 +467,7 @@ fn verify_stage(
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                VerifyMsg::Batch(request, reply) => group.push((request, reply)),
+                VerifyMsg::Batch(request, digest, reply) => group.push((request, digest, reply)),
                 VerifyMsg::Shutdown => stopping = true,
             }
             if !stopping && group.len() < VERIFY_GROUP_BATCHES_MAX {
@@ -447,17 +475,19 @@ fn verify_stage(
             }
         }
         metrics::gauge!("tollgate_verify_queue_batches").set(requests.len() as f64);
-        let requests_in_group: Vec<&SubmitRequest> = group.iter().map(|(r, _)| r).collect();
+        let requests_in_group: Vec<&SubmitRequest> = group.iter().map(|(r, _, _)| r).collect();
         let started = std::time::Instant::now();
         let verdicts = group_verdicts(verifier, &requests_in_group);
         metrics::histogram!("tollgate_verify_seconds").record(started.elapsed());
-        for ((request, reply), verdicts) in group.drain(..).zip(verdicts) {
+        for ((request, digest, reply), verdicts) in group.drain(..).zip(verdicts) {
             let msg = WriterMsg::Batch {
                 session: SessionId {
+                    client_id: request.client_id,
                     producer_id: request.producer_id,
                     session_epoch: request.session_epoch,
                     batch_seq: request.batch_seq,
                 },
+                digest,
                 receipts: request.receipts,
                 verdicts,
                 reply,
@@ -613,6 +643,7 @@ mod tests {
             Some(SubmitError::Poisoned)
         );
         let request = SubmitRequest {
+            client_id: 1,
             producer_id: 1,
             session_epoch: 0,
             batch_seq: 0,

@@ -99,11 +99,27 @@ fn replayed_batch_gets_identical_ack_and_changes_nothing() {
     assert_eq!(first.accepted, 3);
     assert_eq!(first.rejections, vec![(1, Reason::Duplicate)]);
 
-    // After a restart, from disk, even with different contents under the same number.
+    // After a restart, from disk; other contents under the same number are not a re-send.
     engine.shutdown().expect("shutdown");
     let engine = open(dir.path());
+    assert_eq!(
+        submit(&engine, request(9, 7, &receipts)).expect("ack"),
+        first
+    );
     let other = [receipt(&alice, payee(1), 5, 50)];
-    assert_eq!(submit(&engine, request(9, 7, &other)).expect("ack"), first);
+    let error = submit(&engine, request(9, 7, &other)).expect_err("not a re-send");
+    assert!(
+        matches!(
+            error,
+            EngineError::BatchMismatch {
+                producer_id: 9,
+                session_epoch: 1,
+                batch_seq: 7
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.is_refusal());
     let balance = engine
         .reader()
         .payer(&payer_of(&alice))
@@ -118,6 +134,41 @@ fn replayed_batch_gets_identical_ack_and_changes_nothing() {
     engine.shutdown().expect("shutdown");
 }
 
+/// The payer record carries its receipt and channel counts, so a balance is one read however
+/// many payees the payer has paid; they agree with the channels themselves, across a restart.
+#[test]
+fn payer_record_counts_its_receipts_and_channels() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let alice = signing_key(1);
+    deposit(&engine, payer_of(&alice), 10_000, 1, 0);
+    for seq in 1..=3u64 {
+        let receipts: Vec<_> = (1..=40u8)
+            .map(|p| receipt(&alice, payee(p), 1, seq))
+            .chain([receipt(&alice, payee(1), 1, seq)]) // a duplicate counts nowhere
+            .collect();
+        let ack = submit(&engine, request(1, seq, &receipts)).expect("ack");
+        assert_eq!(ack.accepted, 40);
+    }
+    engine.shutdown().expect("shutdown");
+    let engine = open(dir.path());
+    let reader = engine.reader();
+    let balance = reader
+        .payer(&payer_of(&alice))
+        .expect("read")
+        .expect("known");
+    let channels = reader
+        .payer_channels(&payer_of(&alice), None, 1_000)
+        .expect("read");
+    assert_eq!(balance.channels, channels.len() as u64);
+    assert_eq!(
+        balance.receipts,
+        channels.iter().map(|c| c.receipts).sum::<u64>()
+    );
+    assert_eq!((balance.receipts, balance.channels), (120, 40));
+    engine.shutdown().expect("shutdown");
+}
+
 #[test]
 fn older_session_epoch_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -127,7 +178,7 @@ fn older_session_epoch_is_refused() {
     let mut newer = request(4, 1, &[receipt(&alice, payee(1), 1, 1)]);
     newer.session_epoch = 5;
     submit(&engine, newer).expect("ack");
-    assert_eq!(engine.reader().session_epoch(4).expect("read"), Some(5));
+    assert_eq!(engine.reader().session_epoch(1, 4).expect("read"), Some(5));
 
     let mut older = request(4, 2, &[receipt(&alice, payee(1), 1, 2)]);
     older.session_epoch = 4;
@@ -149,6 +200,15 @@ fn older_session_epoch_is_refused() {
         .expect("read")
         .expect("known");
     assert_eq!(balance.pending, 1, "the refused batch changed nothing");
+
+    // The same producer id under another client is another producer, with its own epochs.
+    let mut elsewhere = request(4, 2, &[receipt(&alice, payee(1), 1, 3)]);
+    elsewhere.client_id = 2;
+    elsewhere.session_epoch = 1;
+    assert_eq!(submit(&engine, elsewhere).expect("ack").accepted, 1);
+    let reader = engine.reader();
+    assert_eq!(reader.session_epoch(2, 4).expect("read"), Some(1));
+    assert_eq!(reader.session_epoch(1, 4).expect("read"), Some(5));
     engine.shutdown().expect("shutdown");
 }
 

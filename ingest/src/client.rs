@@ -2,10 +2,12 @@
 //!
 //! [`Client::submit`] queues one receipt and hands back a future of its verdict; receipts are
 //! gathered into batches that are sent when full or when the oldest has waited `batch_linger_ms`.
-//! Up to `batches_in_flight_max` batches await their ACK at once. When the connection breaks, the
-//! client reconnects with exponential backoff and re-sends every unacknowledged batch under its
-//! original sequence number, so the server's client sessions answer with the original ACK and
-//! nothing is counted twice.
+//! Up to `batches_in_flight_max` batches await their ACK at once. Each [`Client`] is one producer
+//! session: its session epoch is taken when it connects, larger than any taken before in this
+//! process, and its batches are numbered from 1 in it. When the connection breaks, the client
+//! reconnects with exponential backoff in the same session and re-sends every unacknowledged batch
+//! under its original sequence number, so the server's client sessions answer with the original
+//! ACK and nothing is counted twice.
 //!
 //! ```no_run
 //! use ed25519_dalek::SigningKey;
@@ -72,11 +74,9 @@ pub struct ClientConfig {
     pub client_id: u64,
     /// The key whose public half the server has for `client_id`.
     pub client_key: SigningKey,
-    /// This producer's id: one per process streaming batches.
+    /// This producer's id: one per process streaming batches. A [`Client`] made later from the
+    /// same config starts a newer session of the producer, which fences off the older one.
     pub producer_id: u64,
-    /// Must grow whenever the producer restarts without its old batch numbers. The default, the
-    /// wall clock in milliseconds when the config was made, does so on every restart.
-    pub session_epoch: u64,
     /// The deployment the receipts are signed for; the server refuses a HELLO for another.
     pub domain: Domain,
     /// Most receipts per batch (lowered to the server's limit if that is smaller).
@@ -109,15 +109,11 @@ impl ClientConfig {
         producer_id: u64,
         domain: Domain,
     ) -> ClientConfig {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |elapsed| elapsed.as_millis() as u64);
         ClientConfig {
             addr: addr.into(),
             client_id,
             client_key,
             producer_id,
-            session_epoch: now_ms,
             domain,
             batch_receipts_max: 1024,
             batch_linger_ms: 5,
@@ -180,7 +176,8 @@ pub enum ClientError {
     #[error("server broke the protocol: {0}")]
     Protocol(String),
     /// The client gave up reconnecting. Receipts without a verdict may or may not have been
-    /// applied: re-send them under the same producer session to find out.
+    /// applied: submit them again (a new `Client` is fine): none is counted twice, and one that
+    /// was applied comes back rejected as `duplicate`.
     #[error("gave up after {attempts} reconnect attempts: {last}")]
     Disconnected {
         /// attempts made
@@ -340,15 +337,42 @@ impl Future for BatchVerdictsFuture {
     }
 }
 
+/// The last session epoch this process took.
+static LAST_SESSION_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// A session epoch larger than any this process took before, even for two clients connecting in
+/// the same instant, and (the wall clock in nanoseconds) larger than any an earlier run took.
+fn next_session_epoch() -> u64 {
+    let now_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+        });
+    let next = |last: u64| now_ns.max(last.saturating_add(1));
+    match LAST_SESSION_EPOCH.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+        Some(next(last))
+    }) {
+        Ok(last) | Err(last) => next(last),
+    }
+}
+
 impl Client {
     /// Connects and completes the handshake, so a wrong address, key or deployment fails here;
-    /// then starts the connection task.
+    /// then starts the connection task. The client runs in a new session of its producer, kept
+    /// across its reconnects.
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         config.validate()?;
-        let connection = Connection::open(&config).await?;
+        let session_epoch = next_session_epoch();
+        let connection = Connection::open(&config, session_epoch).await?;
         let (commands, receiver) = mpsc::channel(config.queue_requests_max);
         let stats = Arc::new(SharedStats::default());
-        let task = Task::new(config, receiver, Arc::clone(&stats), &connection.limits);
+        let task = Task::new(
+            config,
+            session_epoch,
+            receiver,
+            Arc::clone(&stats),
+            &connection.limits,
+        );
         tokio::spawn(task.run(connection));
         Ok(Client { commands, stats })
     }
@@ -429,9 +453,9 @@ struct Connection {
 }
 
 impl Connection {
-    async fn open(config: &ClientConfig) -> Result<Connection, ClientError> {
+    async fn open(config: &ClientConfig, session_epoch: u64) -> Result<Connection, ClientError> {
         let deadline = Duration::from_millis(config.connect_timeout_ms);
-        timeout(deadline, Self::handshake(config))
+        timeout(deadline, Self::handshake(config, session_epoch))
             .await
             .unwrap_or_else(|_| {
                 Err(ClientError::Connect {
@@ -441,7 +465,10 @@ impl Connection {
             })
     }
 
-    async fn handshake(config: &ClientConfig) -> Result<Connection, ClientError> {
+    async fn handshake(
+        config: &ClientConfig,
+        session_epoch: u64,
+    ) -> Result<Connection, ClientError> {
         let unreachable = |detail: String| ClientError::Connect {
             addr: config.addr.clone(),
             detail,
@@ -464,7 +491,7 @@ impl Connection {
         let hello = Hello::signed(
             config.client_id,
             config.producer_id,
-            config.session_epoch,
+            session_epoch,
             config.domain,
             &config.client_key,
             &challenge,
@@ -573,6 +600,8 @@ struct PendingRequest {
 /// every request waiting for an answer.
 struct Task {
     config: ClientConfig,
+    /// This client's session of its producer, the same on every reconnect.
+    session_epoch: u64,
     commands: mpsc::Receiver<Command>,
     stats: Arc<SharedStats>,
     batch_receipts_max: usize,
@@ -597,12 +626,14 @@ struct Task {
 impl Task {
     fn new(
         config: ClientConfig,
+        session_epoch: u64,
         commands: mpsc::Receiver<Command>,
         stats: Arc<SharedStats>,
         limits: &HelloOk,
     ) -> Task {
         let mut task = Task {
             config,
+            session_epoch,
             commands,
             stats,
             batch_receipts_max: 1,
@@ -674,7 +705,7 @@ impl Task {
         for attempt in 1..=self.config.reconnect_attempts_max {
             sleep(Duration::from_millis(backoff_ms)).await;
             backoff_ms = (backoff_ms * 2).min(self.config.reconnect_backoff_ms_max);
-            match Connection::open(&self.config).await {
+            match Connection::open(&self.config, self.session_epoch).await {
                 Ok(connection) => {
                     SharedStats::add(&self.stats.reconnects, 1);
                     self.adopt_limits(&connection.limits);
@@ -937,5 +968,16 @@ impl Task {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_epochs_taken_in_one_instant_still_grow() {
+        let epochs: Vec<u64> = (0..1_000).map(|_| next_session_epoch()).collect();
+        assert!(epochs.windows(2).all(|pair| pair[0] < pair[1]));
     }
 }

@@ -40,8 +40,8 @@ use tollgate_engine::{Address, Domain, PayerKey, Reason};
 use tracing::Instrument;
 
 use crate::wire::{
-    Ack, Balance, Challenge, Decoded, ErrorCode, ErrorFrame, Frame, FrameCodec, Hello, HelloOk,
-    QueryBalance, Submit, decode_frame,
+    Ack, Balance, Challenge, Decoded, ErrorCode, ErrorFrame, Frame, FrameCodec, FrameHeader,
+    FrameType, Hello, HelloOk, QueryBalance, Submit, WireError, decode_frame,
 };
 
 /// A fleet client the server accepts.
@@ -376,6 +376,8 @@ struct Answered {
 
 /// Who is on the other end, once the HELLO checks out.
 struct Session {
+    /// The client id the HELLO named and (unless in open mode) proved.
+    client_id: u64,
     producer_id: u64,
     session_epoch: u64,
     /// `None` in open mode: every payee is allowed.
@@ -400,6 +402,9 @@ struct Connection {
     in_flight: usize,
     /// A SUBMIT read and waiting for an engine permit; the socket is not read meanwhile.
     waiting: Option<SubmitRequest>,
+    /// When the first byte of the frame being read was seen. Kept here, not in one read call,
+    /// because every answer or permit restarts the read: the deadline is per frame, not per call.
+    frame_started_at: Option<Instant>,
 }
 
 impl Connection {
@@ -419,6 +424,7 @@ impl Connection {
             answered_rx,
             in_flight: 0,
             waiting: None,
+            frame_started_at: None,
         }
     }
 
@@ -451,7 +457,7 @@ impl Connection {
         let stop = self.stop.clone();
         let hello = tokio::select! {
             _ = stop.cancelled() => return Err(refusal(ErrorCode::ShuttingDown, "server is shutting down")),
-            frame = read_frame(&mut self.read, &mut self.buf, &self.shared.config, Some(deadline), false) => match frame? {
+            frame = read_frame(&mut self.read, &mut self.buf, &self.shared.config, &mut self.frame_started_at, Phase::Handshake { deadline }) => match frame? {
                 Frame::Hello(hello) => hello,
                 other => return Err(refusal(ErrorCode::UnexpectedFrame, format!("expected HELLO, got {}", other.frame_type()))),
             },
@@ -512,7 +518,10 @@ impl Connection {
         if let Err(error) = hello.verify(challenge) {
             return Err(refusal(ErrorCode::BadClientAuth, error.to_string()));
         }
-        match self.shared.engine.reader().session_epoch(hello.producer_id) {
+        // Sessions are looked up inside the client the HELLO proved: a producer id names nothing
+        // of another client's, so the epoch below is this client's own.
+        let reader = self.shared.engine.reader();
+        match reader.session_epoch(hello.client_id, hello.producer_id) {
             Ok(Some(current)) if hello.session_epoch < current => Err(refusal(
                 ErrorCode::ProducerFenced,
                 format!(
@@ -521,6 +530,7 @@ impl Connection {
                 ),
             )),
             Ok(_) => Ok(Session {
+                client_id: hello.client_id,
                 producer_id: hello.producer_id,
                 session_epoch: hello.session_epoch,
                 payees,
@@ -545,7 +555,7 @@ impl Connection {
                 Some(answered) = self.answered_rx.recv() => self.on_answer(answered).await,
                 permit = acquire(&self.shared.engine_permits), if self.waiting.is_some() => self.hand_over(permit),
                 _ = self.stop.cancelled() => Err(refusal(ErrorCode::ShuttingDown, "server is shutting down")),
-                frame = read_frame(&mut self.read, &mut self.buf, &self.shared.config, None, idle_applies), if reading => match frame {
+                frame = read_frame(&mut self.read, &mut self.buf, &self.shared.config, &mut self.frame_started_at, Phase::Streaming { idle_applies }), if reading => match frame {
                     Ok(frame) => self.on_frame(frame, &session).await,
                     Err(closing) => Err(closing),
                 },
@@ -599,6 +609,7 @@ impl Connection {
         };
         self.in_flight += 1;
         self.waiting = Some(SubmitRequest {
+            client_id: session.client_id,
             producer_id: session.producer_id,
             session_epoch: session.session_epoch,
             batch_seq: submit.batch_seq,
@@ -609,7 +620,8 @@ impl Connection {
     }
 
     /// Hands the waiting batch to the engine with its permit, and starts the task that returns the
-    /// permit and reports the answer as soon as the engine replies.
+    /// permit and reports the answer as soon as the engine replies. A batch the engine does not
+    /// take leaves the in-flight count: nothing will ever answer for it.
     fn hand_over(&mut self, permit: OwnedSemaphorePermit) -> Result<(), Closing> {
         let Some(request) = self.waiting.take() else {
             return Ok(());
@@ -617,21 +629,9 @@ impl Connection {
         let batch_seq = request.batch_seq;
         let receiver = match self.shared.engine.submit(request) {
             Ok(receiver) => receiver,
-            Err(SubmitError::Closed) => {
-                return Err(refusal(
-                    ErrorCode::ShuttingDown,
-                    "the engine is shutting down",
-                ));
-            }
-            Err(SubmitError::Poisoned) => {
-                self.shared.fail(&EngineError::Poisoned {
-                    cause: "submit refused: ledger poisoned".into(),
-                });
-                return Err(refusal(ErrorCode::Internal, "the ledger has failed"));
-            }
             Err(error) => {
-                tracing::error!(%error, "engine refused a batch");
-                return Err(refusal(ErrorCode::Internal, error.to_string()));
+                self.in_flight -= 1;
+                return Err(self.not_taken(error));
             }
         };
         metrics::gauge!("tollgate_ingest_engine_batches_in_flight").increment(1.0);
@@ -644,6 +644,23 @@ impl Connection {
             let _ = answered.send(Answered { batch_seq, result }).await;
         });
         Ok(())
+    }
+
+    /// Why a batch the engine did not take ends the connection.
+    fn not_taken(&self, error: SubmitError) -> Closing {
+        match error {
+            SubmitError::Closed => refusal(ErrorCode::ShuttingDown, "the engine is shutting down"),
+            SubmitError::Poisoned => {
+                self.shared.fail(&EngineError::Poisoned {
+                    cause: "submit refused: ledger poisoned".into(),
+                });
+                refusal(ErrorCode::Internal, "the ledger has failed")
+            }
+            error => {
+                tracing::error!(%error, "engine refused a batch");
+                refusal(ErrorCode::Internal, error.to_string())
+            }
+        }
     }
 
     async fn on_answer(&mut self, answered: Answered) -> Result<(), Closing> {
@@ -670,6 +687,9 @@ impl Connection {
                     answered.batch_seq
                 ),
             )),
+            Err(error @ EngineError::BatchMismatch { .. }) => {
+                Err(refusal(ErrorCode::BatchMismatch, error.to_string()))
+            }
             Err(error) if error.is_refusal() => {
                 tracing::warn!(%error, batch_seq = answered.batch_seq, "engine refused a batch");
                 Err(refusal(ErrorCode::Internal, error.to_string()))
@@ -702,9 +722,8 @@ impl Connection {
     async fn close(mut self, closing: Closing) {
         if self.waiting.is_some() {
             let permit = acquire(&self.shared.engine_permits).await;
-            if self.hand_over(permit).is_err() {
-                self.in_flight -= 1;
-            }
+            // Already closing for another reason, which is the one the client is told.
+            let _ = self.hand_over(permit);
         }
         let mut writable = true;
         while self.in_flight > 0 {
@@ -729,48 +748,66 @@ impl Connection {
     }
 }
 
-/// Reads one whole frame, under `deadline` (the handshake) or else the per-frame read
-/// deadline once a frame has begun and, when `idle_applies`, the idle timeout between frames.
+/// Where a connection is, for what a read may take.
+#[derive(Clone, Copy)]
+enum Phase {
+    /// Before HELLO_OK: one HELLO, whole by `deadline`, and nothing larger than a HELLO frame.
+    Handshake { deadline: Instant },
+    /// After HELLO_OK: the per-frame read deadline and, when `idle_applies`, the idle timeout.
+    Streaming { idle_applies: bool },
+}
+
+/// Reads one whole frame. Before HELLO_OK a frame may be no larger than a HELLO, so an
+/// unauthenticated peer cannot make the server set aside a full `frame_bytes_max`; after it, a
+/// frame must be whole within the read deadline of its first byte (`frame_started_at`, which
+/// outlives a cancelled call) and, when the idle timeout applies, begin within it.
 async fn read_frame(
     read: &mut OwnedReadHalf,
     buf: &mut BytesMut,
     config: &ServerConfig,
-    deadline: Option<Instant>,
-    idle_applies: bool,
+    frame_started_at: &mut Option<Instant>,
+    phase: Phase,
 ) -> Result<Frame, Closing> {
     let idle_ms = config.idle_timeout_ms;
     let per_frame_ms = config.read_deadline_ms;
-    let frame_bytes_max = config.frame_bytes_max;
+    let frame_bytes_max = match phase {
+        Phase::Handshake { .. } => Hello::FRAME_BYTES,
+        Phase::Streaming { .. } => config.frame_bytes_max,
+    };
     let idle_since = Instant::now();
-    let mut frame_started_at = None;
     loop {
         let frame_started = match decode_frame(buf, frame_bytes_max) {
-            Ok(Decoded::Frame(frame)) => return Ok(frame),
+            Ok(Decoded::Frame(frame)) => {
+                *frame_started_at = None;
+                return Ok(frame);
+            }
             Ok(Decoded::Incomplete { frame_started }) => frame_started,
-            Err(error) => return Err(refusal(error.code(), error.to_string())),
+            Err(error) => return Err(frame_refusal(buf, phase, error)),
         };
-        let limit = if let Some(deadline) = deadline {
-            Some((
+        if !frame_started {
+            *frame_started_at = None;
+        }
+        let limit = match phase {
+            Phase::Handshake { deadline } => Some((
                 deadline,
                 ErrorCode::HandshakeTimeout,
                 "no HELLO within the handshake timeout".to_owned(),
-            ))
-        } else if frame_started {
-            let started = *frame_started_at.get_or_insert_with(Instant::now);
-            Some((
-                started + Duration::from_millis(per_frame_ms),
-                ErrorCode::ReadDeadline,
-                format!("frame not finished within {per_frame_ms} ms"),
-            ))
-        } else {
-            frame_started_at = None;
-            idle_applies.then(|| {
+            )),
+            Phase::Streaming { .. } if frame_started => {
+                let started = *frame_started_at.get_or_insert_with(Instant::now);
+                Some((
+                    started + Duration::from_millis(per_frame_ms),
+                    ErrorCode::ReadDeadline,
+                    format!("frame not finished within {per_frame_ms} ms"),
+                ))
+            }
+            Phase::Streaming { idle_applies } => idle_applies.then(|| {
                 (
                     idle_since + Duration::from_millis(idle_ms),
                     ErrorCode::IdleTimeout,
                     format!("nothing received for {idle_ms} ms"),
                 )
-            })
+            }),
         };
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(4096);
@@ -797,6 +834,21 @@ async fn read_frame(
             }
         }
     }
+}
+
+/// The ERROR for bytes that can never become an acceptable frame. Before HELLO_OK a header too
+/// large for a HELLO is refused as soon as it is read; one that is not a HELLO at all is told so.
+fn frame_refusal(buf: &BytesMut, phase: Phase, error: WireError) -> Closing {
+    if let (Phase::Handshake { .. }, WireError::FrameTooLarge { .. }) = (phase, &error)
+        && let Some(frame_type) = FrameHeader::peek_type(buf)
+        && frame_type != FrameType::Hello
+    {
+        return refusal(
+            ErrorCode::UnexpectedFrame,
+            format!("expected HELLO, got {frame_type}"),
+        );
+    }
+    refusal(error.code(), error.to_string())
 }
 
 fn refusal(code: ErrorCode, text: impl Into<String>) -> Closing {
@@ -828,24 +880,14 @@ fn not_allowed(submit: &Submit, allowed: &BTreeSet<Address>) -> Vec<(u32, Reason
         .collect()
 }
 
+/// The answer to QUERY_BALANCE from the payer's one record, which keeps its receipt and channel
+/// counts: one point read however many payees the payer has paid.
 fn payer_balance(
     reader: &tollgate_engine::pipeline::LedgerReader,
     query: QueryBalance,
 ) -> Result<Balance, tollgate_engine::store::StoreError> {
     let payer: PayerKey = query.payer;
     let funds = reader.payer(&payer)?.unwrap_or_default();
-    let mut receipts = 0u64;
-    let mut channels = 0u64;
-    let mut after = None;
-    loop {
-        let page = reader.payer_channels(&payer, after.as_ref(), 1024)?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.payee);
-        for channel in &page {
-            channels += 1;
-            receipts = receipts.saturating_add(channel.receipts);
-        }
-    }
     Ok(Balance {
         request_id: query.request_id,
         payer,
@@ -853,8 +895,8 @@ fn payer_balance(
         settled: funds.settled,
         pending: funds.pending,
         available: funds.available,
-        receipts,
-        channels,
+        receipts: funds.receipts,
+        channels: funds.channels,
     })
 }
 

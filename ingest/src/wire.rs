@@ -166,6 +166,9 @@ pub enum ErrorCode {
     BadClientAuth = 24,
     /// The producer has already used a newer session epoch: this session is fenced off.
     ProducerFenced = 25,
+    /// A SUBMIT reuses the (producer, session epoch, batch sequence) of an acknowledged batch with
+    /// other receipts: it is not a re-send, and nothing of it was applied.
+    BatchMismatch = 26,
     /// No HELLO arrived within the handshake timeout.
     HandshakeTimeout = 40,
     /// The connection was silent for longer than the idle timeout.
@@ -186,7 +189,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in code order.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::BadMagic,
         ErrorCode::UnsupportedVersion,
         ErrorCode::UnknownFrameType,
@@ -205,6 +208,7 @@ impl ErrorCode {
         ErrorCode::UnknownClient,
         ErrorCode::BadClientAuth,
         ErrorCode::ProducerFenced,
+        ErrorCode::BatchMismatch,
         ErrorCode::HandshakeTimeout,
         ErrorCode::IdleTimeout,
         ErrorCode::ReadDeadline,
@@ -246,6 +250,7 @@ impl ErrorCode {
             ErrorCode::UnknownClient => "unknown_client",
             ErrorCode::BadClientAuth => "bad_client_auth",
             ErrorCode::ProducerFenced => "producer_fenced",
+            ErrorCode::BatchMismatch => "batch_mismatch",
             ErrorCode::HandshakeTimeout => "handshake_timeout",
             ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::ReadDeadline => "read_deadline",
@@ -365,6 +370,14 @@ pub struct FrameHeader {
 }
 
 impl FrameHeader {
+    /// The frame type a buffered prefix names, once its type byte has arrived and is a known
+    /// type; for telling a peer which frame it sent when the header was refused.
+    pub fn peek_type(prefix: &[u8]) -> Option<FrameType> {
+        prefix
+            .get(TYPE_AT)
+            .and_then(|&code| FrameType::from_code(code))
+    }
+
     /// Checks as much of a header as `prefix` holds, field by field in wire order, so garbage is
     /// refused as soon as its first bytes arrive rather than when 24 of them have. `Ok(None)`
     /// means every byte so far is plausible but the header is not complete.
@@ -683,6 +696,8 @@ pub enum HelloAuthError {
 impl Hello {
     /// Body size.
     pub const BODY_BYTES: usize = 152;
+    /// Size of a whole HELLO frame, header included: the most a server reads before HELLO_OK.
+    pub const FRAME_BYTES: u32 = (HEADER_BYTES + Self::BODY_BYTES) as u32;
     /// The signed part of the body.
     pub const SIGNED_BODY_BYTES: usize = 88;
     /// Size of the bytes a client signs.

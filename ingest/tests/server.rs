@@ -723,8 +723,9 @@ async fn two_clients_from_one_config_each_get_their_receipts_applied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resent_batch_number_with_other_receipts_is_refused_and_applies_nothing() {
     let h = start(|_| {}).await;
+    let original = submit_frame(7, &[1]);
     let mut raw = handshake(h.addr, 5, 1).await;
-    raw.send(&submit_frame(7, &[1])).await.expect("send");
+    raw.send(&original).await.expect("send");
     assert_eq!(next_ack(&mut raw).await.accepted, 1);
     drop(raw);
 
@@ -732,14 +733,18 @@ async fn resent_batch_number_with_other_receipts_is_refused_and_applies_nothing(
     raw.send(&submit_frame(7, &[2])).await.expect("send");
     match raw.next().await {
         Some(Ok(Frame::Error(error))) => {
-            assert_eq!(error.code, 26, "{error:?}")
+            assert_eq!(
+                error.error_code(),
+                Some(ErrorCode::BatchMismatch),
+                "{error:?}"
+            )
         }
         other => panic!("expected ERROR batch_mismatch, got {other:?}"),
     }
     assert_eq!(pending(&h), 10, "only the original batch was applied");
     // The original bytes still get the original ack.
     let mut raw = handshake(h.addr, 5, 1).await;
-    raw.send(&submit_frame(7, &[1])).await.expect("send");
+    raw.send(&original).await.expect("send");
     assert_eq!(next_ack(&mut raw).await.accepted, 1);
     h.shutdown.cancel();
     h.server.await.expect("join").expect("clean shutdown");
@@ -840,10 +845,15 @@ async fn read_deadline_runs_from_a_frames_first_byte_while_acks_keep_coming() {
     .await;
     // Answers for these keep arriving while the PING trickles in: the first batch is accepted,
     // every later copy is verified again and rejected as duplicates.
-    let nonces: Vec<u64> = (1..=1024).collect();
+    let receipts: Vec<Receipt> = (1..=2048).map(|n| receipt(n, PAYEE)).collect();
+    let receipts = ReceiptBatch::from_receipts(&receipts);
     let mut raw = handshake(h.addr, 1, 1).await;
-    for seq in 1..=BATCHES {
-        raw.feed(&submit_frame(seq, &nonces)).await.expect("feed");
+    for batch_seq in 1..=BATCHES {
+        let submit = Submit {
+            batch_seq,
+            receipts: receipts.clone(),
+        };
+        raw.feed(&Frame::Submit(submit)).await.expect("feed");
     }
     SinkExt::<&Frame>::flush(&mut raw).await.expect("flush");
     let ping = Frame::Ping(Ping { nonce: 7 }).to_bytes();
@@ -860,7 +870,10 @@ async fn read_deadline_runs_from_a_frames_first_byte_while_acks_keep_coming() {
         }
     };
     assert_eq!(code, Some(ErrorCode::ReadDeadline));
-    assert_eq!(acks, BATCHES, "every batch read is acknowledged before the ERROR");
+    assert_eq!(
+        acks, BATCHES,
+        "every batch read is acknowledged before the ERROR"
+    );
     h.shutdown.cancel();
     h.server.await.expect("join").expect("clean shutdown");
 }

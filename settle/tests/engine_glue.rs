@@ -111,6 +111,7 @@ fn signed(key: &SigningKey, payee: Address, amount: u64, nonce: u64, domain: &Do
 
 async fn submit(engine: &Engine, batch_seq: u64, receipts: &[Receipt]) -> BatchAck {
     let request = SubmitRequest {
+        client_id: 1,
         producer_id: 1,
         session_epoch: 1,
         batch_seq,

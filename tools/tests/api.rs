@@ -104,6 +104,7 @@ async fn submit(engine: &Engine, domain: &Domain, batch_seq: u64, paid: &[Paid])
         })
         .collect();
     let request = SubmitRequest {
+        client_id: 1,
         producer_id: 1,
         session_epoch: 1,
         batch_seq,

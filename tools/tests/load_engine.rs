@@ -30,6 +30,7 @@ impl Transport for InProcessEngine {
         let ack = self
             .engine
             .submit(SubmitRequest {
+                client_id: 1,
                 producer_id: self.producer_id,
                 session_epoch: 1,
                 batch_seq: self.batch_seq.fetch_add(1, Ordering::Relaxed),

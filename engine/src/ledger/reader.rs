@@ -13,8 +13,8 @@ use crate::store::{Cf, Store, StoreError, StoreSnapshot};
 use super::SealedEpoch;
 use super::record::{
     ChannelKey, ChannelState, DecodeError, EntryKind, EpochRecord, FUNDS_CURSOR_KEY, FundsCursor,
-    OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerState, address_from, decode_amount,
-    entry_prefix, epoch_key, payer_from, producer_key,
+    OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey, ProducerState, address_from,
+    decode_amount, entry_prefix, epoch_key, payer_from, producer_key,
 };
 
 /// A payer's funds as the ledger sees them.
@@ -32,6 +32,10 @@ pub struct PayerBalance {
     pub pending: u128,
     /// What the payer may still spend.
     pub available: u128,
+    /// Receipts accepted from this payer, over all its channels.
+    pub receipts: u64,
+    /// Payees this payer has had a receipt accepted for.
+    pub channels: u64,
 }
 
 /// A payee's credits.
@@ -112,7 +116,8 @@ impl LedgerReader {
         Self { store }
     }
 
-    /// A payer's funds; `None` if the ledger never heard of the payer.
+    /// A payer's funds and counts, from its one record: the cost does not grow with its
+    /// channels. `None` if the ledger never heard of the payer.
     pub fn payer(&self, payer: &PayerKey) -> Result<Option<PayerBalance>, StoreError> {
         let Some(bytes) = self.store.get(Cf::Payers, &payer.0)? else {
             return Ok(None);
@@ -125,6 +130,8 @@ impl LedgerReader {
             settled: state.settled,
             pending: state.pending,
             available: state.available(),
+            receipts: state.receipts,
+            channels: state.channels,
         }))
     }
 
@@ -293,11 +300,19 @@ impl LedgerReader {
             .transpose()
     }
 
-    /// The session epoch stored for a producer, for a HELLO to be refused early when it is
-    /// older (the writer checks again on every batch).
-    pub fn session_epoch(&self, producer_id: u64) -> Result<Option<u64>, StoreError> {
+    /// The session epoch stored for a client's producer, for a HELLO to be refused early when it
+    /// is older (the writer checks again on every batch).
+    pub fn session_epoch(
+        &self,
+        client_id: u64,
+        producer_id: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let producer = ProducerKey {
+            client_id,
+            producer_id,
+        };
         self.store
-            .get(Cf::Sessions, &producer_key(producer_id))?
+            .get(Cf::Sessions, &producer_key(producer))?
             .map(|bytes| {
                 ProducerState::decode(&bytes)
                     .map(|p| p.session_epoch)

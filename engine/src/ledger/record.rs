@@ -249,6 +249,10 @@ pub struct PayerState {
     pub pending: u128,
     /// The part of `pending` that belongs to the open epoch.
     pub unsealed: u128,
+    /// Receipts accepted from this payer, over all its channels.
+    pub receipts: u64,
+    /// Channels (payees) this payer has had a receipt accepted for.
+    pub channels: u64,
 }
 
 impl PayerState {
@@ -263,9 +267,9 @@ impl PayerState {
             .unwrap_or(0)
     }
 
-    /// Six u128 fields in declaration order.
+    /// Six u128 fields then two u64 fields, in declaration order.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = encoder(16 * 6);
+        let mut out = encoder(16 * 6 + 8 * 2);
         for field in [
             self.deposited,
             self.withdrawal_requested,
@@ -276,6 +280,8 @@ impl PayerState {
         ] {
             out.extend_from_slice(&field.to_le_bytes());
         }
+        out.extend_from_slice(&self.receipts.to_le_bytes());
+        out.extend_from_slice(&self.channels.to_le_bytes());
         out
     }
 
@@ -289,6 +295,8 @@ impl PayerState {
             settled: d.u128()?,
             pending: d.u128()?,
             unsealed: d.u128()?,
+            receipts: d.u64()?,
+            channels: d.u64()?,
         };
         d.finish()?;
         Ok(state)
@@ -330,7 +338,8 @@ impl PayeeState {
 }
 
 /// A producer's client session: its current session epoch and the sequence numbers of the
-/// batches whose acks are kept (oldest first).
+/// batches whose acks are kept (oldest first). Keyed by (client id, producer id): a producer id
+/// means something only inside the authenticated client that uses it.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct ProducerState {
     /// Highest session epoch seen; older ones are refused.
@@ -339,23 +348,38 @@ pub struct ProducerState {
     pub recent: VecDeque<u64>,
 }
 
-/// Key of a producer record in the sessions column family: `'p' ‖ producer (BE)`.
-pub fn producer_key(producer_id: u64) -> [u8; 9] {
-    let mut out = [0u8; 9];
+/// A producer as the ledger knows it: the authenticated client and the producer id it chose.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct ProducerKey {
+    /// The client the connection authenticated as.
+    pub client_id: u64,
+    /// The producer id inside that client.
+    pub producer_id: u64,
+}
+
+/// Key of a producer record in the sessions column family: `'p' ‖ client ‖ producer` (BE).
+pub fn producer_key(producer: ProducerKey) -> [u8; 17] {
+    let mut out = [0u8; 17];
     out[0] = b'p';
-    out[1..].copy_from_slice(&producer_id.to_be_bytes());
+    out[1..9].copy_from_slice(&producer.client_id.to_be_bytes());
+    out[9..].copy_from_slice(&producer.producer_id.to_be_bytes());
     out
 }
 
-/// Key of a stored ack: `'a' ‖ producer ‖ session epoch ‖ batch seq` (all BE).
-pub fn ack_key(producer_id: u64, session_epoch: u64, batch_seq: u64) -> [u8; 25] {
-    let mut out = [0u8; 25];
+/// Key of a stored ack: `'a' ‖ client ‖ producer ‖ session epoch ‖ batch seq` (all BE).
+pub fn ack_key(producer: ProducerKey, session_epoch: u64, batch_seq: u64) -> [u8; 33] {
+    let mut out = [0u8; 33];
     out[0] = b'a';
-    out[1..9].copy_from_slice(&producer_id.to_be_bytes());
-    out[9..17].copy_from_slice(&session_epoch.to_be_bytes());
-    out[17..].copy_from_slice(&batch_seq.to_be_bytes());
+    out[1..9].copy_from_slice(&producer.client_id.to_be_bytes());
+    out[9..17].copy_from_slice(&producer.producer_id.to_be_bytes());
+    out[17..25].copy_from_slice(&session_epoch.to_be_bytes());
+    out[25..].copy_from_slice(&batch_seq.to_be_bytes());
     out
 }
+
+/// blake3 of a batch's receipt bytes, kept beside its ack so a re-send can be told apart from
+/// another batch under the same number.
+pub type BatchDigest = [u8; 32];
 
 impl ProducerState {
     /// session_epoch u64, count u32, seqs u64 each.
@@ -383,9 +407,11 @@ impl ProducerState {
     }
 }
 
-/// batch_seq u64, accepted u32, count u32, then (index u32, reason code u8) each.
-pub fn encode_ack(ack: &BatchAck) -> Vec<u8> {
-    let mut out = encoder(16 + 5 * ack.rejections.len());
+/// digest 32 bytes, batch_seq u64, accepted u32, count u32, then (index u32, reason code u8)
+/// each.
+pub fn encode_ack(ack: &BatchAck, digest: &BatchDigest) -> Vec<u8> {
+    let mut out = encoder(32 + 16 + 5 * ack.rejections.len());
+    out.extend_from_slice(digest);
     out.extend_from_slice(&ack.batch_seq.to_le_bytes());
     out.extend_from_slice(&ack.accepted.to_le_bytes());
     out.extend_from_slice(&(ack.rejections.len() as u32).to_le_bytes());
@@ -397,8 +423,9 @@ pub fn encode_ack(ack: &BatchAck) -> Vec<u8> {
 }
 
 /// Inverse of [`encode_ack`].
-pub fn decode_ack(bytes: &[u8]) -> Result<BatchAck, DecodeError> {
+pub fn decode_ack(bytes: &[u8]) -> Result<(BatchAck, BatchDigest), DecodeError> {
     let mut d = Decoder::new(bytes, "ack")?;
+    let digest = d.take::<32>()?;
     let batch_seq = d.u64()?;
     let accepted = d.u32()?;
     let count = d.u32()?;
@@ -412,11 +439,14 @@ pub fn decode_ack(bytes: &[u8]) -> Result<BatchAck, DecodeError> {
         })
         .collect::<Result<Vec<_>, DecodeError>>()?;
     d.finish()?;
-    Ok(BatchAck {
-        batch_seq,
-        accepted,
-        rejections,
-    })
+    Ok((
+        BatchAck {
+            batch_seq,
+            accepted,
+            rejections,
+        },
+        digest,
+    ))
 }
 
 /// The open epoch: its number and what it holds so far.
@@ -507,8 +537,9 @@ pub struct FormatRecord {
     pub window_nonces: u32,
 }
 
-/// The layout this code writes.
-pub const LAYOUT_VERSION: u32 = 1;
+/// The layout this code writes. 2: producer sessions keyed by client id, a batch digest in each
+/// stored ack, receipt and channel counts in each payer record.
+pub const LAYOUT_VERSION: u32 = 2;
 
 impl FormatRecord {
     /// magic, layout u32, window_nonces u32.
@@ -723,9 +754,9 @@ impl Cached for PayeeState {
 }
 
 impl Cached for ProducerState {
-    type Key = u64;
+    type Key = ProducerKey;
     const CF: Cf = Cf::Sessions;
-    fn key_bytes(key: &u64) -> Vec<u8> {
+    fn key_bytes(key: &ProducerKey) -> Vec<u8> {
         producer_key(*key).to_vec()
     }
     fn encode(&self) -> Vec<u8> {
@@ -766,6 +797,8 @@ mod tests {
             settled: 4,
             pending: 5,
             unsealed: 6,
+            receipts: 7,
+            channels: 8,
         };
         assert_eq!(PayerState::decode(&payer.encode()), Ok(payer));
 
@@ -774,7 +807,7 @@ mod tests {
             accepted: 2,
             rejections: vec![(0, Reason::Duplicate), (3, Reason::Stale)],
         };
-        assert_eq!(decode_ack(&encode_ack(&ack)), Ok(ack));
+        assert_eq!(decode_ack(&encode_ack(&ack, &[9; 32])), Ok((ack, [9; 32])));
 
         let producer = ProducerState {
             session_epoch: 3,

@@ -16,10 +16,10 @@ use crate::verdict::{Reason, Verdict};
 
 use super::cache::Cache;
 use super::record::{
-    ChannelKey, ChannelState, DecodeError, EntryKind, EpochRecord, FUNDS_CURSOR_KEY, FormatRecord,
-    FundsCursor, LAYOUT_VERSION, OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerState,
-    ack_key, address_from, decode_ack, encode_ack, encode_amount, entry_key, epoch_key,
-    open_channel_key, open_payee_key, open_payer_key, payer_from,
+    BatchDigest, ChannelKey, ChannelState, DecodeError, EntryKind, EpochRecord, FUNDS_CURSOR_KEY,
+    FormatRecord, FundsCursor, LAYOUT_VERSION, OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState,
+    ProducerKey, ProducerState, ack_key, address_from, decode_ack, encode_ack, encode_amount,
+    entry_key, epoch_key, open_channel_key, open_payee_key, open_payer_key, payer_from,
 };
 use super::window::WINDOW_WORD_BITS;
 use super::{
@@ -27,12 +27,23 @@ use super::{
     UnknownPayers,
 };
 
-/// A producer's batch: `(producer_id, session_epoch, batch_seq)`.
+/// A producer's batch: `(client_id, producer_id, session_epoch, batch_seq)`. The client id is the
+/// one the connection authenticated as, so one client's producers never meet another's.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub(crate) struct SessionId {
+    pub client_id: u64,
     pub producer_id: u64,
     pub session_epoch: u64,
     pub batch_seq: u64,
+}
+
+impl SessionId {
+    fn producer(&self) -> ProducerKey {
+        ProducerKey {
+            client_id: self.client_id,
+            producer_id: self.producer_id,
+        }
+    }
 }
 
 /// What the current group holds besides dirty cache entries.
@@ -46,15 +57,16 @@ struct Group {
     receipts: usize,
     /// The open epoch or funds cursor changed.
     meta_dirty: bool,
-    /// Acks decided in this group, answered again to a re-send before they are on disk.
-    acks: HashMap<SessionId, BatchAck>,
+    /// Acks decided in this group with their batch's digest, answered again to a re-send before
+    /// they are on disk.
+    acks: HashMap<SessionId, (BatchAck, BatchDigest)>,
     /// Epoch records changed in this group, so a second update in the same group sees the first.
     epochs: HashMap<u64, EpochRecord>,
 }
 
 /// What a group whose write is still running answers for.
 struct InFlight {
-    acks: HashMap<SessionId, BatchAck>,
+    acks: HashMap<SessionId, (BatchAck, BatchDigest)>,
     epochs: HashMap<u64, EpochRecord>,
 }
 
@@ -195,10 +207,13 @@ impl Ledger {
     }
 
     /// Applies one verified batch and returns its ack; a batch seen before returns the ack it got
-    /// then and changes nothing. `verdicts[i]` is the verify stage's verdict for record `i`.
+    /// then and changes nothing, provided its `digest` (blake3 of its receipt bytes) is the
+    /// original's: another batch under a remembered number is refused as
+    /// [`EngineError::BatchMismatch`]. `verdicts[i]` is the verify stage's verdict for record `i`.
     pub(crate) fn apply_batch(
         &mut self,
         session: SessionId,
+        digest: BatchDigest,
         receipts: &ReceiptBatch,
         verdicts: &[Verdict],
         now_ms: u64,
@@ -207,12 +222,14 @@ impl Ledger {
             producer_id,
             session_epoch,
             batch_seq,
+            ..
         } = session;
+        let key = session.producer();
         self.producers
-            .load(&self.store, &producer_id, ProducerState::default)?;
+            .load(&self.store, &key, ProducerState::default)?;
         let producer = self
             .producers
-            .get(&producer_id)
+            .get(&key)
             .ok_or_else(|| invariant("producer not cached after load"))?;
         if session_epoch < producer.session_epoch {
             return Err(EngineError::SessionSuperseded {
@@ -226,19 +243,31 @@ impl Ledger {
                 .group
                 .acks
                 .get(&session)
-                .or_else(|| self.in_flight.as_ref()?.acks.get(&session));
-            if let Some(ack) = unwritten {
-                return Ok(ack.clone());
+                .or_else(|| self.in_flight.as_ref()?.acks.get(&session))
+                .cloned();
+            let (ack, original) = match unwritten {
+                Some(found) => found,
+                None => {
+                    let bytes = self
+                        .store
+                        .get(Cf::Sessions, &ack_key(key, session_epoch, batch_seq))?
+                        .ok_or_else(|| StoreError::Corrupt {
+                            cf: Cf::Sessions.name(),
+                            problem: format!(
+                                "ack of producer {producer_id} batch {batch_seq} missing"
+                            ),
+                        })?;
+                    decode_ack(&bytes).map_err(corrupt(Cf::Sessions))?
+                }
+            };
+            if original != digest {
+                return Err(EngineError::BatchMismatch {
+                    producer_id,
+                    session_epoch,
+                    batch_seq,
+                });
             }
-            let key = ack_key(producer_id, session_epoch, batch_seq);
-            let bytes = self
-                .store
-                .get(Cf::Sessions, &key)?
-                .ok_or_else(|| StoreError::Corrupt {
-                    cf: Cf::Sessions.name(),
-                    problem: format!("ack of producer {producer_id} batch {batch_seq} missing"),
-                })?;
-            return Ok(decode_ack(&bytes).map_err(corrupt(Cf::Sessions))?);
+            return Ok(ack);
         }
         if receipts.len() != verdicts.len() || receipts.len() > u32::MAX as usize {
             return Err(invariant(format!(
@@ -270,7 +299,7 @@ impl Ledger {
         let kept = self.config.acks_kept_per_producer;
         let producer = self
             .producers
-            .get_mut(&producer_id)
+            .get_mut(&key)
             .ok_or_else(|| invariant("producer evicted inside a group"))?;
         if session_epoch > producer.session_epoch {
             // A new session: the old session's batches can never be re-sent (they would be
@@ -278,7 +307,7 @@ impl Ledger {
             for seq in producer.recent.drain(..) {
                 self.group.batch.delete(
                     Cf::Sessions,
-                    ack_key(producer_id, producer.session_epoch, seq).to_vec(),
+                    ack_key(key, producer.session_epoch, seq).to_vec(),
                 );
             }
             producer.session_epoch = session_epoch;
@@ -286,18 +315,17 @@ impl Ledger {
         producer.recent.push_back(batch_seq);
         while producer.recent.len() > kept {
             if let Some(old) = producer.recent.pop_front() {
-                self.group.batch.delete(
-                    Cf::Sessions,
-                    ack_key(producer_id, session_epoch, old).to_vec(),
-                );
+                self.group
+                    .batch
+                    .delete(Cf::Sessions, ack_key(key, session_epoch, old).to_vec());
             }
         }
         self.group.batch.put(
             Cf::Sessions,
-            ack_key(producer_id, session_epoch, batch_seq).to_vec(),
-            encode_ack(&ack),
+            ack_key(key, session_epoch, batch_seq).to_vec(),
+            encode_ack(&ack, &digest),
         );
-        self.group.acks.insert(session, ack.clone());
+        self.group.acks.insert(session, (ack.clone(), digest));
         Ok(ack)
     }
 
@@ -362,7 +390,7 @@ impl Ledger {
             .channels
             .get_mut(&key)
             .ok_or_else(|| invariant("channel evicted inside a group"))?;
-        if channel.receipts == 0 {
+        if sums.new_channel {
             self.group
                 .batch
                 .put(Cf::PayeeChannels, key.to_payee_index().to_vec(), Vec::new());
@@ -389,6 +417,8 @@ impl Ledger {
         }
         payer_entry.pending = sums.pending;
         payer_entry.unsealed = sums.payer_unsealed;
+        payer_entry.receipts = sums.payer_receipts;
+        payer_entry.channels = sums.payer_channels;
 
         let payee_entry = self
             .payees
@@ -806,8 +836,12 @@ fn checked_sum(amounts: impl Iterator<Item = u128>) -> Option<u128> {
 struct Sums {
     cumulative: u128,
     channel_receipts: u64,
+    /// The receipt is the channel's first: the payee index and the payer's channel count grow.
+    new_channel: bool,
     pending: u128,
     payer_unsealed: u128,
+    payer_receipts: u64,
+    payer_channels: u64,
     credited: u128,
     payee_unsealed: u128,
     open_receipts: u64,
@@ -828,11 +862,19 @@ impl Sums {
         let pending = payer.pending.checked_add(amount)?;
         // The pair assertion sums pending + settled: that must fit too.
         pending.checked_add(payer.settled)?;
+        let new_channel = channel.receipts == 0;
         Some(Self {
             cumulative: channel.cumulative.checked_add(amount)?,
             channel_receipts: channel.receipts.checked_add(1)?,
+            new_channel,
             pending,
             payer_unsealed: payer.unsealed.checked_add(amount)?,
+            payer_receipts: payer.receipts.checked_add(1)?,
+            payer_channels: if new_channel {
+                payer.channels.checked_add(1)?
+            } else {
+                payer.channels
+            },
             credited: payee.credited.checked_add(amount)?,
             payee_unsealed: payee.unsealed.checked_add(amount)?,
             open_receipts: open.receipts.checked_add(1)?,
@@ -887,10 +929,15 @@ mod tests {
 
     fn session(batch_seq: u64) -> SessionId {
         SessionId {
+            client_id: 1,
             producer_id: 1,
             session_epoch: 0,
             batch_seq,
         }
+    }
+
+    fn digest(batch: &ReceiptBatch) -> BatchDigest {
+        *blake3::hash(batch.as_bytes()).as_bytes()
     }
 
     /// The re-send arrives while the original's group is closed but its write has not returned:
@@ -905,12 +952,12 @@ mod tests {
         let batch = ReceiptBatch::from_receipts(&[receipt(&key, 10, 1), receipt(&key, 10, 1)]);
         let now = 1_000;
         let ack = ledger
-            .apply_batch(session(5), &batch, &[Ok(()), Ok(())], now)
+            .apply_batch(session(5), digest(&batch), &batch, &[Ok(()), Ok(())], now)
             .expect("apply");
         let in_flight = ledger.close_group().expect("close");
 
         let again = ledger
-            .apply_batch(session(5), &batch, &[Ok(()), Ok(())], now)
+            .apply_batch(session(5), digest(&batch), &batch, &[Ok(()), Ok(())], now)
             .expect("resend");
         assert_eq!(again, ack);
         assert!(ledger.group_is_empty(), "the re-send changed nothing");
@@ -918,10 +965,59 @@ mod tests {
         ledger.written();
 
         let from_disk = ledger
-            .apply_batch(session(5), &batch, &[Ok(()), Ok(())], now)
+            .apply_batch(session(5), digest(&batch), &batch, &[Ok(()), Ok(())], now)
             .expect("resend");
         assert_eq!(from_disk, ack);
         assert_eq!(ledger.payers.get(&payer).map(|p| p.pending), Some(10));
+    }
+
+    /// Another batch under a remembered number is refused wherever the original's ack is kept:
+    /// in the open group, in the group being written, and on disk.
+    #[test]
+    fn other_receipts_under_a_remembered_number_are_refused_wherever_the_ack_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ledger = ledger(dir.path());
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let payer = PayerKey(key.verifying_key().to_bytes());
+        deposit(&mut ledger, payer, 100, 1);
+        let original = ReceiptBatch::from_receipts(&[receipt(&key, 10, 1)]);
+        let other = ReceiptBatch::from_receipts(&[receipt(&key, 20, 2)]);
+        let now = 1_000;
+        let refused = |ledger: &mut Ledger| {
+            let result = ledger.apply_batch(session(5), digest(&other), &other, &[Ok(())], now);
+            assert!(
+                matches!(
+                    result,
+                    Err(EngineError::BatchMismatch {
+                        producer_id: 1,
+                        session_epoch: 0,
+                        batch_seq: 5
+                    })
+                ),
+                "{result:?}"
+            );
+        };
+        ledger
+            .apply_batch(session(5), digest(&original), &original, &[Ok(())], now)
+            .expect("apply");
+        refused(&mut ledger);
+        let in_flight = ledger.close_group().expect("close");
+        refused(&mut ledger);
+        ledger.store.write(in_flight).expect("write");
+        ledger.written();
+        refused(&mut ledger);
+        assert!(ledger.group_is_empty(), "the refusals changed nothing");
+
+        // The same producer id under another client is another producer.
+        let elsewhere = SessionId {
+            client_id: 2,
+            ..session(5)
+        };
+        let ack = ledger
+            .apply_batch(elsewhere, digest(&other), &other, &[Ok(())], now)
+            .expect("apply");
+        assert_eq!(ack.accepted, 1);
+        assert_eq!(ledger.payers.get(&payer).map(|p| p.pending), Some(30));
     }
 
     /// A repeated `Committed` while the first one's write is in flight moves the money once.
@@ -934,7 +1030,7 @@ mod tests {
         deposit(&mut ledger, payer, 100, 1);
         let batch = ReceiptBatch::from_receipts(&[receipt(&key, 30, 1)]);
         ledger
-            .apply_batch(session(1), &batch, &[Ok(())], 1_000)
+            .apply_batch(session(1), digest(&batch), &batch, &[Ok(())], 1_000)
             .expect("apply");
         let sealed = ledger.seal().expect("seal");
         let committed = EpochUpdate {
@@ -985,13 +1081,8 @@ mod tests {
             .expect("cached")
             .cumulative = u128::MAX - 1;
         let batch = ReceiptBatch::from_receipts(&[receipt(&key, 2, 1), receipt(&key, 1, 2)]);
-        let session = SessionId {
-            producer_id: 1,
-            session_epoch: 0,
-            batch_seq: 0,
-        };
         let ack = ledger
-            .apply_batch(session, &batch, &[Ok(()), Ok(())], 1_000)
+            .apply_batch(session(0), digest(&batch), &batch, &[Ok(()), Ok(())], 1_000)
             .expect("apply");
         assert_eq!(ack.rejections, vec![(0, Reason::Overflow)]);
         assert_eq!(ack.accepted, 1);

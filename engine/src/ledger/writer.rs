@@ -25,6 +25,7 @@ use crate::receipt::ReceiptBatch;
 use crate::store::{Store, StoreBatch};
 use crate::verdict::Verdict;
 
+use super::record::BatchDigest;
 use super::state::{Ledger, SessionId};
 use super::{BatchAck, EpochUpdate, FundsEvent, SealedEpoch};
 
@@ -34,9 +35,11 @@ pub(crate) type SealSender = oneshot::Sender<Result<SealedEpoch, EngineError>>;
 
 /// Work for the writer.
 pub(crate) enum WriterMsg {
-    /// A verified batch: `verdicts[i]` is the verify stage's verdict for record `i`.
+    /// A verified batch: `verdicts[i]` is the verify stage's verdict for record `i`; `digest` is
+    /// blake3 of its receipt bytes, computed before it was queued.
     Batch {
         session: SessionId,
+        digest: BatchDigest,
         receipts: ReceiptBatch,
         verdicts: Vec<Verdict>,
         reply: AckSender,
@@ -297,13 +300,14 @@ impl Writer {
         match msg {
             WriterMsg::Batch {
                 session,
+                digest,
                 receipts,
                 verdicts,
                 reply,
             } => {
-                let result = self
-                    .ledger
-                    .apply_batch(session, &receipts, &verdicts, now_ms());
+                let result =
+                    self.ledger
+                        .apply_batch(session, digest, &receipts, &verdicts, now_ms());
                 self.check_fatal(&result);
                 if let Ok(ack) = &result {
                     metrics::counter!("tollgate_ledger_receipts_accepted_total")

@@ -91,6 +91,7 @@ pub fn wait<T>(
 
 pub fn request(producer_id: u64, batch_seq: u64, receipts: &[Receipt]) -> SubmitRequest {
     SubmitRequest {
+        client_id: 1,
         producer_id,
         session_epoch: 1,
         batch_seq,
