@@ -593,6 +593,7 @@ mod tests {
         let mut syncs = store.wal_syncs();
         for seq in 1..=5u64 {
             let request = SubmitRequest {
+                client_id: 1,
                 producer_id: 1,
                 session_epoch: 1,
                 batch_seq: seq,

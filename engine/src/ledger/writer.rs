@@ -435,16 +435,20 @@ mod tests {
             request_hash: [0; 32],
         }
         .sign(&key, &Domain::default());
+        let receipts = ReceiptBatch::from_receipts(&[receipt]);
+        let digest = *blake3::hash(receipts.as_bytes()).as_bytes();
         let send = || {
             let (reply, answer) = oneshot::channel();
             batches
                 .send(WriterMsg::Batch {
                     session: SessionId {
+                        client_id: 1,
                         producer_id: 1,
                         session_epoch: 1,
                         batch_seq: 1,
                     },
-                    receipts: ReceiptBatch::from_receipts(&[receipt]),
+                    digest,
+                    receipts: receipts.clone(),
                     verdicts: vec![Ok(())],
                     reply,
                 })
