@@ -311,9 +311,7 @@ impl Writer {
         }
         // Seals someone waits for were asked before the shutdown: finish them. A seal nobody
         // waits for (resumed after a restart) resumes again at the next start.
-        while !self.ledger.is_poisoned()
-            && !(self.seal_waiters.is_empty() && self.next_seal_waiters.is_empty())
-        {
+        while !self.ledger.is_poisoned() && self.anyone_waits_for_a_seal() {
             self.start_next_seal();
             self.seal_step();
             self.flush();
@@ -405,6 +403,10 @@ impl Writer {
         {
             drop(reply.send(Err(error.clone_fatal())));
         }
+    }
+
+    fn anyone_waits_for_a_seal(&self) -> bool {
+        !self.seal_waiters.is_empty() || !self.next_seal_waiters.is_empty()
     }
 
     fn seal_running(&self) -> bool {
