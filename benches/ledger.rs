@@ -3,11 +3,15 @@
 //! The verifier is replaced by one that trusts every record, so the figure is the writer's:
 //! replay window, funds bookkeeping, cache, one synced `WriteBatch` per group. Batches are kept
 //! in flight so groups fill while each fsync runs, as under load. Also prints the process RSS
-//! after 1M distinct channels went through the default-sized cache.
+//! after 1M distinct channels went through the default-sized cache, and what sealing an epoch of
+//! 1M channels costs while receipts keep flowing (`seal` below).
 //!
-//! Run: `cargo bench -p tollgate-benches --bench ledger`.
+//! Run: `cargo bench -p tollgate-benches --bench ledger`; `... --bench ledger -- seal` runs only
+//! the seal figures (it uses only the engine's public API, so the same file measures an older
+//! engine in a worktree of it).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -99,16 +103,21 @@ fn push(engine: &Engine, seq: &mut u64, start: u64, receipts: u64, channels: u64
     }
 }
 
-fn rss_kib() -> u64 {
+/// A `/proc/self/status` figure in KiB: `VmRSS` (now) or `VmHWM` (peak so far).
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .find_map(|line| line.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+fn rss_kib() -> u64 {
+    status_kib("VmRSS:")
 }
 
 fn rss_at_a_million_channels() {
@@ -130,6 +139,108 @@ fn rss_at_a_million_channels() {
         after / 1024,
         tollgate_engine::pipeline::LedgerConfig::default().channels_cached_max,
     );
+    engine.shutdown().expect("shutdown");
+}
+
+/// One batch of the steady producer that runs beside a seal: submitted, acked, and when.
+struct Timed {
+    sent: Instant,
+    acked: Instant,
+}
+
+/// Seals an epoch of 1,000,000 channels (62,500 payers × 16 payees) while a second producer
+/// keeps sending 16-receipt batches one at a time, each to channels of the epoch being sealed
+/// (their second receipt), so they land on entries the seal may not have reached. Prints the
+/// seal's duration, the longest ack wait of a batch in flight during the seal against the
+/// longest in the seconds before it, and the process's peak RSS.
+fn seal_under_load() {
+    const CHANNELS: u64 = 1_000_000;
+    const BATCH: u64 = 16;
+    const BASELINE: Duration = Duration::from_secs(3);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let mut seq = 0;
+    let filled = Instant::now();
+    push(&engine, &mut seq, 0, CHANNELS, CHANNELS);
+    let fill_s = filled.elapsed().as_secs_f64();
+    let peak_before_kib = status_kib("VmHWM:");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let engine = engine.clone();
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut timed = Vec::new();
+            let mut next = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let timestamp_ms = now_ms();
+                // 7,919 is prime to 1,000,000: a walk over distinct channels, scattered over the
+                // index, each paid once more.
+                let batch: Vec<Receipt> = (next..next + BATCH)
+                    .map(|j| {
+                        let mut r = receipt((j * 7_919) % CHANNELS, CHANNELS, timestamp_ms);
+                        r.nonce = 1;
+                        r
+                    })
+                    .collect();
+                next += BATCH;
+                let sent = Instant::now();
+                let ack = engine
+                    .submit(SubmitRequest {
+                        client_id: 1,
+                        producer_id: 2,
+                        session_epoch: 1,
+                        batch_seq: next / BATCH,
+                        receipts: ReceiptBatch::from_receipts(&batch),
+                        prejudged: Vec::new(),
+                    })
+                    .expect("queue has room");
+                let ack = block_on(ack).expect("answered").expect("acked");
+                assert!(ack.rejections.is_empty(), "{:?}", ack.rejections.first());
+                timed.push(Timed {
+                    sent,
+                    acked: Instant::now(),
+                });
+            }
+            timed
+        })
+    };
+    std::thread::sleep(BASELINE);
+    let seal_started = Instant::now();
+    let sealed = block_on(engine.seal_epoch().expect("queued"))
+        .expect("answered")
+        .expect("sealed");
+    let seal_ended = Instant::now();
+    stop.store(true, Ordering::Relaxed);
+    let timed = producer.join().expect("producer");
+    let peak_after_kib = status_kib("VmHWM:");
+    assert_eq!(sealed.epoch, 1);
+    assert_eq!(sealed.leaves.len() as u64, CHANNELS);
+
+    let wait = |t: &Timed| t.acked - t.sent;
+    let before = timed.iter().filter(|t| t.acked < seal_started);
+    let during: Vec<&Timed> = timed
+        .iter()
+        .filter(|t| t.acked >= seal_started && t.sent <= seal_ended)
+        .collect();
+    let longest_before = before.map(wait).max().unwrap_or_default();
+    let longest_during = during.iter().map(|t| wait(t)).max().unwrap_or_default();
+    let acked_during = during.iter().filter(|t| t.acked <= seal_ended).count();
+    println!(
+        "ledger seal: epoch of {CHANNELS} channels (filled in {fill_s:.1} s) sealed in {:.2} s \
+         while a producer kept sending {BATCH}-receipt batches one at a time: {acked_during} \
+         batches acked during the seal; longest ack wait {:.1} ms during the seal, {:.1} ms in \
+         the {} s before; peak RSS {} MiB before the seal, {} MiB after (the reply holds \
+         {} leaves)",
+        (seal_ended - seal_started).as_secs_f64(),
+        longest_during.as_secs_f64() * 1e3,
+        longest_before.as_secs_f64() * 1e3,
+        BASELINE.as_secs(),
+        peak_before_kib / 1024,
+        peak_after_kib / 1024,
+        sealed.leaves.len(),
+    );
+    drop(sealed);
     engine.shutdown().expect("shutdown");
 }
 
@@ -160,7 +271,18 @@ fn writer_throughput(c: &mut Criterion) {
 }
 
 fn main() {
-    rss_at_a_million_channels();
+    // Names given on the command line (as for criterion) pick what runs; none runs everything.
+    let names: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    let wanted = |bench: &str| names.is_empty() || names.iter().any(|n| bench.contains(n.as_str()));
+    if wanted("rss") {
+        rss_at_a_million_channels();
+    }
+    if wanted("seal") {
+        seal_under_load();
+    }
     let mut criterion = Criterion::default().configure_from_args();
     writer_throughput(&mut criterion);
     criterion.final_summary();

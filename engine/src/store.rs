@@ -24,7 +24,7 @@ use thiserror::Error;
 /// One RocksDB entry as read: key and value bytes.
 pub type KeyValue = (Box<[u8]>, Box<[u8]>);
 
-/// Ledger metadata: format marker, open epoch, funds cursor.
+/// Ledger metadata: format marker, open epoch, sealing epoch, funds cursor.
 pub const CF_META: &str = "meta";
 /// Channel state keyed by `payer ‖ payee`.
 pub const CF_CHANNELS: &str = "channels";
@@ -36,7 +36,8 @@ pub const CF_PAYERS: &str = "payers";
 pub const CF_PAYEES: &str = "payees";
 /// Client sessions: producer records and the acks of their last batches.
 pub const CF_SESSIONS: &str = "sessions";
-/// What the open (not yet sealed) epoch touched: channels, payers and payees.
+/// What the open epoch (and the epoch being sealed) touched: channels, payers and payees, keyed
+/// `epoch ‖ kind ‖ id`.
 pub const CF_OPEN_EPOCH: &str = "open_epoch";
 /// One record per sealed epoch keyed by big-endian epoch number.
 pub const CF_EPOCHS: &str = "epochs";

@@ -85,6 +85,31 @@ impl<V: Cached> Cache<V> {
         Ok(())
     }
 
+    /// Reads `key` through `read` without caching it: from the cache when held (it may be newer
+    /// than the store), else from the store. For one-off reads, like a seal's, that would
+    /// otherwise push hot entries out.
+    pub(crate) fn peek<T>(
+        &self,
+        store: &Store,
+        key: &V::Key,
+        read: impl FnOnce(&V) -> T,
+    ) -> Result<Option<T>, StoreError> {
+        if let Some(slot) = self.map.get(key) {
+            return Ok(Some(read(&slot.value)));
+        }
+        store
+            .get(V::CF, &V::key_bytes(key))?
+            .map(|bytes| {
+                V::decode(&bytes)
+                    .map(|value| read(&value))
+                    .map_err(|DecodeError(problem)| StoreError::Corrupt {
+                        cf: V::CF.name(),
+                        problem,
+                    })
+            })
+            .transpose()
+    }
+
     /// The cached value; `None` unless `load` ran for it in this group.
     pub(crate) fn get(&self, key: &V::Key) -> Option<&V> {
         self.map.get(key).map(|slot| &slot.value)

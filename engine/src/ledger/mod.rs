@@ -4,7 +4,9 @@
 //! - [`window`]: the per-channel anti-replay bitmap (RFC 6479).
 //! - [`record`]: every stored record and its byte layout.
 //! - `cache`: the writer's bounded cache of hot state.
-//! - `state`: the state machine (receipts, funds events, seals, epoch updates) over the cache.
+//! - `state`: the state machine (receipts, funds events, seals, epoch updates) over the cache. A
+//!   seal cuts the open epoch in one small write and writes its entries in bounded chunks between
+//!   receipt groups.
 //! - `writer`: the writer thread: applies everything in arrival order, writes each group as one
 //!   synced `WriteBatch`, replies only after the write returned.
 //! - [`reader`]: reads from RocksDB snapshots; never blocks the writer.
@@ -21,7 +23,7 @@ pub mod window;
 pub(crate) mod writer;
 
 pub use reader::{ChannelInfo, LedgerReader, PayeeBalance, PayerBalance};
-pub use record::{EpochRecord, FundsCursor, OpenEpoch};
+pub use record::{EpochRecord, FundsCursor, OpenEpoch, SealingEpoch};
 
 use crate::receipt::{Address, PayerKey};
 use crate::verdict::Reason;
@@ -60,6 +62,9 @@ pub struct LedgerConfig {
     pub acks_kept_per_producer: usize,
     /// A group is written once it holds this many receipts, even if more are waiting.
     pub group_receipts_max: usize,
+    /// Index keys a running seal adds to each group (one chunk): bounds both the writer's
+    /// seal working set and what a seal adds to the ack latency of the receipts it rides with.
+    pub seal_chunk_keys: usize,
 }
 
 impl Default for LedgerConfig {
@@ -73,6 +78,7 @@ impl Default for LedgerConfig {
             producers_cached_max: 10_000,
             acks_kept_per_producer: 64,
             group_receipts_max: 16_384,
+            seal_chunk_keys: 4_096,
         }
     }
 }
@@ -181,16 +187,33 @@ pub struct EpochUpdate {
     pub block: Option<u64>,
 }
 
-/// An epoch frozen by one atomic write.
+/// A sealed epoch as settle needs it: every leaf, for the tree. It is the one thing a seal holds
+/// whole in memory, and only in the reader that builds it (the seal's reply, or
+/// [`LedgerReader::sealed_epoch`]), never in the writer: 80 bytes per leaf and 48 per debit or
+/// credit (see `sealed_epoch_sizes` below), so an epoch of 1,000,000 channels is about 80 MB plus
+/// its payers and payees.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct SealedEpoch {
     /// Epoch number (the first is 1).
     pub epoch: u64,
-    /// Every channel that moved in the epoch with its cumulative amount (all time) at the seal,
+    /// Every channel that moved in the epoch with its cumulative amount (all time) at the cut,
     /// sorted by (payer, payee). Channels that did not move keep their leaf in an earlier epoch.
     pub leaves: Vec<(PayerKey, Address, u128)>,
-    /// Net debit per payer since the previous seal, sorted by payer.
+    /// Net debit per payer in the epoch, sorted by payer.
     pub debits: Vec<(PayerKey, u128)>,
-    /// Net credit per payee since the previous seal, sorted by payee.
+    /// Net credit per payee in the epoch, sorted by payee.
     pub credits: Vec<(Address, u128)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The figures [`SealedEpoch`]'s memory bound states.
+    #[test]
+    fn sealed_epoch_sizes() {
+        assert_eq!(size_of::<(PayerKey, Address, u128)>(), 80);
+        assert_eq!(size_of::<(PayerKey, u128)>(), 48);
+        assert_eq!(size_of::<(Address, u128)>(), 48);
+    }
 }

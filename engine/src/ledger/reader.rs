@@ -13,9 +13,14 @@ use crate::store::{Cf, Store, StoreError, StoreSnapshot};
 use super::SealedEpoch;
 use super::record::{
     ChannelKey, ChannelState, DecodeError, EntryKind, EpochRecord, FUNDS_CURSOR_KEY, FundsCursor,
-    OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey, ProducerState, address_from,
-    decode_amount, entry_prefix, epoch_key, payer_from, producer_key,
+    OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey, ProducerState,
+    SEALING_EPOCH_KEY, SealingEpoch, address_from, decode_amount, entry_prefix, epoch_key,
+    payer_from, producer_key,
 };
+
+/// Entries read from RocksDB per scan when a whole epoch is read back: the transient copies
+/// stay this small however large the epoch.
+const ENTRIES_PER_SCAN: usize = 4_096;
 
 /// A payer's funds as the ledger sees them.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -89,6 +94,37 @@ fn channel_info(key: ChannelKey, bytes: &[u8]) -> Result<ChannelInfo, StoreError
     })
 }
 
+/// An epoch's stored entries of one kind in key order, read from one snapshot a page at a time
+/// and parsed by `parse(id, amount)` as they come, so the only full copy is the result.
+fn epoch_entries<T>(
+    snapshot: &StoreSnapshot<'_>,
+    epoch: u64,
+    kind: EntryKind,
+    capacity: usize,
+    parse: impl Fn(&[u8], u128) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let prefix = entry_prefix(epoch, kind);
+    let mut out = Vec::with_capacity(capacity);
+    let mut after: Option<Box<[u8]>> = None;
+    loop {
+        let page = snapshot.scan(
+            Cf::EpochEntries,
+            &prefix,
+            after.as_deref(),
+            ENTRIES_PER_SCAN,
+        )?;
+        let more = page.len() == ENTRIES_PER_SCAN;
+        for (key, value) in page {
+            let amount = decode_amount(&value).map_err(corrupt(Cf::EpochEntries))?;
+            out.push(parse(&key[prefix.len()..], amount)?);
+            after = Some(key);
+        }
+        if !more {
+            return Ok(out);
+        }
+    }
+}
+
 /// An epoch's stored debits or credits, read from one snapshot. The writer uses it too, so both
 /// sides decode entries the same way.
 pub(crate) fn epoch_amounts(
@@ -96,19 +132,9 @@ pub(crate) fn epoch_amounts(
     epoch: u64,
     kind: EntryKind,
 ) -> Result<Vec<super::EntryAmount>, StoreError> {
-    snapshot
-        .scan(
-            Cf::EpochEntries,
-            &entry_prefix(epoch, kind),
-            None,
-            usize::MAX,
-        )?
-        .into_iter()
-        .map(|(key, value)| {
-            let amount = decode_amount(&value).map_err(corrupt(Cf::EpochEntries))?;
-            Ok((key[9..].into(), amount))
-        })
-        .collect()
+    epoch_entries(snapshot, epoch, kind, 0, |id, amount| {
+        Ok((id.into(), amount))
+    })
 }
 
 impl LedgerReader {
@@ -261,35 +287,41 @@ impl LedgerReader {
     /// settle to rebuild its tree after a restart).
     pub fn sealed_epoch(&self, epoch: u64) -> Result<Option<SealedEpoch>, StoreError> {
         let snapshot = self.store.snapshot();
-        if snapshot.get(Cf::Epochs, &epoch_key(epoch))?.is_none() {
+        let Some(record) = snapshot.get(Cf::Epochs, &epoch_key(epoch))? else {
             return Ok(None);
-        }
-        let leaves = epoch_amounts(&snapshot, epoch, EntryKind::Leaf)?
-            .into_iter()
-            .map(|(id, cumulative)| {
-                let key = ChannelKey::from_bytes(&id).map_err(corrupt(Cf::EpochEntries))?;
+        };
+        let record = EpochRecord::decode(&record).map_err(corrupt(Cf::Epochs))?;
+        let leaves_hint = usize::try_from(record.leaves).unwrap_or(0);
+        let leaves = epoch_entries(
+            &snapshot,
+            epoch,
+            EntryKind::Leaf,
+            leaves_hint,
+            |id, cumulative| {
+                let key = ChannelKey::from_bytes(id).map_err(corrupt(Cf::EpochEntries))?;
                 Ok((key.payer, key.payee, cumulative))
-            })
-            .collect::<Result<_, StoreError>>()?;
-        let debits = epoch_amounts(&snapshot, epoch, EntryKind::Debit)?
-            .into_iter()
-            .map(|(id, amount)| Ok((payer_from(&id).map_err(corrupt(Cf::EpochEntries))?, amount)))
-            .collect::<Result<_, StoreError>>()?;
-        let credits = epoch_amounts(&snapshot, epoch, EntryKind::Credit)?
-            .into_iter()
-            .map(|(id, amount)| {
-                Ok((
-                    address_from(&id).map_err(corrupt(Cf::EpochEntries))?,
-                    amount,
-                ))
-            })
-            .collect::<Result<_, StoreError>>()?;
+            },
+        )?;
+        let debits = epoch_entries(&snapshot, epoch, EntryKind::Debit, 0, |id, amount| {
+            Ok((payer_from(id).map_err(corrupt(Cf::EpochEntries))?, amount))
+        })?;
+        let credits = epoch_entries(&snapshot, epoch, EntryKind::Credit, 0, |id, amount| {
+            Ok((address_from(id).map_err(corrupt(Cf::EpochEntries))?, amount))
+        })?;
         Ok(Some(SealedEpoch {
             epoch,
             leaves,
             debits,
             credits,
         }))
+    }
+
+    /// The epoch whose seal is still being written, if any, and how far it has got.
+    pub fn sealing_epoch(&self) -> Result<Option<SealingEpoch>, StoreError> {
+        self.store
+            .get(Cf::Meta, SEALING_EPOCH_KEY)?
+            .map(|bytes| SealingEpoch::decode(&bytes).map_err(corrupt(Cf::Meta)))
+            .transpose()
     }
 
     /// The last chain event the ledger applied; the watcher resumes after it.

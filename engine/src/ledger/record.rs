@@ -247,12 +247,15 @@ pub struct PayerState {
     pub settled: u128,
     /// Accepted, not yet settled (open and sealed-but-uncommitted epochs).
     pub pending: u128,
-    /// The part of `pending` that belongs to the open epoch.
+    /// The part of `pending` that belongs to the open epoch, or to the epoch being sealed while
+    /// `indexed_epoch` is that epoch and the seal has not reached this payer.
     pub unsealed: u128,
     /// Receipts accepted from this payer, over all its channels.
     pub receipts: u64,
     /// Channels (payees) this payer has had a receipt accepted for.
     pub channels: u64,
+    /// The open epoch whose index last listed this payer (0: never).
+    pub indexed_epoch: u64,
 }
 
 impl PayerState {
@@ -267,9 +270,9 @@ impl PayerState {
             .unwrap_or(0)
     }
 
-    /// Six u128 fields then two u64 fields, in declaration order.
+    /// Six u128 fields then three u64 fields, in declaration order.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = encoder(16 * 6 + 8 * 2);
+        let mut out = encoder(16 * 6 + 8 * 3);
         for field in [
             self.deposited,
             self.withdrawal_requested,
@@ -282,6 +285,7 @@ impl PayerState {
         }
         out.extend_from_slice(&self.receipts.to_le_bytes());
         out.extend_from_slice(&self.channels.to_le_bytes());
+        out.extend_from_slice(&self.indexed_epoch.to_le_bytes());
         out
     }
 
@@ -297,6 +301,7 @@ impl PayerState {
             unsealed: d.u128()?,
             receipts: d.u64()?,
             channels: d.u64()?,
+            indexed_epoch: d.u64()?,
         };
         d.finish()?;
         Ok(state)
@@ -310,17 +315,21 @@ pub struct PayeeState {
     pub credited: u128,
     /// Credited in committed epochs.
     pub settled: u128,
-    /// The part of `credited − settled` that belongs to the open epoch.
+    /// The part of `credited − settled` that belongs to the open epoch (or to the epoch being
+    /// sealed, as for [`PayerState::unsealed`]).
     pub unsealed: u128,
+    /// The open epoch whose index last listed this payee (0: never).
+    pub indexed_epoch: u64,
 }
 
 impl PayeeState {
-    /// Three u128 fields in declaration order.
+    /// Three u128 fields in declaration order, then indexed_epoch u64.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = encoder(16 * 3);
+        let mut out = encoder(16 * 3 + 8);
         for field in [self.credited, self.settled, self.unsealed] {
             out.extend_from_slice(&field.to_le_bytes());
         }
+        out.extend_from_slice(&self.indexed_epoch.to_le_bytes());
         out
     }
 
@@ -331,6 +340,7 @@ impl PayeeState {
             credited: d.u128()?,
             settled: d.u128()?,
             unsealed: d.u128()?,
+            indexed_epoch: d.u64()?,
         };
         d.finish()?;
         Ok(state)
@@ -497,6 +507,70 @@ impl OpenEpoch {
     }
 }
 
+/// An epoch cut off by a seal whose entries are still being written, chunk by chunk, between
+/// receipt groups. Persisted in every group that moves it, with the entries it counts, so a
+/// restart resumes where the disk is.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SealingEpoch {
+    /// The epoch being sealed.
+    pub epoch: u64,
+    /// Receipts accepted into it, frozen at the cut.
+    pub receipts: u64,
+    /// Amount it debits, frozen at the cut.
+    pub amount: u128,
+    /// Leaf entries written so far.
+    pub leaves: u64,
+    /// Sum of the debit entries written so far.
+    pub debits: u128,
+    /// Sum of the credit entries written so far.
+    pub credits: u128,
+    /// Index suffix ([`index_suffix`]) of the last key the seal processed in order; keys after
+    /// it that are still listed in this epoch have not been written yet.
+    pub cursor: Option<Vec<u8>>,
+}
+
+/// Metadata key of the epoch being sealed; absent when no seal is running.
+pub const SEALING_EPOCH_KEY: &[u8] = b"sealing_epoch";
+
+impl SealingEpoch {
+    /// epoch u64, receipts u64, amount u128, leaves u64, debits u128, credits u128, option
+    /// cursor (length u8, bytes).
+    pub fn encode(&self) -> Vec<u8> {
+        let cursor_len = self.cursor.as_ref().map_or(0, Vec::len);
+        let mut out = encoder(8 * 3 + 16 * 3 + 2 + cursor_len);
+        out.extend_from_slice(&self.epoch.to_le_bytes());
+        out.extend_from_slice(&self.receipts.to_le_bytes());
+        out.extend_from_slice(&self.amount.to_le_bytes());
+        out.extend_from_slice(&self.leaves.to_le_bytes());
+        out.extend_from_slice(&self.debits.to_le_bytes());
+        out.extend_from_slice(&self.credits.to_le_bytes());
+        put_option(&mut out, self.cursor.as_ref(), |out, cursor| {
+            // Fits: a suffix is a kind byte and a key of at most 52 bytes.
+            out.push(cursor.len() as u8);
+            out.extend_from_slice(cursor);
+        });
+        out
+    }
+    /// Inverse of [`SealingEpoch::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut d = Decoder::new(bytes, "sealing epoch")?;
+        let record = Self {
+            epoch: d.u64()?,
+            receipts: d.u64()?,
+            amount: d.u128()?,
+            leaves: d.u64()?,
+            debits: d.u128()?,
+            credits: d.u128()?,
+            cursor: d.option(|d| {
+                let len = d.u8()?;
+                (0..len).map(|_| d.u8()).collect()
+            })?,
+        };
+        d.finish()?;
+        Ok(record)
+    }
+}
+
 /// The position of the last chain event the ledger applied: events at or before it are
 /// already counted.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, PartialOrd, Ord)]
@@ -538,7 +612,8 @@ pub struct FormatRecord {
 }
 
 /// The layout this code writes. 2: producer sessions keyed by client id, a batch digest in each
-/// stored ack, receipt and channel counts in each payer record.
+/// stored ack, receipt and channel counts in each payer record; open-epoch index keys prefixed by
+/// their epoch, an indexed epoch in each payer and payee record, and a resumable seal.
 pub const LAYOUT_VERSION: u32 = 2;
 
 impl FormatRecord {
@@ -672,17 +747,36 @@ pub fn decode_amount(bytes: &[u8]) -> Result<u128, DecodeError> {
     Ok(amount)
 }
 
-/// Keys of the open-epoch index: what the next seal must visit.
-pub fn open_channel_key(key: &ChannelKey) -> Vec<u8> {
-    [&[b'c'][..], &key.to_bytes()].concat()
+/// What an open-epoch index key names: the byte after the epoch number.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum IndexKind {
+    /// `payer ‖ payee`: the channel becomes a leaf.
+    Channel = b'c' as isize,
+    /// `payer`: its unsealed amount becomes a debit.
+    Payer = b'p' as isize,
+    /// `payee`: its unsealed amount becomes a credit.
+    Payee = b'e' as isize,
 }
-/// Open-epoch index entry of a payer with unsealed debits.
-pub fn open_payer_key(payer: &PayerKey) -> Vec<u8> {
-    [&[b'p'][..], &payer.0].concat()
+
+impl IndexKind {
+    /// The kind a stored key byte names.
+    pub fn from_byte(byte: u8) -> Option<Self> {
+        [Self::Channel, Self::Payer, Self::Payee]
+            .into_iter()
+            .find(|kind| *kind as u8 == byte)
+    }
 }
-/// Open-epoch index entry of a payee with unsealed credits.
-pub fn open_payee_key(payee: &Address) -> Vec<u8> {
-    [&[b'e'][..], &payee.0].concat()
+
+/// The part of an open-epoch index key after the epoch number: `kind ‖ id`. Seal progress is a
+/// position in this order, so the suffixes of one epoch compare as their keys do.
+pub fn index_suffix(kind: IndexKind, id: &[u8]) -> Vec<u8> {
+    [&[kind as u8][..], id].concat()
+}
+
+/// Key of the open-epoch index: `epoch (BE) ‖ kind ‖ id`, what the seal of `epoch` must visit.
+/// The epoch comes first so that the epoch being sealed and the one being filled never mix.
+pub fn index_key(epoch: u64, suffix: &[u8]) -> Vec<u8> {
+    [&epoch.to_be_bytes()[..], suffix].concat()
 }
 
 /// Parses a 32-byte payer key.
@@ -799,8 +893,31 @@ mod tests {
             unsealed: 6,
             receipts: 7,
             channels: 8,
+            indexed_epoch: 7,
         };
         assert_eq!(PayerState::decode(&payer.encode()), Ok(payer));
+        let payee = PayeeState {
+            credited: 1,
+            settled: 2,
+            unsealed: 3,
+            indexed_epoch: 4,
+        };
+        assert_eq!(PayeeState::decode(&payee.encode()), Ok(payee));
+
+        for cursor in [None, Some(index_suffix(IndexKind::Payee, &[9; 20]))] {
+            let sealing = SealingEpoch {
+                epoch: 3,
+                receipts: 4,
+                amount: 5,
+                leaves: 6,
+                debits: 7,
+                credits: 8,
+                cursor,
+            };
+            let bytes = sealing.encode();
+            assert_eq!(SealingEpoch::decode(&bytes), Ok(sealing));
+            assert!(SealingEpoch::decode(&bytes[..bytes.len() - 1]).is_err());
+        }
 
         let ack = BatchAck {
             batch_seq: 5,

@@ -5,6 +5,18 @@
 //! group's dirty state plus the index and session records it produced into one synced write,
 //! after checking the pair assertion: the receipts accepted in the group add up to the same
 //! total in channels, payers and payees.
+//!
+//! Sealing never stops the writer for long. The cut ([`Ledger::begin_seal`]) is one small write:
+//! the open epoch e becomes the sealing epoch (persisted in Meta with its frozen receipt count and
+//! amount) and e+1 opens. The open-epoch index is keyed by epoch first, so e's keys and e+1's
+//! never mix. e's entries are then written a chunk at a time ([`Ledger::seal_chunk`]), one chunk
+//! per group between receipt groups, with the seal's position (a cursor in index order) and its
+//! running totals in the same write: a crash at any point resumes from the last written chunk.
+//! A channel, payer or payee that something after the cut is about to change while the seal has
+//! not reached it (its `indexed_epoch` is e and its key is past the cursor) gets its e entry
+//! first, in the same group: copy-on-write at the boundary. Either way each entry is written
+//! once, with its value at the cut, so the sealed epoch does not depend on where chunks or
+//! crashes fell.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,17 +26,17 @@ use crate::receipt::{ReceiptBatch, ReceiptView};
 use crate::store::{Cf, FORMAT_KEY, Store, StoreBatch, StoreError};
 use crate::verdict::{Reason, Verdict};
 
-use super::cache::Cache;
+use super::cache::{Cache, Cached};
 use super::record::{
     BatchDigest, ChannelKey, ChannelState, DecodeError, EntryKind, EpochRecord, FUNDS_CURSOR_KEY,
-    FormatRecord, FundsCursor, LAYOUT_VERSION, OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState,
-    ProducerKey, ProducerState, ack_key, address_from, decode_ack, encode_ack, encode_amount,
-    entry_key, epoch_key, open_channel_key, open_payee_key, open_payer_key, payer_from,
+    FormatRecord, FundsCursor, IndexKind, LAYOUT_VERSION, OPEN_EPOCH_KEY, OpenEpoch, PayeeState,
+    PayerState, ProducerKey, ProducerState, SEALING_EPOCH_KEY, SealingEpoch, ack_key, address_from,
+    decode_ack, encode_ack, encode_amount, entry_key, epoch_key, index_key, index_suffix,
+    payer_from,
 };
 use super::window::WINDOW_WORD_BITS;
 use super::{
-    BatchAck, EpochStatus, EpochUpdate, FundsEvent, FundsKind, LedgerConfig, SealedEpoch,
-    UnknownPayers,
+    BatchAck, EpochStatus, EpochUpdate, FundsEvent, FundsKind, LedgerConfig, UnknownPayers,
 };
 
 /// A producer's batch: `(client_id, producer_id, session_epoch, batch_seq)`. The client id is the
@@ -57,6 +69,8 @@ struct Group {
     receipts: usize,
     /// The open epoch or funds cursor changed.
     meta_dirty: bool,
+    /// The running seal moved (or ended): its record is written (or deleted) with the group.
+    sealing_dirty: bool,
     /// Acks decided in this group with their batch's digest, answered again to a re-send before
     /// they are on disk.
     acks: HashMap<SessionId, (BatchAck, BatchDigest)>,
@@ -79,6 +93,8 @@ pub(crate) struct Ledger {
     payees: Cache<PayeeState>,
     producers: Cache<ProducerState>,
     open: OpenEpoch,
+    /// The epoch being sealed, if a seal is running (see [`Ledger::begin_seal`]).
+    sealing: Option<SealingEpoch>,
     cursor: Option<FundsCursor>,
     group: Group,
 }
@@ -118,9 +134,14 @@ pub(crate) fn validate(config: &LedgerConfig) -> Result<(), EngineError> {
             ),
         });
     }
-    if config.acks_kept_per_producer == 0 || config.group_receipts_max == 0 {
+    if config.acks_kept_per_producer == 0
+        || config.group_receipts_max == 0
+        || config.seal_chunk_keys == 0
+    {
         return Err(EngineError::Config {
-            problem: "acks_kept_per_producer and group_receipts_max must be at least 1".into(),
+            problem: "acks_kept_per_producer, group_receipts_max and seal_chunk_keys must be at \
+                      least 1"
+                .into(),
         });
     }
     Ok(())
@@ -159,6 +180,10 @@ impl Ledger {
             Some(bytes) => OpenEpoch::decode(&bytes).map_err(corrupt(Cf::Meta))?,
             None => OpenEpoch::default(),
         };
+        let sealing = store
+            .get(Cf::Meta, SEALING_EPOCH_KEY)?
+            .map(|bytes| SealingEpoch::decode(&bytes).map_err(corrupt(Cf::Meta)))
+            .transpose()?;
         let cursor = store
             .get(Cf::Meta, FUNDS_CURSOR_KEY)?
             .map(|bytes| FundsCursor::decode(&bytes).map_err(corrupt(Cf::Meta)))
@@ -171,6 +196,7 @@ impl Ledger {
             store,
             config,
             open,
+            sealing,
             cursor,
             group: Group::default(),
             in_flight: None,
@@ -195,6 +221,7 @@ impl Ledger {
     pub(crate) fn group_is_empty(&self) -> bool {
         self.group.batch.is_empty()
             && !self.group.meta_dirty
+            && !self.group.sealing_dirty
             && self.channels.is_clean()
             && self.payers.is_clean()
             && self.payees.is_clean()
@@ -374,33 +401,39 @@ impl Ledger {
             .get(&payee)
             .ok_or_else(|| invariant("payee not cached after load"))?;
 
-        // Every sum first: an overflow refuses the receipt before anything changed.
+        // Every sum first: an overflow refuses the receipt before anything changed. A payer or
+        // payee whose unsealed amount still belongs to the epoch being sealed gives it to that
+        // epoch below, and starts this one from zero.
+        let payer_view = PayerState {
+            unsealed: self.unsealed_after_cut(&payer_state, &payer),
+            ..payer_state
+        };
+        let payee_view = PayeeState {
+            unsealed: self.unsealed_after_cut(&payee_state, &payee),
+            ..payee_state
+        };
         let Some(sums) = Sums::new(
             amount,
             channel,
-            &payer_state,
-            &payee_state,
+            &payer_view,
+            &payee_view,
             &self.open,
             self.group.receipt_amount,
         ) else {
             return Ok(Err(Reason::Overflow));
         };
-        let epoch = self.open.epoch;
-        let channel = self
-            .channels
-            .get_mut(&key)
-            .ok_or_else(|| invariant("channel evicted inside a group"))?;
         if sums.new_channel {
             self.group
                 .batch
                 .put(Cf::PayeeChannels, key.to_payee_index().to_vec(), Vec::new());
         }
-        if channel.indexed_epoch != epoch {
-            self.group
-                .batch
-                .put(Cf::OpenEpoch, open_channel_key(&key), Vec::new());
-            channel.indexed_epoch = epoch;
-        }
+        self.index_channel(&key)?;
+        self.index_account::<PayerState>(&payer)?;
+        self.index_account::<PayeeState>(&payee)?;
+        let channel = self
+            .channels
+            .get_mut(&key)
+            .ok_or_else(|| invariant("channel evicted inside a group"))?;
         channel.cumulative = sums.cumulative;
         channel.receipts = sums.channel_receipts;
         channel.last_timestamp_ms = channel.last_timestamp_ms.max(receipt.timestamp_ms());
@@ -410,11 +443,6 @@ impl Ledger {
             .payers
             .get_mut(&payer)
             .ok_or_else(|| invariant("payer evicted inside a group"))?;
-        if payer_entry.unsealed == 0 {
-            self.group
-                .batch
-                .put(Cf::OpenEpoch, open_payer_key(&payer), Vec::new());
-        }
         payer_entry.pending = sums.pending;
         payer_entry.unsealed = sums.payer_unsealed;
         payer_entry.receipts = sums.payer_receipts;
@@ -424,11 +452,6 @@ impl Ledger {
             .payees
             .get_mut(&payee)
             .ok_or_else(|| invariant("payee evicted inside a group"))?;
-        if payee_entry.unsealed == 0 {
-            self.group
-                .batch
-                .put(Cf::OpenEpoch, open_payee_key(&payee), Vec::new());
-        }
         payee_entry.credited = sums.credited;
         payee_entry.unsealed = sums.payee_unsealed;
 
@@ -600,6 +623,7 @@ impl Ledger {
         for (id, debit) in self.epoch_amounts(epoch, EntryKind::Debit)? {
             let payer = payer_from(&id).map_err(corrupt(Cf::EpochEntries))?;
             self.payers.load(&self.store, &payer, PayerState::default)?;
+            self.index_account::<PayerState>(&payer)?;
             let state = self
                 .payers
                 .get_mut(&payer)
@@ -611,13 +635,11 @@ impl Ledger {
             total = total
                 .checked_add(debit)
                 .ok_or_else(|| invariant("epoch total overflows"))?;
-            self.group
-                .batch
-                .put(Cf::OpenEpoch, open_payer_key(&payer), Vec::new());
         }
         for (id, credit) in self.epoch_amounts(epoch, EntryKind::Credit)? {
             let payee = address_from(&id).map_err(corrupt(Cf::EpochEntries))?;
             self.payees.load(&self.store, &payee, PayeeState::default)?;
+            self.index_account::<PayeeState>(&payee)?;
             let state = self
                 .payees
                 .get_mut(&payee)
@@ -626,15 +648,13 @@ impl Ledger {
                 .unsealed
                 .checked_add(credit)
                 .ok_or_else(|| invariant("unsealed overflows"))?;
-            self.group
-                .batch
-                .put(Cf::OpenEpoch, open_payee_key(&payee), Vec::new());
         }
+        let window_nonces = self.config.window_nonces;
         for (id, _) in self.epoch_amounts(epoch, EntryKind::Leaf)? {
             let key = ChannelKey::from_bytes(&id).map_err(corrupt(Cf::EpochEntries))?;
-            self.group
-                .batch
-                .put(Cf::OpenEpoch, open_channel_key(&key), Vec::new());
+            self.channels
+                .load(&self.store, &key, || ChannelState::empty(window_nonces))?;
+            self.index_channel(&key)?;
         }
         self.open.amount = self
             .open
@@ -645,112 +665,33 @@ impl Ledger {
         Ok(())
     }
 
-    /// Freezes the open epoch in one atomic write: leaves for every channel it touched, net
-    /// debits and credits, the epoch record; the next epoch opens empty. Writes whatever the
-    /// current group holds first.
-    pub(crate) fn seal(&mut self) -> Result<SealedEpoch, EngineError> {
-        self.commit()?;
-        let epoch = self.open.epoch;
-        let touched = self
-            .store
-            .snapshot()
-            .scan(Cf::OpenEpoch, &[], None, usize::MAX)?;
-        let mut sealed = SealedEpoch {
-            epoch,
-            ..SealedEpoch::default()
-        };
-        let window_nonces = self.config.window_nonces;
-        for (key, _) in touched {
-            let (kind, id) = key.split_first().ok_or_else(|| StoreError::Corrupt {
-                cf: Cf::OpenEpoch.name(),
-                problem: "empty key".into(),
-            })?;
-            match kind {
-                b'c' => {
-                    let channel = ChannelKey::from_bytes(id).map_err(corrupt(Cf::OpenEpoch))?;
-                    self.channels
-                        .load(&self.store, &channel, || ChannelState::empty(window_nonces))?;
-                    let cumulative = self
-                        .channels
-                        .get(&channel)
-                        .ok_or_else(|| invariant("channel not cached after load"))?
-                        .cumulative;
-                    sealed
-                        .leaves
-                        .push((channel.payer, channel.payee, cumulative));
-                    self.group.batch.put(
-                        Cf::EpochEntries,
-                        entry_key(epoch, EntryKind::Leaf, id),
-                        encode_amount(cumulative),
-                    );
-                }
-                b'p' => {
-                    let payer = payer_from(id).map_err(corrupt(Cf::OpenEpoch))?;
-                    self.payers.load(&self.store, &payer, PayerState::default)?;
-                    let state = self
-                        .payers
-                        .get_mut(&payer)
-                        .ok_or_else(|| invariant("payer not cached after load"))?;
-                    let debit = std::mem::take(&mut state.unsealed);
-                    if debit > 0 {
-                        sealed.debits.push((payer, debit));
-                        self.group.batch.put(
-                            Cf::EpochEntries,
-                            entry_key(epoch, EntryKind::Debit, id),
-                            encode_amount(debit),
-                        );
-                    }
-                }
-                b'e' => {
-                    let payee = address_from(id).map_err(corrupt(Cf::OpenEpoch))?;
-                    self.payees.load(&self.store, &payee, PayeeState::default)?;
-                    let state = self
-                        .payees
-                        .get_mut(&payee)
-                        .ok_or_else(|| invariant("payee not cached after load"))?;
-                    let credit = std::mem::take(&mut state.unsealed);
-                    if credit > 0 {
-                        sealed.credits.push((payee, credit));
-                        self.group.batch.put(
-                            Cf::EpochEntries,
-                            entry_key(epoch, EntryKind::Credit, id),
-                            encode_amount(credit),
-                        );
-                    }
-                }
-                other => {
-                    return Err(StoreError::Corrupt {
-                        cf: Cf::OpenEpoch.name(),
-                        problem: format!("unknown index kind {other}"),
-                    }
-                    .into());
-                }
-            }
-            self.group.batch.delete(Cf::OpenEpoch, key.to_vec());
-        }
-        // Pair assertion: what the epoch debits is what it credits is what it accepted.
-        let debits = checked_sum(sealed.debits.iter().map(|(_, d)| *d));
-        let credits = checked_sum(sealed.credits.iter().map(|(_, c)| *c));
-        if debits != credits || debits != Some(self.open.amount) {
-            self.store.poison("seal pair assertion failed".into());
+    /// The epoch being sealed, if a seal is running.
+    pub(crate) fn sealing_epoch(&self) -> Option<u64> {
+        self.sealing.as_ref().map(|sealing| sealing.epoch)
+    }
+
+    /// The cut: the open epoch becomes the epoch being sealed, with its receipt count and amount
+    /// frozen, and the next epoch opens empty. Its entries are then written by
+    /// [`Ledger::seal_chunk`] between receipt groups, or earlier, by whatever changes an entry
+    /// after the cut. The caller must have written every earlier group first: the chunks find
+    /// the epoch's index in the store. One seal at a time.
+    pub(crate) fn begin_seal(&mut self) -> Result<u64, EngineError> {
+        if let Some(sealing) = &self.sealing {
             return Err(invariant(format!(
-                "epoch {epoch}: debits {debits:?}, credits {credits:?}, accepted {}",
-                self.open.amount
+                "seal of epoch {} still running",
+                sealing.epoch
             )));
         }
-        let record = EpochRecord {
+        let epoch = self.open.epoch;
+        self.sealing = Some(SealingEpoch {
             epoch,
-            status: EpochStatus::Sealed,
-            leaves: sealed.leaves.len() as u64,
             receipts: self.open.receipts,
             amount: self.open.amount,
-            root: None,
-            tx_hash: None,
-            block: None,
-        };
-        self.group
-            .batch
-            .put(Cf::Epochs, epoch_key(epoch).to_vec(), record.encode());
+            leaves: 0,
+            debits: 0,
+            credits: 0,
+            cursor: None,
+        });
         self.open = OpenEpoch {
             epoch: epoch
                 .checked_add(1)
@@ -759,8 +700,296 @@ impl Ledger {
             amount: 0,
         };
         self.group.meta_dirty = true;
+        self.group.sealing_dirty = true;
+        Ok(epoch)
+    }
+
+    /// Adds the next `seal_chunk_keys` keys of the sealing epoch's index to the current group: a leaf
+    /// per channel (its cumulative), a debit per payer and a credit per payee (their unsealed
+    /// amounts), each key deleted, the seal's position saved. The writer's memory stays bounded
+    /// by the chunk and its caches. When the index is exhausted, checks the pair assertion
+    /// (what the epoch debits is what it credits is what it accepted, summed over the entries as
+    /// they were written) and puts the epoch record in the group: returns the epoch then.
+    pub(crate) fn seal_chunk(&mut self) -> Result<Option<u64>, EngineError> {
+        let Some(sealing) = &self.sealing else {
+            return Ok(None);
+        };
+        let keys_max = self.config.seal_chunk_keys;
+        let epoch = sealing.epoch;
+        let prefix = epoch.to_be_bytes();
+        // The scan may still list keys that an entry changed after the cut deleted in a group
+        // not yet on disk; such an entry's `indexed_epoch` has moved on, so it is skipped.
+        let after = sealing
+            .cursor
+            .as_ref()
+            .map(|cursor| index_key(epoch, cursor));
+        let keys =
+            self.store
+                .snapshot()
+                .scan(Cf::OpenEpoch, &prefix, after.as_deref(), keys_max)?;
+        for (key, _) in &keys {
+            let (kind, id) = key
+                .get(prefix.len()..)
+                .and_then(|suffix| suffix.split_first())
+                .ok_or_else(|| StoreError::Corrupt {
+                    cf: Cf::OpenEpoch.name(),
+                    problem: format!("index key of {} bytes", key.len()),
+                })?;
+            match IndexKind::from_byte(*kind) {
+                Some(IndexKind::Channel) => {
+                    let channel = ChannelKey::from_bytes(id).map_err(corrupt(Cf::OpenEpoch))?;
+                    let (indexed_epoch, cumulative) = self
+                        .channels
+                        .peek(&self.store, &channel, |c| (c.indexed_epoch, c.cumulative))?
+                        .ok_or_else(|| StoreError::Corrupt {
+                            cf: Cf::OpenEpoch.name(),
+                            problem: format!("index names channel {channel:?} that does not exist"),
+                        })?;
+                    if indexed_epoch == epoch {
+                        self.write_sealed_entry(IndexKind::Channel, id, cumulative)?;
+                    }
+                }
+                Some(IndexKind::Payer) => {
+                    let payer = payer_from(id).map_err(corrupt(Cf::OpenEpoch))?;
+                    self.seal_account::<PayerState>(epoch, &payer)?;
+                }
+                Some(IndexKind::Payee) => {
+                    let payee = address_from(id).map_err(corrupt(Cf::OpenEpoch))?;
+                    self.seal_account::<PayeeState>(epoch, &payee)?;
+                }
+                None => {
+                    return Err(StoreError::Corrupt {
+                        cf: Cf::OpenEpoch.name(),
+                        problem: format!("unknown index kind {kind}"),
+                    }
+                    .into());
+                }
+            }
+            self.group.batch.delete(Cf::OpenEpoch, key.to_vec());
+        }
+        let sealing = self
+            .sealing
+            .as_mut()
+            .ok_or_else(|| invariant("seal ended inside a chunk"))?;
+        if let Some((last, _)) = keys.last() {
+            sealing.cursor = last.get(prefix.len()..).map(<[u8]>::to_vec);
+            self.group.sealing_dirty = true;
+        }
+        if keys.len() < keys_max {
+            return self.finish_seal().map(Some);
+        }
+        Ok(None)
+    }
+
+    /// The seal's last step, in the group of its last chunk: the pair assertion and the epoch
+    /// record. A failed assertion poisons the store.
+    fn finish_seal(&mut self) -> Result<u64, EngineError> {
+        let sealing = self
+            .sealing
+            .take()
+            .ok_or_else(|| invariant("no seal running"))?;
+        self.group.sealing_dirty = true;
+        let epoch = sealing.epoch;
+        if sealing.debits != sealing.credits || sealing.debits != sealing.amount {
+            let cause = format!(
+                "seal pair assertion failed: epoch {epoch} debits {}, credits {}, accepted {}",
+                sealing.debits, sealing.credits, sealing.amount
+            );
+            self.store.poison(cause.clone());
+            return Err(invariant(cause));
+        }
+        let record = EpochRecord {
+            epoch,
+            status: EpochStatus::Sealed,
+            leaves: sealing.leaves,
+            receipts: sealing.receipts,
+            amount: sealing.amount,
+            root: None,
+            tx_hash: None,
+            block: None,
+        };
+        self.group
+            .batch
+            .put(Cf::Epochs, epoch_key(epoch).to_vec(), record.encode());
+        self.group.epochs.insert(epoch, record);
+        Ok(epoch)
+    }
+
+    /// True when `indexed_epoch` is the epoch being sealed and the seal has not reached the
+    /// index entry `suffix` yet: that entry's amount at the cut is still to be written.
+    fn awaits_seal(&self, suffix: &[u8], indexed_epoch: u64) -> bool {
+        self.sealing.as_ref().is_some_and(|sealing| {
+            sealing.epoch == indexed_epoch
+                && sealing
+                    .cursor
+                    .as_deref()
+                    .is_none_or(|cursor| suffix > cursor)
+        })
+    }
+
+    /// An account's unsealed amount as the open epoch sees it: zero while it still belongs to
+    /// the epoch being sealed.
+    fn unsealed_after_cut<V: Account>(&self, state: &V, key: &V::Key) -> u128 {
+        let suffix = index_suffix(V::KIND, &V::key_bytes(key));
+        if self.awaits_seal(&suffix, state.indexed_epoch()) {
+            0
+        } else {
+            state.unsealed()
+        }
+    }
+
+    /// Writes one entry of the epoch being sealed and counts it for the seal's pair assertion.
+    /// A payer or payee with nothing unsealed gets no entry.
+    fn write_sealed_entry(
+        &mut self,
+        kind: IndexKind,
+        id: &[u8],
+        amount: u128,
+    ) -> Result<(), EngineError> {
+        let sealing = self
+            .sealing
+            .as_mut()
+            .ok_or_else(|| invariant("no seal running"))?;
+        let epoch = sealing.epoch;
+        let overflow = || invariant(format!("epoch {epoch} totals overflow"));
+        let entry = match kind {
+            IndexKind::Channel => {
+                sealing.leaves = sealing.leaves.checked_add(1).ok_or_else(overflow)?;
+                EntryKind::Leaf
+            }
+            _ if amount == 0 => return Ok(()),
+            IndexKind::Payer => {
+                sealing.debits = sealing.debits.checked_add(amount).ok_or_else(overflow)?;
+                EntryKind::Debit
+            }
+            IndexKind::Payee => {
+                sealing.credits = sealing.credits.checked_add(amount).ok_or_else(overflow)?;
+                EntryKind::Credit
+            }
+        };
+        self.group.batch.put(
+            Cf::EpochEntries,
+            entry_key(epoch, entry, id),
+            encode_amount(amount),
+        );
+        self.group.sealing_dirty = true;
+        Ok(())
+    }
+
+    /// Copy-on-write at the boundary: an entry the seal has not reached yet gets its sealed
+    /// entry now, with `amount_at_cut`, and leaves the sealing epoch's index, before anything
+    /// after the cut changes it. Returns whether it did.
+    fn freeze_if_awaited(
+        &mut self,
+        kind: IndexKind,
+        id: &[u8],
+        indexed_epoch: u64,
+        amount_at_cut: u128,
+    ) -> Result<bool, EngineError> {
+        let suffix = index_suffix(kind, id);
+        if !self.awaits_seal(&suffix, indexed_epoch) {
+            return Ok(false);
+        }
+        self.write_sealed_entry(kind, id, amount_at_cut)?;
+        self.group
+            .batch
+            .delete(Cf::OpenEpoch, index_key(indexed_epoch, &suffix));
+        Ok(true)
+    }
+
+    /// Lists a cached channel in the open epoch's index, freezing its leaf for the sealing
+    /// epoch first if the seal has not reached it.
+    fn index_channel(&mut self, key: &ChannelKey) -> Result<(), EngineError> {
+        let open = self.open.epoch;
+        let (indexed_epoch, cumulative) = self
+            .channels
+            .get(key)
+            .map(|c| (c.indexed_epoch, c.cumulative))
+            .ok_or_else(|| invariant("channel not cached after load"))?;
+        if indexed_epoch == open {
+            return Ok(());
+        }
+        let id = key.to_bytes();
+        self.freeze_if_awaited(IndexKind::Channel, &id, indexed_epoch, cumulative)?;
+        self.group.batch.put(
+            Cf::OpenEpoch,
+            index_key(open, &index_suffix(IndexKind::Channel, &id)),
+            Vec::new(),
+        );
+        self.channels
+            .get_mut(key)
+            .ok_or_else(|| invariant("channel evicted inside a group"))?
+            .indexed_epoch = open;
+        Ok(())
+    }
+
+    /// Lists a cached payer or payee in the open epoch's index; if the seal has not reached it,
+    /// its unsealed amount goes to the sealing epoch first and it starts the open one at zero.
+    fn index_account<V: Account>(&mut self, key: &V::Key) -> Result<(), EngineError> {
+        let open = self.open.epoch;
+        let mut state = *V::cache(self)
+            .get(key)
+            .ok_or_else(|| invariant("account not cached after load"))?;
+        if state.indexed_epoch() == open {
+            return Ok(());
+        }
+        let id = V::key_bytes(key);
+        if self.freeze_if_awaited(V::KIND, &id, state.indexed_epoch(), state.unsealed())? {
+            state.set_index(0, open);
+        } else {
+            state.set_index(state.unsealed(), open);
+        }
+        self.group.batch.put(
+            Cf::OpenEpoch,
+            index_key(open, &index_suffix(V::KIND, &id)),
+            Vec::new(),
+        );
+        *V::cache(self)
+            .get_mut(key)
+            .ok_or_else(|| invariant("account evicted inside a group"))? = state;
+        Ok(())
+    }
+
+    /// A seal chunk's visit of a payer or payee: its unsealed amount becomes the sealing epoch's
+    /// entry, unless something after the cut gave it to that epoch already.
+    fn seal_account<V: Account>(&mut self, epoch: u64, key: &V::Key) -> Result<(), EngineError> {
+        let store = Arc::clone(&self.store);
+        V::cache(self).load(&store, key, V::default)?;
+        let mut state = *V::cache(self)
+            .get(key)
+            .ok_or_else(|| invariant("account not cached after load"))?;
+        if state.indexed_epoch() != epoch || state.unsealed() == 0 {
+            return Ok(());
+        }
+        self.write_sealed_entry(V::KIND, &V::key_bytes(key), state.unsealed())?;
+        state.set_index(0, epoch);
+        *V::cache(self)
+            .get_mut(key)
+            .ok_or_else(|| invariant("account evicted inside a group"))? = state;
+        Ok(())
+    }
+
+    /// Seals the open epoch to the end in the calling thread, one committed group per chunk.
+    #[cfg(test)]
+    pub(crate) fn seal(&mut self) -> Result<super::SealedEpoch, EngineError> {
         self.commit()?;
-        Ok(sealed)
+        self.begin_seal()?;
+        self.commit()?;
+        self.finish_running_seal()
+    }
+
+    /// Runs the seal in progress to its end, one committed group per chunk.
+    #[cfg(test)]
+    pub(crate) fn finish_running_seal(&mut self) -> Result<super::SealedEpoch, EngineError> {
+        loop {
+            let done = self.seal_chunk()?;
+            self.commit()?;
+            if let Some(epoch) = done {
+                return super::LedgerReader::new(self.store())
+                    .sealed_epoch(epoch)?
+                    .ok_or_else(|| invariant("sealed epoch not stored"));
+            }
+        }
     }
 
     /// Closes the current group: its dirty state, indexes, acks and metadata become one batch
@@ -780,6 +1009,16 @@ impl Ledger {
             ("payees", self.payees.drain_dirty(&mut group.batch)),
         ];
         self.producers.drain_dirty(&mut group.batch);
+        if group.sealing_dirty {
+            match &self.sealing {
+                Some(sealing) => {
+                    group
+                        .batch
+                        .put(Cf::Meta, SEALING_EPOCH_KEY.to_vec(), sealing.encode())
+                }
+                None => group.batch.delete(Cf::Meta, SEALING_EPOCH_KEY.to_vec()),
+            }
+        }
         if group.meta_dirty {
             group
                 .batch
@@ -817,7 +1056,8 @@ impl Ledger {
         }
     }
 
-    /// Closes and writes the current group in the calling thread (seals, tests).
+    /// Closes and writes the current group in the calling thread.
+    #[cfg(test)]
     pub(crate) fn commit(&mut self) -> Result<(), EngineError> {
         let batch = self.close_group()?;
         let result = self.store.write(batch).map_err(EngineError::from);
@@ -826,10 +1066,49 @@ impl Ledger {
     }
 }
 
-fn checked_sum(amounts: impl Iterator<Item = u128>) -> Option<u128> {
-    amounts
-        .into_iter()
-        .try_fold(0u128, |sum, amount| sum.checked_add(amount))
+/// A payer or payee: an account whose unsealed amount becomes an epoch's debit or credit.
+trait Account: Cached + Copy + Default {
+    /// Its kind in the open-epoch index.
+    const KIND: IndexKind;
+    /// The writer's cache of such accounts.
+    fn cache(ledger: &mut Ledger) -> &mut Cache<Self>;
+    fn unsealed(&self) -> u128;
+    fn indexed_epoch(&self) -> u64;
+    fn set_index(&mut self, unsealed: u128, indexed_epoch: u64);
+}
+
+impl Account for PayerState {
+    const KIND: IndexKind = IndexKind::Payer;
+    fn cache(ledger: &mut Ledger) -> &mut Cache<Self> {
+        &mut ledger.payers
+    }
+    fn unsealed(&self) -> u128 {
+        self.unsealed
+    }
+    fn indexed_epoch(&self) -> u64 {
+        self.indexed_epoch
+    }
+    fn set_index(&mut self, unsealed: u128, indexed_epoch: u64) {
+        self.unsealed = unsealed;
+        self.indexed_epoch = indexed_epoch;
+    }
+}
+
+impl Account for PayeeState {
+    const KIND: IndexKind = IndexKind::Payee;
+    fn cache(ledger: &mut Ledger) -> &mut Cache<Self> {
+        &mut ledger.payees
+    }
+    fn unsealed(&self) -> u128 {
+        self.unsealed
+    }
+    fn indexed_epoch(&self) -> u64 {
+        self.indexed_epoch
+    }
+    fn set_index(&mut self, unsealed: u128, indexed_epoch: u64) {
+        self.unsealed = unsealed;
+        self.indexed_epoch = indexed_epoch;
+    }
 }
 
 /// Every total one accepted receipt changes, computed before any of them is changed.
@@ -1091,5 +1370,241 @@ mod tests {
             u128::MAX
         );
         assert_eq!(ledger.payers.get(&payer).expect("cached").pending, 1);
+    }
+
+    /// Seal tests: chunks of two index keys so that a small epoch takes many groups, and payers
+    /// accepted without deposits so any key can pay.
+    fn sealing_ledger(dir: &std::path::Path) -> Ledger {
+        let config = LedgerConfig {
+            seal_chunk_keys: 2,
+            unknown_payers: UnknownPayers::Accept,
+            ..LedgerConfig::default()
+        };
+        let format = initial_format(&config);
+        let (store, _) = Store::open(dir, |b| b.put(Cf::Meta, FORMAT_KEY, format)).expect("open");
+        Ledger::open(Arc::new(store), config).expect("ledger")
+    }
+
+    const PAYERS: u8 = 4;
+    const PAYEES: u8 = 3;
+
+    /// What receipt `nonce` of channel (payer `p`, payee `q`) pays: distinct per channel and
+    /// nonce, so a leaf, debit or credit counted in the wrong epoch changes a total.
+    fn amount(p: u8, q: u8, nonce: u64) -> u64 {
+        nonce * 1_000 + u64::from(p) * 10 + u64::from(q)
+    }
+
+    fn channel_receipt(p: u8, q: u8, nonce: u64) -> Receipt {
+        Receipt {
+            payer: PayerKey([p + 1; 32]),
+            payee: Address([q + 1; 20]),
+            amount: amount(p, q, nonce),
+            nonce,
+            timestamp_ms: 1_000,
+            request_hash: [0; 32],
+            // The verdicts passed with the batch are what the ledger trusts.
+            signature: [0; 64],
+        }
+    }
+
+    /// Applies receipt `nonce` of every channel in `channels`, one batch.
+    fn pay(ledger: &mut Ledger, seq: u64, nonce: u64, channels: &[(u8, u8)]) {
+        let receipts: Vec<Receipt> = channels
+            .iter()
+            .map(|&(p, q)| channel_receipt(p, q, nonce))
+            .collect();
+        let verdicts = vec![Ok(()); receipts.len()];
+        let batch = ReceiptBatch::from_receipts(&receipts);
+        let ack = ledger
+            .apply_batch(session(seq), digest(&batch), &batch, &verdicts, 1_000)
+            .expect("apply");
+        assert_eq!(
+            ack.accepted as usize,
+            receipts.len(),
+            "{:?}",
+            ack.rejections
+        );
+    }
+
+    fn all_channels() -> Vec<(u8, u8)> {
+        (0..PAYERS)
+            .flat_map(|p| (0..PAYEES).map(move |q| (p, q)))
+            .collect()
+    }
+
+    /// The sealed epoch an auditor expects: leaves at `cumulative_through` receipts per channel
+    /// for `channels`, debits and credits of receipt `nonce` only.
+    fn expected(epoch: u64, nonce: u64, channels: &[(u8, u8)]) -> super::super::SealedEpoch {
+        let mut leaves = Vec::new();
+        let mut debits = std::collections::BTreeMap::new();
+        let mut credits = std::collections::BTreeMap::new();
+        for &(p, q) in channels {
+            let cumulative: u64 = (1..=nonce).map(|n| amount(p, q, n)).sum();
+            leaves.push((
+                PayerKey([p + 1; 32]),
+                Address([q + 1; 20]),
+                u128::from(cumulative),
+            ));
+            *debits.entry(PayerKey([p + 1; 32])).or_insert(0u128) +=
+                u128::from(amount(p, q, nonce));
+            *credits.entry(Address([q + 1; 20])).or_insert(0u128) +=
+                u128::from(amount(p, q, nonce));
+        }
+        leaves.sort();
+        super::super::SealedEpoch {
+            epoch,
+            leaves,
+            debits: debits.into_iter().collect(),
+            credits: credits.into_iter().collect(),
+        }
+    }
+
+    /// Receipts of the next epoch arrive between the chunks of a seal and touch channels, payers
+    /// and payees the seal has and has not reached yet: the sealed epoch holds exactly its own
+    /// receipts (leaves at the cut), and the next one exactly the rest.
+    #[test]
+    fn receipts_between_seal_chunks_land_in_the_next_epoch_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ledger = sealing_ledger(dir.path());
+        let channels = all_channels();
+        pay(&mut ledger, 1, 1, &channels);
+        ledger.commit().expect("commit");
+        assert_eq!(ledger.begin_seal().expect("cut"), 1);
+        ledger.commit().expect("commit");
+        // The seal reaches the first two channels; everything else is still ahead of it.
+        assert_eq!(ledger.seal_chunk().expect("chunk"), None);
+        ledger.commit().expect("commit");
+        // Epoch 2 pays every channel again, a few at a time, each batch sharing its group with
+        // one more chunk of the seal.
+        for (seq, batch) in channels.chunks(5).enumerate() {
+            pay(&mut ledger, 2 + seq as u64, 2, batch);
+            assert_eq!(ledger.seal_chunk().expect("chunk"), None);
+            ledger.commit().expect("commit");
+        }
+        let first = ledger.finish_running_seal().expect("seal 1");
+        assert_eq!(first, expected(1, 1, &channels));
+        let record = LedgerReaderFor(&ledger).epoch(1);
+        assert_eq!((record.receipts, record.leaves), (12, 12));
+        assert_eq!(
+            record.amount,
+            first.debits.iter().map(|(_, d)| d).sum::<u128>()
+        );
+
+        let second = ledger.seal().expect("seal 2");
+        assert_eq!(second, expected(2, 2, &channels));
+        assert_eq!(ledger.open.epoch, 3);
+        assert!(ledger.sealing.is_none());
+        assert_eq!(
+            ledger
+                .store
+                .snapshot()
+                .scan(Cf::OpenEpoch, &[], None, 10)
+                .expect("scan"),
+            Vec::new(),
+            "every index key of both epochs was consumed"
+        );
+    }
+
+    /// Reads one stored epoch record for assertions.
+    struct LedgerReaderFor<'a>(&'a Ledger);
+
+    impl LedgerReaderFor<'_> {
+        fn epoch(&self, epoch: u64) -> EpochRecord {
+            super::super::LedgerReader::new(self.0.store())
+                .epoch(epoch)
+                .expect("read")
+                .expect("stored")
+        }
+    }
+
+    /// A crash after chunk k (with receipts of the next epoch written between chunks, and a
+    /// group that never reached the disk) loses nothing: the restarted ledger knows the seal is
+    /// running, resumes it from the disk, and produces the same epoch as a seal that ran through.
+    #[test]
+    fn a_seal_cut_short_by_a_crash_resumes_to_the_same_epoch() {
+        let channels = all_channels();
+        let reference_dir = tempfile::tempdir().expect("tempdir");
+        let mut reference = sealing_ledger(reference_dir.path());
+        pay(&mut reference, 1, 1, &channels);
+        let reference = reference.seal().expect("seal");
+
+        for crash_after in [0, 1, 3, 5] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut ledger = sealing_ledger(dir.path());
+            pay(&mut ledger, 1, 1, &channels);
+            ledger.commit().expect("commit");
+            ledger.begin_seal().expect("cut");
+            ledger.commit().expect("commit");
+            for chunk in 0..crash_after {
+                // Receipts of epoch 2 on every other chunk, ahead of the seal and behind it.
+                if chunk % 2 == 0 {
+                    let (p, q) = channels[(chunk * 5) % channels.len()];
+                    pay(
+                        &mut ledger,
+                        2 + chunk as u64,
+                        2,
+                        &[(p, q), (PAYERS - 1 - p, q)],
+                    );
+                }
+                assert_eq!(ledger.seal_chunk().expect("chunk"), None);
+                ledger.commit().expect("commit");
+            }
+            // The group being applied when the process dies: a chunk and a receipt, never
+            // written, never acked.
+            pay(&mut ledger, 100, 3, &[(3, 2)]);
+            ledger.seal_chunk().expect("chunk");
+            drop(ledger);
+
+            let mut ledger = sealing_ledger(dir.path());
+            assert_eq!(
+                super::super::LedgerReader::new(ledger.store())
+                    .sealing_epoch()
+                    .expect("read")
+                    .map(|s| s.epoch),
+                Some(1),
+                "crash after chunk {crash_after}"
+            );
+            assert_eq!(ledger.sealing_epoch(), Some(1));
+            let resumed = ledger.finish_running_seal().expect("resume");
+            assert_eq!(resumed, reference, "crash after chunk {crash_after}");
+            assert_eq!(LedgerReaderFor(&ledger).epoch(1).leaves, 12);
+        }
+    }
+
+    /// A dispute carried into the open epoch while the previous one is being sealed: payers,
+    /// payees and channels the seal has not reached give their amounts to the sealing epoch
+    /// first, so the carried amounts land in the next epoch only.
+    #[test]
+    fn a_dispute_carried_during_a_seal_lands_in_the_next_epoch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ledger = sealing_ledger(dir.path());
+        let channels = all_channels();
+        pay(&mut ledger, 1, 1, &channels);
+        let first = ledger.seal().expect("seal 1");
+        let update = |status| EpochUpdate {
+            epoch: 1,
+            status,
+            root: None,
+            tx_hash: None,
+            block: Some(1),
+        };
+        ledger
+            .record_epoch(update(EpochStatus::Committed))
+            .expect("commit");
+        pay(&mut ledger, 2, 2, &channels);
+        ledger.commit().expect("commit");
+        ledger.begin_seal().expect("cut 2");
+        ledger.commit().expect("commit");
+        ledger
+            .record_epoch(update(EpochStatus::Disputed))
+            .expect("dispute");
+        ledger.commit().expect("commit");
+        let second = ledger.finish_running_seal().expect("seal 2");
+        assert_eq!(second, expected(2, 2, &channels));
+        let third = ledger.seal().expect("seal 3");
+        assert_eq!(third.debits, first.debits);
+        assert_eq!(third.credits, first.credits);
+        // The carried channels are leaves again, at their cumulative now.
+        assert_eq!(third.leaves, second.leaves);
     }
 }

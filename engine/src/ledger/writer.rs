@@ -27,7 +27,7 @@ use crate::verdict::Verdict;
 
 use super::record::BatchDigest;
 use super::state::{Ledger, SessionId};
-use super::{BatchAck, EpochUpdate, FundsEvent, SealedEpoch};
+use super::{BatchAck, EpochUpdate, FundsEvent, LedgerReader, SealedEpoch};
 
 pub(crate) type AckSender = oneshot::Sender<Result<BatchAck, EngineError>>;
 pub(crate) type DoneSender = oneshot::Sender<Result<(), EngineError>>;
@@ -49,7 +49,8 @@ pub(crate) enum WriterMsg {
         event: FundsEvent,
         reply: DoneSender,
     },
-    /// Seal the open epoch.
+    /// Seal the open epoch. Answered once the whole epoch is written; a seal asked for while
+    /// another runs seals the epoch open when that one ends.
     Seal { reply: SealSender },
     /// Settle's news about an epoch.
     Record {
@@ -63,6 +64,8 @@ pub(crate) enum WriterMsg {
 enum Reply {
     Ack(AckSender, Result<BatchAck, EngineError>),
     Done(DoneSender, Result<(), EngineError>),
+    /// A finished seal: the epoch and where to read it back from.
+    Sealed(SealSender, Result<(u64, LedgerReader), EngineError>),
 }
 
 impl Reply {
@@ -72,6 +75,8 @@ impl Reply {
         match self {
             Reply::Ack(tx, result) => drop(tx.send(result)),
             Reply::Done(tx, result) => drop(tx.send(result)),
+            Reply::Sealed(tx, Ok((epoch, reader))) => send_sealed(tx, epoch, reader),
+            Reply::Sealed(tx, Err(error)) => drop(tx.send(Err(error))),
         }
     }
 
@@ -79,8 +84,28 @@ impl Reply {
         match self {
             Reply::Ack(tx, Ok(_)) => Reply::Ack(tx, Err(error.clone_fatal())),
             Reply::Done(tx, Ok(())) => Reply::Done(tx, Err(error.clone_fatal())),
+            Reply::Sealed(tx, Ok(_)) => Reply::Sealed(tx, Err(error.clone_fatal())),
             refused => refused,
         }
+    }
+}
+
+/// Answers a seal with its epoch read back from the store, on a thread of its own: the reply
+/// holds every leaf (see [`SealedEpoch`]), and reading a large epoch on the sync thread would
+/// hold up the acks behind it. If the thread cannot start, dropping `tx` tells the caller the
+/// engine could not answer; the epoch is durable and listed either way.
+fn send_sealed(tx: SealSender, epoch: u64, reader: LedgerReader) {
+    let spawned = std::thread::Builder::new()
+        .name("tollgate-seal-reply".into())
+        .spawn(move || {
+            let sealed = reader
+                .sealed_epoch(epoch)
+                .map_err(EngineError::from)
+                .and_then(|sealed| sealed.ok_or(EngineError::UnknownEpoch { epoch }));
+            drop(tx.send(sealed));
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, epoch, "cannot start the thread that answers a seal");
     }
 }
 
@@ -196,6 +221,10 @@ pub(crate) struct Writer {
     /// A job was handed to the sync thread and has not reported back.
     in_flight: bool,
     syncer: Option<JoinHandle<()>>,
+    /// Waiting for the running seal.
+    seal_waiters: Vec<SealSender>,
+    /// Asked for a seal while one ran: they share the next one, of the epoch open now.
+    next_seal_waiters: Vec<SealSender>,
     /// Test hook: told after each message is handled, so a test can order its steps against
     /// the writer's without sleeping.
     #[cfg(test)]
@@ -229,6 +258,8 @@ impl Writer {
             done: done_rx,
             in_flight: false,
             syncer: Some(syncer),
+            seal_waiters: Vec::new(),
+            next_seal_waiters: Vec::new(),
             #[cfg(test)]
             handled: None,
         })
@@ -238,10 +269,20 @@ impl Writer {
     pub(crate) fn run(mut self) -> Result<(), EngineError> {
         let mut stopping = false;
         while !stopping {
-            let Some(first) = self.inbox.recv() else {
-                break;
+            if self.ledger.is_poisoned() {
+                // No seal can end now: its waiters must not wait for the next message to hear.
+                self.fail_seal_waiters();
+            }
+            // While a seal runs, an empty inbox means another chunk, not a wait.
+            let first = if self.seal_running() {
+                self.inbox.try_recv()
+            } else {
+                let Some(first) = self.inbox.recv() else {
+                    break;
+                };
+                Some(first)
             };
-            let mut next = Some(first);
+            let mut next = first;
             while let Some(msg) = next.take() {
                 match msg {
                     WriterMsg::Shutdown => {
@@ -262,10 +303,25 @@ impl Writer {
                 }
                 next = self.inbox.try_recv();
             }
+            if !stopping {
+                // One chunk per group: receipts wait for at most one chunk's work.
+                self.seal_step();
+            }
+            self.flush();
+            if !stopping {
+                self.start_next_seal();
+            }
+        }
+        // Seals someone waits for were asked before the shutdown: finish them. A seal nobody
+        // waits for (resumed after a restart) resumes again at the next start.
+        while !self.ledger.is_poisoned() && self.anyone_waits_for_a_seal() {
+            self.start_next_seal();
+            self.seal_step();
             self.flush();
         }
         self.flush();
         self.wait_idle();
+        self.fail_seal_waiters();
         self.jobs = None;
         if let Some(syncer) = self.syncer.take()
             && syncer.join().is_err()
@@ -330,15 +386,87 @@ impl Writer {
                 self.replies.push(Reply::Done(reply, result));
             }
             WriterMsg::Seal { reply } => {
-                // The seal scans the store, so everything before it must be on disk first; it
-                // is then its own write, made here.
-                self.flush();
-                self.wait_idle();
-                let result = self.ledger.seal();
-                self.check_fatal(&result);
-                drop(reply.send(result));
+                if self.ledger.sealing_epoch().is_some() {
+                    self.next_seal_waiters.push(reply);
+                } else {
+                    self.start_seal(vec![reply]);
+                }
             }
             WriterMsg::Shutdown => {}
+        }
+    }
+
+    /// Answers every seal waiter with the poison (the only way a waited-for seal stays
+    /// unfinished).
+    fn fail_seal_waiters(&mut self) {
+        let error = self.poisoned();
+        for reply in self
+            .seal_waiters
+            .drain(..)
+            .chain(self.next_seal_waiters.drain(..))
+        {
+            drop(reply.send(Err(error.clone_fatal())));
+        }
+    }
+
+    fn anyone_waits_for_a_seal(&self) -> bool {
+        !self.seal_waiters.is_empty() || !self.next_seal_waiters.is_empty()
+    }
+
+    fn seal_running(&self) -> bool {
+        self.ledger.sealing_epoch().is_some() && !self.ledger.is_poisoned()
+    }
+
+    /// The cut. The seal's chunks read the epoch's index from the store, so every group before
+    /// the cut is written first: the only wait a seal imposes on receipts.
+    fn start_seal(&mut self, waiters: Vec<SealSender>) {
+        self.flush();
+        self.wait_idle();
+        match self.ledger.begin_seal() {
+            Ok(epoch) => {
+                tracing::info!(epoch, "sealing epoch");
+                self.seal_waiters = waiters;
+            }
+            Err(error) => {
+                self.ledger.poison(error.to_string());
+                for reply in waiters {
+                    drop(reply.send(Err(error.clone_fatal())));
+                }
+            }
+        }
+    }
+
+    /// Starts the seal asked for while the last one ran, once that one is over.
+    fn start_next_seal(&mut self) {
+        if self.ledger.sealing_epoch().is_none() && !self.next_seal_waiters.is_empty() {
+            let waiters = std::mem::take(&mut self.next_seal_waiters);
+            self.start_seal(waiters);
+        }
+    }
+
+    /// Adds one chunk of the running seal to the current group; when it is the last, the
+    /// waiters are answered after that group's write.
+    fn seal_step(&mut self) {
+        if self.ledger.sealing_epoch().is_none() || self.ledger.is_poisoned() {
+            return;
+        }
+        match self.ledger.seal_chunk() {
+            Ok(None) => {}
+            Ok(Some(epoch)) => {
+                tracing::info!(epoch, "epoch sealed");
+                let reader = LedgerReader::new(self.ledger.store());
+                for reply in self.seal_waiters.drain(..) {
+                    self.replies
+                        .push(Reply::Sealed(reply, Ok((epoch, reader.clone()))));
+                }
+            }
+            Err(error) => {
+                // Nothing in a seal is a refusal: a failed chunk leaves the cache half-changed.
+                self.ledger.poison(error.to_string());
+                for reply in self.seal_waiters.drain(..) {
+                    drop(reply.send(Err(error.clone_fatal())));
+                }
+            }
         }
     }
 
@@ -397,9 +525,10 @@ mod tests {
     use super::*;
     use crate::ledger::state::initial_format;
     use crate::ledger::{LedgerConfig, UnknownPayers};
-    use crate::receipt::{Address, Domain, PayerKey, UnsignedReceipt};
+    use crate::receipt::{Address, Domain, PayerKey, Receipt, UnsignedReceipt};
     use crate::store::{Cf, FORMAT_KEY};
     use ed25519_dalek::SigningKey;
+    use futures::executor::block_on;
 
     /// A batch re-sent while its original group is being written is answered from that group,
     /// so its reply waits in the next group, which has nothing to write. If the original write
@@ -479,5 +608,126 @@ mod tests {
             matches!(result, Err(EngineError::Poisoned { .. })),
             "{result:?}"
         );
+    }
+
+    /// Receipt `nonce` of channel `c` (8 payers × 8 payees).
+    fn receipt(c: u8, nonce: u64, now_ms: u64) -> Receipt {
+        Receipt {
+            payer: PayerKey([c / 8 + 1; 32]),
+            payee: Address([c % 8 + 1; 20]),
+            amount: u64::from(c) + 1,
+            nonce,
+            timestamp_ms: now_ms,
+            request_hash: [0; 32],
+            // The verdicts sent with the batch are what the writer trusts.
+            signature: [0; 64],
+        }
+    }
+
+    fn batch(channels: impl Iterator<Item = u8>, nonce: u64) -> (ReceiptBatch, Vec<Verdict>) {
+        let now = now_ms();
+        let receipts: Vec<Receipt> = channels.map(|c| receipt(c, nonce, now)).collect();
+        let verdicts = vec![Ok(()); receipts.len()];
+        (ReceiptBatch::from_receipts(&receipts), verdicts)
+    }
+
+    fn digest(batch: &ReceiptBatch) -> BatchDigest {
+        *blake3::hash(batch.as_bytes()).as_bytes()
+    }
+
+    fn session(batch_seq: u64) -> SessionId {
+        SessionId {
+            client_id: 1,
+            producer_id: 1,
+            session_epoch: 0,
+            batch_seq,
+        }
+    }
+
+    /// The seal of a 64-channel epoch takes 40 chunks of 2 keys. Batches queued behind the seal
+    /// request are applied between its chunks, in the next epoch, and acked before the seal's
+    /// answer: the seal no longer holds the writer for its whole length.
+    #[test]
+    fn batches_queued_behind_a_seal_are_acked_before_it_ends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = LedgerConfig {
+            seal_chunk_keys: 2,
+            unknown_payers: UnknownPayers::Accept,
+            ..LedgerConfig::default()
+        };
+        let format = initial_format(&config);
+        let (store, _) =
+            Store::open(dir.path(), |b| b.put(Cf::Meta, FORMAT_KEY, format)).expect("open");
+        let mut ledger = Ledger::open(Arc::new(store), config.clone()).expect("ledger");
+        let (receipts, verdicts) = batch(0..64, 1);
+        let ack = ledger
+            .apply_batch(
+                session(1),
+                digest(&receipts),
+                &receipts,
+                &verdicts,
+                now_ms(),
+            )
+            .expect("epoch 1");
+        assert_eq!(ack.accepted, 64);
+        ledger.commit().expect("commit");
+
+        // Everything is queued before the writer starts, so the order it sees is fixed: the
+        // seal first (control messages go first), then four batches of epoch 2 touching
+        // channels, payers and payees the seal has not reached.
+        let (batches_tx, batches_rx) = bounded(8);
+        let (control_tx, control_rx) = bounded(8);
+        let (seal_tx, seal_rx) = oneshot::channel();
+        control_tx
+            .send(WriterMsg::Seal { reply: seal_tx })
+            .expect("queue seal");
+        let mut acks = Vec::new();
+        for seq in 2..6u8 {
+            let (receipts, verdicts) = batch((0..64).filter(|c| c % 4 == seq - 2), 2);
+            let (reply, ack) = oneshot::channel();
+            batches_tx
+                .send(WriterMsg::Batch {
+                    session: session(u64::from(seq)),
+                    digest: digest(&receipts),
+                    receipts,
+                    verdicts,
+                    reply,
+                })
+                .expect("queue batch");
+            acks.push(ack);
+        }
+        let writer =
+            Writer::new(ledger, batches_rx, control_rx, config.group_receipts_max).expect("writer");
+        let running = std::thread::spawn(move || writer.run());
+
+        let sealed = block_on(seal_rx).expect("answered").expect("sealed");
+        // The sync thread answers groups in order, so a batch applied between the seal's chunks
+        // has its ack out before the seal's answer.
+        for (index, mut ack) in acks.into_iter().enumerate() {
+            match ack.try_recv() {
+                Ok(Some(Ok(ack))) => assert_eq!(ack.accepted, 16, "{:?}", ack.rejections),
+                other => panic!(
+                    "batch {index} queued behind the seal was not acked when the seal was \
+                     answered: {other:?}"
+                ),
+            }
+        }
+        assert_eq!(sealed.epoch, 1);
+        assert_eq!(sealed.leaves.len(), 64);
+        // Every leaf is at its epoch-1 cumulative: epoch 2's receipts did not leak in.
+        assert!(
+            sealed
+                .leaves
+                .iter()
+                .all(|(payer, payee, cumulative)| *cumulative
+                    == u128::from((payer.0[0] - 1) * 8 + payee.0[0])),
+            "{:?}",
+            sealed.leaves
+        );
+        let debits: u128 = sealed.debits.iter().map(|(_, d)| d).sum();
+        assert_eq!(debits, (1..=64).sum::<u128>());
+
+        control_tx.send(WriterMsg::Shutdown).expect("shutdown");
+        running.join().expect("writer thread").expect("clean stop");
     }
 }
