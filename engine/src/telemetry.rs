@@ -51,7 +51,10 @@ pub fn register() {
         "one group commit: WriteBatch and fsync"
     );
     describe_histogram!(LEDGER_GROUP_RECEIPTS, "receipts per group commit");
-    describe_counter!(LEDGER_RECEIPTS_ACCEPTED_TOTAL, "receipts the ledger applied");
+    describe_counter!(
+        LEDGER_RECEIPTS_ACCEPTED_TOTAL,
+        "receipts the ledger applied"
+    );
     describe_counter!(
         LEDGER_RECEIPTS_REJECTED_TOTAL,
         "receipts the ledger refused, by reason"

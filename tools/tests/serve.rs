@@ -148,10 +148,7 @@ fn readme_metric_names() -> Vec<String> {
         .and_then(|section| section.split("\n## ").next())
         .expect("a metrics section");
     let name = regex::Regex::new(r"`(tollgate_[a-z_]+)").expect("regex");
-    let names: Vec<String> = name
-        .captures_iter(table)
-        .map(|c| c[1].to_owned())
-        .collect();
+    let names: Vec<String> = name.captures_iter(table).map(|c| c[1].to_owned()).collect();
     assert!(names.len() > 20, "metrics table not found: {names:?}");
     names
 }
