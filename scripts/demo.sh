@@ -7,5 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
-cargo build --release --locked --bin tollgate --bin tollgate-load
+# `--workspace --bins --examples` rather than `--bin tollgate`: examples pull in the dev-dependencies,
+# so cargo resolves the same features as `make test` and reuses its build of alloy and RocksDB
+# (building two bins alone re-resolved them and recompiled alloy: 7 minutes on 2 cores).
+cargo build --release --locked --workspace --bins --examples
 exec "${CARGO_TARGET_DIR:-target}/release/tollgate" demo "$@"

@@ -11,6 +11,7 @@
 //!   on write failure, refusing corrupt or half-written data directories.
 //! - [`verify`]: the signature rule, batch verification with key coalescing and bisection, and the
 //!   dedicated rayon pool that runs it.
+//! - [`telemetry`]: the names of the engine's metrics and their registration at zero.
 //!
 //! The engine is synchronous and knows nothing of sockets or async runtimes: it is driven through
 //! bounded channels by `tollgate-ingest` (receipts in) and `tollgate-settle` (deposits in, sealed
@@ -22,6 +23,7 @@ pub mod ledger;
 pub mod pipeline;
 pub mod receipt;
 pub mod store;
+pub mod telemetry;
 pub mod verdict;
 pub mod verify;
 

@@ -10,6 +10,7 @@
 //! `submit` answers [`SubmitError::Full`], and ingest stops reading sockets: TCP pushes back on the
 //! fleet. Replies travel on `futures_channel::oneshot`, which needs no async runtime.
 
+use crate::telemetry as names;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -474,11 +475,11 @@ fn verify_stage(
                 next = requests.try_recv().ok();
             }
         }
-        metrics::gauge!("tollgate_verify_queue_batches").set(requests.len() as f64);
+        metrics::gauge!(names::VERIFY_QUEUE_BATCHES).set(requests.len() as f64);
         let requests_in_group: Vec<&SubmitRequest> = group.iter().map(|(r, _, _)| r).collect();
         let started = std::time::Instant::now();
         let verdicts = group_verdicts(verifier, &requests_in_group);
-        metrics::histogram!("tollgate_verify_seconds").record(started.elapsed());
+        metrics::histogram!(names::VERIFY_SECONDS).record(started.elapsed());
         for ((request, digest, reply), verdicts) in group.drain(..).zip(verdicts) {
             let msg = WriterMsg::Batch {
                 session: SessionId {
@@ -496,7 +497,7 @@ fn verify_stage(
                 return;
             }
         }
-        metrics::gauge!("tollgate_ledger_queue_batches").set(verified.len() as f64);
+        metrics::gauge!(names::LEDGER_QUEUE_BATCHES).set(verified.len() as f64);
     }
     drop(verified.send(WriterMsg::Shutdown));
 }

@@ -12,6 +12,7 @@
 //! created but never initialised. The one thing it tolerates is an incomplete last WAL record:
 //! see [`db_options`].
 
+use crate::telemetry as names;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -428,7 +429,7 @@ impl Store {
     /// breaks, so that nothing more is written over state it no longer trusts.
     pub(crate) fn poison(&self, cause: String) -> StoreError {
         let cause = self.poison.get_or_init(|| cause).clone();
-        metrics::gauge!("tollgate_ledger_poisoned").set(1.0);
+        metrics::gauge!(names::LEDGER_POISONED).set(1.0);
         tracing::error!(path = %self.path.display(), %cause, "ledger store poisoned");
         StoreError::Poisoned { cause }
     }

@@ -6,10 +6,12 @@
 //! - [`client`]: the async client library fleets use: batching, pipelining, reconnect and re-send.
 //! - [`server`]: the tokio TCP server: handshake and client auth, limits, back-pressure into the
 //!   engine, ACKs after durability, graceful shutdown.
+//! - [`telemetry`]: the names of ingest's metrics and their registration at zero.
 //!
 //! This crate must never let a peer make it allocate beyond the configured frame size, never panic
 //! on any input, and never apply any part of a frame it could not read whole.
 
 pub mod client;
 pub mod server;
+pub mod telemetry;
 pub mod wire;

@@ -18,6 +18,7 @@
 //! stops reading, acknowledges every batch already read, and closes each connection with ERROR
 //! `shutting_down`.
 
+use crate::telemetry as names;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -245,7 +246,7 @@ pub async fn run(
                 continue;
             }
         };
-        metrics::counter!("tollgate_ingest_connections_accepted_total").increment(1);
+        metrics::counter!(names::CONNECTIONS_ACCEPTED_TOTAL).increment(1);
         let _ = stream.set_nodelay(true);
         match Arc::clone(&connections).try_acquire_owned() {
             Ok(slot) => {
@@ -258,9 +259,9 @@ pub async fn run(
                 let connection = Connection::new(Arc::clone(&shared), stop.clone(), stream);
                 tracker.spawn(
                     async move {
-                        metrics::gauge!("tollgate_ingest_connections_open").increment(1.0);
+                        metrics::gauge!(names::CONNECTIONS_OPEN).increment(1.0);
                         connection.serve().await;
-                        metrics::gauge!("tollgate_ingest_connections_open").decrement(1.0);
+                        metrics::gauge!(names::CONNECTIONS_OPEN).decrement(1.0);
                         drop(slot);
                     }
                     .instrument(span),
@@ -335,7 +336,7 @@ impl LimitLog {
 }
 
 fn count_refusal(code: ErrorCode) {
-    metrics::counter!("tollgate_ingest_refusals_total", "code" => code.name()).increment(1);
+    metrics::counter!(names::REFUSALS_TOTAL, "code" => code.name()).increment(1);
 }
 
 /// The refusal a connection over `connections_max` gets.
@@ -600,9 +601,9 @@ impl Connection {
                 format!("at most {} batches in flight", config.batches_in_flight_max),
             ));
         }
-        metrics::counter!("tollgate_ingest_batches_received_total").increment(1);
-        metrics::counter!("tollgate_ingest_receipts_received_total").increment(receipts as u64);
-        metrics::histogram!("tollgate_ingest_batch_receipts").record(receipts as f64);
+        metrics::counter!(names::BATCHES_RECEIVED_TOTAL).increment(1);
+        metrics::counter!(names::RECEIPTS_RECEIVED_TOTAL).increment(receipts as u64);
+        metrics::histogram!(names::BATCH_RECEIPTS).record(receipts as f64);
         let prejudged = match &session.payees {
             None => Vec::new(),
             Some(allowed) => not_allowed(&submit, allowed),
@@ -634,12 +635,12 @@ impl Connection {
                 return Err(self.not_taken(error));
             }
         };
-        metrics::gauge!("tollgate_ingest_engine_batches_in_flight").increment(1.0);
+        metrics::gauge!(names::ENGINE_BATCHES_IN_FLIGHT).increment(1.0);
         let answered = self.answered_tx.clone();
         tokio::spawn(async move {
             let result = receiver.await.unwrap_or(Err(EngineError::Stopped));
             drop(permit);
-            metrics::gauge!("tollgate_ingest_engine_batches_in_flight").decrement(1.0);
+            metrics::gauge!(names::ENGINE_BATCHES_IN_FLIGHT).decrement(1.0);
             // The connection may be gone; the batch is durable (or failed) either way.
             let _ = answered.send(Answered { batch_seq, result }).await;
         });
@@ -667,10 +668,10 @@ impl Connection {
         self.in_flight -= 1;
         match answered.result {
             Ok(ack) => {
-                metrics::counter!("tollgate_ingest_receipts_accepted_total")
+                metrics::counter!(names::RECEIPTS_ACCEPTED_TOTAL)
                     .increment(u64::from(ack.accepted));
                 for (_, reason) in &ack.rejections {
-                    metrics::counter!("tollgate_ingest_receipts_rejected_total", "reason" => reason.name())
+                    metrics::counter!(names::RECEIPTS_REJECTED_TOTAL, "reason" => reason.name())
                         .increment(1);
                 }
                 let ack = Ack {

@@ -417,22 +417,27 @@ async fn batch_resent_after_reconnect_gets_the_identical_ack_and_counts_once() {
     h.server.await.expect("join").expect("clean shutdown");
 }
 
+/// Each timeout gets a server where it is the only short one, so the test never depends on how
+/// fast this machine completes a handshake or starts a frame: a short handshake timeout beside
+/// the idle check would turn a slow handshake into the wrong error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_and_connection_limits_are_enforced() {
-    let h = start(|config| {
-        config.handshake_timeout_ms = 300;
-        config.idle_timeout_ms = 300;
-        config.read_deadline_ms = 300;
-        config.batches_in_flight_max = 1;
-    })
-    .await;
+    let h = start(|config| config.handshake_timeout_ms = 300).await;
     let mut silent = fresh_connection(h.addr).await;
     assert_eq!(
         error_code(&mut silent).await,
         Some(ErrorCode::HandshakeTimeout)
     );
+    h.shutdown.cancel();
+    h.server.await.expect("join").expect("clean shutdown");
+
+    let h = start(|config| config.idle_timeout_ms = 300).await;
     let mut idle = handshake(h.addr, 1, 1).await;
     assert_eq!(error_code(&mut idle).await, Some(ErrorCode::IdleTimeout));
+    h.shutdown.cancel();
+    h.server.await.expect("join").expect("clean shutdown");
+
+    let h = start(|config| config.read_deadline_ms = 300).await;
     let mut trickle = handshake(h.addr, 1, 1).await;
     trickle
         .get_mut()
@@ -443,14 +448,21 @@ async fn timeouts_and_connection_limits_are_enforced() {
         error_code(&mut trickle).await,
         Some(ErrorCode::ReadDeadline)
     );
-    // Two batches back to back with one allowed in flight: the second arrives before the first's
-    // fsync can have finished.
+    h.shutdown.cancel();
+    h.server.await.expect("join").expect("clean shutdown");
+
+    let h = start(|config| config.batches_in_flight_max = 1).await;
+    // Two batches back to back in one write with one allowed in flight: the server reads the
+    // second from its buffer while the first (512 signatures to verify, then an fsync) is still
+    // in the engine. The first is made large so that margin grows with the machine's slowness
+    // instead of shrinking.
     let mut eager = handshake(h.addr, 2, 1).await;
-    for (seq, nonce) in [(1, 10), (2, 11)] {
+    let first: Vec<_> = (1_000..1_512).map(|nonce| receipt(nonce, PAYEE)).collect();
+    for (seq, receipts) in [(1, first), (2, vec![receipt(11, PAYEE)])] {
         eager
             .feed(&Frame::Submit(Submit {
                 batch_seq: seq,
-                receipts: ReceiptBatch::from_receipts(&[receipt(nonce, PAYEE)]),
+                receipts: ReceiptBatch::from_receipts(&receipts),
             }))
             .await
             .expect("feed");

@@ -7,6 +7,7 @@
 //! committed, rebuilds each tree from the stored leaves (checking it against the stored root), and
 //! the submitter sends only what the chain still lacks, so every epoch ends committed exactly once.
 
+use crate::telemetry as names;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -154,6 +155,9 @@ impl EpochLoop {
     /// the ledger, `tollgate_settle_backlog_epochs` counts them, and they are committed in order
     /// once the chain answers again.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), EpochError> {
+        // After a restart the gauges start from the ledger, not from zero.
+        let open = self.engine.reader().open_epoch()?;
+        metrics::gauge!(names::LAST_SEALED_EPOCH).set(open.epoch.saturating_sub(1) as f64);
         tokio::try_join!(self.seal_when_due(&shutdown), self.commit_queued(&shutdown))?;
         Ok(())
     }
@@ -222,20 +226,20 @@ impl EpochLoop {
             },
         )
         .await?;
-        metrics::gauge!("tollgate_settle_last_sealed_epoch").set(sealed.epoch as f64);
-        metrics::gauge!("tollgate_settle_backlog_epochs").set(self.backlog()?.len() as f64);
+        metrics::gauge!(names::LAST_SEALED_EPOCH).set(sealed.epoch as f64);
+        metrics::gauge!(names::BACKLOG_EPOCHS).set(self.backlog()?.len() as f64);
         Ok(sealed.epoch)
     }
 
     /// Commits every sealed epoch not yet committed, oldest first.
     pub async fn commit_backlog(&self) -> Result<(), EpochError> {
         let pending = self.backlog()?;
-        metrics::gauge!("tollgate_settle_backlog_epochs").set(pending.len() as f64);
+        metrics::gauge!(names::BACKLOG_EPOCHS).set(pending.len() as f64);
         for record in pending {
             self.commit(&record).await?;
         }
         // Not simply zero: epochs sealed while these were committed are still waiting.
-        metrics::gauge!("tollgate_settle_backlog_epochs").set(self.backlog()?.len() as f64);
+        metrics::gauge!(names::BACKLOG_EPOCHS).set(self.backlog()?.len() as f64);
         Ok(())
     }
 
@@ -252,6 +256,9 @@ impl EpochLoop {
             };
             after = last.epoch;
             for record in page {
+                if record.status == EpochStatus::Committed {
+                    metrics::gauge!(names::LAST_COMMITTED_EPOCH).set(record.epoch as f64);
+                }
                 match record.status {
                     EpochStatus::Sealed | EpochStatus::Submitted => pending.push(record),
                     EpochStatus::Committed | EpochStatus::Disputed => {
@@ -311,7 +318,7 @@ impl EpochLoop {
             last.map(|part| (part.tx_hash.0, part.block)),
         )
         .await?;
-        metrics::gauge!("tollgate_settle_last_committed_epoch").set(record.epoch as f64);
+        metrics::gauge!(names::LAST_COMMITTED_EPOCH).set(record.epoch as f64);
         tracing::info!(
             epoch = record.epoch,
             parts = outcome.parts,

@@ -12,6 +12,7 @@
 //!   given height, only from blocks with enough confirmations.
 //! - [`epoch`]: the engine glue: `EpochLoop` seals, persists and commits epochs; `FundsLoop` feeds
 //!   the watcher's events into the ledger from its persisted cursor.
+//! - [`telemetry`]: the names of settlement's metrics and their registration at zero.
 //!
 //! This crate must never treat a transaction as landed without its receipt, never resend an epoch
 //! without first re-reading the contract's position (the contract refuses a duplicate anyway),
@@ -22,6 +23,7 @@ pub mod contract;
 pub mod epoch;
 pub mod merkle;
 pub mod submitter;
+pub mod telemetry;
 pub mod watcher;
 
 pub use chain::{

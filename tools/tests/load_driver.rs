@@ -261,12 +261,13 @@ async fn rate_and_duration_bound_the_run() {
         receipts: None,
         ..workload(u128::from(u32::MAX))
     };
-    // Unbounded plan: only the duration can end this run.
+    // Unbounded plan: only the duration can end this run, so returning at all is the first check.
     let outcome = run(w, &options, ReferenceLedger::default(), u64::MAX).await;
     let s = &outcome.summary;
     // 300 ms at 20k/s is 6,000 receipts, plus at most the batch each connection had already
-    // been given its slot for. A slow machine sends fewer, never more.
-    assert!(s.sent > 0 && s.sent <= 6_000 + 4 * 256, "{}", s.sent);
+    // been given its slot for. How many fewer a machine sends depends on its speed (a starved
+    // machine may not have signed its first batch within 300 ms), so only the bound is checked.
+    assert!(s.sent <= 6_000 + 4 * 256, "{}", s.sent);
     assert_eq!(s.sent, s.acked);
     assert_eq!(s.verdict_mismatches, 0);
 }

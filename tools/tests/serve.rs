@@ -138,6 +138,52 @@ fn start_chainless(data_dir: &Path) -> ServerProcess {
     ServerProcess::start(Path::new(TOLLGATE), &args, None, &[]).expect("server ready")
 }
 
+/// Every metric name in the README's metrics table.
+fn readme_metric_names() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let table = readme
+        .split("### Metrics")
+        .nth(1)
+        .and_then(|section| section.split("\n## ").next())
+        .expect("a metrics section");
+    let name = regex::Regex::new(r"`(tollgate_[a-z_]+)").expect("regex");
+    let names: Vec<String> = name.captures_iter(table).map(|c| c[1].to_owned()).collect();
+    assert!(names.len() > 20, "metrics table not found: {names:?}");
+    names
+}
+
+/// Dashboards and `absent()` alerts need every series before the first receipt: a fresh server
+/// exports each metric of the README's table, at zero, rejection reasons and refusal codes
+/// included.
+#[test]
+fn a_fresh_server_exports_every_metric_at_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_chainless(&dir.path().join("ledger"));
+    let metrics = http_get(&format!("http://{}/metrics", server.http));
+    for name in readme_metric_names() {
+        assert!(
+            metrics.lines().any(|line| line.starts_with(&name)),
+            "no {name} in a fresh server's /metrics:\n{metrics}"
+        );
+    }
+    for series in [
+        "tollgate_ingest_receipts_accepted_total 0",
+        "tollgate_ledger_receipts_rejected_total{reason=\"insufficient_funds\"} 0",
+        "tollgate_ingest_refusals_total{code=\"bad_client_auth\"} 0",
+        "tollgate_ingest_connections_open 0",
+    ] {
+        assert!(
+            metrics.lines().any(|line| line == series),
+            "no `{series}` in a fresh server's /metrics:\n{metrics}"
+        );
+    }
+    let status = server
+        .terminate(Duration::from_secs(60))
+        .expect("stops on SIGTERM");
+    assert!(status.success(), "exit status {status}");
+}
+
 fn load(server: &ServerProcess, receipts: u32, extra: &[&str]) -> Summary {
     let mut args: Vec<String> = [
         "--addr",

@@ -13,6 +13,7 @@
 //! Metrics: `tollgate_ledger_group_receipts` (receipts per fsync), `tollgate_ledger_write_seconds`,
 //! `tollgate_ledger_receipts_accepted_total`, `tollgate_ledger_receipts_rejected_total{reason}`.
 
+use crate::telemetry as names;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -191,7 +192,7 @@ fn sync_loop(store: Arc<Store>, jobs: Receiver<Job>, done: Sender<()>) {
         // through the store: its replies may only leave if every earlier write succeeded.
         let result = store.write(job.batch);
         if writes {
-            metrics::histogram!("tollgate_ledger_write_seconds").record(started.elapsed());
+            metrics::histogram!(names::LEDGER_WRITE_SECONDS).record(started.elapsed());
         }
         match result {
             Ok(()) => job.replies.into_iter().for_each(Reply::send),
@@ -366,10 +367,10 @@ impl Writer {
                         .apply_batch(session, digest, &receipts, &verdicts, now_ms());
                 self.check_fatal(&result);
                 if let Ok(ack) = &result {
-                    metrics::counter!("tollgate_ledger_receipts_accepted_total")
+                    metrics::counter!(names::LEDGER_RECEIPTS_ACCEPTED_TOTAL)
                         .increment(u64::from(ack.accepted));
                     for (_, reason) in &ack.rejections {
-                        metrics::counter!("tollgate_ledger_receipts_rejected_total", "reason" => reason.name())
+                        metrics::counter!(names::LEDGER_RECEIPTS_REJECTED_TOTAL, "reason" => reason.name())
                             .increment(1);
                     }
                 }
@@ -498,7 +499,7 @@ impl Writer {
             return;
         }
         self.wait_idle();
-        metrics::histogram!("tollgate_ledger_group_receipts")
+        metrics::histogram!(names::LEDGER_GROUP_RECEIPTS)
             .record(self.ledger.group_receipts() as f64);
         let batch = match self.ledger.close_group() {
             Ok(batch) => batch,

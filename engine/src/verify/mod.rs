@@ -18,6 +18,7 @@ mod batch;
 mod key_cache;
 mod rule;
 
+use crate::telemetry as names;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -222,7 +223,7 @@ impl Verifier {
         }
         let mut equations = Equations::default();
         equations.settle(&candidates, &keys, verdicts);
-        metrics::counter!("tollgate_verify_equations_total").increment(equations.computed as u64);
+        metrics::counter!(names::VERIFY_EQUATIONS_TOTAL).increment(equations.computed as u64);
         equations.computed
     }
 }
@@ -316,7 +317,7 @@ impl VerifyPool {
             chunk
         };
         if next != chunk {
-            metrics::gauge!("tollgate_verify_chunk_receipts").set(next as f64);
+            metrics::gauge!(names::VERIFY_CHUNK_RECEIPTS).set(next as f64);
         }
         self.chunk_receipts.store(next, Ordering::Relaxed);
     }

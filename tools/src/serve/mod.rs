@@ -207,10 +207,16 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
     Ok(())
 }
 
+/// Installs the Prometheus recorder with every metric of the README's table present from the
+/// start, at zero.
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .install_recorder()
-        .context("installing the Prometheus recorder")
+        .context("installing the Prometheus recorder")?;
+    tollgate_engine::telemetry::register();
+    tollgate_ingest::telemetry::register();
+    tollgate_settle::telemetry::register();
+    Ok(handle)
 }
 
 async fn upkeep(metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {

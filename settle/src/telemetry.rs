@@ -1,0 +1,24 @@
+//! Every metric settlement exports, named once. [`register`] describes them and creates each at
+//! zero, so a fresh server's `/metrics` already has them.
+
+use metrics::describe_gauge;
+
+/// Gauge: sealed epochs waiting to be committed onchain.
+pub const BACKLOG_EPOCHS: &str = "tollgate_settle_backlog_epochs";
+/// Gauge: the newest sealed epoch.
+pub const LAST_SEALED_EPOCH: &str = "tollgate_settle_last_sealed_epoch";
+/// Gauge: the newest epoch committed onchain.
+pub const LAST_COMMITTED_EPOCH: &str = "tollgate_settle_last_committed_epoch";
+
+/// Describes settlement's metrics and creates each at zero in the installed recorder.
+pub fn register() {
+    describe_gauge!(
+        BACKLOG_EPOCHS,
+        "sealed epochs waiting to be committed onchain"
+    );
+    describe_gauge!(LAST_SEALED_EPOCH, "the newest sealed epoch");
+    describe_gauge!(LAST_COMMITTED_EPOCH, "the newest epoch committed onchain");
+    for gauge in [BACKLOG_EPOCHS, LAST_SEALED_EPOCH, LAST_COMMITTED_EPOCH] {
+        metrics::gauge!(gauge).set(0.0);
+    }
+}
