@@ -20,7 +20,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use futures_channel::oneshot;
 use thiserror::Error;
 
-use crate::ledger::record::BatchDigest;
+use crate::ledger::record::{BatchDigest, batch_digest};
 use crate::ledger::state::{Ledger, SessionId, initial_format, validate};
 use crate::ledger::writer::{Writer, WriterMsg};
 use crate::receipt::{PayerKey, ReceiptBatch, ReceiptView};
@@ -352,7 +352,7 @@ impl Engine {
         {
             return Err(SubmitError::PrejudgedOutOfRange { index, receipts });
         }
-        let digest = *blake3::hash(request.receipts.as_bytes()).as_bytes();
+        let digest = batch_digest(&request.receipts);
         let (tx, rx) = oneshot::channel();
         match self
             .inner

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use crate::receipt::{Address, PayerKey};
+use crate::receipt::{Address, PayerKey, ReceiptBatch};
 use crate::verdict::Reason;
 
 use crate::store::Cf;
@@ -390,6 +390,11 @@ pub fn ack_key(producer: ProducerKey, session_epoch: u64, batch_seq: u64) -> [u8
 /// blake3 of a batch's receipt bytes, kept beside its ack so a re-send can be told apart from
 /// another batch under the same number.
 pub type BatchDigest = [u8; 32];
+
+/// The digest a batch's ack is stored with: blake3 of its receipt bytes as received.
+pub fn batch_digest(batch: &ReceiptBatch) -> BatchDigest {
+    *blake3::hash(batch.as_bytes()).as_bytes()
+}
 
 impl ProducerState {
     /// session_epoch u64, count u32, seqs u64 each.

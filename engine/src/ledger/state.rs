@@ -1172,6 +1172,7 @@ enum Direction {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::record::batch_digest;
     use crate::receipt::{Address, Domain, PayerKey, Receipt, UnsignedReceipt};
     use ed25519_dalek::SigningKey;
 
@@ -1215,10 +1216,6 @@ mod tests {
         }
     }
 
-    fn digest(batch: &ReceiptBatch) -> BatchDigest {
-        *blake3::hash(batch.as_bytes()).as_bytes()
-    }
-
     /// The re-send arrives while the original's group is closed but its write has not returned:
     /// the answer comes from the group in flight, and nothing is applied twice.
     #[test]
@@ -1231,12 +1228,24 @@ mod tests {
         let batch = ReceiptBatch::from_receipts(&[receipt(&key, 10, 1), receipt(&key, 10, 1)]);
         let now = 1_000;
         let ack = ledger
-            .apply_batch(session(5), digest(&batch), &batch, &[Ok(()), Ok(())], now)
+            .apply_batch(
+                session(5),
+                batch_digest(&batch),
+                &batch,
+                &[Ok(()), Ok(())],
+                now,
+            )
             .expect("apply");
         let in_flight = ledger.close_group().expect("close");
 
         let again = ledger
-            .apply_batch(session(5), digest(&batch), &batch, &[Ok(()), Ok(())], now)
+            .apply_batch(
+                session(5),
+                batch_digest(&batch),
+                &batch,
+                &[Ok(()), Ok(())],
+                now,
+            )
             .expect("resend");
         assert_eq!(again, ack);
         assert!(ledger.group_is_empty(), "the re-send changed nothing");
@@ -1244,7 +1253,13 @@ mod tests {
         ledger.written();
 
         let from_disk = ledger
-            .apply_batch(session(5), digest(&batch), &batch, &[Ok(()), Ok(())], now)
+            .apply_batch(
+                session(5),
+                batch_digest(&batch),
+                &batch,
+                &[Ok(()), Ok(())],
+                now,
+            )
             .expect("resend");
         assert_eq!(from_disk, ack);
         assert_eq!(ledger.payers.get(&payer).map(|p| p.pending), Some(10));
@@ -1263,7 +1278,8 @@ mod tests {
         let other = ReceiptBatch::from_receipts(&[receipt(&key, 20, 2)]);
         let now = 1_000;
         let refused = |ledger: &mut Ledger| {
-            let result = ledger.apply_batch(session(5), digest(&other), &other, &[Ok(())], now);
+            let result =
+                ledger.apply_batch(session(5), batch_digest(&other), &other, &[Ok(())], now);
             assert!(
                 matches!(
                     result,
@@ -1277,7 +1293,13 @@ mod tests {
             );
         };
         ledger
-            .apply_batch(session(5), digest(&original), &original, &[Ok(())], now)
+            .apply_batch(
+                session(5),
+                batch_digest(&original),
+                &original,
+                &[Ok(())],
+                now,
+            )
             .expect("apply");
         refused(&mut ledger);
         let in_flight = ledger.close_group().expect("close");
@@ -1293,7 +1315,7 @@ mod tests {
             ..session(5)
         };
         let ack = ledger
-            .apply_batch(elsewhere, digest(&other), &other, &[Ok(())], now)
+            .apply_batch(elsewhere, batch_digest(&other), &other, &[Ok(())], now)
             .expect("apply");
         assert_eq!(ack.accepted, 1);
         assert_eq!(ledger.payers.get(&payer).map(|p| p.pending), Some(30));
@@ -1309,7 +1331,7 @@ mod tests {
         deposit(&mut ledger, payer, 100, 1);
         let batch = ReceiptBatch::from_receipts(&[receipt(&key, 30, 1)]);
         ledger
-            .apply_batch(session(1), digest(&batch), &batch, &[Ok(())], 1_000)
+            .apply_batch(session(1), batch_digest(&batch), &batch, &[Ok(())], 1_000)
             .expect("apply");
         let sealed = ledger.seal().expect("seal");
         let committed = EpochUpdate {
@@ -1361,7 +1383,13 @@ mod tests {
             .cumulative = u128::MAX - 1;
         let batch = ReceiptBatch::from_receipts(&[receipt(&key, 2, 1), receipt(&key, 1, 2)]);
         let ack = ledger
-            .apply_batch(session(0), digest(&batch), &batch, &[Ok(()), Ok(())], 1_000)
+            .apply_batch(
+                session(0),
+                batch_digest(&batch),
+                &batch,
+                &[Ok(()), Ok(())],
+                1_000,
+            )
             .expect("apply");
         assert_eq!(ack.rejections, vec![(0, Reason::Overflow)]);
         assert_eq!(ack.accepted, 1);
@@ -1416,7 +1444,7 @@ mod tests {
         let verdicts = vec![Ok(()); receipts.len()];
         let batch = ReceiptBatch::from_receipts(&receipts);
         let ack = ledger
-            .apply_batch(session(seq), digest(&batch), &batch, &verdicts, 1_000)
+            .apply_batch(session(seq), batch_digest(&batch), &batch, &verdicts, 1_000)
             .expect("apply");
         assert_eq!(
             ack.accepted as usize,

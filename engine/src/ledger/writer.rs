@@ -524,6 +524,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::record::batch_digest;
     use crate::ledger::state::initial_format;
     use crate::ledger::{LedgerConfig, UnknownPayers};
     use crate::receipt::{Address, Domain, PayerKey, Receipt, UnsignedReceipt};
@@ -566,7 +567,7 @@ mod tests {
         }
         .sign(&key, &Domain::default());
         let receipts = ReceiptBatch::from_receipts(&[receipt]);
-        let digest = *blake3::hash(receipts.as_bytes()).as_bytes();
+        let digest = batch_digest(&receipts);
         let send = || {
             let (reply, answer) = oneshot::channel();
             batches
@@ -632,10 +633,6 @@ mod tests {
         (ReceiptBatch::from_receipts(&receipts), verdicts)
     }
 
-    fn digest(batch: &ReceiptBatch) -> BatchDigest {
-        *blake3::hash(batch.as_bytes()).as_bytes()
-    }
-
     fn session(batch_seq: u64) -> SessionId {
         SessionId {
             client_id: 1,
@@ -664,7 +661,7 @@ mod tests {
         let ack = ledger
             .apply_batch(
                 session(1),
-                digest(&receipts),
+                batch_digest(&receipts),
                 &receipts,
                 &verdicts,
                 now_ms(),
@@ -689,7 +686,7 @@ mod tests {
             batches_tx
                 .send(WriterMsg::Batch {
                     session: session(u64::from(seq)),
-                    digest: digest(&receipts),
+                    digest: batch_digest(&receipts),
                     receipts,
                     verdicts,
                     reply,
