@@ -393,7 +393,14 @@ impl ContractReader {
         amount_u128("available", amount)
     }
 
-    /// Whether the contract accepts `proof` for `leaf` in `epoch` (`Settlement.verifyLeaf`).
+    /// Whether `epoch` is final onchain (`Settlement.isFinal`): committed in full, not voided,
+    /// and past its challenge window, so its proofs verify and nothing can undo it.
+    pub async fn is_final(&self, epoch: u64) -> Result<bool, ChainError> {
+        Ok(self.settlement.isFinal(epoch).call().await?)
+    }
+
+    /// Whether the contract accepts `proof` for `leaf` in `epoch` (`Settlement.verifyLeaf`): only
+    /// for a final epoch.
     pub async fn verify_leaf(
         &self,
         epoch: u64,
