@@ -889,7 +889,7 @@ async fn verify_leaf_answers_only_for_final_epochs() {
     };
 
     // Epoch 1 in two parts: the debit first, the credits second.
-    let tree1 = EpochTree::build(1, leaves.clone()).unwrap();
+    let tree1 = EpochTree::build(1, leaves).unwrap();
     let send = |part: u16, debits: Vec<Settlement::Debit>, credits: Vec<U256>| {
         settlement.commitEpoch(1, part, 2, tree1.root(), debits, credits)
     };
