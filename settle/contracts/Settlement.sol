@@ -4,6 +4,7 @@ pragma solidity 0.8.37;
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
+import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
 
 /// @title Tollgate settlement
 /// @notice Payers deposit an ERC20 against an ed25519 payer key; the operator (the Tollgate engine)
@@ -26,8 +27,13 @@ import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProo
 ///   epoch whose root or balances do not match. It can only void the open epoch; the engine carries
 ///   the voided amounts into its next epoch, so epoch numbers are never reused.
 /// - Amounts are kept in 96 bits per account (7.9e28 smallest units): ample for a 6- or 18-decimal
-///   dollar token, and it is what lets an account fit one slot.
-contract Settlement {
+///   dollar token, and it is what lets an account fit one slot. A commit that would take a payee past
+///   that is refused whole, so a slot can always be folded and withdrawn.
+/// - A deposit is credited with what the contract's token balance actually grew by, so a token that
+///   takes a fee on transfer credits what arrived. Tokens whose balances change without a transfer
+///   (rebasing, interest-bearing, or ones an issuer can seize from) are not supported: the contract
+///   would then owe more or less than it holds.
+contract Settlement is ReentrancyGuard {
     using SafeERC20 for IERC20;
 
     /// One payer's net debit for a part of an epoch.
@@ -86,6 +92,7 @@ contract Settlement {
     /// Bitmap of voided commit seqs, 256 per word, so the check while applying entries stays warm.
     mapping(uint256 word => uint256) private voidedSeqs;
 
+    /// `amount` is what was credited: what the contract's balance grew by.
     event Deposited(bytes32 indexed payerKey, address indexed from, address indexed owner, uint256 amount);
     event EpochCommitted(
         uint64 indexed epoch,
@@ -157,21 +164,27 @@ contract Settlement {
 
     // ----------------------------------------------------------------------------------- payers
 
-    /// Credits `amount` tokens to `payerKey`; the first depositor becomes the key's exit owner.
-    function deposit(bytes32 payerKey, uint256 amount) external {
+    /// Pulls `amount` tokens and credits `payerKey` with what arrived (less than `amount` for a
+    /// fee-on-transfer token); `Deposited` names the credited amount. The first depositor becomes
+    /// the key's exit owner. Non-reentrant, like every call that moves tokens, so a token's transfer
+    /// hook cannot move the balance this measures.
+    function deposit(bytes32 payerKey, uint256 amount) external nonReentrant {
         if (amount == 0 || payerKey == bytes32(0)) revert ZeroAmount();
+        uint256 before = token.balanceOf(address(this));
+        token.safeTransferFrom(msg.sender, address(this), amount);
+        uint256 received = token.balanceOf(address(this)) - before;
+        if (received == 0) revert ZeroAmount();
         address owner = payerOwner[payerKey];
         if (owner == address(0)) {
             owner = msg.sender;
             payerOwner[payerKey] = owner;
         }
         Account memory account = payers[payerKey];
-        uint256 settled = account.settled + amount;
+        uint256 settled = account.settled + received;
         if (settled > type(uint96).max) revert AmountTooLarge(settled);
         account.settled = uint96(settled);
         payers[payerKey] = account;
-        token.safeTransferFrom(msg.sender, address(this), amount);
-        emit Deposited(payerKey, msg.sender, owner, amount);
+        emit Deposited(payerKey, msg.sender, owner, received);
     }
 
     /// Starts (or adds to) a payer exit. The delay (longer than an epoch plus the window) lets the
@@ -190,7 +203,7 @@ contract Settlement {
     /// Pays out the request, capped at what is left after every debit committed so far (the open
     /// epoch's debit stays reserved until that epoch is final or voided). An unpaid remainder stays
     /// requested, exactly as the engine's ledger keeps it, and can be completed later.
-    function completeWithdrawal(bytes32 payerKey) external {
+    function completeWithdrawal(bytes32 payerKey) external nonReentrant {
         _onlyPayerOwner(payerKey);
         WithdrawalRequest memory request = withdrawalRequests[payerKey];
         if (request.readyAt == 0) revert NoWithdrawalRequest(payerKey);
@@ -211,7 +224,7 @@ contract Settlement {
     // ----------------------------------------------------------------------------------- payees
 
     /// Pays the caller every credit from final epochs.
-    function withdraw() external {
+    function withdraw() external nonReentrant {
         Account memory account = _resolve(payees[msg.sender], false);
         uint256 amount = account.settled;
         if (amount == 0) revert NothingToWithdraw();
@@ -281,7 +294,11 @@ contract Settlement {
             if (payee == address(0)) revert ZeroPayee();
             Account memory account = _roll(payees[payee], seq, commit.prevLive, false);
             uint256 pending = account.pending + amount;
-            if (pending > type(uint96).max) revert AmountTooLarge(pending);
+            // Checked against what the slot will hold once folded, not `pending` alone: a sum past
+            // 96 bits would make that fold, and so `withdraw()` and every later commit touching
+            // this payee, revert for good.
+            uint256 total = uint256(account.settled) + pending;
+            if (total > type(uint96).max) revert AmountTooLarge(total);
             account.pending = uint96(pending);
             payees[payee] = account;
             creditTotal += amount;
@@ -308,10 +325,7 @@ contract Settlement {
         if (msg.sender != arbiter) revert NotArbiter();
         uint64 seq = liveSeq;
         Commit memory commit = commits[seq];
-        if (seq == 0 || commit.epoch != epoch) revert NotDisputable(epoch);
-        if (commit.partsDone == commit.parts && block.timestamp >= commit.completedAt + challengeWindowSecs) {
-            revert NotDisputable(epoch);
-        }
+        if (seq == 0 || commit.epoch != epoch || _isFinal(commit)) revert NotDisputable(epoch);
         commits[seq].voided = true;
         voidedSeqs[seq >> 8] |= uint256(1) << (seq & 0xff);
         liveSeq = commit.prevLive;
@@ -322,17 +336,28 @@ contract Settlement {
 
     // ------------------------------------------------------------------------------------ views
 
-    /// True when `proof` shows `(epoch, payer, payee, cumulative)` is a leaf of the epoch's root.
-    /// Leaves follow OpenZeppelin's StandardMerkleTree: double keccak of the ABI encoding.
+    /// True when `epoch` is final (see `isFinal`) and `proof` shows `(epoch, payer, payee,
+    /// cumulative)` is a leaf of its root; false for an epoch still arriving in parts, still inside
+    /// its challenge window, voided, or never committed. Leaves follow OpenZeppelin's
+    /// StandardMerkleTree: double keccak of the ABI encoding.
     function verifyLeaf(uint64 epoch, bytes32 payer, address payee, uint256 cumulative, bytes32[] calldata proof)
         external
         view
         returns (bool)
     {
+        if (!isFinal(epoch)) return false;
         bytes32 root = roots[epoch];
-        if (root == bytes32(0)) return false;
         bytes32 leaf = keccak256(bytes.concat(keccak256(abi.encode(epoch, payer, payee, cumulative))));
         return MerkleProof.verifyCalldata(proof, root, leaf);
+    }
+
+    /// True when `epoch` was committed in full, was not voided and its challenge window has passed:
+    /// nothing can undo it any more. Only the latest live epoch can be pending; every older epoch
+    /// with a root became final before its successor could open.
+    function isFinal(uint64 epoch) public view returns (bool) {
+        if (roots[epoch] == bytes32(0)) return false;
+        Commit memory live = commits[liveSeq];
+        return live.epoch != epoch || _isFinal(live);
     }
 
     /// What a payer could still be debited: deposit minus final and open debits.
@@ -381,13 +406,16 @@ contract Settlement {
         Commit memory commit = commits[account.stamp];
         if (commit.voided) {
             account.pending = 0;
-        } else if (
-            commit.partsDone == commit.parts && block.timestamp >= commit.completedAt + challengeWindowSecs
-        ) {
+        } else if (_isFinal(commit)) {
             account.settled = _fold(account, isPayer);
             account.pending = 0;
         }
         return account;
+    }
+
+    /// Complete and past its challenge window (the caller checks `voided` where it matters).
+    function _isFinal(Commit memory commit) private view returns (bool) {
+        return commit.partsDone == commit.parts && block.timestamp >= commit.completedAt + challengeWindowSecs;
     }
 
     function _fold(Account memory account, bool isPayer) private pure returns (uint96) {

@@ -25,8 +25,15 @@ pub const ANVIL_FIRST_DEV_KEY: &str =
     "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 
 /// Chain ids of local development chains (anvil, hardhat, ganache), where `deploy` may create the
-/// test token and a zero challenge window is acceptable.
+/// test token and the operator may be its own arbiter with a zero challenge window.
 pub const DEV_CHAIN_IDS: [u64; 2] = [31_337, 1_337];
+
+/// Whether `chain_id`, as the node reports it, is a local development chain. The chain id is the
+/// only test: a node answering with one of [`DEV_CHAIN_IDS`] is, by convention, a throwaway chain
+/// nobody holds real money on; every other chain counts as real.
+pub fn is_dev_chain(chain_id: u64) -> bool {
+    DEV_CHAIN_IDS.contains(&chain_id)
+}
 
 /// Errors talking to the chain. [`ChainError::is_transient`] tells a caller whether retrying later
 /// can help.
@@ -69,6 +76,19 @@ pub enum ChainError {
     /// settlement token.
     #[error("chain {0} is not a dev chain: pass the settlement token address")]
     TokenRequired(u64),
+    /// `deploy` on a chain that is not a dev chain with nobody able to stop the operator: no
+    /// independent arbiter, or no challenge window to dispute in. The operator could then debit any
+    /// payer into a payee it controls.
+    #[error(
+        "chain {chain_id} is not a dev chain, and {problem}: the operator could debit any payer \
+         into a payee it controls (deploy anyway only with --unsafe-operator-can-take-deposits)"
+    )]
+    OperatorUnchecked {
+        /// Chain id the node reports.
+        chain_id: u64,
+        /// What is missing.
+        problem: String,
+    },
     /// A contract call or deployment failed (including a revert, decoded where possible).
     #[error("contract: {0}")]
     Contract(#[from] alloy::contract::Error),
@@ -178,6 +198,9 @@ pub struct DeployParams {
     pub withdrawal_delay_secs: u64,
     /// The arbiter; the operator's own address when `None` (acceptable on dev chains only).
     pub arbiter: Option<Address>,
+    /// Deploy outside dev chains even where nobody can stop the operator (a zero window, or the
+    /// operator as its own arbiter). Payers must then trust the operator with their deposits.
+    pub unsafe_operator_can_take_deposits: bool,
 }
 
 impl DeployParams {
@@ -187,7 +210,29 @@ impl DeployParams {
             challenge_window_secs: 0,
             withdrawal_delay_secs: 120,
             arbiter: None,
+            unsafe_operator_can_take_deposits: false,
         }
+    }
+
+    /// What leaves the operator unchecked on chain `chain_id`, or `None` when an independent
+    /// arbiter has a window to dispute in (or the chain is a dev chain). The operator naming
+    /// itself as arbiter is the same as naming none.
+    pub fn operator_unchecked(&self, chain_id: u64, operator: Address) -> Option<String> {
+        if is_dev_chain(chain_id) {
+            return None;
+        }
+        let mut problems = Vec::new();
+        if self.challenge_window_secs == 0 {
+            problems.push("a challenge window of 0 leaves no time to dispute".to_owned());
+        }
+        match self.arbiter {
+            None => problems.push("no --arbiter makes the operator its own arbiter".to_owned()),
+            Some(arbiter) if arbiter == operator => {
+                problems.push(format!("--arbiter {arbiter:#x} is the operator itself"))
+            }
+            Some(_) => {}
+        }
+        (!problems.is_empty()).then(|| problems.join(", and "))
     }
 }
 
@@ -211,7 +256,9 @@ pub struct DeployedAddresses {
 }
 
 /// Deploys Settlement (and, on a dev chain without `token`, a [`TestToken`]) with `operator` as
-/// deployer and operator. Waits for each receipt.
+/// deployer and operator. Waits for each receipt. Outside dev chains, refuses before sending
+/// anything when [`DeployParams::operator_unchecked`] finds a problem, unless
+/// `unsafe_operator_can_take_deposits` is set.
 pub async fn deploy(
     rpc_url: &str,
     operator: PrivateKeySigner,
@@ -226,11 +273,16 @@ pub async fn deploy(
             check_code(&provider, token).await?;
             (token, false)
         }
-        None if DEV_CHAIN_IDS.contains(&chain_id) => {
+        None if is_dev_chain(chain_id) => {
             (*TestToken::deploy(provider.clone()).await?.address(), true)
         }
         None => return Err(ChainError::TokenRequired(chain_id)),
     };
+    if let Some(problem) = params.operator_unchecked(chain_id, operator_address)
+        && !params.unsafe_operator_can_take_deposits
+    {
+        return Err(ChainError::OperatorUnchecked { chain_id, problem });
+    }
     let arbiter = params.arbiter.unwrap_or(operator_address);
     let receipt = Settlement::deploy_builder(
         provider.clone(),
@@ -341,7 +393,14 @@ impl ContractReader {
         amount_u128("available", amount)
     }
 
-    /// Whether the contract accepts `proof` for `leaf` in `epoch` (`Settlement.verifyLeaf`).
+    /// Whether `epoch` is final onchain (`Settlement.isFinal`): committed in full, not voided,
+    /// and past its challenge window, so its proofs verify and nothing can undo it.
+    pub async fn is_final(&self, epoch: u64) -> Result<bool, ChainError> {
+        Ok(self.settlement.isFinal(epoch).call().await?)
+    }
+
+    /// Whether the contract accepts `proof` for `leaf` in `epoch` (`Settlement.verifyLeaf`): only
+    /// for a final epoch.
     pub async fn verify_leaf(
         &self,
         epoch: u64,

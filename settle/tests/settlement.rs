@@ -8,7 +8,7 @@ use common::{Chain, key, payer_key};
 use tollgate_engine::PayerKey;
 use tollgate_settle::{
     EpochTree, Leaf,
-    contract::Settlement::SettlementErrors,
+    contract::{Settlement, Settlement::SettlementErrors, pack_credit},
     merkle::leaf_hash,
     submitter::{EpochCommit, SubmitConfig, SubmitError, Submitter},
 };
@@ -770,5 +770,309 @@ async fn an_rpc_endpoint_that_answers_garbage_is_refused_at_start() {
             );
         }
         other => panic!("expected an RPC error, got {other:?}"),
+    }
+}
+
+/// `commitEpoch(epoch, 0, 1, root, debits, credits)` as calldata, for refusals the submitter
+/// would only report as a string.
+fn debits_of(debits: &[([u8; 32], u128)]) -> Vec<Settlement::Debit> {
+    debits
+        .iter()
+        .map(|(payer, amount)| Settlement::Debit {
+            payerKey: B256::from(*payer),
+            amount: U256::from(*amount),
+        })
+        .collect()
+}
+
+fn credits_of(credits: &[(Address, u128)]) -> Vec<U256> {
+    credits
+        .iter()
+        .map(|(payee, amount)| pack_credit(*payee, *amount).expect("fits 96 bits"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_credit_that_would_overflow_a_payees_slot_is_refused_at_commit_and_never_locks_it() {
+    let chain = Chain::start(0, 60).await;
+    let max = (1u128 << 96) - 1;
+    chain.deposit(2, payer_key(1), max).await;
+    chain.deposit(3, payer_key(2), 100).await;
+    let payee = chain.address(5);
+    let settlement = chain.settlement(0);
+    let commit = |epoch: u64, payer: [u8; 32], amount: u128| {
+        settlement.commitEpoch(
+            epoch,
+            0,
+            1,
+            B256::repeat_byte(epoch as u8),
+            debits_of(&[(payer, amount)]),
+            credits_of(&[(payee, amount)]),
+        )
+    };
+    let receipt = commit(1, payer_key(1), max)
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(receipt.status());
+
+    // The payee's slot holds 2^96 - 1 once epoch 1 folds in: 100 more cannot fit. Landing it would
+    // make every later fold of that slot revert, in `withdraw()` and in every commit touching it.
+    match commit(2, payer_key(2), 100).call().await {
+        Err(error) => assert!(
+            matches!(revert_of(&error), SettlementErrors::AmountTooLarge(_)),
+            "{error}"
+        ),
+        Ok(_) => panic!("epoch 2 would land and lock the payee's slot (settled + pending > 2^96)"),
+    }
+
+    // The payee is not locked out: it withdraws, and then the same credit fits.
+    let receipt = chain
+        .settlement(5)
+        .withdraw()
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(receipt.status());
+    let receipt = commit(2, payer_key(2), 100)
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(receipt.status());
+    assert_eq!(
+        settlement.withdrawable(payee).call().await.unwrap(),
+        U256::from(100)
+    );
+    assert_eq!(
+        chain.token(0).balanceOf(payee).call().await.unwrap(),
+        U256::from(max)
+    );
+}
+
+#[tokio::test]
+async fn verify_leaf_answers_only_for_final_epochs() {
+    let window_secs = 30;
+    let chain = Chain::start(window_secs, 600).await;
+    chain.deposit(2, payer_key(1), 10_000).await;
+    let settlement = chain.settlement(0);
+    let payer = PayerKey(payer_key(1));
+    let leaves = [
+        Leaf {
+            payer,
+            payee: engine_address(chain.address(5)),
+            cumulative: 300,
+        },
+        Leaf {
+            payer,
+            payee: engine_address(chain.address(6)),
+            cumulative: 200,
+        },
+    ];
+    let verifies = |epoch: u64, tree: &EpochTree| {
+        let (leaf, proof) = tree.proof(&leaves[0].payer, &leaves[0].payee).unwrap();
+        settlement.verifyLeaf(
+            epoch,
+            B256::from(leaf.payer.0),
+            Address::from(leaf.payee.0),
+            U256::from(leaf.cumulative),
+            proof,
+        )
+    };
+
+    // Epoch 1 in two parts: the debit first, the credits second.
+    let tree1 = EpochTree::build(1, leaves).unwrap();
+    let send = |part: u16, debits: Vec<Settlement::Debit>, credits: Vec<U256>| {
+        settlement.commitEpoch(1, part, 2, tree1.root(), debits, credits)
+    };
+    let receipt = send(0, debits_of(&[(payer.0, 500)]), vec![])
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(receipt.status());
+    assert!(
+        !verifies(1, &tree1).call().await.unwrap(),
+        "an incomplete epoch is not final"
+    );
+    let credits = credits_of(&[(chain.address(5), 300), (chain.address(6), 200)]);
+    let receipt = send(1, vec![], credits)
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(receipt.status());
+    assert!(
+        !verifies(1, &tree1).call().await.unwrap(),
+        "an epoch inside its challenge window can still be voided"
+    );
+    assert!(!settlement.isFinal(1).call().await.unwrap());
+    chain.advance_secs(window_secs).await;
+    assert!(
+        verifies(1, &tree1).call().await.unwrap(),
+        "final once the window has passed"
+    );
+    assert!(settlement.isFinal(1).call().await.unwrap());
+
+    // Epoch 2 is voided by the arbiter: its proofs never verify, epoch 1's still do.
+    let grown: Vec<Leaf> = leaves
+        .iter()
+        .map(|leaf| Leaf {
+            cumulative: leaf.cumulative + 10,
+            ..*leaf
+        })
+        .collect();
+    let tree2 = EpochTree::build(2, grown).unwrap();
+    let receipt = settlement
+        .commitEpoch(
+            2,
+            0,
+            1,
+            tree2.root(),
+            debits_of(&[(payer.0, 20)]),
+            credits_of(&[(chain.address(5), 10), (chain.address(6), 10)]),
+        )
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(receipt.status());
+    let receipt = chain
+        .settlement(1)
+        .dispute(2)
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(receipt.status());
+    chain.advance_secs(window_secs).await;
+    assert!(!verifies(2, &tree2).call().await.unwrap(), "voided");
+    assert!(!settlement.isFinal(2).call().await.unwrap());
+    assert!(verifies(1, &tree1).call().await.unwrap());
+    assert!(settlement.isFinal(1).call().await.unwrap());
+    assert!(
+        !settlement.isFinal(3).call().await.unwrap(),
+        "never committed"
+    );
+}
+
+alloy::sol!(
+    #[sol(rpc)]
+    FeeOnTransferToken,
+    "artifacts/FeeOnTransferToken.json"
+);
+
+#[tokio::test]
+async fn a_deposit_credits_what_arrived_not_what_was_named() {
+    use tollgate_settle::watcher::{FundsChange, WatchConfig, Watcher};
+
+    let anvil = common::spawn_anvil();
+    let provider =
+        tollgate_settle::chain::wallet_provider(&anvil.endpoint(), key(&anvil, 0)).unwrap();
+    let fee_token = FeeOnTransferToken::deploy(provider).await.unwrap();
+    let params = tollgate_settle::DeployParams {
+        challenge_window_secs: 0,
+        withdrawal_delay_secs: 60,
+        arbiter: Some(anvil.addresses()[1]),
+        ..tollgate_settle::DeployParams::dev()
+    };
+    let addresses = tollgate_settle::deploy(
+        &anvil.endpoint(),
+        key(&anvil, 0),
+        Some(*fee_token.address()),
+        &params,
+    )
+    .await
+    .unwrap();
+    let chain = Chain { anvil, addresses };
+    let settlement = chain.settlement(0);
+
+    // The token burns 1% of each transfer: 9,900 and 4,950 arrive.
+    chain.deposit(2, payer_key(1), 10_000).await;
+    chain.deposit(3, payer_key(2), 5_000).await;
+    let available = |i: u32| settlement.available(B256::from(payer_key(i)));
+    assert_eq!(available(1).call().await.unwrap(), U256::from(9_900));
+    assert_eq!(available(2).call().await.unwrap(), U256::from(4_950));
+    assert_eq!(
+        chain
+            .token(0)
+            .balanceOf(chain.addresses.settlement)
+            .call()
+            .await
+            .unwrap(),
+        U256::from(9_900 + 4_950),
+        "the contract owes exactly what it holds"
+    );
+
+    // The engine learns the same figures from the Deposited events.
+    let watcher = Watcher::connect(
+        &chain.endpoint(),
+        chain.anvil.chain_id(),
+        chain.addresses.settlement,
+        WatchConfig {
+            confirmations: 0,
+            blocks_per_poll_max: 1_000,
+        },
+    )
+    .await
+    .unwrap();
+    let batch = watcher.poll(chain.addresses.block).await.unwrap();
+    let changes: Vec<FundsChange> = batch.events.iter().map(|e| e.change).collect();
+    assert_eq!(
+        changes,
+        vec![
+            FundsChange::Deposit {
+                payer: PayerKey(payer_key(1)),
+                amount: 9_900
+            },
+            FundsChange::Deposit {
+                payer: PayerKey(payer_key(2)),
+                amount: 4_950
+            },
+        ]
+    );
+
+    // Both payers exit in full: the contract can pay every credit it gave.
+    for (index, payer) in [(2usize, 1u32), (3, 2)] {
+        let owner = chain.settlement(index);
+        let left = available(payer).call().await.unwrap();
+        let receipt = owner
+            .requestWithdrawal(B256::from(payer_key(payer)), left)
+            .send()
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap();
+        assert!(receipt.status());
+    }
+    chain.advance_secs(61).await;
+    for (index, payer) in [(2usize, 1u32), (3, 2)] {
+        let receipt = chain
+            .settlement(index)
+            .completeWithdrawal(B256::from(payer_key(payer)))
+            .send()
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap();
+        assert!(receipt.status(), "payer {payer} exits");
     }
 }

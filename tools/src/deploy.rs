@@ -9,7 +9,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use serde::Serialize;
 use tollgate_settle::chain::{
-    ANVIL_FIRST_DEV_KEY, DEV_CHAIN_IDS, DeployParams, DeployedAddresses, load_signer, read_provider,
+    ANVIL_FIRST_DEV_KEY, DeployParams, DeployedAddresses, is_dev_chain, load_signer, read_provider,
 };
 
 /// anvil's chain id: the only chain where `deploy` falls back to a well-known dev key.
@@ -30,7 +30,8 @@ pub struct DeployArgs {
     /// deployed when it is left out.
     #[arg(long)]
     pub token: Option<Address>,
-    /// Seconds an epoch stays open to dispute. Defaults to 0 on a dev chain; required elsewhere.
+    /// Seconds an epoch stays open to dispute. Defaults to 0 on a dev chain; required elsewhere,
+    /// and above 0 (see --unsafe-operator-can-take-deposits).
     #[arg(long)]
     pub challenge_window_secs: Option<u64>,
     /// Seconds between a payer's withdrawal request and its completion; must exceed the challenge
@@ -38,9 +39,16 @@ pub struct DeployArgs {
     #[arg(long)]
     pub withdrawal_delay_secs: Option<u64>,
     /// The arbiter allowed to dispute epochs (an independent watchtower). Defaults to the
-    /// operator, which is acceptable on dev chains only.
+    /// operator on dev chains; required elsewhere, and not the operator itself (see
+    /// --unsafe-operator-can-take-deposits).
     #[arg(long)]
     pub arbiter: Option<Address>,
+    /// Deploy on a chain that is not a dev chain although nobody can stop the operator: a zero
+    /// challenge window, or no independent arbiter (the operator becomes its own). The operator
+    /// can then debit any payer into a payee it controls; payers must trust it with their
+    /// deposits. Named for that consequence, so nobody passes it by accident.
+    #[arg(long)]
+    pub unsafe_operator_can_take_deposits: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -162,7 +170,7 @@ pub(crate) fn dev_chain_signer(
 /// Constructor parameters: dev defaults on a dev chain; a real chain must choose its own.
 fn deploy_params(args: &DeployArgs, chain_id: u64) -> anyhow::Result<DeployParams> {
     let dev = DeployParams::dev();
-    let is_dev = DEV_CHAIN_IDS.contains(&chain_id);
+    let is_dev = is_dev_chain(chain_id);
     let pick = |given: Option<u64>, default: u64, flag: &str| match given {
         Some(value) => Ok(value),
         None if is_dev => Ok(default),
@@ -182,6 +190,7 @@ fn deploy_params(args: &DeployArgs, chain_id: u64) -> anyhow::Result<DeployParam
             "--withdrawal-delay-secs",
         )?,
         arbiter: args.arbiter,
+        unsafe_operator_can_take_deposits: args.unsafe_operator_can_take_deposits,
     };
     if params.withdrawal_delay_secs <= params.challenge_window_secs {
         bail!(
@@ -205,6 +214,14 @@ pub async fn execute(args: &DeployArgs) -> anyhow::Result<DeployOutput> {
     })?;
     let params = deploy_params(args, chain_id)?;
     let operator = dev_chain_signer(args.operator_key.as_deref(), chain_id, "--operator-key")?;
+    if let Some(problem) = params.operator_unchecked(chain_id, operator.address())
+        && params.unsafe_operator_can_take_deposits
+    {
+        eprintln!(
+            "tollgate: WARNING: --unsafe-operator-can-take-deposits: on chain {chain_id} {problem}; \
+             the operator can debit any payer into a payee it controls"
+        );
+    }
     let deployed = tollgate_settle::deploy(&args.rpc_url, operator, args.token, &params)
         .await
         .with_context(|| format!("deploying on chain {chain_id} at {}", args.rpc_url))?;

@@ -35,17 +35,40 @@ const DOMAIN: Domain = Domain {
     contract: Address([0xc0; 20]),
 };
 
-/// A chain that answers a fixed figure per payee, as settle's alloy view would.
+/// A chain that answers fixed figures, as settle's alloy view would: what each payee may
+/// withdraw, and whether each epoch is final. Anything else is a failed read.
 #[derive(Debug)]
-struct FixedChain(BTreeMap<Address, u128>);
+struct FixedChain {
+    withdrawable: BTreeMap<Address, u128>,
+    final_epochs: BTreeMap<u64, bool>,
+}
+
+impl FixedChain {
+    /// P1 may withdraw 12; epoch 1 is final.
+    fn p1_and_epoch_1() -> Self {
+        Self {
+            withdrawable: BTreeMap::from([(P1, 12)]),
+            final_epochs: BTreeMap::from([(1, true)]),
+        }
+    }
+}
 
 impl ChainView for FixedChain {
     fn withdrawable(&self, payee: Address) -> BoxFuture<'_, Result<u128, ChainViewError>> {
         let answer = self
-            .0
+            .withdrawable
             .get(&payee)
             .copied()
             .ok_or_else(|| ChainViewError(format!("no such payee {payee}")));
+        Box::pin(async move { answer })
+    }
+
+    fn epoch_final(&self, epoch: u64) -> BoxFuture<'_, Result<bool, ChainViewError>> {
+        let answer = self
+            .final_epochs
+            .get(&epoch)
+            .copied()
+            .ok_or_else(|| ChainViewError(format!("no answer about epoch {epoch}")));
         Box::pin(async move { answer })
     }
 }
@@ -350,7 +373,7 @@ fn response_schema<'a>(doc: &'a Value, template: &str, status: u16) -> &'a Value
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_route_answers_what_the_document_says() {
-    let server = start(Some(FixedChain(BTreeMap::from([(P1, 12u128)])))).await;
+    let server = start(Some(FixedChain::p1_and_epoch_1())).await;
     server.ready.store(true, Ordering::Release);
     let (status, doc) = get(&server, "/openapi.json").await;
     assert_eq!(status, 200);
@@ -410,7 +433,7 @@ async fn every_documented_route_answers_what_the_document_says() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn balances_and_epochs_agree_with_an_independent_total() {
-    let server = start(Some(FixedChain(BTreeMap::from([(P1, 12u128)])))).await;
+    let server = start(Some(FixedChain::p1_and_epoch_1())).await;
     server.ready.store(true, Ordering::Release);
     let paid = epochs_paid();
     let total = |filter: &dyn Fn(&Paid) -> bool, epochs: &[Vec<Paid>]| -> u128 {
@@ -639,11 +662,12 @@ async fn bad_input_gets_a_documented_error_and_the_server_keeps_serving() {
             404,
             "unknown_epoch",
         ),
+        // Without a chain nobody can say whether committed epoch 1 is final onchain.
         (
             proof_path("1", &alice_hex, &STRANGER.to_string()),
             proof_template,
-            404,
-            "unknown_leaf",
+            503,
+            "finality_unknown",
         ),
         (
             proof_path("2", &alice_hex, &p1_hex),
@@ -795,8 +819,12 @@ async fn fetch_proof(server: &Server, epoch: u64, payer: u8, payee: Address) -> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proofs_of_committed_epochs_verify_against_their_root_and_tampering_fails() {
-    let server = start(None).await;
+async fn proofs_of_final_epochs_verify_against_their_root_and_tampering_fails() {
+    let server = start(Some(FixedChain {
+        withdrawable: BTreeMap::new(),
+        final_epochs: BTreeMap::from([(1, true), (2, true)]),
+    }))
+    .await;
     server.ready.store(true, Ordering::Release);
     let paid = epochs_paid();
     // Epoch 2 committed too, so a channel that moved in epoch 1 only has no leaf in it.
@@ -904,7 +932,8 @@ async fn proofs_of_committed_epochs_verify_against_their_root_and_tampering_fail
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_proof_from_the_route_is_accepted_by_the_contract_after_a_real_commit() {
+async fn a_proof_from_the_route_is_accepted_by_the_contract_once_the_epoch_is_final() {
+    use alloy::providers::Provider;
     use tollgate_settle::chain::{ContractReader, DeployParams, FundParams, fund_payers};
     use tollgate_settle::epoch::{EpochConfig, EpochLoop, FundsLoop};
     use tollgate_settle::submitter::{SubmitConfig, Submitter};
@@ -912,14 +941,16 @@ async fn a_proof_from_the_route_is_accepted_by_the_contract_after_a_real_commit(
 
     let anvil = common::spawn_anvil();
     let endpoint = anvil.endpoint();
-    let deployed = tollgate_settle::deploy(
-        &endpoint,
-        common::dev_key(&anvil, 0),
-        None,
-        &DeployParams::dev(),
-    )
-    .await
-    .expect("deploy");
+    let window_secs = 60;
+    let params = DeployParams {
+        challenge_window_secs: window_secs,
+        withdrawal_delay_secs: 600,
+        arbiter: Some(anvil.addresses()[9]),
+        ..DeployParams::dev()
+    };
+    let deployed = tollgate_settle::deploy(&endpoint, common::dev_key(&anvil, 0), None, &params)
+        .await
+        .expect("deploy");
     let domain = Domain {
         chain_id: deployed.chain_id,
         contract: Address(deployed.settlement.0.0),
@@ -1017,6 +1048,26 @@ async fn a_proof_from_the_route_is_accepted_by_the_contract_after_a_real_commit(
         _recorder: recorder,
     };
 
+    // Committed but inside its challenge window: the arbiter can still void it, so no proof yet.
+    for p in &receipts {
+        let (status, body) = fetch_proof(&server, 1, p.payer, p.payee).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (409, Some("epoch_not_final")),
+            "{body}"
+        );
+    }
+    let chain =
+        alloy::providers::ProviderBuilder::new().connect_http(endpoint.parse().expect("url"));
+    let _: serde_json::Value = chain
+        .raw_request("evm_increaseTime".into(), (window_secs,))
+        .await
+        .expect("increase time");
+    let _: serde_json::Value = chain
+        .raw_request("evm_mine".into(), ())
+        .await
+        .expect("mine");
+
     for p in &receipts {
         let (status, body) = fetch_proof(&server, 1, p.payer, p.payee).await;
         assert_eq!(status, 200, "{body}");
@@ -1038,7 +1089,7 @@ async fn a_proof_from_the_route_is_accepted_by_the_contract_after_a_real_commit(
         );
     }
 
-    // The chain view reads the contract: with no challenge window, P1's credits are withdrawable.
+    // The chain view reads the contract: past the window, P1's credits are withdrawable.
     let (status, body) = get(&server, &format!("/v1/payees/{P1}")).await;
     assert_eq!(status, 200, "{body}");
     let view: PayeeView = serde_json::from_value(body).expect("payee view");

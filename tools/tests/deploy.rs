@@ -189,3 +189,81 @@ fn outside_a_dev_chain_nothing_defaults_to_a_dev_key_or_dev_parameters() {
     let stderr = run(&with_key);
     assert!(stderr.contains("settlement token"), "{stderr}");
 }
+
+#[tokio::test]
+async fn outside_a_dev_chain_the_operator_cannot_deploy_as_its_own_unchecked_arbiter() {
+    let anvil = common::spawn_anvil_as_chain(10);
+    let endpoint = anvil.endpoint();
+    let provider = tollgate_settle::chain::wallet_provider(&endpoint, common::dev_key(&anvil, 0))
+        .expect("provider");
+    let token = tollgate_settle::contract::TestToken::deploy(provider)
+        .await
+        .expect("a token on chain 10");
+    let token = format!("{:#x}", token.address());
+    let key = hex::encode(anvil.keys()[0].to_bytes());
+    let operator = format!("{:#x}", anvil.addresses()[0]);
+    let arbiter = format!("{:#x}", anvil.addresses()[1]);
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "deploy",
+            "--rpc-url",
+            &endpoint,
+            "--operator-key",
+            &key,
+            "--token",
+            &token,
+            "--withdrawal-delay-secs",
+            "90000",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        tollgate(&args)
+    };
+    let refused = |extra: &[&str], why: &str| {
+        let output = run(extra);
+        let stderr = text(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{extra:?} deployed: {stderr}"
+        );
+        assert!(output.stdout.is_empty());
+        assert!(stderr.contains(why), "{stderr}");
+        assert!(
+            stderr.contains("--unsafe-operator-can-take-deposits"),
+            "names the way out: {stderr}"
+        );
+    };
+    refused(
+        &["--challenge-window-secs", "0", "--arbiter", &arbiter],
+        "challenge window of 0",
+    );
+    refused(&["--challenge-window-secs", "3600"], "--arbiter");
+    refused(
+        &["--challenge-window-secs", "3600", "--arbiter", &operator],
+        "--arbiter",
+    );
+
+    // An independent arbiter and a real window deploy without a word.
+    let output = run(&["--challenge-window-secs", "3600", "--arbiter", &arbiter]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(output.stderr.is_empty(), "{}", text(&output.stderr));
+    let json: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(
+        (json["chain_id"].as_u64(), json["arbiter"].as_str()),
+        (Some(10), Some(arbiter.as_str()))
+    );
+
+    // The operator may still choose to be trusted, loudly.
+    let output = run(&[
+        "--challenge-window-secs",
+        "0",
+        "--unsafe-operator-can-take-deposits",
+    ]);
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("WARNING"), "{stderr}");
+    let json: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(json["arbiter"].as_str(), Some(operator.as_str()));
+    assert_eq!(json["challenge_window_secs"], 0);
+}

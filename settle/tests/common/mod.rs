@@ -64,6 +64,7 @@ impl Chain {
             challenge_window_secs,
             withdrawal_delay_secs,
             arbiter: Some(anvil.addresses()[1]),
+            ..DeployParams::dev()
         };
         let addresses = deploy(&anvil.endpoint(), key(&anvil, 0), None, &params)
             .await

@@ -7,7 +7,7 @@
 //! | code | meaning |
 //! | --- | --- |
 //! | 0 | answered |
-//! | 1 | not found: unknown payer, payee, epoch or leaf, or no proof yet (epoch not committed) |
+//! | 1 | not found: unknown payer, payee, epoch or leaf, or no proof yet (epoch not committed, or not final onchain) |
 //! | 2 | usage or other error: malformed argument, refused request, unexpected answer |
 //! | 3 | server unreachable, timing out or not ready yet: retry later |
 //!
@@ -104,7 +104,7 @@ pub enum QueryCommand {
     Payee(PayeeArgs),
     /// The latest epochs and where their settlement stands.
     Epochs(EpochsArgs),
-    /// The Merkle proof of a channel in a committed epoch, as Settlement.verifyLeaf takes it.
+    /// The Merkle proof of a channel in an epoch final onchain, as Settlement.verifyLeaf takes it.
     Proof(ProofArgs),
 }
 

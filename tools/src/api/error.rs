@@ -74,6 +74,23 @@ pub enum ApiError {
         /// its current status
         status: &'static str,
     },
+    /// The epoch is committed but not final onchain: its last part has not landed or its
+    /// challenge window is still open, so the arbiter may still void it and the contract's
+    /// `verifyLeaf` does not accept its proofs yet.
+    #[error("epoch {epoch} is committed but not final onchain yet: no proof the contract accepts")]
+    EpochNotFinal {
+        /// the epoch
+        epoch: u64,
+    },
+    /// Whether the epoch is final onchain cannot be told now: no chain is configured, or it did
+    /// not answer.
+    #[error("cannot tell whether epoch {epoch} is final onchain: {reason}")]
+    FinalityUnknown {
+        /// the epoch
+        epoch: u64,
+        /// why the chain could not say
+        reason: String,
+    },
     /// The server is starting (or stopping) and does not answer ledger queries yet.
     #[error("not ready: the server is still starting")]
     NotReady,
@@ -96,8 +113,8 @@ impl ApiError {
             | Self::UnknownLeaf { .. }
             | Self::UnknownRoute(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::EpochNotCommitted { .. } => StatusCode::CONFLICT,
-            Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::EpochNotCommitted { .. } | Self::EpochNotFinal { .. } => StatusCode::CONFLICT,
+            Self::FinalityUnknown { .. } | Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -116,6 +133,8 @@ impl ApiError {
             Self::UnknownRoute(_) => "unknown_route",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::EpochNotCommitted { .. } => "epoch_not_committed",
+            Self::EpochNotFinal { .. } => "epoch_not_final",
+            Self::FinalityUnknown { .. } => "finality_unknown",
             Self::NotReady => "not_ready",
             Self::Internal(_) => "internal",
         }
@@ -146,6 +165,16 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
         "epoch_not_committed",
         409,
         "proofs exist only for committed epochs",
+    ),
+    (
+        "epoch_not_final",
+        409,
+        "the epoch can still be voided onchain (parts missing or inside its challenge window)",
+    ),
+    (
+        "finality_unknown",
+        503,
+        "the chain cannot say now whether the epoch is final; retry",
     ),
     ("not_ready", 503, "the server is starting; retry"),
     ("internal", 500, "reading the ledger failed"),
@@ -198,6 +227,11 @@ mod tests {
             ApiError::EpochNotCommitted {
                 epoch: 1,
                 status: "open",
+            },
+            ApiError::EpochNotFinal { epoch: 1 },
+            ApiError::FinalityUnknown {
+                epoch: 1,
+                reason: String::new(),
             },
             ApiError::NotReady,
             ApiError::Internal(String::new()),

@@ -54,32 +54,43 @@ pub const EPOCHS_LIMIT_MAX: usize = 1000;
 /// Channels read per RocksDB scan while totalling a payer's channels.
 const CHANNELS_PAGE: usize = 1024;
 
-/// Why the chain could not say what a payee may withdraw.
+/// Why the chain could not answer (what a payee may withdraw, whether an epoch is final).
 #[derive(Debug, thiserror::Error)]
 #[error("chain read failed: {0}")]
 pub struct ChainViewError(pub String);
 
 /// What the settlement contract says now, for figures the ledger cannot know. Settle provides the
-/// real one (an alloy call); without it the API reports `withdrawable: null`.
+/// real one (an alloy call); without it the API reports `withdrawable: null` and serves no proofs.
 pub trait ChainView: Send + Sync + std::fmt::Debug + 'static {
     /// What `payee` can withdraw from the contract now, in token units.
     fn withdrawable(&self, payee: Address) -> BoxFuture<'_, Result<u128, ChainViewError>>;
+    /// Whether `epoch` is final onchain (complete, not voided, past its challenge window): the
+    /// only epochs whose proofs the contract's `verifyLeaf` accepts.
+    fn epoch_final(&self, epoch: u64) -> BoxFuture<'_, Result<bool, ChainViewError>>;
 }
 
-/// How long one contract read may take before a payee is answered without `withdrawable`.
+/// How long one contract read may take before the API answers without it.
 const CHAIN_READ_TIMEOUT_MS: u64 = 3_000;
+
+/// `read` bounded by [`CHAIN_READ_TIMEOUT_MS`].
+async fn chain_read<T>(
+    read: impl std::future::Future<Output = Result<T, tollgate_settle::ChainError>>,
+) -> Result<T, ChainViewError> {
+    match tokio::time::timeout(Duration::from_millis(CHAIN_READ_TIMEOUT_MS), read).await {
+        Ok(answer) => answer.map_err(|e| ChainViewError(e.to_string())),
+        Err(_) => Err(ChainViewError(format!(
+            "no answer from the chain within {CHAIN_READ_TIMEOUT_MS} ms"
+        ))),
+    }
+}
 
 impl ChainView for ContractReader {
     fn withdrawable(&self, payee: Address) -> BoxFuture<'_, Result<u128, ChainViewError>> {
-        Box::pin(async move {
-            let read = ContractReader::withdrawable(self, payee);
-            match tokio::time::timeout(Duration::from_millis(CHAIN_READ_TIMEOUT_MS), read).await {
-                Ok(answer) => answer.map_err(|e| ChainViewError(e.to_string())),
-                Err(_) => Err(ChainViewError(format!(
-                    "no answer from the chain within {CHAIN_READ_TIMEOUT_MS} ms"
-                ))),
-            }
-        })
+        Box::pin(chain_read(ContractReader::withdrawable(self, payee)))
+    }
+
+    fn epoch_final(&self, epoch: u64) -> BoxFuture<'_, Result<bool, ChainViewError>> {
+        Box::pin(chain_read(ContractReader::is_final(self, epoch)))
     }
 }
 

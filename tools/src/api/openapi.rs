@@ -230,11 +230,12 @@ pub fn document() -> Value {
                 }
             }},
             "/v1/epochs/{epoch}/proof": { "get": {
-                "summary": "A channel's leaf in a committed epoch and the Merkle proof Settlement.verifyLeaf accepts.",
+                "summary": "A channel's leaf in an epoch final onchain and the Merkle proof Settlement.verifyLeaf accepts.",
                 "description": "Pass epoch, payer, payee, cumulative and proof to the contract's \
                     verifyLeaf(uint64 epoch, bytes32 payer, address payee, uint256 cumulative, bytes32[] proof). \
-                    Only committed epochs have proofs (the contract holds no root before the commit, and \
-                    deletes a disputed epoch's). A leaf exists only for channels that moved in the epoch, \
+                    Only epochs final onchain have proofs: committed in full, not disputed, and past the \
+                    challenge window (before that the arbiter may still void the epoch and verifyLeaf \
+                    answers false; the contract deletes a disputed epoch's root). A leaf exists only for channels that moved in the epoch, \
                     and commits the channel's all-time cumulative amount at the seal; a channel that did \
                     not move keeps its leaf in an earlier epoch.",
                 "parameters": [
@@ -246,8 +247,9 @@ pub fn document() -> Value {
                     "200": json_response("The leaf and its proof.", "Proof"),
                     "400": error_response("Malformed epoch, payer or payee, or a missing parameter (malformed_epoch, malformed_payer, malformed_address, bad_query)."),
                     "404": error_response("No such epoch (unknown_epoch), or the channel has no leaf in it: it did not move in that epoch (unknown_leaf)."),
-                    "409": error_response("The epoch is open, sealed, submitted or disputed: not committed onchain, so no proof the contract accepts (epoch_not_committed)."),
-                    "500": internal.clone(), "503": not_ready.clone()
+                    "409": error_response("The epoch is open, sealed, submitted or disputed: not committed onchain (epoch_not_committed); or committed but still disputable onchain (epoch_not_final). No proof the contract accepts yet."),
+                    "500": internal.clone(),
+                    "503": error_response("Not ready yet (not_ready), or the chain cannot say now whether the epoch is final (finality_unknown); retry.")
                 }
             }},
             "/healthz": { "get": {

@@ -1,10 +1,13 @@
-//! `GET /v1/epochs/{epoch}/proof?payer=…&payee=…`: a channel's leaf in a committed epoch and the
-//! Merkle proof `Settlement.verifyLeaf` accepts for it.
+//! `GET /v1/epochs/{epoch}/proof?payer=…&payee=…`: a channel's leaf in an epoch that is final
+//! onchain and the Merkle proof `Settlement.verifyLeaf` accepts for it.
 //!
-//! Only committed epochs have proofs: before the commit lands the contract holds no root to verify
-//! against, and a disputed epoch's root was deleted. A leaf exists only for the channels that
-//! moved in the epoch, and it commits the channel's all-time cumulative amount at the seal; a
-//! channel that did not move keeps its leaf in an earlier epoch.
+//! Only epochs final onchain have proofs: before the commit lands the contract holds no root to
+//! verify against, while parts are missing or the challenge window is open the arbiter may still
+//! void the epoch (and `verifyLeaf` answers false), and a disputed epoch's root was deleted. The
+//! ledger says whether the epoch is committed, the contract (`Settlement.isFinal`) whether it is
+//! final. A leaf exists only for the channels that moved in the epoch, and it commits the
+//! channel's all-time cumulative amount at the seal; a channel that did not move keeps its leaf in
+//! an earlier epoch.
 //!
 //! The tree is rebuilt from the ledger's stored leaves by [`EpochTree::from_sealed`], the same
 //! code settle computes the committed root with, and checked against that root before any proof
@@ -34,7 +37,8 @@ use super::{
 /// which is what payees ask about; each 1M-leaf tree holds about 170 MB.
 pub const TREES_CACHED_DEFAULT: usize = 2;
 
-/// The most recently used epoch trees, least recently used first. Only built trees go in, so a
+/// The most recently used epoch trees, least recently used first. Only built trees of epochs the
+/// chain said were final go in, so a hit needs no chain read (a final epoch stays final), and a
 /// request that finds no leaf never pushes a useful tree out.
 #[derive(Debug)]
 pub(super) struct TreeCache {
@@ -119,6 +123,26 @@ fn committed_root(reader: &LedgerReader, epoch: u64) -> Result<[u8; 32], ApiErro
         .ok_or_else(|| ApiError::Internal(format!("committed epoch {epoch} has no stored root")))
 }
 
+/// Refuses an epoch the contract does not hold final: its proofs would not verify yet, and the
+/// arbiter may still void it.
+async fn require_final(state: &ApiState, epoch: u64) -> Result<(), ApiError> {
+    let chain = state
+        .chain
+        .as_ref()
+        .ok_or_else(|| ApiError::FinalityUnknown {
+            epoch,
+            reason: "no chain configured".into(),
+        })?;
+    match chain.epoch_final(epoch).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ApiError::EpochNotFinal { epoch }),
+        Err(error) => Err(ApiError::FinalityUnknown {
+            epoch,
+            reason: error.to_string(),
+        }),
+    }
+}
+
 /// Reads the epoch's stored leaves and builds its tree, refusing a tree whose root is not the
 /// committed one. Answers `UnknownLeaf` without building when the channel has no leaf.
 fn build_tree(
@@ -177,6 +201,7 @@ pub(super) async fn proof(
     let tree = match state.trees.get(epoch)? {
         Some(tree) => tree,
         None => {
+            require_final(&state, epoch).await?;
             let permit = state
                 .trees
                 .building
