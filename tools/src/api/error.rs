@@ -75,8 +75,11 @@ pub enum ApiError {
         status: &'static str,
     },
     /// The server is starting (or stopping) and does not answer ledger queries yet.
-    #[error("not ready: the server is still starting")]
-    NotReady,
+    #[error("not ready: {waiting_for}")]
+    NotReady {
+        /// What it waits for (catching up with the chain, a failing node, shutting down).
+        waiting_for: String,
+    },
     /// Reading the ledger failed, or what it holds does not add up.
     #[error("internal error: {0}")]
     Internal(String),
@@ -97,7 +100,7 @@ impl ApiError {
             | Self::UnknownRoute(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::EpochNotCommitted { .. } => StatusCode::CONFLICT,
-            Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -116,7 +119,7 @@ impl ApiError {
             Self::UnknownRoute(_) => "unknown_route",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::EpochNotCommitted { .. } => "epoch_not_committed",
-            Self::NotReady => "not_ready",
+            Self::NotReady { .. } => "not_ready",
             Self::Internal(_) => "internal",
         }
     }
@@ -199,7 +202,9 @@ mod tests {
                 epoch: 1,
                 status: "open",
             },
-            ApiError::NotReady,
+            ApiError::NotReady {
+                waiting_for: String::new(),
+            },
             ApiError::Internal(String::new()),
         ];
         assert_eq!(samples.len(), ERROR_CODES.len());
