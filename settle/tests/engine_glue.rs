@@ -327,6 +327,9 @@ async fn a_commit_counts_only_after_its_confirmations_and_a_reorg_gets_it_resubm
         key(&chain.anvil, 0),
         SubmitConfig {
             confirmations,
+            // After the reorg anvil may take the identical re-signed copy as already known
+            // without mining it: the submitter replaces it once this runs out.
+            receipt_timeout_ms: 500,
             receipt_poll_ms: 10,
             backoff_initial_ms: 10,
             ..SubmitConfig::default()
