@@ -622,16 +622,22 @@ pub async fn wait_for_nonce(
 ) -> Result<NonceOutcome, ChainError> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if provider.get_transaction_count(account).latest().await? > nonce {
+        let used = provider.get_transaction_count(account).latest().await? > nonce;
+        if used {
             for hash in hashes.iter().rev() {
                 if let Some(receipt) = provider.get_transaction_receipt(*hash).await? {
                     return Ok(NonceOutcome::Mined(Box::new(receipt)));
                 }
             }
-            return Ok(NonceOutcome::Taken);
         }
+        // A node may count the nonce as used a moment before it serves the receipt (anvil does
+        // with large blocks): only the timeout makes a used nonce without our receipt `Taken`.
         if tokio::time::Instant::now() >= deadline {
-            return Ok(NonceOutcome::Unmined);
+            return Ok(if used {
+                NonceOutcome::Taken
+            } else {
+                NonceOutcome::Unmined
+            });
         }
         tokio::time::sleep(poll).await;
     }

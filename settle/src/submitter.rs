@@ -426,7 +426,7 @@ impl Submitter {
             }
             None => planned,
         };
-        self.send_part(commit, entries, next_part, *parts, in_flight)
+        self.send_part(commit, entries, (next_part, *parts), head, in_flight)
             .await
     }
 
@@ -479,18 +479,26 @@ impl Submitter {
         &self,
         commit: &EpochCommit,
         entries: &Entries,
-        part_no: u16,
-        parts: u16,
+        (part_no, parts): (u16, u16),
+        head: u64,
         in_flight: &mut Option<InFlight>,
     ) -> Result<Step, SubmitError> {
         let (debits, credits) = entries.part(part_no, parts);
-        let call =
-            self.contract
-                .commitEpoch(commit.epoch, part_no, parts, commit.root, debits, credits);
+        // Simulated and estimated at the block the position was read at, never against the
+        // node's pending state: there our own stuck copy has already "landed", and the
+        // replacement would be refused as a duplicate part.
+        let call = self
+            .contract
+            .commitEpoch(commit.epoch, part_no, parts, commit.root, debits, credits)
+            .block(head.into());
         // Simulate first: a revert comes back as the contract's decoded custom error and costs no gas.
         if let Err(error) = call.call().await {
             return self.classify_revert(commit.epoch, part_no, error).await;
         }
+        let gas = match call.estimate_gas().await {
+            Ok(gas) => gas,
+            Err(error) => return self.classify_revert(commit.epoch, part_no, error).await,
+        };
         let nonce = self
             .provider
             .get_transaction_count(self.operator)
@@ -516,6 +524,7 @@ impl Submitter {
         match fees {
             Some(fees) => {
                 let sending = call
+                    .gas(gas)
                     .nonce(nonce)
                     .max_fee_per_gas(fees.max_fee_per_gas)
                     .max_priority_fee_per_gas(fees.max_priority_fee_per_gas);
