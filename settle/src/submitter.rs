@@ -540,7 +540,7 @@ impl Submitter {
                         flight.hashes.push(tx_hash);
                         let replacing = flight.hashes.len() > 1;
                         if replacing {
-                            metrics::counter!("tollgate_settle_tx_replacements_total").increment(1);
+                            metrics::counter!(crate::telemetry::TX_REPLACEMENTS).increment(1);
                         }
                         tracing::info!(
                             epoch = commit.epoch,
