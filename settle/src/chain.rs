@@ -603,6 +603,112 @@ async fn landed_receipt(
     Ok(receipt)
 }
 
+/// The EIP-1559 fees one transaction offers, in wei per gas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fees {
+    /// Most the sender pays per gas, base fee included.
+    pub max_fee_per_gas: u128,
+    /// Most of it that goes to the block producer.
+    pub max_priority_fee_per_gas: u128,
+}
+
+/// How much more a replacement offers on both fees. Nodes refuse a replacement at the same
+/// nonce that pays less than 10% more (geth's default price bump); 25% clears it with room and
+/// catches up with a rising base fee in a few steps.
+pub const FEE_BUMP_PERCENT: u128 = 25;
+
+impl Fees {
+    /// The node's estimate for the next blocks, capped at `cap_per_gas`.
+    pub async fn estimate(provider: &DynProvider, cap_per_gas: u128) -> Result<Self, ChainError> {
+        let estimate = provider.estimate_eip1559_fees().await?;
+        Ok(Self {
+            max_fee_per_gas: estimate.max_fee_per_gas,
+            max_priority_fee_per_gas: estimate.max_priority_fee_per_gas,
+        }
+        .capped(cap_per_gas))
+    }
+
+    fn capped(self, cap_per_gas: u128) -> Self {
+        let max_fee_per_gas = self.max_fee_per_gas.min(cap_per_gas);
+        Self {
+            max_fee_per_gas,
+            max_priority_fee_per_gas: self.max_priority_fee_per_gas.min(max_fee_per_gas),
+        }
+    }
+
+    /// Fees for a replacement of a transaction that offered `self`: [`FEE_BUMP_PERCENT`] more on
+    /// both (at least 1 wei), or `now` (the current estimate) where that is higher, at most
+    /// `cap_per_gas`. `None` when the cap leaves no room to outbid `self`: the stuck transaction
+    /// can only wait for fees to fall.
+    pub fn bumped(self, now: Self, cap_per_gas: u128) -> Option<Self> {
+        let raise =
+            |fee: u128| fee.saturating_add((fee.saturating_mul(FEE_BUMP_PERCENT) / 100).max(1));
+        let next = Self {
+            max_fee_per_gas: raise(self.max_fee_per_gas).max(now.max_fee_per_gas),
+            max_priority_fee_per_gas: raise(self.max_priority_fee_per_gas)
+                .max(now.max_priority_fee_per_gas),
+        }
+        .capped(cap_per_gas);
+        (next.max_fee_per_gas > self.max_fee_per_gas
+            && next.max_priority_fee_per_gas > self.max_priority_fee_per_gas)
+            .then_some(next)
+    }
+}
+
+/// What became of the transactions sent from one account at one nonce.
+#[derive(Debug)]
+pub enum NonceOutcome {
+    /// One of them was mined (successfully or not): its receipt.
+    Mined(Box<alloy::rpc::types::TransactionReceipt>),
+    /// The nonce was used by a transaction that is none of them (sent by an earlier run or
+    /// another process with the same key): re-read the state before doing anything else.
+    Taken,
+    /// Still unmined when the wait ran out: dropped, or stuck behind a low fee.
+    Unmined,
+}
+
+/// Polls every `poll` until `account`'s mined nonce passes `nonce`, then finds which of `hashes`
+/// (every transaction sent at `nonce`, replacements included) took it; gives up after `timeout`.
+/// Asking for the account's nonce rather than for one receipt follows every replacement at once:
+/// an older, cheaper copy may be the one that is mined.
+pub async fn wait_for_nonce(
+    provider: &DynProvider,
+    account: Address,
+    nonce: u64,
+    hashes: &[TxHash],
+    poll: Duration,
+    timeout: Duration,
+) -> Result<NonceOutcome, ChainError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let used = provider.get_transaction_count(account).latest().await? > nonce;
+        if used {
+            for hash in hashes.iter().rev() {
+                if let Some(receipt) = provider.get_transaction_receipt(*hash).await? {
+                    return Ok(NonceOutcome::Mined(Box::new(receipt)));
+                }
+            }
+        }
+        // A node may count the nonce as used a moment before it serves the receipt (anvil does
+        // with large blocks): only the timeout makes a used nonce without our receipt `Taken`.
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(if used {
+                NonceOutcome::Taken
+            } else {
+                NonceOutcome::Unmined
+            });
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// The delay before retry number `failures` (1, 2, ...): `initial_ms` doubled per earlier failure,
+/// at most `max_ms`.
+pub fn backoff(initial_ms: u64, max_ms: u64, failures: u32) -> Duration {
+    let factor = 1u64 << failures.saturating_sub(1).min(16);
+    Duration::from_millis(initial_ms.saturating_mul(factor).min(max_ms))
+}
+
 /// Polls for `tx_hash`'s receipt every `poll` until `timeout`; `Ok(None)` when it never showed up
 /// (dropped, or stuck behind a low fee): the caller re-reads state before doing anything else.
 /// Hand-rolled instead of alloy's heartbeat so the poll interval is ours on every chain.

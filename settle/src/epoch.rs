@@ -21,6 +21,7 @@ use tollgate_engine::{
     store::StoreError,
 };
 
+use crate::chain;
 use crate::merkle::{EpochTree, MerkleError};
 use crate::submitter::{EpochCommit, SubmitError, Submitter};
 use crate::watcher::{FundsChange, WatchBatch, WatchError, Watcher};
@@ -308,6 +309,8 @@ impl EpochLoop {
             debits: sealed.debits,
             credits: sealed.credits,
         };
+        // Returns only once the commit is `confirmations` blocks deep, so the ledger settles the
+        // pending amounts of final commits only, never of one a reorg can still drop.
         let outcome = self.submitter.submit(&commit).await?;
         let last = outcome.landed.last();
         record_status(
@@ -349,6 +352,11 @@ async fn record_status(
     .await
 }
 
+/// First delay between start-up catch-up attempts against a failing node; doubles per failure.
+const CATCH_UP_BACKOFF_INITIAL_MS: u64 = 250;
+/// Ceiling of that delay.
+const CATCH_UP_BACKOFF_MAX_MS: u64 = 30_000;
+
 /// Feeds the contract's funds events into the engine, from the ledger's persisted cursor.
 #[derive(Debug)]
 pub struct FundsLoop {
@@ -388,6 +396,53 @@ impl FundsLoop {
                 }
             } else if shutdown.is_cancelled() {
                 return Ok(());
+            }
+        }
+    }
+
+    /// Applies every confirmed event up to the chain's head, the start-up step before the
+    /// server takes receipts. A failing node (timeouts, errors, rate limits) is waited out with
+    /// exponential backoff, as the running loop does, instead of ending the start; `report` hears
+    /// what it is waiting for after every batch and every failure, for `/readyz`. False when
+    /// `shutdown` came first.
+    pub async fn catch_up(
+        &self,
+        shutdown: &CancellationToken,
+        mut report: impl FnMut(String),
+    ) -> Result<bool, EpochError> {
+        let mut failures = 0u32;
+        loop {
+            let wait = match self.step().await {
+                Ok(true) => return Ok(true),
+                Ok(false) => {
+                    failures = 0;
+                    let cursor = self.engine.reader().funds_cursor()?;
+                    report(format!(
+                        "catching up with the chain's funds events (applied through block {})",
+                        cursor.map_or(0, |cursor| cursor.block)
+                    ));
+                    Duration::ZERO
+                }
+                Err(EpochError::Watch(WatchError::Chain(error))) => {
+                    failures = failures.saturating_add(1);
+                    let delay = chain::backoff(
+                        CATCH_UP_BACKOFF_INITIAL_MS,
+                        CATCH_UP_BACKOFF_MAX_MS,
+                        failures,
+                    );
+                    tracing::warn!(%error, failures, "funds watcher: chain unavailable during catch-up, retrying");
+                    report(format!(
+                        "catching up with the chain's funds events: the node failed {failures} \
+                         time(s) in a row, next try in {} ms; last error: {error}",
+                        delay.as_millis()
+                    ));
+                    delay
+                }
+                Err(error) => return Err(error),
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(false),
+                () = tokio::time::sleep(wait) => {}
             }
         }
     }

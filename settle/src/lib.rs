@@ -7,11 +7,14 @@
 //!   rs_merkle's shape; proofs verify with `MerkleProof.verify` / `Settlement.verifyLeaf`.
 //! - [`chain`]: connecting to an RPC (chain id checked at start), deploying token and contract,
 //!   funding payers on a dev chain, and [`ContractReader`] for the contract's views.
-//! - [`submitter`]: commits an epoch's parts, resumable from whatever the chain already holds.
+//! - [`submitter`]: commits an epoch's parts, resumable from whatever the chain already holds, final
+//!   only under `confirmations` blocks; the operator key's nonce allocator (stuck commits are
+//!   replaced at their nonce with higher fees).
 //! - [`watcher`]: reads Deposit / WithdrawalRequested / WithdrawalCompleted / Disputed events from a
 //!   given height, only from blocks with enough confirmations.
 //! - [`epoch`]: the engine glue: `EpochLoop` seals, persists and commits epochs; `FundsLoop` feeds
-//!   the watcher's events into the ledger from its persisted cursor.
+//!   the watcher's events into the ledger from its persisted cursor (and catches up at start-up,
+//!   waiting out a failing node).
 //! - [`telemetry`]: the names of settlement's metrics and their registration at zero.
 //!
 //! This crate must never treat a transaction as landed without its receipt, never resend an epoch

@@ -2,12 +2,20 @@
 //!
 //! Resubmission is safe by construction: the contract accepts only the next (epoch, part) it
 //! expects, so before every transaction the submitter re-reads where the chain stands and sends
-//! exactly the part that is missing. After a crash, a dropped transaction, a timeout or a nonce
-//! clash the next step simply re-reads; nothing is remembered that the chain could contradict.
+//! exactly the part that is missing. After a crash, a dropped transaction, a timeout, a reorg or a
+//! nonce clash the next step simply re-reads. The only memory is the operator's one unmined
+//! transaction (nonce, fees, hashes), so that a stuck commit is replaced at its nonce with higher
+//! fees rather than queued behind; the chain's nonce overrides it whenever they disagree.
+//!
+//! A commit counts as done only when it is complete at the block `confirmations` below the head,
+//! and an open commit's part count is adopted from the chain (parts are cut evenly, so the cut
+//! depends only on the number of parts), so a restart with another `part_entries_max` finishes it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::{
+    eips::BlockId,
     network::ReceiptResponse,
     primitives::{Address, B256, TxHash, U256},
     providers::{DynProvider, Provider},
@@ -15,7 +23,7 @@ use alloy::{
 };
 use tollgate_engine::PayerKey;
 
-use crate::chain::{self, ChainError};
+use crate::chain::{self, ChainError, Fees, NonceOutcome};
 use crate::contract::{Settlement, pack_credit};
 
 /// What one epoch commits: the root and the net movements since the previous epoch.
@@ -47,6 +55,12 @@ pub struct SubmitConfig {
     pub receipt_timeout_ms: u64,
     /// How often to ask for the receipt meanwhile.
     pub receipt_poll_ms: u64,
+    /// Blocks on top of a commit's block before it counts as final (serve passes its
+    /// `confirmations` setting, the deposit watcher's). 0 on a dev chain.
+    pub confirmations: u64,
+    /// Most a commit transaction offers per gas, base fee included, in wei. A stuck commit is
+    /// replaced with higher fees up to this and then waited for.
+    pub fee_per_gas_max_wei: u128,
 }
 
 impl Default for SubmitConfig {
@@ -58,6 +72,8 @@ impl Default for SubmitConfig {
             backoff_max_ms: 30_000,
             receipt_timeout_ms: 120_000,
             receipt_poll_ms: 1_000,
+            confirmations: 0,
+            fee_per_gas_max_wei: 1_000_000_000_000,
         }
     }
 }
@@ -93,16 +109,6 @@ pub enum SubmitError {
         epoch: u64,
         /// The epoch the contract expects next.
         next_expected: u64,
-    },
-    /// The chain's open commit of this epoch was split into another number of parts.
-    #[error("epoch {epoch}: chain expects {onchain} parts, we have {ours}")]
-    PartsMismatch {
-        /// The epoch.
-        epoch: u64,
-        /// Parts onchain.
-        onchain: u16,
-        /// Parts we built.
-        ours: u16,
     },
     /// More parts than the contract's 16-bit part counter, or an amount above its 96-bit balances.
     #[error("epoch {epoch} does not fit the contract: {reason}")]
@@ -166,68 +172,108 @@ impl ChainPosition {
     }
 }
 
-/// One transaction's worth of entries, in contract types.
-#[derive(Clone, Debug, Default)]
-struct Part {
+/// An epoch's entries in contract types, debits first, ready to be cut into parts.
+struct Entries {
     debits: Vec<Settlement::Debit>,
     credits: Vec<U256>,
 }
 
-/// Splits an epoch into parts of at most `entries_max` entries, debits first.
-fn split_parts(commit: &EpochCommit, entries_max: usize) -> Result<Vec<Part>, SubmitError> {
-    let too_large = |reason| SubmitError::TooLarge {
-        epoch: commit.epoch,
-        reason,
-    };
-    let entries_max = entries_max.max(1);
-    let mut parts = vec![Part::default()];
-    let mut room = entries_max;
-    let mut next_slot = |parts: &mut Vec<Part>| {
-        if room == 0 {
-            parts.push(Part::default());
-            room = entries_max;
-        }
-        room -= 1;
-    };
-    for (payer, amount) in &commit.debits {
-        next_slot(&mut parts);
-        let last = parts.len() - 1;
-        parts[last].debits.push(Settlement::Debit {
-            payerKey: B256::from(payer.0),
-            amount: U256::from(*amount),
-        });
+impl Entries {
+    fn of(commit: &EpochCommit) -> Result<Self, SubmitError> {
+        let debits = commit
+            .debits
+            .iter()
+            .map(|(payer, amount)| Settlement::Debit {
+                payerKey: B256::from(payer.0),
+                amount: U256::from(*amount),
+            })
+            .collect();
+        let credits = commit
+            .credits
+            .iter()
+            .map(|(payee, amount)| pack_credit(Address::from(payee.0), *amount))
+            .collect::<Option<Vec<_>>>()
+            .ok_or(SubmitError::TooLarge {
+                epoch: commit.epoch,
+                reason: "credit above 2^96",
+            })?;
+        Ok(Self { debits, credits })
     }
-    for (payee, amount) in &commit.credits {
-        next_slot(&mut parts);
-        let packed =
-            pack_credit(Address::from(payee.0), *amount).ok_or(too_large("credit above 2^96"))?;
-        let last = parts.len() - 1;
-        parts[last].credits.push(packed);
+
+    fn len(&self) -> usize {
+        self.debits.len() + self.credits.len()
     }
-    if u16::try_from(parts.len()).is_err() {
-        return Err(too_large("more than 65,535 parts"));
+
+    /// The fewest parts of at most `entries_max` entries (at least one part, even when empty).
+    fn parts_for(&self, epoch: u64, entries_max: usize) -> Result<u16, SubmitError> {
+        let parts = self.len().div_ceil(entries_max.max(1)).max(1);
+        u16::try_from(parts).map_err(|_| SubmitError::TooLarge {
+            epoch,
+            reason: "more than 65,535 parts",
+        })
     }
-    Ok(parts)
+
+    /// Where part `index` of `parts` starts: parts are cut evenly, so the cut depends only on the
+    /// number of entries and of parts. A run with another `part_entries_max` that adopts an open
+    /// commit's part count therefore sends exactly the entries the first run had not sent yet.
+    fn cut(&self, index: u16, parts: u16) -> usize {
+        let len = self.len();
+        let at = len as u128 * u128::from(index) / u128::from(parts.max(1));
+        usize::try_from(at).unwrap_or(len).min(len)
+    }
+
+    /// Part `index` of `parts`: (debits, credits).
+    fn part(&self, index: u16, parts: u16) -> (Vec<Settlement::Debit>, Vec<U256>) {
+        let (from, to) = (self.cut(index, parts), self.cut(index + 1, parts));
+        let split = self.debits.len();
+        let debits = self.debits[from.min(split)..to.min(split)].to_vec();
+        let credits = self.credits[from.max(split) - split..to.max(split) - split].to_vec();
+        (debits, credits)
+    }
 }
 
 /// What one step found or did.
 enum Step {
-    /// The epoch is complete onchain.
+    /// The epoch is complete onchain, with the configured confirmations.
     Done,
     /// A part landed.
     Landed(LandedPart),
     /// Something transient went wrong; re-read and try again after a delay.
     Retry(ChainError),
-    /// The previous epoch is still in its challenge window; try again after this long.
+    /// Not a failure: the previous epoch is still in its challenge window, the commit lacks
+    /// confirmations, or the chain moved; re-read after this long.
     Wait(Duration),
 }
 
+/// The operator's one unmined transaction: its nonce, the fees of the latest copy sent, and the
+/// hash of every copy (each replacement adds one; any of them may be the one mined).
+#[derive(Debug, Default)]
+struct InFlight {
+    nonce: u64,
+    fees: Option<Fees>,
+    hashes: Vec<TxHash>,
+}
+
+/// Copies kept per nonce. Each replacement pays [`chain::FEE_BUMP_PERCENT`] more, so
+/// `fee_per_gas_max_wei` ends the bumping long before this; the bound only keeps a pathological
+/// run from growing the list.
+const COPIES_PER_NONCE_MAX: usize = 64;
+
 /// Sends epochs to one Settlement contract as its operator.
+///
+/// It is the operator key's nonce allocator: every commit goes out at the account's lowest
+/// unmined nonce, one transaction at a time (a part is sent only once the previous one is mined),
+/// and a transaction that is not mined within `receipt_timeout_ms` is replaced at the same nonce
+/// with higher fees instead of being queued behind. Clones share the allocator; run one
+/// `Submitter` per operator key and nothing else with that key.
 #[derive(Debug, Clone)]
 pub struct Submitter {
     provider: DynProvider,
     contract: Settlement::SettlementInstance<DynProvider>,
+    operator: Address,
     config: SubmitConfig,
+    /// Held for a whole [`Submitter::submit`]: at most one transaction in flight per key.
+    in_flight: Arc<tokio::sync::Mutex<Option<InFlight>>>,
 }
 
 impl Submitter {
@@ -255,7 +301,9 @@ impl Submitter {
         Ok(Self {
             provider,
             contract,
+            operator: key,
             config,
+            in_flight: Arc::new(tokio::sync::Mutex::new(None)),
         })
     }
 
@@ -264,46 +312,52 @@ impl Submitter {
         &self.contract
     }
 
-    /// Reads which epoch and part the contract expects next.
+    /// Reads which epoch and part the contract expects next, at the newest block.
     pub async fn position(&self) -> Result<ChainPosition, ChainError> {
-        let last_epoch = self.contract.lastEpoch().call().await?;
-        let live_seq = self.contract.liveSeq().call().await?;
+        self.position_at(BlockId::latest()).await
+    }
+
+    /// Reads which epoch and part the contract expected next at `block`.
+    async fn position_at(&self, block: BlockId) -> Result<ChainPosition, ChainError> {
+        let last_epoch = self.contract.lastEpoch().block(block).call().await?;
+        let live_seq = self.contract.liveSeq().block(block).call().await?;
         if live_seq == 0 {
             return Ok(ChainPosition {
                 last_epoch,
                 open: None,
             });
         }
-        let commit = self.contract.commits(live_seq).call().await?;
+        let commit = self.contract.commits(live_seq).block(block).call().await?;
         let open = (commit.partsDone != commit.parts).then_some((commit.parts, commit.partsDone));
         Ok(ChainPosition { last_epoch, open })
     }
 
-    /// Commits `commit` completely, starting from whatever part the chain already has. Retries
-    /// transient failures with exponential backoff up to `attempts_max` in a row.
+    /// Commits `commit` completely, starting from whatever part the chain already has, and
+    /// returns once the whole commit has `confirmations` blocks on top. A reorg that drops a part
+    /// meanwhile gets it sent again. Retries transient failures with exponential backoff up to
+    /// `attempts_max` in a row.
     pub async fn submit(&self, commit: &EpochCommit) -> Result<SubmitOutcome, SubmitError> {
-        let parts = split_parts(commit, self.config.part_entries_max)?;
-        let parts_count = u16::try_from(parts.len()).map_err(|_| SubmitError::TooLarge {
-            epoch: commit.epoch,
-            reason: "more than 65,535 parts",
-        })?;
-        let mut landed = Vec::new();
+        let entries = Entries::of(commit)?;
+        let planned = entries.parts_for(commit.epoch, self.config.part_entries_max)?;
+        let mut in_flight = self.in_flight.lock().await;
+        let mut landed: Vec<LandedPart> = Vec::new();
+        let mut parts = planned;
         let mut failures = 0u32;
         loop {
-            let step = match self.step(commit, &parts, parts_count).await {
+            let step = match self
+                .step(commit, &entries, planned, &mut parts, &mut in_flight)
+                .await
+            {
                 Ok(step) => step,
                 Err(SubmitError::Chain(error)) if error.is_transient() => Step::Retry(error),
                 Err(error) => return Err(error),
             };
             match step {
-                Step::Done => {
-                    return Ok(SubmitOutcome {
-                        landed,
-                        parts: parts_count,
-                    });
-                }
+                Step::Done => return Ok(SubmitOutcome { landed, parts }),
                 Step::Landed(part) => {
                     failures = 0;
+                    // A part sent again after a reorg replaces the copy that was dropped.
+                    landed.retain(|earlier| earlier.part != part.part);
                     landed.push(part);
                 }
                 Step::Wait(delay) => tokio::time::sleep(delay).await,
@@ -316,112 +370,225 @@ impl Submitter {
                         });
                     }
                     tracing::warn!(epoch = commit.epoch, failures, %error, "settlement submit failed, retrying");
-                    tokio::time::sleep(self.backoff(failures)).await;
+                    tokio::time::sleep(chain::backoff(
+                        self.config.backoff_initial_ms,
+                        self.config.backoff_max_ms,
+                        failures,
+                    ))
+                    .await;
                 }
             }
         }
     }
 
-    fn backoff(&self, failures: u32) -> Duration {
-        let factor = 1u64 << failures.saturating_sub(1).min(16);
-        Duration::from_millis(
-            self.config
-                .backoff_initial_ms
-                .saturating_mul(factor)
-                .min(self.config.backoff_max_ms),
-        )
-    }
-
-    /// Re-reads the chain, then sends the one part it expects (if any).
+    /// Re-reads the chain at its newest block, then sends the one part it expects (if any), or
+    /// checks that the complete commit is deep enough. `parts` is the epoch's part count: the
+    /// open commit's when the chain has one for this epoch, `planned` otherwise.
     async fn step(
         &self,
         commit: &EpochCommit,
-        parts: &[Part],
-        parts_count: u16,
+        entries: &Entries,
+        planned: u16,
+        parts: &mut u16,
+        in_flight: &mut Option<InFlight>,
     ) -> Result<Step, SubmitError> {
-        let position = self.position().await?;
+        let head = self
+            .provider
+            .get_block_number()
+            .await
+            .map_err(ChainError::from)?;
+        let position = self.position_at(head.into()).await?;
         let (next_epoch, next_part) = position.next();
-        if commit.epoch < next_epoch {
-            // Already (at least partly) onchain: it must be our root.
-            let onchain = self
-                .contract
-                .roots(commit.epoch)
-                .call()
-                .await
-                .map_err(ChainError::from)?;
-            if onchain != commit.root {
-                return Err(SubmitError::RootConflict {
-                    epoch: commit.epoch,
-                    onchain,
-                    ours: commit.root,
-                });
-            }
-            if next_part == 0 || commit.epoch < position.last_epoch {
-                return Ok(Step::Done);
-            }
-            if let Some((onchain_parts, _)) = position.open
-                && onchain_parts != parts_count
-            {
-                return Err(SubmitError::PartsMismatch {
-                    epoch: commit.epoch,
-                    onchain: onchain_parts,
-                    ours: parts_count,
-                });
-            }
-        } else if commit.epoch > next_epoch {
+        if commit.epoch > next_epoch {
             return Err(SubmitError::Gap {
                 epoch: commit.epoch,
                 next_expected: next_epoch,
             });
         }
-        let Some(part) = parts.get(usize::from(next_part)) else {
-            return Err(SubmitError::PartsMismatch {
-                epoch: commit.epoch,
-                onchain: next_part.saturating_add(1),
-                ours: parts_count,
-            });
+        if commit.epoch < next_epoch || next_part > 0 {
+            // Already (at least partly) onchain: it must be our root.
+            self.check_root(commit, head.into()).await?;
+        }
+        if commit.epoch < next_epoch {
+            return self.finality(commit, head).await;
+        }
+        *parts = match position.open {
+            Some((onchain, _)) => {
+                if onchain != planned {
+                    tracing::warn!(
+                        epoch = commit.epoch,
+                        onchain,
+                        planned,
+                        "the open commit was split into another number of parts (part_entries_max changed); finishing it with the chain's"
+                    );
+                }
+                onchain
+            }
+            None => planned,
         };
-        self.send_part(commit, next_part, parts_count, part).await
+        self.send_part(commit, entries, (next_part, *parts), head, in_flight)
+            .await
     }
 
+    async fn check_root(&self, commit: &EpochCommit, block: BlockId) -> Result<(), SubmitError> {
+        let onchain = self
+            .contract
+            .roots(commit.epoch)
+            .block(block)
+            .call()
+            .await
+            .map_err(ChainError::from)?;
+        if onchain != commit.root {
+            return Err(SubmitError::RootConflict {
+                epoch: commit.epoch,
+                onchain,
+                ours: commit.root,
+            });
+        }
+        Ok(())
+    }
+
+    /// The commit is complete at `head`: done once it is complete, with our root, at the block
+    /// `confirmations` below the head too; until then, wait for blocks. If a reorg drops it
+    /// meanwhile, the next step sees it missing at the head and sends it again.
+    async fn finality(&self, commit: &EpochCommit, head: u64) -> Result<Step, SubmitError> {
+        let poll = Duration::from_millis(self.config.receipt_poll_ms);
+        let Some(deep) = head.checked_sub(self.config.confirmations) else {
+            return Ok(Step::Wait(poll));
+        };
+        if deep == head {
+            return Ok(Step::Done);
+        }
+        let (next_epoch, _) = self.position_at(deep.into()).await?.next();
+        let root = self
+            .contract
+            .roots(commit.epoch)
+            .block(deep.into())
+            .call()
+            .await
+            .map_err(ChainError::from)?;
+        if commit.epoch < next_epoch && root == commit.root {
+            return Ok(Step::Done);
+        }
+        Ok(Step::Wait(poll))
+    }
+
+    /// Sends part `part_no` at the operator's lowest unmined nonce (replacing our own stuck copy
+    /// at that nonce with higher fees) and waits for it to be mined.
     async fn send_part(
         &self,
         commit: &EpochCommit,
-        part_no: u16,
-        parts: u16,
-        part: &Part,
+        entries: &Entries,
+        (part_no, parts): (u16, u16),
+        head: u64,
+        in_flight: &mut Option<InFlight>,
     ) -> Result<Step, SubmitError> {
-        let call = self.contract.commitEpoch(
-            commit.epoch,
-            part_no,
-            parts,
-            commit.root,
-            part.debits.clone(),
-            part.credits.clone(),
-        );
+        let (debits, credits) = entries.part(part_no, parts);
+        // Simulated and estimated at the block the position was read at, never against the
+        // node's pending state: there our own stuck copy has already "landed", and the
+        // replacement would be refused as a duplicate part.
+        let call = self
+            .contract
+            .commitEpoch(commit.epoch, part_no, parts, commit.root, debits, credits)
+            .block(head.into());
         // Simulate first: a revert comes back as the contract's decoded custom error and costs no gas.
         if let Err(error) = call.call().await {
             return self.classify_revert(commit.epoch, part_no, error).await;
         }
-        let pending = match call.send().await {
-            Ok(pending) => pending,
+        let gas = match call.estimate_gas().await {
+            Ok(gas) => gas,
             Err(error) => return self.classify_revert(commit.epoch, part_no, error).await,
         };
-        let tx_hash = *pending.tx_hash();
-        tracing::info!(epoch = commit.epoch, part = part_no, parts, %tx_hash, "epoch part sent");
-        let receipt = match chain::wait_for_receipt(
+        let nonce = self
+            .provider
+            .get_transaction_count(self.operator)
+            .latest()
+            .await
+            .map_err(ChainError::from)?;
+        // Our earlier copy at this nonce is still unmined: replace it. Any other nonce of ours
+        // was mined (or dropped by a reorg) since, and the chain has been re-read.
+        let flight = match in_flight.take() {
+            Some(flight) if flight.nonce == nonce => flight,
+            _ => InFlight {
+                nonce,
+                ..InFlight::default()
+            },
+        };
+        let flight = in_flight.insert(flight);
+        let cap = self.config.fee_per_gas_max_wei;
+        let now = Fees::estimate(&self.provider, cap).await?;
+        let fees = match flight.fees {
+            None => Some(now),
+            Some(sent) => sent.bumped(now, cap),
+        };
+        match fees {
+            Some(fees) => {
+                let sending = call
+                    .gas(gas)
+                    .nonce(nonce)
+                    .max_fee_per_gas(fees.max_fee_per_gas)
+                    .max_priority_fee_per_gas(fees.max_priority_fee_per_gas);
+                // Recorded before sending: if the node took it but the answer was lost, the
+                // next copy must outbid it.
+                flight.fees = Some(fees);
+                match sending.send().await {
+                    Ok(pending) => {
+                        let tx_hash = *pending.tx_hash();
+                        if flight.hashes.len() == COPIES_PER_NONCE_MAX {
+                            flight.hashes.remove(0);
+                        }
+                        flight.hashes.push(tx_hash);
+                        let replacing = flight.hashes.len() > 1;
+                        if replacing {
+                            metrics::counter!(crate::telemetry::TX_REPLACEMENTS).increment(1);
+                        }
+                        tracing::info!(
+                            epoch = commit.epoch,
+                            part = part_no,
+                            parts,
+                            nonce,
+                            max_fee_per_gas = fees.max_fee_per_gas,
+                            replacing,
+                            %tx_hash,
+                            "epoch part sent"
+                        );
+                    }
+                    Err(error) => return self.classify_revert(commit.epoch, part_no, error).await,
+                }
+            }
+            None => tracing::warn!(
+                epoch = commit.epoch,
+                nonce,
+                fee_per_gas_max_wei = cap,
+                "commit stuck at the fee cap; waiting for it instead of outbidding it"
+            ),
+        }
+        let outcome = chain::wait_for_nonce(
             &self.provider,
-            tx_hash,
+            self.operator,
+            nonce,
+            &flight.hashes,
             Duration::from_millis(self.config.receipt_poll_ms),
             Duration::from_millis(self.config.receipt_timeout_ms),
         )
-        .await
-        {
-            Ok(Some(receipt)) => receipt,
-            // Dropped or stuck: the next step re-reads the chain and resends only if still missing.
-            Ok(None) => return Ok(Step::Retry(ChainError::ReceiptTimeout(tx_hash))),
+        .await;
+        let receipt = match outcome {
+            Ok(NonceOutcome::Mined(receipt)) => receipt,
+            // Another transaction took the nonce: re-read the chain at once.
+            Ok(NonceOutcome::Taken) => {
+                *in_flight = None;
+                return Ok(Step::Wait(Duration::ZERO));
+            }
+            // Dropped or stuck: the next step re-reads the chain and, if the part is still
+            // missing, replaces the copy at this nonce.
+            Ok(NonceOutcome::Unmined) => {
+                let newest = flight.hashes.last().copied().unwrap_or_default();
+                return Ok(Step::Retry(ChainError::ReceiptTimeout(newest)));
+            }
             Err(error) => return Ok(Step::Retry(error)),
         };
+        *in_flight = None;
+        let tx_hash = receipt.transaction_hash;
         if !receipt.status() {
             // Reverted after a successful simulation: the chain moved under us (a competing or
             // earlier copy landed first). Re-read and decide again.
@@ -455,8 +622,9 @@ impl Submitter {
                 part,
                 reason: format!("{decoded:?}"),
             }),
-            // Not one of ours (a node error, a nonce clash, garbage): re-read and retry, bounded by
-            // `attempts_max`, after which the caller sees this error in `Unavailable`.
+            // Not one of ours (a node error, an underpriced replacement, garbage): re-read and
+            // retry, bounded by `attempts_max`, after which the caller sees this error in
+            // `Unavailable`.
             None => Ok(Step::Retry(ChainError::Contract(error))),
         }
     }

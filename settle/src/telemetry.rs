@@ -1,7 +1,7 @@
 //! Every metric settlement exports, named once. [`register`] describes them and creates each at
 //! zero, so a fresh server's `/metrics` already has them.
 
-use metrics::describe_gauge;
+use metrics::{describe_counter, describe_gauge};
 
 /// Gauge: sealed epochs waiting to be committed onchain.
 pub const BACKLOG_EPOCHS: &str = "tollgate_settle_backlog_epochs";
@@ -9,6 +9,9 @@ pub const BACKLOG_EPOCHS: &str = "tollgate_settle_backlog_epochs";
 pub const LAST_SEALED_EPOCH: &str = "tollgate_settle_last_sealed_epoch";
 /// Gauge: the newest epoch committed onchain.
 pub const LAST_COMMITTED_EPOCH: &str = "tollgate_settle_last_committed_epoch";
+
+/// Counter: commit transactions replaced at their nonce with higher fees (stuck or underpriced).
+pub const TX_REPLACEMENTS: &str = "tollgate_settle_tx_replacements_total";
 
 /// Describes settlement's metrics and creates each at zero in the installed recorder.
 pub fn register() {
@@ -18,7 +21,12 @@ pub fn register() {
     );
     describe_gauge!(LAST_SEALED_EPOCH, "the newest sealed epoch");
     describe_gauge!(LAST_COMMITTED_EPOCH, "the newest epoch committed onchain");
+    describe_counter!(
+        TX_REPLACEMENTS,
+        "commit transactions replaced at their nonce with higher fees"
+    );
     for gauge in [BACKLOG_EPOCHS, LAST_SEALED_EPOCH, LAST_COMMITTED_EPOCH] {
         metrics::gauge!(gauge).set(0.0);
     }
+    metrics::counter!(TX_REPLACEMENTS).absolute(0);
 }

@@ -292,3 +292,94 @@ async fn deposits_fund_receipts_and_epochs_commit_exactly_once_with_matching_bal
         "20,000 - 3,300 settled - 15,000 requested < 2,000"
     );
 }
+
+/// Polls `done` every 10 ms for up to a minute (a bound for a broken build, not a timing claim).
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut done: impl FnMut() -> F,
+) {
+    for _ in 0..6_000 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{what}");
+}
+
+#[tokio::test]
+async fn a_commit_counts_only_after_its_confirmations_and_a_reorg_gets_it_resubmitted() {
+    let setup = setup().await;
+    let (chain, engine, domain) = (&setup.chain, &setup.engine, &setup.domain);
+    let payer = SigningKey::from_bytes(&[9; 32]);
+    let payer_key = PayerKey(payer.verifying_key().to_bytes());
+    chain.deposit(2, payer_key.0, 10_000).await;
+    catch_up(&funds_loop(&setup).await).await;
+    let payee = Address(chain.address(5).0.0);
+    let ack = submit(engine, 1, &[signed(&payer, payee, 1_000, 1, domain)]).await;
+    assert_eq!(ack.accepted, 1, "{ack:?}");
+
+    let confirmations = 2;
+    let submitter = Submitter::connect(
+        &chain.endpoint(),
+        chain.anvil.chain_id(),
+        chain.addresses.settlement,
+        key(&chain.anvil, 0),
+        SubmitConfig {
+            confirmations,
+            // After the reorg anvil may take the identical re-signed copy as already known
+            // without mining it: the submitter replaces it once this runs out.
+            receipt_timeout_ms: 500,
+            receipt_poll_ms: 10,
+            backoff_initial_ms: 10,
+            ..SubmitConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let epochs = EpochLoop::new(engine.clone(), submitter, EpochConfig::default());
+    assert_eq!(epochs.seal().await.unwrap(), 1);
+    let committing = tokio::spawn(async move { epochs.commit_backlog().await });
+
+    let settlement = chain.settlement(0);
+    let last_epoch = || async { settlement.lastEpoch().call().await.unwrap() };
+    eventually("epoch 1 never landed", || async { last_epoch().await == 1 }).await;
+    let status = || engine.reader().epoch(1).unwrap().unwrap().status;
+    assert_eq!(
+        status(),
+        EpochStatus::Sealed,
+        "landed at 0 confirmations is not final: the ledger must not settle it yet"
+    );
+
+    // The block holding the commit is replaced by one without it.
+    use alloy::providers::Provider;
+    let _: serde_json::Value = chain
+        .provider(0)
+        .raw_request(
+            "anvil_reorg".into(),
+            (1u64, Vec::<serde_json::Value>::new()),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "epoch 1 was not resubmitted after a reorg dropped it",
+        || async { last_epoch().await == 1 },
+    )
+    .await;
+    assert_eq!(status(), EpochStatus::Sealed);
+
+    chain.mine(confirmations).await;
+    committing.await.unwrap().unwrap();
+    assert_eq!(status(), EpochStatus::Committed);
+    let engine_payer = engine.reader().payer(&payer_key).unwrap().unwrap();
+    assert_eq!(engine_payer.pending, 0);
+    assert_eq!(
+        settlement
+            .available(B256::from(payer_key.0))
+            .call()
+            .await
+            .unwrap(),
+        U256::from(engine_payer.deposited - engine_payer.settled)
+    );
+    assert_eq!(engine_payer.settled, 1_000);
+}

@@ -1076,3 +1076,191 @@ async fn a_deposit_credits_what_arrived_not_what_was_named() {
         assert!(receipt.status(), "payer {payer} exits");
     }
 }
+
+/// Anvil's (or geth's) JSON-RPC method `method` with `params`.
+async fn rpc(chain: &Chain, method: &'static str, params: serde_json::Value) -> serde_json::Value {
+    use alloy::providers::Provider;
+    chain
+        .provider(0)
+        .raw_request(method.into(), params)
+        .await
+        .unwrap_or_else(|error| panic!("{method}: {error}"))
+}
+
+/// `(nonce, hash, max fee per gas)` of every transaction waiting in anvil's pool.
+async fn pool(chain: &Chain) -> Vec<(u64, String, u128)> {
+    let content = rpc(chain, "txpool_content", serde_json::json!([])).await;
+    let hex_u128 = |value: &serde_json::Value| {
+        let text = value.as_str().unwrap_or_else(|| panic!("not hex: {value}"));
+        u128::from_str_radix(text.trim_start_matches("0x"), 16).unwrap()
+    };
+    let mut txs = Vec::new();
+    for (_, by_nonce) in content["pending"].as_object().unwrap() {
+        for tx in by_nonce.as_object().unwrap().values() {
+            txs.push((
+                u64::try_from(hex_u128(&tx["nonce"])).unwrap(),
+                tx["hash"].as_str().unwrap().to_owned(),
+                hex_u128(&tx["maxFeePerGas"]),
+            ));
+        }
+    }
+    txs.sort();
+    txs
+}
+
+/// Polls `done` every 10 ms for up to a minute (a bound for a broken build, not a timing claim).
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut done: impl FnMut() -> F,
+) {
+    for _ in 0..6_000 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{what}");
+}
+
+/// One payer pays `n` payees 10 each in epoch 1.
+fn small_epoch(n: u32) -> EpochCommit {
+    EpochCommit {
+        epoch: 1,
+        root: B256::repeat_byte(1),
+        debits: (1..=n).map(|i| (PayerKey(payer_key(i)), 10)).collect(),
+        credits: (1..=n).map(|i| (common::payee(i), 10)).collect(),
+    }
+}
+
+#[tokio::test]
+async fn a_stuck_commit_is_replaced_at_its_own_nonce_with_a_higher_fee() {
+    use alloy::providers::Provider;
+    let chain = Chain::start(0, 60).await;
+    chain.deposit(2, payer_key(1), 1_000).await;
+    let operator = chain.address(0);
+    let nonce = chain
+        .provider(0)
+        .get_transaction_count(operator)
+        .await
+        .unwrap();
+    rpc(&chain, "evm_setAutomine", serde_json::json!([false])).await;
+    let submitter = Submitter::connect(
+        &chain.endpoint(),
+        chain.anvil.chain_id(),
+        chain.addresses.settlement,
+        key(&chain.anvil, 0),
+        SubmitConfig {
+            receipt_timeout_ms: 100,
+            receipt_poll_ms: 10,
+            backoff_initial_ms: 10,
+            attempts_max: 1_000,
+            ..SubmitConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let commit = small_epoch(1);
+    let submitting = tokio::spawn({
+        let commit = commit.clone();
+        async move { submitter.submit(&commit).await }
+    });
+
+    // Nothing is mined: the commit is stuck, and the submitter gives up waiting for it.
+    eventually("the commit never reached the pool", || async {
+        !pool(&chain).await.is_empty()
+    })
+    .await;
+    let first = pool(&chain).await;
+    eventually("the submitter never acted on its stuck commit", || async {
+        pool(&chain).await != first
+    })
+    .await;
+    let now = pool(&chain).await;
+    assert_eq!(
+        now.iter().map(|tx| tx.0).collect::<Vec<_>>(),
+        vec![nonce],
+        "a stuck commit is replaced at its own nonce, never queued behind: {first:?} -> {now:?}"
+    );
+    assert!(
+        now[0].2 > first[0].2,
+        "the replacement pays more: {first:?} -> {now:?}"
+    );
+
+    rpc(&chain, "evm_mine", serde_json::json!([])).await;
+    let outcome = submitting.await.unwrap().expect("committed");
+    assert_eq!(outcome.landed.len(), 1);
+    assert_eq!(
+        chain
+            .provider(0)
+            .get_transaction_count(operator)
+            .await
+            .unwrap(),
+        nonce + 1,
+        "exactly one transaction was mined"
+    );
+    assert_eq!(chain.settlement(0).lastEpoch().call().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_restart_with_another_part_entries_max_adopts_the_part_count_onchain() {
+    let chain = Chain::start(0, 60).await;
+    for i in 1..=3 {
+        chain.deposit(2, payer_key(i), 1_000).await;
+    }
+    // Six entries in parts of two: three parts. The process dies once part 0 is sent.
+    let commit = small_epoch(3);
+    rpc(&chain, "evm_setAutomine", serde_json::json!([false])).await;
+    let first = submitter(&chain, 2).await;
+    let dying = tokio::spawn({
+        let commit = commit.clone();
+        async move { first.submit(&commit).await }
+    });
+    eventually("part 0 never reached the pool", || async {
+        !pool(&chain).await.is_empty()
+    })
+    .await;
+    dying.abort();
+    rpc(&chain, "evm_mine", serde_json::json!([])).await;
+    rpc(&chain, "evm_setAutomine", serde_json::json!([true])).await;
+    let settlement = chain.settlement(0);
+    let open = settlement
+        .commits(settlement.liveSeq().call().await.unwrap())
+        .call()
+        .await
+        .unwrap();
+    assert_eq!((open.parts, open.partsDone), (3, 1));
+
+    // Restarted with room for the whole epoch in one part: it finishes the three parts.
+    let outcome = submitter(&chain, 100)
+        .await
+        .submit(&commit)
+        .await
+        .expect("the epoch completes");
+    assert_eq!(outcome.parts, 3);
+    let done = settlement
+        .commits(settlement.liveSeq().call().await.unwrap())
+        .call()
+        .await
+        .unwrap();
+    assert_eq!((done.epoch, done.parts, done.partsDone), (1, 3, 3));
+    for i in 1..=3 {
+        assert_eq!(
+            settlement
+                .available(B256::from(payer_key(i)))
+                .call()
+                .await
+                .unwrap(),
+            U256::from(990),
+            "payer {i} debited once"
+        );
+        assert_eq!(
+            settlement
+                .withdrawable(Address::from(common::payee(i).0))
+                .call()
+                .await
+                .unwrap(),
+            U256::from(10),
+            "payee {i} credited once"
+        );
+    }
+}

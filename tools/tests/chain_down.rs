@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, kill_process};
@@ -171,6 +173,118 @@ async fn a_stopped_chain_does_not_stop_ingest_and_queued_epochs_commit_when_it_r
         assert_eq!(engine["pending"], "0", "{engine}");
         assert_eq!(engine["available"], onchain.to_string(), "payer {payer}");
     }
+    let status = server
+        .terminate(Duration::from_secs(60))
+        .expect("stops on SIGTERM");
+    assert!(status.success(), "exit status {status}");
+}
+
+/// An RPC proxy in front of `upstream` that answers every `eth_getLogs` with HTTP 503 while
+/// `failing` is set, as an overloaded provider does, and forwards everything else.
+async fn flaky_logs_proxy(upstream: String, failing: Arc<AtomicBool>) -> String {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    let client = reqwest::Client::new();
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(move |body: String| {
+            let (client, upstream, failing) = (client.clone(), upstream.clone(), failing.clone());
+            async move {
+                if failing.load(Ordering::SeqCst) && body.contains("eth_getLogs") {
+                    return (StatusCode::SERVICE_UNAVAILABLE, "provider overloaded")
+                        .into_response();
+                }
+                let answer = client
+                    .post(&upstream)
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("anvil answers the proxy");
+                let status = answer.status().as_u16();
+                let text = answer.text().await.expect("anvil's answer");
+                (
+                    StatusCode::from_u16(status).expect("status"),
+                    [(header::CONTENT_TYPE, "application/json")],
+                    text,
+                )
+                    .into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("proxy binds");
+    let address = listener.local_addr().expect("proxy address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{address}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_catch_up_waits_out_a_failing_node_and_readyz_says_what_it_waits_for() {
+    let anvil = common::spawn_anvil();
+    let deployed = deploy(
+        &anvil.endpoint(),
+        common::dev_key(&anvil, 0),
+        None,
+        &DeployParams::dev(),
+    )
+    .await
+    .expect("deploy");
+    let failing = Arc::new(AtomicBool::new(true));
+    let rpc_url = flaky_logs_proxy(anvil.endpoint(), failing.clone()).await;
+
+    // A port for the API known before the server is ready (the ready line names it too late).
+    let http = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut args = dev_chain_args(&rpc_url, &deployed, &dir.path().join("data"));
+    let at = args.iter().position(|arg| arg == "--http").expect("--http") + 1;
+    args[at] = http.to_string();
+    let operator_key = hex::encode(common::dev_key(&anvil, 0).to_bytes());
+    let starting = tokio::task::spawn_blocking(move || {
+        ServerProcess::start(
+            env!("CARGO_BIN_EXE_tollgate").as_ref(),
+            &args,
+            None,
+            &[("TOLLGATE_OPERATOR_KEY", &operator_key)],
+        )
+    });
+
+    let readyz = format!("http://{http}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let waiting = loop {
+        if starting.is_finished() {
+            let outcome = starting.await.expect("start task");
+            panic!(
+                "serve should wait out the failing node, but: {:?}",
+                outcome.map(|server| server.http)
+            );
+        }
+        if let Ok(answer) = reqwest::get(&readyz).await {
+            assert_eq!(answer.status(), 503, "not ready while the node fails");
+            let body: Value = answer.json().await.expect("JSON error body");
+            let message = body["message"].as_str().unwrap_or_default().to_owned();
+            if message.contains("provider overloaded") {
+                break message;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never named the failing node"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(waiting.contains("funds events"), "{waiting}");
+
+    failing.store(false, Ordering::SeqCst);
+    let server = starting
+        .await
+        .expect("start task")
+        .expect("ready once the node answers");
+    let ready = get_json(&format!("http://{}/readyz", server.http)).await;
+    assert_eq!(ready["status"], "ready");
     let status = server
         .terminate(Duration::from_secs(60))
         .expect("stops on SIGTERM");

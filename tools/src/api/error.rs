@@ -92,8 +92,11 @@ pub enum ApiError {
         reason: String,
     },
     /// The server is starting (or stopping) and does not answer ledger queries yet.
-    #[error("not ready: the server is still starting")]
-    NotReady,
+    #[error("not ready: {waiting_for}")]
+    NotReady {
+        /// What it waits for (catching up with the chain, a failing node, shutting down).
+        waiting_for: String,
+    },
     /// Reading the ledger failed, or what it holds does not add up.
     #[error("internal error: {0}")]
     Internal(String),
@@ -114,7 +117,7 @@ impl ApiError {
             | Self::UnknownRoute(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::EpochNotCommitted { .. } | Self::EpochNotFinal { .. } => StatusCode::CONFLICT,
-            Self::FinalityUnknown { .. } | Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::FinalityUnknown { .. } | Self::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -135,7 +138,7 @@ impl ApiError {
             Self::EpochNotCommitted { .. } => "epoch_not_committed",
             Self::EpochNotFinal { .. } => "epoch_not_final",
             Self::FinalityUnknown { .. } => "finality_unknown",
-            Self::NotReady => "not_ready",
+            Self::NotReady { .. } => "not_ready",
             Self::Internal(_) => "internal",
         }
     }
@@ -233,7 +236,9 @@ mod tests {
                 epoch: 1,
                 reason: String::new(),
             },
-            ApiError::NotReady,
+            ApiError::NotReady {
+                waiting_for: String::new(),
+            },
             ApiError::Internal(String::new()),
         ];
         assert_eq!(samples.len(), ERROR_CODES.len());

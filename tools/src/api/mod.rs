@@ -94,11 +94,40 @@ impl ChainView for ContractReader {
     }
 }
 
+/// What a server that is not ready waits for, as `/readyz` (and every ledger route) tells it.
+/// Cheap to clone: `serve` writes it as start-up progresses, the API reads it.
+#[derive(Clone, Debug, Default)]
+pub struct Startup(Arc<std::sync::Mutex<String>>);
+
+impl Startup {
+    /// Says what the server waits for now.
+    pub fn waiting_for(&self, what: impl Into<String>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = what.into();
+    }
+
+    fn describe(&self) -> String {
+        let what = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if what.is_empty() {
+            "the server is still starting".into()
+        } else {
+            what
+        }
+    }
+}
+
 /// What the handlers share. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct ApiState {
     reader: LedgerReader,
     ready: Arc<AtomicBool>,
+    startup: Startup,
     chain: Option<Arc<dyn ChainView>>,
     metrics: PrometheusHandle,
     trees: Arc<proof::TreeCache>,
@@ -111,6 +140,7 @@ impl ApiState {
         Self {
             reader,
             ready,
+            startup: Startup::default(),
             chain: None,
             metrics,
             trees: Arc::new(proof::TreeCache::new(proof::TREES_CACHED_DEFAULT)),
@@ -122,6 +152,18 @@ impl ApiState {
     pub fn with_trees_cached(mut self, trees: usize) -> Self {
         self.trees = Arc::new(proof::TreeCache::new(trees));
         self
+    }
+
+    /// Shares `startup`, so a server that is not ready says what it waits for.
+    pub fn with_startup(mut self, startup: Startup) -> Self {
+        self.startup = startup;
+        self
+    }
+
+    fn not_ready(&self) -> ApiError {
+        ApiError::NotReady {
+            waiting_for: self.startup.describe(),
+        }
     }
 
     /// Adds the chain view that fills in payees' `withdrawable`.
@@ -159,7 +201,7 @@ async fn require_ready(State(state): State<ApiState>, request: Request, next: Ne
     if state.is_ready() {
         next.run(request).await
     } else {
-        ApiError::NotReady.into_response()
+        state.not_ready().into_response()
     }
 }
 
@@ -439,7 +481,7 @@ async fn readyz(State(state): State<ApiState>) -> Result<Json<StatusBody>, ApiEr
             status: "ready".into(),
         }))
     } else {
-        Err(ApiError::NotReady)
+        Err(state.not_ready())
     }
 }
 

@@ -116,7 +116,8 @@ pub struct ServeOptions {
     /// [default: 0].
     #[arg(long, env = "TOLLGATE_START_BLOCK")]
     pub start_block: Option<u64>,
-    /// Blocks on top before a deposit counts [default: 0 on dev chains, 12 elsewhere].
+    /// Blocks on top before a deposit counts and before an epoch commit is final (the ledger
+    /// settles it only then) [default: 0 on dev chains, 12 elsewhere].
     #[arg(long, env = "TOLLGATE_CONFIRMATIONS")]
     pub confirmations: Option<u64>,
     /// How often to poll the chain for deposits once caught up, in milliseconds [default: 1000].
@@ -407,13 +408,14 @@ impl ServeOptions {
             "operator_key: settlement needs the operator's key (TOLLGATE_OPERATOR_KEY, or a file)",
         )?;
         let epoch_secs = positive(self.epoch_secs, "epoch_secs")?;
+        let confirmations = required(self.confirmations, "confirmations")?;
         Ok(ChainSettings {
             rpc_url: rpc_url.to_owned(),
             operator_key,
             start_block: required(self.start_block, "start_block")?,
             funds_poll_ms: positive(self.funds_poll_ms, "funds_poll_ms")?,
             watch: WatchConfig {
-                confirmations: required(self.confirmations, "confirmations")?,
+                confirmations,
                 ..WatchConfig::default()
             },
             epochs: EpochConfig {
@@ -425,6 +427,9 @@ impl ServeOptions {
             },
             submit: SubmitConfig {
                 part_entries_max: positive(self.part_entries_max, "part_entries_max")?,
+                // One depth for both directions: a deposit counts, and a commit is final (the
+                // ledger settles it), once that many blocks are on top.
+                confirmations,
                 ..SubmitConfig::default()
             },
         })

@@ -28,7 +28,7 @@ use tollgate_settle::epoch::{EpochLoop, FundsLoop};
 use tollgate_settle::submitter::Submitter;
 use tollgate_settle::watcher::Watcher;
 
-use crate::api::{ApiState, router};
+use crate::api::{ApiState, Startup, router};
 use config::{ChainSettings, LogFormat, ServeConfig, ServeOptions};
 
 /// `tollgate serve`'s command line.
@@ -141,7 +141,9 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
     };
 
     let ready = Arc::new(AtomicBool::new(false));
-    let mut api = ApiState::new(engine.reader(), Arc::clone(&ready), metrics.clone());
+    let startup = Startup::default();
+    let mut api = ApiState::new(engine.reader(), Arc::clone(&ready), metrics.clone())
+        .with_startup(startup.clone());
     if let Some(settlement) = &settlement {
         api = api.with_chain(Arc::new(settlement.reader.clone()));
     }
@@ -158,7 +160,7 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
     tasks.spawn(named("metrics upkeep", upkeep(metrics, shutdown.clone())));
 
     if let Some(settlement) = settlement
-        && let Err(error) = settlement.start(&mut tasks, &shutdown).await
+        && let Err(error) = settlement.start(&mut tasks, &shutdown, &startup).await
     {
         shutdown.cancel();
         drain(&mut tasks, Duration::ZERO).await;
@@ -194,6 +196,7 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
         None => None,
     };
     shutdown.cancel();
+    startup.waiting_for("shutting down");
     ready.store(false, Ordering::Release);
     let grace = Duration::from_millis(config.server.shutdown_grace_ms) + LOOPS_GRACE;
     let late_failure = drain(&mut tasks, grace).await;
@@ -303,17 +306,23 @@ async fn connect_settlement(
 }
 
 impl Settlement {
-    /// Catches the deposit watcher up with the chain, then runs both loops as tasks.
+    /// Catches the deposit watcher up with the chain (waiting out a failing node, and telling
+    /// `startup` how far it got), then runs both loops as tasks.
     async fn start(
         self,
         tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
         shutdown: &CancellationToken,
+        startup: &Startup,
     ) -> anyhow::Result<()> {
         tracing::info!("catching up with deposits on the chain");
-        while !self.funds.step().await.context("deposit watcher")? {
-            if shutdown.is_cancelled() {
-                return Ok(());
-            }
+        startup.waiting_for("catching up with the chain's funds events");
+        let caught_up = self
+            .funds
+            .catch_up(shutdown, |what| startup.waiting_for(what))
+            .await
+            .context("deposit watcher")?;
+        if !caught_up {
+            return Ok(());
         }
         tracing::info!("deposits caught up");
         let Settlement { funds, epochs, .. } = self;
