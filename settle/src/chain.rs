@@ -45,7 +45,7 @@ pub enum ChainError {
     /// The RPC URL does not parse.
     #[error("invalid rpc url {url:?}: {reason}")]
     BadUrl {
-        /// The URL as given.
+        /// The URL as given, masked ([`mask_url`]).
         url: String,
         /// Why it does not parse.
         reason: String,
@@ -105,6 +105,19 @@ pub enum ChainError {
     /// message never contains the key.
     #[error("EVM key: {0}")]
     BadKey(String),
+    /// A key file that group or others may access: a secret key file must be its owner's alone
+    /// (mode 0600), and a looser mode means the key may already have leaked.
+    #[error(
+        "key file {} has mode {mode:04o}: group or others may access it; allow its owner only \
+         (chmod 600) and consider the key exposed",
+        .path.display()
+    )]
+    KeyFileMode {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The caller asked for more than any token amount can hold (a funding total past u128).
     #[error("amount too large: {0}")]
     AmountTooLarge(String),
@@ -130,10 +143,33 @@ impl ChainError {
     }
 }
 
+/// What stands for the hidden part of a masked RPC URL.
+const URL_MASK: &str = "***";
+
+/// `rpc_url` fit for a log line or a printed configuration: scheme, host and port only.
+/// Providers carry the API key in the path, the query or the userinfo, so all three are hidden
+/// (`/***` says something was). Works on text that does not parse as a URL too.
+pub fn mask_url(rpc_url: &str) -> String {
+    let Some((scheme, rest)) = rpc_url.split_once("://") else {
+        return URL_MASK.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let hidden = host.len() < authority.len() || !matches!(&rest[end..], "" | "/");
+    if hidden {
+        format!("{scheme}://{host}/{URL_MASK}")
+    } else {
+        format!("{scheme}://{host}")
+    }
+}
+
 /// Parses an RPC URL.
 pub fn parse_url(rpc_url: &str) -> Result<Url, ChainError> {
     rpc_url.parse::<Url>().map_err(|error| ChainError::BadUrl {
-        url: rpc_url.to_owned(),
+        url: mask_url(rpc_url),
         reason: error.to_string(),
     })
 }
@@ -321,9 +357,7 @@ pub async fn deploy(
 pub fn load_signer(key_or_path: &str) -> Result<PrivateKeySigner, ChainError> {
     let path = std::path::Path::new(key_or_path);
     let text = if path.is_file() {
-        std::fs::read_to_string(path).map_err(|error| {
-            ChainError::BadKey(format!("cannot read key file {}: {error}", path.display()))
-        })?
+        read_key_file(path)?
     } else {
         key_or_path.to_owned()
     };
@@ -334,6 +368,29 @@ pub fn load_signer(key_or_path: &str) -> Result<PrivateKeySigner, ChainError> {
         .map_err(|_| ChainError::BadKey("expected 64 hex digits, or a file holding them".into()))?;
     PrivateKeySigner::from_bytes(&B256::from(secret))
         .map_err(|_| ChainError::BadKey("not a valid secp256k1 secret key".into()))
+}
+
+/// Reads a secret key file, refusing one that group or others may access. The mode is read from
+/// the open file, so it is the mode of what is read.
+pub fn read_key_file(path: &std::path::Path) -> Result<String, ChainError> {
+    let unreadable = |error: std::io::Error| {
+        ChainError::BadKey(format!("cannot read key file {}: {error}", path.display()))
+    };
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = file.metadata().map_err(unreadable)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(ChainError::KeyFileMode {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text).map_err(unreadable)?;
+    Ok(text)
 }
 
 fn amount_u128(what: &str, value: U256) -> Result<u128, ChainError> {
@@ -397,6 +454,16 @@ impl ContractReader {
     /// and past its challenge window, so its proofs verify and nothing can undo it.
     pub async fn is_final(&self, epoch: u64) -> Result<bool, ChainError> {
         Ok(self.settlement.isFinal(epoch).call().await?)
+    }
+
+    /// The account that may take `payer`'s deposit back (`Settlement.payerOwner`): whoever made
+    /// its first deposit; the zero address for a key nobody has deposited for.
+    pub async fn payer_owner(&self, payer: &PayerKey) -> Result<Address, ChainError> {
+        Ok(self
+            .settlement
+            .payerOwner(B256::from(payer.0))
+            .call()
+            .await?)
     }
 
     /// Whether the contract accepts `proof` for `leaf` in `epoch` (`Settlement.verifyLeaf`): only
@@ -727,5 +794,56 @@ pub async fn wait_for_receipt(
             return Ok(None);
         }
         tokio::time::sleep(poll).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_masked_url_keeps_scheme_host_and_port_only() {
+        for (given, shown) in [
+            ("http://127.0.0.1:8545", "http://127.0.0.1:8545"),
+            ("http://127.0.0.1:8545/", "http://127.0.0.1:8545"),
+            (
+                "https://eth.example.com/v2/KEY",
+                "https://eth.example.com/***",
+            ),
+            (
+                "https://eth.example.com?apikey=KEY",
+                "https://eth.example.com/***",
+            ),
+            (
+                "wss://u:KEY@eth.example.com:443",
+                "wss://eth.example.com:443/***",
+            ),
+            ("no scheme KEY", "***"),
+        ] {
+            assert_eq!(mask_url(given), shown, "{given}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_readable_by_group_or_others_is_refused_by_name_and_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("operator.key");
+        std::fs::write(&path, "11".repeat(32)).expect("write key");
+        let path_text = path.to_str().expect("utf-8 path");
+        for mode in [0o644, 0o640, 0o604] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let error = load_signer(path_text)
+                .expect_err("a key others can read is refused")
+                .to_string();
+            assert!(
+                error.contains(path_text) && error.contains(&format!("{mode:04o}")),
+                "names the file and its mode: {error}"
+            );
+            assert!(!error.contains(&"11".repeat(32)), "never the key: {error}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        load_signer(path_text).expect("an owner-only key file loads");
     }
 }

@@ -85,6 +85,7 @@ fn operator_keys_load_from_hex_or_a_file_and_errors_never_echo_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("operator.key");
     std::fs::write(&path, format!("{hex_key}\n")).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     assert_eq!(
         load_signer(path.to_str().unwrap()).unwrap().address(),
         expected

@@ -9,8 +9,11 @@ use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use serde::Serialize;
 use tollgate_settle::chain::{
-    ANVIL_FIRST_DEV_KEY, DeployParams, DeployedAddresses, is_dev_chain, load_signer, read_provider,
+    ANVIL_FIRST_DEV_KEY, DeployParams, DeployedAddresses, is_dev_chain, load_signer, mask_url,
+    read_provider,
 };
+
+use crate::keys::Secret;
 
 /// anvil's chain id: the only chain where `deploy` falls back to a well-known dev key.
 pub const ANVIL_CHAIN_ID: u64 = 31_337;
@@ -25,7 +28,7 @@ pub struct DeployArgs {
     /// environment over the command line. The deployer becomes the contract's operator. On anvil
     /// (chain id 31337) its first dev account is used when no key is given.
     #[arg(long, env = "TOLLGATE_OPERATOR_KEY", hide_env_values = true)]
-    pub operator_key: Option<String>,
+    pub operator_key: Option<Secret>,
     /// The settlement token (an ERC20). Required except on a dev chain, where a test token is
     /// deployed when it is left out.
     #[arg(long)]
@@ -208,12 +211,16 @@ pub async fn execute(args: &DeployArgs) -> anyhow::Result<DeployOutput> {
     let chain_id = provider.get_chain_id().await.map_err(|e| {
         anyhow!(
             "cannot reach the node at {}: {}",
-            args.rpc_url,
+            mask_url(&args.rpc_url),
             root_cause(&e)
         )
     })?;
     let params = deploy_params(args, chain_id)?;
-    let operator = dev_chain_signer(args.operator_key.as_deref(), chain_id, "--operator-key")?;
+    let operator = dev_chain_signer(
+        args.operator_key.as_ref().map(Secret::expose),
+        chain_id,
+        "--operator-key",
+    )?;
     if let Some(problem) = params.operator_unchecked(chain_id, operator.address())
         && params.unsafe_operator_can_take_deposits
     {
@@ -224,7 +231,12 @@ pub async fn execute(args: &DeployArgs) -> anyhow::Result<DeployOutput> {
     }
     let deployed = tollgate_settle::deploy(&args.rpc_url, operator, args.token, &params)
         .await
-        .with_context(|| format!("deploying on chain {chain_id} at {}", args.rpc_url))?;
+        .with_context(|| {
+            format!(
+                "deploying on chain {chain_id} at {}",
+                mask_url(&args.rpc_url)
+            )
+        })?;
     Ok(DeployOutput::new(&deployed, &params))
 }
 

@@ -6,7 +6,44 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
 use tollgate_engine::receipt::parse_hex;
+
+/// What `Debug` and `--print-config` show instead of a secret.
+pub const MASK: &str = "********";
+
+/// A secret as an operator gives it (a key in hex, or the path of a file holding it). `Debug`
+/// shows [`MASK`], so no log line, panic or `{:?}` of a configuration can carry the key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that turns it into a key.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(MASK)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(text: &str) -> Self {
+        Secret(text.to_owned())
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(text.into())
+    }
+}
 
 /// A fresh key from the thread-local CSPRNG (ChaCha, seeded and reseeded from the OS).
 pub fn generate() -> SigningKey {
@@ -15,9 +52,9 @@ pub fn generate() -> SigningKey {
 
 /// Reads a key given as 64 hex digits, or as the path of a file holding them.
 pub fn load(key_or_path: &str) -> anyhow::Result<SigningKey> {
-    let text = if Path::new(key_or_path).is_file() {
-        std::fs::read_to_string(key_or_path)
-            .with_context(|| format!("reading key file {key_or_path}"))?
+    let path = Path::new(key_or_path);
+    let text = if path.is_file() {
+        tollgate_settle::chain::read_key_file(path)?
     } else {
         key_or_path.to_owned()
     };

@@ -267,3 +267,69 @@ async fn outside_a_dev_chain_the_operator_cannot_deploy_as_its_own_unchecked_arb
     assert_eq!(json["arbiter"].as_str(), Some(operator.as_str()));
     assert_eq!(json["challenge_window_secs"], 0);
 }
+
+#[tokio::test]
+async fn deposit_shows_the_owner_and_refuses_a_key_another_account_owns_unless_told() {
+    let anvil = common::spawn_anvil();
+    let endpoint = anvil.endpoint();
+    let output = tollgate(&["deploy", "--rpc-url", &endpoint, "--json"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let deployed: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    let settlement = deployed["settlement"]
+        .as_str()
+        .expect("settlement")
+        .to_owned();
+    let payer = PayerKey([0xc3; 32]).to_string();
+    let first_owner = format!("{:#x}", anvil.addresses()[0]);
+    let other_key = hex::encode(anvil.keys()[1].to_bytes());
+    let deposit = |extra: &[&str]| {
+        let mut args = vec![
+            "deposit",
+            "--rpc-url",
+            &endpoint,
+            "--contract",
+            &settlement,
+            "--amount",
+            "700",
+            "--mint",
+            "--json",
+            "--payer",
+            &payer,
+        ];
+        args.extend_from_slice(extra);
+        tollgate(&args)
+    };
+
+    let output = deposit(&[]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let json: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(json["owners"][0]["payer"], payer.as_str());
+    assert_eq!(json["owners"][0]["owner"], first_owner.as_str(), "{json}");
+
+    let output = deposit(&["--key", &other_key]);
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success(), "a foreign top-up must be refused");
+    assert!(
+        stderr.contains(&first_owner) && stderr.contains("--to-foreign-owner"),
+        "names the owner and the flag: {stderr}"
+    );
+    let contract = ContractReader::connect(
+        &endpoint,
+        31_337,
+        settlement.parse().expect("settlement address"),
+    )
+    .await
+    .expect("reader");
+    let payer_key = PayerKey([0xc3; 32]);
+    assert_eq!(contract.available(&payer_key).await.expect("call"), 700);
+
+    let output = deposit(&["--key", &other_key, "--to-foreign-owner"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let json: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(
+        json["owners"][0]["owner"],
+        first_owner.as_str(),
+        "the exit owner stays the first depositor: {json}"
+    );
+    assert_eq!(contract.available(&payer_key).await.expect("call"), 1_400);
+}

@@ -304,3 +304,29 @@ fn http_get(url: &str) -> String {
             .expect("body")
     })
 }
+
+#[test]
+fn print_config_masks_the_rpc_url_path_query_and_userinfo() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rpc_url = "https://user:PASSWORD@eth.example.com:8443/v2/PATHKEY?apikey=QUERYKEY";
+    let output = printed(
+        dir.path(),
+        "",
+        &[
+            ("TOLLGATE_RPC_URL", rpc_url),
+            ("TOLLGATE_OPERATOR_KEY", &"cd".repeat(32)),
+        ],
+        &["--contract", "0x00000000000000000000000000000000000000aa"],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed = stdout(&output);
+    for secret in ["PASSWORD", "PATHKEY", "QUERYKEY", "user"] {
+        assert!(!printed.contains(secret), "{secret} shown in\n{printed}");
+    }
+    let shown: toml::Table = toml::from_str(&printed).expect("printed config is TOML");
+    assert_eq!(
+        shown.get("rpc_url").and_then(toml::Value::as_str),
+        Some("https://eth.example.com:8443/***"),
+        "scheme, host and port stay"
+    );
+}

@@ -20,13 +20,12 @@ use tollgate_engine::receipt::parse_hex;
 use tollgate_engine::verify::VerifyConfig;
 use tollgate_engine::{Address, Domain};
 use tollgate_ingest::server::{ClientAuth, ServerConfig};
-use tollgate_settle::chain::DEV_CHAIN_IDS;
+use tollgate_settle::chain::{DEV_CHAIN_IDS, mask_url};
 use tollgate_settle::epoch::EpochConfig;
 use tollgate_settle::submitter::SubmitConfig;
 use tollgate_settle::watcher::WatchConfig;
 
-/// What `--print-config` shows instead of a secret.
-const MASK: &str = "********";
+use crate::keys::{MASK, Secret};
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -105,13 +104,15 @@ pub struct ServeOptions {
     /// Settlement contract address; with --rpc-url it turns settlement on.
     #[arg(long, env = "TOLLGATE_CONTRACT")]
     pub contract: Option<String>,
-    /// JSON-RPC URL of the settlement chain; with --contract it turns settlement on.
+    /// JSON-RPC URL of the settlement chain; with --contract it turns settlement on. Logs and
+    /// --print-config show its scheme, host and port only (it often carries an API key).
     #[arg(long, env = "TOLLGATE_RPC_URL")]
     pub rpc_url: Option<String>,
     /// The operator's secp256k1 key that signs epoch commits: 64 hex digits, or a file (mode
-    /// 0600) holding them. Prefer the environment or a file to a flag.
+    /// 0600; a file group or others may read is refused) holding them. Prefer the environment
+    /// or a file to a flag.
     #[arg(long, env = "TOLLGATE_OPERATOR_KEY", hide_env_values = true)]
-    pub operator_key: Option<String>,
+    pub operator_key: Option<Secret>,
     /// Block to read deposits from on a fresh data directory (the contract's deployment block)
     /// [default: 0].
     #[arg(long, env = "TOLLGATE_START_BLOCK")]
@@ -193,7 +194,7 @@ pub struct ChainSettings {
     /// JSON-RPC URL.
     pub rpc_url: String,
     /// The operator key, as given (hex or a file path).
-    pub operator_key: String,
+    pub operator_key: Secret,
     /// Deposit watcher start on a fresh data directory.
     pub start_block: u64,
     /// Funds poll interval once caught up.
@@ -313,13 +314,14 @@ impl ServeOptions {
         if shown.operator_key.is_some() && !shown.operator_key_is_file() {
             shown.operator_key = Some(MASK.into());
         }
+        shown.rpc_url = shown.rpc_url.as_deref().map(mask_url);
         Ok(toml::to_string(&shown)?)
     }
 
     fn operator_key_is_file(&self) -> bool {
         self.operator_key
-            .as_deref()
-            .is_some_and(|key| Path::new(key).is_file())
+            .as_ref()
+            .is_some_and(|key| Path::new(key.expose()).is_file())
     }
 
     /// Checks every option and builds the configuration; an error names the key and the reason.
@@ -480,4 +482,30 @@ where
 {
     text.parse()
         .map_err(|e| anyhow::anyhow!("{key}: {text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_operator_key() {
+        let key = "7e".repeat(32);
+        let options = ServeOptions {
+            rpc_url: Some("http://127.0.0.1:8545".into()),
+            contract: Some("0x00000000000000000000000000000000000000aa".into()),
+            operator_key: Some(key.as_str().into()),
+            confirmations: Some(0),
+            ..ServeOptions::defaults()
+        };
+        let config = options.resolve().expect("valid options");
+        let chain = config.chain.as_ref().expect("settlement on");
+        for shown in [
+            format!("{options:?}"),
+            format!("{config:?}"),
+            format!("{chain:?}"),
+        ] {
+            assert!(!shown.contains(&key), "operator key in {shown}");
+        }
+    }
 }

@@ -271,8 +271,9 @@ async fn connect_settlement(
     let domain = config.domain;
     let contract = alloy::primitives::Address::from(domain.contract.0);
     let operator =
-        tollgate_settle::chain::load_signer(&chain.operator_key).context("operator_key")?;
-    tracing::info!(operator = %operator.address(), rpc_url = %chain.rpc_url, %contract, "settlement on");
+        tollgate_settle::chain::load_signer(chain.operator_key.expose()).context("operator_key")?;
+    let rpc_url = tollgate_settle::chain::mask_url(&chain.rpc_url);
+    tracing::info!(operator = %operator.address(), %rpc_url, %contract, "settlement on");
     let watcher = Watcher::connect(
         &chain.rpc_url,
         domain.chain_id,
