@@ -536,12 +536,9 @@ impl World {
                         self.record(epoch, EpochStatus::Disputed).map_err(fail)?;
                     }
                     self.model.transition(index, EpochStatus::Disputed);
-                    let refused = self.record(epoch, EpochStatus::Committed);
-                    prop_assert!(
-                        matches!(refused, Err(EngineError::EpochTransition { .. })),
-                        "a voided epoch was committed: {:?}",
-                        refused
-                    );
+                    // News of its commit arriving after the dispute is older than the dispute:
+                    // accepted, and nothing moves (the totals compared after this step show it).
+                    self.record(epoch, EpochStatus::Committed).map_err(fail)?;
                 }
             }
             Step::Restart => {

@@ -23,7 +23,7 @@ use tollgate_engine::{
 
 use crate::chain;
 use crate::merkle::{EpochTree, MerkleError};
-use crate::submitter::{EpochCommit, SubmitError, Submitter};
+use crate::submitter::{EpochCommit, OnchainEpoch, SubmitError, Submitter};
 use crate::watcher::{FundsChange, WatchBatch, WatchError, Watcher};
 
 /// When to close an epoch.
@@ -309,25 +309,43 @@ impl EpochLoop {
             debits: sealed.debits,
             credits: sealed.credits,
         };
-        // Returns only once the commit is `confirmations` blocks deep, so the ledger settles the
-        // pending amounts of final commits only, never of one a reorg can still drop.
+        // Returns only once the commit (or the arbiter's voiding of it) is `confirmations` blocks
+        // deep, so the ledger settles the pending amounts of final commits only, never of one a
+        // reorg can still drop.
         let outcome = self.submitter.submit(&commit).await?;
         let last = outcome.landed.last();
-        record_status(
-            &self.engine,
-            record.epoch,
-            EpochStatus::Committed,
-            None,
-            last.map(|part| (part.tx_hash.0, part.block)),
-        )
-        .await?;
-        metrics::gauge!(names::LAST_COMMITTED_EPOCH).set(record.epoch as f64);
-        tracing::info!(
-            epoch = record.epoch,
-            parts = outcome.parts,
-            sent = outcome.landed.len(),
-            "epoch committed"
-        );
+        let landed = last.map(|part| (part.tx_hash.0, part.block));
+        match outcome.onchain {
+            OnchainEpoch::Committed => {
+                record_status(
+                    &self.engine,
+                    record.epoch,
+                    EpochStatus::Committed,
+                    None,
+                    landed,
+                )
+                .await?;
+                metrics::gauge!(names::LAST_COMMITTED_EPOCH).set(record.epoch as f64);
+                tracing::info!(
+                    epoch = record.epoch,
+                    parts = outcome.parts,
+                    sent = outcome.landed.len(),
+                    "epoch committed"
+                );
+            }
+            // The funds loop records the same dispute when its event is confirmed; whichever
+            // comes first carries the amounts into the open epoch, the other changes nothing.
+            OnchainEpoch::Voided => {
+                record_status(
+                    &self.engine,
+                    record.epoch,
+                    EpochStatus::Disputed,
+                    None,
+                    landed,
+                )
+                .await?;
+            }
+        }
         Ok(())
     }
 }
@@ -485,6 +503,11 @@ impl FundsLoop {
                     // Idempotent in the ledger (Disputed may become Disputed), so a replay after a
                     // restart is harmless.
                     record_status(&self.engine, epoch, EpochStatus::Disputed, None, None).await?;
+                    metrics::counter!(names::EPOCHS_VOIDED).increment(1);
+                    tracing::warn!(
+                        epoch,
+                        "the arbiter voided an epoch; its amounts go into the next one"
+                    );
                     continue;
                 }
             };

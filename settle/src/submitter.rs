@@ -144,9 +144,21 @@ pub struct LandedPart {
     pub gas_used: u64,
 }
 
-/// The result of [`Submitter::submit`]: the epoch is complete onchain.
+/// How an epoch ended up onchain, `confirmations` blocks deep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnchainEpoch {
+    /// Complete, with our root.
+    Committed,
+    /// The arbiter voided it (between its parts or inside its challenge window): its number is
+    /// used up and its amounts belong in a later epoch.
+    Voided,
+}
+
+/// The result of [`Submitter::submit`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubmitOutcome {
+    /// Committed or voided.
+    pub onchain: OnchainEpoch,
     /// Parts this call sent; empty when an earlier run had already committed everything.
     pub landed: Vec<LandedPart>,
     /// Number of parts the epoch was split into.
@@ -158,11 +170,20 @@ pub struct SubmitOutcome {
 pub struct ChainPosition {
     /// Highest epoch whose commit has started.
     pub last_epoch: u64,
+    /// Epoch of the latest commit not voided (0: none).
+    pub live_epoch: u64,
     /// `Some((parts, parts_done))` while `last_epoch` is still missing parts.
     pub open: Option<(u16, u16)>,
 }
 
 impl ChainPosition {
+    /// Whether `epoch` was started and then voided: a dispute sends the live commit back to the
+    /// previous one but never gives its number back, so every started epoch after the live one
+    /// is void.
+    pub fn voided(&self, epoch: u64) -> bool {
+        self.live_epoch < epoch && epoch <= self.last_epoch
+    }
+
     /// The (epoch, part) the contract accepts next.
     pub fn next(&self) -> (u64, u16) {
         match self.open {
@@ -234,8 +255,8 @@ impl Entries {
 
 /// What one step found or did.
 enum Step {
-    /// The epoch is complete onchain, with the configured confirmations.
-    Done,
+    /// The epoch is committed or voided onchain, with the configured confirmations.
+    Done(OnchainEpoch),
     /// A part landed.
     Landed(LandedPart),
     /// Something transient went wrong; re-read and try again after a delay.
@@ -324,12 +345,17 @@ impl Submitter {
         if live_seq == 0 {
             return Ok(ChainPosition {
                 last_epoch,
+                live_epoch: 0,
                 open: None,
             });
         }
         let commit = self.contract.commits(live_seq).block(block).call().await?;
         let open = (commit.partsDone != commit.parts).then_some((commit.parts, commit.partsDone));
-        Ok(ChainPosition { last_epoch, open })
+        Ok(ChainPosition {
+            last_epoch,
+            live_epoch: commit.epoch,
+            open,
+        })
     }
 
     /// Commits `commit` completely, starting from whatever part the chain already has, and
@@ -353,7 +379,13 @@ impl Submitter {
                 Err(error) => return Err(error),
             };
             match step {
-                Step::Done => return Ok(SubmitOutcome { landed, parts }),
+                Step::Done(onchain) => {
+                    return Ok(SubmitOutcome {
+                        onchain,
+                        landed,
+                        parts,
+                    });
+                }
                 Step::Landed(part) => {
                     failures = 0;
                     // A part sent again after a reorg replaces the copy that was dropped.
@@ -398,6 +430,9 @@ impl Submitter {
             .await
             .map_err(ChainError::from)?;
         let position = self.position_at(head.into()).await?;
+        if position.voided(commit.epoch) {
+            return self.voided(commit, head).await;
+        }
         let (next_epoch, next_part) = position.next();
         if commit.epoch > next_epoch {
             return Err(SubmitError::Gap {
@@ -448,6 +483,22 @@ impl Submitter {
         Ok(())
     }
 
+    /// The arbiter voided the epoch at `head`: done once that holds `confirmations` blocks deep
+    /// too (a reorg can undo the dispute; the next step then finds the commit as it stands).
+    async fn voided(&self, commit: &EpochCommit, head: u64) -> Result<Step, SubmitError> {
+        let deep = head.saturating_sub(self.config.confirmations);
+        if deep == head || self.position_at(deep.into()).await?.voided(commit.epoch) {
+            tracing::info!(
+                epoch = commit.epoch,
+                "epoch voided onchain; nothing more of it is sent"
+            );
+            return Ok(Step::Done(OnchainEpoch::Voided));
+        }
+        Ok(Step::Wait(Duration::from_millis(
+            self.config.receipt_poll_ms,
+        )))
+    }
+
     /// The commit is complete at `head`: done once it is complete, with our root, at the block
     /// `confirmations` below the head too; until then, wait for blocks. If a reorg drops it
     /// meanwhile, the next step sees it missing at the head and sends it again.
@@ -457,7 +508,7 @@ impl Submitter {
             return Ok(Step::Wait(poll));
         };
         if deep == head {
-            return Ok(Step::Done);
+            return Ok(Step::Done(OnchainEpoch::Committed));
         }
         let (next_epoch, _) = self.position_at(deep.into()).await?.next();
         let root = self
@@ -468,7 +519,7 @@ impl Submitter {
             .await
             .map_err(ChainError::from)?;
         if commit.epoch < next_epoch && root == commit.root {
-            return Ok(Step::Done);
+            return Ok(Step::Done(OnchainEpoch::Committed));
         }
         Ok(Step::Wait(poll))
     }

@@ -13,6 +13,9 @@ pub const LAST_COMMITTED_EPOCH: &str = "tollgate_settle_last_committed_epoch";
 /// Counter: commit transactions replaced at their nonce with higher fees (stuck or underpriced).
 pub const TX_REPLACEMENTS: &str = "tollgate_settle_tx_replacements_total";
 
+/// Counter: epochs the arbiter voided (their amounts were carried into a later epoch).
+pub const EPOCHS_VOIDED: &str = "tollgate_settle_epochs_voided_total";
+
 /// Describes settlement's metrics and creates each at zero in the installed recorder.
 pub fn register() {
     describe_gauge!(
@@ -25,8 +28,14 @@ pub fn register() {
         TX_REPLACEMENTS,
         "commit transactions replaced at their nonce with higher fees"
     );
+    describe_counter!(
+        EPOCHS_VOIDED,
+        "epochs the arbiter voided; their amounts were carried into a later epoch"
+    );
     for gauge in [BACKLOG_EPOCHS, LAST_SEALED_EPOCH, LAST_COMMITTED_EPOCH] {
         metrics::gauge!(gauge).set(0.0);
     }
-    metrics::counter!(TX_REPLACEMENTS).absolute(0);
+    for counter in [TX_REPLACEMENTS, EPOCHS_VOIDED] {
+        metrics::counter!(counter).absolute(0);
+    }
 }

@@ -31,7 +31,11 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let chain = Chain::start(0, 60).await;
+    setup_with_window(0).await
+}
+
+async fn setup_with_window(challenge_window_secs: u64) -> Setup {
+    let chain = Chain::start(challenge_window_secs, 600).await;
     let domain = Domain {
         chain_id: chain.anvil.chain_id(),
         contract: Address(chain.addresses.settlement.0.0),
@@ -49,10 +53,14 @@ async fn setup() -> Setup {
 }
 
 async fn submitter(chain: &Chain) -> Submitter {
+    submitter_with(chain, SubmitConfig::default()).await
+}
+
+async fn submitter_with(chain: &Chain, config: SubmitConfig) -> Submitter {
     let config = SubmitConfig {
         receipt_poll_ms: 10,
         backoff_initial_ms: 10,
-        ..SubmitConfig::default()
+        ..config
     };
     Submitter::connect(
         &chain.endpoint(),
@@ -382,4 +390,193 @@ async fn a_commit_counts_only_after_its_confirmations_and_a_reorg_gets_it_resubm
         U256::from(engine_payer.deposited - engine_payer.settled)
     );
     assert_eq!(engine_payer.settled, 1_000);
+}
+
+/// One payer pays two payees (1,000 and 2,000) in the open epoch and the epoch is sealed: one
+/// debit and two credits, the payer's key.
+async fn seal_one_payer_two_payees(setup: &Setup, epochs: &EpochLoop) -> PayerKey {
+    let (chain, engine, domain) = (&setup.chain, &setup.engine, &setup.domain);
+    let payer = SigningKey::from_bytes(&[11; 32]);
+    let payer_key = PayerKey(payer.verifying_key().to_bytes());
+    chain.deposit(2, payer_key.0, 10_000).await;
+    catch_up(&funds_loop(setup).await).await;
+    let (a, b) = (Address(chain.address(5).0.0), Address(chain.address(6).0.0));
+    let receipts = [
+        signed(&payer, a, 1_000, 1, domain),
+        signed(&payer, b, 2_000, 2, domain),
+    ];
+    assert_eq!(submit(engine, 1, &receipts).await.accepted, 2);
+    assert_eq!(epochs.seal().await.unwrap(), 1);
+    payer_key
+}
+
+/// The engine's payer and payees against the chain, once every epoch is committed and final.
+async fn assert_balances_match_the_chain(setup: &Setup, payer: PayerKey, payees: &[usize]) {
+    let (chain, engine) = (&setup.chain, &setup.engine);
+    let settlement = chain.settlement(0);
+    let engine_payer = engine.reader().payer(&payer).unwrap().unwrap();
+    assert_eq!(engine_payer.pending, 0, "everything settled");
+    assert_eq!(
+        settlement
+            .available(B256::from(payer.0))
+            .call()
+            .await
+            .unwrap(),
+        U256::from(engine_payer.deposited - engine_payer.settled)
+    );
+    for &index in payees {
+        let payee = chain.address(index);
+        let engine_payee = engine.reader().payee(&Address(payee.0.0)).unwrap().unwrap();
+        assert_eq!(
+            settlement.withdrawable(payee).call().await.unwrap(),
+            U256::from(engine_payee.settled),
+            "payee {payee}"
+        );
+    }
+}
+
+/// The arbiter voids an epoch between its parts (the process that sent part 0 died): the commit
+/// loop must not stop on the root the dispute deleted, and the voided amounts settle in the next
+/// epoch, once.
+#[tokio::test]
+async fn an_epoch_voided_between_its_parts_is_carried_and_settling_goes_on() {
+    let window_secs = 30;
+    let setup = setup_with_window(window_secs).await;
+    let (chain, engine) = (&setup.chain, &setup.engine);
+    let two_parts = SubmitConfig {
+        part_entries_max: 2,
+        ..SubmitConfig::default()
+    };
+    let epochs = EpochLoop::new(
+        engine.clone(),
+        submitter_with(chain, two_parts).await,
+        EpochConfig::default(),
+    );
+    let payer = seal_one_payer_two_payees(&setup, &epochs).await;
+
+    // An earlier run sent part 0 (the debit and one credit) and died; the arbiter voids epoch 1.
+    let sealed = engine.reader().sealed_epoch(1).unwrap().unwrap();
+    let root = B256::from(engine.reader().epoch(1).unwrap().unwrap().root.unwrap());
+    let settlement = chain.settlement(0);
+    let debit = tollgate_settle::contract::Settlement::Debit {
+        payerKey: B256::from(payer.0),
+        amount: U256::from(sealed.debits[0].1),
+    };
+    let (payee, amount) = sealed.credits[0];
+    let credit = tollgate_settle::contract::pack_credit(EvmAddress::from(payee.0), amount).unwrap();
+    let receipt = settlement
+        .commitEpoch(1, 0, 2, root, vec![debit], vec![credit])
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(receipt.status());
+    let receipt = chain
+        .settlement(1)
+        .dispute(1)
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(receipt.status());
+
+    // The commit loop meets the voided epoch before the funds loop has read the dispute.
+    epochs
+        .commit_backlog()
+        .await
+        .expect("a voided epoch does not stop the commit loop");
+    let status = |epoch| engine.reader().epoch(epoch).unwrap().unwrap().status;
+    assert_eq!(status(1), EpochStatus::Disputed);
+    // The funds loop then reads the same dispute: nothing moves twice.
+    catch_up(&funds_loop(&setup).await).await;
+
+    assert_eq!(epochs.seal().await.unwrap(), 2);
+    let carried = engine.reader().sealed_epoch(2).unwrap().unwrap();
+    assert_eq!(
+        carried.debits, sealed.debits,
+        "epoch 2 carries epoch 1 whole"
+    );
+    assert_eq!(carried.credits, sealed.credits);
+    epochs.commit_backlog().await.expect("epoch 2 commits");
+    assert_eq!(status(2), EpochStatus::Committed);
+    chain.advance_secs(window_secs + 1).await;
+    assert_balances_match_the_chain(&setup, payer, &[5, 6]).await;
+    assert_eq!(
+        settlement
+            .withdrawable(chain.address(6))
+            .call()
+            .await
+            .unwrap(),
+        U256::from(2_000)
+    );
+}
+
+/// The arbiter voids a complete epoch inside its window while the commit loop waits for its
+/// confirmations: the loop must see the dispute at that depth instead of waiting forever for a
+/// root that is gone.
+#[tokio::test]
+async fn an_epoch_voided_while_awaiting_confirmations_is_carried_and_settling_goes_on() {
+    let window_secs = 30;
+    let setup = setup_with_window(window_secs).await;
+    let (chain, engine) = (&setup.chain, &setup.engine);
+    let confirmations = 2;
+    let deep = SubmitConfig {
+        confirmations,
+        ..SubmitConfig::default()
+    };
+    let epochs = std::sync::Arc::new(EpochLoop::new(
+        engine.clone(),
+        submitter_with(chain, deep).await,
+        EpochConfig::default(),
+    ));
+    let payer = seal_one_payer_two_payees(&setup, &epochs).await;
+    let committing = tokio::spawn({
+        let epochs = epochs.clone();
+        async move { epochs.commit_backlog().await }
+    });
+    let settlement = chain.settlement(0);
+    eventually("epoch 1 never landed", || async {
+        settlement.lastEpoch().call().await.unwrap() == 1
+    })
+    .await;
+    let receipt = chain
+        .settlement(1)
+        .dispute(1)
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(receipt.status());
+    chain.mine(confirmations).await;
+    // A bound for a broken build, not a timing claim: the old loop waited here forever.
+    tokio::time::timeout(std::time::Duration::from_secs(60), committing)
+        .await
+        .expect("the commit loop saw the dispute")
+        .unwrap()
+        .expect("a voided epoch does not stop the commit loop");
+    let status = |epoch| engine.reader().epoch(epoch).unwrap().unwrap().status;
+    assert_eq!(status(1), EpochStatus::Disputed);
+    assert_eq!(engine.reader().payer(&payer).unwrap().unwrap().settled, 0);
+
+    assert_eq!(epochs.seal().await.unwrap(), 2);
+    let committing = tokio::spawn({
+        let epochs = epochs.clone();
+        async move { epochs.commit_backlog().await }
+    });
+    eventually("epoch 2 never landed", || async {
+        settlement.lastEpoch().call().await.unwrap() == 2
+    })
+    .await;
+    chain.mine(confirmations).await;
+    committing.await.unwrap().expect("epoch 2 commits");
+    assert_eq!(status(2), EpochStatus::Committed);
+    catch_up(&funds_loop(&setup).await).await;
+    chain.advance_secs(window_secs + 1).await;
+    assert_balances_match_the_chain(&setup, payer, &[5, 6]).await;
 }

@@ -160,6 +160,8 @@ impl EpochStatus {
     /// Whether settle may move an epoch from `self` to `next`. Repeating the current status is
     /// allowed (a retried update) and never moves money twice. Every status but `Disputed`
     /// itself may become `Disputed`: the contract can void an epoch before or after its commit.
+    /// Nothing leaves `Disputed`: the ledger ignores news of a voided epoch's commit, which is
+    /// always older than the dispute.
     pub fn may_become(self, next: EpochStatus) -> bool {
         use EpochStatus::*;
         matches!(

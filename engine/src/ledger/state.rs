@@ -548,6 +548,12 @@ impl Ledger {
     /// the update is repeated.
     pub(crate) fn record_epoch(&mut self, update: EpochUpdate) -> Result<(), EngineError> {
         let mut record = self.epoch_record(update.epoch)?;
+        if record.status == EpochStatus::Disputed && update.status != EpochStatus::Disputed {
+            // The contract never revives a voided epoch, so news of its commit is older than the
+            // dispute (the commit loop finishing as the funds loop records the dispute): nothing
+            // to move, and nothing to stop for.
+            return Ok(());
+        }
         if !record.status.may_become(update.status) {
             return Err(EngineError::EpochTransition {
                 epoch: update.epoch,
@@ -1349,6 +1355,51 @@ mod tests {
         ledger.commit().expect("commit");
         let state = ledger.payers.get(&payer).copied().expect("cached");
         assert_eq!((state.pending, state.settled), (0, 30));
+    }
+
+    /// The commit loop can finish an epoch just after the funds loop recorded the arbiter's
+    /// dispute of it: that `Committed` is older news than the dispute and must neither fail (it
+    /// stopped serve) nor settle the carried amounts.
+    #[test]
+    fn commit_news_after_a_dispute_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ledger = ledger(dir.path());
+        let key = SigningKey::from_bytes(&[4; 32]);
+        let payer = PayerKey(key.verifying_key().to_bytes());
+        deposit(&mut ledger, payer, 100, 1);
+        let batch = ReceiptBatch::from_receipts(&[receipt(&key, 30, 1)]);
+        ledger
+            .apply_batch(session(1), batch_digest(&batch), &batch, &[Ok(())], 1_000)
+            .expect("apply");
+        let sealed = ledger.seal().expect("seal");
+        let update = |status| EpochUpdate {
+            epoch: sealed.epoch,
+            status,
+            root: None,
+            tx_hash: None,
+            block: Some(9),
+        };
+        ledger
+            .record_epoch(update(EpochStatus::Disputed))
+            .expect("dispute");
+        for stale in [
+            EpochStatus::Committed,
+            EpochStatus::Submitted,
+            EpochStatus::Sealed,
+        ] {
+            ledger.record_epoch(update(stale)).expect("stale news");
+        }
+        ledger.commit().expect("commit");
+        assert_eq!(
+            ledger.epoch_record(sealed.epoch).expect("record").status,
+            EpochStatus::Disputed
+        );
+        let state = ledger.payers.get(&payer).copied().expect("cached");
+        assert_eq!(
+            (state.pending, state.settled, state.unsealed),
+            (30, 0, 30),
+            "still owed, carried into the open epoch, never settled"
+        );
     }
 
     /// Overflow cannot be reached with u64 amounts and real deposits in a test's lifetime, so the
