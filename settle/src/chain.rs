@@ -541,6 +541,83 @@ pub async fn withdraw(
     amount_u128("withdrawn", paid.data.amount)
 }
 
+/// Sends `Settlement.dispute(epoch)` from the `arbiter` account, voiding the open epoch.
+/// `Ok(false)`, with nothing sent, when the contract would refuse it as `NotDisputable` (the
+/// epoch is final already, or is not the open one).
+pub async fn dispute(
+    rpc_url: &str,
+    arbiter: PrivateKeySigner,
+    settlement: Address,
+    epoch: u64,
+) -> Result<bool, ChainError> {
+    let provider = wallet_provider(rpc_url, arbiter)?;
+    let contract = Settlement::new(settlement, provider.clone());
+    let call = contract.dispute(epoch);
+    if let Err(error) = call.call().await {
+        return match error.as_decoded_interface_error::<Settlement::SettlementErrors>() {
+            Some(Settlement::SettlementErrors::NotDisputable(_)) => Ok(false),
+            _ => Err(ChainError::Contract(error)),
+        };
+    }
+    let pending = call.send().await?;
+    landed_receipt(&provider, *pending.tx_hash()).await?;
+    Ok(true)
+}
+
+/// Starts a payer exit: `Settlement.requestWithdrawal(payer, amount)` from the key's owner.
+/// Returns the chain time (seconds) from which it may be completed.
+pub async fn request_withdrawal(
+    rpc_url: &str,
+    owner: PrivateKeySigner,
+    settlement: Address,
+    payer: &PayerKey,
+    amount: u128,
+) -> Result<u64, ChainError> {
+    let provider = wallet_provider(rpc_url, owner)?;
+    let pending = Settlement::new(settlement, provider.clone())
+        .requestWithdrawal(B256::from(payer.0), U256::from(amount))
+        .send()
+        .await?;
+    let receipt = landed_receipt(&provider, *pending.tx_hash()).await?;
+    let requested = receipt
+        .decoded_log::<Settlement::WithdrawalRequested>()
+        .ok_or_else(|| {
+            ChainError::BadAnswer(format!(
+                "withdrawal request {} logged no WithdrawalRequested event",
+                receipt.transaction_hash
+            ))
+        })?;
+    Ok(requested.data.readyAt)
+}
+
+/// Completes a payer exit from the key's owner: returns what the contract paid out and what
+/// stays requested (an amount that committed debits had taken), read from its event.
+pub async fn complete_withdrawal(
+    rpc_url: &str,
+    owner: PrivateKeySigner,
+    settlement: Address,
+    payer: &PayerKey,
+) -> Result<(u128, u128), ChainError> {
+    let provider = wallet_provider(rpc_url, owner)?;
+    let pending = Settlement::new(settlement, provider.clone())
+        .completeWithdrawal(B256::from(payer.0))
+        .send()
+        .await?;
+    let receipt = landed_receipt(&provider, *pending.tx_hash()).await?;
+    let completed = receipt
+        .decoded_log::<Settlement::WithdrawalCompleted>()
+        .ok_or_else(|| {
+            ChainError::BadAnswer(format!(
+                "withdrawal {} logged no WithdrawalCompleted event",
+                receipt.transaction_hash
+            ))
+        })?;
+    Ok((
+        amount_u128("paid", completed.data.amount)?,
+        amount_u128("remaining", completed.data.remaining)?,
+    ))
+}
+
 /// Sends `wei` of the chain's native currency from `from` to `to`: gas money for an account that
 /// only ever received tokens (a payee about to withdraw, on a dev chain).
 pub async fn send_gas_money(

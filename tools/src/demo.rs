@@ -1,11 +1,14 @@
 //! `tollgate demo`: the whole system on one machine, end to end, checked.
 //!
-//! A real anvil chain, the Settlement contract and its test token deployed, 1,000 payers funded
-//! onchain, `tollgate serve` with settlement on over a temporary RocksDB ledger, a million
-//! receipts streamed by `tollgate-load` (a few of them bad on purpose), epochs committed until
-//! nothing is pending, then the engine's numbers read next to the chain's, one Merkle proof
-//! checked by the contract itself, a payee's withdrawal, and the last epoch commit replayed to
-//! show the contract refuses it. Exit 0 only when every number agrees.
+//! A real anvil chain, the Settlement contract (with a real challenge window and an arbiter key
+//! separate from the operator's) and its test token deployed, 1,000 payers funded onchain,
+//! `tollgate serve` with settlement on over a temporary RocksDB ledger, a million receipts
+//! streamed by `tollgate-load` (a few of them bad on purpose) while the arbiter disputes the
+//! first epoch it sees committed, epochs committed until nothing is pending (the voided amounts
+//! committed again), then the engine's numbers read next to the chain's, one payer's exit
+//! requested and completed, the numbers compared again, one Merkle proof checked by the contract
+//! itself, a payee's withdrawal, and the last epoch commit replayed to show the contract refuses
+//! it. Exit 0 only when every number agrees.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,15 +16,18 @@ use std::time::{Duration, Instant};
 
 use alloy::node_bindings::{Anvil, AnvilInstance};
 use alloy::primitives::{B256, TxHash, U256};
+use alloy::providers::Provider;
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{Context, bail, ensure};
 use tollgate_engine::{Address, PayerKey};
 use tollgate_settle::chain::{
-    ContractReader, DeployParams, FundParams, deploy, fund_payers, send_gas_money, withdraw,
+    ContractReader, DeployParams, DeployedAddresses, FundParams, complete_withdrawal, deploy,
+    dispute, fund_payers, read_provider, request_withdrawal, send_gas_money, withdraw,
 };
+use tollgate_settle::contract::Settlement::SettlementErrors;
 use tollgate_settle::merkle::Leaf;
 
-use crate::api::cli::QueryClient;
+use crate::api::cli::{QueryClient, QueryError};
 use crate::api::model::EpochView;
 use crate::load::check::{PayerBalance, fetch_balances};
 use crate::load::child::{self, LoadRun};
@@ -56,6 +62,13 @@ pub struct DemoArgs {
     /// Epochs sealed at least this often.
     #[arg(long, default_value_t = 5)]
     pub epoch_secs: u64,
+    /// The contract's challenge window: how long the arbiter may dispute a complete epoch (and
+    /// the least time between two commits, so it must be shorter than `--epoch-secs`).
+    #[arg(long, default_value_t = 3)]
+    pub window_secs: u64,
+    /// The contract's payer exit delay. The demo moves anvil's clock past it instead of waiting.
+    #[arg(long, default_value_t = 3_600)]
+    pub withdrawal_delay_secs: u64,
     /// Receipts per second offered (0 = as fast as the engine acks).
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
@@ -104,11 +117,27 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<bool> {
     let anvil = spawn_anvil(args)?;
     let rpc_url = anvil.endpoint();
     let operator = dev_key(&anvil, 0)?;
+    // The funder makes every payer's first deposit, so it owns their exits.
     let funder = dev_key(&anvil, 1)?;
-    let deployed = deploy(&rpc_url, operator.clone(), None, &DeployParams::dev()).await?;
+    let arbiter = dev_key(&anvil, 2)?;
+    let params = DeployParams {
+        challenge_window_secs: args.window_secs,
+        withdrawal_delay_secs: args.withdrawal_delay_secs,
+        arbiter: Some(arbiter.address()),
+        unsafe_operator_can_take_deposits: false,
+    };
+    let deployed = deploy(&rpc_url, operator.clone(), None, &params).await?;
     println!(
-        "anvil {rpc_url} (chain {}); token {}; Settlement {} at block {}",
-        deployed.chain_id, deployed.token, deployed.settlement, deployed.block
+        "anvil {rpc_url} (chain {}); token {}; Settlement {} at block {}\n\
+         operator {}, arbiter {}, challenge window {} s, payer exit delay {} s",
+        deployed.chain_id,
+        deployed.token,
+        deployed.settlement,
+        deployed.block,
+        deployed.operator,
+        deployed.arbiter,
+        args.window_secs,
+        args.withdrawal_delay_secs
     );
 
     step(&format!(
@@ -122,7 +151,7 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<bool> {
     let funding_started = Instant::now();
     let funded = fund_payers(
         &rpc_url,
-        funder,
+        funder.clone(),
         &payers,
         &FundParams {
             token: deployed.token,
@@ -172,10 +201,26 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<bool> {
     );
 
     step(&format!(
-        "{} receipts from {} payers to {} payees, some bad on purpose",
+        "{} receipts from {} payers to {} payees, some bad on purpose; the arbiter disputes the \
+         first epoch it sees committed",
         args.receipts, args.payers, args.payees
     ));
-    let load = run_load(args, &load_binary, &server, &contract)?;
+    let query = QueryClient::new(&api_url)?;
+    let watchtower = tokio::spawn(dispute_first_committed(
+        rpc_url.clone(),
+        arbiter,
+        deployed.settlement,
+        query.clone(),
+    ));
+    let load = {
+        let (load_binary, server_listen, server_http) =
+            (load_binary.clone(), server.listen, server.http);
+        let (args, contract) = (args.clone(), contract.clone());
+        tokio::task::spawn_blocking(move || {
+            run_load(&args, &load_binary, server_listen, server_http, &contract)
+        })
+        .await??
+    };
     let summary = &load.summary;
     println!(
         "{:.0} receipts/s; sent {}, acked {}, accepted {}, rejected {}, verdict mismatches {}",
@@ -189,8 +234,9 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<bool> {
     // tollgate-load exits non-zero on any verdict mismatch or --check difference.
     let mut agreed = load.status.success();
 
-    step("settlement: epochs committed until nothing is pending");
-    let query = QueryClient::new(&api_url)?;
+    let disputed = watchtower.await??;
+
+    step("settlement: epochs committed until nothing is pending, the disputed one included");
     let balances = wait_until_settled(&api_url, &payers, &query, args.epoch_secs).await?;
     let epochs = query.epochs(100).await?.epochs;
     print_epochs(&epochs);
@@ -202,12 +248,26 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<bool> {
         println!("only {committed} epoch(s) committed; the demo needs at least two");
         agreed = false;
     }
+    agreed &= check_recommitted(disputed, &epochs, &balances);
 
-    step("the engine's balances next to the chain's");
+    step("the engine's balances next to the chain's, once the last epoch is final");
     let chain = ContractReader::connect(&rpc_url, deployed.chain_id, deployed.settlement).await?;
+    // Payees are paid only from final epochs: the last one's window must end first.
+    let last = last_committed(&epochs)?.epoch;
+    if !wait_for(|| async { Ok(chain.is_final(last).await?) }).await? {
+        println!("epoch {last} never turned final  WRONG");
+        agreed = false;
+    }
+    agreed &= compare_with_chain(args, &payers, &balances, &query, &chain).await?;
+
+    step("a payer exits: withdrawal requested, the delay passes, withdrawal completed");
+    agreed &= payer_exits(&rpc_url, funder, &deployed, &payers, &query, &chain).await?;
+    let balances = fetch_balances(&api_url, &payers).await?;
     agreed &= compare_with_chain(args, &payers, &balances, &query, &chain).await?;
 
     step("a proof from the API, checked by the contract's verifyLeaf");
+    // The exit moved the chain's clock past every challenge window: every epoch is final.
+    let epochs = query.epochs(100).await?.epochs;
     agreed &= prove_onchain(args, &payers, &balances, &epochs, &query, &chain).await?;
 
     step("a payee withdraws; the last commit, replayed, cannot land again");
@@ -231,9 +291,13 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<bool> {
 }
 
 fn spawn_anvil(args: &DemoArgs) -> anyhow::Result<AnvilInstance> {
+    // A block every second besides one per transaction, as on a live chain: the contract's
+    // clock is the block time, and a challenge window only ends when blocks keep coming.
     Anvil::at(&args.anvil)
         .host("127.0.0.1")
         .port(0u16)
+        .block_time(1)
+        .arg("--mixed-mining")
         .try_spawn()
         .with_context(|| format!("starting {}", args.anvil.display()))
 }
@@ -249,12 +313,13 @@ fn dev_key(anvil: &AnvilInstance, index: usize) -> anyhow::Result<PrivateKeySign
 fn run_load(
     args: &DemoArgs,
     load_binary: &std::path::Path,
-    server: &ServerProcess,
+    listen: std::net::SocketAddr,
+    http: std::net::SocketAddr,
     contract: &str,
 ) -> anyhow::Result<LoadRun> {
     let flags = [
-        ("--addr", server.listen.to_string()),
-        ("--check", format!("http://{}", server.http)),
+        ("--addr", listen.to_string()),
+        ("--check", format!("http://{http}")),
         ("--deposit", "api".to_owned()),
         ("--receipts", args.receipts.to_string()),
         ("--payers", args.payers.to_string()),
@@ -451,12 +516,20 @@ async fn replay_last_commit(epochs: &[EpochView], chain: &ContractReader) -> any
         .parse()
         .context("epoch tx hash")?;
     Ok(match chain.replay(tx_hash).await? {
-        Some(revert) => {
+        // The contract has moved on to the next epoch: exactly the refusal of a second landing.
+        Some(revert @ SettlementErrors::UnexpectedPart(_)) => {
             println!(
                 "epoch {} commit {tx_hash} replayed: reverts with {revert:?}",
                 last.epoch
             );
             true
+        }
+        Some(revert) => {
+            println!(
+                "epoch {} commit {tx_hash} replayed: reverts with {revert:?}, not UnexpectedPart  WRONG",
+                last.epoch
+            );
+            false
         }
         None => {
             println!(
@@ -484,8 +557,14 @@ async fn prove_onchain(
     let payer = payers[busiest];
     for index in 0..args.payees {
         let payee: Address = payee_address(args.seed, index);
-        let Ok(proof) = query.proof(last, &payer, &payee).await else {
-            continue;
+        let proof = match query.proof(last, &payer, &payee).await {
+            Ok(proof) => proof,
+            // This payer paid another payee in that epoch; any other answer is a failure.
+            Err(QueryError::NotFound { code, .. }) if code == "unknown_leaf" => continue,
+            Err(error) => {
+                println!("proof of epoch {last} for payee {payee}: {error}  WRONG");
+                return Ok(false);
+            }
         };
         let leaf = Leaf {
             payer,
@@ -510,5 +589,150 @@ async fn prove_onchain(
         return Ok(accepted && !tampered_accepted);
     }
     println!("no leaf of the busiest payer in epoch {last}");
+    Ok(false)
+}
+
+/// How long the arbiter watches for a committed epoch to dispute.
+const WATCH_SECS: u64 = 300;
+
+/// The arbiter's part: polls the API and disputes the first epoch it sees committed, inside its
+/// challenge window. An epoch that turned final before the dispute landed is skipped for the next
+/// one. Returns the epoch voided.
+async fn dispute_first_committed(
+    rpc_url: String,
+    arbiter: PrivateKeySigner,
+    settlement: alloy::primitives::Address,
+    query: QueryClient,
+) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(WATCH_SECS);
+    let mut tried = 0;
+    while Instant::now() < deadline {
+        let epochs = query.epochs(100).await?.epochs;
+        let candidate = epochs
+            .iter()
+            .filter(|epoch| epoch.status.as_str() == "committed" && epoch.epoch > tried)
+            .map(|epoch| epoch.epoch)
+            .min();
+        if let Some(epoch) = candidate {
+            tried = epoch;
+            if dispute(&rpc_url, arbiter.clone(), settlement, epoch).await? {
+                println!("arbiter {} disputed epoch {epoch}", arbiter.address());
+                return Ok(epoch);
+            }
+            println!("epoch {epoch} turned final before the arbiter's dispute; watching the next");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("no committed epoch could be disputed in {WATCH_SECS} s")
+}
+
+/// The disputed epoch is `disputed` in the API and its amounts were committed again: a later
+/// committed epoch holds at least as much, and the committed epochs add up to exactly what every
+/// payer settled (the voided amounts counted once).
+fn check_recommitted(disputed: u64, epochs: &[EpochView], balances: &[PayerBalance]) -> bool {
+    let Some(voided) = epochs.iter().find(|epoch| epoch.epoch == disputed) else {
+        println!("epoch {disputed} is missing from the API  WRONG");
+        return false;
+    };
+    let carried_into = epochs
+        .iter()
+        .filter(|epoch| {
+            epoch.epoch > disputed
+                && epoch.status.as_str() == "committed"
+                && epoch.debit_total >= voided.debit_total
+        })
+        .map(|epoch| epoch.epoch)
+        .min();
+    let committed_total: u128 = epochs
+        .iter()
+        .filter(|epoch| epoch.status.as_str() == "committed")
+        .map(|epoch| epoch.debit_total)
+        .sum();
+    let settled_total: u128 = balances.iter().map(|balance| balance.settled).sum();
+    let right = voided.status.as_str() == "disputed"
+        && voided.debit_total > 0
+        && carried_into.is_some()
+        && committed_total == settled_total;
+    println!(
+        "epoch {disputed}: {} with {} voided; recommitted in epoch {}; committed epochs total {}, \
+         payers settled {}{}",
+        voided.status.as_str(),
+        voided.debit_total,
+        carried_into.map_or_else(|| "none".to_owned(), |epoch| epoch.to_string()),
+        committed_total,
+        settled_total,
+        if right { "" } else { "  WRONG" }
+    );
+    right
+}
+
+/// The payer with the most left exits: its owner requests all of it, the engine stops its spend
+/// at once, anvil's clock moves past the exit delay, and the owner completes the withdrawal. The
+/// contract must pay exactly what was requested, and the engine must then show nothing left.
+async fn payer_exits(
+    rpc_url: &str,
+    owner: PrivateKeySigner,
+    deployed: &DeployedAddresses,
+    payers: &[PayerKey],
+    query: &QueryClient,
+    chain: &ContractReader,
+) -> anyhow::Result<bool> {
+    let mut richest = (payers[0], 0);
+    for payer in payers {
+        let available = chain.available(payer).await?;
+        if available > richest.1 {
+            richest = (*payer, available);
+        }
+    }
+    let (payer, amount) = richest;
+    if amount == 0 {
+        println!("no payer has anything left to withdraw  WRONG");
+        return Ok(false);
+    }
+    let ready_at =
+        request_withdrawal(rpc_url, owner.clone(), deployed.settlement, &payer, amount).await?;
+    let engine_stopped_spend =
+        wait_for(|| async { Ok(query.payer(&payer).await?.available == 0) }).await?;
+    let provider = read_provider(rpc_url)?;
+    let now = provider
+        .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+        .await?
+        .context("no latest block")?
+        .header
+        .timestamp;
+    let _: serde_json::Value = provider
+        .raw_request(
+            "evm_increaseTime".into(),
+            [ready_at.saturating_sub(now).saturating_add(1)],
+        )
+        .await?;
+    let _: serde_json::Value = provider.raw_request("evm_mine".into(), ()).await?;
+    let (paid, remaining) =
+        complete_withdrawal(rpc_url, owner, deployed.settlement, &payer).await?;
+    let engine_caught_up = wait_for(|| async {
+        let view = query.payer(&payer).await?;
+        Ok(view.available == 0 && view.withdrawn == paid)
+    })
+    .await?;
+    let right = paid == amount && remaining == 0 && engine_stopped_spend && engine_caught_up;
+    println!(
+        "payer {payer} exited: requested {amount}, paid {paid}, {remaining} left requested; the \
+         engine stopped its spend at the request: {engine_stopped_spend}; shows it withdrawn: \
+         {engine_caught_up}{}",
+        if right { "" } else { "  WRONG" }
+    );
+    Ok(right)
+}
+
+/// Polls `done` every 200 ms for up to a minute; false when it never held.
+async fn wait_for<F: std::future::Future<Output = anyhow::Result<bool>>>(
+    mut done: impl FnMut() -> F,
+) -> anyhow::Result<bool> {
+    for _ in 0..300 {
+        if done().await? {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     Ok(false)
 }
