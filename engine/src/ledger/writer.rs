@@ -103,6 +103,9 @@ fn send_sealed(tx: SealSender, epoch: u64, reader: LedgerReader) {
                 .sealed_epoch(epoch)
                 .map_err(EngineError::from)
                 .and_then(|sealed| sealed.ok_or(EngineError::UnknownEpoch { epoch }));
+            // The reader keeps the database open: released before the answer, so a caller that
+            // shuts the engine down on hearing it can reopen the directory at once.
+            drop(reader);
             drop(tx.send(sealed));
         });
     if let Err(error) = spawned {
