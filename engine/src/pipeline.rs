@@ -28,8 +28,8 @@ use crate::store::{Cf, FORMAT_KEY, Store, StoreError};
 use crate::verdict::{Reason, Verdict};
 
 pub use crate::ledger::{
-    BatchAck, EpochStatus, EpochUpdate, FundsEvent, FundsKind, LedgerConfig, LedgerReader,
-    SealedEpoch, UnknownPayers,
+    BatchAck, EpochStatus, EpochUpdate, FundsEvent, FundsKind, HeadWithdrawals, LedgerConfig,
+    LedgerReader, SealedEpoch, UnknownPayers,
 };
 
 /// Checks the signatures of a batch. `engine::verify::VerifyPool` is the production one.
@@ -382,6 +382,12 @@ impl Engine {
     /// with the cursor persisted in the same write.
     pub fn funds(&self, event: FundsEvent) -> Result<DoneReceiver, SubmitError> {
         self.control(|reply| WriterMsg::Funds { event, reply })
+    }
+
+    /// Replaces the withdrawal requests of the blocks past the funds cursor (the chain's head)
+    /// with `requests`; they are refused spend from the reply on. Persisted with the next write.
+    pub fn head_withdrawals(&self, requests: HeadWithdrawals) -> Result<DoneReceiver, SubmitError> {
+        self.control(|reply| WriterMsg::HeadWithdrawals { requests, reply })
     }
 
     /// Seals the open epoch in one atomic write; receipts after it go to the next epoch.

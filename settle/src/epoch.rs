@@ -8,6 +8,7 @@
 //! the submitter sends only what the chain still lacks, so every epoch ends committed exactly once.
 
 use crate::telemetry as names;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -16,7 +17,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tollgate_engine::{
     PayerKey,
-    ledger::{EpochRecord, EpochStatus, EpochUpdate, FundsEvent, FundsKind, SealedEpoch},
+    ledger::{
+        EpochRecord, EpochStatus, EpochUpdate, FundsEvent, FundsKind, HeadWithdrawals, SealedEpoch,
+    },
     pipeline::{Engine, EngineError, SubmitError as EngineSubmitError},
     store::StoreError,
 };
@@ -24,7 +27,7 @@ use tollgate_engine::{
 use crate::chain;
 use crate::merkle::{EpochTree, MerkleError};
 use crate::submitter::{EpochCommit, SubmitError, Submitter};
-use crate::watcher::{FundsChange, WatchBatch, WatchError, Watcher};
+use crate::watcher::{ChainEvent, FundsChange, WatchBatch, WatchError, Watcher};
 
 /// When to close an epoch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -447,7 +450,8 @@ impl FundsLoop {
         }
     }
 
-    /// Reads and applies one batch of events. True when there was no new confirmed block.
+    /// Reads and applies one batch of confirmed events, then (once caught up) the withdrawal
+    /// requests at the head. True when there was no new confirmed block.
     pub async fn step(&self) -> Result<bool, EpochError> {
         // The cursor is the last applied position: an event at or before it is ignored by the
         // ledger, so re-reading the cursor's own block is harmless and nothing is skipped.
@@ -457,11 +461,30 @@ impl FundsLoop {
             None => self.start_block,
         };
         let batch = self.watcher.poll(from).await.map_err(EpochError::Watch)?;
-        if batch.next_block == from {
-            return Ok(true);
+        let caught_up = batch.next_block == from;
+        if !caught_up {
+            self.apply(&batch).await?;
         }
-        self.apply(&batch).await?;
-        Ok(false)
+        // After the confirmed events: a request they include is then counted twice until the
+        // set below replaces the last one, never not at all.
+        if let Some(requests) = &batch.head_requests {
+            self.apply_head_requests(requests).await?;
+        }
+        Ok(caught_up)
+    }
+
+    /// Hands the ledger the requests at the head, summed per payer, to refuse spend of at once.
+    async fn apply_head_requests(&self, events: &[ChainEvent]) -> Result<(), EpochError> {
+        let mut requests = BTreeMap::new();
+        for event in events {
+            if let FundsChange::WithdrawalRequested { payer, amount, .. } = event.change {
+                let total = requests.entry(payer).or_insert(0u128);
+                // A sum past u128 refuses all of the payer's spend: the safe side.
+                *total = total.saturating_add(amount);
+            }
+        }
+        let requests = HeadWithdrawals(requests);
+        engine_call(|| self.engine.head_withdrawals(requests.clone())).await
     }
 
     async fn apply(&self, batch: &WatchBatch) -> Result<(), EpochError> {

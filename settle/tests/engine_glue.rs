@@ -66,8 +66,12 @@ async fn submitter(chain: &Chain) -> Submitter {
 }
 
 async fn funds_loop(setup: &Setup) -> FundsLoop {
+    funds_loop_at(setup, 0).await
+}
+
+async fn funds_loop_at(setup: &Setup, confirmations: u64) -> FundsLoop {
     let config = WatchConfig {
-        confirmations: 0,
+        confirmations,
         blocks_per_poll_max: 1_000,
     };
     let watcher = Watcher::connect(
@@ -382,4 +386,98 @@ async fn a_commit_counts_only_after_its_confirmations_and_a_reorg_gets_it_resubm
         U256::from(engine_payer.deposited - engine_payer.settled)
     );
     assert_eq!(engine_payer.settled, 1_000);
+}
+
+async fn request_withdrawal(chain: &Chain, owner: usize, payer: PayerKey, amount: u128) {
+    chain
+        .settlement(owner)
+        .requestWithdrawal(B256::from(payer.0), U256::from(amount))
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_withdrawal_request_is_refused_spend_before_it_is_confirmed_and_counted_once() {
+    let setup = setup().await;
+    let (chain, engine, domain) = (&setup.chain, &setup.engine, &setup.domain);
+    let payer = SigningKey::from_bytes(&[7; 32]);
+    let payer_key = PayerKey(payer.verifying_key().to_bytes());
+    let payee = Address(chain.address(5).0.0);
+    let confirmations = 3;
+    chain.deposit(2, payer_key.0, 10_000).await;
+    chain.mine(confirmations).await;
+    let funds = funds_loop_at(&setup, confirmations).await;
+    catch_up(&funds).await;
+    let balance = || engine.reader().payer(&payer_key).unwrap().unwrap();
+    assert_eq!(balance().deposited, 10_000);
+
+    // Mined, not yet confirmed: the deposit rule would not count it yet, the funds check must.
+    request_withdrawal(chain, 2, payer_key, 8_000).await;
+    catch_up(&funds).await;
+    assert_eq!(balance().available, 2_000, "{:?}", balance());
+    let ack = submit(engine, 1, &[signed(&payer, payee, 3_000, 1, domain)]).await;
+    assert_eq!(
+        ack.rejections,
+        vec![(0, Reason::InsufficientFunds)],
+        "10,000 deposited - 8,000 requested at the head < 3,000"
+    );
+
+    // Once confirmed it is counted once: not skipped, not added to its head copy.
+    chain.mine(confirmations).await;
+    catch_up(&funds).await;
+    assert_eq!(balance().withdrawal_requested, 8_000);
+    assert_eq!(balance().available, 2_000);
+    let ack = submit(engine, 2, &[signed(&payer, payee, 2_000, 2, domain)]).await;
+    assert_eq!(ack.accepted, 1, "{ack:?}");
+}
+
+#[tokio::test]
+async fn a_withdrawal_request_a_reorg_drops_stops_refusing_spend() {
+    let setup = setup().await;
+    let (chain, engine, domain) = (&setup.chain, &setup.engine, &setup.domain);
+    let payer = SigningKey::from_bytes(&[8; 32]);
+    let payer_key = PayerKey(payer.verifying_key().to_bytes());
+    let payee = Address(chain.address(5).0.0);
+    let confirmations = 3;
+    chain.deposit(2, payer_key.0, 10_000).await;
+    chain.mine(confirmations).await;
+    let funds = funds_loop_at(&setup, confirmations).await;
+    catch_up(&funds).await;
+    request_withdrawal(chain, 2, payer_key, 8_000).await;
+    catch_up(&funds).await;
+    let balance = || engine.reader().payer(&payer_key).unwrap().unwrap();
+    assert_eq!(balance().available, 2_000, "refused at the head");
+
+    // The block holding the request is replaced by an empty one.
+    use alloy::providers::Provider;
+    let _: serde_json::Value = chain
+        .provider(0)
+        .raw_request(
+            "anvil_reorg".into(),
+            (1u64, Vec::<serde_json::Value>::new()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        chain
+            .settlement(0)
+            .withdrawalRequests(B256::from(payer_key.0))
+            .call()
+            .await
+            .unwrap()
+            .amount,
+        0,
+        "the reorg dropped the request"
+    );
+    catch_up(&funds).await;
+    chain.mine(confirmations).await;
+    catch_up(&funds).await;
+    assert_eq!(balance().withdrawal_requested, 0);
+    assert_eq!(balance().available, 10_000);
+    let ack = submit(engine, 1, &[signed(&payer, payee, 3_000, 1, domain)]).await;
+    assert_eq!(ack.accepted, 1, "{ack:?}");
 }

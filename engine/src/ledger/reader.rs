@@ -13,9 +13,9 @@ use crate::store::{Cf, Store, StoreError, StoreSnapshot};
 use super::SealedEpoch;
 use super::record::{
     ChannelKey, ChannelState, DecodeError, EntryKind, EpochRecord, FUNDS_CURSOR_KEY, FundsCursor,
-    OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey, ProducerState,
-    SEALING_EPOCH_KEY, SealingEpoch, address_from, decode_amount, entry_prefix, epoch_key,
-    payer_from, producer_key,
+    HEAD_WITHDRAWALS_KEY, HeadWithdrawals, OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState,
+    ProducerKey, ProducerState, SEALING_EPOCH_KEY, SealingEpoch, address_from, decode_amount,
+    entry_prefix, epoch_key, payer_from, producer_key,
 };
 
 /// Entries read from RocksDB per scan when a whole epoch is read back: the transient copies
@@ -27,7 +27,8 @@ const ENTRIES_PER_SCAN: usize = 4_096;
 pub struct PayerBalance {
     /// Sum of deposits seen onchain.
     pub deposited: u128,
-    /// Requested withdrawals not yet completed.
+    /// Requested withdrawals not yet completed, including requests mined but not yet
+    /// `confirmations` deep (those are refused spend at once).
     pub withdrawal_requested: u128,
     /// Completed withdrawals.
     pub withdrawn: u128,
@@ -145,17 +146,24 @@ impl LedgerReader {
     /// A payer's funds and counts, from its one record: the cost does not grow with its
     /// channels. `None` if the ledger never heard of the payer.
     pub fn payer(&self, payer: &PayerKey) -> Result<Option<PayerBalance>, StoreError> {
-        let Some(bytes) = self.store.get(Cf::Payers, &payer.0)? else {
+        let snapshot = self.store.snapshot();
+        let Some(bytes) = snapshot.get(Cf::Payers, &payer.0)? else {
             return Ok(None);
         };
         let state = PayerState::decode(&bytes).map_err(corrupt(Cf::Payers))?;
+        let at_head = snapshot
+            .get(Cf::Meta, HEAD_WITHDRAWALS_KEY)?
+            .map(|bytes| HeadWithdrawals::decode(&bytes).map_err(corrupt(Cf::Meta)))
+            .transpose()?
+            .unwrap_or_default()
+            .of(payer);
         Ok(Some(PayerBalance {
             deposited: state.deposited,
-            withdrawal_requested: state.withdrawal_requested,
+            withdrawal_requested: state.withdrawal_requested.saturating_add(at_head),
             withdrawn: state.withdrawn,
             settled: state.settled,
             pending: state.pending,
-            available: state.available(),
+            available: state.available().saturating_sub(at_head),
             receipts: state.receipts,
             channels: state.channels,
         }))

@@ -606,6 +606,47 @@ impl FundsCursor {
     }
 }
 
+/// Meta key of [`HeadWithdrawals`].
+pub const HEAD_WITHDRAWALS_KEY: &[u8] = b"head_withdrawals";
+
+/// Withdrawal requests the funds cursor has not reached yet (mined, not yet `confirmations`
+/// deep), summed per payer. They are refused spend at once: a request the ledger waited to
+/// confirm would let receipts through that the payer's exit can overtake onchain. The set is
+/// replaced whole on every read of the chain's head, so a request a reorg drops stops counting,
+/// and one that reaches the cursor moves into [`PayerState::withdrawal_requested`].
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct HeadWithdrawals(pub std::collections::BTreeMap<PayerKey, u128>);
+
+impl HeadWithdrawals {
+    /// What `payer` has requested at the head.
+    pub fn of(&self, payer: &PayerKey) -> u128 {
+        self.0.get(payer).copied().unwrap_or(0)
+    }
+
+    /// count u32, then per payer (sorted) its key and amount u128.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = encoder(4 + self.0.len() * 48);
+        let count = u32::try_from(self.0.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&count.to_le_bytes());
+        for (payer, amount) in self.0.iter().take(count as usize) {
+            out.extend_from_slice(&payer.0);
+            out.extend_from_slice(&amount.to_le_bytes());
+        }
+        out
+    }
+
+    /// Inverse of [`HeadWithdrawals::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut d = Decoder::new(bytes, "head withdrawals")?;
+        let count = d.u32()?;
+        let requests = (0..count)
+            .map(|_| Ok((PayerKey(d.take()?), d.u128()?)))
+            .collect::<Result<_, DecodeError>>()?;
+        d.finish()?;
+        Ok(Self(requests))
+    }
+}
+
 /// Format marker stored at creation: the layout version and the window size, which a later
 /// start must not change (stored windows have that many words).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -901,6 +942,15 @@ mod tests {
             indexed_epoch: 7,
         };
         assert_eq!(PayerState::decode(&payer.encode()), Ok(payer));
+        let head =
+            HeadWithdrawals([(PayerKey([3; 32]), 40), (PayerKey([9; 32]), u128::MAX)].into());
+        let bytes = head.encode();
+        assert_eq!(HeadWithdrawals::decode(&bytes), Ok(head));
+        assert!(HeadWithdrawals::decode(&bytes[..bytes.len() - 1]).is_err());
+        assert_eq!(
+            HeadWithdrawals::decode(&HeadWithdrawals::default().encode()),
+            Ok(HeadWithdrawals::default())
+        );
         let payee = PayeeState {
             credited: 1,
             settled: 2,

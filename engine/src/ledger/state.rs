@@ -29,10 +29,10 @@ use crate::verdict::{Reason, Verdict};
 use super::cache::{Cache, Cached};
 use super::record::{
     BatchDigest, ChannelKey, ChannelState, DecodeError, EntryKind, EpochRecord, FUNDS_CURSOR_KEY,
-    FormatRecord, FundsCursor, IndexKind, LAYOUT_VERSION, OPEN_EPOCH_KEY, OpenEpoch, PayeeState,
-    PayerState, ProducerKey, ProducerState, SEALING_EPOCH_KEY, SealingEpoch, ack_key, address_from,
-    decode_ack, encode_ack, encode_amount, entry_key, epoch_key, index_key, index_suffix,
-    payer_from,
+    FormatRecord, FundsCursor, HEAD_WITHDRAWALS_KEY, HeadWithdrawals, IndexKind, LAYOUT_VERSION,
+    OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey, ProducerState,
+    SEALING_EPOCH_KEY, SealingEpoch, ack_key, address_from, decode_ack, encode_ack, encode_amount,
+    entry_key, epoch_key, index_key, index_suffix, payer_from,
 };
 use super::window::WINDOW_WORD_BITS;
 use super::{
@@ -71,6 +71,8 @@ struct Group {
     meta_dirty: bool,
     /// The running seal moved (or ended): its record is written (or deleted) with the group.
     sealing_dirty: bool,
+    /// The withdrawal requests at the chain's head changed.
+    head_withdrawals_dirty: bool,
     /// Acks decided in this group with their batch's digest, answered again to a re-send before
     /// they are on disk.
     acks: HashMap<SessionId, (BatchAck, BatchDigest)>,
@@ -96,6 +98,8 @@ pub(crate) struct Ledger {
     /// The epoch being sealed, if a seal is running (see [`Ledger::begin_seal`]).
     sealing: Option<SealingEpoch>,
     cursor: Option<FundsCursor>,
+    /// Requests past the cursor, refused spend already (see [`HeadWithdrawals`]).
+    head_withdrawals: HeadWithdrawals,
     group: Group,
 }
 
@@ -188,6 +192,11 @@ impl Ledger {
             .get(Cf::Meta, FUNDS_CURSOR_KEY)?
             .map(|bytes| FundsCursor::decode(&bytes).map_err(corrupt(Cf::Meta)))
             .transpose()?;
+        let head_withdrawals = store
+            .get(Cf::Meta, HEAD_WITHDRAWALS_KEY)?
+            .map(|bytes| HeadWithdrawals::decode(&bytes).map_err(corrupt(Cf::Meta)))
+            .transpose()?
+            .unwrap_or_default();
         Ok(Self {
             channels: Cache::new(config.channels_cached_max),
             payers: Cache::new(config.accounts_cached_max),
@@ -198,6 +207,7 @@ impl Ledger {
             open,
             sealing,
             cursor,
+            head_withdrawals,
             group: Group::default(),
             in_flight: None,
         })
@@ -222,6 +232,7 @@ impl Ledger {
         self.group.batch.is_empty()
             && !self.group.meta_dirty
             && !self.group.sealing_dirty
+            && !self.group.head_withdrawals_dirty
             && self.channels.is_clean()
             && self.payers.is_clean()
             && self.payees.is_clean()
@@ -392,7 +403,10 @@ impl Ledger {
         if let Err(reason) = channel.window.check(nonce) {
             return Ok(Err(reason));
         }
-        if known && amount > payer_state.available() {
+        let spendable = payer_state
+            .available()
+            .saturating_sub(self.head_withdrawals.of(&payer));
+        if known && amount > spendable {
             return Ok(Err(Reason::InsufficientFunds));
         }
         self.payees.load(&self.store, &payee, PayeeState::default)?;
@@ -512,6 +526,16 @@ impl Ledger {
         self.cursor = Some(position);
         self.group.meta_dirty = true;
         Ok(())
+    }
+
+    /// Replaces the withdrawal requests of the blocks past the cursor with `requests`: what the
+    /// chain's head holds now. Requests the cursor has since reached are in both until then,
+    /// refused twice for a moment, which is safe; one a reorg dropped is in neither.
+    pub(crate) fn apply_head_withdrawals(&mut self, requests: HeadWithdrawals) {
+        if requests != self.head_withdrawals {
+            self.head_withdrawals = requests;
+            self.group.head_withdrawals_dirty = true;
+        }
     }
 
     fn epoch_record(&self, epoch: u64) -> Result<EpochRecord, EngineError> {
@@ -1018,6 +1042,13 @@ impl Ledger {
                 }
                 None => group.batch.delete(Cf::Meta, SEALING_EPOCH_KEY.to_vec()),
             }
+        }
+        if group.head_withdrawals_dirty {
+            group.batch.put(
+                Cf::Meta,
+                HEAD_WITHDRAWALS_KEY.to_vec(),
+                self.head_withdrawals.encode(),
+            );
         }
         if group.meta_dirty {
             group

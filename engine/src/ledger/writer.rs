@@ -27,6 +27,7 @@ use crate::store::{Store, StoreBatch};
 use crate::verdict::Verdict;
 
 use super::record::BatchDigest;
+use super::record::HeadWithdrawals;
 use super::state::{Ledger, SessionId};
 use super::{BatchAck, EpochUpdate, FundsEvent, LedgerReader, SealedEpoch};
 
@@ -48,6 +49,11 @@ pub(crate) enum WriterMsg {
     /// A chain event for the funds check.
     Funds {
         event: FundsEvent,
+        reply: DoneSender,
+    },
+    /// The withdrawal requests at the chain's head, replacing the last set.
+    HeadWithdrawals {
+        requests: HeadWithdrawals,
         reply: DoneSender,
     },
     /// Seal the open epoch. Answered once the whole epoch is written; a seal asked for while
@@ -346,9 +352,9 @@ impl Writer {
             let error = self.poisoned();
             match msg {
                 WriterMsg::Batch { reply, .. } => drop(reply.send(Err(error))),
-                WriterMsg::Funds { reply, .. } | WriterMsg::Record { reply, .. } => {
-                    drop(reply.send(Err(error)))
-                }
+                WriterMsg::Funds { reply, .. }
+                | WriterMsg::HeadWithdrawals { reply, .. }
+                | WriterMsg::Record { reply, .. } => drop(reply.send(Err(error))),
                 WriterMsg::Seal { reply } => drop(reply.send(Err(error))),
                 WriterMsg::Shutdown => {}
             }
@@ -380,6 +386,10 @@ impl Writer {
                 let result = self.ledger.apply_funds(event);
                 self.check_fatal(&result);
                 self.replies.push(Reply::Done(reply, result));
+            }
+            WriterMsg::HeadWithdrawals { requests, reply } => {
+                self.ledger.apply_head_withdrawals(requests);
+                self.replies.push(Reply::Done(reply, Ok(())));
             }
             WriterMsg::Record { update, reply } => {
                 let result = self.ledger.record_epoch(update);
