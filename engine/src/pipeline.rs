@@ -400,6 +400,25 @@ impl Engine {
         self.control(|reply| WriterMsg::Record { update, reply })
     }
 
+    /// Records that the chain holds only `available` of `payer`'s debit in `epoch`, which is not
+    /// committed yet (its commit reverted with `Overdraft`: the payer's exit overtook it). The
+    /// uncovered rest is cut from what the payer paid in the epoch, in payee order; settle then
+    /// commits the epoch reduced by [`LedgerReader::epoch_shortfalls`], and committing it writes
+    /// the cut off instead of settling it.
+    pub fn record_shortfall(
+        &self,
+        epoch: u64,
+        payer: PayerKey,
+        available: u128,
+    ) -> Result<DoneReceiver, SubmitError> {
+        self.control(|reply| WriterMsg::Shortfall {
+            epoch,
+            payer,
+            available,
+            reply,
+        })
+    }
+
     /// Snapshot reads that never block the writer.
     pub fn reader(&self) -> LedgerReader {
         LedgerReader::new(Arc::clone(&self.inner.store))

@@ -26,7 +26,7 @@ use tollgate_engine::{
 
 use crate::chain;
 use crate::merkle::{EpochTree, MerkleError};
-use crate::submitter::{EpochCommit, SubmitError, Submitter};
+use crate::submitter::{EpochCommit, SubmitError, SubmitOutcome, Submitter};
 use crate::watcher::{ChainEvent, FundsChange, WatchBatch, WatchError, Watcher};
 
 /// When to close an epoch.
@@ -84,6 +84,9 @@ pub enum EpochError {
         /// Why.
         source: MerkleError,
     },
+    /// The ledger's shortfalls of an epoch exceed its debits or credits: they contradict it.
+    #[error("epoch {0}: recorded shortfalls exceed its debits or credits")]
+    ShortfallExceeds(u64),
     /// The contract refused the epoch for a reason retrying cannot cure.
     #[error("settlement: {0}")]
     Submit(#[from] SubmitError),
@@ -306,15 +309,9 @@ impl EpochLoop {
                 .await?;
             }
         }
-        let commit = EpochCommit {
-            epoch: sealed.epoch,
-            root,
-            debits: sealed.debits,
-            credits: sealed.credits,
-        };
         // Returns only once the commit is `confirmations` blocks deep, so the ledger settles the
         // pending amounts of final commits only, never of one a reorg can still drop.
-        let outcome = self.submitter.submit(&commit).await?;
+        let outcome = self.submit_covered(&sealed, root).await?;
         let last = outcome.landed.last();
         record_status(
             &self.engine,
@@ -332,6 +329,97 @@ impl EpochLoop {
             "epoch committed"
         );
         Ok(())
+    }
+
+    /// Submits `sealed` less its recorded shortfalls. When a payer's exit has overtaken its
+    /// debit (`Overdraft`), the uncovered amount is recorded as a shortfall and the epoch is
+    /// submitted again without it, so one payer never stops settlement for everyone. The debit
+    /// is in the part that reverted and every credit comes after every debit, so the parts
+    /// already sent are untouched; entries keep their places (reduced, possibly to zero), so
+    /// the parts are cut as before.
+    async fn submit_covered(
+        &self,
+        sealed: &SealedEpoch,
+        root: B256,
+    ) -> Result<SubmitOutcome, EpochError> {
+        loop {
+            let commit = self.covered_commit(sealed, root)?;
+            match self.submitter.submit(&commit).await {
+                Err(SubmitError::Overdraft {
+                    epoch,
+                    part,
+                    payer,
+                    available,
+                    amount,
+                }) => {
+                    let cut_before = self.shortfall_of(epoch, &payer)?;
+                    engine_call(|| self.engine.record_shortfall(epoch, payer, available)).await?;
+                    let uncovered = self.shortfall_of(epoch, &payer)?;
+                    let added = uncovered.saturating_sub(cut_before);
+                    metrics::counter!(names::SHORTFALL)
+                        .increment(u64::try_from(added).unwrap_or(u64::MAX));
+                    tracing::warn!(
+                        epoch,
+                        part,
+                        payer = %payer,
+                        available,
+                        debited = amount,
+                        uncovered,
+                        "payer's exit overtook its debit: committing the epoch without the uncovered amount (shortfall)"
+                    );
+                }
+                outcome => return Ok(outcome?),
+            }
+        }
+    }
+
+    /// What is recorded as uncovered of `payer`'s debit in `epoch`.
+    fn shortfall_of(&self, epoch: u64, payer: &PayerKey) -> Result<u128, EpochError> {
+        Ok(self
+            .engine
+            .reader()
+            .epoch_shortfalls(epoch)?
+            .into_iter()
+            .filter(|(cut_payer, _, _)| cut_payer == payer)
+            .map(|(_, _, cut)| cut)
+            .fold(0u128, u128::saturating_add))
+    }
+
+    /// The epoch's debits and credits less its recorded shortfalls, under the root as sealed.
+    fn covered_commit(&self, sealed: &SealedEpoch, root: B256) -> Result<EpochCommit, EpochError> {
+        let mut payer_cuts = BTreeMap::new();
+        let mut payee_cuts = BTreeMap::new();
+        for (payer, payee, cut) in self.engine.reader().epoch_shortfalls(sealed.epoch)? {
+            for total in [
+                payer_cuts.entry(payer).or_insert(0u128),
+                payee_cuts.entry(payee).or_insert(0u128),
+            ] {
+                *total = total.saturating_add(cut);
+            }
+        }
+        let broken = || EpochError::ShortfallExceeds(sealed.epoch);
+        let debits = sealed
+            .debits
+            .iter()
+            .map(|(payer, debit)| {
+                let cut = payer_cuts.get(payer).copied().unwrap_or(0);
+                Ok((*payer, debit.checked_sub(cut).ok_or_else(broken)?))
+            })
+            .collect::<Result<_, EpochError>>()?;
+        let credits = sealed
+            .credits
+            .iter()
+            .map(|(payee, credit)| {
+                let cut = payee_cuts.get(payee).copied().unwrap_or(0);
+                Ok((*payee, credit.checked_sub(cut).ok_or_else(broken)?))
+            })
+            .collect::<Result<_, EpochError>>()?;
+        Ok(EpochCommit {
+            epoch: sealed.epoch,
+            root,
+            debits,
+            credits,
+        })
     }
 }
 

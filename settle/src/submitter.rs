@@ -81,7 +81,7 @@ impl Default for SubmitConfig {
 /// Why an epoch was not (fully) committed.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
-    /// The contract refused a part for a reason no retry can cure (overdraft, imbalance, wrong
+    /// The contract refused a part for a reason no retry can cure (imbalance, wrong
     /// operator, ...): the sealed epoch or the configuration is wrong.
     #[error("epoch {epoch} part {part} rejected by the contract: {reason}")]
     Rejected {
@@ -91,6 +91,22 @@ pub enum SubmitError {
         part: u16,
         /// The decoded custom error.
         reason: String,
+    },
+    /// A payer's debit exceeds what the contract still holds for it: its exit overtook debits
+    /// accepted before it. Nothing of the part was sent; the caller commits the epoch without
+    /// the uncovered amount.
+    #[error("epoch {epoch} part {part}: payer {payer} has {available} onchain, debited {amount}")]
+    Overdraft {
+        /// The epoch.
+        epoch: u64,
+        /// The part.
+        part: u16,
+        /// The payer.
+        payer: PayerKey,
+        /// What the contract still holds for the payer.
+        available: u128,
+        /// The debit sent.
+        amount: u128,
     },
     /// The chain holds another root for this epoch than the one we built.
     #[error("epoch {epoch}: chain has root {onchain}, ours is {ours}")]
@@ -617,6 +633,14 @@ impl Submitter {
                 let wait_secs = not_final.finalAt.saturating_sub(now).clamp(1, 60);
                 Ok(Step::Wait(Duration::from_secs(wait_secs)))
             }
+            // The contract's amounts are 96-bit, so they always fit.
+            Some(E::Overdraft(overdraft)) => Err(SubmitError::Overdraft {
+                epoch,
+                part,
+                payer: PayerKey(overdraft.payerKey.0),
+                available: overdraft.available.saturating_to(),
+                amount: overdraft.amount.saturating_to(),
+            }),
             Some(decoded) => Err(SubmitError::Rejected {
                 epoch,
                 part,

@@ -13,6 +13,10 @@ pub const LAST_COMMITTED_EPOCH: &str = "tollgate_settle_last_committed_epoch";
 /// Counter: commit transactions replaced at their nonce with higher fees (stuck or underpriced).
 pub const TX_REPLACEMENTS: &str = "tollgate_settle_tx_replacements_total";
 
+/// Counter: debited amounts committed without being covered onchain, in token units: a payer's
+/// exit overtook its debits (`Overdraft`) and the epoch went onchain without the uncovered part.
+pub const SHORTFALL: &str = "tollgate_settle_shortfall_total";
+
 /// Describes settlement's metrics and creates each at zero in the installed recorder.
 pub fn register() {
     describe_gauge!(
@@ -25,8 +29,14 @@ pub fn register() {
         TX_REPLACEMENTS,
         "commit transactions replaced at their nonce with higher fees"
     );
+    describe_counter!(
+        SHORTFALL,
+        "debits committed without cover onchain because the payer's exit overtook them (token units)"
+    );
     for gauge in [BACKLOG_EPOCHS, LAST_SEALED_EPOCH, LAST_COMMITTED_EPOCH] {
         metrics::gauge!(gauge).set(0.0);
     }
-    metrics::counter!(TX_REPLACEMENTS).absolute(0);
+    for counter in [TX_REPLACEMENTS, SHORTFALL] {
+        metrics::counter!(counter).absolute(0);
+    }
 }

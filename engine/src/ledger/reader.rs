@@ -42,6 +42,9 @@ pub struct PayerBalance {
     pub receipts: u64,
     /// Payees this payer has had a receipt accepted for.
     pub channels: u64,
+    /// Debited in committed epochs beyond what the chain still held (its exit overtook the
+    /// debits): written off, never settled.
+    pub shortfall: u128,
 }
 
 /// A payee's credits.
@@ -51,6 +54,9 @@ pub struct PayeeBalance {
     pub credited: u128,
     /// Credited by committed epochs.
     pub settled: u128,
+    /// Credited but cut from committed epochs because the payer's exit overtook its debit:
+    /// never settled.
+    pub shortfall: u128,
 }
 
 /// One channel's totals.
@@ -166,6 +172,7 @@ impl LedgerReader {
             available: state.available().saturating_sub(at_head),
             receipts: state.receipts,
             channels: state.channels,
+            shortfall: state.shortfall,
         }))
     }
 
@@ -178,6 +185,7 @@ impl LedgerReader {
         Ok(Some(PayeeBalance {
             credited: state.credited,
             settled: state.settled,
+            shortfall: state.shortfall,
         }))
     }
 
@@ -322,6 +330,24 @@ impl LedgerReader {
             debits,
             credits,
         }))
+    }
+
+    /// An epoch's shortfalls in (payer, payee) order: what each channel's movement was cut by
+    /// because the payer's exit overtook its debit onchain. Empty for nearly every epoch.
+    pub fn epoch_shortfalls(
+        &self,
+        epoch: u64,
+    ) -> Result<Vec<(PayerKey, Address, u128)>, StoreError> {
+        epoch_entries(
+            &self.store.snapshot(),
+            epoch,
+            EntryKind::Shortfall,
+            0,
+            |id, cut| {
+                let key = ChannelKey::from_bytes(id).map_err(corrupt(Cf::EpochEntries))?;
+                Ok((key.payer, key.payee, cut))
+            },
+        )
     }
 
     /// The epoch whose seal is still being written, if any, and how far it has got.

@@ -22,8 +22,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::pipeline::EngineError;
-use crate::receipt::{ReceiptBatch, ReceiptView};
-use crate::store::{Cf, FORMAT_KEY, Store, StoreBatch, StoreError};
+use crate::receipt::{Address, PayerKey, ReceiptBatch, ReceiptView};
+use crate::store::{Cf, FORMAT_KEY, Store, StoreBatch, StoreError, StoreSnapshot};
 use crate::verdict::{Reason, Verdict};
 
 use super::cache::{Cache, Cached};
@@ -31,8 +31,8 @@ use super::record::{
     BatchDigest, ChannelKey, ChannelState, DecodeError, EntryKind, EpochRecord, FUNDS_CURSOR_KEY,
     FormatRecord, FundsCursor, HEAD_WITHDRAWALS_KEY, HeadWithdrawals, IndexKind, LAYOUT_VERSION,
     OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey, ProducerState,
-    SEALING_EPOCH_KEY, SealingEpoch, ack_key, address_from, decode_ack, encode_ack, encode_amount,
-    entry_key, epoch_key, index_key, index_suffix, payer_from,
+    SEALING_EPOCH_KEY, SealingEpoch, ack_key, address_from, decode_ack, decode_amount, encode_ack,
+    encode_amount, entry_key, entry_prefix, epoch_key, index_key, index_suffix, payer_from,
 };
 use super::window::WINDOW_WORD_BITS;
 use super::{
@@ -603,41 +603,179 @@ impl Ledger {
     }
 
     /// Moves an epoch's debits between pending and settled, and its credits into or out of
-    /// settled. A failure here means the stored state contradicts itself: fatal.
+    /// settled. The epoch's shortfalls (see [`Ledger::record_shortfall`]) move into or out of
+    /// the payers' and payees' `shortfall` instead of `settled`, so settled stays what the chain
+    /// moved. A failure here means the stored state contradicts itself: fatal.
     fn move_settlement(&mut self, epoch: u64, direction: Direction) -> Result<(), EngineError> {
+        let ShortfallSums(payer_cuts, payee_cuts) = self.shortfall_sums(epoch)?;
         for (id, debit) in self.epoch_amounts(epoch, EntryKind::Debit)? {
             let payer = payer_from(&id).map_err(corrupt(Cf::EpochEntries))?;
+            let cut = payer_cuts.get(&payer).copied().unwrap_or(0);
+            let onchain = debit
+                .checked_sub(cut)
+                .ok_or_else(|| invariant(format!("epoch {epoch} shortfall exceeds payer {payer}")))?;
             self.payers.load(&self.store, &payer, PayerState::default)?;
             let state = self
                 .payers
                 .get_mut(&payer)
                 .ok_or_else(|| invariant("payer not cached after load"))?;
-            let (from, to) = match direction {
-                Direction::Settle => (&mut state.pending, &mut state.settled),
-                Direction::Unsettle => (&mut state.settled, &mut state.pending),
+            let moved = match direction {
+                Direction::Settle => state.pending.checked_sub(debit).and_then(|pending| {
+                    Some((
+                        pending,
+                        state.settled.checked_add(onchain)?,
+                        state.shortfall.checked_add(cut)?,
+                    ))
+                }),
+                Direction::Unsettle => state.pending.checked_add(debit).and_then(|pending| {
+                    Some((
+                        pending,
+                        state.settled.checked_sub(onchain)?,
+                        state.shortfall.checked_sub(cut)?,
+                    ))
+                }),
             };
-            *from = from
-                .checked_sub(debit)
-                .ok_or_else(|| invariant(format!("epoch {epoch} debit exceeds payer {payer}")))?;
-            *to = to
-                .checked_add(debit)
-                .ok_or_else(|| invariant(format!("payer {payer} total overflows")))?;
+            (state.pending, state.settled, state.shortfall) = moved
+                .ok_or_else(|| invariant(format!("epoch {epoch} debit breaks payer {payer}")))?;
         }
         for (id, credit) in self.epoch_amounts(epoch, EntryKind::Credit)? {
             let payee = address_from(&id).map_err(corrupt(Cf::EpochEntries))?;
+            let cut = payee_cuts.get(&payee).copied().unwrap_or(0);
+            let onchain = credit
+                .checked_sub(cut)
+                .ok_or_else(|| invariant(format!("epoch {epoch} shortfall exceeds payee {payee}")))?;
             self.payees.load(&self.store, &payee, PayeeState::default)?;
             let state = self
                 .payees
                 .get_mut(&payee)
                 .ok_or_else(|| invariant("payee not cached after load"))?;
-            state.settled = match direction {
-                Direction::Settle => state.settled.checked_add(credit),
-                Direction::Unsettle => state.settled.checked_sub(credit),
+            let moved = match direction {
+                Direction::Settle => state
+                    .settled
+                    .checked_add(onchain)
+                    .zip(state.shortfall.checked_add(cut)),
+                Direction::Unsettle => state
+                    .settled
+                    .checked_sub(onchain)
+                    .zip(state.shortfall.checked_sub(cut)),
             }
-            .filter(|settled| *settled <= state.credited)
-            .ok_or_else(|| invariant(format!("epoch {epoch} credit breaks payee {payee}")))?;
+            .filter(|(settled, shortfall)| {
+                settled
+                    .checked_add(*shortfall)
+                    .is_some_and(|total| total <= state.credited)
+            });
+            (state.settled, state.shortfall) = moved
+                .ok_or_else(|| invariant(format!("epoch {epoch} credit breaks payee {payee}")))?;
         }
         Ok(())
+    }
+
+    /// An epoch's shortfall entries summed per payer and per payee.
+    fn shortfall_sums(&self, epoch: u64) -> Result<ShortfallSums, EngineError> {
+        let mut sums = ShortfallSums::default();
+        for (id, cut) in self.epoch_amounts(epoch, EntryKind::Shortfall)? {
+            let key = ChannelKey::from_bytes(&id).map_err(corrupt(Cf::EpochEntries))?;
+            for total in [
+                sums.0.entry(key.payer).or_insert(0),
+                sums.1.entry(key.payee).or_insert(0),
+            ] {
+                *total = total
+                    .checked_add(cut)
+                    .ok_or_else(|| invariant(format!("epoch {epoch} shortfall overflows")))?;
+            }
+        }
+        Ok(sums)
+    }
+
+    /// Records that the chain holds only `available` of what `payer` is debited in `epoch` (the
+    /// contract answered `Overdraft`: the payer's exit overtook the debit). The uncovered rest is
+    /// cut from what the payer paid each payee in this epoch, in payee order, and stored as the
+    /// epoch's [`EntryKind::Shortfall`] entries, replacing any earlier cut of this payer; settle
+    /// then commits the debit and those credits reduced by the cut, and committing the epoch
+    /// writes it off instead of settling it.
+    ///
+    /// Only for an epoch not committed yet. The entries are read back from the store when the
+    /// epoch is committed: the caller waits for this reply (written) before it commits.
+    pub(crate) fn record_shortfall(
+        &mut self,
+        epoch: u64,
+        payer: PayerKey,
+        available: u128,
+    ) -> Result<(), EngineError> {
+        let record = self.epoch_record(epoch)?;
+        if !matches!(record.status, EpochStatus::Sealed | EpochStatus::Submitted) {
+            return Err(EngineError::EpochTransition {
+                epoch,
+                from: record.status,
+                to: EpochStatus::Committed,
+            });
+        }
+        let snapshot = self.store.snapshot();
+        let debit = snapshot
+            .get(Cf::EpochEntries, &entry_key(epoch, EntryKind::Debit, &payer.0))?
+            .map(|bytes| decode_amount(&bytes).map_err(corrupt(Cf::EpochEntries)))
+            .transpose()?
+            .ok_or_else(|| invariant(format!("epoch {epoch} has no debit of payer {payer}")))?;
+        let prefix = [&entry_prefix(epoch, EntryKind::Shortfall)[..], &payer.0].concat();
+        for (key, _) in snapshot.scan(Cf::EpochEntries, &prefix, None, usize::MAX)? {
+            self.group.batch.delete(Cf::EpochEntries, key.into_vec());
+        }
+        let mut left = debit.saturating_sub(available);
+        for (payee, paid) in self.paid_in_epoch(&snapshot, epoch, &payer)? {
+            if left == 0 {
+                break;
+            }
+            let cut = paid.min(left);
+            left -= cut;
+            let channel = ChannelKey { payer, payee };
+            self.group.batch.put(
+                Cf::EpochEntries,
+                entry_key(epoch, EntryKind::Shortfall, &channel.to_bytes()),
+                encode_amount(cut),
+            );
+        }
+        if left != 0 {
+            return Err(invariant(format!(
+                "epoch {epoch}: payer {payer}'s channels moved less than its debit {debit}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// What `payer` paid each payee in `epoch`, in payee order: each of its leaves minus the
+    /// channel's leaf in the latest earlier epoch that was not disputed (a disputed epoch's
+    /// movements were carried into a later one). One backward lookup per channel: costly, and
+    /// only ever run on an overdraft.
+    fn paid_in_epoch(
+        &self,
+        snapshot: &StoreSnapshot<'_>,
+        epoch: u64,
+        payer: &PayerKey,
+    ) -> Result<Vec<(Address, u128)>, EngineError> {
+        let head = entry_prefix(epoch, EntryKind::Leaf);
+        let prefix = [&head[..], &payer.0].concat();
+        let mut paid = Vec::new();
+        for (key, value) in snapshot.scan(Cf::EpochEntries, &prefix, None, usize::MAX)? {
+            let channel =
+                ChannelKey::from_bytes(&key[head.len()..]).map_err(corrupt(Cf::EpochEntries))?;
+            let cumulative = decode_amount(&value).map_err(corrupt(Cf::EpochEntries))?;
+            let mut before = 0;
+            for earlier in (1..epoch).rev() {
+                if self.epoch_record(earlier)?.status == EpochStatus::Disputed {
+                    continue;
+                }
+                let earlier_key = entry_key(earlier, EntryKind::Leaf, &channel.to_bytes());
+                if let Some(bytes) = snapshot.get(Cf::EpochEntries, &earlier_key)? {
+                    before = decode_amount(&bytes).map_err(corrupt(Cf::EpochEntries))?;
+                    break;
+                }
+            }
+            let moved = cumulative.checked_sub(before).ok_or_else(|| {
+                invariant(format!("epoch {epoch}: channel {channel:?} went backwards"))
+            })?;
+            paid.push((channel.payee, moved));
+        }
+        Ok(paid)
     }
 
     /// Puts a disputed epoch's amounts back into the open epoch, to be sealed and committed
@@ -1170,8 +1308,8 @@ impl Sums {
         group_amount: u128,
     ) -> Option<Self> {
         let pending = payer.pending.checked_add(amount)?;
-        // The pair assertion sums pending + settled: that must fit too.
-        pending.checked_add(payer.settled)?;
+        // The pair assertion sums pending + settled + shortfall: that must fit too.
+        pending.checked_add(payer.settled)?.checked_add(payer.shortfall)?;
         let new_channel = channel.receipts == 0;
         Some(Self {
             cumulative: channel.cumulative.checked_add(amount)?,
@@ -1193,6 +1331,10 @@ impl Sums {
         })
     }
 }
+
+/// An epoch's shortfall per payer and per payee.
+#[derive(Default)]
+struct ShortfallSums(HashMap<PayerKey, u128>, HashMap<Address, u128>);
 
 #[derive(Clone, Copy)]
 enum Direction {

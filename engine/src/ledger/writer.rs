@@ -22,7 +22,7 @@ use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, bounded};
 use futures_channel::oneshot;
 
 use crate::pipeline::EngineError;
-use crate::receipt::ReceiptBatch;
+use crate::receipt::{PayerKey, ReceiptBatch};
 use crate::store::{Store, StoreBatch};
 use crate::verdict::Verdict;
 
@@ -62,6 +62,14 @@ pub(crate) enum WriterMsg {
     /// Settle's news about an epoch.
     Record {
         update: EpochUpdate,
+        reply: DoneSender,
+    },
+    /// The chain holds only `available` of `payer`'s debit in `epoch` (see
+    /// `Ledger::record_shortfall`).
+    Shortfall {
+        epoch: u64,
+        payer: PayerKey,
+        available: u128,
         reply: DoneSender,
     },
     /// Finish what is queued, write it, stop.
@@ -354,7 +362,8 @@ impl Writer {
                 WriterMsg::Batch { reply, .. } => drop(reply.send(Err(error))),
                 WriterMsg::Funds { reply, .. }
                 | WriterMsg::HeadWithdrawals { reply, .. }
-                | WriterMsg::Record { reply, .. } => drop(reply.send(Err(error))),
+                | WriterMsg::Record { reply, .. }
+                | WriterMsg::Shortfall { reply, .. } => drop(reply.send(Err(error))),
                 WriterMsg::Seal { reply } => drop(reply.send(Err(error))),
                 WriterMsg::Shutdown => {}
             }
@@ -393,6 +402,16 @@ impl Writer {
             }
             WriterMsg::Record { update, reply } => {
                 let result = self.ledger.record_epoch(update);
+                self.check_fatal(&result);
+                self.replies.push(Reply::Done(reply, result));
+            }
+            WriterMsg::Shortfall {
+                epoch,
+                payer,
+                available,
+                reply,
+            } => {
+                let result = self.ledger.record_shortfall(epoch, payer, available);
                 self.check_fatal(&result);
                 self.replies.push(Reply::Done(reply, result));
             }
