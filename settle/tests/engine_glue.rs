@@ -481,3 +481,154 @@ async fn a_withdrawal_request_a_reorg_drops_stops_refusing_spend() {
     let ack = submit(engine, 1, &[signed(&payer, payee, 3_000, 1, domain)]).await;
     assert_eq!(ack.accepted, 1, "{ack:?}");
 }
+
+/// A payer whose exit overtakes its accepted debits (issue 14, item 2): the epoch is committed
+/// without the uncovered amount, cut from what that payer paid its payees in the epoch (in payee
+/// order), another payer's debits in the same epoch settle in full, later epochs go on, and
+/// every balance still equals the chain's.
+#[tokio::test]
+async fn an_exit_that_overtakes_accepted_debits_is_committed_as_a_shortfall_and_settling_goes_on() {
+    exit_overtakes_debits(SubmitConfig::default().part_entries_max).await;
+}
+
+/// The same with one entry per part: the overdraft reverts a later part, after parts already
+/// sent, and only the parts not yet sent change.
+#[tokio::test]
+async fn an_exit_that_overtakes_a_debit_mid_commit_changes_only_the_parts_not_yet_sent() {
+    exit_overtakes_debits(1).await;
+}
+
+async fn exit_overtakes_debits(part_entries_max: usize) {
+    let setup = setup().await;
+    let (chain, engine, domain) = (&setup.chain, &setup.engine, &setup.domain);
+    let exiting = SigningKey::from_bytes(&[11; 32]);
+    let staying = SigningKey::from_bytes(&[12; 32]);
+    let exiting_key = PayerKey(exiting.verifying_key().to_bytes());
+    let staying_key = PayerKey(staying.verifying_key().to_bytes());
+    // Debits go in payer order: with one entry per part the staying payer's debit is part 0,
+    // already sent when the exiting payer's part 1 reverts.
+    assert!(staying_key < exiting_key);
+    chain.deposit(2, exiting_key.0, 10_000).await;
+    chain.deposit(3, staying_key.0, 10_000).await;
+    let funds = funds_loop(&setup).await;
+    catch_up(&funds).await;
+    // Payee order decides where the cut falls: a before b.
+    let payee_a = Address([0x0a; 20]);
+    let payee_b = Address([0x0b; 20]);
+    let submitter = Submitter::connect(
+        &chain.endpoint(),
+        chain.anvil.chain_id(),
+        chain.addresses.settlement,
+        key(&chain.anvil, 0),
+        SubmitConfig {
+            part_entries_max,
+            receipt_poll_ms: 10,
+            backoff_initial_ms: 10,
+            ..SubmitConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let epochs = EpochLoop::new(engine.clone(), submitter, EpochConfig::default());
+
+    let ack = submit(
+        engine,
+        1,
+        &[
+            signed(&exiting, payee_a, 3_000, 1, domain),
+            signed(&staying, payee_a, 2_000, 1, domain),
+        ],
+    )
+    .await;
+    assert_eq!(ack.accepted, 2, "{ack:?}");
+    assert_eq!(epochs.seal().await.unwrap(), 1);
+    epochs.commit_backlog().await.unwrap();
+
+    // Epoch 2: the exiting payer pays a 2,000 more (its leaf grows from 3,000 to 5,000) and b
+    // 4,000; the staying payer pays both too.
+    let ack = submit(
+        engine,
+        2,
+        &[
+            signed(&exiting, payee_a, 2_000, 2, domain),
+            signed(&exiting, payee_b, 4_000, 3, domain),
+            signed(&staying, payee_a, 1_000, 2, domain),
+            signed(&staying, payee_b, 500, 3, domain),
+        ],
+    )
+    .await;
+    assert_eq!(ack.accepted, 4, "{ack:?}");
+    assert_eq!(epochs.seal().await.unwrap(), 2);
+
+    // Before epoch 2 is committed the owner exits with 5,000 of the 7,000 the chain still holds,
+    // and the funds loop has not seen it: the chain covers 2,000 of the 6,000 debit.
+    request_withdrawal(chain, 2, exiting_key, 5_000).await;
+    chain.advance_secs(61).await;
+    let completed = chain
+        .settlement(2)
+        .completeWithdrawal(B256::from(exiting_key.0))
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(completed.status(), "the exit completed");
+
+    epochs.commit_backlog().await.unwrap();
+    assert_eq!(
+        engine.reader().epoch(2).unwrap().unwrap().status,
+        EpochStatus::Committed
+    );
+    // 4,000 uncovered: all 2,000 the payer paid a in this epoch (not its 5,000 cumulative), then
+    // 2,000 of b's 4,000.
+    assert_eq!(
+        engine.reader().epoch_shortfalls(2).unwrap(),
+        vec![(exiting_key, payee_a, 2_000), (exiting_key, payee_b, 2_000)]
+    );
+
+    // Settling goes on.
+    submit(engine, 3, &[signed(&staying, payee_b, 700, 4, domain)]).await;
+    assert_eq!(epochs.seal().await.unwrap(), 3);
+    epochs.commit_backlog().await.unwrap();
+    assert_eq!(
+        engine.reader().epoch(3).unwrap().unwrap().status,
+        EpochStatus::Committed
+    );
+
+    catch_up(&funds).await;
+    let settlement = chain.settlement(0);
+    for (payer, settled, shortfall) in [(exiting_key, 5_000, 4_000), (staying_key, 4_200, 0)] {
+        let balance = engine.reader().payer(&payer).unwrap().unwrap();
+        assert_eq!(
+            (balance.settled, balance.shortfall, balance.pending),
+            (settled, shortfall, 0),
+            "{payer}: {balance:?}"
+        );
+        let onchain = settlement
+            .available(B256::from(payer.0))
+            .call()
+            .await
+            .unwrap();
+        assert_eq!(
+            onchain,
+            U256::from(balance.deposited - balance.withdrawn - balance.settled),
+            "{payer}"
+        );
+    }
+    for (payee, settled, shortfall) in [(payee_a, 6_000, 2_000), (payee_b, 3_200, 2_000)] {
+        let balance = engine.reader().payee(&payee).unwrap().unwrap();
+        assert_eq!(
+            (balance.settled, balance.shortfall),
+            (settled, shortfall),
+            "{payee}: {balance:?}"
+        );
+        assert_eq!(balance.credited, settled + shortfall);
+        let onchain = settlement
+            .withdrawable(EvmAddress::from(payee.0))
+            .call()
+            .await
+            .unwrap();
+        assert_eq!(onchain, U256::from(settled), "{payee}");
+    }
+}
