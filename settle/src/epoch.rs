@@ -26,7 +26,7 @@ use tollgate_engine::{
 
 use crate::chain;
 use crate::merkle::{EpochTree, MerkleError};
-use crate::submitter::{EpochCommit, SubmitError, SubmitOutcome, Submitter};
+use crate::submitter::{EpochCommit, Overdraft, SubmitError, SubmitOutcome, Submitter};
 use crate::watcher::{ChainEvent, FundsChange, WatchBatch, WatchError, Watcher};
 
 /// When to close an epoch.
@@ -345,13 +345,14 @@ impl EpochLoop {
         loop {
             let commit = self.covered_commit(sealed, root)?;
             match self.submitter.submit(&commit).await {
-                Err(SubmitError::Overdraft {
-                    epoch,
-                    part,
-                    payer,
-                    available,
-                    amount,
-                }) => {
+                Err(SubmitError::Overdraft(overdraft)) => {
+                    let Overdraft {
+                        epoch,
+                        part,
+                        payer,
+                        available,
+                        amount,
+                    } = *overdraft;
                     let cut_before = self.shortfall_of(epoch, &payer)?;
                     engine_call(|| self.engine.record_shortfall(epoch, payer, available)).await?;
                     let uncovered = self.shortfall_of(epoch, &payer)?;

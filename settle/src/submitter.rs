@@ -94,20 +94,9 @@ pub enum SubmitError {
     },
     /// A payer's debit exceeds what the contract still holds for it: its exit overtook debits
     /// accepted before it. Nothing of the part was sent; the caller commits the epoch without
-    /// the uncovered amount.
-    #[error("epoch {epoch} part {part}: payer {payer} has {available} onchain, debited {amount}")]
-    Overdraft {
-        /// The epoch.
-        epoch: u64,
-        /// The part.
-        part: u16,
-        /// The payer.
-        payer: PayerKey,
-        /// What the contract still holds for the payer.
-        available: u128,
-        /// The debit sent.
-        amount: u128,
-    },
+    /// the uncovered amount. Boxed: its 128-bit amounts would double every result's size.
+    #[error("{0}")]
+    Overdraft(Box<Overdraft>),
     /// The chain holds another root for this epoch than the one we built.
     #[error("epoch {epoch}: chain has root {onchain}, ours is {ours}")]
     RootConflict {
@@ -145,6 +134,22 @@ pub enum SubmitError {
     /// A chain failure that retrying cannot cure.
     #[error(transparent)]
     Chain(#[from] ChainError),
+}
+
+/// The contract's `Overdraft`: what it still holds for a payer is less than the debit sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("epoch {epoch} part {part}: payer {payer} has {available} onchain, debited {amount}")]
+pub struct Overdraft {
+    /// The epoch.
+    pub epoch: u64,
+    /// The part.
+    pub part: u16,
+    /// The payer.
+    pub payer: PayerKey,
+    /// What the contract still holds for the payer.
+    pub available: u128,
+    /// The debit sent.
+    pub amount: u128,
 }
 
 /// One part that landed in a block.
@@ -634,13 +639,13 @@ impl Submitter {
                 Ok(Step::Wait(Duration::from_secs(wait_secs)))
             }
             // The contract's amounts are 96-bit, so they always fit.
-            Some(E::Overdraft(overdraft)) => Err(SubmitError::Overdraft {
+            Some(E::Overdraft(overdraft)) => Err(SubmitError::Overdraft(Box::new(Overdraft {
                 epoch,
                 part,
                 payer: PayerKey(overdraft.payerKey.0),
                 available: overdraft.available.saturating_to(),
                 amount: overdraft.amount.saturating_to(),
-            }),
+            }))),
             Some(decoded) => Err(SubmitError::Rejected {
                 epoch,
                 part,

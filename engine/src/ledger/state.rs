@@ -611,9 +611,9 @@ impl Ledger {
         for (id, debit) in self.epoch_amounts(epoch, EntryKind::Debit)? {
             let payer = payer_from(&id).map_err(corrupt(Cf::EpochEntries))?;
             let cut = payer_cuts.get(&payer).copied().unwrap_or(0);
-            let onchain = debit
-                .checked_sub(cut)
-                .ok_or_else(|| invariant(format!("epoch {epoch} shortfall exceeds payer {payer}")))?;
+            let onchain = debit.checked_sub(cut).ok_or_else(|| {
+                invariant(format!("epoch {epoch} shortfall exceeds payer {payer}"))
+            })?;
             self.payers.load(&self.store, &payer, PayerState::default)?;
             let state = self
                 .payers
@@ -641,9 +641,9 @@ impl Ledger {
         for (id, credit) in self.epoch_amounts(epoch, EntryKind::Credit)? {
             let payee = address_from(&id).map_err(corrupt(Cf::EpochEntries))?;
             let cut = payee_cuts.get(&payee).copied().unwrap_or(0);
-            let onchain = credit
-                .checked_sub(cut)
-                .ok_or_else(|| invariant(format!("epoch {epoch} shortfall exceeds payee {payee}")))?;
+            let onchain = credit.checked_sub(cut).ok_or_else(|| {
+                invariant(format!("epoch {epoch} shortfall exceeds payee {payee}"))
+            })?;
             self.payees.load(&self.store, &payee, PayeeState::default)?;
             let state = self
                 .payees
@@ -712,7 +712,10 @@ impl Ledger {
         }
         let snapshot = self.store.snapshot();
         let debit = snapshot
-            .get(Cf::EpochEntries, &entry_key(epoch, EntryKind::Debit, &payer.0))?
+            .get(
+                Cf::EpochEntries,
+                &entry_key(epoch, EntryKind::Debit, &payer.0),
+            )?
             .map(|bytes| decode_amount(&bytes).map_err(corrupt(Cf::EpochEntries)))
             .transpose()?
             .ok_or_else(|| invariant(format!("epoch {epoch} has no debit of payer {payer}")))?;
@@ -1309,7 +1312,9 @@ impl Sums {
     ) -> Option<Self> {
         let pending = payer.pending.checked_add(amount)?;
         // The pair assertion sums pending + settled + shortfall: that must fit too.
-        pending.checked_add(payer.settled)?.checked_add(payer.shortfall)?;
+        pending
+            .checked_add(payer.settled)?
+            .checked_add(payer.shortfall)?;
         let new_channel = channel.receipts == 0;
         Some(Self {
             cumulative: channel.cumulative.checked_add(amount)?,
