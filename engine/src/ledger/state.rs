@@ -764,11 +764,11 @@ impl Ledger {
             let cumulative = decode_amount(&value).map_err(corrupt(Cf::EpochEntries))?;
             let mut before = 0;
             for earlier in (1..epoch).rev() {
-                if self.epoch_record(earlier)?.status == EpochStatus::Disputed {
-                    continue;
-                }
                 let earlier_key = entry_key(earlier, EntryKind::Leaf, &channel.to_bytes());
-                if let Some(bytes) = snapshot.get(Cf::EpochEntries, &earlier_key)? {
+                let Some(bytes) = snapshot.get(Cf::EpochEntries, &earlier_key)? else {
+                    continue;
+                };
+                if self.epoch_record(earlier)?.status != EpochStatus::Disputed {
                     before = decode_amount(&bytes).map_err(corrupt(Cf::EpochEntries))?;
                     break;
                 }
@@ -1812,5 +1812,75 @@ mod tests {
         assert_eq!(third.credits, first.credits);
         // The carried channels are leaves again, at their cumulative now.
         assert_eq!(third.leaves, second.leaves);
+    }
+
+    /// An overdraft's uncovered amount is cut from what the payer paid in the epoch (its leaf
+    /// minus the previous one, not its cumulative), in payee order; committing writes it off
+    /// instead of settling it, and a dispute of that commit puts everything back.
+    #[test]
+    fn a_shortfall_is_written_off_on_commit_and_put_back_by_a_dispute() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ledger = sealing_ledger(dir.path());
+        let channels = [(0, 0), (0, 1), (1, 0)];
+        let update = |epoch, status| EpochUpdate {
+            epoch,
+            status,
+            root: None,
+            tx_hash: None,
+            block: None,
+        };
+        pay(&mut ledger, 1, 1, &channels);
+        ledger.seal().expect("seal 1");
+        ledger
+            .record_epoch(update(1, EpochStatus::Committed))
+            .expect("commit 1");
+        pay(&mut ledger, 2, 2, &channels);
+        ledger.seal().expect("seal 2");
+        let payer = PayerKey([1; 32]);
+        let (first, second) = (Address([1; 20]), Address([2; 20]));
+        // Debited 2,000 + 2,001 in epoch 2; the chain holds 1,000 of it. Asking twice replaces.
+        for _ in 0..2 {
+            ledger.record_shortfall(2, payer, 1_000).expect("shortfall");
+            ledger.commit().expect("write");
+        }
+        let reader = super::super::LedgerReader::new(ledger.store());
+        assert_eq!(
+            reader.epoch_shortfalls(2).expect("read"),
+            vec![(payer, first, 2_000), (payer, second, 1_001)]
+        );
+        ledger
+            .record_epoch(update(2, EpochStatus::Committed))
+            .expect("commit 2");
+        ledger.commit().expect("write");
+        let balances = |reader: &super::super::LedgerReader| {
+            let payer = reader.payer(&payer).expect("read").expect("payer");
+            let first = reader.payee(&first).expect("read").expect("payee");
+            let second = reader.payee(&second).expect("read").expect("payee");
+            (
+                (payer.pending, payer.settled, payer.shortfall),
+                (first.settled, first.shortfall),
+                (second.settled, second.shortfall),
+            )
+        };
+        assert_eq!(
+            balances(&reader),
+            ((0, 2_001 + 1_000, 3_001), (4_020, 2_000), (2_001, 1_001))
+        );
+        assert_eq!(
+            ledger
+                .record_shortfall(2, payer, 0)
+                .map_err(|e| e.to_string()),
+            Err("epoch 2 cannot go from Committed to Committed".to_string()),
+            "a committed epoch's amounts are final"
+        );
+        ledger
+            .record_epoch(update(2, EpochStatus::Disputed))
+            .expect("dispute 2");
+        ledger.commit().expect("write");
+        assert_eq!(
+            balances(&reader),
+            ((4_001, 2_001, 0), (2_010, 0), (1_001, 0)),
+            "back to pending, to be carried into epoch 3"
+        );
     }
 }
