@@ -28,8 +28,8 @@ use crate::store::{Cf, FORMAT_KEY, Store, StoreError};
 use crate::verdict::{Reason, Verdict};
 
 pub use crate::ledger::{
-    BatchAck, EpochStatus, EpochUpdate, FundsEvent, FundsKind, LedgerConfig, LedgerReader,
-    SealedEpoch, UnknownPayers,
+    BatchAck, EpochStatus, EpochUpdate, FundsEvent, FundsKind, HeadWithdrawals, LedgerConfig,
+    LedgerReader, SealedEpoch, UnknownPayers,
 };
 
 /// Checks the signatures of a batch. `engine::verify::VerifyPool` is the production one.
@@ -384,6 +384,12 @@ impl Engine {
         self.control(|reply| WriterMsg::Funds { event, reply })
     }
 
+    /// Replaces the withdrawal requests of the blocks past the funds cursor (the chain's head)
+    /// with `requests`; they are refused spend from the reply on. Persisted with the next write.
+    pub fn head_withdrawals(&self, requests: HeadWithdrawals) -> Result<DoneReceiver, SubmitError> {
+        self.control(|reply| WriterMsg::HeadWithdrawals { requests, reply })
+    }
+
     /// Seals the open epoch in one atomic write; receipts after it go to the next epoch.
     pub fn seal_epoch(&self) -> Result<SealReceiver, SubmitError> {
         self.control(|reply| WriterMsg::Seal { reply })
@@ -392,6 +398,25 @@ impl Engine {
     /// Persists settle's progress with an epoch (root, status, transaction, block).
     pub fn record_epoch(&self, update: EpochUpdate) -> Result<DoneReceiver, SubmitError> {
         self.control(|reply| WriterMsg::Record { update, reply })
+    }
+
+    /// Records that the chain holds only `available` of `payer`'s debit in `epoch`, which is not
+    /// committed yet (its commit reverted with `Overdraft`: the payer's exit overtook it). The
+    /// uncovered rest is cut from what the payer paid in the epoch, in payee order; settle then
+    /// commits the epoch reduced by [`LedgerReader::epoch_shortfalls`], and committing it writes
+    /// the cut off instead of settling it.
+    pub fn record_shortfall(
+        &self,
+        epoch: u64,
+        payer: PayerKey,
+        available: u128,
+    ) -> Result<DoneReceiver, SubmitError> {
+        self.control(|reply| WriterMsg::Shortfall {
+            epoch,
+            payer,
+            available,
+            reply,
+        })
     }
 
     /// Snapshot reads that never block the writer.

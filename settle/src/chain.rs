@@ -424,6 +424,34 @@ impl ContractReader {
         *self.settlement.address()
     }
 
+    /// The contract's challenge window and payer exit delay.
+    pub async fn exit_terms(&self) -> Result<crate::exit::ExitTerms, ChainError> {
+        Ok(crate::exit::ExitTerms {
+            challenge_window_secs: self.settlement.challengeWindowSecs().call().await?,
+            withdrawal_delay_secs: self.settlement.withdrawalDelaySecs().call().await?,
+        })
+    }
+
+    /// Mean seconds per block over the newest `blocks` blocks (fewer on a young chain), rounded
+    /// up; 0 on a chain of one block.
+    pub async fn block_secs(&self, blocks: u64) -> Result<u64, ChainError> {
+        let provider = self.settlement.provider();
+        let head = provider.get_block_number().await?;
+        let span = blocks.min(head);
+        if span == 0 {
+            return Ok(0);
+        }
+        let time = |number: u64| async move {
+            provider
+                .get_block_by_number(number.into())
+                .await?
+                .map(|block| block.header.timestamp)
+                .ok_or_else(|| ChainError::BadAnswer(format!("block {number} not found")))
+        };
+        let (newest, oldest) = (time(head).await?, time(head - span).await?);
+        Ok(newest.saturating_sub(oldest).div_ceil(span))
+    }
+
     /// The settlement token the contract was deployed with.
     pub async fn token(&self) -> Result<Address, ChainError> {
         Ok(self.settlement.token().call().await?)

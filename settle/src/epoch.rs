@@ -8,6 +8,7 @@
 //! the submitter sends only what the chain still lacks, so every epoch ends committed exactly once.
 
 use crate::telemetry as names;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -16,15 +17,19 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tollgate_engine::{
     PayerKey,
-    ledger::{EpochRecord, EpochStatus, EpochUpdate, FundsEvent, FundsKind, SealedEpoch},
+    ledger::{
+        EpochRecord, EpochStatus, EpochUpdate, FundsEvent, FundsKind, HeadWithdrawals, SealedEpoch,
+    },
     pipeline::{Engine, EngineError, SubmitError as EngineSubmitError},
     store::StoreError,
 };
 
 use crate::chain;
 use crate::merkle::{EpochTree, MerkleError};
-use crate::submitter::{EpochCommit, OnchainEpoch, SubmitError, Submitter};
-use crate::watcher::{FundsChange, WatchBatch, WatchError, Watcher};
+use crate::submitter::{
+    EpochCommit, OnchainEpoch, Overdraft, SubmitError, SubmitOutcome, Submitter,
+};
+use crate::watcher::{ChainEvent, FundsChange, WatchBatch, WatchError, Watcher};
 
 /// When to close an epoch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,6 +86,9 @@ pub enum EpochError {
         /// Why.
         source: MerkleError,
     },
+    /// The ledger's shortfalls of an epoch exceed its debits or credits: they contradict it.
+    #[error("epoch {0}: recorded shortfalls exceed its debits or credits")]
+    ShortfallExceeds(u64),
     /// The contract refused the epoch for a reason retrying cannot cure.
     #[error("settlement: {0}")]
     Submit(#[from] SubmitError),
@@ -303,16 +311,10 @@ impl EpochLoop {
                 .await?;
             }
         }
-        let commit = EpochCommit {
-            epoch: sealed.epoch,
-            root,
-            debits: sealed.debits,
-            credits: sealed.credits,
-        };
         // Returns only once the commit (or the arbiter's voiding of it) is `confirmations` blocks
         // deep, so the ledger settles the pending amounts of final commits only, never of one a
         // reorg can still drop.
-        let outcome = self.submitter.submit(&commit).await?;
+        let outcome = self.submit_covered(&sealed, root).await?;
         let last = outcome.landed.last();
         let landed = last.map(|part| (part.tx_hash.0, part.block));
         match outcome.onchain {
@@ -347,6 +349,98 @@ impl EpochLoop {
             }
         }
         Ok(())
+    }
+
+    /// Submits `sealed` less its recorded shortfalls. When a payer's exit has overtaken its
+    /// debit (`Overdraft`), the uncovered amount is recorded as a shortfall and the epoch is
+    /// submitted again without it, so one payer never stops settlement for everyone. The debit
+    /// is in the part that reverted and every credit comes after every debit, so the parts
+    /// already sent are untouched; entries keep their places (reduced, possibly to zero), so
+    /// the parts are cut as before.
+    async fn submit_covered(
+        &self,
+        sealed: &SealedEpoch,
+        root: B256,
+    ) -> Result<SubmitOutcome, EpochError> {
+        loop {
+            let commit = self.covered_commit(sealed, root)?;
+            match self.submitter.submit(&commit).await {
+                Err(SubmitError::Overdraft(overdraft)) => {
+                    let Overdraft {
+                        epoch,
+                        part,
+                        payer,
+                        available,
+                        amount,
+                    } = *overdraft;
+                    let cut_before = self.shortfall_of(epoch, &payer)?;
+                    engine_call(|| self.engine.record_shortfall(epoch, payer, available)).await?;
+                    let uncovered = self.shortfall_of(epoch, &payer)?;
+                    let added = uncovered.saturating_sub(cut_before);
+                    metrics::counter!(names::SHORTFALL)
+                        .increment(u64::try_from(added).unwrap_or(u64::MAX));
+                    tracing::warn!(
+                        epoch,
+                        part,
+                        payer = %payer,
+                        available,
+                        debited = amount,
+                        uncovered,
+                        "payer's exit overtook its debit: committing the epoch without the uncovered amount (shortfall)"
+                    );
+                }
+                outcome => return Ok(outcome?),
+            }
+        }
+    }
+
+    /// What is recorded as uncovered of `payer`'s debit in `epoch`.
+    fn shortfall_of(&self, epoch: u64, payer: &PayerKey) -> Result<u128, EpochError> {
+        Ok(self
+            .engine
+            .reader()
+            .epoch_shortfalls(epoch)?
+            .into_iter()
+            .filter(|(cut_payer, _, _)| cut_payer == payer)
+            .map(|(_, _, cut)| cut)
+            .fold(0u128, u128::saturating_add))
+    }
+
+    /// The epoch's debits and credits less its recorded shortfalls, under the root as sealed.
+    fn covered_commit(&self, sealed: &SealedEpoch, root: B256) -> Result<EpochCommit, EpochError> {
+        let mut payer_cuts = BTreeMap::new();
+        let mut payee_cuts = BTreeMap::new();
+        for (payer, payee, cut) in self.engine.reader().epoch_shortfalls(sealed.epoch)? {
+            for total in [
+                payer_cuts.entry(payer).or_insert(0u128),
+                payee_cuts.entry(payee).or_insert(0u128),
+            ] {
+                *total = total.saturating_add(cut);
+            }
+        }
+        let broken = || EpochError::ShortfallExceeds(sealed.epoch);
+        let debits = sealed
+            .debits
+            .iter()
+            .map(|(payer, debit)| {
+                let cut = payer_cuts.get(payer).copied().unwrap_or(0);
+                Ok((*payer, debit.checked_sub(cut).ok_or_else(broken)?))
+            })
+            .collect::<Result<_, EpochError>>()?;
+        let credits = sealed
+            .credits
+            .iter()
+            .map(|(payee, credit)| {
+                let cut = payee_cuts.get(payee).copied().unwrap_or(0);
+                Ok((*payee, credit.checked_sub(cut).ok_or_else(broken)?))
+            })
+            .collect::<Result<_, EpochError>>()?;
+        Ok(EpochCommit {
+            epoch: sealed.epoch,
+            root,
+            debits,
+            credits,
+        })
     }
 }
 
@@ -465,7 +559,8 @@ impl FundsLoop {
         }
     }
 
-    /// Reads and applies one batch of events. True when there was no new confirmed block.
+    /// Reads and applies one batch of confirmed events, then (once caught up) the withdrawal
+    /// requests at the head. True when there was no new confirmed block.
     pub async fn step(&self) -> Result<bool, EpochError> {
         // The cursor is the last applied position: an event at or before it is ignored by the
         // ledger, so re-reading the cursor's own block is harmless and nothing is skipped.
@@ -475,11 +570,30 @@ impl FundsLoop {
             None => self.start_block,
         };
         let batch = self.watcher.poll(from).await.map_err(EpochError::Watch)?;
-        if batch.next_block == from {
-            return Ok(true);
+        let caught_up = batch.next_block == from;
+        if !caught_up {
+            self.apply(&batch).await?;
         }
-        self.apply(&batch).await?;
-        Ok(false)
+        // After the confirmed events: a request they include is then counted twice until the
+        // set below replaces the last one, never not at all.
+        if let Some(requests) = &batch.head_requests {
+            self.apply_head_requests(requests).await?;
+        }
+        Ok(caught_up)
+    }
+
+    /// Hands the ledger the requests at the head, summed per payer, to refuse spend of at once.
+    async fn apply_head_requests(&self, events: &[ChainEvent]) -> Result<(), EpochError> {
+        let mut requests = BTreeMap::new();
+        for event in events {
+            if let FundsChange::WithdrawalRequested { payer, amount, .. } = event.change {
+                let total = requests.entry(payer).or_insert(0u128);
+                // A sum past u128 refuses all of the payer's spend: the safe side.
+                *total = total.saturating_add(amount);
+            }
+        }
+        let requests = HeadWithdrawals(requests);
+        engine_call(|| self.engine.head_withdrawals(requests.clone())).await
     }
 
     async fn apply(&self, batch: &WatchBatch) -> Result<(), EpochError> {

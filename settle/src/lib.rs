@@ -15,6 +15,9 @@
 //! - [`epoch`]: the engine glue: `EpochLoop` seals, persists and commits epochs; `FundsLoop` feeds
 //!   the watcher's events into the ledger from its persisted cursor (and catches up at start-up,
 //!   waiting out a failing node).
+//! - [`exit`]: the start-up check that a payer's exit cannot overtake an accepted receipt (the
+//!   contract's withdrawal delay against the epoch interval, window, commit budget and
+//!   confirmations).
 //! - [`telemetry`]: the names of settlement's metrics and their registration at zero.
 //!
 //! This crate must never treat a transaction as landed without its receipt, never resend an epoch
@@ -24,6 +27,7 @@
 pub mod chain;
 pub mod contract;
 pub mod epoch;
+pub mod exit;
 pub mod merkle;
 pub mod submitter;
 pub mod telemetry;

@@ -81,7 +81,7 @@ impl Default for SubmitConfig {
 /// Why an epoch was not (fully) committed.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
-    /// The contract refused a part for a reason no retry can cure (overdraft, imbalance, wrong
+    /// The contract refused a part for a reason no retry can cure (imbalance, wrong
     /// operator, ...): the sealed epoch or the configuration is wrong.
     #[error("epoch {epoch} part {part} rejected by the contract: {reason}")]
     Rejected {
@@ -92,6 +92,11 @@ pub enum SubmitError {
         /// The decoded custom error.
         reason: String,
     },
+    /// A payer's debit exceeds what the contract still holds for it: its exit overtook debits
+    /// accepted before it. Nothing of the part was sent; the caller commits the epoch without
+    /// the uncovered amount. Boxed: its 128-bit amounts would double every result's size.
+    #[error("{0}")]
+    Overdraft(Box<Overdraft>),
     /// The chain holds another root for this epoch than the one we built.
     #[error("epoch {epoch}: chain has root {onchain}, ours is {ours}")]
     RootConflict {
@@ -129,6 +134,22 @@ pub enum SubmitError {
     /// A chain failure that retrying cannot cure.
     #[error(transparent)]
     Chain(#[from] ChainError),
+}
+
+/// The contract's `Overdraft`: what it still holds for a payer is less than the debit sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("epoch {epoch} part {part}: payer {payer} has {available} onchain, debited {amount}")]
+pub struct Overdraft {
+    /// The epoch.
+    pub epoch: u64,
+    /// The part.
+    pub part: u16,
+    /// The payer.
+    pub payer: PayerKey,
+    /// What the contract still holds for the payer.
+    pub available: u128,
+    /// The debit sent.
+    pub amount: u128,
 }
 
 /// One part that landed in a block.
@@ -668,6 +689,14 @@ impl Submitter {
                 let wait_secs = not_final.finalAt.saturating_sub(now).clamp(1, 60);
                 Ok(Step::Wait(Duration::from_secs(wait_secs)))
             }
+            // The contract's amounts are 96-bit, so they always fit.
+            Some(E::Overdraft(overdraft)) => Err(SubmitError::Overdraft(Box::new(Overdraft {
+                epoch,
+                part,
+                payer: PayerKey(overdraft.payerKey.0),
+                available: overdraft.available.saturating_to(),
+                amount: overdraft.amount.saturating_to(),
+            }))),
             Some(decoded) => Err(SubmitError::Rejected {
                 epoch,
                 part,

@@ -16,6 +16,10 @@ pub const TX_REPLACEMENTS: &str = "tollgate_settle_tx_replacements_total";
 /// Counter: epochs the arbiter voided (their amounts were carried into a later epoch).
 pub const EPOCHS_VOIDED: &str = "tollgate_settle_epochs_voided_total";
 
+/// Counter: debited amounts committed without being covered onchain, in token units: a payer's
+/// exit overtook its debits (`Overdraft`) and the epoch went onchain without the uncovered part.
+pub const SHORTFALL: &str = "tollgate_settle_shortfall_total";
+
 /// Describes settlement's metrics and creates each at zero in the installed recorder.
 pub fn register() {
     describe_gauge!(
@@ -32,10 +36,14 @@ pub fn register() {
         EPOCHS_VOIDED,
         "epochs the arbiter voided; their amounts were carried into a later epoch"
     );
+    describe_counter!(
+        SHORTFALL,
+        "debits committed without cover onchain because the payer's exit overtook them (token units)"
+    );
     for gauge in [BACKLOG_EPOCHS, LAST_SEALED_EPOCH, LAST_COMMITTED_EPOCH] {
         metrics::gauge!(gauge).set(0.0);
     }
-    for counter in [TX_REPLACEMENTS, EPOCHS_VOIDED] {
+    for counter in [TX_REPLACEMENTS, EPOCHS_VOIDED, SHORTFALL] {
         metrics::counter!(counter).absolute(0);
     }
 }

@@ -4,6 +4,12 @@
 //! returned events, persists [`WatchBatch::next_block`] in the same atomic write (the engine's
 //! ledger does this), so a restart neither misses nor repeats an event. Only blocks with at least
 //! `confirmations` blocks on top are read; deeper reorganisations than that are out of scope.
+//!
+//! Withdrawal requests are the exception: refusing spend early is always safe, and a request
+//! seen only once confirmed would let receipts through that the payer's exit can overtake. So
+//! once the confirmed read is caught up, every poll also returns the requests of the blocks after
+//! it up to the head, as a set that replaces the last one ([`WatchBatch::head_requests`]); the
+//! cursor never moves past the confirmed blocks, so nothing is skipped or applied twice.
 
 use alloy::{
     primitives::{Address, TxHash, U256},
@@ -109,6 +115,9 @@ pub struct WatchBatch {
     pub events: Vec<ChainEvent>,
     /// The first block not covered yet: persist it with the applied events.
     pub next_block: u64,
+    /// The `WithdrawalRequested` events of the blocks `[next_block, head]`, not yet confirmed, in
+    /// chain order. `None` while the confirmed read lags behind (it is read once caught up).
+    pub head_requests: Option<Vec<ChainEvent>>,
 }
 
 /// Reads funds events of one Settlement contract.
@@ -138,36 +147,64 @@ impl Watcher {
     }
 
     /// Reads events from `from_block` up to the newest confirmed block, at most
-    /// `blocks_per_poll_max` blocks. Returns an empty batch with `next_block == from_block` when no
-    /// new block is confirmed.
+    /// `blocks_per_poll_max` blocks, and, once that reaches the confirmed tip, the withdrawal
+    /// requests after it up to the head. `next_block == from_block` when no new block is
+    /// confirmed.
     pub async fn poll(&self, from_block: u64) -> Result<WatchBatch, WatchError> {
         let head = self
             .provider
             .get_block_number()
             .await
             .map_err(ChainError::from)?;
-        let Some(confirmed) = head.checked_sub(self.config.confirmations) else {
-            return Ok(WatchBatch {
-                events: Vec::new(),
-                next_block: from_block,
-            });
+        let confirmed = head
+            .checked_sub(self.config.confirmations)
+            .filter(|confirmed| *confirmed >= from_block);
+        let (events, next_block) = match confirmed {
+            Some(confirmed) => {
+                let to_block = confirmed
+                    .min(from_block.saturating_add(self.config.blocks_per_poll_max.max(1) - 1));
+                let events = self
+                    .logs(
+                        vec![
+                            Settlement::Deposited::SIGNATURE_HASH,
+                            Settlement::WithdrawalRequested::SIGNATURE_HASH,
+                            Settlement::WithdrawalCompleted::SIGNATURE_HASH,
+                            Settlement::Disputed::SIGNATURE_HASH,
+                        ],
+                        from_block,
+                        to_block,
+                    )
+                    .await?;
+                (events, to_block + 1)
+            }
+            None => (Vec::new(), from_block),
         };
-        if confirmed < from_block {
-            return Ok(WatchBatch {
-                events: Vec::new(),
-                next_block: from_block,
-            });
-        }
-        let to_block =
-            confirmed.min(from_block.saturating_add(self.config.blocks_per_poll_max.max(1) - 1));
+        let caught_up = confirmed.is_none_or(|confirmed| next_block > confirmed);
+        let head_requests = if !caught_up {
+            None
+        } else if next_block > head {
+            Some(Vec::new())
+        } else {
+            let requests = vec![Settlement::WithdrawalRequested::SIGNATURE_HASH];
+            Some(self.logs(requests, next_block, head).await?)
+        };
+        Ok(WatchBatch {
+            events,
+            next_block,
+            head_requests,
+        })
+    }
+
+    /// The contract's logs with one of `signatures` in `[from_block, to_block]`, in chain order.
+    async fn logs(
+        &self,
+        signatures: Vec<alloy::primitives::B256>,
+        from_block: u64,
+        to_block: u64,
+    ) -> Result<Vec<ChainEvent>, WatchError> {
         let filter = Filter::new()
             .address(self.contract)
-            .event_signature(vec![
-                Settlement::Deposited::SIGNATURE_HASH,
-                Settlement::WithdrawalRequested::SIGNATURE_HASH,
-                Settlement::WithdrawalCompleted::SIGNATURE_HASH,
-                Settlement::Disputed::SIGNATURE_HASH,
-            ])
+            .event_signature(signatures)
             .from_block(from_block)
             .to_block(to_block);
         let logs = self
@@ -178,10 +215,7 @@ impl Watcher {
         let mut events = logs.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
         // Nodes return logs in order; sorting makes that an invariant rather than an assumption.
         events.sort_by_key(|event| (event.block, event.log_index));
-        Ok(WatchBatch {
-            events,
-            next_block: to_block + 1,
-        })
+        Ok(events)
     }
 }
 

@@ -74,8 +74,12 @@ async fn submitter_with(chain: &Chain, config: SubmitConfig) -> Submitter {
 }
 
 async fn funds_loop(setup: &Setup) -> FundsLoop {
+    funds_loop_at(setup, 0).await
+}
+
+async fn funds_loop_at(setup: &Setup, confirmations: u64) -> FundsLoop {
     let config = WatchConfig {
-        confirmations: 0,
+        confirmations,
         blocks_per_poll_max: 1_000,
     };
     let watcher = Watcher::connect(
@@ -579,4 +583,249 @@ async fn an_epoch_voided_while_awaiting_confirmations_is_carried_and_settling_go
     catch_up(&funds_loop(&setup).await).await;
     chain.advance_secs(window_secs + 1).await;
     assert_balances_match_the_chain(&setup, payer, &[5, 6]).await;
+}
+
+async fn request_withdrawal(chain: &Chain, owner: usize, payer: PayerKey, amount: u128) {
+    chain
+        .settlement(owner)
+        .requestWithdrawal(B256::from(payer.0), U256::from(amount))
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_withdrawal_request_is_refused_spend_before_it_is_confirmed_and_counted_once() {
+    let setup = setup().await;
+    let (chain, engine, domain) = (&setup.chain, &setup.engine, &setup.domain);
+    let payer = SigningKey::from_bytes(&[7; 32]);
+    let payer_key = PayerKey(payer.verifying_key().to_bytes());
+    let payee = Address(chain.address(5).0.0);
+    let confirmations = 3;
+    chain.deposit(2, payer_key.0, 10_000).await;
+    chain.mine(confirmations).await;
+    let funds = funds_loop_at(&setup, confirmations).await;
+    catch_up(&funds).await;
+    let balance = || engine.reader().payer(&payer_key).unwrap().unwrap();
+    assert_eq!(balance().deposited, 10_000);
+
+    // Mined, not yet confirmed: the deposit rule would not count it yet, the funds check must.
+    request_withdrawal(chain, 2, payer_key, 8_000).await;
+    catch_up(&funds).await;
+    assert_eq!(balance().available, 2_000, "{:?}", balance());
+    let ack = submit(engine, 1, &[signed(&payer, payee, 3_000, 1, domain)]).await;
+    assert_eq!(
+        ack.rejections,
+        vec![(0, Reason::InsufficientFunds)],
+        "10,000 deposited - 8,000 requested at the head < 3,000"
+    );
+
+    // Once confirmed it is counted once: not skipped, not added to its head copy.
+    chain.mine(confirmations).await;
+    catch_up(&funds).await;
+    assert_eq!(balance().withdrawal_requested, 8_000);
+    assert_eq!(balance().available, 2_000);
+    let ack = submit(engine, 2, &[signed(&payer, payee, 2_000, 2, domain)]).await;
+    assert_eq!(ack.accepted, 1, "{ack:?}");
+}
+
+#[tokio::test]
+async fn a_withdrawal_request_a_reorg_drops_stops_refusing_spend() {
+    let setup = setup().await;
+    let (chain, engine, domain) = (&setup.chain, &setup.engine, &setup.domain);
+    let payer = SigningKey::from_bytes(&[8; 32]);
+    let payer_key = PayerKey(payer.verifying_key().to_bytes());
+    let payee = Address(chain.address(5).0.0);
+    let confirmations = 3;
+    chain.deposit(2, payer_key.0, 10_000).await;
+    chain.mine(confirmations).await;
+    let funds = funds_loop_at(&setup, confirmations).await;
+    catch_up(&funds).await;
+    request_withdrawal(chain, 2, payer_key, 8_000).await;
+    catch_up(&funds).await;
+    let balance = || engine.reader().payer(&payer_key).unwrap().unwrap();
+    assert_eq!(balance().available, 2_000, "refused at the head");
+
+    // The block holding the request is replaced by an empty one.
+    use alloy::providers::Provider;
+    let _: serde_json::Value = chain
+        .provider(0)
+        .raw_request(
+            "anvil_reorg".into(),
+            (1u64, Vec::<serde_json::Value>::new()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        chain
+            .settlement(0)
+            .withdrawalRequests(B256::from(payer_key.0))
+            .call()
+            .await
+            .unwrap()
+            .amount,
+        0,
+        "the reorg dropped the request"
+    );
+    catch_up(&funds).await;
+    chain.mine(confirmations).await;
+    catch_up(&funds).await;
+    assert_eq!(balance().withdrawal_requested, 0);
+    assert_eq!(balance().available, 10_000);
+    let ack = submit(engine, 1, &[signed(&payer, payee, 3_000, 1, domain)]).await;
+    assert_eq!(ack.accepted, 1, "{ack:?}");
+}
+
+/// A payer whose exit overtakes its accepted debits (issue 14, item 2): the epoch is committed
+/// without the uncovered amount, cut from what that payer paid its payees in the epoch (in payee
+/// order), another payer's debits in the same epoch settle in full, later epochs go on, and
+/// every balance still equals the chain's.
+#[tokio::test]
+async fn an_exit_that_overtakes_accepted_debits_is_committed_as_a_shortfall_and_settling_goes_on() {
+    exit_overtakes_debits(SubmitConfig::default().part_entries_max).await;
+}
+
+/// The same with one entry per part: the overdraft reverts a later part, after parts already
+/// sent, and only the parts not yet sent change.
+#[tokio::test]
+async fn an_exit_that_overtakes_a_debit_mid_commit_changes_only_the_parts_not_yet_sent() {
+    exit_overtakes_debits(1).await;
+}
+
+async fn exit_overtakes_debits(part_entries_max: usize) {
+    let setup = setup().await;
+    let (chain, engine, domain) = (&setup.chain, &setup.engine, &setup.domain);
+    let exiting = SigningKey::from_bytes(&[11; 32]);
+    let staying = SigningKey::from_bytes(&[12; 32]);
+    let exiting_key = PayerKey(exiting.verifying_key().to_bytes());
+    let staying_key = PayerKey(staying.verifying_key().to_bytes());
+    // Debits go in payer order: with one entry per part the staying payer's debit is part 0,
+    // already sent when the exiting payer's part 1 reverts.
+    assert!(staying_key < exiting_key);
+    chain.deposit(2, exiting_key.0, 10_000).await;
+    chain.deposit(3, staying_key.0, 10_000).await;
+    let funds = funds_loop(&setup).await;
+    catch_up(&funds).await;
+    // Payee order decides where the cut falls: a before b.
+    let payee_a = Address([0x0a; 20]);
+    let payee_b = Address([0x0b; 20]);
+    let submitter = Submitter::connect(
+        &chain.endpoint(),
+        chain.anvil.chain_id(),
+        chain.addresses.settlement,
+        key(&chain.anvil, 0),
+        SubmitConfig {
+            part_entries_max,
+            receipt_poll_ms: 10,
+            backoff_initial_ms: 10,
+            ..SubmitConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let epochs = EpochLoop::new(engine.clone(), submitter, EpochConfig::default());
+
+    let ack = submit(
+        engine,
+        1,
+        &[
+            signed(&exiting, payee_a, 3_000, 1, domain),
+            signed(&staying, payee_a, 2_000, 1, domain),
+        ],
+    )
+    .await;
+    assert_eq!(ack.accepted, 2, "{ack:?}");
+    assert_eq!(epochs.seal().await.unwrap(), 1);
+    epochs.commit_backlog().await.unwrap();
+
+    // Epoch 2: the exiting payer pays a 2,000 more (its leaf grows from 3,000 to 5,000) and b
+    // 4,000; the staying payer pays both too.
+    let ack = submit(
+        engine,
+        2,
+        &[
+            signed(&exiting, payee_a, 2_000, 2, domain),
+            signed(&exiting, payee_b, 4_000, 3, domain),
+            signed(&staying, payee_a, 1_000, 2, domain),
+            signed(&staying, payee_b, 500, 3, domain),
+        ],
+    )
+    .await;
+    assert_eq!(ack.accepted, 4, "{ack:?}");
+    assert_eq!(epochs.seal().await.unwrap(), 2);
+
+    // Before epoch 2 is committed the owner exits with 5,000 of the 7,000 the chain still holds,
+    // and the funds loop has not seen it: the chain covers 2,000 of the 6,000 debit.
+    request_withdrawal(chain, 2, exiting_key, 5_000).await;
+    chain.advance_secs(61).await;
+    let completed = chain
+        .settlement(2)
+        .completeWithdrawal(B256::from(exiting_key.0))
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(completed.status(), "the exit completed");
+
+    epochs.commit_backlog().await.unwrap();
+    assert_eq!(
+        engine.reader().epoch(2).unwrap().unwrap().status,
+        EpochStatus::Committed
+    );
+    // 4,000 uncovered: all 2,000 the payer paid a in this epoch (not its 5,000 cumulative), then
+    // 2,000 of b's 4,000.
+    assert_eq!(
+        engine.reader().epoch_shortfalls(2).unwrap(),
+        vec![(exiting_key, payee_a, 2_000), (exiting_key, payee_b, 2_000)]
+    );
+
+    // Settling goes on.
+    submit(engine, 3, &[signed(&staying, payee_b, 700, 4, domain)]).await;
+    assert_eq!(epochs.seal().await.unwrap(), 3);
+    epochs.commit_backlog().await.unwrap();
+    assert_eq!(
+        engine.reader().epoch(3).unwrap().unwrap().status,
+        EpochStatus::Committed
+    );
+
+    catch_up(&funds).await;
+    let settlement = chain.settlement(0);
+    for (payer, settled, shortfall) in [(exiting_key, 5_000, 4_000), (staying_key, 4_200, 0)] {
+        let balance = engine.reader().payer(&payer).unwrap().unwrap();
+        assert_eq!(
+            (balance.settled, balance.shortfall, balance.pending),
+            (settled, shortfall, 0),
+            "{payer}: {balance:?}"
+        );
+        let onchain = settlement
+            .available(B256::from(payer.0))
+            .call()
+            .await
+            .unwrap();
+        assert_eq!(
+            onchain,
+            U256::from(balance.deposited - balance.withdrawn - balance.settled),
+            "{payer}"
+        );
+    }
+    for (payee, settled, shortfall) in [(payee_a, 6_000, 2_000), (payee_b, 3_200, 2_000)] {
+        let balance = engine.reader().payee(&payee).unwrap().unwrap();
+        assert_eq!(
+            (balance.settled, balance.shortfall),
+            (settled, shortfall),
+            "{payee}: {balance:?}"
+        );
+        assert_eq!(balance.credited, settled + shortfall);
+        let onchain = settlement
+            .withdrawable(EvmAddress::from(payee.0))
+            .call()
+            .await
+            .unwrap();
+        assert_eq!(onchain, U256::from(settled), "{payee}");
+    }
 }

@@ -2,6 +2,8 @@
 //! refusals of bad configuration, and a chainless run fed by the real `tollgate-load` that
 //! survives a clean restart with the same balances.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -329,4 +331,64 @@ fn print_config_masks_the_rpc_url_path_query_and_userinfo() {
         Some("https://eth.example.com:8443/***"),
         "scheme, host and port stay"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_settings_under_which_a_payer_exit_can_overtake_accepted_receipts() {
+    use tollgate_settle::chain::{DeployParams, deploy};
+    use tollgate_tools::serve::process::dev_chain_args;
+
+    let anvil = common::spawn_anvil();
+    let rpc_url = anvil.endpoint();
+    let params = DeployParams {
+        challenge_window_secs: 10,
+        withdrawal_delay_secs: 30,
+        arbiter: Some(anvil.addresses()[9]),
+        ..DeployParams::dev()
+    };
+    let deployed = deploy(&rpc_url, common::dev_key(&anvil, 0), None, &params)
+        .await
+        .expect("deploy");
+    let operator_key = hex::encode(common::dev_key(&anvil, 0).to_bytes());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let start = |extra: &[&str]| {
+        let mut args = dev_chain_args(&rpc_url, &deployed, &dir.path().join("data"));
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        ServerProcess::start(
+            TOLLGATE.as_ref(),
+            &args,
+            None,
+            &[("TOLLGATE_OPERATOR_KEY", &operator_key)],
+        )
+    };
+    let refused = |extra: &[&str]| match start(extra) {
+        Ok(_) => panic!("serve started with {extra:?} against a 10 s window and a 30 s exit delay"),
+        Err(error) => format!("{error:#}"),
+    };
+
+    // 15 s epochs + 10 s window + 30 s default budget + 1,000 ms funds poll reach the 30 s delay.
+    let error = refused(&["--epoch-secs", "15"]);
+    for named in [
+        "withdrawalDelaySecs (30 s)",
+        "epoch_secs 15 s",
+        "challengeWindowSecs 10 s",
+        "commit_latency_budget_secs 30 s",
+        "funds_poll_ms 1000 ms",
+        "= 56000 ms",
+    ] {
+        assert!(error.contains(named), "{named:?} not in: {error}");
+    }
+    // Epochs no longer than the window queue without bound, whatever the delay.
+    let error = refused(&["--epoch-secs", "10", "--commit-latency-budget-secs", "0"]);
+    assert!(
+        error.contains("epoch_secs (10 s) must be above the contract's challengeWindowSecs (10 s)"),
+        "{error}"
+    );
+    // 15 + 10 + 3 + 1 = 29 s: inside the delay.
+    let server = start(&["--epoch-secs", "15", "--commit-latency-budget-secs", "3"])
+        .expect("serve starts with settings the exit delay covers");
+    let status = server
+        .terminate(Duration::from_secs(60))
+        .expect("stops on SIGTERM");
+    assert!(status.success(), "{status}");
 }

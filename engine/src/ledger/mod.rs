@@ -23,7 +23,7 @@ pub mod window;
 pub(crate) mod writer;
 
 pub use reader::{ChannelInfo, LedgerReader, PayeeBalance, PayerBalance};
-pub use record::{EpochRecord, FundsCursor, OpenEpoch, SealingEpoch};
+pub use record::{EpochRecord, FundsCursor, HeadWithdrawals, OpenEpoch, SealingEpoch};
 
 use crate::receipt::{Address, PayerKey};
 use crate::verdict::Reason;

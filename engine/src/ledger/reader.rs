@@ -13,9 +13,9 @@ use crate::store::{Cf, Store, StoreError, StoreSnapshot};
 use super::SealedEpoch;
 use super::record::{
     ChannelKey, ChannelState, DecodeError, EntryKind, EpochRecord, FUNDS_CURSOR_KEY, FundsCursor,
-    OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey, ProducerState,
-    SEALING_EPOCH_KEY, SealingEpoch, address_from, decode_amount, entry_prefix, epoch_key,
-    payer_from, producer_key,
+    HEAD_WITHDRAWALS_KEY, HeadWithdrawals, OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState,
+    ProducerKey, ProducerState, SEALING_EPOCH_KEY, SealingEpoch, address_from, decode_amount,
+    entry_prefix, epoch_key, payer_from, producer_key,
 };
 
 /// Entries read from RocksDB per scan when a whole epoch is read back: the transient copies
@@ -27,7 +27,8 @@ const ENTRIES_PER_SCAN: usize = 4_096;
 pub struct PayerBalance {
     /// Sum of deposits seen onchain.
     pub deposited: u128,
-    /// Requested withdrawals not yet completed.
+    /// Requested withdrawals not yet completed, including requests mined but not yet
+    /// `confirmations` deep (those are refused spend at once).
     pub withdrawal_requested: u128,
     /// Completed withdrawals.
     pub withdrawn: u128,
@@ -41,6 +42,9 @@ pub struct PayerBalance {
     pub receipts: u64,
     /// Payees this payer has had a receipt accepted for.
     pub channels: u64,
+    /// Debited in committed epochs beyond what the chain still held (its exit overtook the
+    /// debits): written off, never settled.
+    pub shortfall: u128,
 }
 
 /// A payee's credits.
@@ -50,6 +54,9 @@ pub struct PayeeBalance {
     pub credited: u128,
     /// Credited by committed epochs.
     pub settled: u128,
+    /// Credited but cut from committed epochs because the payer's exit overtook its debit:
+    /// never settled.
+    pub shortfall: u128,
 }
 
 /// One channel's totals.
@@ -145,19 +152,27 @@ impl LedgerReader {
     /// A payer's funds and counts, from its one record: the cost does not grow with its
     /// channels. `None` if the ledger never heard of the payer.
     pub fn payer(&self, payer: &PayerKey) -> Result<Option<PayerBalance>, StoreError> {
-        let Some(bytes) = self.store.get(Cf::Payers, &payer.0)? else {
+        let snapshot = self.store.snapshot();
+        let Some(bytes) = snapshot.get(Cf::Payers, &payer.0)? else {
             return Ok(None);
         };
         let state = PayerState::decode(&bytes).map_err(corrupt(Cf::Payers))?;
+        let at_head = snapshot
+            .get(Cf::Meta, HEAD_WITHDRAWALS_KEY)?
+            .map(|bytes| HeadWithdrawals::decode(&bytes).map_err(corrupt(Cf::Meta)))
+            .transpose()?
+            .unwrap_or_default()
+            .of(payer);
         Ok(Some(PayerBalance {
             deposited: state.deposited,
-            withdrawal_requested: state.withdrawal_requested,
+            withdrawal_requested: state.withdrawal_requested.saturating_add(at_head),
             withdrawn: state.withdrawn,
             settled: state.settled,
             pending: state.pending,
-            available: state.available(),
+            available: state.available().saturating_sub(at_head),
             receipts: state.receipts,
             channels: state.channels,
+            shortfall: state.shortfall,
         }))
     }
 
@@ -170,6 +185,7 @@ impl LedgerReader {
         Ok(Some(PayeeBalance {
             credited: state.credited,
             settled: state.settled,
+            shortfall: state.shortfall,
         }))
     }
 
@@ -314,6 +330,24 @@ impl LedgerReader {
             debits,
             credits,
         }))
+    }
+
+    /// An epoch's shortfalls in (payer, payee) order: what each channel's movement was cut by
+    /// because the payer's exit overtook its debit onchain. Empty for nearly every epoch.
+    pub fn epoch_shortfalls(
+        &self,
+        epoch: u64,
+    ) -> Result<Vec<(PayerKey, Address, u128)>, StoreError> {
+        epoch_entries(
+            &self.store.snapshot(),
+            epoch,
+            EntryKind::Shortfall,
+            0,
+            |id, cut| {
+                let key = ChannelKey::from_bytes(id).map_err(corrupt(Cf::EpochEntries))?;
+                Ok((key.payer, key.payee, cut))
+            },
+        )
     }
 
     /// The epoch whose seal is still being written, if any, and how far it has got.

@@ -74,6 +74,14 @@ impl<'a> Decoder<'a> {
             ))),
         }
     }
+    /// A u128 appended to a record after its first layout: zero when the record ends before it
+    /// (written before the field existed).
+    fn appended_u128(&mut self) -> Result<u128, DecodeError> {
+        if self.bytes.is_empty() {
+            return Ok(0);
+        }
+        self.u128()
+    }
     fn finish(self) -> Result<(), DecodeError> {
         if self.bytes.is_empty() {
             Ok(())
@@ -256,6 +264,9 @@ pub struct PayerState {
     pub channels: u64,
     /// The open epoch whose index last listed this payer (0: never).
     pub indexed_epoch: u64,
+    /// Debited in committed epochs beyond what the chain still held (an exit overtook them):
+    /// written off instead of settled, see [`EntryKind::Shortfall`].
+    pub shortfall: u128,
 }
 
 impl PayerState {
@@ -270,9 +281,9 @@ impl PayerState {
             .unwrap_or(0)
     }
 
-    /// Six u128 fields then three u64 fields, in declaration order.
+    /// Six u128 fields, three u64 fields, then shortfall u128, in declaration order.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = encoder(16 * 6 + 8 * 3);
+        let mut out = encoder(16 * 7 + 8 * 3);
         for field in [
             self.deposited,
             self.withdrawal_requested,
@@ -286,6 +297,7 @@ impl PayerState {
         out.extend_from_slice(&self.receipts.to_le_bytes());
         out.extend_from_slice(&self.channels.to_le_bytes());
         out.extend_from_slice(&self.indexed_epoch.to_le_bytes());
+        out.extend_from_slice(&self.shortfall.to_le_bytes());
         out
     }
 
@@ -302,6 +314,7 @@ impl PayerState {
             receipts: d.u64()?,
             channels: d.u64()?,
             indexed_epoch: d.u64()?,
+            shortfall: d.appended_u128()?,
         };
         d.finish()?;
         Ok(state)
@@ -320,16 +333,20 @@ pub struct PayeeState {
     pub unsealed: u128,
     /// The open epoch whose index last listed this payee (0: never).
     pub indexed_epoch: u64,
+    /// Credited in committed epochs but cut because a payer's exit overtook the debit paying it:
+    /// never settled. `settled + shortfall <= credited`.
+    pub shortfall: u128,
 }
 
 impl PayeeState {
-    /// Three u128 fields in declaration order, then indexed_epoch u64.
+    /// Three u128 fields in declaration order, indexed_epoch u64, then shortfall u128.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = encoder(16 * 3 + 8);
+        let mut out = encoder(16 * 4 + 8);
         for field in [self.credited, self.settled, self.unsealed] {
             out.extend_from_slice(&field.to_le_bytes());
         }
         out.extend_from_slice(&self.indexed_epoch.to_le_bytes());
+        out.extend_from_slice(&self.shortfall.to_le_bytes());
         out
     }
 
@@ -341,6 +358,7 @@ impl PayeeState {
             settled: d.u128()?,
             unsealed: d.u128()?,
             indexed_epoch: d.u64()?,
+            shortfall: d.appended_u128()?,
         };
         d.finish()?;
         Ok(state)
@@ -606,6 +624,47 @@ impl FundsCursor {
     }
 }
 
+/// Meta key of [`HeadWithdrawals`].
+pub const HEAD_WITHDRAWALS_KEY: &[u8] = b"head_withdrawals";
+
+/// Withdrawal requests the funds cursor has not reached yet (mined, not yet `confirmations`
+/// deep), summed per payer. They are refused spend at once: a request the ledger waited to
+/// confirm would let receipts through that the payer's exit can overtake onchain. The set is
+/// replaced whole on every read of the chain's head, so a request a reorg drops stops counting,
+/// and one that reaches the cursor moves into [`PayerState::withdrawal_requested`].
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct HeadWithdrawals(pub std::collections::BTreeMap<PayerKey, u128>);
+
+impl HeadWithdrawals {
+    /// What `payer` has requested at the head.
+    pub fn of(&self, payer: &PayerKey) -> u128 {
+        self.0.get(payer).copied().unwrap_or(0)
+    }
+
+    /// count u32, then per payer (sorted) its key and amount u128.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = encoder(4 + self.0.len() * 48);
+        let count = u32::try_from(self.0.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&count.to_le_bytes());
+        for (payer, amount) in self.0.iter().take(count as usize) {
+            out.extend_from_slice(&payer.0);
+            out.extend_from_slice(&amount.to_le_bytes());
+        }
+        out
+    }
+
+    /// Inverse of [`HeadWithdrawals::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut d = Decoder::new(bytes, "head withdrawals")?;
+        let count = d.u32()?;
+        let requests = (0..count)
+            .map(|_| Ok((PayerKey(d.take()?), d.u128()?)))
+            .collect::<Result<_, DecodeError>>()?;
+        d.finish()?;
+        Ok(Self(requests))
+    }
+}
+
 /// Format marker stored at creation: the layout version and the window size, which a later
 /// start must not change (stored windows have that many words).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -718,6 +777,11 @@ pub enum EntryKind {
     Debit = b'd' as isize,
     /// `payee` → credit
     Credit = b'c' as isize,
+    /// `payer ‖ payee` → the part of the channel's movement in this epoch that was not committed:
+    /// the payer's exit overtook its debit onchain (`Overdraft`), so its debit and this payee's
+    /// credit went onchain reduced by this much. Written before the commit, by
+    /// `record_shortfall`; absent in nearly every epoch.
+    Shortfall = b's' as isize,
 }
 
 /// Key of an epoch entry: `epoch (BE) ‖ kind ‖ id`.
@@ -827,11 +891,13 @@ impl Cached for PayerState {
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         PayerState::decode(bytes)
     }
-    /// Settling moves money from pending to settled and a dispute moves it back: only a receipt
-    /// changes their sum. Saturating because a sum that does not fit has been refused as
-    /// `Overflow` before it was applied.
+    /// Settling moves money from pending to settled (or, past what the chain held, to
+    /// shortfall) and a dispute moves it back: only a receipt changes their sum. Saturating
+    /// because a sum that does not fit has been refused as `Overflow` before it was applied.
     fn receipt_money(&self) -> u128 {
-        self.pending.saturating_add(self.settled)
+        self.pending
+            .saturating_add(self.settled)
+            .saturating_add(self.shortfall)
     }
 }
 
@@ -899,15 +965,44 @@ mod tests {
             receipts: 7,
             channels: 8,
             indexed_epoch: 7,
+            shortfall: 9,
         };
         assert_eq!(PayerState::decode(&payer.encode()), Ok(payer));
+        // Records written before shortfalls existed end before the field: it reads as zero.
+        let bytes = payer.encode();
+        assert_eq!(
+            PayerState::decode(&bytes[..bytes.len() - 16]),
+            Ok(PayerState {
+                shortfall: 0,
+                ..payer
+            })
+        );
+        assert!(PayerState::decode(&bytes[..bytes.len() - 1]).is_err());
+        let head =
+            HeadWithdrawals([(PayerKey([3; 32]), 40), (PayerKey([9; 32]), u128::MAX)].into());
+        let bytes = head.encode();
+        assert_eq!(HeadWithdrawals::decode(&bytes), Ok(head));
+        assert!(HeadWithdrawals::decode(&bytes[..bytes.len() - 1]).is_err());
+        assert_eq!(
+            HeadWithdrawals::decode(&HeadWithdrawals::default().encode()),
+            Ok(HeadWithdrawals::default())
+        );
         let payee = PayeeState {
             credited: 1,
             settled: 2,
             unsealed: 3,
             indexed_epoch: 4,
+            shortfall: 5,
         };
         assert_eq!(PayeeState::decode(&payee.encode()), Ok(payee));
+        let bytes = payee.encode();
+        assert_eq!(
+            PayeeState::decode(&bytes[..bytes.len() - 16]),
+            Ok(PayeeState {
+                shortfall: 0,
+                ..payee
+            })
+        );
 
         for cursor in [None, Some(index_suffix(IndexKind::Payee, &[9; 20]))] {
             let sealing = SealingEpoch {

@@ -22,17 +22,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::pipeline::EngineError;
-use crate::receipt::{ReceiptBatch, ReceiptView};
-use crate::store::{Cf, FORMAT_KEY, Store, StoreBatch, StoreError};
+use crate::receipt::{Address, PayerKey, ReceiptBatch, ReceiptView};
+use crate::store::{Cf, FORMAT_KEY, Store, StoreBatch, StoreError, StoreSnapshot};
 use crate::verdict::{Reason, Verdict};
 
 use super::cache::{Cache, Cached};
 use super::record::{
     BatchDigest, ChannelKey, ChannelState, DecodeError, EntryKind, EpochRecord, FUNDS_CURSOR_KEY,
-    FormatRecord, FundsCursor, IndexKind, LAYOUT_VERSION, OPEN_EPOCH_KEY, OpenEpoch, PayeeState,
-    PayerState, ProducerKey, ProducerState, SEALING_EPOCH_KEY, SealingEpoch, ack_key, address_from,
-    decode_ack, encode_ack, encode_amount, entry_key, epoch_key, index_key, index_suffix,
-    payer_from,
+    FormatRecord, FundsCursor, HEAD_WITHDRAWALS_KEY, HeadWithdrawals, IndexKind, LAYOUT_VERSION,
+    OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey, ProducerState,
+    SEALING_EPOCH_KEY, SealingEpoch, ack_key, address_from, decode_ack, decode_amount, encode_ack,
+    encode_amount, entry_key, entry_prefix, epoch_key, index_key, index_suffix, payer_from,
 };
 use super::window::WINDOW_WORD_BITS;
 use super::{
@@ -71,6 +71,8 @@ struct Group {
     meta_dirty: bool,
     /// The running seal moved (or ended): its record is written (or deleted) with the group.
     sealing_dirty: bool,
+    /// The withdrawal requests at the chain's head changed.
+    head_withdrawals_dirty: bool,
     /// Acks decided in this group with their batch's digest, answered again to a re-send before
     /// they are on disk.
     acks: HashMap<SessionId, (BatchAck, BatchDigest)>,
@@ -96,6 +98,8 @@ pub(crate) struct Ledger {
     /// The epoch being sealed, if a seal is running (see [`Ledger::begin_seal`]).
     sealing: Option<SealingEpoch>,
     cursor: Option<FundsCursor>,
+    /// Requests past the cursor, refused spend already (see [`HeadWithdrawals`]).
+    head_withdrawals: HeadWithdrawals,
     group: Group,
 }
 
@@ -188,6 +192,11 @@ impl Ledger {
             .get(Cf::Meta, FUNDS_CURSOR_KEY)?
             .map(|bytes| FundsCursor::decode(&bytes).map_err(corrupt(Cf::Meta)))
             .transpose()?;
+        let head_withdrawals = store
+            .get(Cf::Meta, HEAD_WITHDRAWALS_KEY)?
+            .map(|bytes| HeadWithdrawals::decode(&bytes).map_err(corrupt(Cf::Meta)))
+            .transpose()?
+            .unwrap_or_default();
         Ok(Self {
             channels: Cache::new(config.channels_cached_max),
             payers: Cache::new(config.accounts_cached_max),
@@ -198,6 +207,7 @@ impl Ledger {
             open,
             sealing,
             cursor,
+            head_withdrawals,
             group: Group::default(),
             in_flight: None,
         })
@@ -222,6 +232,7 @@ impl Ledger {
         self.group.batch.is_empty()
             && !self.group.meta_dirty
             && !self.group.sealing_dirty
+            && !self.group.head_withdrawals_dirty
             && self.channels.is_clean()
             && self.payers.is_clean()
             && self.payees.is_clean()
@@ -392,7 +403,10 @@ impl Ledger {
         if let Err(reason) = channel.window.check(nonce) {
             return Ok(Err(reason));
         }
-        if known && amount > payer_state.available() {
+        let spendable = payer_state
+            .available()
+            .saturating_sub(self.head_withdrawals.of(&payer));
+        if known && amount > spendable {
             return Ok(Err(Reason::InsufficientFunds));
         }
         self.payees.load(&self.store, &payee, PayeeState::default)?;
@@ -514,6 +528,16 @@ impl Ledger {
         Ok(())
     }
 
+    /// Replaces the withdrawal requests of the blocks past the cursor with `requests`: what the
+    /// chain's head holds now. Requests the cursor has since reached are in both until then,
+    /// refused twice for a moment, which is safe; one a reorg dropped is in neither.
+    pub(crate) fn apply_head_withdrawals(&mut self, requests: HeadWithdrawals) {
+        if requests != self.head_withdrawals {
+            self.head_withdrawals = requests;
+            self.group.head_withdrawals_dirty = true;
+        }
+    }
+
     fn epoch_record(&self, epoch: u64) -> Result<EpochRecord, EngineError> {
         let unwritten = self
             .group
@@ -585,41 +609,182 @@ impl Ledger {
     }
 
     /// Moves an epoch's debits between pending and settled, and its credits into or out of
-    /// settled. A failure here means the stored state contradicts itself: fatal.
+    /// settled. The epoch's shortfalls (see [`Ledger::record_shortfall`]) move into or out of
+    /// the payers' and payees' `shortfall` instead of `settled`, so settled stays what the chain
+    /// moved. A failure here means the stored state contradicts itself: fatal.
     fn move_settlement(&mut self, epoch: u64, direction: Direction) -> Result<(), EngineError> {
+        let ShortfallSums(payer_cuts, payee_cuts) = self.shortfall_sums(epoch)?;
         for (id, debit) in self.epoch_amounts(epoch, EntryKind::Debit)? {
             let payer = payer_from(&id).map_err(corrupt(Cf::EpochEntries))?;
+            let cut = payer_cuts.get(&payer).copied().unwrap_or(0);
+            let onchain = debit.checked_sub(cut).ok_or_else(|| {
+                invariant(format!("epoch {epoch} shortfall exceeds payer {payer}"))
+            })?;
             self.payers.load(&self.store, &payer, PayerState::default)?;
             let state = self
                 .payers
                 .get_mut(&payer)
                 .ok_or_else(|| invariant("payer not cached after load"))?;
-            let (from, to) = match direction {
-                Direction::Settle => (&mut state.pending, &mut state.settled),
-                Direction::Unsettle => (&mut state.settled, &mut state.pending),
+            let moved = match direction {
+                Direction::Settle => state.pending.checked_sub(debit).and_then(|pending| {
+                    Some((
+                        pending,
+                        state.settled.checked_add(onchain)?,
+                        state.shortfall.checked_add(cut)?,
+                    ))
+                }),
+                Direction::Unsettle => state.pending.checked_add(debit).and_then(|pending| {
+                    Some((
+                        pending,
+                        state.settled.checked_sub(onchain)?,
+                        state.shortfall.checked_sub(cut)?,
+                    ))
+                }),
             };
-            *from = from
-                .checked_sub(debit)
-                .ok_or_else(|| invariant(format!("epoch {epoch} debit exceeds payer {payer}")))?;
-            *to = to
-                .checked_add(debit)
-                .ok_or_else(|| invariant(format!("payer {payer} total overflows")))?;
+            (state.pending, state.settled, state.shortfall) = moved
+                .ok_or_else(|| invariant(format!("epoch {epoch} debit breaks payer {payer}")))?;
         }
         for (id, credit) in self.epoch_amounts(epoch, EntryKind::Credit)? {
             let payee = address_from(&id).map_err(corrupt(Cf::EpochEntries))?;
+            let cut = payee_cuts.get(&payee).copied().unwrap_or(0);
+            let onchain = credit.checked_sub(cut).ok_or_else(|| {
+                invariant(format!("epoch {epoch} shortfall exceeds payee {payee}"))
+            })?;
             self.payees.load(&self.store, &payee, PayeeState::default)?;
             let state = self
                 .payees
                 .get_mut(&payee)
                 .ok_or_else(|| invariant("payee not cached after load"))?;
-            state.settled = match direction {
-                Direction::Settle => state.settled.checked_add(credit),
-                Direction::Unsettle => state.settled.checked_sub(credit),
+            let moved = match direction {
+                Direction::Settle => state
+                    .settled
+                    .checked_add(onchain)
+                    .zip(state.shortfall.checked_add(cut)),
+                Direction::Unsettle => state
+                    .settled
+                    .checked_sub(onchain)
+                    .zip(state.shortfall.checked_sub(cut)),
             }
-            .filter(|settled| *settled <= state.credited)
-            .ok_or_else(|| invariant(format!("epoch {epoch} credit breaks payee {payee}")))?;
+            .filter(|(settled, shortfall)| {
+                settled
+                    .checked_add(*shortfall)
+                    .is_some_and(|total| total <= state.credited)
+            });
+            (state.settled, state.shortfall) = moved
+                .ok_or_else(|| invariant(format!("epoch {epoch} credit breaks payee {payee}")))?;
         }
         Ok(())
+    }
+
+    /// An epoch's shortfall entries summed per payer and per payee.
+    fn shortfall_sums(&self, epoch: u64) -> Result<ShortfallSums, EngineError> {
+        let mut sums = ShortfallSums::default();
+        for (id, cut) in self.epoch_amounts(epoch, EntryKind::Shortfall)? {
+            let key = ChannelKey::from_bytes(&id).map_err(corrupt(Cf::EpochEntries))?;
+            for total in [
+                sums.0.entry(key.payer).or_insert(0),
+                sums.1.entry(key.payee).or_insert(0),
+            ] {
+                *total = total
+                    .checked_add(cut)
+                    .ok_or_else(|| invariant(format!("epoch {epoch} shortfall overflows")))?;
+            }
+        }
+        Ok(sums)
+    }
+
+    /// Records that the chain holds only `available` of what `payer` is debited in `epoch` (the
+    /// contract answered `Overdraft`: the payer's exit overtook the debit). The uncovered rest is
+    /// cut from what the payer paid each payee in this epoch, in payee order, and stored as the
+    /// epoch's [`EntryKind::Shortfall`] entries, replacing any earlier cut of this payer; settle
+    /// then commits the debit and those credits reduced by the cut, and committing the epoch
+    /// writes it off instead of settling it.
+    ///
+    /// Only for an epoch not committed yet. The entries are read back from the store when the
+    /// epoch is committed: the caller waits for this reply (written) before it commits.
+    pub(crate) fn record_shortfall(
+        &mut self,
+        epoch: u64,
+        payer: PayerKey,
+        available: u128,
+    ) -> Result<(), EngineError> {
+        let record = self.epoch_record(epoch)?;
+        if !matches!(record.status, EpochStatus::Sealed | EpochStatus::Submitted) {
+            return Err(EngineError::EpochTransition {
+                epoch,
+                from: record.status,
+                to: EpochStatus::Committed,
+            });
+        }
+        let snapshot = self.store.snapshot();
+        let debit = snapshot
+            .get(
+                Cf::EpochEntries,
+                &entry_key(epoch, EntryKind::Debit, &payer.0),
+            )?
+            .map(|bytes| decode_amount(&bytes).map_err(corrupt(Cf::EpochEntries)))
+            .transpose()?
+            .ok_or_else(|| invariant(format!("epoch {epoch} has no debit of payer {payer}")))?;
+        let prefix = [&entry_prefix(epoch, EntryKind::Shortfall)[..], &payer.0].concat();
+        for (key, _) in snapshot.scan(Cf::EpochEntries, &prefix, None, usize::MAX)? {
+            self.group.batch.delete(Cf::EpochEntries, key.into_vec());
+        }
+        let mut left = debit.saturating_sub(available);
+        for (payee, paid) in self.paid_in_epoch(&snapshot, epoch, &payer)? {
+            if left == 0 {
+                break;
+            }
+            let cut = paid.min(left);
+            left -= cut;
+            let channel = ChannelKey { payer, payee };
+            self.group.batch.put(
+                Cf::EpochEntries,
+                entry_key(epoch, EntryKind::Shortfall, &channel.to_bytes()),
+                encode_amount(cut),
+            );
+        }
+        if left != 0 {
+            return Err(invariant(format!(
+                "epoch {epoch}: payer {payer}'s channels moved less than its debit {debit}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// What `payer` paid each payee in `epoch`, in payee order: each of its leaves minus the
+    /// channel's leaf in the latest earlier epoch that was not disputed (a disputed epoch's
+    /// movements were carried into a later one). One backward lookup per channel: costly, and
+    /// only ever run on an overdraft.
+    fn paid_in_epoch(
+        &self,
+        snapshot: &StoreSnapshot<'_>,
+        epoch: u64,
+        payer: &PayerKey,
+    ) -> Result<Vec<(Address, u128)>, EngineError> {
+        let head = entry_prefix(epoch, EntryKind::Leaf);
+        let prefix = [&head[..], &payer.0].concat();
+        let mut paid = Vec::new();
+        for (key, value) in snapshot.scan(Cf::EpochEntries, &prefix, None, usize::MAX)? {
+            let channel =
+                ChannelKey::from_bytes(&key[head.len()..]).map_err(corrupt(Cf::EpochEntries))?;
+            let cumulative = decode_amount(&value).map_err(corrupt(Cf::EpochEntries))?;
+            let mut before = 0;
+            for earlier in (1..epoch).rev() {
+                let earlier_key = entry_key(earlier, EntryKind::Leaf, &channel.to_bytes());
+                let Some(bytes) = snapshot.get(Cf::EpochEntries, &earlier_key)? else {
+                    continue;
+                };
+                if self.epoch_record(earlier)?.status != EpochStatus::Disputed {
+                    before = decode_amount(&bytes).map_err(corrupt(Cf::EpochEntries))?;
+                    break;
+                }
+            }
+            let moved = cumulative.checked_sub(before).ok_or_else(|| {
+                invariant(format!("epoch {epoch}: channel {channel:?} went backwards"))
+            })?;
+            paid.push((channel.payee, moved));
+        }
+        Ok(paid)
     }
 
     /// Puts a disputed epoch's amounts back into the open epoch, to be sealed and committed
@@ -1025,6 +1190,13 @@ impl Ledger {
                 None => group.batch.delete(Cf::Meta, SEALING_EPOCH_KEY.to_vec()),
             }
         }
+        if group.head_withdrawals_dirty {
+            group.batch.put(
+                Cf::Meta,
+                HEAD_WITHDRAWALS_KEY.to_vec(),
+                self.head_withdrawals.encode(),
+            );
+        }
         if group.meta_dirty {
             group
                 .batch
@@ -1145,8 +1317,10 @@ impl Sums {
         group_amount: u128,
     ) -> Option<Self> {
         let pending = payer.pending.checked_add(amount)?;
-        // The pair assertion sums pending + settled: that must fit too.
-        pending.checked_add(payer.settled)?;
+        // The pair assertion sums pending + settled + shortfall: that must fit too.
+        pending
+            .checked_add(payer.settled)?
+            .checked_add(payer.shortfall)?;
         let new_channel = channel.receipts == 0;
         Some(Self {
             cumulative: channel.cumulative.checked_add(amount)?,
@@ -1168,6 +1342,10 @@ impl Sums {
         })
     }
 }
+
+/// An epoch's shortfall per payer and per payee.
+#[derive(Default)]
+struct ShortfallSums(HashMap<PayerKey, u128>, HashMap<Address, u128>);
 
 #[derive(Clone, Copy)]
 enum Direction {
@@ -1685,5 +1863,75 @@ mod tests {
         assert_eq!(third.credits, first.credits);
         // The carried channels are leaves again, at their cumulative now.
         assert_eq!(third.leaves, second.leaves);
+    }
+
+    /// An overdraft's uncovered amount is cut from what the payer paid in the epoch (its leaf
+    /// minus the previous one, not its cumulative), in payee order; committing writes it off
+    /// instead of settling it, and a dispute of that commit puts everything back.
+    #[test]
+    fn a_shortfall_is_written_off_on_commit_and_put_back_by_a_dispute() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ledger = sealing_ledger(dir.path());
+        let channels = [(0, 0), (0, 1), (1, 0)];
+        let update = |epoch, status| EpochUpdate {
+            epoch,
+            status,
+            root: None,
+            tx_hash: None,
+            block: None,
+        };
+        pay(&mut ledger, 1, 1, &channels);
+        ledger.seal().expect("seal 1");
+        ledger
+            .record_epoch(update(1, EpochStatus::Committed))
+            .expect("commit 1");
+        pay(&mut ledger, 2, 2, &channels);
+        ledger.seal().expect("seal 2");
+        let payer = PayerKey([1; 32]);
+        let (first, second) = (Address([1; 20]), Address([2; 20]));
+        // Debited 2,000 + 2,001 in epoch 2; the chain holds 1,000 of it. Asking twice replaces.
+        for _ in 0..2 {
+            ledger.record_shortfall(2, payer, 1_000).expect("shortfall");
+            ledger.commit().expect("write");
+        }
+        let reader = super::super::LedgerReader::new(ledger.store());
+        assert_eq!(
+            reader.epoch_shortfalls(2).expect("read"),
+            vec![(payer, first, 2_000), (payer, second, 1_001)]
+        );
+        ledger
+            .record_epoch(update(2, EpochStatus::Committed))
+            .expect("commit 2");
+        ledger.commit().expect("write");
+        let balances = |reader: &super::super::LedgerReader| {
+            let payer = reader.payer(&payer).expect("read").expect("payer");
+            let first = reader.payee(&first).expect("read").expect("payee");
+            let second = reader.payee(&second).expect("read").expect("payee");
+            (
+                (payer.pending, payer.settled, payer.shortfall),
+                (first.settled, first.shortfall),
+                (second.settled, second.shortfall),
+            )
+        };
+        assert_eq!(
+            balances(&reader),
+            ((0, 2_001 + 1_000, 3_001), (4_020, 2_000), (2_001, 1_001))
+        );
+        assert_eq!(
+            ledger
+                .record_shortfall(2, payer, 0)
+                .map_err(|e| e.to_string()),
+            Err("epoch 2 cannot go from Committed to Committed".to_string()),
+            "a committed epoch's amounts are final"
+        );
+        ledger
+            .record_epoch(update(2, EpochStatus::Disputed))
+            .expect("dispute 2");
+        ledger.commit().expect("write");
+        assert_eq!(
+            balances(&reader),
+            ((4_001, 2_001, 0), (2_010, 0), (1_001, 0)),
+            "back to pending, to be carried into epoch 3"
+        );
     }
 }

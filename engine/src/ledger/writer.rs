@@ -22,11 +22,12 @@ use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, bounded};
 use futures_channel::oneshot;
 
 use crate::pipeline::EngineError;
-use crate::receipt::ReceiptBatch;
+use crate::receipt::{PayerKey, ReceiptBatch};
 use crate::store::{Store, StoreBatch};
 use crate::verdict::Verdict;
 
 use super::record::BatchDigest;
+use super::record::HeadWithdrawals;
 use super::state::{Ledger, SessionId};
 use super::{BatchAck, EpochUpdate, FundsEvent, LedgerReader, SealedEpoch};
 
@@ -50,12 +51,25 @@ pub(crate) enum WriterMsg {
         event: FundsEvent,
         reply: DoneSender,
     },
+    /// The withdrawal requests at the chain's head, replacing the last set.
+    HeadWithdrawals {
+        requests: HeadWithdrawals,
+        reply: DoneSender,
+    },
     /// Seal the open epoch. Answered once the whole epoch is written; a seal asked for while
     /// another runs seals the epoch open when that one ends.
     Seal { reply: SealSender },
     /// Settle's news about an epoch.
     Record {
         update: EpochUpdate,
+        reply: DoneSender,
+    },
+    /// The chain holds only `available` of `payer`'s debit in `epoch` (see
+    /// `Ledger::record_shortfall`).
+    Shortfall {
+        epoch: u64,
+        payer: PayerKey,
+        available: u128,
         reply: DoneSender,
     },
     /// Finish what is queued, write it, stop.
@@ -349,9 +363,10 @@ impl Writer {
             let error = self.poisoned();
             match msg {
                 WriterMsg::Batch { reply, .. } => drop(reply.send(Err(error))),
-                WriterMsg::Funds { reply, .. } | WriterMsg::Record { reply, .. } => {
-                    drop(reply.send(Err(error)))
-                }
+                WriterMsg::Funds { reply, .. }
+                | WriterMsg::HeadWithdrawals { reply, .. }
+                | WriterMsg::Record { reply, .. }
+                | WriterMsg::Shortfall { reply, .. } => drop(reply.send(Err(error))),
                 WriterMsg::Seal { reply } => drop(reply.send(Err(error))),
                 WriterMsg::Shutdown => {}
             }
@@ -384,8 +399,22 @@ impl Writer {
                 self.check_fatal(&result);
                 self.replies.push(Reply::Done(reply, result));
             }
+            WriterMsg::HeadWithdrawals { requests, reply } => {
+                self.ledger.apply_head_withdrawals(requests);
+                self.replies.push(Reply::Done(reply, Ok(())));
+            }
             WriterMsg::Record { update, reply } => {
                 let result = self.ledger.record_epoch(update);
+                self.check_fatal(&result);
+                self.replies.push(Reply::Done(reply, result));
+            }
+            WriterMsg::Shortfall {
+                epoch,
+                payer,
+                available,
+                reply,
+            } => {
+                let result = self.ledger.record_shortfall(epoch, payer, available);
                 self.check_fatal(&result);
                 self.replies.push(Reply::Done(reply, result));
             }

@@ -592,6 +592,7 @@ mod tests {
             settled: 100,
             pending: 20,
             available: 880,
+            shortfall: 0,
             receipts: 3,
             channel_count: 2,
             channels: vec![ChannelView {
@@ -621,6 +622,7 @@ mod tests {
             credited: 5,
             settled: 0,
             pending: 5,
+            shortfall: 0,
             withdrawable: None,
             withdrawable_source: WithdrawableSource::NotConfigured,
         });
@@ -641,6 +643,7 @@ mod tests {
                 credit_total: 40,
                 debit_count: None,
                 credit_count: None,
+                shortfall: 0,
             }],
         });
         assert_eq!(

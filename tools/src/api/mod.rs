@@ -304,6 +304,7 @@ async fn payer(
             settled: balance.settled,
             pending: balance.pending,
             available: balance.available,
+            shortfall: balance.shortfall,
             receipts,
             channel_count,
             channels,
@@ -327,10 +328,11 @@ async fn payee(
     let pending = balance
         .credited
         .checked_sub(balance.settled)
+        .and_then(|unsettled| unsettled.checked_sub(balance.shortfall))
         .ok_or_else(|| {
             ApiError::Internal(format!(
-                "payee {payee}: settled {} exceeds credited {}",
-                balance.settled, balance.credited
+                "payee {payee}: settled {} and shortfall {} exceed credited {}",
+                balance.settled, balance.shortfall, balance.credited
             ))
         })?;
     let (withdrawable, withdrawable_source) = match &state.chain {
@@ -348,6 +350,7 @@ async fn payee(
         credited: balance.credited,
         settled: balance.settled,
         pending,
+        shortfall: balance.shortfall,
         withdrawable,
         withdrawable_source,
     }))
@@ -375,11 +378,20 @@ fn open_view(open: &OpenEpoch) -> EpochView {
         credit_total: open.amount,
         debit_count: None,
         credit_count: None,
+        shortfall: 0,
     }
 }
 
-fn sealed_view(record: &EpochRecord) -> EpochView {
-    EpochView {
+/// `record`'s view; reads the epoch's shortfall entries (one seek when there are none).
+fn sealed_view(reader: &LedgerReader, record: &EpochRecord) -> Result<EpochView, ApiError> {
+    let shortfall = checked_sum(
+        reader
+            .epoch_shortfalls(record.epoch)?
+            .into_iter()
+            .map(|(_, _, cut)| cut),
+    )
+    .ok_or_else(|| ApiError::Internal(format!("epoch {}: shortfall overflows", record.epoch)))?;
+    Ok(EpochView {
         epoch: record.epoch,
         status: status_view(record.status),
         root: record.root.as_ref().map(hex32),
@@ -391,7 +403,8 @@ fn sealed_view(record: &EpochRecord) -> EpochView {
         credit_total: record.amount,
         debit_count: None,
         credit_count: None,
-    }
+        shortfall,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -426,7 +439,9 @@ async fn epochs(
             reader.epochs(Some(first - 1), sealed_wanted)?
         };
         let mut epochs = vec![open_view(&open)];
-        epochs.extend(sealed.iter().rev().map(sealed_view));
+        for record in sealed.iter().rev() {
+            epochs.push(sealed_view(reader, record)?);
+        }
         Ok(epochs)
     })
     .await?;
@@ -456,7 +471,7 @@ async fn epoch(
                 record.amount
             )));
         }
-        let mut view = sealed_view(&record);
+        let mut view = sealed_view(reader, &record)?;
         view.debit_count = Some(sealed.debits.len() as u64);
         view.credit_count = Some(sealed.credits.len() as u64);
         Ok(view)

@@ -74,6 +74,10 @@ pub struct PayerView {
     /// What the payer may still spend.
     #[serde(with = "decimal")]
     pub available: u128,
+    /// Debited in committed epochs beyond what the chain still held (the payer's exit overtook
+    /// the debits): committed without it and written off, never settled.
+    #[serde(with = "decimal")]
+    pub shortfall: u128,
     /// Accepted receipts over all the payer's channels.
     pub receipts: u64,
     /// Number of channels (payees) the payer has paid.
@@ -125,9 +129,13 @@ pub struct PayeeView {
     /// Credited by committed epochs.
     #[serde(with = "decimal")]
     pub settled: u128,
-    /// Credited, not yet settled.
+    /// Credited, not yet settled (nor written off as `shortfall`).
     #[serde(with = "decimal")]
     pub pending: u128,
+    /// Credited, but cut from committed epochs because the paying payer's exit overtook its
+    /// debit: never settled.
+    #[serde(with = "decimal")]
+    pub shortfall: u128,
     /// What the contract lets the payee withdraw now; null unless `withdrawable_source` is `chain`.
     #[serde(with = "decimal::option")]
     pub withdrawable: Option<u128>,
@@ -192,6 +200,10 @@ pub struct EpochView {
     pub debit_count: Option<u64>,
     /// Payees credited; as `debit_count`.
     pub credit_count: Option<u64>,
+    /// Of `debit_total`, what went onchain uncovered and was cut (debits and credits alike)
+    /// because a payer's exit overtook its debit; 0 in nearly every epoch.
+    #[serde(with = "decimal")]
+    pub shortfall: u128,
 }
 
 /// `GET /v1/epochs`: newest first, the open epoch included.

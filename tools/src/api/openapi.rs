@@ -84,7 +84,7 @@ fn schemas() -> Value {
             "type": "object",
             "additionalProperties": false,
             "required": ["payer", "deposited", "withdrawal_requested", "withdrawn", "settled", "pending",
-                         "available", "receipts", "channel_count", "channels"],
+                         "available", "shortfall", "receipts", "channel_count", "channels"],
             "properties": {
                 "payer": { "type": "string", "pattern": "^[0-9a-f]{64}$", "description": "ed25519 public key." },
                 "deposited": amount("Sum of deposits seen onchain."),
@@ -93,6 +93,7 @@ fn schemas() -> Value {
                 "settled": amount("Debited by committed epochs."),
                 "pending": amount("Accepted receipts not yet settled."),
                 "available": amount("What the payer may still spend: deposited - withdrawn - withdrawal_requested - settled - pending."),
+                "shortfall": amount("Debited in committed epochs beyond what the chain still held (the payer's exit overtook the debits): committed without it and written off, never settled."),
                 "receipts": { "type": "integer", "minimum": 0, "description": "Accepted receipts over all channels." },
                 "channel_count": { "type": "integer", "minimum": 0, "description": "Channels (payees) in all." },
                 "channels": {
@@ -106,12 +107,13 @@ fn schemas() -> Value {
         "Payee": {
             "type": "object",
             "additionalProperties": false,
-            "required": ["payee", "credited", "settled", "pending", "withdrawable", "withdrawable_source"],
+            "required": ["payee", "credited", "settled", "pending", "shortfall", "withdrawable", "withdrawable_source"],
             "properties": {
                 "payee": { "type": "string", "pattern": "^0x[0-9a-f]{40}$" },
                 "credited": amount("Sum of accepted receipts paying this payee."),
                 "settled": amount("Credited by committed epochs."),
-                "pending": amount("Credited, not yet settled."),
+                "pending": amount("Credited, not yet settled (nor written off as shortfall)."),
+                "shortfall": amount("Credited, but cut from committed epochs because the paying payer's exit overtook its debit: never settled."),
                 "withdrawable": nullable_amount("What the settlement contract lets the payee withdraw now. Null unless withdrawable_source is chain: a server without a chain view configured reports null."),
                 "withdrawable_source": { "type": "string", "enum": ["chain", "not_configured", "chain_error"] }
             }
@@ -120,7 +122,7 @@ fn schemas() -> Value {
             "type": "object",
             "additionalProperties": false,
             "required": ["epoch", "status", "root", "tx_hash", "block", "receipts", "leaves",
-                         "debit_total", "credit_total", "debit_count", "credit_count"],
+                         "debit_total", "credit_total", "debit_count", "credit_count", "shortfall"],
             "properties": {
                 "epoch": { "type": "integer", "minimum": 1 },
                 "status": { "type": "string", "enum": ["open", "sealed", "submitted", "committed", "disputed"] },
@@ -132,7 +134,8 @@ fn schemas() -> Value {
                 "debit_total": amount("Total debited from payers."),
                 "credit_total": amount("Total credited to payees; always equal to debit_total."),
                 "debit_count": { "type": ["integer", "null"], "minimum": 0, "description": "Payers debited. Only GET /v1/epochs/{epoch} of a sealed epoch counts them (it reads the whole epoch); null in lists and for the open epoch." },
-                "credit_count": { "type": ["integer", "null"], "minimum": 0, "description": "Payees credited; null as debit_count." }
+                "credit_count": { "type": ["integer", "null"], "minimum": 0, "description": "Payees credited; null as debit_count." },
+                "shortfall": amount("Of debit_total, what went onchain uncovered and was cut (debits and credits alike) because a payer's exit overtook its debit; 0 in nearly every epoch.")
             }
         },
         "EpochList": {

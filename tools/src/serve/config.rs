@@ -22,6 +22,7 @@ use tollgate_engine::{Address, Domain};
 use tollgate_ingest::server::{ClientAuth, ServerConfig};
 use tollgate_settle::chain::{DEV_CHAIN_IDS, mask_url};
 use tollgate_settle::epoch::EpochConfig;
+use tollgate_settle::exit::COMMIT_LATENCY_BUDGET_SECS_DEFAULT;
 use tollgate_settle::submitter::SubmitConfig;
 use tollgate_settle::watcher::WatchConfig;
 
@@ -134,6 +135,13 @@ pub struct ServeOptions {
     /// [default: 1500].
     #[arg(long, env = "TOLLGATE_PART_ENTRIES_MAX")]
     pub part_entries_max: Option<usize>,
+    /// Seconds a sealed epoch's commit may take to land, beyond the challenge window and the
+    /// confirmations (sending, fee bumps, a slow chain). At start the contract's
+    /// withdrawalDelaySecs must exceed epoch_secs + challenge window + this + confirmations x
+    /// block time + funds_poll_ms, or serve refuses to start: a payer's exit could overtake
+    /// receipts already accepted [default: 30].
+    #[arg(long, env = "TOLLGATE_COMMIT_LATENCY_BUDGET_SECS")]
+    pub commit_latency_budget_secs: Option<u64>,
 
     /// Signature verification threads [default: every core].
     #[arg(long, env = "TOLLGATE_VERIFY_THREADS")]
@@ -199,6 +207,8 @@ pub struct ChainSettings {
     pub start_block: u64,
     /// Funds poll interval once caught up.
     pub funds_poll_ms: u64,
+    /// Time a commit may take to land, for the start-up check against the payer exit delay.
+    pub commit_latency_budget_secs: u64,
     /// Deposit watcher limits.
     pub watch: WatchConfig,
     /// Epoch sealing.
@@ -254,6 +264,7 @@ impl ServeOptions {
             epoch_secs: Some(epochs.epoch_interval_ms / 1_000),
             epoch_receipts: Some(epochs.epoch_receipts_max),
             part_entries_max: Some(SubmitConfig::default().part_entries_max),
+            commit_latency_budget_secs: Some(COMMIT_LATENCY_BUDGET_SECS_DEFAULT),
             verify_threads: Some(verify.threads),
             verify_batch: Some(verify.batch_receipts_max),
             window_nonces: Some(ledger.window_nonces),
@@ -416,6 +427,10 @@ impl ServeOptions {
             operator_key,
             start_block: required(self.start_block, "start_block")?,
             funds_poll_ms: positive(self.funds_poll_ms, "funds_poll_ms")?,
+            commit_latency_budget_secs: required(
+                self.commit_latency_budget_secs,
+                "commit_latency_budget_secs",
+            )?,
             watch: WatchConfig {
                 confirmations,
                 ..WatchConfig::default()

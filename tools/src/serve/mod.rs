@@ -25,6 +25,7 @@ use tollgate_engine::pipeline::{Engine, EngineConfig};
 use tollgate_engine::{Verifier, VerifyPool};
 use tollgate_settle::chain::ContractReader;
 use tollgate_settle::epoch::{EpochLoop, FundsLoop};
+use tollgate_settle::exit::ExitTiming;
 use tollgate_settle::submitter::Submitter;
 use tollgate_settle::watcher::Watcher;
 
@@ -294,6 +295,7 @@ async fn connect_settlement(
     let reader = ContractReader::connect(&chain.rpc_url, domain.chain_id, contract)
         .await
         .context("rpc_url: contract reader")?;
+    check_exit_timing(chain, &reader).await?;
     Ok(Settlement {
         funds: FundsLoop::new(
             engine.clone(),
@@ -304,6 +306,43 @@ async fn connect_settlement(
         epochs: EpochLoop::new(engine.clone(), submitter, chain.epochs.clone()),
         reader,
     })
+}
+
+/// Blocks whose timestamps give the chain's block time for the start-up exit check.
+const BLOCK_TIME_SAMPLE: u64 = 100;
+
+/// Refuses to start when a payer's exit could overtake a receipt accepted before it (see
+/// [`ExitTiming`]): the contract's delay against this server's settings.
+async fn check_exit_timing(chain: &ChainSettings, reader: &ContractReader) -> anyhow::Result<()> {
+    let terms = reader
+        .exit_terms()
+        .await
+        .context("rpc_url: reading the contract's challenge window and withdrawal delay")?;
+    let confirmations = chain.watch.confirmations;
+    let block_secs = match confirmations {
+        0 => 0,
+        _ => reader
+            .block_secs(BLOCK_TIME_SAMPLE)
+            .await
+            .context("rpc_url: measuring the block time")?,
+    };
+    let timing = ExitTiming {
+        epoch_interval_ms: chain.epochs.epoch_interval_ms,
+        funds_poll_ms: chain.funds_poll_ms,
+        commit_latency_budget_secs: chain.commit_latency_budget_secs,
+        confirmations,
+        block_secs,
+    };
+    timing
+        .check(&terms)
+        .context("refusing settings under which a payer's exit can overtake accepted receipts")?;
+    tracing::info!(
+        challenge_window_secs = terms.challenge_window_secs,
+        withdrawal_delay_secs = terms.withdrawal_delay_secs,
+        block_secs,
+        "payer exits cannot overtake accepted receipts"
+    );
+    Ok(())
 }
 
 impl Settlement {
