@@ -284,8 +284,10 @@ impl LedgerReader {
     }
 
     /// A sealed epoch's leaves, debits and credits exactly as the seal returned them (for
-    /// settle to rebuild its tree after a restart).
+    /// settle to rebuild its tree after a restart). Reads every entry of the epoch: counted in
+    /// [`LedgerReader::sealed_epochs_read`].
     pub fn sealed_epoch(&self, epoch: u64) -> Result<Option<SealedEpoch>, StoreError> {
+        self.store.count_sealed_epoch_read();
         let snapshot = self.store.snapshot();
         let Some(record) = snapshot.get(Cf::Epochs, &epoch_key(epoch))? else {
             return Ok(None);
@@ -314,6 +316,13 @@ impl LedgerReader {
             debits,
             credits,
         }))
+    }
+
+    /// Whole epochs [`LedgerReader::sealed_epoch`] has read since the ledger was opened, by any
+    /// reader of it. Each costs a scan of every leaf, debit and credit of an epoch, so a route
+    /// that answers many requests must not cost one per request; tests count them here.
+    pub fn sealed_epochs_read(&self) -> u64 {
+        self.store.sealed_epochs_read()
     }
 
     /// The epoch whose seal is still being written, if any, and how far it has got.
