@@ -13,8 +13,8 @@ use futures::future::BoxFuture;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use serde_json::Value;
 use tollgate_engine::pipeline::{
-    BatchAck, Engine, EngineConfig, EpochStatus, EpochUpdate, FundsEvent, FundsKind, SealedEpoch,
-    SubmitRequest,
+    BatchAck, Engine, EngineConfig, EpochStatus, EpochUpdate, FundsEvent, FundsKind, PartRecord,
+    SealedEpoch, SubmitRequest,
 };
 use tollgate_engine::verify::{Verifier, VerifyConfig, VerifyPool};
 use tollgate_engine::{Address, Domain, PayerKey, ReceiptBatch, UnsignedReceipt};
@@ -161,8 +161,11 @@ async fn commit(engine: &Engine, sealed: &SealedEpoch) {
                 epoch: sealed.epoch,
                 status,
                 root: Some(root),
-                tx_hash: Some([8; 32]),
-                block: Some(44),
+                part: Some(PartRecord {
+                    part: 0,
+                    tx_hash: [8; 32],
+                    block: 44,
+                }),
             },
         )
         .await;
@@ -573,7 +576,7 @@ async fn bad_input_gets_a_documented_error_and_the_server_keeps_serving() {
     };
     let (alice_hex, p1_hex) = (alice.to_string(), P1.to_string());
     let proof_template = Some("/v1/epochs/{epoch}/proof");
-    let cases: [(String, Option<&str>, u16, &str); 21] = [
+    let cases: [(String, Option<&str>, u16, &str); 22] = [
         (
             "/v1/payers/zz".into(),
             Some("/v1/payers/{payer}"),
@@ -673,10 +676,17 @@ async fn bad_input_gets_a_documented_error_and_the_server_keeps_serving() {
         ),
         // Without a chain nobody can say whether committed epoch 1 is final onchain.
         (
-            proof_path("1", &alice_hex, &STRANGER.to_string()),
+            proof_path("1", &alice_hex, &p1_hex),
             proof_template,
             503,
             "finality_unknown",
+        ),
+        // A channel with no leaf has no proof, final or not: no chain read needed.
+        (
+            proof_path("1", &alice_hex, &STRANGER.to_string()),
+            proof_template,
+            404,
+            "unknown_leaf",
         ),
         (
             proof_path("2", &alice_hex, &p1_hex),
@@ -1084,8 +1094,10 @@ async fn a_proof_from_the_route_is_accepted_by_the_contract_once_the_epoch_is_fi
         .expect("contract reader");
     let recorder = PrometheusBuilder::new().build_recorder();
     let ready = Arc::new(AtomicBool::new(true));
+    // Every payee answer reads the contract, so the chain going away shows at once.
     let state = ApiState::new(engine.reader(), ready.clone(), recorder.handle())
-        .with_chain(Arc::new(contract.clone()));
+        .with_chain(Arc::new(contract.clone()))
+        .with_withdrawable_ttl(std::time::Duration::ZERO);
     let server = Server {
         _dir: dir,
         engine,
@@ -1265,7 +1277,11 @@ async fn payee_answers_reuse_a_recent_contract_read() {
     let contract = ContractReader::connect(&proxy.url, deployed.chain_id, deployed.settlement)
         .await
         .expect("contract reader");
-    let server = start_with(Some(Arc::new(contract)), |state| state).await;
+    // A TTL far longer than the test, so that what is checked is the reuse, not the clock.
+    let server = start_with(Some(Arc::new(contract)), |state| {
+        state.with_withdrawable_ttl(std::time::Duration::from_secs(3_600))
+    })
+    .await;
     server.ready.store(true, Ordering::Release);
 
     let calls_before = proxy.calls("eth_call");
@@ -1345,9 +1361,15 @@ async fn every_part_is_recorded_as_it_lands_across_runs() {
         let config = config.clone();
         let operator = common::dev_key(&anvil, 0);
         async move {
-            Submitter::connect(&url, deployed.chain_id, deployed.settlement, operator, config)
-                .await
-                .expect("submitter")
+            Submitter::connect(
+                &url,
+                deployed.chain_id,
+                deployed.settlement,
+                operator,
+                config,
+            )
+            .await
+            .expect("submitter")
         }
     };
     let first_run = EpochLoop::new(
@@ -1391,7 +1413,12 @@ async fn every_part_is_recorded_as_it_lands_across_runs() {
     let recorder = PrometheusBuilder::new().build_recorder();
     let ready = Arc::new(AtomicBool::new(true));
     let server = Server {
-        addr: serve(ApiState::new(engine.reader(), ready.clone(), recorder.handle())).await,
+        addr: serve(ApiState::new(
+            engine.reader(),
+            ready.clone(),
+            recorder.handle(),
+        ))
+        .await,
         _dir: dir,
         engine,
         ready,
@@ -1424,8 +1451,15 @@ async fn every_part_is_recorded_as_it_lands_across_runs() {
         format!("{}", part0.transaction_hash),
         "{body}"
     );
-    assert_eq!(part_of(&body, 0)["block"], part0.block_number.expect("block"));
-    assert_eq!(part_of(&body, 1), &part1, "part 1 as the first run recorded it");
+    assert_eq!(
+        part_of(&body, 0)["block"],
+        part0.block_number.expect("block")
+    );
+    assert_eq!(
+        part_of(&body, 1),
+        &part1,
+        "part 1 as the first run recorded it"
+    );
     let part2 = part_of(&body, 2);
     assert_eq!(
         (&body["tx_hash"], &body["block"]),

@@ -14,8 +14,8 @@ use super::SealedEpoch;
 use super::record::{
     ChannelKey, ChannelState, DecodeError, EntryKind, EpochRecord, FUNDS_CURSOR_KEY, FundsCursor,
     OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey, ProducerState,
-    SEALING_EPOCH_KEY, SealingEpoch, address_from, decode_amount, entry_prefix, epoch_key,
-    payer_from, producer_key,
+    SEALING_EPOCH_KEY, SealingEpoch, address_from, decode_amount, entry_key, entry_prefix,
+    epoch_key, payer_from, producer_key,
 };
 
 /// Entries read from RocksDB per scan when a whole epoch is read back: the transient copies
@@ -323,6 +323,27 @@ impl LedgerReader {
     /// that answers many requests must not cost one per request; tests count them here.
     pub fn sealed_epochs_read(&self) -> u64 {
         self.store.sealed_epochs_read()
+    }
+
+    /// The cumulative amount a sealed epoch's leaf for (payer, payee) commits: one point read;
+    /// `None` when the channel did not move in that epoch.
+    pub fn epoch_leaf(
+        &self,
+        epoch: u64,
+        payer: &PayerKey,
+        payee: &Address,
+    ) -> Result<Option<u128>, StoreError> {
+        let channel = ChannelKey {
+            payer: *payer,
+            payee: *payee,
+        };
+        self.store
+            .get(
+                Cf::EpochEntries,
+                &entry_key(epoch, EntryKind::Leaf, &channel.to_bytes()),
+            )?
+            .map(|bytes| decode_amount(&bytes).map_err(corrupt(Cf::EpochEntries)))
+            .transpose()
     }
 
     /// The epoch whose seal is still being written, if any, and how far it has got.

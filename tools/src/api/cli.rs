@@ -641,6 +641,7 @@ mod tests {
                 credit_total: 40,
                 debit_count: None,
                 credit_count: None,
+                parts: Vec::new(),
             }],
         });
         assert_eq!(
