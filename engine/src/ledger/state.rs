@@ -1396,8 +1396,7 @@ mod tests {
             epoch: sealed.epoch,
             status,
             root: None,
-            tx_hash: None,
-            block: Some(9),
+            part: None,
         };
         ledger
             .record_epoch(update(EpochStatus::Disputed))
