@@ -29,7 +29,7 @@ use crate::verdict::{Reason, Verdict};
 
 pub use crate::ledger::{
     BatchAck, EpochStatus, EpochUpdate, FundsEvent, FundsKind, HeadWithdrawals, LedgerConfig,
-    LedgerReader, SealedEpoch, UnknownPayers,
+    LedgerReader, PartRecord, SealedEpoch, UnknownPayers,
 };
 
 /// Checks the signatures of a batch. `engine::verify::VerifyPool` is the production one.

@@ -15,6 +15,7 @@
 use crate::telemetry as names;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rocksdb::{
     BlockBasedOptions, ColumnFamilyDescriptor, DB, DBRecoveryMode, IteratorMode, Options,
@@ -205,6 +206,9 @@ pub struct Store {
     db: DB,
     path: PathBuf,
     poison: OnceLock<String>,
+    /// Whole sealed epochs read back since the store was opened (see
+    /// [`crate::ledger::LedgerReader::sealed_epochs_read`]).
+    sealed_epochs_read: AtomicU64,
     /// The options the database was opened with; their statistics count the WAL syncs.
     #[cfg(test)]
     options: Options,
@@ -340,6 +344,7 @@ impl Store {
             db,
             path: path.to_path_buf(),
             poison: OnceLock::new(),
+            sealed_epochs_read: AtomicU64::new(0),
             #[cfg(test)]
             options,
             #[cfg(test)]
@@ -465,6 +470,16 @@ impl Store {
     pub(crate) fn wal_syncs(&self) -> u64 {
         self.options
             .get_ticker_count(rocksdb::statistics::Ticker::WalFileSynced)
+    }
+
+    /// Counts one whole sealed epoch read back.
+    pub(crate) fn count_sealed_epoch_read(&self) {
+        self.sealed_epochs_read.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whole sealed epochs read back since the store was opened.
+    pub(crate) fn sealed_epochs_read(&self) -> u64 {
+        self.sealed_epochs_read.load(Ordering::Relaxed)
     }
 
     /// Reads the latest written value of `key`.

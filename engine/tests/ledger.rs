@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use tollgate_engine::pipeline::{
-    EngineConfig, EngineError, EpochStatus, EpochUpdate, FundsEvent, FundsKind, SubmitError,
-    UnknownPayers,
+    EngineConfig, EngineError, EpochStatus, EpochUpdate, FundsEvent, FundsKind, PartRecord,
+    SubmitError, UnknownPayers,
 };
 use tollgate_engine::{Reason, ReceiptBatch};
 
@@ -320,8 +320,11 @@ fn epochs_seal_commit_and_dispute_move_money_once() {
         epoch: 1,
         status,
         root: Some([9; 32]),
-        tx_hash: Some([8; 32]),
-        block: Some(44),
+        part: Some(PartRecord {
+            part: 0,
+            tx_hash: [8; 32],
+            block: 44,
+        }),
     };
     wait(
         engine
@@ -437,8 +440,7 @@ fn dispute_of_a_sealed_or_submitted_epoch_carries_its_amounts_once() {
                     epoch,
                     status,
                     root: None,
-                    tx_hash: None,
-                    block: None,
+                    part: None,
                 })
                 .expect("queued"),
         )

@@ -426,8 +426,7 @@ impl World {
                     epoch,
                     status,
                     root: Some([1; 32]),
-                    tx_hash: None,
-                    block: None,
+                    part: None,
                 })
                 .expect("queued"),
         )

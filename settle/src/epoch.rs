@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tollgate_engine::{
     PayerKey,
     ledger::{
-        EpochRecord, EpochStatus, EpochUpdate, FundsEvent, FundsKind, HeadWithdrawals, SealedEpoch,
+        EpochRecord, EpochStatus, EpochUpdate, FundsEvent, FundsKind, HeadWithdrawals, PartRecord,
+        SealedEpoch,
     },
     pipeline::{Engine, EngineError, SubmitError as EngineSubmitError},
     store::StoreError,
@@ -27,7 +28,7 @@ use tollgate_engine::{
 use crate::chain;
 use crate::merkle::{EpochTree, MerkleError};
 use crate::submitter::{
-    EpochCommit, OnchainEpoch, Overdraft, SubmitError, SubmitOutcome, Submitter,
+    EpochCommit, LandedPart, OnchainEpoch, Overdraft, SubmitError, SubmitOutcome, Submitter,
 };
 use crate::watcher::{ChainEvent, FundsChange, WatchBatch, WatchError, Watcher};
 
@@ -230,8 +231,7 @@ impl EpochLoop {
                 epoch: sealed.epoch,
                 status: EpochStatus::Sealed,
                 root: Some(root.0),
-                tx_hash: None,
-                block: None,
+                part: None,
             },
         )
         .await?;
@@ -313,20 +313,14 @@ impl EpochLoop {
         }
         // Returns only once the commit (or the arbiter's voiding of it) is `confirmations` blocks
         // deep, so the ledger settles the pending amounts of final commits only, never of one a
-        // reorg can still drop.
+        // reorg can still drop. Each part is recorded as it lands, before the next is sent.
+        let engine = &self.engine;
         let outcome = self.submit_covered(&sealed, root).await?;
-        let last = outcome.landed.last();
-        let landed = last.map(|part| (part.tx_hash.0, part.block));
         match outcome.onchain {
             OnchainEpoch::Committed => {
-                record_status(
-                    &self.engine,
-                    record.epoch,
-                    EpochStatus::Committed,
-                    None,
-                    landed,
-                )
-                .await?;
+                self.record_parts_not_seen(record.epoch, outcome.parts)
+                    .await?;
+                record_status(engine, record.epoch, EpochStatus::Committed, None, None).await?;
                 metrics::gauge!(names::LAST_COMMITTED_EPOCH).set(record.epoch as f64);
                 tracing::info!(
                     epoch = record.epoch,
@@ -338,14 +332,7 @@ impl EpochLoop {
             // The funds loop records the same dispute when its event is confirmed; whichever
             // comes first carries the amounts into the open epoch, the other changes nothing.
             OnchainEpoch::Voided => {
-                record_status(
-                    &self.engine,
-                    record.epoch,
-                    EpochStatus::Disputed,
-                    None,
-                    landed,
-                )
-                .await?;
+                record_status(engine, record.epoch, EpochStatus::Disputed, None, None).await?;
             }
         }
         Ok(())
@@ -364,8 +351,14 @@ impl EpochLoop {
     ) -> Result<SubmitOutcome, EpochError> {
         loop {
             let commit = self.covered_commit(sealed, root)?;
-            match self.submitter.submit(&commit).await {
-                Err(SubmitError::Overdraft(overdraft)) => {
+            let reported = self
+                .submitter
+                .submit_reporting(&commit, |part| {
+                    record_landed(&self.engine, sealed.epoch, part)
+                })
+                .await;
+            match reported {
+                Err(EpochError::Submit(SubmitError::Overdraft(overdraft))) => {
                     let Overdraft {
                         epoch,
                         part,
@@ -389,7 +382,7 @@ impl EpochLoop {
                         "payer's exit overtook its debit: committing the epoch without the uncovered amount (shortfall)"
                     );
                 }
-                outcome => return Ok(outcome?),
+                outcome => return outcome,
             }
         }
     }
@@ -442,6 +435,58 @@ impl EpochLoop {
             credits,
         })
     }
+
+    /// Records the parts of a complete commit of `parts` parts that an earlier run sent but
+    /// did not record (it stopped between a part landing and its record), from the contract's
+    /// `EpochCommitted` events. Only the record of hashes is at stake, never money: when the chain
+    /// cannot say, the commit is recorded without them and a warning says so.
+    async fn record_parts_not_seen(&self, epoch: u64, parts: u16) -> Result<(), EpochError> {
+        let reader = self.engine.reader();
+        let missing_from = |record: Option<EpochRecord>| {
+            let recorded = record.map(|record| record.parts).unwrap_or_default();
+            (0..parts)
+                .filter(|part| !recorded.iter().any(|known| known.part == *part))
+                .collect::<Vec<u16>>()
+        };
+        let missing = missing_from(reader.epoch(epoch)?);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        // Every part of an epoch lands after the last part of the epoch before.
+        let not_before = match epoch.checked_sub(1) {
+            Some(previous) => reader
+                .epoch(previous)?
+                .and_then(|record| record.block)
+                .unwrap_or(0),
+            None => 0,
+        };
+        match self.submitter.parts_onchain(epoch, not_before).await {
+            Ok(onchain) => {
+                for part in onchain.into_iter().filter(|p| missing.contains(&p.part)) {
+                    record_status(
+                        &self.engine,
+                        epoch,
+                        EpochStatus::Submitted,
+                        None,
+                        Some(part),
+                    )
+                    .await?;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(epoch, %error, "could not read the parts an earlier run sent");
+            }
+        }
+        let missing = missing_from(reader.epoch(epoch)?);
+        if !missing.is_empty() {
+            tracing::warn!(
+                epoch,
+                ?missing,
+                "parts an earlier run sent are not in the ledger's record; it keeps the others"
+            );
+        }
+        Ok(())
+    }
 }
 
 async fn record_status(
@@ -449,7 +494,7 @@ async fn record_status(
     epoch: u64,
     status: EpochStatus,
     root: Option<B256>,
-    landed: Option<([u8; 32], u64)>,
+    part: Option<PartRecord>,
 ) -> Result<(), EpochError> {
     record(
         engine,
@@ -457,11 +502,21 @@ async fn record_status(
             epoch,
             status,
             root: root.map(|root| root.0),
-            tx_hash: landed.map(|(hash, _)| hash),
-            block: landed.map(|(_, block)| block),
+            part,
         },
     )
     .await
+}
+
+/// Records a part of `epoch` that landed: the epoch is submitted. (Once the epoch is disputed the
+/// ledger takes this as the older news it is, and changes nothing.)
+async fn record_landed(engine: &Engine, epoch: u64, part: LandedPart) -> Result<(), EpochError> {
+    let part = PartRecord {
+        part: part.part,
+        tx_hash: part.tx_hash.0,
+        block: part.block,
+    };
+    record_status(engine, epoch, EpochStatus::Submitted, None, Some(part)).await
 }
 
 /// First delay between start-up catch-up attempts against a failing node; doubles per failure.

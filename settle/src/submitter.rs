@@ -22,6 +22,7 @@ use alloy::{
     signers::local::PrivateKeySigner,
 };
 use tollgate_engine::PayerKey;
+use tollgate_engine::ledger::PartRecord;
 
 use crate::chain::{self, ChainError, Fees, NonceOutcome};
 use crate::contract::{Settlement, pack_credit};
@@ -296,6 +297,9 @@ struct InFlight {
     hashes: Vec<TxHash>,
 }
 
+/// Most blocks [`Submitter::parts_onchain`] reads logs of in one request.
+pub const PART_LOGS_BLOCKS_MAX: u64 = 2_000;
+
 /// Copies kept per nonce. Each replacement pays [`chain::FEE_BUMP_PERCENT`] more, so
 /// `fee_per_gas_max_wei` ends the bumping long before this; the bound only keeps a pathological
 /// run from growing the list.
@@ -384,6 +388,22 @@ impl Submitter {
     /// meanwhile gets it sent again. Retries transient failures with exponential backoff up to
     /// `attempts_max` in a row.
     pub async fn submit(&self, commit: &EpochCommit) -> Result<SubmitOutcome, SubmitError> {
+        self.submit_reporting(commit, |_| async { Ok::<(), SubmitError>(()) })
+            .await
+    }
+
+    /// [`Submitter::submit`], handing each part that lands (is mined) to `on_landed` before
+    /// anything else is sent, so the caller can record it: a crash after part k then loses no
+    /// record of parts 0..=k. An error from `on_landed` ends the submission with that error.
+    pub async fn submit_reporting<E, Report>(
+        &self,
+        commit: &EpochCommit,
+        mut on_landed: impl FnMut(LandedPart) -> Report,
+    ) -> Result<SubmitOutcome, E>
+    where
+        E: From<SubmitError>,
+        Report: std::future::Future<Output = Result<(), E>>,
+    {
         let entries = Entries::of(commit)?;
         let planned = entries.parts_for(commit.epoch, self.config.part_entries_max)?;
         let mut in_flight = self.in_flight.lock().await;
@@ -397,7 +417,7 @@ impl Submitter {
             {
                 Ok(step) => step,
                 Err(SubmitError::Chain(error)) if error.is_transient() => Step::Retry(error),
-                Err(error) => return Err(error),
+                Err(error) => return Err(error.into()),
             };
             match step {
                 Step::Done(onchain) => {
@@ -408,6 +428,7 @@ impl Submitter {
                     });
                 }
                 Step::Landed(part) => {
+                    on_landed(part).await?;
                     failures = 0;
                     // A part sent again after a reorg replaces the copy that was dropped.
                     landed.retain(|earlier| earlier.part != part.part);
@@ -420,7 +441,8 @@ impl Submitter {
                         return Err(SubmitError::Unavailable {
                             attempts: failures,
                             last: error,
-                        });
+                        }
+                        .into());
                     }
                     tracing::warn!(epoch = commit.epoch, failures, %error, "settlement submit failed, retrying");
                     tokio::time::sleep(chain::backoff(
@@ -484,6 +506,38 @@ impl Submitter {
         };
         self.send_part(commit, entries, (next_part, *parts), head, in_flight)
             .await
+    }
+
+    /// The parts of `epoch` the chain holds (its `EpochCommitted` events), for parts an earlier
+    /// run sent but did not record. Reads one range of logs, from `not_before` (a block no part
+    /// of the epoch can precede) to the head, but never more than [`PART_LOGS_BLOCKS_MAX`]
+    /// blocks back, which public nodes serve in one `eth_getLogs`: parts older than that are
+    /// not found.
+    pub async fn parts_onchain(
+        &self,
+        epoch: u64,
+        not_before: u64,
+    ) -> Result<Vec<PartRecord>, ChainError> {
+        let head = self.provider.get_block_number().await?;
+        let from = not_before.max(head.saturating_sub(PART_LOGS_BLOCKS_MAX - 1));
+        let logs = self
+            .contract
+            .EpochCommitted_filter()
+            .topic1(B256::from(U256::from(epoch)))
+            .from_block(from)
+            .to_block(head)
+            .query()
+            .await?;
+        Ok(logs
+            .into_iter()
+            .filter_map(|(event, log)| {
+                Some(PartRecord {
+                    part: event.part,
+                    tx_hash: log.transaction_hash?.0,
+                    block: log.block_number?,
+                })
+            })
+            .collect())
     }
 
     async fn check_root(&self, commit: &EpochCommit, block: BlockId) -> Result<(), SubmitError> {

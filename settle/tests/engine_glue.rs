@@ -357,11 +357,14 @@ async fn a_commit_counts_only_after_its_confirmations_and_a_reorg_gets_it_resubm
     let last_epoch = || async { settlement.lastEpoch().call().await.unwrap() };
     eventually("epoch 1 never landed", || async { last_epoch().await == 1 }).await;
     let status = || engine.reader().epoch(1).unwrap().unwrap().status;
-    assert_eq!(
+    let pending = || engine.reader().payer(&payer_key).unwrap().unwrap().pending;
+    // Sealed until the part's receipt is back, Submitted once it is recorded: never Committed.
+    assert_ne!(
         status(),
-        EpochStatus::Sealed,
+        EpochStatus::Committed,
         "landed at 0 confirmations is not final: the ledger must not settle it yet"
     );
+    assert_eq!(pending(), 1_000);
 
     // The block holding the commit is replaced by one without it.
     use alloy::providers::Provider;
@@ -378,11 +381,28 @@ async fn a_commit_counts_only_after_its_confirmations_and_a_reorg_gets_it_resubm
         || async { last_epoch().await == 1 },
     )
     .await;
-    assert_eq!(status(), EpochStatus::Sealed);
+    assert_ne!(status(), EpochStatus::Committed);
+    assert_eq!(pending(), 1_000);
 
     chain.mine(confirmations).await;
     committing.await.unwrap().unwrap();
-    assert_eq!(status(), EpochStatus::Committed);
+    let record = engine.reader().epoch(1).unwrap().unwrap();
+    assert_eq!(record.status, EpochStatus::Committed);
+    // The one part is recorded where it landed after the reorg, not where the reorg dropped it.
+    let [part] = record.parts.as_slice() else {
+        panic!("one part expected: {record:?}");
+    };
+    let receipt = chain
+        .provider(0)
+        .get_transaction_receipt(B256::from(part.tx_hash))
+        .await
+        .unwrap()
+        .expect("the recorded transaction is onchain");
+    assert_eq!(receipt.block_number, Some(part.block));
+    assert_eq!(
+        (record.tx_hash, record.block),
+        (Some(part.tx_hash), Some(part.block))
+    );
     let engine_payer = engine.reader().payer(&payer_key).unwrap().unwrap();
     assert_eq!(engine_payer.pending, 0);
     assert_eq!(

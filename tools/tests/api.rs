@@ -13,8 +13,8 @@ use futures::future::BoxFuture;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use serde_json::Value;
 use tollgate_engine::pipeline::{
-    BatchAck, Engine, EngineConfig, EpochStatus, EpochUpdate, FundsEvent, FundsKind, SealedEpoch,
-    SubmitRequest,
+    BatchAck, Engine, EngineConfig, EpochStatus, EpochUpdate, FundsEvent, FundsKind, PartRecord,
+    SealedEpoch, SubmitRequest,
 };
 use tollgate_engine::verify::{Verifier, VerifyConfig, VerifyPool};
 use tollgate_engine::{Address, Domain, PayerKey, ReceiptBatch, UnsignedReceipt};
@@ -161,8 +161,11 @@ async fn commit(engine: &Engine, sealed: &SealedEpoch) {
                 epoch: sealed.epoch,
                 status,
                 root: Some(root),
-                tx_hash: Some([8; 32]),
-                block: Some(44),
+                part: Some(PartRecord {
+                    part: 0,
+                    tx_hash: [8; 32],
+                    block: 44,
+                }),
             },
         )
         .await;
@@ -189,6 +192,15 @@ fn epochs_paid() -> [Vec<Paid>; 3] {
 }
 
 async fn start(chain: Option<FixedChain>) -> Server {
+    let chain = chain.map(|chain| Arc::new(chain) as Arc<dyn ChainView>);
+    start_with(chain, |state| state).await
+}
+
+/// The test ledger of [`epochs_paid`] served with `chain`, the state set up by `configure`.
+async fn start_with(
+    chain: Option<Arc<dyn ChainView>>,
+    configure: impl FnOnce(ApiState) -> ApiState,
+) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = Engine::open(
         EngineConfig::new(dir.path()),
@@ -239,9 +251,9 @@ async fn start(chain: Option<FixedChain>) -> Server {
     let ready = Arc::new(AtomicBool::new(false));
     let mut state = ApiState::new(engine.reader(), ready.clone(), recorder.handle());
     if let Some(chain) = chain {
-        state = state.with_chain(Arc::new(chain));
+        state = state.with_chain(chain);
     }
-    let addr = serve(state).await;
+    let addr = serve(configure(state)).await;
     Server {
         _dir: dir,
         engine,
@@ -564,7 +576,7 @@ async fn bad_input_gets_a_documented_error_and_the_server_keeps_serving() {
     };
     let (alice_hex, p1_hex) = (alice.to_string(), P1.to_string());
     let proof_template = Some("/v1/epochs/{epoch}/proof");
-    let cases: [(String, Option<&str>, u16, &str); 21] = [
+    let cases: [(String, Option<&str>, u16, &str); 22] = [
         (
             "/v1/payers/zz".into(),
             Some("/v1/payers/{payer}"),
@@ -664,10 +676,17 @@ async fn bad_input_gets_a_documented_error_and_the_server_keeps_serving() {
         ),
         // Without a chain nobody can say whether committed epoch 1 is final onchain.
         (
-            proof_path("1", &alice_hex, &STRANGER.to_string()),
+            proof_path("1", &alice_hex, &p1_hex),
             proof_template,
             503,
             "finality_unknown",
+        ),
+        // A channel with no leaf has no proof, final or not: no chain read needed.
+        (
+            proof_path("1", &alice_hex, &STRANGER.to_string()),
+            proof_template,
+            404,
+            "unknown_leaf",
         ),
         (
             proof_path("2", &alice_hex, &p1_hex),
@@ -931,26 +950,30 @@ async fn proofs_of_final_epochs_verify_against_their_root_and_tampering_fails() 
     server.engine.shutdown().expect("clean shutdown");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_proof_from_the_route_is_accepted_by_the_contract_once_the_epoch_is_final() {
-    use alloy::providers::Provider;
-    use tollgate_settle::chain::{ContractReader, DeployParams, FundParams, fund_payers};
-    use tollgate_settle::epoch::{EpochConfig, EpochLoop, FundsLoop};
-    use tollgate_settle::submitter::{SubmitConfig, Submitter};
+/// A Settlement deployed on a fresh anvil with `params(&anvil)`, payers 1, 2 and 3 funded with 10,000
+/// each onchain, and an engine on a temp dir whose funds loop has caught up with those deposits.
+struct Chained {
+    anvil: alloy::node_bindings::AnvilInstance,
+    deployed: tollgate_settle::DeployedAddresses,
+    domain: Domain,
+    payers: Vec<PayerKey>,
+    dir: tempfile::TempDir,
+    engine: Engine,
+}
+
+async fn chained(
+    params: impl FnOnce(&alloy::node_bindings::AnvilInstance) -> tollgate_settle::DeployParams,
+) -> Chained {
+    use tollgate_settle::chain::{FundParams, fund_payers};
+    use tollgate_settle::epoch::FundsLoop;
     use tollgate_settle::watcher::{WatchConfig, Watcher};
 
     let anvil = common::spawn_anvil();
     let endpoint = anvil.endpoint();
-    let window_secs = 60;
-    let params = DeployParams {
-        challenge_window_secs: window_secs,
-        withdrawal_delay_secs: 600,
-        arbiter: Some(anvil.addresses()[9]),
-        ..DeployParams::dev()
-    };
-    let deployed = tollgate_settle::deploy(&endpoint, common::dev_key(&anvil, 0), None, &params)
-        .await
-        .expect("deploy");
+    let deployed =
+        tollgate_settle::deploy(&endpoint, common::dev_key(&anvil, 0), None, &params(&anvil))
+            .await
+            .expect("deploy");
     let domain = Domain {
         chain_id: deployed.chain_id,
         contract: Address(deployed.settlement.0.0),
@@ -998,6 +1021,40 @@ async fn a_proof_from_the_route_is_accepted_by_the_contract_once_the_epoch_is_fi
         }
     }
     assert!(caught_up, "the funds loop never caught up");
+    Chained {
+        anvil,
+        deployed,
+        domain,
+        payers,
+        dir,
+        engine,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_from_the_route_is_accepted_by_the_contract_once_the_epoch_is_final() {
+    use alloy::providers::Provider;
+    use tollgate_settle::chain::{ContractReader, DeployParams};
+    use tollgate_settle::epoch::{EpochConfig, EpochLoop};
+    use tollgate_settle::submitter::{SubmitConfig, Submitter};
+
+    let window_secs = 60;
+    let setup = chained(|anvil| DeployParams {
+        challenge_window_secs: window_secs,
+        withdrawal_delay_secs: 600,
+        arbiter: Some(anvil.addresses()[9]),
+        ..DeployParams::dev()
+    })
+    .await;
+    let Chained {
+        anvil,
+        deployed,
+        domain,
+        payers,
+        dir,
+        engine,
+    } = setup;
+    let endpoint = anvil.endpoint();
 
     let paid = |payer, payee, amount, nonce| Paid {
         payer,
@@ -1037,8 +1094,10 @@ async fn a_proof_from_the_route_is_accepted_by_the_contract_once_the_epoch_is_fi
         .expect("contract reader");
     let recorder = PrometheusBuilder::new().build_recorder();
     let ready = Arc::new(AtomicBool::new(true));
+    // Every payee answer reads the contract, so the chain going away shows at once.
     let state = ApiState::new(engine.reader(), ready.clone(), recorder.handle())
-        .with_chain(Arc::new(contract.clone()));
+        .with_chain(Arc::new(contract.clone()))
+        .with_withdrawable_ttl(std::time::Duration::ZERO);
     let server = Server {
         _dir: dir,
         engine,
@@ -1118,5 +1177,309 @@ async fn a_proof_from_the_route_is_accepted_by_the_contract_once_the_epoch_is_fi
         (view.withdrawable, view.withdrawable_source),
         (None, WithdrawableSource::ChainError)
     );
+    server.engine.shutdown().expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epoch_answers_come_from_the_record_without_reading_the_epoch() {
+    let server = start(Some(FixedChain {
+        withdrawable: BTreeMap::new(),
+        final_epochs: BTreeMap::from([(1, true)]),
+    }))
+    .await;
+    server.ready.store(true, Ordering::Release);
+    let reader = server.engine.reader();
+    let read_before = reader.sealed_epochs_read();
+
+    // The counts come with the epoch record, in the list as in the single answer.
+    for _ in 0..3 {
+        for epoch in [1, 2] {
+            let (status, body) = get(&server, &format!("/v1/epochs/{epoch}")).await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(
+                (&body["debit_count"], &body["credit_count"]),
+                (&Value::from(2), &Value::from(2)),
+                "epoch {epoch}: {body}"
+            );
+        }
+    }
+    assert_eq!(
+        reader.sealed_epochs_read(),
+        read_before,
+        "epoch answers read whole epochs"
+    );
+    let (_, body) = get(&server, "/v1/epochs").await;
+    let counts: Vec<(&Value, &Value)> = body["epochs"]
+        .as_array()
+        .expect("epochs")
+        .iter()
+        .map(|epoch| (&epoch["debit_count"], &epoch["credit_count"]))
+        .collect();
+    let two = Value::from(2);
+    assert_eq!(
+        counts,
+        [(&Value::Null, &Value::Null), (&two, &two), (&two, &two)],
+        "open, then sealed epochs 2 and 1: {body}"
+    );
+    server.engine.shutdown().expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_request_for_a_missing_leaf_does_not_read_the_epoch() {
+    let server = start(Some(FixedChain {
+        withdrawable: BTreeMap::new(),
+        final_epochs: BTreeMap::from([(1, true)]),
+    }))
+    .await;
+    server.ready.store(true, Ordering::Release);
+    let reader = server.engine.reader();
+    let read_before = reader.sealed_epochs_read();
+
+    // Bob never paid P2 in epoch 1: no leaf, found out without reading the epoch, every time.
+    for _ in 0..3 {
+        let (status, body) = fetch_proof(&server, 1, 2, P2).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (404, Some("unknown_leaf")),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        reader.sealed_epochs_read(),
+        read_before,
+        "a proof request for a missing leaf read the whole epoch"
+    );
+    // A proof reads the epoch once to build its tree; the tree is kept.
+    for _ in 0..2 {
+        let (status, body) = fetch_proof(&server, 1, 1, P1).await;
+        assert_eq!(status, 200, "{body}");
+        let (status, _) = fetch_proof(&server, 1, 2, P2).await;
+        assert_eq!(status, 404);
+    }
+    assert_eq!(reader.sealed_epochs_read(), read_before + 1);
+    server.engine.shutdown().expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payee_answers_reuse_a_recent_contract_read() {
+    use tollgate_settle::chain::{ContractReader, DeployParams};
+
+    let anvil = common::spawn_anvil();
+    let deployed = tollgate_settle::deploy(
+        &anvil.endpoint(),
+        common::dev_key(&anvil, 0),
+        None,
+        &DeployParams::dev(),
+    )
+    .await
+    .expect("deploy");
+    let proxy = common::RpcProxy::start(anvil.endpoint(), |_, _| false).await;
+    let contract = ContractReader::connect(&proxy.url, deployed.chain_id, deployed.settlement)
+        .await
+        .expect("contract reader");
+    // A TTL far longer than the test, so that what is checked is the reuse, not the clock.
+    let server = start_with(Some(Arc::new(contract)), |state| {
+        state.with_withdrawable_ttl(std::time::Duration::from_secs(3_600))
+    })
+    .await;
+    server.ready.store(true, Ordering::Release);
+
+    let calls_before = proxy.calls("eth_call");
+    for _ in 0..3 {
+        let (status, body) = get(&server, &format!("/v1/payees/{P1}")).await;
+        assert_eq!(status, 200, "{body}");
+        let view: PayeeView = serde_json::from_value(body).expect("payee view");
+        assert_eq!(
+            (view.withdrawable, view.withdrawable_source),
+            (Some(0), WithdrawableSource::Chain),
+            "nothing was committed onchain"
+        );
+    }
+    assert_eq!(
+        proxy.calls("eth_call") - calls_before,
+        1,
+        "one contract read for three answers"
+    );
+    server.engine.shutdown().expect("clean shutdown");
+}
+
+/// One part of an epoch as the API lists it.
+fn part_of(body: &Value, part: u64) -> &Value {
+    body["parts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no parts list: {body}"))
+        .iter()
+        .find(|entry| entry["part"] == part)
+        .unwrap_or_else(|| panic!("part {part} missing: {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_part_is_recorded_as_it_lands_across_runs() {
+    use alloy::primitives::{B256, U256};
+    use alloy::providers::Provider;
+    use tollgate_settle::chain::{DeployParams, wallet_provider};
+    use tollgate_settle::contract::Settlement;
+    use tollgate_settle::epoch::{EpochConfig, EpochError, EpochLoop};
+    use tollgate_settle::submitter::{SubmitConfig, SubmitError, Submitter};
+
+    let Chained {
+        anvil,
+        deployed,
+        domain,
+        payers: _,
+        dir,
+        engine,
+    } = chained(|_| DeployParams::dev()).await;
+    let endpoint = anvil.endpoint();
+    // Three debits and three credits, two entries a part: parts 0, 1 and 2.
+    let paid = |payer, payee, amount, nonce| Paid {
+        payer,
+        payee,
+        amount,
+        nonce,
+    };
+    let receipts = vec![
+        paid(1, P1, 100, 1),
+        paid(2, P2, 200, 1),
+        paid(3, STRANGER, 300, 1),
+    ];
+    let ack = submit(&engine, &domain, 1, &receipts).await;
+    assert_eq!(ack.accepted as usize, receipts.len(), "{ack:?}");
+    let config = SubmitConfig {
+        part_entries_max: 2,
+        attempts_max: 2,
+        receipt_poll_ms: 10,
+        backoff_initial_ms: 10,
+        ..SubmitConfig::default()
+    };
+    // The first run's node takes one transaction, then refuses every other.
+    let proxy = common::RpcProxy::start(endpoint.clone(), |method, earlier| {
+        method == "eth_sendRawTransaction" && earlier >= 1
+    })
+    .await;
+    let connect = |url: String| {
+        let config = config.clone();
+        let operator = common::dev_key(&anvil, 0);
+        async move {
+            Submitter::connect(
+                &url,
+                deployed.chain_id,
+                deployed.settlement,
+                operator,
+                config,
+            )
+            .await
+            .expect("submitter")
+        }
+    };
+    let first_run = EpochLoop::new(
+        engine.clone(),
+        connect(proxy.url.clone()).await,
+        EpochConfig::default(),
+    );
+    assert_eq!(first_run.seal().await.expect("sealed"), 1);
+
+    // An earlier run (one that crashed before it could record anything) sent part 0.
+    let sealed = engine
+        .reader()
+        .sealed_epoch(1)
+        .expect("read")
+        .expect("epoch 1");
+    let root = EpochTree::from_sealed(&sealed).expect("leaves").root();
+    let debits: Vec<_> = sealed.debits[..2]
+        .iter()
+        .map(|(payer, amount)| Settlement::Debit {
+            payerKey: B256::from(payer.0),
+            amount: U256::from(*amount),
+        })
+        .collect();
+    let operator =
+        wallet_provider(&endpoint, common::dev_key(&anvil, 0)).expect("operator provider");
+    let part0 = Settlement::new(deployed.settlement, operator.clone())
+        .commitEpoch(1, 0, 3, root, debits, Vec::new())
+        .send()
+        .await
+        .expect("part 0 sent")
+        .get_receipt()
+        .await
+        .expect("part 0 mined");
+    assert!(part0.status(), "part 0 landed");
+
+    // This run sends part 1, then the node refuses part 2: the epoch is submitted, not committed.
+    match first_run.commit_backlog().await {
+        Err(EpochError::Submit(SubmitError::Unavailable { .. })) => {}
+        other => panic!("expected the chain to be unavailable, got {other:?}"),
+    }
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let ready = Arc::new(AtomicBool::new(true));
+    let server = Server {
+        addr: serve(ApiState::new(
+            engine.reader(),
+            ready.clone(),
+            recorder.handle(),
+        ))
+        .await,
+        _dir: dir,
+        engine,
+        ready,
+        sealed: Vec::new(),
+        _recorder: recorder,
+    };
+    let (status, body) = get(&server, "/v1/epochs/1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "submitted", "{body}");
+    assert_eq!(body["parts"].as_array().map(Vec::len), Some(1), "{body}");
+    let part1 = part_of(&body, 1).clone();
+    assert_eq!(
+        (&body["tx_hash"], &body["block"]),
+        (&part1["tx_hash"], &part1["block"]),
+        "tx_hash and block are the last part's"
+    );
+
+    // A restart on a healthy node finishes the commit and fills in the part it never saw.
+    let second_run = EpochLoop::new(
+        server.engine.clone(),
+        connect(endpoint.clone()).await,
+        EpochConfig::default(),
+    );
+    second_run.commit_backlog().await.expect("committed");
+    let (_, body) = get(&server, "/v1/epochs/1").await;
+    assert_eq!(body["status"], "committed", "{body}");
+    assert_eq!(body["parts"].as_array().map(Vec::len), Some(3), "{body}");
+    assert_eq!(
+        part_of(&body, 0)["tx_hash"],
+        format!("{}", part0.transaction_hash),
+        "{body}"
+    );
+    assert_eq!(
+        part_of(&body, 0)["block"],
+        part0.block_number.expect("block")
+    );
+    assert_eq!(
+        part_of(&body, 1),
+        &part1,
+        "part 1 as the first run recorded it"
+    );
+    let part2 = part_of(&body, 2);
+    assert_eq!(
+        (&body["tx_hash"], &body["block"]),
+        (&part2["tx_hash"], &part2["block"]),
+        "tx_hash and block are the last part's"
+    );
+    for part in 1..=2 {
+        let entry = part_of(&body, part);
+        let hash: B256 = entry["tx_hash"]
+            .as_str()
+            .expect("a hash")
+            .parse()
+            .expect("a 0x hash");
+        let receipt = operator
+            .get_transaction_receipt(hash)
+            .await
+            .expect("receipt read")
+            .expect("the recorded transaction is onchain");
+        assert!(receipt.status(), "part {part} succeeded");
+        assert_eq!(entry["block"], receipt.block_number.expect("block"));
+    }
     server.engine.shutdown().expect("clean shutdown");
 }

@@ -179,47 +179,6 @@ async fn a_stopped_chain_does_not_stop_ingest_and_queued_epochs_commit_when_it_r
     assert!(status.success(), "exit status {status}");
 }
 
-/// An RPC proxy in front of `upstream` that answers every `eth_getLogs` with HTTP 503 while
-/// `failing` is set, as an overloaded provider does, and forwards everything else.
-async fn flaky_logs_proxy(upstream: String, failing: Arc<AtomicBool>) -> String {
-    use axum::http::{StatusCode, header};
-    use axum::response::IntoResponse;
-    let client = reqwest::Client::new();
-    let app = axum::Router::new().route(
-        "/",
-        axum::routing::post(move |body: String| {
-            let (client, upstream, failing) = (client.clone(), upstream.clone(), failing.clone());
-            async move {
-                if failing.load(Ordering::SeqCst) && body.contains("eth_getLogs") {
-                    return (StatusCode::SERVICE_UNAVAILABLE, "provider overloaded")
-                        .into_response();
-                }
-                let answer = client
-                    .post(&upstream)
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .expect("anvil answers the proxy");
-                let status = answer.status().as_u16();
-                let text = answer.text().await.expect("anvil's answer");
-                (
-                    StatusCode::from_u16(status).expect("status"),
-                    [(header::CONTENT_TYPE, "application/json")],
-                    text,
-                )
-                    .into_response()
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("proxy binds");
-    let address = listener.local_addr().expect("proxy address");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{address}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_catch_up_waits_out_a_failing_node_and_readyz_says_what_it_waits_for() {
     let anvil = common::spawn_anvil();
@@ -232,7 +191,13 @@ async fn startup_catch_up_waits_out_a_failing_node_and_readyz_says_what_it_waits
     .await
     .expect("deploy");
     let failing = Arc::new(AtomicBool::new(true));
-    let rpc_url = flaky_logs_proxy(anvil.endpoint(), failing.clone()).await;
+    // Every `eth_getLogs` fails while `failing` is set, as with an overloaded provider.
+    let refusing = failing.clone();
+    let rpc_url = common::RpcProxy::start(anvil.endpoint(), move |method, _| {
+        refusing.load(Ordering::SeqCst) && method == "eth_getLogs"
+    })
+    .await
+    .url;
 
     // A port for the API known before the server is ready (the ready line names it too late).
     let http = std::net::TcpListener::bind("127.0.0.1:0")

@@ -23,7 +23,9 @@ pub mod window;
 pub(crate) mod writer;
 
 pub use reader::{ChannelInfo, LedgerReader, PayeeBalance, PayerBalance};
-pub use record::{EpochRecord, FundsCursor, HeadWithdrawals, OpenEpoch, SealingEpoch};
+pub use record::{
+    EntryCounts, EpochRecord, FundsCursor, HeadWithdrawals, OpenEpoch, PartRecord, SealingEpoch,
+};
 
 use crate::receipt::{Address, PayerKey};
 use crate::verdict::Reason;
@@ -131,7 +133,7 @@ pub struct FundsEvent {
 pub enum EpochStatus {
     /// Frozen by the ledger; not yet sent.
     Sealed = 1,
-    /// A commit transaction was sent.
+    /// At least one part of the commit landed onchain; not yet complete and final.
     Submitted = 2,
     /// The commit is onchain: the payers' pending amounts are settled.
     Committed = 3,
@@ -183,10 +185,9 @@ pub struct EpochUpdate {
     pub status: EpochStatus,
     /// Merkle root of its leaves.
     pub root: Option<[u8; 32]>,
-    /// Hash of the commit transaction.
-    pub tx_hash: Option<[u8; 32]>,
-    /// Block that included the commit.
-    pub block: Option<u64>,
+    /// A part of the commit that landed, added to the record's parts (replacing an earlier
+    /// landing of the same part).
+    pub part: Option<PartRecord>,
 }
 
 /// A sealed epoch as settle needs it: every leaf, for the tree. It is the one thing a seal holds

@@ -15,7 +15,7 @@ use super::record::{
     ChannelKey, ChannelState, DecodeError, EntryKind, EpochRecord, FUNDS_CURSOR_KEY, FundsCursor,
     HEAD_WITHDRAWALS_KEY, HeadWithdrawals, OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState,
     ProducerKey, ProducerState, SEALING_EPOCH_KEY, SealingEpoch, address_from, decode_amount,
-    entry_prefix, epoch_key, payer_from, producer_key,
+    entry_key, entry_prefix, epoch_key, payer_from, producer_key,
 };
 
 /// Entries read from RocksDB per scan when a whole epoch is read back: the transient copies
@@ -300,8 +300,10 @@ impl LedgerReader {
     }
 
     /// A sealed epoch's leaves, debits and credits exactly as the seal returned them (for
-    /// settle to rebuild its tree after a restart).
+    /// settle to rebuild its tree after a restart). Reads every entry of the epoch: counted in
+    /// [`LedgerReader::sealed_epochs_read`].
     pub fn sealed_epoch(&self, epoch: u64) -> Result<Option<SealedEpoch>, StoreError> {
+        self.store.count_sealed_epoch_read();
         let snapshot = self.store.snapshot();
         let Some(record) = snapshot.get(Cf::Epochs, &epoch_key(epoch))? else {
             return Ok(None);
@@ -348,6 +350,34 @@ impl LedgerReader {
                 Ok((key.payer, key.payee, cut))
             },
         )
+    }
+
+    /// Whole epochs [`LedgerReader::sealed_epoch`] has read since the ledger was opened, by any
+    /// reader of it. Each costs a scan of every leaf, debit and credit of an epoch, so a route
+    /// that answers many requests must not cost one per request; tests count them here.
+    pub fn sealed_epochs_read(&self) -> u64 {
+        self.store.sealed_epochs_read()
+    }
+
+    /// The cumulative amount a sealed epoch's leaf for (payer, payee) commits: one point read;
+    /// `None` when the channel did not move in that epoch.
+    pub fn epoch_leaf(
+        &self,
+        epoch: u64,
+        payer: &PayerKey,
+        payee: &Address,
+    ) -> Result<Option<u128>, StoreError> {
+        let channel = ChannelKey {
+            payer: *payer,
+            payee: *payee,
+        };
+        self.store
+            .get(
+                Cf::EpochEntries,
+                &entry_key(epoch, EntryKind::Leaf, &channel.to_bytes()),
+            )?
+            .map(|bytes| decode_amount(&bytes).map_err(corrupt(Cf::EpochEntries)))
+            .transpose()
     }
 
     /// The epoch whose seal is still being written, if any, and how far it has got.

@@ -30,14 +30,22 @@ struct Decoder<'a> {
 
 impl<'a> Decoder<'a> {
     fn new(bytes: &'a [u8], what: &'static str) -> Result<Self, DecodeError> {
+        Self::versioned(bytes, what, RECORD_VERSION).map(|(decoder, _)| decoder)
+    }
+    /// A decoder of a record that has versions `RECORD_VERSION ..= newest`, and the version.
+    fn versioned(
+        bytes: &'a [u8],
+        what: &'static str,
+        newest: u8,
+    ) -> Result<(Self, u8), DecodeError> {
         let mut decoder = Self { bytes, what };
         let version = decoder.u8()?;
-        if version != RECORD_VERSION {
+        if !(RECORD_VERSION..=newest).contains(&version) {
             return Err(DecodeError(format!(
                 "{what}: unknown record version {version}"
             )));
         }
-        Ok(decoder)
+        Ok((decoder, version))
     }
     fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         let Some((head, rest)) = self.bytes.split_first_chunk::<N>() else {
@@ -96,8 +104,12 @@ impl<'a> Decoder<'a> {
 }
 
 fn encoder(capacity: usize) -> Vec<u8> {
+    versioned_encoder(RECORD_VERSION, capacity)
+}
+
+fn versioned_encoder(version: u8, capacity: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(capacity + 1);
-    out.push(RECORD_VERSION);
+    out.push(version);
     out
 }
 
@@ -547,6 +559,9 @@ pub struct SealingEpoch {
     pub debits: u128,
     /// Sum of the credit entries written so far.
     pub credits: u128,
+    /// Debit and credit entries written so far; `None` for a seal begun by a version that did
+    /// not count them (its epoch record then has no counts either).
+    pub counts: Option<EntryCounts>,
     /// Index suffix ([`index_suffix`]) of the last key the seal processed in order; keys after
     /// it that are still listed in this epoch have not been written yet.
     pub cursor: Option<Vec<u8>>,
@@ -555,12 +570,16 @@ pub struct SealingEpoch {
 /// Metadata key of the epoch being sealed; absent when no seal is running.
 pub const SEALING_EPOCH_KEY: &[u8] = b"sealing_epoch";
 
+/// Version of [`SealingEpoch`] records: 2 adds the entry counts after the cursor.
+const SEALING_EPOCH_VERSION: u8 = 2;
+
 impl SealingEpoch {
     /// epoch u64, receipts u64, amount u128, leaves u64, debits u128, credits u128, option
-    /// cursor (length u8, bytes).
+    /// cursor (length u8, bytes); from version 2, option counts (debits u64, credits u64).
     pub fn encode(&self) -> Vec<u8> {
         let cursor_len = self.cursor.as_ref().map_or(0, Vec::len);
-        let mut out = encoder(8 * 3 + 16 * 3 + 2 + cursor_len);
+        let mut out =
+            versioned_encoder(SEALING_EPOCH_VERSION, 8 * 3 + 16 * 3 + 2 + cursor_len + 17);
         out.extend_from_slice(&self.epoch.to_le_bytes());
         out.extend_from_slice(&self.receipts.to_le_bytes());
         out.extend_from_slice(&self.amount.to_le_bytes());
@@ -572,12 +591,13 @@ impl SealingEpoch {
             out.push(cursor.len() as u8);
             out.extend_from_slice(cursor);
         });
+        put_option(&mut out, self.counts, EntryCounts::put);
         out
     }
-    /// Inverse of [`SealingEpoch::encode`].
+    /// Inverse of [`SealingEpoch::encode`]; reads version 1 too (without counts).
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut d = Decoder::new(bytes, "sealing epoch")?;
-        let record = Self {
+        let (mut d, version) = Decoder::versioned(bytes, "sealing epoch", SEALING_EPOCH_VERSION)?;
+        let mut record = Self {
             epoch: d.u64()?,
             receipts: d.u64()?,
             amount: d.u128()?,
@@ -588,7 +608,11 @@ impl SealingEpoch {
                 let len = d.u8()?;
                 (0..len).map(|_| d.u8()).collect()
             })?,
+            counts: None,
         };
+        if version >= 2 {
+            record.counts = d.option(EntryCounts::read)?;
+        }
         d.finish()?;
         Ok(record)
     }
@@ -704,6 +728,39 @@ impl FormatRecord {
     }
 }
 
+/// How many entries of each kind a seal wrote: payers debited, payees credited.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct EntryCounts {
+    /// Debit entries (payers).
+    pub debits: u64,
+    /// Credit entries (payees).
+    pub credits: u64,
+}
+
+impl EntryCounts {
+    fn put(out: &mut Vec<u8>, counts: Self) {
+        out.extend_from_slice(&counts.debits.to_le_bytes());
+        out.extend_from_slice(&counts.credits.to_le_bytes());
+    }
+    fn read(d: &mut Decoder<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            debits: d.u64()?,
+            credits: d.u64()?,
+        })
+    }
+}
+
+/// One part of an epoch's commit that landed onchain.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct PartRecord {
+    /// Part number (the first is 0).
+    pub part: u16,
+    /// Hash of the transaction that carried it.
+    pub tx_hash: [u8; 32],
+    /// Block it landed in.
+    pub block: u64,
+}
+
 /// What the ledger knows about a sealed epoch.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct EpochRecord {
@@ -719,11 +776,21 @@ pub struct EpochRecord {
     pub amount: u128,
     /// Merkle root, once settle has computed it.
     pub root: Option<[u8; 32]>,
-    /// Hash of the commit transaction, once submitted.
+    /// Hash of the transaction of the highest-numbered part in `parts` (of the last part a run
+    /// saw land, in records written before parts were kept).
     pub tx_hash: Option<[u8; 32]>,
-    /// Block that included the commit, once known.
+    /// Block of that transaction.
     pub block: Option<u64>,
+    /// Payers debited and payees credited, counted by the seal; `None` for an epoch sealed
+    /// before counts were kept.
+    pub counts: Option<EntryCounts>,
+    /// Every part known to have landed, by part number; a part sent again after a reorg keeps
+    /// only its latest landing.
+    pub parts: Vec<PartRecord>,
 }
+
+/// Version of [`EpochRecord`] records: 2 adds the entry counts and the parts.
+const EPOCH_RECORD_VERSION: u8 = 2;
 
 /// Key of an epoch record.
 pub fn epoch_key(epoch: u64) -> [u8; 8] {
@@ -731,9 +798,14 @@ pub fn epoch_key(epoch: u64) -> [u8; 8] {
 }
 
 impl EpochRecord {
-    /// epoch, status, leaves, receipts, amount, option root, option tx hash, option block.
+    /// epoch, status, leaves, receipts, amount, option root, option tx hash, option block; from
+    /// version 2, option counts (debits u64, credits u64) and the parts (count u32, then part
+    /// u16, tx hash, block u64 each).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = encoder(8 + 1 + 16 + 16 + 33 + 33 + 9);
+        let mut out = versioned_encoder(
+            EPOCH_RECORD_VERSION,
+            8 + 1 + 16 + 16 + 33 + 33 + 9 + 17 + 4 + 42 * self.parts.len(),
+        );
         out.extend_from_slice(&self.epoch.to_le_bytes());
         out.push(self.status.code());
         out.extend_from_slice(&self.leaves.to_le_bytes());
@@ -744,16 +816,24 @@ impl EpochRecord {
         put_option(&mut out, self.block, |out, v| {
             out.extend_from_slice(&v.to_le_bytes())
         });
+        put_option(&mut out, self.counts, EntryCounts::put);
+        // Fits: part numbers are u16 and unique.
+        out.extend_from_slice(&(self.parts.len() as u32).to_le_bytes());
+        for part in &self.parts {
+            out.extend_from_slice(&part.part.to_le_bytes());
+            out.extend_from_slice(&part.tx_hash);
+            out.extend_from_slice(&part.block.to_le_bytes());
+        }
         out
     }
-    /// Inverse of [`EpochRecord::encode`].
+    /// Inverse of [`EpochRecord::encode`]; reads version 1 too (without counts or parts).
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut d = Decoder::new(bytes, "epoch")?;
+        let (mut d, version) = Decoder::versioned(bytes, "epoch", EPOCH_RECORD_VERSION)?;
         let epoch = d.u64()?;
         let code = d.u8()?;
         let status = EpochStatus::from_code(code)
             .ok_or_else(|| DecodeError(format!("epoch: unknown status {code}")))?;
-        let record = Self {
+        let mut record = Self {
             epoch,
             status,
             leaves: d.u64()?,
@@ -762,7 +842,29 @@ impl EpochRecord {
             root: d.option(|d| d.take::<32>())?,
             tx_hash: d.option(|d| d.take::<32>())?,
             block: d.option(|d| d.u64())?,
+            counts: None,
+            parts: Vec::new(),
         };
+        if version >= 2 {
+            record.counts = d.option(EntryCounts::read)?;
+            let parts = d.u32()?;
+            // Each part is 42 bytes: a count the bytes cannot hold is refused before allocating.
+            if usize::try_from(parts)
+                .ok()
+                .is_none_or(|parts| parts > d.bytes.len() / 42)
+            {
+                return Err(DecodeError(format!("epoch: {parts} parts do not fit")));
+            }
+            record.parts = (0..parts)
+                .map(|_| {
+                    Ok(PartRecord {
+                        part: d.u16()?,
+                        tx_hash: d.take::<32>()?,
+                        block: d.u64()?,
+                    })
+                })
+                .collect::<Result<_, DecodeError>>()?;
+        }
         d.finish()?;
         Ok(record)
     }
@@ -1004,7 +1106,16 @@ mod tests {
             })
         );
 
-        for cursor in [None, Some(index_suffix(IndexKind::Payee, &[9; 20]))] {
+        for (cursor, counts) in [
+            (None, None),
+            (
+                Some(index_suffix(IndexKind::Payee, &[9; 20])),
+                Some(EntryCounts {
+                    debits: 2,
+                    credits: 3,
+                }),
+            ),
+        ] {
             let sealing = SealingEpoch {
                 epoch: 3,
                 receipts: 4,
@@ -1012,6 +1123,7 @@ mod tests {
                 leaves: 6,
                 debits: 7,
                 credits: 8,
+                counts,
                 cursor,
             };
             let bytes = sealing.encode();
@@ -1039,12 +1151,76 @@ mod tests {
             receipts: 11,
             amount: 12,
             root: Some([1; 32]),
-            tx_hash: None,
+            tx_hash: Some([3; 32]),
             block: Some(99),
+            counts: Some(EntryCounts {
+                debits: 4,
+                credits: 5,
+            }),
+            parts: vec![
+                PartRecord {
+                    part: 0,
+                    tx_hash: [2; 32],
+                    block: 98,
+                },
+                PartRecord {
+                    part: 1,
+                    tx_hash: [3; 32],
+                    block: 99,
+                },
+            ],
         };
-        assert_eq!(EpochRecord::decode(&epoch.encode()), Ok(epoch));
+        let bytes = epoch.encode();
+        assert_eq!(EpochRecord::decode(&bytes), Ok(epoch));
+        assert!(EpochRecord::decode(&bytes[..bytes.len() - 1]).is_err());
         let mut wrong_version = PayeeState::default().encode();
         wrong_version[0] = 9;
         assert!(PayeeState::decode(&wrong_version).is_err());
+    }
+
+    /// Records written before counts and parts were kept (version 1) still decode, without them.
+    #[test]
+    fn version_1_epoch_and_sealing_records_decode() {
+        let mut epoch = vec![1];
+        epoch.extend_from_slice(&7u64.to_le_bytes());
+        epoch.push(EpochStatus::Committed.code());
+        epoch.extend_from_slice(&3u64.to_le_bytes());
+        epoch.extend_from_slice(&4u64.to_le_bytes());
+        epoch.extend_from_slice(&5u128.to_le_bytes());
+        epoch.extend_from_slice(&[1; 33]);
+        epoch.extend_from_slice(&[1; 33]);
+        epoch.push(1);
+        epoch.extend_from_slice(&9u64.to_le_bytes());
+        assert_eq!(
+            EpochRecord::decode(&epoch),
+            Ok(EpochRecord {
+                epoch: 7,
+                status: EpochStatus::Committed,
+                leaves: 3,
+                receipts: 4,
+                amount: 5,
+                root: Some([1; 32]),
+                tx_hash: Some([1; 32]),
+                block: Some(9),
+                counts: None,
+                parts: Vec::new(),
+            })
+        );
+
+        let mut sealing = vec![1];
+        for value in [3u64, 4] {
+            sealing.extend_from_slice(&value.to_le_bytes());
+        }
+        sealing.extend_from_slice(&5u128.to_le_bytes());
+        sealing.extend_from_slice(&6u64.to_le_bytes());
+        sealing.extend_from_slice(&7u128.to_le_bytes());
+        sealing.extend_from_slice(&7u128.to_le_bytes());
+        sealing.push(0);
+        let decoded = SealingEpoch::decode(&sealing).expect("version 1 decodes");
+        assert_eq!((decoded.epoch, decoded.counts), (3, None));
+
+        let mut unknown = EpochRecord::decode(&epoch).expect("decodes").encode();
+        unknown[0] = 3;
+        assert!(EpochRecord::decode(&unknown).is_err());
     }
 }

@@ -28,9 +28,9 @@ use crate::verdict::{Reason, Verdict};
 
 use super::cache::{Cache, Cached};
 use super::record::{
-    BatchDigest, ChannelKey, ChannelState, DecodeError, EntryKind, EpochRecord, FUNDS_CURSOR_KEY,
-    FormatRecord, FundsCursor, HEAD_WITHDRAWALS_KEY, HeadWithdrawals, IndexKind, LAYOUT_VERSION,
-    OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey, ProducerState,
+    BatchDigest, ChannelKey, ChannelState, DecodeError, EntryCounts, EntryKind, EpochRecord,
+    FUNDS_CURSOR_KEY, FormatRecord, FundsCursor, HEAD_WITHDRAWALS_KEY, HeadWithdrawals, IndexKind,
+    LAYOUT_VERSION, OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey, ProducerState,
     SEALING_EPOCH_KEY, SealingEpoch, ack_key, address_from, decode_ack, decode_amount, encode_ack,
     encode_amount, entry_key, entry_prefix, epoch_key, index_key, index_suffix, payer_from,
 };
@@ -597,8 +597,20 @@ impl Ledger {
         }
         record.status = update.status;
         record.root = update.root.or(record.root);
-        record.tx_hash = update.tx_hash.or(record.tx_hash);
-        record.block = update.block.or(record.block);
+        if let Some(part) = update.part {
+            // A part landing again (resent after a reorg) replaces its earlier landing.
+            match record
+                .parts
+                .binary_search_by_key(&part.part, |known| known.part)
+            {
+                Ok(at) => record.parts[at] = part,
+                Err(at) => record.parts.insert(at, part),
+            }
+        }
+        if let Some(last) = record.parts.last() {
+            record.tx_hash = Some(last.tx_hash);
+            record.block = Some(last.block);
+        }
         self.group.batch.put(
             Cf::Epochs,
             epoch_key(update.epoch).to_vec(),
@@ -861,6 +873,7 @@ impl Ledger {
             leaves: 0,
             debits: 0,
             credits: 0,
+            counts: Some(EntryCounts::default()),
             cursor: None,
         });
         self.open = OpenEpoch {
@@ -978,6 +991,8 @@ impl Ledger {
             root: None,
             tx_hash: None,
             block: None,
+            counts: sealing.counts,
+            parts: Vec::new(),
         };
         self.group
             .batch
@@ -1031,10 +1046,16 @@ impl Ledger {
             _ if amount == 0 => return Ok(()),
             IndexKind::Payer => {
                 sealing.debits = sealing.debits.checked_add(amount).ok_or_else(overflow)?;
+                if let Some(counts) = &mut sealing.counts {
+                    counts.debits = counts.debits.checked_add(1).ok_or_else(overflow)?;
+                }
                 EntryKind::Debit
             }
             IndexKind::Payee => {
                 sealing.credits = sealing.credits.checked_add(amount).ok_or_else(overflow)?;
+                if let Some(counts) = &mut sealing.counts {
+                    counts.credits = counts.credits.checked_add(1).ok_or_else(overflow)?;
+                }
                 EntryKind::Credit
             }
         };
@@ -1522,8 +1543,7 @@ mod tests {
             epoch: sealed.epoch,
             status: EpochStatus::Committed,
             root: None,
-            tx_hash: None,
-            block: Some(9),
+            part: None,
         };
         ledger.record_epoch(committed).expect("commit");
         let in_flight = ledger.close_group().expect("close");
@@ -1554,8 +1574,7 @@ mod tests {
             epoch: sealed.epoch,
             status,
             root: None,
-            tx_hash: None,
-            block: Some(9),
+            part: None,
         };
         ledger
             .record_epoch(update(EpochStatus::Disputed))
@@ -1743,6 +1762,14 @@ mod tests {
         let record = LedgerReaderFor(&ledger).epoch(1);
         assert_eq!((record.receipts, record.leaves), (12, 12));
         assert_eq!(
+            record.counts,
+            Some(EntryCounts {
+                debits: first.debits.len() as u64,
+                credits: first.credits.len() as u64,
+            }),
+            "the seal counted the entries it wrote, those frozen early included"
+        );
+        assert_eq!(
             record.amount,
             first.debits.iter().map(|(_, d)| d).sum::<u128>()
         );
@@ -1824,7 +1851,16 @@ mod tests {
             assert_eq!(ledger.sealing_epoch(), Some(1));
             let resumed = ledger.finish_running_seal().expect("resume");
             assert_eq!(resumed, reference, "crash after chunk {crash_after}");
-            assert_eq!(LedgerReaderFor(&ledger).epoch(1).leaves, 12);
+            let record = LedgerReaderFor(&ledger).epoch(1);
+            assert_eq!(record.leaves, 12);
+            assert_eq!(
+                record.counts,
+                Some(EntryCounts {
+                    debits: reference.debits.len() as u64,
+                    credits: reference.credits.len() as u64,
+                }),
+                "crash after chunk {crash_after}"
+            );
         }
     }
 
@@ -1842,8 +1878,7 @@ mod tests {
             epoch: 1,
             status,
             root: None,
-            tx_hash: None,
-            block: Some(1),
+            part: None,
         };
         ledger
             .record_epoch(update(EpochStatus::Committed))
@@ -1877,8 +1912,7 @@ mod tests {
             epoch,
             status,
             root: None,
-            tx_hash: None,
-            block: None,
+            part: None,
         };
         pay(&mut ledger, 1, 1, &channels);
         ledger.seal().expect("seal 1");

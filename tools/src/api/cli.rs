@@ -644,6 +644,7 @@ mod tests {
                 debit_count: None,
                 credit_count: None,
                 shortfall: 0,
+                parts: Vec::new(),
             }],
         });
         assert_eq!(

@@ -110,7 +110,8 @@ pub struct ChannelView {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WithdrawableSource {
-    /// Read from the settlement contract just now.
+    /// Read from the settlement contract, at most the server's withdrawable TTL ago (5 s by
+    /// default).
     Chain,
     /// This server has no chain view configured: `withdrawable` is null.
     NotConfigured,
@@ -151,7 +152,7 @@ pub enum EpochStatusView {
     Open,
     /// Frozen, not yet sent.
     Sealed,
-    /// Commit transaction sent.
+    /// Part of the commit landed onchain; not complete and final yet.
     Submitted,
     /// Commit onchain: proofs verify against its root.
     Committed,
@@ -181,9 +182,10 @@ pub struct EpochView {
     pub status: EpochStatusView,
     /// Merkle root, once settle has computed it.
     pub root: Option<String>,
-    /// Commit transaction hash, once submitted.
+    /// Transaction hash of the commit's last part (the highest-numbered one recorded), once a
+    /// part landed.
     pub tx_hash: Option<String>,
-    /// Block that included the commit, once known.
+    /// Block of that transaction.
     pub block: Option<u64>,
     /// Receipts accepted into the epoch.
     pub receipts: u64,
@@ -195,15 +197,30 @@ pub struct EpochView {
     /// Total credited to payees.
     #[serde(with = "decimal")]
     pub credit_total: u128,
-    /// Payers debited; only in `GET /v1/epochs/{n}` of a sealed epoch (counting reads the whole
-    /// epoch), null otherwise.
+    /// Payers debited, as the seal counted them; null while open and for epochs sealed before
+    /// the ledger kept counts.
     pub debit_count: Option<u64>,
-    /// Payees credited; as `debit_count`.
+    /// Payees credited; null as `debit_count`.
     pub credit_count: Option<u64>,
     /// Of `debit_total`, what went onchain uncovered and was cut (debits and credits alike)
     /// because a payer's exit overtook its debit; 0 in nearly every epoch.
     #[serde(with = "decimal")]
     pub shortfall: u128,
+    /// Every part of the commit recorded as landed onchain, by part number. Absent from servers
+    /// that predate it, hence the default.
+    #[serde(default)]
+    pub parts: Vec<PartView>,
+}
+
+/// One landed part of an epoch's commit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartView {
+    /// Part number (the first is 0).
+    pub part: u16,
+    /// Hash of the transaction that carried it.
+    pub tx_hash: String,
+    /// Block it landed in.
+    pub block: u64,
 }
 
 /// `GET /v1/epochs`: newest first, the open epoch included.

@@ -114,7 +114,7 @@ fn schemas() -> Value {
                 "settled": amount("Credited by committed epochs."),
                 "pending": amount("Credited, not yet settled (nor written off as shortfall)."),
                 "shortfall": amount("Credited, but cut from committed epochs because the paying payer's exit overtook its debit: never settled."),
-                "withdrawable": nullable_amount("What the settlement contract lets the payee withdraw now. Null unless withdrawable_source is chain: a server without a chain view configured reports null."),
+                "withdrawable": nullable_amount("What the settlement contract lets the payee withdraw, read at most 5 seconds ago (the server reuses a contract read that long). Null unless withdrawable_source is chain: a server without a chain view configured reports null."),
                 "withdrawable_source": { "type": "string", "enum": ["chain", "not_configured", "chain_error"] }
             }
         },
@@ -125,17 +125,30 @@ fn schemas() -> Value {
                          "debit_total", "credit_total", "debit_count", "credit_count", "shortfall"],
             "properties": {
                 "epoch": { "type": "integer", "minimum": 1 },
-                "status": { "type": "string", "enum": ["open", "sealed", "submitted", "committed", "disputed"] },
-                "root": nullable_hash.clone(),
-                "tx_hash": nullable_hash,
-                "block": { "type": ["integer", "null"], "minimum": 0 },
+                "status": { "type": "string", "enum": ["open", "sealed", "submitted", "committed", "disputed"],
+                            "description": "open: taking receipts; sealed: frozen, nothing onchain yet; submitted: some parts of the commit landed; committed: complete and final onchain; disputed: voided by the arbiter, its amounts carried into a later epoch." },
+                "root": nullable_hash,
+                "tx_hash": { "type": ["string", "null"], "pattern": HASH_PATTERN, "description": "Transaction of the last part in parts (null while none is recorded)." },
+                "block": { "type": ["integer", "null"], "minimum": 0, "description": "Block of that transaction." },
                 "receipts": { "type": "integer", "minimum": 0 },
                 "leaves": { "type": ["integer", "null"], "minimum": 0, "description": "Merkle leaves (channels that moved); null while open." },
                 "debit_total": amount("Total debited from payers."),
                 "credit_total": amount("Total credited to payees; always equal to debit_total."),
-                "debit_count": { "type": ["integer", "null"], "minimum": 0, "description": "Payers debited. Only GET /v1/epochs/{epoch} of a sealed epoch counts them (it reads the whole epoch); null in lists and for the open epoch." },
+                "debit_count": { "type": ["integer", "null"], "minimum": 0, "description": "Payers debited, as the seal counted them; null for the open epoch and for epochs sealed before the ledger kept counts." },
                 "credit_count": { "type": ["integer", "null"], "minimum": 0, "description": "Payees credited; null as debit_count." },
-                "shortfall": amount("Of debit_total, what went onchain uncovered and was cut (debits and credits alike) because a payer's exit overtook its debit; 0 in nearly every epoch.")
+                "shortfall": amount("Of debit_total, what went onchain uncovered and was cut (debits and credits alike) because a payer's exit overtook its debit; 0 in nearly every epoch."),
+                "parts": { "type": "array", "items": { "$ref": "#/components/schemas/EpochPart" },
+                           "description": "Every part of the commit recorded as landed onchain, by part number; empty while open or sealed. Parts an earlier run sent without recording them are filled in from the contract's EpochCommitted events when the commit completes." }
+            }
+        },
+        "EpochPart": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["part", "tx_hash", "block"],
+            "properties": {
+                "part": { "type": "integer", "minimum": 0, "description": "Part number (the first is 0)." },
+                "tx_hash": hash.clone(),
+                "block": { "type": "integer", "minimum": 0, "description": "Block the part landed in." }
             }
         },
         "EpochList": {

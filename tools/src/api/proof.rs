@@ -13,7 +13,9 @@
 //! code settle computes the committed root with, and checked against that root before any proof
 //! leaves it. A 1M-leaf tree takes seconds and a few hundred MB to build, so the cache keeps the
 //! few most recently used trees and builds one tree at a time however many requests arrive:
-//! concurrent requests for an epoch wait for the same build.
+//! concurrent requests for an epoch wait for the same build. Whether the channel has a leaf at
+//! all is one point read of the ledger, answered before any tree is looked for: a request for a
+//! missing leaf never costs a build.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -144,27 +146,13 @@ async fn require_final(state: &ApiState, epoch: u64) -> Result<(), ApiError> {
 }
 
 /// Reads the epoch's stored leaves and builds its tree, refusing a tree whose root is not the
-/// committed one. Answers `UnknownLeaf` without building when the channel has no leaf.
-fn build_tree(
-    reader: &LedgerReader,
-    epoch: u64,
-    root: [u8; 32],
-    payer: PayerKey,
-    payee: Address,
-) -> Result<EpochTree, ApiError> {
+/// committed one.
+fn build_tree(reader: &LedgerReader, epoch: u64, root: [u8; 32]) -> Result<EpochTree, ApiError> {
     let sealed = reader.sealed_epoch(epoch)?.ok_or_else(|| {
         ApiError::Internal(format!(
             "epoch {epoch} is committed but its entries are missing"
         ))
     })?;
-    // The stored leaves are sorted by (payer, payee): a miss costs a search, not a build.
-    if sealed
-        .leaves
-        .binary_search_by(|(p, q, _)| (p, q).cmp(&(&payer, &payee)))
-        .is_err()
-    {
-        return Err(unknown_leaf(epoch, &payer, &payee));
-    }
     let tree = EpochTree::from_sealed(&sealed)
         .map_err(|e| ApiError::Internal(format!("epoch {epoch}: {e}")))?;
     if tree.root().0 != root {
@@ -196,7 +184,14 @@ pub(super) async fn proof(
     })?;
     let payer = parse_payer(required(&query.payer, "payer")?)?;
     let payee = parse_address(required(&query.payee, "payee")?)?;
-    let root = read_ledger(&state, move |reader| committed_root(reader, epoch)).await?;
+    let root = read_ledger(&state, move |reader| {
+        let root = committed_root(reader, epoch)?;
+        if reader.epoch_leaf(epoch, &payer, &payee)?.is_none() {
+            return Err(unknown_leaf(epoch, &payer, &payee));
+        }
+        Ok(root)
+    })
+    .await?;
 
     let tree = match state.trees.get(epoch)? {
         Some(tree) => tree,
@@ -214,7 +209,7 @@ pub(super) async fn proof(
                 None => {
                     let tree = read_ledger(&state, move |reader| {
                         let _building = permit;
-                        build_tree(reader, epoch, root, payer, payee).map(Arc::new)
+                        build_tree(reader, epoch, root).map(Arc::new)
                     })
                     .await?;
                     state.trees.insert(tree.clone())?;

@@ -1,4 +1,5 @@
-//! A real anvil from the pinned npm package, one per test on a free loopback port.
+//! A real anvil from the pinned npm package, one per test on a free loopback port, and a JSON-RPC
+//! proxy to put in front of it.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -39,4 +40,101 @@ fn spawn(anvil: Anvil) -> AnvilInstance {
 /// Dev key `index` of the instance.
 pub fn dev_key(anvil: &AnvilInstance, index: usize) -> PrivateKeySigner {
     PrivateKeySigner::from(anvil.keys()[index].clone())
+}
+
+/// A JSON-RPC proxy in front of a node: it counts the requests per method and answers HTTP 503
+/// (as an overloaded provider does) to those `refuse(method, earlier)` picks, where `earlier` is
+/// how many requests of that method came before; everything else is forwarded.
+#[derive(Clone, Debug)]
+pub struct RpcProxy {
+    /// The proxy's URL, to connect a provider to.
+    pub url: String,
+    calls: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+}
+
+impl RpcProxy {
+    /// Starts a proxy to `upstream`.
+    pub async fn start(
+        upstream: String,
+        refuse: impl Fn(&str, u64) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        use axum::http::{StatusCode, header};
+        use axum::response::IntoResponse;
+        let calls: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>> =
+            std::sync::Arc::default();
+        let refuse = std::sync::Arc::new(refuse);
+        let client = reqwest::Client::new();
+        let counted = std::sync::Arc::clone(&calls);
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::post(move |body: String| {
+                let (client, upstream, calls, refuse) = (
+                    client.clone(),
+                    upstream.clone(),
+                    std::sync::Arc::clone(&counted),
+                    std::sync::Arc::clone(&refuse),
+                );
+                async move {
+                    let mut refused = false;
+                    for method in methods(&body) {
+                        let mut calls = calls.lock().expect("proxy counts");
+                        let count = calls.entry(method.clone()).or_default();
+                        refused |= refuse(&method, *count);
+                        *count += 1;
+                    }
+                    if refused {
+                        return (StatusCode::SERVICE_UNAVAILABLE, "provider overloaded")
+                            .into_response();
+                    }
+                    let answer = client
+                        .post(&upstream)
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body(body)
+                        .send()
+                        .await
+                        .expect("the node answers the proxy");
+                    let status = answer.status().as_u16();
+                    let text = answer.text().await.expect("the node's answer");
+                    (
+                        StatusCode::from_u16(status).expect("status"),
+                        [(header::CONTENT_TYPE, "application/json")],
+                        text,
+                    )
+                        .into_response()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy binds");
+        let address = listener.local_addr().expect("proxy address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            url: format!("http://{address}"),
+            calls,
+        }
+    }
+
+    /// Requests of `method` received so far, refused ones included.
+    pub fn calls(&self, method: &str) -> u64 {
+        self.calls
+            .lock()
+            .expect("proxy counts")
+            .get(method)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// The methods of a JSON-RPC request or batch.
+fn methods(body: &str) -> Vec<String> {
+    let request: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let requests = match request {
+        serde_json::Value::Array(batch) => batch,
+        single => vec![single],
+    };
+    requests
+        .iter()
+        .filter_map(|request| request["method"].as_str().map(str::to_owned))
+        .collect()
 }
