@@ -35,7 +35,7 @@ async fn setup() -> Setup {
 }
 
 async fn setup_with_window(challenge_window_secs: u64) -> Setup {
-    let chain = Chain::start(challenge_window_secs, 600).await;
+    let chain = Chain::start(challenge_window_secs, 60).await;
     let domain = Domain {
         chain_id: chain.anvil.chain_id(),
         contract: Address(chain.addresses.settlement.0.0),

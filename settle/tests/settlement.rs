@@ -375,12 +375,12 @@ async fn deposits_two_epochs_withdrawal_proofs_and_refusals() {
         credits: vec![(payee_b, over)],
     };
     match submitter.submit(&epoch3).await {
-        Err(SubmitError::Rejected {
-            epoch: 3,
-            part: 0,
-            reason,
-        }) => assert!(reason.contains("Overdraft"), "{reason}"),
-        other => panic!("expected an overdraft rejection, got {other:?}"),
+        Err(SubmitError::Overdraft(overdraft)) => {
+            assert_eq!((overdraft.epoch, overdraft.part), (3, 0));
+            assert_eq!(overdraft.payer, p(2));
+            assert_eq!(overdraft.amount, over);
+        }
+        other => panic!("expected an overdraft, got {other:?}"),
     }
     assert_eq!(settlement.lastEpoch().call().await.unwrap(), 2);
 

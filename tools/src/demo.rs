@@ -485,6 +485,8 @@ async fn payee_withdraws(
     send_gas_money(rpc_url, funder, signer.address(), U256::from(PAYEE_GAS_WEI)).await?;
     let paid = withdraw(rpc_url, signer, chain.address()).await?;
     let left = chain.withdrawable(payee).await?;
+    // The API reuses a contract read for a few seconds: wait for it to catch up.
+    wait_for(|| async { Ok(query.payee(&payee).await?.withdrawable == Some(0)) }).await?;
     let api = query.payee(&payee).await?.withdrawable;
     let right = paid == owed && left == 0 && api == Some(0);
     println!(
