@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use alloy::primitives::{Address as EvmAddress, B256, U256};
-use common::{Chain, key};
+use common::{Chain, eventually, key};
 use ed25519_dalek::SigningKey;
 use tollgate_engine::{
     Address, Domain, PayerKey, Reason, Receipt, ReceiptBatch, UnsignedReceipt, Verifier,
@@ -305,20 +305,6 @@ async fn deposits_fund_receipts_and_epochs_commit_exactly_once_with_matching_bal
     );
 }
 
-/// Polls `done` every 10 ms for up to a minute (a bound for a broken build, not a timing claim).
-async fn eventually<F: std::future::Future<Output = bool>>(
-    what: &str,
-    mut done: impl FnMut() -> F,
-) {
-    for _ in 0..6_000 {
-        if done().await {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("{what}");
-}
-
 #[tokio::test]
 async fn a_commit_counts_only_after_its_confirmations_and_a_reorg_gets_it_resubmitted() {
     let setup = setup().await;
@@ -332,23 +318,17 @@ async fn a_commit_counts_only_after_its_confirmations_and_a_reorg_gets_it_resubm
     assert_eq!(ack.accepted, 1, "{ack:?}");
 
     let confirmations = 2;
-    let submitter = Submitter::connect(
-        &chain.endpoint(),
-        chain.anvil.chain_id(),
-        chain.addresses.settlement,
-        key(&chain.anvil, 0),
+    let submitter = submitter_with(
+        chain,
         SubmitConfig {
             confirmations,
             // After the reorg anvil may take the identical re-signed copy as already known
             // without mining it: the submitter replaces it once this runs out.
             receipt_timeout_ms: 500,
-            receipt_poll_ms: 10,
-            backoff_initial_ms: 10,
             ..SubmitConfig::default()
         },
     )
-    .await
-    .unwrap();
+    .await;
     let epochs = EpochLoop::new(engine.clone(), submitter, EpochConfig::default());
     assert_eq!(epochs.seal().await.unwrap(), 1);
     let committing = tokio::spawn(async move { epochs.commit_backlog().await });
@@ -732,20 +712,14 @@ async fn exit_overtakes_debits(part_entries_max: usize) {
     // Payee order decides where the cut falls: a before b.
     let payee_a = Address([0x0a; 20]);
     let payee_b = Address([0x0b; 20]);
-    let submitter = Submitter::connect(
-        &chain.endpoint(),
-        chain.anvil.chain_id(),
-        chain.addresses.settlement,
-        key(&chain.anvil, 0),
+    let submitter = submitter_with(
+        chain,
         SubmitConfig {
             part_entries_max,
-            receipt_poll_ms: 10,
-            backoff_initial_ms: 10,
             ..SubmitConfig::default()
         },
     )
-    .await
-    .unwrap();
+    .await;
     let epochs = EpochLoop::new(engine.clone(), submitter, EpochConfig::default());
 
     let ack = submit(

@@ -4,7 +4,7 @@
 mod common;
 
 use alloy::primitives::{Address, B256, U256};
-use common::{Chain, key, payer_key};
+use common::{Chain, eventually, key, payer_key};
 use tollgate_engine::PayerKey;
 use tollgate_settle::{
     EpochTree, Leaf,
@@ -1105,20 +1105,6 @@ async fn pool(chain: &Chain) -> Vec<(u64, String, u128)> {
     }
     txs.sort();
     txs
-}
-
-/// Polls `done` every 10 ms for up to a minute (a bound for a broken build, not a timing claim).
-async fn eventually<F: std::future::Future<Output = bool>>(
-    what: &str,
-    mut done: impl FnMut() -> F,
-) {
-    for _ in 0..6_000 {
-        if done().await {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("{what}");
 }
 
 /// One payer pays `n` payees 10 each in epoch 1.

@@ -165,3 +165,17 @@ pub fn payee(i: u32) -> tollgate_engine::Address {
     address[16..].copy_from_slice(&i.to_be_bytes());
     tollgate_engine::Address(address)
 }
+
+/// Polls `done` every 10 ms for up to a minute (a bound for a broken build, not a timing claim).
+pub async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut done: impl FnMut() -> F,
+) {
+    for _ in 0..6_000 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{what}");
+}
