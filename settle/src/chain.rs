@@ -558,14 +558,7 @@ pub async fn withdraw(
         .send()
         .await?;
     let receipt = landed_receipt(&provider, *pending.tx_hash()).await?;
-    let paid = receipt
-        .decoded_log::<Settlement::Withdrawn>()
-        .ok_or_else(|| {
-            ChainError::BadAnswer(format!(
-                "withdrawal {} logged no Withdrawn event",
-                receipt.transaction_hash
-            ))
-        })?;
+    let paid = logged::<Settlement::Withdrawn>(&receipt)?;
     amount_u128("withdrawn", paid.data.amount)
 }
 
@@ -607,14 +600,7 @@ pub async fn request_withdrawal(
         .send()
         .await?;
     let receipt = landed_receipt(&provider, *pending.tx_hash()).await?;
-    let requested = receipt
-        .decoded_log::<Settlement::WithdrawalRequested>()
-        .ok_or_else(|| {
-            ChainError::BadAnswer(format!(
-                "withdrawal request {} logged no WithdrawalRequested event",
-                receipt.transaction_hash
-            ))
-        })?;
+    let requested = logged::<Settlement::WithdrawalRequested>(&receipt)?;
     Ok(requested.data.readyAt)
 }
 
@@ -632,14 +618,7 @@ pub async fn complete_withdrawal(
         .send()
         .await?;
     let receipt = landed_receipt(&provider, *pending.tx_hash()).await?;
-    let completed = receipt
-        .decoded_log::<Settlement::WithdrawalCompleted>()
-        .ok_or_else(|| {
-            ChainError::BadAnswer(format!(
-                "withdrawal {} logged no WithdrawalCompleted event",
-                receipt.transaction_hash
-            ))
-        })?;
+    let completed = logged::<Settlement::WithdrawalCompleted>(&receipt)?;
     Ok((
         amount_u128("paid", completed.data.amount)?,
         amount_u128("remaining", completed.data.remaining)?,
@@ -762,6 +741,19 @@ async fn landed(provider: &DynProvider, tx_hash: TxHash) -> Result<u64, ChainErr
 }
 
 /// Waits for `tx_hash`'s receipt, or says why it did not land (never mined, or reverted).
+/// The first `E` event a mined transaction logged; a receipt without it is a bad answer.
+fn logged<E: alloy::sol_types::SolEvent>(
+    receipt: &alloy::rpc::types::TransactionReceipt,
+) -> Result<alloy::primitives::Log<E>, ChainError> {
+    receipt.decoded_log::<E>().ok_or_else(|| {
+        ChainError::BadAnswer(format!(
+            "transaction {} logged no {} event",
+            receipt.transaction_hash,
+            E::SIGNATURE
+        ))
+    })
+}
+
 async fn landed_receipt(
     provider: &DynProvider,
     tx_hash: TxHash,
