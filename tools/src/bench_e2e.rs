@@ -351,20 +351,12 @@ fn run_load(
 
 /// Receipts received per ledger write so far, from the server's Prometheus text.
 fn receipts_per_fsync(server: &ServerProcess) -> anyhow::Result<f64> {
-    let url = format!("http://{}/metrics", server.http);
-    let text = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?
-        .block_on(async { reqwest::get(&url).await?.text().await })
-        .with_context(|| format!("GET {url}"))?;
+        .build()?;
     let metric = |name: &str| {
-        text.lines()
-            .find_map(|line| {
-                line.strip_prefix(name)?
-                    .strip_prefix(' ')?
-                    .parse::<f64>()
-                    .ok()
-            })
+        runtime
+            .block_on(server.metric(name))?
             .with_context(|| format!("{name} missing from /metrics"))
     };
     let receipts = metric("tollgate_ingest_receipts_received_total")?;

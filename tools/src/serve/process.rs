@@ -132,6 +132,31 @@ impl ServerProcess {
     }
 
     /// The child's process id.
+    /// The value of the unlabelled series `name` in the child's `/metrics` (a counter, a gauge, a
+    /// summary's `_count` or `_sum`); `None` when the child does not show it.
+    pub async fn metric(&self, name: &str) -> anyhow::Result<Option<f64>> {
+        let url = format!("http://{}/metrics", self.http);
+        let text = reqwest::get(&url)
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("GET {url}"))?
+            .text()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_owned())))
+            .with_context(|| format!("{url} is not Prometheus text"))?;
+        Ok(scrape
+            .samples
+            .into_iter()
+            .find(|sample| sample.metric == name && sample.labels.is_empty())
+            .and_then(|sample| match sample.value {
+                prometheus_parse::Value::Counter(value)
+                | prometheus_parse::Value::Gauge(value)
+                | prometheus_parse::Value::Untyped(value) => Some(value),
+                _ => None,
+            }))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
