@@ -1,16 +1,13 @@
-//! Connecting to the settlement chain, deploying and funding the contracts, reading what the
-//! contract says (withdrawable, available, proofs) for the query API and the demo, and the
-//! payee's side: gas money and `withdraw`.
+//! Connecting to the settlement chain, deploying the contracts, reading what the contract says
+//! (withdrawable, available, proofs) for the query API and the demo, and the transactions users
+//! send (a payee's `withdraw`, an arbiter's `dispute`, a payer's exit). What only a dev chain
+//! needs (its well-known key, minting and funding, gas money, replays) is in [`crate::devchain`].
 
 use std::time::Duration;
 
 use alloy::{
-    consensus::Transaction as _,
-    contract::RawCallBuilder,
-    network::{TransactionBuilder, TransactionResponse},
     primitives::{Address, B256, TxHash, U256},
     providers::{DynProvider, PendingTransactionError, Provider, ProviderBuilder},
-    rpc::types::TransactionRequest,
     signers::local::PrivateKeySigner,
     transports::http::reqwest::{self, Url},
 };
@@ -18,11 +15,6 @@ use tollgate_engine::PayerKey;
 
 use crate::contract::{Settlement, TestToken};
 use crate::merkle::Leaf;
-
-/// The secret key of anvil's first dev account (public knowledge: every anvil prints it). Only
-/// for dev chains, and only when the operator gave no key.
-pub const ANVIL_FIRST_DEV_KEY: &str =
-    "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 
 /// Chain ids of local development chains (anvil, hardhat, ganache), where `deploy` may create the
 /// test token and the operator may be its own arbiter with a zero challenge window.
@@ -419,6 +411,11 @@ impl ContractReader {
         })
     }
 
+    /// The provider the reader calls through.
+    pub(crate) fn provider(&self) -> &DynProvider {
+        self.settlement.provider()
+    }
+
     /// The contract's address.
     pub fn address(&self) -> Address {
         *self.settlement.address()
@@ -514,35 +511,6 @@ impl ContractReader {
             .call()
             .await?)
     }
-
-    /// Replays the exact call of the mined transaction `tx_hash` (same sender, same calldata)
-    /// against the latest state with `eth_call`, sending nothing. `Ok(None)` when it would
-    /// succeed now, otherwise the contract's custom error: how the demo, or an auditor, shows
-    /// that a committed epoch part cannot land a second time.
-    pub async fn replay(
-        &self,
-        tx_hash: TxHash,
-    ) -> Result<Option<Settlement::SettlementErrors>, ChainError> {
-        let provider = self.settlement.provider().clone();
-        let mined = provider
-            .get_transaction_by_hash(tx_hash)
-            .await?
-            .ok_or_else(|| {
-                ChainError::BadAnswer(format!("the node knows no transaction {tx_hash}"))
-            })?;
-        let call = RawCallBuilder::new_raw(provider, mined.input().clone())
-            .from(mined.from())
-            .to(self.address());
-        match call.call().await {
-            Ok(_) => Ok(None),
-            Err(error) => {
-                match error.as_decoded_interface_error::<Settlement::SettlementErrors>() {
-                    Some(revert) => Ok(Some(revert)),
-                    None => Err(ChainError::Contract(error)),
-                }
-            }
-        }
-    }
 }
 
 /// Sends `Settlement.withdraw()` from the `payee` account and returns what the contract paid
@@ -625,122 +593,19 @@ pub async fn complete_withdrawal(
     ))
 }
 
-/// Sends `wei` of the chain's native currency from `from` to `to`: gas money for an account that
-/// only ever received tokens (a payee about to withdraw, on a dev chain).
-pub async fn send_gas_money(
-    rpc_url: &str,
-    from: PrivateKeySigner,
-    to: Address,
-    wei: U256,
-) -> Result<(), ChainError> {
-    let provider = wallet_provider(rpc_url, from)?;
-    let request = TransactionRequest::default().with_to(to).with_value(wei);
-    let pending = provider.send_transaction(request).await?;
-    landed_receipt(&provider, *pending.tx_hash()).await?;
-    Ok(())
-}
-
-/// What to fund: a deposit of `amount_each` for every payer key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FundParams {
-    /// The settlement token.
-    pub token: Address,
-    /// The Settlement contract.
-    pub settlement: Address,
-    /// Deposit per payer, in token units.
-    pub amount_each: u128,
-    /// Mint the whole amount to the funder first (a [`TestToken`] on a dev chain lets anyone mint);
-    /// otherwise the funder must already hold it.
-    pub mint: bool,
-}
-
-/// What [`fund_payers`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Funded {
-    /// Deposits made (one per payer key).
-    pub deposits: usize,
-    /// Tokens deposited in all.
-    pub total: u128,
-    /// Highest block holding one of the deposits (0 when there were none): once the deposit
-    /// watcher has scanned it, every deposit is in the ledger.
-    pub last_block: u64,
-}
-
-/// How long [`fund_payers`] waits for each receipt once everything is sent.
-const FUND_RECEIPT_TIMEOUT: Duration = Duration::from_secs(120);
-/// How often it asks for a receipt meanwhile.
-const FUND_RECEIPT_POLL: Duration = Duration::from_millis(50);
-
-/// Deposits `params.amount_each` for every key in `payers` from the `funder` account: optionally
-/// mints the total, approves it once, then sends every deposit with consecutive nonces without
-/// waiting for each receipt (a dev chain mines each on arrival) and finally waits for all of
-/// them. The deposits' first depositor, and so the payers' exit owner, is `funder`: this is for
-/// dev chains and demos, where one account funds many payer keys.
-pub async fn fund_payers(
-    rpc_url: &str,
-    funder: PrivateKeySigner,
-    payers: &[PayerKey],
-    params: &FundParams,
-) -> Result<Funded, ChainError> {
-    let funder_address = funder.address();
-    let provider = wallet_provider(rpc_url, funder)?;
-    let total = u128::try_from(payers.len())
-        .ok()
-        .and_then(|count| count.checked_mul(params.amount_each))
-        .ok_or_else(|| {
-            ChainError::AmountTooLarge(format!(
-                "{} payers times {} exceeds u128",
-                payers.len(),
-                params.amount_each
-            ))
-        })?;
-    let token = TestToken::new(params.token, provider.clone());
-    let settlement = Settlement::new(params.settlement, provider.clone());
-    if params.mint {
-        let pending = token.mint(funder_address, U256::from(total)).send().await?;
-        landed(&provider, *pending.tx_hash()).await?;
-    }
-    let pending = token
-        .approve(params.settlement, U256::from(total))
-        .send()
-        .await?;
-    landed(&provider, *pending.tx_hash()).await?;
-
-    // One nonce read, then consecutive nonces: the node need not be asked once per deposit, and
-    // the deposits cannot race each other for a nonce.
-    let first_nonce = provider
-        .get_transaction_count(funder_address)
-        .pending()
-        .await?;
-    let mut sent = Vec::with_capacity(payers.len());
-    for (nonce, payer) in (first_nonce..).zip(payers) {
-        let pending = settlement
-            .deposit(B256::from(payer.0), U256::from(params.amount_each))
-            .nonce(nonce)
-            .send()
-            .await?;
-        sent.push(*pending.tx_hash());
-    }
-    let mut last_block = 0;
-    for tx_hash in sent {
-        last_block = last_block.max(landed(&provider, tx_hash).await?);
-    }
-    Ok(Funded {
-        deposits: payers.len(),
-        total,
-        last_block,
-    })
-}
+/// How long a tool waits for its own transaction's receipt (a deposit, a withdrawal).
+const RECEIPT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often it asks for the receipt meanwhile.
+const RECEIPT_POLL: Duration = Duration::from_millis(50);
 
 /// Waits for `tx_hash`'s receipt; the block it landed in, or why it did not land.
-async fn landed(provider: &DynProvider, tx_hash: TxHash) -> Result<u64, ChainError> {
+pub(crate) async fn landed(provider: &DynProvider, tx_hash: TxHash) -> Result<u64, ChainError> {
     let receipt = landed_receipt(provider, tx_hash).await?;
     receipt
         .block_number
         .ok_or_else(|| ChainError::BadAnswer(format!("receipt of {tx_hash} names no block")))
 }
 
-/// Waits for `tx_hash`'s receipt, or says why it did not land (never mined, or reverted).
 /// The first `E` event a mined transaction logged; a receipt without it is a bad answer.
 fn logged<E: alloy::sol_types::SolEvent>(
     receipt: &alloy::rpc::types::TransactionReceipt,
@@ -754,11 +619,12 @@ fn logged<E: alloy::sol_types::SolEvent>(
     })
 }
 
-async fn landed_receipt(
+/// Waits for `tx_hash`'s receipt, or says why it did not land (never mined, or reverted).
+pub(crate) async fn landed_receipt(
     provider: &DynProvider,
     tx_hash: TxHash,
 ) -> Result<alloy::rpc::types::TransactionReceipt, ChainError> {
-    let receipt = wait_for_receipt(provider, tx_hash, FUND_RECEIPT_POLL, FUND_RECEIPT_TIMEOUT)
+    let receipt = wait_for_receipt(provider, tx_hash, RECEIPT_POLL, RECEIPT_TIMEOUT)
         .await?
         .ok_or(ChainError::ReceiptTimeout(tx_hash))?;
     if !receipt.status() {

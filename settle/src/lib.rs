@@ -6,7 +6,9 @@
 //! - [`merkle`]: OpenZeppelin-compatible epoch trees (double-keccak leaves, sorted pairs) in
 //!   rs_merkle's shape; proofs verify with `MerkleProof.verify` / `Settlement.verifyLeaf`.
 //! - [`chain`]: connecting to an RPC (chain id checked at start), deploying token and contract,
-//!   funding payers on a dev chain, and [`ContractReader`] for the contract's views.
+//!   [`ContractReader`] for the contract's views, and the transactions users send.
+//! - [`devchain`]: what only a dev chain needs (anvil's key, minting and funding payers, gas money,
+//!   replaying a mined call); production paths never import it.
 //! - [`submitter`]: commits an epoch's parts, resumable from whatever the chain already holds, final
 //!   only under `confirmations` blocks; the operator key's nonce allocator (stuck commits are
 //!   replaced at their nonce with higher fees).
@@ -26,6 +28,7 @@
 
 pub mod chain;
 pub mod contract;
+pub mod devchain;
 pub mod epoch;
 pub mod exit;
 pub mod merkle;
@@ -33,8 +36,5 @@ pub mod submitter;
 pub mod telemetry;
 pub mod watcher;
 
-pub use chain::{
-    ChainError, ContractReader, DeployParams, DeployedAddresses, FundParams, Funded, deploy,
-    fund_payers,
-};
+pub use chain::{ChainError, ContractReader, DeployParams, DeployedAddresses, deploy};
 pub use merkle::{EpochTree, Leaf, MerkleError};

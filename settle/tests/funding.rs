@@ -7,7 +7,8 @@ use alloy::primitives::{B256, U256, aliases::U96};
 use alloy::providers::Provider;
 use common::{Chain, key, payer_key};
 use tollgate_engine::PayerKey;
-use tollgate_settle::chain::{ContractReader, FundParams, fund_payers, load_signer};
+use tollgate_settle::chain::{ContractReader, load_signer};
+use tollgate_settle::devchain::{FundParams, fund_payers};
 
 #[tokio::test]
 async fn fund_payers_deposits_for_fifty_payers_and_the_contract_holds_each() {
@@ -46,12 +47,7 @@ async fn fund_payers_deposits_for_fifty_payers_and_the_contract_holds_each() {
             .unwrap();
         assert_eq!(owner, chain.address(4), "the funder owns the exit");
     }
-    let held = chain
-        .token(0)
-        .balanceOf(chain.addresses.settlement)
-        .call()
-        .await
-        .unwrap();
+    let held = chain.token_balance(chain.addresses.settlement).await;
     assert_eq!(held, U256::from(funded.total));
 
     // Without minting, a funder that holds nothing is refused, and nothing is deposited.
@@ -73,7 +69,7 @@ async fn fund_payers_deposits_for_fifty_payers_and_the_contract_holds_each() {
 
 #[test]
 fn operator_keys_load_from_hex_or_a_file_and_errors_never_echo_the_key() {
-    let hex_key = tollgate_settle::chain::ANVIL_FIRST_DEV_KEY;
+    let hex_key = tollgate_settle::devchain::ANVIL_FIRST_DEV_KEY;
     let expected: alloy::primitives::Address = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
         .parse()
         .unwrap();

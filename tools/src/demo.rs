@@ -21,10 +21,11 @@ use alloy::signers::local::PrivateKeySigner;
 use anyhow::{Context, bail, ensure};
 use tollgate_engine::{Address, PayerKey};
 use tollgate_settle::chain::{
-    ContractReader, DeployParams, DeployedAddresses, FundParams, complete_withdrawal, deploy,
-    dispute, fund_payers, read_provider, request_withdrawal, send_gas_money, withdraw,
+    ContractReader, DeployParams, DeployedAddresses, complete_withdrawal, deploy, dispute,
+    read_provider, request_withdrawal, withdraw,
 };
 use tollgate_settle::contract::Settlement::SettlementErrors;
+use tollgate_settle::devchain::{FundParams, fund_payers, replay, send_gas_money};
 use tollgate_settle::merkle::Leaf;
 
 use crate::api::cli::{QueryClient, QueryError};
@@ -517,7 +518,7 @@ async fn replay_last_commit(epochs: &[EpochView], chain: &ContractReader) -> any
         .with_context(|| format!("committed epoch {} has no tx hash", last.epoch))?
         .parse()
         .context("epoch tx hash")?;
-    Ok(match chain.replay(tx_hash).await? {
+    Ok(match replay(chain, tx_hash).await? {
         // The contract has moved on to the next epoch: exactly the refusal of a second landing.
         Some(revert @ SettlementErrors::UnexpectedPart(_)) => {
             println!(

@@ -4,19 +4,14 @@
 
 use alloy::primitives::Address;
 use alloy::providers::Provider;
-use alloy::signers::local::PrivateKeySigner;
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use serde::Serialize;
 use tollgate_settle::chain::{
-    ANVIL_FIRST_DEV_KEY, DeployParams, DeployedAddresses, is_dev_chain, load_signer, mask_url,
-    read_provider,
+    DeployParams, DeployedAddresses, is_dev_chain, mask_url, read_provider,
 };
 
-use crate::keys::Secret;
-
-/// anvil's chain id: the only chain where `deploy` falls back to a well-known dev key.
-pub const ANVIL_CHAIN_ID: u64 = 31_337;
+use crate::keys::{Secret, dev_chain_signer};
 
 /// `tollgate deploy`.
 #[derive(Debug, Clone, Args)]
@@ -148,26 +143,6 @@ pub(crate) fn one_line(error: &anyhow::Error) -> anyhow::Error {
         }
     }
     anyhow!(line)
-}
-
-/// The key given as `flag`, or anvil's first dev account on anvil only (said on stderr).
-pub(crate) fn dev_chain_signer(
-    key: Option<&str>,
-    chain_id: u64,
-    flag: &str,
-) -> anyhow::Result<PrivateKeySigner> {
-    match key {
-        Some(key) => Ok(load_signer(key)?),
-        None if chain_id == ANVIL_CHAIN_ID => {
-            let signer = load_signer(ANVIL_FIRST_DEV_KEY)?;
-            eprintln!(
-                "tollgate: no {flag} given: using anvil's first dev account {:#x} (chain {ANVIL_CHAIN_ID} only)",
-                signer.address()
-            );
-            Ok(signer)
-        }
-        None => bail!("chain {chain_id} is not anvil: pass {flag}"),
-    }
 }
 
 /// Constructor parameters: dev defaults on a dev chain; a real chain must choose its own.

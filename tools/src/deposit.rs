@@ -7,10 +7,11 @@ use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use serde::Serialize;
 use tollgate_engine::PayerKey;
-use tollgate_settle::chain::{ContractReader, FundParams, fund_payers, mask_url, read_provider};
+use tollgate_settle::chain::{ContractReader, mask_url, read_provider};
+use tollgate_settle::devchain::{FundParams, fund_payers};
 
-use crate::deploy::{dev_chain_signer, one_line, root_cause};
-use crate::keys::Secret;
+use crate::deploy::{one_line, root_cause};
+use crate::keys::{Secret, dev_chain_signer};
 
 /// `tollgate deposit`.
 #[derive(Debug, Clone, Args)]

@@ -4,10 +4,13 @@
 use std::io::Write;
 use std::path::Path;
 
+use alloy::signers::local::PrivateKeySigner;
 use anyhow::{Context, bail};
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 use tollgate_engine::receipt::parse_hex;
+use tollgate_settle::chain::load_signer;
+use tollgate_settle::devchain::{ANVIL_CHAIN_ID, ANVIL_FIRST_DEV_KEY};
 
 /// What `Debug` and `--print-config` show instead of a secret.
 pub const MASK: &str = "********";
@@ -81,6 +84,26 @@ pub fn write_new(path: &Path, key: &SigningKey) -> anyhow::Result<()> {
     writeln!(file, "{}", hex::encode(key.to_bytes()))?;
     file.sync_all()?;
     Ok(())
+}
+
+/// The key given as `flag`, or anvil's first dev account on anvil only (said on stderr).
+pub fn dev_chain_signer(
+    key: Option<&str>,
+    chain_id: u64,
+    flag: &str,
+) -> anyhow::Result<PrivateKeySigner> {
+    match key {
+        Some(key) => Ok(load_signer(key)?),
+        None if chain_id == ANVIL_CHAIN_ID => {
+            let signer = load_signer(ANVIL_FIRST_DEV_KEY)?;
+            eprintln!(
+                "tollgate: no {flag} given: using anvil's first dev account {:#x} (chain {ANVIL_CHAIN_ID} only)",
+                signer.address()
+            );
+            Ok(signer)
+        }
+        None => bail!("chain {chain_id} is not anvil: pass {flag}"),
+    }
 }
 
 #[cfg(test)]

@@ -964,7 +964,7 @@ struct Chained {
 async fn chained(
     params: impl FnOnce(&alloy::node_bindings::AnvilInstance) -> tollgate_settle::DeployParams,
 ) -> Chained {
-    use tollgate_settle::chain::{FundParams, fund_payers};
+    use tollgate_settle::devchain::{FundParams, fund_payers};
     use tollgate_settle::epoch::FundsLoop;
     use tollgate_settle::watcher::{WatchConfig, Watcher};
 

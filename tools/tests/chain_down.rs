@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, Signal, kill_process};
 use serde_json::Value;
 use tollgate_engine::PayerKey;
-use tollgate_settle::chain::{ContractReader, DeployParams, FundParams, deploy, fund_payers};
+use tollgate_settle::chain::{ContractReader, DeployParams, deploy};
+use tollgate_settle::devchain::{FundParams, fund_payers};
 use tollgate_tools::load::child;
 use tollgate_tools::load::workload::payer_keys;
 use tollgate_tools::serve::process::{ServerProcess, dev_chain_args};
@@ -35,14 +36,7 @@ async fn get_json(url: &str) -> Value {
 
 /// The value of an unlabelled gauge in the Prometheus text of `/metrics`.
 async fn gauge(server: &ServerProcess, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{}/metrics", server.http))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    server.metric(name).await.expect("GET /metrics")
 }
 
 fn signal(pid: Pid, signal: Signal) {
