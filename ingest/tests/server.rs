@@ -64,8 +64,8 @@ struct Harness {
     _dir: tempfile::TempDir,
 }
 
-async fn start(adjust: impl FnOnce(&mut ServerConfig)) -> Harness {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// An engine in `dir` that checks signatures on one verification thread.
+fn open_engine(dir: &std::path::Path) -> Engine {
     let verify_config = VerifyConfig {
         threads: 1,
         ..VerifyConfig::default()
@@ -75,7 +75,12 @@ async fn start(adjust: impl FnOnce(&mut ServerConfig)) -> Harness {
         verify_config,
     )
     .expect("verify pool");
-    let engine = Engine::open(EngineConfig::new(dir.path()), Arc::new(pool)).expect("engine");
+    Engine::open(EngineConfig::new(dir), Arc::new(pool)).expect("engine")
+}
+
+async fn start(adjust: impl FnOnce(&mut ServerConfig)) -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open_engine(dir.path());
     let payer = PayerKey(
         SigningKey::from_bytes(&PAYER_SEED)
             .verifying_key()
@@ -650,16 +655,7 @@ async fn shutdown_acks_every_batch_it_read_then_says_so() {
 #[tokio::test]
 async fn open_mode_is_refused_off_loopback() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let verify_config = VerifyConfig {
-        threads: 1,
-        ..VerifyConfig::default()
-    };
-    let pool = VerifyPool::new(
-        Verifier::new(domain(), verify_config.clone()),
-        verify_config,
-    )
-    .expect("pool");
-    let engine = Engine::open(EngineConfig::new(dir.path()), Arc::new(pool)).expect("engine");
+    let engine = open_engine(dir.path());
     let listener = TcpListener::bind("0.0.0.0:0").await.expect("bind");
     let result = run(
         listener,

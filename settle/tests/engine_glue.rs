@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use alloy::primitives::{Address as EvmAddress, B256, U256};
-use common::{Chain, eventually, key};
+use common::{Chain, eventually, mined};
 use ed25519_dalek::SigningKey;
 use tollgate_engine::{
     Address, Domain, PayerKey, Reason, Receipt, ReceiptBatch, UnsignedReceipt, Verifier,
@@ -62,15 +62,7 @@ async fn submitter_with(chain: &Chain, config: SubmitConfig) -> Submitter {
         backoff_initial_ms: 10,
         ..config
     };
-    Submitter::connect(
-        &chain.endpoint(),
-        chain.anvil.chain_id(),
-        chain.addresses.settlement,
-        key(&chain.anvil, 0),
-        config,
-    )
-    .await
-    .unwrap()
+    chain.submitter(config).await
 }
 
 async fn funds_loop(setup: &Setup) -> FundsLoop {
@@ -258,42 +250,21 @@ async fn deposits_fund_receipts_and_epochs_commit_exactly_once_with_matching_bal
     );
 
     // A payee withdraws what the engine says it earned.
-    let before = chain
-        .token(0)
-        .balanceOf(chain.address(5))
-        .call()
-        .await
-        .unwrap();
-    chain
-        .settlement(5)
-        .withdraw()
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
-    let after = chain
-        .token(0)
-        .balanceOf(chain.address(5))
-        .call()
-        .await
-        .unwrap();
+    let before = chain.token_balance(chain.address(5)).await;
+    mined(chain.settlement(5).withdraw()).await;
+    let after = chain.token_balance(chain.address(5)).await;
     assert_eq!(
         after - before,
         U256::from(engine.reader().payee(&payee_a).unwrap().unwrap().settled)
     );
 
-    // A withdrawal request reaches the funds check: that much is no longer spendable.
-    chain
-        .settlement(3)
-        .requestWithdrawal(B256::from(payer_key(1).0), U256::from(15_000))
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    mined(
+        // A withdrawal request reaches the funds check: that much is no longer spendable.
+        chain
+            .settlement(3)
+            .requestWithdrawal(B256::from(payer_key(1).0), U256::from(15_000)),
+    )
+    .await;
     catch_up(&funds).await;
     let payer1 = engine.reader().payer(&payer_key(1)).unwrap().unwrap();
     assert_eq!(payer1.withdrawal_requested, 15_000);
@@ -468,24 +439,9 @@ async fn an_epoch_voided_between_its_parts_is_carried_and_settling_goes_on() {
     };
     let (payee, amount) = sealed.credits[0];
     let credit = tollgate_settle::contract::pack_credit(EvmAddress::from(payee.0), amount).unwrap();
-    let receipt = settlement
-        .commitEpoch(1, 0, 2, root, vec![debit], vec![credit])
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    let receipt = mined(settlement.commitEpoch(1, 0, 2, root, vec![debit], vec![credit])).await;
     assert!(receipt.status());
-    let receipt = chain
-        .settlement(1)
-        .dispute(1)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    let receipt = chain.dispute(1).await;
     assert!(receipt.status());
 
     // The commit loop meets the voided epoch before the funds loop has read the dispute.
@@ -547,15 +503,7 @@ async fn an_epoch_voided_while_awaiting_confirmations_is_carried_and_settling_go
         settlement.lastEpoch().call().await.unwrap() == 1
     })
     .await;
-    let receipt = chain
-        .settlement(1)
-        .dispute(1)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    let receipt = chain.dispute(1).await;
     assert!(receipt.status());
     chain.mine(confirmations).await;
     // A bound for a broken build, not a timing claim: the old loop waited here forever.
@@ -586,15 +534,12 @@ async fn an_epoch_voided_while_awaiting_confirmations_is_carried_and_settling_go
 }
 
 async fn request_withdrawal(chain: &Chain, owner: usize, payer: PayerKey, amount: u128) {
-    chain
-        .settlement(owner)
-        .requestWithdrawal(B256::from(payer.0), U256::from(amount))
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    mined(
+        chain
+            .settlement(owner)
+            .requestWithdrawal(B256::from(payer.0), U256::from(amount)),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -755,15 +700,12 @@ async fn exit_overtakes_debits(part_entries_max: usize) {
     // and the funds loop has not seen it: the chain covers 2,000 of the 6,000 debit.
     request_withdrawal(chain, 2, exiting_key, 5_000).await;
     chain.advance_secs(61).await;
-    let completed = chain
-        .settlement(2)
-        .completeWithdrawal(B256::from(exiting_key.0))
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    let completed = mined(
+        chain
+            .settlement(2)
+            .completeWithdrawal(B256::from(exiting_key.0)),
+    )
+    .await;
     assert!(completed.status(), "the exit completed");
 
     epochs.commit_backlog().await.unwrap();

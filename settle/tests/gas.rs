@@ -6,9 +6,9 @@
 mod common;
 
 use alloy::primitives::{B256, U256};
-use common::{Chain, key, payee, payer_key};
+use common::{Chain, mined, payee, payer_key};
 use tollgate_engine::PayerKey;
-use tollgate_settle::submitter::{EpochCommit, SubmitConfig, Submitter};
+use tollgate_settle::submitter::{EpochCommit, SubmitConfig};
 
 const STEADY_GAS_PER_ENTRY_MAX: u64 = 8_000;
 
@@ -17,36 +17,16 @@ async fn gas_per_settled_entry_first_time_and_steady_state() {
     let chain = Chain::start(0, 60).await;
     let funder = 2;
     let token = chain.token(funder);
-    token
-        .mint(chain.address(funder), U256::from(u64::MAX))
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
-    token
-        .approve(chain.addresses.settlement, U256::MAX)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    mined(token.mint(chain.address(funder), U256::from(u64::MAX))).await;
+    mined(token.approve(chain.addresses.settlement, U256::MAX)).await;
     let settlement = chain.settlement(funder);
-    let submitter = Submitter::connect(
-        &chain.endpoint(),
-        chain.anvil.chain_id(),
-        chain.addresses.settlement,
-        key(&chain.anvil, 0),
-        SubmitConfig {
+    let submitter = chain
+        .submitter(SubmitConfig {
             part_entries_max: 2_000,
             receipt_poll_ms: 10,
             ..SubmitConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+        })
+        .await;
 
     let mut epoch = 0u64;
     let mut first_id = 0u32;
@@ -57,14 +37,7 @@ async fn gas_per_settled_entry_first_time_and_steady_state() {
         let ids: Vec<u32> = (first_id..first_id + half).collect();
         first_id += half;
         for id in &ids {
-            settlement
-                .deposit(B256::from(payer_key(*id)), U256::from(1_000_000))
-                .send()
-                .await
-                .unwrap()
-                .get_receipt()
-                .await
-                .unwrap();
+            mined(settlement.deposit(B256::from(payer_key(*id)), U256::from(1_000_000))).await;
         }
         let mut gas = Vec::new();
         for _round in 0..2 {

@@ -4,7 +4,7 @@
 mod common;
 
 use alloy::primitives::{Address, B256, U256};
-use common::{Chain, eventually, key, payer_key};
+use common::{Chain, eventually, key, mined, payer_key};
 use tollgate_engine::PayerKey;
 use tollgate_settle::{
     EpochTree, Leaf,
@@ -17,7 +17,7 @@ fn engine_address(address: Address) -> tollgate_engine::Address {
     tollgate_engine::Address(address.0.0)
 }
 
-async fn submitter(chain: &Chain, part_entries_max: usize) -> Submitter {
+async fn submitter_with_parts(chain: &Chain, part_entries_max: usize) -> Submitter {
     let config = SubmitConfig {
         part_entries_max,
         backoff_initial_ms: 20,
@@ -25,15 +25,7 @@ async fn submitter(chain: &Chain, part_entries_max: usize) -> Submitter {
         receipt_poll_ms: 10,
         ..SubmitConfig::default()
     };
-    Submitter::connect(
-        &chain.endpoint(),
-        chain.anvil.chain_id(),
-        chain.addresses.settlement,
-        key(&chain.anvil, 0),
-        config,
-    )
-    .await
-    .expect("submitter connects")
+    chain.submitter(config).await
 }
 
 /// Net debits and credits of an epoch from the channels' growth since the previous epoch.
@@ -117,7 +109,7 @@ async fn deposits_two_epochs_withdrawal_proofs_and_refusals() {
         },
     ];
     let tree1 = EpochTree::build(1, epoch1.clone()).unwrap();
-    let submitter = submitter(&chain, 1_500).await;
+    let submitter = submitter_with_parts(&chain, 1_500).await;
     let outcome = submitter
         .submit(&commit_for(1, &tree1, &[]))
         .await
@@ -199,23 +191,10 @@ async fn deposits_two_epochs_withdrawal_proofs_and_refusals() {
             .unwrap(),
         U256::from(350_000)
     );
-    let receipt = chain
-        .settlement(5)
-        .withdraw()
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    let receipt = mined(chain.settlement(5).withdraw()).await;
     assert!(receipt.status());
     assert_eq!(
-        chain
-            .token(0)
-            .balanceOf(chain.address(5))
-            .call()
-            .await
-            .unwrap(),
+        chain.token_balance(chain.address(5)).await,
         U256::from(350_000)
     );
     assert_eq!(
@@ -385,17 +364,8 @@ async fn deposits_two_epochs_withdrawal_proofs_and_refusals() {
     assert_eq!(settlement.lastEpoch().call().await.unwrap(), 2);
 
     // Conservation: the contract holds exactly deposits minus withdrawals.
-    let held = chain
-        .token(0)
-        .balanceOf(chain.addresses.settlement)
-        .call()
-        .await
-        .unwrap();
+    let held = chain.token_balance(chain.addresses.settlement).await;
     assert_eq!(held, U256::from(deposits.iter().sum::<u128>() - 350_000));
-}
-
-async fn submitter_with_parts(chain: &Chain, part_entries_max: usize) -> Submitter {
-    submitter(chain, part_entries_max).await
 }
 
 /// A commit for `n` leaves, all owed by one payer that has deposited enough.
@@ -416,7 +386,7 @@ async fn commit_leaves(chain: &Chain, epoch: u64, n: u32) -> (EpochTree, Vec<Lea
         debits: vec![(payer, total)],
         credits: leaves.iter().map(|l| (l.payee, l.cumulative)).collect(),
     };
-    submitter(chain, 1_500)
+    submitter_with_parts(chain, 1_500)
         .await
         .submit(&commit)
         .await
@@ -494,7 +464,7 @@ async fn arbiter_voids_the_open_epoch_and_its_amounts_go_in_the_next() {
         debits: vec![(payer, 900)],
         credits: vec![(payee, 900)],
     };
-    let submitter = submitter(&chain, 1_500).await;
+    let submitter = submitter_with_parts(&chain, 1_500).await;
     submitter.submit(&wrong).await.unwrap();
     assert_eq!(available().await, U256::from(100));
 
@@ -504,15 +474,7 @@ async fn arbiter_voids_the_open_epoch_and_its_amounts_go_in_the_next() {
         revert_of(&not_arbiter),
         SettlementErrors::NotArbiter(_)
     ));
-    let receipt = chain
-        .settlement(1)
-        .dispute(1)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    let receipt = chain.dispute(1).await;
     assert!(receipt.status());
     assert_eq!(
         settlement.roots(1).call().await.unwrap(),
@@ -580,14 +542,7 @@ async fn payer_exit_belongs_to_the_first_depositor_and_waits_for_the_delay() {
         SettlementErrors::NotPayerOwner(_)
     ));
 
-    owner
-        .requestWithdrawal(key, U256::from(1_200))
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    mined(owner.requestWithdrawal(key, U256::from(1_200))).await;
     let early = owner.completeWithdrawal(key).call().await.unwrap_err();
     assert!(matches!(
         revert_of(&early),
@@ -595,7 +550,7 @@ async fn payer_exit_belongs_to_the_first_depositor_and_waits_for_the_delay() {
     ));
 
     // Spend committed during the delay is honoured first: the payout is capped at what is left.
-    let submitter = submitter(&chain, 1_500).await;
+    let submitter = submitter_with_parts(&chain, 1_500).await;
     let spend = EpochCommit {
         epoch: 1,
         root: B256::repeat_byte(5),
@@ -604,26 +559,9 @@ async fn payer_exit_belongs_to_the_first_depositor_and_waits_for_the_delay() {
     };
     submitter.submit(&spend).await.unwrap();
     chain.advance_secs(101).await;
-    let before = chain
-        .token(0)
-        .balanceOf(chain.address(2))
-        .call()
-        .await
-        .unwrap();
-    owner
-        .completeWithdrawal(key)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
-    let after = chain
-        .token(0)
-        .balanceOf(chain.address(2))
-        .call()
-        .await
-        .unwrap();
+    let before = chain.token_balance(chain.address(2)).await;
+    mined(owner.completeWithdrawal(key)).await;
+    let after = chain.token_balance(chain.address(2)).await;
     assert_eq!(after - before, U256::from(1_100));
     assert_eq!(
         chain.settlement(0).available(key).call().await.unwrap(),
@@ -646,14 +584,7 @@ async fn payer_exit_belongs_to_the_first_depositor_and_waits_for_the_delay() {
         SettlementErrors::NothingToWithdraw(_)
     ));
     chain.deposit(2, payer_key(9), 60).await;
-    owner
-        .completeWithdrawal(key)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    mined(owner.completeWithdrawal(key)).await;
     assert_eq!(
         owner
             .withdrawalRequests(key)
@@ -665,13 +596,7 @@ async fn payer_exit_belongs_to_the_first_depositor_and_waits_for_the_delay() {
         40
     );
     assert_eq!(
-        chain
-            .token(0)
-            .balanceOf(chain.address(2))
-            .call()
-            .await
-            .unwrap()
-            - after,
+        chain.token_balance(chain.address(2)).await - after,
         U256::from(60)
     );
 }
@@ -716,7 +641,7 @@ async fn submitter_refuses_a_wrong_chain_id_or_operator_at_start() {
         Err(tollgate_settle::ChainError::NoContract(_))
     ));
     // An epoch that skips ahead is refused before anything is sent.
-    let submitter = submitter(&chain, 10).await;
+    let submitter = submitter_with_parts(&chain, 10).await;
     let gap = EpochCommit {
         epoch: 5,
         root: B256::repeat_byte(5),
@@ -809,13 +734,7 @@ async fn a_credit_that_would_overflow_a_payees_slot_is_refused_at_commit_and_nev
             credits_of(&[(payee, amount)]),
         )
     };
-    let receipt = commit(1, payer_key(1), max)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    let receipt = mined(commit(1, payer_key(1), max)).await;
     assert!(receipt.status());
 
     // The payee's slot holds 2^96 - 1 once epoch 1 folds in: 100 more cannot fit. Landing it would
@@ -829,32 +748,15 @@ async fn a_credit_that_would_overflow_a_payees_slot_is_refused_at_commit_and_nev
     }
 
     // The payee is not locked out: it withdraws, and then the same credit fits.
-    let receipt = chain
-        .settlement(5)
-        .withdraw()
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    let receipt = mined(chain.settlement(5).withdraw()).await;
     assert!(receipt.status());
-    let receipt = commit(2, payer_key(2), 100)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    let receipt = mined(commit(2, payer_key(2), 100)).await;
     assert!(receipt.status());
     assert_eq!(
         settlement.withdrawable(payee).call().await.unwrap(),
         U256::from(100)
     );
-    assert_eq!(
-        chain.token(0).balanceOf(payee).call().await.unwrap(),
-        U256::from(max)
-    );
+    assert_eq!(chain.token_balance(payee).await, U256::from(max));
 }
 
 #[tokio::test]
@@ -892,26 +794,14 @@ async fn verify_leaf_answers_only_for_final_epochs() {
     let send = |part: u16, debits: Vec<Settlement::Debit>, credits: Vec<U256>| {
         settlement.commitEpoch(1, part, 2, tree1.root(), debits, credits)
     };
-    let receipt = send(0, debits_of(&[(payer.0, 500)]), vec![])
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    let receipt = mined(send(0, debits_of(&[(payer.0, 500)]), vec![])).await;
     assert!(receipt.status());
     assert!(
         !verifies(1, &tree1).call().await.unwrap(),
         "an incomplete epoch is not final"
     );
     let credits = credits_of(&[(chain.address(5), 300), (chain.address(6), 200)]);
-    let receipt = send(1, vec![], credits)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    let receipt = mined(send(1, vec![], credits)).await;
     assert!(receipt.status());
     assert!(
         !verifies(1, &tree1).call().await.unwrap(),
@@ -934,31 +824,17 @@ async fn verify_leaf_answers_only_for_final_epochs() {
         })
         .collect();
     let tree2 = EpochTree::build(2, grown).unwrap();
-    let receipt = settlement
-        .commitEpoch(
-            2,
-            0,
-            1,
-            tree2.root(),
-            debits_of(&[(payer.0, 20)]),
-            credits_of(&[(chain.address(5), 10), (chain.address(6), 10)]),
-        )
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    let receipt = mined(settlement.commitEpoch(
+        2,
+        0,
+        1,
+        tree2.root(),
+        debits_of(&[(payer.0, 20)]),
+        credits_of(&[(chain.address(5), 10), (chain.address(6), 10)]),
+    ))
+    .await;
     assert!(receipt.status());
-    let receipt = chain
-        .settlement(1)
-        .dispute(2)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    let receipt = chain.dispute(2).await;
     assert!(receipt.status());
     chain.advance_secs(window_secs).await;
     assert!(!verifies(2, &tree2).call().await.unwrap(), "voided");
@@ -1009,12 +885,7 @@ async fn a_deposit_credits_what_arrived_not_what_was_named() {
     assert_eq!(available(1).call().await.unwrap(), U256::from(9_900));
     assert_eq!(available(2).call().await.unwrap(), U256::from(4_950));
     assert_eq!(
-        chain
-            .token(0)
-            .balanceOf(chain.addresses.settlement)
-            .call()
-            .await
-            .unwrap(),
+        chain.token_balance(chain.addresses.settlement).await,
         U256::from(9_900 + 4_950),
         "the contract owes exactly what it holds"
     );
@@ -1051,27 +922,17 @@ async fn a_deposit_credits_what_arrived_not_what_was_named() {
     for (index, payer) in [(2usize, 1u32), (3, 2)] {
         let owner = chain.settlement(index);
         let left = available(payer).call().await.unwrap();
-        let receipt = owner
-            .requestWithdrawal(B256::from(payer_key(payer)), left)
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
+        let receipt = mined(owner.requestWithdrawal(B256::from(payer_key(payer)), left)).await;
         assert!(receipt.status());
     }
     chain.advance_secs(61).await;
     for (index, payer) in [(2usize, 1u32), (3, 2)] {
-        let receipt = chain
-            .settlement(index)
-            .completeWithdrawal(B256::from(payer_key(payer)))
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
+        let receipt = mined(
+            chain
+                .settlement(index)
+                .completeWithdrawal(B256::from(payer_key(payer))),
+        )
+        .await;
         assert!(receipt.status(), "payer {payer} exits");
     }
 }
@@ -1129,21 +990,15 @@ async fn a_stuck_commit_is_replaced_at_its_own_nonce_with_a_higher_fee() {
         .await
         .unwrap();
     rpc(&chain, "evm_setAutomine", serde_json::json!([false])).await;
-    let submitter = Submitter::connect(
-        &chain.endpoint(),
-        chain.anvil.chain_id(),
-        chain.addresses.settlement,
-        key(&chain.anvil, 0),
-        SubmitConfig {
+    let submitter = chain
+        .submitter(SubmitConfig {
             receipt_timeout_ms: 100,
             receipt_poll_ms: 10,
             backoff_initial_ms: 10,
             attempts_max: 1_000,
             ..SubmitConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+        })
+        .await;
     let commit = small_epoch(1);
     let submitting = tokio::spawn({
         let commit = commit.clone();
@@ -1195,7 +1050,7 @@ async fn a_restart_with_another_part_entries_max_adopts_the_part_count_onchain()
     // Six entries in parts of two: three parts. The process dies once part 0 is sent.
     let commit = small_epoch(3);
     rpc(&chain, "evm_setAutomine", serde_json::json!([false])).await;
-    let first = submitter(&chain, 2).await;
+    let first = submitter_with_parts(&chain, 2).await;
     let dying = tokio::spawn({
         let commit = commit.clone();
         async move { first.submit(&commit).await }
@@ -1216,7 +1071,7 @@ async fn a_restart_with_another_part_entries_max_adopts_the_part_count_onchain()
     assert_eq!((open.parts, open.partsDone), (3, 1));
 
     // Restarted with room for the whole epoch in one part: it finishes the three parts.
-    let outcome = submitter(&chain, 100)
+    let outcome = submitter_with_parts(&chain, 100)
         .await
         .submit(&commit)
         .await

@@ -4,10 +4,10 @@
 mod common;
 
 use alloy::primitives::{B256, U256};
-use common::{Chain, key, payer_key};
+use common::{Chain, mined, payer_key};
 use tollgate_engine::PayerKey;
 use tollgate_settle::{
-    submitter::{EpochCommit, SubmitConfig, Submitter},
+    submitter::{EpochCommit, SubmitConfig},
     watcher::{FundsChange, WatchConfig, Watcher},
 };
 
@@ -30,27 +30,18 @@ async fn watcher_reads_funds_events_in_order_only_once_confirmed() {
     let payer = PayerKey(payer_key(1));
     chain.deposit(2, payer.0, 5_000).await;
     chain.deposit(3, payer_key(2), 7_000).await;
-    chain
-        .settlement(2)
-        .requestWithdrawal(B256::from(payer.0), U256::from(1_000))
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
-    let submitter = Submitter::connect(
-        &chain.endpoint(),
-        chain.anvil.chain_id(),
-        chain.addresses.settlement,
-        key(&chain.anvil, 0),
-        SubmitConfig {
+    mined(
+        chain
+            .settlement(2)
+            .requestWithdrawal(B256::from(payer.0), U256::from(1_000)),
+    )
+    .await;
+    let submitter = chain
+        .submitter(SubmitConfig {
             receipt_poll_ms: 10,
             ..SubmitConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+        })
+        .await;
     let epoch = EpochCommit {
         epoch: 1,
         root: B256::repeat_byte(1),
@@ -58,25 +49,9 @@ async fn watcher_reads_funds_events_in_order_only_once_confirmed() {
         credits: vec![(common::payee(1), 10)],
     };
     submitter.submit(&epoch).await.unwrap();
-    chain
-        .settlement(1)
-        .dispute(1)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    chain.dispute(1).await;
     chain.advance_secs(121).await;
-    chain
-        .settlement(2)
-        .completeWithdrawal(B256::from(payer.0))
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    mined(chain.settlement(2).completeWithdrawal(B256::from(payer.0))).await;
 
     // Follow from genesis as a restarted engine would, a few blocks per poll.
     let mut from = 0;

@@ -5,9 +5,11 @@
 use std::path::PathBuf;
 
 use alloy::{
+    contract::{CallBuilder, CallDecoder},
     node_bindings::{Anvil, AnvilInstance},
     primitives::{Address, U256},
     providers::{DynProvider, Provider},
+    rpc::types::TransactionReceipt,
     signers::local::PrivateKeySigner,
 };
 use tollgate_settle::{
@@ -15,6 +17,7 @@ use tollgate_settle::{
     chain::wallet_provider,
     contract::{Settlement, TestToken},
     deploy,
+    submitter::{SubmitConfig, Submitter},
 };
 
 /// The workspace root (settle's parent).
@@ -48,6 +51,16 @@ pub fn spawn_anvil() -> AnvilInstance {
 /// Dev key `index` of the instance.
 pub fn key(anvil: &AnvilInstance, index: usize) -> PrivateKeySigner {
     PrivateKeySigner::from(anvil.keys()[index].clone())
+}
+
+/// Sends `call` and waits for it to be mined; the receipt, reverted or not.
+pub async fn mined<D: CallDecoder>(call: CallBuilder<&DynProvider, D>) -> TransactionReceipt {
+    call.send()
+        .await
+        .expect("transaction sent")
+        .get_receipt()
+        .await
+        .expect("transaction mined")
 }
 
 /// A running chain with token and Settlement deployed.
@@ -102,35 +115,41 @@ impl Chain {
         self.anvil.addresses()[index]
     }
 
+    /// The operator's (key 0) submitter, with exactly `config`.
+    pub async fn submitter(&self, config: SubmitConfig) -> Submitter {
+        Submitter::connect(
+            &self.endpoint(),
+            self.anvil.chain_id(),
+            self.addresses.settlement,
+            key(&self.anvil, 0),
+            config,
+        )
+        .await
+        .expect("submitter connects")
+    }
+
+    /// The arbiter (key 1) disputes `epoch`; the receipt, reverted or not.
+    pub async fn dispute(&self, epoch: u64) -> TransactionReceipt {
+        let settlement = self.settlement(1);
+        mined(settlement.dispute(epoch)).await
+    }
+
+    /// Tokens `owner` holds.
+    pub async fn token_balance(&self, owner: Address) -> U256 {
+        self.token(0)
+            .balanceOf(owner)
+            .call()
+            .await
+            .expect("balanceOf")
+    }
+
     /// Mints, approves and deposits `amount` for `payer_key` from account `index`.
     pub async fn deposit(&self, index: usize, payer_key: [u8; 32], amount: u128) {
         let token = self.token(index);
         let amount = U256::from(amount);
-        token
-            .mint(self.address(index), amount)
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
-        token
-            .approve(self.addresses.settlement, amount)
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
-        let receipt = self
-            .settlement(index)
-            .deposit(payer_key.into(), amount)
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
+        mined(token.mint(self.address(index), amount)).await;
+        mined(token.approve(self.addresses.settlement, amount)).await;
+        let receipt = mined(self.settlement(index).deposit(payer_key.into(), amount)).await;
         assert!(receipt.status(), "deposit reverted");
     }
 
