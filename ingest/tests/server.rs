@@ -78,6 +78,14 @@ fn open_engine(dir: &std::path::Path) -> Engine {
     Engine::open(EngineConfig::new(dir), Arc::new(pool)).expect("engine")
 }
 
+impl Harness {
+    /// Shuts the server down and checks it stopped cleanly.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.server.await.expect("join").expect("clean shutdown");
+    }
+}
+
 async fn start(adjust: impl FnOnce(&mut ServerConfig)) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = open_engine(dir.path());
@@ -206,8 +214,7 @@ async fn client_library_gets_durable_verdicts_and_balance() {
         (10, 1, 1)
     );
     client.close().await.expect("close");
-    h.shutdown.cancel();
-    h.server.await.expect("join").expect("clean shutdown");
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,8 +319,7 @@ async fn protocol_violations_get_their_error_code_and_a_close() {
         .expect("write");
     raw.get_mut().shutdown().await.expect("half-close");
     assert_eq!(error_code(&mut raw).await, Some(ErrorCode::TruncatedFrame));
-    h.shutdown.cancel();
-    h.server.await.expect("join").expect("clean shutdown");
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,8 +351,7 @@ async fn configured_clients_are_authenticated_and_limited_to_their_payees() {
     impostor.client_key = SigningKey::from_bytes(&[4; 32]);
     let error = Client::connect(impostor).await.expect_err("wrong key");
     assert_eq!(error.code(), Some(ErrorCode::BadClientAuth));
-    h.shutdown.cancel();
-    h.server.await.expect("join").expect("clean shutdown");
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,8 +423,7 @@ async fn batch_resent_after_reconnect_gets_the_identical_ack_and_counts_once() {
     );
     raw.send(&Frame::Hello(hello)).await.expect("send");
     assert_eq!(error_code(&mut raw).await, Some(ErrorCode::ProducerFenced));
-    h.shutdown.cancel();
-    h.server.await.expect("join").expect("clean shutdown");
+    h.stop().await;
 }
 
 /// Each timeout gets a server where it is the only short one, so the test never depends on how
@@ -433,14 +437,12 @@ async fn timeouts_and_connection_limits_are_enforced() {
         error_code(&mut silent).await,
         Some(ErrorCode::HandshakeTimeout)
     );
-    h.shutdown.cancel();
-    h.server.await.expect("join").expect("clean shutdown");
+    h.stop().await;
 
     let h = start(|config| config.idle_timeout_ms = 300).await;
     let mut idle = handshake(h.addr, 1, 1).await;
     assert_eq!(error_code(&mut idle).await, Some(ErrorCode::IdleTimeout));
-    h.shutdown.cancel();
-    h.server.await.expect("join").expect("clean shutdown");
+    h.stop().await;
 
     let h = start(|config| config.read_deadline_ms = 300).await;
     let mut trickle = handshake(h.addr, 1, 1).await;
@@ -453,8 +455,7 @@ async fn timeouts_and_connection_limits_are_enforced() {
         error_code(&mut trickle).await,
         Some(ErrorCode::ReadDeadline)
     );
-    h.shutdown.cancel();
-    h.server.await.expect("join").expect("clean shutdown");
+    h.stop().await;
 
     let h = start(|config| config.batches_in_flight_max = 1).await;
     // Two batches back to back in one write with one allowed in flight: the server reads the
@@ -477,8 +478,7 @@ async fn timeouts_and_connection_limits_are_enforced() {
         error_code(&mut eager).await,
         Some(ErrorCode::TooManyBatchesInFlight)
     );
-    h.shutdown.cancel();
-    h.server.await.expect("join").expect("clean shutdown");
+    h.stop().await;
     // Three open connections fill a fresh server; the fourth is refused.
     let h = start(|config| config.connections_max = 3).await;
     let _held: Vec<Raw> = futures::future::join_all((0..3).map(|_| fresh_connection(h.addr))).await;
@@ -490,8 +490,7 @@ async fn timeouts_and_connection_limits_are_enforced() {
         error_code(&mut refused).await,
         Some(ErrorCode::TooManyConnections)
     );
-    h.shutdown.cancel();
-    h.server.await.expect("join").expect("clean shutdown");
+    h.stop().await;
 }
 
 /// An honest client's receipts with nonces `1..=count`, each submitted after the previous one was
@@ -531,8 +530,7 @@ async fn two_hundred_slowloris_connections_do_not_stop_an_honest_client() {
     for raw in &mut slow {
         assert_eq!(error_code(raw).await, Some(ErrorCode::ReadDeadline));
     }
-    h.shutdown.cancel();
-    h.server.await.expect("join").expect("clean shutdown");
+    h.stop().await;
 }
 
 /// What one of the 10,000 connection attempts got from the server.
@@ -607,8 +605,7 @@ async fn ten_thousand_connection_attempts_at_once_leave_the_honest_client_served
         .expect("queued")
         .await;
     assert_eq!(verdict, Ok(Ok(())));
-    h.shutdown.cancel();
-    h.server.await.expect("join").expect("clean shutdown");
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -722,8 +719,7 @@ async fn two_clients_from_one_config_each_get_their_receipts_applied() {
         client.close().await.expect("close");
     }
     assert_eq!(pending(&h), 60, "six receipts of 10, every one applied");
-    h.shutdown.cancel();
-    h.server.await.expect("join").expect("clean shutdown");
+    h.stop().await;
 }
 
 /// A re-send must be the batch it claims to be: the same number with other receipts gets
@@ -754,8 +750,7 @@ async fn resent_batch_number_with_other_receipts_is_refused_and_applies_nothing(
     let mut raw = handshake(h.addr, 5, 1).await;
     raw.send(&original).await.expect("send");
     assert_eq!(next_ack(&mut raw).await.accepted, 1);
-    h.shutdown.cancel();
-    h.server.await.expect("join").expect("clean shutdown");
+    h.stop().await;
 }
 
 /// Producer ids belong to the authenticated client: another configured client using the same
@@ -801,8 +796,7 @@ async fn a_client_cannot_fence_another_clients_producer() {
     let hello = Hello::signed(2, 5, 1, domain(), &rival, &challenge);
     raw.send(&Frame::Hello(hello)).await.expect("send");
     assert_eq!(error_code(&mut raw).await, Some(ErrorCode::ProducerFenced));
-    h.shutdown.cancel();
-    h.server.await.expect("join").expect("clean shutdown");
+    h.stop().await;
 }
 
 /// A batch read after the engine stopped cannot be handed over; the connection must still say
@@ -815,8 +809,7 @@ async fn a_batch_the_stopped_engine_cannot_take_is_refused_and_the_connection_cl
     raw.send(&submit_frame(1, &[1])).await.expect("send");
     // `error_code` gives up after 20 s: a connection that never closes fails here.
     assert_eq!(error_code(&mut raw).await, Some(ErrorCode::ShuttingDown));
-    h.shutdown.cancel();
-    h.server.await.expect("join").expect("clean shutdown");
+    h.stop().await;
 }
 
 /// Before HELLO_OK the only frame a client may send is one HELLO: a header announcing anything
@@ -836,8 +829,7 @@ async fn before_hello_a_frame_larger_than_hello_is_refused_at_its_header() {
         raw.get_mut().write_all(&header).await.expect("write");
         assert_eq!(error_code(&mut raw).await, Some(code), "{frame_type}");
     }
-    h.shutdown.cancel();
-    h.server.await.expect("join").expect("clean shutdown");
+    h.stop().await;
 }
 
 /// The read deadline runs from a frame's first byte, however many ACKs the server writes
@@ -882,6 +874,5 @@ async fn read_deadline_runs_from_a_frames_first_byte_while_acks_keep_coming() {
         acks, BATCHES,
         "every batch read is acknowledged before the ERROR"
     );
-    h.shutdown.cancel();
-    h.server.await.expect("join").expect("clean shutdown");
+    h.stop().await;
 }

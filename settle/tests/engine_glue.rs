@@ -235,19 +235,7 @@ async fn deposits_fund_receipts_and_epochs_commit_exactly_once_with_matching_bal
     assert_eq!(settlement.roots(2).call().await.unwrap(), tree.root());
     let (leaf, proof) = tree.proof(&payer_key(0), &payee_b).unwrap();
     assert_eq!(leaf.cumulative, 700);
-    assert!(
-        settlement
-            .verifyLeaf(
-                2,
-                B256::from(leaf.payer.0),
-                EvmAddress::from(leaf.payee.0),
-                U256::from(leaf.cumulative),
-                proof
-            )
-            .call()
-            .await
-            .unwrap()
-    );
+    assert!(chain.verifies(2, &leaf, proof).await);
 
     // A payee withdraws what the engine says it earned.
     let before = chain.token_balance(chain.address(5)).await;
@@ -465,14 +453,7 @@ async fn an_epoch_voided_between_its_parts_is_carried_and_settling_goes_on() {
     assert_eq!(status(2), EpochStatus::Committed);
     chain.advance_secs(window_secs + 1).await;
     assert_balances_match_the_chain(&setup, payer, &[5, 6]).await;
-    assert_eq!(
-        settlement
-            .withdrawable(chain.address(6))
-            .call()
-            .await
-            .unwrap(),
-        U256::from(2_000)
-    );
+    assert_eq!(chain.withdrawable(6).await, U256::from(2_000));
 }
 
 /// The arbiter voids a complete epoch inside its window while the commit loop waits for its
@@ -542,6 +523,20 @@ async fn request_withdrawal(chain: &Chain, owner: usize, payer: PayerKey, amount
     .await;
 }
 
+/// Deposits 10,000 for `payer_key` from account 2, confirms it `confirmations` blocks deep and
+/// returns a funds loop that has read it.
+async fn deposited_and_confirmed(
+    setup: &Setup,
+    payer_key: PayerKey,
+    confirmations: u64,
+) -> FundsLoop {
+    setup.chain.deposit(2, payer_key.0, 10_000).await;
+    setup.chain.mine(confirmations).await;
+    let funds = funds_loop_at(setup, confirmations).await;
+    catch_up(&funds).await;
+    funds
+}
+
 #[tokio::test]
 async fn a_withdrawal_request_is_refused_spend_before_it_is_confirmed_and_counted_once() {
     let setup = setup().await;
@@ -550,10 +545,7 @@ async fn a_withdrawal_request_is_refused_spend_before_it_is_confirmed_and_counte
     let payer_key = PayerKey(payer.verifying_key().to_bytes());
     let payee = Address(chain.address(5).0.0);
     let confirmations = 3;
-    chain.deposit(2, payer_key.0, 10_000).await;
-    chain.mine(confirmations).await;
-    let funds = funds_loop_at(&setup, confirmations).await;
-    catch_up(&funds).await;
+    let funds = deposited_and_confirmed(&setup, payer_key, confirmations).await;
     let balance = || engine.reader().payer(&payer_key).unwrap().unwrap();
     assert_eq!(balance().deposited, 10_000);
 
@@ -585,10 +577,7 @@ async fn a_withdrawal_request_a_reorg_drops_stops_refusing_spend() {
     let payer_key = PayerKey(payer.verifying_key().to_bytes());
     let payee = Address(chain.address(5).0.0);
     let confirmations = 3;
-    chain.deposit(2, payer_key.0, 10_000).await;
-    chain.mine(confirmations).await;
-    let funds = funds_loop_at(&setup, confirmations).await;
-    catch_up(&funds).await;
+    let funds = deposited_and_confirmed(&setup, payer_key, confirmations).await;
     request_withdrawal(chain, 2, payer_key, 8_000).await;
     catch_up(&funds).await;
     let balance = || engine.reader().payer(&payer_key).unwrap().unwrap();

@@ -127,14 +127,7 @@ async fn deposits_two_epochs_withdrawal_proofs_and_refusals() {
             .unwrap(),
         U256::from(2_000_000 - 300_000)
     );
-    assert_eq!(
-        settlement
-            .withdrawable(chain.address(5))
-            .call()
-            .await
-            .unwrap(),
-        U256::ZERO
-    );
+    assert_eq!(chain.withdrawable(5).await, U256::ZERO);
     let early = chain.settlement(5).withdraw().call().await.unwrap_err();
     assert!(matches!(
         revert_of(&early),
@@ -183,28 +176,14 @@ async fn deposits_two_epochs_withdrawal_proofs_and_refusals() {
 
     // After the window the payees withdraw epoch 1's credits.
     chain.advance_secs(window_secs + 1).await;
-    assert_eq!(
-        settlement
-            .withdrawable(chain.address(5))
-            .call()
-            .await
-            .unwrap(),
-        U256::from(350_000)
-    );
+    assert_eq!(chain.withdrawable(5).await, U256::from(350_000));
     let receipt = mined(chain.settlement(5).withdraw()).await;
     assert!(receipt.status());
     assert_eq!(
         chain.token_balance(chain.address(5)).await,
         U256::from(350_000)
     );
-    assert_eq!(
-        settlement
-            .withdrawable(chain.address(5))
-            .call()
-            .await
-            .unwrap(),
-        U256::ZERO
-    );
+    assert_eq!(chain.withdrawable(5).await, U256::ZERO);
 
     // Epoch 2 in parts of two entries (3 debits + 2 credits: three parts).
     let submitter_parts = submitter_with_parts(&chain, 2).await;
@@ -243,76 +222,29 @@ async fn deposits_two_epochs_withdrawal_proofs_and_refusals() {
             .sum::<u128>()
     };
     assert_eq!(
-        settlement
-            .withdrawable(chain.address(5))
-            .call()
-            .await
-            .unwrap(),
+        chain.withdrawable(5).await,
         U256::from(credited(payee_a) - 350_000)
     );
-    assert_eq!(
-        settlement
-            .withdrawable(chain.address(6))
-            .call()
-            .await
-            .unwrap(),
-        U256::from(credited(payee_b))
-    );
+    assert_eq!(chain.withdrawable(6).await, U256::from(credited(payee_b)));
 
     // A Rust-built proof verifies onchain; a tampered leaf or proof does not.
     for leaf in &epoch2 {
         let (proved, proof) = tree2.proof(&leaf.payer, &leaf.payee).unwrap();
-        let ok = settlement
-            .verifyLeaf(
-                2,
-                B256::from(proved.payer.0),
-                Address::from(proved.payee.0),
-                U256::from(proved.cumulative),
-                proof.clone(),
-            )
-            .call()
-            .await
-            .unwrap();
+        let ok = chain.verifies(2, &proved, proof.clone()).await;
         assert!(ok, "leaf {leaf:?}");
-        let inflated = settlement
-            .verifyLeaf(
-                2,
-                B256::from(proved.payer.0),
-                Address::from(proved.payee.0),
-                U256::from(proved.cumulative + 1),
-                proof.clone(),
-            )
-            .call()
-            .await
-            .unwrap();
+        let inflated_leaf = Leaf {
+            cumulative: proved.cumulative + 1,
+            ..proved
+        };
+        let inflated = chain.verifies(2, &inflated_leaf, proof.clone()).await;
         assert!(!inflated, "tampered cumulative must fail");
         if let Some(first) = proof.first() {
             let mut bad = proof.clone();
             bad[0] = B256::from(first.0.map(|b| b ^ 0x01));
-            let tampered = settlement
-                .verifyLeaf(
-                    2,
-                    B256::from(proved.payer.0),
-                    Address::from(proved.payee.0),
-                    U256::from(proved.cumulative),
-                    bad,
-                )
-                .call()
-                .await
-                .unwrap();
+            let tampered = chain.verifies(2, &proved, bad).await;
             assert!(!tampered, "tampered proof must fail");
         }
-        let wrong_epoch = settlement
-            .verifyLeaf(
-                1,
-                B256::from(proved.payer.0),
-                Address::from(proved.payee.0),
-                U256::from(proved.cumulative),
-                proof,
-            )
-            .call()
-            .await
-            .unwrap();
+        let wrong_epoch = chain.verifies(1, &proved, proof).await;
         assert!(!wrong_epoch);
     }
 
@@ -411,30 +343,22 @@ async fn rust_proofs_verify_onchain_for_1_2_3_and_1000_leaves() {
             .collect();
         for leaf in sample {
             let (_, proof) = tree.proof(&leaf.payer, &leaf.payee).unwrap();
-            let call = |cumulative: u128, proof: Vec<B256>| {
-                settlement.verifyLeaf(
-                    epoch,
-                    B256::from(leaf.payer.0),
-                    Address::from(leaf.payee.0),
-                    U256::from(cumulative),
-                    proof,
-                )
-            };
             assert!(
-                call(leaf.cumulative, proof.clone()).call().await.unwrap(),
+                chain.verifies(epoch, leaf, proof.clone()).await,
                 "n={n} {leaf:?}"
             );
+            let inflated = Leaf {
+                cumulative: leaf.cumulative + 1,
+                ..*leaf
+            };
             assert!(
-                !call(leaf.cumulative + 1, proof.clone())
-                    .call()
-                    .await
-                    .unwrap(),
+                !chain.verifies(epoch, &inflated, proof.clone()).await,
                 "tampered leaf, n={n}"
             );
             let mut shortened = proof.clone();
             if shortened.pop().is_some() {
                 assert!(
-                    !call(leaf.cumulative, shortened).call().await.unwrap(),
+                    !chain.verifies(epoch, leaf, shortened).await,
                     "tampered proof, n={n}"
                 );
             }
@@ -778,15 +702,10 @@ async fn verify_leaf_answers_only_for_final_epochs() {
             cumulative: 200,
         },
     ];
+    let chain = &chain;
     let verifies = |epoch: u64, tree: &EpochTree| {
         let (leaf, proof) = tree.proof(&leaves[0].payer, &leaves[0].payee).unwrap();
-        settlement.verifyLeaf(
-            epoch,
-            B256::from(leaf.payer.0),
-            Address::from(leaf.payee.0),
-            U256::from(leaf.cumulative),
-            proof,
-        )
+        async move { chain.verifies(epoch, &leaf, proof).await }
     };
 
     // Epoch 1 in two parts: the debit first, the credits second.
@@ -797,20 +716,20 @@ async fn verify_leaf_answers_only_for_final_epochs() {
     let receipt = mined(send(0, debits_of(&[(payer.0, 500)]), vec![])).await;
     assert!(receipt.status());
     assert!(
-        !verifies(1, &tree1).call().await.unwrap(),
+        !verifies(1, &tree1).await,
         "an incomplete epoch is not final"
     );
     let credits = credits_of(&[(chain.address(5), 300), (chain.address(6), 200)]);
     let receipt = mined(send(1, vec![], credits)).await;
     assert!(receipt.status());
     assert!(
-        !verifies(1, &tree1).call().await.unwrap(),
+        !verifies(1, &tree1).await,
         "an epoch inside its challenge window can still be voided"
     );
     assert!(!settlement.isFinal(1).call().await.unwrap());
     chain.advance_secs(window_secs).await;
     assert!(
-        verifies(1, &tree1).call().await.unwrap(),
+        verifies(1, &tree1).await,
         "final once the window has passed"
     );
     assert!(settlement.isFinal(1).call().await.unwrap());
@@ -837,9 +756,9 @@ async fn verify_leaf_answers_only_for_final_epochs() {
     let receipt = chain.dispute(2).await;
     assert!(receipt.status());
     chain.advance_secs(window_secs).await;
-    assert!(!verifies(2, &tree2).call().await.unwrap(), "voided");
+    assert!(!verifies(2, &tree2).await, "voided");
     assert!(!settlement.isFinal(2).call().await.unwrap());
-    assert!(verifies(1, &tree1).call().await.unwrap());
+    assert!(verifies(1, &tree1).await);
     assert!(settlement.isFinal(1).call().await.unwrap());
     assert!(
         !settlement.isFinal(3).call().await.unwrap(),

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use alloy::{
     contract::{CallBuilder, CallDecoder},
     node_bindings::{Anvil, AnvilInstance},
-    primitives::{Address, U256},
+    primitives::{Address, B256, U256},
     providers::{DynProvider, Provider},
     rpc::types::TransactionReceipt,
     signers::local::PrivateKeySigner,
@@ -17,6 +17,7 @@ use tollgate_settle::{
     chain::wallet_provider,
     contract::{Settlement, TestToken},
     deploy,
+    merkle::Leaf,
     submitter::{SubmitConfig, Submitter},
 };
 
@@ -132,6 +133,30 @@ impl Chain {
     pub async fn dispute(&self, epoch: u64) -> TransactionReceipt {
         let settlement = self.settlement(1);
         mined(settlement.dispute(epoch)).await
+    }
+
+    /// Whether the contract accepts `proof` for `leaf` in `epoch` (`Settlement.verifyLeaf`).
+    pub async fn verifies(&self, epoch: u64, leaf: &Leaf, proof: Vec<B256>) -> bool {
+        self.settlement(0)
+            .verifyLeaf(
+                epoch,
+                B256::from(leaf.payer.0),
+                Address::from(leaf.payee.0),
+                U256::from(leaf.cumulative),
+                proof,
+            )
+            .call()
+            .await
+            .expect("verifyLeaf")
+    }
+
+    /// What dev account `index` can withdraw now (`Settlement.withdrawable`).
+    pub async fn withdrawable(&self, index: usize) -> U256 {
+        self.settlement(0)
+            .withdrawable(self.address(index))
+            .call()
+            .await
+            .expect("withdrawable")
     }
 
     /// Tokens `owner` holds.
