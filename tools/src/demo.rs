@@ -20,6 +20,11 @@ use alloy::providers::Provider;
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{Context, bail, ensure};
 use tollgate_engine::{Address, PayerKey};
+use tollgate_load::check::{PayerBalance, fetch_balances};
+use tollgate_load::child::{self, LoadRun};
+use tollgate_load::workload::{payee_address, payee_signer, payer_keys};
+use tollgate_query::model::EpochView;
+use tollgate_query::{QueryClient, QueryError};
 use tollgate_settle::chain::{
     ContractReader, DeployParams, DeployedAddresses, FundParams, complete_withdrawal, deploy,
     dispute, fund_payers, read_provider, request_withdrawal, send_gas_money, withdraw,
@@ -27,11 +32,6 @@ use tollgate_settle::chain::{
 use tollgate_settle::contract::Settlement::SettlementErrors;
 use tollgate_settle::merkle::Leaf;
 
-use crate::api::cli::{QueryClient, QueryError};
-use crate::api::model::EpochView;
-use crate::load::check::{PayerBalance, fetch_balances};
-use crate::load::child::{self, LoadRun};
-use crate::load::workload::{payee_address, payee_signer, payer_keys};
 use crate::serve::process::{self, ServerProcess};
 
 /// Where `npm ci` puts the pinned anvil, relative to the repository root.
@@ -338,7 +338,7 @@ fn run_load(
         .flat_map(|(flag, value)| [flag.to_owned(), value])
         .collect();
     load_args.push("--presign".to_owned());
-    child::run(load_binary, &load_args)
+    Ok(child::run(load_binary, &load_args)?)
 }
 
 fn render_reasons(rejected: &BTreeMap<String, u64>) -> String {

@@ -13,7 +13,10 @@ use tollgate_settle::chain::{
     read_provider,
 };
 
+use tollgate_query::root_cause;
+
 use crate::keys::Secret;
+use crate::output::{fields, print_answer};
 
 /// anvil's chain id: the only chain where `deploy` falls back to a well-known dev key.
 pub const ANVIL_CHAIN_ID: u64 = 31_337;
@@ -106,7 +109,7 @@ impl DeployOutput {
         } else {
             self.token.clone()
         };
-        crate::api::cli::fields(&[
+        fields(&[
             ("chain id", self.chain_id.to_string()),
             ("settlement", self.settlement.clone()),
             ("token", token),
@@ -123,31 +126,6 @@ impl DeployOutput {
             ("deployed in block", self.block.to_string()),
         ])
     }
-}
-
-/// The innermost cause of an error chain ("Connection refused (os error 111)").
-pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause.to_string()
-}
-
-/// The error chain on one line, each cause once: alloy's errors repeat their source in their own
-/// message, which `{:#}` would print twice.
-pub(crate) fn one_line(error: &anyhow::Error) -> anyhow::Error {
-    let mut line = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&text);
-        }
-    }
-    anyhow!(line)
 }
 
 /// The key given as `flag`, or anvil's first dev account on anvil only (said on stderr).
@@ -242,38 +220,5 @@ pub async fn execute(args: &DeployArgs) -> anyhow::Result<DeployOutput> {
 
 /// Runs `tollgate deploy` from a synchronous `main`: prints the table or the JSON object.
 pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let output = runtime
-        .block_on(execute(args))
-        .map_err(|error| one_line(&error))?;
-    if args.json {
-        println!("{}", serde_json::to_string(&output)?);
-    } else {
-        print!("{}", output.render());
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("rpc: {0}")]
-    struct Repeats(#[source] std::io::Error);
-
-    #[test]
-    fn one_line_names_each_cause_once() {
-        let error = anyhow::Error::new(Repeats(std::io::Error::other("connection refused")))
-            .context("deploying on chain 1");
-        assert_eq!(
-            one_line(&error).to_string(),
-            "deploying on chain 1: rpc: connection refused"
-        );
-        let error = anyhow::Error::new(std::io::Error::other("inner")).context("outer");
-        assert_eq!(one_line(&error).to_string(), "outer: inner");
-    }
+    print_answer(execute(args), args.json, DeployOutput::render)
 }

@@ -7,10 +7,12 @@ use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use serde::Serialize;
 use tollgate_engine::PayerKey;
+use tollgate_query::root_cause;
 use tollgate_settle::chain::{ContractReader, FundParams, fund_payers, mask_url, read_provider};
 
-use crate::deploy::{dev_chain_signer, one_line, root_cause};
+use crate::deploy::dev_chain_signer;
 use crate::keys::Secret;
+use crate::output::{fields, print_answer};
 
 /// `tollgate deposit`.
 #[derive(Debug, Clone, Args)]
@@ -57,6 +59,27 @@ pub struct DepositOutput {
     pub last_block: u64,
     /// Each payer key's exit owner after the deposits, in the order given.
     pub owners: Vec<PayerOwner>,
+}
+
+impl DepositOutput {
+    /// Aligned `name  value` lines for people, then each payer key's exit owner.
+    pub fn render(&self) -> String {
+        let owners: Vec<(&str, String)> = self
+            .owners
+            .iter()
+            .map(|entry| (entry.owner.as_str(), entry.payer.clone()))
+            .collect();
+        format!(
+            "{}exit owner of each payer key:\n{}",
+            fields(&[
+                ("deposits", self.deposits.to_string()),
+                ("each", self.amount_each.clone()),
+                ("total", self.total.clone()),
+                ("last block", self.last_block.to_string()),
+            ]),
+            fields(&owners)
+        )
+    }
 }
 
 /// The account that may withdraw a payer key's deposit (`payerOwner` onchain).
@@ -144,34 +167,5 @@ async fn owners_after_deposit(
 
 /// Runs `tollgate deposit` from a synchronous `main`: prints the table or the JSON object.
 pub fn run(args: &DepositArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let output = runtime
-        .block_on(execute(args))
-        .map_err(|error| one_line(&error))?;
-    if args.json {
-        println!("{}", serde_json::to_string(&output)?);
-    } else {
-        print!(
-            "{}",
-            crate::api::cli::fields(&[
-                ("deposits", output.deposits.to_string()),
-                ("each", output.amount_each.clone()),
-                ("total", output.total.clone()),
-                ("last block", output.last_block.to_string()),
-            ])
-        );
-        let owners: Vec<(&str, String)> = output
-            .owners
-            .iter()
-            .map(|entry| (entry.owner.as_str(), entry.payer.clone()))
-            .collect();
-        print!(
-            "exit owner of each payer key:\n{}",
-            crate::api::cli::fields(&owners)
-        );
-    }
-    Ok(())
+    print_answer(execute(args), args.json, DepositOutput::render)
 }
