@@ -14,7 +14,7 @@ use tollgate_query::QueryError;
 use crate::check::{self, PayerBalance};
 use crate::client::{ClientTransportConfig, connect};
 use crate::driver::{Options, unix_ms};
-use crate::{Funds, LoadError, Planner, Workload, WorkloadError, report, run_with, workload};
+use crate::{Funds, LoadError, Planner, Workload, WorkloadError, population, report, run_with};
 
 /// Exit code when the run completed but something did not add up: verdict mismatches, failed
 /// receipts, or a `--check` difference.
@@ -241,7 +241,7 @@ pub async fn run(args: LoadArgs) -> Result<bool, RunError> {
         (None, None) => Some(100_000),
         (None, Some(_)) => None,
     };
-    let payer_keys: Vec<_> = workload::payer_keys(args.seed, args.payers)
+    let payer_keys: Vec<_> = population::payer_keys(args.seed, args.payers)
         .iter()
         .map(|key| tollgate_engine::PayerKey(key.verifying_key().to_bytes()))
         .collect();

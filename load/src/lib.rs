@@ -4,8 +4,10 @@
 //!
 //! - [`cli`]: the flags, and one run from the `--check` baseline to the comparison and the exit
 //!   code.
-//! - [`workload`]: deterministic payers, payees, Zipf popularity, nonces, injected bad receipts and
-//!   the verdict each receipt must get.
+//! - [`population`]: the payers' keys and payees' accounts derived from the seed, and Zipf
+//!   popularity.
+//! - [`workload`]: the deterministic plan: who pays whom, nonces, injected bad receipts and the
+//!   verdict each receipt must get.
 //! - [`driver`]: presigning, pacing, connections and ack collection ([`driver::run_with`]).
 //! - [`stats`]: counts, verdict mismatches, the ack latency histogram and the `--json` summary.
 //! - [`check`]: `--check URL`, the server's per-payer totals (read with `tollgate_query`'s client
@@ -24,6 +26,7 @@ pub mod child;
 pub mod cli;
 pub mod client;
 pub mod driver;
+pub mod population;
 pub mod report;
 pub mod stats;
 pub mod workload;

@@ -26,7 +26,7 @@ use tollgate_engine::verify::BATCH_RECEIPTS_DEFAULT;
 use tollgate_engine::{
     Address, Domain, PayerKey, ReceiptView, UnsignedReceipt, Verifier, VerifyConfig, VerifyPool,
 };
-use tollgate_load::workload::Zipf;
+use tollgate_load::population::Zipf;
 
 /// Flags of `tollgate bench verify`.
 #[derive(clap::Args, Debug, Clone)]

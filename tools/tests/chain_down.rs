@@ -15,7 +15,7 @@ use rustix::process::{Pid, Signal, kill_process};
 use serde_json::Value;
 use tollgate_engine::PayerKey;
 use tollgate_load::child;
-use tollgate_load::workload::payer_keys;
+use tollgate_load::population::payer_keys;
 use tollgate_settle::chain::{ContractReader, DeployParams, FundParams, deploy, fund_payers};
 use tollgate_tools::serve::process::{ServerProcess, dev_chain_args};
 
