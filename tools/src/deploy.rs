@@ -3,19 +3,16 @@
 //! and the deployment block the deposit watcher starts from.
 
 use alloy::primitives::Address;
-use alloy::providers::Provider;
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use serde::Serialize;
 use tollgate_settle::chain::{
     ANVIL_FIRST_DEV_KEY, DeployParams, DeployedAddresses, is_dev_chain, load_signer, mask_url,
-    read_provider,
 };
 
-use tollgate_query::root_cause;
-
 use crate::keys::Secret;
+use crate::node;
 use crate::output::{fields, print_answer};
 
 /// anvil's chain id: the only chain where `deploy` falls back to a well-known dev key.
@@ -185,14 +182,7 @@ fn deploy_params(args: &DeployArgs, chain_id: u64) -> anyhow::Result<DeployParam
 
 /// Deploys and returns what to print.
 pub async fn execute(args: &DeployArgs) -> anyhow::Result<DeployOutput> {
-    let provider = read_provider(&args.rpc_url)?;
-    let chain_id = provider.get_chain_id().await.map_err(|e| {
-        anyhow!(
-            "cannot reach the node at {}: {}",
-            mask_url(&args.rpc_url),
-            root_cause(&e)
-        )
-    })?;
+    let chain_id = node::chain_id(&args.rpc_url).await?;
     let params = deploy_params(args, chain_id)?;
     let operator = dev_chain_signer(
         args.operator_key.as_ref().map(Secret::expose),

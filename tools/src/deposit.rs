@@ -2,16 +2,15 @@
 //! (the depositor becomes each key's exit owner; see the Settlement contract).
 
 use alloy::primitives::Address;
-use alloy::providers::Provider;
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
 use tollgate_engine::PayerKey;
-use tollgate_query::root_cause;
-use tollgate_settle::chain::{ContractReader, FundParams, fund_payers, mask_url, read_provider};
+use tollgate_settle::chain::{ContractReader, FundParams, fund_payers, mask_url};
 
 use crate::deploy::dev_chain_signer;
 use crate::keys::Secret;
+use crate::node;
 use crate::output::{fields, print_answer};
 
 /// `tollgate deposit`.
@@ -96,14 +95,7 @@ pub async fn execute(args: &DepositArgs) -> anyhow::Result<DepositOutput> {
     if args.amount == 0 {
         bail!("--amount must be above 0 (the contract refuses empty deposits)");
     }
-    let provider = read_provider(&args.rpc_url)?;
-    let chain_id = provider.get_chain_id().await.map_err(|e| {
-        anyhow!(
-            "cannot reach the node at {}: {}",
-            mask_url(&args.rpc_url),
-            root_cause(&e)
-        )
-    })?;
+    let chain_id = node::chain_id(&args.rpc_url).await?;
     let depositor = dev_chain_signer(args.key.as_ref().map(Secret::expose), chain_id, "--key")?;
     let contract = ContractReader::connect(&args.rpc_url, chain_id, args.contract).await?;
     let owners = owners_after_deposit(&contract, args, depositor.address()).await?;

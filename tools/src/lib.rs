@@ -11,6 +11,7 @@
 //! - [`demo`]: `tollgate demo`, chain + engine + generator + settlement end to end, checked.
 //! - [`deploy`]: `tollgate deploy`, the Settlement contract (and a dev chain's test token) onchain.
 //! - [`deposit`]: `tollgate deposit`, deposits for many payer keys from one account (dev chains).
+//! - [`node`]: the chain node those two commands ask first (its chain id, or one line why not).
 //! - [`api`]: the HTTP query API's server (balances, epochs, proofs, metrics, OpenAPI).
 //! - [`query`]: `tollgate balance | payee | epochs | proof`, the query API's client commands.
 //! - [`output`]: how commands print: tables for people, JSON for scripts, errors on one line.
@@ -25,6 +26,7 @@ pub mod demo;
 pub mod deploy;
 pub mod deposit;
 pub mod keys;
+pub mod node;
 pub mod output;
 pub mod query;
 pub mod receipts_json;
