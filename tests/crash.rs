@@ -32,8 +32,8 @@ use rand::{RngExt, SeedableRng};
 use rayon::prelude::*;
 use tollgate_engine::{Address, Domain, PayerKey, Receipt, UnsignedReceipt};
 use tollgate_ingest::client::{Client, ClientConfig};
-use tollgate_tools::load::check::fetch_balances;
-use tollgate_tools::load::workload::{payee_address, payer_key};
+use tollgate_load::check::fetch_balances;
+use tollgate_load::population::{payee_address, payer_key};
 use tollgate_tools::serve::ServeArgs;
 use tollgate_tools::serve::process::ServerProcess;
 

@@ -19,10 +19,10 @@ use anyhow::{Context, bail, ensure};
 use rayon::prelude::*;
 use serde::Serialize;
 use tollgate_engine::{Address, Domain, ReceiptBatch};
+use tollgate_load::stats::LatencyMs;
+use tollgate_load::{Funds, Planner, Summary, Workload, child};
 
 use crate::bench_verify::{Backends, tollgate_pool};
-use crate::load::stats::LatencyMs;
-use crate::load::{Funds, Planner, Summary, Workload, child};
 use crate::serve::process::ServerProcess;
 
 /// The generator's replay window bound; nothing stale is injected, so only its floor matters.
@@ -263,7 +263,7 @@ fn workload(args: &BenchE2eArgs, receipts: u64) -> Workload {
         overdraft_pct: 0.0,
         window_nonces: WINDOW_NONCES,
         nonce_base: 3 * WINDOW_NONCES,
-        timestamp_ms: crate::load::driver::unix_ms(),
+        timestamp_ms: tollgate_load::driver::unix_ms(),
         domain: Domain {
             chain_id: 31_337,
             contract: Address::default(),

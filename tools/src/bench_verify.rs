@@ -16,7 +16,6 @@
 
 use std::time::Instant;
 
-use crate::load::workload::Zipf;
 use anyhow::{Context, ensure};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -27,6 +26,7 @@ use tollgate_engine::verify::BATCH_RECEIPTS_DEFAULT;
 use tollgate_engine::{
     Address, Domain, PayerKey, ReceiptView, UnsignedReceipt, Verifier, VerifyConfig, VerifyPool,
 };
+use tollgate_load::population::Zipf;
 
 /// Flags of `tollgate bench verify`.
 #[derive(clap::Args, Debug, Clone)]

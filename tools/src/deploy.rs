@@ -3,15 +3,14 @@
 //! and the deployment block the deposit watcher starts from.
 
 use alloy::primitives::Address;
-use alloy::providers::Provider;
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use serde::Serialize;
-use tollgate_settle::chain::{
-    DeployParams, DeployedAddresses, is_dev_chain, mask_url, read_provider,
-};
+use tollgate_settle::chain::{DeployParams, DeployedAddresses, is_dev_chain, mask_url};
 
 use crate::keys::{Secret, dev_chain_signer};
+use crate::node;
+use crate::output::{fields, print_answer};
 
 /// `tollgate deploy`.
 #[derive(Debug, Clone, Args)]
@@ -101,7 +100,7 @@ impl DeployOutput {
         } else {
             self.token.clone()
         };
-        crate::api::cli::fields(&[
+        fields(&[
             ("chain id", self.chain_id.to_string()),
             ("settlement", self.settlement.clone()),
             ("token", token),
@@ -118,31 +117,6 @@ impl DeployOutput {
             ("deployed in block", self.block.to_string()),
         ])
     }
-}
-
-/// The innermost cause of an error chain ("Connection refused (os error 111)").
-pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause.to_string()
-}
-
-/// The error chain on one line, each cause once: alloy's errors repeat their source in their own
-/// message, which `{:#}` would print twice.
-pub(crate) fn one_line(error: &anyhow::Error) -> anyhow::Error {
-    let mut line = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&text);
-        }
-    }
-    anyhow!(line)
 }
 
 /// Constructor parameters: dev defaults on a dev chain; a real chain must choose its own.
@@ -182,14 +156,7 @@ fn deploy_params(args: &DeployArgs, chain_id: u64) -> anyhow::Result<DeployParam
 
 /// Deploys and returns what to print.
 pub async fn execute(args: &DeployArgs) -> anyhow::Result<DeployOutput> {
-    let provider = read_provider(&args.rpc_url)?;
-    let chain_id = provider.get_chain_id().await.map_err(|e| {
-        anyhow!(
-            "cannot reach the node at {}: {}",
-            mask_url(&args.rpc_url),
-            root_cause(&e)
-        )
-    })?;
+    let chain_id = node::chain_id(&args.rpc_url).await?;
     let params = deploy_params(args, chain_id)?;
     let operator = dev_chain_signer(
         args.operator_key.as_ref().map(Secret::expose),
@@ -217,38 +184,5 @@ pub async fn execute(args: &DeployArgs) -> anyhow::Result<DeployOutput> {
 
 /// Runs `tollgate deploy` from a synchronous `main`: prints the table or the JSON object.
 pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let output = runtime
-        .block_on(execute(args))
-        .map_err(|error| one_line(&error))?;
-    if args.json {
-        println!("{}", serde_json::to_string(&output)?);
-    } else {
-        print!("{}", output.render());
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("rpc: {0}")]
-    struct Repeats(#[source] std::io::Error);
-
-    #[test]
-    fn one_line_names_each_cause_once() {
-        let error = anyhow::Error::new(Repeats(std::io::Error::other("connection refused")))
-            .context("deploying on chain 1");
-        assert_eq!(
-            one_line(&error).to_string(),
-            "deploying on chain 1: rpc: connection refused"
-        );
-        let error = anyhow::Error::new(std::io::Error::other("inner")).context("outer");
-        assert_eq!(one_line(&error).to_string(), "outer: inner");
-    }
+    print_answer(execute(args), args.json, DeployOutput::render)
 }

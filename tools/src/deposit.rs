@@ -2,16 +2,16 @@
 //! (the depositor becomes each key's exit owner; see the Settlement contract).
 
 use alloy::primitives::Address;
-use alloy::providers::Provider;
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
 use tollgate_engine::PayerKey;
-use tollgate_settle::chain::{ContractReader, mask_url, read_provider};
+use tollgate_settle::chain::{ContractReader, mask_url};
 use tollgate_settle::devchain::{FundParams, fund_payers};
 
-use crate::deploy::{one_line, root_cause};
 use crate::keys::{Secret, dev_chain_signer};
+use crate::node;
+use crate::output::{fields, print_answer};
 
 /// `tollgate deposit`.
 #[derive(Debug, Clone, Args)]
@@ -60,6 +60,27 @@ pub struct DepositOutput {
     pub owners: Vec<PayerOwner>,
 }
 
+impl DepositOutput {
+    /// Aligned `name  value` lines for people, then each payer key's exit owner.
+    pub fn render(&self) -> String {
+        let owners: Vec<(&str, String)> = self
+            .owners
+            .iter()
+            .map(|entry| (entry.owner.as_str(), entry.payer.clone()))
+            .collect();
+        format!(
+            "{}exit owner of each payer key:\n{}",
+            fields(&[
+                ("deposits", self.deposits.to_string()),
+                ("each", self.amount_each.clone()),
+                ("total", self.total.clone()),
+                ("last block", self.last_block.to_string()),
+            ]),
+            fields(&owners)
+        )
+    }
+}
+
 /// The account that may withdraw a payer key's deposit (`payerOwner` onchain).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PayerOwner {
@@ -74,14 +95,7 @@ pub async fn execute(args: &DepositArgs) -> anyhow::Result<DepositOutput> {
     if args.amount == 0 {
         bail!("--amount must be above 0 (the contract refuses empty deposits)");
     }
-    let provider = read_provider(&args.rpc_url)?;
-    let chain_id = provider.get_chain_id().await.map_err(|e| {
-        anyhow!(
-            "cannot reach the node at {}: {}",
-            mask_url(&args.rpc_url),
-            root_cause(&e)
-        )
-    })?;
+    let chain_id = node::chain_id(&args.rpc_url).await?;
     let depositor = dev_chain_signer(args.key.as_ref().map(Secret::expose), chain_id, "--key")?;
     let contract = ContractReader::connect(&args.rpc_url, chain_id, args.contract).await?;
     let owners = owners_after_deposit(&contract, args, depositor.address()).await?;
@@ -145,34 +159,5 @@ async fn owners_after_deposit(
 
 /// Runs `tollgate deposit` from a synchronous `main`: prints the table or the JSON object.
 pub fn run(args: &DepositArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let output = runtime
-        .block_on(execute(args))
-        .map_err(|error| one_line(&error))?;
-    if args.json {
-        println!("{}", serde_json::to_string(&output)?);
-    } else {
-        print!(
-            "{}",
-            crate::api::cli::fields(&[
-                ("deposits", output.deposits.to_string()),
-                ("each", output.amount_each.clone()),
-                ("total", output.total.clone()),
-                ("last block", output.last_block.to_string()),
-            ])
-        );
-        let owners: Vec<(&str, String)> = output
-            .owners
-            .iter()
-            .map(|entry| (entry.owner.as_str(), entry.payer.clone()))
-            .collect();
-        print!(
-            "exit owner of each payer key:\n{}",
-            crate::api::cli::fields(&owners)
-        );
-    }
-    Ok(())
+    print_answer(execute(args), args.json, DepositOutput::render)
 }

@@ -18,15 +18,16 @@ use tollgate_engine::pipeline::{
 };
 use tollgate_engine::verify::{Verifier, VerifyConfig, VerifyPool};
 use tollgate_engine::{Address, Domain, PayerKey, ReceiptBatch, UnsignedReceipt};
-use tollgate_settle::merkle::{self, EpochTree, Leaf, leaf_hash};
-use tollgate_tools::api::cli::{
-    self, BalanceArgs, EXIT_ERROR, EXIT_NOT_FOUND, EXIT_UNREACHABLE, EpochsArgs, PayeeArgs,
-    ProofArgs, QueryCommand, QueryError, ServerArgs,
-};
-use tollgate_tools::api::model::{
+use tollgate_query::QueryError;
+use tollgate_query::client::{EXIT_ERROR, EXIT_NOT_FOUND, EXIT_UNREACHABLE};
+use tollgate_query::model::{
     EpochList, EpochView, PayeeView, PayerView, ProofView, WithdrawableSource,
 };
+use tollgate_settle::merkle::{self, EpochTree, Leaf, leaf_hash};
 use tollgate_tools::api::{ApiState, ChainView, ChainViewError, router};
+use tollgate_tools::query::{
+    self as cli, BalanceArgs, EpochsArgs, PayeeArgs, ProofArgs, QueryCommand, ServerArgs,
+};
 
 mod common;
 

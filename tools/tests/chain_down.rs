@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, Signal, kill_process};
 use serde_json::Value;
 use tollgate_engine::PayerKey;
+use tollgate_load::child;
+use tollgate_load::population::payer_keys;
 use tollgate_settle::chain::{ContractReader, DeployParams, deploy};
 use tollgate_settle::devchain::{FundParams, fund_payers};
-use tollgate_tools::load::child;
-use tollgate_tools::load::workload::payer_keys;
 use tollgate_tools::serve::process::{ServerProcess, dev_chain_args};
 
 const SEED: u64 = 11;

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tollgate_engine::{Address, Domain, PayerKey, Reason, Receipt, Verdict};
-use tollgate_tools::load::driver::Options;
-use tollgate_tools::load::{Funds, Planner, Transport, Workload, run_with};
+use tollgate_load::driver::Options;
+use tollgate_load::{Funds, Planner, Transport, Workload, run_with};
 
 const WINDOW: u64 = 1024;
 
@@ -137,7 +137,7 @@ async fn run(
     options: &Options,
     ledger: ReferenceLedger,
     batches_ok: u64,
-) -> tollgate_tools::load::Outcome {
+) -> tollgate_load::Outcome {
     let planner = Planner::new(w.clone()).expect("valid workload");
     let mut ledger = ledger;
     if let Funds::Available(deposits) = &w.funds {

@@ -11,8 +11,8 @@ use tollgate_engine::pipeline::{Engine, EngineConfig, FundsEvent, FundsKind, Sub
 use tollgate_engine::{
     Address, Domain, Receipt, ReceiptBatch, Verdict, Verifier, VerifyConfig, VerifyPool,
 };
-use tollgate_tools::load::driver::Options;
-use tollgate_tools::load::{Funds, Planner, Transport, Workload, run_with};
+use tollgate_load::driver::Options;
+use tollgate_load::{Funds, Planner, Transport, Workload, run_with};
 
 /// One producer session on the engine.
 struct InProcessEngine {
@@ -74,7 +74,7 @@ async fn the_real_engine_gives_every_expected_verdict_and_the_ledger_adds_up() {
 
     let payers = 100u32;
     let deposit: u128 = 5_000;
-    let now_ms = tollgate_tools::load::driver::unix_ms();
+    let now_ms = tollgate_load::driver::unix_ms();
     let workload = Workload {
         seed: 3,
         receipts: Some(12_000),

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use tollgate_tools::load::{Summary, child};
+use tollgate_load::{Summary, child};
 use tollgate_tools::serve::process::ServerProcess;
 
 const TOLLGATE: &str = env!("CARGO_BIN_EXE_tollgate");

@@ -5,8 +5,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use thiserror::Error;
-
-use super::model::ErrorBody;
+use tollgate_query::model::ErrorBody;
 
 /// An API error. The `Display` text is the `message` of the JSON body.
 #[derive(Debug, Error)]

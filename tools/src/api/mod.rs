@@ -1,12 +1,13 @@
 //! The query API on the `--http` port: balances, epochs and proofs as JSON for integrators, plus
 //! `/metrics`, `/healthz`, `/readyz` and `/openapi.json` for operators.
 //!
-//! - [`model`]: the JSON bodies, shared with the CLI client (amounts as decimal strings).
+//! The JSON bodies are `tollgate_query::model`'s, the types every client reads (amounts as
+//! decimal strings); the handlers here build them.
+//!
 //! - [`error`]: every error answer, its status and its stable code.
 //! - [`openapi`]: the OpenAPI 3.1 document served at `/openapi.json`.
 //! - [`proof`]: `GET /v1/epochs/{n}/proof` and its bounded cache of built epoch trees.
 //! - [`withdrawable`]: the short-lived cache of what the contract lets payees withdraw.
-//! - [`cli`]: `tollgate balance | payee | epochs | proof`, the client side.
 //!
 //! [`ChainView`] is implemented for settle's [`ContractReader`], which reads the Settlement
 //! contract over alloy.
@@ -15,9 +16,7 @@
 //! the API never takes a lock the ledger writer needs and never runs a disk read on an async
 //! worker. It only reads: nothing here can change what anyone owes.
 
-pub mod cli;
 pub mod error;
-pub mod model;
 pub mod openapi;
 pub mod proof;
 pub mod withdrawable;
@@ -44,16 +43,12 @@ use tollgate_engine::{Address, PayerKey};
 use tollgate_settle::ContractReader;
 
 pub use error::ApiError;
-use model::{
-    CHANNELS_LISTED_MAX, ChannelView, EpochList, EpochStatusView, EpochView, PartView, PayeeView,
-    PayerView, StatusBody, WithdrawableSource,
+use tollgate_query::model::{
+    CHANNELS_LISTED_MAX, ChannelView, EPOCHS_LIMIT_DEFAULT, EPOCHS_LIMIT_MAX, EpochList,
+    EpochStatusView, EpochView, PartView, PayeeView, PayerView, StatusBody, WithdrawableSource,
 };
 use withdrawable::{WITHDRAWABLE_TTL_DEFAULT, WithdrawableCache};
 
-/// Epochs `GET /v1/epochs` lists when no `limit` is given.
-pub const EPOCHS_LIMIT_DEFAULT: usize = 20;
-/// Largest `limit` `GET /v1/epochs` accepts.
-pub const EPOCHS_LIMIT_MAX: usize = 1000;
 /// Channels read per RocksDB scan while totalling a payer's channels.
 const CHANNELS_PAGE: usize = 1024;
 

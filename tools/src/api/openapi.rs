@@ -1,12 +1,12 @@
-//! The OpenAPI 3.1 document served at `/openapi.json`. Written by hand next to [`super::model`];
+//! The OpenAPI 3.1 document served at `/openapi.json`. Written by hand next to `tollgate_query::model`;
 //! the integration test `tools/tests/api.rs` fetches every route listed here from a real server
 //! and checks each answer against these schemas, so the two cannot drift apart unnoticed.
 
 use serde_json::{Value, json};
 
+use tollgate_query::model::{CHANNELS_LISTED_MAX, EPOCHS_LIMIT_DEFAULT, EPOCHS_LIMIT_MAX};
+
 use super::error::ERROR_CODES;
-use super::model::CHANNELS_LISTED_MAX;
-use super::{EPOCHS_LIMIT_DEFAULT, EPOCHS_LIMIT_MAX};
 
 fn amount(description: &str) -> Value {
     json!({ "type": "string", "pattern": "^[0-9]+$", "description": description })

@@ -27,9 +27,9 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tollgate_engine::pipeline::{EpochStatus, LedgerReader};
 use tollgate_engine::{Address, PayerKey};
+use tollgate_query::model::ProofView;
 use tollgate_settle::merkle::{EpochTree, leaf_hash};
 
-use super::model::ProofView;
 use super::{
     ApiError, ApiState, hex32, parse_address, parse_epoch, parse_payer, path_text, read_ledger,
     status_view,

@@ -6,16 +6,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tollgate_engine::verify::{Verifier, VerifyConfig};
-use tollgate_tools::api::cli::QueryCommand;
+use tollgate_load::cli::DomainArgs;
 use tollgate_tools::bench_e2e::BenchE2eArgs;
 use tollgate_tools::bench_verify::BenchVerifyArgs;
-use tollgate_tools::cli::DomainArgs;
 use tollgate_tools::demo::DemoArgs;
 use tollgate_tools::deploy::DeployArgs;
 use tollgate_tools::deposit::DepositArgs;
+use tollgate_tools::query::QueryCommand;
 use tollgate_tools::receipts_json::VerdictFormat;
 use tollgate_tools::serve::ServeArgs;
-use tollgate_tools::{api, bench_e2e, bench_verify, demo, deploy, deposit, keys, receipts_json};
+use tollgate_tools::{bench_e2e, bench_verify, demo, deploy, deposit, keys, query, receipts_json};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -168,7 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
             Ok(stream_exit(&summary))
         }
-        Command::Query(query) => Ok(api::cli::run(&query)),
+        Command::Query(query) => Ok(query::run(&query)),
         Command::Deploy(args) => {
             deploy::run(&args)?;
             Ok(ExitCode::SUCCESS)

@@ -1,11 +1,16 @@
-//! The JSON bodies of the HTTP API, shared by the server and the CLI client so the two can never
-//! drift apart. Amounts are `u128` in the token's smallest unit and travel as decimal strings: a
+//! The JSON bodies of the HTTP API, shared by the server and every client (the CLI, the load
+//! generator's `--check`, the demo) so they can never drift apart. Amounts are `u128` in the token's smallest unit and travel as decimal strings: a
 //! JSON number loses precision past 2^53. Keys and hashes are lower-case hex, addresses and
 //! hashes with `0x`, payer keys without (as `PayerKey` displays them).
 
 use alloy::primitives::B256;
 use serde::{Deserialize, Serialize};
 use tollgate_settle::merkle::{Leaf, leaf_hash};
+
+/// Epochs `GET /v1/epochs` lists when no `limit` is given.
+pub const EPOCHS_LIMIT_DEFAULT: usize = 20;
+/// Largest `limit` `GET /v1/epochs` accepts.
+pub const EPOCHS_LIMIT_MAX: usize = 1000;
 
 /// Serde for `u128` as a decimal string.
 pub mod decimal {

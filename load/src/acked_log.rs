@@ -64,7 +64,7 @@ impl AckedLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::workload::Kind;
+    use crate::workload::Kind;
     use tollgate_engine::{Address, Reason};
 
     #[test]

@@ -223,8 +223,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::load::stats::Sent;
-    use crate::load::workload::Kind;
+    use crate::stats::Sent;
+    use crate::workload::Kind;
 
     #[test]
     fn page_is_self_contained_and_plots_what_was_recorded() {

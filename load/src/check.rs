@@ -5,65 +5,26 @@
 //! earlier runs (or settled epochs) is checked just as well. Total accepted spend is
 //! `pending + settled`, which settling an epoch does not change.
 
-use futures::{StreamExt, TryStreamExt};
-use serde::Deserialize;
-use thiserror::Error;
 use tollgate_engine::PayerKey;
+use tollgate_query::model::PayerView;
+use tollgate_query::{QueryClient, QueryError};
 
 use super::stats::PayerTally;
 
-/// Balance requests in flight at once: enough to hide a loopback round trip, few enough not to
-/// compete with the engine.
-const REQUESTS_IN_FLIGHT_MAX: usize = 16;
-
-/// The balance API could not be read.
-#[derive(Debug, Error)]
-pub enum CheckError {
-    /// The request failed (connection refused, timeout, ...).
-    #[error("GET {url}: {source}")]
-    Request {
-        /// the URL asked
-        url: String,
-        /// what went wrong
-        source: reqwest::Error,
-    },
-    /// The server answered with an unexpected status.
-    #[error("GET {url}: HTTP {status}: {body}")]
-    Status {
-        /// the URL asked
-        url: String,
-        /// the status returned
-        status: u16,
-        /// the start of the body, for the error message the API put there
-        body: String,
-    },
-    /// The body is not the payer JSON of issue 7.
-    #[error("GET {url}: unexpected body: {reason}")]
-    Body {
-        /// the URL asked
-        url: String,
-        /// what did not parse
-        reason: String,
-    },
-}
-
-/// One payer's balance as the server reports it (amounts in the token's smallest unit).
-#[derive(Clone, Copy, Default, Debug, PartialEq, Eq, Deserialize)]
+/// One payer's balance as the server reports it (amounts in the token's smallest unit): the
+/// figures of [`PayerView`] the comparison needs.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct PayerBalance {
     /// Deposited onchain.
-    #[serde(deserialize_with = "decimal")]
     pub deposited: u128,
     /// Settled in committed epochs.
-    #[serde(deserialize_with = "decimal")]
     pub settled: u128,
     /// Accepted, not yet settled.
-    #[serde(deserialize_with = "decimal")]
     pub pending: u128,
     /// deposited − settled − pending.
-    #[serde(deserialize_with = "decimal")]
     pub available: u128,
-    /// Receipts accepted, when the API reports it (only compared then).
-    #[serde(default, deserialize_with = "optional_decimal")]
+    /// Receipts accepted; `None` for a payer the server has never heard of (only compared
+    /// when known).
     pub receipts: Option<u128>,
 }
 
@@ -74,68 +35,29 @@ impl PayerBalance {
     }
 }
 
-/// Amounts are decimal strings (a u128 does not fit a JSON number); counts may be plain numbers.
-fn decimal<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u128, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        Text(String),
-        Number(u64),
-    }
-    match Either::deserialize(deserializer)? {
-        Either::Number(n) => Ok(u128::from(n)),
-        Either::Text(text) => text.parse().map_err(serde::de::Error::custom),
+impl From<&PayerView> for PayerBalance {
+    fn from(view: &PayerView) -> Self {
+        Self {
+            deposited: view.deposited,
+            settled: view.settled,
+            pending: view.pending,
+            available: view.available,
+            receipts: Some(u128::from(view.receipts)),
+        }
     }
 }
 
-fn optional_decimal<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<u128>, D::Error> {
-    decimal(deserializer).map(Some)
-}
-
-/// Reads the balance of every payer, in order. A payer the server has never heard of (404) has a
-/// zero balance.
+/// Reads the balance of every payer, in order, from the query API at `base_url`. A payer the
+/// server has never heard of (404) has a zero balance.
 pub async fn fetch_balances(
     base_url: &str,
     payers: &[PayerKey],
-) -> Result<Vec<PayerBalance>, CheckError> {
-    let http = reqwest::Client::new();
-    let base = base_url.trim_end_matches('/');
-    futures::stream::iter(payers.iter().map(|payer| {
-        let http = http.clone();
-        let url = format!("{base}/v1/payers/{payer}");
-        async move { fetch_one(&http, url).await }
-    }))
-    .buffered(REQUESTS_IN_FLIGHT_MAX)
-    .try_collect()
-    .await
-}
-
-async fn fetch_one(http: &reqwest::Client, url: String) -> Result<PayerBalance, CheckError> {
-    let response = match http.get(&url).send().await {
-        Ok(response) => response,
-        Err(source) => return Err(CheckError::Request { url, source }),
-    };
-    let status = response.status();
-    if status == reqwest::StatusCode::NOT_FOUND {
-        return Ok(PayerBalance::default());
-    }
-    let body = match response.text().await {
-        Ok(body) => body,
-        Err(source) => return Err(CheckError::Request { url, source }),
-    };
-    if !status.is_success() {
-        return Err(CheckError::Status {
-            url,
-            status: status.as_u16(),
-            body: body.chars().take(200).collect(),
-        });
-    }
-    serde_json::from_str(&body).map_err(|e| CheckError::Body {
-        url,
-        reason: e.to_string(),
-    })
+) -> Result<Vec<PayerBalance>, QueryError> {
+    let views = QueryClient::new(base_url)?.payers(payers).await?;
+    Ok(views
+        .iter()
+        .map(|view| view.as_ref().map(PayerBalance::from).unwrap_or_default())
+        .collect())
 }
 
 /// A payer whose server-side totals moved differently from what the acks said.
@@ -243,17 +165,18 @@ mod tests {
     #[test]
     fn payer_json_of_the_api_parses() {
         let body = r#"{"payer":"ab","deposited":"340282366920938463463374607431768211455",
-            "settled":"5","pending":"7","available":"0","receipts":3,"channels":1}"#;
-        let parsed: PayerBalance = serde_json::from_str(body).expect("API body");
+            "withdrawal_requested":"0","withdrawn":"0","settled":"5","pending":"7",
+            "available":"0","shortfall":"0","receipts":3,"channel_count":1,"channels":[]}"#;
+        let view: PayerView = serde_json::from_str(body).expect("API body");
+        let parsed = PayerBalance::from(&view);
         assert_eq!(parsed.deposited, u128::MAX);
         assert_eq!(parsed.spent(), Some(12));
         assert_eq!(parsed.receipts, Some(3));
-        let without_count: PayerBalance = serde_json::from_str(
-            r#"{"deposited":"1","settled":"0","pending":"0","available":"1"}"#,
-        )
-        .expect("receipts is optional");
-        assert_eq!(without_count.receipts, None);
-        assert!(serde_json::from_str::<PayerBalance>(r#"{"deposited":"x"}"#).is_err());
+        // A payer the server never heard of counts as zero, with no receipt count to compare.
+        assert_eq!(PayerBalance::default().receipts, None);
+        assert!(serde_json::from_str::<PayerView>(&body.replace(r#""5""#, r#""x""#)).is_err());
+        // The exact decimal of the shared model: a JSON number is not an amount.
+        assert!(serde_json::from_str::<PayerView>(&body.replace(r#""5""#, "5")).is_err());
     }
 
     #[test]

@@ -9,38 +9,36 @@
 //! requested and completed, the numbers compared again, one Merkle proof checked by the contract
 //! itself, a payee's withdrawal, and the last epoch commit replayed to show the contract refuses
 //! it. Exit 0 only when every number agrees.
+//!
+//! This file sets the scene and runs the script; [`checks`] holds each check against the chain.
+
+mod checks;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use alloy::node_bindings::{Anvil, AnvilInstance};
-use alloy::primitives::{B256, TxHash, U256};
-use alloy::providers::Provider;
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{Context, bail, ensure};
-use tollgate_engine::{Address, PayerKey};
-use tollgate_settle::chain::{
-    ContractReader, DeployParams, DeployedAddresses, complete_withdrawal, deploy, dispute,
-    read_provider, request_withdrawal, withdraw,
-};
-use tollgate_settle::contract::Settlement::SettlementErrors;
-use tollgate_settle::devchain::{FundParams, fund_payers, replay, send_gas_money};
-use tollgate_settle::merkle::Leaf;
+use tollgate_engine::PayerKey;
+use tollgate_load::check::{PayerBalance, fetch_balances};
+use tollgate_load::child::{self, LoadRun};
+use tollgate_load::population::payer_keys;
+use tollgate_query::QueryClient;
+use tollgate_query::model::EpochView;
+use tollgate_settle::chain::{ContractReader, DeployParams, deploy};
+use tollgate_settle::devchain::{FundParams, fund_payers};
 
-use crate::api::cli::{QueryClient, QueryError};
-use crate::api::model::EpochView;
-use crate::load::check::{PayerBalance, fetch_balances};
-use crate::load::child::{self, LoadRun};
-use crate::load::workload::{payee_address, payee_signer, payer_keys};
 use crate::serve::process::{self, ServerProcess};
+
+use checks::{
+    check_recommitted, compare_with_chain, dispute_first_committed, last_committed,
+    payee_withdraws, payer_exits, prove_onchain, replay_last_commit,
+};
 
 /// Where `npm ci` puts the pinned anvil, relative to the repository root.
 const ANVIL_FROM_NPM: &str = "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil";
-/// Gas money sent to the payee that withdraws: 0.1 ETH, far more than one `withdraw` costs.
-const PAYEE_GAS_WEI: u128 = 100_000_000_000_000_000;
-/// Payers shown side by side with the chain in the summary.
-const PAYERS_SHOWN: usize = 5;
 
 /// Flags of `tollgate demo`.
 #[derive(clap::Args, Debug, Clone)]
@@ -339,7 +337,7 @@ fn run_load(
         .flat_map(|(flag, value)| [flag.to_owned(), value])
         .collect();
     load_args.push("--presign".to_owned());
-    child::run(load_binary, &load_args)
+    Ok(child::run(load_binary, &load_args)?)
 }
 
 fn render_reasons(rejected: &BTreeMap<String, u64>) -> String {
@@ -399,336 +397,8 @@ fn print_epochs(epochs: &[EpochView]) {
     }
 }
 
-/// Every payer's available balance and every payee's settled credit against the contract.
-async fn compare_with_chain(
-    args: &DemoArgs,
-    payers: &[PayerKey],
-    balances: &[PayerBalance],
-    query: &QueryClient,
-    chain: &ContractReader,
-) -> anyhow::Result<bool> {
-    let mut disagreements = 0usize;
-    println!(
-        "{:<18}  {:>10}  {:>10}  {:>14}  {:>14}",
-        "PAYER", "DEPOSITED", "SETTLED", "API AVAILABLE", "CHAIN AVAILABLE"
-    );
-    let mut by_spend: Vec<usize> = (0..payers.len()).collect();
-    by_spend.sort_by_key(|&i| std::cmp::Reverse(balances[i].settled));
-    for (rank, &i) in by_spend.iter().enumerate() {
-        let onchain = chain.available(&payers[i]).await?;
-        let same = onchain == balances[i].available;
-        if !same {
-            disagreements += 1;
-        }
-        if rank < PAYERS_SHOWN || !same {
-            println!(
-                "{:<18}  {:>10}  {:>10}  {:>14}  {:>14}{}",
-                format!("{}…", &payers[i].to_string()[..16]),
-                balances[i].deposited,
-                balances[i].settled,
-                balances[i].available,
-                onchain,
-                if same { "" } else { "  DIFFERENT" }
-            );
-        }
-    }
-    println!("… {} payers compared", payers.len());
-
-    let mut payee_rows = 0;
-    for index in 0..args.payees {
-        let payee = payee_address(args.seed, index);
-        let api = query.payee(&payee).await?;
-        let onchain = chain.withdrawable(payee).await?;
-        // The API's own `withdrawable` is read from the contract by the server: it must be
-        // there, and equal what the engine says was settled to this payee.
-        if api.settled != onchain || api.withdrawable != Some(onchain) {
-            disagreements += 1;
-            println!(
-                "payee {payee}: API settled {}, API withdrawable {:?}, chain withdrawable \
-                 {onchain}  DIFFERENT",
-                api.settled, api.withdrawable
-            );
-        }
-        payee_rows += 1;
-    }
-    println!("{payee_rows} payees: API settled credit against the chain's withdrawable");
-    if disagreements == 0 {
-        println!("all agree");
-    } else {
-        println!("{disagreements} disagreements");
-    }
-    Ok(disagreements == 0)
-}
-
-/// The payee owed the most gets gas money from `funder` and withdraws: the contract must pay
-/// exactly what it owed, and afterwards owe nothing, onchain and per the API.
-async fn payee_withdraws(
-    args: &DemoArgs,
-    rpc_url: &str,
-    funder: PrivateKeySigner,
-    query: &QueryClient,
-    chain: &ContractReader,
-) -> anyhow::Result<bool> {
-    let mut richest = (0, 0);
-    for index in 0..args.payees {
-        let owed = chain.withdrawable(payee_address(args.seed, index)).await?;
-        if owed > richest.1 {
-            richest = (index, owed);
-        }
-    }
-    let (index, owed) = richest;
-    if owed == 0 {
-        println!("no payee is owed anything, so none can withdraw  WRONG");
-        return Ok(false);
-    }
-    let signer = payee_signer(args.seed, index);
-    let payee = Address(signer.address().0.0);
-    send_gas_money(rpc_url, funder, signer.address(), U256::from(PAYEE_GAS_WEI)).await?;
-    let paid = withdraw(rpc_url, signer, chain.address()).await?;
-    let left = chain.withdrawable(payee).await?;
-    // The API reuses a contract read for a few seconds: wait for it to catch up.
-    wait_for(|| async { Ok(query.payee(&payee).await?.withdrawable == Some(0)) }).await?;
-    let api = query.payee(&payee).await?.withdrawable;
-    let right = paid == owed && left == 0 && api == Some(0);
-    println!(
-        "payee {payee} withdrew {paid} of {owed} owed; withdrawable now {left} onchain, {} per \
-         the API{}",
-        api.map_or_else(|| "nothing".to_owned(), |amount| amount.to_string()),
-        if right { "" } else { "  WRONG" }
-    );
-    Ok(right)
-}
-
-/// The highest committed epoch: the one the proof and the replay are about.
-fn last_committed(epochs: &[EpochView]) -> anyhow::Result<&EpochView> {
-    epochs
-        .iter()
-        .filter(|epoch| epoch.status.as_str() == "committed")
-        .max_by_key(|epoch| epoch.epoch)
-        .context("no committed epoch")
-}
-
-/// The last committed epoch's commit transaction, replayed as `eth_call` from the operator: the
-/// contract must refuse it.
-async fn replay_last_commit(epochs: &[EpochView], chain: &ContractReader) -> anyhow::Result<bool> {
-    let last = last_committed(epochs)?;
-    let tx_hash: TxHash = last
-        .tx_hash
-        .as_deref()
-        .with_context(|| format!("committed epoch {} has no tx hash", last.epoch))?
-        .parse()
-        .context("epoch tx hash")?;
-    Ok(match replay(chain, tx_hash).await? {
-        // The contract has moved on to the next epoch: exactly the refusal of a second landing.
-        Some(revert @ SettlementErrors::UnexpectedPart(_)) => {
-            println!(
-                "epoch {} commit {tx_hash} replayed: reverts with {revert:?}",
-                last.epoch
-            );
-            true
-        }
-        Some(revert) => {
-            println!(
-                "epoch {} commit {tx_hash} replayed: reverts with {revert:?}, not UnexpectedPart  WRONG",
-                last.epoch
-            );
-            false
-        }
-        None => {
-            println!(
-                "epoch {} commit {tx_hash} replayed: it would land again  WRONG",
-                last.epoch
-            );
-            false
-        }
-    })
-}
-
-/// The most active payer's leaf in the last committed epoch, proven by the contract.
-async fn prove_onchain(
-    args: &DemoArgs,
-    payers: &[PayerKey],
-    balances: &[PayerBalance],
-    epochs: &[EpochView],
-    query: &QueryClient,
-    chain: &ContractReader,
-) -> anyhow::Result<bool> {
-    let last = last_committed(epochs)?.epoch;
-    let busiest = (0..payers.len())
-        .max_by_key(|&i| balances[i].settled)
-        .context("no payers")?;
-    let payer = payers[busiest];
-    for index in 0..args.payees {
-        let payee: Address = payee_address(args.seed, index);
-        let proof = match query.proof(last, &payer, &payee).await {
-            Ok(proof) => proof,
-            // This payer paid another payee in that epoch; any other answer is a failure.
-            Err(QueryError::NotFound { code, .. }) if code == "unknown_leaf" => continue,
-            Err(error) => {
-                println!("proof of epoch {last} for payee {payee}: {error}  WRONG");
-                return Ok(false);
-            }
-        };
-        let leaf = Leaf {
-            payer,
-            payee,
-            cumulative: proof.cumulative,
-        };
-        let hashes = proof
-            .proof
-            .iter()
-            .map(|hash| hash.parse::<B256>().context("proof hash"))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let accepted = chain.verify_leaf(last, &leaf, &hashes).await?;
-        let mut tampered = leaf;
-        tampered.cumulative += 1;
-        let tampered_accepted = chain.verify_leaf(last, &tampered, &hashes).await?;
-        println!(
-            "epoch {last} root {}\nleaf: payer {payer}\n      payee {payee}, cumulative {}\nproof: {} hashes; verifyLeaf: {accepted}; with cumulative + 1: {tampered_accepted}",
-            proof.root,
-            proof.cumulative,
-            hashes.len()
-        );
-        return Ok(accepted && !tampered_accepted);
-    }
-    println!("no leaf of the busiest payer in epoch {last}");
-    Ok(false)
-}
-
-/// How long the arbiter watches for a committed epoch to dispute.
-const WATCH_SECS: u64 = 300;
-
-/// The arbiter's part: polls the API and disputes the first epoch it sees committed, inside its
-/// challenge window. An epoch that turned final before the dispute landed is skipped for the next
-/// one. Returns the epoch voided.
-async fn dispute_first_committed(
-    rpc_url: String,
-    arbiter: PrivateKeySigner,
-    settlement: alloy::primitives::Address,
-    query: QueryClient,
-) -> anyhow::Result<u64> {
-    let deadline = Instant::now() + Duration::from_secs(WATCH_SECS);
-    let mut tried = 0;
-    while Instant::now() < deadline {
-        let epochs = query.epochs(100).await?.epochs;
-        let candidate = epochs
-            .iter()
-            .filter(|epoch| epoch.status.as_str() == "committed" && epoch.epoch > tried)
-            .map(|epoch| epoch.epoch)
-            .min();
-        if let Some(epoch) = candidate {
-            tried = epoch;
-            if dispute(&rpc_url, arbiter.clone(), settlement, epoch).await? {
-                println!("arbiter {} disputed epoch {epoch}", arbiter.address());
-                return Ok(epoch);
-            }
-            println!("epoch {epoch} turned final before the arbiter's dispute; watching the next");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("no committed epoch could be disputed in {WATCH_SECS} s")
-}
-
-/// The disputed epoch is `disputed` in the API and its amounts were committed again: a later
-/// committed epoch holds at least as much, and the committed epochs add up to exactly what every
-/// payer settled (the voided amounts counted once).
-fn check_recommitted(disputed: u64, epochs: &[EpochView], balances: &[PayerBalance]) -> bool {
-    let Some(voided) = epochs.iter().find(|epoch| epoch.epoch == disputed) else {
-        println!("epoch {disputed} is missing from the API  WRONG");
-        return false;
-    };
-    let carried_into = epochs
-        .iter()
-        .filter(|epoch| {
-            epoch.epoch > disputed
-                && epoch.status.as_str() == "committed"
-                && epoch.debit_total >= voided.debit_total
-        })
-        .map(|epoch| epoch.epoch)
-        .min();
-    let committed_total: u128 = epochs
-        .iter()
-        .filter(|epoch| epoch.status.as_str() == "committed")
-        .map(|epoch| epoch.debit_total)
-        .sum();
-    let settled_total: u128 = balances.iter().map(|balance| balance.settled).sum();
-    let right = voided.status.as_str() == "disputed"
-        && voided.debit_total > 0
-        && carried_into.is_some()
-        && committed_total == settled_total;
-    println!(
-        "epoch {disputed}: {} with {} voided; recommitted in epoch {}; committed epochs total {}, \
-         payers settled {}{}",
-        voided.status.as_str(),
-        voided.debit_total,
-        carried_into.map_or_else(|| "none".to_owned(), |epoch| epoch.to_string()),
-        committed_total,
-        settled_total,
-        if right { "" } else { "  WRONG" }
-    );
-    right
-}
-
-/// The payer with the most left exits: its owner requests all of it, the engine stops its spend
-/// at once, anvil's clock moves past the exit delay, and the owner completes the withdrawal. The
-/// contract must pay exactly what was requested, and the engine must then show nothing left.
-async fn payer_exits(
-    rpc_url: &str,
-    owner: PrivateKeySigner,
-    deployed: &DeployedAddresses,
-    payers: &[PayerKey],
-    query: &QueryClient,
-    chain: &ContractReader,
-) -> anyhow::Result<bool> {
-    let mut richest = (payers[0], 0);
-    for payer in payers {
-        let available = chain.available(payer).await?;
-        if available > richest.1 {
-            richest = (*payer, available);
-        }
-    }
-    let (payer, amount) = richest;
-    if amount == 0 {
-        println!("no payer has anything left to withdraw  WRONG");
-        return Ok(false);
-    }
-    let ready_at =
-        request_withdrawal(rpc_url, owner.clone(), deployed.settlement, &payer, amount).await?;
-    let engine_stopped_spend =
-        wait_for(|| async { Ok(query.payer(&payer).await?.available == 0) }).await?;
-    let provider = read_provider(rpc_url)?;
-    let now = provider
-        .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
-        .await?
-        .context("no latest block")?
-        .header
-        .timestamp;
-    let _: serde_json::Value = provider
-        .raw_request(
-            "evm_increaseTime".into(),
-            [ready_at.saturating_sub(now).saturating_add(1)],
-        )
-        .await?;
-    let _: serde_json::Value = provider.raw_request("evm_mine".into(), ()).await?;
-    let (paid, remaining) =
-        complete_withdrawal(rpc_url, owner, deployed.settlement, &payer).await?;
-    let engine_caught_up = wait_for(|| async {
-        let view = query.payer(&payer).await?;
-        Ok(view.available == 0 && view.withdrawn == paid)
-    })
-    .await?;
-    let right = paid == amount && remaining == 0 && engine_stopped_spend && engine_caught_up;
-    println!(
-        "payer {payer} exited: requested {amount}, paid {paid}, {remaining} left requested; the \
-         engine stopped its spend at the request: {engine_stopped_spend}; shows it withdrawn: \
-         {engine_caught_up}{}",
-        if right { "" } else { "  WRONG" }
-    );
-    Ok(right)
-}
-
 /// Polls `done` every 200 ms for up to a minute; false when it never held.
-async fn wait_for<F: std::future::Future<Output = anyhow::Result<bool>>>(
+pub(crate) async fn wait_for<F: std::future::Future<Output = anyhow::Result<bool>>>(
     mut done: impl FnMut() -> F,
 ) -> anyhow::Result<bool> {
     for _ in 0..300 {

@@ -1,8 +1,8 @@
-//! The client side of the query API: `tollgate balance PAYER`, `tollgate payee ADDRESS`,
-//! `tollgate epochs` and `tollgate proof EPOCH PAYER PAYEE`.
+//! The query commands: `tollgate balance PAYER`, `tollgate payee ADDRESS`, `tollgate epochs` and
+//! `tollgate proof EPOCH PAYER PAYEE`, over `tollgate_query`'s client and model.
 //!
 //! Aligned tables for people by default, the API's JSON with `--json` for scripts. Exit codes
-//! scripts can rely on:
+//! scripts can rely on (the `EXIT_*` constants of `tollgate_query::client`):
 //!
 //! | code | meaning |
 //! | --- | --- |
@@ -16,31 +16,20 @@
 use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::str::FromStr;
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use reqwest::StatusCode;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
-use thiserror::Error;
 use tollgate_engine::{Address, PayerKey};
+use tollgate_query::client::EXIT_OK;
+use tollgate_query::model::{
+    EPOCHS_LIMIT_DEFAULT, EPOCHS_LIMIT_MAX, EpochList, PayeeView, PayerView, ProofView,
+};
+use tollgate_query::{QueryClient, QueryError};
 
-use super::model::{EpochList, EpochView, ErrorBody, PayeeView, PayerView, ProofView};
-use super::{EPOCHS_LIMIT_DEFAULT, EPOCHS_LIMIT_MAX};
+use crate::output::{Align, fields, table};
 
 /// Where the CLI looks for the server unless told otherwise.
 pub const SERVER_DEFAULT: &str = "http://127.0.0.1:7403";
-/// How long one request may take before the server counts as unreachable.
-const REQUEST_TIMEOUT_MS: u64 = 10_000;
-
-/// Exit code: answered.
-pub const EXIT_OK: u8 = 0;
-/// Exit code: the thing asked for does not exist (or has no proof yet).
-pub const EXIT_NOT_FOUND: u8 = 1;
-/// Exit code: usage or other error.
-pub const EXIT_ERROR: u8 = 2;
-/// Exit code: the server cannot be reached or is not ready; retry later.
-pub const EXIT_UNREACHABLE: u8 = 3;
 
 /// Options every query command takes.
 #[derive(Debug, Clone, Args)]
@@ -108,189 +97,6 @@ pub enum QueryCommand {
     Proof(ProofArgs),
 }
 
-/// Why a query command failed. Each maps to one exit code.
-#[derive(Debug, Error)]
-pub enum QueryError {
-    /// An argument is malformed; nothing was sent.
-    #[error("{0}")]
-    Usage(String),
-    /// The server knows no such thing (404), or has no proof for it yet (409).
-    #[error("{message}")]
-    NotFound {
-        /// the API's error code
-        code: String,
-        /// the API's message
-        message: String,
-    },
-    /// The server refused the request for another reason.
-    #[error("server answered {status}: {message}")]
-    Refused {
-        /// HTTP status
-        status: u16,
-        /// the API's message
-        message: String,
-    },
-    /// No answer: connection refused, timed out, or the server is not ready.
-    #[error("cannot reach the Tollgate server at {server}: {reason}")]
-    Unreachable {
-        /// the base URL tried
-        server: String,
-        /// what happened
-        reason: String,
-    },
-    /// The server answered something that is not the API's JSON.
-    #[error("unexpected answer from {server}: {problem}")]
-    BadResponse {
-        /// the base URL
-        server: String,
-        /// what was wrong with it
-        problem: String,
-    },
-}
-
-impl QueryError {
-    /// The process exit code for this failure (see the module documentation).
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Self::NotFound { .. } => EXIT_NOT_FOUND,
-            Self::Usage(_) | Self::Refused { .. } | Self::BadResponse { .. } => EXIT_ERROR,
-            Self::Unreachable { .. } => EXIT_UNREACHABLE,
-        }
-    }
-}
-
-/// The innermost cause of an error chain: for a refused connection, "Connection refused (os
-/// error 111)" rather than reqwest's "error sending request".
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause.to_string()
-}
-
-/// A client of one server's query API.
-#[derive(Clone, Debug)]
-pub struct QueryClient {
-    http: reqwest::Client,
-    base: reqwest::Url,
-}
-
-impl QueryClient {
-    /// A client of the server at `server` (e.g. `http://127.0.0.1:7403`).
-    pub fn new(server: &str) -> Result<Self, QueryError> {
-        let base = reqwest::Url::parse(server)
-            .map_err(|e| QueryError::Usage(format!("--server {server:?}: {e}")))?;
-        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
-            return Err(QueryError::Usage(format!(
-                "--server {server:?}: expected an http:// URL"
-            )));
-        }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
-            .build()
-            .map_err(|e| QueryError::Usage(format!("cannot build HTTP client: {e}")))?;
-        Ok(Self { http, base })
-    }
-
-    fn server(&self) -> String {
-        self.base.as_str().trim_end_matches('/').to_owned()
-    }
-
-    async fn get<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        query: &[(&str, String)],
-    ) -> Result<T, QueryError> {
-        let url = self
-            .base
-            .join(path)
-            .map_err(|e| QueryError::Usage(format!("bad request path {path:?}: {e}")))?;
-        let response =
-            self.http
-                .get(url)
-                .query(query)
-                .send()
-                .await
-                .map_err(|e| QueryError::Unreachable {
-                    server: self.server(),
-                    reason: if e.is_timeout() {
-                        format!("no answer within {REQUEST_TIMEOUT_MS} ms")
-                    } else {
-                        root_cause(&e)
-                    },
-                })?;
-        let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| QueryError::Unreachable {
-                server: self.server(),
-                reason: root_cause(&e),
-            })?;
-        if status.is_success() {
-            return serde_json::from_slice(&body).map_err(|e| QueryError::BadResponse {
-                server: self.server(),
-                problem: e.to_string(),
-            });
-        }
-        let Ok(error) = serde_json::from_slice::<ErrorBody>(&body) else {
-            return Err(QueryError::BadResponse {
-                server: self.server(),
-                problem: format!("status {status} without an API error body"),
-            });
-        };
-        Err(match status {
-            StatusCode::NOT_FOUND | StatusCode::CONFLICT => QueryError::NotFound {
-                code: error.error,
-                message: error.message,
-            },
-            StatusCode::SERVICE_UNAVAILABLE => QueryError::Unreachable {
-                server: self.server(),
-                reason: error.message,
-            },
-            _ => QueryError::Refused {
-                status: status.as_u16(),
-                message: error.message,
-            },
-        })
-    }
-
-    /// `GET /v1/payers/{payer}`.
-    pub async fn payer(&self, payer: &PayerKey) -> Result<PayerView, QueryError> {
-        self.get(&format!("v1/payers/{payer}"), &[]).await
-    }
-
-    /// `GET /v1/payees/{payee}`.
-    pub async fn payee(&self, payee: &Address) -> Result<PayeeView, QueryError> {
-        self.get(&format!("v1/payees/{payee}"), &[]).await
-    }
-
-    /// `GET /v1/epochs?limit=N`.
-    pub async fn epochs(&self, limit: usize) -> Result<EpochList, QueryError> {
-        self.get("v1/epochs", &[("limit", limit.to_string())]).await
-    }
-
-    /// `GET /v1/epochs/{epoch}`.
-    pub async fn epoch(&self, epoch: u64) -> Result<EpochView, QueryError> {
-        self.get(&format!("v1/epochs/{epoch}"), &[]).await
-    }
-
-    /// `GET /v1/epochs/{epoch}/proof?payer=…&payee=…`.
-    pub async fn proof(
-        &self,
-        epoch: u64,
-        payer: &PayerKey,
-        payee: &Address,
-    ) -> Result<ProofView, QueryError> {
-        self.get(
-            &format!("v1/epochs/{epoch}/proof"),
-            &[("payer", payer.to_string()), ("payee", payee.to_string())],
-        )
-        .await
-    }
-}
-
 fn parse_payer(text: &str) -> Result<PayerKey, QueryError> {
     PayerKey::from_str(text)
         .map_err(|e| QueryError::Usage(format!("payer {text:?}: {e} (expected 64 hex digits)")))
@@ -307,61 +113,6 @@ fn parse_payee(text: &str) -> Result<Address, QueryError> {
             "payee {text:?}: {e} (expected 0x and 40 hex digits)"
         ))
     })
-}
-
-/// Column alignment in a table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Align {
-    Left,
-    Right,
-}
-
-/// Rows under a header, columns padded to their widest cell; numbers right-aligned so digits
-/// line up. Cells are ASCII (hex, decimals, words), so byte length is display width.
-fn table(header: &[(&str, Align)], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|(name, _)| name.len()).collect();
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
-    }
-    let mut out = String::new();
-    let header_cells: Vec<String> = header.iter().map(|(name, _)| name.to_string()).collect();
-    for row in std::iter::once(&header_cells).chain(rows) {
-        let mut line = String::new();
-        for (column, cell) in row.iter().enumerate() {
-            let width = widths[column];
-            let align = header[column].1;
-            if column > 0 {
-                line.push_str("  ");
-            }
-            match align {
-                Align::Left => {
-                    let _ = write!(line, "{cell:<width$}");
-                }
-                Align::Right => {
-                    let _ = write!(line, "{cell:>width$}");
-                }
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// `name  value` lines with the values aligned.
-pub(crate) fn fields(pairs: &[(&str, String)]) -> String {
-    let rows: Vec<Vec<String>> = pairs
-        .iter()
-        .map(|(name, value)| vec![name.to_string(), value.clone()])
-        .collect();
-    // The header row of a two-column field list is noise: drop it.
-    let rendered = table(&[("", Align::Left), ("", Align::Left)], &rows);
-    rendered
-        .split_once('\n')
-        .map(|(_, rest)| rest.to_owned())
-        .unwrap_or_default()
 }
 
 fn or_dash(value: Option<String>) -> String {
@@ -563,23 +314,15 @@ pub fn run(command: &QueryCommand) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::model::{ChannelView, EpochStatusView, WithdrawableSource};
+    use tollgate_query::client::{EXIT_ERROR, EXIT_UNREACHABLE};
+    use tollgate_query::model::{ChannelView, EpochStatusView, EpochView, WithdrawableSource};
 
-    #[test]
-    fn tables_align_columns_and_right_align_numbers() {
-        let rendered = table(
-            &[("NAME", Align::Left), ("AMOUNT", Align::Right)],
-            &[
-                vec!["a".into(), "5".into()],
-                vec!["longer".into(), "12345678".into()],
-            ],
-        );
-        assert_eq!(
-            rendered,
-            "NAME      AMOUNT\n\
-             a              5\n\
-             longer  12345678\n"
-        );
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(future)
     }
 
     #[test]
@@ -663,13 +406,7 @@ mod tests {
                 json: false,
             },
         });
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let error = runtime
-            .block_on(execute(&command))
-            .expect_err("malformed payer");
+        let error = block_on(execute(&command)).expect_err("malformed payer");
         assert_eq!(error.exit_code(), EXIT_ERROR, "{error}");
         assert!(error.to_string().contains("expected 64 hex digits"));
 
@@ -693,13 +430,7 @@ mod tests {
                 json: true,
             },
         });
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let error = runtime
-            .block_on(execute(&command))
-            .expect_err("nothing listens");
+        let error = block_on(execute(&command)).expect_err("nothing listens");
         assert_eq!(error.exit_code(), EXIT_UNREACHABLE);
         let line = error.to_string();
         assert!(!line.contains('\n'), "{line}");

@@ -1,0 +1,230 @@
+//! The HTTP client of the query API, and the typed error every caller maps to its own output:
+//! the CLI to an exit code, the load generator and the demo to a failed run.
+
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+use tollgate_engine::{Address, PayerKey};
+
+use crate::model::{EpochList, EpochView, ErrorBody, PayeeView, PayerView, ProofView};
+
+/// How long one request may take before the server counts as unreachable.
+const REQUEST_TIMEOUT_MS: u64 = 10_000;
+
+/// Payer requests [`QueryClient::payers`] keeps in flight at once: enough to hide a loopback
+/// round trip, few enough not to compete with the engine.
+const PAYER_REQUESTS_IN_FLIGHT_MAX: usize = 16;
+
+// The exit codes of `tollgate balance | payee | epochs | proof`, here next to the error they
+// classify so every caller of the client gets the same mapping.
+
+/// Exit code: answered.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: the thing asked for does not exist (or has no proof yet).
+pub const EXIT_NOT_FOUND: u8 = 1;
+/// Exit code: usage or other error.
+pub const EXIT_ERROR: u8 = 2;
+/// Exit code: the server cannot be reached or is not ready; retry later.
+pub const EXIT_UNREACHABLE: u8 = 3;
+
+/// Why a query failed. Each maps to one exit code.
+#[derive(Debug, Error)]
+pub enum QueryError {
+    /// An argument is malformed; nothing was sent.
+    #[error("{0}")]
+    Usage(String),
+    /// The server knows no such thing (404), or has no proof for it yet (409).
+    #[error("{message}")]
+    NotFound {
+        /// the API's error code
+        code: String,
+        /// the API's message
+        message: String,
+    },
+    /// The server refused the request for another reason.
+    #[error("server answered {status}: {message}")]
+    Refused {
+        /// HTTP status
+        status: u16,
+        /// the API's message
+        message: String,
+    },
+    /// No answer: connection refused, timed out, or the server is not ready.
+    #[error("cannot reach the Tollgate server at {server}: {reason}")]
+    Unreachable {
+        /// the base URL tried
+        server: String,
+        /// what happened
+        reason: String,
+    },
+    /// The server answered something that is not the API's JSON.
+    #[error("unexpected answer from {server}: {problem}")]
+    BadResponse {
+        /// the base URL
+        server: String,
+        /// what was wrong with it
+        problem: String,
+    },
+}
+
+impl QueryError {
+    /// The process exit code for this failure (see the module documentation).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::NotFound { .. } => EXIT_NOT_FOUND,
+            Self::Usage(_) | Self::Refused { .. } | Self::BadResponse { .. } => EXIT_ERROR,
+            Self::Unreachable { .. } => EXIT_UNREACHABLE,
+        }
+    }
+}
+
+/// The innermost cause of an error chain: for a refused connection, "Connection refused (os
+/// error 111)" rather than reqwest's "error sending request". The tools' chain commands print it
+/// too.
+pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+/// A client of one server's query API.
+#[derive(Clone, Debug)]
+pub struct QueryClient {
+    http: reqwest::Client,
+    base: reqwest::Url,
+}
+
+impl QueryClient {
+    /// A client of the server at `server` (e.g. `http://127.0.0.1:7403`).
+    pub fn new(server: &str) -> Result<Self, QueryError> {
+        let base = reqwest::Url::parse(server)
+            .map_err(|e| QueryError::Usage(format!("--server {server:?}: {e}")))?;
+        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+            return Err(QueryError::Usage(format!(
+                "--server {server:?}: expected an http:// URL"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
+            .build()
+            .map_err(|e| QueryError::Usage(format!("cannot build HTTP client: {e}")))?;
+        Ok(Self { http, base })
+    }
+
+    fn server(&self) -> String {
+        self.base.as_str().trim_end_matches('/').to_owned()
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, QueryError> {
+        let url = self
+            .base
+            .join(path)
+            .map_err(|e| QueryError::Usage(format!("bad request path {path:?}: {e}")))?;
+        let response =
+            self.http
+                .get(url)
+                .query(query)
+                .send()
+                .await
+                .map_err(|e| QueryError::Unreachable {
+                    server: self.server(),
+                    reason: if e.is_timeout() {
+                        format!("no answer within {REQUEST_TIMEOUT_MS} ms")
+                    } else {
+                        root_cause(&e)
+                    },
+                })?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| QueryError::Unreachable {
+                server: self.server(),
+                reason: root_cause(&e),
+            })?;
+        if status.is_success() {
+            return serde_json::from_slice(&body).map_err(|e| QueryError::BadResponse {
+                server: self.server(),
+                problem: e.to_string(),
+            });
+        }
+        let Ok(error) = serde_json::from_slice::<ErrorBody>(&body) else {
+            return Err(QueryError::BadResponse {
+                server: self.server(),
+                problem: format!("status {status} without an API error body"),
+            });
+        };
+        Err(match status {
+            StatusCode::NOT_FOUND | StatusCode::CONFLICT => QueryError::NotFound {
+                code: error.error,
+                message: error.message,
+            },
+            StatusCode::SERVICE_UNAVAILABLE => QueryError::Unreachable {
+                server: self.server(),
+                reason: error.message,
+            },
+            _ => QueryError::Refused {
+                status: status.as_u16(),
+                message: error.message,
+            },
+        })
+    }
+
+    /// `GET /v1/payers/{payer}`.
+    pub async fn payer(&self, payer: &PayerKey) -> Result<PayerView, QueryError> {
+        self.get(&format!("v1/payers/{payer}"), &[]).await
+    }
+
+    /// `GET /v1/payers/{payer}` for every payer, in order, a few requests at a time; `None` for a
+    /// payer the server has never heard of.
+    pub async fn payers(&self, payers: &[PayerKey]) -> Result<Vec<Option<PayerView>>, QueryError> {
+        futures::stream::iter(payers.iter().map(|payer| async move {
+            match self.payer(payer).await {
+                Ok(view) => Ok(Some(view)),
+                Err(QueryError::NotFound { .. }) => Ok(None),
+                Err(error) => Err(error),
+            }
+        }))
+        .buffered(PAYER_REQUESTS_IN_FLIGHT_MAX)
+        .try_collect()
+        .await
+    }
+
+    /// `GET /v1/payees/{payee}`.
+    pub async fn payee(&self, payee: &Address) -> Result<PayeeView, QueryError> {
+        self.get(&format!("v1/payees/{payee}"), &[]).await
+    }
+
+    /// `GET /v1/epochs?limit=N`.
+    pub async fn epochs(&self, limit: usize) -> Result<EpochList, QueryError> {
+        self.get("v1/epochs", &[("limit", limit.to_string())]).await
+    }
+
+    /// `GET /v1/epochs/{epoch}`.
+    pub async fn epoch(&self, epoch: u64) -> Result<EpochView, QueryError> {
+        self.get(&format!("v1/epochs/{epoch}"), &[]).await
+    }
+
+    /// `GET /v1/epochs/{epoch}/proof?payer=…&payee=…`.
+    pub async fn proof(
+        &self,
+        epoch: u64,
+        payer: &PayerKey,
+        payee: &Address,
+    ) -> Result<ProofView, QueryError> {
+        self.get(
+            &format!("v1/epochs/{epoch}/proof"),
+            &[("payer", payer.to_string()), ("payee", payee.to_string())],
+        )
+        .await
+    }
+}
