@@ -23,7 +23,7 @@ use tollgate_load::stats::LatencyMs;
 use tollgate_load::{Funds, Planner, Summary, Workload, child};
 
 use crate::bench_verify::{Backends, tollgate_pool};
-use crate::serve::process::ServerProcess;
+use crate::serve::process::{ServerProcess, WorkDir};
 
 /// The generator's replay window bound; nothing stale is injected, so only its floor matters.
 const WINDOW_NONCES: u64 = 4096;
@@ -151,14 +151,7 @@ pub fn measure(args: &BenchE2eArgs) -> anyhow::Result<Report> {
     let ceiling = verify_ceiling(args, threads)?;
     eprintln!("verify-only ceiling: {ceiling:.0} receipts/s on {threads} threads");
 
-    let scratch;
-    let work_dir = match &args.work_dir {
-        Some(dir) => dir.clone(),
-        None => {
-            scratch = tempfile::tempdir()?;
-            scratch.path().to_owned()
-        }
-    };
+    let work_dir = WorkDir::given_or_temporary(args.work_dir.as_deref())?;
     let server_args = vec![
         "--unknown-payers".to_owned(),
         "accept".to_owned(),
@@ -167,11 +160,11 @@ pub fn measure(args: &BenchE2eArgs) -> anyhow::Result<Report> {
         "--http".to_owned(),
         "127.0.0.1:0".to_owned(),
         "--data-dir".to_owned(),
-        work_dir.join("data").display().to_string(),
+        work_dir.data().display().to_string(),
         "--verify-threads".to_owned(),
         threads.to_string(),
     ];
-    let log = work_dir.join("server.log");
+    let log = work_dir.log();
     let server = ServerProcess::start(&exe, &server_args, Some(&log), &[])?;
     let full = run_load(&load_binary, &server, args, &[])?;
     eprintln!("end to end: {:.0} receipts/s", full.receipts_per_s);

@@ -30,7 +30,7 @@ use tollgate_query::model::EpochView;
 use tollgate_settle::chain::{ContractReader, DeployParams, deploy};
 use tollgate_settle::devchain::{FundParams, fund_payers};
 
-use crate::serve::process::{self, ServerProcess};
+use crate::serve::process::{self, ServerProcess, WorkDir};
 
 use checks::{
     check_recommitted, compare_with_chain, dispute_first_committed, last_committed,
@@ -103,14 +103,7 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<bool> {
         "no anvil at {}: run `npm ci` at the repository root (or `make demo`, which does)",
         args.anvil.display()
     );
-    let scratch;
-    let work_dir = match &args.work_dir {
-        Some(dir) => dir.clone(),
-        None => {
-            scratch = tempfile::tempdir()?;
-            scratch.path().to_owned()
-        }
-    };
+    let work_dir = WorkDir::given_or_temporary(args.work_dir.as_deref())?;
 
     step("a chain: anvil, with the Settlement contract and its test token");
     let anvil = spawn_anvil(args)?;
@@ -171,7 +164,7 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<bool> {
     let contract = format!("{}", deployed.settlement);
     // Epochs by size as well as by time, so even a fast run commits several.
     let epoch_receipts = (args.receipts / 4).max(1);
-    let mut server_args = process::dev_chain_args(&rpc_url, &deployed, &work_dir.join("data"));
+    let mut server_args = process::dev_chain_args(&rpc_url, &deployed, &work_dir.data());
     server_args.extend(
         [
             "--funds-poll-ms",
@@ -184,7 +177,7 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<bool> {
         .map(str::to_owned),
     );
     let operator_key = hex::encode(operator.to_bytes());
-    let log = work_dir.join("server.log");
+    let log = work_dir.log();
     let server = ServerProcess::start(
         &exe,
         &server_args,

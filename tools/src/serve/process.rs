@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -19,6 +19,43 @@ use tollgate_settle::chain::DeployedAddresses;
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Log lines kept to explain a child that died before it was ready.
 const TAIL_LINES: usize = 20;
+
+/// Where a child keeps its data directory and log: the directory the user named (kept
+/// afterwards, to look into), or a temporary one removed with this value.
+#[derive(Debug)]
+pub struct WorkDir {
+    path: PathBuf,
+    _temporary: Option<tempfile::TempDir>,
+}
+
+impl WorkDir {
+    /// `given`, or a new temporary directory when there is none.
+    pub fn given_or_temporary(given: Option<&Path>) -> std::io::Result<Self> {
+        Ok(match given {
+            Some(path) => Self {
+                path: path.to_owned(),
+                _temporary: None,
+            },
+            None => {
+                let temporary = tempfile::tempdir()?;
+                Self {
+                    path: temporary.path().to_owned(),
+                    _temporary: Some(temporary),
+                }
+            }
+        })
+    }
+
+    /// The child's ledger directory.
+    pub fn data(&self) -> PathBuf {
+        self.path.join("data")
+    }
+
+    /// The child's log file.
+    pub fn log(&self) -> PathBuf {
+        self.path.join("server.log")
+    }
+}
 
 /// The flags that run a child on a dev chain where `deployed` lives: settlement on, deposits
 /// acted on at once (no confirmations), ports chosen by the kernel, the ledger in `data_dir`.
