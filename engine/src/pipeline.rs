@@ -20,16 +20,18 @@ use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use futures_channel::oneshot;
 use thiserror::Error;
 
+use crate::ledger::error::invariant;
+use crate::ledger::format::{open_store, validate};
 use crate::ledger::record::{BatchDigest, batch_digest};
-use crate::ledger::state::{Ledger, SessionId, initial_format, validate};
+use crate::ledger::state::{Ledger, SessionId};
 use crate::ledger::writer::{Writer, WriterMsg};
 use crate::receipt::{PayerKey, ReceiptBatch, ReceiptView};
-use crate::store::{Cf, FORMAT_KEY, Store, StoreError};
+use crate::store::Store;
 use crate::verdict::{Reason, Verdict};
 
 pub use crate::ledger::{
     BatchAck, EpochStatus, EpochUpdate, FundsEvent, FundsKind, HeadWithdrawals, LedgerConfig,
-    LedgerReader, PartRecord, SealedEpoch, UnknownPayers,
+    LedgerError, LedgerReader, PartRecord, SealedEpoch, UnknownPayers,
 };
 
 /// Checks the signatures of a batch. `engine::verify::VerifyPool` is the production one.
@@ -85,74 +87,14 @@ pub struct SubmitRequest {
     pub prejudged: Vec<(u32, Reason)>,
 }
 
-/// Why the engine could not do what was asked. Errors marked fatal mean the process must stop.
+/// Why the engine could not do what was asked: the ledger's answer, or the pipeline's own
+/// trouble around it. Errors marked fatal mean the process must stop.
 #[derive(Debug, Error)]
 pub enum EngineError {
-    /// The store could not be opened or read (the message names the problem and the directory).
+    /// The ledger refused the request or failed (see [`LedgerError`] for which are fatal).
     #[error(transparent)]
-    Store(StoreError),
-    /// Fatal: a write or fsync failed, or an invariant broke, and the ledger takes no more writes.
-    #[error("ledger poisoned (fatal): {cause}")]
-    Poisoned {
-        /// what failed first
-        cause: String,
-    },
-    /// Fatal: the ledger's state contradicts itself; nothing is written after this.
-    #[error("ledger invariant broken (fatal): {what}")]
-    Invariant {
-        /// what did not add up
-        what: String,
-    },
-    /// A batch or HELLO from a session older than the producer's current one.
-    #[error(
-        "producer {producer_id}: session epoch {session_epoch} is older than the current {current}"
-    )]
-    SessionSuperseded {
-        /// the producer
-        producer_id: u64,
-        /// the epoch the request came with
-        session_epoch: u64,
-        /// the epoch stored for the producer
-        current: u64,
-    },
-    /// A batch under a (client, producer, session epoch, batch sequence) whose ack is remembered,
-    /// but with other receipt bytes than the batch that got that ack: not a re-send. Nothing was
-    /// applied; the original ack still answers the original bytes.
-    #[error(
-        "producer {producer_id}: batch {batch_seq} of session epoch {session_epoch} was acknowledged \
-         with other receipts; a re-send must repeat the batch exactly"
-    )]
-    BatchMismatch {
-        /// the producer
-        producer_id: u64,
-        /// the session epoch the batch came with
-        session_epoch: u64,
-        /// the batch sequence number reused
-        batch_seq: u64,
-    },
-    /// `record_epoch` for an epoch that was never sealed.
-    #[error("epoch {epoch} was never sealed")]
-    UnknownEpoch {
-        /// the epoch asked for
-        epoch: u64,
-    },
-    /// `record_epoch` asked for a status change that settlement cannot make.
-    #[error("epoch {epoch} cannot go from {from:?} to {to:?}")]
-    EpochTransition {
-        /// the epoch
-        epoch: u64,
-        /// stored status
-        from: EpochStatus,
-        /// requested status
-        to: EpochStatus,
-    },
-    /// A funds event would overflow the payer's totals; it was not applied.
-    #[error("funds event for payer {payer} overflows its totals")]
-    FundsOverflow {
-        /// the payer
-        payer: PayerKey,
-    },
-    /// The configuration is invalid or does not match the data directory.
+    Ledger(#[from] LedgerError),
+    /// The pipeline's configuration is invalid.
     #[error("engine configuration: {problem}")]
     Config {
         /// what is wrong
@@ -166,34 +108,14 @@ pub enum EngineError {
     Stopped,
 }
 
-impl From<StoreError> for EngineError {
-    fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::Poisoned { cause } => EngineError::Poisoned { cause },
-            other => EngineError::Store(other),
-        }
-    }
-}
-
 impl EngineError {
     /// True for answers that refuse one request and change nothing; false for failures after
     /// which the ledger must not write again.
     pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
-            EngineError::SessionSuperseded { .. }
-                | EngineError::BatchMismatch { .. }
-                | EngineError::UnknownEpoch { .. }
-                | EngineError::EpochTransition { .. }
-                | EngineError::FundsOverflow { .. }
-                | EngineError::Config { .. }
-        )
-    }
-
-    /// The error every other reply of a failed group gets.
-    pub(crate) fn clone_fatal(&self) -> EngineError {
-        EngineError::Poisoned {
-            cause: self.to_string(),
+        match self {
+            EngineError::Ledger(error) => error.is_refusal(),
+            EngineError::Config { .. } => true,
+            EngineError::Spawn(_) | EngineError::Stopped => false,
         }
     }
 }
@@ -238,12 +160,12 @@ enum VerifyMsg {
 
 struct Threads {
     verify: JoinHandle<()>,
-    writer: JoinHandle<Result<(), EngineError>>,
+    writer: JoinHandle<Result<(), LedgerError>>,
 }
 
 struct Inner {
     submit: Sender<VerifyMsg>,
-    control: Sender<WriterMsg>,
+    control: Sender<WriterMsg<EngineError>>,
     store: Arc<Store>,
     closed: AtomicBool,
     threads: Mutex<Option<Threads>>,
@@ -282,10 +204,7 @@ impl Engine {
                 problem: "queue capacities must be at least 1".into(),
             });
         }
-        let format = initial_format(&config.ledger);
-        let (store, created) = Store::open(&config.data_dir, |batch| {
-            batch.put(Cf::Meta, FORMAT_KEY, format)
-        })?;
+        let (store, created) = open_store(&config.data_dir, &config.ledger)?;
         let store = Arc::new(store);
         let ledger = Ledger::open(Arc::clone(&store), config.ledger.clone())?;
         if config.ledger.unknown_payers == UnknownPayers::Accept {
@@ -367,7 +286,7 @@ impl Engine {
 
     fn control<T>(
         &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, EngineError>>) -> WriterMsg,
+        make: impl FnOnce(oneshot::Sender<Result<T, EngineError>>) -> WriterMsg<EngineError>,
     ) -> Result<oneshot::Receiver<Result<T, EngineError>>, SubmitError> {
         self.check_open()?;
         let (tx, rx) = oneshot::channel();
@@ -449,15 +368,11 @@ impl Inner {
         let verify = threads.verify.join();
         let writer = threads.writer.join();
         if verify.is_err() {
-            return Err(EngineError::Invariant {
-                what: "verify thread panicked".into(),
-            });
+            return Err(invariant("verify thread panicked").into());
         }
         match writer {
-            Ok(result) => result,
-            Err(_) => Err(EngineError::Invariant {
-                what: "ledger writer panicked".into(),
-            }),
+            Ok(result) => Ok(result?),
+            Err(_) => Err(invariant("ledger writer panicked").into()),
         }
     }
 }
@@ -484,7 +399,7 @@ const VERIFY_GROUP_BATCHES_MAX: usize = 4;
 fn verify_stage(
     verifier: &dyn BatchVerifier,
     requests: Receiver<VerifyMsg>,
-    verified: Sender<WriterMsg>,
+    verified: Sender<WriterMsg<EngineError>>,
 ) {
     let mut group = Vec::with_capacity(VERIFY_GROUP_BATCHES_MAX);
     let mut stopping = false;
@@ -663,7 +578,10 @@ mod tests {
         let error = futures::executor::block_on(done)
             .expect("answered")
             .expect_err("write failed");
-        assert!(matches!(error, EngineError::Poisoned { .. }), "{error}");
+        assert!(
+            matches!(error, EngineError::Ledger(LedgerError::Poisoned { .. })),
+            "{error}"
+        );
 
         assert_eq!(
             engine.funds(deposit(30, 3)).err(),
@@ -679,7 +597,10 @@ mod tests {
         };
         assert_eq!(engine.submit(request).err(), Some(SubmitError::Poisoned));
         let error = engine.clone().shutdown().expect_err("reports the poison");
-        assert!(matches!(error, EngineError::Poisoned { .. }), "{error}");
+        assert!(
+            matches!(error, EngineError::Ledger(LedgerError::Poisoned { .. })),
+            "{error}"
+        );
         drop(engine);
 
         // Only what was acked is on disk.

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use tollgate_engine::pipeline::{
-    EngineConfig, EngineError, EpochStatus, EpochUpdate, FundsEvent, FundsKind, PartRecord,
-    SubmitError, UnknownPayers,
+    EngineConfig, EngineError, EpochStatus, EpochUpdate, FundsEvent, FundsKind, LedgerError,
+    PartRecord, SubmitError, UnknownPayers,
 };
 use tollgate_engine::{Reason, ReceiptBatch};
 
@@ -111,11 +111,11 @@ fn replayed_batch_gets_identical_ack_and_changes_nothing() {
     assert!(
         matches!(
             error,
-            EngineError::BatchMismatch {
+            EngineError::Ledger(LedgerError::BatchMismatch {
                 producer_id: 9,
                 session_epoch: 1,
                 batch_seq: 7
-            }
+            })
         ),
         "{error}"
     );
@@ -186,11 +186,11 @@ fn older_session_epoch_is_refused() {
     assert!(
         matches!(
             error,
-            EngineError::SessionSuperseded {
+            EngineError::Ledger(LedgerError::SessionSuperseded {
                 producer_id: 4,
                 session_epoch: 4,
                 current: 5
-            }
+            })
         ),
         "{error}"
     );
@@ -367,7 +367,10 @@ fn epochs_seal_commit_and_dispute_move_money_once() {
     )
     .expect_err("cannot go back");
     assert!(
-        matches!(error, EngineError::EpochTransition { .. }),
+        matches!(
+            error,
+            EngineError::Ledger(LedgerError::EpochTransition { .. })
+        ),
         "{error}"
     );
     let error = wait(
@@ -380,7 +383,10 @@ fn epochs_seal_commit_and_dispute_move_money_once() {
     )
     .expect_err("never sealed");
     assert!(
-        matches!(error, EngineError::UnknownEpoch { epoch: 2 }),
+        matches!(
+            error,
+            EngineError::Ledger(LedgerError::UnknownEpoch { epoch: 2 })
+        ),
         "{error}"
     );
 

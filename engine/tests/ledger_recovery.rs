@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use tollgate_engine::pipeline::{Engine, EngineConfig, EngineError};
+use tollgate_engine::pipeline::{Engine, EngineConfig, EngineError, LedgerError};
 use tollgate_engine::store::StoreError;
 
 fn open_err(config: EngineConfig) -> EngineError {
@@ -36,7 +36,10 @@ fn garbage_current_file_refuses_start() {
     std::fs::write(dir.path().join("CURRENT"), b"MANIFEST-999999\n").expect("write");
     let error = open_err(EngineConfig::new(dir.path()));
     assert!(
-        matches!(error, EngineError::Store(StoreError::Open { .. })),
+        matches!(
+            error,
+            EngineError::Ledger(LedgerError::Store(StoreError::Open { .. }))
+        ),
         "{error}"
     );
 }
@@ -47,7 +50,10 @@ fn half_written_or_foreign_dir_refuses_start() {
     std::fs::write(dir.path().join("000004.sst"), b"not ours").expect("write");
     let error = open_err(EngineConfig::new(dir.path()));
     assert!(
-        matches!(error, EngineError::Store(StoreError::NotADatabase { .. })),
+        matches!(
+            error,
+            EngineError::Ledger(LedgerError::Store(StoreError::NotADatabase { .. }))
+        ),
         "{error}"
     );
     assert!(error.to_string().contains("half-written"), "{error}");
@@ -60,7 +66,10 @@ fn missing_current_in_a_real_ledger_refuses_start() {
     std::fs::remove_file(dir.path().join("CURRENT")).expect("remove");
     let error = open_err(EngineConfig::new(dir.path()));
     assert!(
-        matches!(error, EngineError::Store(StoreError::NotADatabase { .. })),
+        matches!(
+            error,
+            EngineError::Ledger(LedgerError::Store(StoreError::NotADatabase { .. }))
+        ),
         "{error}"
     );
 }
@@ -72,7 +81,10 @@ fn changed_window_size_refuses_start() {
     let mut config = EngineConfig::new(dir.path());
     config.ledger.window_nonces = 128;
     let error = open_err(config);
-    assert!(matches!(error, EngineError::Config { .. }), "{error}");
+    assert!(
+        matches!(error, EngineError::Ledger(LedgerError::Config { .. })),
+        "{error}"
+    );
     assert!(error.to_string().contains("window_nonces"), "{error}");
     // The directory itself is fine.
     let engine = open(dir.path());
