@@ -897,7 +897,7 @@ fn payer_balance(
     Ok(Balance {
         request_id: query.request_id,
         payer,
-        deposited: funds.deposited.saturating_sub(funds.withdrawn),
+        net_deposited: funds.deposited.saturating_sub(funds.withdrawn),
         settled: funds.settled,
         pending: funds.pending,
         available: funds.available,
