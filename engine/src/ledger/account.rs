@@ -49,8 +49,8 @@ pub(super) trait Account: Cached<Key: Display> + Copy + Default {
 /// The part of [`Account`] that is the same for both: which cache, which fields.
 macro_rules! account {
     (
-        $state:ty, $cache:ident, $kind:ident, $entry:ident, $role:literal, $entry_name:literal, $key_from:path,
-        $settle:path
+        $state:ty, $cache:ident, $kind:ident, $entry:ident, $role:literal, $entry_name:literal,
+        $key_from:path, $settle:path
     ) => {
         impl Account for $state {
             const KIND: IndexKind = IndexKind::$kind;
