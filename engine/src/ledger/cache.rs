@@ -12,8 +12,7 @@ use std::hash::Hash;
 
 use crate::store::{Cf, Store, StoreBatch, StoreError};
 
-use super::error::corrupt;
-use super::record::DecodeError;
+use super::error::{DecodeError, corrupt};
 
 /// A value the cache can load and store.
 pub(crate) trait Cached: Sized {

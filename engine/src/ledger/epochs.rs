@@ -247,7 +247,7 @@ impl Ledger {
         let total = self
             .carry_entries::<PayerState>(epoch)?
             .ok_or_else(|| invariant("epoch total overflows"))?;
-        // The credits add up to the debits (the seal's pair assertion): their total says nothing new.
+        // The credits add up to the debits (the seal's pair assertion): their total is known.
         self.carry_entries::<PayeeState>(epoch)?;
         let window_nonces = self.config.window_nonces;
         for (id, _) in self.epoch_amounts(epoch, EntryKind::Leaf)? {

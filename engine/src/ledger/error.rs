@@ -7,7 +7,6 @@ use crate::receipt::PayerKey;
 use crate::store::{Cf, StoreError};
 
 use super::EpochStatus;
-use super::record::DecodeError;
 
 /// Why the ledger could not do what was asked. Errors marked fatal mean the process must stop.
 #[derive(Debug, Error)]
@@ -115,6 +114,10 @@ impl LedgerError {
         }
     }
 }
+
+/// A stored record that does not decode.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DecodeError(pub String);
 
 /// A record of column family `cf` that does not decode: the store is corrupt.
 pub(crate) fn corrupt(cf: Cf) -> impl FnOnce(DecodeError) -> StoreError {

@@ -5,8 +5,6 @@
 //! after checking the pair assertion: the receipts accepted in the group add up to the same
 //! total in channels, payers and payees.
 
-use std::collections::HashMap;
-
 use crate::store::{Cf, StoreBatch};
 
 use super::BatchAck;
@@ -15,35 +13,7 @@ use super::record::{
     BatchDigest, EpochRecord, FUNDS_CURSOR_KEY, HEAD_WITHDRAWALS_KEY, OPEN_EPOCH_KEY,
     SEALING_EPOCH_KEY,
 };
-use super::state::{Ledger, SessionId};
-
-/// What the current group holds besides dirty cache entries.
-#[derive(Default)]
-pub(super) struct Group {
-    /// Index, session and epoch records written with the group.
-    pub(super) batch: StoreBatch,
-    /// Total of the receipts accepted in the group: the pair assertion's expected delta.
-    pub(super) receipt_amount: u128,
-    /// Receipts applied in the group (accepted or not).
-    pub(super) receipts: usize,
-    /// The open epoch or funds cursor changed.
-    pub(super) meta_dirty: bool,
-    /// The running seal moved (or ended): its record is written (or deleted) with the group.
-    pub(super) sealing_dirty: bool,
-    /// The withdrawal requests at the chain's head changed.
-    pub(super) head_withdrawals_dirty: bool,
-    /// Acks decided in this group with their batch's digest, answered again to a re-send before
-    /// they are on disk.
-    pub(super) acks: HashMap<SessionId, (BatchAck, BatchDigest)>,
-    /// Epoch records changed in this group, so a second update in the same group sees the first.
-    pub(super) epochs: HashMap<u64, EpochRecord>,
-}
-
-/// What a group whose write is still running answers for.
-pub(super) struct InFlight {
-    pub(super) acks: HashMap<SessionId, (BatchAck, BatchDigest)>,
-    pub(super) epochs: HashMap<u64, EpochRecord>,
-}
+use super::state::{InFlight, Ledger, SessionId};
 
 impl Ledger {
     /// True when closing the group now would write nothing.
@@ -86,12 +56,12 @@ impl Ledger {
     }
 
     /// Closes the current group: its dirty state, indexes, acks and metadata become one batch
-    /// for the caller to write with [`Store::write`](crate::store::Store::write), after the pair assertion (the receipts
-    /// accepted in the group moved channels, payers and payees by the same total; a failure
-    /// poisons the store). Until [`Ledger::written`] is called, the group is in flight: its
-    /// entries stay cached and its acks and epoch records answer lookups that its write would
-    /// otherwise have to serve, so the next group can be applied while it is being synced.
-    /// At most one group may be in flight.
+    /// for the caller to write with [`Store::write`](crate::store::Store::write), after the pair
+    /// assertion (the receipts accepted in the group moved channels, payers and payees by the
+    /// same total; a failure poisons the store). Until [`Ledger::written`] is called, the group
+    /// is in flight: its entries stay cached and its acks and epoch records answer lookups that
+    /// its write would otherwise have to serve, so the next group can be applied while it is
+    /// being synced. At most one group may be in flight.
     pub(crate) fn close_group(&mut self) -> Result<StoreBatch, LedgerError> {
         debug_assert!(self.in_flight.is_none(), "one group in flight at most");
         let mut group = std::mem::take(&mut self.group);

@@ -209,8 +209,8 @@ pub struct EpochUpdate {
 /// A sealed epoch as settle needs it: every leaf, for the tree. It is the one thing a seal holds
 /// whole in memory, and only in the reader that builds it (the seal's reply, or
 /// [`LedgerReader::sealed_epoch`]), never in the writer: 80 bytes per leaf and 48 per debit or
-/// credit (`sealed_epoch_sizes` in the tests checks these), so an epoch of 1,000,000 channels is about 80 MB plus
-/// its payers and payees.
+/// credit (`sealed_epoch_sizes` in the ledger's tests checks these), so an epoch of 1,000,000
+/// channels is about 80 MB plus its payers and payees.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct SealedEpoch {
     /// Epoch number (the first is 1).

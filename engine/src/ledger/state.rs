@@ -1,24 +1,26 @@
-//! What the ledger state machine holds between requests, and how it is loaded from the store.
+//! What the ledger state machine holds between requests (the cached state, the epoch and funds
+//! metadata, the group being built and the one being written), and how it is loaded from the
+//! store.
 //! Owned by the writer thread; nothing in the state machine blocks on anything but RocksDB reads
 //! of cold state and the group's synced write. Its jobs live beside this file: `apply`
 //! (receipts), `funds` (chain events), `seal` (cutting and writing an epoch), `epochs` (settle's
 //! news about a sealed epoch) and `group` (what one group commit holds and answers while in
 //! flight).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::store::{Cf, Store};
+use crate::store::{Cf, Store, StoreBatch};
 
-use super::LedgerConfig;
 use super::cache::Cache;
 use super::error::{LedgerError, corrupt};
 use super::format;
-use super::group::{Group, InFlight};
 use super::record::{
-    ChannelState, FUNDS_CURSOR_KEY, FundsCursor, HEAD_WITHDRAWALS_KEY, HeadWithdrawals,
-    OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey, ProducerState,
+    BatchDigest, ChannelState, EpochRecord, FUNDS_CURSOR_KEY, FundsCursor, HEAD_WITHDRAWALS_KEY,
+    HeadWithdrawals, OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey, ProducerState,
     SEALING_EPOCH_KEY, SealingEpoch,
 };
+use super::{BatchAck, LedgerConfig};
 
 /// A producer's batch: `(client_id, producer_id, session_epoch, batch_seq)`. The client id is the
 /// one the connection authenticated as, so one client's producers never meet another's.
@@ -37,6 +39,34 @@ impl SessionId {
             producer_id: self.producer_id,
         }
     }
+}
+
+/// What the current group holds besides dirty cache entries.
+#[derive(Default)]
+pub(super) struct Group {
+    /// Index, session and epoch records written with the group.
+    pub(super) batch: StoreBatch,
+    /// Total of the receipts accepted in the group: the pair assertion's expected delta.
+    pub(super) receipt_amount: u128,
+    /// Receipts applied in the group (accepted or not).
+    pub(super) receipts: usize,
+    /// The open epoch or funds cursor changed.
+    pub(super) meta_dirty: bool,
+    /// The running seal moved (or ended): its record is written (or deleted) with the group.
+    pub(super) sealing_dirty: bool,
+    /// The withdrawal requests at the chain's head changed.
+    pub(super) head_withdrawals_dirty: bool,
+    /// Acks decided in this group with their batch's digest, answered again to a re-send before
+    /// they are on disk.
+    pub(super) acks: HashMap<SessionId, (BatchAck, BatchDigest)>,
+    /// Epoch records changed in this group, so a second update in the same group sees the first.
+    pub(super) epochs: HashMap<u64, EpochRecord>,
+}
+
+/// What a group whose write is still running answers for.
+pub(super) struct InFlight {
+    pub(super) acks: HashMap<SessionId, (BatchAck, BatchDigest)>,
+    pub(super) epochs: HashMap<u64, EpochRecord>,
 }
 
 pub(crate) struct Ledger {

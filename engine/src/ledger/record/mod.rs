@@ -35,9 +35,7 @@ use super::{BatchAck, EpochStatus};
 /// Version byte in front of every record written by this code.
 const RECORD_VERSION: u8 = 1;
 
-/// A record that does not decode.
-#[derive(Debug, PartialEq, Eq)]
-pub struct DecodeError(pub String);
+pub use super::error::DecodeError;
 
 /// Reads a record field by field; every read checks the length.
 struct Decoder<'a> {
