@@ -361,11 +361,8 @@ fn epochs_seal_commit_and_dispute_move_money_once() {
 /// unsettled), once however often it is repeated.
 #[test]
 fn dispute_of_a_sealed_or_submitted_epoch_carries_its_amounts_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let engine = open(dir.path());
-    let alice = signing_key(1);
+    let (_dir, engine, alice) = with_alice(1_000);
     let payer = payer_of(&alice);
-    deposit(&engine, payer, 1_000, 1, 0);
     submit(
         &engine,
         request(
