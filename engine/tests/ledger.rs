@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use tollgate_engine::pipeline::{
-    EngineConfig, EngineError, EpochStatus, EpochUpdate, FundsEvent, FundsKind, PartRecord,
-    SubmitError, UnknownPayers,
+    EngineConfig, EngineError, EpochStatus, EpochUpdate, FundsEvent, FundsKind, LedgerError,
+    PartRecord, SubmitError, UnknownPayers,
 };
 use tollgate_engine::{Reason, ReceiptBatch};
 
@@ -58,10 +58,7 @@ fn every_ledger_reason_rejects_its_receipt_alone() {
         ]
     );
     let reader = engine.reader();
-    let balance = reader
-        .payer(&payer_of(&alice))
-        .expect("read")
-        .expect("known");
+    let balance = balance(&engine, &payer_of(&alice));
     assert_eq!((balance.pending, balance.available), (20, 980));
     assert_eq!(reader.payer(&payer_of(&stranger)).expect("read"), None);
     let channel = reader
@@ -81,10 +78,7 @@ fn every_ledger_reason_rejects_its_receipt_alone() {
 
 #[test]
 fn replayed_batch_gets_identical_ack_and_changes_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let engine = open(dir.path());
-    let alice = signing_key(1);
-    deposit(&engine, payer_of(&alice), 100, 1, 0);
+    let (dir, engine, alice) = with_alice(100);
     let receipts = [
         receipt(&alice, payee(1), 30, 1),
         receipt(&alice, payee(1), 30, 1),
@@ -111,20 +105,16 @@ fn replayed_batch_gets_identical_ack_and_changes_nothing() {
     assert!(
         matches!(
             error,
-            EngineError::BatchMismatch {
+            EngineError::Ledger(LedgerError::BatchMismatch {
                 producer_id: 9,
                 session_epoch: 1,
                 batch_seq: 7
-            }
+            })
         ),
         "{error}"
     );
     assert!(error.is_refusal());
-    let balance = engine
-        .reader()
-        .payer(&payer_of(&alice))
-        .expect("read")
-        .expect("known");
+    let balance = balance(&engine, &payer_of(&alice));
     assert_eq!(balance.pending, 90);
 
     // A new batch number is new work, and receipt-level dedup still holds.
@@ -138,10 +128,7 @@ fn replayed_batch_gets_identical_ack_and_changes_nothing() {
 /// many payees the payer has paid; they agree with the channels themselves, across a restart.
 #[test]
 fn payer_record_counts_its_receipts_and_channels() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let engine = open(dir.path());
-    let alice = signing_key(1);
-    deposit(&engine, payer_of(&alice), 10_000, 1, 0);
+    let (dir, engine, alice) = with_alice(10_000);
     for seq in 1..=3u64 {
         let receipts: Vec<_> = (1..=40u8)
             .map(|p| receipt(&alice, payee(p), 1, seq))
@@ -153,10 +140,7 @@ fn payer_record_counts_its_receipts_and_channels() {
     engine.shutdown().expect("shutdown");
     let engine = open(dir.path());
     let reader = engine.reader();
-    let balance = reader
-        .payer(&payer_of(&alice))
-        .expect("read")
-        .expect("known");
+    let balance = balance(&engine, &payer_of(&alice));
     let channels = reader
         .payer_channels(&payer_of(&alice), None, 1_000)
         .expect("read");
@@ -171,10 +155,7 @@ fn payer_record_counts_its_receipts_and_channels() {
 
 #[test]
 fn older_session_epoch_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let engine = open(dir.path());
-    let alice = signing_key(1);
-    deposit(&engine, payer_of(&alice), 100, 1, 0);
+    let (_dir, engine, alice) = with_alice(100);
     let mut newer = request(4, 1, &[receipt(&alice, payee(1), 1, 1)]);
     newer.session_epoch = 5;
     submit(&engine, newer).expect("ack");
@@ -186,19 +167,15 @@ fn older_session_epoch_is_refused() {
     assert!(
         matches!(
             error,
-            EngineError::SessionSuperseded {
+            EngineError::Ledger(LedgerError::SessionSuperseded {
                 producer_id: 4,
                 session_epoch: 4,
                 current: 5
-            }
+            })
         ),
         "{error}"
     );
-    let balance = engine
-        .reader()
-        .payer(&payer_of(&alice))
-        .expect("read")
-        .expect("known");
+    let balance = balance(&engine, &payer_of(&alice));
     assert_eq!(balance.pending, 1, "the refused batch changed nothing");
 
     // The same producer id under another client is another producer, with its own epochs.
@@ -241,7 +218,7 @@ fn funds_events_apply_exactly_once_and_withdrawals_limit_spend() {
     funds(FundsKind::WithdrawalCompleted, 60, 7, 0);
     funds(FundsKind::BlockScanned, 0, 9, u64::MAX);
     let reader = engine.reader();
-    let balance = reader.payer(&payer).expect("read").expect("known");
+    let balance = balance(&engine, &payer);
     assert_eq!(
         (
             balance.deposited,
@@ -269,11 +246,7 @@ fn chainless_mode_accepts_unknown_payers_without_funds() {
     )
     .expect("ack");
     assert_eq!((ack.accepted, ack.rejections.len()), (1, 0));
-    let balance = engine
-        .reader()
-        .payer(&payer_of(&bob))
-        .expect("read")
-        .expect("known");
+    let balance = balance(&engine, &payer_of(&bob));
     assert_eq!(balance.pending, u128::from(u64::MAX));
     engine.shutdown().expect("shutdown");
 }
@@ -298,7 +271,7 @@ fn epochs_seal_commit_and_dispute_move_money_once() {
         ),
     )
     .expect("ack");
-    let sealed = wait(engine.seal_epoch().expect("queued")).expect("sealed");
+    let sealed = seal(&engine);
     assert_eq!(sealed.epoch, 1);
     assert_eq!(sealed.leaves.len(), 3);
     let mut debits = sealed.debits.clone();
@@ -316,7 +289,7 @@ fn epochs_seal_commit_and_dispute_move_money_once() {
     submit(&engine, request(1, 2, &[receipt(&alice, payee(1), 7, 2)])).expect("ack");
     assert_eq!(reader.open_epoch().expect("read").receipts, 1);
 
-    let update = |status| EpochUpdate {
+    let news = |status| EpochUpdate {
         epoch: 1,
         status,
         root: Some([9; 32]),
@@ -326,24 +299,11 @@ fn epochs_seal_commit_and_dispute_move_money_once() {
             block: 44,
         }),
     };
-    wait(
-        engine
-            .record_epoch(update(EpochStatus::Submitted))
-            .expect("queued"),
-    )
-    .expect("ok");
+    record(&engine, news(EpochStatus::Submitted)).expect("ok");
     for _ in 0..2 {
-        wait(
-            engine
-                .record_epoch(update(EpochStatus::Committed))
-                .expect("queued"),
-        )
-        .expect("ok");
+        record(&engine, news(EpochStatus::Committed)).expect("ok");
     }
-    let alice_balance = reader
-        .payer(&payer_of(&alice))
-        .expect("read")
-        .expect("known");
+    let alice_balance = balance(&engine, &payer_of(&alice));
     assert_eq!(
         (
             alice_balance.settled,
@@ -352,56 +312,41 @@ fn epochs_seal_commit_and_dispute_move_money_once() {
         ),
         (30, 7, 963)
     );
-    assert_eq!(
-        reader
-            .payee(&payee(1))
-            .expect("read")
-            .expect("known")
-            .settled,
-        15
-    );
-    let error = wait(
-        engine
-            .record_epoch(update(EpochStatus::Sealed))
-            .expect("queued"),
-    )
-    .expect_err("cannot go back");
+    assert_eq!(payee_balance(&engine, &payee(1)).settled, 15);
+    let error = record(&engine, news(EpochStatus::Sealed)).expect_err("cannot go back");
     assert!(
-        matches!(error, EngineError::EpochTransition { .. }),
+        matches!(
+            error,
+            EngineError::Ledger(LedgerError::EpochTransition { .. })
+        ),
         "{error}"
     );
-    let error = wait(
-        engine
-            .record_epoch(EpochUpdate {
-                epoch: 2,
-                ..update(EpochStatus::Committed)
-            })
-            .expect("queued"),
+    let error = record(
+        &engine,
+        EpochUpdate {
+            epoch: 2,
+            ..news(EpochStatus::Committed)
+        },
     )
     .expect_err("never sealed");
     assert!(
-        matches!(error, EngineError::UnknownEpoch { epoch: 2 }),
+        matches!(
+            error,
+            EngineError::Ledger(LedgerError::UnknownEpoch { epoch: 2 })
+        ),
         "{error}"
     );
 
     // A dispute voids the commit: the amounts are owed again and go into the next seal.
-    wait(
-        engine
-            .record_epoch(update(EpochStatus::Disputed))
-            .expect("queued"),
-    )
-    .expect("ok");
-    let alice_balance = reader
-        .payer(&payer_of(&alice))
-        .expect("read")
-        .expect("known");
+    record(&engine, news(EpochStatus::Disputed)).expect("ok");
+    let alice_balance = balance(&engine, &payer_of(&alice));
     assert_eq!((alice_balance.settled, alice_balance.pending), (0, 37));
-    let record = reader.epoch(1).expect("read").expect("exists");
+    let stored = reader.epoch(1).expect("read").expect("exists");
     assert_eq!(
-        (record.status, record.root, record.block),
+        (stored.status, stored.root, stored.block),
         (EpochStatus::Disputed, Some([9; 32]), Some(44))
     );
-    let second = wait(engine.seal_epoch().expect("queued")).expect("sealed");
+    let second = seal(&engine);
     assert_eq!(second.epoch, 2);
     let debit_total: u128 = second.debits.iter().map(|(_, d)| d).sum();
     assert_eq!(debit_total, 35 + 7);
@@ -416,11 +361,8 @@ fn epochs_seal_commit_and_dispute_move_money_once() {
 /// unsettled), once however often it is repeated.
 #[test]
 fn dispute_of_a_sealed_or_submitted_epoch_carries_its_amounts_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let engine = open(dir.path());
-    let alice = signing_key(1);
+    let (_dir, engine, alice) = with_alice(1_000);
     let payer = payer_of(&alice);
-    deposit(&engine, payer, 1_000, 1, 0);
     submit(
         &engine,
         request(
@@ -433,54 +375,41 @@ fn dispute_of_a_sealed_or_submitted_epoch_carries_its_amounts_once() {
         ),
     )
     .expect("ack");
-    let record = |epoch, status| {
-        wait(
-            engine
-                .record_epoch(EpochUpdate {
-                    epoch,
-                    status,
-                    root: None,
-                    part: None,
-                })
-                .expect("queued"),
-        )
-    };
-    let seal = || wait(engine.seal_epoch().expect("queued")).expect("sealed");
     let reader = engine.reader();
     let owed = || {
-        let balance = reader.payer(&payer).expect("read").expect("known");
+        let balance = balance(&engine, &payer);
         (balance.pending, balance.settled, balance.available)
     };
 
-    let first = seal();
+    let first = seal(&engine);
     assert_eq!(first.debits, vec![(payer, 30)]);
     for _ in 0..2 {
-        record(1, EpochStatus::Disputed).expect("a sealed epoch can be voided");
+        record(&engine, update(1, EpochStatus::Disputed)).expect("a sealed epoch can be voided");
     }
     assert_eq!(owed(), (30, 0, 970));
     submit(&engine, request(1, 2, &[receipt(&alice, payee(1), 5, 2)])).expect("ack");
 
     // The voided epoch's amounts and leaves are in the next seal, once.
-    let second = seal();
+    let second = seal(&engine);
     assert_eq!(second.debits, vec![(payer, 35)]);
     assert_eq!(second.credits, vec![(payee(1), 15), (payee(2), 20)]);
     assert_eq!(
         second.leaves,
         vec![(payer, payee(1), 15), (payer, payee(2), 20)]
     );
-    record(2, EpochStatus::Submitted).expect("submitted");
+    record(&engine, update(2, EpochStatus::Submitted)).expect("submitted");
     for _ in 0..2 {
-        record(2, EpochStatus::Disputed).expect("a submitted epoch can be voided");
+        record(&engine, update(2, EpochStatus::Disputed)).expect("a submitted epoch can be voided");
     }
     assert_eq!(owed(), (35, 0, 965));
     // News of its commit after the dispute is older than the dispute: taken, and nothing moves.
-    record(2, EpochStatus::Committed).expect("stale commit news is a no-op");
+    record(&engine, update(2, EpochStatus::Committed)).expect("stale commit news is a no-op");
     assert_eq!(owed(), (35, 0, 965), "a voided epoch stays void");
 
-    let third = seal();
+    let third = seal(&engine);
     assert_eq!(third.debits, vec![(payer, 35)]);
     assert_eq!(third.credits, vec![(payee(1), 15), (payee(2), 20)]);
-    record(3, EpochStatus::Committed).expect("committed");
+    record(&engine, update(3, EpochStatus::Committed)).expect("committed");
     assert_eq!(owed(), (0, 35, 965));
     let statuses: Vec<_> = (1..=3)
         .map(|epoch| reader.epoch(epoch).expect("read").expect("exists").status)
@@ -555,14 +484,7 @@ fn acked_state_survives_kill_9_and_reads_list_channels() {
     assert_eq!(page[0].payee, payee(2));
     let payee_channels = reader.payee_channels(&payee(1), None, 10).expect("read");
     assert_eq!(payee_channels.len(), 2);
-    assert_eq!(
-        reader
-            .payee(&payee(1))
-            .expect("read")
-            .expect("known")
-            .credited,
-        13
-    );
+    assert_eq!(payee_balance(&engine, &payee(1)).credited, 13);
     // The window survived: nonce 2 for bob is a duplicate now.
     let ack = submit(&engine, request(1, 4, &[receipt(&bob, payee(1), 1, 2)])).expect("ack");
     assert_eq!(ack.rejections, vec![(0, Reason::Duplicate)]);
@@ -614,11 +536,7 @@ fn only_the_last_acks_are_kept_and_older_resends_fall_back_to_receipt_dedup() {
     // Batch 1's ack was dropped: the re-send is judged again and its receipt is a duplicate.
     let again = submit(&engine, request(2, 1, &batches[0])).expect("ack");
     assert_eq!(again.rejections, vec![(0, Reason::Duplicate)]);
-    let balance = engine
-        .reader()
-        .payer(&payer_of(&alice))
-        .expect("read")
-        .expect("known");
+    let balance = balance(&engine, &payer_of(&alice));
     assert_eq!(balance.pending, 3);
     engine.shutdown().expect("shutdown");
 }

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use tollgate_engine::pipeline::{Engine, EngineConfig, EngineError};
+use tollgate_engine::pipeline::{Engine, EngineConfig, EngineError, LedgerError};
 use tollgate_engine::store::StoreError;
 
 fn open_err(config: EngineConfig) -> EngineError {
@@ -29,27 +29,29 @@ fn populated(dir: &Path) {
     engine.shutdown().expect("shutdown");
 }
 
+/// The store error a start in `dir` is refused with.
+fn refused_by_store(dir: &Path) -> StoreError {
+    match open_err(EngineConfig::new(dir)) {
+        EngineError::Ledger(LedgerError::Store(error)) => error,
+        other => panic!("refused for another reason than the store: {other}"),
+    }
+}
+
 #[test]
 fn garbage_current_file_refuses_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     populated(dir.path());
     std::fs::write(dir.path().join("CURRENT"), b"MANIFEST-999999\n").expect("write");
-    let error = open_err(EngineConfig::new(dir.path()));
-    assert!(
-        matches!(error, EngineError::Store(StoreError::Open { .. })),
-        "{error}"
-    );
+    let error = refused_by_store(dir.path());
+    assert!(matches!(error, StoreError::Open { .. }), "{error}");
 }
 
 #[test]
 fn half_written_or_foreign_dir_refuses_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("000004.sst"), b"not ours").expect("write");
-    let error = open_err(EngineConfig::new(dir.path()));
-    assert!(
-        matches!(error, EngineError::Store(StoreError::NotADatabase { .. })),
-        "{error}"
-    );
+    let error = refused_by_store(dir.path());
+    assert!(matches!(error, StoreError::NotADatabase { .. }), "{error}");
     assert!(error.to_string().contains("half-written"), "{error}");
 }
 
@@ -58,11 +60,8 @@ fn missing_current_in_a_real_ledger_refuses_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     populated(dir.path());
     std::fs::remove_file(dir.path().join("CURRENT")).expect("remove");
-    let error = open_err(EngineConfig::new(dir.path()));
-    assert!(
-        matches!(error, EngineError::Store(StoreError::NotADatabase { .. })),
-        "{error}"
-    );
+    let error = refused_by_store(dir.path());
+    assert!(matches!(error, StoreError::NotADatabase { .. }), "{error}");
 }
 
 #[test]
@@ -72,15 +71,13 @@ fn changed_window_size_refuses_start() {
     let mut config = EngineConfig::new(dir.path());
     config.ledger.window_nonces = 128;
     let error = open_err(config);
-    assert!(matches!(error, EngineError::Config { .. }), "{error}");
+    assert!(
+        matches!(error, EngineError::Ledger(LedgerError::Config { .. })),
+        "{error}"
+    );
     assert!(error.to_string().contains("window_nonces"), "{error}");
     // The directory itself is fine.
     let engine = open(dir.path());
-    let balance = engine
-        .reader()
-        .payer(&payer_of(&signing_key(1)))
-        .expect("read")
-        .expect("known");
-    assert_eq!(balance.pending, 20);
+    assert_eq!(balance(&engine, &payer_of(&signing_key(1))).pending, 20);
     engine.shutdown().expect("shutdown");
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use tollgate_engine::Receipt;
-use tollgate_engine::pipeline::{BatchAck, Engine, EngineConfig, EngineError};
+use tollgate_engine::pipeline::{BatchAck, Engine, EngineConfig, EngineError, LedgerError};
 use tollgate_engine::store::StoreError;
 
 /// Client batches written, each acked before the next is sent: one group, one WAL record each.
@@ -217,7 +217,10 @@ fn corrupt_complete_wal_record_refuses_start() {
         let error = Engine::open(EngineConfig::new(dir.path()), verifier())
             .expect_err("must refuse to start");
         assert!(
-            matches!(error, EngineError::Store(StoreError::Open { .. })),
+            matches!(
+                error,
+                EngineError::Ledger(LedgerError::Store(StoreError::Open { .. }))
+            ),
             "{error}"
         );
         let message = error.to_string();

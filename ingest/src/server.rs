@@ -35,7 +35,9 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tollgate_engine::pipeline::{BatchAck, Engine, EngineError, SubmitError, SubmitRequest};
+use tollgate_engine::pipeline::{
+    BatchAck, Engine, EngineError, LedgerError, SubmitError, SubmitRequest,
+};
 use tollgate_engine::receipt::RECEIPT_BYTES;
 use tollgate_engine::{Address, Domain, PayerKey, Reason};
 use tracing::Instrument;
@@ -652,9 +654,10 @@ impl Connection {
         match error {
             SubmitError::Closed => refusal(ErrorCode::ShuttingDown, "the engine is shutting down"),
             SubmitError::Poisoned => {
-                self.shared.fail(&EngineError::Poisoned {
-                    cause: "submit refused: ledger poisoned".into(),
-                });
+                self.shared
+                    .fail(&EngineError::Ledger(LedgerError::Poisoned {
+                        cause: "submit refused: ledger poisoned".into(),
+                    }));
                 refusal(ErrorCode::Internal, "the ledger has failed")
             }
             error => {
@@ -681,14 +684,16 @@ impl Connection {
                 };
                 self.write(&Frame::Ack(ack)).await
             }
-            Err(EngineError::SessionSuperseded { current, .. }) => Err(refusal(
-                ErrorCode::ProducerFenced,
-                format!(
-                    "batch {}: the producer is now at session epoch {current}",
-                    answered.batch_seq
-                ),
-            )),
-            Err(error @ EngineError::BatchMismatch { .. }) => {
+            Err(EngineError::Ledger(LedgerError::SessionSuperseded { current, .. })) => {
+                Err(refusal(
+                    ErrorCode::ProducerFenced,
+                    format!(
+                        "batch {}: the producer is now at session epoch {current}",
+                        answered.batch_seq
+                    ),
+                ))
+            }
+            Err(error @ EngineError::Ledger(LedgerError::BatchMismatch { .. })) => {
                 Err(refusal(ErrorCode::BatchMismatch, error.to_string()))
             }
             Err(error) if error.is_refusal() => {
@@ -892,7 +897,7 @@ fn payer_balance(
     Ok(Balance {
         request_id: query.request_id,
         payer,
-        deposited: funds.deposited.saturating_sub(funds.withdrawn),
+        net_deposited: funds.deposited.saturating_sub(funds.withdrawn),
         settled: funds.settled,
         pending: funds.pending,
         available: funds.available,

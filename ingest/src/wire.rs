@@ -995,7 +995,7 @@ impl QueryBalance {
 /// | ---: | ---: | --- |
 /// | 0 | 8 | request id (u64) |
 /// | 8 | 32 | payer |
-/// | 40 | 16 | deposited (u128) |
+/// | 40 | 16 | net deposited (u128) |
 /// | 56 | 16 | settled (u128) |
 /// | 72 | 16 | pending (u128) |
 /// | 88 | 16 | available (u128) |
@@ -1007,13 +1007,14 @@ pub struct Balance {
     pub request_id: u64,
     /// Whose balance.
     pub payer: PayerKey,
-    /// Total deposited onchain, net of completed withdrawals.
-    pub deposited: u128,
+    /// Deposited onchain in all minus the withdrawals completed: what the contract holds for
+    /// the payer before settlement (the ledger's and the HTTP API's `deposited` is gross).
+    pub net_deposited: u128,
     /// Spent in epochs already committed onchain.
     pub settled: u128,
     /// Spent in receipts accepted but not yet settled.
     pub pending: u128,
-    /// deposited − settled − pending (and minus withdrawals in progress).
+    /// net_deposited − settled − pending (and minus withdrawals in progress).
     pub available: u128,
     /// Receipts accepted from this payer.
     pub receipts: u64,
@@ -1028,7 +1029,7 @@ impl Balance {
     fn encode_body(&self, dst: &mut BytesMut) {
         dst.put_u64_le(self.request_id);
         dst.put_slice(&self.payer.0);
-        dst.put_u128_le(self.deposited);
+        dst.put_u128_le(self.net_deposited);
         dst.put_u128_le(self.settled);
         dst.put_u128_le(self.pending);
         dst.put_u128_le(self.available);
@@ -1041,7 +1042,7 @@ impl Balance {
         Ok(Balance {
             request_id: body.get_u64_le(),
             payer: PayerKey(array(&mut body)),
-            deposited: body.get_u128_le(),
+            net_deposited: body.get_u128_le(),
             settled: body.get_u128_le(),
             pending: body.get_u128_le(),
             available: body.get_u128_le(),

@@ -317,7 +317,7 @@ async fn balance_query_is_matched_by_request_id() {
                 let balance = Balance {
                     request_id: query.request_id,
                     payer: query.payer,
-                    deposited: u128::MAX,
+                    net_deposited: u128::MAX,
                     settled: 1,
                     pending: 2,
                     available: 3,
@@ -336,7 +336,7 @@ async fn balance_query_is_matched_by_request_id() {
     assert_eq!(
         (
             balance.payer,
-            balance.deposited,
+            balance.net_deposited,
             balance.available,
             balance.channels
         ),

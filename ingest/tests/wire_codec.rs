@@ -117,13 +117,13 @@ fn frame() -> impl Strategy<Value = Frame> {
                 |(
                     request_id,
                     payer,
-                    (deposited, settled, pending, available),
+                    (net_deposited, settled, pending, available),
                     (receipts, channels),
                 )| {
                     Frame::Balance(Balance {
                         request_id,
                         payer: PayerKey(payer),
-                        deposited,
+                        net_deposited,
                         settled,
                         pending,
                         available,

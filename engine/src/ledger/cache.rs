@@ -12,7 +12,7 @@ use std::hash::Hash;
 
 use crate::store::{Cf, Store, StoreBatch, StoreError};
 
-use super::record::DecodeError;
+use super::error::{DecodeError, corrupt};
 
 /// A value the cache can load and store.
 pub(crate) trait Cached: Sized {
@@ -66,12 +66,7 @@ impl<V: Cached> Cache<V> {
             return Ok(());
         }
         let value = match store.get(V::CF, &V::key_bytes(key))? {
-            Some(bytes) => {
-                V::decode(&bytes).map_err(|DecodeError(problem)| StoreError::Corrupt {
-                    cf: V::CF.name(),
-                    problem,
-                })?
-            }
+            Some(bytes) => V::decode(&bytes).map_err(corrupt(V::CF))?,
             None => default(),
         };
         self.map.insert(
@@ -102,10 +97,7 @@ impl<V: Cached> Cache<V> {
             .map(|bytes| {
                 V::decode(&bytes)
                     .map(|value| read(&value))
-                    .map_err(|DecodeError(problem)| StoreError::Corrupt {
-                        cf: V::CF.name(),
-                        problem,
-                    })
+                    .map_err(corrupt(V::CF))
             })
             .transpose()
     }

@@ -4,9 +4,14 @@
 //! - [`window`]: the per-channel anti-replay bitmap (RFC 6479).
 //! - [`record`]: every stored record and its byte layout.
 //! - `cache`: the writer's bounded cache of hot state.
-//! - `state`: the state machine (receipts, funds events, seals, epoch updates) over the cache. A
-//!   seal cuts the open epoch in one small write and writes its entries in bounded chunks between
-//!   receipt groups.
+//! - [`error`]: why the ledger refuses a request or stops ([`LedgerError`]).
+//! - `format`: whether a data directory is a ledger this build can run, and how a new one is
+//!   made.
+//! - `state`: the state machine's state (`Ledger`), owned by the writer, and its jobs,
+//!   one file each: `apply` (receipts), `funds` (chain events), `seal` (cutting an epoch and
+//!   writing its entries in bounded chunks between receipt groups), `epochs` (settle's news about
+//!   a sealed epoch), `group` (what one group commit holds and what a group in flight answers),
+//!   `account` (what payers and payees share).
 //! - `writer`: the writer thread: applies everything in arrival order, writes each group as one
 //!   synced `WriteBatch`, replies only after the write returned.
 //! - [`reader`]: reads from RocksDB snapshots; never blocks the writer.
@@ -15,13 +20,24 @@
 //! nonce) twice, never take a payer below zero available, and never reply before the write that
 //! holds the answer is synced.
 
+mod account;
+mod apply;
 mod cache;
+mod epochs;
+pub mod error;
+pub(crate) mod format;
+mod funds;
+mod group;
 pub mod reader;
 pub mod record;
+mod seal;
 pub(crate) mod state;
+#[cfg(test)]
+mod tests;
 pub mod window;
 pub(crate) mod writer;
 
+pub use error::LedgerError;
 pub use reader::{ChannelInfo, LedgerReader, PayeeBalance, PayerBalance};
 pub use record::{
     EntryCounts, EpochRecord, FundsCursor, HeadWithdrawals, OpenEpoch, PartRecord, SealingEpoch,
@@ -193,8 +209,8 @@ pub struct EpochUpdate {
 /// A sealed epoch as settle needs it: every leaf, for the tree. It is the one thing a seal holds
 /// whole in memory, and only in the reader that builds it (the seal's reply, or
 /// [`LedgerReader::sealed_epoch`]), never in the writer: 80 bytes per leaf and 48 per debit or
-/// credit (see `sealed_epoch_sizes` below), so an epoch of 1,000,000 channels is about 80 MB plus
-/// its payers and payees.
+/// credit (`sealed_epoch_sizes` in the ledger's tests checks these), so an epoch of 1,000,000
+/// channels is about 80 MB plus its payers and payees.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct SealedEpoch {
     /// Epoch number (the first is 1).
@@ -206,17 +222,4 @@ pub struct SealedEpoch {
     pub debits: Vec<(PayerKey, u128)>,
     /// Net credit per payee in the epoch, sorted by payee.
     pub credits: Vec<(Address, u128)>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The figures [`SealedEpoch`]'s memory bound states.
-    #[test]
-    fn sealed_epoch_sizes() {
-        assert_eq!(size_of::<(PayerKey, Address, u128)>(), 80);
-        assert_eq!(size_of::<(PayerKey, u128)>(), 48);
-        assert_eq!(size_of::<(Address, u128)>(), 48);
-    }
 }

@@ -11,8 +11,9 @@ use crate::receipt::{Address, PayerKey};
 use crate::store::{Cf, Store, StoreError, StoreSnapshot};
 
 use super::SealedEpoch;
+use super::error::corrupt;
 use super::record::{
-    ChannelKey, ChannelState, DecodeError, EntryKind, EpochRecord, FUNDS_CURSOR_KEY, FundsCursor,
+    ChannelKey, ChannelState, EntryKind, EpochRecord, FUNDS_CURSOR_KEY, FundsCursor,
     HEAD_WITHDRAWALS_KEY, HeadWithdrawals, OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState,
     ProducerKey, ProducerState, SEALING_EPOCH_KEY, SealingEpoch, address_from, decode_amount,
     entry_key, entry_prefix, epoch_key, payer_from, producer_key,
@@ -80,13 +81,6 @@ pub struct ChannelInfo {
 #[derive(Clone, Debug)]
 pub struct LedgerReader {
     store: Arc<Store>,
-}
-
-fn corrupt(cf: Cf) -> impl FnOnce(DecodeError) -> StoreError {
-    move |DecodeError(problem)| StoreError::Corrupt {
-        cf: cf.name(),
-        problem,
-    }
 }
 
 fn channel_info(key: ChannelKey, bytes: &[u8]) -> Result<ChannelInfo, StoreError> {

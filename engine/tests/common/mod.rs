@@ -11,8 +11,10 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
+use tollgate_engine::ledger::{PayeeBalance, PayerBalance};
 use tollgate_engine::pipeline::{
-    BatchAck, Engine, EngineConfig, EngineError, FundsEvent, FundsKind, SubmitRequest,
+    BatchAck, Engine, EngineConfig, EngineError, EpochStatus, EpochUpdate, FundsEvent, FundsKind,
+    SealedEpoch, SubmitRequest,
 };
 use tollgate_engine::{
     Address, Domain, PayerKey, Receipt, ReceiptBatch, UnsignedReceipt, Verifier, VerifyConfig,
@@ -117,6 +119,46 @@ pub fn deposit(engine: &Engine, payer: PayerKey, amount: u128, block: u64, log_i
             .expect("queued"),
     )
     .expect("deposit applied");
+}
+
+/// A new engine in a temporary directory, with alice (`signing_key(1)`) holding `deposited`
+/// from block 1: where most ledger guarantees start.
+pub fn with_alice(deposited: u128) -> (tempfile::TempDir, Engine, SigningKey) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let alice = signing_key(1);
+    deposit(&engine, payer_of(&alice), deposited, 1, 0);
+    (dir, engine, alice)
+}
+
+/// The durable balance of a payer the ledger knows.
+pub fn balance(engine: &Engine, payer: &PayerKey) -> PayerBalance {
+    engine.reader().payer(payer).expect("read").expect("known")
+}
+
+/// The durable balance of a payee the ledger knows.
+pub fn payee_balance(engine: &Engine, payee: &Address) -> PayeeBalance {
+    engine.reader().payee(payee).expect("read").expect("known")
+}
+
+/// Seals the open epoch and waits for it.
+pub fn seal(engine: &Engine) -> SealedEpoch {
+    wait(engine.seal_epoch().expect("queued")).expect("sealed")
+}
+
+/// Settle's news about an epoch, answered once durable.
+pub fn record(engine: &Engine, update: EpochUpdate) -> Result<(), EngineError> {
+    wait(engine.record_epoch(update).expect("queued"))
+}
+
+/// News that `epoch` is now `status`, without root or part.
+pub fn update(epoch: u64, status: EpochStatus) -> EpochUpdate {
+    EpochUpdate {
+        epoch,
+        status,
+        root: None,
+        part: None,
+    }
 }
 
 /// The test every crashing test binary declares, running [`crash_child`]:

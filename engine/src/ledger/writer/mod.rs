@@ -21,22 +21,27 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, bounded};
 use futures_channel::oneshot;
 
-use crate::pipeline::EngineError;
 use crate::receipt::{PayerKey, ReceiptBatch};
 use crate::store::{Store, StoreBatch};
 use crate::verdict::Verdict;
 
-use super::record::BatchDigest;
-use super::record::HeadWithdrawals;
+use super::error::LedgerError;
+use super::record::{BatchDigest, HeadWithdrawals};
 use super::state::{Ledger, SessionId};
 use super::{BatchAck, EpochUpdate, FundsEvent, LedgerReader, SealedEpoch};
 
-pub(crate) type AckSender = oneshot::Sender<Result<BatchAck, EngineError>>;
-pub(crate) type DoneSender = oneshot::Sender<Result<(), EngineError>>;
-pub(crate) type SealSender = oneshot::Sender<Result<SealedEpoch, EngineError>>;
+/// The error type the writer answers in: the caller's, which wraps [`LedgerError`]. The writer
+/// decides in [`LedgerError`] and converts only as a reply leaves.
+pub(crate) trait AnswerError: From<LedgerError> + Send + 'static {}
+
+impl<E: From<LedgerError> + Send + 'static> AnswerError for E {}
+
+pub(crate) type AckSender<E> = oneshot::Sender<Result<BatchAck, E>>;
+pub(crate) type DoneSender<E> = oneshot::Sender<Result<(), E>>;
+pub(crate) type SealSender<E> = oneshot::Sender<Result<SealedEpoch, E>>;
 
 /// Work for the writer.
-pub(crate) enum WriterMsg {
+pub(crate) enum WriterMsg<E> {
     /// A verified batch: `verdicts[i]` is the verify stage's verdict for record `i`; `digest` is
     /// blake3 of its receipt bytes, computed before it was queued.
     Batch {
@@ -44,25 +49,25 @@ pub(crate) enum WriterMsg {
         digest: BatchDigest,
         receipts: ReceiptBatch,
         verdicts: Vec<Verdict>,
-        reply: AckSender,
+        reply: AckSender<E>,
     },
     /// A chain event for the funds check.
     Funds {
         event: FundsEvent,
-        reply: DoneSender,
+        reply: DoneSender<E>,
     },
     /// The withdrawal requests at the chain's head, replacing the last set.
     HeadWithdrawals {
         requests: HeadWithdrawals,
-        reply: DoneSender,
+        reply: DoneSender<E>,
     },
     /// Seal the open epoch. Answered once the whole epoch is written; a seal asked for while
     /// another runs seals the epoch open when that one ends.
-    Seal { reply: SealSender },
+    Seal { reply: SealSender<E> },
     /// Settle's news about an epoch.
     Record {
         update: EpochUpdate,
-        reply: DoneSender,
+        reply: DoneSender<E>,
     },
     /// The chain holds only `available` of `payer`'s debit in `epoch` (see
     /// `Ledger::record_shortfall`).
@@ -70,32 +75,32 @@ pub(crate) enum WriterMsg {
         epoch: u64,
         payer: PayerKey,
         available: u128,
-        reply: DoneSender,
+        reply: DoneSender<E>,
     },
     /// Finish what is queued, write it, stop.
     Shutdown,
 }
 
-enum Reply {
-    Ack(AckSender, Result<BatchAck, EngineError>),
-    Done(DoneSender, Result<(), EngineError>),
+enum Reply<E> {
+    Ack(AckSender<E>, Result<BatchAck, LedgerError>),
+    Done(DoneSender<E>, Result<(), LedgerError>),
     /// A finished seal: the epoch and where to read it back from.
-    Sealed(SealSender, Result<(u64, LedgerReader), EngineError>),
+    Sealed(SealSender<E>, Result<(u64, LedgerReader), LedgerError>),
 }
 
-impl Reply {
+impl<E: AnswerError> Reply<E> {
     fn send(self) {
         // A receiver that went away (a closed connection) does not need its answer: the state
         // is durable either way and a re-send gets the same ack.
         match self {
-            Reply::Ack(tx, result) => drop(tx.send(result)),
-            Reply::Done(tx, result) => drop(tx.send(result)),
+            Reply::Ack(tx, result) => drop(tx.send(result.map_err(E::from))),
+            Reply::Done(tx, result) => drop(tx.send(result.map_err(E::from))),
             Reply::Sealed(tx, Ok((epoch, reader))) => send_sealed(tx, epoch, reader),
-            Reply::Sealed(tx, Err(error)) => drop(tx.send(Err(error))),
+            Reply::Sealed(tx, Err(error)) => drop(tx.send(Err(error.into()))),
         }
     }
 
-    fn fail(self, error: &EngineError) -> Self {
+    fn fail(self, error: &LedgerError) -> Self {
         match self {
             Reply::Ack(tx, Ok(_)) => Reply::Ack(tx, Err(error.clone_fatal())),
             Reply::Done(tx, Ok(())) => Reply::Done(tx, Err(error.clone_fatal())),
@@ -109,14 +114,15 @@ impl Reply {
 /// holds every leaf (see [`SealedEpoch`]), and reading a large epoch on the sync thread would
 /// hold up the acks behind it. If the thread cannot start, dropping `tx` tells the caller the
 /// engine could not answer; the epoch is durable and listed either way.
-fn send_sealed(tx: SealSender, epoch: u64, reader: LedgerReader) {
+fn send_sealed<E: AnswerError>(tx: SealSender<E>, epoch: u64, reader: LedgerReader) {
     let spawned = std::thread::Builder::new()
         .name("tollgate-seal-reply".into())
         .spawn(move || {
             let sealed = reader
                 .sealed_epoch(epoch)
-                .map_err(EngineError::from)
-                .and_then(|sealed| sealed.ok_or(EngineError::UnknownEpoch { epoch }));
+                .map_err(LedgerError::from)
+                .and_then(|sealed| sealed.ok_or(LedgerError::UnknownEpoch { epoch }))
+                .map_err(E::from);
             // The reader keeps the database open: released before the answer, so a caller that
             // shuts the engine down on hearing it can reopen the directory at once.
             drop(reader);
@@ -129,21 +135,21 @@ fn send_sealed(tx: SealSender, epoch: u64, reader: LedgerReader) {
 
 /// The two queues the writer reads. Control messages are rare and small, so they are taken
 /// first whenever both have something.
-struct Inbox {
-    batches: Option<Receiver<WriterMsg>>,
-    control: Option<Receiver<WriterMsg>>,
+struct Inbox<E> {
+    batches: Option<Receiver<WriterMsg<E>>>,
+    control: Option<Receiver<WriterMsg<E>>>,
 }
 
-impl Inbox {
+impl<E> Inbox<E> {
     /// Blocks until a message arrives; `None` once both queues are closed and empty.
-    fn recv(&mut self) -> Option<WriterMsg> {
+    fn recv(&mut self) -> Option<WriterMsg<E>> {
         loop {
             if let Some(msg) = self.try_recv() {
                 return Some(msg);
             }
             // Clones of the receivers (a reference count each) so the selection borrows them,
             // not `self`, which the disconnect handling below changes.
-            let open: Vec<(bool, Receiver<WriterMsg>)> =
+            let open: Vec<(bool, Receiver<WriterMsg<E>>)> =
                 [(true, &self.batches), (false, &self.control)]
                     .into_iter()
                     .filter_map(|(is_batches, rx)| rx.clone().map(|rx| (is_batches, rx)))
@@ -167,7 +173,7 @@ impl Inbox {
     }
 
     /// A waiting message, if any, without blocking.
-    fn try_recv(&mut self) -> Option<WriterMsg> {
+    fn try_recv(&mut self) -> Option<WriterMsg<E>> {
         for slot in [&mut self.control, &mut self.batches] {
             let Some(rx) = slot else { continue };
             match rx.try_recv() {
@@ -179,7 +185,7 @@ impl Inbox {
         None
     }
 
-    fn try_recv_control(&mut self) -> Option<WriterMsg> {
+    fn try_recv_control(&mut self) -> Option<WriterMsg<E>> {
         let rx = self.control.as_ref()?;
         rx.try_recv().ok()
     }
@@ -193,15 +199,15 @@ fn now_ms() -> u64 {
 }
 
 /// A closed group on its way to disk, with the replies it releases.
-struct Job {
+struct Job<E> {
     batch: StoreBatch,
-    replies: Vec<Reply>,
+    replies: Vec<Reply<E>>,
 }
 
 /// The sync thread: writes one closed group at a time and releases its replies once the write
 /// returned. Running it beside the writer is what lets the next group be applied during the
 /// fsync.
-fn sync_loop(store: Arc<Store>, jobs: Receiver<Job>, done: Sender<()>) {
+fn sync_loop<E: AnswerError>(store: Arc<Store>, jobs: Receiver<Job<E>>, done: Sender<()>) {
     for job in jobs {
         let writes = !job.batch.is_empty();
         let started = Instant::now();
@@ -214,7 +220,7 @@ fn sync_loop(store: Arc<Store>, jobs: Receiver<Job>, done: Sender<()>) {
         match result {
             Ok(()) => job.replies.into_iter().for_each(Reply::send),
             Err(error) => {
-                let error = EngineError::from(error);
+                let error = LedgerError::from(error);
                 tracing::error!(%error, "ledger group write failed; refusing all further writes");
                 for reply in job.replies {
                     reply.fail(&error).send();
@@ -227,34 +233,33 @@ fn sync_loop(store: Arc<Store>, jobs: Receiver<Job>, done: Sender<()>) {
     }
 }
 
-pub(crate) struct Writer {
+pub(crate) struct Writer<E> {
     ledger: Ledger,
-    inbox: Inbox,
-    replies: Vec<Reply>,
+    inbox: Inbox<E>,
+    replies: Vec<Reply<E>>,
     group_receipts_max: usize,
     /// To the sync thread; `None` once closed.
-    jobs: Option<Sender<Job>>,
-    /// From the sync thread: one message per job written.
+    jobs: Option<Sender<Job<E>>>,
+    /// From the sync thread: one message per job written (while the ledger has a group in
+    /// flight, the sync thread has its job).
     done: Receiver<()>,
-    /// A job was handed to the sync thread and has not reported back.
-    in_flight: bool,
     syncer: Option<JoinHandle<()>>,
     /// Waiting for the running seal.
-    seal_waiters: Vec<SealSender>,
+    seal_waiters: Vec<SealSender<E>>,
     /// Asked for a seal while one ran: they share the next one, of the epoch open now.
-    next_seal_waiters: Vec<SealSender>,
+    next_seal_waiters: Vec<SealSender<E>>,
     /// Test hook: told after each message is handled, so a test can order its steps against
     /// the writer's without sleeping.
     #[cfg(test)]
     handled: Option<Sender<()>>,
 }
 
-impl Writer {
+impl<E: AnswerError> Writer<E> {
     /// Starts the sync thread; the writer itself runs in [`Writer::run`].
     pub(crate) fn new(
         ledger: Ledger,
-        batches: Receiver<WriterMsg>,
-        control: Receiver<WriterMsg>,
+        batches: Receiver<WriterMsg<E>>,
+        control: Receiver<WriterMsg<E>>,
         group_receipts_max: usize,
     ) -> std::io::Result<Self> {
         // One job at a time each way: one group being written while the next is applied.
@@ -274,7 +279,6 @@ impl Writer {
             group_receipts_max,
             jobs: Some(jobs_tx),
             done: done_rx,
-            in_flight: false,
             syncer: Some(syncer),
             seal_waiters: Vec::new(),
             next_seal_waiters: Vec::new(),
@@ -284,7 +288,7 @@ impl Writer {
     }
 
     /// Runs until shut down or until every sender is gone. `Err` when the store is poisoned.
-    pub(crate) fn run(mut self) -> Result<(), EngineError> {
+    pub(crate) fn run(mut self) -> Result<(), LedgerError> {
         let mut stopping = false;
         while !stopping {
             if self.ledger.is_poisoned() {
@@ -352,15 +356,15 @@ impl Writer {
         Ok(())
     }
 
-    fn poisoned(&self) -> EngineError {
-        EngineError::Poisoned {
+    fn poisoned(&self) -> LedgerError {
+        LedgerError::Poisoned {
             cause: "an earlier write failed".into(),
         }
     }
 
-    fn handle(&mut self, msg: WriterMsg) {
+    fn handle(&mut self, msg: WriterMsg<E>) {
         if self.ledger.is_poisoned() {
-            let error = self.poisoned();
+            let error = E::from(self.poisoned());
             match msg {
                 WriterMsg::Batch { reply, .. } => drop(reply.send(Err(error))),
                 WriterMsg::Funds { reply, .. }
@@ -438,7 +442,7 @@ impl Writer {
             .drain(..)
             .chain(self.next_seal_waiters.drain(..))
         {
-            drop(reply.send(Err(error.clone_fatal())));
+            drop(reply.send(Err(error.clone_fatal().into())));
         }
     }
 
@@ -452,7 +456,7 @@ impl Writer {
 
     /// The cut. The seal's chunks read the epoch's index from the store, so every group before
     /// the cut is written first: the only wait a seal imposes on receipts.
-    fn start_seal(&mut self, waiters: Vec<SealSender>) {
+    fn start_seal(&mut self, waiters: Vec<SealSender<E>>) {
         self.flush();
         self.wait_idle();
         match self.ledger.begin_seal() {
@@ -463,7 +467,7 @@ impl Writer {
             Err(error) => {
                 self.ledger.poison(error.to_string());
                 for reply in waiters {
-                    drop(reply.send(Err(error.clone_fatal())));
+                    drop(reply.send(Err(error.clone_fatal().into())));
                 }
             }
         }
@@ -497,7 +501,7 @@ impl Writer {
                 // Nothing in a seal is a refusal: a failed chunk leaves the cache half-changed.
                 self.ledger.poison(error.to_string());
                 for reply in self.seal_waiters.drain(..) {
-                    drop(reply.send(Err(error.clone_fatal())));
+                    drop(reply.send(Err(error.clone_fatal().into())));
                 }
             }
         }
@@ -505,7 +509,7 @@ impl Writer {
 
     /// A refusal (stale session, unknown epoch...) changed nothing. Anything else may have left
     /// the cache half-changed, so nothing more may be written.
-    fn check_fatal<T>(&self, result: &Result<T, EngineError>) {
+    fn check_fatal<T>(&self, result: &Result<T, LedgerError>) {
         if let Err(error) = result
             && !error.is_refusal()
         {
@@ -515,11 +519,8 @@ impl Writer {
 
     /// Waits for the group in flight, if any, to be written.
     fn wait_idle(&mut self) {
-        if self.in_flight {
-            self.in_flight = false;
-            if self.done.recv().is_err() {
-                self.ledger.poison("ledger sync thread stopped".into());
-            }
+        if self.ledger.group_in_flight() && self.done.recv().is_err() {
+            self.ledger.poison("ledger sync thread stopped".into());
         }
         self.ledger.written();
     }
@@ -547,217 +548,11 @@ impl Writer {
             return;
         };
         match jobs.send(Job { batch, replies }) {
-            Ok(()) => self.in_flight = true,
+            Ok(()) => {}
             Err(_) => self.ledger.poison("ledger sync thread stopped".into()),
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ledger::record::batch_digest;
-    use crate::ledger::state::initial_format;
-    use crate::ledger::{LedgerConfig, UnknownPayers};
-    use crate::receipt::{Address, Domain, PayerKey, Receipt, UnsignedReceipt};
-    use crate::store::{Cf, FORMAT_KEY};
-    use ed25519_dalek::SigningKey;
-    use futures::executor::block_on;
-
-    /// A batch re-sent while its original group is being written is answered from that group,
-    /// so its reply waits in the next group, which has nothing to write. If the original write
-    /// fails, neither reply may be an ack: the real writer and sync thread over a real RocksDB,
-    /// with the original write held until the re-send was handled.
-    #[test]
-    fn resend_answered_from_a_group_whose_write_fails_is_not_acked() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = LedgerConfig {
-            unknown_payers: UnknownPayers::Accept,
-            ..LedgerConfig::default()
-        };
-        let format = initial_format(&config);
-        let (store, _) =
-            Store::open(dir.path(), |batch| batch.put(Cf::Meta, FORMAT_KEY, format)).expect("open");
-        let store = Arc::new(store);
-        let ledger = Ledger::open(Arc::clone(&store), config.clone()).expect("ledger");
-        let (batches, batches_rx) = bounded(4);
-        let (control, control_rx) = bounded(4);
-        let (handled_tx, handled) = bounded(4);
-        let mut writer =
-            Writer::new(ledger, batches_rx, control_rx, config.group_receipts_max).expect("writer");
-        writer.handled = Some(handled_tx);
-        let writer = std::thread::spawn(move || writer.run());
-
-        let key = SigningKey::from_bytes(&[3; 32]);
-        let receipt = UnsignedReceipt {
-            payer: PayerKey(key.verifying_key().to_bytes()),
-            payee: Address([5; 20]),
-            amount: 10,
-            nonce: 1,
-            timestamp_ms: now_ms(),
-            request_hash: [0; 32],
-        }
-        .sign(&key, &Domain::default());
-        let receipts = ReceiptBatch::from_receipts(&[receipt]);
-        let digest = batch_digest(&receipts);
-        let send = || {
-            let (reply, answer) = oneshot::channel();
-            batches
-                .send(WriterMsg::Batch {
-                    session: SessionId {
-                        client_id: 1,
-                        producer_id: 1,
-                        session_epoch: 1,
-                        batch_seq: 1,
-                    },
-                    digest,
-                    receipts: receipts.clone(),
-                    verdicts: vec![Ok(())],
-                    reply,
-                })
-                .expect("writer is running");
-            answer
-        };
-
-        let held = store.hold_next_write_then_fail();
-        let original = send();
-        held.wait_until_held();
-        let resend = send();
-        for _ in 0..2 {
-            handled.recv().expect("writer handled the batch");
-        }
-        held.release_with_failure();
-
-        let answers = [original, resend]
-            .map(|answer| futures::executor::block_on(answer).expect("writer answered"));
-        for (which, answer) in ["original", "re-send"].iter().zip(&answers) {
-            assert!(
-                matches!(answer, Err(EngineError::Poisoned { .. })),
-                "{which}: {answer:?}"
-            );
-        }
-        drop((batches, control));
-        let result = writer.join().expect("writer thread");
-        assert!(
-            matches!(result, Err(EngineError::Poisoned { .. })),
-            "{result:?}"
-        );
-    }
-
-    /// Receipt `nonce` of channel `c` (8 payers × 8 payees).
-    fn receipt(c: u8, nonce: u64, now_ms: u64) -> Receipt {
-        Receipt {
-            payer: PayerKey([c / 8 + 1; 32]),
-            payee: Address([c % 8 + 1; 20]),
-            amount: u64::from(c) + 1,
-            nonce,
-            timestamp_ms: now_ms,
-            request_hash: [0; 32],
-            // The verdicts sent with the batch are what the writer trusts.
-            signature: [0; 64],
-        }
-    }
-
-    fn batch(channels: impl Iterator<Item = u8>, nonce: u64) -> (ReceiptBatch, Vec<Verdict>) {
-        let now = now_ms();
-        let receipts: Vec<Receipt> = channels.map(|c| receipt(c, nonce, now)).collect();
-        let verdicts = vec![Ok(()); receipts.len()];
-        (ReceiptBatch::from_receipts(&receipts), verdicts)
-    }
-
-    fn session(batch_seq: u64) -> SessionId {
-        SessionId {
-            client_id: 1,
-            producer_id: 1,
-            session_epoch: 0,
-            batch_seq,
-        }
-    }
-
-    /// The seal of a 64-channel epoch takes 40 chunks of 2 keys. Batches queued behind the seal
-    /// request are applied between its chunks, in the next epoch, and acked before the seal's
-    /// answer: the seal no longer holds the writer for its whole length.
-    #[test]
-    fn batches_queued_behind_a_seal_are_acked_before_it_ends() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = LedgerConfig {
-            seal_chunk_keys: 2,
-            unknown_payers: UnknownPayers::Accept,
-            ..LedgerConfig::default()
-        };
-        let format = initial_format(&config);
-        let (store, _) =
-            Store::open(dir.path(), |b| b.put(Cf::Meta, FORMAT_KEY, format)).expect("open");
-        let mut ledger = Ledger::open(Arc::new(store), config.clone()).expect("ledger");
-        let (receipts, verdicts) = batch(0..64, 1);
-        let ack = ledger
-            .apply_batch(
-                session(1),
-                batch_digest(&receipts),
-                &receipts,
-                &verdicts,
-                now_ms(),
-            )
-            .expect("epoch 1");
-        assert_eq!(ack.accepted, 64);
-        ledger.commit().expect("commit");
-
-        // Everything is queued before the writer starts, so the order it sees is fixed: the
-        // seal first (control messages go first), then four batches of epoch 2 touching
-        // channels, payers and payees the seal has not reached.
-        let (batches_tx, batches_rx) = bounded(8);
-        let (control_tx, control_rx) = bounded(8);
-        let (seal_tx, seal_rx) = oneshot::channel();
-        control_tx
-            .send(WriterMsg::Seal { reply: seal_tx })
-            .expect("queue seal");
-        let mut acks = Vec::new();
-        for seq in 2..6u8 {
-            let (receipts, verdicts) = batch((0..64).filter(|c| c % 4 == seq - 2), 2);
-            let (reply, ack) = oneshot::channel();
-            batches_tx
-                .send(WriterMsg::Batch {
-                    session: session(u64::from(seq)),
-                    digest: batch_digest(&receipts),
-                    receipts,
-                    verdicts,
-                    reply,
-                })
-                .expect("queue batch");
-            acks.push(ack);
-        }
-        let writer =
-            Writer::new(ledger, batches_rx, control_rx, config.group_receipts_max).expect("writer");
-        let running = std::thread::spawn(move || writer.run());
-
-        let sealed = block_on(seal_rx).expect("answered").expect("sealed");
-        // The sync thread answers groups in order, so a batch applied between the seal's chunks
-        // has its ack out before the seal's answer.
-        for (index, mut ack) in acks.into_iter().enumerate() {
-            match ack.try_recv() {
-                Ok(Some(Ok(ack))) => assert_eq!(ack.accepted, 16, "{:?}", ack.rejections),
-                other => panic!(
-                    "batch {index} queued behind the seal was not acked when the seal was \
-                     answered: {other:?}"
-                ),
-            }
-        }
-        assert_eq!(sealed.epoch, 1);
-        assert_eq!(sealed.leaves.len(), 64);
-        // Every leaf is at its epoch-1 cumulative: epoch 2's receipts did not leak in.
-        assert!(
-            sealed
-                .leaves
-                .iter()
-                .all(|(payer, payee, cumulative)| *cumulative
-                    == u128::from((payer.0[0] - 1) * 8 + payee.0[0])),
-            "{:?}",
-            sealed.leaves
-        );
-        let debits: u128 = sealed.debits.iter().map(|(_, d)| d).sum();
-        assert_eq!(debits, (1..=64).sum::<u128>());
-
-        control_tx.send(WriterMsg::Shutdown).expect("shutdown");
-        running.join().expect("writer thread").expect("clean stop");
-    }
-}
+mod tests;

@@ -10,26 +10,30 @@
 //! `submit` answers [`SubmitError::Full`], and ingest stops reading sockets: TCP pushes back on the
 //! fleet. Replies travel on `futures_channel::oneshot`, which needs no async runtime.
 
-use crate::telemetry as names;
+mod verify_stage;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use crossbeam_channel::{Sender, TrySendError, bounded};
 use futures_channel::oneshot;
 use thiserror::Error;
 
+use crate::ledger::error::invariant;
+use crate::ledger::format::{open_store, validate};
 use crate::ledger::record::{BatchDigest, batch_digest};
-use crate::ledger::state::{Ledger, SessionId, initial_format, validate};
+use crate::ledger::state::Ledger;
 use crate::ledger::writer::{Writer, WriterMsg};
 use crate::receipt::{PayerKey, ReceiptBatch, ReceiptView};
-use crate::store::{Cf, FORMAT_KEY, Store, StoreError};
+use crate::store::Store;
 use crate::verdict::{Reason, Verdict};
+use verify_stage::verify_stage;
 
 pub use crate::ledger::{
     BatchAck, EpochStatus, EpochUpdate, FundsEvent, FundsKind, HeadWithdrawals, LedgerConfig,
-    LedgerReader, PartRecord, SealedEpoch, UnknownPayers,
+    LedgerError, LedgerReader, PartRecord, SealedEpoch, UnknownPayers,
 };
 
 /// Checks the signatures of a batch. `engine::verify::VerifyPool` is the production one.
@@ -85,74 +89,14 @@ pub struct SubmitRequest {
     pub prejudged: Vec<(u32, Reason)>,
 }
 
-/// Why the engine could not do what was asked. Errors marked fatal mean the process must stop.
+/// Why the engine could not do what was asked: the ledger's answer, or the pipeline's own
+/// trouble around it. Errors marked fatal mean the process must stop.
 #[derive(Debug, Error)]
 pub enum EngineError {
-    /// The store could not be opened or read (the message names the problem and the directory).
+    /// The ledger refused the request or failed (see [`LedgerError`] for which are fatal).
     #[error(transparent)]
-    Store(StoreError),
-    /// Fatal: a write or fsync failed, or an invariant broke, and the ledger takes no more writes.
-    #[error("ledger poisoned (fatal): {cause}")]
-    Poisoned {
-        /// what failed first
-        cause: String,
-    },
-    /// Fatal: the ledger's state contradicts itself; nothing is written after this.
-    #[error("ledger invariant broken (fatal): {what}")]
-    Invariant {
-        /// what did not add up
-        what: String,
-    },
-    /// A batch or HELLO from a session older than the producer's current one.
-    #[error(
-        "producer {producer_id}: session epoch {session_epoch} is older than the current {current}"
-    )]
-    SessionSuperseded {
-        /// the producer
-        producer_id: u64,
-        /// the epoch the request came with
-        session_epoch: u64,
-        /// the epoch stored for the producer
-        current: u64,
-    },
-    /// A batch under a (client, producer, session epoch, batch sequence) whose ack is remembered,
-    /// but with other receipt bytes than the batch that got that ack: not a re-send. Nothing was
-    /// applied; the original ack still answers the original bytes.
-    #[error(
-        "producer {producer_id}: batch {batch_seq} of session epoch {session_epoch} was acknowledged \
-         with other receipts; a re-send must repeat the batch exactly"
-    )]
-    BatchMismatch {
-        /// the producer
-        producer_id: u64,
-        /// the session epoch the batch came with
-        session_epoch: u64,
-        /// the batch sequence number reused
-        batch_seq: u64,
-    },
-    /// `record_epoch` for an epoch that was never sealed.
-    #[error("epoch {epoch} was never sealed")]
-    UnknownEpoch {
-        /// the epoch asked for
-        epoch: u64,
-    },
-    /// `record_epoch` asked for a status change that settlement cannot make.
-    #[error("epoch {epoch} cannot go from {from:?} to {to:?}")]
-    EpochTransition {
-        /// the epoch
-        epoch: u64,
-        /// stored status
-        from: EpochStatus,
-        /// requested status
-        to: EpochStatus,
-    },
-    /// A funds event would overflow the payer's totals; it was not applied.
-    #[error("funds event for payer {payer} overflows its totals")]
-    FundsOverflow {
-        /// the payer
-        payer: PayerKey,
-    },
-    /// The configuration is invalid or does not match the data directory.
+    Ledger(#[from] LedgerError),
+    /// The pipeline's configuration is invalid.
     #[error("engine configuration: {problem}")]
     Config {
         /// what is wrong
@@ -166,34 +110,14 @@ pub enum EngineError {
     Stopped,
 }
 
-impl From<StoreError> for EngineError {
-    fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::Poisoned { cause } => EngineError::Poisoned { cause },
-            other => EngineError::Store(other),
-        }
-    }
-}
-
 impl EngineError {
     /// True for answers that refuse one request and change nothing; false for failures after
     /// which the ledger must not write again.
     pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
-            EngineError::SessionSuperseded { .. }
-                | EngineError::BatchMismatch { .. }
-                | EngineError::UnknownEpoch { .. }
-                | EngineError::EpochTransition { .. }
-                | EngineError::FundsOverflow { .. }
-                | EngineError::Config { .. }
-        )
-    }
-
-    /// The error every other reply of a failed group gets.
-    pub(crate) fn clone_fatal(&self) -> EngineError {
-        EngineError::Poisoned {
-            cause: self.to_string(),
+        match self {
+            EngineError::Ledger(error) => error.is_refusal(),
+            EngineError::Config { .. } => true,
+            EngineError::Spawn(_) | EngineError::Stopped => false,
         }
     }
 }
@@ -238,12 +162,12 @@ enum VerifyMsg {
 
 struct Threads {
     verify: JoinHandle<()>,
-    writer: JoinHandle<Result<(), EngineError>>,
+    writer: JoinHandle<Result<(), LedgerError>>,
 }
 
 struct Inner {
     submit: Sender<VerifyMsg>,
-    control: Sender<WriterMsg>,
+    control: Sender<WriterMsg<EngineError>>,
     store: Arc<Store>,
     closed: AtomicBool,
     threads: Mutex<Option<Threads>>,
@@ -282,10 +206,7 @@ impl Engine {
                 problem: "queue capacities must be at least 1".into(),
             });
         }
-        let format = initial_format(&config.ledger);
-        let (store, created) = Store::open(&config.data_dir, |batch| {
-            batch.put(Cf::Meta, FORMAT_KEY, format)
-        })?;
+        let (store, created) = open_store(&config.data_dir, &config.ledger)?;
         let store = Arc::new(store);
         let ledger = Ledger::open(Arc::clone(&store), config.ledger.clone())?;
         if config.ledger.unknown_payers == UnknownPayers::Accept {
@@ -367,7 +288,7 @@ impl Engine {
 
     fn control<T>(
         &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, EngineError>>) -> WriterMsg,
+        make: impl FnOnce(oneshot::Sender<Result<T, EngineError>>) -> WriterMsg<EngineError>,
     ) -> Result<oneshot::Receiver<Result<T, EngineError>>, SubmitError> {
         self.check_open()?;
         let (tx, rx) = oneshot::channel();
@@ -449,15 +370,11 @@ impl Inner {
         let verify = threads.verify.join();
         let writer = threads.writer.join();
         if verify.is_err() {
-            return Err(EngineError::Invariant {
-                what: "verify thread panicked".into(),
-            });
+            return Err(invariant("verify thread panicked").into());
         }
         match writer {
-            Ok(result) => result,
-            Err(_) => Err(EngineError::Invariant {
-                what: "ledger writer panicked".into(),
-            }),
+            Ok(result) => Ok(result?),
+            Err(_) => Err(invariant("ledger writer panicked").into()),
         }
     }
 }
@@ -470,230 +387,5 @@ impl Drop for Inner {
     }
 }
 
-/// Most queued batches verified together: enough chunks to keep a small pool busy, few enough
-/// that the first batch of a group does not wait long for the last. Measured on 2 cores
-/// (docs/BENCHMARKS.md), p99 ack latency at 80% load: 32-39 ms with 4, 45-57 ms with 8, 63 ms
-/// with 16, 84 ms with 64; full speed with 4 is about 6% below 8, a trade taken for the
-/// latency target.
-const VERIFY_GROUP_BATCHES_MAX: usize = 4;
-
-/// The verify stage. It takes every batch already queued (up to a bound) and verifies them in
-/// one call, so the pool spreads their receipts over all its threads: one client batch is often
-/// a single batch equation, which alone would keep one core busy and leave the others idle. A
-/// lone batch goes at once, so a quiet server adds no latency. Results leave in submission order.
-fn verify_stage(
-    verifier: &dyn BatchVerifier,
-    requests: Receiver<VerifyMsg>,
-    verified: Sender<WriterMsg>,
-) {
-    let mut group = Vec::with_capacity(VERIFY_GROUP_BATCHES_MAX);
-    let mut stopping = false;
-    while !stopping {
-        let Ok(first) = requests.recv() else { return };
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                VerifyMsg::Batch(request, digest, reply) => group.push((request, digest, reply)),
-                VerifyMsg::Shutdown => stopping = true,
-            }
-            if !stopping && group.len() < VERIFY_GROUP_BATCHES_MAX {
-                next = requests.try_recv().ok();
-            }
-        }
-        metrics::gauge!(names::VERIFY_QUEUE_BATCHES).set(requests.len() as f64);
-        let requests_in_group: Vec<&SubmitRequest> = group.iter().map(|(r, _, _)| r).collect();
-        let started = std::time::Instant::now();
-        let verdicts = group_verdicts(verifier, &requests_in_group);
-        metrics::histogram!(names::VERIFY_SECONDS).record(started.elapsed());
-        for ((request, digest, reply), verdicts) in group.drain(..).zip(verdicts) {
-            let msg = WriterMsg::Batch {
-                session: SessionId {
-                    client_id: request.client_id,
-                    producer_id: request.producer_id,
-                    session_epoch: request.session_epoch,
-                    batch_seq: request.batch_seq,
-                },
-                digest,
-                receipts: request.receipts,
-                verdicts,
-                reply,
-            };
-            if verified.send(msg).is_err() {
-                return;
-            }
-        }
-        metrics::gauge!(names::LEDGER_QUEUE_BATCHES).set(verified.len() as f64);
-    }
-    drop(verified.send(WriterMsg::Shutdown));
-}
-
-/// One verdict per record of each request: prejudged reasons, `Malformed` for records that do
-/// not parse, and the verifier's verdict for the rest, from a single call over the whole group.
-fn group_verdicts(verifier: &dyn BatchVerifier, requests: &[&SubmitRequest]) -> Vec<Vec<Verdict>> {
-    let mut verdicts: Vec<Vec<Verdict>> = requests
-        .iter()
-        .map(|request| {
-            let mut verdicts: Vec<Verdict> = vec![Ok(()); request.receipts.len()];
-            for &(index, reason) in &request.prejudged {
-                if let Some(verdict) = verdicts.get_mut(index as usize) {
-                    *verdict = Err(reason);
-                }
-            }
-            verdicts
-        })
-        .collect();
-    let mut views = Vec::new();
-    let mut positions = Vec::new();
-    for (batch, request) in requests.iter().enumerate() {
-        for (index, record) in request.receipts.iter().enumerate() {
-            if verdicts[batch][index].is_err() {
-                continue;
-            }
-            match record {
-                Ok(view) => {
-                    views.push(view);
-                    positions.push((batch, index));
-                }
-                Err(_) => verdicts[batch][index] = Err(Reason::Malformed),
-            }
-        }
-    }
-    if views.is_empty() {
-        return verdicts;
-    }
-    let checked = verifier.verify(&views);
-    if checked.len() != views.len() {
-        // A verifier that answers for the wrong number of receipts cannot be trusted on any:
-        // nobody is charged on its word.
-        tracing::error!(
-            expected = views.len(),
-            got = checked.len(),
-            "verifier returned the wrong number of verdicts; rejecting the group's signatures"
-        );
-        for (batch, index) in positions {
-            verdicts[batch][index] = Err(Reason::BadSignature);
-        }
-        return verdicts;
-    }
-    for ((batch, index), verdict) in positions.into_iter().zip(checked) {
-        verdicts[batch][index] = verdict;
-    }
-    verdicts
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// No receipt is applied in these tests; refusing every signature keeps it that way.
-    struct RefuseEverySignature;
-
-    impl BatchVerifier for RefuseEverySignature {
-        fn verify(&self, receipts: &[ReceiptView<'_>]) -> Vec<Verdict> {
-            vec![Err(Reason::BadSignature); receipts.len()]
-        }
-    }
-
-    fn deposit(amount: u128, block: u64) -> FundsEvent {
-        FundsEvent {
-            payer: PayerKey([1; 32]),
-            kind: FundsKind::Deposit,
-            amount,
-            block,
-            log_index: 0,
-        }
-    }
-
-    /// An ack may only leave after RocksDB fsynced the WAL holding its group. The page cache
-    /// survives a SIGKILL, so the crash test cannot see a missing fsync; RocksDB's own count of
-    /// WAL syncs can: with `sync = false` in `synced_write_options` it stays put and this fails.
-    #[test]
-    fn every_acked_group_is_fsynced_before_its_ack() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let engine = Engine::open(
-            EngineConfig::new(dir.path()),
-            Arc::new(RefuseEverySignature),
-        )
-        .expect("open");
-        let store = Arc::clone(&engine.inner.store);
-        let mut syncs = store.wal_syncs();
-        for seq in 1..=5u64 {
-            let request = SubmitRequest {
-                client_id: 1,
-                producer_id: 1,
-                session_epoch: 1,
-                batch_seq: seq,
-                receipts: ReceiptBatch::default(),
-                prejudged: Vec::new(),
-            };
-            let ack = futures::executor::block_on(engine.submit(request).expect("queued"))
-                .expect("answered")
-                .expect("acked");
-            assert_eq!(ack.batch_seq, seq);
-            let done = engine.funds(deposit(1, seq)).expect("queued");
-            futures::executor::block_on(done)
-                .expect("answered")
-                .expect("applied");
-            let now = store.wal_syncs();
-            assert!(
-                now >= syncs + 2,
-                "batch {seq} and a funds event were acked after {} WAL fsyncs",
-                now - syncs
-            );
-            syncs = now;
-        }
-        engine.shutdown().expect("clean");
-    }
-
-    #[test]
-    fn failed_write_poisons_the_engine_and_nothing_more_is_written_or_acked() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let engine = Engine::open(
-            EngineConfig::new(dir.path()),
-            Arc::new(RefuseEverySignature),
-        )
-        .expect("open");
-        let done = engine.funds(deposit(10, 1)).expect("queued");
-        futures::executor::block_on(done)
-            .expect("answered")
-            .expect("written");
-
-        engine.inner.store.fail_next_write();
-        let done = engine.funds(deposit(20, 2)).expect("queued");
-        let error = futures::executor::block_on(done)
-            .expect("answered")
-            .expect_err("write failed");
-        assert!(matches!(error, EngineError::Poisoned { .. }), "{error}");
-
-        assert_eq!(
-            engine.funds(deposit(30, 3)).err(),
-            Some(SubmitError::Poisoned)
-        );
-        let request = SubmitRequest {
-            client_id: 1,
-            producer_id: 1,
-            session_epoch: 0,
-            batch_seq: 0,
-            receipts: ReceiptBatch::default(),
-            prejudged: Vec::new(),
-        };
-        assert_eq!(engine.submit(request).err(), Some(SubmitError::Poisoned));
-        let error = engine.clone().shutdown().expect_err("reports the poison");
-        assert!(matches!(error, EngineError::Poisoned { .. }), "{error}");
-        drop(engine);
-
-        // Only what was acked is on disk.
-        let engine = Engine::open(
-            EngineConfig::new(dir.path()),
-            Arc::new(RefuseEverySignature),
-        )
-        .expect("reopen");
-        let balance = engine
-            .reader()
-            .payer(&PayerKey([1; 32]))
-            .expect("read")
-            .expect("known");
-        assert_eq!(balance.deposited, 10);
-        engine.shutdown().expect("clean");
-    }
-}
+mod tests;

@@ -1,0 +1,88 @@
+//! Whether a data directory is a ledger this build can run with this configuration, and how a new
+//! one is made: the format record written at creation (layout version and window size) and the
+//! checks made on every start.
+
+use std::path::Path;
+
+use crate::store::{Cf, FORMAT_KEY, Store};
+
+use super::LedgerConfig;
+use super::error::{LedgerError, corrupt};
+use super::record::{FormatRecord, LAYOUT_VERSION};
+use super::window::WINDOW_WORD_BITS;
+
+/// Checks what can be checked about a configuration before anything is opened.
+pub(crate) fn validate(config: &LedgerConfig) -> Result<(), LedgerError> {
+    let words = config.window_nonces / WINDOW_WORD_BITS;
+    if config.window_nonces == 0
+        || !config.window_nonces.is_multiple_of(WINDOW_WORD_BITS)
+        || words >= u32::from(u16::MAX)
+    {
+        return Err(LedgerError::Config {
+            problem: format!(
+                "window_nonces must be a non-zero multiple of {WINDOW_WORD_BITS} below {}, got {}",
+                u32::from(u16::MAX) * WINDOW_WORD_BITS,
+                config.window_nonces
+            ),
+        });
+    }
+    if config.acks_kept_per_producer == 0
+        || config.group_receipts_max == 0
+        || config.seal_chunk_keys == 0
+    {
+        return Err(LedgerError::Config {
+            problem: "acks_kept_per_producer, group_receipts_max and seal_chunk_keys must be at \
+                      least 1"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// Opens the store in `data_dir`, creating it with the format record of `config` if it does not
+/// exist; true if it was created. Whether an existing one fits `config` is [`check`]'s question.
+pub(crate) fn open_store(
+    data_dir: &Path,
+    config: &LedgerConfig,
+) -> Result<(Store, bool), LedgerError> {
+    let format = FormatRecord {
+        layout: LAYOUT_VERSION,
+        window_nonces: config.window_nonces,
+    }
+    .encode();
+    Ok(Store::open(data_dir, |batch| {
+        batch.put(Cf::Meta, FORMAT_KEY, format)
+    })?)
+}
+
+/// Refuses a store whose format record is missing, of another layout, or of another window size
+/// than `config`'s (stored windows have that many words).
+pub(crate) fn check(store: &Store, config: &LedgerConfig) -> Result<(), LedgerError> {
+    let format_bytes = store
+        .get(Cf::Meta, FORMAT_KEY)?
+        .ok_or_else(|| LedgerError::Config {
+            problem: "data dir has no format record".into(),
+        })?;
+    let format = FormatRecord::decode(&format_bytes).map_err(corrupt(Cf::Meta))?;
+    if format.layout != LAYOUT_VERSION {
+        return Err(LedgerError::Config {
+            problem: format!(
+                "data dir {} has layout {}, this build reads layout {LAYOUT_VERSION}",
+                store.path().display(),
+                format.layout
+            ),
+        });
+    }
+    if format.window_nonces != config.window_nonces {
+        return Err(LedgerError::Config {
+            problem: format!(
+                "data dir {} was created with window_nonces = {}, configured {}; the window \
+                 size cannot change on an existing ledger",
+                store.path().display(),
+                format.window_nonces,
+                config.window_nonces
+            ),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! What one group commit holds, and what a group whose write is still running answers for.
+//!
+//! Every change lands in the writer's cache and is marked dirty; [`Ledger::close_group`] turns the
+//! group's dirty state plus the index and session records it produced into one synced write,
+//! after checking the pair assertion: the receipts accepted in the group add up to the same
+//! total in channels, payers and payees.
+
+use crate::store::{Cf, StoreBatch};
+
+use super::BatchAck;
+use super::error::{LedgerError, invariant};
+use super::record::{
+    BatchDigest, EpochRecord, FUNDS_CURSOR_KEY, HEAD_WITHDRAWALS_KEY, OPEN_EPOCH_KEY,
+    SEALING_EPOCH_KEY,
+};
+use super::state::{InFlight, Ledger, SessionId};
+
+impl Ledger {
+    /// True when closing the group now would write nothing.
+    pub(crate) fn group_is_empty(&self) -> bool {
+        self.group.batch.is_empty()
+            && !self.group.meta_dirty
+            && !self.group.sealing_dirty
+            && !self.group.head_withdrawals_dirty
+            && self.channels.is_clean()
+            && self.payers.is_clean()
+            && self.payees.is_clean()
+            && self.producers.is_clean()
+    }
+
+    /// Receipts applied since the last write.
+    pub(crate) fn group_receipts(&self) -> usize {
+        self.group.receipts
+    }
+
+    /// The ack of `session` decided in a group not on disk yet (the open one or the one in
+    /// flight), with its batch's digest.
+    pub(super) fn unwritten_ack(&self, session: &SessionId) -> Option<&(BatchAck, BatchDigest)> {
+        self.group
+            .acks
+            .get(session)
+            .or_else(|| self.in_flight.as_ref()?.acks.get(session))
+    }
+
+    /// The record of `epoch` as changed by a group not on disk yet, if one changed it.
+    pub(super) fn unwritten_epoch(&self, epoch: u64) -> Option<&EpochRecord> {
+        self.group
+            .epochs
+            .get(&epoch)
+            .or_else(|| self.in_flight.as_ref()?.epochs.get(&epoch))
+    }
+
+    /// True from [`Ledger::close_group`] until [`Ledger::written`].
+    pub(crate) fn group_in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Closes the current group: its dirty state, indexes, acks and metadata become one batch
+    /// for the caller to write with [`Store::write`](crate::store::Store::write), after the pair
+    /// assertion (the receipts accepted in the group moved channels, payers and payees by the
+    /// same total; a failure poisons the store). Until [`Ledger::written`] is called, the group
+    /// is in flight: its entries stay cached and its acks and epoch records answer lookups that
+    /// its write would otherwise have to serve, so the next group can be applied while it is
+    /// being synced. At most one group may be in flight.
+    pub(crate) fn close_group(&mut self) -> Result<StoreBatch, LedgerError> {
+        debug_assert!(self.in_flight.is_none(), "one group in flight at most");
+        let mut group = std::mem::take(&mut self.group);
+        let expected = group.receipt_amount;
+        let deltas = [
+            ("channels", self.channels.drain_dirty(&mut group.batch)),
+            ("payers", self.payers.drain_dirty(&mut group.batch)),
+            ("payees", self.payees.drain_dirty(&mut group.batch)),
+        ];
+        self.producers.drain_dirty(&mut group.batch);
+        if group.sealing_dirty {
+            match &self.sealing {
+                Some(sealing) => {
+                    group
+                        .batch
+                        .put(Cf::Meta, SEALING_EPOCH_KEY.to_vec(), sealing.encode())
+                }
+                None => group.batch.delete(Cf::Meta, SEALING_EPOCH_KEY.to_vec()),
+            }
+        }
+        if group.head_withdrawals_dirty {
+            group.batch.put(
+                Cf::Meta,
+                HEAD_WITHDRAWALS_KEY.to_vec(),
+                self.head_withdrawals.encode(),
+            );
+        }
+        if group.meta_dirty {
+            group
+                .batch
+                .put(Cf::Meta, OPEN_EPOCH_KEY.to_vec(), self.open.encode());
+            if let Some(cursor) = self.cursor {
+                group
+                    .batch
+                    .put(Cf::Meta, FUNDS_CURSOR_KEY.to_vec(), cursor.encode());
+            }
+        }
+        for (what, delta) in deltas {
+            if delta != Some(expected) {
+                let cause = format!(
+                    "pair assertion failed: group accepted {expected}, {what} moved by {delta:?}"
+                );
+                self.store.poison(cause.clone());
+                return Err(invariant(cause));
+            }
+        }
+        self.in_flight = Some(InFlight {
+            acks: group.acks,
+            epochs: group.epochs,
+        });
+        Ok(group.batch)
+    }
+
+    /// The in-flight group's write returned: what it held is on disk, so its entries may be
+    /// evicted and lookups go to the store again.
+    pub(crate) fn written(&mut self) {
+        if self.in_flight.take().is_some() {
+            self.channels.evict();
+            self.payers.evict();
+            self.payees.evict();
+            self.producers.evict();
+        }
+    }
+
+    /// Closes and writes the current group in the calling thread.
+    #[cfg(test)]
+    pub(crate) fn commit(&mut self) -> Result<(), LedgerError> {
+        let batch = self.close_group()?;
+        let result = self.store.write(batch).map_err(LedgerError::from);
+        self.written();
+        result
+    }
+}

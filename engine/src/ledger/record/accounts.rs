@@ -1,0 +1,313 @@
+//! Channels, payers and payees: their keys, their state and its layout.
+
+use super::*;
+
+/// Key of a channel: `payer ‖ payee`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub struct ChannelKey {
+    /// who pays
+    pub payer: PayerKey,
+    /// who is paid
+    pub payee: Address,
+}
+
+/// Bytes of a channel key.
+pub const CHANNEL_KEY_BYTES: usize = 52;
+
+impl ChannelKey {
+    /// `payer ‖ payee`: channels of one payer are adjacent.
+    pub fn to_bytes(&self) -> [u8; CHANNEL_KEY_BYTES] {
+        let mut out = [0u8; CHANNEL_KEY_BYTES];
+        out[..32].copy_from_slice(&self.payer.0);
+        out[32..].copy_from_slice(&self.payee.0);
+        out
+    }
+    /// `payee ‖ payer`, the key of the payee index.
+    pub fn to_payee_index(&self) -> [u8; CHANNEL_KEY_BYTES] {
+        let mut out = [0u8; CHANNEL_KEY_BYTES];
+        out[..20].copy_from_slice(&self.payee.0);
+        out[20..].copy_from_slice(&self.payer.0);
+        out
+    }
+    /// Parses `payer ‖ payee`.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let bytes: &[u8; CHANNEL_KEY_BYTES] = bytes
+            .try_into()
+            .map_err(|_| DecodeError(format!("channel key of {} bytes", bytes.len())))?;
+        let mut payer = [0u8; 32];
+        let mut payee = [0u8; 20];
+        payer.copy_from_slice(&bytes[..32]);
+        payee.copy_from_slice(&bytes[32..]);
+        Ok(Self {
+            payer: PayerKey(payer),
+            payee: Address(payee),
+        })
+    }
+    /// Parses `payee ‖ payer`.
+    pub fn from_payee_index(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let bytes: &[u8; CHANNEL_KEY_BYTES] = bytes
+            .try_into()
+            .map_err(|_| DecodeError(format!("payee index key of {} bytes", bytes.len())))?;
+        let mut payer = [0u8; 32];
+        let mut payee = [0u8; 20];
+        payee.copy_from_slice(&bytes[..20]);
+        payer.copy_from_slice(&bytes[20..]);
+        Ok(Self {
+            payer: PayerKey(payer),
+            payee: Address(payee),
+        })
+    }
+}
+
+/// State of one channel (payer, payee).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ChannelState {
+    /// Total of every accepted receipt, ever.
+    pub cumulative: u128,
+    /// Accepted receipts.
+    pub receipts: u64,
+    /// Latest timestamp among accepted receipts.
+    pub last_timestamp_ms: u64,
+    /// The open epoch this channel was last indexed in (0: never).
+    pub indexed_epoch: u64,
+    /// Anti-replay window.
+    pub window: NonceWindow,
+}
+
+impl ChannelState {
+    /// A channel that has accepted nothing.
+    pub fn empty(window_nonces: u32) -> Self {
+        Self {
+            cumulative: 0,
+            receipts: 0,
+            last_timestamp_ms: 0,
+            indexed_epoch: 0,
+            window: NonceWindow::new(window_nonces),
+        }
+    }
+
+    /// Layout: cumulative u128, receipts u64, last_timestamp_ms u64, indexed_epoch u64,
+    /// top option<u64>, word count u16, words u64 each.
+    pub fn encode(&self) -> Vec<u8> {
+        let words = self.window.words();
+        let mut out = encoder(16 + 8 * 3 + 9 + 2 + 8 * words.len());
+        out.extend_from_slice(&self.cumulative.to_le_bytes());
+        out.extend_from_slice(&self.receipts.to_le_bytes());
+        out.extend_from_slice(&self.last_timestamp_ms.to_le_bytes());
+        out.extend_from_slice(&self.indexed_epoch.to_le_bytes());
+        put_option(&mut out, self.window.top(), |out, top| {
+            out.extend_from_slice(&top.to_le_bytes())
+        });
+        // Word count fits: window_nonces is a u32 checked at open against the stored format.
+        out.extend_from_slice(&(words.len() as u16).to_le_bytes());
+        for word in words {
+            out.extend_from_slice(&word.to_le_bytes());
+        }
+        out
+    }
+
+    /// Inverse of [`ChannelState::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut d = Decoder::new(bytes, "channel")?;
+        let cumulative = d.u128()?;
+        let receipts = d.u64()?;
+        let last_timestamp_ms = d.u64()?;
+        let indexed_epoch = d.u64()?;
+        let top = d.option(|d| d.u64())?;
+        let count = d.u16()?;
+        if count < 2 {
+            return Err(DecodeError(format!("channel: window of {count} words")));
+        }
+        let words = (0..count)
+            .map(|_| d.u64())
+            .collect::<Result<Vec<_>, _>>()?
+            .into_boxed_slice();
+        d.finish()?;
+        Ok(Self {
+            cumulative,
+            receipts,
+            last_timestamp_ms,
+            indexed_epoch,
+            window: NonceWindow::from_parts(top, words),
+        })
+    }
+}
+
+/// Funds of one payer. Amounts in the token's smallest unit.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct PayerState {
+    /// Sum of every deposit seen onchain.
+    pub deposited: u128,
+    /// Withdrawals requested onchain and not yet completed: no longer spendable.
+    pub withdrawal_requested: u128,
+    /// Withdrawals completed onchain.
+    pub withdrawn: u128,
+    /// Debited in committed epochs.
+    pub settled: u128,
+    /// Accepted, not yet settled (open and sealed-but-uncommitted epochs).
+    pub pending: u128,
+    /// The part of `pending` that belongs to the open epoch, or to the epoch being sealed while
+    /// `indexed_epoch` is that epoch and the seal has not reached this payer.
+    pub unsealed: u128,
+    /// Receipts accepted from this payer, over all its channels.
+    pub receipts: u64,
+    /// Channels (payees) this payer has had a receipt accepted for.
+    pub channels: u64,
+    /// The open epoch whose index last listed this payer (0: never).
+    pub indexed_epoch: u64,
+    /// Debited in committed epochs beyond what the chain still held (an exit overtook them):
+    /// written off instead of settled, see [`EntryKind::Shortfall`].
+    pub shortfall: u128,
+}
+
+impl PayerState {
+    /// What the payer may still spend: deposited − withdrawn − withdrawal requested − settled −
+    /// pending, or zero when withdrawals have taken it below (the chain is the authority).
+    pub fn available(&self) -> u128 {
+        self.deposited
+            .checked_sub(self.withdrawn)
+            .and_then(|v| v.checked_sub(self.withdrawal_requested))
+            .and_then(|v| v.checked_sub(self.settled))
+            .and_then(|v| v.checked_sub(self.pending))
+            .unwrap_or(0)
+    }
+
+    /// Six u128 fields, three u64 fields, then shortfall u128, in declaration order.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = encoder(16 * 7 + 8 * 3);
+        for field in [
+            self.deposited,
+            self.withdrawal_requested,
+            self.withdrawn,
+            self.settled,
+            self.pending,
+            self.unsealed,
+        ] {
+            out.extend_from_slice(&field.to_le_bytes());
+        }
+        out.extend_from_slice(&self.receipts.to_le_bytes());
+        out.extend_from_slice(&self.channels.to_le_bytes());
+        out.extend_from_slice(&self.indexed_epoch.to_le_bytes());
+        out.extend_from_slice(&self.shortfall.to_le_bytes());
+        out
+    }
+
+    /// Inverse of [`PayerState::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut d = Decoder::new(bytes, "payer")?;
+        let state = Self {
+            deposited: d.u128()?,
+            withdrawal_requested: d.u128()?,
+            withdrawn: d.u128()?,
+            settled: d.u128()?,
+            pending: d.u128()?,
+            unsealed: d.u128()?,
+            receipts: d.u64()?,
+            channels: d.u64()?,
+            indexed_epoch: d.u64()?,
+            shortfall: d.appended_u128()?,
+        };
+        d.finish()?;
+        Ok(state)
+    }
+}
+
+/// Credits of one payee.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct PayeeState {
+    /// Sum of every accepted receipt paying this payee.
+    pub credited: u128,
+    /// Credited in committed epochs.
+    pub settled: u128,
+    /// The part of `credited − settled` that belongs to the open epoch (or to the epoch being
+    /// sealed, as for [`PayerState::unsealed`]).
+    pub unsealed: u128,
+    /// The open epoch whose index last listed this payee (0: never).
+    pub indexed_epoch: u64,
+    /// Credited in committed epochs but cut because a payer's exit overtook the debit paying it:
+    /// never settled. `settled + shortfall <= credited`.
+    pub shortfall: u128,
+}
+
+impl PayeeState {
+    /// Three u128 fields in declaration order, indexed_epoch u64, then shortfall u128.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = encoder(16 * 4 + 8);
+        for field in [self.credited, self.settled, self.unsealed] {
+            out.extend_from_slice(&field.to_le_bytes());
+        }
+        out.extend_from_slice(&self.indexed_epoch.to_le_bytes());
+        out.extend_from_slice(&self.shortfall.to_le_bytes());
+        out
+    }
+
+    /// Inverse of [`PayeeState::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut d = Decoder::new(bytes, "payee")?;
+        let state = Self {
+            credited: d.u128()?,
+            settled: d.u128()?,
+            unsealed: d.u128()?,
+            indexed_epoch: d.u64()?,
+            shortfall: d.appended_u128()?,
+        };
+        d.finish()?;
+        Ok(state)
+    }
+}
+
+impl Cached for ChannelState {
+    type Key = ChannelKey;
+    const CF: Cf = Cf::Channels;
+    fn key_bytes(key: &ChannelKey) -> Vec<u8> {
+        key.to_bytes().to_vec()
+    }
+    fn encode(&self) -> Vec<u8> {
+        ChannelState::encode(self)
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        ChannelState::decode(bytes)
+    }
+    fn receipt_money(&self) -> u128 {
+        self.cumulative
+    }
+}
+
+impl Cached for PayerState {
+    type Key = PayerKey;
+    const CF: Cf = Cf::Payers;
+    fn key_bytes(key: &PayerKey) -> Vec<u8> {
+        key.0.to_vec()
+    }
+    fn encode(&self) -> Vec<u8> {
+        PayerState::encode(self)
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        PayerState::decode(bytes)
+    }
+    /// Settling moves money from pending to settled (or, past what the chain held, to
+    /// shortfall) and a dispute moves it back: only a receipt changes their sum. Saturating
+    /// because a sum that does not fit has been refused as `Overflow` before it was applied.
+    fn receipt_money(&self) -> u128 {
+        self.pending
+            .saturating_add(self.settled)
+            .saturating_add(self.shortfall)
+    }
+}
+
+impl Cached for PayeeState {
+    type Key = Address;
+    const CF: Cf = Cf::Payees;
+    fn key_bytes(key: &Address) -> Vec<u8> {
+        key.0.to_vec()
+    }
+    fn encode(&self) -> Vec<u8> {
+        PayeeState::encode(self)
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        PayeeState::decode(bytes)
+    }
+    fn receipt_money(&self) -> u128 {
+        self.credited
+    }
+}

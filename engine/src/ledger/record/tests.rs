@@ -1,0 +1,185 @@
+//! Every record round-trips, and refuses trailing or missing bytes.
+
+use super::*;
+
+#[test]
+fn records_round_trip_and_refuse_trailing_or_short_bytes() {
+    let mut window = NonceWindow::new(128);
+    window.insert(77);
+    let channel = ChannelState {
+        cumulative: u128::MAX - 3,
+        receipts: 9,
+        last_timestamp_ms: 123,
+        indexed_epoch: 4,
+        window,
+    };
+    let bytes = channel.encode();
+    assert_eq!(ChannelState::decode(&bytes), Ok(channel));
+    assert!(ChannelState::decode(&bytes[..bytes.len() - 1]).is_err());
+    assert!(ChannelState::decode(&[bytes.as_slice(), &[0]].concat()).is_err());
+
+    let payer = PayerState {
+        deposited: 1,
+        withdrawal_requested: 2,
+        withdrawn: 3,
+        settled: 4,
+        pending: 5,
+        unsealed: 6,
+        receipts: 7,
+        channels: 8,
+        indexed_epoch: 7,
+        shortfall: 9,
+    };
+    assert_eq!(PayerState::decode(&payer.encode()), Ok(payer));
+    // Records written before shortfalls existed end before the field: it reads as zero.
+    let bytes = payer.encode();
+    assert_eq!(
+        PayerState::decode(&bytes[..bytes.len() - 16]),
+        Ok(PayerState {
+            shortfall: 0,
+            ..payer
+        })
+    );
+    assert!(PayerState::decode(&bytes[..bytes.len() - 1]).is_err());
+    let head = HeadWithdrawals([(PayerKey([3; 32]), 40), (PayerKey([9; 32]), u128::MAX)].into());
+    let bytes = head.encode();
+    assert_eq!(HeadWithdrawals::decode(&bytes), Ok(head));
+    assert!(HeadWithdrawals::decode(&bytes[..bytes.len() - 1]).is_err());
+    assert_eq!(
+        HeadWithdrawals::decode(&HeadWithdrawals::default().encode()),
+        Ok(HeadWithdrawals::default())
+    );
+    let payee = PayeeState {
+        credited: 1,
+        settled: 2,
+        unsealed: 3,
+        indexed_epoch: 4,
+        shortfall: 5,
+    };
+    assert_eq!(PayeeState::decode(&payee.encode()), Ok(payee));
+    let bytes = payee.encode();
+    assert_eq!(
+        PayeeState::decode(&bytes[..bytes.len() - 16]),
+        Ok(PayeeState {
+            shortfall: 0,
+            ..payee
+        })
+    );
+
+    for (cursor, counts) in [
+        (None, None),
+        (
+            Some(index_suffix(IndexKind::Payee, &[9; 20])),
+            Some(EntryCounts {
+                debits: 2,
+                credits: 3,
+            }),
+        ),
+    ] {
+        let sealing = SealingEpoch {
+            epoch: 3,
+            receipts: 4,
+            amount: 5,
+            leaves: 6,
+            debits: 7,
+            credits: 8,
+            counts,
+            cursor,
+        };
+        let bytes = sealing.encode();
+        assert_eq!(SealingEpoch::decode(&bytes), Ok(sealing));
+        assert!(SealingEpoch::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    let ack = BatchAck {
+        batch_seq: 5,
+        accepted: 2,
+        rejections: vec![(0, Reason::Duplicate), (3, Reason::Stale)],
+    };
+    assert_eq!(decode_ack(&encode_ack(&ack, &[9; 32])), Ok((ack, [9; 32])));
+
+    let producer = ProducerState {
+        session_epoch: 3,
+        recent: [1, 2, 3].into(),
+    };
+    assert_eq!(ProducerState::decode(&producer.encode()), Ok(producer));
+
+    let epoch = EpochRecord {
+        epoch: 2,
+        status: EpochStatus::Submitted,
+        leaves: 10,
+        receipts: 11,
+        amount: 12,
+        root: Some([1; 32]),
+        tx_hash: Some([3; 32]),
+        block: Some(99),
+        counts: Some(EntryCounts {
+            debits: 4,
+            credits: 5,
+        }),
+        parts: vec![
+            PartRecord {
+                part: 0,
+                tx_hash: [2; 32],
+                block: 98,
+            },
+            PartRecord {
+                part: 1,
+                tx_hash: [3; 32],
+                block: 99,
+            },
+        ],
+    };
+    let bytes = epoch.encode();
+    assert_eq!(EpochRecord::decode(&bytes), Ok(epoch));
+    assert!(EpochRecord::decode(&bytes[..bytes.len() - 1]).is_err());
+    let mut wrong_version = PayeeState::default().encode();
+    wrong_version[0] = 9;
+    assert!(PayeeState::decode(&wrong_version).is_err());
+}
+
+/// Records written before counts and parts were kept (version 1) still decode, without them.
+#[test]
+fn version_1_epoch_and_sealing_records_decode() {
+    let mut epoch = vec![1];
+    epoch.extend_from_slice(&7u64.to_le_bytes());
+    epoch.push(EpochStatus::Committed.code());
+    epoch.extend_from_slice(&3u64.to_le_bytes());
+    epoch.extend_from_slice(&4u64.to_le_bytes());
+    epoch.extend_from_slice(&5u128.to_le_bytes());
+    epoch.extend_from_slice(&[1; 33]);
+    epoch.extend_from_slice(&[1; 33]);
+    epoch.push(1);
+    epoch.extend_from_slice(&9u64.to_le_bytes());
+    assert_eq!(
+        EpochRecord::decode(&epoch),
+        Ok(EpochRecord {
+            epoch: 7,
+            status: EpochStatus::Committed,
+            leaves: 3,
+            receipts: 4,
+            amount: 5,
+            root: Some([1; 32]),
+            tx_hash: Some([1; 32]),
+            block: Some(9),
+            counts: None,
+            parts: Vec::new(),
+        })
+    );
+
+    let mut sealing = vec![1];
+    for value in [3u64, 4] {
+        sealing.extend_from_slice(&value.to_le_bytes());
+    }
+    sealing.extend_from_slice(&5u128.to_le_bytes());
+    sealing.extend_from_slice(&6u64.to_le_bytes());
+    sealing.extend_from_slice(&7u128.to_le_bytes());
+    sealing.extend_from_slice(&7u128.to_le_bytes());
+    sealing.push(0);
+    let decoded = SealingEpoch::decode(&sealing).expect("version 1 decodes");
+    assert_eq!((decoded.epoch, decoded.counts), (3, None));
+
+    let mut unknown = EpochRecord::decode(&epoch).expect("decodes").encode();
+    unknown[0] = 3;
+    assert!(EpochRecord::decode(&unknown).is_err());
+}
