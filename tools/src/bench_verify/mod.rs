@@ -16,17 +16,15 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, ensure};
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
-use rayon::prelude::*;
+use anyhow::ensure;
 use serde::Serialize;
-use tollgate_engine::receipt::{RECEIPT_BYTES, SIGNING_BYTES};
 use tollgate_engine::verify::BATCH_RECEIPTS_DEFAULT;
-use tollgate_engine::{
-    Address, Domain, PayerKey, ReceiptView, UnsignedReceipt, Verifier, VerifyConfig, VerifyPool,
-};
-use tollgate_load::population::Zipf;
+
+mod contenders;
+mod workload;
+
+pub use contenders::{Backends, Dalek2Inputs, Dalek3Inputs, tollgate_pool};
+pub use workload::Workload;
 
 /// Flags of `tollgate bench verify`.
 #[derive(clap::Args, Debug, Clone)]
@@ -59,172 +57,6 @@ pub struct BenchVerifyArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
-}
-
-/// Presigned receipts for a verification benchmark.
-#[derive(Debug, Clone)]
-pub struct Workload {
-    /// The domain every receipt is signed under.
-    pub domain: Domain,
-    /// Encoded receipts.
-    pub records: Vec<[u8; RECEIPT_BYTES]>,
-    /// `bad[i]`: receipt i's signature was broken on purpose.
-    pub bad: Vec<bool>,
-    /// Distinct payers that signed at least one receipt.
-    pub payers_used: usize,
-}
-
-impl Workload {
-    /// `receipts` receipts from `payers` keys drawn Zipf(`zipf`) (round robin when `zipf` is 0),
-    /// with `bad_pct` percent of signatures broken. Signing runs on rayon's global pool.
-    pub fn generate(
-        receipts: usize,
-        payers: usize,
-        zipf: f64,
-        bad_pct: f64,
-        seed: u64,
-    ) -> anyhow::Result<Self> {
-        ensure!(payers >= 1, "--payers must be at least 1");
-        ensure!(
-            (0.0..=100.0).contains(&bad_pct),
-            "--bad-pct must be within 0..=100"
-        );
-        let mut rng = StdRng::seed_from_u64(seed);
-        let draw: Vec<usize> = if zipf == 0.0 {
-            (0..receipts).map(|n| n % payers).collect()
-        } else {
-            ensure!(
-                zipf.is_finite() && zipf > 0.0,
-                "--zipf must be finite and >= 0"
-            );
-            let law = Zipf::new(
-                u32::try_from(payers).context("--payers must fit in u32")?,
-                zipf,
-            );
-            (0..receipts)
-                .map(|_| law.sample(&mut rng) as usize)
-                .collect()
-        };
-        let mut used = vec![false; payers];
-        for &payer in &draw {
-            used[payer] = true;
-        }
-        let payers_used = used.iter().filter(|&&u| u).count();
-        let domain = Domain {
-            chain_id: 31_337,
-            contract: Address([0x7a; 20]),
-        };
-        let keys: Vec<Option<ed25519_dalek::SigningKey>> = (0..payers)
-            .into_par_iter()
-            .map(|payer| {
-                used[payer].then(|| {
-                    let mut secret = [0u8; 32];
-                    secret[..8].copy_from_slice(&(payer as u64).to_le_bytes());
-                    secret[8..16].copy_from_slice(&seed.to_le_bytes());
-                    secret[31] = 0xb5;
-                    ed25519_dalek::SigningKey::from_bytes(&secret)
-                })
-            })
-            .collect();
-        let records: Vec<[u8; RECEIPT_BYTES]> = draw
-            .par_iter()
-            .enumerate()
-            .map(|(n, &payer)| {
-                let key = keys[payer]
-                    .as_ref()
-                    .context("every drawn payer has a key")?;
-                let unsigned = UnsignedReceipt {
-                    payer: PayerKey(key.verifying_key().to_bytes()),
-                    payee: Address([(n % 251) as u8; 20]),
-                    amount: 1_000 + n as u64,
-                    nonce: n as u64,
-                    timestamp_ms: 1_764_000_000_000 + n as u64,
-                    request_hash: *blake3::hash(&(n as u64).to_le_bytes()).as_bytes(),
-                };
-                Ok(unsigned.sign(key, &domain).to_bytes())
-            })
-            .collect::<anyhow::Result<_>>()?;
-        let mut workload = Self {
-            domain,
-            records,
-            bad: vec![false; receipts],
-            payers_used,
-        };
-        let bad_count = ((receipts as f64) * bad_pct / 100.0).round() as usize;
-        let mut positions: Vec<usize> = (0..receipts).collect();
-        for i in 0..bad_count {
-            let j = rng.random_range(i..receipts);
-            positions.swap(i, j);
-            let position = positions[i];
-            // Flip a low bit of S: still canonical, no longer a signature.
-            workload.records[position][RECEIPT_BYTES - 32] ^= 1;
-            workload.bad[position] = true;
-        }
-        Ok(workload)
-    }
-
-    /// Receipts with a broken signature.
-    pub fn bad_count(&self) -> usize {
-        self.bad.iter().filter(|&&b| b).count()
-    }
-
-    /// Views of every record.
-    pub fn views(&self) -> anyhow::Result<Vec<ReceiptView<'_>>> {
-        self.records
-            .iter()
-            .map(|record| ReceiptView::parse(record).context("a generated record parses"))
-            .collect()
-    }
-}
-
-/// Which curve25519 arithmetic runs on this CPU.
-#[derive(Debug, Clone, Serialize)]
-pub struct Backends {
-    /// CPU reports AVX-512 IFMA.
-    pub cpu_avx512ifma: bool,
-    /// CPU reports AVX-512 VL.
-    pub cpu_avx512vl: bool,
-    /// CPU reports AVX2.
-    pub cpu_avx2: bool,
-    /// This build carries `--cfg curve25519_dalek_backend="avx512"`.
-    pub built_with_avx512_cfg: bool,
-    /// What curve25519-dalek 5 (Tollgate, ed25519-dalek 3) selects at run time.
-    pub curve25519_dalek_5: &'static str,
-    /// What curve25519-dalek 4 (ed25519-dalek 2.x, the baseline) selects at run time.
-    pub curve25519_dalek_4: &'static str,
-}
-
-impl Backends {
-    /// Detects the CPU features and states what each curve25519-dalek picks: version 5 takes IFMA
-    /// when built with the avx512 cfg and the CPU has avx512ifma and avx512vl, AVX2 otherwise;
-    /// version 4 on a stable compiler takes AVX2 at most.
-    pub fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        let (ifma, vl, avx2) = (
-            std::is_x86_feature_detected!("avx512ifma"),
-            std::is_x86_feature_detected!("avx512vl"),
-            std::is_x86_feature_detected!("avx2"),
-        );
-        #[cfg(not(target_arch = "x86_64"))]
-        let (ifma, vl, avx2) = (false, false, false);
-        // The cfg comes from the workspace's .cargo/config.toml rustflags, which reach every
-        // crate, this one included: so this crate sees what curve25519-dalek saw.
-        #[allow(unexpected_cfgs)]
-        let built_with_avx512_cfg = cfg!(curve25519_dalek_backend = "avx512");
-        let vector = if avx2 { "avx2" } else { "serial" };
-        Self {
-            cpu_avx512ifma: ifma,
-            cpu_avx512vl: vl,
-            cpu_avx2: avx2,
-            built_with_avx512_cfg,
-            curve25519_dalek_5: if built_with_avx512_cfg && ifma && vl {
-                "avx512ifma"
-            } else {
-                vector
-            },
-            curve25519_dalek_4: vector,
-        }
-    }
 }
 
 /// One contender's figures.
@@ -440,19 +272,6 @@ pub fn measure(args: &BenchVerifyArgs) -> anyhow::Result<Report> {
     })
 }
 
-/// A Tollgate pool of `threads` threads for `domain`.
-pub fn tollgate_pool(domain: &Domain, threads: usize, batch: usize) -> anyhow::Result<VerifyPool> {
-    let config = VerifyConfig {
-        threads,
-        batch_receipts_max: batch,
-        ..VerifyConfig::default()
-    };
-    Ok(VerifyPool::new(
-        Verifier::new(*domain, config.clone()),
-        config,
-    )?)
-}
-
 fn count_bad(verdicts: &[tollgate_engine::Verdict]) -> usize {
     verdicts.iter().filter(|verdict| verdict.is_err()).count()
 }
@@ -475,91 +294,6 @@ fn median(values: &[f64]) -> f64 {
     sorted.sort_by(f64::total_cmp);
     sorted[sorted.len() / 2]
 }
-
-fn signing_bytes(workload: &Workload) -> anyhow::Result<Vec<[u8; SIGNING_BYTES]>> {
-    workload
-        .views()?
-        .iter()
-        .map(|view| Ok(view.signing_bytes(&workload.domain)))
-        .collect()
-}
-
-/// Inputs of one ed25519-dalek major version, prepared before the clock starts. The versions
-/// share their API but not their types, so one definition is stamped out per crate.
-macro_rules! dalek_inputs {
-    ($(#[$doc:meta])* $name:ident, $dalek:ident) => {
-        $(#[$doc])*
-        #[derive(Debug)]
-        pub struct $name {
-            messages: Vec<[u8; SIGNING_BYTES]>,
-            signatures: Vec<$dalek::Signature>,
-            keys: Vec<$dalek::VerifyingKey>,
-        }
-
-        impl $name {
-            /// Decodes keys and signatures and assembles the messages.
-            pub fn new(workload: &Workload) -> anyhow::Result<Self> {
-                let views = workload.views()?;
-                Ok(Self {
-                    messages: signing_bytes(workload)?,
-                    signatures: views
-                        .iter()
-                        .map(|view| $dalek::Signature::from_bytes(&view.signature()))
-                        .collect(),
-                    keys: views
-                        .iter()
-                        .map(|view| {
-                            $dalek::VerifyingKey::from_bytes(&view.payer().0)
-                                .context("generated payer keys decompress")
-                        })
-                        .collect::<anyhow::Result<_>>()?,
-                })
-            }
-
-            /// Verifies everything in `batch`-sized chunks on the current rayon pool; returns
-            /// the number rejected. A chunk whose batch equation fails is re-checked one
-            /// `verify` per receipt, as a caller of `verify_batch` must to find the bad ones.
-            pub fn verify(&self, batch: usize) -> usize {
-                use $dalek::Verifier as _;
-                let chunks = self.messages.len().div_ceil(batch);
-                (0..chunks)
-                    .into_par_iter()
-                    .map(|chunk| {
-                        let range = chunk * batch..((chunk + 1) * batch).min(self.messages.len());
-                        let messages: Vec<&[u8]> = self.messages[range.clone()]
-                            .iter()
-                            .map(|m| m.as_slice())
-                            .collect();
-                        let signatures = &self.signatures[range.clone()];
-                        let keys = &self.keys[range];
-                        if $dalek::verify_batch(&messages, signatures, keys).is_ok() {
-                            return 0;
-                        }
-                        messages
-                            .iter()
-                            .zip(signatures)
-                            .zip(keys)
-                            .filter(|((message, signature), key)| {
-                                key.verify(message, signature).is_err()
-                            })
-                            .count()
-                    })
-                    .sum()
-            }
-        }
-    };
-}
-
-dalek_inputs!(
-    /// The baseline: ed25519-dalek 2.x on curve25519-dalek 4.
-    Dalek2Inputs,
-    ed25519_dalek_2
-);
-dalek_inputs!(
-    /// ed25519-dalek 3 on curve25519-dalek 5, the backend Tollgate uses.
-    Dalek3Inputs,
-    ed25519_dalek
-);
 
 fn print_text(report: &Report) {
     println!(
@@ -614,6 +348,7 @@ fn print_text(report: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate_engine::{Verifier, VerifyConfig};
 
     #[test]
     fn workload_breaks_exactly_the_requested_share() {
