@@ -9,9 +9,11 @@ BUILD_FLAGS := --release --locked
 bootstrap:
 	./scripts/bootstrap.sh
 
-# Every check CI runs: formatting, lints as errors, then every test in the workspace.
+# Every check CI runs: formatting, no module circles inside a crate, lints as errors, then every
+# test in the workspace.
 test: bootstrap
 	$(CARGO) fmt --all -- --check
+	python3 scripts/module_cycles.py
 	$(CARGO) clippy --workspace --all-targets $(BUILD_FLAGS) -- -D warnings
 	$(CARGO) test --workspace $(BUILD_FLAGS)
 

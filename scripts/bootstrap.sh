@@ -10,13 +10,15 @@ cd "$(dirname "$0")/.."
 # fresh machine has), which once made this script skip the install bindgen needs.
 # - libclang-dev: bindgen (librocksdb-sys) loads libclang and its builtin headers (stddef.h ...).
 # - perl: generates keccak-asm's assembly (alloy's `asm-keccak`), which cc then assembles.
+# - python3-minimal: runs scripts/module_cycles.py, the check that no crate's modules import each
+#   other in a circle.
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 missing=()
-for pkg in libclang-dev perl; do
+for pkg in libclang-dev perl python3-minimal; do
   installed "$pkg" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "bootstrap: installing ${missing[*]} (needed to build librocksdb-sys and keccak-asm)"
+  echo "bootstrap: installing ${missing[*]} (needed to build librocksdb-sys and keccak-asm, and by the module check)"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
