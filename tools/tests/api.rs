@@ -49,6 +49,14 @@ impl FixedChain {
     fn p1_and_epoch_1() -> Self {
         Self {
             withdrawable: BTreeMap::from([(P1, 12)]),
+            ..Self::epoch_1()
+        }
+    }
+
+    /// Nobody may withdraw; epoch 1 is final.
+    fn epoch_1() -> Self {
+        Self {
+            withdrawable: BTreeMap::new(),
             final_epochs: BTreeMap::from([(1, true)]),
         }
     }
@@ -971,10 +979,7 @@ async fn chained(
 
     let anvil = common::spawn_anvil();
     let endpoint = anvil.endpoint();
-    let deployed =
-        tollgate_settle::deploy(&endpoint, common::dev_key(&anvil, 0), None, &params(&anvil))
-            .await
-            .expect("deploy");
+    let deployed = common::deploy(&anvil, &params(&anvil)).await;
     let domain = Domain {
         chain_id: deployed.chain_id,
         contract: Address(deployed.settlement.0.0),
@@ -1183,11 +1188,7 @@ async fn a_proof_from_the_route_is_accepted_by_the_contract_once_the_epoch_is_fi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn epoch_answers_come_from_the_record_without_reading_the_epoch() {
-    let server = start(Some(FixedChain {
-        withdrawable: BTreeMap::new(),
-        final_epochs: BTreeMap::from([(1, true)]),
-    }))
-    .await;
+    let server = start(Some(FixedChain::epoch_1())).await;
     server.ready.store(true, Ordering::Release);
     let reader = server.engine.reader();
     let read_before = reader.sealed_epochs_read();
@@ -1227,11 +1228,7 @@ async fn epoch_answers_come_from_the_record_without_reading_the_epoch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proof_request_for_a_missing_leaf_does_not_read_the_epoch() {
-    let server = start(Some(FixedChain {
-        withdrawable: BTreeMap::new(),
-        final_epochs: BTreeMap::from([(1, true)]),
-    }))
-    .await;
+    let server = start(Some(FixedChain::epoch_1())).await;
     server.ready.store(true, Ordering::Release);
     let reader = server.engine.reader();
     let read_before = reader.sealed_epochs_read();
@@ -1266,14 +1263,7 @@ async fn payee_answers_reuse_a_recent_contract_read() {
     use tollgate_settle::chain::{ContractReader, DeployParams};
 
     let anvil = common::spawn_anvil();
-    let deployed = tollgate_settle::deploy(
-        &anvil.endpoint(),
-        common::dev_key(&anvil, 0),
-        None,
-        &DeployParams::dev(),
-    )
-    .await
-    .expect("deploy");
+    let deployed = common::deploy(&anvil, &DeployParams::dev()).await;
     let proxy = common::RpcProxy::start(anvil.endpoint(), |_, _| false).await;
     let contract = ContractReader::connect(&proxy.url, deployed.chain_id, deployed.settlement)
         .await

@@ -16,7 +16,7 @@ use serde_json::Value;
 use tollgate_engine::PayerKey;
 use tollgate_load::child;
 use tollgate_load::population::payer_keys;
-use tollgate_settle::chain::{ContractReader, DeployParams, deploy};
+use tollgate_settle::chain::{ContractReader, DeployParams};
 use tollgate_settle::devchain::{FundParams, fund_payers};
 use tollgate_tools::serve::process::{ServerProcess, dev_chain_args};
 
@@ -47,14 +47,7 @@ fn signal(pid: Pid, signal: Signal) {
 async fn a_stopped_chain_does_not_stop_ingest_and_queued_epochs_commit_when_it_returns() {
     let anvil = common::spawn_anvil();
     let rpc_url = anvil.endpoint();
-    let deployed = deploy(
-        &rpc_url,
-        common::dev_key(&anvil, 0),
-        None,
-        &DeployParams::dev(),
-    )
-    .await
-    .expect("deploy");
+    let deployed = common::deploy(&anvil, &DeployParams::dev()).await;
     let payers: Vec<PayerKey> = payer_keys(SEED, PAYERS)
         .iter()
         .map(|key| PayerKey(key.verifying_key().to_bytes()))
@@ -176,14 +169,7 @@ async fn a_stopped_chain_does_not_stop_ingest_and_queued_epochs_commit_when_it_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_catch_up_waits_out_a_failing_node_and_readyz_says_what_it_waits_for() {
     let anvil = common::spawn_anvil();
-    let deployed = deploy(
-        &anvil.endpoint(),
-        common::dev_key(&anvil, 0),
-        None,
-        &DeployParams::dev(),
-    )
-    .await
-    .expect("deploy");
+    let deployed = common::deploy(&anvil, &DeployParams::dev()).await;
     let failing = Arc::new(AtomicBool::new(true));
     // Every `eth_getLogs` fails while `failing` is set, as with an overloaded provider.
     let refusing = failing.clone();

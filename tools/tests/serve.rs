@@ -335,7 +335,7 @@ fn print_config_masks_the_rpc_url_path_query_and_userinfo() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_refuses_settings_under_which_a_payer_exit_can_overtake_accepted_receipts() {
-    use tollgate_settle::chain::{DeployParams, deploy};
+    use tollgate_settle::chain::DeployParams;
     use tollgate_tools::serve::process::dev_chain_args;
 
     let anvil = common::spawn_anvil();
@@ -346,9 +346,7 @@ async fn serve_refuses_settings_under_which_a_payer_exit_can_overtake_accepted_r
         arbiter: Some(anvil.addresses()[9]),
         ..DeployParams::dev()
     };
-    let deployed = deploy(&rpc_url, common::dev_key(&anvil, 0), None, &params)
-        .await
-        .expect("deploy");
+    let deployed = common::deploy(&anvil, &params).await;
     let operator_key = hex::encode(common::dev_key(&anvil, 0).to_bytes());
     let dir = tempfile::tempdir().expect("tempdir");
     let start = |extra: &[&str]| {

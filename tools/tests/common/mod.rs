@@ -42,6 +42,16 @@ pub fn dev_key(anvil: &AnvilInstance, index: usize) -> PrivateKeySigner {
     PrivateKeySigner::from(anvil.keys()[index].clone())
 }
 
+/// Deploys the Settlement contract (and the test token) on `anvil` with dev key 0 as operator.
+pub async fn deploy(
+    anvil: &AnvilInstance,
+    params: &tollgate_settle::DeployParams,
+) -> tollgate_settle::DeployedAddresses {
+    tollgate_settle::deploy(&anvil.endpoint(), dev_key(anvil, 0), None, params)
+        .await
+        .expect("deploy")
+}
+
 /// A JSON-RPC proxy in front of a node: it counts the requests per method and answers HTTP 503
 /// (as an overloaded provider does) to those `refuse(method, earlier)` picks, where `earlier` is
 /// how many requests of that method came before; everything else is forwarded.
