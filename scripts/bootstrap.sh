@@ -29,7 +29,7 @@ if [ -f package-lock.json ]; then
   stamp=node_modules/.tollgate-lock.sha256
   want=$(sha256sum package-lock.json | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    echo "bootstrap: npm ci (pinned solc and anvil)"
+    echo "bootstrap: npm ci (pinned solc, anvil and @openzeppelin/merkle-tree)"
     npm ci --no-audit --no-fund --loglevel=error
     echo "$want" > "$stamp"
   fi
