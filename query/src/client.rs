@@ -7,7 +7,9 @@ use futures::{StreamExt, TryStreamExt};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
-use tollgate_engine::{Address, PayerKey};
+use tollgate_engine::{Address, Domain, PayerKey};
+
+use crate::auth::payer_request_headers;
 
 use crate::model::{EpochList, EpochView, ErrorBody, PayeeView, PayerView, ProofView};
 
@@ -36,7 +38,8 @@ pub enum QueryError {
     /// An argument is malformed; nothing was sent.
     #[error("{0}")]
     Usage(String),
-    /// The server knows no such thing (404), or has no proof for it yet (409).
+    /// The server knows no such thing (404), has no proof for it yet (409), or no longer keeps
+    /// it (410).
     #[error("{message}")]
     NotFound {
         /// the API's error code
@@ -97,6 +100,75 @@ pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 pub struct QueryClient {
     http: reqwest::Client,
     base: reqwest::Url,
+    credentials: Credentials,
+}
+
+/// How a [`QueryClient`] proves who it is (see [`crate::auth`]).
+#[derive(Clone, Default)]
+pub enum Credentials {
+    /// Nothing: enough for a server in open mode (loopback, no token configured).
+    #[default]
+    None,
+    /// `Authorization: Bearer` with an operator's or auditor's token.
+    Bearer(String),
+    /// Every request signed by a payer's deposit key for the server's deployment.
+    Payer {
+        /// the payer's key
+        key: Box<ed25519_dalek::SigningKey>,
+        /// the server's chain and contract
+        domain: Domain,
+    },
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::Bearer(_) => f.write_str("Bearer(********)"),
+            Self::Payer { key, .. } => {
+                write!(f, "Payer({})", PayerKey(*key.verifying_key().as_bytes()))
+            }
+        }
+    }
+}
+
+impl Credentials {
+    fn authorize(&self, request: &mut reqwest::Request) -> Result<(), QueryError> {
+        let header = |name: &str, value: &str| {
+            Ok::<_, QueryError>((
+                reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|e| QueryError::Usage(format!("header {name}: {e}")))?,
+                reqwest::header::HeaderValue::from_str(value)
+                    .map_err(|e| QueryError::Usage(format!("header {name}: {e}")))?,
+            ))
+        };
+        let headers = match self {
+            Self::None => Vec::new(),
+            Self::Bearer(token) => vec![header("authorization", &format!("Bearer {token}"))?],
+            Self::Payer { key, domain } => {
+                let url = request.url();
+                let path_and_query = match url.query() {
+                    Some(query) => format!("{}?{query}", url.path()),
+                    None => url.path().to_owned(),
+                };
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_millis() as u64);
+                payer_request_headers(
+                    key,
+                    domain,
+                    now_ms,
+                    request.method().as_str(),
+                    &path_and_query,
+                )
+                .iter()
+                .map(|(name, value)| header(name, value))
+                .collect::<Result<_, _>>()?
+            }
+        };
+        request.headers_mut().extend(headers);
+        Ok(())
+    }
 }
 
 impl QueryClient {
@@ -113,7 +185,17 @@ impl QueryClient {
             .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
             .build()
             .map_err(|e| QueryError::Usage(format!("cannot build HTTP client: {e}")))?;
-        Ok(Self { http, base })
+        Ok(Self {
+            http,
+            base,
+            credentials: Credentials::None,
+        })
+    }
+
+    /// The same client, proving itself with `credentials` on every request.
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = credentials;
+        self
     }
 
     fn server(&self) -> String {
@@ -125,37 +207,45 @@ impl QueryClient {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<T, QueryError> {
+        let body = self.fetch(path, query, "application/json").await?;
+        serde_json::from_slice(&body).map_err(|e| QueryError::BadResponse {
+            server: self.server(),
+            problem: e.to_string(),
+        })
+    }
+
+    /// One authenticated GET; a success's whole body, or the API's error as a [`QueryError`].
+    pub async fn fetch(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        accept: &str,
+    ) -> Result<bytes::Bytes, QueryError> {
         let url = self
             .base
             .join(path)
             .map_err(|e| QueryError::Usage(format!("bad request path {path:?}: {e}")))?;
-        let response =
-            self.http
-                .get(url)
-                .query(query)
-                .send()
-                .await
-                .map_err(|e| QueryError::Unreachable {
-                    server: self.server(),
-                    reason: if e.is_timeout() {
-                        format!("no answer within {REQUEST_TIMEOUT_MS} ms")
-                    } else {
-                        root_cause(&e)
-                    },
-                })?;
+        let mut request = self
+            .http
+            .get(url)
+            .query(query)
+            .header(reqwest::header::ACCEPT, accept)
+            .build()
+            .map_err(|e| QueryError::Usage(format!("bad request {path:?}: {e}")))?;
+        self.credentials.authorize(&mut request)?;
+        let unreachable = |e: reqwest::Error| QueryError::Unreachable {
+            server: self.server(),
+            reason: if e.is_timeout() {
+                format!("no answer within {REQUEST_TIMEOUT_MS} ms")
+            } else {
+                root_cause(&e)
+            },
+        };
+        let response = self.http.execute(request).await.map_err(unreachable)?;
         let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| QueryError::Unreachable {
-                server: self.server(),
-                reason: root_cause(&e),
-            })?;
+        let body = response.bytes().await.map_err(unreachable)?;
         if status.is_success() {
-            return serde_json::from_slice(&body).map_err(|e| QueryError::BadResponse {
-                server: self.server(),
-                problem: e.to_string(),
-            });
+            return Ok(body);
         }
         let Ok(error) = serde_json::from_slice::<ErrorBody>(&body) else {
             return Err(QueryError::BadResponse {
@@ -164,10 +254,12 @@ impl QueryClient {
             });
         };
         Err(match status {
-            StatusCode::NOT_FOUND | StatusCode::CONFLICT => QueryError::NotFound {
-                code: error.error,
-                message: error.message,
-            },
+            StatusCode::NOT_FOUND | StatusCode::CONFLICT | StatusCode::GONE => {
+                QueryError::NotFound {
+                    code: error.error,
+                    message: error.message,
+                }
+            }
             StatusCode::SERVICE_UNAVAILABLE => QueryError::Unreachable {
                 server: self.server(),
                 reason: error.message,

@@ -19,13 +19,15 @@ use std::str::FromStr;
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use tollgate_engine::{Address, PayerKey};
+use tollgate_engine::{Address, Domain, PayerKey};
 use tollgate_query::client::EXIT_OK;
 use tollgate_query::model::{
     EPOCHS_LIMIT_DEFAULT, EPOCHS_LIMIT_MAX, EpochList, PayeeView, PayerView, ProofView,
 };
-use tollgate_query::{QueryClient, QueryError};
+use tollgate_query::{Credentials, QueryClient, QueryError};
+use tollgate_settle::chain::DEV_CHAIN_IDS;
 
+use crate::keys::{self, Secret};
 use crate::output::{Align, fields, table};
 
 /// Where the CLI looks for the server unless told otherwise.
@@ -40,6 +42,67 @@ pub struct ServerArgs {
     /// Print the server's JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub caller: CallerArgs,
+}
+
+/// How a command proves who it is to the query API (see `tollgate_query::auth`). Nothing given:
+/// no credentials, which a server in open mode (loopback, no token configured) accepts.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CallerArgs {
+    /// An operator's or auditor's bearer token, or the path of a file holding it.
+    #[arg(long, env = "TOLLGATE_API_TOKEN", conflicts_with = "payer_key")]
+    pub token: Option<Secret>,
+    /// Sign every request as this payer: its key (64 hex digits) or a key file. Needs the
+    /// server's deployment, `--chain-id` and `--contract`.
+    #[arg(long, requires = "contract")]
+    pub payer_key: Option<Secret>,
+    /// The chain id the server's contract is on (signed into a payer's requests).
+    #[arg(long, env = "TOLLGATE_CHAIN_ID", default_value_t = DEV_CHAIN_IDS[0])]
+    pub chain_id: u64,
+    /// The server's settlement contract (signed into a payer's requests).
+    #[arg(long, env = "TOLLGATE_CONTRACT")]
+    pub contract: Option<String>,
+}
+
+impl CallerArgs {
+    /// The credentials these options describe.
+    pub fn credentials(&self) -> Result<Credentials, QueryError> {
+        if let Some(token) = &self.token {
+            let path = std::path::Path::new(token.expose());
+            let token = if path.is_file() {
+                std::fs::read_to_string(path)
+                    .map_err(|e| QueryError::Usage(format!("--token {}: {e}", path.display())))?
+                    .trim()
+                    .to_owned()
+            } else {
+                token.expose().to_owned()
+            };
+            return Ok(Credentials::Bearer(token));
+        }
+        let Some(key) = &self.payer_key else {
+            return Ok(Credentials::None);
+        };
+        let contract = self.contract.as_deref().unwrap_or_default();
+        Ok(Credentials::Payer {
+            key: Box::new(
+                keys::load(key.expose())
+                    .map_err(|e| QueryError::Usage(format!("--payer-key: {e:#}")))?,
+            ),
+            domain: Domain {
+                chain_id: self.chain_id,
+                contract: Address::from_str(contract)
+                    .map_err(|e| QueryError::Usage(format!("--contract {contract:?}: {e}")))?,
+            },
+        })
+    }
+}
+
+impl ServerArgs {
+    /// A client of `--server` with these credentials.
+    pub fn client(&self) -> Result<QueryClient, QueryError> {
+        Ok(QueryClient::new(&self.server)?.with_credentials(self.caller.credentials()?))
+    }
 }
 
 /// `tollgate balance PAYER`.
@@ -266,24 +329,24 @@ pub async fn execute(command: &QueryCommand) -> Result<String, QueryError> {
     match command {
         QueryCommand::Balance(args) => {
             let payer = parse_payer(&args.payer)?;
-            let view = QueryClient::new(&args.server.server)?.payer(&payer).await?;
+            let view = args.server.client()?.payer(&payer).await?;
             output(&view, args.server.json, render_payer)
         }
         QueryCommand::Payee(args) => {
             let payee = parse_payee(&args.address)?;
-            let view = QueryClient::new(&args.server.server)?.payee(&payee).await?;
+            let view = args.server.client()?.payee(&payee).await?;
             output(&view, args.server.json, render_payee)
         }
         QueryCommand::Epochs(args) => {
-            let list = QueryClient::new(&args.server.server)?
-                .epochs(args.limit)
-                .await?;
+            let list = args.server.client()?.epochs(args.limit).await?;
             output(&list, args.server.json, render_epochs)
         }
         QueryCommand::Proof(args) => {
             let payer = parse_payer(&args.payer)?;
             let payee = parse_payee(&args.payee)?;
-            let view = QueryClient::new(&args.server.server)?
+            let view = args
+                .server
+                .client()?
                 .proof(args.epoch, &payer, &payee)
                 .await?;
             output(&view, args.server.json, render_proof)
@@ -404,6 +467,7 @@ mod tests {
                 // Nothing listens on port 9 here; a request would be Unreachable, not Usage.
                 server: "http://127.0.0.1:9".into(),
                 json: false,
+                caller: CallerArgs::default(),
             },
         });
         let error = block_on(execute(&command)).expect_err("malformed payer");
@@ -428,6 +492,7 @@ mod tests {
             server: ServerArgs {
                 server: format!("http://127.0.0.1:{port}"),
                 json: true,
+                caller: CallerArgs::default(),
             },
         });
         let error = block_on(execute(&command)).expect_err("nothing listens");

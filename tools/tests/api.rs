@@ -18,15 +18,18 @@ use tollgate_engine::pipeline::{
 };
 use tollgate_engine::verify::{Verifier, VerifyConfig, VerifyPool};
 use tollgate_engine::{Address, Domain, PayerKey, ReceiptBatch, UnsignedReceipt};
-use tollgate_query::QueryError;
+use tollgate_query::auth::payer_request_headers;
 use tollgate_query::client::{EXIT_ERROR, EXIT_NOT_FOUND, EXIT_UNREACHABLE};
 use tollgate_query::model::{
     EpochList, EpochView, PayeeView, PayerView, ProofView, WithdrawableSource,
 };
+use tollgate_query::{Credentials, QueryClient, QueryError};
 use tollgate_settle::merkle::{self, EpochTree, Leaf, leaf_hash};
+use tollgate_tools::api::auth::{ApiAccess, ApiScope, ApiToken};
 use tollgate_tools::api::{ApiState, ChainView, ChainViewError, router};
 use tollgate_tools::query::{
-    self as cli, BalanceArgs, EpochsArgs, PayeeArgs, ProofArgs, QueryCommand, ServerArgs,
+    self as cli, BalanceArgs, CallerArgs, EpochsArgs, PayeeArgs, ProofArgs, QueryCommand,
+    ServerArgs,
 };
 
 mod common;
@@ -747,6 +750,7 @@ fn server_args(server: &Server, json: bool) -> ServerArgs {
     ServerArgs {
         server: format!("http://{}", server.addr),
         json,
+        caller: CallerArgs::default(),
     }
 }
 
@@ -1473,4 +1477,196 @@ async fn every_part_is_recorded_as_it_lands_across_runs() {
         assert_eq!(entry["block"], receipt.block_number.expect("block"));
     }
     server.engine.shutdown().expect("clean shutdown");
+}
+
+const OPERATOR_TOKEN: &str = "operator-token-0123456789abcdef";
+const AUDITOR_TOKEN: &str = "auditor-token-0123456789abcdef";
+
+fn closed_access() -> ApiAccess {
+    ApiAccess::new(
+        vec![
+            ApiToken::new("ops", vec![ApiScope::Operator], OPERATOR_TOKEN).expect("token"),
+            ApiToken::new("audit", vec![ApiScope::Auditor], AUDITOR_TOKEN).expect("token"),
+        ],
+        DOMAIN,
+        300_000,
+    )
+}
+
+/// The status of `GET path` with `headers`.
+async fn status_with(server: &Server, path: &str, headers: &[(&str, String)]) -> u16 {
+    let mut request = reqwest::Client::new().get(server.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    request.send().await.expect("request").status().as_u16()
+}
+
+fn bearer(token: &str) -> Vec<(&'static str, String)> {
+    vec![("authorization", format!("Bearer {token}"))]
+}
+
+fn signed_by(payer: u8, domain: &Domain, at_ms: u64, path: &str) -> Vec<(&'static str, String)> {
+    payer_request_headers(&key(payer), domain, at_ms, "GET", path).to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tokens_configured_only_known_callers_read_and_each_only_its_own() {
+    let server = start_with(
+        Some(Arc::new(FixedChain::p1_and_epoch_1()) as Arc<dyn ChainView>),
+        |state| state.with_access(closed_access()),
+    )
+    .await;
+    server.ready.store(true, Ordering::Release);
+    let alice = payer_of(&key(1));
+    let bob = payer_of(&key(2));
+    let alice_balance = format!("/v1/payers/{alice}");
+    let bob_balance = format!("/v1/payers/{bob}");
+    let payee = format!("/v1/payees/{P1}");
+    let alice_proof = format!("/v1/epochs/1/proof?payer={alice}&payee={P1}");
+    let bob_proof = format!("/v1/epochs/1/proof?payer={bob}&payee={P1}");
+    let ledger_routes = [
+        alice_balance.as_str(),
+        bob_balance.as_str(),
+        payee.as_str(),
+        "/v1/epochs",
+        "/v1/epochs/1",
+        alice_proof.as_str(),
+    ];
+
+    for open in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        assert_eq!(status_with(&server, open, &[]).await, 200, "{open}");
+    }
+    for path in ledger_routes {
+        assert_eq!(status_with(&server, path, &[]).await, 401, "nobody: {path}");
+        for wrong in [
+            bearer("not-a-configured-token-at-all"),
+            vec![("authorization", "Basic b3A6b3A=".into())],
+        ] {
+            assert_eq!(
+                status_with(&server, path, &wrong).await,
+                401,
+                "{wrong:?}: {path}"
+            );
+        }
+        assert_eq!(
+            status_with(&server, path, &bearer(OPERATOR_TOKEN)).await,
+            200,
+            "operator: {path}"
+        );
+    }
+    let (_, refused) = {
+        let response = reqwest::get(server.url("/v1/epochs"))
+            .await
+            .expect("request");
+        let challenge = response
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().expect("ascii").to_owned());
+        assert_eq!(
+            challenge.as_deref(),
+            Some("Bearer realm=\"tollgate\", Tollgate-Payer")
+        );
+        (
+            response.status(),
+            response.json::<Value>().await.expect("JSON"),
+        )
+    };
+    assert_eq!(refused["error"], "unauthenticated");
+
+    let auditor = bearer(AUDITOR_TOKEN);
+    for (path, want) in [
+        (alice_balance.as_str(), 403),
+        (payee.as_str(), 403),
+        ("/v1/epochs", 200),
+        ("/v1/epochs/1", 200),
+        (alice_proof.as_str(), 200),
+        (bob_proof.as_str(), 200),
+    ] {
+        assert_eq!(
+            status_with(&server, path, &auditor).await,
+            want,
+            "auditor: {path}"
+        );
+    }
+
+    let now = now_ms();
+    for (path, want) in [
+        (alice_balance.as_str(), 200),
+        (bob_balance.as_str(), 403),
+        (payee.as_str(), 403),
+        ("/v1/epochs", 200),
+        (alice_proof.as_str(), 200),
+        (bob_proof.as_str(), 403),
+    ] {
+        let headers = signed_by(1, &DOMAIN, now, path);
+        assert_eq!(
+            status_with(&server, path, &headers).await,
+            want,
+            "alice: {path}"
+        );
+    }
+    // A signature proves one request: not another path, not another deployment, not long after.
+    let other_deployment = Domain {
+        chain_id: 1,
+        ..DOMAIN
+    };
+    for (headers, why) in [
+        (
+            signed_by(1, &DOMAIN, now, &bob_balance),
+            "signed for another path",
+        ),
+        (
+            signed_by(1, &other_deployment, now, &alice_balance),
+            "another deployment",
+        ),
+        (
+            signed_by(1, &DOMAIN, now - 300_001, &alice_balance),
+            "too old",
+        ),
+        (
+            signed_by(2, &DOMAIN, now, &alice_balance)[1..].to_vec(),
+            "headers missing",
+        ),
+    ] {
+        assert_eq!(
+            status_with(&server, &alice_balance, &headers).await,
+            401,
+            "{why}"
+        );
+    }
+    let mut bob_claims_alice = signed_by(2, &DOMAIN, now, &alice_balance);
+    bob_claims_alice[0].1 = alice.to_string();
+    assert_eq!(
+        status_with(&server, &alice_balance, &bob_claims_alice).await,
+        401,
+        "bob's signature under alice's key"
+    );
+
+    // The CLI's client signs the same way.
+    let signed_client = QueryClient::new(&server.url(""))
+        .expect("client")
+        .with_credentials(Credentials::Payer {
+            key: Box::new(key(1)),
+            domain: DOMAIN,
+        });
+    assert_eq!(
+        signed_client
+            .payer(&alice)
+            .await
+            .expect("own balance")
+            .payer,
+        alice.to_string()
+    );
+    match signed_client.payer(&bob).await {
+        Err(QueryError::Refused { status: 403, .. }) => {}
+        other => panic!("bob's balance as alice: {other:?}"),
+    }
+    let operator_client = QueryClient::new(&server.url(""))
+        .expect("client")
+        .with_credentials(Credentials::Bearer(OPERATOR_TOKEN.into()));
+    operator_client
+        .payer(&bob)
+        .await
+        .expect("operator reads any payer");
 }

@@ -2,7 +2,7 @@
 //! the OpenAPI document, the server and the CLI's exit codes agree.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use thiserror::Error;
 use tollgate_query::model::ErrorBody;
@@ -90,6 +90,41 @@ pub enum ApiError {
         /// why the chain could not say
         reason: String,
     },
+    /// The request carries no credentials the server accepts.
+    #[error("unauthenticated: {problem}")]
+    Unauthenticated {
+        /// what is missing or wrong
+        problem: String,
+    },
+    /// The caller is known but may not read this.
+    #[error("forbidden: {problem}")]
+    Forbidden {
+        /// what it may not read
+        problem: String,
+    },
+    /// The epoch is still open (or its seal is still being written): it has no tree and its
+    /// receipts are still arriving.
+    #[error("epoch {epoch} is not sealed yet: its tree and receipts are served once it is")]
+    EpochNotSealed {
+        /// the epoch
+        epoch: u64,
+    },
+    /// The epoch's receipts were pruned from the archive after its retention period.
+    #[error(
+        "epoch {epoch}'s receipts were pruned: the archive keeps epochs after {pruned_through} \
+         only (final onchain plus the retention period)"
+    )]
+    EpochPruned {
+        /// the epoch
+        epoch: u64,
+        /// the newest epoch pruned
+        pruned_through: u64,
+    },
+    /// This server was created without the receipt archive.
+    #[error(
+        "this server keeps no receipt archive (archive_receipts was off when its data directory was created)"
+    )]
+    ArchiveDisabled,
     /// The server is starting (or stopping) and does not answer ledger queries yet.
     #[error("not ready: {waiting_for}")]
     NotReady {
@@ -113,7 +148,12 @@ impl ApiError {
             | Self::UnknownPayee(_)
             | Self::UnknownEpoch(_)
             | Self::UnknownLeaf { .. }
-            | Self::UnknownRoute(_) => StatusCode::NOT_FOUND,
+            | Self::UnknownRoute(_)
+            | Self::EpochNotSealed { .. }
+            | Self::ArchiveDisabled => StatusCode::NOT_FOUND,
+            Self::EpochPruned { .. } => StatusCode::GONE,
+            Self::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::EpochNotCommitted { .. } | Self::EpochNotFinal { .. } => StatusCode::CONFLICT,
             Self::FinalityUnknown { .. } | Self::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -137,6 +177,11 @@ impl ApiError {
             Self::EpochNotCommitted { .. } => "epoch_not_committed",
             Self::EpochNotFinal { .. } => "epoch_not_final",
             Self::FinalityUnknown { .. } => "finality_unknown",
+            Self::Unauthenticated { .. } => "unauthenticated",
+            Self::Forbidden { .. } => "forbidden",
+            Self::EpochNotSealed { .. } => "epoch_not_sealed",
+            Self::EpochPruned { .. } => "epoch_pruned",
+            Self::ArchiveDisabled => "archive_disabled",
             Self::NotReady { .. } => "not_ready",
             Self::Internal(_) => "internal",
         }
@@ -178,6 +223,31 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
         503,
         "the chain cannot say now whether the epoch is final; retry",
     ),
+    (
+        "unauthenticated",
+        401,
+        "no bearer token or payer signature the server accepts",
+    ),
+    (
+        "forbidden",
+        403,
+        "the caller may not read this (another payer's data, or balances for an auditor)",
+    ),
+    (
+        "epoch_not_sealed",
+        404,
+        "the epoch is still open: no tree, receipts still arriving",
+    ),
+    (
+        "epoch_pruned",
+        410,
+        "the epoch's receipts were pruned after its retention period",
+    ),
+    (
+        "archive_disabled",
+        404,
+        "the server was created without the receipt archive",
+    ),
     ("not_ready", 503, "the server is starting; retry"),
     ("internal", 500, "reading the ledger failed"),
 ];
@@ -191,7 +261,14 @@ impl IntoResponse for ApiError {
             error: self.code().to_owned(),
             message: self.to_string(),
         };
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        if matches!(self, Self::Unauthenticated { .. }) {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tollgate\", Tollgate-Payer"),
+            );
+        }
+        response
     }
 }
 
@@ -235,6 +312,18 @@ mod tests {
                 epoch: 1,
                 reason: String::new(),
             },
+            ApiError::Unauthenticated {
+                problem: String::new(),
+            },
+            ApiError::Forbidden {
+                problem: String::new(),
+            },
+            ApiError::EpochNotSealed { epoch: 1 },
+            ApiError::EpochPruned {
+                epoch: 1,
+                pruned_through: 1,
+            },
+            ApiError::ArchiveDisabled,
             ApiError::NotReady {
                 waiting_for: String::new(),
             },

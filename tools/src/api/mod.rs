@@ -4,6 +4,7 @@
 //! The JSON bodies are `tollgate_query::model`'s, the types every client reads (amounts as
 //! decimal strings); the handlers here build them.
 //!
+//! - [`auth`]: who may read what (bearer tokens with scopes, payer-signed requests, open mode).
 //! - [`error`]: every error answer, its status and its stable code.
 //! - [`openapi`]: the OpenAPI 3.1 document served at `/openapi.json`.
 //! - [`proof`]: `GET /v1/epochs/{n}/proof` and its bounded cache of built epoch trees.
@@ -16,6 +17,7 @@
 //! the API never takes a lock the ledger writer needs and never runs a disk read on an async
 //! worker. It only reads: nothing here can change what anyone owes.
 
+pub mod auth;
 pub mod error;
 pub mod openapi;
 pub mod proof;
@@ -32,7 +34,7 @@ use axum::http::{StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use futures::future::BoxFuture;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
@@ -42,6 +44,7 @@ use tollgate_engine::store::StoreError;
 use tollgate_engine::{Address, PayerKey};
 use tollgate_settle::ContractReader;
 
+use auth::Caller;
 pub use error::ApiError;
 use tollgate_query::model::{
     CHANNELS_LISTED_MAX, ChannelView, EPOCHS_LIMIT_DEFAULT, EPOCHS_LIMIT_MAX, EpochList,
@@ -130,6 +133,7 @@ pub struct ApiState {
     metrics: PrometheusHandle,
     trees: Arc<proof::TreeCache>,
     withdrawable: Arc<WithdrawableCache>,
+    access: Arc<auth::ApiAccess>,
 }
 
 impl ApiState {
@@ -144,7 +148,14 @@ impl ApiState {
             metrics,
             trees: Arc::new(proof::TreeCache::new(proof::TREES_CACHED_DEFAULT)),
             withdrawable: Arc::new(WithdrawableCache::new(WITHDRAWABLE_TTL_DEFAULT)),
+            access: Arc::new(auth::ApiAccess::open()),
         }
+    }
+
+    /// Answers only the callers `access` admits, instead of everyone (open mode).
+    pub fn with_access(mut self, access: auth::ApiAccess) -> Self {
+        self.access = Arc::new(access);
+        self
     }
 
     /// Reuses a payee's withdrawable figure read from the contract for `ttl` instead of
@@ -192,7 +203,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/epochs", get(epochs))
         .route("/v1/epochs/{epoch}", get(epoch))
         .route("/v1/epochs/{epoch}/proof", get(proof::proof))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_ready));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_ready))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
     Router::new()
         .merge(ledger)
         .route("/healthz", get(healthz))
@@ -268,9 +283,11 @@ fn hex32(bytes: &[u8; 32]) -> String {
 
 async fn payer(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<PayerView>, ApiError> {
     let payer = parse_payer(&path_text(path)?)?;
+    caller.may_read_payer(&payer)?;
     let view = read_ledger(&state, move |reader| {
         let balance = reader
             .payer(&payer)?
@@ -323,9 +340,11 @@ async fn payer(
 
 async fn payee(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<PayeeView>, ApiError> {
     let payee = parse_address(&path_text(path)?)?;
+    caller.may_read_payee(&payee)?;
     let balance = read_ledger(&state, move |reader| {
         reader
             .payee(&payee)?

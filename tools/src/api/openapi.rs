@@ -6,6 +6,8 @@ use serde_json::{Value, json};
 
 use tollgate_query::model::{CHANNELS_LISTED_MAX, EPOCHS_LIMIT_DEFAULT, EPOCHS_LIMIT_MAX};
 
+use tollgate_query::auth::{HEADER_PAYER, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+
 use super::error::ERROR_CODES;
 
 fn amount(description: &str) -> Value {
@@ -191,7 +193,7 @@ pub fn document() -> Value {
         .iter()
         .map(|(code, status, meaning)| format!("\n- `{code}` ({status}): {meaning}"))
         .collect();
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "Tollgate query API",
@@ -199,7 +201,9 @@ pub fn document() -> Value {
             "description": format!(
                 "Balances, epochs and Merkle proofs from the Tollgate ledger. Amounts are in the \
                  token's smallest unit as decimal strings (they are u128). Ledger routes (/v1/...) \
-                 answer 503 until the server is ready. Every error is {{\"error\": code, \"message\": text}}:{error_table}"
+                 answer 503 until the server is ready, and only to a caller the server knows \
+                 (see securitySchemes; /healthz, /readyz, /metrics and this document are open). \
+                 Every error is {{\"error\": code, \"message\": text}}:{error_table}"
             )
         },
         "paths": {
@@ -294,6 +298,82 @@ pub fn document() -> Value {
                 }}
             }}
         },
-        "components": { "schemas": schemas() }
+        "security": [
+            { "bearer": [] },
+            { "payerKey": [], "payerTimestamp": [], "payerSignature": [] }
+        ],
+        "components": { "schemas": schemas(), "securitySchemes": security_schemes() }
+    });
+    guard(&mut doc);
+    doc
+}
+
+fn security_schemes() -> Value {
+    json!({
+        "bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "A token from the server's configuration (`[[api_token]]` or \
+                `--api-token NAME:SCOPES:TOKEN`), with scope operator (every route) or auditor \
+                (epochs, trees, archived receipts and proofs; no live balances)."
+        },
+        "payerKey": {
+            "type": "apiKey", "in": "header", "name": HEADER_PAYER,
+            "description": "The payer's ed25519 public key, 64 hex digits. A payer reads its own \
+                balance and the parts of epoch data that are its channels."
+        },
+        "payerTimestamp": {
+            "type": "apiKey", "in": "header", "name": HEADER_TIMESTAMP,
+            "description": "Unix milliseconds when the request was signed; refused when further \
+                from the server's clock than its receipt skew window (300 s by default)."
+        },
+        "payerSignature": {
+            "type": "apiKey", "in": "header", "name": HEADER_SIGNATURE,
+            "description": "128 hex digits: ed25519 by the payer key over \
+                \"tollgate-api-v1\" ‖ chain id (u64 LE) ‖ contract (20 bytes) ‖ timestamp (u64 LE) ‖ \
+                method ‖ \" \" ‖ path and query as sent."
+        }
     })
+}
+
+/// Who may call each ledger route, added to its description with the 401 and 403 answers; the
+/// routes without ledger data are marked open. With no token configured (open mode, loopback
+/// only) the server answers everyone.
+fn guard(doc: &mut Value) {
+    const WHO: &[(&str, &str)] = &[
+        (
+            "/v1/payers/{payer}",
+            "operators, and the payer itself (signed request)",
+        ),
+        ("/v1/payees/{payee}", "operators"),
+        (
+            "/v1/epochs",
+            "any authenticated caller (operator, auditor, payer)",
+        ),
+        (
+            "/v1/epochs/{epoch}",
+            "any authenticated caller (operator, auditor, payer)",
+        ),
+        (
+            "/v1/epochs/{epoch}/proof",
+            "operators, auditors, and the channel's payer",
+        ),
+    ];
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let get = &mut item["get"];
+        match WHO.iter().find(|(guarded, _)| guarded == path) {
+            Some((_, who)) => {
+                let said = get["description"].as_str().unwrap_or_default().to_owned();
+                get["description"] = json!(format!("{said} Who may call: {who}.").trim_start());
+                get["responses"]["401"] = error_response(
+                    "No bearer token or payer signature the server accepts (unauthenticated).",
+                );
+                get["responses"]["403"] =
+                    error_response("The caller may not read this (forbidden).");
+            }
+            None => get["security"] = json!([]),
+        }
+    }
 }

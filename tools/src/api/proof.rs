@@ -20,9 +20,9 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tollgate_engine::pipeline::{EpochStatus, LedgerReader};
@@ -30,6 +30,7 @@ use tollgate_engine::{Address, PayerKey};
 use tollgate_query::model::ProofView;
 use tollgate_settle::merkle::{EpochTree, leaf_hash};
 
+use super::auth::Caller;
 use super::{
     ApiError, ApiState, hex32, parse_address, parse_epoch, parse_payer, path_text, read_ledger,
     status_view,
@@ -175,6 +176,7 @@ fn unknown_leaf(epoch: u64, payer: &PayerKey, payee: &Address) -> ApiError {
 
 pub(super) async fn proof(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<ProofQuery>, QueryRejection>,
 ) -> Result<Json<ProofView>, ApiError> {
@@ -184,6 +186,7 @@ pub(super) async fn proof(
     })?;
     let payer = parse_payer(required(&query.payer, "payer")?)?;
     let payee = parse_address(required(&query.payee, "payee")?)?;
+    caller.may_read_channel(&payer)?;
     let root = read_ledger(&state, move |reader| {
         let root = committed_root(reader, epoch)?;
         if reader.epoch_leaf(epoch, &payer, &payee)?.is_none() {

@@ -5,7 +5,8 @@
 //! rest from the libraries' own defaults (nothing here repeats a default number).
 //!
 //! Every key of the file is a flag name with `_` for `-` (`--epoch-secs` is `epoch_secs`, and
-//! `TOLLGATE_EPOCH_SECS`); fleet clients are `[[client]]` tables or `--client ID:KEY:PAYEES`.
+//! `TOLLGATE_EPOCH_SECS`); fleet clients are `[[client]]` tables or `--client ID:KEY:PAYEES`, query
+//! API tokens `[[api_token]]` tables or `--api-token NAME:SCOPES:TOKEN`.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use tollgate_settle::exit::COMMIT_LATENCY_BUDGET_SECS_DEFAULT;
 use tollgate_settle::submitter::SubmitConfig;
 use tollgate_settle::watcher::WatchConfig;
 
+use crate::api::auth::{ApiScope, ApiToken};
 use crate::keys::{MASK, Secret};
 
 /// How log lines are written.
@@ -74,6 +76,57 @@ impl FromStr for ClientOption {
             key: key.to_owned(),
             payees: payees.split(',').map(str::to_owned).collect(),
         })
+    }
+}
+
+/// A query API bearer token: `NAME:SCOPE[,SCOPE]:TOKEN` on the command line, where a scope is
+/// `operator` or `auditor` and TOKEN is the token itself or the path of a file holding it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTokenOption {
+    /// What logs call its holder.
+    pub name: String,
+    /// What it may read.
+    pub scopes: Vec<ApiScope>,
+    /// The token, or the path of a file holding it.
+    pub token: Secret,
+}
+
+impl FromStr for ApiTokenOption {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut fields = text.splitn(3, ':');
+        let (Some(name), Some(scopes), Some(token)) = (fields.next(), fields.next(), fields.next())
+        else {
+            return Err("expected NAME:SCOPE[,SCOPE]:TOKEN".into());
+        };
+        Ok(ApiTokenOption {
+            name: name.to_owned(),
+            scopes: scopes
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<_, _>>()?,
+            token: token.into(),
+        })
+    }
+}
+
+impl ApiTokenOption {
+    fn token_is_file(&self) -> bool {
+        Path::new(self.token.expose()).is_file()
+    }
+
+    fn resolve(&self) -> anyhow::Result<ApiToken> {
+        let secret = if self.token_is_file() {
+            std::fs::read_to_string(self.token.expose())
+                .with_context(|| format!("api token {:?}: reading its file", self.name))?
+                .trim()
+                .to_owned()
+        } else {
+            self.token.expose().to_owned()
+        };
+        ApiToken::new(&self.name, self.scopes.clone(), &secret).map_err(anyhow::Error::msg)
     }
 }
 
@@ -194,6 +247,13 @@ pub struct ServeOptions {
     #[arg(long = "client", env = "TOLLGATE_CLIENTS", value_delimiter = ';')]
     #[serde(rename = "client")]
     pub clients: Option<Vec<ClientOption>>,
+
+    /// A query API bearer token, `NAME:SCOPE[,SCOPE]:TOKEN` (scopes `operator`, `auditor`;
+    /// TOKEN inline or a file path); repeat for more (`;` between them in the environment).
+    /// None configured: the API is open to anyone, which needs a loopback `http` address.
+    #[arg(long = "api-token", env = "TOLLGATE_API_TOKENS", value_delimiter = ';')]
+    #[serde(rename = "api_token")]
+    pub api_tokens: Option<Vec<ApiTokenOption>>,
 }
 
 /// Where the settlement chain is, when settlement is on.
@@ -224,6 +284,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// HTTP API address.
     pub http: SocketAddr,
+    /// Who may read the query API; none is open mode (loopback only).
+    pub api_tokens: Vec<ApiToken>,
     /// Ledger directory.
     pub data_dir: PathBuf,
     /// Log line format.
@@ -280,6 +342,7 @@ impl ServeOptions {
             write_deadline_ms: Some(server.write_deadline_ms),
             shutdown_grace_ms: Some(server.shutdown_grace_ms),
             clients: Some(Vec::new()),
+            api_tokens: Some(Vec::new()),
         }
     }
 
@@ -326,6 +389,11 @@ impl ServeOptions {
             shown.operator_key = Some(MASK.into());
         }
         shown.rpc_url = shown.rpc_url.as_deref().map(mask_url);
+        for token in shown.api_tokens.iter_mut().flatten() {
+            if !token.token_is_file() {
+                token.token = MASK.into();
+            }
+        }
         Ok(toml::to_string(&shown)?)
     }
 
@@ -402,9 +470,18 @@ impl ServeOptions {
                  mode (any client, any payee) is only allowed on loopback"
             );
         }
+        let http = required(self.http, "http")?;
+        let api_tokens = self.api_tokens()?;
+        if api_tokens.is_empty() && !http.ip().is_loopback() {
+            anyhow::bail!(
+                "http: {http} is not a loopback address and no api_token is configured; an open \
+                 query API (anyone reads every balance) is only allowed on loopback"
+            );
+        }
         Ok(ServeConfig {
             listen,
-            http: required(self.http, "http")?,
+            http,
+            api_tokens,
             data_dir: required(self.data_dir.clone(), "data_dir")?,
             log_format: required(self.log_format, "log_format")?,
             domain,
@@ -450,6 +527,18 @@ impl ServeOptions {
                 ..SubmitConfig::default()
             },
         })
+    }
+
+    fn api_tokens(&self) -> anyhow::Result<Vec<ApiToken>> {
+        let mut names = BTreeSet::new();
+        let mut tokens = Vec::new();
+        for option in self.api_tokens.iter().flatten() {
+            if !names.insert(option.name.as_str()) {
+                anyhow::bail!("api token {:?}: configured twice", option.name);
+            }
+            tokens.push(option.resolve()?);
+        }
+        Ok(tokens)
     }
 
     fn client_auths(&self) -> anyhow::Result<Vec<ClientAuth>> {
@@ -522,5 +611,44 @@ mod tests {
         ] {
             assert!(!shown.contains(&key), "operator key in {shown}");
         }
+    }
+
+    #[test]
+    fn an_open_query_api_is_refused_off_loopback_and_tokens_are_never_shown() {
+        let public = ServeOptions {
+            http: Some("0.0.0.0:7403".parse().expect("address")),
+            unknown_payers: Some(UnknownPayersPolicy::Accept),
+            ..ServeOptions::defaults()
+        };
+        let refused = public.resolve().expect_err("open API off loopback");
+        assert!(refused.to_string().contains("no api_token"), "{refused}");
+
+        let token = "s3cret-token-with-enough-characters";
+        let with_token = ServeOptions {
+            api_tokens: Some(vec![
+                format!("ops:operator,auditor:{token}")
+                    .parse()
+                    .expect("token option"),
+            ]),
+            ..public
+        };
+        let config = with_token.resolve().expect("a token closes the API");
+        assert_eq!(config.api_tokens.len(), 1);
+        for shown in [
+            format!("{with_token:?}"),
+            format!("{config:?}"),
+            with_token.to_masked_toml().expect("toml"),
+        ] {
+            assert!(!shown.contains(token), "token in {shown}");
+        }
+
+        let short = ServeOptions {
+            api_tokens: Some(vec!["ops:operator:short".parse().expect("token option")]),
+            unknown_payers: Some(UnknownPayersPolicy::Accept),
+            ..ServeOptions::defaults()
+        };
+        let refused = short.resolve().expect_err("a short token");
+        assert!(refused.to_string().contains("at least"), "{refused}");
+        assert!("ops:root:x".parse::<ApiTokenOption>().is_err());
     }
 }

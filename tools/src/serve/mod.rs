@@ -29,6 +29,7 @@ use tollgate_settle::exit::ExitTiming;
 use tollgate_settle::submitter::Submitter;
 use tollgate_settle::watcher::Watcher;
 
+use crate::api::auth::ApiAccess;
 use crate::api::{ApiState, Startup, router};
 use config::{ChainSettings, LogFormat, ServeConfig, ServeOptions};
 
@@ -144,7 +145,12 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
     let ready = Arc::new(AtomicBool::new(false));
     let startup = Startup::default();
     let mut api = ApiState::new(engine.reader(), Arc::clone(&ready), metrics.clone())
-        .with_startup(startup.clone());
+        .with_startup(startup.clone())
+        .with_access(ApiAccess::new(
+            config.api_tokens.clone(),
+            config.domain,
+            config.ledger.timestamp_skew_ms,
+        ));
     if let Some(settlement) = &settlement {
         api = api.with_chain(Arc::new(settlement.reader.clone()));
     }
