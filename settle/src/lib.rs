@@ -17,6 +17,8 @@
 //! - [`epoch`]: the engine glue: `EpochLoop` seals, persists and commits epochs; `FundsLoop` feeds
 //!   the watcher's events into the ledger from its persisted cursor (and catches up at start-up,
 //!   waiting out a failing node).
+//! - [`onchain`]: what the chain says an epoch committed (root, every debit and credit decoded from
+//!   the commit calldata, voided or not) and what payers deposited, for auditors and the watchtower.
 //! - [`exit`]: the start-up check that a payer's exit cannot overtake an accepted receipt (the
 //!   contract's withdrawal delay against the epoch interval, window, commit budget and
 //!   confirmations).
@@ -32,6 +34,7 @@ pub mod devchain;
 pub mod epoch;
 pub mod exit;
 pub mod merkle;
+pub mod onchain;
 pub mod submitter;
 pub mod telemetry;
 pub mod watcher;
