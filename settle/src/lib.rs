@@ -3,8 +3,9 @@
 //!
 //! - [`contract`]: alloy bindings generated from the committed solc artifacts (`settle/artifacts`),
 //!   plus the calldata packing the contract expects.
-//! - [`merkle`]: OpenZeppelin-compatible epoch trees (double-keccak leaves, sorted pairs) in
-//!   rs_merkle's shape; proofs verify with `MerkleProof.verify` / `Settlement.verifyLeaf`.
+//! - [`merkle`]: epoch trees exactly as OpenZeppelin's `StandardMerkleTree` builds them (root,
+//!   proofs and `standard-v1` dump), and the loader that checks a dump served by someone else;
+//!   proofs verify with `MerkleProof.verify` / `Settlement.verifyLeaf`.
 //! - [`chain`]: connecting to an RPC (chain id checked at start), deploying token and contract,
 //!   [`ContractReader`] for the contract's views, and the transactions users send.
 //! - [`devchain`]: what only a dev chain needs (anvil's key, minting and funding payers, gas money,
@@ -40,4 +41,4 @@ pub mod telemetry;
 pub mod watcher;
 
 pub use chain::{ChainError, ContractReader, DeployParams, DeployedAddresses, deploy};
-pub use merkle::{EpochTree, Leaf, MerkleError};
+pub use merkle::{DumpError, EpochTree, Leaf, MerkleError, StandardDump};

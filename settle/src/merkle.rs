@@ -1,31 +1,37 @@
-//! Epoch Merkle trees whose proofs verify with OpenZeppelin's `MerkleProof.verify`.
+//! Epoch Merkle trees laid out exactly as OpenZeppelin's `StandardMerkleTree` lays them out, so
+//! the root, every proof and the `standard-v1` dump equal what
+//! `StandardMerkleTree.of(values, ["uint64", "bytes32", "address", "uint256"])` produces
+//! (`@openzeppelin/merkle-tree`, pinned in package.json; `settle/tests/openzeppelin.rs` checks it
+//! against the package itself for every leaf count up to 300 and a large one).
 //!
-//! Hashing follows OpenZeppelin's `StandardMerkleTree` exactly:
 //! - leaf = `keccak256(bytes.concat(keccak256(abi.encode(uint64 epoch, bytes32 payer, address payee,
 //!   uint256 cumulative))))`. The epoch is a `uint64` (the contract's epoch type); `abi.encode` pads
 //!   it to a word, so `uint256` would hash identically for every epoch that fits.
 //! - internal node = `keccak256(min(a, b) ‖ max(a, b))` (sorted pair, so proofs carry no sides);
 //!   a 64-byte node can never be confused with a 32-byte-preimage leaf.
-//! - leaves are ordered by leaf hash, ascending, as `StandardMerkleTree.of` does by default, which
-//!   makes the root independent of the order the engine lists channels in.
+//! - leaves are ordered by leaf hash, ascending (`StandardMerkleTree.of`'s default), which makes
+//!   the root independent of the order the engine lists channels in.
+//! - the tree is a complete binary heap of `2n − 1` nodes: the sorted leaves fill the end in
+//!   reverse (`tree[2n − 2 − i]` is the `i`-th smallest leaf), node `i` hashes nodes `2i + 1` and
+//!   `2i + 2`, and the root is node 0. A proof is the sibling of each node on the way up from the
+//!   leaf, which is what `MerkleProof.verify` / `Settlement.verifyLeaf` fold.
 //!
-//! The tree SHAPE is rs_merkle's, not StandardMerkleTree's: nodes pair left to right and an odd
-//! last node is carried up a level unhashed, while OpenZeppelin lays the tree out as a complete
-//! binary heap. The shapes agree for 1, 2, 3, 4, 6 and every power-of-two leaf count and differ for
-//! others (5 leaves: rs_merkle has a leaf one level below the root, the heap has none). Any shape
-//! built from sorted-pair nodes verifies with `MerkleProof.verify` (a carried-up node simply
-//! contributes no proof element), which is all the contract and the payees need; a third party
-//! recomputing the root must use this shape (rs_merkle's `MerkleTree` with [`SortedKeccak`] gives
-//! it), not `StandardMerkleTree.of`.
-//!
-//! The layers are built here rather than by `rs_merkle::MerkleTree`, which is the hot path a crate
-//! makes slower: for 1M leaves its `from_leaves` took 0.53 s where these plain layers take 0.30 s
-//! (it keeps an index beside every node and clones the whole tree into its history), and the
-//! issue's budget for the whole root is 1 s. The tests check root and proofs against rs_merkle's
-//! for every leaf count up to a few hundred.
+//! The heap is one array built in place: n − 1 node hashes over the sorted leaves, with no layer
+//! vectors and no per-node index, because the 1M-leaf root has a 1 s budget (docs/BENCHMARKS.md).
+//! [`StandardDump`] is the tree as OpenZeppelin's `dump()` writes it, and
+//! [`StandardDump::into_tree`] is the other direction for an auditor who does not trust whoever
+//! served the dump: it recomputes every leaf and node, and accepts only the exact tree
+//! [`EpochTree::build`] makes from the dump's values.
 
 use alloy::primitives::{B256, U256, keccak256};
-use tollgate_engine::{Address, PayerKey, ledger::SealedEpoch};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de, ser::SerializeTuple};
+use tollgate_engine::{Address, PayerKey, ledger::SealedEpoch, receipt::parse_hex};
+
+/// The `format` of an OpenZeppelin `StandardMerkleTree` dump.
+pub const STANDARD_FORMAT: &str = "standard-v1";
+
+/// The Solidity types of a leaf's values, in order: the dump's `leafEncoding`.
+pub const LEAF_ENCODING: [&str; 4] = ["uint64", "bytes32", "address", "uint256"];
 
 /// One channel's frozen cumulative amount in an epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,33 +55,13 @@ pub enum MerkleError {
     DuplicateLeaf(B256),
 }
 
-/// OpenZeppelin's node hashing as an rs_merkle hasher: with it, `rs_merkle::MerkleTree` over
-/// [`EpochTree::leaves`]' hashes recomputes the same root and proofs, which is how an auditor can
-/// check a root without this crate's tree code (and how the tests and the bench check ours).
-#[derive(Clone, Copy, Debug)]
-pub struct SortedKeccak;
-
-impl rs_merkle::Hasher for SortedKeccak {
-    type Hash = [u8; 32];
-
-    fn hash(data: &[u8]) -> [u8; 32] {
-        keccak256(data).0
-    }
-
-    /// Overridden so siblings are sorted and no `Vec` is allocated per node, which the default
-    /// implementation does.
-    fn concat_and_hash(left: &[u8; 32], right: Option<&[u8; 32]>) -> [u8; 32] {
-        right.map_or(*left, |right| hash_pair(left, right))
-    }
-}
-
 /// OpenZeppelin's `_hashPair`: keccak256 over the two children in ascending order.
-fn hash_pair(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
+fn hash_pair(a: &[u8; 32], b: &[u8; 32]) -> B256 {
     let (low, high) = if a <= b { (a, b) } else { (b, a) };
     let mut buf = [0u8; 64];
     buf[..32].copy_from_slice(low);
     buf[32..].copy_from_slice(high);
-    keccak256(buf).0
+    keccak256(buf)
 }
 
 /// A hash as four big-endian words: the words compare exactly as the bytes do.
@@ -87,9 +73,9 @@ fn hash_words(hash: &[u8; 32]) -> [u64; 4] {
     })
 }
 
-fn hash_bytes(words: &[u64; 4]) -> [u8; 32] {
-    let mut hash = [0u8; 32];
-    for (chunk, word) in hash.chunks_exact_mut(8).zip(words) {
+fn hash_bytes(words: &[u64; 4]) -> B256 {
+    let mut hash = B256::ZERO;
+    for (chunk, word) in hash.0.chunks_exact_mut(8).zip(words) {
         chunk.copy_from_slice(&word.to_be_bytes());
     }
     hash
@@ -108,22 +94,22 @@ pub fn leaf_hash(epoch: u64, leaf: &Leaf) -> B256 {
 
 /// `MerkleProof.verify` in Rust: fold the proof into the leaf with sorted-pair hashing.
 pub fn verify(root: B256, leaf: B256, proof: &[B256]) -> bool {
-    let computed = proof
+    proof
         .iter()
-        .fold(leaf.0, |node, sibling| hash_pair(&node, &sibling.0));
-    computed == root.0
+        .fold(leaf, |node, sibling| hash_pair(&node.0, &sibling.0))
+        == root
 }
 
-/// An epoch's tree: leaves sorted by hash, every layer kept so proofs are a walk up.
+/// An epoch's tree: OpenZeppelin's heap of nodes, and the leaves in the order they were listed
+/// with where each sits in the heap (a dump's `values`).
 pub struct EpochTree {
     epoch: u64,
     /// The leaves in the order they were given.
     listed: Vec<Leaf>,
-    /// For each tree position, ascending by leaf hash, the leaf's index in `listed`.
-    listed_at: Vec<usize>,
-    /// `layers[0]` holds the leaf hashes, each next layer the parents of the one before, the last
-    /// layer the root alone.
-    layers: Vec<Vec<[u8; 32]>>,
+    /// For each listed leaf, its node's index in `tree` (OpenZeppelin's `treeIndex`).
+    tree_index: Vec<usize>,
+    /// The `2n − 1` nodes: node `i` hashes `2i + 1` and `2i + 2`, the leaves are the last `n`.
+    tree: Vec<B256>,
 }
 
 impl std::fmt::Debug for EpochTree {
@@ -155,29 +141,24 @@ impl EpochTree {
         // leaves this takes 0.06 s where sorting the leaves themselves took 0.24 s.
         order.sort_unstable_by_key(|(words, _)| *words);
         if let Some(pair) = order.windows(2).find(|pair| pair[0].0 == pair[1].0) {
-            return Err(MerkleError::DuplicateLeaf(B256::from(hash_bytes(
-                &pair[0].0,
-            ))));
+            return Err(MerkleError::DuplicateLeaf(hash_bytes(&pair[0].0)));
         }
-        let listed_at = order.iter().map(|(_, position)| *position).collect();
-        let mut top: Vec<[u8; 32]> = order.iter().map(|(words, _)| hash_bytes(words)).collect();
-        let mut layers = Vec::new();
-        while top.len() > 1 {
-            let parents = top
-                .chunks(2)
-                .map(|pair| match pair {
-                    [left, right] => hash_pair(left, right),
-                    carried => carried[0],
-                })
-                .collect();
-            layers.push(std::mem::replace(&mut top, parents));
+        let nodes = 2 * listed.len() - 1;
+        let mut tree = vec![B256::ZERO; nodes];
+        let mut tree_index = vec![0; listed.len()];
+        for (rank, (words, position)) in order.iter().enumerate() {
+            let at = nodes - 1 - rank;
+            tree[at] = hash_bytes(words);
+            tree_index[*position] = at;
         }
-        layers.push(top);
+        for parent in (0..nodes - listed.len()).rev() {
+            tree[parent] = hash_pair(&tree[2 * parent + 1].0, &tree[2 * parent + 2].0);
+        }
         Ok(Self {
             epoch,
             listed,
-            listed_at,
-            layers,
+            tree_index,
+            tree,
         })
     }
 
@@ -200,17 +181,9 @@ impl EpochTree {
         self.epoch
     }
 
-    /// The root committed onchain.
+    /// The root committed onchain: node 0 (`build` refuses an empty tree, so it exists).
     pub fn root(&self) -> B256 {
-        // `build` refuses an empty tree and stops at a one-node layer, so the last layer exists
-        // and holds exactly the root.
-        B256::from(
-            self.layers
-                .last()
-                .and_then(|layer| layer.first())
-                .copied()
-                .unwrap_or_default(),
-        )
+        self.tree.first().copied().unwrap_or_default()
     }
 
     /// Number of leaves (channels).
@@ -223,41 +196,273 @@ impl EpochTree {
         self.listed.is_empty()
     }
 
-    /// Leaves in tree order with their hashes.
+    /// All `2n − 1` nodes in OpenZeppelin's order (a dump's `tree`): the root first.
+    pub fn nodes(&self) -> &[B256] {
+        &self.tree
+    }
+
+    /// The leaves in the order they were listed, each with its leaf hash.
     pub fn leaves(&self) -> impl ExactSizeIterator<Item = (B256, &Leaf)> {
-        self.layers[0]
+        self.listed
             .iter()
-            .zip(&self.listed_at)
-            .map(|(hash, listed)| (B256::from(*hash), &self.listed[*listed]))
+            .zip(&self.tree_index)
+            .map(|(leaf, at)| (self.tree[*at], leaf))
+    }
+
+    /// Where the channel `(payer, payee)` is listed, if it has a leaf. A linear scan: proofs are
+    /// served on request, and an index would cost every epoch memory.
+    fn position(&self, payer: &PayerKey, payee: &Address) -> Option<usize> {
+        self.listed
+            .iter()
+            .position(|leaf| leaf.payer == *payer && leaf.payee == *payee)
+    }
+
+    /// The index in [`Self::nodes`] of the channel's leaf (the dump's `treeIndex`).
+    pub fn tree_index(&self, payer: &PayerKey, payee: &Address) -> Option<usize> {
+        self.position(payer, payee).map(|at| self.tree_index[at])
     }
 
     /// The proof for the channel `(payer, payee)`, ready for `verifyLeaf` / `MerkleProof.verify`.
-    /// Linear scans: proofs are served on request, and an index would cost every epoch memory.
     pub fn proof(&self, payer: &PayerKey, payee: &Address) -> Option<(Leaf, Vec<B256>)> {
-        let listed = self
-            .listed
-            .iter()
-            .position(|leaf| leaf.payer == *payer && leaf.payee == *payee)?;
-        let index = self.listed_at.iter().position(|at| *at == listed)?;
-        Some((self.listed[listed], self.proof_at(index)))
+        let position = self.position(payer, payee)?;
+        Some((self.listed[position], self.proof_at(position)))
     }
 
-    /// The proof for the leaf at tree position `index` (see [`Self::leaves`]); empty past the end.
-    /// Siblings bottom-up; a level where the node was carried up without a sibling contributes
-    /// nothing, which is exactly the sequence `MerkleProof.verify` folds.
+    /// The proof for the `index`-th listed leaf (OpenZeppelin's `getProof(index)`); empty past
+    /// the end. The sibling of every node from the leaf up to the root's children.
     pub fn proof_at(&self, index: usize) -> Vec<B256> {
-        if index >= self.listed.len() {
+        let Some(&leaf) = self.tree_index.get(index) else {
             return Vec::new();
-        }
-        let mut position = index;
-        let mut proof = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers[..self.layers.len() - 1] {
-            if let Some(sibling) = layer.get(position ^ 1) {
-                proof.push(B256::from(*sibling));
-            }
-            position /= 2;
+        };
+        let mut proof = Vec::with_capacity(usize::BITS as usize);
+        let mut node = leaf;
+        while node > 0 {
+            let sibling = if node % 2 == 1 { node + 1 } else { node - 1 };
+            proof.push(self.tree[sibling]);
+            node = (node - 1) / 2;
         }
         proof
+    }
+
+    /// The tree as OpenZeppelin's `StandardMerkleTree.dump()` writes it:
+    /// `StandardMerkleTree.load(dump).validate()` accepts it once serialized to JSON.
+    pub fn standard_dump(&self) -> StandardDump {
+        StandardDump {
+            format: STANDARD_FORMAT.to_owned(),
+            leaf_encoding: LEAF_ENCODING.map(str::to_owned).to_vec(),
+            tree: self.tree.clone(),
+            values: self
+                .listed
+                .iter()
+                .zip(&self.tree_index)
+                .map(|(leaf, at)| StandardValue {
+                    value: LeafValue {
+                        epoch: self.epoch,
+                        leaf: *leaf,
+                    },
+                    tree_index: *at,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// An OpenZeppelin `standard-v1` dump of an epoch tree (`StandardMerkleTree.dump()`'s JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StandardDump {
+    /// Always [`STANDARD_FORMAT`] for a dump this crate writes.
+    pub format: String,
+    /// Always [`LEAF_ENCODING`] for a dump this crate writes.
+    pub leaf_encoding: Vec<String>,
+    /// Every node, 0x-hex, the root first.
+    pub tree: Vec<B256>,
+    /// The leaves in the order they were listed, each with its node's index in `tree`.
+    pub values: Vec<StandardValue>,
+}
+
+/// One entry of a dump's `values`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandardValue {
+    /// The leaf's values, in [`LEAF_ENCODING`]'s order.
+    pub value: LeafValue,
+    /// The index in the dump's `tree` of the leaf's hash.
+    #[serde(rename = "treeIndex")]
+    pub tree_index: usize,
+}
+
+/// A leaf with its epoch, written as OpenZeppelin's values array: `[epoch, payer, payee,
+/// cumulative]`, the integers as decimal strings (JSON numbers cannot hold a uint256) and the
+/// bytes as 0x-hex.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeafValue {
+    /// The epoch the leaf commits.
+    pub epoch: u64,
+    /// The channel and its cumulative amount.
+    pub leaf: Leaf,
+}
+
+impl Serialize for LeafValue {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut tuple = serializer.serialize_tuple(4)?;
+        tuple.serialize_element(&self.epoch.to_string())?;
+        tuple.serialize_element(&B256::from(self.leaf.payer.0))?;
+        tuple.serialize_element(&self.leaf.payee.to_string())?;
+        tuple.serialize_element(&self.leaf.cumulative.to_string())?;
+        tuple.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for LeafValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let [epoch, payer, payee, cumulative] = <[String; 4]>::deserialize(deserializer)?;
+        let field = |name: &str, problem: &dyn std::fmt::Display| {
+            de::Error::custom(format!("leaf value {name}: {problem}"))
+        };
+        Ok(Self {
+            epoch: epoch.parse().map_err(|e| field("epoch (uint64)", &e))?,
+            leaf: Leaf {
+                payer: PayerKey(parse_hex(&payer).map_err(|e| field("payer (bytes32)", &e))?),
+                payee: Address(parse_hex(&payee).map_err(|e| field("payee (address)", &e))?),
+                // The engine's amounts are u128: a larger uint256 is no leaf it could have made.
+                cumulative: cumulative
+                    .parse()
+                    .map_err(|e| field("cumulative (uint256 within u128)", &e))?,
+            },
+        })
+    }
+}
+
+/// Why a dump is not the tree of its own values.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DumpError {
+    /// Not a `standard-v1` dump.
+    #[error("dump format is {0:?}, expected \"standard-v1\"")]
+    Format(String),
+    /// The leaves are not encoded as an epoch tree's are.
+    #[error("leaf encoding is {0:?}, expected [\"uint64\", \"bytes32\", \"address\", \"uint256\"]")]
+    LeafEncoding(Vec<String>),
+    /// The values are not all of one epoch.
+    #[error("value {index} is of epoch {epoch}, value 0 of epoch {expected}")]
+    Epoch {
+        /// the first value of another epoch
+        index: usize,
+        /// its epoch
+        epoch: u64,
+        /// value 0's epoch
+        expected: u64,
+    },
+    /// A tree of n leaves has 2n − 1 nodes.
+    #[error("{nodes} nodes for {values} values: a tree of n leaves has 2n - 1 nodes")]
+    Size {
+        /// the dump's nodes
+        nodes: usize,
+        /// the dump's values
+        values: usize,
+    },
+    /// The values make no tree (none, or a duplicate).
+    #[error(transparent)]
+    Tree(#[from] MerkleError),
+    /// A value's leaf hash is not the leaf node its `treeIndex` names (or that is no leaf node).
+    #[error("value {index}: its leaf hash {leaf} is not the leaf node {tree_index}")]
+    Value {
+        /// the value's index in `values`
+        index: usize,
+        /// the value's `treeIndex`
+        tree_index: usize,
+        /// the hash of the value
+        leaf: B256,
+    },
+    /// An internal node is not the hash of its two children.
+    #[error("node {index} is not the hash of nodes {} and {}", 2 * index + 1, 2 * index + 2)]
+    Node {
+        /// the deepest such node
+        index: usize,
+    },
+    /// Every node hashes its children and every value is a leaf, but the leaves are not where
+    /// OpenZeppelin's layout puts them (ascending by hash from the end).
+    #[error("node {index} differs from the tree StandardMerkleTree.of builds from these values")]
+    Layout {
+        /// the first node that differs
+        index: usize,
+    },
+}
+
+impl StandardDump {
+    /// The tree this dump describes, after checking everything `StandardMerkleTree.load(dump)
+    /// .validate()` checks and more: the tree is rebuilt from the values and must equal the dump
+    /// node for node, so a dump that any `StandardMerkleTree.of` over its values would not
+    /// produce is refused, naming the first bad value or the deepest bad node.
+    pub fn into_tree(self) -> Result<EpochTree, DumpError> {
+        if self.format != STANDARD_FORMAT {
+            return Err(DumpError::Format(self.format));
+        }
+        if self.leaf_encoding != LEAF_ENCODING {
+            return Err(DumpError::LeafEncoding(self.leaf_encoding));
+        }
+        let epoch = self
+            .values
+            .first()
+            .ok_or(DumpError::Tree(MerkleError::Empty))?
+            .value
+            .epoch;
+        if let Some((index, value)) = self
+            .values
+            .iter()
+            .enumerate()
+            .find(|(_, value)| value.value.epoch != epoch)
+        {
+            return Err(DumpError::Epoch {
+                index,
+                epoch: value.value.epoch,
+                expected: epoch,
+            });
+        }
+        if self.tree.len() != 2 * self.values.len() - 1 {
+            return Err(DumpError::Size {
+                nodes: self.tree.len(),
+                values: self.values.len(),
+            });
+        }
+        let built = EpochTree::build(epoch, self.values.iter().map(|value| value.value.leaf))?;
+        let same_indices = self
+            .values
+            .iter()
+            .zip(&built.tree_index)
+            .all(|(value, at)| value.tree_index == *at);
+        if built.tree == self.tree && same_indices {
+            return Ok(built);
+        }
+        Err(self.first_fault(&built))
+    }
+
+    /// Names what is wrong with a dump that is not `built`, the tree of its own values: the
+    /// first value whose hash is not its leaf node, else the deepest node that is not the hash of
+    /// its children, else the first node out of OpenZeppelin's place.
+    fn first_fault(&self, built: &EpochTree) -> DumpError {
+        let leaves_from = self.tree.len() - self.values.len();
+        for (index, (value, (leaf, _))) in self.values.iter().zip(built.leaves()).enumerate() {
+            let is_leaf = (leaves_from..self.tree.len()).contains(&value.tree_index);
+            if !is_leaf || self.tree[value.tree_index] != leaf {
+                return DumpError::Value {
+                    index,
+                    tree_index: value.tree_index,
+                    leaf,
+                };
+            }
+        }
+        if let Some(index) = (0..leaves_from).rev().find(|&parent| {
+            self.tree[parent]
+                != hash_pair(&self.tree[2 * parent + 1].0, &self.tree[2 * parent + 2].0)
+        }) {
+            return DumpError::Node { index };
+        }
+        // Every value is on a distinct leaf (their hashes differ, `build` refused duplicates), so
+        // equal trees would have meant equal indices: some node differs.
+        let index = (0..self.tree.len())
+            .find(|&at| self.tree[at] != built.tree[at])
+            .unwrap_or_default();
+        DumpError::Layout { index }
     }
 }
 
@@ -278,18 +483,8 @@ mod tests {
         }
     }
 
-    /// OpenZeppelin StandardMerkleTree's heap layout, written independently of rs_merkle, to pin
-    /// down exactly which leaf counts share its shape.
-    fn heap_root(sorted: &[B256]) -> B256 {
-        let n = sorted.len();
-        let mut tree = vec![[0u8; 32]; 2 * n - 1];
-        for (i, hash) in sorted.iter().enumerate() {
-            tree[2 * n - 2 - i] = hash.0;
-        }
-        for i in (0..n - 1).rev() {
-            tree[i] = hash_pair(&tree[2 * i + 1], &tree[2 * i + 2]);
-        }
-        B256::from(tree[0])
+    fn tree(n: u32) -> EpochTree {
+        EpochTree::build(5, (0..n).map(leaf)).expect("leaves")
     }
 
     #[test]
@@ -315,23 +510,60 @@ mod tests {
     fn single_leaf_root_is_the_leaf_and_proof_is_empty() {
         let tree = EpochTree::build(1, [leaf(1)]).expect("one leaf");
         assert_eq!(tree.root(), leaf_hash(1, &leaf(1)));
+        assert_eq!(tree.nodes(), [tree.root()]);
         assert!(tree.proof_at(0).is_empty());
     }
 
+    /// The heap's invariants, stated on the nodes rather than by a second builder: the sorted
+    /// leaves fill the end in reverse, every other node hashes its two children, and each listed
+    /// leaf's tree index holds its hash. The package itself is the reference in
+    /// `tests/openzeppelin.rs`.
     #[test]
-    fn shape_matches_standard_merkle_tree_where_documented() {
-        for n in [1usize, 2, 3, 4, 6, 8, 16, 64] {
-            let tree = EpochTree::build(3, (0..n as u32).map(leaf)).expect("leaves");
-            let sorted: Vec<B256> = tree.leaves().map(|(h, _)| h).collect();
-            assert_eq!(tree.root(), heap_root(&sorted), "n = {n}");
+    fn nodes_form_openzeppelins_heap() {
+        for n in 1..=40u32 {
+            let tree = tree(n);
+            let nodes = tree.nodes();
+            let n = n as usize;
+            assert_eq!(nodes.len(), 2 * n - 1);
+            let mut sorted: Vec<B256> = tree.leaves().map(|(hash, _)| hash).collect();
+            sorted.sort();
+            for (rank, hash) in sorted.iter().enumerate() {
+                assert_eq!(nodes[2 * n - 2 - rank], *hash, "leaf {rank}, n = {n}");
+            }
+            for parent in 0..n - 1 {
+                assert_eq!(
+                    nodes[parent],
+                    hash_pair(&nodes[2 * parent + 1].0, &nodes[2 * parent + 2].0),
+                    "node {parent}, n = {n}"
+                );
+            }
+            for (hash, listed) in tree.leaves() {
+                let at = tree
+                    .tree_index(&listed.payer, &listed.payee)
+                    .expect("listed");
+                assert_eq!(nodes[at], hash);
+            }
         }
-        let tree = EpochTree::build(3, (0..5).map(leaf)).expect("leaves");
-        let sorted: Vec<B256> = tree.leaves().map(|(h, _)| h).collect();
-        assert_ne!(
-            tree.root(),
-            heap_root(&sorted),
-            "5 leaves: shapes differ as documented"
-        );
+    }
+
+    #[test]
+    fn five_leaves_have_no_leaf_next_to_the_root() {
+        // rs_merkle's shape (the old one) carried the fifth leaf up beside the root; the heap
+        // puts the two smallest leaves one level below the others.
+        let tree = tree(5);
+        let nodes = tree.nodes();
+        let depths: Vec<usize> = tree
+            .leaves()
+            .map(|(hash, _)| {
+                let at = nodes.iter().position(|node| *node == hash).expect("leaf");
+                (usize::BITS - (at + 1).leading_zeros() - 1) as usize
+            })
+            .collect();
+        assert_eq!(depths.iter().filter(|depth| **depth == 2).count(), 3);
+        assert_eq!(depths.iter().filter(|depth| **depth == 3).count(), 2);
+        for (index, depth) in depths.iter().enumerate() {
+            assert_eq!(tree.proof_at(index).len(), *depth);
+        }
     }
 
     #[test]
@@ -361,25 +593,125 @@ mod tests {
         bad[0].0[0] ^= 1;
         assert!(!verify(tree.root(), leaf_hash(9, &l), &bad));
         assert!(tree.proof(&leaf(99).payer, &leaf(4).payee).is_none());
+        assert!(tree.tree_index(&leaf(99).payer, &leaf(4).payee).is_none());
+        assert!(tree.proof_at(11).is_empty());
     }
 
     #[test]
-    fn root_and_proofs_equal_rs_merkle_for_every_count_up_to_300() {
-        for n in 1..=300u32 {
-            let tree = EpochTree::build(5, (0..n).map(leaf)).expect("leaves");
-            let hashes: Vec<[u8; 32]> = tree.leaves().map(|(hash, _)| hash.0).collect();
-            let reference = rs_merkle::MerkleTree::<SortedKeccak>::from_leaves(&hashes);
-            assert_eq!(Some(tree.root().0), reference.root(), "root, n = {n}");
-            for index in 0..n as usize {
-                let expected: Vec<B256> = reference
-                    .proof(&[index])
-                    .proof_hashes()
-                    .iter()
-                    .map(|hash| B256::from(*hash))
-                    .collect();
-                assert_eq!(tree.proof_at(index), expected, "proof {index}, n = {n}");
+    fn dump_is_openzeppelins_json_and_loads_back() {
+        let tree = tree(3);
+        let json = serde_json::to_value(tree.standard_dump()).expect("json");
+        assert_eq!(json["format"], "standard-v1");
+        assert_eq!(
+            json["leafEncoding"],
+            serde_json::json!(["uint64", "bytes32", "address", "uint256"])
+        );
+        assert_eq!(json["tree"][0], format!("{}", tree.root()));
+        let first = &json["values"][0];
+        assert_eq!(
+            first["value"],
+            serde_json::json!([
+                "5",
+                format!("0x{}", hex::encode(leaf(0).payer.0)),
+                format!("{}", leaf(0).payee),
+                "1"
+            ])
+        );
+        assert_eq!(
+            first["treeIndex"],
+            tree.tree_index(&leaf(0).payer, &leaf(0).payee)
+                .expect("listed")
+        );
+        let dump: StandardDump = serde_json::from_value(json).expect("parses");
+        let loaded = dump.clone().into_tree().expect("valid");
+        assert_eq!(loaded.root(), tree.root());
+        assert_eq!(loaded.standard_dump(), dump);
+    }
+
+    #[test]
+    fn a_malformed_value_does_not_parse() {
+        let mut json = serde_json::to_value(tree(2).standard_dump()).expect("json");
+        json["values"][1]["value"][3] = serde_json::json!("0x10");
+        let error = serde_json::from_value::<StandardDump>(json)
+            .expect_err("hex amount")
+            .to_string();
+        assert!(error.contains("cumulative"), "{error}");
+    }
+
+    /// Every way a served dump can lie is refused, naming where.
+    #[test]
+    fn a_dump_that_is_not_its_values_tree_is_refused() {
+        let good = tree(9).standard_dump();
+        let refused = |edit: &dyn Fn(&mut StandardDump)| {
+            let mut dump = good.clone();
+            edit(&mut dump);
+            dump.into_tree().expect_err("tampered")
+        };
+        assert_eq!(
+            refused(&|d| d.format = "standard-v2".into()),
+            DumpError::Format("standard-v2".into())
+        );
+        assert!(matches!(
+            refused(&|d| d.leaf_encoding[0] = "uint256".into()),
+            DumpError::LeafEncoding(_)
+        ));
+        assert_eq!(
+            refused(&|d| d.values[4].value.epoch = 6),
+            DumpError::Epoch {
+                index: 4,
+                epoch: 6,
+                expected: 5
             }
-        }
+        );
+        assert_eq!(
+            refused(&|d| {
+                d.tree.pop();
+            }),
+            DumpError::Size {
+                nodes: 16,
+                values: 9
+            }
+        );
+        assert_eq!(
+            refused(&|d| d.values.clear()),
+            DumpError::Tree(MerkleError::Empty)
+        );
+        assert!(matches!(
+            refused(&|d| d.values[3].value = d.values[2].value),
+            DumpError::Tree(MerkleError::DuplicateLeaf(_))
+        ));
+        // An inflated amount: its hash is no longer the leaf it claims.
+        assert!(matches!(
+            refused(&|d| d.values[2].value.leaf.cumulative += 1),
+            DumpError::Value { index: 2, .. }
+        ));
+        assert!(matches!(
+            refused(&|d| d.values[2].tree_index = 3),
+            DumpError::Value {
+                index: 2,
+                tree_index: 3,
+                ..
+            }
+        ));
+        assert!(matches!(
+            refused(&|d| d.values[2].tree_index = 17),
+            DumpError::Value { index: 2, .. }
+        ));
+        assert_eq!(
+            refused(&|d| d.tree[3].0[0] ^= 1),
+            DumpError::Node { index: 3 }
+        );
+        // A consistent tree in another layout: two leaves swapped, parents rehashed.
+        let swapped = refused(&|d| {
+            let (a, b) = (d.values[0].tree_index, d.values[1].tree_index);
+            d.tree.swap(a, b);
+            d.values[0].tree_index = b;
+            d.values[1].tree_index = a;
+            for parent in (0..8).rev() {
+                d.tree[parent] = hash_pair(&d.tree[2 * parent + 1].0, &d.tree[2 * parent + 2].0);
+            }
+        });
+        assert!(matches!(swapped, DumpError::Layout { .. }), "{swapped:?}");
     }
 
     proptest! {
@@ -390,6 +722,7 @@ mod tests {
             // Insertion order must not matter: the root of the reversed list is the same.
             let reversed = EpochTree::build(epoch, (0..n).rev().map(leaf)).expect("leaves");
             prop_assert_eq!(tree.root(), reversed.root());
+            prop_assert_eq!(tree.nodes(), reversed.nodes());
             for (i, (hash, _)) in tree.leaves().enumerate() {
                 prop_assert!(verify(tree.root(), hash, &tree.proof_at(i)));
             }
