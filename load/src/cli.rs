@@ -116,15 +116,28 @@ pub struct LoadArgs {
     pub report: Option<PathBuf>,
 }
 
+/// anvil's chain id: what a dev setup signs for unless told otherwise.
+const CHAIN_ID_DEFAULT: u64 = 31_337;
+
 /// The deployment receipts are signed for: part of every signing message.
 #[derive(Debug, Clone, Args)]
 pub struct DomainArgs {
     /// EVM chain id of the settlement chain (31337 is anvil's).
-    #[arg(long, env = "TOLLGATE_CHAIN_ID", default_value_t = 31_337)]
+    #[arg(long, env = "TOLLGATE_CHAIN_ID", default_value_t = CHAIN_ID_DEFAULT)]
     pub chain_id: u64,
     /// Address of the settlement contract (0x + 40 hex digits).
     #[arg(long, env = "TOLLGATE_CONTRACT", default_value_t = Address::default())]
     pub contract: Address,
+}
+
+impl Default for DomainArgs {
+    /// What the flags default to: anvil's chain id and the zero address.
+    fn default() -> Self {
+        Self {
+            chain_id: CHAIN_ID_DEFAULT,
+            contract: Address::default(),
+        }
+    }
 }
 
 impl DomainArgs {

@@ -207,20 +207,21 @@ impl QueryClient {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<T, QueryError> {
-        let body = self.fetch(path, query, "application/json").await?;
+        let (_, body) = self.fetch(path, query, "application/json").await?;
         serde_json::from_slice(&body).map_err(|e| QueryError::BadResponse {
             server: self.server(),
             problem: e.to_string(),
         })
     }
 
-    /// One authenticated GET; a success's whole body, or the API's error as a [`QueryError`].
+    /// One authenticated GET: a success's headers and whole body, or the API's error as a
+    /// [`QueryError`].
     pub async fn fetch(
         &self,
         path: &str,
         query: &[(&str, String)],
         accept: &str,
-    ) -> Result<bytes::Bytes, QueryError> {
+    ) -> Result<(reqwest::header::HeaderMap, bytes::Bytes), QueryError> {
         let url = self
             .base
             .join(path)
@@ -243,9 +244,10 @@ impl QueryClient {
         };
         let response = self.http.execute(request).await.map_err(unreachable)?;
         let status = response.status();
+        let headers = response.headers().clone();
         let body = response.bytes().await.map_err(unreachable)?;
         if status.is_success() {
-            return Ok(body);
+            return Ok((headers, body));
         }
         let Ok(error) = serde_json::from_slice::<ErrorBody>(&body) else {
             return Err(QueryError::BadResponse {

@@ -12,6 +12,17 @@ pub const EPOCHS_LIMIT_DEFAULT: usize = 20;
 /// Largest `limit` `GET /v1/epochs` accepts.
 pub const EPOCHS_LIMIT_MAX: usize = 1000;
 
+/// Archived receipts one `GET /v1/epochs/{n}/receipts` answers unless `limit` says otherwise.
+pub const RECEIPTS_PAGE_DEFAULT: usize = 10_000;
+/// The most `limit` may ask for: 17.6 MB of raw records.
+pub const RECEIPTS_PAGE_MAX: usize = 100_000;
+/// Response header of a receipts page that is not the epoch's last: the `after` that resumes it.
+pub const HEADER_NEXT_AFTER: &str = "x-tollgate-next-after";
+/// Content type of a receipts page as raw 176-byte records.
+pub const RECEIPTS_OCTET_STREAM: &str = "application/octet-stream";
+/// Content type of a receipts page as JSON lines.
+pub const RECEIPTS_JSON_LINES: &str = "application/x-ndjson";
+
 /// Serde for `u128` as a decimal string.
 pub mod decimal {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
@@ -215,6 +226,10 @@ pub struct EpochView {
     /// that predate it, hence the default.
     #[serde(default)]
     pub parts: Vec<PartView>,
+    /// For a disputed epoch, the epoch its amounts and leaves were carried into (to be
+    /// committed again there); null otherwise. An auditor recomputing that epoch adds these.
+    #[serde(default)]
+    pub carried_into: Option<u64>,
 }
 
 /// One landed part of an epoch's commit.

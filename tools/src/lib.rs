@@ -12,6 +12,8 @@
 //! - [`deploy`]: `tollgate deploy`, the Settlement contract (and a dev chain's test token) onchain.
 //! - [`deposit`]: `tollgate deposit`, deposits for many payer keys from one account (dev chains).
 //! - [`node`]: the chain node those two commands ask first (its chain id, or one line why not).
+//! - [`audit`]: `tollgate audit`, epochs recomputed from their archived receipts and compared with
+//!   the API and the contract.
 //! - [`api`]: the HTTP query API's server (balances, epochs, proofs, metrics, OpenAPI).
 //! - [`query`]: `tollgate balance | payee | epochs | proof`, the query API's client commands.
 //! - [`output`]: how commands print: tables for people, JSON for scripts, errors on one line.
@@ -20,6 +22,7 @@
 //! operator does. This crate wires the others together; it owns no protocol, ledger or chain logic.
 
 pub mod api;
+pub mod audit;
 pub mod bench_e2e;
 pub mod bench_verify;
 pub mod demo;

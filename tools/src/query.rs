@@ -20,12 +20,12 @@ use std::str::FromStr;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use tollgate_engine::{Address, Domain, PayerKey};
+use tollgate_load::cli::DomainArgs;
 use tollgate_query::client::EXIT_OK;
 use tollgate_query::model::{
     EPOCHS_LIMIT_DEFAULT, EPOCHS_LIMIT_MAX, EpochList, PayeeView, PayerView, ProofView,
 };
 use tollgate_query::{Credentials, QueryClient, QueryError};
-use tollgate_settle::chain::DEV_CHAIN_IDS;
 
 use crate::keys::{self, Secret};
 use crate::output::{Align, fields, table};
@@ -44,6 +44,9 @@ pub struct ServerArgs {
     pub json: bool,
     #[command(flatten)]
     pub caller: CallerArgs,
+    /// The server's deployment, which a payer's requests are signed for.
+    #[command(flatten)]
+    pub domain: DomainArgs,
 }
 
 /// How a command proves who it is to the query API (see `tollgate_query::auth`). Nothing given:
@@ -53,21 +56,15 @@ pub struct CallerArgs {
     /// An operator's or auditor's bearer token, or the path of a file holding it.
     #[arg(long, env = "TOLLGATE_API_TOKEN", conflicts_with = "payer_key")]
     pub token: Option<Secret>,
-    /// Sign every request as this payer: its key (64 hex digits) or a key file. Needs the
-    /// server's deployment, `--chain-id` and `--contract`.
-    #[arg(long, requires = "contract")]
+    /// Sign every request as this payer: its key (64 hex digits) or a key file, for the
+    /// deployment `--chain-id` and `--contract` name.
+    #[arg(long)]
     pub payer_key: Option<Secret>,
-    /// The chain id the server's contract is on (signed into a payer's requests).
-    #[arg(long, env = "TOLLGATE_CHAIN_ID", default_value_t = DEV_CHAIN_IDS[0])]
-    pub chain_id: u64,
-    /// The server's settlement contract (signed into a payer's requests).
-    #[arg(long, env = "TOLLGATE_CONTRACT")]
-    pub contract: Option<String>,
 }
 
 impl CallerArgs {
-    /// The credentials these options describe.
-    pub fn credentials(&self) -> Result<Credentials, QueryError> {
+    /// The credentials these options describe; a payer signs for `domain`.
+    pub fn credentials(&self, domain: Domain) -> Result<Credentials, QueryError> {
         if let Some(token) = &self.token {
             let path = std::path::Path::new(token.expose());
             let token = if path.is_file() {
@@ -83,17 +80,12 @@ impl CallerArgs {
         let Some(key) = &self.payer_key else {
             return Ok(Credentials::None);
         };
-        let contract = self.contract.as_deref().unwrap_or_default();
         Ok(Credentials::Payer {
             key: Box::new(
                 keys::load(key.expose())
                     .map_err(|e| QueryError::Usage(format!("--payer-key: {e:#}")))?,
             ),
-            domain: Domain {
-                chain_id: self.chain_id,
-                contract: Address::from_str(contract)
-                    .map_err(|e| QueryError::Usage(format!("--contract {contract:?}: {e}")))?,
-            },
+            domain,
         })
     }
 }
@@ -101,7 +93,8 @@ impl CallerArgs {
 impl ServerArgs {
     /// A client of `--server` with these credentials.
     pub fn client(&self) -> Result<QueryClient, QueryError> {
-        Ok(QueryClient::new(&self.server)?.with_credentials(self.caller.credentials()?))
+        Ok(QueryClient::new(&self.server)?
+            .with_credentials(self.caller.credentials(self.domain.domain())?))
     }
 }
 
@@ -451,6 +444,7 @@ mod tests {
                 credit_count: None,
                 shortfall: 0,
                 parts: Vec::new(),
+                carried_into: None,
             }],
         });
         assert_eq!(
@@ -468,6 +462,7 @@ mod tests {
                 server: "http://127.0.0.1:9".into(),
                 json: false,
                 caller: CallerArgs::default(),
+                domain: DomainArgs::default(),
             },
         });
         let error = block_on(execute(&command)).expect_err("malformed payer");
@@ -493,6 +488,7 @@ mod tests {
                 server: format!("http://127.0.0.1:{port}"),
                 json: true,
                 caller: CallerArgs::default(),
+                domain: DomainArgs::default(),
             },
         });
         let error = block_on(execute(&command)).expect_err("nothing listens");

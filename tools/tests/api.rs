@@ -18,6 +18,7 @@ use tollgate_engine::pipeline::{
 };
 use tollgate_engine::verify::{Verifier, VerifyConfig, VerifyPool};
 use tollgate_engine::{Address, Domain, PayerKey, ReceiptBatch, UnsignedReceipt};
+use tollgate_load::cli::DomainArgs;
 use tollgate_query::auth::payer_request_headers;
 use tollgate_query::client::{EXIT_ERROR, EXIT_NOT_FOUND, EXIT_UNREACHABLE};
 use tollgate_query::model::{
@@ -751,6 +752,7 @@ fn server_args(server: &Server, json: bool) -> ServerArgs {
         server: format!("http://{}", server.addr),
         json,
         caller: CallerArgs::default(),
+        domain: DomainArgs::default(),
     }
 }
 

@@ -412,6 +412,7 @@ fn open_view(open: &OpenEpoch) -> EpochView {
         credit_count: None,
         shortfall: 0,
         parts: Vec::new(),
+        carried_into: None,
     }
 }
 
@@ -450,6 +451,7 @@ fn sealed_view(reader: &LedgerReader, record: &EpochRecord) -> Result<EpochView,
                 block: part.block,
             })
             .collect(),
+        carried_into: None,
     })
 }
 

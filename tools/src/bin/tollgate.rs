@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tollgate_engine::verify::{Verifier, VerifyConfig};
 use tollgate_load::cli::DomainArgs;
+use tollgate_tools::audit::AuditArgs;
 use tollgate_tools::bench_e2e::BenchE2eArgs;
 use tollgate_tools::bench_verify::BenchVerifyArgs;
 use tollgate_tools::demo::DemoArgs;
@@ -15,7 +16,9 @@ use tollgate_tools::deposit::DepositArgs;
 use tollgate_tools::query::QueryCommand;
 use tollgate_tools::receipts_json::VerdictFormat;
 use tollgate_tools::serve::ServeArgs;
-use tollgate_tools::{bench_e2e, bench_verify, demo, deploy, deposit, keys, query, receipts_json};
+use tollgate_tools::{
+    audit, bench_e2e, bench_verify, demo, deploy, deposit, keys, query, receipts_json,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,6 +59,9 @@ enum Command {
     Deploy(DeployArgs),
     /// Deposit for payer keys from one EVM account (minting first with --mint on a dev chain).
     Deposit(DepositArgs),
+    /// Recompute epochs from their archived receipts and compare every figure with the API
+    /// and the contract; exit 0 only when everything agrees.
+    Audit(Box<AuditArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,6 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(stream_exit(&summary))
         }
         Command::Query(query) => Ok(query::run(&query)),
+        Command::Audit(args) => Ok(audit::run(&args)),
         Command::Deploy(args) => {
             deploy::run(&args)?;
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,626 @@
+//! An epoch recomputed from its receipts alone, and compared with what the operator serves and
+//! what the chain holds. Pure: the evidence comes in, the findings go out, so every fault the
+//! auditor must catch is tested here without a server or a chain.
+//!
+//! The rules are the ledger's own, applied in the order the ledger applied them (the archive's):
+//! each signature under the single-receipt rule ([`Verifier::verify_one`], the rule
+//! `tollgate receipts verify` uses), each nonce against the channel's anti-replay window
+//! ([`NonceWindow`], the engine's type), and the amounts summed with checked arithmetic. A receipt
+//! that breaks a rule is a finding and counts for nothing, as the ledger should have refused it.
+//!
+//! What an epoch `e` must commit, with `latest(ch)` the channel's all-time cumulative before `e`:
+//! - a leaf for every channel with a receipt in `e`, and for every channel of each disputed epoch
+//!   whose amounts were carried into `e`, committing `latest(ch)` plus its receipts in `e`;
+//! - debits and credits: the sums of its own receipts plus those of the carried epochs.
+//!
+//! The anti-replay windows start empty at the first epoch audited, so a replay of a receipt
+//! accepted before it is caught only as far as the windows it then builds reach.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+use tollgate_engine::ledger::window::NonceWindow;
+use tollgate_engine::receipt::RECEIPT_BYTES;
+use tollgate_engine::{Address, PayerKey, ReceiptView, Verifier};
+use tollgate_settle::merkle::{EpochTree, Leaf, StandardDump};
+use tollgate_settle::onchain::OnchainEpoch;
+
+type Channel = (PayerKey, Address);
+
+/// One archived receipt, where the archive put it.
+#[derive(Clone, Debug)]
+pub struct Archived {
+    /// The epoch it was accepted into.
+    pub epoch: u64,
+    /// Its position among that epoch's receipts.
+    pub index: u64,
+    /// The 176 bytes as signed.
+    pub bytes: [u8; RECEIPT_BYTES],
+}
+
+/// What the operator's API says about an epoch.
+#[derive(Clone, Debug, Default)]
+pub struct Served {
+    /// The tree dump (`GET /v1/epochs/{n}/tree`).
+    pub tree: Option<StandardDump>,
+    /// The root in the epoch record.
+    pub root: Option<alloy::primitives::B256>,
+    /// The record's total debited.
+    pub debit_total: Option<u128>,
+    /// What the record says was cut as shortfall.
+    pub shortfall: u128,
+}
+
+/// Everything one epoch's audit looks at.
+#[derive(Clone, Debug)]
+pub struct EpochEvidence {
+    /// The epoch.
+    pub epoch: u64,
+    /// Its archived receipts, in the order the ledger applied them.
+    pub receipts: Vec<Archived>,
+    /// Disputed epochs whose amounts the ledger carried into this one.
+    pub carried: Vec<u64>,
+    /// The API's view.
+    pub served: Served,
+    /// The chain's view, when a chain was given.
+    pub onchain: Option<OnchainEpoch>,
+    /// What each payer deposited onchain, when a chain was given.
+    pub deposits: Option<BTreeMap<PayerKey, u128>>,
+}
+
+/// One thing that does not agree. Its `Display` is the line the auditor prints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "finding", rename_all = "snake_case")]
+pub enum Finding {
+    /// An archived record that is not a receipt.
+    #[error("epoch {epoch} receipt {index}: malformed ({problem})")]
+    Malformed {
+        /// epoch
+        epoch: u64,
+        /// position
+        index: u64,
+        /// what is wrong
+        problem: String,
+    },
+    /// A receipt whose signature fails the single rule under this deployment (forged, or
+    /// signed for another chain or contract).
+    #[error(
+        "epoch {epoch} receipt {index}: {reason} for payer {payer} under this deployment \
+         (forged, or signed for another chain or contract) yet accepted"
+    )]
+    BadSignature {
+        /// epoch
+        epoch: u64,
+        /// position
+        index: u64,
+        /// payer named in it
+        payer: String,
+        /// the rule's reason code
+        reason: String,
+    },
+    /// A receipt the anti-replay window refuses: counted twice, or replayed below the window.
+    #[error(
+        "epoch {epoch} receipt {index}: nonce {nonce} of payer {payer} to {payee} is {reason} \
+         (a replay) yet accepted"
+    )]
+    Replay {
+        /// epoch
+        epoch: u64,
+        /// position
+        index: u64,
+        /// payer
+        payer: String,
+        /// payee
+        payee: String,
+        /// nonce
+        nonce: u64,
+        /// duplicate or stale
+        reason: String,
+    },
+    /// A total that does not fit: no honest ledger accepts it.
+    #[error("epoch {epoch}: {what} overflows")]
+    Overflow {
+        /// epoch
+        epoch: u64,
+        /// which total
+        what: String,
+    },
+    /// A carried disputed epoch the audit has no amounts for (not audited in this run).
+    #[error(
+        "epoch {epoch}: carries disputed epoch {carried}, whose receipts this audit did not read"
+    )]
+    CarriedUnknown {
+        /// epoch
+        epoch: u64,
+        /// the disputed epoch
+        carried: u64,
+    },
+    /// The served tree is not a valid tree of its own values.
+    #[error("epoch {epoch}: the served tree is invalid: {problem}")]
+    TreeInvalid {
+        /// epoch
+        epoch: u64,
+        /// what is wrong
+        problem: String,
+    },
+    /// A channel the receipts move has no leaf, or a leaf with another amount.
+    #[error("epoch {epoch}: leaf of payer {payer} to {payee} {problem}")]
+    Leaf {
+        /// epoch
+        epoch: u64,
+        /// payer
+        payer: String,
+        /// payee
+        payee: String,
+        /// what differs
+        problem: String,
+    },
+    /// Two roots that should be one differ.
+    #[error("epoch {epoch}: root {what} is {found}, the receipts give {expected}")]
+    Root {
+        /// epoch
+        epoch: u64,
+        /// whose root
+        what: String,
+        /// the root found there
+        found: String,
+        /// the root of the recomputed leaves
+        expected: String,
+    },
+    /// A payer debited other than its receipts say.
+    #[error("epoch {epoch}: {by} debits payer {payer} {found}, the receipts give {expected}")]
+    Debit {
+        /// epoch
+        epoch: u64,
+        /// the API or the chain
+        by: String,
+        /// payer
+        payer: String,
+        /// debited there
+        found: u128,
+        /// recomputed
+        expected: u128,
+    },
+    /// A payee credited other than its receipts say.
+    #[error("epoch {epoch}: {by} credits payee {payee} {found}, the receipts give {expected}")]
+    Credit {
+        /// epoch
+        epoch: u64,
+        /// the API or the chain
+        by: String,
+        /// payee
+        payee: String,
+        /// credited there
+        found: u128,
+        /// recomputed
+        expected: u128,
+    },
+    /// A payer spent more than it ever deposited.
+    #[error(
+        "epoch {epoch}: payer {payer} has spent {spent} in all, more than the {deposited} it deposited"
+    )]
+    Overspent {
+        /// epoch
+        epoch: u64,
+        /// payer
+        payer: String,
+        /// all-time spend
+        spent: u128,
+        /// all-time deposits
+        deposited: u128,
+    },
+}
+
+/// What an epoch's receipts add up to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EpochAmounts {
+    /// Per payer.
+    pub debits: BTreeMap<PayerKey, u128>,
+    /// Per payee.
+    pub credits: BTreeMap<Address, u128>,
+    /// The channels moved (with those of carried epochs).
+    pub channels: BTreeSet<Channel>,
+}
+
+/// One epoch's result.
+#[derive(Debug)]
+pub struct EpochAudit {
+    /// The epoch.
+    pub epoch: u64,
+    /// Receipts read.
+    pub receipts: u64,
+    /// Leaves recomputed.
+    pub leaves: usize,
+    /// Root of the recomputed leaves (none for an epoch without receipts).
+    pub root: Option<alloy::primitives::B256>,
+    /// Everything that disagrees, in the order found.
+    pub findings: Vec<Finding>,
+}
+
+/// The auditor's memory across the epochs of one run, audited in order.
+#[derive(Debug)]
+pub struct Recompute {
+    verifier: Verifier,
+    window_nonces: u32,
+    /// Every channel's all-time cumulative as recomputed (or, before the first audited epoch,
+    /// as the earlier epochs' validated trees say).
+    latest: HashMap<Channel, u128>,
+    windows: HashMap<Channel, NonceWindow>,
+    /// Each audited epoch's amounts (carried ones included), for epochs carried later.
+    amounts: HashMap<u64, EpochAmounts>,
+}
+
+fn checked_add(total: &mut u128, amount: u128) -> bool {
+    match total.checked_add(amount) {
+        Some(sum) => {
+            *total = sum;
+            true
+        }
+        None => false,
+    }
+}
+
+impl Recompute {
+    /// An auditor of receipts signed for the deployment `verifier` checks, with the server's
+    /// anti-replay window size.
+    pub fn new(verifier: Verifier, window_nonces: u32) -> Self {
+        Self {
+            verifier,
+            window_nonces,
+            latest: HashMap::new(),
+            windows: HashMap::new(),
+            amounts: HashMap::new(),
+        }
+    }
+
+    /// Takes the leaves of an epoch before the first audited one as the channels' cumulatives
+    /// (its tree already checked against its committed root by the caller).
+    pub fn remember(&mut self, tree: &EpochTree) {
+        for (_, leaf) in tree.leaves() {
+            self.latest
+                .insert((leaf.payer, leaf.payee), leaf.cumulative);
+        }
+    }
+
+    /// Audits one epoch, the epochs before it already audited or remembered.
+    pub fn audit(&mut self, evidence: &EpochEvidence) -> EpochAudit {
+        let epoch = evidence.epoch;
+        let mut findings = Vec::new();
+        let (mut amounts, moved) = self.replay(evidence, &mut findings);
+        for carried in &evidence.carried {
+            match self.amounts.get(carried) {
+                Some(carried_amounts) => {
+                    if !merge(&mut amounts, carried_amounts) {
+                        findings.push(Finding::Overflow {
+                            epoch,
+                            what: format!("carrying epoch {carried}"),
+                        });
+                    }
+                }
+                None => findings.push(Finding::CarriedUnknown {
+                    epoch,
+                    carried: *carried,
+                }),
+            }
+        }
+        // Leaves: the channel's cumulative before this epoch plus what its own receipts moved
+        // (a carried channel's receipts are in `latest` already, from its own epoch's audit).
+        let mut leaves = Vec::with_capacity(amounts.channels.len());
+        for channel in &amounts.channels {
+            let before = self.latest.get(channel).copied().unwrap_or(0);
+            let Some(cumulative) = before.checked_add(moved.get(channel).copied().unwrap_or(0))
+            else {
+                findings.push(Finding::Overflow {
+                    epoch,
+                    what: "a channel's cumulative".into(),
+                });
+                continue;
+            };
+            leaves.push(Leaf {
+                payer: channel.0,
+                payee: channel.1,
+                cumulative,
+            });
+        }
+        let tree = EpochTree::build(epoch, leaves.iter().copied()).ok();
+        let root = tree.as_ref().map(EpochTree::root);
+        compare_tree(epoch, &leaves, root, &evidence.served, &mut findings);
+        compare_amounts(epoch, &amounts, evidence, &mut findings);
+        if let Some(onchain) = &evidence.onchain
+            && let Some(root) = root
+            && onchain.root != root
+        {
+            findings.push(Finding::Root {
+                epoch,
+                what: "committed onchain".into(),
+                found: onchain.root.to_string(),
+                expected: root.to_string(),
+            });
+        }
+        for leaf in &leaves {
+            self.latest
+                .insert((leaf.payer, leaf.payee), leaf.cumulative);
+        }
+        if let Some(deposits) = &evidence.deposits {
+            self.check_funds(epoch, &amounts, deposits, &mut findings);
+        }
+        self.amounts.insert(epoch, amounts);
+        EpochAudit {
+            epoch,
+            receipts: evidence.receipts.len() as u64,
+            leaves: leaves.len(),
+            root,
+            findings,
+        }
+    }
+
+    /// The epoch's own receipts through the signature and anti-replay rules, in archive order:
+    /// their amounts, and what they moved each channel by.
+    fn replay(
+        &mut self,
+        evidence: &EpochEvidence,
+        findings: &mut Vec<Finding>,
+    ) -> (EpochAmounts, HashMap<Channel, u128>) {
+        let mut amounts = EpochAmounts::default();
+        let mut moved: HashMap<Channel, u128> = HashMap::new();
+        for archived in &evidence.receipts {
+            let receipt = match ReceiptView::parse(&archived.bytes) {
+                Ok(receipt) => receipt,
+                Err(error) => {
+                    findings.push(Finding::Malformed {
+                        epoch: archived.epoch,
+                        index: archived.index,
+                        problem: error.to_string(),
+                    });
+                    continue;
+                }
+            };
+            if let Err(reason) = self.verifier.verify_one(&receipt) {
+                findings.push(Finding::BadSignature {
+                    epoch: archived.epoch,
+                    index: archived.index,
+                    payer: receipt.payer().to_string(),
+                    reason: reason.name().to_owned(),
+                });
+                continue;
+            }
+            let channel = (receipt.payer(), receipt.payee());
+            let window = self
+                .windows
+                .entry(channel)
+                .or_insert_with(|| NonceWindow::new(self.window_nonces));
+            if let Err(reason) = window.check(receipt.nonce()) {
+                findings.push(Finding::Replay {
+                    epoch: archived.epoch,
+                    index: archived.index,
+                    payer: channel.0.to_string(),
+                    payee: channel.1.to_string(),
+                    nonce: receipt.nonce(),
+                    reason: reason.name().to_owned(),
+                });
+                continue;
+            }
+            window.insert(receipt.nonce());
+            let amount = u128::from(receipt.amount());
+            amounts.channels.insert(channel);
+            if !checked_add(amounts.debits.entry(channel.0).or_default(), amount)
+                || !checked_add(amounts.credits.entry(channel.1).or_default(), amount)
+                || !checked_add(moved.entry(channel).or_default(), amount)
+            {
+                findings.push(Finding::Overflow {
+                    epoch: evidence.epoch,
+                    what: "an epoch total".into(),
+                });
+            }
+        }
+        (amounts, moved)
+    }
+
+    fn check_funds(
+        &self,
+        epoch: u64,
+        amounts: &EpochAmounts,
+        deposits: &BTreeMap<PayerKey, u128>,
+        findings: &mut Vec<Finding>,
+    ) {
+        for payer in amounts.debits.keys() {
+            let spent = self
+                .latest
+                .iter()
+                .filter(|((owner, _), _)| owner == payer)
+                .try_fold(0u128, |total, (_, cumulative)| {
+                    total.checked_add(*cumulative)
+                });
+            let deposited = deposits.get(payer).copied().unwrap_or(0);
+            match spent {
+                Some(spent) if spent <= deposited => {}
+                Some(spent) => findings.push(Finding::Overspent {
+                    epoch,
+                    payer: payer.to_string(),
+                    spent,
+                    deposited,
+                }),
+                None => findings.push(Finding::Overflow {
+                    epoch,
+                    what: format!("payer {payer}'s all-time spend"),
+                }),
+            }
+        }
+    }
+}
+
+/// Adds `other`'s amounts and channels to `into`; false on overflow.
+fn merge(into: &mut EpochAmounts, other: &EpochAmounts) -> bool {
+    into.channels.extend(other.channels.iter().copied());
+    other
+        .debits
+        .iter()
+        .all(|(payer, amount)| checked_add(into.debits.entry(*payer).or_default(), *amount))
+        && other
+            .credits
+            .iter()
+            .all(|(payee, amount)| checked_add(into.credits.entry(*payee).or_default(), *amount))
+}
+
+fn compare_tree(
+    epoch: u64,
+    leaves: &[Leaf],
+    root: Option<alloy::primitives::B256>,
+    served: &Served,
+    findings: &mut Vec<Finding>,
+) {
+    let leaf_finding = |channel: &Channel, problem: String| Finding::Leaf {
+        epoch,
+        payer: channel.0.to_string(),
+        payee: channel.1.to_string(),
+        problem,
+    };
+    if let Some(dump) = &served.tree {
+        match dump.clone().into_tree() {
+            Err(error) => findings.push(Finding::TreeInvalid {
+                epoch,
+                problem: error.to_string(),
+            }),
+            Ok(tree) => {
+                let served_leaves: BTreeMap<Channel, u128> = tree
+                    .leaves()
+                    .map(|(_, leaf)| ((leaf.payer, leaf.payee), leaf.cumulative))
+                    .collect();
+                let ours: BTreeMap<Channel, u128> = leaves
+                    .iter()
+                    .map(|leaf| ((leaf.payer, leaf.payee), leaf.cumulative))
+                    .collect();
+                // In channel order, so the first line names the first differing channel.
+                let channels: BTreeSet<&Channel> =
+                    served_leaves.keys().chain(ours.keys()).collect();
+                for channel in channels {
+                    match (ours.get(channel), served_leaves.get(channel)) {
+                        (Some(expected), None) => findings.push(leaf_finding(
+                            channel,
+                            format!(
+                                "is missing from the served tree (the receipts give {expected})"
+                            ),
+                        )),
+                        (None, Some(found)) => findings.push(leaf_finding(
+                            channel,
+                            format!(
+                                "commits {found}, but no receipt moved this channel: an added leaf"
+                            ),
+                        )),
+                        (Some(expected), Some(found)) if expected != found => {
+                            findings.push(leaf_finding(
+                                channel,
+                                format!("commits {found}, the receipts give {expected}"),
+                            ))
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(root) = root
+                    && tree.root() != root
+                    && findings.is_empty()
+                {
+                    findings.push(Finding::Root {
+                        epoch,
+                        what: "of the served tree".into(),
+                        found: tree.root().to_string(),
+                        expected: root.to_string(),
+                    });
+                }
+                if let Some(record_root) = served.root
+                    && record_root != tree.root()
+                {
+                    findings.push(Finding::Root {
+                        epoch,
+                        what: "in the API's epoch record (not the served tree's)".into(),
+                        found: record_root.to_string(),
+                        expected: root.map_or_else(|| "none".into(), |root| root.to_string()),
+                    });
+                }
+            }
+        }
+    } else if let (Some(record_root), Some(root)) = (served.root, root)
+        && record_root != root
+    {
+        findings.push(Finding::Root {
+            epoch,
+            what: "in the API's epoch record".into(),
+            found: record_root.to_string(),
+            expected: root.to_string(),
+        });
+    }
+}
+
+fn compare_amounts(
+    epoch: u64,
+    amounts: &EpochAmounts,
+    evidence: &EpochEvidence,
+    findings: &mut Vec<Finding>,
+) {
+    let expected_total = amounts
+        .debits
+        .values()
+        .try_fold(0u128, |total, amount| total.checked_add(*amount));
+    if let (Some(found), Some(expected)) = (evidence.served.debit_total, expected_total)
+        && found != expected
+    {
+        findings.push(Finding::Debit {
+            epoch,
+            by: "the API's epoch total".into(),
+            payer: "(all)".into(),
+            found,
+            expected,
+        });
+    }
+    let Some(onchain) = &evidence.onchain else {
+        return;
+    };
+    // A payer whose exit overtook its debit is cut, debit and credits alike (the epoch's
+    // shortfall): onchain may be lower by exactly that much, never higher.
+    let mut uncovered = 0u128;
+    let payers: BTreeSet<&PayerKey> = amounts.debits.keys().chain(onchain.debits.keys()).collect();
+    for payer in payers {
+        let expected = amounts.debits.get(payer).copied().unwrap_or(0);
+        let found = onchain.debits.get(payer).copied().unwrap_or(0);
+        if found < expected && evidence.served.shortfall > 0 {
+            uncovered = uncovered.saturating_add(expected - found);
+            continue;
+        }
+        if found != expected {
+            findings.push(Finding::Debit {
+                epoch,
+                by: "the chain".into(),
+                payer: payer.to_string(),
+                found,
+                expected,
+            });
+        }
+    }
+    if uncovered > evidence.served.shortfall {
+        findings.push(Finding::Debit {
+            epoch,
+            by: "the chain (beyond the epoch's shortfall)".into(),
+            payer: "(all)".into(),
+            found: uncovered,
+            expected: evidence.served.shortfall,
+        });
+    }
+    let payees: BTreeSet<&Address> = amounts
+        .credits
+        .keys()
+        .chain(onchain.credits.keys())
+        .collect();
+    for payee in payees {
+        let expected = amounts.credits.get(payee).copied().unwrap_or(0);
+        let found = onchain.credits.get(payee).copied().unwrap_or(0);
+        if found != expected && !(found < expected && evidence.served.shortfall > 0) {
+            findings.push(Finding::Credit {
+                epoch,
+                by: "the chain".into(),
+                payee: payee.to_string(),
+                found,
+                expected,
+            });
+        }
+    }
+}
