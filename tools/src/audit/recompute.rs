@@ -624,3 +624,374 @@ fn compare_amounts(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+    use tollgate_engine::{Domain, UnsignedReceipt, VerifyConfig};
+
+    const DOMAIN: Domain = Domain {
+        chain_id: 31_337,
+        contract: Address([0xc0; 20]),
+    };
+    const P1: Address = Address([0x11; 20]);
+    const P2: Address = Address([0x22; 20]);
+    const P3: Address = Address([0x33; 20]);
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    fn payer(seed: u8) -> PayerKey {
+        PayerKey(key(seed).verifying_key().to_bytes())
+    }
+
+    fn signed(seed: u8, payee: Address, amount: u64, nonce: u64, domain: &Domain) -> [u8; 176] {
+        UnsignedReceipt {
+            payer: payer(seed),
+            payee,
+            amount,
+            nonce,
+            timestamp_ms: 1_800_000_000_000,
+            request_hash: [9; 32],
+        }
+        .sign(&key(seed), domain)
+        .to_bytes()
+    }
+
+    fn archived(epoch: u64, records: &[[u8; 176]]) -> Vec<Archived> {
+        records
+            .iter()
+            .enumerate()
+            .map(|(index, bytes)| Archived {
+                epoch,
+                index: index as u64,
+                bytes: *bytes,
+            })
+            .collect()
+    }
+
+    fn leaf(seed: u8, payee: Address, cumulative: u128) -> Leaf {
+        Leaf {
+            payer: payer(seed),
+            payee,
+            cumulative,
+        }
+    }
+
+    /// What an honest operator serves and commits for `leaves`, debits and credits.
+    fn honest(
+        epoch: u64,
+        receipts: Vec<Archived>,
+        leaves: &[Leaf],
+        debits: &[(u8, u128)],
+        credits: &[(Address, u128)],
+    ) -> EpochEvidence {
+        let tree = EpochTree::build(epoch, leaves.iter().copied()).expect("tree");
+        let total = debits.iter().map(|(_, amount)| amount).sum();
+        EpochEvidence {
+            epoch,
+            receipts,
+            carried: Vec::new(),
+            served: Served {
+                tree: Some(tree.standard_dump()),
+                root: Some(tree.root()),
+                debit_total: Some(total),
+                shortfall: 0,
+            },
+            onchain: Some(OnchainEpoch {
+                epoch,
+                root: tree.root(),
+                parts_landed: 1,
+                parts: 1,
+                debits: debits
+                    .iter()
+                    .map(|(seed, amount)| (payer(*seed), *amount))
+                    .collect(),
+                credits: credits.iter().copied().collect(),
+                disputed: false,
+                last_block: 1,
+            }),
+            deposits: Some(BTreeMap::from([(payer(1), 1_000), (payer(2), 1_000)])),
+        }
+    }
+
+    /// Epoch 1: alice pays P1 10 and P2 20, bob pays P1 5.
+    fn epoch_1() -> EpochEvidence {
+        honest(
+            1,
+            archived(
+                1,
+                &[
+                    signed(1, P1, 10, 1, &DOMAIN),
+                    signed(1, P2, 20, 1, &DOMAIN),
+                    signed(2, P1, 5, 1, &DOMAIN),
+                ],
+            ),
+            &[leaf(1, P1, 10), leaf(1, P2, 20), leaf(2, P1, 5)],
+            &[(1, 30), (2, 5)],
+            &[(P1, 15), (P2, 20)],
+        )
+    }
+
+    fn auditor() -> Recompute {
+        Recompute::new(Verifier::new(DOMAIN, VerifyConfig::default()), 1_024)
+    }
+
+    fn findings(evidence: &EpochEvidence) -> Vec<Finding> {
+        auditor().audit(evidence).findings
+    }
+
+    #[test]
+    fn an_honest_epoch_and_its_successor_agree() {
+        let mut auditor = auditor();
+        let audit = auditor.audit(&epoch_1());
+        assert_eq!(audit.findings, []);
+        assert_eq!((audit.receipts, audit.leaves), (3, 3));
+        // Epoch 2 moves alice→P1 again: its leaf commits the all-time 17.
+        let epoch_2 = honest(
+            2,
+            archived(2, &[signed(1, P1, 7, 2, &DOMAIN)]),
+            &[leaf(1, P1, 17)],
+            &[(1, 7)],
+            &[(P1, 7)],
+        );
+        assert_eq!(auditor.audit(&epoch_2).findings, []);
+    }
+
+    #[test]
+    fn an_inflated_debit_onchain_is_named() {
+        let mut evidence = epoch_1();
+        let onchain = evidence.onchain.as_mut().expect("onchain");
+        onchain.debits.insert(payer(1), 31);
+        onchain.credits.insert(P1, 16);
+        let found = findings(&evidence);
+        assert!(
+            found.contains(&Finding::Debit {
+                epoch: 1,
+                by: "the chain".into(),
+                payer: payer(1).to_string(),
+                found: 31,
+                expected: 30,
+            }),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|f| matches!(f, Finding::Credit { found: 16, .. })),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_credit_to_the_wrong_payee_is_named() {
+        let mut evidence = epoch_1();
+        let onchain = evidence.onchain.as_mut().expect("onchain");
+        onchain.credits = BTreeMap::from([(P1, 15), (P3, 20)]);
+        let found = findings(&evidence);
+        let credited: Vec<(String, u128, u128)> = found
+            .iter()
+            .filter_map(|f| match f {
+                Finding::Credit {
+                    payee,
+                    found,
+                    expected,
+                    ..
+                } => Some((payee.clone(), *found, *expected)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(credited, [(P2.to_string(), 0, 20), (P3.to_string(), 20, 0)]);
+    }
+
+    #[test]
+    fn a_leaf_missing_or_added_is_named_first_channel_first() {
+        let mut missing = epoch_1();
+        let tree = EpochTree::build(1, [leaf(1, P1, 10), leaf(1, P2, 20)]).expect("tree");
+        missing.served.tree = Some(tree.standard_dump());
+        let found = findings(&missing);
+        assert!(
+            matches!(&found[0], Finding::Leaf { payer, problem, .. }
+                if *payer == payer_of(2) && problem.contains("missing")),
+            "{found:?}"
+        );
+
+        let mut added = epoch_1();
+        let tree = EpochTree::build(
+            1,
+            [
+                leaf(1, P1, 10),
+                leaf(1, P2, 20),
+                leaf(2, P1, 5),
+                leaf(2, P3, 1),
+            ],
+        )
+        .expect("tree");
+        added.served.tree = Some(tree.standard_dump());
+        let found = findings(&added);
+        assert!(
+            found
+                .iter()
+                .any(|f| matches!(f, Finding::Leaf { payee, problem, .. }
+                if *payee == P3.to_string() && problem.contains("added leaf"))),
+            "{found:?}"
+        );
+
+        // Two wrong amounts: the first line names the first channel in (payer, payee) order.
+        let mut wrong = epoch_1();
+        let tree =
+            EpochTree::build(1, [leaf(1, P1, 11), leaf(1, P2, 21), leaf(2, P1, 5)]).expect("tree");
+        wrong.served.tree = Some(tree.standard_dump());
+        let found = findings(&wrong);
+        let first = [(payer(1), P1), (payer(1), P2)]
+            .into_iter()
+            .min()
+            .expect("two channels");
+        assert!(
+            matches!(&found[0], Finding::Leaf { payer, payee, .. }
+                if *payer == first.0.to_string() && *payee == first.1.to_string()),
+            "{found:?}"
+        );
+    }
+
+    fn payer_of(seed: u8) -> String {
+        payer(seed).to_string()
+    }
+
+    #[test]
+    fn a_receipt_signed_for_another_deployment_is_named() {
+        let other = Domain {
+            chain_id: 1,
+            ..DOMAIN
+        };
+        let mut evidence = epoch_1();
+        evidence.receipts.push(Archived {
+            epoch: 1,
+            index: 3,
+            bytes: signed(2, P2, 1, 1, &other),
+        });
+        let found = findings(&evidence);
+        assert_eq!(
+            found,
+            [Finding::BadSignature {
+                epoch: 1,
+                index: 3,
+                payer: payer_of(2),
+                reason: "bad_signature".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn a_replayed_receipt_counted_twice_is_named() {
+        let replayed = signed(2, P1, 5, 1, &DOMAIN);
+        // The operator counted bob's receipt twice: leaf 10, debit 10, credit 20 to P1.
+        let evidence = honest(
+            1,
+            archived(
+                1,
+                &[
+                    signed(1, P1, 10, 1, &DOMAIN),
+                    signed(1, P2, 20, 1, &DOMAIN),
+                    replayed,
+                    replayed,
+                ],
+            ),
+            &[leaf(1, P1, 10), leaf(1, P2, 20), leaf(2, P1, 10)],
+            &[(1, 30), (2, 10)],
+            &[(P1, 20), (P2, 20)],
+        );
+        let found = findings(&evidence);
+        assert_eq!(
+            found[0],
+            Finding::Replay {
+                epoch: 1,
+                index: 3,
+                payer: payer_of(2),
+                payee: P1.to_string(),
+                nonce: 1,
+                reason: "duplicate".into(),
+            }
+        );
+        assert!(
+            found.iter().any(|f| matches!(f, Finding::Leaf { .. })),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|f| matches!(
+                f,
+                Finding::Debit {
+                    found: 10,
+                    expected: 5,
+                    ..
+                }
+            )),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_root_that_does_not_match_the_leaves_is_named() {
+        let mut evidence = epoch_1();
+        let dump = evidence.served.tree.as_mut().expect("tree");
+        dump.tree[0] = alloy::primitives::B256::repeat_byte(7);
+        evidence.onchain.as_mut().expect("onchain").root = alloy::primitives::B256::repeat_byte(7);
+        let found = findings(&evidence);
+        assert!(
+            found
+                .iter()
+                .any(|f| matches!(f, Finding::TreeInvalid { .. })),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|f| matches!(f, Finding::Root { what, .. } if what == "committed onchain")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_disputed_epoch_is_owed_again_where_it_was_carried() {
+        let mut carrying = auditor();
+        assert_eq!(carrying.audit(&epoch_1()).findings, []);
+        // Epoch 1 disputed and carried into 2, where bob also pays P2 3: every channel of 1 has
+        // a leaf in 2 and the debits are epoch 1's plus 2's.
+        let mut epoch_2 = honest(
+            2,
+            archived(2, &[signed(2, P2, 3, 1, &DOMAIN)]),
+            &[
+                leaf(1, P1, 10),
+                leaf(1, P2, 20),
+                leaf(2, P1, 5),
+                leaf(2, P2, 3),
+            ],
+            &[(1, 30), (2, 8)],
+            &[(P1, 15), (P2, 23)],
+        );
+        epoch_2.carried = vec![1];
+        assert_eq!(carrying.audit(&epoch_2).findings, []);
+        // Without the carry the same commit is three added leaves and wrong amounts.
+        let mut fresh = auditor();
+        fresh.audit(&epoch_1());
+        epoch_2.carried.clear();
+        assert!(fresh.audit(&epoch_2).findings.len() >= 3);
+    }
+
+    #[test]
+    fn spending_more_than_was_ever_deposited_is_named() {
+        let mut evidence = epoch_1();
+        evidence.deposits = Some(BTreeMap::from([(payer(1), 29), (payer(2), 5)]));
+        assert_eq!(
+            findings(&evidence),
+            [Finding::Overspent {
+                epoch: 1,
+                payer: payer_of(1),
+                spent: 30,
+                deposited: 29,
+            }]
+        );
+    }
+}

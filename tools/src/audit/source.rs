@@ -227,3 +227,22 @@ fn save_epoch(dir: &Path, epoch: u64, data: &EpochData) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_truncated_archive_is_refused_with_its_position() {
+        let error =
+            records(3, &[0u8; 2 * RECEIPT_BYTES + 80], "epoch-3.receipts").expect_err("truncated");
+        let text = error.to_string();
+        assert!(text.contains("epoch-3.receipts"), "{text}");
+        assert!(
+            text.contains("record 2 at byte 352 has only 80 bytes"),
+            "{text}"
+        );
+        let whole = records(3, &[0u8; 2 * RECEIPT_BYTES], "x").expect("whole records");
+        assert_eq!(whole.iter().map(|r| r.index).collect::<Vec<_>>(), [0, 1]);
+    }
+}
