@@ -28,6 +28,7 @@ use tollgate_query::{Credentials, QueryClient, QueryError};
 use tollgate_settle::merkle::{self, EpochTree, Leaf, leaf_hash};
 use tollgate_tools::api::auth::{ApiAccess, ApiScope, ApiToken};
 use tollgate_tools::api::{ApiState, ChainView, ChainViewError, router};
+use tollgate_tools::audit::{self, AuditArgs};
 use tollgate_tools::query::{
     self as cli, BalanceArgs, CallerArgs, EpochsArgs, PayeeArgs, ProofArgs, QueryCommand,
     ServerArgs,
@@ -445,6 +446,16 @@ async fn every_documented_route_answers_what_the_document_says() {
             let body: Value = response.json().await.expect("JSON");
             check(&doc, response_schema(&doc, template, 200), &body, template)
                 .unwrap_or_else(|problem| panic!("GET {path}: {problem}\n{body:#}"));
+        } else if content.get("application/x-ndjson").is_some() {
+            assert!(content_type.starts_with("application/x-ndjson"), "{path}");
+            let text = response.text().await.expect("text");
+            let schema = &content["application/x-ndjson"]["schema"];
+            assert!(text.lines().count() > 0, "{path}: no lines");
+            for line in text.lines() {
+                let value: Value = serde_json::from_str(line).expect("a JSON line");
+                check(&doc, schema, &value, template)
+                    .unwrap_or_else(|problem| panic!("GET {path}: {problem}\n{line}"));
+            }
         } else {
             assert!(content_type.starts_with("text/plain"), "{path}");
             let text = response.text().await.expect("text");
@@ -1671,4 +1682,199 @@ async fn with_tokens_configured_only_known_callers_read_and_each_only_its_own() 
         .payer(&bob)
         .await
         .expect("operator reads any payer");
+}
+
+/// What the pinned `@openzeppelin/merkle-tree` says about each dump: "ok" when
+/// `StandardMerkleTree.load(dump)` (which validates every value and node) accepts it.
+fn openzeppelin_loads(dumps: &[Value]) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("cases.json");
+    let cases: Vec<Value> = dumps
+        .iter()
+        .map(|dump| serde_json::json!({ "dump": dump, "proofs": null }))
+        .collect();
+    std::fs::write(&input, serde_json::json!({ "cases": cases }).to_string()).expect("write");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../settle/tests/openzeppelin.js"
+    );
+    let output = std::process::Command::new("node")
+        .arg(script)
+        .arg(&input)
+        .output()
+        .expect("node runs (scripts/bootstrap.sh installs it)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results: Vec<Value> = serde_json::from_slice(&output.stdout).expect("JSON");
+    results
+        .iter()
+        .map(|result| result["load"].as_str().expect("load").to_owned())
+        .collect()
+}
+
+async fn get_with(server: &Server, path: &str, headers: &[(&str, String)]) -> reqwest::Response {
+    let mut request = reqwest::Client::new().get(server.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    request.send().await.expect("request")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auditors_get_each_sealed_epochs_tree_and_receipts_and_payers_only_their_own() {
+    let server = start_with(
+        Some(Arc::new(FixedChain::p1_and_epoch_1()) as Arc<dyn ChainView>),
+        |state| state.with_access(closed_access()),
+    )
+    .await;
+    server.ready.store(true, Ordering::Release);
+    let auditor = bearer(AUDITOR_TOKEN);
+    let alice = payer_of(&key(1));
+
+    // The tree: what the ledger committed, in the layout the npm package validates.
+    let dump: Value = get_with(&server, "/v1/epochs/1/tree", &auditor)
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    let tree: merkle::StandardDump = serde_json::from_value(dump.clone()).expect("a dump");
+    let tree = tree.into_tree().expect("a valid tree");
+    assert_eq!(
+        tree.root(),
+        EpochTree::from_sealed(&server.sealed[0])
+            .expect("tree")
+            .root()
+    );
+    let alices_path = "/v1/epochs/1/tree";
+    let alices: Value = get_with(
+        &server,
+        alices_path,
+        &signed_by(1, &DOMAIN, now_ms(), alices_path),
+    )
+    .await
+    .json()
+    .await
+    .expect("JSON");
+    assert_eq!(alices["tree"], dump["tree"], "a payer sees every node");
+    let alices_values = alices["values"].as_array().expect("values");
+    assert_eq!(
+        alices_values.len(),
+        2,
+        "alice's two channels only: {alices:#}"
+    );
+    assert!(
+        alices_values
+            .iter()
+            .all(|v| v["value"][1] == format!("0x{alice}"))
+    );
+    assert_eq!(openzeppelin_loads(&[dump, alices]), ["ok", "ok"]);
+
+    // The receipts: exactly the signed bytes, in the order applied, in pages that resume.
+    let mut raw_headers = auditor.clone();
+    raw_headers.push(("accept", "application/octet-stream".into()));
+    let raw = |path| get_with(&server, path, &raw_headers);
+    let whole = raw("/v1/epochs/1/receipts").await;
+    assert!(whole.headers().get("x-tollgate-next-after").is_none());
+    let whole = whole.bytes().await.expect("body");
+    assert_eq!(whole.len(), 3 * 176);
+    let first = raw("/v1/epochs/1/receipts?limit=2").await;
+    assert_eq!(
+        first
+            .headers()
+            .get("x-tollgate-next-after")
+            .map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    let rest = raw("/v1/epochs/1/receipts?after=1&limit=2").await;
+    assert!(rest.headers().get("x-tollgate-next-after").is_none());
+    let paged = [
+        first.bytes().await.expect("page"),
+        rest.bytes().await.expect("page"),
+    ]
+    .concat();
+    assert_eq!(paged, whole);
+    for (record, paid) in whole.chunks_exact(176).zip(&epochs_paid()[0]) {
+        let receipt = tollgate_engine::ReceiptView::parse(record).expect("a receipt");
+        assert_eq!(
+            (
+                receipt.payer(),
+                receipt.payee(),
+                receipt.amount(),
+                receipt.nonce()
+            ),
+            (
+                payer_of(&key(paid.payer)),
+                paid.payee,
+                paid.amount,
+                paid.nonce
+            )
+        );
+    }
+    let lines = get_with(&server, "/v1/epochs/1/receipts", &auditor)
+        .await
+        .text()
+        .await
+        .expect("JSON lines");
+    assert_eq!(lines.lines().count(), 3);
+    let receipts_path = "/v1/epochs/1/receipts";
+    let alices_lines = get_with(
+        &server,
+        receipts_path,
+        &signed_by(1, &DOMAIN, now_ms(), receipts_path),
+    )
+    .await
+    .text()
+    .await
+    .expect("JSON lines");
+    assert_eq!(alices_lines.lines().count(), 2, "{alices_lines}");
+    assert!(
+        alices_lines
+            .lines()
+            .all(|line| line.contains(&alice.to_string()))
+    );
+
+    // Epochs without data say why.
+    for (path, status, code) in [
+        ("/v1/epochs/3/receipts", 404, "epoch_not_sealed"),
+        ("/v1/epochs/3/tree", 404, "epoch_not_sealed"),
+        ("/v1/epochs/9/receipts", 404, "unknown_epoch"),
+        ("/v1/epochs/9/tree", 404, "unknown_epoch"),
+        ("/v1/epochs/1/receipts?limit=0", 400, "bad_query"),
+    ] {
+        let response = get_with(&server, path, &auditor).await;
+        assert_eq!(response.status().as_u16(), status, "{path}");
+        let body: Value = response.json().await.expect("JSON");
+        assert_eq!(body["error"], code, "{path}");
+    }
+    for path in ["/v1/epochs/1/receipts", "/v1/epochs/1/tree"] {
+        assert_eq!(status_with(&server, path, &[]).await, 401, "{path}");
+    }
+
+    // And `tollgate audit` recomputes both sealed epochs from them.
+    let args = AuditArgs {
+        server: ServerArgs {
+            server: server.url(""),
+            json: false,
+            caller: CallerArgs {
+                token: Some(AUDITOR_TOKEN.into()),
+                payer_key: None,
+            },
+            domain: DomainArgs {
+                chain_id: DOMAIN.chain_id,
+                contract: DOMAIN.contract,
+            },
+        },
+        archive: None,
+        save: None,
+        epoch: None,
+        rpc_url: None,
+        from_block: 0,
+        window_nonces: 1_024,
+    };
+    let report = audit::audit(&args).await.expect("audit runs");
+    assert!(report.agrees(), "{}", report.render());
+    assert_eq!(report.epochs.len(), 2);
 }

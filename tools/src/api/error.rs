@@ -111,14 +111,12 @@ pub enum ApiError {
     },
     /// The epoch's receipts were pruned from the archive after its retention period.
     #[error(
-        "epoch {epoch}'s receipts were pruned: the archive keeps epochs after {pruned_through} \
-         only (final onchain plus the retention period)"
+        "epoch {epoch}'s receipts were pruned: the archive keeps an epoch until it is final \
+         onchain plus the retention period (archive_retention_epochs)"
     )]
     EpochPruned {
         /// the epoch
         epoch: u64,
-        /// the newest epoch pruned
-        pruned_through: u64,
     },
     /// This server was created without the receipt archive.
     #[error(
@@ -319,10 +317,7 @@ mod tests {
                 problem: String::new(),
             },
             ApiError::EpochNotSealed { epoch: 1 },
-            ApiError::EpochPruned {
-                epoch: 1,
-                pruned_through: 1,
-            },
+            ApiError::EpochPruned { epoch: 1 },
             ApiError::ArchiveDisabled,
             ApiError::NotReady {
                 waiting_for: String::new(),

@@ -7,6 +7,8 @@
 //! - [`auth`]: who may read what (bearer tokens with scopes, payer-signed requests, open mode).
 //! - [`error`]: every error answer, its status and its stable code.
 //! - [`openapi`]: the OpenAPI 3.1 document served at `/openapi.json`.
+//! - [`epoch_data`]: `GET /v1/epochs/{n}/tree` and `/receipts`, what an auditor recomputes an epoch
+//!   from.
 //! - [`proof`]: `GET /v1/epochs/{n}/proof` and its bounded cache of built epoch trees.
 //! - [`withdrawable`]: the short-lived cache of what the contract lets payees withdraw.
 //!
@@ -18,6 +20,7 @@
 //! worker. It only reads: nothing here can change what anyone owes.
 
 pub mod auth;
+mod epoch_data;
 pub mod error;
 pub mod openapi;
 pub mod proof;
@@ -203,6 +206,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/epochs", get(epochs))
         .route("/v1/epochs/{epoch}", get(epoch))
         .route("/v1/epochs/{epoch}/proof", get(proof::proof))
+        .route("/v1/epochs/{epoch}/tree", get(epoch_data::tree))
+        .route("/v1/epochs/{epoch}/receipts", get(epoch_data::receipts))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_ready))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -4,7 +4,10 @@
 
 use serde_json::{Value, json};
 
-use tollgate_query::model::{CHANNELS_LISTED_MAX, EPOCHS_LIMIT_DEFAULT, EPOCHS_LIMIT_MAX};
+use tollgate_query::model::{
+    CHANNELS_LISTED_MAX, EPOCHS_LIMIT_DEFAULT, EPOCHS_LIMIT_MAX, HEADER_NEXT_AFTER,
+    RECEIPTS_JSON_LINES, RECEIPTS_OCTET_STREAM, RECEIPTS_PAGE_DEFAULT, RECEIPTS_PAGE_MAX,
+};
 
 use tollgate_query::auth::{HEADER_PAYER, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 
@@ -139,6 +142,7 @@ fn schemas() -> Value {
                 "debit_count": { "type": ["integer", "null"], "minimum": 0, "description": "Payers debited, as the seal counted them; null for the open epoch and for epochs sealed before the ledger kept counts." },
                 "credit_count": { "type": ["integer", "null"], "minimum": 0, "description": "Payees credited; null as debit_count." },
                 "shortfall": amount("Of debit_total, what went onchain uncovered and was cut (debits and credits alike) because a payer's exit overtook its debit; 0 in nearly every epoch."),
+                "carried_into": { "type": ["integer", "null"], "minimum": 1, "description": "For a disputed epoch, the epoch its amounts and leaves were carried into to be committed again (an auditor recomputing that epoch adds them); null otherwise." },
                 "parts": { "type": "array", "items": { "$ref": "#/components/schemas/EpochPart" },
                            "description": "Every part of the commit recorded as landed onchain, by part number; empty while open or sealed. Parts an earlier run sent without recording them are filled in from the contract's EpochCommitted events when the commit completes." }
             }
@@ -160,6 +164,41 @@ fn schemas() -> Value {
             "properties": {
                 "epochs": { "type": "array", "items": { "$ref": "#/components/schemas/Epoch" },
                             "description": "Newest first; the open epoch is the first." }
+            }
+        },
+        "StandardTree": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["format", "leafEncoding", "tree", "values"],
+            "properties": {
+                "format": { "type": "string", "enum": ["standard-v1"] },
+                "leafEncoding": { "type": "array", "items": { "type": "string", "enum": ["uint64", "bytes32", "address", "uint256"] } },
+                "tree": { "type": "array", "items": hash.clone(), "description": "Every node, the root first; the sorted leaves fill the end in reverse." },
+                "values": { "type": "array", "items": { "$ref": "#/components/schemas/StandardValue" } }
+            }
+        },
+        "StandardValue": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["value", "treeIndex"],
+            "properties": {
+                "value": { "type": "array", "items": { "type": "string" }, "maxItems": 4,
+                           "description": "[epoch, payer (0x bytes32), payee (0x address), cumulative], integers as decimal strings." },
+                "treeIndex": { "type": "integer", "minimum": 0 }
+            }
+        },
+        "ReceiptLine": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["payer", "payee", "amount", "nonce", "timestamp_ms", "request_hash", "signature"],
+            "properties": {
+                "payer": { "type": "string", "pattern": "^[0-9a-f]{64}$" },
+                "payee": { "type": "string", "pattern": "^0x[0-9a-f]{40}$" },
+                "amount": amount("Token units (u64)."),
+                "nonce": amount("Per-channel nonce (u64)."),
+                "timestamp_ms": amount("Unix milliseconds (u64)."),
+                "request_hash": { "type": "string", "pattern": "^[0-9a-f]{64}$" },
+                "signature": { "type": "string", "pattern": "^[0-9a-f]{128}$" }
             }
         },
         "Proof": {
@@ -270,6 +309,56 @@ pub fn document() -> Value {
                     "409": error_response("The epoch is open, sealed, submitted or disputed: not committed onchain (epoch_not_committed); or committed but still disputable onchain (epoch_not_final). No proof the contract accepts yet."),
                     "500": internal.clone(),
                     "503": error_response("Not ready yet (not_ready), or the chain cannot say now whether the epoch is final (finality_unknown); retry.")
+                }
+            }},
+            "/v1/epochs/{epoch}/tree": { "get": {
+                "summary": "A sealed epoch's Merkle tree as an OpenZeppelin standard-v1 dump.",
+                "description": "Exactly what @openzeppelin/merkle-tree's StandardMerkleTree.dump() writes \
+                    for the epoch's leaves [epoch, payer, payee, cumulative] with leafEncoding \
+                    [uint64, bytes32, address, uint256]: StandardMerkleTree.load(dump).validate() accepts \
+                    it and its root is the one committed. Served for every sealed epoch, committed or \
+                    not, so an auditor can check it inside the challenge window. A payer gets every node \
+                    but only its own values.",
+                "parameters": [epoch_param.clone()],
+                "responses": {
+                    "200": json_response("The dump.", "StandardTree"),
+                    "400": error_response("Malformed epoch number (malformed_epoch)."),
+                    "404": error_response("No such epoch (unknown_epoch), or it is still open (epoch_not_sealed)."),
+                    "500": internal.clone(), "503": not_ready.clone()
+                }
+            }},
+            "/v1/epochs/{epoch}/receipts": { "get": {
+                "summary": "A sealed epoch's archived receipts, exactly as signed, in the order the ledger applied them.",
+                "description": format!("JSON lines in the `tollgate receipts` format ({RECEIPTS_JSON_LINES}), or \
+                    the raw 176-byte records of docs/PROTOCOL.md concatenated with \
+                    `Accept: {RECEIPTS_OCTET_STREAM}`. Paged by archive position: `limit` positions \
+                    after position `after`; a page that is not the last carries the `after` of the \
+                    next in the {HEADER_NEXT_AFTER} header. A payer gets only its own receipts (a page \
+                    still spans `limit` positions)."),
+                "parameters": [
+                    epoch_param.clone(),
+                    { "name": "after", "in": "query", "required": false,
+                      "description": "Resume after this archive position (the previous page's next-after).",
+                      "schema": { "type": "integer", "minimum": 0 } },
+                    { "name": "limit", "in": "query", "required": false,
+                      "schema": { "type": "integer", "minimum": 1, "maximum": RECEIPTS_PAGE_MAX, "default": RECEIPTS_PAGE_DEFAULT } }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "One page of receipts.",
+                        "headers": { HEADER_NEXT_AFTER: {
+                            "description": "Present when more receipts follow: pass it as `after`.",
+                            "schema": { "type": "integer", "minimum": 0 }
+                        }},
+                        "content": {
+                            RECEIPTS_JSON_LINES: { "schema": { "$ref": "#/components/schemas/ReceiptLine" } },
+                            RECEIPTS_OCTET_STREAM: { "schema": { "type": "string", "format": "binary" } }
+                        }
+                    },
+                    "400": error_response("Malformed epoch, after or limit (malformed_epoch, bad_query)."),
+                    "404": error_response("No such epoch (unknown_epoch), still open (epoch_not_sealed), or no archive kept (archive_disabled)."),
+                    "410": error_response("Pruned after being final onchain for the retention period (epoch_pruned)."),
+                    "500": internal.clone(), "503": not_ready.clone()
                 }
             }},
             "/healthz": { "get": {

@@ -146,19 +146,62 @@ async fn require_final(state: &ApiState, epoch: u64) -> Result<(), ApiError> {
     }
 }
 
+/// The tree of sealed `epoch` whose stored root (if settle stored one yet) is `root`: the cached
+/// one, or one built now without caching it (the cache holds final epochs' trees only).
+pub(super) async fn tree_of(
+    state: &ApiState,
+    epoch: u64,
+    root: Option<[u8; 32]>,
+) -> Result<Arc<EpochTree>, ApiError> {
+    match state.trees.get(epoch)? {
+        Some(tree) => Ok(tree),
+        None => build_once(state, epoch, root).await,
+    }
+}
+
+/// Builds the tree of `epoch` one build at a time, unless a build that ran while this one
+/// waited put it in the cache.
+async fn build_once(
+    state: &ApiState,
+    epoch: u64,
+    root: Option<[u8; 32]>,
+) -> Result<Arc<EpochTree>, ApiError> {
+    let permit = state
+        .trees
+        .building
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::Internal("proof tree builder closed".into()))?;
+    if let Some(tree) = state.trees.get(epoch)? {
+        return Ok(tree);
+    }
+    read_ledger(state, move |reader| {
+        let _building = permit;
+        build_tree(reader, epoch, root).map(Arc::new)
+    })
+    .await
+}
+
 /// Reads the epoch's stored leaves and builds its tree, refusing a tree whose root is not the
-/// committed one.
-fn build_tree(reader: &LedgerReader, epoch: u64, root: [u8; 32]) -> Result<EpochTree, ApiError> {
+/// stored one.
+fn build_tree(
+    reader: &LedgerReader,
+    epoch: u64,
+    root: Option<[u8; 32]>,
+) -> Result<EpochTree, ApiError> {
     let sealed = reader.sealed_epoch(epoch)?.ok_or_else(|| {
         ApiError::Internal(format!(
-            "epoch {epoch} is committed but its entries are missing"
+            "epoch {epoch} is sealed but its entries are missing"
         ))
     })?;
     let tree = EpochTree::from_sealed(&sealed)
         .map_err(|e| ApiError::Internal(format!("epoch {epoch}: {e}")))?;
-    if tree.root().0 != root {
+    if let Some(root) = root
+        && tree.root().0 != root
+    {
         return Err(ApiError::Internal(format!(
-            "epoch {epoch}: tree rebuilt from storage has root {}, committed root is {}",
+            "epoch {epoch}: tree rebuilt from storage has root {}, stored root is {}",
             hex32(&tree.root().0),
             hex32(&root)
         )));
@@ -200,25 +243,9 @@ pub(super) async fn proof(
         Some(tree) => tree,
         None => {
             require_final(&state, epoch).await?;
-            let permit = state
-                .trees
-                .building
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| ApiError::Internal("proof tree builder closed".into()))?;
-            match state.trees.get(epoch)? {
-                Some(tree) => tree,
-                None => {
-                    let tree = read_ledger(&state, move |reader| {
-                        let _building = permit;
-                        build_tree(reader, epoch, root).map(Arc::new)
-                    })
-                    .await?;
-                    state.trees.insert(tree.clone())?;
-                    tree
-                }
-            }
+            let tree = build_once(&state, epoch, Some(root)).await?;
+            state.trees.insert(tree.clone())?;
+            tree
         }
     };
 
