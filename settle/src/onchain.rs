@@ -32,6 +32,8 @@ pub struct OnchainEpoch {
     pub disputed: bool,
     /// Block of the last part landed.
     pub last_block: u64,
+    /// That block's timestamp (unix seconds).
+    pub completed_at: u64,
 }
 
 impl OnchainEpoch {
@@ -90,6 +92,7 @@ impl ContractReader {
             credits: BTreeMap::new(),
             disputed: false,
             last_block: 0,
+            completed_at: 0,
         };
         for (event, tx, block) in parts.into_values() {
             let transaction = self
@@ -134,6 +137,11 @@ impl ContractReader {
             onchain.parts_landed += 1;
             onchain.last_block = onchain.last_block.max(block);
         }
+        onchain.completed_at = self
+            .provider()
+            .get_block_by_number(onchain.last_block.into())
+            .await?
+            .map_or(0, |block| block.header.timestamp);
         onchain.disputed = !settlement
             .Disputed_filter()
             .topic1(B256::from(U256::from(epoch)))
@@ -145,6 +153,14 @@ impl ContractReader {
             .collect::<Vec<_>>()
             .is_empty();
         Ok(Some(onchain))
+    }
+
+    /// The key the contract takes disputes from.
+    pub async fn arbiter(&self) -> Result<Address, ChainError> {
+        Ok(Settlement::new(self.address(), self.provider().clone())
+            .arbiter()
+            .call()
+            .await?)
     }
 
     /// Everything each payer deposited from block `from` to the head (`Deposited` events).

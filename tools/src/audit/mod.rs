@@ -12,7 +12,9 @@
 
 pub mod recompute;
 pub mod source;
+pub mod watch;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -21,8 +23,9 @@ use clap::Args;
 use serde::Serialize;
 use tollgate_engine::ledger::LedgerConfig;
 use tollgate_engine::{Verifier, VerifyConfig};
-use tollgate_query::model::EpochStatusView;
+use tollgate_query::model::{EpochStatusView, EpochView};
 use tollgate_settle::ContractReader;
+use tollgate_settle::onchain::OnchainEpoch;
 
 use crate::query::ServerArgs;
 use recompute::{EpochEvidence, Finding, Recompute, Served};
@@ -127,85 +130,134 @@ impl AuditReport {
     }
 }
 
-/// Runs the audit and returns its report.
-pub async fn audit(args: &AuditArgs) -> anyhow::Result<AuditReport> {
-    let domain = args.server.domain.domain();
-    let source = match &args.archive {
-        Some(dir) => Source::Dir(dir.clone()),
-        None => Source::Api(args.server.client()?),
-    };
-    let chain = match &args.rpc_url {
-        Some(url) => Some(
-            ContractReader::connect(
-                url,
-                domain.chain_id,
-                alloy::primitives::Address::from(domain.contract.0),
-            )
-            .await
-            .context("connecting to the chain")?,
-        ),
-        None => None,
-    };
-    let deposits = match &chain {
-        Some(chain) => Some(chain.deposits(args.from_block).await?),
-        None => None,
-    };
-    let verifier = Verifier::new(domain, VerifyConfig::default());
-    let mut recompute = Recompute::new(verifier, args.window_nonces);
-    let last = source.last_sealed().await?;
-    let (first, last) = match args.epoch {
-        Some(epoch) if epoch == 0 || epoch > last => {
-            anyhow::bail!("epoch {epoch} is not sealed (sealed epochs: 1 to {last})")
-        }
-        Some(epoch) => (epoch, epoch),
-        None => (1, last),
-    };
-    let mut report = AuditReport {
-        epochs: Vec::new(),
-        findings: Vec::new(),
-        chain_checked: chain.is_some(),
-    };
-    // Epochs before the first audited one: their trees, validated, give the cumulatives.
-    for epoch in 1..first {
-        let data = source.epoch(epoch, args.save.as_deref()).await?;
-        let tree = data
-            .tree
-            .into_tree()
-            .with_context(|| format!("epoch {epoch}'s tree is invalid"))?;
-        recompute.remember(&tree);
+/// An audit in progress: where it reads, what it remembers between epochs (audited in order).
+#[derive(Debug)]
+pub struct Auditor {
+    source: Source,
+    save: Option<PathBuf>,
+    chain: Option<ContractReader>,
+    from_block: u64,
+    recompute: Recompute,
+    /// Disputed epochs seen, and the epoch the ledger carried each into once it says.
+    disputed: BTreeMap<u64, Option<u64>>,
+}
+
+impl Auditor {
+    /// An auditor reading what `args` names, connected to the chain when `--rpc-url` is given.
+    pub async fn connect(args: &AuditArgs) -> anyhow::Result<Self> {
+        let domain = args.server.domain.domain();
+        let source = match &args.archive {
+            Some(dir) => Source::Dir(dir.clone()),
+            None => Source::Api(args.server.client()?),
+        };
+        let chain = match &args.rpc_url {
+            Some(url) => Some(
+                ContractReader::connect(
+                    url,
+                    domain.chain_id,
+                    alloy::primitives::Address::from(domain.contract.0),
+                )
+                .await
+                .context("connecting to the chain")?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            source,
+            save: args.save.clone(),
+            chain,
+            from_block: args.from_block,
+            recompute: Recompute::new(
+                Verifier::new(domain, VerifyConfig::default()),
+                args.window_nonces,
+            ),
+            disputed: BTreeMap::new(),
+        })
     }
-    // Disputed epochs and where their amounts went, from the records.
-    let mut carried_into: Vec<(u64, u64)> = Vec::new();
-    for epoch in first..=last {
-        let data = source.epoch(epoch, args.save.as_deref()).await?;
-        if let Some(into) = data.record.carried_into {
-            carried_into.push((epoch, into));
+
+    /// The chain, when one was given.
+    pub fn chain(&self) -> Option<&ContractReader> {
+        self.chain.as_ref()
+    }
+
+    /// The newest sealed epoch.
+    pub async fn last_sealed(&self) -> anyhow::Result<u64> {
+        self.source.last_sealed().await
+    }
+
+    /// Learns the channels' cumulatives from the trees of epochs `1..first`, each validated.
+    pub async fn remember_before(&mut self, first: u64) -> anyhow::Result<()> {
+        for epoch in 1..first {
+            let data = self.source.epoch(epoch, self.save.as_deref()).await?;
+            self.note_dispute(epoch, &data.record);
+            let tree = data
+                .tree
+                .into_tree()
+                .with_context(|| format!("epoch {epoch}'s tree is invalid"))?;
+            self.recompute.remember(&tree);
         }
+        Ok(())
+    }
+
+    /// Notes that `epoch` was voided onchain, so the epoch the ledger carries it into is
+    /// audited with its amounts (the ledger names that epoch once it records the dispute).
+    pub fn voided(&mut self, epoch: u64) {
+        self.disputed.entry(epoch).or_insert(None);
+    }
+
+    fn note_dispute(&mut self, epoch: u64, record: &EpochView) {
+        if record.status == EpochStatusView::Disputed {
+            self.disputed.insert(epoch, record.carried_into);
+        }
+    }
+
+    /// Audits `epoch`, the next after those audited so far, against `onchain` (what the chain
+    /// holds of it, when known; a voided commit is not compared, its amounts are owed again).
+    pub async fn audit_epoch(
+        &mut self,
+        epoch: u64,
+        onchain: Option<OnchainEpoch>,
+    ) -> anyhow::Result<(EpochLine, Vec<Finding>)> {
+        // A dispute recorded since its epoch was read says now where its amounts went.
+        let unplaced: Vec<u64> = self
+            .disputed
+            .iter()
+            .filter(|(_, into)| into.is_none())
+            .map(|(disputed, _)| *disputed)
+            .collect();
+        for disputed in unplaced {
+            let record = self.source.epoch(disputed, None).await?.record;
+            self.note_dispute(disputed, &record);
+        }
+        let data = self.source.epoch(epoch, self.save.as_deref()).await?;
+        self.note_dispute(epoch, &data.record);
         let status = data.record.status;
+        let mut line = EpochLine {
+            epoch,
+            status: status.as_str().into(),
+            receipts: 0,
+            leaves: 0,
+            findings: 0,
+            skipped: None,
+        };
         let receipts = match data.receipts {
             Ok(receipts) => receipts,
             Err(unavailable) => {
-                report.epochs.push(EpochLine {
-                    epoch,
-                    status: status.as_str().into(),
-                    receipts: 0,
-                    leaves: 0,
-                    findings: 0,
-                    skipped: Some(unavailable.0),
-                });
-                continue;
+                line.skipped = Some(unavailable.0);
+                return Ok((line, Vec::new()));
             }
         };
-        let onchain = match &chain {
-            Some(chain) => chain.onchain_epoch(epoch, args.from_block).await?,
+        let deposits = match &self.chain {
+            Some(chain) => Some(chain.deposits(self.from_block).await?),
             None => None,
         };
         let evidence = EpochEvidence {
             epoch,
             receipts,
-            carried: carried_into
+            carried: self
+                .disputed
                 .iter()
-                .filter(|(_, into)| *into == epoch)
+                .filter(|(_, into)| **into == Some(epoch))
                 .map(|(disputed, _)| *disputed)
                 .collect(),
             served: Served {
@@ -220,21 +272,42 @@ pub async fn audit(args: &AuditArgs) -> anyhow::Result<AuditReport> {
                 debit_total: Some(data.record.debit_total),
                 shortfall: data.record.shortfall,
             },
-            // A voided commit's amounts are owed again, so they are not compared.
-            onchain: onchain
-                .filter(|onchain| !onchain.disputed && status != EpochStatusView::Disputed),
-            deposits: deposits.clone(),
+            onchain: onchain.filter(|onchain| !onchain.disputed),
+            deposits,
         };
-        let audited = recompute.audit(&evidence);
-        report.epochs.push(EpochLine {
-            epoch,
-            status: status.as_str().into(),
-            receipts: audited.receipts,
-            leaves: audited.leaves,
-            findings: audited.findings.len(),
-            skipped: None,
-        });
-        report.findings.extend(audited.findings);
+        let audited = self.recompute.audit(&evidence);
+        line.receipts = audited.receipts;
+        line.leaves = audited.leaves;
+        line.findings = audited.findings.len();
+        Ok((line, audited.findings))
+    }
+}
+
+/// Runs the audit and returns its report.
+pub async fn audit(args: &AuditArgs) -> anyhow::Result<AuditReport> {
+    let mut auditor = Auditor::connect(args).await?;
+    let last = auditor.last_sealed().await?;
+    let (first, last) = match args.epoch {
+        Some(epoch) if epoch == 0 || epoch > last => {
+            anyhow::bail!("epoch {epoch} is not sealed (sealed epochs: 1 to {last})")
+        }
+        Some(epoch) => (epoch, epoch),
+        None => (1, last),
+    };
+    auditor.remember_before(first).await?;
+    let mut report = AuditReport {
+        epochs: Vec::new(),
+        findings: Vec::new(),
+        chain_checked: auditor.chain.is_some(),
+    };
+    for epoch in first..=last {
+        let onchain = match auditor.chain() {
+            Some(chain) => chain.onchain_epoch(epoch, args.from_block).await?,
+            None => None,
+        };
+        let (line, findings) = auditor.audit_epoch(epoch, onchain).await?;
+        report.epochs.push(line);
+        report.findings.extend(findings);
     }
     Ok(report)
 }

@@ -712,6 +712,7 @@ mod tests {
                 credits: credits.iter().copied().collect(),
                 disputed: false,
                 last_block: 1,
+                completed_at: 0,
             }),
             deposits: Some(BTreeMap::from([(payer(1), 1_000), (payer(2), 1_000)])),
         }

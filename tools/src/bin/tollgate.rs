@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tollgate_engine::verify::{Verifier, VerifyConfig};
 use tollgate_load::cli::DomainArgs;
 use tollgate_tools::audit::AuditArgs;
+use tollgate_tools::audit::watch::WatchArgs;
 use tollgate_tools::bench_e2e::BenchE2eArgs;
 use tollgate_tools::bench_verify::BenchVerifyArgs;
 use tollgate_tools::demo::DemoArgs;
@@ -62,6 +63,9 @@ enum Command {
     /// Recompute epochs from their archived receipts and compare every figure with the API
     /// and the contract; exit 0 only when everything agrees.
     Audit(Box<AuditArgs>),
+    /// The arbiter as a service: audit each epoch as its commit lands and dispute a wrong one
+    /// inside the challenge window.
+    Watch(Box<WatchArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -176,6 +180,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Query(query) => Ok(query::run(&query)),
         Command::Audit(args) => Ok(audit::run(&args)),
+        Command::Watch(args) => {
+            audit::watch::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Deploy(args) => {
             deploy::run(&args)?;
             Ok(ExitCode::SUCCESS)

@@ -9,11 +9,14 @@ use alloy::primitives::{B256, TxHash, U256};
 use alloy::providers::Provider;
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{Context, bail};
+use tollgate_engine::ledger::LedgerConfig;
 use tollgate_engine::{Address, PayerKey};
 use tollgate_load::check::PayerBalance;
+use tollgate_load::cli::DomainArgs;
 use tollgate_load::population::{payee_address, payee_signer};
 use tollgate_query::model::EpochView;
 use tollgate_query::{QueryClient, QueryError};
+use tollgate_settle::DeployedAddresses;
 use tollgate_settle::chain::{
     ContractReader, DeployedAddresses, complete_withdrawal, dispute, read_provider,
     request_withdrawal, withdraw,
@@ -23,6 +26,8 @@ use tollgate_settle::devchain::{replay, send_gas_money};
 use tollgate_settle::merkle::Leaf;
 
 use super::{DemoArgs, wait_for};
+use crate::audit::{AuditArgs, audit};
+use crate::query::{CallerArgs, ServerArgs};
 
 /// Gas money sent to the payee that withdraws: 0.1 ETH, far more than one `withdraw` costs.
 const PAYEE_GAS_WEI: u128 = 100_000_000_000_000_000;
@@ -362,4 +367,33 @@ pub(super) async fn payer_exits(
         if right { "" } else { "  WRONG" }
     );
     Ok(right)
+}
+
+/// `tollgate audit` over every sealed epoch: recomputed from the archived receipts and compared
+/// with the API and the contract. True when everything agrees.
+pub(super) async fn audit_every_epoch(
+    api_url: &str,
+    rpc_url: &str,
+    deployed: &DeployedAddresses,
+) -> anyhow::Result<bool> {
+    let args = AuditArgs {
+        server: ServerArgs {
+            server: api_url.to_owned(),
+            json: false,
+            caller: CallerArgs::default(),
+            domain: DomainArgs {
+                chain_id: deployed.chain_id,
+                contract: Address(deployed.settlement.0.0),
+            },
+        },
+        archive: None,
+        save: None,
+        epoch: None,
+        rpc_url: Some(rpc_url.to_owned()),
+        from_block: deployed.block,
+        window_nonces: LedgerConfig::default().window_nonces,
+    };
+    let report = audit(&args).await?;
+    print!("{}", report.render());
+    Ok(report.agrees())
 }

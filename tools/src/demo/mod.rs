@@ -33,8 +33,8 @@ use tollgate_settle::devchain::{FundParams, fund_payers};
 use crate::serve::process::{self, ServerProcess, WorkDir};
 
 use checks::{
-    check_recommitted, compare_with_chain, dispute_first_committed, last_committed,
-    payee_withdraws, payer_exits, prove_onchain, replay_last_commit,
+    audit_every_epoch, check_recommitted, compare_with_chain, dispute_first_committed,
+    last_committed, payee_withdraws, payer_exits, prove_onchain, replay_last_commit,
 };
 
 /// Where `npm ci` puts the pinned anvil, relative to the repository root.
@@ -261,6 +261,11 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<bool> {
     // The exit moved the chain's clock past every challenge window: every epoch is final.
     let epochs = query.epochs(100).await?.epochs;
     agreed &= prove_onchain(args, &payers, &balances, &epochs, &query, &chain).await?;
+
+    step(
+        "tollgate audit: every epoch recomputed from its archived receipts, against the API and the chain",
+    );
+    agreed &= audit_every_epoch(&api_url, &rpc_url, &deployed).await?;
 
     step("a payee withdraws; the last commit, replayed, cannot land again");
     agreed &= payee_withdraws(args, &rpc_url, dev_key(&anvil, 1)?, &query, &chain).await?;

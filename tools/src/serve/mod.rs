@@ -92,7 +92,8 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn cancel_on_signal(shutdown: CancellationToken) {
+/// Cancels `shutdown` on ctrl-c or SIGTERM (also what `tollgate watch` stops on).
+pub async fn cancel_on_signal(shutdown: CancellationToken) {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
