@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::process::Command;
-
 #[test]
 fn committed_artifacts_match_a_fresh_compile() {
     let root = common::workspace_root();
@@ -13,14 +11,11 @@ fn committed_artifacts_match_a_fresh_compile() {
         "{} missing: run `npm ci` at the repository root to install the pinned solc",
         solc.display()
     );
-    let output = Command::new("node")
-        .arg(root.join("settle/scripts/compile.js"))
-        .arg("--check")
-        .current_dir(&root)
-        .output()
-        .unwrap_or_else(|error| {
-            panic!("could not run node (needed to recompile the contracts): {error}")
-        });
+    let output = common::run_node(
+        "settle/scripts/compile.js",
+        &["--check".as_ref()],
+        "to recompile the contracts",
+    );
     assert!(
         output.status.success(),
         "settle/artifacts is stale:\n{}{}",

@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use alloy::primitives::{B256, keccak256};
 use serde_json::{Value, json};
 use tollgate_engine::{Address, PayerKey};
@@ -66,18 +64,15 @@ fn run_package(cases: Vec<Value>) -> Vec<Value> {
         serde_json::to_vec(&json!({ "cases": cases })).unwrap(),
     )
     .unwrap();
-    let script = common::workspace_root().join("settle/tests/openzeppelin.js");
-    let output = Command::new("node")
-        .arg(&script)
-        .arg(&input)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("could not run `node` (from PATH): {e}; scripts/bootstrap.sh installs Node.js")
-        });
+    let script = "settle/tests/openzeppelin.js";
+    let output = common::run_node(
+        script,
+        &[input.as_os_str()],
+        "to run @openzeppelin/merkle-tree",
+    );
     assert!(
         output.status.success(),
-        "{} failed ({}); if @openzeppelin/merkle-tree is missing, run scripts/bootstrap.sh:\n{}",
-        script.display(),
+        "{script} failed ({}); if @openzeppelin/merkle-tree is missing, run scripts/bootstrap.sh:\n{}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );

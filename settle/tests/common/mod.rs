@@ -29,6 +29,20 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Runs `node` (found on PATH) on the workspace file `script` with `args`, from the workspace
+/// root; fails the test, saying what node was `needed` for, when it cannot start.
+pub fn run_node(script: &str, args: &[&std::ffi::OsStr], needed: &str) -> std::process::Output {
+    let root = workspace_root();
+    std::process::Command::new("node")
+        .arg(root.join(script))
+        .args(args)
+        .current_dir(&root)
+        .output()
+        .unwrap_or_else(|error| {
+            panic!("could not run node (from PATH; scripts/bootstrap.sh installs it), needed {needed}: {error}")
+        })
+}
+
 /// Path of the pinned anvil binary; fails the test (never skips it) when `npm ci` has not run.
 pub fn anvil_path() -> PathBuf {
     let path = workspace_root().join("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
