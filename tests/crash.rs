@@ -7,7 +7,8 @@
 //! client reconnects and re-sends every batch it holds no ack for, under its original sequence
 //! number. At the end every payer's totals from the HTTP API must equal the sum of the receipts
 //! the client saw accepted: a lost receipt would show as a shortfall, a double count as an excess
-//! (amounts differ per nonce, so the two cannot cancel out).
+//! (amounts differ per nonce, so the two cannot cancel out). The receipt archive must then hold
+//! every acked receipt, byte for byte, exactly once.
 //!
 //! The child is this very test binary re-executed with `TOLLGATE_CRASH_TEST_SERVER` set, running
 //! `tollgate_tools::serve`, so the test needs no other binary built first. Harness-less for that.
@@ -18,7 +19,7 @@
 //! count of WAL syncs), and what a power cut can leave behind, a torn WAL tail, recovers every
 //! acked group (engine/tests/wal_recovery.rs).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,7 +31,9 @@ use clap::Parser;
 use ed25519_dalek::SigningKey;
 use rand::{RngExt, SeedableRng};
 use rayon::prelude::*;
-use tollgate_engine::{Address, Domain, PayerKey, Receipt, UnsignedReceipt};
+use tollgate_engine::pipeline::{BatchVerifier, Engine, EngineConfig};
+use tollgate_engine::verdict::Verdict;
+use tollgate_engine::{Address, Domain, PayerKey, Receipt, ReceiptView, UnsignedReceipt};
 use tollgate_ingest::client::{Client, ClientConfig};
 use tollgate_load::check::fetch_balances;
 use tollgate_load::population::{payee_address, payer_key};
@@ -188,6 +191,7 @@ async fn crash_test() -> anyhow::Result<Figures> {
         entry.1 += 1;
     }
     let payers: Vec<PayerKey> = expected.keys().copied().collect();
+    let sent: HashSet<[u8; 176]> = batches.iter().flatten().map(Receipt::to_bytes).collect();
 
     let stream = tokio::spawn(stream_all(clients.clone(), batches, Arc::clone(&acked)));
     let mut kills = 0;
@@ -240,12 +244,49 @@ async fn crash_test() -> anyhow::Result<Figures> {
     );
     let status = process.terminate(Duration::from_secs(60))?;
     ensure!(status.success(), "clean shutdown exited with {status}");
+    check_archive(&server.data_dir, &sent)?;
     Ok(Figures {
         kills,
         acked: acked.load(Ordering::Acquire),
         resent,
         reconnects,
     })
+}
+
+/// Every receipt was acked (the stream checked each verdict): the archive of the one epoch of a
+/// chainless server must hold each of them once, nothing else.
+fn check_archive(data_dir: &std::path::Path, sent: &HashSet<[u8; 176]>) -> anyhow::Result<()> {
+    struct NoVerifier;
+    impl BatchVerifier for NoVerifier {
+        fn verify(&self, receipts: &[ReceiptView<'_>]) -> Vec<Verdict> {
+            vec![Ok(()); receipts.len()]
+        }
+    }
+    let engine = Engine::open(EngineConfig::new(data_dir), Arc::new(NoVerifier))?;
+    let reader = engine.reader();
+    let mut archived = HashSet::new();
+    let mut after = None;
+    loop {
+        let page = reader.archived_receipts(1, after, 10_000)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.index);
+        for entry in page {
+            ensure!(
+                archived.insert(entry.bytes),
+                "receipt archived twice (index {})",
+                entry.index
+            );
+        }
+    }
+    ensure!(
+        archived == *sent,
+        "archive holds {} receipts, {} acked, {} acked ones missing",
+        archived.len(),
+        sent.len(),
+        sent.difference(&archived).count()
+    );
+    engine.shutdown()?;
+    Ok(())
 }
 
 /// Submits every batch (producers round robin) and checks every verdict: all are valid and

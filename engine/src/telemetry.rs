@@ -26,6 +26,12 @@ pub const LEDGER_RECEIPTS_ACCEPTED_TOTAL: &str = "tollgate_ledger_receipts_accep
 pub const LEDGER_RECEIPTS_REJECTED_TOTAL: &str = "tollgate_ledger_receipts_rejected_total";
 /// Gauge: 1 once a write or fsync failed.
 pub const LEDGER_POISONED: &str = "tollgate_ledger_poisoned";
+/// Gauge: bytes of the receipt archive (files and live memtables).
+pub const ARCHIVE_BYTES: &str = "tollgate_archive_bytes";
+/// Gauge: receipts the archive holds (every epoch not pruned).
+pub const ARCHIVE_RECEIPTS: &str = "tollgate_archive_receipts";
+/// Gauge: the highest epoch whose archive was pruned (0: none).
+pub const ARCHIVE_PRUNED_THROUGH: &str = "tollgate_archive_pruned_through";
 
 /// Describes the engine's metrics and creates every series at zero (each rejection reason
 /// included) in the installed recorder.
@@ -60,12 +66,28 @@ pub fn register() {
         "receipts the ledger refused, by reason"
     );
     describe_gauge!(LEDGER_POISONED, "1 once a write or fsync failed");
+    describe_gauge!(
+        ARCHIVE_BYTES,
+        Unit::Bytes,
+        "bytes of the receipt archive: files and live memtables"
+    );
+    describe_gauge!(
+        ARCHIVE_RECEIPTS,
+        "receipts the archive holds: every epoch not pruned"
+    );
+    describe_gauge!(
+        ARCHIVE_PRUNED_THROUGH,
+        "the highest epoch whose archive was pruned (0: none)"
+    );
 
     for gauge in [
         VERIFY_QUEUE_BATCHES,
         VERIFY_CHUNK_RECEIPTS,
         LEDGER_QUEUE_BATCHES,
         LEDGER_POISONED,
+        ARCHIVE_BYTES,
+        ARCHIVE_RECEIPTS,
+        ARCHIVE_PRUNED_THROUGH,
     ] {
         metrics::gauge!(gauge).set(0.0);
     }

@@ -41,6 +41,10 @@ pub struct EpochConfig {
     pub epoch_receipts_max: u64,
     /// How often to look at the open epoch and the backlog.
     pub tick_ms: u64,
+    /// Epochs the receipt archive keeps after one is final onchain: the archive is pruned
+    /// through `e - archive_retention_epochs`, `e` the newest epoch that is final with every
+    /// epoch before it (see [`EpochLoop::prune_archive`]).
+    pub archive_retention_epochs: u64,
 }
 
 impl Default for EpochConfig {
@@ -49,6 +53,7 @@ impl Default for EpochConfig {
             epoch_interval_ms: 60_000,
             epoch_receipts_max: 1_000_000,
             tick_ms: 500,
+            archive_retention_epochs: 24,
         }
     }
 }
@@ -147,7 +152,13 @@ pub struct EpochLoop {
     /// Commits land in order, so the backlog scan starts after it instead of re-reading the whole
     /// history on every tick of a long-running server. 0 until the first scan.
     final_through: AtomicU64,
+    /// The last epoch asked `isFinal` and when: an epoch still in its challenge window is asked
+    /// again only after [`FINAL_RECHECK`], not on every tick.
+    final_asked: std::sync::Mutex<Option<(u64, Instant)>>,
 }
+
+/// How long an epoch found not final onchain is not asked about again.
+const FINAL_RECHECK: Duration = Duration::from_secs(10);
 
 impl EpochLoop {
     /// A loop over `engine` committing through `submitter`.
@@ -157,6 +168,7 @@ impl EpochLoop {
             submitter,
             config,
             final_through: AtomicU64::new(0),
+            final_asked: std::sync::Mutex::new(None),
         }
     }
 
@@ -201,7 +213,7 @@ impl EpochLoop {
                 committed = self.commit_backlog() => committed,
             };
             match committed {
-                Ok(()) => {}
+                Ok(()) => self.prune_archive().await?,
                 Err(EpochError::Submit(SubmitError::Unavailable { attempts, last })) => {
                     tracing::warn!(attempts, error = %last, "settlement chain unavailable; epochs stay queued");
                 }
@@ -250,6 +262,90 @@ impl EpochLoop {
         // Not simply zero: epochs sealed while these were committed are still waiting.
         metrics::gauge!(names::BACKLOG_EPOCHS).set(self.backlog()?.len() as f64);
         Ok(())
+    }
+
+    /// Prunes the receipt archive through `e - archive_retention_epochs`, where `e` is the
+    /// highest epoch such that every epoch up to it is committed and final onchain, or disputed
+    /// and carried into an epoch at or below `e` (whose leaves hold the disputed one's channels).
+    /// Only the newest candidate can be still in its challenge window (the contract opens an
+    /// epoch only once the one before is final), so only it is asked about (`isFinal`); when it
+    /// is not final yet, the candidate before it is. A chain that does not answer, or an engine
+    /// that refuses the prune, leaves it for the next tick: pruning is never urgent.
+    pub async fn prune_archive(&self) -> Result<(), EpochError> {
+        let reader = self.engine.reader();
+        let pruned = reader.archive_pruned_through()?;
+        let mut candidates = Vec::new();
+        let mut carried_max = 0u64;
+        let mut after = pruned;
+        'scan: loop {
+            let page = reader.epochs(Some(after), 256)?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = last.epoch;
+            for record in page {
+                match (record.status, record.carried_into) {
+                    (EpochStatus::Committed, _) => {}
+                    (EpochStatus::Disputed, Some(into)) => carried_max = carried_max.max(into),
+                    _ => break 'scan,
+                }
+                if record.status == EpochStatus::Committed && carried_max <= record.epoch {
+                    candidates.push(record.epoch);
+                }
+            }
+        }
+        let retention = self.config.archive_retention_epochs;
+        let watermark = |epoch: u64| epoch.saturating_sub(retention);
+        let newest = candidates.last().copied();
+        let before = candidates.len().checked_sub(2).map(|at| candidates[at]);
+        let final_through = match (newest, before) {
+            (Some(newest), _) if watermark(newest) > pruned && self.is_final(newest).await => {
+                Some(newest)
+            }
+            (_, Some(before)) => Some(before),
+            _ => None,
+        };
+        let Some(through) = final_through.map(watermark).filter(|w| *w > pruned) else {
+            return Ok(());
+        };
+        match engine_call(|| self.engine.prune_archive(through)).await {
+            Ok(()) => {
+                tracing::info!(through, "receipt archive pruned");
+                Ok(())
+            }
+            Err(EpochError::Engine(error)) if error.is_refusal() => {
+                tracing::warn!(%error, through, "the engine refused to prune the archive");
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Whether `epoch` is final onchain; false when the chain does not answer, and without
+    /// asking when it was found not final less than [`FINAL_RECHECK`] ago.
+    async fn is_final(&self, epoch: u64) -> bool {
+        let last = *self
+            .final_asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|(asked, at)| asked == epoch && at.elapsed() < FINAL_RECHECK) {
+            return false;
+        }
+        let answer = self.submitter.contract().isFinal(epoch).call().await;
+        let is_final = match answer {
+            Ok(is_final) => is_final,
+            Err(error) => {
+                tracing::warn!(%error, epoch, "isFinal: the chain did not answer");
+                false
+            }
+        };
+        if !is_final {
+            *self
+                .final_asked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((epoch, Instant::now()));
+        }
+        is_final
     }
 
     /// Sealed or submitted epochs, oldest first, read from after [`Self::final_through`].

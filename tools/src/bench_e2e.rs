@@ -9,6 +9,9 @@
 //!    when it is not saturated.
 //! 4. With `--overload`, four times that rate from four times the connections: the server's
 //!    memory must stay bounded (it stops reading sockets) and every verdict must still be right.
+//! 5. The receipt archive's cost: a second server whose data directory is created without the
+//!    archive takes the same load, alternating with the first for `--archive-rounds` rounds;
+//!    both rates, their ratio and the archive's bytes per million receipts are reported.
 //!
 //! Receipts per fsync come from the server's own `/metrics`; its peak RSS from `/proc`.
 
@@ -72,6 +75,10 @@ pub struct BenchE2eArgs {
     /// Verification threads, for the ceiling and the server (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Rounds of the archive comparison: each runs the full-speed load once against a server
+    /// without the archive, then once against the one with it (0 skips it).
+    #[arg(long, default_value_t = 2)]
+    pub archive_rounds: u32,
     /// Keep the server's data directory and log here instead of a temporary directory.
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
@@ -95,6 +102,22 @@ pub struct Offered {
     pub ack_latency_ms: LatencyMs,
     /// The server's peak resident memory so far, MiB.
     pub server_peak_rss_mib: f64,
+}
+
+/// The receipt archive's cost, measured on two servers taking the same load by turns.
+#[derive(Clone, Debug, Serialize)]
+pub struct ArchiveCost {
+    /// Rounds (one run on each server per round).
+    pub rounds: u32,
+    /// Mean durable rate of the server with the archive.
+    pub with_archive_receipts_per_s: f64,
+    /// Mean durable rate of the server without it.
+    pub without_archive_receipts_per_s: f64,
+    /// The first divided by the second.
+    pub ratio: f64,
+    /// The archive's bytes (files and live memtables) per million receipts it holds, from the
+    /// server's `tollgate_archive_bytes` and `tollgate_archive_receipts`.
+    pub bytes_per_million_receipts: f64,
 }
 
 /// Everything the benchmark measured.
@@ -128,6 +151,8 @@ pub struct Report {
     pub server_peak_rss_mib: f64,
     /// The overload run, when asked for.
     pub overload: Option<Offered>,
+    /// The archive comparison, unless skipped.
+    pub archive: Option<ArchiveCost>,
 }
 
 /// Runs the benchmark and prints the report.
@@ -152,20 +177,22 @@ pub fn measure(args: &BenchE2eArgs) -> anyhow::Result<Report> {
     eprintln!("verify-only ceiling: {ceiling:.0} receipts/s on {threads} threads");
 
     let work_dir = WorkDir::given_or_temporary(args.work_dir.as_deref())?;
-    let server_args = vec![
-        "--unknown-payers".to_owned(),
-        "accept".to_owned(),
-        "--listen".to_owned(),
-        "127.0.0.1:0".to_owned(),
-        "--http".to_owned(),
-        "127.0.0.1:0".to_owned(),
-        "--data-dir".to_owned(),
-        work_dir.data().display().to_string(),
-        "--verify-threads".to_owned(),
-        threads.to_string(),
-    ];
+    let server_args = |data: &Path| {
+        vec![
+            "--unknown-payers".to_owned(),
+            "accept".to_owned(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--http".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--data-dir".to_owned(),
+            data.display().to_string(),
+            "--verify-threads".to_owned(),
+            threads.to_string(),
+        ]
+    };
     let log = work_dir.log();
-    let server = ServerProcess::start(&exe, &server_args, Some(&log), &[])?;
+    let server = ServerProcess::start(&exe, &server_args(&work_dir.data()), Some(&log), &[])?;
     let full = run_load(&load_binary, &server, args, &[])?;
     eprintln!("end to end: {:.0} receipts/s", full.receipts_per_s);
     let receipts_per_fsync = receipts_per_fsync(&server)?;
@@ -217,6 +244,23 @@ pub fn measure(args: &BenchE2eArgs) -> anyhow::Result<Report> {
     } else {
         None
     };
+    let archive = match args.archive_rounds {
+        0 => None,
+        rounds => {
+            let data = work_dir.data().with_file_name("data-without-archive");
+            let mut without_args = server_args(&data);
+            without_args.extend(["--archive-receipts".to_owned(), "false".to_owned()]);
+            let log = log.with_file_name("server-without-archive.log");
+            let without = ServerProcess::start(&exe, &without_args, Some(&log), &[])?;
+            let cost = archive_cost(&load_binary, &server, &without, args, rounds)?;
+            let status = without.terminate(Duration::from_secs(60))?;
+            ensure!(
+                status.success(),
+                "the server without archive exited with {status}"
+            );
+            Some(cost)
+        }
+    };
     let status = server.terminate(Duration::from_secs(60))?;
     ensure!(status.success(), "the server exited with {status}");
 
@@ -235,6 +279,50 @@ pub fn measure(args: &BenchE2eArgs) -> anyhow::Result<Report> {
         paced,
         server_peak_rss_mib: mib(peak_rss),
         overload,
+        archive,
+    })
+}
+
+/// The same full-speed load against `without` then `with` (the server with the archive), for
+/// `rounds` rounds, so drift of the machine over the run falls on both alike.
+fn archive_cost(
+    load_binary: &Path,
+    with: &ServerProcess,
+    without: &ServerProcess,
+    args: &BenchE2eArgs,
+    rounds: u32,
+) -> anyhow::Result<ArchiveCost> {
+    let mut with_total = 0.0;
+    let mut without_total = 0.0;
+    for round in 1..=rounds {
+        let without_rate = run_load(load_binary, without, args, &[])?.receipts_per_s;
+        let with_rate = run_load(load_binary, with, args, &[])?.receipts_per_s;
+        eprintln!(
+            "archive round {round}: {with_rate:.0} receipts/s with, {without_rate:.0} without"
+        );
+        with_total += with_rate;
+        without_total += without_rate;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // The gauges are refreshed at most once a second after a write: let the last one land.
+    std::thread::sleep(Duration::from_millis(1_100));
+    let metric = |name: &str| {
+        runtime
+            .block_on(with.metric(name))?
+            .with_context(|| format!("{name} missing from /metrics"))
+    };
+    let bytes = metric("tollgate_archive_bytes")?;
+    let receipts = metric("tollgate_archive_receipts")?;
+    ensure!(receipts > 0.0, "the server reports an empty archive");
+    let rounds_f = f64::from(rounds);
+    Ok(ArchiveCost {
+        rounds,
+        with_archive_receipts_per_s: with_total / rounds_f,
+        without_archive_receipts_per_s: without_total / rounds_f,
+        ratio: with_total / without_total,
+        bytes_per_million_receipts: bytes / receipts * 1e6,
     })
 }
 
@@ -392,6 +480,17 @@ fn print_text(report: &Report) {
     }
     println!("receipts per fsync: {:.0}", report.receipts_per_fsync);
     println!("server peak RSS: {:.0} MiB", report.server_peak_rss_mib);
+    if let Some(archive) = &report.archive {
+        println!(
+            "receipt archive ({} rounds): {:.0} receipts/s with, {:.0} without = {:.3}; \
+             {:.0} MB per million receipts",
+            archive.rounds,
+            archive.with_archive_receipts_per_s,
+            archive.without_archive_receipts_per_s,
+            archive.ratio,
+            archive.bytes_per_million_receipts / 1e6
+        );
+    }
     if let Some(overload) = &report.overload {
         println!(
             "overload ({:.0} receipts/s offered on {} connections): {:.0} receipts/s acked, \

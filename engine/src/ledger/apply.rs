@@ -7,6 +7,7 @@ use crate::receipt::{ReceiptBatch, ReceiptView};
 use crate::store::{Cf, StoreError};
 use crate::verdict::{Reason, Verdict};
 
+use super::archive::archive_key;
 use super::error::{LedgerError, corrupt, invariant};
 use super::record::{
     BatchDigest, ChannelKey, ChannelState, OpenEpoch, PayeeState, PayerState, ProducerState,
@@ -235,6 +236,11 @@ impl Ledger {
         payee_entry.credited = sums.credited;
         payee_entry.unsealed = sums.payee_unsealed;
 
+        if self.archive {
+            // Its position among the epoch's accepted receipts is the count before it.
+            let key = archive_key(self.open.epoch, self.open.receipts);
+            self.group.batch.archive(&key, receipt.as_bytes());
+        }
         self.open.receipts = sums.open_receipts;
         self.open.amount = sums.open_amount;
         self.group.meta_dirty = true;

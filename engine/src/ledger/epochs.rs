@@ -65,6 +65,7 @@ impl Ledger {
                 self.move_settlement(update.epoch, Direction::Unsettle)?;
             }
             self.carry_into_open_epoch(update.epoch)?;
+            record.carried_into = Some(self.open.epoch);
         }
         record.status = update.status;
         record.root = update.root.or(record.root);

@@ -75,6 +75,14 @@ pub enum LedgerError {
         /// the payer
         payer: PayerKey,
     },
+    /// `prune_archive` asked to prune an epoch the ledger has not finished with.
+    #[error("cannot prune the archive through epoch {through}: {problem}")]
+    PruneRefused {
+        /// the epoch asked for
+        through: u64,
+        /// why not
+        problem: String,
+    },
     /// The ledger configuration is invalid or does not match the data directory.
     #[error("engine configuration: {problem}")]
     Config {
@@ -103,6 +111,7 @@ impl LedgerError {
                 | LedgerError::UnknownEpoch { .. }
                 | LedgerError::EpochTransition { .. }
                 | LedgerError::FundsOverflow { .. }
+                | LedgerError::PruneRefused { .. }
                 | LedgerError::Config { .. }
         )
     }

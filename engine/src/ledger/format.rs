@@ -1,6 +1,6 @@
 //! Whether a data directory is a ledger this build can run with this configuration, and how a new
-//! one is made: the format record written at creation (layout version and window size) and the
-//! checks made on every start.
+//! one is made: the format record written at creation (layout version, window size, whether
+//! receipts are archived) and the checks made on every start.
 
 use std::path::Path;
 
@@ -48,6 +48,7 @@ pub(crate) fn open_store(
     let format = FormatRecord {
         layout: LAYOUT_VERSION,
         window_nonces: config.window_nonces,
+        archive_receipts: config.archive_receipts,
     }
     .encode();
     Ok(Store::open(data_dir, |batch| {
@@ -55,15 +56,25 @@ pub(crate) fn open_store(
     })?)
 }
 
-/// Refuses a store whose format record is missing, of another layout, or of another window size
-/// than `config`'s (stored windows have that many words).
-pub(crate) fn check(store: &Store, config: &LedgerConfig) -> Result<(), LedgerError> {
+/// The format record of `store`.
+pub(crate) fn read(store: &Store) -> Result<FormatRecord, LedgerError> {
     let format_bytes = store
         .get(Cf::Meta, FORMAT_KEY)?
         .ok_or_else(|| LedgerError::Config {
             problem: "data dir has no format record".into(),
         })?;
-    let format = FormatRecord::decode(&format_bytes).map_err(corrupt(Cf::Meta))?;
+    Ok(FormatRecord::decode(&format_bytes).map_err(corrupt(Cf::Meta))?)
+}
+
+/// Refuses a store whose format record is missing, of another layout, or of another window size
+/// than `config`'s (stored windows have that many words); returns the record.
+///
+/// Whether receipts are archived is the directory's, not the configuration's: a directory made
+/// before the archive existed (or with it off) runs without one, with a warning when the
+/// configuration asks for it, rather than being refused, because the ledger it holds is whole
+/// and turning the archive on halfway would leave its open epoch unauditable anyway.
+pub(crate) fn check(store: &Store, config: &LedgerConfig) -> Result<FormatRecord, LedgerError> {
+    let format = read(store)?;
     if format.layout != LAYOUT_VERSION {
         return Err(LedgerError::Config {
             problem: format!(
@@ -84,5 +95,13 @@ pub(crate) fn check(store: &Store, config: &LedgerConfig) -> Result<(), LedgerEr
             ),
         });
     }
-    Ok(())
+    if format.archive_receipts != config.archive_receipts {
+        tracing::warn!(
+            data_dir = %store.path().display(),
+            archived = format.archive_receipts,
+            "archive_receipts is fixed when a data dir is created; this one keeps its setting \
+             (without the archive nobody can audit your epochs)"
+        );
+    }
+    Ok(format)
 }

@@ -15,6 +15,8 @@
 //! - `writer`: the writer thread: applies everything in arrival order, writes each group as one
 //!   synced `WriteBatch`, replies only after the write returned.
 //! - [`reader`]: reads from RocksDB snapshots; never blocks the writer.
+//! - [`archive`]: every accepted receipt as signed, by epoch, for auditors: written with its
+//!   group, read like the rest from snapshots, pruned by range.
 //!
 //! The ledger must never apply a receipt that was not verified, never count a (payer, payee,
 //! nonce) twice, never take a payer below zero available, and never reply before the write that
@@ -22,6 +24,7 @@
 
 mod account;
 mod apply;
+pub mod archive;
 mod cache;
 mod epochs;
 pub mod error;
@@ -37,6 +40,7 @@ mod tests;
 pub mod window;
 pub(crate) mod writer;
 
+pub use archive::{ArchiveDisk, ArchiveState, ArchivedReceipt};
 pub use error::LedgerError;
 pub use reader::{ChannelInfo, LedgerReader, PayeeBalance, PayerBalance};
 pub use record::{
@@ -83,6 +87,9 @@ pub struct LedgerConfig {
     /// Index keys a running seal adds to each group (one chunk): bounds both the writer's
     /// seal working set and what a seal adds to the ack latency of the receipts it rides with.
     pub seal_chunk_keys: usize,
+    /// Keep every accepted receipt, as signed, in the archive (see [`archive`]): without it
+    /// nobody can audit your epochs. Fixed when the data directory is created.
+    pub archive_receipts: bool,
 }
 
 impl Default for LedgerConfig {
@@ -97,6 +104,7 @@ impl Default for LedgerConfig {
             acks_kept_per_producer: 64,
             group_receipts_max: 16_384,
             seal_chunk_keys: 4_096,
+            archive_receipts: true,
         }
     }
 }

@@ -80,7 +80,7 @@ pub struct ChannelInfo {
 /// Read-only access to the ledger. Cheap to clone; safe from any thread.
 #[derive(Clone, Debug)]
 pub struct LedgerReader {
-    store: Arc<Store>,
+    pub(super) store: Arc<Store>,
 }
 
 fn channel_info(key: ChannelKey, bytes: &[u8]) -> Result<ChannelInfo, StoreError> {

@@ -164,6 +164,7 @@ impl Ledger {
             block: None,
             counts: sealing.counts,
             parts: Vec::new(),
+            carried_into: None,
         };
         self.group
             .batch

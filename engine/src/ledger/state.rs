@@ -16,9 +16,9 @@ use super::cache::Cache;
 use super::error::{LedgerError, corrupt};
 use super::format;
 use super::record::{
-    BatchDigest, ChannelState, EpochRecord, FUNDS_CURSOR_KEY, FundsCursor, HEAD_WITHDRAWALS_KEY,
-    HeadWithdrawals, OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey, ProducerState,
-    SEALING_EPOCH_KEY, SealingEpoch,
+    ARCHIVE_PRUNED_THROUGH_KEY, BatchDigest, ChannelState, EpochRecord, FUNDS_CURSOR_KEY,
+    FundsCursor, HEAD_WITHDRAWALS_KEY, HeadWithdrawals, OPEN_EPOCH_KEY, OpenEpoch, PayeeState,
+    PayerState, ProducerKey, ProducerState, SEALING_EPOCH_KEY, SealingEpoch, decode_epoch_number,
 };
 use super::{BatchAck, LedgerConfig};
 
@@ -84,12 +84,16 @@ pub(crate) struct Ledger {
     /// Requests past the cursor, refused spend already (see [`HeadWithdrawals`]).
     pub(super) head_withdrawals: HeadWithdrawals,
     pub(super) group: Group,
+    /// Accepted receipts go into the archive (fixed by the data directory's format record).
+    pub(super) archive: bool,
+    /// The highest epoch whose archive is pruned, as of the current group.
+    pub(super) archive_pruned_through: u64,
 }
 
 impl Ledger {
     /// Loads the ledger's metadata from an opened store and checks it matches `config`.
     pub(crate) fn open(store: Arc<Store>, config: LedgerConfig) -> Result<Self, LedgerError> {
-        format::check(&store, &config)?;
+        let archive = format::check(&store, &config)?.archive_receipts;
         let open = match store.get(Cf::Meta, OPEN_EPOCH_KEY)? {
             Some(bytes) => OpenEpoch::decode(&bytes).map_err(corrupt(Cf::Meta))?,
             None => OpenEpoch::default(),
@@ -107,6 +111,11 @@ impl Ledger {
             .map(|bytes| HeadWithdrawals::decode(&bytes).map_err(corrupt(Cf::Meta)))
             .transpose()?
             .unwrap_or_default();
+        let archive_pruned_through = store
+            .get(Cf::Meta, ARCHIVE_PRUNED_THROUGH_KEY)?
+            .map(|bytes| decode_epoch_number(&bytes).map_err(corrupt(Cf::Meta)))
+            .transpose()?
+            .unwrap_or_default();
         Ok(Self {
             channels: Cache::new(config.channels_cached_max),
             payers: Cache::new(config.accounts_cached_max),
@@ -120,6 +129,8 @@ impl Ledger {
             head_withdrawals,
             group: Group::default(),
             in_flight: None,
+            archive,
+            archive_pruned_through,
         })
     }
 

@@ -340,6 +340,15 @@ impl Engine {
         })
     }
 
+    /// Deletes the archived receipts of every epoch up to `through` and records it as pruned,
+    /// in one write. A `through` at or below what is pruned already changes nothing; one
+    /// reaching an epoch the ledger has not committed (or seen disputed) is refused
+    /// ([`LedgerError::PruneRefused`]). The caller decides what is final onchain: settle prunes
+    /// only epochs `isFinal` onchain, a retention period ago.
+    pub fn prune_archive(&self, through: u64) -> Result<DoneReceiver, SubmitError> {
+        self.control(|reply| WriterMsg::PruneArchive { through, reply })
+    }
+
     /// Snapshot reads that never block the writer.
     pub fn reader(&self) -> LedgerReader {
         LedgerReader::new(Arc::clone(&self.inner.store))

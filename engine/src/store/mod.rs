@@ -10,8 +10,10 @@
 //! without a RocksDB `CURRENT` file, a database missing one of our column families, a WAL whose
 //! complete records do not replay (a checksum mismatch, a missing closed WAL), or a directory
 //! created but never initialised. The one thing it tolerates is an incomplete last WAL record:
-//! see [`db_options`].
+//! see [`db_options`]. The one column family it adds to an existing directory is [`CF_ARCHIVE`],
+//! empty, to a directory made before it existed (whose format record says the archive is off).
 
+use crate::receipt::RECEIPT_BYTES;
 use crate::telemetry as names;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -45,6 +47,9 @@ pub const CF_OPEN_EPOCH: &str = "open_epoch";
 pub const CF_EPOCHS: &str = "epochs";
 /// Leaves, debits and credits of sealed epochs keyed by `epoch ‖ kind ‖ id`.
 pub const CF_EPOCH_ENTRIES: &str = "epoch_entries";
+/// Every accepted receipt as signed (176 bytes) keyed by `epoch ‖ index` (both u64 big-endian):
+/// see `ledger::archive`.
+pub const CF_ARCHIVE: &str = "archive";
 
 /// A column family of the ledger store.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -67,11 +72,13 @@ pub enum Cf {
     Epochs,
     /// [`CF_EPOCH_ENTRIES`]
     EpochEntries,
+    /// [`CF_ARCHIVE`]
+    Archive,
 }
 
 impl Cf {
     /// Every column family the store opens.
-    pub const ALL: [Cf; 9] = [
+    pub const ALL: [Cf; 10] = [
         Cf::Meta,
         Cf::Channels,
         Cf::PayeeChannels,
@@ -81,6 +88,7 @@ impl Cf {
         Cf::OpenEpoch,
         Cf::Epochs,
         Cf::EpochEntries,
+        Cf::Archive,
     ];
 
     /// The RocksDB name.
@@ -95,6 +103,7 @@ impl Cf {
             Cf::OpenEpoch => CF_OPEN_EPOCH,
             Cf::Epochs => CF_EPOCHS,
             Cf::EpochEntries => CF_EPOCH_ENTRIES,
+            Cf::Archive => CF_ARCHIVE,
         }
     }
 }
@@ -168,16 +177,34 @@ pub fn synced_write_options() -> WriteOptions {
     options
 }
 
+/// One operation of a [`StoreBatch`].
+enum Op {
+    Put(Cf, Vec<u8>, Vec<u8>),
+    Delete(Cf, Vec<u8>),
+    /// Deletes every key in `[from, to)`: one range tombstone however many keys it covers.
+    DeleteRange(Cf, Vec<u8>, Vec<u8>),
+}
+
+/// Bytes of one archive entry in [`StoreBatch`]: its key, then the receipt.
+const ARCHIVE_ENTRY_BYTES: usize = ARCHIVE_KEY_BYTES + RECEIPT_BYTES;
+/// Bytes of an archive key: `epoch ‖ index`, both u64 big-endian.
+pub const ARCHIVE_KEY_BYTES: usize = 16;
+
 /// A group of puts and deletes applied atomically by [`Store::write`].
 #[derive(Default)]
 pub struct StoreBatch {
-    ops: Vec<(Cf, Vec<u8>, Option<Vec<u8>>)>,
+    ops: Vec<Op>,
+    /// Archive puts packed as `key ‖ receipt`, one after the other: the hot path adds one per
+    /// accepted receipt, so it copies 192 bytes into a buffer that grows by doubling instead of
+    /// allocating a key and a value each.
+    archive: Vec<u8>,
 }
 
 impl std::fmt::Debug for StoreBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreBatch")
             .field("ops", &self.ops.len())
+            .field("archived", &(self.archive.len() / ARCHIVE_ENTRY_BYTES))
             .finish()
     }
 }
@@ -185,19 +212,28 @@ impl std::fmt::Debug for StoreBatch {
 impl StoreBatch {
     /// Sets `key` to `value`.
     pub fn put(&mut self, cf: Cf, key: impl Into<Vec<u8>>, value: Vec<u8>) {
-        self.ops.push((cf, key.into(), Some(value)));
+        self.ops.push(Op::Put(cf, key.into(), value));
     }
     /// Deletes `key`.
     pub fn delete(&mut self, cf: Cf, key: impl Into<Vec<u8>>) {
-        self.ops.push((cf, key.into(), None));
+        self.ops.push(Op::Delete(cf, key.into()));
+    }
+    /// Deletes every key from `from` (included) to `to` (excluded).
+    pub fn delete_range(&mut self, cf: Cf, from: Vec<u8>, to: Vec<u8>) {
+        self.ops.push(Op::DeleteRange(cf, from, to));
+    }
+    /// Puts `receipt` into [`Cf::Archive`] under `key`.
+    pub fn archive(&mut self, key: &[u8; ARCHIVE_KEY_BYTES], receipt: &[u8; RECEIPT_BYTES]) {
+        self.archive.extend_from_slice(key);
+        self.archive.extend_from_slice(receipt);
     }
     /// Number of operations.
     pub fn len(&self) -> usize {
-        self.ops.len()
+        self.ops.len() + self.archive.len() / ARCHIVE_ENTRY_BYTES
     }
     /// True when the batch holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.ops.is_empty() && self.archive.is_empty()
     }
 }
 
@@ -280,6 +316,35 @@ fn cf_options() -> Options {
     options
 }
 
+/// Memtable of the archive: it takes one 192-byte entry per accepted receipt, so a larger buffer
+/// means fewer, larger flushes (each one L0 file of whole epochs' consecutive keys).
+const ARCHIVE_WRITE_BUFFER_BYTES: usize = 64 << 20;
+/// Target size of archive files: a pruned epoch's files are dropped whole by compaction.
+const ARCHIVE_FILE_BYTES: u64 = 64 << 20;
+
+/// The archive's options: written once in key order, read in key order, deleted by range.
+/// No bloom filter (nothing reads a missing key), no compression (signatures and keys do not
+/// compress; LZ4 only costs CPU on the flush: measured in BENCHMARKS), a large write buffer.
+fn archive_options() -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_size(64 << 10);
+    let mut options = Options::default();
+    options.set_block_based_table_factory(&table);
+    options.set_compression_type(rocksdb::DBCompressionType::None);
+    options.set_write_buffer_size(ARCHIVE_WRITE_BUFFER_BYTES);
+    options.set_target_file_size_base(ARCHIVE_FILE_BYTES);
+    options
+}
+
+impl Cf {
+    fn options(self) -> Options {
+        match self {
+            Cf::Archive => archive_options(),
+            _ => cf_options(),
+        }
+    }
+}
+
 /// Database options, WAL recovery above all.
 ///
 /// Every acked write was fsynced whole (`sync = true`), so after a power cut the only damage an
@@ -331,15 +396,27 @@ impl Store {
                 source,
             })?;
         }
+        let open_error = |e: rocksdb::Error| StoreError::Open {
+            path: path.to_path_buf(),
+            message: e.into_string(),
+        };
+        // A directory made before the archive existed lacks only its family: opened without it,
+        // then given an empty one. Any other missing family is still refused by RocksDB.
+        let archive_missing = !fresh
+            && !DB::list_cf(&Options::default(), path)
+                .map_err(open_error)?
+                .iter()
+                .any(|name| name == CF_ARCHIVE);
         let descriptors = Cf::ALL
             .iter()
-            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options()));
+            .filter(|cf| !(archive_missing && **cf == Cf::Archive))
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf.options()));
         let options = db_options(fresh);
-        let db =
-            DB::open_cf_descriptors(&options, path, descriptors).map_err(|e| StoreError::Open {
-                path: path.to_path_buf(),
-                message: e.into_string(),
-            })?;
+        let mut db = DB::open_cf_descriptors(&options, path, descriptors).map_err(open_error)?;
+        if archive_missing {
+            db.create_cf(CF_ARCHIVE, &archive_options())
+                .map_err(open_error)?;
+        }
         let store = Store {
             db,
             path: path.to_path_buf(),
@@ -416,13 +493,23 @@ impl Store {
 
     fn write_with(&self, batch: StoreBatch, options: &WriteOptions) -> Result<(), StoreError> {
         let mut write_batch = WriteBatch::default();
-        for (cf, key, value) in batch.ops {
-            let Some(handle) = self.db.cf_handle(cf.name()) else {
-                return Err(self.poison(format!("column family {} is gone", cf.name())));
-            };
-            match value {
-                Some(value) => write_batch.put_cf(handle, key, value),
-                None => write_batch.delete_cf(handle, key),
+        let handle = |cf: Cf| {
+            self.db
+                .cf_handle(cf.name())
+                .ok_or_else(|| self.poison(format!("column family {} is gone", cf.name())))
+        };
+        for op in batch.ops {
+            match op {
+                Op::Put(cf, key, value) => write_batch.put_cf(handle(cf)?, key, value),
+                Op::Delete(cf, key) => write_batch.delete_cf(handle(cf)?, key),
+                Op::DeleteRange(cf, from, to) => write_batch.delete_range_cf(handle(cf)?, from, to),
+            }
+        }
+        if !batch.archive.is_empty() {
+            let archive = handle(Cf::Archive)?;
+            for entry in batch.archive.chunks_exact(ARCHIVE_ENTRY_BYTES) {
+                let (key, receipt) = entry.split_at(ARCHIVE_KEY_BYTES);
+                write_batch.put_cf(archive, key, receipt);
             }
         }
         self.db
@@ -480,6 +567,37 @@ impl Store {
     /// Whole sealed epochs read back since the store was opened.
     pub(crate) fn sealed_epochs_read(&self) -> u64 {
         self.sealed_epochs_read.load(Ordering::Relaxed)
+    }
+
+    /// Bytes the column family holds on disk and in memory: its SST files and its live
+    /// memtables (what is not flushed yet is in the WAL too, counted once here).
+    pub fn cf_bytes(&self, cf: Cf) -> Result<u64, StoreError> {
+        let handle = self.handle(cf)?;
+        let mut total = 0u64;
+        for property in [
+            rocksdb::properties::TOTAL_SST_FILES_SIZE,
+            rocksdb::properties::CUR_SIZE_ALL_MEM_TABLES,
+        ] {
+            let value = self
+                .db
+                .property_int_value_cf(handle, property)
+                .map_err(|e| StoreError::Read {
+                    cf: cf.name(),
+                    message: e.into_string(),
+                })?
+                .unwrap_or(0);
+            total = total.saturating_add(value);
+        }
+        Ok(total)
+    }
+
+    /// Compacts the keys of `cf` below `to`: after a range deletion, this is what gives the
+    /// space back (files wholly under the tombstone are dropped without being read). Blocks for
+    /// as long as the compaction runs, so never on the writer's threads.
+    pub fn compact_below(&self, cf: Cf, to: &[u8]) -> Result<(), StoreError> {
+        let handle = self.handle(cf)?;
+        self.db.compact_range_cf(handle, None::<&[u8]>, Some(to));
+        Ok(())
     }
 
     /// Reads the latest written value of `key`.

@@ -206,6 +206,14 @@ pub struct ServeOptions {
     /// directory is created) [default: 1024].
     #[arg(long, env = "TOLLGATE_WINDOW_NONCES")]
     pub window_nonces: Option<u32>,
+    /// Keep every accepted receipt, as signed, in the receipt archive: without it nobody can
+    /// audit your epochs. Fixed when the data directory is created [default: true].
+    #[arg(long, env = "TOLLGATE_ARCHIVE_RECEIPTS")]
+    pub archive_receipts: Option<bool>,
+    /// Epochs the archive keeps after an epoch is final onchain before pruning it
+    /// [default: 24].
+    #[arg(long, env = "TOLLGATE_ARCHIVE_RETENTION_EPOCHS")]
+    pub archive_retention_epochs: Option<u64>,
     /// Receipts timestamped further than this from the server clock are refused, in
     /// milliseconds [default: 300000].
     #[arg(long, env = "TOLLGATE_TIMESTAMP_SKEW_MS")]
@@ -330,6 +338,8 @@ impl ServeOptions {
             verify_threads: Some(verify.threads),
             verify_batch: Some(verify.batch_receipts_max),
             window_nonces: Some(ledger.window_nonces),
+            archive_receipts: Some(ledger.archive_receipts),
+            archive_retention_epochs: Some(epochs.archive_retention_epochs),
             timestamp_skew_ms: Some(ledger.timestamp_skew_ms),
             channels_cached_max: Some(ledger.channels_cached_max),
             frame_bytes_max: Some(server.frame_bytes_max),
@@ -438,6 +448,7 @@ impl ServeOptions {
                 UnknownPayersPolicy::Accept => UnknownPayers::Accept,
             },
             channels_cached_max: required(self.channels_cached_max, "channels_cached_max")?,
+            archive_receipts: required(self.archive_receipts, "archive_receipts")?,
             ..LedgerConfig::default()
         };
         // More producers than connections can never be live at once.
@@ -517,6 +528,10 @@ impl ServeOptions {
                     .checked_mul(1_000)
                     .context("epoch_secs: too large")?,
                 epoch_receipts_max: positive(self.epoch_receipts, "epoch_receipts")?,
+                archive_retention_epochs: required(
+                    self.archive_retention_epochs,
+                    "archive_retention_epochs",
+                )?,
                 ..EpochConfig::default()
             },
             submit: SubmitConfig {

@@ -62,10 +62,15 @@ pub struct EpochRecord {
     /// Every part known to have landed, by part number; a part sent again after a reorg keeps
     /// only its latest landing.
     pub parts: Vec<PartRecord>,
+    /// For a disputed epoch: the open epoch its amounts were carried into, whose leaves include
+    /// this epoch's channels (an auditor replays both). `None` for any other epoch, and for one
+    /// disputed before this was recorded.
+    pub carried_into: Option<u64>,
 }
 
-/// Version of [`EpochRecord`] records: 2 adds the entry counts and the parts.
-const EPOCH_RECORD_VERSION: u8 = 2;
+/// Version of [`EpochRecord`] records: 2 adds the entry counts and the parts, 3 the epoch a
+/// disputed one was carried into.
+const EPOCH_RECORD_VERSION: u8 = 3;
 
 /// Key of an epoch record.
 pub fn epoch_key(epoch: u64) -> [u8; 8] {
@@ -75,11 +80,11 @@ pub fn epoch_key(epoch: u64) -> [u8; 8] {
 impl EpochRecord {
     /// epoch, status, leaves, receipts, amount, option root, option tx hash, option block; from
     /// version 2, option counts (debits u64, credits u64) and the parts (count u32, then part
-    /// u16, tx hash, block u64 each).
+    /// u16, tx hash, block u64 each); from version 3, option carried_into u64.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = versioned_encoder(
             EPOCH_RECORD_VERSION,
-            8 + 1 + 16 + 16 + 33 + 33 + 9 + 17 + 4 + 42 * self.parts.len(),
+            8 + 1 + 16 + 16 + 33 + 33 + 9 + 17 + 4 + 42 * self.parts.len() + 9,
         );
         out.extend_from_slice(&self.epoch.to_le_bytes());
         out.push(self.status.code());
@@ -99,9 +104,13 @@ impl EpochRecord {
             out.extend_from_slice(&part.tx_hash);
             out.extend_from_slice(&part.block.to_le_bytes());
         }
+        put_option(&mut out, self.carried_into, |out, v| {
+            out.extend_from_slice(&v.to_le_bytes())
+        });
         out
     }
-    /// Inverse of [`EpochRecord::encode`]; reads version 1 too (without counts or parts).
+    /// Inverse of [`EpochRecord::encode`]; reads versions 1 (without counts or parts) and 2
+    /// (without carried_into) too.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let (mut d, version) = Decoder::versioned(bytes, "epoch", EPOCH_RECORD_VERSION)?;
         let epoch = d.u64()?;
@@ -119,6 +128,7 @@ impl EpochRecord {
             block: d.option(|d| d.u64())?,
             counts: None,
             parts: Vec::new(),
+            carried_into: None,
         };
         if version >= 2 {
             record.counts = d.option(EntryCounts::read)?;
@@ -139,6 +149,9 @@ impl EpochRecord {
                     })
                 })
                 .collect::<Result<_, DecodeError>>()?;
+        }
+        if version >= 3 {
+            record.carried_into = d.option(|d| d.u64())?;
         }
         d.finish()?;
         Ok(record)

@@ -28,6 +28,23 @@ impl Default for OpenEpoch {
 pub const OPEN_EPOCH_KEY: &[u8] = b"open_epoch";
 /// Metadata key of the funds cursor.
 pub const FUNDS_CURSOR_KEY: &[u8] = b"funds_cursor";
+/// Metadata key of the highest epoch whose archive was pruned (absent: none was).
+pub const ARCHIVE_PRUNED_THROUGH_KEY: &[u8] = b"archive_pruned_through";
+
+/// An epoch number as a record (u64).
+pub fn encode_epoch_number(epoch: u64) -> Vec<u8> {
+    let mut out = encoder(8);
+    out.extend_from_slice(&epoch.to_le_bytes());
+    out
+}
+
+/// Inverse of [`encode_epoch_number`].
+pub fn decode_epoch_number(bytes: &[u8]) -> Result<u64, DecodeError> {
+    let mut d = Decoder::new(bytes, "epoch number")?;
+    let epoch = d.u64()?;
+    d.finish()?;
+    Ok(epoch)
+}
 
 impl OpenEpoch {
     /// epoch u64, receipts u64, amount u128.

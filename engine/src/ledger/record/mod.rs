@@ -97,6 +97,13 @@ impl<'a> Decoder<'a> {
             ))),
         }
     }
+    fn flag(&mut self) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            flag => Err(DecodeError(format!("{}: bad flag {flag}", self.what))),
+        }
+    }
     /// A u128 appended to a record after its first layout: zero when the record ends before it
     /// (written before the field existed).
     fn appended_u128(&mut self) -> Result<u128, DecodeError> {
@@ -138,14 +145,18 @@ fn put_option<T>(out: &mut Vec<u8>, value: Option<T>, write: impl FnOnce(&mut Ve
     }
 }
 
-/// Format marker stored at creation: the layout version and the window size, which a later
-/// start must not change (stored windows have that many words).
+/// Format marker stored at creation: the layout version, the window size, which a later start
+/// must not change (stored windows have that many words), and whether accepted receipts are
+/// archived (an epoch half archived could not be audited).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct FormatRecord {
     /// Layout version of this data directory.
     pub layout: u32,
     /// Anti-replay window size the directory was created with.
     pub window_nonces: u32,
+    /// Every accepted receipt is kept in the archive. False in directories created before the
+    /// archive existed: their record ends before the flag.
+    pub archive_receipts: bool,
 }
 
 /// The layout this code writes. 2: producer sessions keyed by client id, a batch digest in each
@@ -154,12 +165,13 @@ pub struct FormatRecord {
 pub const LAYOUT_VERSION: u32 = 2;
 
 impl FormatRecord {
-    /// magic, layout u32, window_nonces u32.
+    /// magic, layout u32, window_nonces u32, archive_receipts u8 (0 or 1; appended later).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = encoder(16);
+        let mut out = encoder(17);
         out.extend_from_slice(b"tollgate");
         out.extend_from_slice(&self.layout.to_le_bytes());
         out.extend_from_slice(&self.window_nonces.to_le_bytes());
+        out.push(u8::from(self.archive_receipts));
         out
     }
     /// Inverse of [`FormatRecord::encode`].
@@ -168,12 +180,18 @@ impl FormatRecord {
         if &d.take::<8>()? != b"tollgate" {
             return Err(DecodeError("format: not a Tollgate ledger".into()));
         }
-        let record = Self {
-            layout: d.u32()?,
-            window_nonces: d.u32()?,
+        let layout = d.u32()?;
+        let window_nonces = d.u32()?;
+        let archive_receipts = match d.bytes.is_empty() {
+            true => false,
+            false => d.flag()?,
         };
         d.finish()?;
-        Ok(record)
+        Ok(Self {
+            layout,
+            window_nonces,
+            archive_receipts,
+        })
     }
 }
 

@@ -129,6 +129,7 @@ fn records_round_trip_and_refuse_trailing_or_short_bytes() {
                 block: 99,
             },
         ],
+        carried_into: Some(4),
     };
     let bytes = epoch.encode();
     assert_eq!(EpochRecord::decode(&bytes), Ok(epoch));
@@ -164,6 +165,7 @@ fn version_1_epoch_and_sealing_records_decode() {
             block: Some(9),
             counts: None,
             parts: Vec::new(),
+            carried_into: None,
         })
     );
 
@@ -180,6 +182,6 @@ fn version_1_epoch_and_sealing_records_decode() {
     assert_eq!((decoded.epoch, decoded.counts), (3, None));
 
     let mut unknown = EpochRecord::decode(&epoch).expect("decodes").encode();
-    unknown[0] = 3;
+    unknown[0] = 4;
     assert!(EpochRecord::decode(&unknown).is_err());
 }

@@ -2,6 +2,7 @@
 //! directory, signed receipts, deposits, and the small epochs the seal tests pay into.
 
 mod apply;
+mod archive;
 mod epochs;
 mod seal;
 

@@ -25,6 +25,7 @@ use crate::receipt::{PayerKey, ReceiptBatch};
 use crate::store::{Store, StoreBatch};
 use crate::verdict::Verdict;
 
+use super::archive::{ArchiveGauges, compact_pruned};
 use super::error::LedgerError;
 use super::record::{BatchDigest, HeadWithdrawals};
 use super::state::{Ledger, SessionId};
@@ -77,6 +78,8 @@ pub(crate) enum WriterMsg<E> {
         available: u128,
         reply: DoneSender<E>,
     },
+    /// Prune the archive of every epoch up to `through` (see `Ledger::prune_archive`).
+    PruneArchive { through: u64, reply: DoneSender<E> },
     /// Finish what is queued, write it, stop.
     Shutdown,
 }
@@ -86,6 +89,9 @@ enum Reply<E> {
     Done(DoneSender<E>, Result<(), LedgerError>),
     /// A finished seal: the epoch and where to read it back from.
     Sealed(SealSender<E>, Result<(u64, LedgerReader), LedgerError>),
+    /// After a prune's write: compact the archive below the end of this epoch (nothing if the
+    /// write failed).
+    CompactArchive(Option<(Arc<Store>, u64)>),
 }
 
 impl<E: AnswerError> Reply<E> {
@@ -97,6 +103,8 @@ impl<E: AnswerError> Reply<E> {
             Reply::Done(tx, result) => drop(tx.send(result.map_err(E::from))),
             Reply::Sealed(tx, Ok((epoch, reader))) => send_sealed(tx, epoch, reader),
             Reply::Sealed(tx, Err(error)) => drop(tx.send(Err(error.into()))),
+            Reply::CompactArchive(Some((store, through))) => compact_pruned(store, through),
+            Reply::CompactArchive(None) => {}
         }
     }
 
@@ -105,6 +113,7 @@ impl<E: AnswerError> Reply<E> {
             Reply::Ack(tx, Ok(_)) => Reply::Ack(tx, Err(error.clone_fatal())),
             Reply::Done(tx, Ok(())) => Reply::Done(tx, Err(error.clone_fatal())),
             Reply::Sealed(tx, Ok(_)) => Reply::Sealed(tx, Err(error.clone_fatal())),
+            Reply::CompactArchive(_) => Reply::CompactArchive(None),
             refused => refused,
         }
     }
@@ -208,6 +217,8 @@ struct Job<E> {
 /// returned. Running it beside the writer is what lets the next group be applied during the
 /// fsync.
 fn sync_loop<E: AnswerError>(store: Arc<Store>, jobs: Receiver<Job<E>>, done: Sender<()>) {
+    let mut gauges = ArchiveGauges::new(Arc::clone(&store));
+    gauges.refresh(true);
     for job in jobs {
         let writes = !job.batch.is_empty();
         let started = Instant::now();
@@ -218,7 +229,12 @@ fn sync_loop<E: AnswerError>(store: Arc<Store>, jobs: Receiver<Job<E>>, done: Se
             metrics::histogram!(names::LEDGER_WRITE_SECONDS).record(started.elapsed());
         }
         match result {
-            Ok(()) => job.replies.into_iter().for_each(Reply::send),
+            Ok(()) => {
+                job.replies.into_iter().for_each(Reply::send);
+                if writes {
+                    gauges.refresh(false);
+                }
+            }
             Err(error) => {
                 let error = LedgerError::from(error);
                 tracing::error!(%error, "ledger group write failed; refusing all further writes");
@@ -370,7 +386,8 @@ impl<E: AnswerError> Writer<E> {
                 WriterMsg::Funds { reply, .. }
                 | WriterMsg::HeadWithdrawals { reply, .. }
                 | WriterMsg::Record { reply, .. }
-                | WriterMsg::Shortfall { reply, .. } => drop(reply.send(Err(error))),
+                | WriterMsg::Shortfall { reply, .. }
+                | WriterMsg::PruneArchive { reply, .. } => drop(reply.send(Err(error))),
                 WriterMsg::Seal { reply } => drop(reply.send(Err(error))),
                 WriterMsg::Shutdown => {}
             }
@@ -421,6 +438,15 @@ impl<E: AnswerError> Writer<E> {
                 let result = self.ledger.record_shortfall(epoch, payer, available);
                 self.check_fatal(&result);
                 self.replies.push(Reply::Done(reply, result));
+            }
+            WriterMsg::PruneArchive { through, reply } => {
+                let result = self.ledger.prune_archive(through);
+                self.check_fatal(&result);
+                if let Ok(true) = result {
+                    self.replies
+                        .push(Reply::CompactArchive(Some((self.ledger.store(), through))));
+                }
+                self.replies.push(Reply::Done(reply, result.map(drop)));
             }
             WriterMsg::Seal { reply } => {
                 if self.ledger.sealing_epoch().is_some() {
