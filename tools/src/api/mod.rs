@@ -456,7 +456,7 @@ fn sealed_view(reader: &LedgerReader, record: &EpochRecord) -> Result<EpochView,
                 block: part.block,
             })
             .collect(),
-        carried_into: None,
+        carried_into: record.carried_into,
     })
 }
 

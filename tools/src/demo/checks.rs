@@ -16,7 +16,6 @@ use tollgate_load::cli::DomainArgs;
 use tollgate_load::population::{payee_address, payee_signer};
 use tollgate_query::model::EpochView;
 use tollgate_query::{QueryClient, QueryError};
-use tollgate_settle::DeployedAddresses;
 use tollgate_settle::chain::{
     ContractReader, DeployedAddresses, complete_withdrawal, dispute, read_provider,
     request_withdrawal, withdraw,
