@@ -179,6 +179,7 @@ pub async fn watch(
                 if dispute(&args.rpc_url, arbiter.clone(), contract, next).await? {
                     metrics::counter!(names::DISPUTES).increment(1);
                     watched.disputed.push(next);
+                    auditor.voided(next);
                     tracing::warn!(epoch = next, "disputed");
                 } else {
                     tracing::error!(
