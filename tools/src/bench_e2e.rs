@@ -303,18 +303,12 @@ fn archive_cost(
         with_total += with_rate;
         without_total += without_rate;
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    // The gauges are refreshed at most once a second after a write: let the last one land.
-    std::thread::sleep(Duration::from_millis(1_100));
-    let metric = |name: &str| {
-        runtime
-            .block_on(with.metric(name))?
-            .with_context(|| format!("{name} missing from /metrics"))
-    };
-    let bytes = metric("tollgate_archive_bytes")?;
-    let receipts = metric("tollgate_archive_receipts")?;
+    // The gauges are refreshed after a write at most once a second, both from one read: their
+    // ratio is right even when the last second of the run is not in them.
+    let [bytes, receipts] = metrics(
+        with,
+        ["tollgate_archive_bytes", "tollgate_archive_receipts"],
+    )?;
     ensure!(receipts > 0.0, "the server reports an empty archive");
     let rounds_f = f64::from(rounds);
     Ok(ArchiveCost {
@@ -430,18 +424,29 @@ fn run_load(
     Ok(summary)
 }
 
-/// Receipts received per ledger write so far, from the server's Prometheus text.
-fn receipts_per_fsync(server: &ServerProcess) -> anyhow::Result<f64> {
+/// The values of `names` in the server's Prometheus text.
+fn metrics<const N: usize>(server: &ServerProcess, names: [&str; N]) -> anyhow::Result<[f64; N]> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let metric = |name: &str| {
-        runtime
+    let mut values = [0.0; N];
+    for (value, name) in values.iter_mut().zip(names) {
+        *value = runtime
             .block_on(server.metric(name))?
-            .with_context(|| format!("{name} missing from /metrics"))
-    };
-    let receipts = metric("tollgate_ingest_receipts_received_total")?;
-    let writes = metric("tollgate_ledger_write_seconds_count")?;
+            .with_context(|| format!("{name} missing from /metrics"))?;
+    }
+    Ok(values)
+}
+
+/// Receipts received per ledger write so far, from the server's Prometheus text.
+fn receipts_per_fsync(server: &ServerProcess) -> anyhow::Result<f64> {
+    let [receipts, writes] = metrics(
+        server,
+        [
+            "tollgate_ingest_receipts_received_total",
+            "tollgate_ledger_write_seconds_count",
+        ],
+    )?;
     ensure!(writes > 0.0, "the server reports no ledger writes");
     Ok(receipts / writes)
 }

@@ -1,7 +1,8 @@
 //! Whether a verified batch's receipts are accepted, and what an accepted receipt changes: the
 //! producer session's ack (a re-send gets the same one), then per receipt the checks in their
 //! documented order (skew, unknown payer, anti-replay window, funds, overflow) and the channel,
-//! payer, payee and open-epoch totals, all computed before any of them changes.
+//! payer, payee and open-epoch totals, all computed before any of them changes, then the
+//! receipt's archive entry (see `archive`).
 
 use crate::receipt::{ReceiptBatch, ReceiptView};
 use crate::store::{Cf, StoreError};

@@ -33,6 +33,14 @@ fn bytes(receipts: &[&Receipt]) -> Vec<(u64, Vec<u8>)> {
         .collect()
 }
 
+/// One receipt of 10 from a funded payer, accepted and written.
+fn accept_one(ledger: &mut Ledger) {
+    let (key, _) = funded_payer(ledger, 4);
+    let batch = ReceiptBatch::from_receipts(&[receipt(&key, 10, 1)]);
+    ledger.apply_all(session(1), &batch).expect("apply");
+    ledger.commit().expect("commit");
+}
+
 /// A mixed batch: the accepted receipts are archived in the order judged, with consecutive
 /// indices, and no refused one (duplicate, overdraft, bad signature) is.
 #[test]
@@ -187,14 +195,7 @@ fn a_disabled_directory_stores_nothing() {
         ..LedgerConfig::default()
     };
     let mut ledger = open_ledger(dir.path(), off);
-    let (key, _) = funded_payer(&mut ledger, 4);
-    ledger
-        .apply_all(
-            session(1),
-            &ReceiptBatch::from_receipts(&[receipt(&key, 10, 1)]),
-        )
-        .expect("apply");
-    ledger.commit().expect("commit");
+    accept_one(&mut ledger);
     drop(ledger);
     let ledger = super::ledger(dir.path());
     let reader = reader(&ledger);
@@ -237,14 +238,7 @@ fn a_directory_from_before_the_archive_opens_without_one() {
             .expect("format");
     }
     let mut ledger = super::ledger(dir.path());
-    let (key, _) = funded_payer(&mut ledger, 4);
-    ledger
-        .apply_all(
-            session(1),
-            &ReceiptBatch::from_receipts(&[receipt(&key, 10, 1)]),
-        )
-        .expect("apply");
-    ledger.commit().expect("commit");
+    accept_one(&mut ledger);
     assert_eq!(
         reader(&ledger).archive_state(1).expect("state"),
         ArchiveState::Disabled
@@ -272,14 +266,7 @@ fn a_dispute_records_the_epoch_it_was_carried_into() {
 fn a_corrupted_archive_entry_is_reported_not_skipped() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut ledger = ledger(dir.path());
-    let (key, _) = funded_payer(&mut ledger, 4);
-    ledger
-        .apply_all(
-            session(1),
-            &ReceiptBatch::from_receipts(&[receipt(&key, 10, 1)]),
-        )
-        .expect("apply");
-    ledger.commit().expect("commit");
+    accept_one(&mut ledger);
     let mut batch = StoreBatch::default();
     let bad = archive_key(1, 1);
     batch.put(Cf::Archive, bad.to_vec(), vec![7; 10]);

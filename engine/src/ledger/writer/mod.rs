@@ -11,7 +11,10 @@
 //! poisoned, so nothing is written or acked again.
 //!
 //! Metrics: `tollgate_ledger_group_receipts` (receipts per fsync), `tollgate_ledger_write_seconds`,
-//! `tollgate_ledger_receipts_accepted_total`, `tollgate_ledger_receipts_rejected_total{reason}`.
+//! `tollgate_ledger_receipts_accepted_total`, `tollgate_ledger_receipts_rejected_total{reason}`;
+//! the archive gauges (`tollgate_archive_bytes`, `tollgate_archive_receipts`,
+//! `tollgate_archive_pruned_through`) are refreshed by the sync thread after a write, at most
+//! once a second.
 
 use crate::telemetry as names;
 use std::sync::Arc;
