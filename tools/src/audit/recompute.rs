@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use rayon::prelude::*;
 use serde::Serialize;
 use tollgate_engine::ledger::window::NonceWindow;
 use tollgate_engine::receipt::RECEIPT_BYTES;
@@ -363,7 +364,17 @@ impl Recompute {
     ) -> (EpochAmounts, HashMap<Channel, u128>) {
         let mut amounts = EpochAmounts::default();
         let mut moved: HashMap<Channel, u128> = HashMap::new();
-        for archived in &evidence.receipts {
+        // Each signature's verdict depends on nothing else: checked on every core, one receipt
+        // at a time under the single rule; the windows and sums below must go in archive order.
+        let verdicts: Vec<_> = evidence
+            .receipts
+            .par_iter()
+            .map(|archived| {
+                ReceiptView::parse(&archived.bytes)
+                    .map(|receipt| self.verifier.verify_one(&receipt))
+            })
+            .collect();
+        for (archived, verdict) in evidence.receipts.iter().zip(verdicts) {
             let receipt = match ReceiptView::parse(&archived.bytes) {
                 Ok(receipt) => receipt,
                 Err(error) => {
@@ -375,7 +386,7 @@ impl Recompute {
                     continue;
                 }
             };
-            if let Err(reason) = self.verifier.verify_one(&receipt) {
+            if let Ok(Err(reason)) = verdict {
                 findings.push(Finding::BadSignature {
                     epoch: archived.epoch,
                     index: archived.index,
