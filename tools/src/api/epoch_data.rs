@@ -29,7 +29,9 @@ use tollgate_query::model::{
 use tollgate_settle::merkle::StandardDump;
 
 use super::auth::{Caller, EpochDataView};
-use super::{ApiError, ApiState, parse_epoch, path_text, proof, read_ledger};
+use super::{
+    ApiError, ApiState, page_limit, parse_epoch, path_text, proof, query_params, read_ledger,
+};
 use crate::receipts_json::ReceiptLine;
 
 /// Why `epoch` has no tree or receipts yet, or `Ok` when it is sealed.
@@ -87,15 +89,8 @@ pub(super) async fn receipts(
     query: Result<Query<ReceiptsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let epoch = parse_epoch(&path_text(path)?)?;
-    let Query(query) = query.map_err(|rejection| ApiError::BadQuery {
-        problem: rejection.body_text(),
-    })?;
-    let limit = query.limit.unwrap_or(RECEIPTS_PAGE_DEFAULT);
-    if !(1..=RECEIPTS_PAGE_MAX).contains(&limit) {
-        return Err(ApiError::BadQuery {
-            problem: format!("limit must be 1 to {RECEIPTS_PAGE_MAX}, got {limit}"),
-        });
-    }
+    let query = query_params(query)?;
+    let limit = page_limit(query.limit, RECEIPTS_PAGE_DEFAULT, RECEIPTS_PAGE_MAX)?;
     let raw = headers
         .get(header::ACCEPT)
         .and_then(|accept| accept.to_str().ok())

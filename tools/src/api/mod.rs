@@ -256,6 +256,26 @@ fn path_text(path: Result<Path<String>, PathRejection>) -> Result<String, ApiErr
         })
 }
 
+fn query_params<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query
+        .map(|Query(query)| query)
+        .map_err(|rejection| ApiError::BadQuery {
+            problem: rejection.body_text(),
+        })
+}
+
+/// A `limit` parameter: `default` when absent, refused outside 1 to `max`.
+fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::BadQuery {
+            problem: format!("limit must be 1 to {max}, got {limit}"),
+        })
+    }
+}
+
 fn parse_payer(text: &str) -> Result<PayerKey, ApiError> {
     PayerKey::from_str(text).map_err(|e| ApiError::MalformedPayer {
         given: text.to_owned(),
@@ -469,15 +489,11 @@ async fn epochs(
     State(state): State<ApiState>,
     query: Result<Query<EpochsQuery>, QueryRejection>,
 ) -> Result<Json<EpochList>, ApiError> {
-    let Query(query) = query.map_err(|rejection| ApiError::BadQuery {
-        problem: rejection.body_text(),
-    })?;
-    let limit = query.limit.unwrap_or(EPOCHS_LIMIT_DEFAULT);
-    if !(1..=EPOCHS_LIMIT_MAX).contains(&limit) {
-        return Err(ApiError::BadQuery {
-            problem: format!("limit must be 1 to {EPOCHS_LIMIT_MAX}, got {limit}"),
-        });
-    }
+    let limit = page_limit(
+        query_params(query)?.limit,
+        EPOCHS_LIMIT_DEFAULT,
+        EPOCHS_LIMIT_MAX,
+    )?;
     let epochs = read_ledger(&state, move |reader| {
         let open = reader.open_epoch()?;
         // Sealed epochs are 1 ..= open - 1; the open one takes the first slot.

@@ -32,8 +32,8 @@ use tollgate_settle::merkle::{EpochTree, leaf_hash};
 
 use super::auth::Caller;
 use super::{
-    ApiError, ApiState, hex32, parse_address, parse_epoch, parse_payer, path_text, read_ledger,
-    status_view,
+    ApiError, ApiState, hex32, parse_address, parse_epoch, parse_payer, path_text, query_params,
+    read_ledger, status_view,
 };
 
 /// Epoch trees kept built by default. Two covers the epoch just committed and the one before,
@@ -224,9 +224,7 @@ pub(super) async fn proof(
     query: Result<Query<ProofQuery>, QueryRejection>,
 ) -> Result<Json<ProofView>, ApiError> {
     let epoch = parse_epoch(&path_text(path)?)?;
-    let Query(query) = query.map_err(|rejection| ApiError::BadQuery {
-        problem: rejection.body_text(),
-    })?;
+    let query = query_params(query)?;
     let payer = parse_payer(required(&query.payer, "payer")?)?;
     let payee = parse_address(required(&query.payee, "payee")?)?;
     caller.may_read_channel(&payer)?;
