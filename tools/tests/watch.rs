@@ -189,6 +189,23 @@ async fn the_watchtower_disputes_a_wrong_epoch_and_the_engine_commits_it_again_r
         audit_budget_secs: 5,
         metrics: "127.0.0.1:0".parse().unwrap(),
     };
+    // A window no longer than the audit budget plus a poll: the watchtower will not pretend.
+    let too_slow = WatchArgs {
+        audit_budget_secs: WINDOW_SECS,
+        ..args.clone()
+    };
+    let refused = watch(
+        &too_slow,
+        CancellationToken::new(),
+        tokio::sync::watch::channel(Watched::default()).0,
+    )
+    .await
+    .expect_err("a window too short for the audit");
+    assert!(
+        refused.to_string().contains("challenge window is 30 s"),
+        "{refused:#}"
+    );
+
     let shutdown = CancellationToken::new();
     let (progress, mut watched) = tokio::sync::watch::channel(Watched::default());
     let watching = tokio::spawn({
