@@ -226,7 +226,7 @@ impl Auditor {
             .map(|(disputed, _)| *disputed)
             .collect();
         for disputed in unplaced {
-            let record = self.source.epoch(disputed, None).await?.record;
+            let record = self.source.record(disputed).await?;
             self.note_dispute(disputed, &record);
         }
         let data = self.source.epoch(epoch, self.save.as_deref()).await?;

@@ -434,15 +434,19 @@ impl Recompute {
         deposits: &BTreeMap<PayerKey, u128>,
         findings: &mut Vec<Finding>,
     ) {
-        for payer in amounts.debits.keys() {
-            let spent = self
-                .latest
-                .iter()
-                .filter(|((owner, _), _)| owner == payer)
-                .try_fold(0u128, |total, (_, cumulative)| {
-                    total.checked_add(*cumulative)
-                });
-            let deposited = deposits.get(payer).copied().unwrap_or(0);
+        // One pass over every channel, not one per debited payer: all-time spend per payer.
+        let mut spent: BTreeMap<PayerKey, Option<u128>> = amounts
+            .debits
+            .keys()
+            .map(|payer| (*payer, Some(0)))
+            .collect();
+        for ((owner, _), cumulative) in &self.latest {
+            if let Some(total) = spent.get_mut(owner) {
+                *total = total.and_then(|total| total.checked_add(*cumulative));
+            }
+        }
+        for (payer, spent) in spent {
+            let deposited = deposits.get(&payer).copied().unwrap_or(0);
             match spent {
                 Some(spent) if spent <= deposited => {}
                 Some(spent) => findings.push(Finding::Overspent {

@@ -111,6 +111,14 @@ impl Source {
         }
     }
 
+    /// Epoch `epoch`'s record alone (what a dispute's `carried_into` is read from).
+    pub async fn record(&self, epoch: u64) -> anyhow::Result<EpochView> {
+        match self {
+            Self::Api(client) => Ok(client.epoch(epoch).await?),
+            Self::Dir(dir) => read_json(&file(dir, epoch, ".json")),
+        }
+    }
+
     /// Reads epoch `epoch`, also saving it under `save` when given.
     pub async fn epoch(&self, epoch: u64, save: Option<&Path>) -> anyhow::Result<EpochData> {
         let data = match self {
