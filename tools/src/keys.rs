@@ -26,6 +26,20 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether it names a file rather than holding the secret inline.
+    pub fn is_file(&self) -> bool {
+        Path::new(&self.0).is_file()
+    }
+
+    /// The secret: the file's contents, trimmed, when it names a file, else the text given.
+    pub fn read(&self) -> std::io::Result<String> {
+        if self.is_file() {
+            Ok(std::fs::read_to_string(&self.0)?.trim().to_owned())
+        } else {
+            Ok(self.0.clone())
+        }
+    }
 }
 
 impl std::fmt::Debug for Secret {

@@ -66,15 +66,9 @@ impl CallerArgs {
     /// The credentials these options describe; a payer signs for `domain`.
     pub fn credentials(&self, domain: Domain) -> Result<Credentials, QueryError> {
         if let Some(token) = &self.token {
-            let path = std::path::Path::new(token.expose());
-            let token = if path.is_file() {
-                std::fs::read_to_string(path)
-                    .map_err(|e| QueryError::Usage(format!("--token {}: {e}", path.display())))?
-                    .trim()
-                    .to_owned()
-            } else {
-                token.expose().to_owned()
-            };
+            let token = token
+                .read()
+                .map_err(|e| QueryError::Usage(format!("--token: reading its file: {e}")))?;
             return Ok(Credentials::Bearer(token));
         }
         let Some(key) = &self.payer_key else {

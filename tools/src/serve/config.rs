@@ -113,19 +113,11 @@ impl FromStr for ApiTokenOption {
 }
 
 impl ApiTokenOption {
-    fn token_is_file(&self) -> bool {
-        Path::new(self.token.expose()).is_file()
-    }
-
     fn resolve(&self) -> anyhow::Result<ApiToken> {
-        let secret = if self.token_is_file() {
-            std::fs::read_to_string(self.token.expose())
-                .with_context(|| format!("api token {:?}: reading its file", self.name))?
-                .trim()
-                .to_owned()
-        } else {
-            self.token.expose().to_owned()
-        };
+        let secret = self
+            .token
+            .read()
+            .with_context(|| format!("api token {:?}: reading its file", self.name))?;
         ApiToken::new(&self.name, self.scopes.clone(), &secret).map_err(anyhow::Error::msg)
     }
 }
@@ -395,22 +387,20 @@ impl ServeOptions {
     /// The options as a TOML file, secrets masked: what `--print-config` prints.
     pub fn to_masked_toml(&self) -> anyhow::Result<String> {
         let mut shown = self.clone();
-        if shown.operator_key.is_some() && !shown.operator_key_is_file() {
+        if shown
+            .operator_key
+            .as_ref()
+            .is_some_and(|key| !key.is_file())
+        {
             shown.operator_key = Some(MASK.into());
         }
         shown.rpc_url = shown.rpc_url.as_deref().map(mask_url);
         for token in shown.api_tokens.iter_mut().flatten() {
-            if !token.token_is_file() {
+            if !token.token.is_file() {
                 token.token = MASK.into();
             }
         }
         Ok(toml::to_string(&shown)?)
-    }
-
-    fn operator_key_is_file(&self) -> bool {
-        self.operator_key
-            .as_ref()
-            .is_some_and(|key| Path::new(key.expose()).is_file())
     }
 
     /// Checks every option and builds the configuration; an error names the key and the reason.
