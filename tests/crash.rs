@@ -135,6 +135,7 @@ fn signed_batches(domain: &Domain) -> Vec<Vec<Receipt>> {
                 nonce,
                 timestamp_ms: now_ms,
                 request_hash: *blake3::hash(&i.to_le_bytes()).as_bytes(),
+                session: false,
             }
             .sign(&keys[payer], domain)
         })

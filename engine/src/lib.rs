@@ -2,6 +2,8 @@
 //!
 //! - [`receipt`]: receipt v1, its fixed 176-byte layout, its signing bytes and the domain that binds
 //!   a signature to one chain and settlement contract.
+//! - [`grant`]: session capabilities: a payer's signed grant of bounded spending to a session
+//!   key, its revocation, and the rule a grant imposes on the session's receipts.
 //! - [`verdict`]: per-receipt verdicts and their stable reason codes.
 //! - [`pipeline`]: the [`pipeline::Engine`] handle ingest and settle use: bounded queues from
 //!   submission through signature verification to the ledger writer, acks after the fsync.
@@ -19,6 +21,7 @@
 //! It must never charge a payer for a receipt whose signature it has not checked, never count a
 //! receipt twice, and never acknowledge anything before it is durable.
 
+pub mod grant;
 pub mod ledger;
 pub mod pipeline;
 pub mod receipt;

@@ -5,9 +5,10 @@
 //!
 //! | offset | size | field |
 //! | ---: | ---: | --- |
-//! | 0 | 32 | payer: ed25519 public key |
+//! | 0 | 32 | payer: ed25519 public key (the signer: the payer's deposit key, or a session key) |
 //! | 32 | 20 | payee: EVM address |
-//! | 52 | 4 | reserved, must be zero |
+//! | 52 | 1 | flags: bit 0 set when the key at offset 0 is a session key; other bits zero |
+//! | 53 | 3 | reserved, must be zero |
 //! | 56 | 8 | amount (u64, smallest unit of the settlement token) |
 //! | 64 | 8 | nonce (u64) |
 //! | 72 | 8 | timestamp (u64, unix milliseconds) |
@@ -15,8 +16,16 @@
 //! | 112 | 64 | signature: ed25519 `R ‖ S` over the signing bytes |
 //!
 //! The signing bytes are `DOMAIN_TAG ‖ chain_id ‖ contract ‖ receipt[0..112]`: 159 bytes, fixed
-//! width. The reserved bytes are signed too, so a later version can give them meaning without a
-//! v1 signature ever covering a different reading of them.
+//! width. The flags and reserved bytes are signed too, so a later version can give them meaning
+//! without a signature ever covering a different reading of them.
+//!
+//! The session flag is that kind of later meaning (docs/PROTOCOL.md, "Session capabilities"): a
+//! receipt signed by a session key names the session key at offset 0 and says so in signed bytes,
+//! and the ledger charges it to the payer whose grant names that key. The flag rather than a
+//! lookup of every key: a payer's own receipts never pay for a grant lookup, a receipt meant for
+//! a session can be told it has no grant instead of being taken for an unknown payer, and no key
+//! is ever read two ways. Parsers from before the flag refuse such a receipt (its byte 52 is not
+//! zero), never misread it.
 //!
 //! A batch is a run of records back to back. [`ReceiptView`] reads a record in place (no copy out
 //! of the network buffer); [`Receipt`] is the owned form for tools and tests.
@@ -41,7 +50,10 @@ pub const SIGNING_BYTES: usize = DOMAIN_BYTES + RECEIPT_BODY_BYTES;
 
 const PAYER: std::ops::Range<usize> = 0..32;
 const PAYEE: std::ops::Range<usize> = 32..52;
-const RESERVED: std::ops::Range<usize> = 52..56;
+const FLAGS: usize = 52;
+const RESERVED: std::ops::Range<usize> = 53..56;
+/// Flag bit: the key at offset 0 is a session key (see [`crate::grant`]).
+pub const FLAG_SESSION: u8 = 0b1;
 const AMOUNT: std::ops::Range<usize> = 56..64;
 const NONCE: std::ops::Range<usize> = 64..72;
 const TIMESTAMP: std::ops::Range<usize> = 72..80;
@@ -146,7 +158,7 @@ pub enum ReceiptError {
     /// The slice is not exactly [`RECEIPT_BYTES`] long.
     #[error("a receipt is {RECEIPT_BYTES} bytes, got {0}")]
     Length(usize),
-    /// The reserved bytes at offset 52..56 are not zero.
+    /// The reserved bytes at offset 53..56, or an unassigned flag bit at offset 52, are not zero.
     #[error("reserved bytes are not zero")]
     ReservedNotZero,
 }
@@ -182,7 +194,7 @@ impl<'a> ReceiptView<'a> {
         let bytes: &'a [u8; RECEIPT_BYTES] = bytes
             .try_into()
             .map_err(|_| ReceiptError::Length(bytes.len()))?;
-        if bytes[RESERVED] != [0u8; 4] {
+        if bytes[RESERVED] != [0u8; 3] || bytes[FLAGS] & !FLAG_SESSION != 0 {
             return Err(ReceiptError::ReservedNotZero);
         }
         Ok(Self { bytes })
@@ -196,9 +208,14 @@ impl<'a> ReceiptView<'a> {
     pub fn body(&self) -> &'a [u8] {
         &self.bytes[..RECEIPT_BODY_BYTES]
     }
-    /// The payer's public key bytes.
+    /// The key at offset 0, which signed the receipt: the payer's deposit key, or a session key
+    /// when [`ReceiptView::is_session`].
     pub fn payer(&self) -> PayerKey {
         PayerKey(array(self.bytes, PAYER))
+    }
+    /// True when the key at offset 0 is a session key, charged through its grant.
+    pub fn is_session(&self) -> bool {
+        self.bytes[FLAGS] & FLAG_SESSION != 0
     }
     /// The payee's address.
     pub fn payee(&self) -> Address {
@@ -240,6 +257,7 @@ impl<'a> ReceiptView<'a> {
             nonce: self.nonce(),
             timestamp_ms: self.timestamp_ms(),
             request_hash: self.request_hash(),
+            session: self.is_session(),
             signature: self.signature(),
         }
     }
@@ -248,7 +266,7 @@ impl<'a> ReceiptView<'a> {
 /// The fields a payer signs. Sign with [`UnsignedReceipt::sign`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct UnsignedReceipt {
-    /// The payer's public key.
+    /// The signing key: the payer's deposit key, or a session key when `session`.
     pub payer: PayerKey,
     /// Who is paid.
     pub payee: Address,
@@ -260,6 +278,8 @@ pub struct UnsignedReceipt {
     pub timestamp_ms: u64,
     /// Opaque hash of the request paid for.
     pub request_hash: [u8; 32],
+    /// `payer` is a session key, charged to the payer whose grant names it.
+    pub session: bool,
 }
 
 impl UnsignedReceipt {
@@ -272,6 +292,9 @@ impl UnsignedReceipt {
         out[NONCE].copy_from_slice(&self.nonce.to_le_bytes());
         out[TIMESTAMP].copy_from_slice(&self.timestamp_ms.to_le_bytes());
         out[REQUEST_HASH].copy_from_slice(&self.request_hash);
+        if self.session {
+            out[FLAGS] = FLAG_SESSION;
+        }
         out
     }
 
@@ -299,6 +322,7 @@ impl UnsignedReceipt {
             nonce: self.nonce,
             timestamp_ms: self.timestamp_ms,
             request_hash: self.request_hash,
+            session: self.session,
             signature,
         }
     }
@@ -307,7 +331,7 @@ impl UnsignedReceipt {
 /// An owned receipt, signature included.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Receipt {
-    /// The payer's public key.
+    /// The signing key: the payer's deposit key, or a session key when `session`.
     pub payer: PayerKey,
     /// Who is paid.
     pub payee: Address,
@@ -319,6 +343,8 @@ pub struct Receipt {
     pub timestamp_ms: u64,
     /// Opaque hash of the request paid for.
     pub request_hash: [u8; 32],
+    /// `payer` is a session key, charged to the payer whose grant names it.
+    pub session: bool,
     /// `R ‖ S`.
     pub signature: [u8; SIGNATURE_BYTES],
 }
@@ -332,6 +358,7 @@ impl fmt::Debug for Receipt {
             .field("nonce", &self.nonce)
             .field("timestamp_ms", &self.timestamp_ms)
             .field("request_hash", &hex::encode(self.request_hash))
+            .field("session", &self.session)
             .field("signature", &hex::encode(self.signature))
             .finish()
     }
@@ -347,6 +374,7 @@ impl Receipt {
             nonce: self.nonce,
             timestamp_ms: self.timestamp_ms,
             request_hash: self.request_hash,
+            session: self.session,
         }
     }
 
@@ -453,6 +481,7 @@ mod tests {
             nonce: 7,
             timestamp_ms: 1_764_000_000_000,
             request_hash: [0x22; 32],
+            session: false,
         }
     }
 

@@ -30,11 +30,25 @@ pub enum Reason {
     Overflow = 9,
     /// The submitting client is not authorised to submit receipts for this payee.
     PayeeNotAllowed = 10,
+    /// Signed by a session key (the session flag is set) that no payer granted.
+    NoGrant = 11,
+    /// The session's grant does not hold yet at the receipt's time or at its acceptance.
+    GrantNotYetValid = 12,
+    /// The session's grant no longer holds at the receipt's time or at its acceptance.
+    GrantExpired = 13,
+    /// The payer revoked the session key before the receipt was accepted.
+    GrantRevoked = 14,
+    /// Accepting would take the session past its grant's cap.
+    OverGrantCap = 15,
+    /// Accepting would take the session past its grant's allowance for the period.
+    OverGrantAllowance = 16,
+    /// The payee is not in the session's grant.
+    PayeeNotInGrant = 17,
 }
 
 impl Reason {
     /// Every reason, in code order.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Malformed,
         Reason::BadSignature,
         Reason::BadPayerKey,
@@ -45,6 +59,13 @@ impl Reason {
         Reason::InsufficientFunds,
         Reason::Overflow,
         Reason::PayeeNotAllowed,
+        Reason::NoGrant,
+        Reason::GrantNotYetValid,
+        Reason::GrantExpired,
+        Reason::GrantRevoked,
+        Reason::OverGrantCap,
+        Reason::OverGrantAllowance,
+        Reason::PayeeNotInGrant,
     ];
 
     /// The stable wire code.
@@ -70,6 +91,13 @@ impl Reason {
             Reason::InsufficientFunds => "insufficient_funds",
             Reason::Overflow => "overflow",
             Reason::PayeeNotAllowed => "payee_not_allowed",
+            Reason::NoGrant => "no_grant",
+            Reason::GrantNotYetValid => "grant_not_yet_valid",
+            Reason::GrantExpired => "grant_expired",
+            Reason::GrantRevoked => "grant_revoked",
+            Reason::OverGrantCap => "over_grant_cap",
+            Reason::OverGrantAllowance => "over_grant_allowance",
+            Reason::PayeeNotInGrant => "payee_not_in_grant",
         }
     }
 
@@ -95,7 +123,7 @@ mod tests {
     #[test]
     fn codes_are_stable_and_round_trip() {
         // The numbers are part of the protocol: this list changes only by appending.
-        let expected: [(u8, &str); 10] = [
+        let expected: [(u8, &str); 17] = [
             (1, "malformed"),
             (2, "bad_signature"),
             (3, "bad_payer_key"),
@@ -106,6 +134,13 @@ mod tests {
             (8, "insufficient_funds"),
             (9, "overflow"),
             (10, "payee_not_allowed"),
+            (11, "no_grant"),
+            (12, "grant_not_yet_valid"),
+            (13, "grant_expired"),
+            (14, "grant_revoked"),
+            (15, "over_grant_cap"),
+            (16, "over_grant_allowance"),
+            (17, "payee_not_in_grant"),
         ];
         for (reason, (code, name)) in Reason::ALL.into_iter().zip(expected) {
             assert_eq!((reason.code(), reason.name()), (code, name));
@@ -113,6 +148,6 @@ mod tests {
             assert_eq!(Reason::from_name(name), Some(reason));
         }
         assert_eq!(Reason::from_code(0), None);
-        assert_eq!(Reason::from_code(11), None);
+        assert_eq!(Reason::from_code(18), None);
     }
 }

@@ -28,6 +28,7 @@
 //!     nonce: 1,
 //!     timestamp_ms: 1_764_000_000_000,
 //!     request_hash: [0; 32],
+//!     session: false,
 //! }
 //! .sign(&payer, &domain);
 //! let verdict = client.submit(receipt).await?.await?; // Ok(()) once durable, or Err(reason)

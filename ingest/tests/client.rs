@@ -31,6 +31,7 @@ fn receipt(nonce: u64, amount: u64) -> Receipt {
         nonce,
         timestamp_ms: 1,
         request_hash: [0; 32],
+        session: false,
     }
     .sign(&key, &domain())
 }

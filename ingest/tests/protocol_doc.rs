@@ -62,6 +62,7 @@ fn example_receipt(payer: PayerKey) -> UnsignedReceipt {
         nonce: 7,
         timestamp_ms: 1_764_000_000_000,
         request_hash: [0x22; 32],
+        session: false,
     }
 }
 

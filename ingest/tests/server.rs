@@ -52,6 +52,7 @@ fn receipt(nonce: u64, payee: Address) -> Receipt {
         nonce,
         timestamp_ms: now_ms(),
         request_hash: [0; 32],
+        session: false,
     }
     .sign(&key, &domain())
 }

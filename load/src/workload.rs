@@ -387,6 +387,7 @@ impl Planner {
             nonce,
             timestamp_ms: self.workload.timestamp_ms,
             request_hash: request_hash(&payer_key, &payee_address, nonce),
+            session: false,
         };
         if kind == Kind::Valid {
             if channel.last_accepted.is_none() {

@@ -109,6 +109,7 @@ fn signed(key: &SigningKey, payee: Address, amount: u64, nonce: u64, domain: &Do
         nonce,
         timestamp_ms: now_ms() + nonce,
         request_hash: [1; 32],
+        session: false,
     }
     .sign(key, domain)
 }

@@ -91,6 +91,7 @@ impl ReceiptLine {
             nonce: parse_u64("nonce", &self.nonce)?,
             timestamp_ms: parse_u64("timestamp_ms", &self.timestamp_ms)?,
             request_hash: parse_hex::<32>(&self.request_hash).context("request_hash")?,
+            session: false,
         })
     }
 

@@ -136,6 +136,7 @@ async fn submit(engine: &Engine, domain: &Domain, batch_seq: u64, paid: &[Paid])
                 nonce: p.nonce,
                 timestamp_ms: now_ms(),
                 request_hash: [7; 32],
+                session: false,
             }
             .sign(&key(p.payer), domain)
         })

@@ -96,6 +96,7 @@ async fn the_watchtower_disputes_a_wrong_epoch_and_the_engine_commits_it_again_r
             nonce,
             timestamp_ms: now_ms(),
             request_hash: [3; 32],
+            session: false,
         }
         .sign(key, &domain)
     })

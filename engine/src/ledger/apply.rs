@@ -1,8 +1,9 @@
 //! Whether a verified batch's receipts are accepted, and what an accepted receipt changes: the
 //! producer session's ack (a re-send gets the same one), then per receipt the checks in their
-//! documented order (skew, unknown payer, anti-replay window, funds, overflow) and the channel,
-//! payer, payee and open-epoch totals, all computed before any of them changes, then the
-//! receipt's archive entry (see `archive`).
+//! documented order (skew, for a session receipt its grant's admission, unknown payer,
+//! anti-replay window, for a session receipt its grant's cap and allowance, funds, overflow)
+//! and the channel, payer, payee, session and open-epoch totals, all computed before any of
+//! them changes, then the receipt's archive entry (see `archive`).
 
 use crate::receipt::{ReceiptBatch, ReceiptView};
 use crate::store::{Cf, StoreError};
@@ -12,7 +13,7 @@ use super::archive::archive_key;
 use super::error::{LedgerError, corrupt, invariant};
 use super::record::{
     BatchDigest, ChannelKey, ChannelState, OpenEpoch, PayeeState, PayerState, ProducerState,
-    ack_key, decode_ack, encode_ack,
+    SessionChannel, ack_key, decode_ack, encode_ack,
 };
 use super::state::{Ledger, SessionId};
 use super::{BatchAck, UnknownPayers};
@@ -146,8 +147,23 @@ impl Ledger {
         if receipt.timestamp_ms().abs_diff(now_ms) > self.config.timestamp_skew_ms {
             return Ok(Err(Reason::TimestampSkew));
         }
-        let payer = receipt.payer();
+        let signer = receipt.payer();
         let payee = receipt.payee();
+        // A session's receipt is charged to the payer whose grant admits it; its nonces live in
+        // the session's own window with the payee.
+        let session_window = receipt
+            .is_session()
+            .then_some(ChannelKey {
+                payer: signer,
+                payee,
+            });
+        let payer = match session_window {
+            None => signer,
+            Some(_) => match self.session_payer(receipt, now_ms)? {
+                Ok(payer) => payer,
+                Err(reason) => return Ok(Err(reason)),
+            },
+        };
         let key = ChannelKey { payer, payee };
         let nonce = receipt.nonce();
         let amount = u128::from(receipt.amount());
@@ -164,13 +180,36 @@ impl Ledger {
         let window_nonces = self.config.window_nonces;
         self.channels
             .load(&self.store, &key, || ChannelState::empty(window_nonces))?;
-        let channel = self
-            .channels
-            .get(&key)
-            .ok_or_else(|| invariant("channel not cached after load"))?;
-        if let Err(reason) = channel.window.check(nonce) {
+        let window = match &session_window {
+            None => {
+                &self
+                    .channels
+                    .get(&key)
+                    .ok_or_else(|| invariant("channel not cached after load"))?
+                    .window
+            }
+            Some(session_key) => {
+                self.session_channels.load(&self.store, session_key, || {
+                    SessionChannel(ChannelState::empty(window_nonces))
+                })?;
+                &self
+                    .session_channels
+                    .get(session_key)
+                    .ok_or_else(|| invariant("session window not cached after load"))?
+                    .0
+                    .window
+            }
+        };
+        if let Err(reason) = window.check(nonce) {
             return Ok(Err(reason));
         }
+        let grant_spend = match session_window {
+            None => None,
+            Some(_) => match self.session_charge(receipt)? {
+                Ok(spend) => Some(spend),
+                Err(reason) => return Ok(Err(reason)),
+            },
+        };
         let spendable = payer_state
             .available()
             .saturating_sub(self.head_withdrawals.of(&payer));
@@ -194,6 +233,10 @@ impl Ledger {
             unsealed: self.unsealed_after_cut(&payee_state, &payee),
             ..payee_state
         };
+        let channel = self
+            .channels
+            .get(&key)
+            .ok_or_else(|| invariant("channel not cached after load"))?;
         let Some(sums) = Sums::new(
             amount,
             channel,
@@ -203,6 +246,23 @@ impl Ledger {
             self.group.receipt_amount,
         ) else {
             return Ok(Err(Reason::Overflow));
+        };
+        let session_sums = match &session_window {
+            None => None,
+            Some(session_key) => {
+                let session = &self
+                    .session_channels
+                    .get(session_key)
+                    .ok_or_else(|| invariant("session window evicted inside a group"))?
+                    .0;
+                match (
+                    session.cumulative.checked_add(amount),
+                    session.receipts.checked_add(1),
+                ) {
+                    (Some(cumulative), Some(receipts)) => Some((*session_key, cumulative, receipts)),
+                    _ => return Ok(Err(Reason::Overflow)),
+                }
+            }
         };
         if sums.new_channel {
             self.group
@@ -219,7 +279,27 @@ impl Ledger {
         channel.cumulative = sums.cumulative;
         channel.receipts = sums.channel_receipts;
         channel.last_timestamp_ms = channel.last_timestamp_ms.max(receipt.timestamp_ms());
-        channel.window.insert(nonce);
+        match session_sums {
+            None => channel.window.insert(nonce),
+            Some((session_key, cumulative, receipts)) => {
+                let session = &mut self
+                    .session_channels
+                    .get_mut(&session_key)
+                    .ok_or_else(|| invariant("session window evicted inside a group"))?
+                    .0;
+                session.cumulative = cumulative;
+                session.receipts = receipts;
+                session.last_timestamp_ms =
+                    session.last_timestamp_ms.max(receipt.timestamp_ms());
+                session.window.insert(nonce);
+            }
+        }
+        if let Some(spend) = grant_spend {
+            self.grants
+                .get_mut(&signer)
+                .ok_or_else(|| invariant("grant evicted inside a group"))?
+                .spent = spend;
+        }
 
         let payer_entry = self
             .payers

@@ -80,6 +80,42 @@ impl<V: Cached> Cache<V> {
         Ok(())
     }
 
+    /// Makes sure `key` is in the cache if the store has it; false when it has not (nothing is
+    /// cached for an absent key: a later [`Cache::insert_new`] adds it).
+    pub(crate) fn load_existing(&mut self, store: &Store, key: &V::Key) -> Result<bool, StoreError> {
+        if let Some(slot) = self.map.get_mut(key) {
+            slot.referenced = true;
+            return Ok(true);
+        }
+        let Some(bytes) = store.get(V::CF, &V::key_bytes(key))? else {
+            return Ok(false);
+        };
+        let value = V::decode(&bytes).map_err(corrupt(V::CF))?;
+        self.map.insert(
+            *key,
+            Slot {
+                value,
+                dirty_base: None,
+                referenced: true,
+            },
+        );
+        Ok(true)
+    }
+
+    /// Adds a value for a key that neither the cache nor the store holds (the caller checked
+    /// with [`Cache::load_existing`]); it will be written with the group.
+    pub(crate) fn insert_new(&mut self, key: V::Key, value: V) {
+        self.map.insert(
+            key,
+            Slot {
+                value,
+                dirty_base: Some(0),
+                referenced: true,
+            },
+        );
+        self.dirty.push(key);
+    }
+
     /// Reads `key` through `read` without caching it: from the cache when held (it may be newer
     /// than the store), else from the store. For one-off reads, like a seal's, that would
     /// otherwise push hot entries out.

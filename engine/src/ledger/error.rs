@@ -75,6 +75,10 @@ pub enum LedgerError {
         /// the payer
         payer: PayerKey,
     },
+    /// A grant or revocation that does not fit what the ledger holds (see
+    /// [`crate::grant::GrantError`]): nothing changed.
+    #[error("grant refused: {0}")]
+    Grant(#[from] crate::grant::GrantError),
     /// `prune_archive` asked to prune an epoch the ledger has not finished with.
     #[error("cannot prune the archive through epoch {through}: {problem}")]
     PruneRefused {
@@ -112,6 +116,7 @@ impl LedgerError {
                 | LedgerError::EpochTransition { .. }
                 | LedgerError::FundsOverflow { .. }
                 | LedgerError::PruneRefused { .. }
+                | LedgerError::Grant(_)
                 | LedgerError::Config { .. }
         )
     }

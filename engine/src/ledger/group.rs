@@ -26,6 +26,8 @@ impl Ledger {
             && self.payers.is_clean()
             && self.payees.is_clean()
             && self.producers.is_clean()
+            && self.grants.is_clean()
+            && self.session_channels.is_clean()
     }
 
     /// Receipts applied since the last write.
@@ -72,6 +74,8 @@ impl Ledger {
             ("payees", self.payees.drain_dirty(&mut group.batch)),
         ];
         self.producers.drain_dirty(&mut group.batch);
+        self.grants.drain_dirty(&mut group.batch);
+        self.session_channels.drain_dirty(&mut group.batch);
         if group.sealing_dirty {
             match &self.sealing {
                 Some(sealing) => {
@@ -123,6 +127,8 @@ impl Ledger {
             self.payers.evict();
             self.payees.evict();
             self.producers.evict();
+            self.grants.evict();
+            self.session_channels.evict();
         }
     }
 

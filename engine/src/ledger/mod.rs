@@ -11,7 +11,8 @@
 //!   one file each: `apply` (receipts), `funds` (chain events), `seal` (cutting an epoch and
 //!   writing its entries in bounded chunks between receipt groups), `epochs` (settle's news about
 //!   a sealed epoch), `group` (what one group commit holds and what a group in flight answers),
-//!   `account` (what payers and payees share).
+//!   `account` (what payers and payees share), `grants` (session grants and revocations, and
+//!   which payer a session receipt is charged to).
 //! - `writer`: the writer thread: applies everything in arrival order, writes each group as one
 //!   synced `WriteBatch`, replies only after the write returned.
 //! - [`reader`]: reads from RocksDB snapshots; never blocks the writer.
@@ -30,6 +31,7 @@ mod epochs;
 pub mod error;
 pub(crate) mod format;
 mod funds;
+mod grants;
 mod group;
 pub mod reader;
 pub mod record;
@@ -44,7 +46,8 @@ pub use archive::{ArchiveDisk, ArchiveState, ArchivedReceipt};
 pub use error::LedgerError;
 pub use reader::{ChannelInfo, LedgerReader, PayeeBalance, PayerBalance};
 pub use record::{
-    EntryCounts, EpochRecord, FundsCursor, HeadWithdrawals, OpenEpoch, PartRecord, SealingEpoch,
+    EntryCounts, EpochRecord, FundsCursor, GrantRecord, HeadWithdrawals, OpenEpoch, PartRecord,
+    Position, SealingEpoch,
 };
 
 use crate::receipt::{Address, PayerKey};

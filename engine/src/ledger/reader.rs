@@ -16,7 +16,8 @@ use super::record::{
     ChannelKey, ChannelState, EntryKind, EpochRecord, FUNDS_CURSOR_KEY, FundsCursor,
     HEAD_WITHDRAWALS_KEY, HeadWithdrawals, OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState,
     ProducerKey, ProducerState, SEALING_EPOCH_KEY, SealingEpoch, address_from, decode_amount,
-    entry_key, entry_prefix, epoch_key, payer_from, producer_key,
+    GRANT_KEY_PREFIX, GrantRecord, entry_key, entry_prefix, epoch_key, grant_key, payer_from,
+    producer_key,
 };
 
 /// Entries read from RocksDB per scan when a whole epoch is read back: the transient copies
@@ -272,6 +273,34 @@ impl LedgerReader {
             Some(bytes) => OpenEpoch::decode(&bytes).map_err(corrupt(Cf::Meta)),
             None => Ok(OpenEpoch::default()),
         }
+    }
+
+    /// The grant held for a session key, with what the session spent and its revocation.
+    pub fn grant(&self, session: &PayerKey) -> Result<Option<GrantRecord>, StoreError> {
+        self.store
+            .get(Cf::Grants, &grant_key(session))?
+            .map(|bytes| GrantRecord::decode(&bytes).map_err(corrupt(Cf::Grants)))
+            .transpose()
+    }
+
+    /// Up to `limit` grants in session key order, after session key `after` when given.
+    pub fn grants(
+        &self,
+        after: Option<&PayerKey>,
+        limit: usize,
+    ) -> Result<Vec<GrantRecord>, StoreError> {
+        let after = after.map(grant_key);
+        self.store
+            .snapshot()
+            .scan(
+                Cf::Grants,
+                &[GRANT_KEY_PREFIX],
+                after.as_ref().map(|a| &a[..]),
+                limit,
+            )?
+            .into_iter()
+            .map(|(_, value)| GrantRecord::decode(&value).map_err(corrupt(Cf::Grants)))
+            .collect()
     }
 
     /// Up to `limit` sealed epochs in order, after epoch `after` when given.

@@ -17,8 +17,9 @@ use super::error::{LedgerError, corrupt};
 use super::format;
 use super::record::{
     ARCHIVE_PRUNED_THROUGH_KEY, BatchDigest, ChannelState, EpochRecord, FUNDS_CURSOR_KEY,
-    FundsCursor, HEAD_WITHDRAWALS_KEY, HeadWithdrawals, OPEN_EPOCH_KEY, OpenEpoch, PayeeState,
-    PayerState, ProducerKey, ProducerState, SEALING_EPOCH_KEY, SealingEpoch, decode_epoch_number,
+    FundsCursor, GrantRecord, HEAD_WITHDRAWALS_KEY, HeadWithdrawals, OPEN_EPOCH_KEY, OpenEpoch,
+    PayeeState, PayerState, Position, ProducerKey, ProducerState, SEALING_EPOCH_KEY, SealingEpoch,
+    SessionChannel, decode_epoch_number,
 };
 use super::{BatchAck, LedgerConfig};
 
@@ -77,6 +78,10 @@ pub(crate) struct Ledger {
     pub(super) payers: Cache<PayerState>,
     pub(super) payees: Cache<PayeeState>,
     pub(super) producers: Cache<ProducerState>,
+    /// Session grants by session key.
+    pub(super) grants: Cache<GrantRecord>,
+    /// Session anti-replay windows by (session key, payee).
+    pub(super) session_channels: Cache<SessionChannel>,
     pub(super) open: OpenEpoch,
     /// The epoch being sealed, if a seal is running (see [`Ledger::begin_seal`]).
     pub(super) sealing: Option<SealingEpoch>,
@@ -121,6 +126,8 @@ impl Ledger {
             payers: Cache::new(config.accounts_cached_max),
             payees: Cache::new(config.accounts_cached_max),
             producers: Cache::new(config.producers_cached_max),
+            grants: Cache::new(config.accounts_cached_max),
+            session_channels: Cache::new(config.channels_cached_max),
             store,
             config,
             open,
@@ -141,6 +148,14 @@ impl Ledger {
     /// Refuses every further write (see [`Store::poison`]).
     pub(crate) fn poison(&self, cause: String) {
         self.store.poison(cause);
+    }
+
+    /// Where the next accepted receipt goes in the order of accepted receipts.
+    pub(super) fn position(&self) -> Position {
+        Position {
+            epoch: self.open.epoch,
+            index: self.open.receipts,
+        }
     }
 
     /// The store the ledger writes to.

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! submit ──[queue_batches_max]──▶ verify thread ──[verified_batches_max]──▶ ledger writer ──▶ RocksDB
-//! funds / seal_epoch / record_epoch ──────[control_queue_max]──────────────▶ ledger writer
+//! funds / seal_epoch / record_epoch / grant / revoke ──[control_queue_max]──▶ ledger writer
 //! ```
 //! Both stages are single threads connected by bounded crossbeam channels, so batches reach the
 //! writer in submission order; the verify thread hands each batch to a [`BatchVerifier`], which
@@ -21,6 +21,7 @@ use crossbeam_channel::{Sender, TrySendError, bounded};
 use futures_channel::oneshot;
 use thiserror::Error;
 
+use crate::grant::{CheckedGrant, CheckedRevocation};
 use crate::ledger::error::invariant;
 use crate::ledger::format::{open_store, validate};
 use crate::ledger::record::{BatchDigest, batch_digest};
@@ -347,6 +348,21 @@ impl Engine {
     /// only epochs `isFinal` onchain, a retention period ago.
     pub fn prune_archive(&self, through: u64) -> Result<DoneReceiver, SubmitError> {
         self.control(|reply| WriterMsg::PruneArchive { through, reply })
+    }
+
+    /// Holds a session grant from the reply on: receipts of its session key are charged to its
+    /// payer within its terms. The grant was checked (signature, deployment, fields) when it
+    /// became a [`CheckedGrant`]; the ledger refuses one that does not fit what it holds
+    /// ([`LedgerError::Grant`]). Durable before the reply, like everything else.
+    pub fn grant(&self, grant: CheckedGrant) -> Result<DoneReceiver, SubmitError> {
+        self.control(|reply| WriterMsg::Grant { grant, reply })
+    }
+
+    /// Revokes a session key for good: every receipt the ledger applies after this is refused
+    /// as [`Reason::GrantRevoked`], and none of their acks leaves before the revocation is on
+    /// disk.
+    pub fn revoke(&self, revocation: CheckedRevocation) -> Result<DoneReceiver, SubmitError> {
+        self.control(|reply| WriterMsg::Revoke { revocation, reply })
     }
 
     /// Snapshot reads that never block the writer.

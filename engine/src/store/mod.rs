@@ -10,8 +10,9 @@
 //! without a RocksDB `CURRENT` file, a database missing one of our column families, a WAL whose
 //! complete records do not replay (a checksum mismatch, a missing closed WAL), or a directory
 //! created but never initialised. The one thing it tolerates is an incomplete last WAL record:
-//! see [`db_options`]. The one column family it adds to an existing directory is [`CF_ARCHIVE`],
-//! empty, to a directory made before it existed (whose format record says the archive is off).
+//! see [`db_options`]. The column families added after the first layout ([`CF_ARCHIVE`],
+//! [`CF_GRANTS`]) are created empty in a directory made before them (whose format record then
+//! says the archive is off; no grants is simply no grants).
 
 use crate::receipt::RECEIPT_BYTES;
 use crate::telemetry as names;
@@ -50,6 +51,9 @@ pub const CF_EPOCH_ENTRIES: &str = "epoch_entries";
 /// Every accepted receipt as signed (176 bytes) keyed by `epoch ‖ index` (both u64 big-endian):
 /// see `ledger::archive`.
 pub const CF_ARCHIVE: &str = "archive";
+/// Session grants keyed `'g' ‖ session key`, and session windows keyed
+/// `'w' ‖ session key ‖ payee`: see `ledger::record::grants`.
+pub const CF_GRANTS: &str = "grants";
 
 /// A column family of the ledger store.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -74,11 +78,13 @@ pub enum Cf {
     EpochEntries,
     /// [`CF_ARCHIVE`]
     Archive,
+    /// [`CF_GRANTS`]
+    Grants,
 }
 
 impl Cf {
     /// Every column family the store opens.
-    pub const ALL: [Cf; 10] = [
+    pub const ALL: [Cf; 11] = [
         Cf::Meta,
         Cf::Channels,
         Cf::PayeeChannels,
@@ -89,7 +95,11 @@ impl Cf {
         Cf::Epochs,
         Cf::EpochEntries,
         Cf::Archive,
+        Cf::Grants,
     ];
+
+    /// Families added after the first layout: created empty in a directory made before them.
+    const ADDED_LATER: [Cf; 2] = [Cf::Archive, Cf::Grants];
 
     /// The RocksDB name.
     pub fn name(self) -> &'static str {
@@ -104,6 +114,7 @@ impl Cf {
             Cf::Epochs => CF_EPOCHS,
             Cf::EpochEntries => CF_EPOCH_ENTRIES,
             Cf::Archive => CF_ARCHIVE,
+            Cf::Grants => CF_GRANTS,
         }
     }
 }
@@ -402,22 +413,25 @@ impl Store {
             path: path.to_path_buf(),
             message: e.into_string(),
         };
-        // A directory made before the archive existed lacks only its family: opened without it,
+        // A directory made before a family existed lacks only that family: opened without it,
         // then given an empty one. Any other missing family is still refused by RocksDB.
-        let archive_missing = !fresh
-            && !DB::list_cf(&Options::default(), path)
-                .map_err(open_error)?
-                .iter()
-                .any(|name| name == CF_ARCHIVE);
+        let missing: Vec<Cf> = if fresh {
+            Vec::new()
+        } else {
+            let present = DB::list_cf(&Options::default(), path).map_err(open_error)?;
+            Cf::ADDED_LATER
+                .into_iter()
+                .filter(|cf| !present.iter().any(|name| name == cf.name()))
+                .collect()
+        };
         let descriptors = Cf::ALL
             .iter()
-            .filter(|cf| !(archive_missing && **cf == Cf::Archive))
+            .filter(|cf| !missing.contains(cf))
             .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf.options()));
         let options = db_options(fresh);
         let mut db = DB::open_cf_descriptors(&options, path, descriptors).map_err(open_error)?;
-        if archive_missing {
-            db.create_cf(CF_ARCHIVE, &archive_options())
-                .map_err(open_error)?;
+        for cf in missing {
+            db.create_cf(cf.name(), &cf.options()).map_err(open_error)?;
         }
         let store = Store {
             db,

@@ -31,7 +31,7 @@ use crate::receipt::{DOMAIN_BYTES, Domain, ReceiptView};
 use crate::verdict::{Reason, Verdict};
 use batch::{Candidate, Equations};
 use key_cache::KeyCache;
-use rule::{CheckedKey, Signed, equation_holds, prepare};
+use rule::{CheckedKey, Signed, check_key, equation_holds, prepare};
 
 /// Receipts per batch equation unless configured otherwise. Measured (docs/BENCHMARKS.md):
 /// past a few hundred receipts the multiscalar multiplication gains little per receipt, while
@@ -121,6 +121,29 @@ impl Signed for ReceiptView<'_> {
     }
 }
 
+impl SignedMessage<'_> {
+    /// The single path without a key cache, for records checked once each (grants,
+    /// revocations): `Ok(())`, or `Err(BadPayerKey)` / `Err(BadSignature)`.
+    pub fn verify(&self) -> Verdict {
+        verify_under(self, &check_key(&self.public_key)?, &[])
+    }
+}
+
+/// The key check of the acceptance rule alone: canonical, on the curve, prime order.
+pub fn check_public_key(bytes: &[u8; 32]) -> Result<(), Reason> {
+    check_key(bytes).map(drop)
+}
+
+/// The per-signature checks and the single equation under a checked key.
+fn verify_under<T: Signed>(item: &T, key: &CheckedKey, separator: &[u8]) -> Verdict {
+    let prepared = prepare(item, separator)?;
+    if equation_holds(&prepared, key) {
+        Ok(())
+    } else {
+        Err(Reason::BadSignature)
+    }
+}
+
 /// Verifies receipts of one domain. Cheap to clone: clones share one key cache.
 #[derive(Clone, Debug)]
 pub struct Verifier {
@@ -184,13 +207,7 @@ impl Verifier {
     }
 
     fn single<T: Signed>(&self, item: &T, separator: &[u8]) -> Verdict {
-        let key = self.inner.keys.get_or_check(&item.public_key())?;
-        let prepared = prepare(item, separator)?;
-        if equation_holds(&prepared, &key) {
-            Ok(())
-        } else {
-            Err(Reason::BadSignature)
-        }
+        verify_under(item, &self.inner.keys.get_or_check(&item.public_key())?, separator)
     }
 
     /// One chunk: the same checks as `single`, in the same order, then one batch equation for

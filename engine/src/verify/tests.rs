@@ -15,6 +15,7 @@ fn records(count: usize, payers: u8) -> Vec<[u8; RECEIPT_BYTES]> {
                 nonce: n as u64,
                 timestamp_ms: 0,
                 request_hash: [0; 32],
+                session: false,
             }
             .sign(&key, &domain)
             .to_bytes()

@@ -69,6 +69,7 @@ pub fn receipt_at(
         nonce,
         timestamp_ms,
         request_hash: [7; 32],
+        session: false,
     }
     .sign(key, &DOMAIN)
 }

@@ -31,6 +31,7 @@ fn unsigned(payer: [u8; 32], nonce: u64, rng: &mut StdRng) -> UnsignedReceipt {
         nonce,
         timestamp_ms: 1_764_000_000_000 + nonce,
         request_hash: rng.random(),
+        session: false,
     }
 }
 

@@ -670,6 +670,7 @@ mod tests {
             nonce,
             timestamp_ms: 1_800_000_000_000,
             request_hash: [9; 32],
+            session: false,
         }
         .sign(&key(seed), domain)
         .to_bytes()

@@ -88,6 +88,7 @@ impl Workload {
                     nonce: n as u64,
                     timestamp_ms: 1_764_000_000_000 + n as u64,
                     request_hash: *blake3::hash(&(n as u64).to_le_bytes()).as_bytes(),
+                    session: false,
                 };
                 Ok(unsigned.sign(key, &domain).to_bytes())
             })

@@ -7,11 +7,12 @@
 //! One file per family of records: `accounts` (channels, payers, payees), `sessions` (producer
 //! sessions and their acks), `meta` (the open and sealing epochs, the funds cursor, the
 //! withdrawal requests at the chain's head), `epochs` (sealed epochs, their entries and the
-//! open-epoch index). This file holds what they share: the version byte, the field decoder and
+//! open-epoch index), `grants` (session grants and their windows). This file holds what they share: the version byte, the field decoder and
 //! encoders, and the format record that fixes the layout of a data directory.
 
 mod accounts;
 mod epochs;
+mod grants;
 mod meta;
 mod sessions;
 #[cfg(test)]
@@ -19,6 +20,7 @@ mod tests;
 
 pub use accounts::*;
 pub use epochs::*;
+pub use grants::*;
 pub use meta::*;
 pub use sessions::*;
 

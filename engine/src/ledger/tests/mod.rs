@@ -53,6 +53,7 @@ pub(super) fn receipt(key: &SigningKey, amount: u64, nonce: u64) -> Receipt {
         nonce,
         timestamp_ms: 1_000,
         request_hash: [0; 32],
+        session: false,
     }
     .sign(key, &Domain::default())
 }

@@ -24,6 +24,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, bounded};
 use futures_channel::oneshot;
 
+use crate::grant::{CheckedGrant, CheckedRevocation};
 use crate::receipt::{PayerKey, ReceiptBatch};
 use crate::store::{Store, StoreBatch};
 use crate::verdict::Verdict;
@@ -83,6 +84,16 @@ pub(crate) enum WriterMsg<E> {
     },
     /// Prune the archive of every epoch up to `through` (see `Ledger::prune_archive`).
     PruneArchive { through: u64, reply: DoneSender<E> },
+    /// Hold a session grant from now on.
+    Grant {
+        grant: CheckedGrant,
+        reply: DoneSender<E>,
+    },
+    /// Revoke a session key from now on.
+    Revoke {
+        revocation: CheckedRevocation,
+        reply: DoneSender<E>,
+    },
     /// Finish what is queued, write it, stop.
     Shutdown,
 }
@@ -390,7 +401,9 @@ impl<E: AnswerError> Writer<E> {
                 | WriterMsg::HeadWithdrawals { reply, .. }
                 | WriterMsg::Record { reply, .. }
                 | WriterMsg::Shortfall { reply, .. }
-                | WriterMsg::PruneArchive { reply, .. } => drop(reply.send(Err(error))),
+                | WriterMsg::PruneArchive { reply, .. }
+                | WriterMsg::Grant { reply, .. }
+                | WriterMsg::Revoke { reply, .. } => drop(reply.send(Err(error))),
                 WriterMsg::Seal { reply } => drop(reply.send(Err(error))),
                 WriterMsg::Shutdown => {}
             }
@@ -450,6 +463,16 @@ impl<E: AnswerError> Writer<E> {
                         .push(Reply::CompactArchive(Some((self.ledger.store(), through))));
                 }
                 self.replies.push(Reply::Done(reply, result.map(drop)));
+            }
+            WriterMsg::Grant { grant, reply } => {
+                let result = self.ledger.register_grant(&grant);
+                self.check_fatal(&result);
+                self.replies.push(Reply::Done(reply, result));
+            }
+            WriterMsg::Revoke { revocation, reply } => {
+                let result = self.ledger.revoke_grant(&revocation);
+                self.check_fatal(&result);
+                self.replies.push(Reply::Done(reply, result));
             }
             WriterMsg::Seal { reply } => {
                 if self.ledger.sealing_epoch().is_some() {

@@ -39,6 +39,7 @@ fn resend_answered_from_a_group_whose_write_fails_is_not_acked() {
         nonce: 1,
         timestamp_ms: now_ms(),
         request_hash: [0; 32],
+        session: false,
     }
     .sign(&key, &Domain::default());
     let receipts = ReceiptBatch::from_receipts(&[receipt]);

@@ -1,0 +1,130 @@
+//! Session grants in the ledger: holding a checked grant, revoking a session key, and finding
+//! the payer a session receipt is charged to. Each takes effect at its place in the writer's
+//! order: a receipt applied after a revocation (in the same group or later) is refused, and
+//! the revocation is on disk before that receipt's ack leaves.
+
+use crate::grant::{CheckedGrant, CheckedRevocation, GrantError, GrantSpend};
+use crate::receipt::{PayerKey, ReceiptView};
+use crate::verdict::Reason;
+
+use super::error::{LedgerError, invariant};
+use super::record::{GrantRecord, PayerState};
+use super::state::Ledger;
+
+impl Ledger {
+    /// Holds a checked grant from now on. The identical grant again changes nothing (a fleet
+    /// registers the grant its client presents, as often as it is presented). Refused: a
+    /// session key that already holds another grant, is revoked, or is a payer's deposit key,
+    /// and a payer key that is itself a session key.
+    pub(crate) fn register_grant(&mut self, grant: &CheckedGrant) -> Result<(), LedgerError> {
+        let signed = grant.signed();
+        let session = signed.grant.session;
+        let payer = signed.grant.payer;
+        if self.grants.load_existing(&self.store, &session)? {
+            let held = self
+                .grants
+                .get(&session)
+                .ok_or_else(|| invariant("grant not cached after load"))?;
+            return match () {
+                _ if held.grant.grant.payer != payer => {
+                    Err(GrantError::GrantedByAnotherPayer { session }.into())
+                }
+                _ if held.revoked.is_some() => Err(GrantError::Revoked(session).into()),
+                _ if held.grant == *signed => Ok(()),
+                _ => Err(GrantError::AlreadyGranted {
+                    session,
+                    nonce: held.grant.grant.nonce,
+                }
+                .into()),
+            };
+        }
+        let session_deposited = self
+            .payers
+            .peek(&self.store, &session, |state: &PayerState| state.deposited)?
+            .unwrap_or(0);
+        if session_deposited > 0 {
+            return Err(GrantError::SessionKeyIsPayer(session).into());
+        }
+        if self.grants.load_existing(&self.store, &payer)? {
+            return Err(GrantError::PayerIsSessionKey(payer).into());
+        }
+        let record = GrantRecord {
+            grant: signed.clone(),
+            granted_at: self.position(),
+            spent: GrantSpend::default(),
+            revoked: None,
+        };
+        self.grants.insert_new(session, record);
+        Ok(())
+    }
+
+    /// Revokes a session key for good, from now on. A second revocation changes nothing (the
+    /// first one's moment stands). Refused: no grant for the key, or one from another payer.
+    pub(crate) fn revoke_grant(
+        &mut self,
+        revocation: &CheckedRevocation,
+    ) -> Result<(), LedgerError> {
+        let signed = revocation.signed();
+        let session = signed.revocation.session;
+        if !self.grants.load_existing(&self.store, &session)? {
+            return Err(GrantError::NoGrant(session).into());
+        }
+        let held = self
+            .grants
+            .get(&session)
+            .ok_or_else(|| invariant("grant not cached after load"))?;
+        if held.grant.grant.payer != signed.revocation.payer {
+            return Err(GrantError::NotTheGranter(session).into());
+        }
+        if held.revoked.is_some() {
+            return Ok(());
+        }
+        let position = self.position();
+        self.grants
+            .get_mut(&session)
+            .ok_or_else(|| invariant("grant evicted inside a group"))?
+            .revoked = Some((*signed, position));
+        Ok(())
+    }
+
+    /// For a receipt with the session flag: the payer whose grant admits it, or why none does
+    /// (no grant, revoked, outside the validity at its time or now, payee out of scope). The
+    /// grant stays cached for the rest of the receipt's checks.
+    pub(super) fn session_payer(
+        &mut self,
+        receipt: &ReceiptView<'_>,
+        now_ms: u64,
+    ) -> Result<Result<PayerKey, Reason>, LedgerError> {
+        let session = receipt.payer();
+        if !self.grants.load_existing(&self.store, &session)? {
+            return Ok(Err(Reason::NoGrant));
+        }
+        let held = self
+            .grants
+            .get(&session)
+            .ok_or_else(|| invariant("grant not cached after load"))?;
+        if held.revoked.is_some() {
+            return Ok(Err(Reason::GrantRevoked));
+        }
+        let grant = &held.grant.grant;
+        Ok(grant
+            .admits(&receipt.payee(), receipt.timestamp_ms(), now_ms)
+            .map(|()| grant.payer))
+    }
+
+    /// What the session will have spent with `receipt` accepted, or why its grant's cap or
+    /// allowance refuses it. The grant was loaded by [`Ledger::session_payer`].
+    pub(super) fn session_charge(
+        &self,
+        receipt: &ReceiptView<'_>,
+    ) -> Result<Result<GrantSpend, Reason>, LedgerError> {
+        let held = self
+            .grants
+            .get(&receipt.payer())
+            .ok_or_else(|| invariant("grant not cached after session_payer"))?;
+        Ok(held
+            .grant
+            .grant
+            .charge(&held.spent, receipt.amount(), receipt.timestamp_ms()))
+    }
+}

@@ -1,0 +1,149 @@
+//! Session grants as the ledger holds them, and each session's anti-replay windows.
+
+use super::*;
+use crate::grant::{GRANT_BYTES, GrantSpend, REVOCATION_BYTES, SignedGrant, SignedRevocation};
+
+/// Where in the order of accepted receipts something took effect: the open epoch and how many
+/// receipts it had accepted (the archive index the next one gets). A receipt archived at a
+/// position before it was judged without it; one at or after it, with it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Default)]
+pub struct Position {
+    /// The open epoch.
+    pub epoch: u64,
+    /// Receipts it had accepted.
+    pub index: u64,
+}
+
+/// A session key's grant, what the session spent under it, and its revocation if any. Keyed by
+/// the session key: one grant per session key for its lifetime.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct GrantRecord {
+    /// The grant as the payer signed it (checked before it was stored).
+    pub grant: SignedGrant,
+    /// When it took effect.
+    pub granted_at: Position,
+    /// What the session has spent.
+    pub spent: GrantSpend,
+    /// The payer's revocation and when it took effect.
+    pub revoked: Option<(SignedRevocation, Position)>,
+}
+
+/// Key of a grant record: `'g' ‖ session key`.
+pub fn grant_key(session: &PayerKey) -> [u8; 33] {
+    let mut out = [0u8; 33];
+    out[0] = b'g';
+    out[1..].copy_from_slice(&session.0);
+    out
+}
+
+/// The prefix every grant key starts with.
+pub const GRANT_KEY_PREFIX: u8 = b'g';
+
+fn put_position(out: &mut Vec<u8>, position: &Position) {
+    out.extend_from_slice(&position.epoch.to_le_bytes());
+    out.extend_from_slice(&position.index.to_le_bytes());
+}
+
+impl Decoder<'_> {
+    fn position(&mut self) -> Result<Position, DecodeError> {
+        Ok(Position {
+            epoch: self.u64()?,
+            index: self.u64()?,
+        })
+    }
+}
+
+impl GrantRecord {
+    /// grant (288 bytes), granted_at (epoch u64, index u64), spent (total u128, period u64,
+    /// period total u128), option<(revocation 164 bytes, position)>.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = encoder(GRANT_BYTES + 16 + 40 + 1 + REVOCATION_BYTES + 16);
+        out.extend_from_slice(&self.grant.to_bytes());
+        put_position(&mut out, &self.granted_at);
+        out.extend_from_slice(&self.spent.total.to_le_bytes());
+        out.extend_from_slice(&self.spent.period.to_le_bytes());
+        out.extend_from_slice(&self.spent.period_total.to_le_bytes());
+        put_option(&mut out, self.revoked.as_ref(), |out, (revocation, at)| {
+            out.extend_from_slice(&revocation.to_bytes());
+            put_position(out, at);
+        });
+        out
+    }
+
+    /// Inverse of [`GrantRecord::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut d = Decoder::new(bytes, "grant")?;
+        let grant = SignedGrant::decode(&d.take::<GRANT_BYTES>()?)
+            .map_err(|e| DecodeError(format!("grant: {e}")))?;
+        let granted_at = d.position()?;
+        let spent = GrantSpend {
+            total: d.u128()?,
+            period: d.u64()?,
+            period_total: d.u128()?,
+        };
+        let revoked = d.option(|d| {
+            let revocation = SignedRevocation::decode(&d.take::<REVOCATION_BYTES>()?)
+                .map_err(|e| DecodeError(format!("grant: {e}")))?;
+            Ok((revocation, d.position()?))
+        })?;
+        d.finish()?;
+        Ok(Self {
+            grant,
+            granted_at,
+            spent,
+            revoked,
+        })
+    }
+}
+
+impl Cached for GrantRecord {
+    type Key = PayerKey;
+    const CF: Cf = Cf::Grants;
+    fn key_bytes(key: &PayerKey) -> Vec<u8> {
+        grant_key(key).to_vec()
+    }
+    fn encode(&self) -> Vec<u8> {
+        GrantRecord::encode(self)
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        GrantRecord::decode(bytes)
+    }
+    fn receipt_money(&self) -> u128 {
+        // A grant's spend follows the session's receipts only, not every receipt's: outside
+        // the pair assertion, which the channel, payer and payee totals carry.
+        0
+    }
+}
+
+/// The anti-replay window of one session with one payee. A session's nonces are its own: two
+/// agents of one payer cannot share a nonce sequence, so the window is per (session key,
+/// payee), while the money goes to the payer's channel with the payee. Stored as a
+/// [`ChannelState`] whose totals are the session's with that payee.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SessionChannel(pub ChannelState);
+
+/// Key of a session window: `'w' ‖ session key ‖ payee`.
+pub fn session_channel_key(key: &ChannelKey) -> [u8; 53] {
+    let mut out = [0u8; 53];
+    out[0] = b'w';
+    out[1..].copy_from_slice(&key.to_bytes());
+    out
+}
+
+impl Cached for SessionChannel {
+    /// The session key in the payer field.
+    type Key = ChannelKey;
+    const CF: Cf = Cf::Grants;
+    fn key_bytes(key: &ChannelKey) -> Vec<u8> {
+        session_channel_key(key).to_vec()
+    }
+    fn encode(&self) -> Vec<u8> {
+        self.0.encode()
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        ChannelState::decode(bytes).map(SessionChannel)
+    }
+    fn receipt_money(&self) -> u128 {
+        0
+    }
+}
