@@ -1,11 +1,13 @@
 //! The auditor: random sequences of receipt batches (duplicates, nonces reordered inside the
-//! window, stale nonces, overdrafts, timestamp skew, bad signatures), re-sent batches, funds
+//! window, stale nonces, overdrafts, timestamp skew, bad signatures; signed by payers or by
+//! their session keys), session grants and revocations, re-sent batches, funds
 //! events (deposits, withdrawal requests and completions, some delivered twice), epoch events
 //! (seals, submissions, commits, disputes of any epoch, some repeated), clean restarts, and
 //! crashes: a child process writes batches and is killed with SIGKILL at a random ack, often
 //! after its groups are durable but before any ack reached the client, which then re-sends
 //! every batch. After every step the engine's acks and every total it reports equal a plain
-//! in-memory model's, which computes them on its own.
+//! in-memory model's, which computes them on its own, and no session has spent more than its
+//! grant's cap.
 
 mod common;
 
@@ -14,14 +16,26 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::*;
 use ed25519_dalek::SigningKey;
 use proptest::prelude::*;
+use tollgate_engine::grant::{Grant, PayeeScope, Revocation};
+use tollgate_engine::pipeline::LedgerError;
 use tollgate_engine::pipeline::{
     BatchAck, Engine, EngineConfig, EngineError, EpochStatus, EpochUpdate, FundsEvent, FundsKind,
 };
-use tollgate_engine::{Address, PayerKey, Reason, Receipt};
+use tollgate_engine::{Address, Domain, PayerKey, Reason, Receipt, UnsignedReceipt};
 
 const WINDOW_NONCES: u64 = 128;
 const PAYERS: usize = 3;
 const PAYEES: usize = 2;
+/// The payer each session key may be granted by: two agents of payer 0, one of payer 1.
+const SESSION_PAYER: [usize; 3] = [0, 0, 1];
+const SESSIONS: usize = SESSION_PAYER.len();
+
+/// Who signs a receipt: the payer's own key, or one of the session keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Signer {
+    Payer(usize),
+    Session(usize),
+}
 
 #[derive(Clone, Debug)]
 enum Nonce {
@@ -41,6 +55,8 @@ enum Clock {
 #[derive(Clone, Debug)]
 struct Spec {
     payer: usize,
+    /// Signed by this session key instead of the payer's (its grant decides whose money).
+    session: Option<usize>,
     payee: usize,
     amount: u64,
     nonce: Nonce,
@@ -72,6 +88,15 @@ enum Step {
     /// Voids the n-th (modulo) epoch not yet disputed, whatever its status, twice.
     Dispute(usize),
     Restart,
+    /// The session's payer grants it `cap`, for one payee or any, valid now or long expired.
+    Grant {
+        session: usize,
+        cap: u64,
+        payee: Option<usize>,
+        expired: bool,
+    },
+    /// The session's payer revokes it.
+    Revoke(usize),
     /// A child process writes these batches and is killed after `acks` of them were acked.
     Crash {
         batches: Vec<Vec<Spec>>,
@@ -82,6 +107,7 @@ enum Step {
 fn spec() -> impl Strategy<Value = Spec> {
     (
         0..PAYERS,
+        prop_oneof![1 => Just(None), 1 => (0..SESSIONS).prop_map(Some)],
         0..PAYEES,
         0u64..80,
         prop_oneof![
@@ -91,14 +117,17 @@ fn spec() -> impl Strategy<Value = Spec> {
         prop_oneof![8 => Just(Clock::Now), 1 => Just(Clock::Future), 1 => Just(Clock::Past)],
         proptest::bool::weighted(0.08),
     )
-        .prop_map(|(payer, payee, amount, nonce, clock, tampered)| Spec {
-            payer,
-            payee,
-            amount,
-            nonce,
-            clock,
-            tampered,
-        })
+        .prop_map(
+            |(payer, session, payee, amount, nonce, clock, tampered)| Spec {
+                payer: session.map_or(payer, |s| SESSION_PAYER[s]),
+                session,
+                payee,
+                amount,
+                nonce,
+                clock,
+                tampered,
+            },
+        )
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -117,6 +146,9 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::CommitOldest),
         1 => any::<usize>().prop_map(Step::Dispute),
         1 => Just(Step::Restart),
+        2 => (0..SESSIONS, 1u64..200, proptest::option::weighted(0.3, 0..PAYEES), proptest::bool::weighted(0.15))
+            .prop_map(|(session, cap, payee, expired)| Step::Grant { session, cap, payee, expired }),
+        1 => (0..SESSIONS).prop_map(Step::Revoke),
         1 => (proptest::collection::vec(proptest::collection::vec(spec(), 0..8), 1..4), 0usize..4)
             .prop_map(|(batches, acks)| {
                 let acks = acks.min(batches.len());
@@ -125,12 +157,32 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// The money of a (payer, payee) channel, whoever signed.
 #[derive(Default, Clone)]
 struct ModelChannel {
-    top: Option<u64>,
-    seen: BTreeSet<u64>,
     cumulative: u128,
     receipts: u64,
+}
+
+/// An anti-replay window: a (signer, payee) pair's.
+#[derive(Default, Clone)]
+struct ModelWindow {
+    top: Option<u64>,
+    seen: BTreeSet<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct ModelGrant {
+    cap: u64,
+    payee: Option<usize>,
+    expired: bool,
+}
+
+#[derive(Default, Clone, Copy, Debug)]
+struct ModelSession {
+    grant: Option<ModelGrant>,
+    revoked: bool,
+    spent: u128,
 }
 
 #[derive(Default, Clone, Copy, Debug, PartialEq)]
@@ -170,6 +222,8 @@ struct ModelEpoch {
 #[derive(Default)]
 struct Model {
     channels: BTreeMap<(usize, usize), ModelChannel>,
+    windows: BTreeMap<(Signer, usize), ModelWindow>,
+    sessions: [ModelSession; SESSIONS],
     payers: [ModelPayer; PAYERS],
     payees: [ModelPayee; PAYEES],
     /// Channels that moved since the last seal, or were carried back by a dispute.
@@ -178,12 +232,19 @@ struct Model {
     epochs: Vec<ModelEpoch>,
 }
 
+impl Spec {
+    fn signer(&self) -> Signer {
+        self.session
+            .map_or(Signer::Payer(self.payer), Signer::Session)
+    }
+}
+
 impl Model {
     fn nonce(&self, spec: &Spec) -> u64 {
         let top = self
-            .channels
-            .get(&(spec.payer, spec.payee))
-            .and_then(|c| c.top);
+            .windows
+            .get(&(spec.signer(), spec.payee))
+            .and_then(|w| w.top);
         match (spec.nonce.clone(), top) {
             (Nonce::Above(k), Some(top)) => top + k,
             (Nonce::Above(k), None) => k,
@@ -200,26 +261,50 @@ impl Model {
         if !matches!(spec.clock, Clock::Now) {
             return Err(Reason::TimestampSkew);
         }
+        if let Some(session) = spec.session {
+            let session = self.sessions[session];
+            let grant = session.grant.ok_or(Reason::NoGrant)?;
+            if session.revoked {
+                return Err(Reason::GrantRevoked);
+            }
+            if grant.expired {
+                return Err(Reason::GrantExpired);
+            }
+            if grant.payee.is_some_and(|payee| payee != spec.payee) {
+                return Err(Reason::PayeeNotInGrant);
+            }
+        }
         let payer = self.payers[spec.payer];
         if payer.deposited == 0 {
             return Err(Reason::UnknownPayer);
         }
-        let channel = self.channels.entry((spec.payer, spec.payee)).or_default();
-        if let Some(top) = channel.top
+        let window = self.windows.entry((spec.signer(), spec.payee)).or_default();
+        if let Some(top) = window.top
             && nonce <= top
             && top - nonce >= WINDOW_NONCES
         {
             return Err(Reason::Stale);
         }
-        if channel.seen.contains(&nonce) {
+        if window.seen.contains(&nonce) {
             return Err(Reason::Duplicate);
         }
         let amount = u128::from(spec.amount);
+        if let Some(session) = spec.session {
+            let session = &self.sessions[session];
+            let cap = session.grant.map_or(0, |grant| grant.cap);
+            if session.spent + amount > u128::from(cap) {
+                return Err(Reason::OverGrantCap);
+            }
+        }
         if amount > payer.available() {
             return Err(Reason::InsufficientFunds);
         }
-        channel.seen.insert(nonce);
-        channel.top = Some(channel.top.map_or(nonce, |t| t.max(nonce)));
+        window.seen.insert(nonce);
+        window.top = Some(window.top.map_or(nonce, |t| t.max(nonce)));
+        if let Some(session) = spec.session {
+            self.sessions[session].spent += amount;
+        }
+        let channel = self.channels.entry((spec.payer, spec.payee)).or_default();
         channel.cumulative += amount;
         channel.receipts += 1;
         let payer = &mut self.payers[spec.payer];
@@ -229,6 +314,30 @@ impl Model {
         payee.credited += amount;
         payee.unsealed += amount;
         self.touched.insert((spec.payer, spec.payee));
+        Ok(())
+    }
+
+    /// The answer the ledger must give a grant of `session`, holding it when it is new.
+    fn grant(&mut self, session: usize, grant: ModelGrant) -> Result<(), &'static str> {
+        let held = &mut self.sessions[session];
+        match held.grant {
+            None => {
+                held.grant = Some(grant);
+                Ok(())
+            }
+            Some(_) if held.revoked => Err("revoked"),
+            Some(same) if same == grant => Ok(()),
+            Some(_) => Err("already_granted"),
+        }
+    }
+
+    /// The answer the ledger must give a revocation of `session`.
+    fn revoke(&mut self, session: usize) -> Result<(), &'static str> {
+        let held = &mut self.sessions[session];
+        if held.grant.is_none() {
+            return Err("no_grant");
+        }
+        held.revoked = true;
         Ok(())
     }
 
@@ -323,6 +432,7 @@ impl Model {
 
 struct World {
     keys: Vec<SigningKey>,
+    session_keys: Vec<SigningKey>,
     payees: Vec<Address>,
     dir: tempfile::TempDir,
     engine: Option<Engine>,
@@ -338,6 +448,7 @@ impl World {
         let engine = Some(Self::open(dir.path()));
         Self {
             keys: (0..PAYERS as u8).map(|i| signing_key(i + 1)).collect(),
+            session_keys: (0..SESSIONS as u8).map(|i| signing_key(i + 101)).collect(),
             payees: (0..PAYEES as u8).map(|i| payee(i + 1)).collect(),
             dir,
             engine,
@@ -395,13 +506,24 @@ impl World {
                 Clock::Future => now + 3_600_000,
                 Clock::Past => now - 3_600_000,
             };
-            let mut receipt = receipt_at(
-                &self.keys[spec.payer],
-                self.payees[spec.payee],
-                spec.amount,
-                nonce,
-                timestamp,
-            );
+            let mut receipt = match spec.session {
+                None => receipt_at(
+                    &self.keys[spec.payer],
+                    self.payees[spec.payee],
+                    spec.amount,
+                    nonce,
+                    timestamp,
+                ),
+                Some(session) => {
+                    let key = &self.session_keys[session];
+                    UnsignedReceipt {
+                        session: true,
+                        ..receipt_at(key, self.payees[spec.payee], spec.amount, nonce, timestamp)
+                            .unsigned()
+                    }
+                    .sign(key, &Domain::default())
+                }
+            };
             if spec.tampered {
                 receipt.amount += 1;
             }
@@ -540,6 +662,54 @@ impl World {
                     self.record(epoch, EpochStatus::Committed).map_err(fail)?;
                 }
             }
+            Step::Grant {
+                session,
+                cap,
+                payee,
+                expired,
+            } => {
+                let payer = &self.keys[SESSION_PAYER[session]];
+                let grant = Grant {
+                    domain: Domain::default(),
+                    payer: payer_of(payer),
+                    session: payer_of(&self.session_keys[session]),
+                    nonce: 1,
+                    cap,
+                    allowance: None,
+                    valid_from_ms: 0,
+                    valid_until_ms: if expired { 1_000 } else { u64::MAX },
+                    payees: payee
+                        .map_or(PayeeScope::Any, |p| PayeeScope::Only(vec![self.payees[p]])),
+                }
+                .sign(payer)
+                .check(&Domain::default())
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let expected = self.model.grant(
+                    session,
+                    ModelGrant {
+                        cap,
+                        payee,
+                        expired,
+                    },
+                );
+                let got = wait(self.engine().grant(grant).expect("queued"));
+                prop_assert_eq!(refusal_name(got)?, expected.err());
+            }
+            Step::Revoke(session) => {
+                let payer = &self.keys[SESSION_PAYER[session]];
+                let revocation = Revocation {
+                    domain: Domain::default(),
+                    payer: payer_of(payer),
+                    session: payer_of(&self.session_keys[session]),
+                    revoked_at_ms: now_ms(),
+                }
+                .sign(payer)
+                .check(&Domain::default())
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let expected = self.model.revoke(session);
+                let got = wait(self.engine().revoke(revocation).expect("queued"));
+                prop_assert_eq!(refusal_name(got)?, expected.err());
+            }
             Step::Restart => {
                 let engine = self.engine.take().expect("engine is open");
                 engine.shutdown().map_err(fail)?;
@@ -622,14 +792,31 @@ impl World {
                     .channel(&self.payer(payer), &self.payees[payee])
                     .map_err(|e| TestCaseError::fail(e.to_string()))?
                     .map(|c| (c.cumulative, c.receipts, c.highest_nonce));
+                let top = self
+                    .model
+                    .windows
+                    .get(&(Signer::Payer(payer), payee))
+                    .and_then(|w| w.top);
                 let want = self
                     .model
                     .channels
                     .get(&(payer, payee))
                     .filter(|c| c.receipts > 0)
-                    .map(|c| (c.cumulative, c.receipts, c.top));
+                    .map(|c| (c.cumulative, c.receipts, top));
                 prop_assert_eq!(got, want, "channel {} -> {}", payer, payee);
             }
+        }
+        for (index, model) in self.model.sessions.iter().enumerate() {
+            let held = reader
+                .grant(&payer_of(&self.session_keys[index]))
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let got = held.map(|record| {
+                let cap = u128::from(record.grant.grant.cap);
+                prop_assert!(record.spent.total <= cap, "session {} over its cap", index);
+                Ok((record.spent.total, record.revoked.is_some()))
+            });
+            let want = model.grant.map(|_| (model.spent, model.revoked));
+            prop_assert_eq!(got.transpose()?, want, "session {}", index);
         }
         for epoch in &self.model.epochs {
             let status = reader
@@ -639,6 +826,15 @@ impl World {
             prop_assert_eq!(status, Some(epoch.status), "epoch {}", epoch.number);
         }
         Ok(())
+    }
+}
+
+/// The stable name of a grant refusal, `None` for success; any other failure fails the case.
+fn refusal_name(result: Result<(), EngineError>) -> Result<Option<&'static str>, TestCaseError> {
+    match result {
+        Ok(()) => Ok(None),
+        Err(EngineError::Ledger(LedgerError::Grant(error))) => Ok(Some(error.name())),
+        Err(other) => Err(TestCaseError::fail(other.to_string())),
     }
 }
 

@@ -1,0 +1,358 @@
+//! Session grants in the ledger: what a grant lets its session spend, whose money it is, and
+//! every way a grant or revocation is refused without changing anything.
+
+use super::*;
+use crate::grant::{
+    Allowance, CheckedGrant, CheckedRevocation, Grant, GrantError, PayeeScope, Revocation,
+};
+use crate::verdict::Reason;
+
+const NOW: u64 = 1_000;
+
+fn grant_for(payer: &SigningKey, session: &SigningKey, cap: u64) -> Grant {
+    Grant {
+        domain: Domain::default(),
+        payer: PayerKey(payer.verifying_key().to_bytes()),
+        session: PayerKey(session.verifying_key().to_bytes()),
+        nonce: 1,
+        cap,
+        allowance: None,
+        valid_from_ms: 0,
+        valid_until_ms: 10_000,
+        payees: PayeeScope::Any,
+    }
+}
+
+fn checked(grant: &Grant, payer: &SigningKey) -> CheckedGrant {
+    grant
+        .sign(payer)
+        .check(&Domain::default())
+        .expect("a valid grant")
+}
+
+fn revocation(payer: &SigningKey, session: &SigningKey) -> CheckedRevocation {
+    Revocation {
+        domain: Domain::default(),
+        payer: PayerKey(payer.verifying_key().to_bytes()),
+        session: PayerKey(session.verifying_key().to_bytes()),
+        revoked_at_ms: NOW,
+    }
+    .sign(payer)
+    .check(&Domain::default())
+    .expect("a valid revocation")
+}
+
+/// Receipt `nonce` signed by `session` for payee `[5; 20]`.
+fn session_receipt(session: &SigningKey, amount: u64, nonce: u64) -> Receipt {
+    UnsignedReceipt {
+        session: true,
+        ..receipt(session, amount, nonce).unsigned()
+    }
+    .sign(session, &Domain::default())
+}
+
+fn verdicts(ledger: &mut Ledger, seq: u64, receipts: &[Receipt]) -> Vec<Result<(), Reason>> {
+    let ack = ledger
+        .apply_all(session(seq), &ReceiptBatch::from_receipts(receipts))
+        .expect("apply");
+    (0..receipts.len() as u32)
+        .map(|index| {
+            ack.rejections
+                .iter()
+                .find(|(i, _)| *i == index)
+                .map_or(Ok(()), |(_, reason)| Err(*reason))
+        })
+        .collect()
+}
+
+#[test]
+fn a_session_spends_its_payers_deposit_up_to_its_cap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ledger = ledger(dir.path());
+    let (payer_key, payer) = funded_payer(&mut ledger, 1);
+    let agent = SigningKey::from_bytes(&[2; 32]);
+    ledger
+        .register_grant(&checked(&grant_for(&payer_key, &agent, 30), &payer_key))
+        .expect("granted");
+    let got = verdicts(
+        &mut ledger,
+        1,
+        &[
+            session_receipt(&agent, 20, 1),
+            session_receipt(&agent, 11, 2),
+            session_receipt(&agent, 10, 3),
+            // The payer's own key still pays from the same deposit, beyond the session's cap.
+            receipt(&payer_key, 50, 1),
+        ],
+    );
+    assert_eq!(got, vec![Ok(()), Err(Reason::OverGrantCap), Ok(()), Ok(())]);
+    ledger.commit().expect("commit");
+    let reader = LedgerReader::new(ledger.store());
+    let balance = reader.payer(&payer).expect("read").expect("known");
+    assert_eq!((balance.pending, balance.receipts), (80, 3));
+    let agent_key = PayerKey(agent.verifying_key().to_bytes());
+    assert!(
+        reader.payer(&agent_key).expect("read").is_none(),
+        "a session holds no money"
+    );
+    let held = reader.grant(&agent_key).expect("read").expect("held");
+    assert_eq!(held.spent.total, 30);
+    // The channel, and so the leaf, is the payer's.
+    let channel = reader.channel(&payer, &Address([5; 20])).expect("read");
+    assert_eq!(channel.map(|c| c.cumulative), Some(80));
+}
+
+#[test]
+fn session_windows_are_their_own_and_checks_come_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ledger = ledger(dir.path());
+    let (payer_key, _) = funded_payer(&mut ledger, 1);
+    let (a, b) = (
+        SigningKey::from_bytes(&[2; 32]),
+        SigningKey::from_bytes(&[3; 32]),
+    );
+    for agent in [&a, &b] {
+        ledger
+            .register_grant(&checked(&grant_for(&payer_key, agent, 1_000), &payer_key))
+            .expect("granted");
+    }
+    let stranger = SigningKey::from_bytes(&[4; 32]);
+    let got = verdicts(
+        &mut ledger,
+        1,
+        &[
+            session_receipt(&a, 1, 7),
+            // Another session of the same payer may use the same nonce with the same payee...
+            session_receipt(&b, 1, 7),
+            // ...and the payer's own key too.
+            receipt(&payer_key, 1, 7),
+            session_receipt(&a, 1, 7),
+            session_receipt(&stranger, 1, 1),
+            // A payer-signed receipt is never read as a session's, and the reverse.
+            UnsignedReceipt {
+                session: false,
+                ..session_receipt(&a, 1, 8).unsigned()
+            }
+            .sign(&a, &Domain::default()),
+            // Duplicate beats over cap: a re-sent receipt is told it was accepted before.
+            session_receipt(&a, 5_000, 7),
+        ],
+    );
+    assert_eq!(
+        got,
+        vec![
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Err(Reason::Duplicate),
+            Err(Reason::NoGrant),
+            Err(Reason::UnknownPayer),
+            Err(Reason::Duplicate),
+        ]
+    );
+}
+
+#[test]
+fn validity_scope_and_allowance_are_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ledger = ledger(dir.path());
+    let (payer_key, _) = funded_payer(&mut ledger, 1);
+    let agent = SigningKey::from_bytes(&[2; 32]);
+    let grant = Grant {
+        valid_from_ms: 500,
+        valid_until_ms: 1_500,
+        allowance: Some(Allowance {
+            amount: 10,
+            period_ms: 100,
+        }),
+        payees: PayeeScope::Only(vec![Address([5; 20])]),
+        ..grant_for(&payer_key, &agent, 1_000)
+    };
+    ledger
+        .register_grant(&checked(&grant, &payer_key))
+        .expect("granted");
+    let at = |ms: u64, amount: u64, nonce: u64| {
+        UnsignedReceipt {
+            timestamp_ms: ms,
+            ..session_receipt(&agent, amount, nonce).unsigned()
+        }
+        .sign(&agent, &Domain::default())
+    };
+    let elsewhere = UnsignedReceipt {
+        payee: Address([6; 20]),
+        ..session_receipt(&agent, 1, 9).unsigned()
+    }
+    .sign(&agent, &Domain::default());
+    let got = verdicts(
+        &mut ledger,
+        1,
+        &[
+            at(499, 1, 1),
+            at(1_500, 1, 2),
+            elsewhere,
+            at(900, 10, 3),
+            at(999, 1, 4),
+            at(1_000, 10, 5),
+        ],
+    );
+    assert_eq!(
+        got,
+        vec![
+            Err(Reason::GrantNotYetValid),
+            Err(Reason::GrantExpired),
+            Err(Reason::PayeeNotInGrant),
+            Ok(()),
+            Err(Reason::OverGrantAllowance),
+            Ok(()),
+        ]
+    );
+    // At acceptance after valid_until, a receipt signed inside the validity is refused too.
+    let late = ReceiptBatch::from_receipts(&[at(1_400, 1, 6)]);
+    let ack = ledger
+        .apply_batch(session(2), batch_digest(&late), &late, &[Ok(())], 1_500)
+        .expect("apply");
+    assert_eq!(ack.rejections, vec![(0, Reason::GrantExpired)]);
+}
+
+#[test]
+fn a_revocation_refuses_every_receipt_applied_after_it_and_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = SigningKey::from_bytes(&[2; 32]);
+    let agent_key = PayerKey(agent.verifying_key().to_bytes());
+    {
+        let mut ledger = ledger(dir.path());
+        let (payer_key, _) = funded_payer(&mut ledger, 1);
+        ledger
+            .register_grant(&checked(&grant_for(&payer_key, &agent, 100), &payer_key))
+            .expect("granted");
+        assert_eq!(
+            verdicts(&mut ledger, 1, &[session_receipt(&agent, 1, 1)]),
+            vec![Ok(())]
+        );
+        ledger
+            .revoke_grant(&revocation(&payer_key, &agent))
+            .expect("revoked");
+        // In the same group as the revocation, before anything is on disk.
+        assert_eq!(
+            verdicts(&mut ledger, 2, &[session_receipt(&agent, 1, 2)]),
+            vec![Err(Reason::GrantRevoked)]
+        );
+        ledger.commit().expect("commit");
+    }
+    let mut ledger = ledger(dir.path());
+    assert_eq!(
+        verdicts(&mut ledger, 3, &[session_receipt(&agent, 1, 3)]),
+        vec![Err(Reason::GrantRevoked)]
+    );
+    let held = LedgerReader::new(ledger.store())
+        .grant(&agent_key)
+        .expect("read")
+        .expect("held");
+    let (_, revoked_at) = held.revoked.expect("revoked");
+    // Revoked after the one accepted receipt: archive index 1 onward is after it.
+    assert_eq!((revoked_at.epoch, revoked_at.index), (1, 1));
+    assert_eq!((held.granted_at.epoch, held.granted_at.index), (1, 0));
+    assert_eq!(held.spent.total, 1);
+}
+
+#[test]
+fn grants_and_revocations_that_do_not_fit_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ledger = ledger(dir.path());
+    let (payer_key, payer) = funded_payer(&mut ledger, 1);
+    let other_key = SigningKey::from_bytes(&[9; 32]);
+    deposit(
+        &mut ledger,
+        PayerKey(other_key.verifying_key().to_bytes()),
+        100,
+        2,
+    );
+    let agent = SigningKey::from_bytes(&[2; 32]);
+    let agent_key = PayerKey(agent.verifying_key().to_bytes());
+    let grant = grant_for(&payer_key, &agent, 100);
+    let refused = |ledger: &mut Ledger, grant: &CheckedGrant| match ledger.register_grant(grant) {
+        Err(LedgerError::Grant(error)) => error,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+
+    assert_eq!(
+        ledger
+            .revoke_grant(&revocation(&payer_key, &agent))
+            .err()
+            .map(|e| e.to_string()),
+        Some(LedgerError::Grant(GrantError::NoGrant(agent_key)).to_string())
+    );
+    // A deposit key cannot be a session key.
+    assert_eq!(
+        refused(
+            &mut ledger,
+            &checked(&grant_for(&payer_key, &other_key, 5), &payer_key)
+        ),
+        GrantError::SessionKeyIsPayer(PayerKey(other_key.verifying_key().to_bytes()))
+    );
+    ledger
+        .register_grant(&checked(&grant, &payer_key))
+        .expect("granted");
+    ledger
+        .register_grant(&checked(&grant, &payer_key))
+        .expect("the same grant again is fine");
+    assert_eq!(
+        refused(
+            &mut ledger,
+            &checked(
+                &Grant {
+                    nonce: 2,
+                    cap: 1_000,
+                    ..grant.clone()
+                },
+                &payer_key
+            )
+        ),
+        GrantError::AlreadyGranted {
+            session: agent_key,
+            nonce: 1
+        }
+    );
+    assert_eq!(
+        refused(
+            &mut ledger,
+            &checked(
+                &Grant {
+                    payer: PayerKey(other_key.verifying_key().to_bytes()),
+                    ..grant.clone()
+                },
+                &other_key
+            )
+        ),
+        GrantError::GrantedByAnotherPayer { session: agent_key }
+    );
+    // A session cannot grant further.
+    let sub_agent = SigningKey::from_bytes(&[3; 32]);
+    assert_eq!(
+        refused(
+            &mut ledger,
+            &checked(&grant_for(&agent, &sub_agent, 5), &agent)
+        ),
+        GrantError::PayerIsSessionKey(agent_key)
+    );
+    assert!(matches!(
+        ledger.revoke_grant(&revocation(&other_key, &agent)),
+        Err(LedgerError::Grant(GrantError::NotTheGranter(_)))
+    ));
+    ledger
+        .revoke_grant(&revocation(&payer_key, &agent))
+        .expect("revoked");
+    ledger
+        .revoke_grant(&revocation(&payer_key, &agent))
+        .expect("a second revocation is fine");
+    assert_eq!(
+        refused(&mut ledger, &checked(&grant, &payer_key)),
+        GrantError::Revoked(agent_key)
+    );
+    ledger.commit().expect("commit");
+    let reader = LedgerReader::new(ledger.store());
+    let held = reader.grants(None, 10).expect("read");
+    assert_eq!(held.len(), 1, "only the one grant is held");
+    assert_eq!(held[0].grant.grant.cap, 100);
+    assert_eq!(held[0].grant.grant.payer, payer);
+}
