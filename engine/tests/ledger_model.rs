@@ -21,7 +21,7 @@ use tollgate_engine::pipeline::LedgerError;
 use tollgate_engine::pipeline::{
     BatchAck, Engine, EngineConfig, EngineError, EpochStatus, EpochUpdate, FundsEvent, FundsKind,
 };
-use tollgate_engine::{Address, Domain, PayerKey, Reason, Receipt, UnsignedReceipt};
+use tollgate_engine::{Address, PayerKey, Reason, Receipt, UnsignedReceipt};
 
 const WINDOW_NONCES: u64 = 128;
 const PAYERS: usize = 3;
@@ -521,7 +521,7 @@ impl World {
                         ..receipt_at(key, self.payees[spec.payee], spec.amount, nonce, timestamp)
                             .unsigned()
                     }
-                    .sign(key, &Domain::default())
+                    .sign(key, &DOMAIN)
                 }
             };
             if spec.tampered {
@@ -670,7 +670,7 @@ impl World {
             } => {
                 let payer = &self.keys[SESSION_PAYER[session]];
                 let grant = Grant {
-                    domain: Domain::default(),
+                    domain: DOMAIN,
                     payer: payer_of(payer),
                     session: payer_of(&self.session_keys[session]),
                     nonce: 1,
@@ -682,7 +682,7 @@ impl World {
                         .map_or(PayeeScope::Any, |p| PayeeScope::Only(vec![self.payees[p]])),
                 }
                 .sign(payer)
-                .check(&Domain::default())
+                .check(&DOMAIN)
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 let expected = self.model.grant(
                     session,
@@ -698,13 +698,13 @@ impl World {
             Step::Revoke(session) => {
                 let payer = &self.keys[SESSION_PAYER[session]];
                 let revocation = Revocation {
-                    domain: Domain::default(),
+                    domain: DOMAIN,
                     payer: payer_of(payer),
                     session: payer_of(&self.session_keys[session]),
                     revoked_at_ms: now_ms(),
                 }
                 .sign(payer)
-                .check(&Domain::default())
+                .check(&DOMAIN)
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 let expected = self.model.revoke(session);
                 let got = wait(self.engine().revoke(revocation).expect("queued"));

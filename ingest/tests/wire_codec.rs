@@ -27,16 +27,20 @@ fn receipt() -> impl Strategy<Value = Receipt> {
         any::<(u64, u64, u64)>(),
         any::<[u8; 32]>(),
         bytes64(),
+        any::<bool>(),
     )
         .prop_map(
-            |(payer, payee, (amount, nonce, timestamp_ms), request_hash, signature)| Receipt {
-                payer: PayerKey(payer),
-                payee: Address(payee),
-                amount,
-                nonce,
-                timestamp_ms,
-                request_hash,
-                signature,
+            |(payer, payee, (amount, nonce, timestamp_ms), request_hash, signature, session)| {
+                Receipt {
+                    payer: PayerKey(payer),
+                    payee: Address(payee),
+                    amount,
+                    nonce,
+                    timestamp_ms,
+                    request_hash,
+                    session,
+                    signature,
+                }
             },
         )
 }
