@@ -146,7 +146,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::CommitOldest),
         1 => any::<usize>().prop_map(Step::Dispute),
         1 => Just(Step::Restart),
-        2 => (0..SESSIONS, 1u64..200, proptest::option::weighted(0.3, 0..PAYEES), proptest::bool::weighted(0.15))
+        4 => (0..SESSIONS, 1u64..120, proptest::option::weighted(0.3, 0..PAYEES), proptest::bool::weighted(0.15))
             .prop_map(|(session, cap, payee, expired)| Step::Grant { session, cap, payee, expired }),
         1 => (0..SESSIONS).prop_map(Step::Revoke),
         1 => (proptest::collection::vec(proptest::collection::vec(spec(), 0..8), 1..4), 0usize..4)
