@@ -7,6 +7,9 @@
 //! - `dalek3_same_backend`: ed25519-dalek 3 `verify_batch` on curve25519-dalek 5, with the
 //!   backend Tollgate uses.
 //! - `tollgate`: [`tollgate_engine::VerifyPool`] over the raw receipt bytes.
+//! - `tollgate_sessions` (with `--sessions-per-payer N`): the same, over the same draw signed
+//!   by N session keys per payer instead of the payer keys: what delegating to agents costs
+//!   the verifier (more distinct keys, so less coalescing per batch equation).
 //!
 //! The dalek contenders get their keys decompressed and their messages assembled before the clock
 //! starts (a caller could cache both); a dalek batch that fails falls back to `verify` per
@@ -54,6 +57,10 @@ pub struct BenchVerifyArgs {
     /// Seed for payers, amounts and bad positions.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Also verify the same receipts signed by this many session keys per payer, and report
+    /// the rate against the payer-signed one (0: payer keys only).
+    #[arg(long, default_value_t = 0)]
+    pub sessions_per_payer: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -95,6 +102,10 @@ pub struct Report {
     pub backend: Backends,
     /// The contenders, baseline first.
     pub results: Vec<Measurement>,
+    /// Session keys per payer of the `tollgate_sessions` contender (0: not run).
+    pub sessions_per_payer: usize,
+    /// `tollgate_sessions` over `tollgate`, measured in this run.
+    pub session_vs_payer: Option<f64>,
     /// Tollgate on one thread, when `threads` > 1.
     pub tollgate_one_thread_receipts_per_s: Option<f64>,
     /// Tollgate at `threads` over Tollgate on one thread.
@@ -186,6 +197,19 @@ pub fn measure(args: &BenchVerifyArgs) -> anyhow::Result<Report> {
         args.seed,
     )?;
     let expected_bad = workload.bad_count();
+    let sessions = (args.sessions_per_payer > 0)
+        .then(|| {
+            Workload::generate_with_sessions(
+                args.receipts,
+                args.payers,
+                args.zipf,
+                args.bad_pct,
+                args.seed,
+                args.sessions_per_payer,
+            )
+        })
+        .transpose()?;
+    let session_views = sessions.as_ref().map(Workload::views).transpose()?;
 
     let dalek2 = Dalek2Inputs::new(&workload)?;
     let dalek3 = Dalek3Inputs::new(&workload)?;
@@ -196,15 +220,23 @@ pub fn measure(args: &BenchVerifyArgs) -> anyhow::Result<Report> {
         .build()?;
     // Each contender verifies every receipt and answers how many it rejected; the first is the
     // baseline every ratio is taken against.
-    let contenders: [(&str, &(dyn Fn() -> usize + Sync)); 3] = [
-        ("dalek2_default", &|| {
-            rayon_pool.install(|| dalek2.verify(args.batch))
-        }),
-        ("dalek3_same_backend", &|| {
-            rayon_pool.install(|| dalek3.verify(args.batch))
-        }),
-        ("tollgate", &|| count_bad(&pool.verify(&views))),
+    let mut contenders: Vec<(&str, Box<dyn Fn() -> usize + Sync>)> = vec![
+        (
+            "dalek2_default",
+            Box::new(|| rayon_pool.install(|| dalek2.verify(args.batch))),
+        ),
+        (
+            "dalek3_same_backend",
+            Box::new(|| rayon_pool.install(|| dalek3.verify(args.batch))),
+        ),
+        ("tollgate", Box::new(|| count_bad(&pool.verify(&views)))),
     ];
+    if let Some(session_views) = &session_views {
+        contenders.push((
+            "tollgate_sessions",
+            Box::new(|| count_bad(&pool.verify(session_views))),
+        ));
+    }
 
     // Untimed pass: warms Tollgate's key cache and checks every contender finds the bad ones.
     for (name, verify) in &contenders {
@@ -236,6 +268,9 @@ pub fn measure(args: &BenchVerifyArgs) -> anyhow::Result<Report> {
         })
         .collect::<Vec<_>>();
     let tollgate_rate = results[2].receipts_per_s;
+    let session_vs_payer = results
+        .get(3)
+        .map(|sessions| sessions.receipts_per_s / tollgate_rate);
 
     let tollgate_one_thread_receipts_per_s = if threads > 1 {
         let single = tollgate_pool(&workload.domain, 1, args.batch)?;
@@ -264,6 +299,8 @@ pub fn measure(args: &BenchVerifyArgs) -> anyhow::Result<Report> {
         batch: args.batch,
         backend: Backends::detect(),
         results,
+        sessions_per_payer: args.sessions_per_payer,
+        session_vs_payer,
         tollgate_one_thread_receipts_per_s,
         thread_scaling: tollgate_one_thread_receipts_per_s.map(|one| tollgate_rate / one),
         tollgate_clean_receipts_per_s,
@@ -323,6 +360,12 @@ fn print_text(report: &Report) {
             m.name, m.receipts_per_s, m.ratio_vs_dalek_default
         );
     }
+    if let Some(ratio) = report.session_vs_payer {
+        println!(
+            "tollgate_sessions over tollgate (same draw, {} session keys per payer): {ratio:.3}",
+            report.sessions_per_payer
+        );
+    }
     if let (Some(one), Some(scaling)) = (
         report.tollgate_one_thread_receipts_per_s,
         report.thread_scaling,
@@ -374,10 +417,20 @@ mod tests {
             rounds: 1,
             seed: 9,
             json: true,
+            sessions_per_payer: 3,
         };
         let report = measure(&args).expect("runs");
         let names: Vec<&str> = report.results.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(names, ["dalek2_default", "dalek3_same_backend", "tollgate"]);
+        assert_eq!(
+            names,
+            [
+                "dalek2_default",
+                "dalek3_same_backend",
+                "tollgate",
+                "tollgate_sessions"
+            ]
+        );
+        assert!(report.session_vs_payer.is_some());
         assert!(report.thread_scaling.is_some());
         assert!(report.bad_mix_cost.is_some());
     }

@@ -32,6 +32,21 @@ impl Workload {
         bad_pct: f64,
         seed: u64,
     ) -> anyhow::Result<Self> {
+        Self::generate_with_sessions(receipts, payers, zipf, bad_pct, seed, 0)
+    }
+
+    /// [`Workload::generate`]'s draw, each receipt signed instead by one of its payer's
+    /// `sessions_per_payer` session keys (in turn), with the session flag; 0 signs with the
+    /// payer keys. The same payers, amounts and broken positions either way, so the two
+    /// workloads differ only in who signs.
+    pub fn generate_with_sessions(
+        receipts: usize,
+        payers: usize,
+        zipf: f64,
+        bad_pct: f64,
+        seed: u64,
+        sessions_per_payer: usize,
+    ) -> anyhow::Result<Self> {
         ensure!(payers >= 1, "--payers must be at least 1");
         ensure!(
             (0.0..=100.0).contains(&bad_pct),
@@ -62,14 +77,16 @@ impl Workload {
             chain_id: 31_337,
             contract: Address([0x7a; 20]),
         };
-        let keys: Vec<Option<ed25519_dalek::SigningKey>> = (0..payers)
+        let signers_per_payer = sessions_per_payer.max(1);
+        // Key `payer * signers_per_payer + s`: the payer's own key, or its session s.
+        let keys: Vec<Option<ed25519_dalek::SigningKey>> = (0..payers * signers_per_payer)
             .into_par_iter()
-            .map(|payer| {
-                used[payer].then(|| {
+            .map(|signer| {
+                used[signer / signers_per_payer].then(|| {
                     let mut secret = [0u8; 32];
-                    secret[..8].copy_from_slice(&(payer as u64).to_le_bytes());
+                    secret[..8].copy_from_slice(&(signer as u64).to_le_bytes());
                     secret[8..16].copy_from_slice(&seed.to_le_bytes());
-                    secret[31] = 0xb5;
+                    secret[31] = if sessions_per_payer == 0 { 0xb5 } else { 0x5e };
                     ed25519_dalek::SigningKey::from_bytes(&secret)
                 })
             })
@@ -78,7 +95,7 @@ impl Workload {
             .par_iter()
             .enumerate()
             .map(|(n, &payer)| {
-                let key = keys[payer]
+                let key = keys[payer * signers_per_payer + n % signers_per_payer]
                     .as_ref()
                     .context("every drawn payer has a key")?;
                 let unsigned = UnsignedReceipt {
@@ -88,7 +105,7 @@ impl Workload {
                     nonce: n as u64,
                     timestamp_ms: 1_764_000_000_000 + n as u64,
                     request_hash: *blake3::hash(&(n as u64).to_le_bytes()).as_bytes(),
-                    session: false,
+                    session: sessions_per_payer > 0,
                 };
                 Ok(unsigned.sign(key, &domain).to_bytes())
             })
