@@ -833,12 +833,10 @@ impl Task {
         let mut wrote = false;
         while let Some(request_id) = self.unsent_queries.pop_front() {
             let query = match self.queries.get(&request_id) {
-                Some(Query::Balance(payer, _)) => {
-                    Frame::QueryBalance(QueryBalance {
-                        request_id,
-                        payer: *payer,
-                    })
-                }
+                Some(Query::Balance(payer, _)) => Frame::QueryBalance(QueryBalance {
+                    request_id,
+                    payer: *payer,
+                }),
                 Some(Query::Registration(frame, _)) => frame.clone(),
                 None => continue,
             };

@@ -35,11 +35,11 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tollgate_engine::pipeline::{
-    BatchAck, Engine, EngineError, LedgerError, SubmitError, SubmitRequest,
-};
 use tollgate_engine::grant::{
     CheckedGrant, CheckedRevocation, GrantError, SignedGrant, SignedRevocation,
+};
+use tollgate_engine::pipeline::{
+    BatchAck, Engine, EngineError, LedgerError, SubmitError, SubmitRequest,
 };
 use tollgate_engine::receipt::RECEIPT_BYTES;
 use tollgate_engine::{Address, Domain, PayerKey, Reason};

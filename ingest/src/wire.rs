@@ -614,9 +614,7 @@ impl Frame {
             FrameType::Pong => Frame::Pong(Ping::decode_body(FrameType::Pong, &body)?),
             FrameType::Error => Frame::Error(ErrorFrame::decode_body(&body)?),
             FrameType::Grant => Frame::Grant(Registration::decode_body(FrameType::Grant, body)?),
-            FrameType::Revoke => {
-                Frame::Revoke(Registration::decode_body(FrameType::Revoke, body)?)
-            }
+            FrameType::Revoke => Frame::Revoke(Registration::decode_body(FrameType::Revoke, body)?),
             FrameType::GrantResult => Frame::GrantResult(GrantResult::decode_body(&body)?),
         })
     }

@@ -153,8 +153,14 @@ fn session_example_in_protocol_md_is_reproduced_byte_for_byte() {
     assert_block(&doc, "grant-signing-bytes", &grant.signing_bytes());
     let signed = grant.sign(&payer_key);
     assert_block(&doc, "grant", &signed.to_bytes());
-    assert_eq!(SignedGrant::decode(&hex_block(&doc, "grant")), Ok(signed.clone()));
-    signed.clone().check(&domain).expect("the documented grant checks out");
+    assert_eq!(
+        SignedGrant::decode(&hex_block(&doc, "grant")),
+        Ok(signed.clone())
+    );
+    signed
+        .clone()
+        .check(&domain)
+        .expect("the documented grant checks out");
     assert_frame(&doc, "grant-frame", &Registration::grant(1, &signed));
 
     let receipt = UnsignedReceipt {
@@ -187,8 +193,14 @@ fn session_example_in_protocol_md_is_reproduced_byte_for_byte() {
         SignedRevocation::decode(&hex_block(&doc, "revocation")),
         Ok(revocation)
     );
-    revocation.check(&domain).expect("the documented revocation checks out");
-    assert_frame(&doc, "revoke-frame", &Registration::revocation(2, &revocation));
+    revocation
+        .check(&domain)
+        .expect("the documented revocation checks out");
+    assert_frame(
+        &doc,
+        "revoke-frame",
+        &Registration::revocation(2, &revocation),
+    );
 }
 
 #[test]

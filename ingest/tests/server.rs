@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
-use tollgate_engine::grant::{Grant, PayeeScope, Revocation, SignedGrant};
+use tollgate_engine::grant::{Grant, PayeeScope, Revocation, SignedGrant, SignedRevocation};
 use tollgate_engine::pipeline::{Engine, EngineConfig, FundsEvent, FundsKind};
 use tollgate_engine::{
     Address, Domain, PayerKey, Reason, Receipt, ReceiptBatch, UnsignedReceipt, Verifier,
@@ -925,6 +925,17 @@ fn signed_grant() -> SignedGrant {
     grant().sign(&SigningKey::from_bytes(&PAYER_SEED))
 }
 
+/// The harness payer's revocation of `session`.
+fn revocation(session: PayerKey) -> SignedRevocation {
+    Revocation {
+        domain: domain(),
+        payer: payer(),
+        session,
+        revoked_at_ms: now_ms(),
+    }
+    .sign(&SigningKey::from_bytes(&PAYER_SEED))
+}
+
 fn session_receipt(nonce: u64, payee: Address) -> Receipt {
     UnsignedReceipt {
         payer: session_key(),
@@ -982,14 +993,7 @@ async fn granted_session_receipts_are_charged_to_the_payer_until_cap_and_revocat
     );
     assert_eq!(pending(&h), 20, "charged to the granting payer's deposit");
 
-    let revocation = Revocation {
-        domain: domain(),
-        payer: payer(),
-        session: session_key(),
-        revoked_at_ms: now_ms(),
-    }
-    .sign(&SigningKey::from_bytes(&PAYER_SEED));
-    assert_eq!(client.revoke(&revocation).await, Ok(Ok(())));
+    assert_eq!(client.revoke(&revocation(session_key())).await, Ok(Ok(())));
     assert_eq!(
         verdicts(&client, vec![session_receipt(5, PAYEE)]).await,
         vec![Err(Reason::GrantRevoked)]
@@ -1055,7 +1059,14 @@ async fn each_bad_grant_gets_its_own_code_and_the_connection_keeps_working() {
             }
             .sign(&other_payer),
         ),
-        ("already_granted", Grant { nonce: 2, ..grant() }.sign(&payer_key)),
+        (
+            "already_granted",
+            Grant {
+                nonce: 2,
+                ..grant()
+            }
+            .sign(&payer_key),
+        ),
     ];
     for (name, bad) in stateful {
         let refused = client.grant(&bad).await.expect("answered").expect_err(name);
@@ -1095,7 +1106,9 @@ async fn each_bad_grant_gets_its_own_code_and_the_connection_keeps_working() {
         verdicts(&client, vec![session_receipt(1, PAYEE)]).await,
         vec![Ok(())]
     );
-    raw.send(&Frame::Ping(Ping { nonce: 3 })).await.expect("send");
+    raw.send(&Frame::Ping(Ping { nonce: 3 }))
+        .await
+        .expect("send");
     assert!(matches!(
         raw.next().await,
         Some(Ok(Frame::Pong(Ping { nonce: 3 })))
@@ -1156,14 +1169,7 @@ async fn grants_and_revocations_survive_a_restart() {
     }
     .sign(&payer_key);
     assert_eq!(client.grant(&second).await, Ok(Ok(())));
-    let revocation = Revocation {
-        domain: domain(),
-        payer: payer(),
-        session: revoked,
-        revoked_at_ms: now_ms(),
-    }
-    .sign(&payer_key);
-    assert_eq!(client.revoke(&revocation).await, Ok(Ok(())));
+    assert_eq!(client.revoke(&revocation(revoked)).await, Ok(Ok(())));
     client.close().await.expect("close");
 
     let h = h.restart().await;
@@ -1185,11 +1191,7 @@ async fn grants_and_revocations_survive_a_restart() {
             ]
         )
         .await,
-        vec![
-            Ok(()),
-            Err(Reason::OverGrantCap),
-            Err(Reason::GrantRevoked)
-        ]
+        vec![Ok(()), Err(Reason::OverGrantCap), Err(Reason::GrantRevoked)]
     );
     assert_eq!(pending(&h), 20);
     client.close().await.expect("close");

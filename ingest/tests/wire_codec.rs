@@ -4,8 +4,8 @@
 use bytes::{BufMut, BytesMut};
 use proptest::prelude::*;
 use tokio_util::codec::Decoder;
-use tollgate_engine::{Address, Domain, PayerKey, Reason, Receipt, ReceiptBatch};
 use tollgate_engine::grant::{GRANT_BYTES, GrantError, REVOCATION_BYTES};
+use tollgate_engine::{Address, Domain, PayerKey, Reason, Receipt, ReceiptBatch};
 use tollgate_ingest::wire::{
     Ack, Balance, Challenge, CodecError, Decoded, ErrorCode, ErrorFrame, FRAME_BYTES_MAX, Frame,
     FrameCodec, FrameType, GrantRefusal, GrantResult, HEADER_BYTES, Hello, HelloOk, Ping,
@@ -141,27 +141,33 @@ fn frame() -> impl Strategy<Value = Frame> {
         any::<u64>().prop_map(|nonce| Frame::Pong(Ping { nonce })),
         (any::<u16>(), ".{0,200}").prop_map(|(code, text)| Frame::Error(ErrorFrame { code, text })),
         // Any record bytes: the server, not the codec, judges what a record says.
-        (any::<u64>(), prop::collection::vec(any::<u8>(), GRANT_BYTES)).prop_map(
-            |(request_id, record)| Frame::Grant(Registration {
+        (
+            any::<u64>(),
+            prop::collection::vec(any::<u8>(), GRANT_BYTES)
+        )
+            .prop_map(|(request_id, record)| Frame::Grant(Registration {
                 request_id,
                 record: record.into(),
-            })
-        ),
-        (any::<u64>(), prop::collection::vec(any::<u8>(), REVOCATION_BYTES)).prop_map(
-            |(request_id, record)| Frame::Revoke(Registration {
+            })),
+        (
+            any::<u64>(),
+            prop::collection::vec(any::<u8>(), REVOCATION_BYTES)
+        )
+            .prop_map(|(request_id, record)| Frame::Revoke(Registration {
                 request_id,
                 record: record.into(),
-            })
-        ),
-        (any::<u64>(), prop::option::of((grant_error_code(), ".{0,200}"))).prop_map(
-            |(request_id, refusal)| Frame::GrantResult(GrantResult {
+            })),
+        (
+            any::<u64>(),
+            prop::option::of((grant_error_code(), ".{0,200}"))
+        )
+            .prop_map(|(request_id, refusal)| Frame::GrantResult(GrantResult {
                 request_id,
                 outcome: match refusal {
                     None => Ok(()),
                     Some((code, text)) => Err(GrantRefusal { code, text }),
                 },
-            })
-        ),
+            })),
     ]
 }
 

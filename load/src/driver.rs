@@ -47,9 +47,7 @@ pub trait Transport: Send + Sync + 'static {
         revocation: &SignedRevocation,
     ) -> impl Future<Output = Result<(), String>> + Send {
         let _ = revocation;
-        std::future::ready(Err(
-            "this transport cannot register revocations".to_owned()
-        ))
+        std::future::ready(Err("this transport cannot register revocations".to_owned()))
     }
 }
 

@@ -377,9 +377,7 @@ impl Planner {
                     return Err(WorkloadError::BalanceTooLarge(index as u32));
                 }
                 if sessions.per_payer > 0
-                    && let Some(index) = balances
-                        .iter()
-                        .position(|&b| b >= u128::from(SESSION_CAP))
+                    && let Some(index) = balances.iter().position(|&b| b >= u128::from(SESSION_CAP))
                 {
                     return Err(WorkloadError::BalanceOverSessionCap(index as u32));
                 }
@@ -602,8 +600,8 @@ impl Planner {
             Kind::OutOfScope => SCOPED_SLOT,
             _ => self.rng.random_range(0..self.workload.sessions.per_payer),
         };
-        let revoke_first =
-            kind == Kind::Revoked && !std::mem::replace(&mut self.revoke_planned[payer as usize], true);
+        let revoke_first = kind == Kind::Revoked
+            && !std::mem::replace(&mut self.revoke_planned[payer as usize], true);
         (
             self.session_signer(payer, slot),
             self.session_public(payer, slot),
@@ -908,7 +906,12 @@ mod tests {
                 assert!(!p.revoke_first);
             }
         }
-        for kind in [Kind::OverCap, Kind::Expired, Kind::Revoked, Kind::OutOfScope] {
+        for kind in [
+            Kind::OverCap,
+            Kind::Expired,
+            Kind::Revoked,
+            Kind::OutOfScope,
+        ] {
             let n = planned.iter().filter(|p| p.kind == kind).count();
             assert!((50..160).contains(&n), "{kind:?}: {n}");
         }

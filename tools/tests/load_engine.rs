@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use tollgate_engine::grant::SignedRevocation;
 use tollgate_engine::pipeline::{Engine, EngineConfig, FundsEvent, FundsKind, SubmitRequest};
 use tollgate_engine::{
     Address, Domain, Receipt, ReceiptBatch, Verdict, Verifier, VerifyConfig, VerifyPool,
 };
 use tollgate_load::driver::Options;
-use tollgate_engine::grant::SignedRevocation;
 use tollgate_load::{Funds, Planner, Sessions, Transport, Workload, run_with};
 
 /// One producer session on the engine.
