@@ -58,13 +58,18 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::codec::{FramedRead, FramedWrite};
+use tollgate_engine::grant::{SignedGrant, SignedRevocation};
 use tollgate_engine::receipt::RECEIPT_BYTES;
 use tollgate_engine::{Domain, PayerKey, Receipt, ReceiptBatch, Verdict};
 
 use crate::wire::{
-    Ack, Balance, CodecError, ErrorCode, ErrorFrame, Frame, FrameCodec, Hello, HelloOk, Ping,
-    QueryBalance, Submit,
+    Ack, Balance, CodecError, ErrorCode, ErrorFrame, Frame, FrameCodec, GrantRefusal, GrantResult,
+    Hello, HelloOk, Ping, QueryBalance, Registration, Submit,
 };
+
+/// What became of a grant or revocation the server answered: `Ok` once it is durable, or the
+/// server's refusal (which changed nothing).
+pub type GrantOutcome = Result<(), GrantRefusal>;
 
 /// How a client connects and batches. Build with [`ClientConfig::new`], then adjust fields.
 #[derive(Clone, Debug)]
@@ -290,6 +295,11 @@ enum Command {
         payer: PayerKey,
         reply: oneshot::Sender<Result<Balance, ClientError>>,
     },
+    /// A GRANT or REVOKE; its request id is set when the task numbers it.
+    Register {
+        frame: Frame,
+        reply: oneshot::Sender<Result<GrantOutcome, ClientError>>,
+    },
     Close {
         reply: oneshot::Sender<ClientStats>,
     },
@@ -424,6 +434,29 @@ impl Client {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Balance { payer, reply })
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        answer.await.unwrap_or(Err(ClientError::Closed))
+    }
+
+    /// Registers a payer's signed grant of a session key; resolves once the server has it on
+    /// disk, or with its refusal. Receipts submitted after this resolves are judged under the
+    /// grant.
+    pub async fn grant(&self, grant: &SignedGrant) -> Result<GrantOutcome, ClientError> {
+        self.register(Registration::grant(0, grant)).await
+    }
+
+    /// Registers a payer's signed revocation of a session key; resolves once the server has it
+    /// on disk (receipts of the session applied from then on are refused `grant_revoked`), or
+    /// with its refusal.
+    pub async fn revoke(&self, revocation: &SignedRevocation) -> Result<GrantOutcome, ClientError> {
+        self.register(Registration::revocation(0, revocation)).await
+    }
+
+    async fn register(&self, frame: Frame) -> Result<GrantOutcome, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Register { frame, reply })
             .await
             .map_err(|_| ClientError::Closed)?;
         answer.await.unwrap_or(Err(ClientError::Closed))
@@ -590,6 +623,27 @@ struct SealedBatch {
     written: bool,
 }
 
+/// A request answered by its own frame, matched by request id.
+#[derive(Debug)]
+enum Query {
+    Balance(PayerKey, oneshot::Sender<Result<Balance, ClientError>>),
+    /// The GRANT or REVOKE frame, kept to be re-sent after a reconnect.
+    Registration(Frame, oneshot::Sender<Result<GrantOutcome, ClientError>>),
+}
+
+impl Query {
+    fn fail(self, error: ClientError) {
+        match self {
+            Query::Balance(_, reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Query::Registration(_, reply) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct PendingRequest {
     verdicts: Vec<Verdict>,
@@ -618,7 +672,9 @@ struct Task {
     unsent: VecDeque<SealedBatch>,
     /// Written, awaiting their ACK.
     in_flight: BTreeMap<u64, SealedBatch>,
-    queries: HashMap<u64, (PayerKey, oneshot::Sender<Result<Balance, ClientError>>)>,
+    /// Balance queries, grants and revocations awaiting their answer, by request id: ordered, so
+    /// a reconnect re-sends a grant before the revocation that follows it.
+    queries: BTreeMap<u64, Query>,
     unsent_queries: VecDeque<u64>,
     next_query: u64,
     closing: Option<Option<oneshot::Sender<ClientStats>>>,
@@ -648,7 +704,7 @@ impl Task {
             next_seq: 1,
             unsent: VecDeque::new(),
             in_flight: BTreeMap::new(),
-            queries: HashMap::new(),
+            queries: BTreeMap::new(),
             unsent_queries: VecDeque::new(),
             next_query: 1,
             closing: None,
@@ -776,11 +832,16 @@ impl Task {
     async fn write_ready(&mut self, connection: &mut Connection) -> Result<(), Failure> {
         let mut wrote = false;
         while let Some(request_id) = self.unsent_queries.pop_front() {
-            if let Some(&(payer, _)) = self.queries.get(&request_id) {
-                let query = Frame::QueryBalance(QueryBalance { request_id, payer });
-                feed(connection, &query).await?;
-                wrote = true;
-            }
+            let query = match self.queries.get(&request_id) {
+                Some(Query::Balance(payer, _)) => Frame::QueryBalance(QueryBalance {
+                    request_id,
+                    payer: *payer,
+                }),
+                Some(Query::Registration(frame, _)) => frame.clone(),
+                None => continue,
+            };
+            feed(connection, &query).await?;
+            wrote = true;
         }
         while self.in_flight.len() < self.in_flight_max {
             let Some(mut batch) = self.unsent.pop_front() else {
@@ -848,16 +909,27 @@ impl Task {
                 }
             }
             Command::Balance { payer, reply } => {
-                let request_id = self.next_query;
-                self.next_query += 1;
-                self.queries.insert(request_id, (payer, reply));
-                self.unsent_queries.push_back(request_id);
+                self.query(Query::Balance(payer, reply));
+            }
+            Command::Register { mut frame, reply } => {
+                if let Frame::Grant(registration) | Frame::Revoke(registration) = &mut frame {
+                    registration.request_id = self.next_query;
+                }
+                self.query(Query::Registration(frame, reply));
             }
             Command::Close { reply } => {
                 self.seal();
                 self.closing = Some(Some(reply));
             }
         }
+    }
+
+    /// Numbers a query and queues it for sending.
+    fn query(&mut self, query: Query) {
+        let request_id = self.next_query;
+        self.next_query += 1;
+        self.queries.insert(request_id, query);
+        self.unsent_queries.push_back(request_id);
     }
 
     /// Numbers the open batch and queues it for sending.
@@ -884,8 +956,17 @@ impl Task {
         match frame {
             Frame::Ack(ack) => self.on_ack(ack),
             Frame::Balance(balance) => {
-                if let Some((_, reply)) = self.queries.remove(&balance.request_id) {
+                if let Some(Query::Balance(_, reply)) = self.queries.remove(&balance.request_id) {
                     let _ = reply.send(Ok(balance));
+                }
+                Ok(())
+            }
+            Frame::GrantResult(GrantResult {
+                request_id,
+                outcome,
+            }) => {
+                if let Some(Query::Registration(_, reply)) = self.queries.remove(&request_id) {
+                    let _ = reply.send(Ok(outcome));
                 }
                 Ok(())
             }
@@ -893,7 +974,7 @@ impl Task {
             Frame::Pong(_) => Ok(()),
             other => Err(Failure::Fatal(unexpected(
                 &other,
-                "ACK, BALANCE, PING or PONG",
+                "ACK, BALANCE, GRANT_RESULT, PING or PONG",
             ))),
         }
     }
@@ -949,8 +1030,8 @@ impl Task {
         for (_, request) in self.requests.drain() {
             let _ = request.reply.send(Err(error.clone()));
         }
-        for (_, (_, reply)) in self.queries.drain() {
-            let _ = reply.send(Err(error.clone()));
+        for (_, query) in std::mem::take(&mut self.queries) {
+            query.fail(error.clone());
         }
         if let Some(Some(reply)) = self.closing.take() {
             let _ = reply.send(self.stats.snapshot());
@@ -962,6 +1043,9 @@ impl Task {
                     let _ = reply.send(Err(error.clone()));
                 }
                 Command::Balance { reply, .. } => {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                Command::Register { reply, .. } => {
                     let _ = reply.send(Err(error.clone()));
                 }
                 Command::Close { reply } => {

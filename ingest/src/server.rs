@@ -35,6 +35,9 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tollgate_engine::grant::{
+    CheckedGrant, CheckedRevocation, GrantError, SignedGrant, SignedRevocation,
+};
 use tollgate_engine::pipeline::{
     BatchAck, Engine, EngineError, LedgerError, SubmitError, SubmitRequest,
 };
@@ -44,7 +47,8 @@ use tracing::Instrument;
 
 use crate::wire::{
     Ack, Balance, Challenge, Decoded, ErrorCode, ErrorFrame, Frame, FrameCodec, FrameHeader,
-    FrameType, Hello, HelloOk, QueryBalance, Submit, WireError, decode_frame,
+    FrameType, GrantRefusal, GrantResult, Hello, HelloOk, QueryBalance, Registration, Submit,
+    WireError, decode_frame,
 };
 
 /// A fleet client the server accepts.
@@ -576,6 +580,10 @@ impl Connection {
                 let balance = self.balance(query).await?;
                 self.write(&Frame::Balance(balance)).await
             }
+            Frame::Grant(registration) => self.on_registration(Record::Grant, registration).await,
+            Frame::Revoke(registration) => {
+                self.on_registration(Record::Revocation, registration).await
+            }
             Frame::Ping(ping) => self.write(&Frame::Pong(ping)).await,
             Frame::Pong(_) => Ok(()),
             other => Err(refusal(
@@ -710,6 +718,76 @@ impl Connection {
         }
     }
 
+    /// Registers a grant or a revocation and answers once it is durable or refused. The
+    /// connection reads nothing else meanwhile, so a SUBMIT sent after a GRANT reaches the engine
+    /// only once the grant is applied: its receipts are judged under it. A record that fails a
+    /// check is refused for this request alone.
+    async fn on_registration(
+        &mut self,
+        kind: Record,
+        registration: Registration,
+    ) -> Result<(), Closing> {
+        let domain = self.config().domain;
+        let record = registration.record;
+        // A signature verification: kept off the runtime's worker threads.
+        let checked = tokio::task::spawn_blocking(move || kind.check(&record, &domain))
+            .await
+            .map_err(|error| refusal(ErrorCode::Internal, error.to_string()))?;
+        let outcome = match checked {
+            Ok(checked) => self.register(checked).await?,
+            Err(error) => Err(GrantRefusal::from(&error)),
+        };
+        if let Err(refused) = &outcome {
+            tracing::info!(code = refused.code, text = %refused.text, "grant or revocation refused");
+        }
+        let answer = GrantResult {
+            request_id: registration.request_id,
+            outcome,
+        };
+        self.write(&Frame::GrantResult(answer)).await
+    }
+
+    /// Hands a checked record to the ledger and waits until it is durable; the ledger's
+    /// refusal (a session granted by another payer, say) is the request's answer.
+    async fn register(&self, checked: Checked) -> Result<Result<(), GrantRefusal>, Closing> {
+        let engine = &self.shared.engine;
+        let receiver = loop {
+            let queued = match &checked {
+                Checked::Grant(grant) => engine.grant(grant.clone()),
+                Checked::Revocation(revocation) => engine.revoke(*revocation),
+            };
+            match queued {
+                Ok(receiver) => break receiver,
+                // The control queue is shared with settlement's few messages and drains with
+                // the ledger's next write.
+                Err(SubmitError::Full) => tokio::select! {
+                    _ = self.stop.cancelled() => {
+                        return Err(refusal(ErrorCode::ShuttingDown, "server is shutting down"));
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+                },
+                Err(error) => return Err(self.not_taken(error)),
+            }
+        };
+        match receiver.await.unwrap_or(Err(EngineError::Stopped)) {
+            Ok(()) => Ok(Ok(())),
+            Err(EngineError::Ledger(LedgerError::Grant(error))) => {
+                Ok(Err(GrantRefusal::from(&error)))
+            }
+            Err(EngineError::Stopped) => {
+                Err(refusal(ErrorCode::ShuttingDown, "the engine stopped"))
+            }
+            Err(error) if error.is_refusal() => {
+                tracing::warn!(%error, "engine refused a grant or revocation");
+                Err(refusal(ErrorCode::Internal, error.to_string()))
+            }
+            Err(error) => {
+                self.shared.fail(&error);
+                Err(refusal(ErrorCode::Internal, "the ledger has failed"))
+            }
+        }
+    }
+
     async fn balance(&self, query: QueryBalance) -> Result<Balance, Closing> {
         let reader = self.shared.engine.reader();
         let read = tokio::task::spawn_blocking(move || payer_balance(&reader, query)).await;
@@ -751,6 +829,31 @@ impl Connection {
         if writable && self.write(&Frame::Error(error)).await.is_ok() {
             linger_close(self.read, self.writer.into_inner()).await;
         }
+    }
+}
+
+/// Which record a GRANT or REVOKE carries.
+#[derive(Clone, Copy)]
+enum Record {
+    Grant,
+    Revocation,
+}
+
+/// A record that passed its own checks, ready for the ledger.
+enum Checked {
+    Grant(CheckedGrant),
+    Revocation(CheckedRevocation),
+}
+
+impl Record {
+    /// Parses and checks the record (signature included) for `domain`.
+    fn check(self, record: &[u8], domain: &Domain) -> Result<Checked, GrantError> {
+        Ok(match self {
+            Record::Grant => Checked::Grant(SignedGrant::decode(record)?.check(domain)?),
+            Record::Revocation => {
+                Checked::Revocation(SignedRevocation::decode(record)?.check(domain)?)
+            }
+        })
     }
 }
 

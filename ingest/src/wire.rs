@@ -23,6 +23,9 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use thiserror::Error;
+use tollgate_engine::grant::{
+    GRANT_BYTES, GrantError, REVOCATION_BYTES, SignedGrant, SignedRevocation,
+};
 use tollgate_engine::receipt::RECEIPT_BYTES;
 use tollgate_engine::{Address, Domain, PayerKey, Reason, ReceiptBatch};
 
@@ -75,11 +78,17 @@ pub enum FrameType {
     Pong = 9,
     /// server → client: a protocol error; the server closes the connection after it.
     Error = 10,
+    /// client → server: register a payer's signed grant of a session key.
+    Grant = 11,
+    /// client → server: register a payer's signed revocation of a session key.
+    Revoke = 12,
+    /// server → client: the answer to one GRANT or REVOKE, after it is durable.
+    GrantResult = 13,
 }
 
 impl FrameType {
     /// Every frame type, in code order.
-    pub const ALL: [FrameType; 10] = [
+    pub const ALL: [FrameType; 13] = [
         FrameType::Challenge,
         FrameType::Hello,
         FrameType::HelloOk,
@@ -90,6 +99,9 @@ impl FrameType {
         FrameType::Ping,
         FrameType::Pong,
         FrameType::Error,
+        FrameType::Grant,
+        FrameType::Revoke,
+        FrameType::GrantResult,
     ];
 
     /// The wire code.
@@ -115,6 +127,9 @@ impl FrameType {
             FrameType::Ping => "PING",
             FrameType::Pong => "PONG",
             FrameType::Error => "ERROR",
+            FrameType::Grant => "GRANT",
+            FrameType::Revoke => "REVOKE",
+            FrameType::GrantResult => "GRANT_RESULT",
         }
     }
 }
@@ -460,6 +475,12 @@ pub enum Frame {
     Pong(Ping),
     /// See [`ErrorFrame`].
     Error(ErrorFrame),
+    /// A grant to register; see [`Registration`].
+    Grant(Registration),
+    /// A revocation to register; see [`Registration`].
+    Revoke(Registration),
+    /// See [`GrantResult`].
+    GrantResult(GrantResult),
 }
 
 /// What the front of a read buffer holds.
@@ -515,6 +536,9 @@ impl Frame {
             Frame::Ping(_) => FrameType::Ping,
             Frame::Pong(_) => FrameType::Pong,
             Frame::Error(_) => FrameType::Error,
+            Frame::Grant(_) => FrameType::Grant,
+            Frame::Revoke(_) => FrameType::Revoke,
+            Frame::GrantResult(_) => FrameType::GrantResult,
         }
     }
 
@@ -531,6 +555,10 @@ impl Frame {
                 Frame::Balance(_) => Balance::BODY_BYTES,
                 Frame::Ping(_) | Frame::Pong(_) => Ping::BODY_BYTES,
                 Frame::Error(error) => error.body_bytes(),
+                Frame::Grant(registration) | Frame::Revoke(registration) => {
+                    registration.body_bytes()
+                }
+                Frame::GrantResult(result) => result.body_bytes(),
             }
     }
 
@@ -549,6 +577,10 @@ impl Frame {
             Frame::Balance(balance) => balance.encode_body(dst),
             Frame::Ping(ping) | Frame::Pong(ping) => ping.encode_body(dst),
             Frame::Error(error) => error.encode_body(dst),
+            Frame::Grant(registration) | Frame::Revoke(registration) => {
+                registration.encode_body(dst)
+            }
+            Frame::GrantResult(result) => result.encode_body(dst),
         }
         let body = &dst[start + HEADER_BYTES..];
         let header = FrameHeader {
@@ -581,6 +613,9 @@ impl Frame {
             FrameType::Ping => Frame::Ping(Ping::decode_body(FrameType::Ping, &body)?),
             FrameType::Pong => Frame::Pong(Ping::decode_body(FrameType::Pong, &body)?),
             FrameType::Error => Frame::Error(ErrorFrame::decode_body(&body)?),
+            FrameType::Grant => Frame::Grant(Registration::decode_body(FrameType::Grant, body)?),
+            FrameType::Revoke => Frame::Revoke(Registration::decode_body(FrameType::Revoke, body)?),
+            FrameType::GrantResult => Frame::GrantResult(GrantResult::decode_body(&body)?),
         })
     }
 }
@@ -1091,17 +1126,9 @@ impl ErrorFrame {
 
     /// An ERROR with `code` and `text`, cut to [`ERROR_TEXT_BYTES_MAX`] bytes.
     pub fn new(code: ErrorCode, text: impl Into<String>) -> ErrorFrame {
-        let mut text = text.into();
-        if text.len() > ERROR_TEXT_BYTES_MAX {
-            let mut cut = ERROR_TEXT_BYTES_MAX;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
-        }
         ErrorFrame {
             code: code.code(),
-            text,
+            text: cut_text(text.into()),
         }
     }
 
@@ -1128,13 +1155,200 @@ impl ErrorFrame {
             });
         };
         zero(&body[2..Self::PREFIX_BYTES], "ERROR")?;
-        let text = std::str::from_utf8(text).map_err(|_| WireError::MalformedBody {
-            frame_type: FrameType::Error,
-            detail: "text is not UTF-8",
-        })?;
         Ok(ErrorFrame {
             code: u16::from_le_bytes([body[0], body[1]]),
-            text: text.to_owned(),
+            text: utf8(FrameType::Error, text)?,
+        })
+    }
+}
+
+/// `text` cut at a character boundary to at most [`ERROR_TEXT_BYTES_MAX`] bytes.
+fn cut_text(mut text: String) -> String {
+    if text.len() > ERROR_TEXT_BYTES_MAX {
+        let mut cut = ERROR_TEXT_BYTES_MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
+fn utf8(frame_type: FrameType, text: &[u8]) -> Result<String, WireError> {
+    std::str::from_utf8(text)
+        .map(str::to_owned)
+        .map_err(|_| WireError::MalformedBody {
+            frame_type,
+            detail: "text is not UTF-8",
+        })
+}
+
+/// GRANT and REVOKE body: a request id (u64), echoed in the GRANT_RESULT, then the payer's
+/// signed record: a 288-byte grant or a 164-byte revocation (`tollgate_engine::grant`). The record
+/// travels as bytes and is parsed by the server: one that does not parse is refused for this
+/// request alone (GRANT_RESULT `malformed`), not as a protocol error, like a receipt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    /// Chosen by the client, echoed in the answer.
+    pub request_id: u64,
+    /// The record's bytes; their length is the frame type's.
+    pub record: Bytes,
+}
+
+impl Registration {
+    /// Size of the fixed part before the record.
+    pub const PREFIX_BYTES: usize = 8;
+
+    /// A GRANT registering `grant`.
+    pub fn grant(request_id: u64, grant: &SignedGrant) -> Frame {
+        Frame::Grant(Registration {
+            request_id,
+            record: Bytes::copy_from_slice(&grant.to_bytes()),
+        })
+    }
+
+    /// A REVOKE registering `revocation`.
+    pub fn revocation(request_id: u64, revocation: &SignedRevocation) -> Frame {
+        Frame::Revoke(Registration {
+            request_id,
+            record: Bytes::copy_from_slice(&revocation.to_bytes()),
+        })
+    }
+
+    /// The size of the record a frame of `frame_type` carries.
+    fn record_bytes(frame_type: FrameType) -> usize {
+        if frame_type == FrameType::Grant {
+            GRANT_BYTES
+        } else {
+            REVOCATION_BYTES
+        }
+    }
+
+    fn body_bytes(&self) -> usize {
+        Self::PREFIX_BYTES + self.record.len()
+    }
+
+    fn encode_body(&self, dst: &mut BytesMut) {
+        dst.put_u64_le(self.request_id);
+        dst.put_slice(&self.record);
+    }
+
+    fn decode_body(frame_type: FrameType, mut body: Bytes) -> Result<Registration, WireError> {
+        fixed(
+            frame_type,
+            &body,
+            Self::PREFIX_BYTES + Self::record_bytes(frame_type),
+        )?;
+        let request_id = body.get_u64_le();
+        Ok(Registration {
+            request_id,
+            record: body,
+        })
+    }
+}
+
+/// Why the server refused a grant or a revocation: a `tollgate_engine::grant::GrantError` as
+/// the wire carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[error("{} ({code}): {text}", self.name())]
+pub struct GrantRefusal {
+    /// The stable code, one of `GrantError::CODES`.
+    pub code: u8,
+    /// The server's explanation, at most [`ERROR_TEXT_BYTES_MAX`] bytes.
+    pub text: String,
+}
+
+impl GrantRefusal {
+    /// The stable snake_case name of the code.
+    pub fn name(&self) -> &'static str {
+        GrantError::CODES
+            .iter()
+            .find(|(code, _)| *code == self.code)
+            .map_or("unknown", |(_, name)| name)
+    }
+}
+
+impl From<&GrantError> for GrantRefusal {
+    fn from(error: &GrantError) -> GrantRefusal {
+        GrantRefusal {
+            code: error.code(),
+            text: cut_text(error.to_string()),
+        }
+    }
+}
+
+/// GRANT_RESULT body: the answer to one GRANT or REVOKE, sent once the record is durable (or
+/// refused, which changed nothing).
+///
+/// | offset | size | field |
+/// | ---: | ---: | --- |
+/// | 0 | 8 | request id (u64) |
+/// | 8 | 1 | 0: accepted; else the refusal's `GrantError` code |
+/// | 9 | 3 | reserved, zero |
+/// | 12 | rest | UTF-8 text, empty when accepted |
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantResult {
+    /// The GRANT or REVOKE answered.
+    pub request_id: u64,
+    /// `Ok` once the record is durable.
+    pub outcome: Result<(), GrantRefusal>,
+}
+
+impl GrantResult {
+    /// Size of the fixed part before the text.
+    pub const PREFIX_BYTES: usize = 12;
+
+    fn body_bytes(&self) -> usize {
+        Self::PREFIX_BYTES + self.outcome.as_ref().err().map_or(0, |r| r.text.len())
+    }
+
+    fn encode_body(&self, dst: &mut BytesMut) {
+        dst.put_u64_le(self.request_id);
+        match &self.outcome {
+            Ok(()) => {
+                dst.put_u8(0);
+                dst.put_bytes(0, 3);
+            }
+            Err(refusal) => {
+                dst.put_u8(refusal.code);
+                dst.put_bytes(0, 3);
+                dst.put_slice(refusal.text.as_bytes());
+            }
+        }
+    }
+
+    fn decode_body(body: &[u8]) -> Result<GrantResult, WireError> {
+        let malformed = |detail| WireError::MalformedBody {
+            frame_type: FrameType::GrantResult,
+            detail,
+        };
+        let Some(text) = body.get(Self::PREFIX_BYTES..) else {
+            return Err(WireError::BodyLength {
+                frame_type: FrameType::GrantResult,
+                body_bytes: body.len(),
+            });
+        };
+        let mut prefix = &body[..Self::PREFIX_BYTES];
+        let request_id = prefix.get_u64_le();
+        let code = prefix.get_u8();
+        zero(prefix, "GRANT_RESULT")?;
+        let outcome = if code == 0 {
+            if !text.is_empty() {
+                return Err(malformed("an accepted GRANT_RESULT carries no text"));
+            }
+            Ok(())
+        } else {
+            if !GrantError::CODES.iter().any(|(known, _)| *known == code) {
+                return Err(malformed("unknown grant error code"));
+            }
+            Err(GrantRefusal {
+                code,
+                text: utf8(FrameType::GrantResult, text)?,
+            })
+        };
+        Ok(GrantResult {
+            request_id,
+            outcome,
         })
     }
 }

@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
+use tollgate_engine::grant::{Grant, PayeeScope, Revocation, SignedGrant, SignedRevocation};
 use tollgate_engine::pipeline::{Engine, EngineConfig, FundsEvent, FundsKind};
 use tollgate_engine::{
     Address, Domain, PayerKey, Reason, Receipt, ReceiptBatch, UnsignedReceipt, Verifier,
@@ -22,7 +23,8 @@ use tollgate_engine::{
 use tollgate_ingest::client::{Client, ClientConfig};
 use tollgate_ingest::server::{ClientAuth, ServerConfig, ServerError, bind, run};
 use tollgate_ingest::wire::{
-    Ack, ErrorCode, FRAME_BYTES_MAX, Frame, FrameCodec, FrameType, Hello, Ping, Submit,
+    Ack, ErrorCode, FRAME_BYTES_MAX, Frame, FrameCodec, FrameType, GrantResult, Hello, Ping,
+    Registration, Submit,
 };
 
 fn domain() -> Domain {
@@ -85,10 +87,22 @@ impl Harness {
         self.shutdown.cancel();
         self.server.await.expect("join").expect("clean shutdown");
     }
+
+    /// Stops the server and its engine, then starts both again on the same ledger.
+    async fn restart(self) -> Harness {
+        self.shutdown.cancel();
+        self.server.await.expect("join").expect("clean shutdown");
+        self.engine.shutdown().expect("engine stops cleanly");
+        start_in(self._dir, |_| {}).await
+    }
 }
 
 async fn start(adjust: impl FnOnce(&mut ServerConfig)) -> Harness {
-    let dir = tempfile::tempdir().expect("tempdir");
+    start_in(tempfile::tempdir().expect("tempdir"), adjust).await
+}
+
+/// A server over the ledger in `dir`, new or left by an earlier server.
+async fn start_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut ServerConfig)) -> Harness {
     let engine = open_engine(dir.path());
     let payer = PayerKey(
         SigningKey::from_bytes(&PAYER_SEED)
@@ -875,5 +889,311 @@ async fn read_deadline_runs_from_a_frames_first_byte_while_acks_keep_coming() {
         acks, BATCHES,
         "every batch read is acknowledged before the ERROR"
     );
+    h.stop().await;
+}
+
+const SESSION_SEED: [u8; 32] = [21; 32];
+
+fn session_key() -> PayerKey {
+    PayerKey(
+        SigningKey::from_bytes(&SESSION_SEED)
+            .verifying_key()
+            .to_bytes(),
+    )
+}
+
+/// The harness payer's grant to the session key: a cap of 25 (two receipts of 10), valid for
+/// the next hour, for [`PAYEE`] only.
+fn grant() -> Grant {
+    // One moment per test process, so every call gives the same grant bytes.
+    static GRANTED_AT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let granted_at = *GRANTED_AT.get_or_init(now_ms);
+    Grant {
+        domain: domain(),
+        payer: payer(),
+        session: session_key(),
+        nonce: 1,
+        cap: 25,
+        allowance: None,
+        valid_from_ms: granted_at - 60_000,
+        valid_until_ms: granted_at + 3_600_000,
+        payees: PayeeScope::Only(vec![PAYEE]),
+    }
+}
+
+fn signed_grant() -> SignedGrant {
+    grant().sign(&SigningKey::from_bytes(&PAYER_SEED))
+}
+
+/// The harness payer's revocation of `session`.
+fn revocation(session: PayerKey) -> SignedRevocation {
+    Revocation {
+        domain: domain(),
+        payer: payer(),
+        session,
+        revoked_at_ms: now_ms(),
+    }
+    .sign(&SigningKey::from_bytes(&PAYER_SEED))
+}
+
+fn session_receipt(nonce: u64, payee: Address) -> Receipt {
+    UnsignedReceipt {
+        payer: session_key(),
+        payee,
+        amount: 10,
+        nonce,
+        timestamp_ms: now_ms(),
+        request_hash: [0; 32],
+        session: true,
+    }
+    .sign(&SigningKey::from_bytes(&SESSION_SEED), &domain())
+}
+
+async fn verdicts(client: &Client, receipts: Vec<Receipt>) -> Vec<tollgate_engine::Verdict> {
+    client
+        .submit_batch(receipts)
+        .await
+        .expect("queued")
+        .await
+        .expect("acked")
+}
+
+/// A session's receipts count only once its payer's grant is registered, are charged to the
+/// payer, and stop at the grant's cap, its scope and its revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn granted_session_receipts_are_charged_to_the_payer_until_cap_and_revocation() {
+    let h = start(|_| {}).await;
+    let client = Client::connect(client_config(h.addr, 1))
+        .await
+        .expect("connect");
+    assert_eq!(
+        verdicts(&client, vec![session_receipt(1, PAYEE)]).await,
+        vec![Err(Reason::NoGrant)]
+    );
+    assert_eq!(client.grant(&signed_grant()).await, Ok(Ok(())));
+    // The identical grant again is fine: a fleet registers what its client presents.
+    assert_eq!(client.grant(&signed_grant()).await, Ok(Ok(())));
+    assert_eq!(
+        verdicts(
+            &client,
+            vec![
+                session_receipt(1, PAYEE),
+                session_receipt(2, Address([0x12; 20])),
+                session_receipt(3, PAYEE),
+                session_receipt(4, PAYEE),
+            ]
+        )
+        .await,
+        vec![
+            Ok(()),
+            Err(Reason::PayeeNotInGrant),
+            Ok(()),
+            Err(Reason::OverGrantCap),
+        ]
+    );
+    assert_eq!(pending(&h), 20, "charged to the granting payer's deposit");
+
+    assert_eq!(client.revoke(&revocation(session_key())).await, Ok(Ok(())));
+    assert_eq!(
+        verdicts(&client, vec![session_receipt(5, PAYEE)]).await,
+        vec![Err(Reason::GrantRevoked)]
+    );
+    assert_eq!(pending(&h), 20);
+    client.close().await.expect("close");
+    h.stop().await;
+}
+
+/// Every bad grant or revocation is refused with its own code, for that request alone: the
+/// connection carries on, and nothing of it was registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_bad_grant_gets_its_own_code_and_the_connection_keeps_working() {
+    let h = start(|_| {}).await;
+    let client = Client::connect(client_config(h.addr, 1))
+        .await
+        .expect("connect");
+    let payer_key = SigningKey::from_bytes(&PAYER_SEED);
+    let other_payer = SigningKey::from_bytes(&[10; 32]);
+    let other_domain = Domain {
+        chain_id: 1,
+        ..domain()
+    };
+    let cases = [
+        ("bad_signature", grant().sign(&other_payer)),
+        (
+            "wrong_deployment",
+            Grant {
+                domain: other_domain,
+                ..grant()
+            }
+            .sign(&payer_key),
+        ),
+        ("zero_cap", Grant { cap: 0, ..grant() }.sign(&payer_key)),
+        (
+            "empty_validity",
+            Grant {
+                valid_until_ms: grant().valid_from_ms,
+                ..grant()
+            }
+            .sign(&payer_key),
+        ),
+        (
+            "session_key_is_payer",
+            Grant {
+                session: payer(),
+                ..grant()
+            }
+            .sign(&payer_key),
+        ),
+    ];
+    for (name, bad) in cases {
+        let refused = client.grant(&bad).await.expect("answered").expect_err(name);
+        assert_eq!(refused.name(), name, "{refused}");
+    }
+    assert_eq!(client.grant(&signed_grant()).await, Ok(Ok(())));
+    let stateful = [
+        (
+            "granted_by_another_payer",
+            Grant {
+                payer: PayerKey(other_payer.verifying_key().to_bytes()),
+                ..grant()
+            }
+            .sign(&other_payer),
+        ),
+        (
+            "already_granted",
+            Grant {
+                nonce: 2,
+                ..grant()
+            }
+            .sign(&payer_key),
+        ),
+    ];
+    for (name, bad) in stateful {
+        let refused = client.grant(&bad).await.expect("answered").expect_err(name);
+        assert_eq!(refused.name(), name, "{refused}");
+    }
+    let foreign_revocation = Revocation {
+        domain: domain(),
+        payer: PayerKey(other_payer.verifying_key().to_bytes()),
+        session: session_key(),
+        revoked_at_ms: now_ms(),
+    }
+    .sign(&other_payer);
+    let refused = client
+        .revoke(&foreign_revocation)
+        .await
+        .expect("answered")
+        .expect_err("not the granter");
+    assert_eq!(refused.name(), "not_the_granter");
+    // A record that does not parse is the request's `malformed`, not a protocol error.
+    let mut raw = handshake(h.addr, 2, 1).await;
+    let mut garbage = Registration::grant(9, &signed_grant());
+    if let Frame::Grant(registration) = &mut garbage {
+        let mut record = registration.record.to_vec();
+        record[141] = 1;
+        registration.record = record.into();
+    }
+    raw.send(&garbage).await.expect("send");
+    match raw.next().await {
+        Some(Ok(Frame::GrantResult(GrantResult {
+            request_id: 9,
+            outcome: Err(refusal),
+        }))) => assert_eq!(refusal.name(), "malformed"),
+        other => panic!("expected GRANT_RESULT malformed, got {other:?}"),
+    }
+    // The first grant stands, and both connections still work.
+    assert_eq!(
+        verdicts(&client, vec![session_receipt(1, PAYEE)]).await,
+        vec![Ok(())]
+    );
+    raw.send(&Frame::Ping(Ping { nonce: 3 }))
+        .await
+        .expect("send");
+    assert!(matches!(
+        raw.next().await,
+        Some(Ok(Frame::Pong(Ping { nonce: 3 })))
+    ));
+    client.close().await.expect("close");
+    h.stop().await;
+}
+
+/// A client that sends a GRANT and, without waiting for its answer, a SUBMIT of the session's
+/// receipts on the same connection has them judged under the grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_right_behind_a_grant_is_judged_under_it() {
+    let h = start(|_| {}).await;
+    let mut raw = handshake(h.addr, 1, 1).await;
+    raw.feed(&Registration::grant(1, &signed_grant()))
+        .await
+        .expect("feed");
+    let receipts = ReceiptBatch::from_receipts(&[session_receipt(1, PAYEE)]);
+    raw.feed(&Frame::Submit(Submit {
+        batch_seq: 1,
+        receipts,
+    }))
+    .await
+    .expect("feed");
+    SinkExt::<&Frame>::flush(&mut raw).await.expect("flush");
+    match raw.next().await {
+        Some(Ok(Frame::GrantResult(GrantResult {
+            request_id: 1,
+            outcome: Ok(()),
+        }))) => {}
+        other => panic!("expected GRANT_RESULT ok, got {other:?}"),
+    }
+    let ack = next_ack(&mut raw).await;
+    assert_eq!((ack.accepted, ack.rejections), (1, vec![]));
+    h.stop().await;
+}
+
+/// A grant and a revocation are on disk once answered: a restarted server still charges the
+/// session to its payer, within what it already spent, and still refuses a revoked session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_and_revocations_survive_a_restart() {
+    let h = start(|_| {}).await;
+    let client = Client::connect(client_config(h.addr, 1))
+        .await
+        .expect("connect");
+    assert_eq!(client.grant(&signed_grant()).await, Ok(Ok(())));
+    assert_eq!(
+        verdicts(&client, vec![session_receipt(1, PAYEE)]).await,
+        vec![Ok(())]
+    );
+    let revoked_seed = [22; 32];
+    let revoked_key = SigningKey::from_bytes(&revoked_seed);
+    let revoked = PayerKey(revoked_key.verifying_key().to_bytes());
+    let payer_key = SigningKey::from_bytes(&PAYER_SEED);
+    let second = Grant {
+        session: revoked,
+        ..grant()
+    }
+    .sign(&payer_key);
+    assert_eq!(client.grant(&second).await, Ok(Ok(())));
+    assert_eq!(client.revoke(&revocation(revoked)).await, Ok(Ok(())));
+    client.close().await.expect("close");
+
+    let h = h.restart().await;
+    let client = Client::connect(client_config(h.addr, 1))
+        .await
+        .expect("connect");
+    let revoked_receipt = UnsignedReceipt {
+        payer: revoked,
+        ..session_receipt(1, PAYEE).unsigned()
+    }
+    .sign(&revoked_key, &domain());
+    assert_eq!(
+        verdicts(
+            &client,
+            vec![
+                session_receipt(2, PAYEE),
+                session_receipt(3, PAYEE),
+                revoked_receipt
+            ]
+        )
+        .await,
+        vec![Ok(()), Err(Reason::OverGrantCap), Err(Reason::GrantRevoked)]
+    );
+    assert_eq!(pending(&h), 20);
+    client.close().await.expect("close");
     h.stop().await;
 }

@@ -4,11 +4,12 @@
 use bytes::{BufMut, BytesMut};
 use proptest::prelude::*;
 use tokio_util::codec::Decoder;
+use tollgate_engine::grant::{GRANT_BYTES, GrantError, REVOCATION_BYTES};
 use tollgate_engine::{Address, Domain, PayerKey, Reason, Receipt, ReceiptBatch};
 use tollgate_ingest::wire::{
     Ack, Balance, Challenge, CodecError, Decoded, ErrorCode, ErrorFrame, FRAME_BYTES_MAX, Frame,
-    FrameCodec, FrameType, HEADER_BYTES, Hello, HelloOk, Ping, QueryBalance, Submit, WireError,
-    decode_frame,
+    FrameCodec, FrameType, GrantRefusal, GrantResult, HEADER_BYTES, Hello, HelloOk, Ping,
+    QueryBalance, Registration, Submit, WireError, decode_frame,
 };
 
 fn bytes64() -> impl Strategy<Value = [u8; 64]> {
@@ -139,7 +140,39 @@ fn frame() -> impl Strategy<Value = Frame> {
         any::<u64>().prop_map(|nonce| Frame::Ping(Ping { nonce })),
         any::<u64>().prop_map(|nonce| Frame::Pong(Ping { nonce })),
         (any::<u16>(), ".{0,200}").prop_map(|(code, text)| Frame::Error(ErrorFrame { code, text })),
+        // Any record bytes: the server, not the codec, judges what a record says.
+        (
+            any::<u64>(),
+            prop::collection::vec(any::<u8>(), GRANT_BYTES)
+        )
+            .prop_map(|(request_id, record)| Frame::Grant(Registration {
+                request_id,
+                record: record.into(),
+            })),
+        (
+            any::<u64>(),
+            prop::collection::vec(any::<u8>(), REVOCATION_BYTES)
+        )
+            .prop_map(|(request_id, record)| Frame::Revoke(Registration {
+                request_id,
+                record: record.into(),
+            })),
+        (
+            any::<u64>(),
+            prop::option::of((grant_error_code(), ".{0,200}"))
+        )
+            .prop_map(|(request_id, refusal)| Frame::GrantResult(GrantResult {
+                request_id,
+                outcome: match refusal {
+                    None => Ok(()),
+                    Some((code, text)) => Err(GrantRefusal { code, text }),
+                },
+            })),
     ]
+}
+
+fn grant_error_code() -> impl Strategy<Value = u8> {
+    prop::sample::select(GrantError::CODES.map(|(code, _)| code).to_vec())
 }
 
 fn decode_all(mut buf: BytesMut) -> Result<Vec<Frame>, WireError> {
@@ -245,7 +278,7 @@ fn unknown_version_is_refused() {
 
 #[test]
 fn unknown_frame_type_is_refused() {
-    for code in [0u8, 11, 255] {
+    for code in [0u8, 14, 255] {
         let error = decode_one(raw_frame(code, &[])).expect_err("unknown type");
         assert_eq!(error, WireError::UnknownFrameType(code));
         assert_eq!(error.code(), ErrorCode::UnknownFrameType);
@@ -413,6 +446,11 @@ fn wrong_body_length_for_the_type_is_refused() {
         (FrameType::Ack, 15),
         (FrameType::Ack, 17),
         (FrameType::Error, 3),
+        (FrameType::Grant, 8 + GRANT_BYTES - 1),
+        (FrameType::Grant, 8 + REVOCATION_BYTES),
+        (FrameType::Revoke, 8 + REVOCATION_BYTES + 1),
+        (FrameType::Revoke, 8),
+        (FrameType::GrantResult, 11),
     ] {
         let error = decode_one(raw_frame(frame_type.code(), &vec![0u8; body_bytes]))
             .expect_err("wrong length");
@@ -476,6 +514,44 @@ fn malformed_bodies_are_refused() {
         }
     );
     assert_eq!(error.code(), ErrorCode::MalformedBody);
+
+    let grant_result = |code: u8, reserved: u8, text: &[u8]| {
+        let mut body = BytesMut::new();
+        body.put_u64_le(5);
+        body.put_slice(&[code, reserved, 0, 0]);
+        body.put_slice(text);
+        decode_one(raw_frame(FrameType::GrantResult.code(), &body))
+    };
+    let malformed = |detail| {
+        Err(WireError::MalformedBody {
+            frame_type: FrameType::GrantResult,
+            detail,
+        })
+    };
+    let unknown = GrantError::CODES.len() as u8 + 1;
+    assert_eq!(
+        grant_result(unknown, 0, b""),
+        malformed("unknown grant error code")
+    );
+    assert_eq!(
+        grant_result(0, 0, b"fine"),
+        malformed("an accepted GRANT_RESULT carries no text")
+    );
+    assert_eq!(grant_result(3, 0, &[0xff]), malformed("text is not UTF-8"));
+    assert_eq!(
+        grant_result(3, 1, b""),
+        Err(WireError::ReservedNotZero("GRANT_RESULT"))
+    );
+    assert_eq!(
+        grant_result(3, 0, b"bad"),
+        Ok(Decoded::Frame(Frame::GrantResult(GrantResult {
+            request_id: 5,
+            outcome: Err(GrantRefusal {
+                code: 3,
+                text: "bad".into()
+            }),
+        })))
+    );
 }
 
 #[test]

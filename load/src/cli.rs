@@ -14,7 +14,9 @@ use tollgate_query::QueryError;
 use crate::check::{self, PayerBalance};
 use crate::client::{ClientTransportConfig, connect};
 use crate::driver::{Options, unix_ms};
-use crate::{Funds, LoadError, Planner, Workload, WorkloadError, population, report, run_with};
+use crate::{
+    Funds, LoadError, Planner, Sessions, Workload, WorkloadError, population, report, run_with,
+};
 
 /// Exit code when the run completed but something did not add up: verdict mismatches, failed
 /// receipts, or a `--check` difference.
@@ -78,6 +80,26 @@ pub struct LoadArgs {
     /// Needs --deposit.
     #[arg(long, default_value_t = 0.0)]
     pub overdraft_pct: f64,
+    /// Session keys per payer: each payer grants N session keys (registered over GRANT before
+    /// the run) and every receipt is signed by one of them, charged to the payer. 0 signs with
+    /// the payers' own keys.
+    #[arg(long, default_value_t = 0)]
+    pub sessions_per_payer: u32,
+    /// Percent of session receipts for more than the grant's cap (expected: over_grant_cap).
+    /// Needs --sessions-per-payer.
+    #[arg(long, default_value_t = 0.0)]
+    pub over_cap_pct: f64,
+    /// Percent of receipts signed by a session whose grant expired (expected: grant_expired).
+    #[arg(long, default_value_t = 0.0)]
+    pub expired_pct: f64,
+    /// Percent of receipts signed by a session revoked over REVOKE during the run, sent after the
+    /// revocation is durable (expected: grant_revoked).
+    #[arg(long, default_value_t = 0.0)]
+    pub revoked_pct: f64,
+    /// Percent of session receipts for a payee outside the grant's scope (expected:
+    /// payee_not_in_grant). Needs at least two payees.
+    #[arg(long, default_value_t = 0.0)]
+    pub out_of_scope_pct: f64,
     /// Each payer's available balance at the start: an amount, `api` to read it from --check's
     /// server, or `unlimited` for a chainless server (no funds check).
     #[arg(long, default_value = "unlimited")]
@@ -223,6 +245,9 @@ pub enum RunError {
     /// The `--json` summary could not be serialised.
     #[error("printing the summary")]
     Summary(#[source] serde_json::Error),
+    /// A session's grant could not be registered before the run.
+    #[error("registering the sessions' grants: {0}")]
+    Grants(String),
 }
 
 enum DepositFlag {
@@ -240,6 +265,55 @@ fn parse_deposit(text: &str) -> Result<DepositFlag, RunError> {
             source,
         })?),
     })
+}
+
+/// Grants the server must hold at once per connection: enough to keep every connection's
+/// GRANTs pipelined.
+const GRANTS_IN_FLIGHT: usize = 64;
+
+/// Registers `grants` over GRANT frames on `connections` connections of their own, before the
+/// clock starts. A grant the server already holds is accepted again (the grants are fixed by the
+/// seed); one refused as `revoked` is a revoked session of an earlier run with this seed, whose
+/// receipts are refused `grant_revoked` all the same.
+async fn register_grants(
+    client: &ClientTransportConfig,
+    connections: u32,
+    grants: Vec<tollgate_engine::grant::SignedGrant>,
+) -> Result<(), RunError> {
+    use futures::StreamExt;
+    if grants.is_empty() {
+        return Ok(());
+    }
+    let mut clients = Vec::new();
+    for index in 0..connections.max(1) {
+        // Producer ids past the run's own: these connections submit nothing.
+        let producer = u32::MAX - index;
+        clients.push(
+            connect(client.clone(), producer)
+                .await
+                .map_err(|e| RunError::Grants(e.to_string()))?,
+        );
+    }
+    let outcomes: Vec<_> = futures::stream::iter(grants.iter().enumerate())
+        .map(|(index, grant)| clients[index % clients.len()].grant(grant))
+        .buffer_unordered(GRANTS_IN_FLIGHT * clients.len())
+        .collect()
+        .await;
+    for outcome in outcomes {
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(refused)) if refused.name() == "revoked" => {}
+            Ok(Err(refused)) => return Err(RunError::Grants(refused.to_string())),
+            Err(error) => return Err(RunError::Grants(error.to_string())),
+        }
+    }
+    for client in clients {
+        client
+            .close()
+            .await
+            .map_err(|e| RunError::Grants(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Runs, prints the report, and says whether everything agreed.
@@ -295,6 +369,13 @@ pub async fn run(args: LoadArgs) -> Result<bool, RunError> {
         domain,
         connections: args.connections,
         funds,
+        sessions: Sessions {
+            per_payer: args.sessions_per_payer,
+            over_cap_pct: args.over_cap_pct,
+            expired_pct: args.expired_pct,
+            revoked_pct: args.revoked_pct,
+            out_of_scope_pct: args.out_of_scope_pct,
+        },
     })?;
     let options = Options {
         batch_receipts: args.batch,
@@ -333,6 +414,7 @@ pub async fn run(args: LoadArgs) -> Result<bool, RunError> {
         // retry of an earlier run's.
         producer_id_base: timestamp_ms << 16,
     };
+    register_grants(&client, args.connections, planner.grants()).await?;
     let outcome = run_with(planner, &options, |connection| {
         connect(client.clone(), connection)
     })

@@ -2,6 +2,7 @@
 //! producer id) per generator connection.
 
 use ed25519_dalek::SigningKey;
+use tollgate_engine::grant::SignedRevocation;
 use tollgate_engine::{Domain, Receipt};
 use tollgate_ingest::client::{BatchVerdictsFuture, Client, ClientConfig, ClientError};
 
@@ -57,5 +58,13 @@ impl Transport for Client {
 
     async fn close(self) -> Result<(), ClientError> {
         Client::close(self).await.map(|_| ())
+    }
+
+    async fn revoke(&self, revocation: &SignedRevocation) -> Result<(), String> {
+        match Client::revoke(self, revocation).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(refused)) => Err(refused.to_string()),
+            Err(error) => Err(error.to_string()),
+        }
     }
 }

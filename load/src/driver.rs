@@ -19,6 +19,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tollgate_engine::grant::SignedRevocation;
 use tollgate_engine::{PayerKey, Receipt, Verdict};
 
 use super::acked_log::AckedLog;
@@ -39,6 +40,15 @@ pub trait Transport: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Self::Verdicts, Self::Error>> + Send;
     /// Waits for everything in flight and closes the connection.
     fn close(self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Registers a payer's revocation of a session key; resolves once it is durable, or says
+    /// why not. Only session workloads with revoked receipts call it.
+    fn revoke(
+        &self,
+        revocation: &SignedRevocation,
+    ) -> impl Future<Output = Result<(), String>> + Send {
+        let _ = revocation;
+        std::future::ready(Err("this transport cannot register revocations".to_owned()))
+    }
 }
 
 /// How the workload is driven.
@@ -100,21 +110,42 @@ pub struct Outcome {
 /// A batch ready to hand over, with what is needed to judge its verdicts.
 #[derive(Debug)]
 struct Batch {
+    /// To be durable before the receipts are sent.
+    revocations: Vec<SignedRevocation>,
     receipts: Vec<Receipt>,
     sent: Vec<Sent>,
 }
 
-fn sign_batch(
-    planner_keys: &[ed25519_dalek::SigningKey],
-    domain: &tollgate_engine::Domain,
-    planned: &[Planned],
-) -> Batch {
-    Batch {
-        receipts: planned
-            .par_iter()
-            .map(|p| p.sign(&planner_keys[p.payer_index as usize], domain))
-            .collect(),
-        sent: planned.iter().map(Sent::from).collect(),
+/// What signs: [`Planner::signing_keys`] and [`Planner::revocations`].
+#[derive(Clone, Copy)]
+struct Signers<'a> {
+    keys: &'a [ed25519_dalek::SigningKey],
+    revocations: &'a [SignedRevocation],
+    domain: &'a tollgate_engine::Domain,
+}
+
+impl<'a> Signers<'a> {
+    fn of(planner: &'a Planner) -> Self {
+        Signers {
+            keys: planner.signing_keys(),
+            revocations: planner.revocations(),
+            domain: &planner.workload().domain,
+        }
+    }
+
+    fn sign_batch(&self, planned: &[Planned]) -> Batch {
+        Batch {
+            revocations: planned
+                .iter()
+                .filter(|p| p.revoke_first)
+                .filter_map(|p| self.revocations.get(p.payer_index as usize).copied())
+                .collect(),
+            receipts: planned
+                .par_iter()
+                .map(|p| p.sign(&self.keys[p.signer as usize], self.domain))
+                .collect(),
+            sent: planned.iter().map(Sent::from).collect(),
+        }
     }
 }
 
@@ -194,14 +225,13 @@ fn presign(mut planner: Planner, batch_receipts: usize) -> Result<Vec<Vec<Batch>
     while let Some(planned) = planner.next_planned()? {
         per_connection[planned.connection as usize].push(planned);
     }
-    let keys = planner.keys();
-    let domain = planner.workload().domain;
+    let signers = Signers::of(&planner);
     Ok(per_connection
         .par_iter()
         .map(|planned| {
             planned
                 .chunks(batch_receipts)
-                .map(|chunk| sign_batch(keys, &domain, chunk))
+                .map(|chunk| signers.sign_batch(chunk))
                 .collect::<Vec<Batch>>()
         })
         .collect())
@@ -217,13 +247,17 @@ fn stream(
 ) -> Result<(), WorkloadError> {
     let mut senders: Vec<Option<mpsc::Sender<Batch>>> = senders.into_iter().map(Some).collect();
     let mut pending: Vec<Vec<Planned>> = senders.iter().map(|_| Vec::new()).collect();
-    let keys = planner.keys().to_vec();
+    let keys = planner.signing_keys().to_vec();
+    let revocations = planner.revocations().to_vec();
     let domain = planner.workload().domain;
+    let signers = Signers {
+        keys: &keys,
+        revocations: &revocations,
+        domain: &domain,
+    };
     let mut hand_over = |connection: usize, planned: &mut Vec<Planned>| {
         let gone = match &senders[connection] {
-            Some(sender) => sender
-                .blocking_send(sign_batch(&keys, &domain, planned))
-                .is_err(),
+            Some(sender) => sender.blocking_send(signers.sign_batch(planned)).is_err(),
             None => false,
         };
         if gone {
@@ -330,7 +364,12 @@ async fn drive<T: Transport>(
     let (to_collector, from_sender) = mpsc::channel(batches_in_flight_max.max(1));
     let collector = tokio::spawn(collect(from_sender, shared.clone(), log));
     let mut stats = Stats::default();
-    while let Some(Batch { receipts, sent }) = source.next().await {
+    while let Some(Batch {
+        revocations,
+        receipts,
+        sent,
+    }) = source.next().await
+    {
         if shared.stop.load(Ordering::Relaxed) {
             break;
         }
@@ -353,6 +392,23 @@ async fn drive<T: Transport>(
             break;
         };
         stats.record_sent(&sent);
+        let mut revoked = Ok(());
+        for revocation in &revocations {
+            revoked = transport.revoke(revocation).await;
+            if revoked.is_err() {
+                break;
+            }
+        }
+        if let Err(error) = revoked {
+            shared
+                .failed
+                .fetch_add(sent.len() as u64, Ordering::Relaxed);
+            stats.record_failed(
+                &sent,
+                &format!("connection {connection}: revocation: {error}"),
+            );
+            break;
+        }
         match transport.submit_batch(receipts).await {
             Ok(verdicts) => {
                 let since = slot.unwrap_or_else(Instant::now);

@@ -33,4 +33,4 @@ pub mod workload;
 
 pub use driver::{LoadError, Options, Outcome, Transport, run_with};
 pub use stats::{Stats, Summary};
-pub use workload::{Funds, Kind, Planner, Workload, WorkloadError};
+pub use workload::{Funds, Kind, Planner, Sessions, Workload, WorkloadError};

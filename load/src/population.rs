@@ -22,6 +22,18 @@ pub fn payer_key(seed: u64, index: u32) -> SigningKey {
     SigningKey::from_bytes(&derived("tollgate-load v1 payer signing key", seed, index))
 }
 
+/// The session key in `slot` of payer `index` under `seed` (see `workload::Sessions`).
+pub fn session_key(seed: u64, index: u32, slot: u32) -> SigningKey {
+    let mut material = [0u8; 16];
+    material[..8].copy_from_slice(&seed.to_le_bytes());
+    material[8..12].copy_from_slice(&index.to_le_bytes());
+    material[12..].copy_from_slice(&slot.to_le_bytes());
+    SigningKey::from_bytes(&blake3::derive_key(
+        "tollgate-load v1 session signing key",
+        &material,
+    ))
+}
+
 /// The signing keys of payers `0..count`, derived in parallel (each costs a scalar multiplication).
 pub fn payer_keys(seed: u64, count: u32) -> Vec<SigningKey> {
     (0..count)

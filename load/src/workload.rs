@@ -11,16 +11,26 @@
 //!   (rejected in any order), and the planner never lets valid receipts spend past that balance (a
 //!   payer whose deposit is spent is not sampled again). So every verdict is order-independent
 //!   across connections.
+//!
+//! A session-key workload ([`Sessions`]) signs every receipt with one of its payer's session keys
+//! (the session flag set) and charges it to the payer. Its grants are fixed by the seed alone, so
+//! a later run re-registers the identical grants. The kinds it adds are order-independent too: an
+//! over-cap receipt asks for more than the whole cap, an expired one uses a grant whose validity
+//! ended before any run, an out-of-scope one pays a payee its grant does not list, and a revoked
+//! one uses a session that signs nothing else, revoked on its connection just before the first
+//! such receipt is sent.
 
 use std::collections::HashMap;
 
 use ed25519_dalek::SigningKey;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
+use rayon::prelude::*;
 use thiserror::Error;
+use tollgate_engine::grant::{Grant, PayeeScope, Revocation, SignedGrant, SignedRevocation};
 use tollgate_engine::{Address, Domain, PayerKey, Reason, Receipt, UnsignedReceipt, Verdict};
 
-use crate::population::{Zipf, payee_address, payer_keys};
+use crate::population::{Zipf, payee_address, payer_keys, session_key};
 
 /// The kind of receipt the planner injected, which fixes the verdict the engine owes it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
@@ -36,16 +46,28 @@ pub enum Kind {
     /// A validly signed receipt for more than the payer's whole starting balance:
     /// `InsufficientFunds`.
     Overdraft,
+    /// A session's receipt for more than its grant's whole cap: `OverGrantCap`.
+    OverCap,
+    /// Signed by a session whose grant's validity ended: `GrantExpired`.
+    Expired,
+    /// Signed by a session revoked before it was sent: `GrantRevoked`.
+    Revoked,
+    /// For a payee its session's grant does not list: `PayeeNotInGrant`.
+    OutOfScope,
 }
 
 impl Kind {
     /// Every kind, in a stable order for reports.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Valid,
         Kind::BadSignature,
         Kind::Replay,
         Kind::Stale,
         Kind::Overdraft,
+        Kind::OverCap,
+        Kind::Expired,
+        Kind::Revoked,
+        Kind::OutOfScope,
     ];
 
     /// The verdict the engine owes a receipt of this kind.
@@ -56,6 +78,10 @@ impl Kind {
             Kind::Replay => Err(Reason::Duplicate),
             Kind::Stale => Err(Reason::Stale),
             Kind::Overdraft => Err(Reason::InsufficientFunds),
+            Kind::OverCap => Err(Reason::OverGrantCap),
+            Kind::Expired => Err(Reason::GrantExpired),
+            Kind::Revoked => Err(Reason::GrantRevoked),
+            Kind::OutOfScope => Err(Reason::PayeeNotInGrant),
         }
     }
 
@@ -67,6 +93,10 @@ impl Kind {
             Kind::Replay => "replay",
             Kind::Stale => "stale",
             Kind::Overdraft => "overdraft",
+            Kind::OverCap => "over_cap",
+            Kind::Expired => "expired",
+            Kind::Revoked => "revoked",
+            Kind::OutOfScope => "out_of_scope",
         }
     }
 }
@@ -80,6 +110,32 @@ pub enum Funds {
     /// The available balance of each payer at the start, indexed like the payer keys.
     Available(Vec<u128>),
 }
+
+/// A session-key workload: each payer grants session keys, which sign all its receipts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sessions {
+    /// Session keys per payer that sign its ordinary receipts; 0 is a payer-key workload (the
+    /// other fields must then be 0).
+    pub per_payer: u32,
+    /// Percentages of injected session receipts, counted with the other bad receipts.
+    pub over_cap_pct: f64,
+    /// See `over_cap_pct`.
+    pub expired_pct: f64,
+    /// See `over_cap_pct`.
+    pub revoked_pct: f64,
+    /// See `over_cap_pct`; needs at least two payees.
+    pub out_of_scope_pct: f64,
+}
+
+/// The cap of an ordinary session's grant: no run spends it, and an over-cap receipt asks for
+/// one more than all of it.
+pub const SESSION_CAP: u64 = 1 << 62;
+
+/// Which of a payer's session keys signs: ordinary slots are `0..per_payer`; these three sign
+/// only their kind. Fixed numbers, so they name the same keys whatever `per_payer` is.
+const EXPIRED_SLOT: u32 = u32::MAX - 2;
+const REVOKED_SLOT: u32 = u32::MAX - 1;
+const SCOPED_SLOT: u32 = u32::MAX;
 
 /// The parameters of a workload. Everything the engine receives follows from these.
 #[derive(Clone, Debug)]
@@ -118,6 +174,8 @@ pub struct Workload {
     pub connections: u32,
     /// What each payer may spend.
     pub funds: Funds,
+    /// Session keys, if they sign instead of the payers' keys.
+    pub sessions: Sessions,
 }
 
 /// A workload that cannot be planned.
@@ -155,6 +213,18 @@ pub enum WorkloadError {
     /// Presigning needs a bounded number of receipts.
     #[error("presigning needs --receipts")]
     Unbounded,
+    /// Session receipts were asked for without session keys.
+    #[error("over-cap, expired, revoked and out-of-scope receipts need --sessions-per-payer")]
+    SessionKindsWithoutSessions,
+    /// Out-of-scope receipts need a payee outside the scope.
+    #[error("--out-of-scope-pct needs at least two payees")]
+    OutOfScopeNeedsTwoPayees,
+    /// A starting balance at or over the session cap: an overdraft would be over cap first.
+    #[error("payer #{0} has {SESSION_CAP} or more available: too much for a session workload")]
+    BalanceOverSessionCap(u32),
+    /// More session keys than the generator numbers.
+    #[error("--payers x --sessions-per-payer is too large")]
+    TooManySessions,
 }
 
 /// A 64-bit mix (splitmix64's finaliser): spreads channels over connections evenly.
@@ -178,14 +248,19 @@ pub fn request_hash(payer: &PayerKey, payee: &Address, nonce: u64) -> [u8; 32] {
 /// One receipt the planner decided to send.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Planned {
-    /// The receipt's fields (the payer field matches `payer_index`'s key).
+    /// The receipt's fields (the payer field is the key of `signer`).
     pub unsigned: UnsignedReceipt,
-    /// Index of the payer (and of its key).
+    /// Index of the payer charged.
     pub payer_index: u32,
+    /// Index of the signing key in [`Planner::signing_keys`].
+    pub signer: u32,
     /// What the planner meant it to be.
     pub kind: Kind,
     /// Connection it travels on.
     pub connection: u32,
+    /// The payer's revocation ([`Planner::revocations`]) must be durable before this receipt is
+    /// sent: the first of its payer's revoked receipts.
+    pub revoke_first: bool,
 }
 
 impl Planned {
@@ -203,7 +278,8 @@ impl Planned {
 #[derive(Clone, Copy, Debug)]
 struct Channel {
     next_nonce: u64,
-    last_accepted: Option<UnsignedReceipt>,
+    /// The last receipt planned valid, and its signer.
+    last_accepted: Option<(UnsignedReceipt, u32)>,
 }
 
 /// Turns a [`Workload`] into a deterministic stream of [`Planned`] receipts.
@@ -212,6 +288,14 @@ pub struct Planner {
     workload: Workload,
     keys: Vec<SigningKey>,
     payers: Vec<PayerKey>,
+    /// The session keys, `slots` per payer, when sessions sign.
+    session_keys: Vec<SigningKey>,
+    /// The slot of each index within a payer's session keys.
+    slots: Vec<u32>,
+    /// One per payer when revoked receipts are planned.
+    revocations: Vec<SignedRevocation>,
+    /// Payers whose first revoked receipt was planned.
+    revoke_planned: Vec<bool>,
     payees: Vec<Address>,
     zipf: Zipf,
     rng: Xoshiro256PlusPlus,
@@ -245,11 +329,22 @@ impl Planner {
         if workload.window_nonces == 0 {
             return Err(WorkloadError::Zero("--window-nonces"));
         }
+        let sessions = &workload.sessions;
+        let session_pcts = [
+            sessions.over_cap_pct,
+            sessions.expired_pct,
+            sessions.revoked_pct,
+            sessions.out_of_scope_pct,
+        ];
         let pcts = [
             workload.bad_signature_pct,
             workload.replay_pct,
             workload.stale_pct,
             workload.overdraft_pct,
+            session_pcts[0],
+            session_pcts[1],
+            session_pcts[2],
+            session_pcts[3],
         ];
         let sum: f64 = pcts.iter().sum();
         if pcts.iter().any(|p| !(0.0..=100.0).contains(p)) || !(0.0..=100.0).contains(&sum) {
@@ -257,6 +352,12 @@ impl Planner {
         }
         if !workload.zipf_exponent.is_finite() || workload.zipf_exponent < 0.0 {
             return Err(WorkloadError::ZipfExponent(workload.zipf_exponent));
+        }
+        if sessions.per_payer == 0 && session_pcts.iter().any(|p| *p > 0.0) {
+            return Err(WorkloadError::SessionKindsWithoutSessions);
+        }
+        if sessions.out_of_scope_pct > 0.0 && workload.payees < 2 {
+            return Err(WorkloadError::OutOfScopeNeedsTwoPayees);
         }
         if workload.nonce_base / 3 < workload.window_nonces {
             return Err(WorkloadError::NonceBaseTooSmall(workload.window_nonces));
@@ -275,6 +376,11 @@ impl Planner {
                 if let Some(index) = balances.iter().position(|&b| b >= u128::from(u64::MAX)) {
                     return Err(WorkloadError::BalanceTooLarge(index as u32));
                 }
+                if sessions.per_payer > 0
+                    && let Some(index) = balances.iter().position(|&b| b >= u128::from(SESSION_CAP))
+                {
+                    return Err(WorkloadError::BalanceOverSessionCap(index as u32));
+                }
             }
             Funds::Unlimited => {}
         }
@@ -286,23 +392,136 @@ impl Planner {
         let payees = (0..workload.payees)
             .map(|index| payee_address(workload.seed, index))
             .collect();
-        Ok(Self {
+        let slots: Vec<u32> = if sessions.per_payer == 0 {
+            Vec::new()
+        } else {
+            (0..sessions.per_payer)
+                .chain([EXPIRED_SLOT, REVOKED_SLOT, SCOPED_SLOT])
+                .collect()
+        };
+        (workload.payers as usize)
+            .checked_mul(slots.len())
+            .filter(|n| u32::try_from(*n).is_ok())
+            .ok_or(WorkloadError::TooManySessions)?;
+        let session_keys: Vec<SigningKey> = (0..workload.payers)
+            .into_par_iter()
+            .flat_map_iter(|payer| {
+                slots
+                    .iter()
+                    .map(move |&slot| session_key(workload.seed, payer, slot))
+            })
+            .collect();
+        let mut planner = Self {
             zipf: Zipf::new(workload.payers, workload.zipf_exponent),
             rng: Xoshiro256PlusPlus::seed_from_u64(workload.seed),
             spent: vec![0; workload.payers as usize],
             keys,
             payers,
             payees,
+            session_keys,
+            slots,
+            revocations: Vec::new(),
+            revoke_planned: vec![false; workload.payers as usize],
             channels: HashMap::new(),
             warm: Vec::new(),
             planned: 0,
             workload,
-        })
+        };
+        if planner.workload.sessions.revoked_pct > 0.0 {
+            planner.revocations = (0..planner.workload.payers)
+                .into_par_iter()
+                .map(|payer| planner.revocation(payer))
+                .collect();
+        }
+        Ok(planner)
     }
 
-    /// The payers' signing keys, by index.
-    pub fn keys(&self) -> &[SigningKey] {
-        &self.keys
+    /// The keys that sign receipts, indexed by [`Planned::signer`]: the payers' keys, or in a
+    /// session workload their session keys.
+    pub fn signing_keys(&self) -> &[SigningKey] {
+        if self.slots.is_empty() {
+            &self.keys
+        } else {
+            &self.session_keys
+        }
+    }
+
+    /// In a session workload, one revocation per payer (by index) of its revoked session; empty
+    /// when no revoked receipt is planned.
+    pub fn revocations(&self) -> &[SignedRevocation] {
+        &self.revocations
+    }
+
+    /// The signer index of `payer`'s session in `slot`.
+    fn session_signer(&self, payer: u32, slot: u32) -> u32 {
+        let local = self.slots.iter().position(|&s| s == slot).unwrap_or(0);
+        // Fits: `new` checked payers x slots against u32.
+        (payer as usize * self.slots.len() + local) as u32
+    }
+
+    fn session_public(&self, payer: u32, slot: u32) -> PayerKey {
+        let key = &self.session_keys[self.session_signer(payer, slot) as usize];
+        PayerKey(key.verifying_key().to_bytes())
+    }
+
+    /// The grant of `payer`'s session in `slot`: fixed by the seed, so every run registers
+    /// the identical grant.
+    fn grant(&self, payer: u32, slot: u32) -> SignedGrant {
+        let ordinary = Grant {
+            domain: self.workload.domain,
+            payer: self.payers[payer as usize],
+            session: self.session_public(payer, slot),
+            nonce: u64::from(slot),
+            cap: SESSION_CAP,
+            allowance: None,
+            valid_from_ms: 0,
+            valid_until_ms: u64::MAX,
+            payees: PayeeScope::Any,
+        };
+        let grant = match slot {
+            // Ended in the first millisecond of 1970: expired for every receipt ever sent.
+            EXPIRED_SLOT => Grant {
+                valid_until_ms: 1,
+                ..ordinary
+            },
+            SCOPED_SLOT => Grant {
+                payees: PayeeScope::Only(vec![self.payees[0]]),
+                ..ordinary
+            },
+            _ => ordinary,
+        };
+        grant.sign(&self.keys[payer as usize])
+    }
+
+    fn revocation(&self, payer: u32) -> SignedRevocation {
+        Revocation {
+            domain: self.workload.domain,
+            payer: self.payers[payer as usize],
+            session: self.session_public(payer, REVOKED_SLOT),
+            revoked_at_ms: 0,
+        }
+        .sign(&self.keys[payer as usize])
+    }
+
+    /// Every grant a session workload needs registered before it runs (none for a payer-key
+    /// workload): each payer's ordinary sessions, and a session for each kind planned.
+    pub fn grants(&self) -> Vec<SignedGrant> {
+        let sessions = &self.workload.sessions;
+        let slots: Vec<u32> = self
+            .slots
+            .iter()
+            .copied()
+            .filter(|&slot| match slot {
+                EXPIRED_SLOT => sessions.expired_pct > 0.0,
+                REVOKED_SLOT => sessions.revoked_pct > 0.0,
+                SCOPED_SLOT => sessions.out_of_scope_pct > 0.0,
+                _ => true,
+            })
+            .collect();
+        (0..self.workload.payers)
+            .into_par_iter()
+            .flat_map_iter(|payer| slots.iter().map(move |&slot| self.grant(payer, slot)))
+            .collect()
     }
 
     /// The payers' public keys, by index.
@@ -343,6 +562,10 @@ impl Planner {
             (Kind::Replay, w.replay_pct),
             (Kind::Stale, w.stale_pct),
             (Kind::Overdraft, w.overdraft_pct),
+            (Kind::OverCap, w.sessions.over_cap_pct),
+            (Kind::Expired, w.sessions.expired_pct),
+            (Kind::Revoked, w.sessions.revoked_pct),
+            (Kind::OutOfScope, w.sessions.out_of_scope_pct),
         ] {
             edge += pct;
             if point < edge {
@@ -364,6 +587,28 @@ impl Planner {
         None
     }
 
+    /// Who signs a fresh receipt of `kind` for `payer`: its own key, or the session its kind
+    /// calls for (an ordinary one drawn at random), and whether the payer's revocation must go
+    /// first.
+    fn signer(&mut self, payer: u32, kind: Kind) -> (u32, PayerKey, bool) {
+        if self.slots.is_empty() {
+            return (payer, self.payers[payer as usize], false);
+        }
+        let slot = match kind {
+            Kind::Expired => EXPIRED_SLOT,
+            Kind::Revoked => REVOKED_SLOT,
+            Kind::OutOfScope => SCOPED_SLOT,
+            _ => self.rng.random_range(0..self.workload.sessions.per_payer),
+        };
+        let revoke_first = kind == Kind::Revoked
+            && !std::mem::replace(&mut self.revoke_planned[payer as usize], true);
+        (
+            self.session_signer(payer, slot),
+            self.session_public(payer, slot),
+            revoke_first,
+        )
+    }
+
     fn fresh(
         &mut self,
         payer: u32,
@@ -371,6 +616,7 @@ impl Planner {
         amount: u64,
         kind: Kind,
     ) -> Result<Planned, WorkloadError> {
+        let (signer, signer_key, revoke_first) = self.signer(payer, kind);
         let base = self.workload.nonce_base;
         let channel = self.channels.entry((payer, payee)).or_insert(Channel {
             next_nonce: base,
@@ -378,30 +624,31 @@ impl Planner {
         });
         let nonce = channel.next_nonce;
         channel.next_nonce = nonce.checked_add(1).ok_or(WorkloadError::NonceOverflow)?;
-        let payer_key = self.payers[payer as usize];
         let payee_address = self.payees[payee as usize];
         let unsigned = UnsignedReceipt {
-            payer: payer_key,
+            payer: signer_key,
             payee: payee_address,
             amount,
             nonce,
             timestamp_ms: self.workload.timestamp_ms,
-            request_hash: request_hash(&payer_key, &payee_address, nonce),
-            session: false,
+            request_hash: request_hash(&signer_key, &payee_address, nonce),
+            session: !self.slots.is_empty(),
         };
         if kind == Kind::Valid {
             if channel.last_accepted.is_none() {
                 self.warm.push((payer, payee));
             }
-            channel.last_accepted = Some(unsigned);
+            channel.last_accepted = Some((unsigned, signer));
             self.spent[payer as usize] =
                 self.spent[payer as usize].saturating_add(u128::from(amount));
         }
         Ok(Planned {
             unsigned,
             payer_index: payer,
+            signer,
             kind,
             connection: self.connection_of(payer, payee),
+            revoke_first,
         })
     }
 
@@ -411,7 +658,7 @@ impl Planner {
             return None;
         }
         let (payer, payee) = self.warm[self.rng.random_range(0..self.warm.len())];
-        let last = self.channels.get(&(payer, payee))?.last_accepted?;
+        let (last, signer) = self.channels.get(&(payer, payee))?.last_accepted?;
         let unsigned = match kind {
             Kind::Replay => last,
             _ => {
@@ -428,8 +675,10 @@ impl Planner {
         Some(Planned {
             unsigned,
             payer_index: payer,
+            signer,
             kind,
             connection: self.connection_of(payer, payee),
+            revoke_first: false,
         })
     }
 
@@ -456,13 +705,22 @@ impl Planner {
         } else {
             self.zipf.sample(&mut self.rng)
         };
-        let payee = self.rng.random_range(0..self.workload.payees);
+        let payee = match kind {
+            // A payer's revoked receipts share one channel, so they travel on the connection
+            // that revokes the session before the first of them.
+            Kind::Revoked => 0,
+            // The scoped session's grant lists payee 0 only.
+            Kind::OutOfScope => self.rng.random_range(1..self.workload.payees),
+            _ => self.rng.random_range(0..self.workload.payees),
+        };
         let amount = match (kind, &self.workload.funds) {
             (Kind::Overdraft, Funds::Available(balances)) => {
                 // More than the whole starting balance: refused whatever else was applied first.
                 u64::try_from(balances[payer as usize] + 1)
                     .map_err(|_| WorkloadError::BalanceTooLarge(payer))?
             }
+            // More than the whole cap: refused whatever the session spent before.
+            (Kind::OverCap, _) => SESSION_CAP + 1,
             _ => self.workload.amount,
         };
         let planned = self.fresh(payer, payee, amount, kind)?;
@@ -508,6 +766,7 @@ mod tests {
             },
             connections: 4,
             funds: Funds::Available(vec![1_000_000; 50]),
+            sessions: Sessions::default(),
         }
     }
 
@@ -592,6 +851,85 @@ mod tests {
                 assert_eq!(verdict, p.kind.expected_verdict(), "{p:?}");
             }
         }
+    }
+
+    #[test]
+    fn session_plans_owe_each_kind_its_verdict_under_the_grant_rule() {
+        let w = Workload {
+            sessions: Sessions {
+                per_payer: 3,
+                over_cap_pct: 2.0,
+                expired_pct: 2.0,
+                revoked_pct: 2.0,
+                out_of_scope_pct: 2.0,
+            },
+            ..workload()
+        };
+        let planner = Planner::new(w.clone()).expect("valid workload");
+        let grants: HashMap<PayerKey, Grant> = planner
+            .grants()
+            .into_iter()
+            .map(|signed| {
+                signed.clone().check(&w.domain).expect("a good grant");
+                (signed.grant.session, signed.grant)
+            })
+            .collect();
+        let mut revocation_connection: HashMap<u32, u32> = HashMap::new();
+        let planned = plan(w.clone());
+        for p in &planned {
+            let signer = &planner.signing_keys()[p.signer as usize];
+            assert_eq!(signer.verifying_key().to_bytes(), p.unsigned.payer.0);
+            assert!(p.unsigned.session, "{p:?}");
+            let grant = &grants[&p.unsigned.payer];
+            assert_eq!(grant.payer, planner.payers()[p.payer_index as usize]);
+            let at = p.unsigned.timestamp_ms;
+            let admitted = grant.admits(&p.unsigned.payee, at, at);
+            let charged = grant.charge(&Default::default(), p.unsigned.amount, at);
+            match p.kind {
+                Kind::Expired => assert_eq!(admitted, Err(Reason::GrantExpired)),
+                Kind::OutOfScope => assert_eq!(admitted, Err(Reason::PayeeNotInGrant)),
+                Kind::OverCap => assert_eq!(charged, Err(Reason::OverGrantCap)),
+                _ => assert_eq!(admitted, Ok(()), "{p:?}"),
+            }
+            if p.kind == Kind::Revoked {
+                // The first of a payer's revoked receipts carries the revocation, and the rest
+                // follow it on the same connection.
+                let first = !revocation_connection.contains_key(&p.payer_index);
+                assert_eq!(p.revoke_first, first);
+                let connection = revocation_connection
+                    .entry(p.payer_index)
+                    .or_insert(p.connection);
+                assert_eq!(*connection, p.connection);
+                let revocation = planner.revocations()[p.payer_index as usize];
+                assert_eq!(revocation.revocation.session, p.unsigned.payer);
+            } else {
+                assert!(!p.revoke_first);
+            }
+        }
+        for kind in [
+            Kind::OverCap,
+            Kind::Expired,
+            Kind::Revoked,
+            Kind::OutOfScope,
+        ] {
+            let n = planned.iter().filter(|p| p.kind == kind).count();
+            assert!((50..160).contains(&n), "{kind:?}: {n}");
+        }
+    }
+
+    #[test]
+    fn session_kinds_need_sessions() {
+        let w = Workload {
+            sessions: Sessions {
+                expired_pct: 1.0,
+                ..Sessions::default()
+            },
+            ..workload()
+        };
+        assert_eq!(
+            Planner::new(w).err(),
+            Some(WorkloadError::SessionKindsWithoutSessions)
+        );
     }
 
     #[test]

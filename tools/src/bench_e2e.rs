@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use tollgate_engine::{Address, Domain, ReceiptBatch};
 use tollgate_load::stats::LatencyMs;
-use tollgate_load::{Funds, Planner, Summary, Workload, child};
+use tollgate_load::{Funds, Planner, Sessions, Summary, Workload, child};
 
 use crate::bench_verify::{Backends, tollgate_pool};
 use crate::serve::process::{ServerProcess, WorkDir};
@@ -58,6 +58,11 @@ pub struct BenchE2eArgs {
     /// Seed of the workload.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Sign every receipt with one of N session keys per payer (granted before each run)
+    /// instead of the payer's own key; 0 signs with payer keys. The same workload either way, for
+    /// comparing the two rates.
+    #[arg(long, default_value_t = 0)]
+    pub sessions_per_payer: u32,
     /// The paced run offers this percentage of the full-speed rate (0 skips it).
     #[arg(long, default_value_t = 80)]
     pub paced_pct: u32,
@@ -127,6 +132,8 @@ pub struct Report {
     pub receipts: u64,
     /// Payers.
     pub payers: u32,
+    /// Session keys per payer signing the receipts (0: the payers' own keys).
+    pub sessions_per_payer: u32,
     /// Zipf exponent.
     pub zipf: f64,
     /// Connections.
@@ -267,6 +274,7 @@ pub fn measure(args: &BenchE2eArgs) -> anyhow::Result<Report> {
     Ok(Report {
         receipts: args.receipts,
         payers: args.payers,
+        sessions_per_payer: args.sessions_per_payer,
         zipf: args.zipf,
         connections: args.connections,
         cores,
@@ -345,6 +353,10 @@ fn workload(args: &BenchE2eArgs, receipts: u64) -> Workload {
         },
         connections: args.connections,
         funds: Funds::Unlimited,
+        sessions: Sessions {
+            per_payer: args.sessions_per_payer,
+            ..Sessions::default()
+        },
     }
 }
 
@@ -357,10 +369,10 @@ fn verify_ceiling(args: &BenchE2eArgs, threads: usize) -> anyhow::Result<f64> {
     while let Some(receipt) = planner.next_planned()? {
         planned.push(receipt);
     }
-    let keys = planner.keys();
+    let keys = planner.signing_keys();
     let signed: Vec<_> = planned
         .par_iter()
-        .map(|p| p.sign(&keys[p.payer_index as usize], &domain))
+        .map(|p| p.sign(&keys[p.signer as usize], &domain))
         .collect();
     let batch = ReceiptBatch::from_receipts(&signed);
     drop(signed);
@@ -399,6 +411,7 @@ fn run_load(
         ("--batch", args.batch.to_string()),
         ("--in-flight", args.in_flight.to_string()),
         ("--seed", args.seed.to_string()),
+        ("--sessions-per-payer", args.sessions_per_payer.to_string()),
     ]
     .into_iter()
     .flat_map(|(flag, value)| [flag.to_owned(), value])
@@ -453,8 +466,13 @@ fn receipts_per_fsync(server: &ServerProcess) -> anyhow::Result<f64> {
 
 fn print_text(report: &Report) {
     println!(
-        "workload: {} receipts, {} payers, Zipf({}), {} connections, {} cores",
-        report.receipts, report.payers, report.zipf, report.connections, report.cores
+        "workload: {} receipts, {} payers ({} session keys each), Zipf({}), {} connections, {} cores",
+        report.receipts,
+        report.payers,
+        report.sessions_per_payer,
+        report.zipf,
+        report.connections,
+        report.cores
     );
     println!("backend: {}", report.backend.curve25519_dalek_5);
     println!(

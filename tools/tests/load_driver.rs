@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tollgate_engine::{Address, Domain, PayerKey, Reason, Receipt, Verdict};
 use tollgate_load::driver::Options;
-use tollgate_load::{Funds, Planner, Transport, Workload, run_with};
+use tollgate_load::{Funds, Planner, Sessions, Transport, Workload, run_with};
 
 const WINDOW: u64 = 1024;
 
@@ -117,6 +117,7 @@ fn workload(deposit: u128) -> Workload {
         },
         connections: 4,
         funds: Funds::Available(vec![deposit; 200]),
+        sessions: Sessions::default(),
     }
 }
 

@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use tollgate_engine::grant::SignedRevocation;
 use tollgate_engine::pipeline::{Engine, EngineConfig, FundsEvent, FundsKind, SubmitRequest};
 use tollgate_engine::{
     Address, Domain, Receipt, ReceiptBatch, Verdict, Verifier, VerifyConfig, VerifyPool,
 };
 use tollgate_load::driver::Options;
-use tollgate_load::{Funds, Planner, Transport, Workload, run_with};
+use tollgate_load::{Funds, Planner, Sessions, Transport, Workload, run_with};
 
 /// One producer session on the engine.
 struct InProcessEngine {
@@ -55,27 +56,26 @@ impl Transport for InProcessEngine {
     async fn close(self) -> Result<(), String> {
         Ok(())
     }
+
+    async fn revoke(&self, revocation: &SignedRevocation) -> Result<(), String> {
+        let checked = revocation.check(&DOMAIN).map_err(|e| e.to_string())?;
+        self.engine
+            .revoke(checked)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|_| "answer dropped".to_owned())?
+            .map_err(|e| e.to_string())
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_real_engine_gives_every_expected_verdict_and_the_ledger_adds_up() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let domain = Domain {
-        chain_id: 31_337,
-        contract: Address([0x42; 20]),
-    };
-    let verify_config = VerifyConfig {
-        threads: 2,
-        ..VerifyConfig::default()
-    };
-    let pool = VerifyPool::new(Verifier::new(domain, verify_config.clone()), verify_config)
-        .expect("verify pool");
-    let engine = Engine::open(EngineConfig::new(dir.path()), Arc::new(pool)).expect("engine");
+const DOMAIN: Domain = Domain {
+    chain_id: 31_337,
+    contract: Address([0x42; 20]),
+};
 
-    let payers = 100u32;
-    let deposit: u128 = 5_000;
+fn workload(payers: u32, deposit: u128) -> Workload {
     let now_ms = tollgate_load::driver::unix_ms();
-    let workload = Workload {
+    Workload {
         seed: 3,
         receipts: Some(12_000),
         payers,
@@ -89,11 +89,76 @@ async fn the_real_engine_gives_every_expected_verdict_and_the_ledger_adds_up() {
         window_nonces: 1024,
         nonce_base: now_ms << 20,
         timestamp_ms: now_ms,
-        domain,
+        domain: DOMAIN,
         connections: 3,
         funds: Funds::Available(vec![deposit; payers as usize]),
+        sessions: Sessions::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_engine_gives_every_expected_verdict_and_the_ledger_adds_up() {
+    check_against_engine(
+        workload(100, 5_000),
+        5_000,
+        &["bad_signature", "duplicate", "stale", "insufficient_funds"],
+    )
+    .await;
+}
+
+/// The same with every receipt signed by a session key, and the session kinds injected: a
+/// session revoked during the run included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_engine_gives_every_expected_verdict_to_a_session_workload() {
+    let sessions = Workload {
+        sessions: Sessions {
+            per_payer: 3,
+            over_cap_pct: 1.0,
+            expired_pct: 1.0,
+            revoked_pct: 1.0,
+            out_of_scope_pct: 1.0,
+        },
+        ..workload(100, 5_000)
     };
+    check_against_engine(
+        sessions,
+        5_000,
+        &[
+            "bad_signature",
+            "duplicate",
+            "stale",
+            "insufficient_funds",
+            "over_grant_cap",
+            "grant_expired",
+            "grant_revoked",
+            "payee_not_in_grant",
+        ],
+    )
+    .await;
+}
+
+/// Runs `workload` against a fresh engine in which every payer deposited `deposit` and the
+/// workload's grants are held: no verdict may differ from the model's, each of `reasons` must
+/// occur, and each payer's ledger totals must be what the acks accepted.
+async fn check_against_engine(workload: Workload, deposit: u128, reasons: &[&str]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let verify_config = VerifyConfig {
+        threads: 2,
+        ..VerifyConfig::default()
+    };
+    let pool = VerifyPool::new(Verifier::new(DOMAIN, verify_config.clone()), verify_config)
+        .expect("verify pool");
+    let engine = Engine::open(EngineConfig::new(dir.path()), Arc::new(pool)).expect("engine");
+
     let planner = Planner::new(workload).expect("valid workload");
+    for grant in planner.grants() {
+        engine
+            .grant(grant.check(&DOMAIN).expect("a good grant"))
+            .expect("grant queued")
+            .await
+            .expect("answer")
+            .expect("grant held");
+    }
     for (index, payer) in planner.payers().iter().enumerate() {
         engine
             .funds(FundsEvent {
@@ -137,9 +202,9 @@ async fn the_real_engine_gives_every_expected_verdict_and_the_ledger_adds_up() {
         "{:?}",
         outcome.stats.mismatch_examples
     );
-    for reason in ["bad_signature", "duplicate", "stale", "insufficient_funds"] {
+    for reason in reasons {
         assert!(
-            s.rejected.get(reason).copied().unwrap_or(0) > 0,
+            s.rejected.get(*reason).copied().unwrap_or(0) > 0,
             "{reason}: {:?}",
             s.rejected
         );

@@ -291,6 +291,51 @@ fn a_chainless_server_takes_load_checks_out_and_keeps_it_across_a_clean_restart(
     assert!(status.success(), "exit status {status}");
 }
 
+/// `tollgate-load --sessions-per-payer` over the network: grants registered over GRANT, a
+/// session revoked over REVOKE during the run, and every session kind given the verdict it is
+/// owed; a second run with the same seed re-registers the same grants.
+#[test]
+fn a_session_key_workload_over_the_network_gets_every_expected_verdict_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_chainless(&dir.path().join("data"));
+    let flags = [
+        "--sessions-per-payer",
+        "2",
+        "--replay-pct",
+        "1",
+        "--over-cap-pct",
+        "1",
+        "--expired-pct",
+        "1",
+        "--revoked-pct",
+        "1",
+        "--out-of-scope-pct",
+        "1",
+    ];
+    for _ in 0..2 {
+        let summary = load(&server, 10_000, &flags);
+        assert_eq!((summary.sent, summary.acked), (10_000, 10_000));
+        assert_eq!(summary.verdict_mismatches, 0, "{summary:?}");
+        for reason in [
+            "duplicate",
+            "over_grant_cap",
+            "grant_expired",
+            "grant_revoked",
+            "payee_not_in_grant",
+        ] {
+            assert!(
+                summary.rejected.get(reason).copied().unwrap_or(0) > 0,
+                "{reason}: {:?}",
+                summary.rejected
+            );
+        }
+    }
+    let status = server
+        .terminate(Duration::from_secs(60))
+        .expect("stops on SIGTERM");
+    assert!(status.success(), "exit status {status}");
+}
+
 /// A GET from a plain thread: the tests here are synchronous.
 fn http_get(url: &str) -> String {
     let runtime = tokio::runtime::Builder::new_current_thread()
