@@ -4,7 +4,8 @@
 //! separate from the operator's) and its test token deployed, 1,000 payers funded onchain,
 //! `tollgate serve` with settlement on over a temporary RocksDB ledger, a million receipts
 //! streamed by `tollgate-load` (a few of them bad on purpose) while the arbiter disputes the
-//! first epoch it sees committed, epochs committed until nothing is pending (the voided amounts
+//! first epoch it sees committed, an agent paying through a capped session key until its grant
+//! refuses it while its payer's deposit still pays (`session`), epochs committed until nothing is pending (the voided amounts
 //! committed again), then the engine's numbers read next to the chain's, one payer's exit
 //! requested and completed, the numbers compared again, one Merkle proof checked by the contract
 //! itself, a payee's withdrawal, and the last epoch commit replayed to show the contract refuses
@@ -13,6 +14,7 @@
 //! This file sets the scene and runs the script; [`checks`] holds each check against the chain.
 
 mod checks;
+mod session;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,7 +26,7 @@ use anyhow::{Context, bail, ensure};
 use tollgate_engine::PayerKey;
 use tollgate_load::check::{PayerBalance, fetch_balances};
 use tollgate_load::child::{self, LoadRun};
-use tollgate_load::population::payer_keys;
+use tollgate_load::population::{payee_address, payer_key, payer_keys};
 use tollgate_query::QueryClient;
 use tollgate_query::model::EpochView;
 use tollgate_settle::chain::{ContractReader, DeployParams, deploy};
@@ -225,6 +227,24 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<bool> {
     );
     // tollgate-load exits non-zero on any verdict mismatch or --check difference.
     let mut agreed = load.status.success();
+
+    step(&format!(
+        "an agent session: payer 0 delegates a session key capped at a few calls; the agent pays \
+         until the grant refuses it"
+    ));
+    let domain = tollgate_engine::Domain {
+        chain_id: deployed.chain_id,
+        contract: contract.parse()?,
+    };
+    agreed &= session::agent_runs_out_of_cap(
+        args.seed,
+        &payer_key(args.seed, 0),
+        payee_address(args.seed, 0),
+        server.listen,
+        domain,
+        &api_url,
+    )
+    .await?;
 
     let disputed = watchtower.await??;
 
