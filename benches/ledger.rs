@@ -62,6 +62,7 @@ fn receipt(i: u64, channels: u64, timestamp_ms: u64) -> Receipt {
         nonce: i / channels,
         timestamp_ms,
         request_hash: [0; 32],
+        session: false,
         signature: [0; 64],
     }
 }
