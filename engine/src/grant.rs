@@ -492,7 +492,9 @@ impl SignedGrant {
             .map(|slot| Address(array(bytes, PAYEES_AT + 20 * slot)))
             .collect();
         if slots[count..].iter().any(|unused| unused.0 != [0u8; 20]) {
-            return Err(GrantError::Malformed("unused payee slots are not zero".into()));
+            return Err(GrantError::Malformed(
+                "unused payee slots are not zero".into(),
+            ));
         }
         let payees = if count == 0 {
             PayeeScope::Any
@@ -510,10 +512,11 @@ impl SignedGrant {
                 session: PayerKey(array(bytes, 60)),
                 nonce: le_u64(bytes, 92),
                 cap: le_u64(bytes, 100),
-                allowance: (allowance != Allowance {
-                    amount: 0,
-                    period_ms: 0,
-                })
+                allowance: (allowance
+                    != Allowance {
+                        amount: 0,
+                        period_ms: 0,
+                    })
                 .then_some(allowance),
                 valid_from_ms: le_u64(bytes, 124),
                 valid_until_ms: le_u64(bytes, 132),

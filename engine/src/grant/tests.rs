@@ -55,7 +55,10 @@ fn grant_and_revocation_round_trip_and_check() {
         ..revocation.revocation
     }
     .sign(&key(1));
-    assert_eq!(forged.check(&domain()).err(), Some(GrantError::BadSignature));
+    assert_eq!(
+        forged.check(&domain()).err(),
+        Some(GrantError::BadSignature)
+    );
 }
 
 #[test]
@@ -138,7 +141,11 @@ fn each_bad_grant_gets_its_own_error() {
     ];
     for (grant, signer, expected) in cases {
         let signed = grant.sign(&signer);
-        assert_eq!(signed.check(&domain()).err(), Some(expected.clone()), "{grant:?}");
+        assert_eq!(
+            signed.check(&domain()).err(),
+            Some(expected.clone()),
+            "{grant:?}"
+        );
         assert_eq!(
             GrantError::CODES
                 .iter()
@@ -207,7 +214,9 @@ fn admits_and_charge_enforce_validity_scope_cap_and_allowance() {
         Err(Reason::OverGrantAllowance)
     );
     // The next period starts afresh; the cap still counts everything.
-    let spent = grant.charge(&spent, 4_000, at + 60_000).expect("next period");
+    let spent = grant
+        .charge(&spent, 4_000, at + 60_000)
+        .expect("next period");
     assert_eq!(spent.period, 1);
     // A receipt signed in the older period is charged to the newest one.
     assert_eq!(grant.charge(&spent, 1, at), Err(Reason::OverGrantAllowance));

@@ -151,12 +151,10 @@ impl Ledger {
         let payee = receipt.payee();
         // A session's receipt is charged to the payer whose grant admits it; its nonces live in
         // the session's own window with the payee.
-        let session_window = receipt
-            .is_session()
-            .then_some(ChannelKey {
-                payer: signer,
-                payee,
-            });
+        let session_window = receipt.is_session().then_some(ChannelKey {
+            payer: signer,
+            payee,
+        });
         let payer = match session_window {
             None => signer,
             Some(_) => match self.session_payer(receipt, now_ms)? {
@@ -259,7 +257,9 @@ impl Ledger {
                     session.cumulative.checked_add(amount),
                     session.receipts.checked_add(1),
                 ) {
-                    (Some(cumulative), Some(receipts)) => Some((*session_key, cumulative, receipts)),
+                    (Some(cumulative), Some(receipts)) => {
+                        Some((*session_key, cumulative, receipts))
+                    }
                     _ => return Ok(Err(Reason::Overflow)),
                 }
             }
@@ -289,8 +289,7 @@ impl Ledger {
                     .0;
                 session.cumulative = cumulative;
                 session.receipts = receipts;
-                session.last_timestamp_ms =
-                    session.last_timestamp_ms.max(receipt.timestamp_ms());
+                session.last_timestamp_ms = session.last_timestamp_ms.max(receipt.timestamp_ms());
                 session.window.insert(nonce);
             }
         }

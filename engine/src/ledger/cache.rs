@@ -82,7 +82,11 @@ impl<V: Cached> Cache<V> {
 
     /// Makes sure `key` is in the cache if the store has it; false when it has not (nothing is
     /// cached for an absent key: a later [`Cache::insert_new`] adds it).
-    pub(crate) fn load_existing(&mut self, store: &Store, key: &V::Key) -> Result<bool, StoreError> {
+    pub(crate) fn load_existing(
+        &mut self,
+        store: &Store,
+        key: &V::Key,
+    ) -> Result<bool, StoreError> {
         if let Some(slot) = self.map.get_mut(key) {
             slot.referenced = true;
             return Ok(true);

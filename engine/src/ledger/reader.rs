@@ -14,9 +14,9 @@ use super::SealedEpoch;
 use super::error::corrupt;
 use super::record::{
     ChannelKey, ChannelState, EntryKind, EpochRecord, FUNDS_CURSOR_KEY, FundsCursor,
-    HEAD_WITHDRAWALS_KEY, HeadWithdrawals, OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState,
-    ProducerKey, ProducerState, SEALING_EPOCH_KEY, SealingEpoch, address_from, decode_amount,
-    GRANT_KEY_PREFIX, GrantRecord, entry_key, entry_prefix, epoch_key, grant_key, payer_from,
+    GRANT_KEY_PREFIX, GrantRecord, HEAD_WITHDRAWALS_KEY, HeadWithdrawals, OPEN_EPOCH_KEY,
+    OpenEpoch, PayeeState, PayerState, ProducerKey, ProducerState, SEALING_EPOCH_KEY, SealingEpoch,
+    address_from, decode_amount, entry_key, entry_prefix, epoch_key, grant_key, payer_from,
     producer_key,
 };
 

@@ -207,7 +207,11 @@ impl Verifier {
     }
 
     fn single<T: Signed>(&self, item: &T, separator: &[u8]) -> Verdict {
-        verify_under(item, &self.inner.keys.get_or_check(&item.public_key())?, separator)
+        verify_under(
+            item,
+            &self.inner.keys.get_or_check(&item.public_key())?,
+            separator,
+        )
     }
 
     /// One chunk: the same checks as `single`, in the same order, then one batch equation for

@@ -96,6 +96,7 @@ pub(super) fn channel_receipt(p: u8, q: u8, nonce: u64) -> Receipt {
         nonce,
         timestamp_ms: 1_000,
         request_hash: [0; 32],
+        session: false,
         // The verdicts passed with the batch are what the ledger trusts.
         signature: [0; 64],
     }

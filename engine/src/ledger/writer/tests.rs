@@ -97,6 +97,7 @@ fn receipt(c: u8, nonce: u64, now_ms: u64) -> Receipt {
         nonce,
         timestamp_ms: now_ms,
         request_hash: [0; 32],
+        session: false,
         // The verdicts sent with the batch are what the writer trusts.
         signature: [0; 64],
     }
