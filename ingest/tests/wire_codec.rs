@@ -37,6 +37,7 @@ fn receipt() -> impl Strategy<Value = Receipt> {
                 timestamp_ms,
                 request_hash,
                 signature,
+                session: false,
             },
         )
 }

@@ -239,10 +239,7 @@ impl QueryClient {
         query: &[(&str, String)],
         accept: &str,
     ) -> Result<(reqwest::header::HeaderMap, bytes::Bytes), QueryError> {
-        let url = self
-            .base
-            .join(path)
-            .map_err(|e| QueryError::Usage(format!("bad request path {path:?}: {e}")))?;
+        let url = self.url(path)?;
         let request = self
             .http
             .get(url)
@@ -251,6 +248,12 @@ impl QueryClient {
             .build()
             .map_err(|e| QueryError::Usage(format!("bad request {path:?}: {e}")))?;
         self.execute(request).await
+    }
+
+    fn url(&self, path: &str) -> Result<reqwest::Url, QueryError> {
+        self.base
+            .join(path)
+            .map_err(|e| QueryError::Usage(format!("bad request path {path:?}: {e}")))
     }
 
     /// One authenticated request: a success's headers and whole body, or the API's error.
@@ -377,10 +380,7 @@ impl QueryClient {
     /// `POST path` with a signed record's raw bytes (`/v1/grants`, `/v1/revocations`): the
     /// grant as the server now holds it, once durable.
     pub async fn post_record(&self, path: &str, record: &[u8]) -> Result<GrantView, QueryError> {
-        let url = self
-            .base
-            .join(path)
-            .map_err(|e| QueryError::Usage(format!("bad request path {path:?}: {e}")))?;
+        let url = self.url(path)?;
         let request = self
             .http
             .post(url)

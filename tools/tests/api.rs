@@ -142,20 +142,7 @@ async fn submit(engine: &Engine, domain: &Domain, batch_seq: u64, paid: &[Paid])
             .sign(&key(p.payer), domain)
         })
         .collect();
-    let request = SubmitRequest {
-        client_id: 1,
-        producer_id: 1,
-        session_epoch: 1,
-        batch_seq,
-        receipts: ReceiptBatch::from_receipts(&receipts),
-        prejudged: Vec::new(),
-    };
-    engine
-        .submit(request)
-        .expect("queued")
-        .await
-        .expect("engine answered")
-        .expect("batch applied")
+    submit_signed(engine, batch_seq, &receipts).await
 }
 
 async fn record(engine: &Engine, update: EpochUpdate) {
@@ -1890,33 +1877,13 @@ async fn auditors_get_each_sealed_epochs_tree_and_receipts_and_payers_only_their
     }
 
     // And `tollgate audit` recomputes both sealed epochs from them.
-    let args = AuditArgs {
-        server: ServerArgs {
-            server: server.url(""),
-            json: false,
-            caller: CallerArgs {
-                token: Some(AUDITOR_TOKEN.into()),
-                payer_key: None,
-            },
-            domain: DomainArgs {
-                chain_id: DOMAIN.chain_id,
-                contract: DOMAIN.contract,
-            },
-        },
-        archive: None,
-        save: None,
-        epoch: None,
-        rpc_url: None,
-        from_block: 0,
-        window_nonces: 1_024,
-    };
+    let args = audit_args(&server);
     let report = audit::audit(&args).await.expect("audit runs");
     assert!(report.agrees(), "{}", report.render());
     assert_eq!(report.epochs.len(), 2);
 }
 
-/// Signs `receipts` (payer seed, payee, amount, nonce; a session key's when `session`) now and
-/// submits them as one batch.
+/// Submits signed `receipts` as one batch of producer 1 and waits for its ack.
 async fn submit_signed(engine: &Engine, batch_seq: u64, receipts: &[Receipt]) -> BatchAck {
     engine
         .submit(SubmitRequest {
@@ -2241,24 +2208,8 @@ async fn grants_are_posted_by_their_signature_alone_read_back_and_refused_by_sta
         .expect("sealed");
     let saved = tempfile::tempdir().expect("tempdir");
     let mut args = AuditArgs {
-        server: ServerArgs {
-            server: server.url(""),
-            json: false,
-            caller: CallerArgs {
-                token: Some(AUDITOR_TOKEN.into()),
-                payer_key: None,
-            },
-            domain: DomainArgs {
-                chain_id: DOMAIN.chain_id,
-                contract: DOMAIN.contract,
-            },
-        },
-        archive: None,
         save: Some(saved.path().to_owned()),
-        epoch: None,
-        rpc_url: None,
-        from_block: 0,
-        window_nonces: 1_024,
+        ..audit_args(&server)
     };
     let report = audit::audit(&args).await.expect("audit runs");
     assert!(report.agrees(), "{}", report.render());
@@ -2279,6 +2230,30 @@ async fn grants_are_posted_by_their_signature_alone_read_back_and_refused_by_sta
             if *i == index as u64 && reason == "grant_revoked")
     });
     assert!(named, "{}", report.render());
+}
+
+/// `tollgate audit` of every sealed epoch through `server`'s API, as an auditor.
+fn audit_args(server: &Server) -> AuditArgs {
+    AuditArgs {
+        server: ServerArgs {
+            server: server.url(""),
+            json: false,
+            caller: CallerArgs {
+                token: Some(AUDITOR_TOKEN.into()),
+                payer_key: None,
+            },
+            domain: DomainArgs {
+                chain_id: DOMAIN.chain_id,
+                contract: DOMAIN.contract,
+            },
+        },
+        archive: None,
+        save: None,
+        epoch: None,
+        rpc_url: None,
+        from_block: 0,
+        window_nonces: 1_024,
+    }
 }
 
 async fn get_json_with(server: &Server, path: &str, headers: &[(&str, String)]) -> (u16, Value) {
