@@ -63,6 +63,7 @@ fn receipt(i: u64, channels: u64, timestamp_ms: u64) -> Receipt {
         timestamp_ms,
         request_hash: [0; 32],
         signature: [0; 64],
+        session: false,
     }
 }
 

@@ -1980,7 +1980,7 @@ async fn grants_are_posted_by_their_signature_alone_read_back_and_refused_by_sta
         ..grant.grant.clone()
     }
     .sign(&key(2));
-    let cases: [(&str, &str, Vec<u8>, u16, &str, u8); 6] = [
+    let cases = [
         (
             "/v1/grants",
             "application/octet-stream",
@@ -2046,7 +2046,7 @@ async fn grants_are_posted_by_their_signature_alone_read_back_and_refused_by_sta
         assert_eq!(error["error"], "grant_refused", "{error}");
         assert_eq!(
             (error["reason"].as_str(), error["code"].as_u64()),
-            (Some(reason), Some(u64::from(code)))
+            (Some(reason), Some(code))
         );
         check(&doc, error_schema, &error, reason).unwrap_or_else(|p| panic!("{p}"));
     }
