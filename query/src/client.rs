@@ -11,7 +11,11 @@ use tollgate_engine::{Address, Domain, PayerKey};
 
 use crate::auth::payer_request_headers;
 
-use crate::model::{EpochList, EpochView, ErrorBody, PayeeView, PayerView, ProofView};
+use crate::grants::{GrantList, GrantView};
+use crate::model::{
+    EpochList, EpochView, ErrorBody, HEADER_NEXT_AFTER, PayeeView, PayerView, ProofView,
+    RECEIPTS_OCTET_STREAM,
+};
 
 /// How long one request may take before the server counts as unreachable.
 const REQUEST_TIMEOUT_MS: u64 = 10_000;
@@ -31,6 +35,8 @@ pub const EXIT_NOT_FOUND: u8 = 1;
 pub const EXIT_ERROR: u8 = 2;
 /// Exit code: the server cannot be reached or is not ready; retry later.
 pub const EXIT_UNREACHABLE: u8 = 3;
+/// Exit code of `tollgate grant submit`: the server refused the grant or revocation.
+pub const EXIT_REFUSED: u8 = 1;
 
 /// Why a query failed. Each maps to one exit code.
 #[derive(Debug, Error)]
@@ -52,6 +58,16 @@ pub enum QueryError {
     Refused {
         /// HTTP status
         status: u16,
+        /// the API's message
+        message: String,
+    },
+    /// The server refused a grant or revocation; nothing changed.
+    #[error("refused: {reason} (code {code}): {message}")]
+    GrantRefused {
+        /// the grant error's stable name
+        reason: String,
+        /// its stable wire code
+        code: u8,
         /// the API's message
         message: String,
     },
@@ -78,6 +94,7 @@ impl QueryError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::NotFound { .. } => EXIT_NOT_FOUND,
+            Self::GrantRefused { .. } => EXIT_REFUSED,
             Self::Usage(_) | Self::Refused { .. } | Self::BadResponse { .. } => EXIT_ERROR,
             Self::Unreachable { .. } => EXIT_UNREACHABLE,
         }
@@ -222,17 +239,28 @@ impl QueryClient {
         query: &[(&str, String)],
         accept: &str,
     ) -> Result<(reqwest::header::HeaderMap, bytes::Bytes), QueryError> {
-        let url = self
-            .base
-            .join(path)
-            .map_err(|e| QueryError::Usage(format!("bad request path {path:?}: {e}")))?;
-        let mut request = self
+        let url = self.url(path)?;
+        let request = self
             .http
             .get(url)
             .query(query)
             .header(reqwest::header::ACCEPT, accept)
             .build()
             .map_err(|e| QueryError::Usage(format!("bad request {path:?}: {e}")))?;
+        self.execute(request).await
+    }
+
+    fn url(&self, path: &str) -> Result<reqwest::Url, QueryError> {
+        self.base
+            .join(path)
+            .map_err(|e| QueryError::Usage(format!("bad request path {path:?}: {e}")))
+    }
+
+    /// One authenticated request: a success's headers and whole body, or the API's error.
+    async fn execute(
+        &self,
+        mut request: reqwest::Request,
+    ) -> Result<(reqwest::header::HeaderMap, bytes::Bytes), QueryError> {
         self.credentials.authorize(&mut request)?;
         let unreachable = |e: reqwest::Error| QueryError::Unreachable {
             server: self.server(),
@@ -255,6 +283,13 @@ impl QueryClient {
                 problem: format!("status {status} without an API error body"),
             });
         };
+        if let (Some(reason), Some(code)) = (error.reason, error.code) {
+            return Err(QueryError::GrantRefused {
+                reason,
+                code,
+                message: error.message,
+            });
+        }
         Err(match status {
             StatusCode::NOT_FOUND | StatusCode::CONFLICT | StatusCode::GONE => {
                 QueryError::NotFound {
@@ -306,6 +341,59 @@ impl QueryClient {
     /// `GET /v1/epochs/{epoch}`.
     pub async fn epoch(&self, epoch: u64) -> Result<EpochView, QueryError> {
         self.get(&format!("v1/epochs/{epoch}"), &[]).await
+    }
+
+    /// `GET /v1/grants/{session_key}`.
+    pub async fn grant(&self, session: &PayerKey) -> Result<GrantView, QueryError> {
+        self.get(&format!("v1/grants/{session}"), &[]).await
+    }
+
+    /// `GET /v1/grants` page by page: every grant the caller may read, in session key order.
+    pub async fn grants(&self) -> Result<Vec<GrantView>, QueryError> {
+        let mut grants = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let query: Vec<(&str, String)> = after.iter().map(|a| ("after", a.clone())).collect();
+            let (headers, body) = self.fetch("v1/grants", &query, "application/json").await?;
+            let page: GrantList =
+                serde_json::from_slice(&body).map_err(|e| QueryError::BadResponse {
+                    server: self.server(),
+                    problem: e.to_string(),
+                })?;
+            grants.extend(page.grants);
+            match headers
+                .get(HEADER_NEXT_AFTER)
+                .map(|value| value.to_str().map(str::to_owned))
+            {
+                Some(Ok(next)) => after = Some(next),
+                Some(Err(e)) => {
+                    return Err(QueryError::BadResponse {
+                        server: self.server(),
+                        problem: format!("{HEADER_NEXT_AFTER}: {e}"),
+                    });
+                }
+                None => return Ok(grants),
+            }
+        }
+    }
+
+    /// `POST path` with a signed record's raw bytes (`/v1/grants`, `/v1/revocations`): the
+    /// grant as the server now holds it, once durable.
+    pub async fn post_record(&self, path: &str, record: &[u8]) -> Result<GrantView, QueryError> {
+        let url = self.url(path)?;
+        let request = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, RECEIPTS_OCTET_STREAM)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .body(record.to_vec())
+            .build()
+            .map_err(|e| QueryError::Usage(format!("bad request {path:?}: {e}")))?;
+        let (_, body) = self.execute(request).await?;
+        serde_json::from_slice(&body).map_err(|e| QueryError::BadResponse {
+            server: self.server(),
+            problem: e.to_string(),
+        })
     }
 
     /// `GET /v1/epochs/{epoch}/proof?payer=…&payee=…`.

@@ -1,7 +1,7 @@
 //! The query API's contract from the client side: the JSON model the server produces and every
 //! client reads ([`model`], amounts as exact decimal strings), and the one HTTP client
 //! ([`client::QueryClient`]) with its typed error, used by `tollgate balance | payee | epochs |
-//! proof`, by `tollgate-load --check` and by `tollgate demo`; and how a caller proves who it is
+//! proof` and `tollgate grant submit`, by `tollgate-load --check` and by `tollgate demo`; session grants as JSON ([`grants`]); and how a caller proves who it is
 //! ([`auth`]: bearer tokens, and the payer-signed request both sides build the same way).
 //!
 //! The server (router, OpenAPI document, proof cache) lives in `tollgate_tools::api`; it builds
@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod grants;
 pub mod model;
 
 pub use client::{Credentials, QueryClient, QueryError, root_cause};

@@ -317,6 +317,12 @@ pub struct ErrorBody {
     pub error: String,
     /// What went wrong, for people.
     pub message: String,
+    /// For `grant_refused`: the stable name of the grant error (`bad_signature`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// For `grant_refused`: its stable wire code (docs/PROTOCOL.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u8>,
 }
 
 /// `GET /healthz` and `GET /readyz`.

@@ -3,6 +3,8 @@
 //!
 //! - [`keys`]: generating and loading ed25519 keys (payers, fleet clients).
 //! - [`receipts_json`]: receipts as JSON lines, signed and verified from a shell.
+//! - [`grant`]: `tollgate grant`, session grants and revocations signed, submitted, and read
+//!   back by `receipts verify --grant` as the server would judge a session's receipt.
 //! - [`bench_e2e`]: `tollgate bench e2e`, the durable rate through `tollgate serve` next to the
 //!   verify-only ceiling, in one run.
 //! - [`bench_verify`]: `tollgate bench verify`, Tollgate's verifier against ed25519-dalek in one run.
@@ -28,6 +30,7 @@ pub mod bench_verify;
 pub mod demo;
 pub mod deploy;
 pub mod deposit;
+pub mod grant;
 pub mod keys;
 pub mod node;
 pub mod output;

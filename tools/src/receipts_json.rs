@@ -9,7 +9,8 @@
 //! {"payer":"<64 hex>","payee":"0x<40 hex>","amount":"1500","nonce":"7","timestamp_ms":"1764000000000","request_hash":"<64 hex>","signature":"<128 hex>"}
 //! ```
 //! `payer` may be left out of an unsigned line (it is the signing key's); `signature` is required
-//! only by `verify`.
+//! only by `verify`. `"session": true` marks a receipt signed by a session key (in `payer`),
+//! charged to the payer whose grant names it; absent means false.
 
 use std::io::{BufRead, Write};
 
@@ -42,6 +43,9 @@ pub struct ReceiptLine {
     /// `R ‖ S`, 128 hex digits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// The key in `payer` is a session key (the receipt's flag bit, signed like the rest).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub session: bool,
 }
 
 /// Accepts `7` or `"7"`, keeps the decimal text; range is checked on conversion.
@@ -74,6 +78,7 @@ impl ReceiptLine {
             timestamp_ms: receipt.timestamp_ms.to_string(),
             request_hash: hex::encode(receipt.request_hash),
             signature: Some(hex::encode(receipt.signature)),
+            session: receipt.session,
         }
     }
 
@@ -91,7 +96,7 @@ impl ReceiptLine {
             nonce: parse_u64("nonce", &self.nonce)?,
             timestamp_ms: parse_u64("timestamp_ms", &self.timestamp_ms)?,
             request_hash: parse_hex::<32>(&self.request_hash).context("request_hash")?,
-            session: false,
+            session: self.session,
         })
     }
 
@@ -112,7 +117,9 @@ pub struct StreamSummary {
     pub failed: u64,
 }
 
-fn each_line(
+/// Runs `handle` on every non-blank line of `input` with its line number; a line it answers
+/// `false` for counts as failed, an error stops the stream.
+pub(crate) fn each_line(
     input: impl BufRead,
     mut handle: impl FnMut(u64, &str) -> anyhow::Result<bool>,
 ) -> anyhow::Result<StreamSummary> {

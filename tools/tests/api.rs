@@ -12,12 +12,13 @@ use ed25519_dalek::SigningKey;
 use futures::future::BoxFuture;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use serde_json::Value;
+use tollgate_engine::grant::{Grant, PayeeScope, Revocation, SignedGrant};
 use tollgate_engine::pipeline::{
     BatchAck, Engine, EngineConfig, EpochStatus, EpochUpdate, FundsEvent, FundsKind, PartRecord,
     SealedEpoch, SubmitRequest,
 };
 use tollgate_engine::verify::{Verifier, VerifyConfig, VerifyPool};
-use tollgate_engine::{Address, Domain, PayerKey, ReceiptBatch, UnsignedReceipt};
+use tollgate_engine::{Address, Domain, PayerKey, Receipt, ReceiptBatch, UnsignedReceipt};
 use tollgate_load::cli::DomainArgs;
 use tollgate_query::auth::payer_request_headers;
 use tollgate_query::client::{EXIT_ERROR, EXIT_NOT_FOUND, EXIT_UNREACHABLE};
@@ -141,20 +142,7 @@ async fn submit(engine: &Engine, domain: &Domain, batch_seq: u64, paid: &[Paid])
             .sign(&key(p.payer), domain)
         })
         .collect();
-    let request = SubmitRequest {
-        client_id: 1,
-        producer_id: 1,
-        session_epoch: 1,
-        batch_seq,
-        receipts: ReceiptBatch::from_receipts(&receipts),
-        prejudged: Vec::new(),
-    };
-    engine
-        .submit(request)
-        .expect("queued")
-        .await
-        .expect("engine answered")
-        .expect("batch applied")
+    submit_signed(engine, batch_seq, &receipts).await
 }
 
 async fn record(engine: &Engine, update: EpochUpdate) {
@@ -258,13 +246,16 @@ async fn start_with(
         }
     }
     commit(&engine, &sealed[0]).await;
+    // One session grant (alice's, to session key 7), so the grant routes have one to show.
+    durable_grant(&engine, &standing_grant(1, 7, 1_000)).await;
 
     let recorder = PrometheusBuilder::new().build_recorder();
     metrics::with_local_recorder(&recorder, || {
         metrics::counter!("tollgate_api_test_marker_total").increment(3);
     });
     let ready = Arc::new(AtomicBool::new(false));
-    let mut state = ApiState::new(engine.reader(), ready.clone(), recorder.handle());
+    let mut state = ApiState::new(engine.reader(), ready.clone(), recorder.handle())
+        .with_engine(engine.clone(), DOMAIN);
     if let Some(chain) = chain {
         state = state.with_chain(chain);
     }
@@ -277,6 +268,32 @@ async fn start_with(
         sealed,
         _recorder: recorder,
     }
+}
+
+/// `payer`'s grant to session key `session` (seeds): `cap`, valid an hour either side of now, any
+/// payee.
+fn standing_grant(payer: u8, session: u8, cap: u64) -> SignedGrant {
+    Grant {
+        domain: DOMAIN,
+        payer: payer_of(&key(payer)),
+        session: payer_of(&key(session)),
+        nonce: 1,
+        cap,
+        allowance: None,
+        valid_from_ms: now_ms() - 3_600_000,
+        valid_until_ms: now_ms() + 3_600_000,
+        payees: PayeeScope::Any,
+    }
+    .sign(&key(payer))
+}
+
+async fn durable_grant(engine: &Engine, grant: &SignedGrant) {
+    engine
+        .grant(grant.clone().check(&DOMAIN).expect("a valid grant"))
+        .expect("queued")
+        .await
+        .expect("answered")
+        .expect("granted");
 }
 
 /// Serves the API on a free loopback port.
@@ -411,10 +428,15 @@ async fn every_documented_route_answers_what_the_document_says() {
         ("{payer}", alice.to_string()),
         ("{payee}", P1.to_string()),
         ("{epoch}", "1".to_string()),
+        ("{session_key}", payer_of(&key(7)).to_string()),
     ]);
     let paths = doc["paths"].as_object().expect("paths");
     assert!(paths.len() >= 8, "{paths:?}");
     for (template, item) in paths {
+        // The posts (grants, revocations) are exercised with their bodies in their own test.
+        if item.get("get").is_none() {
+            continue;
+        }
         let mut path = template.clone();
         for (name, value) in &values {
             path = path.replace(name, value);
@@ -1855,7 +1877,364 @@ async fn auditors_get_each_sealed_epochs_tree_and_receipts_and_payers_only_their
     }
 
     // And `tollgate audit` recomputes both sealed epochs from them.
-    let args = AuditArgs {
+    let args = audit_args(&server);
+    let report = audit::audit(&args).await.expect("audit runs");
+    assert!(report.agrees(), "{}", report.render());
+    assert_eq!(report.epochs.len(), 2);
+}
+
+/// Submits signed `receipts` as one batch of producer 1 and waits for its ack.
+async fn submit_signed(engine: &Engine, batch_seq: u64, receipts: &[Receipt]) -> BatchAck {
+    engine
+        .submit(SubmitRequest {
+            client_id: 1,
+            producer_id: 1,
+            session_epoch: 1,
+            batch_seq,
+            receipts: ReceiptBatch::from_receipts(receipts),
+            prejudged: Vec::new(),
+        })
+        .expect("queued")
+        .await
+        .expect("engine answered")
+        .expect("batch applied")
+}
+
+fn session_receipt(session: u8, payee: Address, amount: u64, nonce: u64) -> Receipt {
+    UnsignedReceipt {
+        payer: payer_of(&key(session)),
+        payee,
+        amount,
+        nonce,
+        timestamp_ms: now_ms(),
+        request_hash: [5; 32],
+        session: true,
+    }
+    .sign(&key(session), &DOMAIN)
+}
+
+/// `POST path` with `body` as `content_type` and no credentials: the status and JSON body.
+async fn post(server: &Server, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(server.url(path))
+        .header(reqwest::header::CONTENT_TYPE, content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("a JSON body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_are_posted_by_their_signature_alone_read_back_and_refused_by_stable_reason() {
+    let server = start_with(None, |state| state.with_access(closed_access())).await;
+    server.ready.store(true, Ordering::Release);
+    let (_, doc) = get(&server, "/openapi.json").await;
+    let grant_schema = &doc["components"]["schemas"]["Grant"];
+    let error_schema = &doc["components"]["schemas"]["Error"];
+    let bob = payer_of(&key(2));
+    let session = payer_of(&key(8));
+    // Bob grants session key 8 up to 100, to P1 only.
+    let grant = Grant {
+        payees: PayeeScope::Only(vec![P1]),
+        ..standing_grant(2, 8, 100).grant
+    }
+    .sign(&key(2));
+    let raw = grant.to_bytes().to_vec();
+
+    // No credentials: the payer's signature authorizes it. Answered once durable.
+    let (status, held) = post(
+        &server,
+        "/v1/grants",
+        "application/octet-stream",
+        raw.clone(),
+    )
+    .await;
+    assert_eq!(status, 200, "{held}");
+    check(&doc, grant_schema, &held, "grant").unwrap_or_else(|p| panic!("{p}\n{held:#}"));
+    assert_eq!(held["payer"], bob.to_string());
+    assert_eq!(held["session_key"], session.to_string());
+    assert_eq!(held["grant"], hex::encode(&raw));
+    assert_eq!(held["cap"], "100");
+    assert_eq!(held["payees"], serde_json::json!([P1.to_string()]));
+    assert_eq!(
+        held["granted_at"],
+        serde_json::json!({"epoch": 3, "index": 1})
+    );
+    assert_eq!(held["spent"]["total"], "0");
+    assert!(held["revocation"].is_null());
+    // The same grant again, as `tollgate grant` prints it: the same answer, nothing changed.
+    let line = serde_json::to_vec(&tollgate_query::grants::GrantTerms::of(&grant)).expect("line");
+    let (status, again) = post(&server, "/v1/grants", "application/json", line).await;
+    assert_eq!((status, &again), (200, &held));
+
+    // Each bad one gets its own stable reason and status, and changes nothing.
+    let mut tampered = raw.clone();
+    tampered[100] ^= 1;
+    let foreign = Grant {
+        domain: Domain {
+            chain_id: 1,
+            ..DOMAIN
+        },
+        ..grant.grant.clone()
+    }
+    .sign(&key(2));
+    let cases = [
+        (
+            "/v1/grants",
+            "application/octet-stream",
+            tampered,
+            422,
+            "bad_signature",
+            3,
+        ),
+        (
+            "/v1/grants",
+            "application/octet-stream",
+            foreign.to_bytes().to_vec(),
+            422,
+            "wrong_deployment",
+            2,
+        ),
+        (
+            "/v1/grants",
+            "application/octet-stream",
+            raw[..200].to_vec(),
+            400,
+            "malformed",
+            1,
+        ),
+        (
+            "/v1/grants",
+            "application/json",
+            br#"{"cap":"1"}"#.to_vec(),
+            400,
+            "malformed",
+            1,
+        ),
+        // Alice grants bob's session key: another payer's session.
+        (
+            "/v1/grants",
+            "application/octet-stream",
+            standing_grant(1, 8, 5).to_bytes().to_vec(),
+            409,
+            "granted_by_another_payer",
+            10,
+        ),
+        // A revocation of a session key nobody granted.
+        (
+            "/v1/revocations",
+            "application/octet-stream",
+            Revocation {
+                domain: DOMAIN,
+                payer: bob,
+                session: payer_of(&key(9)),
+                revoked_at_ms: 1,
+            }
+            .sign(&key(2))
+            .to_bytes()
+            .to_vec(),
+            404,
+            "no_grant",
+            13,
+        ),
+    ];
+    for (path, content_type, body, status, reason, code) in cases {
+        let (got, error) = post(&server, path, content_type, body).await;
+        assert_eq!(got, status, "{reason}: {error}");
+        assert_eq!(error["error"], "grant_refused", "{error}");
+        assert_eq!(
+            (error["reason"].as_str(), error["code"].as_u64()),
+            (Some(reason), Some(code))
+        );
+        check(&doc, error_schema, &error, reason).unwrap_or_else(|p| panic!("{p}"));
+    }
+    let path = format!("/v1/grants/{session}");
+    let (status, unchanged) = get_json_with(&server, &path, &bearer(AUDITOR_TOKEN)).await;
+    assert_eq!((status, &unchanged), (200, &held));
+
+    // Readers: auditors, the granting payer and the session itself; not another payer.
+    assert_eq!(status_with(&server, &path, &[]).await, 401);
+    assert_eq!(
+        status_with(&server, &path, &signed_by(2, &DOMAIN, now_ms(), &path)).await,
+        200
+    );
+    assert_eq!(
+        status_with(&server, &path, &signed_by(8, &DOMAIN, now_ms(), &path)).await,
+        200
+    );
+    assert_eq!(
+        status_with(&server, &path, &signed_by(1, &DOMAIN, now_ms(), &path)).await,
+        403
+    );
+    let unknown = format!("/v1/grants/{}", payer_of(&key(9)));
+    let (status, error) = get_json_with(&server, &unknown, &bearer(AUDITOR_TOKEN)).await;
+    assert_eq!(
+        (status, error["error"].as_str()),
+        (404, Some("unknown_grant"))
+    );
+
+    // The session spends: charged to bob, counted against its grant.
+    let ack = submit_signed(&server.engine, 10, &[session_receipt(8, P1, 30, 1)]).await;
+    assert_eq!((ack.accepted, ack.rejections.len()), (1, 0), "{ack:?}");
+    let (_, spent) = get_json_with(&server, &path, &bearer(AUDITOR_TOKEN)).await;
+    assert_eq!(spent["spent"]["total"], "30");
+
+    // Revoked (as JSON, then again): from then on its receipts are refused.
+    let revocation = Revocation {
+        domain: DOMAIN,
+        payer: bob,
+        session,
+        revoked_at_ms: now_ms(),
+    }
+    .sign(&key(2));
+    let body = serde_json::to_vec(&tollgate_query::grants::RevocationTerms::of(&revocation))
+        .expect("line");
+    let (status, revoked) =
+        post(&server, "/v1/revocations", "application/json", body.clone()).await;
+    assert_eq!(status, 200, "{revoked}");
+    check(&doc, grant_schema, &revoked, "revoked").unwrap_or_else(|p| panic!("{p}\n{revoked:#}"));
+    assert_eq!(
+        revoked["revocation"]["effective_at"],
+        serde_json::json!({"epoch": 3, "index": 2})
+    );
+    assert_eq!(
+        revoked["revocation"]["revocation"],
+        hex::encode(revocation.to_bytes())
+    );
+    let (status, twice) = post(&server, "/v1/revocations", "application/json", body).await;
+    assert_eq!((status, &twice), (200, &revoked));
+    let ack = submit_signed(&server.engine, 11, &[session_receipt(8, P1, 1, 2)]).await;
+    assert_eq!(ack.rejections, [(0, tollgate_engine::Reason::GrantRevoked)]);
+
+    // The list, page by page, for an auditor; a payer sees only its own.
+    let mut sessions = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(after) => format!("/v1/grants?limit=1&after={after}"),
+            None => "/v1/grants?limit=1".to_owned(),
+        };
+        let response = get_with(&server, &path, &bearer(AUDITOR_TOKEN)).await;
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+        let next = response
+            .headers()
+            .get("x-tollgate-next-after")
+            .map(|value| value.to_str().expect("ascii").to_owned());
+        let page: Value = response.json().await.expect("JSON");
+        check(
+            &doc,
+            &doc["components"]["schemas"]["GrantList"],
+            &page,
+            &path,
+        )
+        .unwrap_or_else(|p| panic!("{p}"));
+        sessions.extend(
+            page["grants"]
+                .as_array()
+                .expect("grants")
+                .iter()
+                .map(|g| g["session_key"].clone()),
+        );
+        match next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let mut expected = vec![payer_of(&key(7)).to_string(), session.to_string()];
+    expected.sort();
+    assert_eq!(sessions, expected);
+    let (_, bobs) = get_json_with(
+        &server,
+        "/v1/grants",
+        &signed_by(2, &DOMAIN, now_ms(), "/v1/grants"),
+    )
+    .await;
+    assert_eq!(bobs["grants"].as_array().map(Vec::len), Some(1), "{bobs}");
+    assert_eq!(bobs["grants"][0]["session_key"], session.to_string());
+
+    // `tollgate grant submit` posts the lines `tollgate grant` prints; a refused one is named.
+    let client = QueryClient::new(&server.url("")).expect("client");
+    let carol_session = Grant {
+        nonce: 2,
+        ..standing_grant(2, 10, 50).grant
+    }
+    .sign(&key(2));
+    let input = format!(
+        "{}\n{}\n",
+        serde_json::to_string(&tollgate_query::grants::GrantTerms::of(&carol_session))
+            .expect("line"),
+        serde_json::to_string(&tollgate_query::grants::GrantTerms::of(&standing_grant(
+            1, 8, 5
+        )))
+        .expect("line"),
+    );
+    let (mut out, mut errors) = (Vec::new(), Vec::new());
+    let summary = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let summary = tollgate_tools::grant::submit_stream(
+            &client,
+            &runtime,
+            input.as_bytes(),
+            &mut out,
+            &mut errors,
+        )
+        .expect("submitted");
+        (summary, out, errors)
+    })
+    .await
+    .expect("joined");
+    let (summary, out, errors) = summary;
+    assert_eq!((summary.lines, summary.failed), (2, 1));
+    let posted: Value = serde_json::from_slice(&out).expect("one JSON line");
+    assert_eq!(posted["session_key"], payer_of(&key(10)).to_string());
+    let errors = String::from_utf8(errors).expect("utf-8");
+    assert!(
+        errors.starts_with("line 2: refused: granted_by_another_payer (code 10)"),
+        "{errors}"
+    );
+
+    // Sealed, the epoch with the session's receipt audits clean: charged to bob.
+    server
+        .engine
+        .seal_epoch()
+        .expect("queued")
+        .await
+        .expect("answered")
+        .expect("sealed");
+    let saved = tempfile::tempdir().expect("tempdir");
+    let mut args = AuditArgs {
+        save: Some(saved.path().to_owned()),
+        ..audit_args(&server)
+    };
+    let report = audit::audit(&args).await.expect("audit runs");
+    assert!(report.agrees(), "{}", report.render());
+    assert_eq!(report.epochs.len(), 3);
+
+    // The faulty operator: its archive holds a session receipt accepted after the revocation.
+    let receipts = saved.path().join("epoch-3.receipts");
+    let mut archived = std::fs::read(&receipts).expect("saved receipts");
+    let index = archived.len() / 176;
+    archived.extend_from_slice(&session_receipt(8, P1, 5, 3).to_bytes());
+    std::fs::write(&receipts, archived).expect("injected");
+    args.save = None;
+    args.archive = Some(saved.path().to_owned());
+    let report = audit::audit(&args).await.expect("audit runs");
+    assert!(!report.agrees());
+    let named = report.findings.iter().any(|finding| {
+        matches!(finding, audit::recompute::Finding::SessionReceipt { epoch: 3, index: i, reason, .. }
+            if *i == index as u64 && reason == "grant_revoked")
+    });
+    assert!(named, "{}", report.render());
+}
+
+/// `tollgate audit` of every sealed epoch through `server`'s API, as an auditor.
+fn audit_args(server: &Server) -> AuditArgs {
+    AuditArgs {
         server: ServerArgs {
             server: server.url(""),
             json: false,
@@ -1874,8 +2253,11 @@ async fn auditors_get_each_sealed_epochs_tree_and_receipts_and_payers_only_their
         rpc_url: None,
         from_block: 0,
         window_nonces: 1_024,
-    };
-    let report = audit::audit(&args).await.expect("audit runs");
-    assert!(report.agrees(), "{}", report.render());
-    assert_eq!(report.epochs.len(), 2);
+    }
+}
+
+async fn get_json_with(server: &Server, path: &str, headers: &[(&str, String)]) -> (u16, Value) {
+    let response = get_with(server, path, headers).await;
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("a JSON body"))
 }

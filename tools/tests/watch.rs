@@ -3,6 +3,9 @@
 //! inside the challenge window, the engine carries the epoch and commits it again correctly, and
 //! the payees withdraw exactly what the receipts paid them.
 //!
+//! Alice also pays through a session key she granted: the watchtower charges that receipt to
+//! her, as the ledger does, and finds nothing wrong with it.
+//!
 //! The fault is injected here, in the test, by sending the operator's commit with an inflated
 //! debit and credit (and a root over leaves to match) through settle's own submitter: nothing in
 //! the server's code or configuration can produce it.
@@ -19,6 +22,7 @@ use chain_fixture::{Chain, eventually};
 use ed25519_dalek::SigningKey;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio_util::sync::CancellationToken;
+use tollgate_engine::grant::{Grant, PayeeScope};
 use tollgate_engine::pipeline::{Engine, EngineConfig, SubmitRequest};
 use tollgate_engine::{
     Address, Domain, PayerKey, ReceiptBatch, UnsignedReceipt, Verifier, VerifyConfig, VerifyPool,
@@ -80,15 +84,37 @@ async fn the_watchtower_disputes_a_wrong_epoch_and_the_engine_commits_it_again_r
     let funds = FundsLoop::new(engine.clone(), watcher, 0, 10);
     while !funds.step().await.unwrap() {}
 
-    // Epoch 1: alice pays P5 1,000 and P6 500, bob pays P5 250.
+    // Alice grants her agent's session key up to 1,000.
+    let agent = SigningKey::from_bytes(&[9; 32]);
+    let grant = Grant {
+        domain,
+        payer: payer(&alice),
+        session: payer(&agent),
+        nonce: 1,
+        cap: 1_000,
+        allowance: None,
+        valid_from_ms: now_ms() - 60_000,
+        valid_until_ms: now_ms() + 3_600_000,
+        payees: PayeeScope::Any,
+    }
+    .sign(&alice);
+    engine
+        .grant(grant.check(&domain).unwrap())
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Epoch 1: alice pays P5 1,000 and P6 500 (100 of it through her agent), bob pays P5 250.
     let (p5, p6) = (Address(chain.address(5).0.0), Address(chain.address(6).0.0));
     let receipts: Vec<_> = [
-        (&alice, p5, 1_000, 1),
-        (&alice, p6, 500, 1),
-        (&bob, p5, 250, 1),
+        (&alice, p5, 1_000, 1, false),
+        (&alice, p6, 400, 1, false),
+        (&agent, p6, 100, 1, true),
+        (&bob, p5, 250, 1, false),
     ]
     .into_iter()
-    .map(|(key, payee, amount, nonce)| {
+    .map(|(key, payee, amount, nonce, session)| {
         UnsignedReceipt {
             payer: payer(key),
             payee,
@@ -96,7 +122,7 @@ async fn the_watchtower_disputes_a_wrong_epoch_and_the_engine_commits_it_again_r
             nonce,
             timestamp_ms: now_ms(),
             request_hash: [3; 32],
-            session: false,
+            session,
         }
         .sign(key, &domain)
     })
@@ -114,7 +140,7 @@ async fn the_watchtower_disputes_a_wrong_epoch_and_the_engine_commits_it_again_r
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(ack.accepted, 3, "{ack:?}");
+    assert_eq!(ack.accepted, 4, "{ack:?}");
     let submit_config = SubmitConfig {
         receipt_poll_ms: 10,
         backoff_initial_ms: 10,

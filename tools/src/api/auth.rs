@@ -8,7 +8,8 @@
 //! - an auditor (a token with scope `auditor`): the epochs, their trees, archived receipts and
 //!   proofs, but no live balances;
 //! - a payer proving its deposit key with a signed, timestamped request ([`tollgate_query::auth`]):
-//!   its own balance, and the parts of epoch data that are its own channels;
+//!   its own balance, the parts of epoch data that are its own channels, and its own session
+//!   grants (a session key signing the request reads its own grant);
 //! - anyone, in open mode: when no token is configured, which `serve` allows only on a loopback
 //!   address (like the fleet port's open mode).
 
@@ -18,6 +19,7 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use tollgate_engine::grant::Grant;
 use tollgate_engine::{Address, Domain, PayerKey};
 use tollgate_query::auth::{HEADER_PAYER, HEADER_SIGNATURE, HEADER_TIMESTAMP, PayerRequest};
 
@@ -255,6 +257,16 @@ impl Caller {
         match self.epoch_data_view() {
             view if view.shows(payer) => Ok(()),
             _ => Err(self.forbidden(format!("the channels of payer {payer}"))),
+        }
+    }
+
+    /// A session grant: operators and auditors, and a payer-signed request by the granting
+    /// payer or by the session key itself.
+    pub fn may_read_grant(&self, grant: &Grant) -> Result<(), ApiError> {
+        match self {
+            Self::Open | Self::Operator(_) | Self::Auditor(_) => Ok(()),
+            Self::Payer(own) if *own == grant.payer || *own == grant.session => Ok(()),
+            _ => Err(self.forbidden(format!("the grant of session key {}", grant.session))),
         }
     }
 

@@ -5,6 +5,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use thiserror::Error;
+use tollgate_engine::grant::GrantError;
 use tollgate_query::model::ErrorBody;
 
 /// An API error. The `Display` text is the `message` of the JSON body.
@@ -123,6 +124,13 @@ pub enum ApiError {
         "this server keeps no receipt archive (archive_receipts was off when its data directory was created)"
     )]
     ArchiveDisabled,
+    /// A grant or revocation refused, by its own checks or by the ledger: nothing changed.
+    /// The answer carries the grant error's stable name and code.
+    #[error("grant refused: {0}")]
+    GrantRefused(GrantError),
+    /// No grant is held for this session key.
+    #[error("no grant for session key {0}")]
+    UnknownGrant(String),
     /// The server is starting (or stopping) and does not answer ledger queries yet.
     #[error("not ready: {waiting_for}")]
     NotReady {
@@ -148,7 +156,9 @@ impl ApiError {
             | Self::UnknownLeaf { .. }
             | Self::UnknownRoute(_)
             | Self::EpochNotSealed { .. }
+            | Self::UnknownGrant(_)
             | Self::ArchiveDisabled => StatusCode::NOT_FOUND,
+            Self::GrantRefused(error) => grant_status(error),
             Self::EpochPruned { .. } => StatusCode::GONE,
             Self::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
@@ -180,9 +190,34 @@ impl ApiError {
             Self::EpochNotSealed { .. } => "epoch_not_sealed",
             Self::EpochPruned { .. } => "epoch_pruned",
             Self::ArchiveDisabled => "archive_disabled",
+            Self::GrantRefused(_) => "grant_refused",
+            Self::UnknownGrant(_) => "unknown_grant",
             Self::NotReady { .. } => "not_ready",
             Self::Internal(_) => "internal",
         }
+    }
+}
+
+/// A grant error's status: a record that does not parse is a bad request; one that fails its
+/// own checks cannot be processed; one at odds with what the ledger holds is a conflict (and a
+/// revocation of a session nobody granted names nothing there).
+fn grant_status(error: &GrantError) -> StatusCode {
+    match error {
+        GrantError::Malformed(_) => StatusCode::BAD_REQUEST,
+        GrantError::NoGrant(_) => StatusCode::NOT_FOUND,
+        GrantError::WrongDeployment { .. }
+        | GrantError::BadSignature
+        | GrantError::BadPayerKey
+        | GrantError::BadSessionKey
+        | GrantError::ZeroCap
+        | GrantError::BadAllowance
+        | GrantError::EmptyValidity { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        GrantError::SessionKeyIsPayer(_)
+        | GrantError::GrantedByAnotherPayer { .. }
+        | GrantError::AlreadyGranted { .. }
+        | GrantError::Revoked(_)
+        | GrantError::NotTheGranter(_)
+        | GrantError::PayerIsSessionKey(_) => StatusCode::CONFLICT,
     }
 }
 
@@ -246,6 +281,13 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
         404,
         "the server was created without the receipt archive",
     ),
+    (
+        "grant_refused",
+        400,
+        "the grant or revocation is refused (its `reason` and `code` say why; status 400 \
+         malformed, 422 a check of its own, 404 no_grant, 409 what the ledger holds)",
+    ),
+    ("unknown_grant", 404, "no grant is held for the session key"),
     ("not_ready", 503, "the server is starting; retry"),
     ("internal", 500, "reading the ledger failed"),
 ];
@@ -255,9 +297,15 @@ impl IntoResponse for ApiError {
         if matches!(self, Self::Internal(_)) {
             tracing::error!(error = %self, "query API internal error");
         }
+        let grant_error = match &self {
+            Self::GrantRefused(error) => Some(error),
+            _ => None,
+        };
         let body = ErrorBody {
             error: self.code().to_owned(),
             message: self.to_string(),
+            reason: grant_error.map(|error| error.name().to_owned()),
+            code: grant_error.map(GrantError::code),
         };
         let mut response = (self.status(), Json(body)).into_response();
         if matches!(self, Self::Unauthenticated { .. }) {
@@ -319,6 +367,8 @@ mod tests {
             ApiError::EpochNotSealed { epoch: 1 },
             ApiError::EpochPruned { epoch: 1 },
             ApiError::ArchiveDisabled,
+            ApiError::GrantRefused(GrantError::Malformed(String::new())),
+            ApiError::UnknownGrant(String::new()),
             ApiError::NotReady {
                 waiting_for: String::new(),
             },

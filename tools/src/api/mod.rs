@@ -10,6 +10,8 @@
 //! - [`epoch_data`]: `GET /v1/epochs/{n}/tree` and `/receipts`, what an auditor recomputes an epoch
 //!   from.
 //! - [`proof`]: `GET /v1/epochs/{n}/proof` and its bounded cache of built epoch trees.
+//! - `grants`: `POST /v1/grants` and `/v1/revocations` (session grants into the engine, answered
+//!   once durable; the only routes that change anything), `GET /v1/grants[/{session_key}]`.
 //! - [`withdrawable`]: the short-lived cache of what the contract lets payees withdraw.
 //!
 //! [`ChainView`] is implemented for settle's [`ContractReader`], which reads the Settlement
@@ -17,11 +19,13 @@
 //!
 //! Every ledger read goes through [`LedgerReader`] (RocksDB snapshots) on tokio's blocking pool:
 //! the API never takes a lock the ledger writer needs and never runs a disk read on an async
-//! worker. It only reads: nothing here can change what anyone owes.
+//! worker. Apart from the grant routes, which hand a payer-signed record to the engine like the
+//! fleet protocol does, it only reads: nothing here can change what anyone owes.
 
 pub mod auth;
 mod epoch_data;
 pub mod error;
+mod grants;
 pub mod openapi;
 pub mod proof;
 pub mod withdrawable;
@@ -36,15 +40,15 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use futures::future::BoxFuture;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use tollgate_engine::ledger::{EpochRecord, OpenEpoch};
-use tollgate_engine::pipeline::{EpochStatus, LedgerReader};
+use tollgate_engine::pipeline::{Engine, EpochStatus, LedgerReader};
 use tollgate_engine::store::StoreError;
-use tollgate_engine::{Address, PayerKey};
+use tollgate_engine::{Address, Domain, PayerKey};
 use tollgate_settle::ContractReader;
 
 use auth::Caller;
@@ -137,6 +141,14 @@ pub struct ApiState {
     trees: Arc<proof::TreeCache>,
     withdrawable: Arc<WithdrawableCache>,
     access: Arc<auth::ApiAccess>,
+    submit: Option<GrantSubmit>,
+}
+
+/// Where posted grants and revocations go, and the deployment they must be signed for.
+#[derive(Clone, Debug)]
+struct GrantSubmit {
+    engine: Engine,
+    domain: Domain,
 }
 
 impl ApiState {
@@ -152,7 +164,15 @@ impl ApiState {
             trees: Arc::new(proof::TreeCache::new(proof::TREES_CACHED_DEFAULT)),
             withdrawable: Arc::new(WithdrawableCache::new(WITHDRAWABLE_TTL_DEFAULT)),
             access: Arc::new(auth::ApiAccess::open()),
+            submit: None,
         }
+    }
+
+    /// Takes session grants and revocations signed for `domain` (`POST /v1/grants`,
+    /// `POST /v1/revocations`) into `engine`. Without it the API only reads.
+    pub fn with_engine(mut self, engine: Engine, domain: Domain) -> Self {
+        self.submit = Some(GrantSubmit { engine, domain });
+        self
     }
 
     /// Answers only the callers `access` admits, instead of everyone (open mode).
@@ -208,13 +228,24 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/epochs/{epoch}/proof", get(proof::proof))
         .route("/v1/epochs/{epoch}/tree", get(epoch_data::tree))
         .route("/v1/epochs/{epoch}/receipts", get(epoch_data::receipts))
+        .route("/v1/grants", get(grants::grants))
+        .route("/v1/grants/{session_key}", get(grants::grant))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_ready))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
         ));
+    // No credentials: a grant or revocation is authorized by its payer's signature (`grants`).
+    let mut submit = Router::new();
+    if state.submit.is_some() {
+        submit = submit
+            .route("/v1/grants", post(grants::post_grant))
+            .route("/v1/revocations", post(grants::post_revocation))
+            .route_layer(middleware::from_fn_with_state(state.clone(), require_ready));
+    }
     Router::new()
         .merge(ledger)
+        .merge(submit)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -9,7 +9,9 @@ use tollgate_query::model::{
     RECEIPTS_JSON_LINES, RECEIPTS_OCTET_STREAM, RECEIPTS_PAGE_DEFAULT, RECEIPTS_PAGE_MAX,
 };
 
+use tollgate_engine::grant::{GRANT_BYTES, GrantError, REVOCATION_BYTES};
 use tollgate_query::auth::{HEADER_PAYER, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+use tollgate_query::grants::{GRANTS_PAGE_DEFAULT, GRANTS_PAGE_MAX};
 
 use super::error::ERROR_CODES;
 
@@ -57,6 +59,13 @@ fn schemas() -> Value {
     let codes: Vec<&str> = ERROR_CODES.iter().map(|(code, _, _)| *code).collect();
     let hash = json!({ "type": "string", "pattern": HASH_PATTERN });
     let nullable_hash = json!({ "type": ["string", "null"], "pattern": HASH_PATTERN });
+    let key = json!({ "type": "string", "pattern": "^[0-9a-f]{64}$" });
+    let address = json!({ "type": "string", "pattern": "^0x[0-9a-f]{40}$" });
+    let grant_reasons: Vec<&str> = GrantError::CODES.iter().map(|(_, name)| *name).collect();
+    let grant_table: String = GrantError::CODES
+        .iter()
+        .map(|(code, name)| format!(" {code} {name};"))
+        .collect();
     json!({
         "Error": {
             "type": "object",
@@ -64,7 +73,83 @@ fn schemas() -> Value {
             "required": ["error", "message"],
             "properties": {
                 "error": { "type": "string", "enum": codes, "description": "Stable machine code." },
-                "message": { "type": "string", "description": "What went wrong, for people." }
+                "message": { "type": "string", "description": "What went wrong, for people." },
+                "reason": { "type": "string", "enum": grant_reasons,
+                            "description": "grant_refused only: the grant error's stable name." },
+                "code": { "type": "integer", "minimum": 1, "maximum": GrantError::CODES.len(),
+                          "description": format!("grant_refused only: the grant error's stable wire code:{grant_table}") }
+            }
+        },
+        "Allowance": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["amount", "period_ms"],
+            "properties": {
+                "amount": amount("Most the session may spend in one period (u64)."),
+                "period_ms": { "type": "integer", "minimum": 1, "description": "Period length; periods count from valid_from_ms." }
+            }
+        },
+        "Position": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["epoch", "index"],
+            "properties": {
+                "epoch": { "type": "integer", "minimum": 1, "description": "The epoch open when it took effect." },
+                "index": { "type": "integer", "minimum": 0, "description": "Receipts that epoch had accepted then: an archived receipt at (epoch, index) at or after this position was applied after it." }
+            }
+        },
+        "Spent": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["total", "period", "period_total"],
+            "properties": {
+                "total": amount("Everything the session spent."),
+                "period": { "type": "integer", "minimum": 0, "description": "The newest allowance period charged (0 starts at valid_from_ms)." },
+                "period_total": amount("Spent in that period.")
+            }
+        },
+        "Revocation": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["revocation", "payer", "session_key", "chain_id", "contract", "revoked_at_ms", "effective_at"],
+            "properties": {
+                "revocation": { "type": "string", "pattern": format!("^[0-9a-f]{{{}}}$", 2 * REVOCATION_BYTES), "description": "The signed revocation (docs/PROTOCOL.md)." },
+                "payer": key.clone(),
+                "session_key": key.clone(),
+                "chain_id": { "type": "integer", "minimum": 0 },
+                "contract": address.clone(),
+                "revoked_at_ms": { "type": "integer", "minimum": 0, "description": "The payer's clock when it signed: informative only." },
+                "effective_at": { "$ref": "#/components/schemas/Position" }
+            }
+        },
+        "Grant": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["grant", "payer", "session_key", "chain_id", "contract", "nonce", "cap", "allowance",
+                         "valid_from_ms", "valid_until_ms", "payees", "granted_at", "spent", "revocation"],
+            "properties": {
+                "grant": { "type": "string", "pattern": format!("^[0-9a-f]{{{}}}$", 2 * GRANT_BYTES), "description": "The signed grant (docs/PROTOCOL.md): the payer's signature covers its first 224 bytes. The fields below are decoded from it." },
+                "payer": key.clone(),
+                "session_key": key,
+                "chain_id": { "type": "integer", "minimum": 0 },
+                "contract": address.clone(),
+                "nonce": amount("The payer's grant nonce (u64)."),
+                "cap": amount("Most the session may ever spend (u64)."),
+                "allowance": { "oneOf": [{ "$ref": "#/components/schemas/Allowance" }, { "type": "null" }], "description": "Null for none." },
+                "valid_from_ms": { "type": "integer", "minimum": 0, "description": "Inclusive." },
+                "valid_until_ms": { "type": "integer", "minimum": 0, "description": "Exclusive." },
+                "payees": { "type": ["array", "null"], "items": address, "maxItems": 4, "description": "Null for any payee." },
+                "granted_at": { "$ref": "#/components/schemas/Position" },
+                "spent": { "$ref": "#/components/schemas/Spent" },
+                "revocation": { "oneOf": [{ "$ref": "#/components/schemas/Revocation" }, { "type": "null" }], "description": "Null while the grant stands." }
+            }
+        },
+        "GrantList": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["grants"],
+            "properties": {
+                "grants": { "type": "array", "items": { "$ref": "#/components/schemas/Grant" }, "description": "In session key order." }
             }
         },
         "Status": {
@@ -198,7 +283,8 @@ fn schemas() -> Value {
                 "nonce": amount("Per-channel nonce (u64)."),
                 "timestamp_ms": amount("Unix milliseconds (u64)."),
                 "request_hash": { "type": "string", "pattern": "^[0-9a-f]{64}$" },
-                "signature": { "type": "string", "pattern": "^[0-9a-f]{128}$" }
+                "signature": { "type": "string", "pattern": "^[0-9a-f]{128}$" },
+                "session": { "type": "boolean", "description": "Present (true) when payer is a session key, charged to the payer whose grant names it." }
             }
         },
         "Proof": {
@@ -361,6 +447,53 @@ pub fn document() -> Value {
                     "500": internal.clone(), "503": not_ready.clone()
                 }
             }},
+            "/v1/grants": {
+                "get": {
+                    "summary": "Every session grant the ledger holds, in session key order, paged.",
+                    "description": format!("`limit` grants after session key `after`; a page that is not the \
+                        last carries the `after` of the next in the {HEADER_NEXT_AFTER} header. A payer \
+                        gets only its own grants (a page still spans `limit` grants)."),
+                    "parameters": [
+                        { "name": "after", "in": "query", "required": false,
+                          "description": "Resume after this session key (the previous page's next-after).",
+                          "schema": { "type": "string", "pattern": PAYER_PATTERN } },
+                        { "name": "limit", "in": "query", "required": false,
+                          "schema": { "type": "integer", "minimum": 1, "maximum": GRANTS_PAGE_MAX, "default": GRANTS_PAGE_DEFAULT } }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "One page of grants.",
+                            "headers": { HEADER_NEXT_AFTER: {
+                                "description": "Present when more grants follow: pass it as `after`.",
+                                "schema": { "type": "string", "pattern": "^[0-9a-f]{64}$" }
+                            }},
+                            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/GrantList" } } }
+                        },
+                        "400": error_response("Malformed after or limit (bad_query)."),
+                        "500": internal.clone(), "503": not_ready.clone()
+                    }
+                },
+                "post": grant_post(
+                    "Hand the engine a session grant signed by its payer; answered once durable.",
+                    "grant", GRANT_BYTES, &internal
+                )
+            },
+            "/v1/grants/{session_key}": { "get": {
+                "summary": "The grant held for a session key: its signed bytes and terms, when it took effect, what the session spent, and its revocation.",
+                "parameters": [path_param("session_key", "The session's ed25519 public key.", PAYER_PATTERN)],
+                "responses": {
+                    "200": json_response("The grant.", "Grant"),
+                    "400": error_response("Malformed session key (malformed_payer)."),
+                    "404": error_response("No grant for this session key (unknown_grant)."),
+                    "500": internal.clone(), "503": not_ready.clone()
+                }
+            }},
+            "/v1/revocations": {
+                "post": grant_post(
+                    "Hand the engine a payer's revocation of a session key; answered once durable: receipts the ledger applies from then on are refused (grant_revoked).",
+                    "revocation", REVOCATION_BYTES, &internal
+                )
+            },
             "/healthz": { "get": {
                 "summary": "The process is up.",
                 "responses": { "200": json_response("Alive.", "Status") }
@@ -395,6 +528,38 @@ pub fn document() -> Value {
     });
     guard(&mut doc);
     doc
+}
+
+/// `POST /v1/grants` or `/v1/revocations`: the record raw, or in hex in a JSON object.
+fn grant_post(summary: &str, field: &str, bytes: usize, internal: &Value) -> Value {
+    json!({
+        "summary": summary,
+        "description": format!("The body is the {bytes}-byte signed record as \
+            {RECEIPTS_OCTET_STREAM}, or JSON {{\"{field}\": \"<hex>\"}} (other fields, such as the \
+            terms `tollgate grant` prints next to it, are ignored). No credentials: the payer's \
+            signature over this deployment authorizes the record, whoever delivers it. Sending \
+            the same record again changes nothing and gets the same answer."),
+        "security": [],
+        "requestBody": {
+            "required": true,
+            "content": {
+                RECEIPTS_OCTET_STREAM: { "schema": { "type": "string", "format": "binary" } },
+                "application/json": { "schema": {
+                    "type": "object", "required": [field],
+                    "properties": { field: { "type": "string", "pattern": format!("^(0x)?[0-9a-fA-F]{{{}}}$", 2 * bytes) } }
+                }}
+            }
+        },
+        "responses": {
+            "200": json_response("Durable: the grant as the ledger now holds it.", "Grant"),
+            "400": error_response("The body is not a record (grant_refused, reason malformed)."),
+            "404": error_response("A revocation of a session key nobody granted (grant_refused, reason no_grant)."),
+            "409": error_response("At odds with what the ledger holds (grant_refused: session_key_is_payer, granted_by_another_payer, already_granted, revoked, not_the_granter, payer_is_session_key)."),
+            "422": error_response("Fails its own checks (grant_refused: wrong_deployment, bad_signature, bad_payer_key, bad_session_key, zero_cap, bad_allowance, empty_validity)."),
+            "500": internal.clone(),
+            "503": error_response("Not ready yet, or the engine cannot take it now (not_ready); send it again.")
+        }
+    })
 }
 
 fn security_schemes() -> Value {
@@ -446,12 +611,23 @@ fn guard(doc: &mut Value) {
             "/v1/epochs/{epoch}/proof",
             "operators, auditors, and the channel's payer",
         ),
+        (
+            "/v1/grants",
+            "operators, auditors, and a payer (its own grants)",
+        ),
+        (
+            "/v1/grants/{session_key}",
+            "operators, auditors, and the grant's payer or session key (signed request)",
+        ),
     ];
     let Some(paths) = doc["paths"].as_object_mut() else {
         return;
     };
     for (path, item) in paths.iter_mut() {
-        let get = &mut item["get"];
+        // Only reads are guarded; the grant posts say their own (no credentials).
+        let Some(get) = item.get_mut("get") else {
+            continue;
+        };
         match WHO.iter().find(|(guarded, _)| guarded == path) {
             Some((_, who)) => {
                 let said = get["description"].as_str().unwrap_or_default().to_owned();

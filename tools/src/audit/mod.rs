@@ -5,7 +5,9 @@
 //! receipts and tree (from the API, or a directory saved with `--save`), and with `--rpc-url`
 //! the epoch's commit onchain and the payers' deposits; [`recompute`] does the rest. Epochs
 //! before the first audited one are read as trees only (validated, and against their committed
-//! roots onchain when a chain is given) to learn each channel's cumulative so far.
+//! roots onchain when a chain is given) to learn each channel's cumulative so far. Before each
+//! epoch it reads the session grants the operator serves (`GET /v1/grants`, or the directory's
+//! `grants.jsonl`), re-checks each payer signature and replays the session receipts under them.
 //!
 //! One line per finding, then a summary; exit 0 only when everything agrees (1 when something
 //! does not, 2 when the audit itself could not run). `--json` prints one JSON object instead.
@@ -14,7 +16,7 @@ pub mod recompute;
 pub mod source;
 pub mod watch;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -22,13 +24,13 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 use tollgate_engine::ledger::LedgerConfig;
-use tollgate_engine::{Verifier, VerifyConfig};
+use tollgate_engine::{Domain, Verifier, VerifyConfig};
 use tollgate_query::model::{EpochStatusView, EpochView};
 use tollgate_settle::ContractReader;
 use tollgate_settle::onchain::OnchainEpoch;
 
 use crate::query::ServerArgs;
-use recompute::{EpochEvidence, Finding, Recompute, Served};
+use recompute::{EpochEvidence, Finding, Recompute, Served, checked_grant};
 use source::Source;
 
 /// Exit code: every audited figure agrees.
@@ -140,6 +142,10 @@ pub struct Auditor {
     recompute: Recompute,
     /// Disputed epochs seen, and the epoch the ledger carried each into once it says.
     disputed: BTreeMap<u64, Option<u64>>,
+    /// The deployment grants must be signed for.
+    domain: Domain,
+    /// Grant findings already reported, so a bad grant is named once, not every epoch.
+    grant_findings: BTreeSet<String>,
 }
 
 impl Auditor {
@@ -172,7 +178,27 @@ impl Auditor {
                 args.window_nonces,
             ),
             disputed: BTreeMap::new(),
+            domain,
+            grant_findings: BTreeSet::new(),
         })
+    }
+
+    /// Reads the grants the operator serves now and holds those whose signatures check; the
+    /// findings about the others (each named once per run).
+    async fn refresh_grants(&mut self) -> anyhow::Result<Vec<Finding>> {
+        let mut findings = Vec::new();
+        for view in self.source.grants(self.save.as_deref()).await? {
+            let (held, found) = checked_grant(&view, &self.domain);
+            if let Some(held) = held {
+                self.recompute.hold_grant(held);
+            }
+            findings.extend(
+                found
+                    .into_iter()
+                    .filter(|finding| self.grant_findings.insert(finding.to_string())),
+            );
+        }
+        Ok(findings)
     }
 
     /// The chain, when one was given.
@@ -247,6 +273,8 @@ impl Auditor {
                 return Ok((line, Vec::new()));
             }
         };
+        // After the epoch's own data: a grant the epoch's receipts need was served by then.
+        let mut findings = self.refresh_grants().await?;
         let deposits = match &self.chain {
             Some(chain) => Some(chain.deposits(self.from_block).await?),
             None => None,
@@ -276,10 +304,11 @@ impl Auditor {
             deposits,
         };
         let audited = self.recompute.audit(&evidence);
+        findings.extend(audited.findings);
         line.receipts = audited.receipts;
         line.leaves = audited.leaves;
-        line.findings = audited.findings.len();
-        Ok((line, audited.findings))
+        line.findings = findings.len();
+        Ok((line, findings))
     }
 }
 

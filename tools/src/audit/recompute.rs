@@ -15,14 +15,25 @@
 //!
 //! The anti-replay windows start empty at the first epoch audited, so a replay of a receipt
 //! accepted before it is caught only as far as the windows it then builds reach.
+//!
+//! A session receipt (signed by a session key, [`ReceiptView::is_session`]) is charged to the
+//! payer of the session's grant: its leaf, debit and funds are that payer's, its nonce is in the
+//! window of (session key, payee), as in the ledger. Its grant must have taken effect at or
+//! before the receipt's archive position and not been revoked by then, must admit it
+//! ([`Grant::admits`], with the receipt's timestamp standing in for the server's acceptance
+//! time, which the archive does not keep) and must have room for it ([`Grant::charge`], the
+//! session's spend replayed in archive order from the first epoch audited). Grants are held
+//! only once their payer's signature checks ([`checked_grant`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use rayon::prelude::*;
 use serde::Serialize;
+use tollgate_engine::grant::{Grant, GrantSpend, SignedRevocation};
 use tollgate_engine::ledger::window::NonceWindow;
 use tollgate_engine::receipt::RECEIPT_BYTES;
-use tollgate_engine::{Address, PayerKey, ReceiptView, Verifier};
+use tollgate_engine::{Address, Domain, PayerKey, ReceiptView, Verifier};
+use tollgate_query::grants::{GrantView, PositionView};
 use tollgate_settle::merkle::{EpochTree, Leaf, StandardDump};
 use tollgate_settle::onchain::OnchainEpoch;
 
@@ -196,6 +207,37 @@ pub enum Finding {
         /// recomputed
         expected: u128,
     },
+    /// A session receipt its grant does not allow: no grant (or not yet), revoked by then,
+    /// outside its validity or payee scope, or over its cap or allowance.
+    #[error(
+        "epoch {epoch} receipt {index}: session key {session} {problem} ({reason}) yet accepted"
+    )]
+    SessionReceipt {
+        /// epoch
+        epoch: u64,
+        /// position
+        index: u64,
+        /// the session key that signed it
+        session: String,
+        /// the receipt reason the server owed it
+        reason: String,
+        /// what the grant says
+        problem: String,
+    },
+    /// A grant or revocation the operator serves whose payer signature or fields do not check
+    /// under this deployment: the grant is not held (its session's receipts are charged to
+    /// nobody), a revocation is not taken as one.
+    #[error("the {what} of session key {session} does not check: {reason} ({problem})")]
+    GrantInvalid {
+        /// grant or revocation
+        what: String,
+        /// the session key
+        session: String,
+        /// the grant error's stable name
+        reason: String,
+        /// what is wrong
+        problem: String,
+    },
     /// A payer spent more than it ever deposited.
     #[error(
         "epoch {epoch}: payer {payer} has spent {spent} in all, more than the {deposited} it deposited"
@@ -238,6 +280,68 @@ pub struct EpochAudit {
     pub findings: Vec<Finding>,
 }
 
+/// A session's grant as the auditor holds it: its signed terms, where the operator says it and
+/// its revocation took effect, and what the session has spent in the epochs audited so far.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionGrant {
+    /// The terms the payer signed.
+    pub grant: Grant,
+    /// Where it took effect.
+    pub granted_at: PositionView,
+    /// Where its (checked) revocation took effect.
+    pub revoked_at: Option<PositionView>,
+}
+
+/// `view`'s grant once its payer signature and fields check for `domain` (and its revocation's,
+/// which must be by the same payer for the same session); else the findings saying why. A
+/// revocation that does not check is reported and not taken as one.
+pub fn checked_grant(view: &GrantView, domain: &Domain) -> (Option<SessionGrant>, Vec<Finding>) {
+    let invalid = |what: &str, error: tollgate_engine::grant::GrantError| Finding::GrantInvalid {
+        what: what.into(),
+        session: view.terms.session_key.clone(),
+        reason: error.name().into(),
+        problem: error.to_string(),
+    };
+    let grant = match view.terms.signed().and_then(|signed| signed.check(domain)) {
+        Ok(checked) => checked.signed().grant.clone(),
+        Err(error) => return (None, vec![invalid("grant", error)]),
+    };
+    let mut findings = Vec::new();
+    let revoked_at = view.revocation.as_ref().and_then(|revocation| {
+        let checked = revocation
+            .terms
+            .signed()
+            .and_then(|signed| signed.check(domain))
+            .map(|checked| *checked.signed())
+            .and_then(
+                |SignedRevocation {
+                     revocation: terms, ..
+                 }| {
+                    if (terms.payer, terms.session) == (grant.payer, grant.session) {
+                        Ok(())
+                    } else {
+                        Err(tollgate_engine::grant::GrantError::NotTheGranter(
+                            terms.session,
+                        ))
+                    }
+                },
+            );
+        match checked {
+            Ok(()) => Some(revocation.effective_at),
+            Err(error) => {
+                findings.push(invalid("revocation", error));
+                None
+            }
+        }
+    });
+    let held = SessionGrant {
+        grant,
+        granted_at: view.granted_at,
+        revoked_at,
+    };
+    (Some(held), findings)
+}
+
 /// The auditor's memory across the epochs of one run, audited in order.
 #[derive(Debug)]
 pub struct Recompute {
@@ -249,6 +353,8 @@ pub struct Recompute {
     windows: HashMap<Channel, NonceWindow>,
     /// Each audited epoch's amounts (carried ones included), for epochs carried later.
     amounts: HashMap<u64, EpochAmounts>,
+    /// Session grants by session key, with what each session spent so far.
+    grants: HashMap<PayerKey, (SessionGrant, GrantSpend)>,
 }
 
 fn checked_add(total: &mut u128, amount: u128) -> bool {
@@ -271,7 +377,79 @@ impl Recompute {
             latest: HashMap::new(),
             windows: HashMap::new(),
             amounts: HashMap::new(),
+            grants: HashMap::new(),
         }
+    }
+
+    /// Holds `grant` for the receipts audited from now on: a new one with nothing spent, a known
+    /// one with its spend so far (the operator may have revoked it since).
+    pub fn hold_grant(&mut self, grant: SessionGrant) {
+        let session = grant.grant.session;
+        let spent = self
+            .grants
+            .get(&session)
+            .map_or_else(GrantSpend::default, |(_, spent)| *spent);
+        self.grants.insert(session, (grant, spent));
+    }
+
+    /// The payer a session receipt at `archived`'s position is charged to, if its grant held
+    /// it then and admits it; else the finding.
+    fn session_payer(
+        &self,
+        archived: &Archived,
+        receipt: &ReceiptView<'_>,
+    ) -> Result<PayerKey, Finding> {
+        let at = PositionView {
+            epoch: archived.epoch,
+            index: archived.index,
+        };
+        let finding = |reason: tollgate_engine::Reason, problem: String| Finding::SessionReceipt {
+            epoch: archived.epoch,
+            index: archived.index,
+            session: receipt.payer().to_string(),
+            reason: reason.name().into(),
+            problem,
+        };
+        let Some((held, _)) = self.grants.get(&receipt.payer()) else {
+            return Err(finding(
+                tollgate_engine::Reason::NoGrant,
+                "has no grant the operator serves with a valid payer signature".into(),
+            ));
+        };
+        if at < held.granted_at {
+            return Err(finding(
+                tollgate_engine::Reason::NoGrant,
+                format!(
+                    "was not granted yet: its grant took effect at epoch {} receipt {}",
+                    held.granted_at.epoch, held.granted_at.index
+                ),
+            ));
+        }
+        if let Some(revoked) = held.revoked_at.filter(|revoked| at >= *revoked) {
+            return Err(finding(
+                tollgate_engine::Reason::GrantRevoked,
+                format!(
+                    "was revoked: its revocation took effect at epoch {} receipt {}",
+                    revoked.epoch, revoked.index
+                ),
+            ));
+        }
+        let signed_at = receipt.timestamp_ms();
+        held.grant
+            .admits(&receipt.payee(), signed_at, signed_at)
+            .map_err(|reason| {
+                finding(
+                    reason,
+                    format!(
+                        "is not admitted by its grant (signed at {signed_at} ms for {}, grant \
+                         valid {} to {} ms)",
+                        receipt.payee(),
+                        held.grant.valid_from_ms,
+                        held.grant.valid_until_ms
+                    ),
+                )
+            })?;
+        Ok(held.grant.payer)
     }
 
     /// Takes the leaves of an epoch before the first audited one as the channels' cumulatives
@@ -395,23 +573,65 @@ impl Recompute {
                 });
                 continue;
             }
-            let channel = (receipt.payer(), receipt.payee());
+            // A session's nonces are its own with the payee; its amounts are its payer's.
+            let signer = (receipt.payer(), receipt.payee());
+            let payer = if receipt.is_session() {
+                match self.session_payer(archived, &receipt) {
+                    Ok(payer) => payer,
+                    Err(finding) => {
+                        findings.push(finding);
+                        continue;
+                    }
+                }
+            } else {
+                signer.0
+            };
             let window = self
                 .windows
-                .entry(channel)
+                .entry(signer)
                 .or_insert_with(|| NonceWindow::new(self.window_nonces));
             if let Err(reason) = window.check(receipt.nonce()) {
                 findings.push(Finding::Replay {
                     epoch: archived.epoch,
                     index: archived.index,
-                    payer: channel.0.to_string(),
-                    payee: channel.1.to_string(),
+                    payer: signer.0.to_string(),
+                    payee: signer.1.to_string(),
                     nonce: receipt.nonce(),
                     reason: reason.name().to_owned(),
                 });
                 continue;
             }
+            if receipt.is_session()
+                && let Some((held, spent)) = self.grants.get_mut(&signer.0)
+            {
+                match held
+                    .grant
+                    .charge(spent, receipt.amount(), receipt.timestamp_ms())
+                {
+                    Ok(after) => *spent = after,
+                    Err(reason) => {
+                        findings.push(Finding::SessionReceipt {
+                            epoch: archived.epoch,
+                            index: archived.index,
+                            session: signer.0.to_string(),
+                            reason: reason.name().into(),
+                            problem: format!(
+                                "spends {} beyond its grant (cap {}, allowance {:?}; spent {} in \
+                                 all, {} in period {})",
+                                receipt.amount(),
+                                held.grant.cap,
+                                held.grant.allowance.map(|a| (a.amount, a.period_ms)),
+                                spent.total,
+                                spent.period_total,
+                                spent.period
+                            ),
+                        });
+                        continue;
+                    }
+                }
+            }
             window.insert(receipt.nonce());
+            let channel = (payer, signer.1);
             let amount = u128::from(receipt.amount());
             amounts.channels.insert(channel);
             if !checked_add(amounts.debits.entry(channel.0).or_default(), amount)
@@ -643,7 +863,7 @@ fn compare_amounts(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ed25519_dalek::SigningKey;
+    use ed25519_dalek::{Signer, SigningKey};
     use tollgate_engine::{Domain, UnsignedReceipt, VerifyConfig};
 
     const DOMAIN: Domain = Domain {
@@ -995,6 +1215,176 @@ mod tests {
         fresh.audit(&epoch_1());
         epoch_2.carried.clear();
         assert!(fresh.audit(&epoch_2).findings.len() >= 3);
+    }
+
+    const SIGNED_AT: u64 = 1_800_000_000_000;
+
+    /// Session key `session`'s receipt (not a deposit key: charged through its grant).
+    fn session_signed(session: u8, payee: Address, amount: u64, nonce: u64) -> [u8; 176] {
+        UnsignedReceipt {
+            payer: payer(session),
+            payee,
+            amount,
+            nonce,
+            timestamp_ms: SIGNED_AT,
+            request_hash: [9; 32],
+            session: true,
+        }
+        .sign(&key(session), &DOMAIN)
+        .to_bytes()
+    }
+
+    /// Alice's grant to session key 9: cap 50, P1 and P2 only, valid around `SIGNED_AT`, in
+    /// effect from epoch 1 receipt 0.
+    fn alice_grants_9() -> tollgate_engine::grant::SignedGrant {
+        Grant {
+            domain: DOMAIN,
+            payer: payer(1),
+            session: payer(9),
+            nonce: 1,
+            cap: 50,
+            allowance: None,
+            valid_from_ms: SIGNED_AT - 1_000,
+            valid_until_ms: SIGNED_AT + 1_000,
+            payees: tollgate_engine::grant::PayeeScope::Only(vec![P1, P2]),
+        }
+        .sign(&key(1))
+    }
+
+    fn view(
+        grant: &tollgate_engine::grant::SignedGrant,
+        granted_at: (u64, u64),
+        revoked_at: Option<(u64, u64)>,
+    ) -> GrantView {
+        let mut record = tollgate_engine::ledger::record::GrantRecord {
+            grant: grant.clone(),
+            granted_at: tollgate_engine::ledger::record::Position {
+                epoch: granted_at.0,
+                index: granted_at.1,
+            },
+            spent: GrantSpend::default(),
+            revoked: None,
+        };
+        record.revoked = revoked_at.map(|(epoch, index)| {
+            (
+                tollgate_engine::grant::Revocation {
+                    domain: DOMAIN,
+                    payer: grant.grant.payer,
+                    session: grant.grant.session,
+                    revoked_at_ms: 0,
+                }
+                .sign(&key(1)),
+                tollgate_engine::ledger::record::Position { epoch, index },
+            )
+        });
+        GrantView::of(&record)
+    }
+
+    fn holding(grant: &GrantView) -> Recompute {
+        let mut auditor = auditor();
+        let (held, found) = checked_grant(grant, &DOMAIN);
+        assert_eq!(found, []);
+        auditor.hold_grant(held.expect("a valid grant"));
+        auditor
+    }
+
+    #[test]
+    fn a_session_receipt_is_charged_to_the_payer_of_its_grant() {
+        // Epoch 1: alice's own receipt to P1 (10) and her session's (30): one leaf of 40.
+        let evidence = honest(
+            1,
+            archived(
+                1,
+                &[signed(1, P1, 10, 1, &DOMAIN), session_signed(9, P1, 30, 1)],
+            ),
+            &[leaf(1, P1, 40)],
+            &[(1, 40)],
+            &[(P1, 40)],
+        );
+        let mut auditor = holding(&view(&alice_grants_9(), (1, 0), None));
+        assert_eq!(auditor.audit(&evidence).findings, []);
+        // Without the grant the same archive charges nobody: the receipt is named, and the
+        // leaf and debits no longer add up.
+        let found = findings(&evidence);
+        assert!(
+            matches!(&found[0], Finding::SessionReceipt { index: 1, reason, .. } if reason == "no_grant"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn session_receipts_their_grant_does_not_allow_are_named() {
+        let reasons = |grant: GrantView, records: &[[u8; 176]]| -> Vec<(u64, String)> {
+            holding(&grant)
+                .audit(&EpochEvidence {
+                    epoch: 2,
+                    receipts: archived(2, records),
+                    carried: Vec::new(),
+                    served: Served::default(),
+                    onchain: None,
+                    deposits: None,
+                })
+                .findings
+                .into_iter()
+                .filter_map(|finding| match finding {
+                    Finding::SessionReceipt { index, reason, .. } => Some((index, reason)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let grant = alice_grants_9();
+        // Before its grant took effect (epoch 2 receipt 1), and at or after its revocation
+        // (epoch 2 receipt 2): the receipt between is the only one allowed.
+        assert_eq!(
+            reasons(
+                view(&grant, (2, 1), Some((2, 2))),
+                &[
+                    session_signed(9, P1, 1, 1),
+                    session_signed(9, P1, 1, 2),
+                    session_signed(9, P1, 1, 3),
+                ],
+            ),
+            [(0, "no_grant".into()), (2, "grant_revoked".into())]
+        );
+        // Outside its scope, then over its cap (the cap counts what was accepted before).
+        assert_eq!(
+            reasons(
+                view(&grant, (1, 0), None),
+                &[
+                    session_signed(9, P3, 1, 1),
+                    session_signed(9, P1, 45, 2),
+                    session_signed(9, P2, 6, 3),
+                    session_signed(9, P2, 5, 4),
+                ],
+            ),
+            [
+                (0, "payee_not_in_grant".into()),
+                (2, "over_grant_cap".into())
+            ]
+        );
+        // Signed after the grant expired.
+        let short = Grant {
+            valid_until_ms: SIGNED_AT,
+            ..grant.grant.clone()
+        }
+        .sign(&key(1));
+        assert_eq!(
+            reasons(view(&short, (1, 0), None), &[session_signed(9, P1, 1, 1)]),
+            [(0, "grant_expired".into())]
+        );
+    }
+
+    #[test]
+    fn a_grant_whose_payer_signature_fails_is_not_held() {
+        let mut forged = alice_grants_9();
+        forged.signature = key(2).sign(&forged.grant.signing_bytes()).to_bytes();
+        let (held, found) = checked_grant(&view(&forged, (1, 0), None), &DOMAIN);
+        assert_eq!(held, None);
+        assert!(
+            matches!(&found[..], [Finding::GrantInvalid { what, reason, .. }]
+                if what == "grant" && reason == "bad_signature"),
+            "{found:?}"
+        );
     }
 
     #[test]

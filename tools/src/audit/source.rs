@@ -2,13 +2,15 @@
 //! saved from it (`tollgate audit --save DIR`, then `--archive DIR` offline). A saved directory
 //! holds, per sealed epoch `n`, `epoch-n.json` (the API's epoch record), `epoch-n.tree.json` (its
 //! standard-v1 tree dump) and `epoch-n.receipts` (its archived receipts, raw 176-byte records in
-//! archive order). A file that is truncated or does not parse is an error naming the file and the
-//! position, never skipped.
+//! archive order), and `grants.jsonl` the session grants the API served (one `GET /v1/grants`
+//! item per line; a directory saved before grants existed has none). A file that is truncated or
+//! does not parse is an error naming the file and the position, never skipped.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use tollgate_engine::receipt::RECEIPT_BYTES;
+use tollgate_query::grants::GrantView;
 use tollgate_query::model::{
     EpochView, HEADER_NEXT_AFTER, RECEIPTS_OCTET_STREAM, RECEIPTS_PAGE_MAX,
 };
@@ -40,6 +42,9 @@ pub enum Source {
     /// A directory written by `--save`.
     Dir(PathBuf),
 }
+
+/// The saved grants' file in a `--save` directory.
+pub const GRANTS_FILE: &str = "grants.jsonl";
 
 fn file(dir: &Path, epoch: u64, suffix: &str) -> PathBuf {
     dir.join(format!("epoch-{epoch}{suffix}"))
@@ -109,6 +114,41 @@ impl Source {
                 Ok(last)
             }
         }
+    }
+
+    /// Every session grant the operator serves, also saved under `save` when given.
+    pub async fn grants(&self, save: Option<&Path>) -> anyhow::Result<Vec<GrantView>> {
+        let grants = match self {
+            Self::Api(client) => client.grants().await?,
+            Self::Dir(dir) => {
+                let path = dir.join(GRANTS_FILE);
+                if !path.exists() {
+                    return Ok(Vec::new());
+                }
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                text.lines()
+                    .enumerate()
+                    .filter(|(_, line)| !line.trim().is_empty())
+                    .map(|(number, line)| {
+                        serde_json::from_str(line).with_context(|| {
+                            format!("{} line {}: not a grant", path.display(), number + 1)
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?
+            }
+        };
+        if let Some(dir) = save {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let mut text = String::new();
+            for grant in &grants {
+                text.push_str(&serde_json::to_string(grant)?);
+                text.push('\n');
+            }
+            let path = dir.join(GRANTS_FILE);
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(grants)
     }
 
     /// Epoch `epoch`'s record alone (what a dispute's `carried_into` is read from).

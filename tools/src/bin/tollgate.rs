@@ -14,11 +14,12 @@ use tollgate_tools::bench_verify::BenchVerifyArgs;
 use tollgate_tools::demo::DemoArgs;
 use tollgate_tools::deploy::DeployArgs;
 use tollgate_tools::deposit::DepositArgs;
+use tollgate_tools::grant::{GrantArgs, GrantBook};
 use tollgate_tools::query::QueryCommand;
 use tollgate_tools::receipts_json::VerdictFormat;
 use tollgate_tools::serve::ServeArgs;
 use tollgate_tools::{
-    audit, bench_e2e, bench_verify, demo, deploy, deposit, keys, query, receipts_json,
+    audit, bench_e2e, bench_verify, demo, deploy, deposit, grant, keys, query, receipts_json,
 };
 
 #[derive(Debug, Parser)]
@@ -50,6 +51,9 @@ enum Command {
     /// Sign and verify receipts as JSON lines.
     #[command(subcommand)]
     Receipts(ReceiptsCommand),
+    /// Sign a session grant with a payer's key (one JSON line); `revoke` signs a revocation,
+    /// `submit` posts them to a server.
+    Grant(Box<GrantArgs>),
     /// Measure: figures for docs/BENCHMARKS.md, baselines measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -94,6 +98,11 @@ enum ReceiptsCommand {
         /// One JSON object per verdict.
         #[arg(long)]
         json: bool,
+        /// Session grants (JSON lines of `tollgate grant`): a session-signed receipt is also
+        /// judged by its grant, at its own timestamp, its amount alone against the cap and
+        /// allowance.
+        #[arg(long, value_name = "FILE")]
+        grant: Option<PathBuf>,
     },
 }
 
@@ -163,21 +172,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
             Ok(stream_exit(&summary))
         }
-        Command::Receipts(ReceiptsCommand::Verify { domain, json }) => {
+        Command::Receipts(ReceiptsCommand::Verify {
+            domain,
+            json,
+            grant,
+        }) => {
             let verifier = Verifier::new(domain.domain(), VerifyConfig::default());
+            let grants = match &grant {
+                Some(path) => GrantBook::load(path, &domain.domain())?,
+                None => GrantBook::default(),
+            };
             let format = if json {
                 VerdictFormat::Json
             } else {
                 VerdictFormat::Text
             };
             let summary = receipts_json::verify_stream(
-                |receipt| verifier.verify_one(receipt),
+                |receipt| {
+                    verifier.verify_one(receipt)?;
+                    if grant.is_some() {
+                        grants.judge(receipt)?;
+                    }
+                    Ok(())
+                },
                 BufReader::new(std::io::stdin().lock()),
                 BufWriter::new(std::io::stdout().lock()),
                 format,
             )?;
             Ok(stream_exit(&summary))
         }
+        Command::Grant(args) => Ok(ExitCode::from(grant::run(&args)?)),
         Command::Query(query) => Ok(query::run(&query)),
         Command::Audit(args) => Ok(audit::run(&args)),
         Command::Watch(args) => {

@@ -147,6 +147,7 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
     let startup = Startup::default();
     let mut api = ApiState::new(engine.reader(), Arc::clone(&ready), metrics.clone())
         .with_startup(startup.clone())
+        .with_engine(engine.clone(), config.domain)
         .with_access(ApiAccess::new(
             config.api_tokens.clone(),
             config.domain,
