@@ -230,11 +230,15 @@ pub enum GrantError {
     /// The granting key is itself a session key: a session cannot delegate further.
     #[error("the payer key {0} is a session key")]
     PayerIsSessionKey(PayerKey),
+    /// The granting payer never deposited (and the server refuses unknown payers): nobody may
+    /// fill the ledger with grants that could never be paid from.
+    #[error("payer {0} has no deposit")]
+    UnknownPayer(PayerKey),
 }
 
 impl GrantError {
     /// Every code in order, with its stable name.
-    pub const CODES: [(u8, &'static str); 15] = [
+    pub const CODES: [(u8, &'static str); 16] = [
         (1, "malformed"),
         (2, "wrong_deployment"),
         (3, "bad_signature"),
@@ -250,6 +254,7 @@ impl GrantError {
         (13, "no_grant"),
         (14, "not_the_granter"),
         (15, "payer_is_session_key"),
+        (16, "unknown_payer"),
     ];
 
     /// The stable wire code.
@@ -270,6 +275,7 @@ impl GrantError {
             GrantError::NoGrant(_) => 13,
             GrantError::NotTheGranter(_) => 14,
             GrantError::PayerIsSessionKey(_) => 15,
+            GrantError::UnknownPayer(_) => 16,
         }
     }
 

@@ -7,6 +7,7 @@ use crate::grant::{CheckedGrant, CheckedRevocation, GrantError, GrantSpend};
 use crate::receipt::{PayerKey, ReceiptView};
 use crate::verdict::Reason;
 
+use super::UnknownPayers;
 use super::error::{LedgerError, invariant};
 use super::record::{GrantRecord, PayerState};
 use super::state::Ledger;
@@ -15,7 +16,9 @@ impl Ledger {
     /// Holds a checked grant from now on. The identical grant again changes nothing (a fleet
     /// registers the grant its client presents, as often as it is presented). Refused: a
     /// session key that already holds another grant, is revoked, or is a payer's deposit key,
-    /// and a payer key that is itself a session key.
+    /// a payer key that is itself a session key, and a payer that never deposited (unless the
+    /// ledger accepts unknown payers): grants cost the ledger storage, which only a payer with
+    /// money in the contract may ask for.
     pub(crate) fn register_grant(&mut self, grant: &CheckedGrant) -> Result<(), LedgerError> {
         let signed = grant.signed();
         let session = signed.grant.session;
@@ -47,6 +50,13 @@ impl Ledger {
         }
         if self.grants.load_existing(&self.store, &payer)? {
             return Err(GrantError::PayerIsSessionKey(payer).into());
+        }
+        let payer_deposited = self
+            .payers
+            .peek(&self.store, &payer, |state: &PayerState| state.deposited)?
+            .unwrap_or(0);
+        if payer_deposited == 0 && self.config.unknown_payers == UnknownPayers::Reject {
+            return Err(GrantError::UnknownPayer(payer).into());
         }
         let record = GrantRecord {
             grant: signed.clone(),

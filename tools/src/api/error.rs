@@ -217,7 +217,8 @@ fn grant_status(error: &GrantError) -> StatusCode {
         | GrantError::AlreadyGranted { .. }
         | GrantError::Revoked(_)
         | GrantError::NotTheGranter(_)
-        | GrantError::PayerIsSessionKey(_) => StatusCode::CONFLICT,
+        | GrantError::PayerIsSessionKey(_)
+        | GrantError::UnknownPayer(_) => StatusCode::CONFLICT,
     }
 }
 

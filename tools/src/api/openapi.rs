@@ -554,7 +554,7 @@ fn grant_post(summary: &str, field: &str, bytes: usize, internal: &Value) -> Val
             "200": json_response("Durable: the grant as the ledger now holds it.", "Grant"),
             "400": error_response("The body is not a record (grant_refused, reason malformed)."),
             "404": error_response("A revocation of a session key nobody granted (grant_refused, reason no_grant)."),
-            "409": error_response("At odds with what the ledger holds (grant_refused: session_key_is_payer, granted_by_another_payer, already_granted, revoked, not_the_granter, payer_is_session_key)."),
+            "409": error_response("At odds with what the ledger holds (grant_refused: session_key_is_payer, granted_by_another_payer, already_granted, revoked, not_the_granter, payer_is_session_key, unknown_payer)."),
             "422": error_response("Fails its own checks (grant_refused: wrong_deployment, bad_signature, bad_payer_key, bad_session_key, zero_cap, bad_allowance, empty_validity)."),
             "500": internal.clone(),
             "503": error_response("Not ready yet, or the engine cannot take it now (not_ready); send it again.")

@@ -326,6 +326,18 @@ fn grants_and_revocations_that_do_not_fit_are_refused_and_change_nothing() {
         ),
         GrantError::GrantedByAnotherPayer { session: agent_key }
     );
+    // A payer with nothing deposited cannot store grants.
+    let penniless = SigningKey::from_bytes(&[8; 32]);
+    assert_eq!(
+        refused(
+            &mut ledger,
+            &checked(
+                &grant_for(&penniless, &SigningKey::from_bytes(&[6; 32]), 5),
+                &penniless
+            )
+        ),
+        GrantError::UnknownPayer(PayerKey(penniless.verifying_key().to_bytes()))
+    );
     // A session cannot grant further.
     let sub_agent = SigningKey::from_bytes(&[3; 32]);
     assert_eq!(
