@@ -12,6 +12,9 @@
 //! 5. The receipt archive's cost: a second server whose data directory is created without the
 //!    archive takes the same load, alternating with the first for `--archive-rounds` rounds;
 //!    both rates, their ratio and the archive's bytes per million receipts are reported.
+//! 6. With `--session-rounds R` and `--sessions-per-payer N`: what delegating to session keys
+//!    costs. The same full-speed workload signed by the payers' own keys and by N session keys
+//!    per payer, alternating on the first server for R rounds; both rates and their ratio.
 //!
 //! Receipts per fsync come from the server's own `/metrics`; its peak RSS from `/proc`.
 
@@ -84,6 +87,10 @@ pub struct BenchE2eArgs {
     /// without the archive, then once against the one with it (0 skips it).
     #[arg(long, default_value_t = 2)]
     pub archive_rounds: u32,
+    /// Rounds of the session comparison (needs `--sessions-per-payer`): each runs the
+    /// full-speed load signed by payer keys, then signed by session keys (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    pub session_rounds: u32,
     /// Keep the server's data directory and log here instead of a temporary directory.
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
@@ -125,6 +132,21 @@ pub struct ArchiveCost {
     pub bytes_per_million_receipts: f64,
 }
 
+/// What signing by session keys costs, measured by turns on one server.
+#[derive(Clone, Debug, Serialize)]
+pub struct SessionCost {
+    /// Rounds (one run of each signing per round).
+    pub rounds: u32,
+    /// Session keys per payer in the session-signed runs.
+    pub sessions_per_payer: u32,
+    /// Mean durable rate, receipts signed by the payers' own keys.
+    pub payer_keys_receipts_per_s: f64,
+    /// Mean durable rate, receipts signed by session keys (every one checked against its grant).
+    pub session_keys_receipts_per_s: f64,
+    /// The second divided by the first.
+    pub ratio: f64,
+}
+
 /// Everything the benchmark measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -160,6 +182,8 @@ pub struct Report {
     pub overload: Option<Offered>,
     /// The archive comparison, unless skipped.
     pub archive: Option<ArchiveCost>,
+    /// The session-key comparison, unless skipped.
+    pub sessions: Option<SessionCost>,
 }
 
 /// Runs the benchmark and prints the report.
@@ -268,6 +292,29 @@ pub fn measure(args: &BenchE2eArgs) -> anyhow::Result<Report> {
             Some(cost)
         }
     };
+    let sessions = match (args.session_rounds, args.sessions_per_payer) {
+        (0, _) => None,
+        (_, 0) => bail!("--session-rounds needs --sessions-per-payer"),
+        (rounds, per_payer) => {
+            let payer_signed = BenchE2eArgs {
+                sessions_per_payer: 0,
+                ..args.clone()
+            };
+            let (payer_rate, session_rate) = by_turns(
+                rounds,
+                "session",
+                || Ok(run_load(&load_binary, &server, &payer_signed, &[])?.receipts_per_s),
+                || Ok(run_load(&load_binary, &server, args, &[])?.receipts_per_s),
+            )?;
+            Some(SessionCost {
+                rounds,
+                sessions_per_payer: per_payer,
+                payer_keys_receipts_per_s: payer_rate,
+                session_keys_receipts_per_s: session_rate,
+                ratio: session_rate / payer_rate,
+            })
+        }
+    };
     let status = server.terminate(Duration::from_secs(60))?;
     ensure!(status.success(), "the server exited with {status}");
 
@@ -288,7 +335,28 @@ pub fn measure(args: &BenchE2eArgs) -> anyhow::Result<Report> {
         server_peak_rss_mib: mib(peak_rss),
         overload,
         archive,
+        sessions,
     })
+}
+
+/// Mean rates of `first` and `second`, run by turns for `rounds` rounds so drift of the machine
+/// over the run falls on both alike.
+fn by_turns(
+    rounds: u32,
+    what: &str,
+    first: impl Fn() -> anyhow::Result<f64>,
+    second: impl Fn() -> anyhow::Result<f64>,
+) -> anyhow::Result<(f64, f64)> {
+    let (mut first_total, mut second_total) = (0.0, 0.0);
+    for round in 1..=rounds {
+        let first_rate = first()?;
+        let second_rate = second()?;
+        eprintln!("{what} round {round}: {first_rate:.0} then {second_rate:.0} receipts/s");
+        first_total += first_rate;
+        second_total += second_rate;
+    }
+    let rounds = f64::from(rounds);
+    Ok((first_total / rounds, second_total / rounds))
 }
 
 /// The same full-speed load against `without` then `with` (the server with the archive), for
@@ -300,17 +368,12 @@ fn archive_cost(
     args: &BenchE2eArgs,
     rounds: u32,
 ) -> anyhow::Result<ArchiveCost> {
-    let mut with_total = 0.0;
-    let mut without_total = 0.0;
-    for round in 1..=rounds {
-        let without_rate = run_load(load_binary, without, args, &[])?.receipts_per_s;
-        let with_rate = run_load(load_binary, with, args, &[])?.receipts_per_s;
-        eprintln!(
-            "archive round {round}: {with_rate:.0} receipts/s with, {without_rate:.0} without"
-        );
-        with_total += with_rate;
-        without_total += without_rate;
-    }
+    let (without_rate, with_rate) = by_turns(
+        rounds,
+        "archive (without, with)",
+        || Ok(run_load(load_binary, without, args, &[])?.receipts_per_s),
+        || Ok(run_load(load_binary, with, args, &[])?.receipts_per_s),
+    )?;
     // The gauges are refreshed after a write at most once a second, both from one read: their
     // ratio is right even when the last second of the run is not in them.
     let [bytes, receipts] = metrics(
@@ -318,12 +381,11 @@ fn archive_cost(
         ["tollgate_archive_bytes", "tollgate_archive_receipts"],
     )?;
     ensure!(receipts > 0.0, "the server reports an empty archive");
-    let rounds_f = f64::from(rounds);
     Ok(ArchiveCost {
         rounds,
-        with_archive_receipts_per_s: with_total / rounds_f,
-        without_archive_receipts_per_s: without_total / rounds_f,
-        ratio: with_total / without_total,
+        with_archive_receipts_per_s: with_rate,
+        without_archive_receipts_per_s: without_rate,
+        ratio: with_rate / without_rate,
         bytes_per_million_receipts: bytes / receipts * 1e6,
     })
 }
@@ -512,6 +574,17 @@ fn print_text(report: &Report) {
             archive.without_archive_receipts_per_s,
             archive.ratio,
             archive.bytes_per_million_receipts / 1e6
+        );
+    }
+    if let Some(sessions) = &report.sessions {
+        println!(
+            "session keys ({} rounds, {} per payer): {:.0} receipts/s signed by session keys, \
+             {:.0} by payer keys = {:.3}",
+            sessions.rounds,
+            sessions.sessions_per_payer,
+            sessions.session_keys_receipts_per_s,
+            sessions.payer_keys_receipts_per_s,
+            sessions.ratio
         );
     }
     if let Some(overload) = &report.overload {

@@ -43,6 +43,13 @@ pub trait BatchVerifier: Send + Sync + 'static {
     fn verify(&self, receipts: &[ReceiptView<'_>]) -> Vec<Verdict>;
 }
 
+// Here rather than beside the pool: the verifier knows nothing of the pipeline that calls it.
+impl BatchVerifier for crate::verify::VerifyPool {
+    fn verify(&self, receipts: &[ReceiptView<'_>]) -> Vec<Verdict> {
+        crate::verify::VerifyPool::verify(self, receipts)
+    }
+}
+
 /// Engine limits and where it keeps its data.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {

@@ -344,11 +344,5 @@ impl VerifyPool {
     }
 }
 
-impl crate::pipeline::BatchVerifier for VerifyPool {
-    fn verify(&self, receipts: &[ReceiptView<'_>]) -> Vec<Verdict> {
-        VerifyPool::verify(self, receipts)
-    }
-}
-
 #[cfg(test)]
 mod tests;

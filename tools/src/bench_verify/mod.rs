@@ -220,7 +220,7 @@ pub fn measure(args: &BenchVerifyArgs) -> anyhow::Result<Report> {
         .build()?;
     // Each contender verifies every receipt and answers how many it rejected; the first is the
     // baseline every ratio is taken against.
-    let mut contenders: Vec<(&str, Box<dyn Fn() -> usize + Sync>)> = vec![
+    let mut contenders: Vec<(&str, Contender)> = vec![
         (
             "dalek2_default",
             Box::new(|| rayon_pool.install(|| dalek2.verify(args.batch))),
@@ -308,6 +308,9 @@ pub fn measure(args: &BenchVerifyArgs) -> anyhow::Result<Report> {
         floor: Floor::measure(&workload)?,
     })
 }
+
+/// Verifies every receipt once and answers how many it rejected.
+type Contender<'a> = Box<dyn Fn() -> usize + Sync + 'a>;
 
 fn count_bad(verdicts: &[tollgate_engine::Verdict]) -> usize {
     verdicts.iter().filter(|verdict| verdict.is_err()).count()

@@ -228,10 +228,10 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<bool> {
     // tollgate-load exits non-zero on any verdict mismatch or --check difference.
     let mut agreed = load.status.success();
 
-    step(&format!(
+    step(
         "an agent session: payer 0 delegates a session key capped at a few calls; the agent pays \
-         until the grant refuses it"
-    ));
+         until the grant refuses it",
+    );
     let domain = tollgate_engine::Domain {
         chain_id: deployed.chain_id,
         contract: contract.parse()?,
