@@ -21,7 +21,7 @@ fn every_ledger_reason_rejects_its_receipt_alone() {
     let mut tampered = receipt(&alice, payee(1), 5, 100);
     tampered.amount = 6; // signed for 5
     let mut malformed = receipt(&alice, payee(1), 5, 101).to_bytes();
-    malformed[52] = 1; // reserved bytes
+    malformed[53] = 1; // reserved bytes (byte 52 holds the flags)
     let mut bytes = Vec::new();
     for record in [
         receipt(&alice, payee(1), 10, 1).to_bytes(), // 0 accepted

@@ -319,8 +319,10 @@ impl Model {
 
     /// The answer the ledger must give a grant of `session`, holding it when it is new.
     fn grant(&mut self, session: usize, grant: ModelGrant) -> Result<(), &'static str> {
+        let payer_deposited = self.payers[SESSION_PAYER[session]].deposited > 0;
         let held = &mut self.sessions[session];
         match held.grant {
+            None if !payer_deposited => Err("unknown_payer"),
             None => {
                 held.grant = Some(grant);
                 Ok(())

@@ -92,6 +92,17 @@ fn the_demo_agrees_with_the_chain_on_a_small_run() {
         "{recommitted}"
     );
 
+    // The agent's session stopped at its cap, its payer's deposit still paying.
+    let agent = line_starting(&stdout, "the agent paid ");
+    assert!(
+        agent.contains("14 calls of 7 (98); call 15 was refused: over_grant_cap"),
+        "{agent}"
+    );
+    assert!(
+        line_starting(&stdout, "the payer's available balance went from ")
+            .contains("its own key still pays")
+    );
+
     // A payer exit, paid in full, seen by the engine.
     let exit = line_starting(&stdout, "payer ");
     assert!(

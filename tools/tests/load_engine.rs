@@ -151,14 +151,6 @@ async fn check_against_engine(workload: Workload, deposit: u128, reasons: &[&str
     let engine = Engine::open(EngineConfig::new(dir.path()), Arc::new(pool)).expect("engine");
 
     let planner = Planner::new(workload).expect("valid workload");
-    for grant in planner.grants() {
-        engine
-            .grant(grant.check(&DOMAIN).expect("a good grant"))
-            .expect("grant queued")
-            .await
-            .expect("answer")
-            .expect("grant held");
-    }
     for (index, payer) in planner.payers().iter().enumerate() {
         engine
             .funds(FundsEvent {
@@ -172,6 +164,15 @@ async fn check_against_engine(workload: Workload, deposit: u128, reasons: &[&str
             .await
             .expect("answer")
             .expect("deposit applied");
+    }
+    // After the deposits: a payer with nothing deposited may not store grants.
+    for grant in planner.grants() {
+        engine
+            .grant(grant.check(&DOMAIN).expect("a good grant"))
+            .expect("grant queued")
+            .await
+            .expect("answer")
+            .expect("grant held");
     }
     let payer_keys = planner.payers().to_vec();
     let options = Options {

@@ -96,7 +96,7 @@ pub(super) async fn agent_runs_out_of_cap(
     let after = balance(api_url, payer).await?;
     let calls = paid / PRICE;
     println!(
-        "payer {payer} granted session {session} a cap of {CAP} for payee {payee}\n\
+        "a grant: payer {payer} gave session {session} a cap of {CAP} for payee {payee}\n\
          the agent paid {calls} calls of {PRICE} ({paid}); call {} was refused: {}",
         calls + 1,
         refusal.map_or_else(
