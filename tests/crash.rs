@@ -34,7 +34,7 @@ use ed25519_dalek::SigningKey;
 use rand::{RngExt, SeedableRng};
 use rayon::prelude::*;
 use tollgate_engine::grant::{Grant, PayeeScope};
-use tollgate_engine::pipeline::{BatchVerifier, Engine, EngineConfig};
+use tollgate_engine::pipeline::{BatchVerifier, Engine, EngineConfig, UnknownPayers};
 use tollgate_engine::verdict::Verdict;
 use tollgate_engine::{Address, Domain, PayerKey, Reason, Receipt, ReceiptView, UnsignedReceipt};
 use tollgate_ingest::client::{Client, ClientConfig};
@@ -176,7 +176,10 @@ async fn grant_sessions(
     for receipt in batches.iter().flatten().filter(|r| r.session) {
         *asked.entry(receipt.payer).or_default() += receipt.amount;
     }
-    let engine = Engine::open(EngineConfig::new(data_dir), Arc::new(NoVerifier))?;
+    // The server accepts unknown payers (chainless), so its payers may grant without deposits.
+    let mut config = EngineConfig::new(data_dir);
+    config.ledger.unknown_payers = UnknownPayers::Accept;
+    let engine = Engine::open(config, Arc::new(NoVerifier))?;
     let mut sessions = HashMap::new();
     for index in 0..PAYERS {
         let Some(session) = session_key(index) else {
