@@ -114,7 +114,8 @@ pub struct SubmitArgs {
     pub server: ServerArgs,
 }
 
-fn now_ms() -> u64 {
+/// The wall clock in unix milliseconds, as grants and receipts state time.
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_millis() as u64)

@@ -11,17 +11,13 @@ use tollgate_engine::{Address, Domain, PayerKey, Reason, UnsignedReceipt};
 use tollgate_ingest::client::{Client, ClientConfig};
 use tollgate_load::check::fetch_balances;
 
+use crate::grant::now_ms;
+
 /// What the agent may spend in all, and what one call costs.
 const CAP: u64 = 100;
 const PRICE: u64 = 7;
 /// The agent's producer id on the fleet connection: apart from the load generator's.
 const AGENT_PRODUCER: u64 = 0xA6E7;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
 
 /// Grants a fresh session key of `payer_key` a cap of [`CAP`] for one payee, registers the grant
 /// over the fleet protocol, and pays [`PRICE`] per call with the session key until refused.
