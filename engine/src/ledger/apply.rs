@@ -2,8 +2,8 @@
 //! producer session's ack (a re-send gets the same one), then per receipt the checks in their
 //! documented order (skew, for a session receipt its grant's admission, unknown payer,
 //! anti-replay window, for a session receipt its grant's cap and allowance, funds, overflow)
-//! and the channel, payer, payee, session and open-epoch totals, all computed before any of
-//! them changes, then the receipt's archive entry (see `archive`).
+//! and the channel, payer, payee and open-epoch totals, all computed before any of them changes
+//! (with a session's spend and window), then the receipt's archive entry (see `archive`).
 
 use crate::receipt::{ReceiptBatch, ReceiptView};
 use crate::store::{Cf, StoreError};
@@ -13,9 +13,10 @@ use super::archive::archive_key;
 use super::error::{LedgerError, corrupt, invariant};
 use super::record::{
     BatchDigest, ChannelKey, ChannelState, OpenEpoch, PayeeState, PayerState, ProducerState,
-    SessionChannel, ack_key, decode_ack, encode_ack,
+    SessionWindow, ack_key, decode_ack, encode_ack,
 };
 use super::state::{Ledger, SessionId};
+use super::window::NonceWindow;
 use super::{BatchAck, UnknownPayers};
 
 impl Ledger {
@@ -187,15 +188,14 @@ impl Ledger {
                     .window
             }
             Some(session_key) => {
-                self.session_channels.load(&self.store, session_key, || {
-                    SessionChannel(ChannelState::empty(window_nonces))
+                self.session_windows.load(&self.store, session_key, || {
+                    SessionWindow(NonceWindow::new(window_nonces))
                 })?;
                 &self
-                    .session_channels
+                    .session_windows
                     .get(session_key)
                     .ok_or_else(|| invariant("session window not cached after load"))?
                     .0
-                    .window
             }
         };
         if let Err(reason) = window.check(nonce) {
@@ -245,25 +245,6 @@ impl Ledger {
         ) else {
             return Ok(Err(Reason::Overflow));
         };
-        let session_sums = match &session_window {
-            None => None,
-            Some(session_key) => {
-                let session = &self
-                    .session_channels
-                    .get(session_key)
-                    .ok_or_else(|| invariant("session window evicted inside a group"))?
-                    .0;
-                match (
-                    session.cumulative.checked_add(amount),
-                    session.receipts.checked_add(1),
-                ) {
-                    (Some(cumulative), Some(receipts)) => {
-                        Some((*session_key, cumulative, receipts))
-                    }
-                    _ => return Ok(Err(Reason::Overflow)),
-                }
-            }
-        };
         if sums.new_channel {
             self.group
                 .batch
@@ -279,25 +260,20 @@ impl Ledger {
         channel.cumulative = sums.cumulative;
         channel.receipts = sums.channel_receipts;
         channel.last_timestamp_ms = channel.last_timestamp_ms.max(receipt.timestamp_ms());
-        match session_sums {
+        match session_window {
             None => channel.window.insert(nonce),
-            Some((session_key, cumulative, receipts)) => {
-                let session = &mut self
-                    .session_channels
-                    .get_mut(&session_key)
-                    .ok_or_else(|| invariant("session window evicted inside a group"))?
-                    .0;
-                session.cumulative = cumulative;
-                session.receipts = receipts;
-                session.last_timestamp_ms = session.last_timestamp_ms.max(receipt.timestamp_ms());
-                session.window.insert(nonce);
-            }
+            Some(session_key) => self
+                .session_windows
+                .get_mut(&session_key)
+                .ok_or_else(|| invariant("session window evicted inside a group"))?
+                .0
+                .insert(nonce),
         }
         if let Some(spend) = grant_spend {
-            self.grants
+            *self
+                .grant_spends
                 .get_mut(&signer)
-                .ok_or_else(|| invariant("grant evicted inside a group"))?
-                .spent = spend;
+                .ok_or_else(|| invariant("grant spend evicted inside a group"))? = spend;
         }
 
         let payer_entry = self

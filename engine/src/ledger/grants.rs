@@ -9,7 +9,7 @@ use crate::verdict::Reason;
 
 use super::UnknownPayers;
 use super::error::{LedgerError, invariant};
-use super::record::{GrantRecord, PayerState};
+use super::record::{HeldGrant, PayerState};
 use super::state::Ledger;
 
 impl Ledger {
@@ -58,13 +58,12 @@ impl Ledger {
         if payer_deposited == 0 && self.config.unknown_payers == UnknownPayers::Reject {
             return Err(GrantError::UnknownPayer(payer).into());
         }
-        let record = GrantRecord {
+        let held = HeldGrant {
             grant: signed.clone(),
             granted_at: self.position(),
-            spent: GrantSpend::default(),
             revoked: None,
         };
-        self.grants.insert_new(session, record);
+        self.grants.insert_new(session, held);
         Ok(())
     }
 
@@ -123,18 +122,26 @@ impl Ledger {
     }
 
     /// What the session will have spent with `receipt` accepted, or why its grant's cap or
-    /// allowance refuses it. The grant was loaded by [`Ledger::session_payer`].
+    /// allowance refuses it. The grant was loaded by [`Ledger::session_payer`]; the spend is
+    /// loaded here.
     pub(super) fn session_charge(
-        &self,
+        &mut self,
         receipt: &ReceiptView<'_>,
     ) -> Result<Result<GrantSpend, Reason>, LedgerError> {
+        let session = receipt.payer();
+        self.grant_spends
+            .load(&self.store, &session, GrantSpend::default)?;
+        let spent = self
+            .grant_spends
+            .get(&session)
+            .ok_or_else(|| invariant("grant spend not cached after load"))?;
         let held = self
             .grants
-            .get(&receipt.payer())
+            .get(&session)
             .ok_or_else(|| invariant("grant not cached after session_payer"))?;
         Ok(held
             .grant
             .grant
-            .charge(&held.spent, receipt.amount(), receipt.timestamp_ms()))
+            .charge(spent, receipt.amount(), receipt.timestamp_ms()))
     }
 }

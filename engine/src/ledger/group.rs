@@ -27,7 +27,8 @@ impl Ledger {
             && self.payees.is_clean()
             && self.producers.is_clean()
             && self.grants.is_clean()
-            && self.session_channels.is_clean()
+            && self.grant_spends.is_clean()
+            && self.session_windows.is_clean()
     }
 
     /// Receipts applied since the last write.
@@ -75,7 +76,8 @@ impl Ledger {
         ];
         self.producers.drain_dirty(&mut group.batch);
         self.grants.drain_dirty(&mut group.batch);
-        self.session_channels.drain_dirty(&mut group.batch);
+        self.grant_spends.drain_dirty(&mut group.batch);
+        self.session_windows.drain_dirty(&mut group.batch);
         if group.sealing_dirty {
             match &self.sealing {
                 Some(sealing) => {
@@ -128,7 +130,8 @@ impl Ledger {
             self.payees.evict();
             self.producers.evict();
             self.grants.evict();
-            self.session_channels.evict();
+            self.grant_spends.evict();
+            self.session_windows.evict();
         }
     }
 

@@ -79,8 +79,12 @@ pub struct LedgerConfig {
     pub unknown_payers: UnknownPayers,
     /// Channels kept in memory between groups.
     pub channels_cached_max: usize,
-    /// Payers and payees kept in memory between groups (each).
+    /// Payers and payees kept in memory between groups (each), and session grants.
     pub accounts_cached_max: usize,
+    /// Session anti-replay windows, one per (session key, payee), kept in memory between
+    /// groups: an agent workload has a few of them for every channel (a few hundred bytes each
+    /// with the default window).
+    pub session_windows_cached_max: usize,
     /// Producers whose sessions are kept in memory.
     pub producers_cached_max: usize,
     /// Acks kept per producer for re-sent batches (the last W batch sequence numbers).
@@ -103,6 +107,7 @@ impl Default for LedgerConfig {
             unknown_payers: UnknownPayers::Reject,
             channels_cached_max: 100_000,
             accounts_cached_max: 100_000,
+            session_windows_cached_max: 300_000,
             producers_cached_max: 10_000,
             acks_kept_per_producer: 64,
             group_receipts_max: 16_384,

@@ -14,10 +14,10 @@ use super::SealedEpoch;
 use super::error::corrupt;
 use super::record::{
     ChannelKey, ChannelState, EntryKind, EpochRecord, FUNDS_CURSOR_KEY, FundsCursor,
-    GRANT_KEY_PREFIX, GrantRecord, HEAD_WITHDRAWALS_KEY, HeadWithdrawals, OPEN_EPOCH_KEY,
-    OpenEpoch, PayeeState, PayerState, ProducerKey, ProducerState, SEALING_EPOCH_KEY, SealingEpoch,
-    address_from, decode_amount, entry_key, entry_prefix, epoch_key, grant_key, payer_from,
-    producer_key,
+    GRANT_KEY_PREFIX, GrantRecord, HEAD_WITHDRAWALS_KEY, HeadWithdrawals, HeldGrant,
+    OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey, ProducerState,
+    SEALING_EPOCH_KEY, SealingEpoch, address_from, decode_amount, decode_grant_spend, entry_key,
+    entry_prefix, epoch_key, grant_key, grant_spend_key, payer_from, producer_key,
 };
 
 /// Entries read from RocksDB per scan when a whole epoch is read back: the transient copies
@@ -277,9 +277,10 @@ impl LedgerReader {
 
     /// The grant held for a session key, with what the session spent and its revocation.
     pub fn grant(&self, session: &PayerKey) -> Result<Option<GrantRecord>, StoreError> {
-        self.store
+        let snapshot = self.store.snapshot();
+        snapshot
             .get(Cf::Grants, &grant_key(session))?
-            .map(|bytes| GrantRecord::decode(&bytes).map_err(corrupt(Cf::Grants)))
+            .map(|bytes| with_spend(&snapshot, &bytes))
             .transpose()
     }
 
@@ -290,8 +291,8 @@ impl LedgerReader {
         limit: usize,
     ) -> Result<Vec<GrantRecord>, StoreError> {
         let after = after.map(grant_key);
-        self.store
-            .snapshot()
+        let snapshot = self.store.snapshot();
+        snapshot
             .scan(
                 Cf::Grants,
                 &[GRANT_KEY_PREFIX],
@@ -299,7 +300,7 @@ impl LedgerReader {
                 limit,
             )?
             .into_iter()
-            .map(|(_, value)| GrantRecord::decode(&value).map_err(corrupt(Cf::Grants)))
+            .map(|(_, value)| with_spend(&snapshot, &value))
             .collect()
     }
 
@@ -439,4 +440,16 @@ impl LedgerReader {
             })
             .transpose()
     }
+}
+
+/// A held grant as stored, with what its session spent (nothing until it spends), both read
+/// from one snapshot.
+fn with_spend(snapshot: &StoreSnapshot<'_>, held: &[u8]) -> Result<GrantRecord, StoreError> {
+    let held = HeldGrant::decode(held).map_err(corrupt(Cf::Grants))?;
+    let spent = snapshot
+        .get(Cf::Grants, &grant_spend_key(&held.grant.grant.session))?
+        .map(|bytes| decode_grant_spend(&bytes).map_err(corrupt(Cf::Grants)))
+        .transpose()?
+        .unwrap_or_default();
+    Ok(GrantRecord::new(held, spent))
 }

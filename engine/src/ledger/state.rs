@@ -17,11 +17,12 @@ use super::error::{LedgerError, corrupt};
 use super::format;
 use super::record::{
     ARCHIVE_PRUNED_THROUGH_KEY, BatchDigest, ChannelState, EpochRecord, FUNDS_CURSOR_KEY,
-    FundsCursor, GrantRecord, HEAD_WITHDRAWALS_KEY, HeadWithdrawals, OPEN_EPOCH_KEY, OpenEpoch,
+    FundsCursor, HEAD_WITHDRAWALS_KEY, HeadWithdrawals, HeldGrant, OPEN_EPOCH_KEY, OpenEpoch,
     PayeeState, PayerState, Position, ProducerKey, ProducerState, SEALING_EPOCH_KEY, SealingEpoch,
-    SessionChannel, decode_epoch_number,
+    SessionWindow, decode_epoch_number,
 };
 use super::{BatchAck, LedgerConfig};
+use crate::grant::GrantSpend;
 
 /// A producer's batch: `(client_id, producer_id, session_epoch, batch_seq)`. The client id is the
 /// one the connection authenticated as, so one client's producers never meet another's.
@@ -79,9 +80,11 @@ pub(crate) struct Ledger {
     pub(super) payees: Cache<PayeeState>,
     pub(super) producers: Cache<ProducerState>,
     /// Session grants by session key.
-    pub(super) grants: Cache<GrantRecord>,
+    pub(super) grants: Cache<HeldGrant>,
+    /// What each session spent, by session key.
+    pub(super) grant_spends: Cache<GrantSpend>,
     /// Session anti-replay windows by (session key, payee).
-    pub(super) session_channels: Cache<SessionChannel>,
+    pub(super) session_windows: Cache<SessionWindow>,
     pub(super) open: OpenEpoch,
     /// The epoch being sealed, if a seal is running (see [`Ledger::begin_seal`]).
     pub(super) sealing: Option<SealingEpoch>,
@@ -127,7 +130,8 @@ impl Ledger {
             payees: Cache::new(config.accounts_cached_max),
             producers: Cache::new(config.producers_cached_max),
             grants: Cache::new(config.accounts_cached_max),
-            session_channels: Cache::new(config.channels_cached_max),
+            grant_spends: Cache::new(config.accounts_cached_max),
+            session_windows: Cache::new(config.session_windows_cached_max),
             store,
             config,
             open,

@@ -213,6 +213,10 @@ pub struct ServeOptions {
     /// Channels kept in memory between write groups [default: 100000].
     #[arg(long, env = "TOLLGATE_CHANNELS_CACHED_MAX")]
     pub channels_cached_max: Option<usize>,
+    /// Session anti-replay windows, one per (session key, payee), kept in memory between write
+    /// groups [default: 300000].
+    #[arg(long, env = "TOLLGATE_SESSION_WINDOWS_CACHED_MAX")]
+    pub session_windows_cached_max: Option<usize>,
 
     /// Largest frame accepted, header included, in bytes.
     #[arg(long, env = "TOLLGATE_FRAME_BYTES_MAX")]
@@ -334,6 +338,7 @@ impl ServeOptions {
             archive_retention_epochs: Some(epochs.archive_retention_epochs),
             timestamp_skew_ms: Some(ledger.timestamp_skew_ms),
             channels_cached_max: Some(ledger.channels_cached_max),
+            session_windows_cached_max: Some(ledger.session_windows_cached_max),
             frame_bytes_max: Some(server.frame_bytes_max),
             batch_receipts_max: Some(server.batch_receipts_max),
             batches_in_flight_max: Some(server.batches_in_flight_max),
@@ -438,6 +443,10 @@ impl ServeOptions {
                 UnknownPayersPolicy::Accept => UnknownPayers::Accept,
             },
             channels_cached_max: required(self.channels_cached_max, "channels_cached_max")?,
+            session_windows_cached_max: required(
+                self.session_windows_cached_max,
+                "session_windows_cached_max",
+            )?,
             archive_receipts: required(self.archive_receipts, "archive_receipts")?,
             ..LedgerConfig::default()
         };

@@ -90,19 +90,12 @@ impl ChannelState {
     /// top option<u64>, word count u16, words u64 each.
     pub fn encode(&self) -> Vec<u8> {
         let words = self.window.words();
-        let mut out = encoder(16 + 8 * 3 + 9 + 2 + 8 * words.len());
+        let mut out = encoder(16 + 8 * 3 + window_bytes(words.len()));
         out.extend_from_slice(&self.cumulative.to_le_bytes());
         out.extend_from_slice(&self.receipts.to_le_bytes());
         out.extend_from_slice(&self.last_timestamp_ms.to_le_bytes());
         out.extend_from_slice(&self.indexed_epoch.to_le_bytes());
-        put_option(&mut out, self.window.top(), |out, top| {
-            out.extend_from_slice(&top.to_le_bytes())
-        });
-        // Word count fits: window_nonces is a u32 checked at open against the stored format.
-        out.extend_from_slice(&(words.len() as u16).to_le_bytes());
-        for word in words {
-            out.extend_from_slice(&word.to_le_bytes());
-        }
+        put_window(&mut out, &self.window);
         out
     }
 
@@ -113,23 +106,52 @@ impl ChannelState {
         let receipts = d.u64()?;
         let last_timestamp_ms = d.u64()?;
         let indexed_epoch = d.u64()?;
-        let top = d.option(|d| d.u64())?;
-        let count = d.u16()?;
-        if count < 2 {
-            return Err(DecodeError(format!("channel: window of {count} words")));
-        }
-        let words = (0..count)
-            .map(|_| d.u64())
-            .collect::<Result<Vec<_>, _>>()?
-            .into_boxed_slice();
+        let window = d.window()?;
         d.finish()?;
         Ok(Self {
             cumulative,
             receipts,
             last_timestamp_ms,
             indexed_epoch,
-            window: NonceWindow::from_parts(top, words),
+            window,
         })
+    }
+}
+
+/// Writes a window as top option<u64>, word count u16, words u64 each.
+pub(super) fn put_window(out: &mut Vec<u8>, window: &NonceWindow) {
+    put_option(out, window.top(), |out, top| {
+        out.extend_from_slice(&top.to_le_bytes())
+    });
+    let words = window.words();
+    // Word count fits: window_nonces is a u32 checked at open against the stored format.
+    out.extend_from_slice(&(words.len() as u16).to_le_bytes());
+    for word in words {
+        out.extend_from_slice(&word.to_le_bytes());
+    }
+}
+
+/// Encoded size of a window of `words` words.
+pub(super) fn window_bytes(words: usize) -> usize {
+    9 + 2 + 8 * words
+}
+
+impl Decoder<'_> {
+    /// Inverse of [`put_window`].
+    pub(super) fn window(&mut self) -> Result<NonceWindow, DecodeError> {
+        let top = self.option(|d| d.u64())?;
+        let count = self.u16()?;
+        if count < 2 {
+            return Err(DecodeError(format!(
+                "{}: window of {count} words",
+                self.what
+            )));
+        }
+        let words = (0..count)
+            .map(|_| self.u64())
+            .collect::<Result<Vec<_>, _>>()?
+            .into_boxed_slice();
+        Ok(NonceWindow::from_parts(top, words))
     }
 }
 

@@ -14,8 +14,10 @@ pub struct Position {
     pub index: u64,
 }
 
-/// A session key's grant, what the session spent under it, and its revocation if any. Keyed by
-/// the session key: one grant per session key for its lifetime.
+/// A session key's grant, what the session spent under it, and its revocation if any: what
+/// readers see of one session key (one grant per session key for its lifetime). The ledger keeps
+/// it as two records, [`HeldGrant`] and [`GrantSpend`], so that a session's receipts rewrite only
+/// the small one.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct GrantRecord {
     /// The grant as the payer signed it (checked before it was stored).
@@ -28,16 +30,49 @@ pub struct GrantRecord {
     pub revoked: Option<(SignedRevocation, Position)>,
 }
 
-/// Key of a grant record: `'g' ‖ session key`.
+impl GrantRecord {
+    /// The reader's view of a held grant and its spend.
+    pub fn new(held: HeldGrant, spent: GrantSpend) -> Self {
+        Self {
+            grant: held.grant,
+            granted_at: held.granted_at,
+            spent,
+            revoked: held.revoked,
+        }
+    }
+}
+
+/// A session key's grant and its revocation, which change only when the payer signs something:
+/// `'g' ‖ session key`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct HeldGrant {
+    /// The grant as the payer signed it (checked before it was stored).
+    pub grant: SignedGrant,
+    /// When it took effect.
+    pub granted_at: Position,
+    /// The payer's revocation and when it took effect.
+    pub revoked: Option<(SignedRevocation, Position)>,
+}
+
+/// Key of a held grant: `'g' ‖ session key`.
 pub fn grant_key(session: &PayerKey) -> [u8; 33] {
-    let mut out = [0u8; 33];
-    out[0] = b'g';
-    out[1..].copy_from_slice(&session.0);
-    out
+    session_key_with(GRANT_KEY_PREFIX, session)
 }
 
 /// The prefix every grant key starts with.
 pub const GRANT_KEY_PREFIX: u8 = b'g';
+
+/// Key of what a session spent: `'s' ‖ session key`.
+pub fn grant_spend_key(session: &PayerKey) -> [u8; 33] {
+    session_key_with(b's', session)
+}
+
+fn session_key_with(prefix: u8, session: &PayerKey) -> [u8; 33] {
+    let mut out = [0u8; 33];
+    out[0] = prefix;
+    out[1..].copy_from_slice(&session.0);
+    out
+}
 
 fn put_position(out: &mut Vec<u8>, position: &Position) {
     out.extend_from_slice(&position.epoch.to_le_bytes());
@@ -53,16 +88,13 @@ impl Decoder<'_> {
     }
 }
 
-impl GrantRecord {
-    /// grant (288 bytes), granted_at (epoch u64, index u64), spent (total u128, period u64,
-    /// period total u128), option<(revocation 164 bytes, position)>.
+impl HeldGrant {
+    /// grant (288 bytes), granted_at (epoch u64, index u64), option<(revocation 164 bytes,
+    /// position)>.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = encoder(GRANT_BYTES + 16 + 40 + 1 + REVOCATION_BYTES + 16);
+        let mut out = encoder(GRANT_BYTES + 16 + 1 + REVOCATION_BYTES + 16);
         out.extend_from_slice(&self.grant.to_bytes());
         put_position(&mut out, &self.granted_at);
-        out.extend_from_slice(&self.spent.total.to_le_bytes());
-        out.extend_from_slice(&self.spent.period.to_le_bytes());
-        out.extend_from_slice(&self.spent.period_total.to_le_bytes());
         put_option(&mut out, self.revoked.as_ref(), |out, (revocation, at)| {
             out.extend_from_slice(&revocation.to_bytes());
             put_position(out, at);
@@ -70,17 +102,12 @@ impl GrantRecord {
         out
     }
 
-    /// Inverse of [`GrantRecord::encode`].
+    /// Inverse of [`HeldGrant::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut d = Decoder::new(bytes, "grant")?;
         let grant = SignedGrant::decode(&d.take::<GRANT_BYTES>()?)
             .map_err(|e| DecodeError(format!("grant: {e}")))?;
         let granted_at = d.position()?;
-        let spent = GrantSpend {
-            total: d.u128()?,
-            period: d.u64()?,
-            period_total: d.u128()?,
-        };
         let revoked = d.option(|d| {
             let revocation = SignedRevocation::decode(&d.take::<REVOCATION_BYTES>()?)
                 .map_err(|e| DecodeError(format!("grant: {e}")))?;
@@ -90,23 +117,60 @@ impl GrantRecord {
         Ok(Self {
             grant,
             granted_at,
-            spent,
             revoked,
         })
     }
 }
 
-impl Cached for GrantRecord {
+impl Cached for HeldGrant {
     type Key = PayerKey;
     const CF: Cf = Cf::Grants;
     fn key_bytes(key: &PayerKey) -> Vec<u8> {
         grant_key(key).to_vec()
     }
     fn encode(&self) -> Vec<u8> {
-        GrantRecord::encode(self)
+        HeldGrant::encode(self)
     }
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        GrantRecord::decode(bytes)
+        HeldGrant::decode(bytes)
+    }
+    fn receipt_money(&self) -> u128 {
+        0
+    }
+}
+
+/// What a session spent: total u128, period u64, period total u128. Absent until it spends.
+pub fn encode_grant_spend(spend: &GrantSpend) -> Vec<u8> {
+    let mut out = encoder(40);
+    out.extend_from_slice(&spend.total.to_le_bytes());
+    out.extend_from_slice(&spend.period.to_le_bytes());
+    out.extend_from_slice(&spend.period_total.to_le_bytes());
+    out
+}
+
+/// Inverse of [`encode_grant_spend`].
+pub fn decode_grant_spend(bytes: &[u8]) -> Result<GrantSpend, DecodeError> {
+    let mut d = Decoder::new(bytes, "grant spend")?;
+    let spend = GrantSpend {
+        total: d.u128()?,
+        period: d.u64()?,
+        period_total: d.u128()?,
+    };
+    d.finish()?;
+    Ok(spend)
+}
+
+impl Cached for GrantSpend {
+    type Key = PayerKey;
+    const CF: Cf = Cf::Grants;
+    fn key_bytes(key: &PayerKey) -> Vec<u8> {
+        grant_spend_key(key).to_vec()
+    }
+    fn encode(&self) -> Vec<u8> {
+        encode_grant_spend(self)
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode_grant_spend(bytes)
     }
     fn receipt_money(&self) -> u128 {
         // A grant's spend follows the session's receipts only, not every receipt's: outside
@@ -115,33 +179,38 @@ impl Cached for GrantRecord {
     }
 }
 
-/// The anti-replay window of one session with one payee. A session's nonces are its own: two
-/// agents of one payer cannot share a nonce sequence, so the window is per (session key,
-/// payee), while the money goes to the payer's channel with the payee. Stored as a
-/// [`ChannelState`] whose totals are the session's with that payee.
+/// The anti-replay window of one session with one payee: `'w' ‖ session key ‖ payee`. A
+/// session's nonces are its own: two agents of one payer cannot share a nonce sequence, so the
+/// window is per (session key, payee), while the money goes to the payer's channel with the
+/// payee (which holds the totals).
 #[derive(Clone, PartialEq, Eq, Debug)]
-pub struct SessionChannel(pub ChannelState);
+pub struct SessionWindow(pub NonceWindow);
 
 /// Key of a session window: `'w' ‖ session key ‖ payee`.
-pub fn session_channel_key(key: &ChannelKey) -> [u8; 53] {
+pub fn session_window_key(key: &ChannelKey) -> [u8; 53] {
     let mut out = [0u8; 53];
     out[0] = b'w';
     out[1..].copy_from_slice(&key.to_bytes());
     out
 }
 
-impl Cached for SessionChannel {
+impl Cached for SessionWindow {
     /// The session key in the payer field.
     type Key = ChannelKey;
     const CF: Cf = Cf::Grants;
     fn key_bytes(key: &ChannelKey) -> Vec<u8> {
-        session_channel_key(key).to_vec()
+        session_window_key(key).to_vec()
     }
     fn encode(&self) -> Vec<u8> {
-        self.0.encode()
+        let mut out = encoder(window_bytes(self.0.words().len()));
+        put_window(&mut out, &self.0);
+        out
     }
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        ChannelState::decode(bytes).map(SessionChannel)
+        let mut d = Decoder::new(bytes, "session window")?;
+        let window = d.window()?;
+        d.finish()?;
+        Ok(Self(window))
     }
     fn receipt_money(&self) -> u128 {
         0

@@ -185,3 +185,64 @@ fn version_1_epoch_and_sealing_records_decode() {
     unknown[0] = 4;
     assert!(EpochRecord::decode(&unknown).is_err());
 }
+
+#[test]
+fn grant_records_round_trip_and_refuse_trailing_or_short_bytes() {
+    use crate::grant::{Allowance, Grant, GrantSpend, PayeeScope, Revocation};
+    use crate::receipt::Domain;
+    use ed25519_dalek::SigningKey;
+
+    let payer = SigningKey::from_bytes(&[1; 32]);
+    let session = PayerKey(SigningKey::from_bytes(&[2; 32]).verifying_key().to_bytes());
+    let grant = Grant {
+        domain: Domain::default(),
+        payer: PayerKey(payer.verifying_key().to_bytes()),
+        session,
+        nonce: 3,
+        cap: 500,
+        allowance: Some(Allowance {
+            amount: 50,
+            period_ms: 60_000,
+        }),
+        valid_from_ms: 10,
+        valid_until_ms: 20,
+        payees: PayeeScope::Only(vec![Address([7; 20])]),
+    }
+    .sign(&payer);
+    let revocation = Revocation {
+        domain: Domain::default(),
+        payer: grant.grant.payer,
+        session,
+        revoked_at_ms: 15,
+    }
+    .sign(&payer);
+    for revoked in [None, Some((revocation, Position { epoch: 2, index: 9 }))] {
+        let held = HeldGrant {
+            grant: grant.clone(),
+            granted_at: Position { epoch: 1, index: 4 },
+            revoked,
+        };
+        let bytes = held.encode();
+        assert_eq!(HeldGrant::decode(&bytes), Ok(held));
+        assert!(HeldGrant::decode(&bytes[..bytes.len() - 1]).is_err());
+        assert!(HeldGrant::decode(&[bytes.as_slice(), &[0]].concat()).is_err());
+    }
+
+    let spend = GrantSpend {
+        total: u128::MAX - 1,
+        period: 7,
+        period_total: 40,
+    };
+    let bytes = encode_grant_spend(&spend);
+    assert_eq!(decode_grant_spend(&bytes), Ok(spend));
+    assert!(decode_grant_spend(&bytes[..bytes.len() - 1]).is_err());
+    assert!(decode_grant_spend(&[bytes.as_slice(), &[0]].concat()).is_err());
+
+    let mut window = NonceWindow::new(128);
+    window.insert(900);
+    let window = SessionWindow(window);
+    let bytes = window.encode();
+    assert_eq!(SessionWindow::decode(&bytes), Ok(window));
+    assert!(SessionWindow::decode(&bytes[..bytes.len() - 1]).is_err());
+    assert!(SessionWindow::decode(&[bytes.as_slice(), &[0]].concat()).is_err());
+}
