@@ -7,10 +7,48 @@ use crate::grant::{CheckedGrant, CheckedRevocation, GrantError, GrantSpend};
 use crate::receipt::{PayerKey, ReceiptView};
 use crate::verdict::Reason;
 
+use crate::store::{Cf, Store, StoreBatch};
+
 use super::UnknownPayers;
-use super::error::{LedgerError, invariant};
-use super::record::{HeldGrant, PayerState};
+use super::cache::Cached;
+use super::error::{LedgerError, corrupt, invariant};
+use super::record::{GRANT_KEY_PREFIX, HeldGrant, PayerState};
 use super::state::Ledger;
+
+/// Grant records read per scan while splitting.
+const SPLIT_SCAN_KEYS: usize = 4_096;
+
+/// Rewrites every grant record of the first layout (spend inside) as a held grant and a spend
+/// record, before the writer reads any: a data directory from before the split keeps what its
+/// sessions spent. Each record's two halves go in one write, so a crash midway leaves records
+/// of either layout and the next open finishes the job.
+pub(crate) fn split_grant_records(store: &Store) -> Result<(), LedgerError> {
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let chunk = store.snapshot().scan(
+            Cf::Grants,
+            &[GRANT_KEY_PREFIX],
+            after.as_deref(),
+            SPLIT_SCAN_KEYS,
+        )?;
+        let mut batch = StoreBatch::default();
+        for (key, value) in &chunk {
+            let (held, spent) = HeldGrant::decode_any(value).map_err(corrupt(Cf::Grants))?;
+            if let Some(spent) = spent {
+                let session = held.grant.grant.session;
+                batch.put(Cf::Grants, key.to_vec(), held.encode());
+                batch.put(Cf::Grants, GrantSpend::key_bytes(&session), spent.encode());
+            }
+        }
+        if !batch.is_empty() {
+            store.write(batch)?;
+        }
+        match chunk.last() {
+            Some((key, _)) if chunk.len() == SPLIT_SCAN_KEYS => after = Some(key.to_vec()),
+            _ => return Ok(()),
+        }
+    }
+}
 
 impl Ledger {
     /// Holds a checked grant from now on. The identical grant again changes nothing (a fleet

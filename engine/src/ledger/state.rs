@@ -102,6 +102,7 @@ impl Ledger {
     /// Loads the ledger's metadata from an opened store and checks it matches `config`.
     pub(crate) fn open(store: Arc<Store>, config: LedgerConfig) -> Result<Self, LedgerError> {
         let archive = format::check(&store, &config)?.archive_receipts;
+        super::grants::split_grant_records(&store)?;
         let open = match store.get(Cf::Meta, OPEN_EPOCH_KEY)? {
             Some(bytes) => OpenEpoch::decode(&bytes).map_err(corrupt(Cf::Meta))?,
             None => OpenEpoch::default(),

@@ -86,13 +86,27 @@ impl Decoder<'_> {
             index: self.u64()?,
         })
     }
+    fn grant_spend(&mut self) -> Result<GrantSpend, DecodeError> {
+        Ok(GrantSpend {
+            total: self.u128()?,
+            period: self.u64()?,
+            period_total: self.u128()?,
+        })
+    }
 }
 
+/// Version 1 held the session's spend between `granted_at` and the revocation; version 2 keeps
+/// it in its own record (see [`Ledger`](crate::ledger) open, which splits version 1 records).
+const HELD_GRANT_VERSION: u8 = 2;
+
 impl HeldGrant {
-    /// grant (288 bytes), granted_at (epoch u64, index u64), option<(revocation 164 bytes,
-    /// position)>.
+    /// Version 2: grant (288 bytes), granted_at (epoch u64, index u64), option<(revocation 164
+    /// bytes, position)>.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = encoder(GRANT_BYTES + 16 + 1 + REVOCATION_BYTES + 16);
+        let mut out = versioned_encoder(
+            HELD_GRANT_VERSION,
+            GRANT_BYTES + 16 + 1 + REVOCATION_BYTES + 16,
+        );
         out.extend_from_slice(&self.grant.to_bytes());
         put_position(&mut out, &self.granted_at);
         put_option(&mut out, self.revoked.as_ref(), |out, (revocation, at)| {
@@ -102,23 +116,39 @@ impl HeldGrant {
         out
     }
 
-    /// Inverse of [`HeldGrant::encode`].
+    /// Inverse of [`HeldGrant::encode`]; a version 1 record is refused (the ledger splits them
+    /// when it opens, see [`HeldGrant::decode_any`]).
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut d = Decoder::new(bytes, "grant")?;
+        match Self::decode_any(bytes)? {
+            (held, None) => Ok(held),
+            (_, Some(_)) => Err(DecodeError("grant: version 1 record not split".into())),
+        }
+    }
+
+    /// A record of either version, with the spend a version 1 record held.
+    pub fn decode_any(bytes: &[u8]) -> Result<(Self, Option<GrantSpend>), DecodeError> {
+        let (mut d, version) = Decoder::versioned(bytes, "grant", HELD_GRANT_VERSION)?;
         let grant = SignedGrant::decode(&d.take::<GRANT_BYTES>()?)
             .map_err(|e| DecodeError(format!("grant: {e}")))?;
         let granted_at = d.position()?;
+        let spent = match version {
+            1 => Some(d.grant_spend()?),
+            _ => None,
+        };
         let revoked = d.option(|d| {
             let revocation = SignedRevocation::decode(&d.take::<REVOCATION_BYTES>()?)
                 .map_err(|e| DecodeError(format!("grant: {e}")))?;
             Ok((revocation, d.position()?))
         })?;
         d.finish()?;
-        Ok(Self {
-            grant,
-            granted_at,
-            revoked,
-        })
+        Ok((
+            Self {
+                grant,
+                granted_at,
+                revoked,
+            },
+            spent,
+        ))
     }
 }
 
@@ -151,11 +181,7 @@ pub fn encode_grant_spend(spend: &GrantSpend) -> Vec<u8> {
 /// Inverse of [`encode_grant_spend`].
 pub fn decode_grant_spend(bytes: &[u8]) -> Result<GrantSpend, DecodeError> {
     let mut d = Decoder::new(bytes, "grant spend")?;
-    let spend = GrantSpend {
-        total: d.u128()?,
-        period: d.u64()?,
-        period_total: d.u128()?,
-    };
+    let spend = d.grant_spend()?;
     d.finish()?;
     Ok(spend)
 }

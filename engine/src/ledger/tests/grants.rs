@@ -368,3 +368,57 @@ fn grants_and_revocations_that_do_not_fit_are_refused_and_change_nothing() {
     assert_eq!(held[0].grant.grant.cap, 100);
     assert_eq!(held[0].grant.grant.payer, payer);
 }
+
+#[test]
+fn grant_records_of_the_first_layout_are_split_at_open_and_keep_their_spend() {
+    use crate::ledger::record::{Position, grant_key, grant_spend_key};
+    use crate::store::{Cf, StoreBatch};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ledger = ledger(dir.path());
+    let (payer_key, _) = funded_payer(&mut ledger, 1);
+    let agent = SigningKey::from_bytes(&[2; 32]);
+    let agent_key = PayerKey(agent.verifying_key().to_bytes());
+    let grant = grant_for(&payer_key, &agent, 30);
+    ledger
+        .register_grant(&checked(&grant, &payer_key))
+        .expect("granted");
+    ledger.commit().expect("commit");
+    // What the first layout wrote after a session spent 25: version 1, the grant, granted_at,
+    // the spend, no revocation; and no spend record.
+    let granted_at = LedgerReader::new(ledger.store())
+        .grant(&agent_key)
+        .expect("read")
+        .expect("held")
+        .granted_at;
+    let Position { epoch, index } = granted_at;
+    let first_layout = [
+        &[1u8][..],
+        &grant.sign(&payer_key).to_bytes(),
+        &epoch.to_le_bytes(),
+        &index.to_le_bytes(),
+        &25u128.to_le_bytes(),
+        &0u64.to_le_bytes(),
+        &25u128.to_le_bytes(),
+        &[0],
+    ]
+    .concat();
+    let mut batch = StoreBatch::default();
+    batch.put(Cf::Grants, grant_key(&agent_key).to_vec(), first_layout);
+    batch.delete(Cf::Grants, grant_spend_key(&agent_key).to_vec());
+    ledger.store().write(batch).expect("write");
+    drop(ledger);
+
+    let mut reopened = super::ledger(dir.path());
+    let held = LedgerReader::new(reopened.store())
+        .grant(&agent_key)
+        .expect("read")
+        .expect("held");
+    assert_eq!((held.spent.total, held.granted_at), (25, granted_at));
+    let got = verdicts(
+        &mut reopened,
+        1,
+        &[session_receipt(&agent, 6, 1), session_receipt(&agent, 5, 2)],
+    );
+    assert_eq!(got, vec![Err(Reason::OverGrantCap), Ok(())]);
+}
