@@ -36,7 +36,7 @@ export class SigningKey {
   }
 }
 
-/** Why a key cannot be a payer key: docs/PROTOCOL.md "Signature rule", step 1. */
+/** True when `key` may be a payer key: docs/PROTOCOL.md "Signature rule", step 1. */
 export function isGoodPayerKey(key: Uint8Array): boolean {
   let point: ed.Point;
   try {
