@@ -4,7 +4,7 @@
 CARGO ?= cargo
 BUILD_FLAGS := --release --locked
 # Where cargo puts the `tollgate` binary the TypeScript tests run against.
-TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 
 .PHONY: demo test bootstrap
 
