@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { test } from "node:test";
-import { Client, SigningKey, makeDomain, signReceipt, toHex, type Verdict } from "../src/index.js";
+import { Client, SigningKey, makeDomain, signGrant, signReceipt, signRevocation, toHex, type Verdict } from "../src/index.js";
 
 const BIN = process.env.TOLLGATE_BIN;
 
@@ -214,6 +214,56 @@ test(
       assert.equal(stats.batchesAcked, stats.batchesSent - stats.batchesResent);
     } finally {
       await proxy.close();
+      await stopServer(server);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);
+
+test(
+  "a grant registered over GRANT lets its session key pay for the payer, until the REVOKE",
+  { skip: BIN ? false : "TOLLGATE_BIN is not set: set it to a built `tollgate` to run this test", timeout: 60_000 },
+  async () => {
+    const dir = mkdtempSync(join(tmpdir(), "tollgate-ts-"));
+    const server = await startServer(join(dir, "data"));
+    try {
+      const domain = makeDomain(31337n, new Uint8Array(20));
+      const client = await Client.connect({ ...server.listen, clientId: 8n, clientKey: SigningKey.generate(), producerId: 1n, domain });
+      const payer = SigningKey.generate();
+      const session = SigningKey.generate();
+      const payee = new Uint8Array(20).fill(0x33);
+      const now = BigInt(Date.now());
+      const terms = {
+        sessionKey: session.publicKey,
+        grantNonce: 1n,
+        cap: 1_000n,
+        allowance: 0n,
+        periodMs: 0n,
+        validFromMs: now - 60_000n,
+        validUntilMs: now + 3_600_000n,
+        payees: [payee],
+      };
+      const pay = (nonce: bigint, amount: bigint): Promise<Verdict> =>
+        client.submit(
+          signReceipt(
+            { payee, amount, nonce, timestampMs: BigInt(Date.now()), requestHash: new Uint8Array(32), session: true },
+            session,
+            domain,
+          ),
+        );
+      assert.equal(await pay(1n, 10n), "no_grant");
+      assert.deepEqual(await client.grant(signGrant(payer, terms, domain)), { ok: true });
+      assert.equal(await pay(2n, 400n), "accepted");
+      assert.equal(await pay(3n, 700n), "over_grant_cap");
+      const other = { ...terms, grantNonce: 2n };
+      const refused = await client.grant(signGrant(payer, other, domain));
+      assert.equal(refused.ok ? "accepted" : refused.name, "already_granted");
+      assert.deepEqual(await client.revoke(signRevocation(payer, session.publicKey, BigInt(Date.now()), domain)), { ok: true });
+      assert.equal(await pay(4n, 10n), "grant_revoked");
+      // Charged to the payer's deposit: the session's one accepted receipt.
+      assert.equal((await client.balance(payer.publicKey)).pending, 400n);
+      await client.close();
+    } finally {
       await stopServer(server);
       rmSync(dir, { recursive: true, force: true });
     }
