@@ -3,19 +3,23 @@
 # demo, clippy and the tests share one compile of RocksDB and alloy.
 CARGO ?= cargo
 BUILD_FLAGS := --release --locked
+# Where cargo puts the `tollgate` binary the TypeScript tests run against.
+TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 
 .PHONY: demo test bootstrap
 
 bootstrap:
 	./scripts/bootstrap.sh
 
-# Every check CI runs: formatting, no module circles inside a crate, lints as errors, then every
-# test in the workspace.
+# Every check CI runs: formatting, no module circles inside a crate, lints as errors, every test
+# in the workspace, then the TypeScript packages' tests against the `tollgate` binary cargo test
+# built (their npm packages are installed by bootstrap).
 test: bootstrap
 	$(CARGO) fmt --all -- --check
 	python3 scripts/module_cycles.py
 	$(CARGO) clippy --workspace --all-targets $(BUILD_FLAGS) -- -D warnings
 	$(CARGO) test --workspace $(BUILD_FLAGS)
+	cd clients/typescript && npm run build && TOLLGATE_BIN=$(TARGET_DIR)/release/tollgate npm test
 
 demo:
 	./scripts/demo.sh

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Tollgate needs beyond the Rust toolchain, and nothing when it
 # is already there: libclang (bindgen for librocksdb-sys) and perl (keccak-asm) from Debian, and the pinned chain
-# toolchain (solc, anvil) from npm into ./node_modules. Safe to run again.
+# toolchain (solc, anvil) from npm into ./node_modules, and the TypeScript packages' dependencies into
+# clients/typescript/node_modules. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,13 +25,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if [ -f package-lock.json ]; then
-  # Reinstall only when the lockfile changed since the last install.
-  stamp=node_modules/.tollgate-lock.sha256
-  want=$(sha256sum package-lock.json | cut -d' ' -f1)
+# Reinstalls a directory's pinned npm packages only when its lockfile changed since the last install.
+npm_ci_when_changed() {
+  local dir=$1 what=$2
+  [ -f "$dir/package-lock.json" ] || return 0
+  local stamp="$dir/node_modules/.tollgate-lock.sha256"
+  local want
+  want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    echo "bootstrap: npm ci (pinned solc, anvil and @openzeppelin/merkle-tree)"
-    npm ci --no-audit --no-fund --loglevel=error
+    echo "bootstrap: npm ci in $dir ($what)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
     echo "$want" > "$stamp"
   fi
-fi
+}
+npm_ci_when_changed . "pinned solc, anvil and @openzeppelin/merkle-tree"
+npm_ci_when_changed clients/typescript "the TypeScript packages' pinned typescript, @noble/ed25519 and fast-check"
