@@ -21,7 +21,7 @@ use tollgate_engine::receipt::parse_hex;
 use tollgate_engine::{Address, Domain, PayerKey, Receipt, ReceiptView, UnsignedReceipt, Verdict};
 
 /// One line of the format, as read or written.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiptLine {
     /// Payer public key, 64 hex digits.

@@ -17,7 +17,7 @@ use super::record::{
     GRANT_KEY_PREFIX, GrantRecord, HEAD_WITHDRAWALS_KEY, HeadWithdrawals, OPEN_EPOCH_KEY,
     OpenEpoch, PayeeState, PayerState, ProducerKey, ProducerState, SEALING_EPOCH_KEY, SealingEpoch,
     address_from, decode_amount, entry_key, entry_prefix, epoch_key, grant_key, payer_from,
-    producer_key,
+    producer_key, session_channel_key,
 };
 
 /// Entries read from RocksDB per scan when a whole epoch is read back: the transient copies
@@ -198,6 +198,37 @@ impl LedgerReader {
             .get(Cf::Channels, &key.to_bytes())?
             .map(|bytes| channel_info(key, &bytes))
             .transpose()
+    }
+
+    /// Whether the anti-replay window of the channel a receipt's nonce lives in would take
+    /// `nonce` now: the payer's channel with `payee`, or with `session` the session key's own
+    /// window with `payee` (`signer` is then the session key). `Err(Stale)` or `Err(Duplicate)`
+    /// as the ledger would answer; a window that never saw a nonce takes any. A check without
+    /// applying, for callers that answer before submitting (x402's `/verify`).
+    pub fn nonce_verdict(
+        &self,
+        signer: &PayerKey,
+        payee: &Address,
+        session: bool,
+        nonce: u64,
+    ) -> Result<crate::verdict::Verdict, StoreError> {
+        let key = ChannelKey {
+            payer: *signer,
+            payee: *payee,
+        };
+        let stored = if session {
+            self.store
+                .get(Cf::Grants, &session_channel_key(&key))?
+                .map(|bytes| ChannelState::decode(&bytes).map_err(corrupt(Cf::Grants)))
+        } else {
+            self.store
+                .get(Cf::Channels, &key.to_bytes())?
+                .map(|bytes| ChannelState::decode(&bytes).map_err(corrupt(Cf::Channels)))
+        };
+        Ok(match stored.transpose()? {
+            Some(state) => state.window.check(nonce),
+            None => Ok(()),
+        })
     }
 
     /// Up to `limit` channels of `payer` in payee order, after `after` when given.
