@@ -233,12 +233,13 @@ pub fn verify_stream(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use ed25519_dalek::Verifier;
     use tollgate_engine::Reason;
 
-    fn domain() -> Domain {
+    /// The deployment the unit tests of the JSON forms sign for.
+    pub(crate) fn domain() -> Domain {
         Domain {
             chain_id: 31_337,
             contract: Address([0x44; 20]),

@@ -488,12 +488,7 @@ mod tests {
     use ed25519_dalek::SigningKey;
     use tollgate_engine::{PayerKey, UnsignedReceipt};
 
-    fn domain() -> Domain {
-        Domain {
-            chain_id: 31_337,
-            contract: Address([0x44; 20]),
-        }
-    }
+    use crate::receipts_json::tests::domain;
 
     fn requirements() -> PaymentRequirements {
         PaymentRequirements {

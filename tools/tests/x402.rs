@@ -12,9 +12,7 @@ use tollgate_engine::{Address, Domain, PayerKey, UnsignedReceipt};
 use tollgate_load::population::payer_keys;
 use tollgate_query::model::PayerView;
 use tollgate_settle::chain::DeployParams;
-use tollgate_settle::devchain::{FundParams, fund_payers};
 use tollgate_tools::receipts_json::ReceiptLine;
-use tollgate_tools::serve::process::{ServerProcess, dev_chain_args};
 use tollgate_tools::x402::{
     self, FacilitatorRequest, PaymentPayload, PaymentRequirements, SettleResponse,
     SupportedResponse, VerifyResponse, reason,
@@ -147,37 +145,16 @@ fn now_ms() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn facilitator_verifies_settles_once_refuses_what_it_must_and_charges_a_burst_exactly() {
     let anvil = common::spawn_anvil();
-    let rpc_url = anvil.endpoint();
     let deployed = common::deploy(&anvil, &DeployParams::dev()).await;
     let keys = payer_keys(SEED, BURST_PAYERS + 1);
     let funded: Vec<PayerKey> = keys
         .iter()
         .map(|key| PayerKey(key.verifying_key().to_bytes()))
         .collect();
-    fund_payers(
-        &rpc_url,
-        common::dev_key(&anvil, 1),
-        &funded,
-        &FundParams {
-            token: deployed.token,
-            settlement: deployed.settlement,
-            amount_each: DEPOSIT,
-            mint: true,
-        },
-    )
-    .await
-    .expect("fund payers");
+    common::fund(&anvil, &deployed, &funded, DEPOSIT).await;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let args = dev_chain_args(&rpc_url, &deployed, &dir.path().join("data"));
-    let operator_key = hex::encode(common::dev_key(&anvil, 0).to_bytes());
-    let server = ServerProcess::start(
-        env!("CARGO_BIN_EXE_tollgate").as_ref(),
-        &args,
-        Some(&dir.path().join("server.log")),
-        &[("TOLLGATE_OPERATOR_KEY", &operator_key)],
-    )
-    .expect("tollgate serve starts");
+    let server = common::start_dev_server(&anvil, &deployed, dir.path(), &[]);
     let api = format!("http://{}", server.http);
     let http = reqwest::Client::new();
 
