@@ -37,3 +37,4 @@ pub mod output;
 pub mod query;
 pub mod receipts_json;
 pub mod serve;
+pub mod x402;

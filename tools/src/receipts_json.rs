@@ -21,7 +21,7 @@ use tollgate_engine::receipt::parse_hex;
 use tollgate_engine::{Address, Domain, PayerKey, Receipt, ReceiptView, UnsignedReceipt, Verdict};
 
 /// One line of the format, as read or written.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiptLine {
     /// Payer public key, 64 hex digits.
@@ -233,12 +233,13 @@ pub fn verify_stream(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use ed25519_dalek::Verifier;
     use tollgate_engine::Reason;
 
-    fn domain() -> Domain {
+    /// The deployment the unit tests of the JSON forms sign for.
+    pub(crate) fn domain() -> Domain {
         Domain {
             chain_id: 31_337,
             contract: Address([0x44; 20]),

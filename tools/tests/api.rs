@@ -15,7 +15,7 @@ use serde_json::Value;
 use tollgate_engine::grant::{Grant, PayeeScope, Revocation, SignedGrant};
 use tollgate_engine::pipeline::{
     BatchAck, Engine, EngineConfig, EpochStatus, EpochUpdate, FundsEvent, FundsKind, PartRecord,
-    SealedEpoch, SubmitRequest,
+    SealedEpoch, SubmitRequest, UnknownPayers,
 };
 use tollgate_engine::verify::{Verifier, VerifyConfig, VerifyPool};
 use tollgate_engine::{Address, Domain, PayerKey, Receipt, ReceiptBatch, UnsignedReceipt};
@@ -28,6 +28,7 @@ use tollgate_query::model::{
 use tollgate_query::{Credentials, QueryClient, QueryError};
 use tollgate_settle::merkle::{self, EpochTree, Leaf, leaf_hash};
 use tollgate_tools::api::auth::{ApiAccess, ApiScope, ApiToken};
+use tollgate_tools::api::x402::X402Config;
 use tollgate_tools::api::{ApiState, ChainView, ChainViewError, router};
 use tollgate_tools::audit::{self, AuditArgs};
 use tollgate_tools::query::{
@@ -255,7 +256,13 @@ async fn start_with(
     });
     let ready = Arc::new(AtomicBool::new(false));
     let mut state = ApiState::new(engine.reader(), ready.clone(), recorder.handle())
-        .with_engine(engine.clone(), DOMAIN);
+        .with_engine(engine.clone(), DOMAIN)
+        .with_x402(X402Config {
+            window_nonces: 1024,
+            timestamp_skew_ms: 300_000,
+            unknown_payers: UnknownPayers::Reject,
+            verify: VerifyConfig::default(),
+        });
     if let Some(chain) = chain {
         state = state.with_chain(chain);
     }
@@ -2260,4 +2267,123 @@ async fn get_json_with(server: &Server, path: &str, headers: &[(&str, String)]) 
     let response = get_with(server, path, headers).await;
     let status = response.status().as_u16();
     (status, response.json().await.expect("a JSON body"))
+}
+
+/// The facilitator routes over the test ledger: a session key's payment (alice's grant to key 8)
+/// verified, settled, settled again with the same answer, and the shapes the document gives; a
+/// payment beyond the grant's cap refused by both routes with the grant's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x402_routes_settle_a_session_payment_once_in_the_documented_shapes() {
+    use tollgate_tools::x402::{self, Extra, PaymentPayload, PaymentRequirements, reason};
+    let server = start(None).await;
+    server.ready.store(true, Ordering::Release);
+    durable_grant(&server.engine, &standing_grant(1, 8, 50)).await;
+    let (_, doc) = get(&server, "/openapi.json").await;
+    let (status, supported) = get(&server, "/supported").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        supported["kinds"][0]["extra"]["contract"],
+        DOMAIN.contract.to_string()
+    );
+
+    let asked = PaymentRequirements {
+        scheme: x402::SCHEME.into(),
+        network: x402::network(DOMAIN.chain_id),
+        asset: "0x5555555555555555555555555555555555555555".into(),
+        amount: "30".into(),
+        pay_to: P1.to_string(),
+        max_timeout_seconds: 60,
+        extra: Extra::of(&DOMAIN, 1024, 300_000).to_map(),
+    };
+    let session = key(8);
+    let pay = |amount: u64, nonce: u64| {
+        let receipt = UnsignedReceipt {
+            payer: payer_of(&session),
+            payee: P1,
+            amount,
+            nonce,
+            timestamp_ms: now_ms(),
+            request_hash: x402::request_hash(&asked).expect("hash"),
+            session: true,
+        }
+        .sign(&session, &DOMAIN);
+        let payment = PaymentPayload {
+            x402_version: x402::X402_VERSION,
+            resource: None,
+            accepted: asked.clone(),
+            payload: tollgate_tools::receipts_json::ReceiptLine::from_receipt(&receipt),
+            extensions: None,
+        };
+        (
+            receipt,
+            serde_json::json!({
+                "x402Version": 2, "paymentPayload": payment, "paymentRequirements": asked,
+            }),
+        )
+    };
+    let post = |route: &'static str, body: Value| {
+        let url = server.url(route);
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .expect("request");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("JSON"))
+        }
+    };
+    let schema = |route: &str, status: u16| {
+        doc["paths"][route]["post"]["responses"][status.to_string()]["content"]["application/json"]
+            ["schema"]
+            .clone()
+    };
+
+    let (receipt, body) = pay(30, 1);
+    let (status, verified) = post("/verify", body.clone()).await;
+    assert_eq!(
+        (status, &verified["isValid"]),
+        (200, &Value::Bool(true)),
+        "{verified}"
+    );
+    check(&doc, &schema("/verify", 200), &verified, "/verify").expect("schema");
+    let (status, settled) = post("/settle", body.clone()).await;
+    assert_eq!(
+        (status, &settled["success"]),
+        (200, &Value::Bool(true)),
+        "{settled}"
+    );
+    assert_eq!(settled["transaction"], x402::transaction_id(&receipt));
+    check(&doc, &schema("/settle", 200), &settled, "/settle").expect("schema");
+    assert_eq!(
+        post("/settle", body.clone()).await,
+        (200, settled.clone()),
+        "a retry"
+    );
+    let (_, replayed) = post("/verify", body).await;
+    assert_eq!(replayed["invalidReason"], reason::REPLAY, "{replayed}");
+
+    // The grant's cap is 50: the session has spent 30.
+    let (_, dear) = pay(30, 2);
+    let (_, verified) = post("/verify", dear.clone()).await;
+    assert_eq!(
+        verified["isValid"], true,
+        "verify leaves the cap to settle: {verified}"
+    );
+    let (_, refused) = post("/settle", dear).await;
+    assert_eq!(refused["errorReason"], reason::GRANT, "{refused}");
+    assert!(
+        refused["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("over_grant_cap")),
+        "{refused}"
+    );
+    let (status, malformed) = post("/settle", Value::from("nope")).await;
+    assert_eq!(
+        (status, &malformed["errorReason"]),
+        (400, &Value::from(reason::INVALID_PAYLOAD))
+    );
+    check(&doc, &schema("/settle", 400), &malformed, "/settle").expect("schema");
+    server.engine.shutdown().expect("clean shutdown");
 }

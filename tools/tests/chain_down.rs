@@ -17,7 +17,6 @@ use tollgate_engine::PayerKey;
 use tollgate_load::child;
 use tollgate_load::population::payer_keys;
 use tollgate_settle::chain::{ContractReader, DeployParams};
-use tollgate_settle::devchain::{FundParams, fund_payers};
 use tollgate_tools::serve::process::{ServerProcess, dev_chain_args};
 
 const SEED: u64 = 11;
@@ -52,31 +51,10 @@ async fn a_stopped_chain_does_not_stop_ingest_and_queued_epochs_commit_when_it_r
         .iter()
         .map(|key| PayerKey(key.verifying_key().to_bytes()))
         .collect();
-    fund_payers(
-        &rpc_url,
-        common::dev_key(&anvil, 1),
-        &payers,
-        &FundParams {
-            token: deployed.token,
-            settlement: deployed.settlement,
-            amount_each: 1_000_000,
-            mint: true,
-        },
-    )
-    .await
-    .expect("fund payers");
+    common::fund(&anvil, &deployed, &payers, 1_000_000).await;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut args = dev_chain_args(&rpc_url, &deployed, &dir.path().join("data"));
-    args.extend(["--epoch-secs", "1"].map(str::to_owned));
-    let operator_key = hex::encode(common::dev_key(&anvil, 0).to_bytes());
-    let server = ServerProcess::start(
-        env!("CARGO_BIN_EXE_tollgate").as_ref(),
-        &args,
-        Some(&dir.path().join("server.log")),
-        &[("TOLLGATE_OPERATOR_KEY", &operator_key)],
-    )
-    .expect("tollgate serve starts");
+    let server = common::start_dev_server(&anvil, &deployed, dir.path(), &["--epoch-secs", "1"]);
     let api = format!("http://{}", server.http);
 
     let anvil_pid = Pid::from_raw(i32::try_from(anvil.child().id()).expect("pid")).expect("pid");

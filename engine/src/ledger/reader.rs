@@ -11,13 +11,15 @@ use crate::receipt::{Address, PayerKey};
 use crate::store::{Cf, Store, StoreError, StoreSnapshot};
 
 use super::SealedEpoch;
+use super::cache::Cached;
 use super::error::corrupt;
 use super::record::{
     ChannelKey, ChannelState, EntryKind, EpochRecord, FUNDS_CURSOR_KEY, FundsCursor,
     GRANT_KEY_PREFIX, GrantRecord, HEAD_WITHDRAWALS_KEY, HeadWithdrawals, HeldGrant,
     OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey, ProducerState,
-    SEALING_EPOCH_KEY, SealingEpoch, address_from, decode_amount, decode_grant_spend, entry_key,
-    entry_prefix, epoch_key, grant_key, grant_spend_key, payer_from, producer_key,
+    SEALING_EPOCH_KEY, SealingEpoch, SessionWindow, address_from, decode_amount,
+    decode_grant_spend, entry_key, entry_prefix, epoch_key, grant_key, grant_spend_key, payer_from,
+    producer_key, session_window_key,
 };
 
 /// Entries read from RocksDB per scan when a whole epoch is read back: the transient copies
@@ -198,6 +200,41 @@ impl LedgerReader {
             .get(Cf::Channels, &key.to_bytes())?
             .map(|bytes| channel_info(key, &bytes))
             .transpose()
+    }
+
+    /// Whether the anti-replay window of the channel a receipt's nonce lives in would take
+    /// `nonce` now: the payer's channel with `payee`, or with `session` the session key's own
+    /// window with `payee` (`signer` is then the session key). `Err(Stale)` or `Err(Duplicate)`
+    /// as the ledger would answer; a window that never saw a nonce takes any. A check without
+    /// applying, for callers that answer before submitting (x402's `/verify`).
+    pub fn nonce_verdict(
+        &self,
+        signer: &PayerKey,
+        payee: &Address,
+        session: bool,
+        nonce: u64,
+    ) -> Result<crate::verdict::Verdict, StoreError> {
+        let key = ChannelKey {
+            payer: *signer,
+            payee: *payee,
+        };
+        let window = if session {
+            self.store
+                .get(Cf::Grants, &session_window_key(&key))?
+                .map(|bytes| SessionWindow::decode(&bytes).map_err(corrupt(Cf::Grants)))
+                .transpose()?
+                .map(|session| session.0)
+        } else {
+            self.store
+                .get(Cf::Channels, &key.to_bytes())?
+                .map(|bytes| ChannelState::decode(&bytes).map_err(corrupt(Cf::Channels)))
+                .transpose()?
+                .map(|channel| channel.window)
+        };
+        Ok(match window {
+            Some(window) => window.check(nonce),
+            None => Ok(()),
+        })
     }
 
     /// Up to `limit` channels of `payer` in payee order, after `after` when given.

@@ -13,6 +13,8 @@
 //! - `grants`: `POST /v1/grants` and `/v1/revocations` (session grants into the engine, answered
 //!   once durable; the only routes that change anything), `GET /v1/grants[/{session_key}]`.
 //! - [`withdrawable`]: the short-lived cache of what the contract lets payees withdraw.
+//! - [`x402`]: the x402 v2 facilitator, `GET /supported`, `POST /verify` and `POST /settle`
+//!   (docs/X402.md): payer-signed receipts into the engine like the fleet protocol's.
 //!
 //! [`ChainView`] is implemented for settle's [`ContractReader`], which reads the Settlement
 //! contract over alloy.
@@ -29,6 +31,7 @@ mod grants;
 pub mod openapi;
 pub mod proof;
 pub mod withdrawable;
+pub mod x402;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -142,6 +145,7 @@ pub struct ApiState {
     withdrawable: Arc<WithdrawableCache>,
     access: Arc<auth::ApiAccess>,
     submit: Option<GrantSubmit>,
+    x402: Option<x402::X402Config>,
 }
 
 /// Where posted grants and revocations go, and the deployment they must be signed for.
@@ -165,6 +169,7 @@ impl ApiState {
             withdrawable: Arc::new(WithdrawableCache::new(WITHDRAWABLE_TTL_DEFAULT)),
             access: Arc::new(auth::ApiAccess::open()),
             submit: None,
+            x402: None,
         }
     }
 
@@ -172,6 +177,13 @@ impl ApiState {
     /// `POST /v1/revocations`) into `engine`. Without it the API only reads.
     pub fn with_engine(mut self, engine: Engine, domain: Domain) -> Self {
         self.submit = Some(GrantSubmit { engine, domain });
+        self
+    }
+
+    /// Serves the x402 facilitator (`GET /supported`, `POST /verify`, `POST /settle`) for the
+    /// deployment and engine given to [`ApiState::with_engine`]; without both it is not served.
+    pub fn with_x402(mut self, config: x402::X402Config) -> Self {
+        self.x402 = Some(config);
         self
     }
 
@@ -243,9 +255,23 @@ pub fn router(state: ApiState) -> Router {
             .route("/v1/revocations", post(grants::post_revocation))
             .route_layer(middleware::from_fn_with_state(state.clone(), require_ready));
     }
+    // No credentials either: a receipt authorizes itself (see `x402`).
+    let mut facilitator = Router::new();
+    if let (Some(submit), Some(config)) = (&state.submit, &state.x402) {
+        facilitator = facilitator
+            .route("/supported", get(x402::supported))
+            .route("/verify", post(x402::verify))
+            .route("/settle", post(x402::settle))
+            .route_layer(middleware::from_fn_with_state(state.clone(), require_ready))
+            .layer(Extension(x402::Facilitator::new(
+                submit.domain,
+                config.clone(),
+            )));
+    }
     Router::new()
         .merge(ledger)
         .merge(submit)
+        .merge(facilitator)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

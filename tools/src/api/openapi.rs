@@ -14,6 +14,7 @@ use tollgate_query::auth::{HEADER_PAYER, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use tollgate_query::grants::{GRANTS_PAGE_DEFAULT, GRANTS_PAGE_MAX};
 
 use super::error::ERROR_CODES;
+use crate::x402;
 
 fn amount(description: &str) -> Value {
     json!({ "type": "string", "pattern": "^[0-9]+$", "description": description })
@@ -287,6 +288,93 @@ fn schemas() -> Value {
                 "session": { "type": "boolean", "description": "Present (true) when payer is a session key, charged to the payer whose grant names it." }
             }
         },
+        "PaymentRequirements": {
+            "type": "object",
+            "required": ["scheme", "network", "asset", "amount", "payTo", "maxTimeoutSeconds", "extra"],
+            "properties": {
+                "scheme": { "type": "string", "enum": [x402::SCHEME] },
+                "network": { "type": "string", "pattern": "^eip155:[0-9]+$" },
+                "asset": { "type": "string" },
+                "amount": amount("The price in token units (u64)."),
+                "payTo": { "type": "string", "pattern": "^0x[0-9a-fA-F]{40}$" },
+                "maxTimeoutSeconds": { "type": "integer", "minimum": 0 },
+                "extra": { "type": "object", "description": "X402Extra, plus resource (a string bound into request_hash) and whatever else the resource server adds." }
+            }
+        },
+        "X402Extra": {
+            "type": "object",
+            "required": ["chainId", "contract", "windowNonces", "timestampSkewMs"],
+            "properties": {
+                "chainId": amount("The receipt domain's chain id (u64)."),
+                "contract": { "type": "string", "pattern": "^0x[0-9a-f]{40}$", "description": "The receipt domain's Settlement contract." },
+                "windowNonces": { "type": "integer", "minimum": 64, "description": "The anti-replay window per channel, in nonces." },
+                "timestampSkewMs": { "type": "integer", "minimum": 0, "description": "How far a receipt's timestamp may be from the facilitator's clock." }
+            }
+        },
+        "PaymentPayload": {
+            "type": "object",
+            "required": ["x402Version", "accepted", "payload"],
+            "properties": {
+                "x402Version": { "type": "integer", "enum": [x402::X402_VERSION] },
+                "resource": { "type": "object" },
+                "accepted": { "$ref": "#/components/schemas/PaymentRequirements" },
+                "payload": { "$ref": "#/components/schemas/ReceiptLine" },
+                "extensions": { "type": "object" }
+            }
+        },
+        "FacilitatorRequest": {
+            "type": "object",
+            "required": ["x402Version", "paymentPayload", "paymentRequirements"],
+            "properties": {
+                "x402Version": { "type": "integer", "enum": [x402::X402_VERSION] },
+                "paymentPayload": { "$ref": "#/components/schemas/PaymentPayload" },
+                "paymentRequirements": { "$ref": "#/components/schemas/PaymentRequirements" }
+            }
+        },
+        "SupportedResponse": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["kinds", "extensions", "signers"],
+            "properties": {
+                "kinds": { "type": "array", "items": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["x402Version", "scheme", "network", "extra"],
+                    "properties": {
+                        "x402Version": { "type": "integer", "enum": [x402::X402_VERSION] },
+                        "scheme": { "type": "string", "enum": [x402::SCHEME] },
+                        "network": { "type": "string", "pattern": "^eip155:[0-9]+$" },
+                        "extra": { "$ref": "#/components/schemas/X402Extra" }
+                    }
+                }},
+                "extensions": { "type": "array", "items": { "type": "string" } },
+                "signers": { "type": "object" }
+            }
+        },
+        "VerifyResponse": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["isValid"],
+            "properties": {
+                "isValid": { "type": "boolean" },
+                "invalidReason": { "type": "string", "description": "x402's reason code (docs/X402.md)." },
+                "invalidMessage": { "type": "string", "description": "Tollgate's stable reason name, a colon, and why." },
+                "payer": { "type": "string", "pattern": "^[0-9a-f]{64}$", "description": "The receipt's signing key." }
+            }
+        },
+        "SettleResponse": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["success", "transaction", "network"],
+            "properties": {
+                "success": { "type": "boolean" },
+                "errorReason": { "type": "string", "description": "x402's reason code (docs/X402.md)." },
+                "errorMessage": { "type": "string", "description": "Tollgate's stable reason name, a colon, and why." },
+                "payer": { "type": "string", "pattern": "^[0-9a-f]{64}$", "description": "The receipt's signing key." },
+                "transaction": { "type": "string", "pattern": "^(0x[0-9a-f]{64})?$", "description": "The commitment identifier: 0x and the BLAKE3 hash of the receipt's 176 bytes; empty when not settled." },
+                "network": { "type": "string" }
+            }
+        },
         "Proof": {
             "type": "object",
             "additionalProperties": false,
@@ -494,6 +582,21 @@ pub fn document() -> Value {
                     "revocation", REVOCATION_BYTES, &internal
                 )
             },
+            "/supported": { "get": {
+                "summary": "x402 facilitator: the payment kind this deployment accepts (scheme tollgate, its network, and the extra a payer signs with). Served when the server has an engine.",
+                "responses": {
+                    "200": json_response("The kinds.", "SupportedResponse"),
+                    "503": not_ready.clone()
+                }
+            }},
+            "/verify": { "post": x402_post(
+                "x402 facilitator: whether a payment meets the requirements and the ledger would take it now, applying nothing.",
+                "VerifyResponse"
+            )},
+            "/settle": { "post": x402_post(
+                "x402 facilitator: the payment's receipt into the ledger through the engine, answered once durable. A retry of the same payload gets the same answer and is counted once.",
+                "SettleResponse"
+            )},
             "/healthz": { "get": {
                 "summary": "The process is up.",
                 "responses": { "200": json_response("Alive.", "Status") }
@@ -558,6 +661,34 @@ fn grant_post(summary: &str, field: &str, bytes: usize, internal: &Value) -> Val
             "422": error_response("Fails its own checks (grant_refused: wrong_deployment, bad_signature, bad_payer_key, bad_session_key, zero_cap, bad_allowance, empty_validity)."),
             "500": internal.clone(),
             "503": error_response("Not ready yet, or the engine cannot take it now (not_ready); send it again.")
+        }
+    })
+}
+
+/// `POST /verify` or `/settle`: x402's request, x402's answer (docs/X402.md).
+fn x402_post(summary: &str, answer: &str) -> Value {
+    json!({
+        "summary": summary,
+        "description": "Body and answer as x402 v2 defines them, with the tollgate scheme's \
+            payload and extra (docs/X402.md). No credentials: the receipt's signature authorizes \
+            it, whoever delivers it. A payment that parsed is answered 200, valid or not; the \
+            reason is in the body.",
+        "security": [],
+        "requestBody": {
+            "required": true,
+            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/FacilitatorRequest" } } }
+        },
+        "responses": {
+            "200": json_response("Judged: valid or settled, or refused with x402's reason and Tollgate's.", answer),
+            "400": json_response("The body is not a facilitator request (invalid_payload).", answer),
+            "500": json_response("The facilitator's own failure (unexpected_verify_error, unexpected_settle_error).", answer),
+            "503": {
+                "description": "Not ready (Error, not_ready), or the engine cannot take it now (the answer, unexpected_settle_error); nothing was applied, send it again.",
+                "content": { "application/json": { "schema": { "oneOf": [
+                    { "$ref": "#/components/schemas/Error" },
+                    { "$ref": format!("#/components/schemas/{answer}") }
+                ]}}}
+            }
         }
     })
 }

@@ -563,6 +563,9 @@ impl ServeOptions {
             if !seen.insert(client.id) {
                 anyhow::bail!("{key}: configured twice");
             }
+            if client.id == crate::x402::CLIENT_ID {
+                anyhow::bail!("{key}: the id is reserved for the x402 facilitator's settles");
+            }
             let payees = client
                 .payees
                 .iter()

@@ -30,6 +30,7 @@ use tollgate_settle::submitter::Submitter;
 use tollgate_settle::watcher::Watcher;
 
 use crate::api::auth::ApiAccess;
+use crate::api::x402::X402Config;
 use crate::api::{ApiState, Startup, router};
 use config::{ChainSettings, LogFormat, ServeConfig, ServeOptions};
 
@@ -152,7 +153,13 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
             config.api_tokens.clone(),
             config.domain,
             config.ledger.timestamp_skew_ms,
-        ));
+        ))
+        .with_x402(X402Config {
+            window_nonces: config.ledger.window_nonces,
+            timestamp_skew_ms: config.ledger.timestamp_skew_ms,
+            unknown_payers: config.ledger.unknown_payers,
+            verify: config.verify.clone(),
+        });
     if let Some(settlement) = &settlement {
         api = api.with_chain(Arc::new(settlement.reader.clone()));
     }

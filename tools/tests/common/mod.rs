@@ -148,3 +148,50 @@ fn methods(body: &str) -> Vec<String> {
         .filter_map(|request| request["method"].as_str().map(str::to_owned))
         .collect()
 }
+
+/// `tollgate serve` on `anvil`'s deployment `deployed` with `extra` flags, its data and log in
+/// `dir`, operated by dev key 0.
+pub fn start_dev_server(
+    anvil: &AnvilInstance,
+    deployed: &tollgate_settle::DeployedAddresses,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> tollgate_tools::serve::process::ServerProcess {
+    let mut args = tollgate_tools::serve::process::dev_chain_args(
+        &anvil.endpoint(),
+        deployed,
+        &dir.join("data"),
+    );
+    args.extend(extra.iter().map(|flag| (*flag).to_owned()));
+    let operator_key = hex::encode(dev_key(anvil, 0).to_bytes());
+    tollgate_tools::serve::process::ServerProcess::start(
+        env!("CARGO_BIN_EXE_tollgate").as_ref(),
+        &args,
+        Some(&dir.join("server.log")),
+        &[("TOLLGATE_OPERATOR_KEY", &operator_key)],
+    )
+    .expect("tollgate serve starts")
+}
+
+/// Mints `amount_each` test tokens for each of `payers` and deposits them into `deployed`'s
+/// Settlement contract (dev key 1 pays the gas).
+pub async fn fund(
+    anvil: &AnvilInstance,
+    deployed: &tollgate_settle::DeployedAddresses,
+    payers: &[tollgate_engine::PayerKey],
+    amount_each: u128,
+) {
+    tollgate_settle::devchain::fund_payers(
+        &anvil.endpoint(),
+        dev_key(anvil, 1),
+        payers,
+        &tollgate_settle::devchain::FundParams {
+            token: deployed.token,
+            settlement: deployed.settlement,
+            amount_each,
+            mint: true,
+        },
+    )
+    .await
+    .expect("fund payers");
+}
