@@ -12,7 +12,7 @@ use crate::store::{Cf, Store, StoreBatch};
 use super::UnknownPayers;
 use super::cache::Cached;
 use super::error::{LedgerError, corrupt, invariant};
-use super::record::{GRANT_KEY_PREFIX, HeldGrant, PayerState};
+use super::record::{GRANT_KEY_PREFIX, GRANT_RECORDS_SPLIT_KEY, HeldGrant, PayerState};
 use super::state::Ledger;
 
 /// Grant records read per scan while splitting.
@@ -23,6 +23,9 @@ const SPLIT_SCAN_KEYS: usize = 4_096;
 /// sessions spent. Each record's two halves go in one write, so a crash midway leaves records
 /// of either layout and the next open finishes the job.
 pub(crate) fn split_grant_records(store: &Store) -> Result<(), LedgerError> {
+    if store.get(Cf::Meta, GRANT_RECORDS_SPLIT_KEY)?.is_some() {
+        return Ok(());
+    }
     let mut after: Option<Vec<u8>> = None;
     loop {
         let chunk = store.snapshot().scan(
@@ -45,9 +48,12 @@ pub(crate) fn split_grant_records(store: &Store) -> Result<(), LedgerError> {
         }
         match chunk.last() {
             Some((key, _)) if chunk.len() == SPLIT_SCAN_KEYS => after = Some(key.to_vec()),
-            _ => return Ok(()),
+            _ => break,
         }
     }
+    let mut done = StoreBatch::default();
+    done.put(Cf::Meta, GRANT_RECORDS_SPLIT_KEY, Vec::new());
+    Ok(store.write(done)?)
 }
 
 impl Ledger {

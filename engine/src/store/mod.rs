@@ -51,8 +51,8 @@ pub const CF_EPOCH_ENTRIES: &str = "epoch_entries";
 /// Every accepted receipt as signed (176 bytes) keyed by `epoch ‖ index` (both u64 big-endian):
 /// see `ledger::archive`.
 pub const CF_ARCHIVE: &str = "archive";
-/// Session grants keyed `'g' ‖ session key`, and session windows keyed
-/// `'w' ‖ session key ‖ payee`: see `ledger::record::grants`.
+/// Session grants keyed `'g' ‖ session key`, what each session spent keyed `'s' ‖ session key`,
+/// and session windows keyed `'w' ‖ session key ‖ payee`: see `ledger::record::grants`.
 pub const CF_GRANTS: &str = "grants";
 
 /// A column family of the ledger store.

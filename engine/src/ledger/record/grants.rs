@@ -1,4 +1,5 @@
-//! Session grants as the ledger holds them, and each session's anti-replay windows.
+//! Session grants as the ledger holds them: the held grant, what each session spent, and each
+//! session's anti-replay windows.
 
 use super::*;
 use crate::grant::{GRANT_BYTES, GrantSpend, REVOCATION_BYTES, SignedGrant, SignedRevocation};
@@ -212,6 +213,9 @@ impl Cached for GrantSpend {
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct SessionWindow(pub NonceWindow);
 
+/// Version 1 was a whole channel state; version 2 is the window alone.
+const SESSION_WINDOW_VERSION: u8 = 2;
+
 /// Key of a session window: `'w' ‖ session key ‖ payee`.
 pub fn session_window_key(key: &ChannelKey) -> [u8; 53] {
     let mut out = [0u8; 53];
@@ -227,13 +231,20 @@ impl Cached for SessionWindow {
     fn key_bytes(key: &ChannelKey) -> Vec<u8> {
         session_window_key(key).to_vec()
     }
+    /// Version 2: the window alone.
     fn encode(&self) -> Vec<u8> {
-        let mut out = encoder(window_bytes(self.0.words().len()));
+        let mut out = versioned_encoder(SESSION_WINDOW_VERSION, window_bytes(self.0.words().len()));
         put_window(&mut out, &self.0);
         out
     }
+    /// Either version; version 1 was a whole [`ChannelState`] (the session's totals with the
+    /// payee, then the window), which is read for its window and rewritten as version 2 the
+    /// next time the session uses it.
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut d = Decoder::new(bytes, "session window")?;
+        let (mut d, version) = Decoder::versioned(bytes, "session window", SESSION_WINDOW_VERSION)?;
+        if version == 1 {
+            let _totals = (d.u128()?, d.u64()?, d.u64()?, d.u64()?);
+        }
         let window = d.window()?;
         d.finish()?;
         Ok(Self(window))

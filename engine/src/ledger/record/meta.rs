@@ -31,6 +31,10 @@ pub const FUNDS_CURSOR_KEY: &[u8] = b"funds_cursor";
 /// Metadata key of the highest epoch whose archive was pruned (absent: none was).
 pub const ARCHIVE_PRUNED_THROUGH_KEY: &[u8] = b"archive_pruned_through";
 
+/// Present once every grant record of the first layout was split (see
+/// `ledger::grants::split_grant_records`), so later opens skip the scan.
+pub const GRANT_RECORDS_SPLIT_KEY: &[u8] = b"grant_records_split";
+
 /// An epoch number as a record (u64).
 pub fn encode_epoch_number(epoch: u64) -> Vec<u8> {
     let mut out = encoder(8);

@@ -240,7 +240,17 @@ fn grant_records_round_trip_and_refuse_trailing_or_short_bytes() {
 
     let mut window = NonceWindow::new(128);
     window.insert(900);
+    // The first layout stored a session's window as a whole channel state.
+    let first_layout = ChannelState {
+        cumulative: 5888,
+        receipts: 3,
+        last_timestamp_ms: 44,
+        indexed_epoch: 2,
+        window: window.clone(),
+    }
+    .encode();
     let window = SessionWindow(window);
+    assert_eq!(SessionWindow::decode(&first_layout), Ok(window.clone()));
     let bytes = window.encode();
     assert_eq!(SessionWindow::decode(&bytes), Ok(window));
     assert!(SessionWindow::decode(&bytes[..bytes.len() - 1]).is_err());

@@ -371,7 +371,7 @@ fn grants_and_revocations_that_do_not_fit_are_refused_and_change_nothing() {
 
 #[test]
 fn grant_records_of_the_first_layout_are_split_at_open_and_keep_their_spend() {
-    use crate::ledger::record::{Position, grant_key, grant_spend_key};
+    use crate::ledger::record::{GRANT_RECORDS_SPLIT_KEY, Position, grant_key, grant_spend_key};
     use crate::store::{Cf, StoreBatch};
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -406,6 +406,8 @@ fn grant_records_of_the_first_layout_are_split_at_open_and_keep_their_spend() {
     let mut batch = StoreBatch::default();
     batch.put(Cf::Grants, grant_key(&agent_key).to_vec(), first_layout);
     batch.delete(Cf::Grants, grant_spend_key(&agent_key).to_vec());
+    // Nor had it marked the split done.
+    batch.delete(Cf::Meta, GRANT_RECORDS_SPLIT_KEY.to_vec());
     ledger.store().write(batch).expect("write");
     drop(ledger);
 
