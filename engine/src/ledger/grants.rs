@@ -5,9 +5,8 @@
 
 use crate::grant::{CheckedGrant, CheckedRevocation, GrantError, GrantSpend};
 use crate::receipt::{PayerKey, ReceiptView};
-use crate::verdict::Reason;
-
 use crate::store::{Cf, Store, StoreBatch};
+use crate::verdict::Reason;
 
 use super::UnknownPayers;
 use super::cache::Cached;

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use crate::grant::GrantSpend;
 use crate::receipt::{Address, PayerKey};
 use crate::store::{Cf, Store, StoreError, StoreSnapshot};
 
@@ -17,9 +18,9 @@ use super::record::{
     ChannelKey, ChannelState, EntryKind, EpochRecord, FUNDS_CURSOR_KEY, FundsCursor,
     GRANT_KEY_PREFIX, GrantRecord, HEAD_WITHDRAWALS_KEY, HeadWithdrawals, HeldGrant,
     OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey, ProducerState,
-    SEALING_EPOCH_KEY, SealingEpoch, SessionWindow, address_from, decode_amount,
-    decode_grant_spend, entry_key, entry_prefix, epoch_key, grant_key, grant_spend_key, payer_from,
-    producer_key, session_window_key,
+    SEALING_EPOCH_KEY, SealingEpoch, SessionWindow, address_from, decode_amount, entry_key,
+    entry_prefix, epoch_key, grant_key, grant_spend_key, payer_from, producer_key,
+    session_window_key,
 };
 
 /// Entries read from RocksDB per scan when a whole epoch is read back: the transient copies
@@ -485,7 +486,7 @@ fn with_spend(snapshot: &StoreSnapshot<'_>, held: &[u8]) -> Result<GrantRecord, 
     let held = HeldGrant::decode(held).map_err(corrupt(Cf::Grants))?;
     let spent = snapshot
         .get(Cf::Grants, &grant_spend_key(&held.grant.grant.session))?
-        .map(|bytes| decode_grant_spend(&bytes).map_err(corrupt(Cf::Grants)))
+        .map(|bytes| GrantSpend::decode(&bytes).map_err(corrupt(Cf::Grants)))
         .transpose()?
         .unwrap_or_default();
     Ok(GrantRecord::new(held, spent))

@@ -171,22 +171,6 @@ impl Cached for HeldGrant {
 }
 
 /// What a session spent: total u128, period u64, period total u128. Absent until it spends.
-pub fn encode_grant_spend(spend: &GrantSpend) -> Vec<u8> {
-    let mut out = encoder(40);
-    out.extend_from_slice(&spend.total.to_le_bytes());
-    out.extend_from_slice(&spend.period.to_le_bytes());
-    out.extend_from_slice(&spend.period_total.to_le_bytes());
-    out
-}
-
-/// Inverse of [`encode_grant_spend`].
-pub fn decode_grant_spend(bytes: &[u8]) -> Result<GrantSpend, DecodeError> {
-    let mut d = Decoder::new(bytes, "grant spend")?;
-    let spend = d.grant_spend()?;
-    d.finish()?;
-    Ok(spend)
-}
-
 impl Cached for GrantSpend {
     type Key = PayerKey;
     const CF: Cf = Cf::Grants;
@@ -194,10 +178,17 @@ impl Cached for GrantSpend {
         grant_spend_key(key).to_vec()
     }
     fn encode(&self) -> Vec<u8> {
-        encode_grant_spend(self)
+        let mut out = encoder(40);
+        out.extend_from_slice(&self.total.to_le_bytes());
+        out.extend_from_slice(&self.period.to_le_bytes());
+        out.extend_from_slice(&self.period_total.to_le_bytes());
+        out
     }
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        decode_grant_spend(bytes)
+        let mut d = Decoder::new(bytes, "grant spend")?;
+        let spend = d.grant_spend()?;
+        d.finish()?;
+        Ok(spend)
     }
     fn receipt_money(&self) -> u128 {
         // A grant's spend follows the session's receipts only, not every receipt's: outside
