@@ -92,16 +92,17 @@ export function requestHash(requirements: PaymentRequirements): Uint8Array {
 }
 
 /**
- * A payer's nonces without stored state: per channel `max(now_ms, last + 1)`, strictly rising
- * within the process (docs/X402.md, "Nonces").
+ * A payer's nonces without stored state: per channel a counter that starts at the clock (`now_ms`
+ * for the first, then `last + 1`), strictly rising within the process and not moved by time, so a
+ * payment held up for any time stays inside the window of later ones (docs/X402.md, "Nonces").
  */
 export class NonceClock {
   private readonly last = new Map<string, bigint>();
 
-  /** The next nonce of the channel named `channel` at unix time `nowMs`. */
+  /** The next nonce of the channel named `channel`; `nowMs` is read only for its first. */
   next(channel: string, nowMs: bigint): bigint {
     const last = this.last.get(channel);
-    const nonce = last !== undefined && last >= nowMs ? last + 1n : nowMs;
+    const nonce = last === undefined ? nowMs : last + 1n;
     this.last.set(channel, nonce);
     return nonce;
   }
@@ -145,7 +146,8 @@ function requirementsField<T>(read: () => T): T {
 /**
  * The checks of docs/X402.md's `/verify` list that need no ledger, in its order: version, kind,
  * `accepted`, the receipt parses, pays `payTo` at least the price with the requirements'
- * `request_hash`, its signature holds under this deployment, its timestamp is within the skew.
+ * `request_hash`, its signature holds under this deployment (unless `signature` is false, for a
+ * caller whose server checks it anyway), its timestamp is within the skew.
  * Returns the receipt; throws a `Refusal`. What only the ledger knows (a deposit, funds, the
  * nonce window, a session's grant) is judged when the receipt is settled.
  */
@@ -153,6 +155,7 @@ export function checkPayment(
   deployment: Deployment,
   payload: PaymentPayload,
   requirements: PaymentRequirements,
+  signature = true,
 ): Receipt {
   const { domain } = deployment;
   if (payload.x402Version !== X402_VERSION) {
@@ -179,8 +182,8 @@ export function checkPayment(
   if (toHex(receipt.requestHash) !== toHex(requestHash(requirements))) {
     throw new Refusal("wrong_request_hash", "the receipt's request_hash is not the requirements' (docs/X402.md, request_hash)");
   }
-  const signature = verifyReceipt(receipt, domain);
-  if (signature !== "accepted") throw new Refusal(signature, "the signature does not verify under this deployment");
+  const verdict = signature ? verifyReceipt(receipt, domain) : "accepted";
+  if (verdict !== "accepted") throw new Refusal(verdict, "the signature does not verify under this deployment");
   const now = BigInt(Math.trunc((deployment.now ?? Date.now)()));
   const skew = BigInt(deployment.timestampSkewMs ?? TIMESTAMP_SKEW_MS_DEFAULT);
   const off = receipt.timestampMs > now ? receipt.timestampMs - now : now - receipt.timestampMs;

@@ -160,11 +160,11 @@ test("each local refusal carries the doc's code", () => {
   checkPayment({ ...atExample, now: () => SIGNED_AT + 300_000 }, paid(), asked());
 });
 
-test("nonces rise strictly per channel and follow the clock", () => {
+test("nonces start at the clock, then count per channel whatever the clock does", () => {
   const clock = new NonceClock();
   assert.equal(clock.next("a", 100n), 100n);
   assert.equal(clock.next("a", 100n), 101n);
   assert.equal(clock.next("a", 50n), 102n);
   assert.equal(clock.next("b", 100n), 100n);
-  assert.equal(clock.next("a", 500n), 500n);
+  assert.equal(clock.next("a", 5000n), 103n, "time passing does not move them out of the window");
 });
