@@ -27,10 +27,13 @@ export interface TollgateServerOptions {
    */
   decimals?: number;
   /**
-   * `upfront` (default): settle before the handler runs, one facilitator call per paid request,
-   * and the handler runs only for a payment the ledger holds durably. `authorization`: x402's
-   * verify before and settle after the handler (two calls; nothing is charged when the handler
-   * fails).
+   * `authorization` (default, x402's own default): the facilitator verifies before the handler
+   * runs and settles after it, so nothing is charged when the handler fails, and a payload
+   * presented again is refused by `/verify` (its nonce is taken). `upfront`: one settle before
+   * the handler, which then runs only for a payment the ledger holds. Use `upfront` with the
+   * FleetFacilitatorClient only: `POST /settle` answers a payload it settled before with that
+   * first answer (a retry is counted once, docs/X402.md), so through the HTTP facilitator a
+   * replayed header would be served again, though never charged twice.
    */
   flow?: TollgateFlow;
 }
@@ -58,7 +61,7 @@ export class TollgateServerScheme implements SchemeNetworkServer {
   constructor(options: TollgateServerOptions) {
     this.asset = options.asset;
     this.decimals = options.decimals ?? 0;
-    this.paymentFlows = { default: { supported: ["upfront", "authorization"], default: options.flow ?? "upfront" } };
+    this.paymentFlows = { default: { supported: ["upfront", "authorization"], default: options.flow ?? "authorization" } };
   }
 
   async parsePrice(price: Price, _network: Network): Promise<AssetAmount> {
