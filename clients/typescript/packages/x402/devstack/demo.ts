@@ -91,9 +91,12 @@ async function main(): Promise<void> {
       const view = await stack.payer(payer.key);
       say(`${payer.hex.slice(0, 16)}  ${payer.charged.toString().padStart(7)}   ${view.settled.padStart(15)}   ${view.available.padStart(9)}`);
     }
+    // Newest first, as the API lists them.
     const committed = (await stack.epochs()).filter((epoch) => epoch.status === "committed" && epoch.receipts > 0);
-    for (const epoch of committed) {
-      say(`epoch ${epoch.epoch}: ${epoch.receipts} receipts, ${epoch.debit_total} units, committed in ${epoch.tx_hash}`);
+    const receipts = committed.reduce((sum, epoch) => sum + epoch.receipts, 0);
+    say(`\n${receipts} receipts in ${committed.length} epochs committed onchain; the latest:`);
+    for (const epoch of committed.slice(0, 3)) {
+      say(`  epoch ${epoch.epoch}: ${epoch.receipts} receipts, ${epoch.debit_total} units, commit transaction ${epoch.tx_hash}`);
     }
     say("\nevery agent paid exactly what it was charged.");
   } finally {

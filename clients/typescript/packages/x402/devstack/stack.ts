@@ -64,6 +64,7 @@ export interface Stack {
   /** The funded payers. */
   payers: SigningKey[];
   payer(key: SigningKey): Promise<PayerView>;
+  /** The latest epochs (up to 1,000), newest first. */
   epochs(): Promise<EpochView[]>;
   /** The last lines `tollgate serve` logged, for a failure message. */
   serveLog(): string;
@@ -212,7 +213,7 @@ export async function startStack(options: StackOptions): Promise<Stack> {
       fleet: { host: host as string, port: Number(port) },
       payers,
       payer: (key) => getJson<PayerView>(`${http}/v1/payers/${toHex(key.publicKey)}`),
-      epochs: async () => (await getJson<{ epochs: EpochView[] }>(`${http}/v1/epochs`)).epochs,
+      epochs: async () => (await getJson<{ epochs: EpochView[] }>(`${http}/v1/epochs?limit=1000`)).epochs,
       serveLog: () => serveTail.join("\n"),
       stop: stopAll,
     };
