@@ -9,7 +9,8 @@ import type { Server } from "node:http";
 import express from "express";
 import { paymentMiddleware, x402ResourceServer } from "@x402/express";
 import type { FacilitatorClient } from "@x402/core/server";
-import { TollgateServerScheme, network, type TollgateFlow } from "../src/index.js";
+import { SigningKey } from "@tollgate/client";
+import { FleetFacilitatorClient, TollgateServerScheme, network, type TollgateFlow } from "../src/index.js";
 import type { Stack } from "./stack.js";
 
 export interface PaidApiOptions {
@@ -32,6 +33,17 @@ export interface PaidApi {
   /** Requests the paid handler served (it runs only for a payment the facilitator took). */
   served: () => number;
   close(): Promise<void>;
+}
+
+/** A FleetFacilitatorClient on the stack's fleet port (open mode: any client id and key). */
+export function connectFleetFacilitator(stack: Stack): Promise<FleetFacilitatorClient> {
+  return FleetFacilitatorClient.connect({
+    host: stack.fleet.host,
+    port: stack.fleet.port,
+    clientId: 1n,
+    clientKey: SigningKey.generate(),
+    domain: stack.domain,
+  });
 }
 
 /** The body both routes answer with. */

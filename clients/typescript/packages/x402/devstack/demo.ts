@@ -8,8 +8,8 @@
 import { SigningKey } from "@tollgate/client";
 import { HTTPFacilitatorClient } from "@x402/core/http";
 import type { FacilitatorClient } from "@x402/core/server";
-import { FleetFacilitatorClient, paymentFailure } from "../src/index.js";
-import { startPaidApi } from "./app.js";
+import { paymentFailure, type FleetFacilitatorClient } from "../src/index.js";
+import { connectFleetFacilitator, startPaidApi } from "./app.js";
 import { sleep, startStack, type Stack } from "./stack.js";
 import { Payer, payMany, sendPayment } from "./traffic.js";
 
@@ -70,13 +70,7 @@ async function main(): Promise<void> {
     const payers = stack.payers.map((key) => new Payer(key, stack));
     const unfunded = new Payer(SigningKey.generate(), stack);
     await round(stack, "x402 HTTPFacilitatorClient -> POST /verify, /settle", new HTTPFacilitatorClient({ url: stack.http }), `0x${"a1".repeat(20)}`, payers, unfunded);
-    fleet = await FleetFacilitatorClient.connect({
-      host: stack.fleet.host,
-      port: stack.fleet.port,
-      clientId: 1n,
-      clientKey: SigningKey.generate(),
-      domain: stack.domain,
-    });
+    fleet = await connectFleetFacilitator(stack);
     await round(stack, "FleetFacilitatorClient -> batched SUBMIT frames", fleet, `0x${"b2".repeat(20)}`, payers, unfunded);
     const stats = await fleet.close();
     fleet = undefined;

@@ -15,8 +15,8 @@ import { HTTPFacilitatorClient } from "@x402/core/http";
 import type { FacilitatorClient } from "@x402/core/server";
 import type { PaymentPayload } from "@x402/core/types";
 import { decodePaymentResponseHeader } from "@x402/fetch";
-import { FleetFacilitatorClient, X402_REASONS, domainOf, paymentFailure, transactionId } from "../src/index.js";
-import { forecast, startPaidApi, type PaidApi } from "../devstack/app.js";
+import { X402_REASONS, domainOf, paymentFailure, transactionId, type FleetFacilitatorClient } from "../src/index.js";
+import { connectFleetFacilitator, forecast, startPaidApi, type PaidApi } from "../devstack/app.js";
 import { sleep, startStack } from "../devstack/stack.js";
 import { Payer, payMany, payOnce, sendPayment } from "../devstack/traffic.js";
 
@@ -119,13 +119,7 @@ test(
     try {
       const payers = stack.payers.map((key) => new Payer(key, stack));
       const unfunded = new Payer(SigningKey.generate(), stack);
-      fleet = await FleetFacilitatorClient.connect({
-        host: stack.fleet.host,
-        port: stack.fleet.port,
-        clientId: 1n,
-        clientKey: SigningKey.generate(),
-        domain: stack.domain,
-      });
+      fleet = await connectFleetFacilitator(stack);
       const facilitators: [string, FacilitatorClient, string][] = [
         ["HTTPFacilitatorClient", new HTTPFacilitatorClient({ url: stack.http }), `0x${"a1".repeat(20)}`],
         ["FleetFacilitatorClient", fleet, `0x${"b2".repeat(20)}`],
