@@ -168,3 +168,13 @@ test("nonces start at the clock, then count per channel whatever the clock does"
   assert.equal(clock.next("b", 100n), 100n);
   assert.equal(clock.next("a", 5000n), 103n, "time passing does not move them out of the window");
 });
+
+test("a session key signs receipts flagged as a session's", async () => {
+  const session = SigningKey.generate();
+  const scheme = new TollgateClientScheme({ key: session, session: true, now: () => SIGNED_AT });
+  const made = await scheme.createPaymentPayload(2, asked());
+  assert.equal(made.payload.session, true);
+  assert.equal(made.payload.payer, toHex(session.publicKey));
+  const receipt = checkPayment(atExample, { ...paid(), payload: made.payload }, asked());
+  assert.equal(receipt.session, true);
+});
