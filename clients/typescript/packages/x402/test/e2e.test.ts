@@ -3,7 +3,7 @@
 // the real @x402/express middleware with the Tollgate server scheme, once with x402's own
 // HTTPFacilitatorClient pointed at serve's facilitator routes and once with the binary
 // FleetFacilitatorClient; payers drive it with the real @x402/fetch and the Tollgate client
-// scheme. Thousands of paid requests succeed with a PAYMENT-RESPONSE; every kind of bad payment
+// scheme. A thousand and more paid requests succeed with a PAYMENT-RESPONSE; every kind of bad payment
 // gets a 402 with its reason and the app keeps serving; then an epoch is committed onchain and
 // every payer has paid exactly what its clients were charged. Skipped, saying why, without
 // TOLLGATE_BIN.
