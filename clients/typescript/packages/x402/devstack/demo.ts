@@ -77,8 +77,12 @@ async function main(): Promise<void> {
     say(`  the fleet client sent ${stats.receiptsSubmitted} receipts in ${stats.batchesAcked} SUBMIT frames`);
 
     say("\nwaiting for the epochs to commit onchain…");
+    const deadline = Date.now() + 120_000;
     for (const payer of payers) {
-      while (BigInt((await stack.payer(payer.key)).settled) !== payer.charged) await sleep(250);
+      while (BigInt((await stack.payer(payer.key)).settled) !== payer.charged) {
+        if (Date.now() > deadline) throw new Error(`agent ${payer.hex} was never settled its ${payer.charged}:\n${stack.serveLog()}`);
+        await sleep(250);
+      }
     }
     say("\nagent             charged   settled onchain   available of " + DEPOSIT.toString());
     for (const payer of payers) {
