@@ -39,4 +39,4 @@ npm_ci_when_changed() {
   fi
 }
 npm_ci_when_changed . "pinned solc, anvil and @openzeppelin/merkle-tree"
-npm_ci_when_changed clients/typescript "the TypeScript packages' pinned typescript, @noble/ed25519 and fast-check"
+npm_ci_when_changed clients/typescript "the TypeScript packages' pinned typescript, @noble/ed25519, fast-check, @x402/* and express"

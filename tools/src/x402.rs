@@ -450,11 +450,12 @@ pub fn producer_id(receipt: &Receipt) -> u64 {
     u64::from_le_bytes(word)
 }
 
-/// A payer's nonces for one channel without stored state: each is `max(now_ms, last + 1)`. Within
-/// a process they strictly increase (no two requests share one, however concurrent); a
-/// restarted process starts at the clock, above every nonce an earlier one issued unless that
-/// one ran ahead of the clock (more than 1,000 payments a second to one payee). Two payments a
-/// window's worth of nonces apart may not be reordered: see docs/X402.md, "Nonces".
+/// A payer's nonces for one channel without stored state: a counter that starts at the clock
+/// (`now_ms` for the first, then `last + 1`). Within a process they strictly increase (no two
+/// requests share one, however concurrent); a restarted process starts at the clock, above every
+/// nonce an earlier one issued unless that one made more payments than milliseconds passed since
+/// its first. Nonces do not follow the clock after the first, so any payments fewer than a window
+/// apart may be reordered, however long one is held up: see docs/X402.md, "Nonces".
 #[derive(Debug, Default)]
 pub struct NonceClock {
     last: AtomicU64,
@@ -466,11 +467,16 @@ impl NonceClock {
         Self::default()
     }
 
-    /// The next nonce at `now_ms`.
+    /// The next nonce; `now_ms` is read only for the first.
     pub fn next(&self, now_ms: u64) -> u64 {
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
-            let next = now_ms.max(last.saturating_add(1));
+            // 0 is never issued (it is 1970), so it marks a clock that has issued nothing.
+            let next = if last == 0 {
+                now_ms.max(1)
+            } else {
+                last.saturating_add(1)
+            };
             match self
                 .last
                 .compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed)
@@ -591,7 +597,7 @@ mod tests {
     }
 
     #[test]
-    fn nonce_clock_never_repeats_and_follows_the_clock() {
+    fn nonce_clock_starts_at_the_clock_and_counts() {
         let clock = NonceClock::new();
         assert_eq!(clock.next(1_000), 1_000);
         assert_eq!(clock.next(1_000), 1_001);
@@ -600,7 +606,11 @@ mod tests {
             1_002,
             "a clock step back never reuses a nonce"
         );
-        assert_eq!(clock.next(5_000), 5_000);
+        assert_eq!(
+            clock.next(5_000),
+            1_003,
+            "time passing does not move the nonces: a held-up payment stays inside the window"
+        );
         let shared = std::sync::Arc::new(NonceClock::new());
         let threads: Vec<_> = (0..4)
             .map(|_| {

@@ -1,7 +1,7 @@
 // @tollgate/client: Tollgate receipts and the fleet protocol client.
 
 export * from "./errors.js";
-export { toHex, fromHex } from "./bytes.js";
+export { toHex, fromHex, u64Text } from "./bytes.js";
 export { SigningKey, isGoodPayerKey } from "./keys.js";
 export * from "./receipt.js";
 export * from "./grant.js";
