@@ -188,11 +188,19 @@ pub struct Report {
 
 /// Runs the benchmark and prints the report.
 pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
-    let report = measure(args)?;
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+    print_report(&measure(args)?, args.json, print_text)
+}
+
+/// Prints a bench's report: one JSON object with `json`, else as `text` writes it.
+pub(crate) fn print_report<R: Serialize>(
+    report: &R,
+    json: bool,
+    text: fn(&R),
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
     } else {
-        print_text(&report);
+        text(report);
     }
     Ok(())
 }

@@ -32,7 +32,7 @@ use tollgate_engine::{Address, Domain, PayerKey, Receipt, UnsignedReceipt};
 use tollgate_ingest::client::{Client, ClientConfig};
 use tollgate_load::stats::LatencyMs;
 
-use crate::bench_e2e::{chainless_server_args, metrics};
+use crate::bench_e2e::{chainless_server_args, metrics, print_report};
 use crate::bench_verify::Backends;
 use crate::grant::now_ms;
 use crate::receipts_json::ReceiptLine;
@@ -126,13 +126,7 @@ pub struct Report {
 
 /// Runs the benchmark and prints the report.
 pub fn run(args: &BenchX402Args) -> anyhow::Result<()> {
-    let report = measure(args)?;
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print_text(&report);
-    }
-    Ok(())
+    print_report(&measure(args)?, args.json, print_text)
 }
 
 /// The payments of a run, signed and serialized before the clock starts.
