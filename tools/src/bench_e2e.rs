@@ -188,11 +188,19 @@ pub struct Report {
 
 /// Runs the benchmark and prints the report.
 pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
-    let report = measure(args)?;
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+    print_report(&measure(args)?, args.json, print_text)
+}
+
+/// Prints a bench's report: one JSON object with `json`, else as `text` writes it.
+pub(crate) fn print_report<R: Serialize>(
+    report: &R,
+    json: bool,
+    text: fn(&R),
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
     } else {
-        print_text(&report);
+        text(report);
     }
     Ok(())
 }
@@ -208,20 +216,7 @@ pub fn measure(args: &BenchE2eArgs) -> anyhow::Result<Report> {
     eprintln!("verify-only ceiling: {ceiling:.0} receipts/s on {threads} threads");
 
     let work_dir = WorkDir::given_or_temporary(args.work_dir.as_deref())?;
-    let server_args = |data: &Path| {
-        vec![
-            "--unknown-payers".to_owned(),
-            "accept".to_owned(),
-            "--listen".to_owned(),
-            "127.0.0.1:0".to_owned(),
-            "--http".to_owned(),
-            "127.0.0.1:0".to_owned(),
-            "--data-dir".to_owned(),
-            data.display().to_string(),
-            "--verify-threads".to_owned(),
-            threads.to_string(),
-        ]
-    };
+    let server_args = |data: &Path| chainless_server_args(data, threads);
     let log = work_dir.log();
     let server = ServerProcess::start(&exe, &server_args(&work_dir.data()), Some(&log), &[])?;
     let full = run_load(&load_binary, &server, args, &[])?;
@@ -337,6 +332,23 @@ pub fn measure(args: &BenchE2eArgs) -> anyhow::Result<Report> {
         archive,
         sessions,
     })
+}
+
+/// The arguments of a chainless `tollgate serve` (fsync on, unknown payers accepted, ports
+/// chosen by the system) with its ledger in `data`.
+pub(crate) fn chainless_server_args(data: &Path, threads: usize) -> Vec<String> {
+    vec![
+        "--unknown-payers".to_owned(),
+        "accept".to_owned(),
+        "--listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--http".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--data-dir".to_owned(),
+        data.display().to_string(),
+        "--verify-threads".to_owned(),
+        threads.to_string(),
+    ]
 }
 
 /// Mean rates of `first` and `second`, run by turns for `rounds` rounds so drift of the machine
@@ -500,7 +512,10 @@ fn run_load(
 }
 
 /// The values of `names` in the server's Prometheus text.
-fn metrics<const N: usize>(server: &ServerProcess, names: [&str; N]) -> anyhow::Result<[f64; N]> {
+pub(crate) fn metrics<const N: usize>(
+    server: &ServerProcess,
+    names: [&str; N],
+) -> anyhow::Result<[f64; N]> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

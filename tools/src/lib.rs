@@ -27,6 +27,7 @@ pub mod api;
 pub mod audit;
 pub mod bench_e2e;
 pub mod bench_verify;
+pub mod bench_x402;
 pub mod demo;
 pub mod deploy;
 pub mod deposit;

@@ -1,7 +1,7 @@
 //! The x402 facilitator of a real `tollgate serve` over a real anvil with funded payers: verify
 //! then settle then replay, each kind of payment the binding refuses (underpaid, wrong payee,
 //! wrong network, bad signature, unfunded payer, bad body), and a concurrent burst of settles
-//! whose total is exactly what the ledger charged each payer.
+//! whose total is exactly what the ledger charged each payer, its signatures checked once.
 
 mod common;
 
@@ -294,6 +294,14 @@ async fn facilitator_verifies_settles_once_refuses_what_it_must_and_charges_a_bu
     for (who, _, amount) in &payments {
         expected[*who] += u128::from(*amount);
     }
+    let equations = || async {
+        server
+            .metric("tollgate_verify_equations_total")
+            .await
+            .expect("GET /metrics")
+            .unwrap_or(0.0)
+    };
+    let equations_before = equations().await;
     let answers: Vec<SettleResponse> = futures::stream::iter(payments.iter())
         .map(|(_, payment, _)| facilitator.settle(payment, asked))
         .buffer_unordered(256)
@@ -307,4 +315,11 @@ async fn facilitator_verifies_settles_once_refuses_what_it_must_and_charges_a_bu
     for (who, key) in keys.iter().take(BURST_PAYERS as usize).enumerate() {
         assert_eq!(facilitator.paid(key).await, expected[who], "payer {who}");
     }
+    // The facilitator checked each signature before the engine saw it; the engine's batch
+    // verifier must not check them again.
+    assert_eq!(
+        equations().await,
+        equations_before,
+        "the engine re-verified settled receipts"
+    );
 }

@@ -159,10 +159,20 @@ pub type DoneReceiver = oneshot::Receiver<Result<(), EngineError>>;
 /// The sealed epoch, once durable.
 pub type SealReceiver = oneshot::Receiver<Result<SealedEpoch, EngineError>>;
 
+/// Who checks a batch's signatures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signatures {
+    /// The verify stage, with the engine's verifier.
+    Unchecked,
+    /// The caller did, before submitting ([`Engine::submit_checked`]).
+    CheckedByCaller,
+}
+
 enum VerifyMsg {
     Batch(
         SubmitRequest,
         BatchDigest,
+        Signatures,
         oneshot::Sender<Result<BatchAck, EngineError>>,
     ),
     Shutdown,
@@ -272,6 +282,25 @@ impl Engine {
     /// when `queue_batches_max` batches are in flight. The batch's digest is computed here, on
     /// the caller's thread, so the single ledger writer never hashes.
     pub fn submit(&self, request: SubmitRequest) -> Result<AckReceiver, SubmitError> {
+        self.enqueue(request, Signatures::Unchecked)
+    }
+
+    /// [`Engine::submit`] for a batch whose every receipt's signature the caller has already
+    /// checked with this deployment's [`crate::verify::Verifier`] (its verdicts are the verify
+    /// stage's): the stage passes the batch on without checking again. Records that do not parse
+    /// are still refused `Malformed`. For a caller that must know a receipt is signed before it
+    /// may submit it, which would otherwise pay for the signature twice: the x402 facilitator,
+    /// where a forged receipt must not take a batch number. Only for receipts verified in this
+    /// process: the ledger charges what this batch holds on the caller's word.
+    pub fn submit_checked(&self, request: SubmitRequest) -> Result<AckReceiver, SubmitError> {
+        self.enqueue(request, Signatures::CheckedByCaller)
+    }
+
+    fn enqueue(
+        &self,
+        request: SubmitRequest,
+        signatures: Signatures,
+    ) -> Result<AckReceiver, SubmitError> {
         self.check_open()?;
         let receipts = request.receipts.len();
         if let Some(&(index, _)) = request
@@ -286,7 +315,7 @@ impl Engine {
         match self
             .inner
             .submit
-            .try_send(VerifyMsg::Batch(request, digest, tx))
+            .try_send(VerifyMsg::Batch(request, digest, signatures, tx))
         {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => Err(SubmitError::Full),

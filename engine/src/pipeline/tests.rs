@@ -119,3 +119,58 @@ fn failed_write_poisons_the_engine_and_nothing_more_is_written_or_acked() {
     assert_eq!(balance.deposited, 10);
     engine.shutdown().expect("clean");
 }
+
+/// A batch the caller verified is not verified again: the verifier here refuses every
+/// signature, yet the checked batch is accepted, and the same kind of receipt submitted the usual
+/// way is refused. A record that does not parse is refused either way.
+#[test]
+fn a_batch_checked_by_the_caller_skips_the_verifier_but_not_the_parse() {
+    use crate::receipt::{Address, RECEIPT_BYTES, UnsignedReceipt};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = EngineConfig::new(dir.path());
+    config.ledger.unknown_payers = UnknownPayers::Accept;
+    let engine = Engine::open(config, Arc::new(RefuseEverySignature)).expect("open");
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let batch = |nonce| {
+        ReceiptBatch::from_receipts(&[UnsignedReceipt {
+            payer: PayerKey(key.verifying_key().to_bytes()),
+            payee: Address([2; 20]),
+            amount: 5,
+            nonce,
+            timestamp_ms: now_ms,
+            request_hash: [0; 32],
+            session: false,
+        }
+        .sign(&key, &crate::Domain::default())])
+    };
+    let request = |producer_id, receipts| SubmitRequest {
+        client_id: 1,
+        producer_id,
+        session_epoch: 1,
+        batch_seq: 1,
+        receipts,
+        prejudged: Vec::new(),
+    };
+    let answer = |rx: AckReceiver| {
+        let ack = futures::executor::block_on(rx)
+            .expect("answered")
+            .expect("acked");
+        (ack.accepted, ack.rejections)
+    };
+
+    let checked = engine.submit_checked(request(1, batch(1))).expect("queued");
+    assert_eq!(answer(checked), (1, Vec::new()));
+    let unchecked = engine.submit(request(2, batch(2))).expect("queued");
+    assert_eq!(answer(unchecked), (0, vec![(0, Reason::BadSignature)]));
+    let mut garbage = batch(3).as_bytes().to_vec();
+    garbage[..RECEIPT_BYTES].fill(0xff);
+    let garbage = ReceiptBatch::new(garbage.into()).expect("whole records");
+    let malformed = engine.submit_checked(request(3, garbage)).expect("queued");
+    assert_eq!(answer(malformed), (0, vec![(0, Reason::Malformed)]));
+    engine.shutdown().expect("clean");
+}

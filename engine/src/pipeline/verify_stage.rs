@@ -3,7 +3,7 @@
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::{BatchVerifier, EngineError, SubmitRequest, VerifyMsg};
+use super::{BatchVerifier, EngineError, Signatures, SubmitRequest, VerifyMsg};
 use crate::ledger::state::SessionId;
 use crate::ledger::writer::WriterMsg;
 use crate::telemetry as names;
@@ -32,7 +32,9 @@ pub(super) fn verify_stage(
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                VerifyMsg::Batch(request, digest, reply) => group.push((request, digest, reply)),
+                VerifyMsg::Batch(request, digest, signatures, reply) => {
+                    group.push((request, digest, signatures, reply));
+                }
                 VerifyMsg::Shutdown => stopping = true,
             }
             if !stopping && group.len() < VERIFY_GROUP_BATCHES_MAX {
@@ -40,11 +42,12 @@ pub(super) fn verify_stage(
             }
         }
         metrics::gauge!(names::VERIFY_QUEUE_BATCHES).set(requests.len() as f64);
-        let requests_in_group: Vec<&SubmitRequest> = group.iter().map(|(r, _, _)| r).collect();
+        let requests_in_group: Vec<(&SubmitRequest, Signatures)> =
+            group.iter().map(|(r, _, s, _)| (r, *s)).collect();
         let started = std::time::Instant::now();
         let verdicts = group_verdicts(verifier, &requests_in_group);
         metrics::histogram!(names::VERIFY_SECONDS).record(started.elapsed());
-        for ((request, digest, reply), verdicts) in group.drain(..).zip(verdicts) {
+        for ((request, digest, _, reply), verdicts) in group.drain(..).zip(verdicts) {
             let msg = WriterMsg::Batch {
                 session: SessionId {
                     client_id: request.client_id,
@@ -67,11 +70,15 @@ pub(super) fn verify_stage(
 }
 
 /// One verdict per record of each request: prejudged reasons, `Malformed` for records that do
-/// not parse, and the verifier's verdict for the rest, from a single call over the whole group.
-fn group_verdicts(verifier: &dyn BatchVerifier, requests: &[&SubmitRequest]) -> Vec<Vec<Verdict>> {
+/// not parse, and the verifier's verdict for the rest (unless the caller checked them), from a
+/// single call over the whole group.
+fn group_verdicts(
+    verifier: &dyn BatchVerifier,
+    requests: &[(&SubmitRequest, Signatures)],
+) -> Vec<Vec<Verdict>> {
     let mut verdicts: Vec<Vec<Verdict>> = requests
         .iter()
-        .map(|request| {
+        .map(|(request, _)| {
             let mut verdicts: Vec<Verdict> = vec![Ok(()); request.receipts.len()];
             for &(index, reason) in &request.prejudged {
                 if let Some(verdict) = verdicts.get_mut(index as usize) {
@@ -83,12 +90,13 @@ fn group_verdicts(verifier: &dyn BatchVerifier, requests: &[&SubmitRequest]) -> 
         .collect();
     let mut views = Vec::new();
     let mut positions = Vec::new();
-    for (batch, request) in requests.iter().enumerate() {
+    for (batch, (request, signatures)) in requests.iter().enumerate() {
         for (index, record) in request.receipts.iter().enumerate() {
             if verdicts[batch][index].is_err() {
                 continue;
             }
             match record {
+                Ok(_) if *signatures == Signatures::CheckedByCaller => {}
                 Ok(view) => {
                     views.push(view);
                     positions.push((batch, index));

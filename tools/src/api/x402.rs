@@ -2,18 +2,20 @@
 //! (docs/X402.md). The binding itself (types, `request_hash`, the requirement checks) is
 //! [`crate::x402`]; this module is only how HTTP reaches it and the engine.
 //!
-//! `/settle` submits the receipt as a one-receipt batch through [`Engine::submit`], the path the
-//! fleet protocol's batches take: the verify stage, then the single ledger writer, which groups
-//! it with everything else into one fsync. The batch is keyed so a retry is the same batch: client
+//! `/settle` submits the receipt as a one-receipt batch through the engine, the path the fleet
+//! protocol's batches take: the verify stage, then the single ledger writer, which groups it with
+//! everything else into one fsync. The batch is keyed so a retry is the same batch: client
 //! [`x402::CLIENT_ID`], producer [`x402::producer_id`] (the receipt's channel window), session
 //! epoch 0, batch number the receipt's nonce. The ledger answers a re-sent batch with the ack it
 //! gave the first time and refuses another receipt under a remembered number, so a payload
 //! settled twice is counted once and answered alike, and nothing else can claim its nonce.
 //!
-//! Why the signature is checked here before the engine checks it again: a batch number is taken
-//! by whatever batch arrives first under it, refused or not. Were forged receipts submitted
-//! unchecked, anyone could take a payer's future nonces (they follow the clock) and have its
-//! real receipts refused as replays. Only a receipt its payer signed reaches the engine.
+//! Why the signature is checked here, before the engine: a batch number is taken by whatever
+//! batch arrives first under it, refused or not. Were forged receipts submitted unchecked, anyone
+//! could take a payer's future nonces (they follow the clock) and have its real receipts refused
+//! as replays. Only a receipt its payer signed reaches the engine, and it goes in through
+//! `Engine::submit_checked`, so the engine does not pay for the same signature again: one
+//! signature check per settle.
 //!
 //! Who may call: anyone, without a bearer token, like `POST /v1/grants`. A receipt authorizes
 //! itself: its payer signed exactly this payee, amount and nonce for this deployment, and settling
@@ -268,7 +270,8 @@ fn unexpected(retry: bool, name: &str, why: impl std::fmt::Display) -> Refusal {
     }
 }
 
-/// Submits `receipt` as its own batch and waits until it is durable or refused.
+/// Submits `receipt`, whose signature [`Facilitator::check`] verified, as its own batch and waits
+/// until it is durable or refused.
 async fn submit(
     state: &ApiState,
     facilitator: &Facilitator,
@@ -296,7 +299,7 @@ async fn submit(
     };
     let started = tokio::time::Instant::now();
     let receiver = loop {
-        match engine.submit(request.clone()) {
+        match engine.submit_checked(request.clone()) {
             Ok(receiver) => break receiver,
             Err(SubmitError::Full) if started.elapsed() < QUEUE_WAIT => {
                 tokio::time::sleep(QUEUE_RETRY).await;

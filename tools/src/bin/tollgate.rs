@@ -11,6 +11,7 @@ use tollgate_tools::audit::AuditArgs;
 use tollgate_tools::audit::watch::WatchArgs;
 use tollgate_tools::bench_e2e::BenchE2eArgs;
 use tollgate_tools::bench_verify::BenchVerifyArgs;
+use tollgate_tools::bench_x402::BenchX402Args;
 use tollgate_tools::demo::DemoArgs;
 use tollgate_tools::deploy::DeployArgs;
 use tollgate_tools::deposit::DepositArgs;
@@ -19,7 +20,8 @@ use tollgate_tools::query::QueryCommand;
 use tollgate_tools::receipts_json::VerdictFormat;
 use tollgate_tools::serve::ServeArgs;
 use tollgate_tools::{
-    audit, bench_e2e, bench_verify, demo, deploy, deposit, grant, keys, query, receipts_json,
+    audit, bench_e2e, bench_verify, bench_x402, demo, deploy, deposit, grant, keys, query,
+    receipts_json,
 };
 
 #[derive(Debug, Parser)]
@@ -78,6 +80,9 @@ enum BenchCommand {
     Verify(BenchVerifyArgs),
     /// The durable end-to-end rate through `tollgate serve` next to the verify-only ceiling.
     E2e(BenchE2eArgs),
+    /// The x402 facilitator's POST /settle rate on its own, with the same run's POST /verify
+    /// and fleet-protocol rates for the same receipts.
+    X402(BenchX402Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -222,6 +227,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(BenchCommand::E2e(args)) => {
             bench_e2e::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::X402(args)) => {
+            bench_x402::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
     }
