@@ -98,14 +98,20 @@ interface Job {
   concurrency: number;
 }
 
-/** The driver thread: runs each job it is sent on its own keep-alive agent, answers the Round. */
+/**
+ * The driver thread: runs each job it is sent on a keep-alive agent of its own, answers the
+ * Round. An agent per job: connections left idle through other variants' rounds would meet the
+ * server's keep-alive timeout mid-request (ECONNRESET).
+ */
 function driverThread(): void {
-  const agent = new Agent({ keepAlive: true, maxSockets: CONCURRENCY });
   parentPort?.on("message", (job: Job) => {
-    drive(agent, new URL(job.url), job.headers, job.concurrency).then(
-      (round) => parentPort?.postMessage({ round }),
-      (error: Error) => parentPort?.postMessage({ error: error.message }),
-    );
+    const agent = new Agent({ keepAlive: true, maxSockets: job.concurrency });
+    drive(agent, new URL(job.url), job.headers, job.concurrency)
+      .then(
+        (round) => parentPort?.postMessage({ round }),
+        (error: Error) => parentPort?.postMessage({ error: error.message }),
+      )
+      .finally(() => agent.destroy());
   });
 }
 
