@@ -3,7 +3,9 @@
 
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { createHash, createPublicKey, verify } from "node:crypto";
 import { test } from "node:test";
+import * as ed from "@noble/ed25519";
 import {
   FormatError,
   SigningKey,
@@ -13,6 +15,7 @@ import {
   receiptFromJson,
   receiptToJson,
   signReceipt,
+  signingBytes,
   toHex,
   verifyReceipt,
   type Receipt,
@@ -168,3 +171,23 @@ test(
     assert.equal(refused.reason, "bad_signature");
   },
 );
+
+test("a signature whose R has a small-order part holds, as under the server's cofactored rule", () => {
+  // R' = rB + T with T of order 2, and S computed for R': [8](R' + kA - SB) = 0 holds, while
+  // R' = SB - kA (the equation OpenSSL checks) does not. The Rust verifier accepts it.
+  const L = (1n << 252n) + 27742317777372353535851937790883648493n;
+  const le = (bytes: Uint8Array): bigint => BigInt(`0x${toHex(Uint8Array.from(bytes).reverse())}`);
+  const seed = Buffer.from("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f", "hex");
+  const { scalar } = ed.utils.getExtendedPublicKey(seed);
+  const unsigned = { ...fields, payer: payer.publicKey, session: false };
+  const message = signingBytes(unsigned, domain);
+  const order2 = ed.Point.fromBytes(Buffer.from(`ec${"ff".repeat(30)}7f`, "hex"));
+  const r = 123456789n;
+  const R = ed.Point.BASE.multiply(r).add(order2).toBytes();
+  const k = le(createHash("sha512").update(R).update(payer.publicKey).update(message).digest()) % L;
+  const S = (r + k * scalar) % L;
+  const signature = Uint8Array.from([...R, ...Buffer.from(S.toString(16).padStart(64, "0"), "hex").reverse()]);
+  const spki = Buffer.concat([Buffer.from("302a300506032b6570032100", "hex"), payer.publicKey]);
+  assert.equal(verify(null, message, createPublicKey({ key: spki, format: "der", type: "spki" }), signature), false);
+  assert.equal(verifyReceipt({ ...unsigned, signature }, domain), "accepted");
+});
