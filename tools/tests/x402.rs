@@ -203,7 +203,8 @@ async fn facilitator_verifies_settles_once_refuses_what_it_must_and_charges_a_bu
     let payer = &keys[BURST_PAYERS as usize];
     let nonces = x402::NonceClock::new();
 
-    // Verify, settle, settle again (the retry gets the same answer), then the nonce is spent.
+    // Verify, settle, settle again (a payment settles once: the repeat is a replay, as a second
+    // settle of an EVM authorization fails onchain), then the nonce is spent.
     let payment = facilitator.pay(payer, PRICE, nonces.next(now_ms()), asked);
     let verified = facilitator.verify(&payment, asked).await;
     assert!(verified.is_valid, "{verified:?}");
@@ -215,14 +216,34 @@ async fn facilitator_verifies_settles_once_refuses_what_it_must_and_charges_a_bu
     assert_eq!(settled.transaction, x402::transaction_id(&receipt));
     assert_eq!(settled.network, asked.network);
     assert_eq!(settled.payer.as_deref(), Some(payer_hex.as_str()));
-    assert_eq!(
-        facilitator.settle(&payment, asked).await,
-        settled,
-        "a retry is answered alike"
+    let repeated = facilitator.settle(&payment, asked).await;
+    assert!(
+        !repeated.success,
+        "a repeated settle is refused: {repeated:?}"
     );
+    assert_eq!(repeated.error_reason.as_deref(), Some(reason::REPLAY));
     assert_eq!(
         facilitator.paid(payer).await,
         u128::from(PRICE),
+        "and counted once"
+    );
+    // Copies of one payment settled at the same moment (two resource servers given the same
+    // header): exactly one succeeds.
+    let copied = facilitator.pay(payer, PRICE, nonces.next(now_ms()), asked);
+    let answers =
+        futures::future::join_all((0..8).map(|_| facilitator.settle(&copied, asked))).await;
+    let successes = answers.iter().filter(|answer| answer.success).count();
+    assert_eq!(successes, 1, "one copy settles: {answers:?}");
+    for refused in answers.iter().filter(|answer| !answer.success) {
+        assert_eq!(
+            refused.error_reason.as_deref(),
+            Some(reason::REPLAY),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(
+        facilitator.paid(payer).await,
+        2 * u128::from(PRICE),
         "and counted once"
     );
     let replayed = facilitator.verify(&payment, asked).await;
@@ -274,7 +295,7 @@ async fn facilitator_verifies_settles_once_refuses_what_it_must_and_charges_a_bu
         }
     }
     // None of it cost the payer anything.
-    assert_eq!(facilitator.paid(payer).await, u128::from(PRICE));
+    assert_eq!(facilitator.paid(payer).await, 2 * u128::from(PRICE));
 
     // A concurrent burst: every settle succeeds once and the payers are charged the exact total.
     let base = now_ms();

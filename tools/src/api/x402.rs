@@ -7,8 +7,13 @@
 //! everything else into one fsync. The batch is keyed so a retry is the same batch: client
 //! [`x402::CLIENT_ID`], producer [`x402::producer_id`] (the receipt's channel window), session
 //! epoch 0, batch number the receipt's nonce. The ledger answers a re-sent batch with the ack it
-//! gave the first time and refuses another receipt under a remembered number, so a payload
-//! settled twice is counted once and answered alike, and nothing else can claim its nonce.
+//! gave the first time and refuses another receipt under a remembered number, so a payload is
+//! counted once however often it arrives, and nothing else can claim its nonce.
+//!
+//! A payment settles once: a settle first claims its nonce in memory and reads the window, and a
+//! payload whose nonce is spent or being settled is refused `duplicate`, as a second settle of an
+//! EVM authorization fails onchain. Answering it with the first success instead would have a
+//! resource server, which settles once per request, serve a replayed payment header again.
 //!
 //! Why the signature is checked here, before the engine: a batch number is taken by whatever
 //! batch arrives first under it, refused or not. Were forged receipts submitted unchecked, anyone
@@ -22,7 +27,8 @@
 //! it can only move that money to that payee, once. A resource server (the usual caller) needs
 //! no credential; a bearer token would protect nothing a replay could not already not do.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Json;
@@ -37,7 +43,9 @@ use tollgate_engine::pipeline::{
 };
 use tollgate_engine::store::StoreError;
 use tollgate_engine::verify::{Verifier, VerifyConfig};
-use tollgate_engine::{Domain, Reason, Receipt, ReceiptBatch, ReceiptView, Verdict};
+use tollgate_engine::{
+    Address, Domain, PayerKey, Reason, Receipt, ReceiptBatch, ReceiptView, Verdict,
+};
 
 use super::{ApiState, read_ledger};
 use crate::grant::now_ms;
@@ -73,6 +81,25 @@ pub(super) struct Facilitator {
     config: X402Config,
     verifier: Verifier,
     settles: Semaphore,
+    /// The nonces of the settles between their window check and their answer, by channel window:
+    /// a second settle of one of them is refused at once rather than answered from the first
+    /// one's ack (see the module doc).
+    settling: Mutex<HashSet<WindowNonce>>,
+}
+
+/// A nonce of one window: the signing key (a payer's or a session's), the payee, the nonce.
+type WindowNonce = (PayerKey, Address, u64);
+
+/// A settle's claim on its nonce, given back when the settle has its answer.
+struct Settling<'a> {
+    facilitator: &'a Facilitator,
+    nonce: WindowNonce,
+}
+
+impl Drop for Settling<'_> {
+    fn drop(&mut self) {
+        self.facilitator.settling_nonces().remove(&self.nonce);
+    }
 }
 
 impl Facilitator {
@@ -82,6 +109,24 @@ impl Facilitator {
             verifier: Verifier::new(domain, config.verify.clone()),
             config,
             settles: Semaphore::new(SETTLES_IN_FLIGHT_MAX),
+            settling: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn settling_nonces(&self) -> std::sync::MutexGuard<'_, HashSet<WindowNonce>> {
+        // The set is consistent after any panic (inserts and removes are single calls).
+        self.settling.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Claims `receipt`'s nonce for one settle; `None` while another settle holds it.
+    fn claim(&self, receipt: &Receipt) -> Option<Settling<'_>> {
+        let nonce = (receipt.payer, receipt.payee, receipt.nonce);
+        // A claim is built only when the insert took: dropping one releases its nonce, which
+        // takes the lock.
+        let claimed = self.settling_nonces().insert(nonce);
+        claimed.then(|| Settling {
+            facilitator: self,
+            nonce,
         })
     }
 
@@ -270,8 +315,41 @@ fn unexpected(retry: bool, name: &str, why: impl std::fmt::Display) -> Refusal {
     }
 }
 
-/// Submits `receipt`, whose signature [`Facilitator::check`] verified, as its own batch and waits
-/// until it is durable or refused.
+/// Settles `receipt`, whose signature [`Facilitator::check`] verified, unless its nonce is spent
+/// or being settled: a payment settles once, and a second settle of it is refused as a replay.
+async fn settle_once(
+    state: &ApiState,
+    facilitator: &Facilitator,
+    receipt: &Receipt,
+) -> (StatusCode, Result<(), Refusal>) {
+    let spent = || Refusal {
+        code: reason::REPLAY,
+        message: format!(
+            "duplicate: this payment was settled before (transaction {}) or is being settled",
+            x402::transaction_id(receipt)
+        ),
+    };
+    let Some(_claim) = facilitator.claim(receipt) else {
+        return (StatusCode::OK, Err(spent()));
+    };
+    let (payer, payee, session, nonce) =
+        (receipt.payer, receipt.payee, receipt.session, receipt.nonce);
+    let window = read_ledger(state, move |reader| {
+        Ok(reader.nonce_verdict(&payer, &payee, session, nonce)?)
+    })
+    .await;
+    match window {
+        Ok(Ok(())) => submit(state, facilitator, receipt).await,
+        Ok(Err(Reason::Duplicate)) => (StatusCode::OK, Err(spent())),
+        Ok(Err(reason)) => (StatusCode::OK, Err(Refusal::of(reason))),
+        Err(error) => {
+            let status = StatusCode::INTERNAL_SERVER_ERROR;
+            (status, Err(unexpected(false, "internal", error)))
+        }
+    }
+}
+
+/// Submits `receipt` as its own batch and waits until it is durable or refused.
 async fn submit(
     state: &ApiState,
     facilitator: &Facilitator,
@@ -382,7 +460,7 @@ pub(super) async fn settle(
             };
         }
     };
-    let (status, outcome) = submit(&state, &facilitator, &receipt).await;
+    let (status, outcome) = settle_once(&state, &facilitator, &receipt).await;
     Settled {
         status,
         network,

@@ -17,10 +17,9 @@
 // gets them from the ACK's verdict (`unknown_payer`, `insufficient_funds`, `duplicate`, `stale`,
 // the grant reasons), mapped to x402's reasons by the same table as every other refusal.
 //
-// Retries differ from `POST /settle`'s (which keys a settle by channel and nonce, so the same
-// payload settled again gets its first answer): here a broken connection is healed by the
-// client, which re-sends unacknowledged frames under their original numbers (never counted
-// twice), but a caller that settles the same payload twice gets `duplicate` the second time.
+// As with `POST /settle`, a payment settles once: a caller that settles the same payload twice
+// gets `duplicate` the second time. A broken connection is healed by the client, which re-sends
+// unacknowledged frames under their original numbers (never counted twice).
 
 import { randomBytes } from "node:crypto";
 import { Client, TollgateError, toHex, type ClientConfig, type ClientStats, type Domain } from "@tollgate/client";

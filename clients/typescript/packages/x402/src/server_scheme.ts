@@ -30,10 +30,8 @@ export interface TollgateServerOptions {
    * `authorization` (default, x402's own default): the facilitator verifies before the handler
    * runs and settles after it, so nothing is charged when the handler fails, and a payload
    * presented again is refused by `/verify` (its nonce is taken). `upfront`: one settle before
-   * the handler, which then runs only for a payment the ledger holds. Use `upfront` with the
-   * FleetFacilitatorClient only: `POST /settle` answers a payload it settled before with that
-   * first answer (a retry is counted once, docs/X402.md), so through the HTTP facilitator a
-   * replayed header would be served again, though never charged twice.
+   * the handler, which then runs only for a payment the ledger holds; both facilitators refuse
+   * a payload settled before (`duplicate`), so a replayed header is refused in either flow.
    */
   flow?: TollgateFlow;
 }
