@@ -75,7 +75,7 @@ function payerKey(key: Uint8Array): KeyObject | null {
 
 /** True when `key` may be a payer key: docs/PROTOCOL.md "Signature rule", step 1. */
 export function isGoodPayerKey(key: Uint8Array): boolean {
-  return payerKey(key) !== null;
+  return key.length === 32 && payerKey(key) !== null;
 }
 
 /**
@@ -88,8 +88,10 @@ export function isGoodPayerKey(key: Uint8Array): boolean {
  */
 export function verifyCofactored(signature: Uint8Array, message: Uint8Array, key: Uint8Array): boolean {
   try {
+    // A key outside the rule (small order, torsion, not canonical) signs nothing.
     const good = payerKey(key);
-    if (good !== null && signature.length === 64 && verify(null, message, good, signature)) return true;
+    if (good === null) return false;
+    if (signature.length === 64 && verify(null, message, good, signature)) return true;
     return ed.verify(signature, message, key, { zip215: false });
   } catch {
     return false;

@@ -10,6 +10,7 @@ import {
   FormatError,
   SigningKey,
   decodeReceipt,
+  isGoodPayerKey,
   encodeReceipt,
   makeDomain,
   receiptFromJson,
@@ -190,4 +191,10 @@ test("a signature whose R has a small-order part holds, as under the server's co
   const spki = Buffer.concat([Buffer.from("302a300506032b6570032100", "hex"), payer.publicKey]);
   assert.equal(verify(null, message, createPublicKey({ key: spki, format: "der", type: "spki" }), signature), false);
   assert.equal(verifyReceipt({ ...unsigned, signature }, domain), "accepted");
+});
+
+test("a key of the wrong length is not a good payer key, and no error", () => {
+  assert.equal(isGoodPayerKey(new Uint8Array(31)), false);
+  assert.equal(isGoodPayerKey(new Uint8Array(33)), false);
+  assert.equal(isGoodPayerKey(SigningKey.fromSeed(new Uint8Array(32).fill(7)).publicKey), true);
 });
