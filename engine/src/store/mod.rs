@@ -321,14 +321,22 @@ const MEMTABLE_BLOOM_RATIO: f64 = 0.05;
 
 /// Column family options: a bloom filter on every family, because most of the writer's reads are
 /// point lookups of keys that do not exist yet (a new channel, a new payer), and without a filter
-/// every such miss reads an index and a data block from each level. The memtables get one too:
-/// without it, each of those misses (and each read of a key already flushed) first searched the
-/// memtable's skip list, which was the writer's second-largest cost under load.
+/// every such miss reads an index and a data block from each level.
 fn cf_options() -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_bloom_filter(BLOOM_BITS_PER_KEY, false);
     let mut options = Options::default();
     options.set_block_based_table_factory(&table);
+    options
+}
+
+/// The families the writer reads a key of for every receipt (accounts, channels, producer
+/// sessions, grants and session windows) also get a memtable bloom filter: without it, each miss
+/// (and each read of a key already flushed) first searched the memtable's skip list, which was the
+/// writer's second-largest cost under load. Only these: a memtable's filter is allocated whole
+/// when the memtable is, and counts against `MEMTABLES_BYTES_MAX`.
+fn point_read_options() -> Options {
+    let mut options = cf_options();
     options.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
     options.set_memtable_whole_key_filtering(true);
     options
@@ -360,6 +368,9 @@ impl Cf {
     fn options(self) -> Options {
         match self {
             Cf::Archive => archive_options(),
+            Cf::Channels | Cf::Payers | Cf::Payees | Cf::Sessions | Cf::Grants => {
+                point_read_options()
+            }
             _ => cf_options(),
         }
     }
