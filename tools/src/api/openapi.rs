@@ -594,7 +594,7 @@ pub fn document() -> Value {
                 "VerifyResponse"
             )},
             "/settle": { "post": x402_post(
-                "x402 facilitator: the payment's receipt into the ledger through the engine, answered once durable. A retry of the same payload gets the same answer and is counted once.",
+                "x402 facilitator: the payment's receipt into the ledger through the engine, answered once durable. A payment settles once: the same payload settled again, or a copy settled at the same moment, is refused `invalid_tollgate_payload_replay` (`duplicate`, with the first settle's transaction in the message).",
                 "SettleResponse"
             )},
             "/healthz": { "get": {
