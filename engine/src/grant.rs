@@ -467,6 +467,58 @@ pub struct GrantSpend {
     pub period_total: u128,
 }
 
+impl GrantSpend {
+    /// The spend of a session from the parts charged with each payee (the order does not
+    /// matter): the totals add up, and the period is the newest any part was charged in, with
+    /// the parts charged in it. `None` on overflow, which a ledger's own parts never reach (the
+    /// cap bounds their sum).
+    pub fn combine(self, part: GrantSpend) -> Option<GrantSpend> {
+        let total = self.total.checked_add(part.total)?;
+        let (period, period_total) = match self.period.cmp(&part.period) {
+            std::cmp::Ordering::Less => (part.period, part.period_total),
+            std::cmp::Ordering::Greater => (self.period, self.period_total),
+            std::cmp::Ordering::Equal => (
+                self.period,
+                self.period_total.checked_add(part.period_total)?,
+            ),
+        };
+        Some(GrantSpend {
+            total,
+            period,
+            period_total,
+        })
+    }
+
+    /// This part (what the session spent with one payee) once a receipt with that payee took
+    /// the session's spend from `before` to `after` (both from [`Grant::charge`]), so that the
+    /// parts still [`combine`](GrantSpend::combine) to the session's spend. `None` on overflow.
+    pub fn part_after(
+        self,
+        before: &GrantSpend,
+        after: &GrantSpend,
+        amount: u64,
+    ) -> Option<GrantSpend> {
+        let total = self.total.checked_add(u128::from(amount))?;
+        // What the receipt added to the newest period's total (nothing without an allowance).
+        let period_before = if after.period == before.period {
+            before.period_total
+        } else {
+            0
+        };
+        let added = after.period_total.checked_sub(period_before)?;
+        let period_total = if self.period == after.period {
+            self.period_total.checked_add(added)?
+        } else {
+            added
+        };
+        Some(GrantSpend {
+            total,
+            period: after.period,
+            period_total,
+        })
+    }
+}
+
 impl SignedGrant {
     /// The encoded record.
     pub fn to_bytes(&self) -> [u8; GRANT_BYTES] {

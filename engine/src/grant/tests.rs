@@ -227,3 +227,32 @@ fn admits_and_charge_enforce_validity_scope_cap_and_allowance() {
         Err(Reason::OverGrantCap)
     );
 }
+
+proptest::proptest! {
+    /// A session's spend kept as one part per payee (what the ledger stores) always combines to
+    /// the spend [`Grant::charge`] keeps for the session as a whole, in any order of parts,
+    /// across periods, with and without an allowance.
+    #[test]
+    fn parts_per_payee_combine_to_the_sessions_spend(
+        allowance in proptest::bool::ANY,
+        charges in proptest::collection::vec((0usize..4, 0u64..1_500, 0u64..400_000), 1..120),
+    ) {
+        let grant = Grant {
+            allowance: allowance.then_some(grant().allowance).flatten(),
+            ..grant()
+        };
+        let mut spent = GrantSpend::default();
+        let mut parts = [GrantSpend::default(); 4];
+        for (payee, amount, elapsed) in charges {
+            let Ok(after) = grant.charge(&spent, amount, grant.valid_from_ms + elapsed) else {
+                continue;
+            };
+            parts[payee] = parts[payee].part_after(&spent, &after, amount).expect("fits");
+            spent = after;
+            let forward = parts.iter().try_fold(GrantSpend::default(), |sum, part| sum.combine(*part));
+            let backward = parts.iter().rev().try_fold(GrantSpend::default(), |sum, part| sum.combine(*part));
+            proptest::prop_assert_eq!(forward, Some(spent));
+            proptest::prop_assert_eq!(backward, Some(spent));
+        }
+    }
+}

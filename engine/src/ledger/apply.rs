@@ -16,7 +16,6 @@ use super::record::{
     SessionWindow, ack_key, decode_ack, encode_ack,
 };
 use super::state::{Ledger, SessionId};
-use super::window::NonceWindow;
 use super::{BatchAck, UnknownPayers};
 
 impl Ledger {
@@ -189,22 +188,35 @@ impl Ledger {
             }
             Some(session_key) => {
                 self.session_windows.load(&self.store, session_key, || {
-                    SessionWindow(NonceWindow::new(window_nonces))
+                    SessionWindow::new(window_nonces)
                 })?;
                 &self
                     .session_windows
                     .get(session_key)
                     .ok_or_else(|| invariant("session window not cached after load"))?
-                    .0
+                    .window
             }
         };
         if let Err(reason) = window.check(nonce) {
             return Ok(Err(reason));
         }
-        let grant_spend = match session_window {
+        // For a session receipt: the session's spend after it, and the part spent with this
+        // payee after it (kept in the window record).
+        let grant_spend = match &session_window {
             None => None,
-            Some(_) => match self.session_charge(receipt)? {
-                Ok(spend) => Some(spend),
+            Some(session_key) => match self.session_charge(receipt)? {
+                Ok((before, after)) => {
+                    let part = self
+                        .session_windows
+                        .get(session_key)
+                        .ok_or_else(|| invariant("session window not cached after load"))?
+                        .spent
+                        .part_after(&before, &after, receipt.amount());
+                    match part {
+                        Some(part) => Some((after, part)),
+                        None => return Ok(Err(Reason::Overflow)),
+                    }
+                }
                 Err(reason) => return Ok(Err(reason)),
             },
         };
@@ -260,20 +272,21 @@ impl Ledger {
         channel.cumulative = sums.cumulative;
         channel.receipts = sums.channel_receipts;
         channel.last_timestamp_ms = channel.last_timestamp_ms.max(receipt.timestamp_ms());
-        match session_window {
-            None => channel.window.insert(nonce),
-            Some(session_key) => self
-                .session_windows
-                .get_mut(&session_key)
-                .ok_or_else(|| invariant("session window evicted inside a group"))?
-                .0
-                .insert(nonce),
-        }
-        if let Some(spend) = grant_spend {
-            *self
-                .grant_spends
-                .get_mut(&signer)
-                .ok_or_else(|| invariant("grant spend evicted inside a group"))? = spend;
+        match (session_window, grant_spend) {
+            (Some(session_key), Some((spend, part))) => {
+                let session = self
+                    .session_windows
+                    .get_mut(&session_key)
+                    .ok_or_else(|| invariant("session window evicted inside a group"))?;
+                session.window.insert(nonce);
+                session.spent = part;
+                *self
+                    .grant_spends
+                    .get_mut(&signer)
+                    .ok_or_else(|| invariant("grant spend evicted inside a group"))? = spend;
+            }
+            (None, None) => channel.window.insert(nonce),
+            _ => return Err(invariant("a session receipt without its spend")),
         }
 
         let payer_entry = self

@@ -16,10 +16,17 @@ use crate::store::{Cf, Store, StoreBatch, StoreError};
 
 use super::error::{DecodeError, corrupt};
 
-/// A value the cache can load and store.
-pub(crate) trait Cached: Sized {
+/// A value the cache can hold.
+pub(crate) trait CacheValue: Sized {
     /// Key type.
     type Key: Copy + Eq + Hash;
+    /// The money this value holds that only accepted receipts change, for the pair assertion
+    /// around every write (zero for values that hold none).
+    fn receipt_money(&self) -> u128;
+}
+
+/// A value the cache can load and store: one record per key.
+pub(crate) trait Cached: CacheValue {
     /// Column family the values live in.
     const CF: Cf;
     /// Storage key.
@@ -28,9 +35,6 @@ pub(crate) trait Cached: Sized {
     fn encode(&self) -> Vec<u8>;
     /// Inverse of `encode`.
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError>;
-    /// The money this value holds that only accepted receipts change, for the pair assertion
-    /// around every write (zero for values that hold none).
-    fn receipt_money(&self) -> u128;
 }
 
 struct Slot<V> {
@@ -41,7 +45,7 @@ struct Slot<V> {
 }
 
 /// Bounded map from keys to hot values, loaded from the store on a miss.
-pub(crate) struct Cache<V: Cached> {
+pub(crate) struct Cache<V: CacheValue> {
     /// foldhash rather than std's SipHash: a receipt looks up several 32-52-byte keys here, and
     /// SipHash was about a tenth of the writer thread's time. Each map draws its own random
     /// seed, so nobody outside can choose keys that collide without first learning it.
@@ -50,65 +54,13 @@ pub(crate) struct Cache<V: Cached> {
     capacity: usize,
 }
 
-impl<V: Cached> Cache<V> {
+impl<V: CacheValue> Cache<V> {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             map: HashMap::default(),
             dirty: Vec::new(),
             capacity: capacity.max(1),
         }
-    }
-
-    /// Makes sure `key` is in the cache: from the store, or `default()` when the store has none.
-    pub(crate) fn load(
-        &mut self,
-        store: &Store,
-        key: &V::Key,
-        default: impl FnOnce() -> V,
-    ) -> Result<(), StoreError> {
-        if let Some(slot) = self.map.get_mut(key) {
-            slot.referenced = true;
-            return Ok(());
-        }
-        let value = match store.get(V::CF, &V::key_bytes(key))? {
-            Some(bytes) => V::decode(&bytes).map_err(corrupt(V::CF))?,
-            None => default(),
-        };
-        self.map.insert(
-            *key,
-            Slot {
-                value,
-                dirty_base: None,
-                referenced: true,
-            },
-        );
-        Ok(())
-    }
-
-    /// Makes sure `key` is in the cache if the store has it; false when it has not (nothing is
-    /// cached for an absent key: a later [`Cache::insert_new`] adds it).
-    pub(crate) fn load_existing(
-        &mut self,
-        store: &Store,
-        key: &V::Key,
-    ) -> Result<bool, StoreError> {
-        if let Some(slot) = self.map.get_mut(key) {
-            slot.referenced = true;
-            return Ok(true);
-        }
-        let Some(bytes) = store.get(V::CF, &V::key_bytes(key))? else {
-            return Ok(false);
-        };
-        let value = V::decode(&bytes).map_err(corrupt(V::CF))?;
-        self.map.insert(
-            *key,
-            Slot {
-                value,
-                dirty_base: None,
-                referenced: true,
-            },
-        );
-        Ok(true)
     }
 
     /// Adds a value for a key that neither the cache nor the store holds (the caller checked
@@ -125,28 +77,6 @@ impl<V: Cached> Cache<V> {
         self.dirty.push(key);
     }
 
-    /// Reads `key` through `read` without caching it: from the cache when held (it may be newer
-    /// than the store), else from the store. For one-off reads, like a seal's, that would
-    /// otherwise push hot entries out.
-    pub(crate) fn peek<T>(
-        &self,
-        store: &Store,
-        key: &V::Key,
-        read: impl FnOnce(&V) -> T,
-    ) -> Result<Option<T>, StoreError> {
-        if let Some(slot) = self.map.get(key) {
-            return Ok(Some(read(&slot.value)));
-        }
-        store
-            .get(V::CF, &V::key_bytes(key))?
-            .map(|bytes| {
-                V::decode(&bytes)
-                    .map(|value| read(&value))
-                    .map_err(corrupt(V::CF))
-            })
-            .transpose()
-    }
-
     /// The cached value; `None` unless `load` ran for it in this group.
     pub(crate) fn get(&self, key: &V::Key) -> Option<&V> {
         self.map.get(key).map(|slot| &slot.value)
@@ -160,33 +90,6 @@ impl<V: Cached> Cache<V> {
             self.dirty.push(*key);
         }
         Some(&mut slot.value)
-    }
-
-    /// Puts every dirty value into `batch` and returns the total change of `receipt_money` since
-    /// the values became dirty. `None` when that total is negative or overflows (a broken
-    /// invariant: receipt money only grows, and an epoch commit moves it, never removes it).
-    pub(crate) fn drain_dirty(&mut self, batch: &mut StoreBatch) -> Option<u128> {
-        let mut delta: Option<u128> = Some(0);
-        let mut puts = Vec::with_capacity(self.dirty.len());
-        for key in self.dirty.drain(..) {
-            let Some(slot) = self.map.get_mut(&key) else {
-                continue;
-            };
-            let Some(base) = slot.dirty_base.take() else {
-                continue;
-            };
-            delta =
-                delta.and_then(|d| d.checked_add(slot.value.receipt_money().checked_sub(base)?));
-            puts.push((V::key_bytes(&key), slot.value.encode()));
-        }
-        // In key order, RocksDB's memtable resumes each insert from where the previous one ended
-        // instead of descending its skip list from the top: the insert was the writer's largest
-        // single cost. Each key is dirty at most once, so the order changes nothing else.
-        puts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (key, value) in puts {
-            batch.put(V::CF, key, value);
-        }
-        delta
     }
 
     /// True when nothing changed since the last drain.
@@ -224,8 +127,135 @@ impl<V: Cached> Cache<V> {
     pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
+
+    /// Makes sure `key` is in the cache, computing its value with `derive` on a miss: for
+    /// values the cache holds but never stores (see [`Cache::forget_dirty`]).
+    pub(crate) fn load_with<E>(
+        &mut self,
+        key: &V::Key,
+        derive: impl FnOnce() -> Result<V, E>,
+    ) -> Result<(), E> {
+        if let Some(slot) = self.map.get_mut(key) {
+            slot.referenced = true;
+            return Ok(());
+        }
+        let value = derive()?;
+        self.hold(*key, value);
+        Ok(())
+    }
+
+    /// Ends the group for values that are never stored: what changed stays cached, evictable
+    /// once [`Cache::evict`] runs after the group's write, exactly like a stored value drained
+    /// into that write.
+    pub(crate) fn forget_dirty(&mut self) {
+        for key in self.dirty.drain(..) {
+            if let Some(slot) = self.map.get_mut(&key) {
+                slot.dirty_base = None;
+            }
+        }
+    }
+
+    /// Holds a value just read or derived, clean and referenced.
+    fn hold(&mut self, key: V::Key, value: V) {
+        self.map.insert(
+            key,
+            Slot {
+                value,
+                dirty_base: None,
+                referenced: true,
+            },
+        );
+    }
 }
 
+impl<V: Cached> Cache<V> {
+    /// Makes sure `key` is in the cache: from the store, or `default()` when the store has none.
+    pub(crate) fn load(
+        &mut self,
+        store: &Store,
+        key: &V::Key,
+        default: impl FnOnce() -> V,
+    ) -> Result<(), StoreError> {
+        if let Some(slot) = self.map.get_mut(key) {
+            slot.referenced = true;
+            return Ok(());
+        }
+        let value = match store.get(V::CF, &V::key_bytes(key))? {
+            Some(bytes) => V::decode(&bytes).map_err(corrupt(V::CF))?,
+            None => default(),
+        };
+        self.hold(*key, value);
+        Ok(())
+    }
+
+    /// Makes sure `key` is in the cache if the store has it; false when it has not (nothing is
+    /// cached for an absent key: a later [`Cache::insert_new`] adds it).
+    pub(crate) fn load_existing(
+        &mut self,
+        store: &Store,
+        key: &V::Key,
+    ) -> Result<bool, StoreError> {
+        if let Some(slot) = self.map.get_mut(key) {
+            slot.referenced = true;
+            return Ok(true);
+        }
+        let Some(bytes) = store.get(V::CF, &V::key_bytes(key))? else {
+            return Ok(false);
+        };
+        let value = V::decode(&bytes).map_err(corrupt(V::CF))?;
+        self.hold(*key, value);
+        Ok(true)
+    }
+
+    /// Reads `key` through `read` without caching it: from the cache when held (it may be newer
+    /// than the store), else from the store. For one-off reads, like a seal's, that would
+    /// otherwise push hot entries out.
+    pub(crate) fn peek<T>(
+        &self,
+        store: &Store,
+        key: &V::Key,
+        read: impl FnOnce(&V) -> T,
+    ) -> Result<Option<T>, StoreError> {
+        if let Some(slot) = self.map.get(key) {
+            return Ok(Some(read(&slot.value)));
+        }
+        store
+            .get(V::CF, &V::key_bytes(key))?
+            .map(|bytes| {
+                V::decode(&bytes)
+                    .map(|value| read(&value))
+                    .map_err(corrupt(V::CF))
+            })
+            .transpose()
+    }
+
+    /// Puts every dirty value into `batch` and returns the total change of `receipt_money` since
+    /// the values became dirty. `None` when that total is negative or overflows (a broken
+    /// invariant: receipt money only grows, and an epoch commit moves it, never removes it).
+    pub(crate) fn drain_dirty(&mut self, batch: &mut StoreBatch) -> Option<u128> {
+        let mut delta: Option<u128> = Some(0);
+        let mut puts = Vec::with_capacity(self.dirty.len());
+        for key in self.dirty.drain(..) {
+            let Some(slot) = self.map.get_mut(&key) else {
+                continue;
+            };
+            let Some(base) = slot.dirty_base.take() else {
+                continue;
+            };
+            delta =
+                delta.and_then(|d| d.checked_add(slot.value.receipt_money().checked_sub(base)?));
+            puts.push((V::key_bytes(&key), slot.value.encode()));
+        }
+        // In key order, RocksDB's memtable resumes each insert from where the previous one ended
+        // instead of descending its skip list from the top: the insert was the writer's largest
+        // single cost. Each key is dirty at most once, so the order changes nothing else.
+        puts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (key, value) in puts {
+            batch.put(V::CF, key, value);
+        }
+        delta
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

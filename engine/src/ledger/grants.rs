@@ -10,17 +10,21 @@ use crate::verdict::Reason;
 
 use super::UnknownPayers;
 use super::cache::Cached;
-use super::error::{LedgerError, corrupt, invariant};
-use super::record::{GRANT_KEY_PREFIX, GRANT_RECORDS_SPLIT_KEY, HeldGrant, PayerState};
+use super::error::{DecodeError, LedgerError, corrupt, invariant};
+use super::reader::session_spend;
+use super::record::{
+    GRANT_KEY_PREFIX, GRANT_RECORDS_SPLIT_KEY, GRANT_SPEND_KEY_PREFIX, HeldGrant, PayerState,
+    SESSION_WINDOW_KEY_PREFIX, SessionWindow, decode_legacy_grant_spend,
+};
 use super::state::Ledger;
 
 /// Grant records read per scan while splitting.
 const SPLIT_SCAN_KEYS: usize = 4_096;
 
-/// Rewrites every grant record of the first layout (spend inside) as a held grant and a spend
-/// record, before the writer reads any: a data directory from before the split keeps what its
-/// sessions spent. Each record's two halves go in one write, so a crash midway leaves records
-/// of either layout and the next open finishes the job.
+/// Rewrites every grant record of the first layout (spend inside) as a held grant, its spend
+/// folded into one of the session's windows, before the writer reads any: a data directory from
+/// before the split keeps what its sessions spent. Each record's parts go in one write, so a
+/// crash midway leaves records of either layout and the next open finishes the job.
 pub(crate) fn split_grant_records(store: &Store) -> Result<(), LedgerError> {
     if store.get(Cf::Meta, GRANT_RECORDS_SPLIT_KEY)?.is_some() {
         return Ok(());
@@ -39,7 +43,7 @@ pub(crate) fn split_grant_records(store: &Store) -> Result<(), LedgerError> {
             if let Some(spent) = spent {
                 let session = held.grant.grant.session;
                 batch.put(Cf::Grants, key.to_vec(), held.encode());
-                batch.put(Cf::Grants, GrantSpend::key_bytes(&session), spent.encode());
+                fold_into_window(store, &session, spent, &mut batch)?;
             }
         }
         if !batch.is_empty() {
@@ -53,6 +57,68 @@ pub(crate) fn split_grant_records(store: &Store) -> Result<(), LedgerError> {
     let mut done = StoreBatch::default();
     done.put(Cf::Meta, GRANT_RECORDS_SPLIT_KEY, Vec::new());
     Ok(store.write(done)?)
+}
+
+/// Folds every session spend record (the layout between the split above and the spend moving
+/// into the session's windows) into one of the session's windows, before the writer reads any.
+/// Each record's fold (the window rewritten, the record deleted) is one write, so a crash midway
+/// leaves records the next open folds.
+pub(crate) fn fold_grant_spends(store: &Store) -> Result<(), LedgerError> {
+    loop {
+        let chunk =
+            store
+                .snapshot()
+                .scan(Cf::Grants, &[GRANT_SPEND_KEY_PREFIX], None, SPLIT_SCAN_KEYS)?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let mut batch = StoreBatch::default();
+        for (key, value) in &chunk {
+            let spent = decode_legacy_grant_spend(value).map_err(corrupt(Cf::Grants))?;
+            let session = PayerKey(
+                key.get(1..)
+                    .and_then(|bytes| bytes.try_into().ok())
+                    .ok_or_else(|| corrupt(Cf::Grants)(DecodeError("spend key length".into())))?,
+            );
+            fold_into_window(store, &session, spent, &mut batch)?;
+            batch.delete(Cf::Grants, key.to_vec());
+        }
+        store.write(batch)?;
+    }
+}
+
+/// Adds a whole session's spend, kept apart in an older layout, to the part of the session's
+/// first window (the parts then combine to it), in `batch`.
+fn fold_into_window(
+    store: &Store,
+    session: &PayerKey,
+    spent: GrantSpend,
+    batch: &mut StoreBatch,
+) -> Result<(), LedgerError> {
+    if spent == GrantSpend::default() {
+        return Ok(());
+    }
+    let mut prefix = [SESSION_WINDOW_KEY_PREFIX; 33];
+    prefix[1..].copy_from_slice(&session.0);
+    // A session spends only through a receipt, whose window was written with its spend.
+    let (key, bytes) = store
+        .snapshot()
+        .scan(Cf::Grants, &prefix, None, 1)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            corrupt(Cf::Grants)(DecodeError(format!(
+                "spend of session {} without a window",
+                hex::encode(session.0)
+            )))
+        })?;
+    let mut window = SessionWindow::decode(&bytes).map_err(corrupt(Cf::Grants))?;
+    window.spent = window
+        .spent
+        .combine(spent)
+        .ok_or_else(|| corrupt(Cf::Grants)(DecodeError("session spend overflows".into())))?;
+    batch.put(Cf::Grants, key.to_vec(), window.encode());
+    Ok(())
 }
 
 impl Ledger {
@@ -165,15 +231,19 @@ impl Ledger {
     }
 
     /// What the session will have spent with `receipt` accepted, or why its grant's cap or
-    /// allowance refuses it. The grant was loaded by [`Ledger::session_payer`]; the spend is
-    /// loaded here.
+    /// allowance refuses it, beside what it spent before. The grant was loaded by
+    /// [`Ledger::session_payer`]; the spend is loaded here.
     pub(super) fn session_charge(
         &mut self,
         receipt: &ReceiptView<'_>,
-    ) -> Result<Result<GrantSpend, Reason>, LedgerError> {
+    ) -> Result<Result<(GrantSpend, GrantSpend), Reason>, LedgerError> {
         let session = receipt.payer();
+        // Derived from the store on a miss, which is exact: a session's spend stays cached (as
+        // changed) through every group that changes one of its windows and until that group is
+        // on disk, so when it is not cached, none of its windows is newer than the store.
+        let store = &self.store;
         self.grant_spends
-            .load(&self.store, &session, GrantSpend::default)?;
+            .load_with(&session, || session_spend(&store.snapshot(), &session))?;
         let spent = self
             .grant_spends
             .get(&session)
@@ -185,6 +255,7 @@ impl Ledger {
         Ok(held
             .grant
             .grant
-            .charge(spent, receipt.amount(), receipt.timestamp_ms()))
+            .charge(spent, receipt.amount(), receipt.timestamp_ms())
+            .map(|after| (*spent, after)))
     }
 }

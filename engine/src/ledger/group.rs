@@ -76,7 +76,8 @@ impl Ledger {
         ];
         self.producers.drain_dirty(&mut group.batch);
         self.grants.drain_dirty(&mut group.batch);
-        self.grant_spends.drain_dirty(&mut group.batch);
+        // Never stored: the session windows drained below carry it.
+        self.grant_spends.forget_dirty();
         self.session_windows.drain_dirty(&mut group.batch);
         if group.sealing_dirty {
             match &self.sealing {

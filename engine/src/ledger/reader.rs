@@ -18,8 +18,8 @@ use super::record::{
     ChannelKey, ChannelState, EntryKind, EpochRecord, FUNDS_CURSOR_KEY, FundsCursor,
     GRANT_KEY_PREFIX, GrantRecord, HEAD_WITHDRAWALS_KEY, HeadWithdrawals, HeldGrant,
     OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey, ProducerState,
-    SEALING_EPOCH_KEY, SealingEpoch, SessionWindow, address_from, decode_amount, entry_key,
-    entry_prefix, epoch_key, grant_key, grant_spend_key, payer_from, producer_key,
+    SEALING_EPOCH_KEY, SESSION_WINDOW_KEY_PREFIX, SealingEpoch, SessionWindow, address_from,
+    decode_amount, entry_key, entry_prefix, epoch_key, grant_key, payer_from, producer_key,
     session_window_key,
 };
 
@@ -224,7 +224,7 @@ impl LedgerReader {
                 .get(Cf::Grants, &session_window_key(&key))?
                 .map(|bytes| SessionWindow::decode(&bytes).map_err(corrupt(Cf::Grants)))
                 .transpose()?
-                .map(|session| session.0)
+                .map(|session| session.window)
         } else {
             self.store
                 .get(Cf::Channels, &key.to_bytes())?
@@ -484,10 +484,41 @@ impl LedgerReader {
 /// from one snapshot.
 fn with_spend(snapshot: &StoreSnapshot<'_>, held: &[u8]) -> Result<GrantRecord, StoreError> {
     let held = HeldGrant::decode(held).map_err(corrupt(Cf::Grants))?;
-    let spent = snapshot
-        .get(Cf::Grants, &grant_spend_key(&held.grant.grant.session))?
-        .map(|bytes| GrantSpend::decode(&bytes).map_err(corrupt(Cf::Grants)))
-        .transpose()?
-        .unwrap_or_default();
+    let spent = session_spend(snapshot, &held.grant.grant.session)?;
     Ok(GrantRecord::new(held, spent))
+}
+
+/// Session windows read per scan while summing a session's spend.
+const SPEND_SCAN_WINDOWS: usize = 256;
+
+/// What a session spent as of `snapshot`: its windows' parts combined (nothing before it
+/// spends). The ledger writer derives its cached spend the same way.
+pub(super) fn session_spend(
+    snapshot: &StoreSnapshot<'_>,
+    session: &PayerKey,
+) -> Result<GrantSpend, StoreError> {
+    let mut prefix = [0u8; 33];
+    prefix[0] = SESSION_WINDOW_KEY_PREFIX;
+    prefix[1..].copy_from_slice(&session.0);
+    let mut spent = GrantSpend::default();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let chunk = snapshot.scan(Cf::Grants, &prefix, after.as_deref(), SPEND_SCAN_WINDOWS)?;
+        for (_, value) in &chunk {
+            let part = SessionWindow::decode(value)
+                .map_err(corrupt(Cf::Grants))?
+                .spent;
+            spent = spent.combine(part).ok_or_else(|| StoreError::Corrupt {
+                cf: Cf::Grants.name(),
+                problem: format!(
+                    "session {}: its windows' spends overflow",
+                    hex::encode(session.0)
+                ),
+            })?;
+        }
+        match chunk.last() {
+            Some((key, _)) if chunk.len() == SPEND_SCAN_WINDOWS => after = Some(key.to_vec()),
+            _ => return Ok(spent),
+        }
+    }
 }

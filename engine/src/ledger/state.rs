@@ -81,7 +81,7 @@ pub(crate) struct Ledger {
     pub(super) producers: Cache<ProducerState>,
     /// Session grants by session key.
     pub(super) grants: Cache<HeldGrant>,
-    /// What each session spent, by session key.
+    /// What each session spent, by session key: its windows' parts combined, never stored.
     pub(super) grant_spends: Cache<GrantSpend>,
     /// Session anti-replay windows by (session key, payee).
     pub(super) session_windows: Cache<SessionWindow>,
@@ -103,6 +103,7 @@ impl Ledger {
     pub(crate) fn open(store: Arc<Store>, config: LedgerConfig) -> Result<Self, LedgerError> {
         let archive = format::check(&store, &config)?.archive_receipts;
         super::grants::split_grant_records(&store)?;
+        super::grants::fold_grant_spends(&store)?;
         let open = match store.get(Cf::Meta, OPEN_EPOCH_KEY)? {
             Some(bytes) => OpenEpoch::decode(&bytes).map_err(corrupt(Cf::Meta))?,
             None => OpenEpoch::default(),

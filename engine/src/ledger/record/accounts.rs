@@ -278,8 +278,14 @@ impl PayeeState {
     }
 }
 
-impl Cached for ChannelState {
+impl CacheValue for ChannelState {
     type Key = ChannelKey;
+    fn receipt_money(&self) -> u128 {
+        self.cumulative
+    }
+}
+
+impl Cached for ChannelState {
     const CF: Cf = Cf::Channels;
     fn key_bytes(key: &ChannelKey) -> Vec<u8> {
         key.to_bytes().to_vec()
@@ -290,23 +296,10 @@ impl Cached for ChannelState {
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         ChannelState::decode(bytes)
     }
-    fn receipt_money(&self) -> u128 {
-        self.cumulative
-    }
 }
 
-impl Cached for PayerState {
+impl CacheValue for PayerState {
     type Key = PayerKey;
-    const CF: Cf = Cf::Payers;
-    fn key_bytes(key: &PayerKey) -> Vec<u8> {
-        key.0.to_vec()
-    }
-    fn encode(&self) -> Vec<u8> {
-        PayerState::encode(self)
-    }
-    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        PayerState::decode(bytes)
-    }
     /// Settling moves money from pending to settled (or, past what the chain held, to
     /// shortfall) and a dispute moves it back: only a receipt changes their sum. Saturating
     /// because a sum that does not fit has been refused as `Overflow` before it was applied.
@@ -317,8 +310,27 @@ impl Cached for PayerState {
     }
 }
 
-impl Cached for PayeeState {
+impl Cached for PayerState {
+    const CF: Cf = Cf::Payers;
+    fn key_bytes(key: &PayerKey) -> Vec<u8> {
+        key.0.to_vec()
+    }
+    fn encode(&self) -> Vec<u8> {
+        PayerState::encode(self)
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        PayerState::decode(bytes)
+    }
+}
+
+impl CacheValue for PayeeState {
     type Key = Address;
+    fn receipt_money(&self) -> u128 {
+        self.credited
+    }
+}
+
+impl Cached for PayeeState {
     const CF: Cf = Cf::Payees;
     fn key_bytes(key: &Address) -> Vec<u8> {
         key.0.to_vec()
@@ -328,8 +340,5 @@ impl Cached for PayeeState {
     }
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         PayeeState::decode(bytes)
-    }
-    fn receipt_money(&self) -> u128 {
-        self.credited
     }
 }

@@ -63,16 +63,26 @@ pub fn grant_key(session: &PayerKey) -> [u8; 33] {
 /// The prefix every grant key starts with.
 pub const GRANT_KEY_PREFIX: u8 = b'g';
 
-/// Key of what a session spent: `'s' ‖ session key`.
+/// Key under which ledgers kept what a session spent before the spend moved into the session's
+/// windows: `'s' ‖ session key`. Read only when the ledger opens, to fold such records in.
 pub fn grant_spend_key(session: &PayerKey) -> [u8; 33] {
-    session_key_with(b's', session)
+    session_key_with(GRANT_SPEND_KEY_PREFIX, session)
 }
+
+/// The prefix of [`grant_spend_key`].
+pub const GRANT_SPEND_KEY_PREFIX: u8 = b's';
 
 fn session_key_with(prefix: u8, session: &PayerKey) -> [u8; 33] {
     let mut out = [0u8; 33];
     out[0] = prefix;
     out[1..].copy_from_slice(&session.0);
     out
+}
+
+fn put_grant_spend(out: &mut Vec<u8>, spend: &GrantSpend) {
+    out.extend_from_slice(&spend.total.to_le_bytes());
+    out.extend_from_slice(&spend.period.to_le_bytes());
+    out.extend_from_slice(&spend.period_total.to_le_bytes());
 }
 
 fn put_position(out: &mut Vec<u8>, position: &Position) {
@@ -153,8 +163,14 @@ impl HeldGrant {
     }
 }
 
-impl Cached for HeldGrant {
+impl CacheValue for HeldGrant {
     type Key = PayerKey;
+    fn receipt_money(&self) -> u128 {
+        0
+    }
+}
+
+impl Cached for HeldGrant {
     const CF: Cf = Cf::Grants;
     fn key_bytes(key: &PayerKey) -> Vec<u8> {
         grant_key(key).to_vec()
@@ -165,31 +181,12 @@ impl Cached for HeldGrant {
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         HeldGrant::decode(bytes)
     }
-    fn receipt_money(&self) -> u128 {
-        0
-    }
 }
 
-/// What a session spent: total u128, period u64, period total u128. Absent until it spends.
-impl Cached for GrantSpend {
+/// What a session spent, as the sum of its windows' parts (see [`SessionWindow`]): held by the
+/// writer's cache, never stored as a record of its own.
+impl CacheValue for GrantSpend {
     type Key = PayerKey;
-    const CF: Cf = Cf::Grants;
-    fn key_bytes(key: &PayerKey) -> Vec<u8> {
-        grant_spend_key(key).to_vec()
-    }
-    fn encode(&self) -> Vec<u8> {
-        let mut out = encoder(40);
-        out.extend_from_slice(&self.total.to_le_bytes());
-        out.extend_from_slice(&self.period.to_le_bytes());
-        out.extend_from_slice(&self.period_total.to_le_bytes());
-        out
-    }
-    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut d = Decoder::new(bytes, "grant spend")?;
-        let spend = d.grant_spend()?;
-        d.finish()?;
-        Ok(spend)
-    }
     fn receipt_money(&self) -> u128 {
         // A grant's spend follows the session's receipts only, not every receipt's: outside
         // the pair assertion, which the channel, payer and payee totals carry.
@@ -197,50 +194,93 @@ impl Cached for GrantSpend {
     }
 }
 
-/// The anti-replay window of one session with one payee: `'w' ‖ session key ‖ payee`. A
-/// session's nonces are its own: two agents of one payer cannot share a nonce sequence, so the
-/// window is per (session key, payee), while the money goes to the payer's channel with the
-/// payee (which holds the totals).
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub struct SessionWindow(pub NonceWindow);
+/// A session's spend as ledgers kept it before it moved into the windows (under
+/// [`grant_spend_key`]): total u128, period u64, period total u128.
+pub fn decode_legacy_grant_spend(bytes: &[u8]) -> Result<GrantSpend, DecodeError> {
+    let mut d = Decoder::new(bytes, "grant spend")?;
+    let spend = d.grant_spend()?;
+    d.finish()?;
+    Ok(spend)
+}
 
-/// Version 1 was a whole channel state; version 2 is the window alone.
-const SESSION_WINDOW_VERSION: u8 = 2;
+/// The anti-replay window of one session with one payee, and the part of the session's spend
+/// charged with that payee: `'w' ‖ session key ‖ payee`. A session's nonces are its own: two
+/// agents of one payer cannot share a nonce sequence, so the window is per (session key, payee),
+/// while the money goes to the payer's channel with the payee (which holds the totals). The
+/// session's spend is the sum of its windows' parts ([`GrantSpend::combine`]): a session receipt
+/// rewrites its window anyway, so keeping the spend there saves a record write per receipt.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SessionWindow {
+    /// The nonces accepted from the session by the payee.
+    pub window: NonceWindow,
+    /// What the session spent with the payee ([`GrantSpend::part_after`]).
+    pub spent: GrantSpend,
+}
+
+/// Version 1 was a whole channel state; version 2 the window alone; version 3 the spent part
+/// and the window.
+const SESSION_WINDOW_VERSION: u8 = 3;
 
 /// Key of a session window: `'w' ‖ session key ‖ payee`.
 pub fn session_window_key(key: &ChannelKey) -> [u8; 53] {
     let mut out = [0u8; 53];
-    out[0] = b'w';
+    out[0] = SESSION_WINDOW_KEY_PREFIX;
     out[1..].copy_from_slice(&key.to_bytes());
     out
 }
 
-impl Cached for SessionWindow {
+/// The prefix every session window key starts with; followed by the session key, it prefixes
+/// all of one session's windows.
+pub const SESSION_WINDOW_KEY_PREFIX: u8 = b'w';
+
+impl SessionWindow {
+    /// An empty window with nothing spent.
+    pub fn new(window_nonces: u32) -> Self {
+        Self {
+            window: NonceWindow::new(window_nonces),
+            spent: GrantSpend::default(),
+        }
+    }
+}
+
+impl CacheValue for SessionWindow {
     /// The session key in the payer field.
     type Key = ChannelKey;
+    fn receipt_money(&self) -> u128 {
+        0
+    }
+}
+
+impl Cached for SessionWindow {
     const CF: Cf = Cf::Grants;
     fn key_bytes(key: &ChannelKey) -> Vec<u8> {
         session_window_key(key).to_vec()
     }
-    /// Version 2: the window alone.
+    /// Version 3: spent (total u128, period u64, period total u128), then the window.
     fn encode(&self) -> Vec<u8> {
-        let mut out = versioned_encoder(SESSION_WINDOW_VERSION, window_bytes(self.0.words().len()));
-        put_window(&mut out, &self.0);
+        let mut out = versioned_encoder(
+            SESSION_WINDOW_VERSION,
+            40 + window_bytes(self.window.words().len()),
+        );
+        put_grant_spend(&mut out, &self.spent);
+        put_window(&mut out, &self.window);
         out
     }
-    /// Either version; version 1 was a whole [`ChannelState`] (the session's totals with the
-    /// payee, then the window), which is read for its window and rewritten as version 2 the
-    /// next time the session uses it.
+    /// Any version. Version 1 was a whole [`ChannelState`] (the session's totals with the
+    /// payee, then the window), read for its window; versions 1 and 2 hold no spent part (the
+    /// session's spend was its own record then, folded into one window when the ledger opens).
+    /// Older versions are rewritten as version 3 the next time the session uses the window.
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let (mut d, version) = Decoder::versioned(bytes, "session window", SESSION_WINDOW_VERSION)?;
         if version == 1 {
             let _totals = (d.u128()?, d.u64()?, d.u64()?, d.u64()?);
         }
+        let spent = match version {
+            1 | 2 => GrantSpend::default(),
+            _ => d.grant_spend()?,
+        };
         let window = d.window()?;
         d.finish()?;
-        Ok(Self(window))
-    }
-    fn receipt_money(&self) -> u128 {
-        0
+        Ok(Self { window, spent })
     }
 }

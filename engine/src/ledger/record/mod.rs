@@ -30,7 +30,7 @@ use crate::receipt::{Address, PayerKey, ReceiptBatch};
 use crate::store::Cf;
 use crate::verdict::Reason;
 
-use super::cache::Cached;
+use super::cache::{CacheValue, Cached};
 use super::window::NonceWindow;
 use super::{BatchAck, EpochStatus};
 

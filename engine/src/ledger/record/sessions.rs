@@ -119,8 +119,14 @@ pub fn decode_ack(bytes: &[u8]) -> Result<(BatchAck, BatchDigest), DecodeError> 
     ))
 }
 
-impl Cached for ProducerState {
+impl CacheValue for ProducerState {
     type Key = ProducerKey;
+    fn receipt_money(&self) -> u128 {
+        0
+    }
+}
+
+impl Cached for ProducerState {
     const CF: Cf = Cf::Sessions;
     fn key_bytes(key: &ProducerKey) -> Vec<u8> {
         producer_key(*key).to_vec()
@@ -130,8 +136,5 @@ impl Cached for ProducerState {
     }
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         ProducerState::decode(bytes)
-    }
-    fn receipt_money(&self) -> u128 {
-        0
     }
 }

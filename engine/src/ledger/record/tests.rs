@@ -228,15 +228,23 @@ fn grant_records_round_trip_and_refuse_trailing_or_short_bytes() {
         assert!(HeldGrant::decode(&[bytes.as_slice(), &[0]].concat()).is_err());
     }
 
+    // The spend record of the layout before it moved into the windows, read when a ledger
+    // opens.
+    let legacy_spend = [
+        &[1u8][..],
+        &(u128::MAX - 1).to_le_bytes(),
+        &7u64.to_le_bytes(),
+        &40u128.to_le_bytes(),
+    ]
+    .concat();
     let spend = GrantSpend {
         total: u128::MAX - 1,
         period: 7,
         period_total: 40,
     };
-    let bytes = spend.encode();
-    assert_eq!(GrantSpend::decode(&bytes), Ok(spend));
-    assert!(GrantSpend::decode(&bytes[..bytes.len() - 1]).is_err());
-    assert!(GrantSpend::decode(&[bytes.as_slice(), &[0]].concat()).is_err());
+    assert_eq!(decode_legacy_grant_spend(&legacy_spend), Ok(spend));
+    assert!(decode_legacy_grant_spend(&legacy_spend[..legacy_spend.len() - 1]).is_err());
+    assert!(decode_legacy_grant_spend(&[legacy_spend.as_slice(), &[0]].concat()).is_err());
 
     let mut window = NonceWindow::new(128);
     window.insert(900);
@@ -249,8 +257,18 @@ fn grant_records_round_trip_and_refuse_trailing_or_short_bytes() {
         window: window.clone(),
     }
     .encode();
-    let window = SessionWindow(window);
-    assert_eq!(SessionWindow::decode(&first_layout), Ok(window.clone()));
+    // The first two layouts had no spent part.
+    let second_layout = [&[2u8][..], &first_layout[1 + 40..]].concat();
+    let bare = SessionWindow {
+        window,
+        spent: GrantSpend::default(),
+    };
+    assert_eq!(SessionWindow::decode(&first_layout), Ok(bare.clone()));
+    assert_eq!(SessionWindow::decode(&second_layout), Ok(bare.clone()));
+    let window = SessionWindow {
+        spent: spend,
+        ..bare
+    };
     let bytes = window.encode();
     assert_eq!(SessionWindow::decode(&bytes), Ok(window));
     assert!(SessionWindow::decode(&bytes[..bytes.len() - 1]).is_err());

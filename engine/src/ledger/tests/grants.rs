@@ -4,7 +4,12 @@
 use super::*;
 use crate::grant::{
     Allowance, CheckedGrant, CheckedRevocation, Grant, GrantError, PayeeScope, Revocation,
+    SignedGrant,
 };
+use crate::ledger::record::{
+    ChannelKey, GRANT_RECORDS_SPLIT_KEY, Position, grant_key, grant_spend_key, session_window_key,
+};
+use crate::store::{Cf, Store, StoreBatch};
 use crate::verdict::Reason;
 
 const NOW: u64 = 1_000;
@@ -369,11 +374,10 @@ fn grants_and_revocations_that_do_not_fit_are_refused_and_change_nothing() {
     assert_eq!(held[0].grant.grant.payer, payer);
 }
 
-#[test]
-fn grant_records_of_the_first_layout_are_split_at_open_and_keep_their_spend() {
-    use crate::ledger::record::{GRANT_RECORDS_SPLIT_KEY, Position, grant_key, grant_spend_key};
-    use crate::store::{Cf, StoreBatch};
-
+/// A ledger where a session (cap 30) spent 25 with one payee, rewritten in an older layout by
+/// `older`, then reopened: the session has still spent 25, so 6 more is over its cap and 5 is
+/// not.
+fn spend_survives_reopening_from(older: impl FnOnce(&Store, &SignedGrant, Position, PayerKey)) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut ledger = ledger(dir.path());
     let (payer_key, _) = funded_payer(&mut ledger, 1);
@@ -383,32 +387,22 @@ fn grant_records_of_the_first_layout_are_split_at_open_and_keep_their_spend() {
     ledger
         .register_grant(&checked(&grant, &payer_key))
         .expect("granted");
+    assert_eq!(
+        verdicts(&mut ledger, 1, &[session_receipt(&agent, 25, 1)]),
+        vec![Ok(())]
+    );
     ledger.commit().expect("commit");
-    // What the first layout wrote after a session spent 25: version 1, the grant, granted_at,
-    // the spend, no revocation; and no spend record.
     let granted_at = LedgerReader::new(ledger.store())
         .grant(&agent_key)
         .expect("read")
         .expect("held")
         .granted_at;
-    let Position { epoch, index } = granted_at;
-    let first_layout = [
-        &[1u8][..],
-        &grant.sign(&payer_key).to_bytes(),
-        &epoch.to_le_bytes(),
-        &index.to_le_bytes(),
-        &25u128.to_le_bytes(),
-        &0u64.to_le_bytes(),
-        &25u128.to_le_bytes(),
-        &[0],
-    ]
-    .concat();
-    let mut batch = StoreBatch::default();
-    batch.put(Cf::Grants, grant_key(&agent_key).to_vec(), first_layout);
-    batch.delete(Cf::Grants, grant_spend_key(&agent_key).to_vec());
-    // Nor had it marked the split done.
-    batch.delete(Cf::Meta, GRANT_RECORDS_SPLIT_KEY.to_vec());
-    ledger.store().write(batch).expect("write");
+    older(
+        &ledger.store(),
+        &grant.sign(&payer_key),
+        granted_at,
+        agent_key,
+    );
     drop(ledger);
 
     let mut reopened = super::ledger(dir.path());
@@ -419,8 +413,143 @@ fn grant_records_of_the_first_layout_are_split_at_open_and_keep_their_spend() {
     assert_eq!((held.spent.total, held.granted_at), (25, granted_at));
     let got = verdicts(
         &mut reopened,
-        1,
-        &[session_receipt(&agent, 6, 1), session_receipt(&agent, 5, 2)],
+        2,
+        &[session_receipt(&agent, 6, 2), session_receipt(&agent, 5, 3)],
     );
     assert_eq!(got, vec![Err(Reason::OverGrantCap), Ok(())]);
+}
+
+/// The session's window (payee 5) rewritten as version 2: the window alone, no spent part.
+fn window_without_its_part(store: &Store, session: PayerKey, batch: &mut StoreBatch) {
+    let key = session_window_key(&ChannelKey {
+        payer: session,
+        payee: Address([5; 20]),
+    });
+    let version_3 = store.get(Cf::Grants, &key).expect("read").expect("window");
+    assert_eq!(version_3[0], 3);
+    let version_2 = [&[2u8][..], &version_3[1 + 40..]].concat();
+    batch.put(Cf::Grants, key.to_vec(), version_2);
+}
+
+#[test]
+fn grant_records_of_the_first_layout_are_split_at_open_and_keep_their_spend() {
+    spend_survives_reopening_from(|store, signed, granted_at, session| {
+        // What the first layout wrote: version 1, the grant, granted_at, the spend, no
+        // revocation; windows without a part; and the split not marked done.
+        let Position { epoch, index } = granted_at;
+        let first_layout = [
+            &[1u8][..],
+            &signed.to_bytes(),
+            &epoch.to_le_bytes(),
+            &index.to_le_bytes(),
+            &25u128.to_le_bytes(),
+            &0u64.to_le_bytes(),
+            &0u128.to_le_bytes(),
+            &[0],
+        ]
+        .concat();
+        let mut batch = StoreBatch::default();
+        batch.put(Cf::Grants, grant_key(&session).to_vec(), first_layout);
+        window_without_its_part(store, session, &mut batch);
+        batch.delete(Cf::Meta, GRANT_RECORDS_SPLIT_KEY.to_vec());
+        store.write(batch).expect("write");
+    });
+}
+
+#[test]
+fn spend_records_are_folded_into_the_sessions_window_at_open() {
+    spend_survives_reopening_from(|store, _, _, session| {
+        // What the layout before the fold wrote: the spend in its own record, windows without
+        // a part.
+        let spend_record = [
+            &[1u8][..],
+            &25u128.to_le_bytes(),
+            &0u64.to_le_bytes(),
+            &0u128.to_le_bytes(),
+        ]
+        .concat();
+        let mut batch = StoreBatch::default();
+        batch.put(Cf::Grants, grant_spend_key(&session).to_vec(), spend_record);
+        window_without_its_part(store, session, &mut batch);
+        store.write(batch).expect("write");
+    });
+}
+
+/// A session's spend is cached apart from its windows and derived from them when it is not: with
+/// room for one entry per cache, entries come and go every group, and each group is applied
+/// while the one before it is still being written, as in the writer. Two sessions spending with
+/// three payees still stop exactly at their caps.
+#[test]
+fn a_sessions_spend_stays_exact_while_its_cache_entries_come_and_go() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ledger = open_ledger(
+        dir.path(),
+        LedgerConfig {
+            accounts_cached_max: 1,
+            channels_cached_max: 1,
+            session_windows_cached_max: 1,
+            ..LedgerConfig::default()
+        },
+    );
+    let (payer_key, _) = funded_payer(&mut ledger, 1);
+    let agents = [3u8, 4].map(|seed| SigningKey::from_bytes(&[seed; 32]));
+    for agent in &agents {
+        ledger
+            .register_grant(&checked(&grant_for(&payer_key, agent, 30), &payer_key))
+            .expect("granted");
+    }
+    ledger.commit().expect("commit");
+    let paying = |agent: &SigningKey, amount: u64, round: u64, payee: u64| {
+        UnsignedReceipt {
+            payee: Address([10 + payee as u8; 20]),
+            session: true,
+            ..receipt(agent, amount, round + 1).unsigned()
+        }
+        .sign(agent, &Domain::default())
+    };
+    let mut in_flight = None;
+    let mut got = Vec::new();
+    for round in 0..12 {
+        got.push(verdicts(
+            &mut ledger,
+            round + 1,
+            &[
+                paying(&agents[0], 4, round, round % 3),
+                paying(&agents[1], 3, round, (round + 1) % 3),
+            ],
+        ));
+        if let Some(batch) = in_flight.take() {
+            ledger.store().write(batch).expect("write");
+            ledger.written();
+        }
+        in_flight = Some(ledger.close_group().expect("close"));
+    }
+    if let Some(batch) = in_flight {
+        ledger.store().write(batch).expect("write");
+        ledger.written();
+    }
+    // 4 a round fits 30 seven times, 3 a round ten times.
+    let want: Vec<_> = (0..12)
+        .map(|round| {
+            let under = |amount: u64| {
+                if (round + 1) * amount <= 30 {
+                    Ok(())
+                } else {
+                    Err(Reason::OverGrantCap)
+                }
+            };
+            vec![under(4), under(3)]
+        })
+        .collect();
+    assert_eq!(got, want);
+    let reader = LedgerReader::new(ledger.store());
+    let spent = agents.map(|agent| {
+        reader
+            .grant(&PayerKey(agent.verifying_key().to_bytes()))
+            .expect("read")
+            .expect("held")
+            .spent
+            .total
+    });
+    assert_eq!(spent, [28, 30]);
 }
