@@ -32,4 +32,4 @@ pub mod verify;
 
 pub use receipt::{Address, Domain, PayerKey, Receipt, ReceiptBatch, ReceiptView, UnsignedReceipt};
 pub use verdict::{Reason, Verdict};
-pub use verify::{SignedMessage, Verifier, VerifyConfig, VerifyError, VerifyPool};
+pub use verify::{ClientSpan, SignedMessage, Verifier, VerifyConfig, VerifyError, VerifyPool};

@@ -14,6 +14,9 @@ pub const VERIFY_SECONDS: &str = "tollgate_verify_seconds";
 pub const VERIFY_EQUATIONS_TOTAL: &str = "tollgate_verify_equations_total";
 /// Gauge: receipts per batch equation now (shrinks while batches fail).
 pub const VERIFY_CHUNK_RECEIPTS: &str = "tollgate_verify_chunk_receipts";
+/// Gauge: clients whose batch equations are held at smaller chunks because their signatures
+/// keep failing.
+pub const VERIFY_FAILING_CLIENTS: &str = "tollgate_verify_failing_clients";
 /// Gauge: verified batches waiting for the ledger writer.
 pub const LEDGER_QUEUE_BATCHES: &str = "tollgate_ledger_queue_batches";
 /// Histogram: one group commit (`WriteBatch` + fsync).
@@ -46,7 +49,14 @@ pub fn register() {
         "time to verify one group of batches"
     );
     describe_counter!(VERIFY_EQUATIONS_TOTAL, "batch equations computed");
-    describe_gauge!(VERIFY_CHUNK_RECEIPTS, "receipts per batch equation now");
+    describe_gauge!(
+        VERIFY_CHUNK_RECEIPTS,
+        "receipts per batch equation now (the smallest any client has)"
+    );
+    describe_gauge!(
+        VERIFY_FAILING_CLIENTS,
+        "clients held at smaller batch equations because their signatures keep failing"
+    );
     describe_gauge!(
         LEDGER_QUEUE_BATCHES,
         "verified batches waiting for the ledger writer"
@@ -83,6 +93,7 @@ pub fn register() {
     for gauge in [
         VERIFY_QUEUE_BATCHES,
         VERIFY_CHUNK_RECEIPTS,
+        VERIFY_FAILING_CLIENTS,
         LEDGER_QUEUE_BATCHES,
         LEDGER_POISONED,
         ARCHIVE_BYTES,

@@ -353,7 +353,7 @@ pub(crate) fn chainless_server_args(data: &Path, threads: usize) -> Vec<String> 
 
 /// Mean rates of `first` and `second`, run by turns for `rounds` rounds so drift of the machine
 /// over the run falls on both alike.
-fn by_turns(
+pub(crate) fn by_turns(
     rounds: u32,
     what: &str,
     first: impl Fn() -> anyhow::Result<f64>,
@@ -474,23 +474,7 @@ fn run_load(
     args: &BenchE2eArgs,
     extra: &[String],
 ) -> anyhow::Result<Summary> {
-    let mut load_args: Vec<String> = [
-        ("--addr", server.listen.to_string()),
-        ("--check", format!("http://{}", server.http)),
-        ("--receipts", args.receipts.to_string()),
-        ("--payers", args.payers.to_string()),
-        ("--payees", args.payees.to_string()),
-        ("--zipf", args.zipf.to_string()),
-        ("--connections", args.connections.to_string()),
-        ("--batch", args.batch.to_string()),
-        ("--in-flight", args.in_flight.to_string()),
-        ("--seed", args.seed.to_string()),
-        ("--sessions-per-payer", args.sessions_per_payer.to_string()),
-    ]
-    .into_iter()
-    .flat_map(|(flag, value)| [flag.to_owned(), value])
-    .collect();
-    load_args.push("--presign".to_owned());
+    let mut load_args = load_args(server, args);
     load_args.extend_from_slice(extra);
     let run = child::run(load_binary, &load_args)?;
     let summary = run.summary;
@@ -509,6 +493,29 @@ fn run_load(
         summary.sent
     );
     Ok(summary)
+}
+
+/// The `tollgate-load` arguments of `args`' workload against `server`, presigned and checked
+/// against the server's balances afterwards.
+pub(crate) fn load_args(server: &ServerProcess, args: &BenchE2eArgs) -> Vec<String> {
+    let mut load_args: Vec<String> = [
+        ("--addr", server.listen.to_string()),
+        ("--check", format!("http://{}", server.http)),
+        ("--receipts", args.receipts.to_string()),
+        ("--payers", args.payers.to_string()),
+        ("--payees", args.payees.to_string()),
+        ("--zipf", args.zipf.to_string()),
+        ("--connections", args.connections.to_string()),
+        ("--batch", args.batch.to_string()),
+        ("--in-flight", args.in_flight.to_string()),
+        ("--seed", args.seed.to_string()),
+        ("--sessions-per-payer", args.sessions_per_payer.to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(flag, value)| [flag.to_owned(), value])
+    .collect();
+    load_args.push("--presign".to_owned());
+    load_args
 }
 
 /// The values of `names` in the server's Prometheus text.

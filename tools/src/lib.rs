@@ -7,6 +7,8 @@
 //!   back by `receipts verify --grant` as the server would judge a session's receipt.
 //! - [`bench_e2e`]: `tollgate bench e2e`, the durable rate through `tollgate serve` next to the
 //!   verify-only ceiling, in one run.
+//! - [`bench_abuse`]: `tollgate bench abuse`, what one client sending bad signatures costs the
+//!   seven others, against the same run with it clean.
 //! - [`bench_verify`]: `tollgate bench verify`, Tollgate's verifier against ed25519-dalek in one run.
 //! - [`serve`]: `tollgate serve`, the engine, fleet protocol, HTTP API and settlement loops in
 //!   one process, and its configuration (flags, `TOLLGATE_*` variables, a TOML file).
@@ -25,6 +27,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod bench_abuse;
 pub mod bench_e2e;
 pub mod bench_verify;
 pub mod bench_x402;

@@ -30,6 +30,9 @@ use crate::ledger::writer::{Writer, WriterMsg};
 use crate::receipt::{PayerKey, ReceiptBatch, ReceiptView};
 use crate::store::Store;
 use crate::verdict::{Reason, Verdict};
+pub use crate::verify::ClientSpan;
+#[cfg(test)]
+use verify_stage::group_verdicts;
 use verify_stage::verify_stage;
 
 pub use crate::ledger::{
@@ -41,12 +44,34 @@ pub use crate::ledger::{
 pub trait BatchVerifier: Send + Sync + 'static {
     /// One verdict per receipt, in input order: `Ok(())` or why the signature (or key) fails.
     fn verify(&self, receipts: &[ReceiptView<'_>]) -> Vec<Verdict>;
+
+    /// [`BatchVerifier::verify`] for receipts that `spans` divides into consecutive runs of one
+    /// client each; no batch equation may mix two clients' receipts, so one client's bad
+    /// signatures cost only that client. The default verifies each span (and any receipts past
+    /// the last) in a call of its own.
+    fn verify_clients(&self, receipts: &[ReceiptView<'_>], spans: &[ClientSpan]) -> Vec<Verdict> {
+        let mut verdicts = Vec::with_capacity(receipts.len());
+        let mut rest = receipts;
+        for span in spans {
+            let (mine, others) = rest.split_at(span.receipts.min(rest.len()));
+            verdicts.extend(self.verify(mine));
+            rest = others;
+        }
+        if !rest.is_empty() {
+            verdicts.extend(self.verify(rest));
+        }
+        verdicts
+    }
 }
 
 // Here rather than beside the pool: the verifier knows nothing of the pipeline that calls it.
 impl BatchVerifier for crate::verify::VerifyPool {
     fn verify(&self, receipts: &[ReceiptView<'_>]) -> Vec<Verdict> {
         crate::verify::VerifyPool::verify(self, receipts)
+    }
+
+    fn verify_clients(&self, receipts: &[ReceiptView<'_>], spans: &[ClientSpan]) -> Vec<Verdict> {
+        crate::verify::VerifyPool::verify_clients(self, receipts, spans)
     }
 }
 

@@ -174,3 +174,101 @@ fn a_batch_checked_by_the_caller_skips_the_verifier_but_not_the_parse() {
     assert_eq!(answer(malformed), (0, vec![(0, Reason::Malformed)]));
     engine.shutdown().expect("clean");
 }
+
+/// Verifies with a real pool and records, per call, which clients' payers the receipts came
+/// from. It keeps the default `verify_clients`, which calls `verify` once per span: a call that
+/// holds two clients' receipts means the stage handed it a span mixing them.
+struct RecordClientsPerCall {
+    pool: crate::verify::VerifyPool,
+    client_of_payer: std::collections::HashMap<PayerKey, u64>,
+    calls: Mutex<Vec<std::collections::BTreeSet<u64>>>,
+}
+
+impl BatchVerifier for RecordClientsPerCall {
+    fn verify(&self, receipts: &[ReceiptView<'_>]) -> Vec<Verdict> {
+        let clients = receipts
+            .iter()
+            .map(|view| self.client_of_payer[&view.payer()])
+            .collect();
+        self.calls.lock().expect("calls").push(clients);
+        self.pool.verify(receipts)
+    }
+}
+
+/// A group mixing one client's bad signatures with other clients' good ones: every verdict is
+/// exact and in its batch's order, and no verifier call (so no batch equation and no bisection)
+/// holds the bad client's receipts together with anyone else's. Clients are interleaved in the
+/// group, and client 3 sends two batches in it.
+#[test]
+fn a_group_never_mixes_clients_in_one_verification() {
+    use crate::receipt::{Address, UnsignedReceipt};
+    use crate::verify::{Verifier, VerifyConfig, VerifyPool};
+
+    let domain = crate::Domain::default();
+    let config = VerifyConfig {
+        threads: 2,
+        ..VerifyConfig::default()
+    };
+    let pool = VerifyPool::new(Verifier::new(domain, config.clone()), config).expect("pool");
+    let clients = [3u64, 1, 3, 2];
+    let bad_client = 1;
+    let mut client_of_payer = std::collections::HashMap::new();
+    let mut requests = Vec::new();
+    let mut expected = Vec::new();
+    for (batch, &client_id) in clients.iter().enumerate() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[client_id as u8; 32]);
+        client_of_payer.insert(PayerKey(key.verifying_key().to_bytes()), client_id);
+        let mut receipts = Vec::new();
+        let mut verdicts = Vec::new();
+        for nonce in 0..100u64 {
+            let mut receipt = UnsignedReceipt {
+                payer: PayerKey(key.verifying_key().to_bytes()),
+                payee: Address([2; 20]),
+                amount: 5,
+                nonce: batch as u64 * 1000 + nonce,
+                timestamp_ms: 0,
+                request_hash: [0; 32],
+                session: false,
+            }
+            .sign(&key, &domain);
+            let bad = client_id == bad_client && nonce % 10 == 3;
+            if bad {
+                receipt.signature[40] ^= 1;
+            }
+            receipts.push(receipt);
+            verdicts.push(if bad {
+                Err(Reason::BadSignature)
+            } else {
+                Ok(())
+            });
+        }
+        requests.push(SubmitRequest {
+            client_id,
+            producer_id: 1,
+            session_epoch: 1,
+            batch_seq: batch as u64 + 1,
+            receipts: ReceiptBatch::from_receipts(&receipts),
+            prejudged: Vec::new(),
+        });
+        expected.push(verdicts);
+    }
+    let verifier = RecordClientsPerCall {
+        pool,
+        client_of_payer,
+        calls: Mutex::new(Vec::new()),
+    };
+    let group: Vec<(&SubmitRequest, Signatures)> = requests
+        .iter()
+        .map(|request| (request, Signatures::Unchecked))
+        .collect();
+    assert_eq!(group_verdicts(&verifier, &group), expected);
+    let calls = verifier.calls.into_inner().expect("calls");
+    for clients in &calls {
+        assert_eq!(
+            clients.len(),
+            1,
+            "one verification mixed clients {clients:?}"
+        );
+    }
+    assert_eq!(calls.len(), 3, "one verification per client");
+}

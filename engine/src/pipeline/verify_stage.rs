@@ -3,7 +3,7 @@
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::{BatchVerifier, EngineError, Signatures, SubmitRequest, VerifyMsg};
+use super::{BatchVerifier, ClientSpan, EngineError, Signatures, SubmitRequest, VerifyMsg};
 use crate::ledger::state::SessionId;
 use crate::ledger::writer::WriterMsg;
 use crate::telemetry as names;
@@ -71,8 +71,8 @@ pub(super) fn verify_stage(
 
 /// One verdict per record of each request: prejudged reasons, `Malformed` for records that do
 /// not parse, and the verifier's verdict for the rest (unless the caller checked them), from a
-/// single call over the whole group.
-fn group_verdicts(
+/// single call over the whole group, each client's receipts in a span of their own.
+pub(super) fn group_verdicts(
     verifier: &dyn BatchVerifier,
     requests: &[(&SubmitRequest, Signatures)],
 ) -> Vec<Vec<Verdict>> {
@@ -88,9 +88,16 @@ fn group_verdicts(
             verdicts
         })
         .collect();
+    // Each client's receipts side by side (batches in submission order within a client), so
+    // the verifier can keep every batch equation within one client.
+    let mut by_client: Vec<usize> = (0..requests.len()).collect();
+    by_client.sort_by_key(|&batch| requests[batch].0.client_id);
     let mut views = Vec::new();
     let mut positions = Vec::new();
-    for (batch, (request, signatures)) in requests.iter().enumerate() {
+    let mut spans: Vec<ClientSpan> = Vec::new();
+    for batch in by_client {
+        let (request, signatures) = &requests[batch];
+        let before = views.len();
         for (index, record) in request.receipts.iter().enumerate() {
             if verdicts[batch][index].is_err() {
                 continue;
@@ -104,11 +111,20 @@ fn group_verdicts(
                 Err(_) => verdicts[batch][index] = Err(Reason::Malformed),
             }
         }
+        let added = views.len() - before;
+        match spans.last_mut() {
+            Some(span) if span.client_id == request.client_id => span.receipts += added,
+            _ if added == 0 => {}
+            _ => spans.push(ClientSpan {
+                client_id: request.client_id,
+                receipts: added,
+            }),
+        }
     }
     if views.is_empty() {
         return verdicts;
     }
-    let checked = verifier.verify(&views);
+    let checked = verifier.verify_clients(&views, &spans);
     if checked.len() != views.len() {
         // A verifier that answers for the wrong number of receipts cannot be trusted on any:
         // nobody is charged on its word.

@@ -20,8 +20,8 @@ mod rule;
 
 use crate::telemetry as names;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 use sha2::{Digest, Sha512};
@@ -249,15 +249,32 @@ impl Verifier {
     }
 }
 
+/// A run of consecutive receipts that came from one client, for [`VerifyPool::verify_clients`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientSpan {
+    /// The client the receipts came from.
+    pub client_id: u64,
+    /// How many consecutive receipts are its.
+    pub receipts: usize,
+}
+
+/// The client [`VerifyPool::verify`] charges: callers that do not say whose receipts they are
+/// share one adaptation state.
+const UNNAMED_CLIENT: u64 = u64::MAX;
+
+/// Clients whose chunk size is remembered while their batches fail. A client past this bound
+/// keeps full chunks: since chunks never mix clients, forgetting it costs only that client.
+const FAILING_CLIENTS_MAX: usize = 65_536;
+
 /// A dedicated rayon pool running a [`Verifier`]. Never tokio's threads.
 #[derive(Debug)]
 pub struct VerifyPool {
     verifier: Verifier,
     pool: rayon::ThreadPool,
     batch_receipts_max: usize,
-    /// Receipts per batch equation now: `batch_receipts_max` while batches hold, smaller while
-    /// most of them fail (see [`VerifyPool::adapt`]).
-    chunk_receipts: AtomicUsize,
+    /// Receipts per batch equation of each client whose batches have been failing (see
+    /// [`VerifyPool::adapt`]); a client not here gets `batch_receipts_max`.
+    failing: Mutex<HashMap<u64, usize>>,
 }
 
 /// The smallest chunk [`VerifyPool::adapt`] shrinks to: below it the multiscalar multiplication
@@ -281,7 +298,7 @@ impl VerifyPool {
             verifier,
             pool,
             batch_receipts_max: config.batch_receipts_max,
-            chunk_receipts: AtomicUsize::new(config.batch_receipts_max),
+            failing: Mutex::new(HashMap::new()),
         })
     }
 
@@ -295,41 +312,136 @@ impl VerifyPool {
         self.pool.current_num_threads()
     }
 
-    /// Receipts per batch equation the next call starts with (see [`VerifyPool::adapt`]).
+    /// Receipts per batch equation the next [`VerifyPool::verify`] call starts with (see
+    /// [`VerifyPool::adapt`]).
     pub fn chunk_receipts(&self) -> usize {
-        self.chunk_receipts.load(Ordering::Relaxed)
+        self.client_chunk_receipts(UNNAMED_CLIENT)
+    }
+
+    /// Receipts per batch equation the next call starts with for `client_id`'s receipts.
+    pub fn client_chunk_receipts(&self, client_id: u64) -> usize {
+        self.failing_clients()
+            .get(&client_id)
+            .copied()
+            .unwrap_or(self.batch_receipts_max)
     }
 
     /// Verifies `receipts` in chunks across the pool and returns one verdict per receipt, in
-    /// input order. The verdict vector is the only allocation that grows with the input: each
-    /// chunk works in its own batch-sized scratch space. Verdicts never depend on the chunking:
-    /// only the work does.
+    /// input order, as if they all came from one client (see [`VerifyPool::verify_clients`]).
     pub fn verify(&self, receipts: &[ReceiptView<'_>]) -> Vec<Verdict> {
+        self.verify_clients(
+            receipts,
+            &[ClientSpan {
+                client_id: UNNAMED_CLIENT,
+                receipts: receipts.len(),
+            }],
+        )
+    }
+
+    /// Verifies `receipts`, which `spans` divides into consecutive runs of one client each, in
+    /// chunks across the pool, and returns one verdict per receipt in input order. A chunk (and
+    /// so every batch equation and bisection step) holds one span's receipts only: a client's bad
+    /// signatures make only its own equations fail, and each client's chunk size adapts to its
+    /// own failures. Receipts past the last span are verified as one unnamed client's, so none
+    /// is ever left unverified. The verdict vector is the only allocation that grows with the
+    /// input: each chunk works in its own batch-sized scratch space. Verdicts never depend on
+    /// the chunking: only the work does.
+    pub fn verify_clients(
+        &self,
+        receipts: &[ReceiptView<'_>],
+        spans: &[ClientSpan],
+    ) -> Vec<Verdict> {
+        let mut spans = spans.to_vec();
+        let covered: usize = spans.iter().map(|span| span.receipts).sum();
+        if covered < receipts.len() {
+            spans.push(ClientSpan {
+                client_id: UNNAMED_CLIENT,
+                receipts: receipts.len() - covered,
+            });
+        }
+        let chunks: Vec<usize> = {
+            let failing = self.failing_clients();
+            spans
+                .iter()
+                .map(|span| {
+                    failing
+                        .get(&span.client_id)
+                        .copied()
+                        .unwrap_or(self.batch_receipts_max)
+                })
+                .collect()
+        };
+        let failed: Vec<AtomicUsize> = spans.iter().map(|_| AtomicUsize::new(0)).collect();
         let mut verdicts = vec![Ok(()); receipts.len()];
-        let chunk = self.chunk_receipts.load(Ordering::Relaxed);
         let separator = &self.verifier.inner.separator;
-        let failed = AtomicUsize::new(0);
+        // Every chunk of every span in one list, so the pool spreads all of them over its
+        // threads as it did when chunks crossed batch boundaries.
+        let mut work = Vec::new();
+        let mut rest: (&[ReceiptView<'_>], &mut [Verdict]) = (receipts, &mut verdicts);
+        for ((span, &chunk), failed) in spans.iter().zip(&chunks).zip(&failed) {
+            let len = span.receipts.min(rest.0.len());
+            let (items, items_rest) = rest.0.split_at(len);
+            let (out, out_rest) = std::mem::take(&mut rest.1).split_at_mut(len);
+            rest = (items_rest, out_rest);
+            work.extend(
+                items
+                    .chunks(chunk)
+                    .zip(out.chunks_mut(chunk))
+                    .map(|(items, out)| (items, out, failed)),
+            );
+        }
         self.pool.install(|| {
-            receipts
-                .par_chunks(chunk)
-                .zip(verdicts.par_chunks_mut(chunk))
-                .for_each(|(items, out)| {
-                    // More than one equation: the chunk's own failed and bisection ran.
-                    if self.verifier.batch(items, separator, out) > 1 {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                });
+            work.into_par_iter().for_each(|(items, out, failed)| {
+                // More than one equation: the chunk's own failed and bisection ran.
+                if self.verifier.batch(items, separator, out) > 1 {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            });
         });
-        self.adapt(chunk, receipts.len().div_ceil(chunk), failed.into_inner());
+        let mut failing = self.failing_clients();
+        for ((span, &chunk), failed) in spans.iter().zip(&chunks).zip(failed) {
+            let chunks = span.receipts.div_ceil(chunk);
+            self.adapt(
+                &mut failing,
+                span.client_id,
+                chunk,
+                chunks,
+                failed.into_inner(),
+            );
+        }
+        let smallest = failing.values().copied().min();
+        metrics::gauge!(names::VERIFY_CHUNK_RECEIPTS)
+            .set(smallest.unwrap_or(self.batch_receipts_max) as f64);
+        metrics::gauge!(names::VERIFY_FAILING_CLIENTS).set(failing.len() as f64);
         verdicts
     }
 
-    /// Halves the chunk while most chunks fail, and returns to `batch_receipts_max` once none
-    /// do. With 1% bad signatures a 256-receipt chunk holds 2.6 of them on average, almost every
-    /// chunk fails, and bisection redoes about four chunks' worth of multiscalar work; at 64 about
-    /// half of them fail and the extra work roughly halves. Clean traffic never leaves the
-    /// largest, fastest chunk.
-    fn adapt(&self, chunk: usize, chunks: usize, failed: usize) {
+    /// The failing clients' chunk sizes. Only the verify stage's thread calls in production, so
+    /// the lock is uncontended; a poisoned lock only means a panic mid-update of sizes, which
+    /// are advice, never verdicts.
+    fn failing_clients(&self) -> std::sync::MutexGuard<'_, HashMap<u64, usize>> {
+        self.failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Halves a client's chunk while most of its chunks fail, and returns it to
+    /// `batch_receipts_max` once none do. With 1% bad signatures a 256-receipt chunk holds 2.6
+    /// of them on average, almost every chunk fails, and bisection redoes about four chunks'
+    /// worth of multiscalar work; at 64 about half of them fail and the extra work roughly
+    /// halves. Per client, because this is also the bound on what one client's failures cost:
+    /// a client that keeps failing is held at small chunks, where isolating each bad signature
+    /// takes at most 2·log2(chunk) small equations over its own receipts, while every other
+    /// client keeps the largest, fastest chunk. A client that stops failing recovers on its next
+    /// clean call.
+    fn adapt(
+        &self,
+        failing: &mut HashMap<u64, usize>,
+        client_id: u64,
+        chunk: usize,
+        chunks: usize,
+        failed: usize,
+    ) {
         let next = if failed == 0 {
             self.batch_receipts_max
         } else if failed * 2 > chunks {
@@ -337,10 +449,11 @@ impl VerifyPool {
         } else {
             chunk
         };
-        if next != chunk {
-            metrics::gauge!(names::VERIFY_CHUNK_RECEIPTS).set(next as f64);
+        if next == self.batch_receipts_max {
+            failing.remove(&client_id);
+        } else if failing.len() < FAILING_CLIENTS_MAX || failing.contains_key(&client_id) {
+            failing.insert(client_id, next);
         }
-        self.chunk_receipts.store(next, Ordering::Relaxed);
     }
 }
 

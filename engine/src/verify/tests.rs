@@ -78,3 +78,61 @@ fn coalesced_keys_verify_like_distinct_keys() {
     assert_eq!(verdicts[10], Err(Reason::BadSignature));
     assert_eq!(verdicts.iter().filter(|v| v.is_ok()).count(), 63);
 }
+
+/// The bound on a failing client: while its signatures keep failing its chunks halve down to the
+/// floor, every other client in the same calls keeps full chunks, verdicts stay exact, and once
+/// it sends clean signatures it is back to full chunks.
+#[test]
+fn a_failing_client_alone_shrinks_its_chunks_and_recovers() {
+    let config = VerifyConfig {
+        threads: 2,
+        ..VerifyConfig::default()
+    };
+    let pool =
+        VerifyPool::new(Verifier::new(Domain::default(), config.clone()), config).expect("pool");
+    let clean = records(512, 16);
+    let mut dirty = clean.clone();
+    for record in dirty.iter_mut().step_by(10) {
+        record[RECEIPT_BYTES - 1] ^= 1;
+    }
+    let call = |abuser: &[[u8; RECEIPT_BYTES]]| {
+        let mut all: Vec<[u8; RECEIPT_BYTES]> = clean.clone();
+        all.extend_from_slice(abuser);
+        all.extend_from_slice(&clean);
+        let views: Vec<ReceiptView<'_>> = all
+            .iter()
+            .map(|record| ReceiptView::parse(record).expect("a v1 record"))
+            .collect();
+        let spans =
+            [(1, clean.len()), (2, abuser.len()), (3, clean.len())].map(|(client_id, receipts)| {
+                ClientSpan {
+                    client_id,
+                    receipts,
+                }
+            });
+        let verdicts = pool.verify_clients(&views, &spans);
+        let expected: Vec<Verdict> = views
+            .iter()
+            .map(|view| pool.verifier().verify_one(view))
+            .collect();
+        assert_eq!(verdicts, expected);
+        [1, 2, 3].map(|client| pool.client_chunk_receipts(client))
+    };
+    let mut abuser_chunks = Vec::new();
+    for _ in 0..4 {
+        let [first, abuser, last] = call(&dirty);
+        assert_eq!(
+            (first, last),
+            (BATCH_RECEIPTS_DEFAULT, BATCH_RECEIPTS_DEFAULT)
+        );
+        abuser_chunks.push(abuser);
+    }
+    assert_eq!(abuser_chunks, [128, 64, 32, 32], "halves down to the floor");
+    assert_eq!(pool.failing_clients().len(), 1);
+    assert_eq!(
+        call(&clean),
+        [BATCH_RECEIPTS_DEFAULT; 3],
+        "a client that stops failing recovers"
+    );
+    assert!(pool.failing_clients().is_empty());
+}

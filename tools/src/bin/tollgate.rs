@@ -9,6 +9,7 @@ use tollgate_engine::verify::{Verifier, VerifyConfig};
 use tollgate_load::cli::DomainArgs;
 use tollgate_tools::audit::AuditArgs;
 use tollgate_tools::audit::watch::WatchArgs;
+use tollgate_tools::bench_abuse::BenchAbuseArgs;
 use tollgate_tools::bench_e2e::BenchE2eArgs;
 use tollgate_tools::bench_verify::BenchVerifyArgs;
 use tollgate_tools::bench_x402::BenchX402Args;
@@ -20,8 +21,8 @@ use tollgate_tools::query::QueryCommand;
 use tollgate_tools::receipts_json::VerdictFormat;
 use tollgate_tools::serve::ServeArgs;
 use tollgate_tools::{
-    audit, bench_e2e, bench_verify, bench_x402, demo, deploy, deposit, grant, keys, query,
-    receipts_json,
+    audit, bench_abuse, bench_e2e, bench_verify, bench_x402, demo, deploy, deposit, grant, keys,
+    query, receipts_json,
 };
 
 #[derive(Debug, Parser)]
@@ -83,6 +84,9 @@ enum BenchCommand {
     /// The x402 facilitator's POST /settle rate on its own, with the same run's POST /verify
     /// and fleet-protocol rates for the same receipts.
     X402(BenchX402Args),
+    /// Eight clients, one of them sending bad signatures: the seven good clients' rate against
+    /// the same run's rate with the eighth clean, every verdict checked.
+    Abuse(BenchAbuseArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -231,6 +235,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(BenchCommand::X402(args)) => {
             bench_x402::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Abuse(args)) => {
+            bench_abuse::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
     }
