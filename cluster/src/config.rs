@@ -177,7 +177,8 @@ mod tests {
 
     #[test]
     fn each_bad_setting_is_named() {
-        let cases: [(&str, fn(&mut ClusterConfig)); 6] = [
+        type Break = fn(&mut ClusterConfig);
+        let cases: [(&str, Break); 6] = [
             ("node_id", |c| c.node_id.clear()),
             ("partitions", |c| c.partitions = 0),
             ("stream_replicas", |c| c.stream_replicas = 6),
