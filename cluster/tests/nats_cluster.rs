@@ -120,18 +120,17 @@ async fn the_log_dedups_by_message_id_and_keeps_quorum_after_a_server_is_killed(
     let js = node.jetstream();
     let subject = subject_of(3);
 
-    let first = js
-        .send_publish(subject.clone(), with_id("c1/p1/s1/b1/3"))
-        .await
-        .expect("publish")
-        .await
-        .expect("ack");
-    let again = js
-        .send_publish(subject.clone(), with_id("c1/p1/s1/b1/3"))
-        .await
-        .expect("publish")
-        .await
-        .expect("ack");
+    let mut acks = Vec::new();
+    for _ in 0..2 {
+        let ack = js
+            .send_publish(subject.clone(), with_id("c1/p1/s1/b1/3"))
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+        acks.push(ack);
+    }
+    let (first, again) = (&acks[0], &acks[1]);
     assert!(!first.duplicate);
     assert!(again.duplicate, "the re-publish is recognised");
     assert_eq!(again.sequence, first.sequence);
@@ -156,7 +155,7 @@ async fn the_log_dedups_by_message_id_and_keeps_quorum_after_a_server_is_killed(
     let stream = node.stream();
     let info = eventually("stream info after the kill", || stream.get_info()).await;
     assert_eq!(info.state.messages, 2);
-    for ack in [&first, &second] {
+    for ack in [first, &second] {
         let message = eventually("read back", || stream.get_raw_message(ack.sequence)).await;
         assert_eq!(message.subject.as_str(), subject);
     }
