@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Tollgate needs beyond the Rust toolchain, and nothing when it
-# is already there: libclang (bindgen for librocksdb-sys) and perl (keccak-asm) from Debian, and the pinned chain
+# is already there: libclang (bindgen for librocksdb-sys), perl (keccak-asm) and nats-server (the
+# cluster tests) from Debian, and the pinned chain
 # toolchain (solc, anvil) from npm into ./node_modules, and the TypeScript packages' dependencies into
 # clients/typescript/node_modules. Safe to run again.
 set -euo pipefail
@@ -13,13 +14,15 @@ cd "$(dirname "$0")/.."
 # - perl: generates keccak-asm's assembly (alloy's `asm-keccak`), which cc then assembles.
 # - python3-minimal: runs scripts/module_cycles.py, the check that no crate's modules import each
 #   other in a circle.
+# - nats-server: the cluster crate's tests start a real 3-node NATS JetStream cluster on loopback
+#   (Debian bookworm ships 2.9.10: JetStream, KV and Object Store, but no per-key TTL).
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 missing=()
-for pkg in libclang-dev perl python3-minimal; do
+for pkg in libclang-dev perl python3-minimal nats-server; do
   installed "$pkg" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "bootstrap: installing ${missing[*]} (needed to build librocksdb-sys and keccak-asm, and by the module check)"
+  echo "bootstrap: installing ${missing[*]} (needed to build librocksdb-sys and keccak-asm, by the module check and by the cluster tests)"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null

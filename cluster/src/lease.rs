@@ -1,0 +1,321 @@
+//! Partition leases: at most one node owns a partition at a time.
+//!
+//! Each partition's lease is the key `p.<partition>` of the lease bucket, whose value names the
+//! holder and the lease's token. Every write is a compare-and-set on the key's revision (the
+//! stream sequence of its latest entry), so of two nodes writing from the same revision exactly
+//! one succeeds. The bucket's max age is the lease TTL: the servers delete an entry once it is
+//! older than that, so a lease not renewed in time disappears and the key is vacant again.
+//!
+//! - **Acquire**: read the key from the stream leader; when it is vacant, write our record
+//!   expecting the vacant revision (0 when no entry is left). A live entry is never overwritten.
+//! - **Renew** (every heartbeat): write the same record expecting our last revision. A failed
+//!   compare-and-set means the entry expired or another node took it: the lease is lost.
+//! - **Token**: the revision at which the lease was acquired. It stays the same across renewals
+//!   and grows with every new owner (stream sequences never go back), so it fences writes.
+
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::kv::{self, UpdateErrorKind};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::error::LeaseError;
+use crate::fence::Fence;
+use crate::kv::{Latest, latest};
+
+/// A lease's stored value.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    holder: String,
+    /// The lease's token; 0 in the acquiring write, which cannot know its own revision, means
+    /// "this entry's revision".
+    token: u64,
+}
+
+/// Who holds a partition now, as the lease bucket's leader has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub node: String,
+    pub token: u64,
+    /// Revision of the latest renewal.
+    pub revision: u64,
+}
+
+/// A lease this node holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    partition: u32,
+    token: u64,
+    revision: u64,
+    /// When the write that last extended the lease was sent. The servers stamped it later, so
+    /// their expiry comes after `sent + ttl` (as long as clocks run at the same rate; their
+    /// settings need not agree).
+    sent: Instant,
+    ttl: Duration,
+}
+
+impl Lease {
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    /// The fencing token: the revision at which this lease was acquired.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// The lease bucket revision of the latest acquisition or renewal: grows with every
+    /// heartbeat, while the token stays.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// The fence this owner stamps on its writes.
+    pub fn fence(&self) -> Fence {
+        Fence {
+            partition: self.partition,
+            token: self.token,
+        }
+    }
+
+    /// Until when this node may act as the owner without a further renewal, by its own
+    /// monotonic clock (never by comparing wall clocks).
+    pub fn valid_until(&self) -> Instant {
+        self.sent + self.ttl
+    }
+}
+
+/// This node's access to the lease bucket.
+#[derive(Debug, Clone)]
+pub struct Leases {
+    store: kv::Store,
+    node: String,
+    ttl: Duration,
+    heartbeat: Duration,
+}
+
+fn key(partition: u32) -> String {
+    format!("p.{partition}")
+}
+
+impl Leases {
+    pub(crate) fn new(store: kv::Store, node: String, ttl: Duration, heartbeat: Duration) -> Self {
+        Self {
+            store,
+            node,
+            ttl,
+            heartbeat,
+        }
+    }
+
+    /// This node's name, as written in the leases it holds.
+    pub fn node_id(&self) -> &str {
+        &self.node
+    }
+
+    async fn latest(&self, partition: u32) -> Result<Latest, LeaseError> {
+        latest(&self.store, &key(partition))
+            .await
+            .map_err(|source| LeaseError::Nats { partition, source })
+    }
+
+    fn holder_of(partition: u32, latest: &Latest) -> Result<Option<Holder>, LeaseError> {
+        let Latest::Value(message) = latest else {
+            return Ok(None);
+        };
+        let record: Record =
+            serde_json::from_slice(&message.payload).map_err(|err| LeaseError::Record {
+                partition,
+                why: err.to_string(),
+            })?;
+        Ok(Some(Holder {
+            node: record.holder,
+            token: if record.token == 0 {
+                message.sequence
+            } else {
+                record.token
+            },
+            revision: message.sequence,
+        }))
+    }
+
+    /// The current holder of `partition`, `None` when its lease expired or was never taken.
+    pub async fn holder(&self, partition: u32) -> Result<Option<Holder>, LeaseError> {
+        Self::holder_of(partition, &self.latest(partition).await?)
+    }
+
+    fn record(&self, partition: u32, token: u64) -> Result<Bytes, LeaseError> {
+        let record = Record {
+            holder: self.node.clone(),
+            token,
+        };
+        serde_json::to_vec(&record)
+            .map(Bytes::from)
+            .map_err(|err| LeaseError::Record {
+                partition,
+                why: err.to_string(),
+            })
+    }
+
+    /// Takes `partition` if nobody holds it. Refused with [`LeaseError::Held`] while another
+    /// node's lease is live, and with [`LeaseError::Contended`] when another node won the race.
+    pub async fn acquire(&self, partition: u32) -> Result<Lease, LeaseError> {
+        let latest = self.latest(partition).await?;
+        let Some(expect) = latest.vacant_revision() else {
+            let holder = Self::holder_of(partition, &latest)?;
+            return Err(match holder {
+                Some(h) => LeaseError::Held {
+                    partition,
+                    holder: h.node,
+                    token: h.token,
+                },
+                None => LeaseError::Contended { partition },
+            });
+        };
+        let sent = Instant::now();
+        match self
+            .store
+            .update(key(partition), self.record(partition, 0)?, expect)
+            .await
+        {
+            Ok(revision) => Ok(Lease {
+                partition,
+                token: revision,
+                revision,
+                sent,
+                ttl: self.ttl,
+            }),
+            Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => {
+                Err(LeaseError::Contended { partition })
+            }
+            Err(err) => Err(LeaseError::Nats {
+                partition,
+                source: Box::new(err),
+            }),
+        }
+    }
+
+    /// Extends `lease` by one TTL. [`LeaseError::Lost`] when it expired or another node took it.
+    pub async fn renew(&self, lease: &mut Lease) -> Result<(), LeaseError> {
+        let sent = Instant::now();
+        match self
+            .store
+            .update(
+                key(lease.partition),
+                self.record(lease.partition, lease.token)?,
+                lease.revision,
+            )
+            .await
+        {
+            Ok(revision) => {
+                lease.revision = revision;
+                lease.sent = sent;
+                Ok(())
+            }
+            Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => Err(LeaseError::Lost {
+                partition: lease.partition,
+                token: lease.token,
+            }),
+            Err(err) => Err(LeaseError::Nats {
+                partition: lease.partition,
+                source: Box::new(err),
+            }),
+        }
+    }
+
+    /// The receiver's fencing check on a message about `partition`: admitted only when it carries
+    /// the token of the partition's current lease. Returns the fence it carried.
+    pub async fn check_fence(
+        &self,
+        partition: u32,
+        headers: Option<&HeaderMap>,
+    ) -> Result<Fence, LeaseError> {
+        let fence = Fence::read(headers)?;
+        let current = self.holder(partition).await?.map(|h| h.token);
+        fence.admit(partition, current)?;
+        Ok(fence)
+    }
+
+    /// Starts taking and keeping `partition`: tries to acquire it every heartbeat while vacant,
+    /// renews it every heartbeat while held.
+    pub fn keep(&self, partition: u32) -> LeaseKeeper {
+        let (held_tx, held) = watch::channel(None);
+        let (stop, stopped) = watch::channel(());
+        let task = tokio::spawn(keep(self.clone(), partition, held_tx, stopped));
+        LeaseKeeper { held, stop, task }
+    }
+}
+
+/// A running heartbeat for one partition (see [`Leases::keep`]). Dropping it stops the heartbeat.
+#[derive(Debug)]
+pub struct LeaseKeeper {
+    held: watch::Receiver<Option<Lease>>,
+    stop: watch::Sender<()>,
+    task: JoinHandle<Option<Lease>>,
+}
+
+impl LeaseKeeper {
+    /// The lease while this node holds it, `None` while it does not; changes on acquisition,
+    /// every renewal and loss.
+    pub fn held(&self) -> watch::Receiver<Option<Lease>> {
+        self.held.clone()
+    }
+
+    /// Stops heartbeating (the servers expire the lease one TTL after the last renewal) and
+    /// returns the lease last held.
+    pub async fn stop(self) -> Option<Lease> {
+        drop(self.stop);
+        self.task.await.ok().flatten()
+    }
+}
+
+async fn keep(
+    leases: Leases,
+    partition: u32,
+    held_tx: watch::Sender<Option<Lease>>,
+    mut stopped: watch::Receiver<()>,
+) -> Option<Lease> {
+    let mut held: Option<Lease> = None;
+    loop {
+        held = match held {
+            None => match leases.acquire(partition).await {
+                Ok(lease) => {
+                    info!(partition, token = lease.token, node = %leases.node, "lease acquired");
+                    Some(lease)
+                }
+                Err(LeaseError::Held { .. } | LeaseError::Contended { .. }) => None,
+                Err(err) => {
+                    warn!(partition, error = %err, "lease acquire failed");
+                    None
+                }
+            },
+            Some(mut lease) => match leases.renew(&mut lease).await {
+                Ok(()) => Some(lease),
+                Err(err @ LeaseError::Lost { .. }) => {
+                    warn!(partition, error = %err, "lease lost");
+                    None
+                }
+                // The servers may still count us as the holder: keep trying until our own
+                // deadline for the lease passes.
+                Err(err) if Instant::now() < lease.valid_until() => {
+                    warn!(partition, error = %err, "lease renewal failed, retrying");
+                    Some(lease)
+                }
+                Err(err) => {
+                    warn!(partition, error = %err, "lease expired without a renewal");
+                    None
+                }
+            },
+        };
+        held_tx.send_replace(held.clone());
+        tokio::select! {
+            () = tokio::time::sleep(leases.heartbeat) => {}
+            _ = stopped.changed() => break,
+        }
+    }
+    held
+}

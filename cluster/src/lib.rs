@@ -1,0 +1,42 @@
+//! How Tollgate nodes share one deployment over NATS JetStream.
+//!
+//! In cluster mode every node connects to the same NATS cluster and finds there the resources
+//! they share, created idempotently by whichever node starts first ([`Cluster::start`]): the
+//! receipts log (one replicated stream, subject `tollgate.rx.<p>` per payer partition, with a
+//! duplicate window so a re-published batch part carrying the same `Nats-Msg-Id` is stored once),
+//! a meta KV bucket recording the partition count fixed at creation, a lease KV bucket, and an
+//! object store for partition checkpoints. A payer belongs to one partition forever
+//! ([`partition_of`], a BLAKE3 hash of its key), so its funds check stays local to that
+//! partition. Each partition has at most one owner at a time, chosen by a lease in the lease
+//! bucket ([`Leases`]): compare-and-set on the key's revision to take it, renewed by heartbeat
+//! ([`LeaseKeeper`]), lost when a renewal's compare-and-set fails. An owner stamps its writes with
+//! its lease's token ([`Fence`]) and receivers refuse a token that is not the partition's
+//! current one ([`Leases::check_fence`]), so an owner that stalled past its lease cannot write.
+//!
+//! **Lease expiry** is judged by the NATS servers alone: the lease bucket's max age is the lease
+//! TTL, so the stream leader deletes a lease entry one TTL after the server stamped its last
+//! renewal, and a vacant key is what lets another node acquire. No node ever compares its wall
+//! clock with another's or with a server timestamp, so a node whose clock is off cannot take a
+//! live lease early. The holder, for its part, counts its lease valid for one TTL from when it
+//! *sent* the renewal, by its own monotonic clock ([`Lease::valid_until`]): the server stamped
+//! the renewal later, so the holder stops before the servers expire it. (NATS 2.9 has no per-key
+//! TTL, which arrived in 2.11; a bucket-wide max age does the same for a bucket holding only
+//! leases, which is why the partition count lives in its own bucket.)
+//!
+//! This crate only knows about payers through [`tollgate_engine::PayerKey`]; the engine itself
+//! knows nothing of NATS or tokio.
+
+mod config;
+mod error;
+mod fence;
+mod kv;
+mod lease;
+mod partition;
+mod resources;
+
+pub use config::ClusterConfig;
+pub use error::{ClusterError, LeaseError, NatsError};
+pub use fence::{FENCE_HEADER, Fence, FenceError};
+pub use lease::{Holder, Lease, LeaseKeeper, Leases};
+pub use partition::{SUBJECT_PREFIX, partition_of, subject_of};
+pub use resources::Cluster;

@@ -1,0 +1,193 @@
+//! A real 3-server NATS JetStream cluster on loopback for the cluster tests: free ports, a temp
+//! store dir per server, routes between all three. Servers are killed when it is dropped.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+
+/// How long the servers get to elect a JetStream meta leader and see each other.
+const READY_DEADLINE: Duration = Duration::from_secs(60);
+
+const SERVERS: usize = 3;
+
+#[derive(Debug)]
+pub struct NatsCluster {
+    servers: Vec<Option<Child>>,
+    names: Vec<String>,
+    urls: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+/// `nats-server` from PATH, or from /usr/sbin where Debian's package puts it (not on a non-root
+/// user's PATH). A missing server fails the test: the cluster tests never skip.
+fn nats_server() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "nats-server not found on PATH or in /usr/sbin: run scripts/bootstrap.sh, which \
+                 installs Debian's nats-server package (the cluster tests need a real server)"
+            )
+        })
+}
+
+/// Ports the OS just handed out; all are held at once so none repeats.
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("bound address").port())
+        .collect()
+}
+
+fn spawn(binary: &Path, dir: &Path, name: &str, port: u16, route_port: u16, routes: &str) -> Child {
+    let store = dir.join(name);
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("server log file");
+    Command::new(binary)
+        .args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-n",
+            name,
+            "-js",
+            "-sd",
+        ])
+        .arg(&store)
+        .args([
+            "--cluster_name",
+            "tollgate-test",
+            "--cluster",
+            &format!("nats://127.0.0.1:{route_port}"),
+            "--routes",
+            routes,
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()))
+}
+
+impl NatsCluster {
+    /// Starts three servers and returns once JetStream can place an R3 stream on them.
+    pub async fn start() -> NatsCluster {
+        let binary = nats_server();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports = free_ports(2 * SERVERS);
+        let (client_ports, route_ports) = ports.split_at(SERVERS);
+        let routes: Vec<String> = route_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        let names: Vec<String> = (0..SERVERS).map(|i| format!("n{i}")).collect();
+        let servers = (0..SERVERS)
+            .map(|i| {
+                let others: Vec<&str> = (0..SERVERS)
+                    .filter(|&j| j != i)
+                    .map(|j| routes[j].as_str())
+                    .collect();
+                Some(spawn(
+                    &binary,
+                    dir.path(),
+                    &names[i],
+                    client_ports[i],
+                    route_ports[i],
+                    &others.join(","),
+                ))
+            })
+            .collect();
+        let urls = client_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        let cluster = NatsCluster {
+            servers,
+            names,
+            urls,
+            dir,
+        };
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    /// Retries placing (and removing) a throwaway R3 stream: that needs a meta leader and all
+    /// three servers known to it.
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + READY_DEADLINE;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match self.probe().await {
+                Ok(()) => return,
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!(
+            "JetStream cluster not ready after {READY_DEADLINE:?}: {last} (server logs in {})",
+            self.dir.path().display()
+        );
+    }
+
+    async fn probe(&self) -> Result<(), String> {
+        let client = async_nats::connect(self.urls.as_slice())
+            .await
+            .map_err(|e| e.to_string())?;
+        let js = jetstream::new(client);
+        js.create_stream(stream::Config {
+            name: "probe".to_string(),
+            subjects: vec!["probe".to_string()],
+            num_replicas: SERVERS,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        js.delete_stream("probe").await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.urls.clone()
+    }
+
+    /// kill -9 of the server named `name` (as JetStream reports it, e.g. a stream leader).
+    pub fn kill(&mut self, name: &str) {
+        let index = self
+            .names
+            .iter()
+            .position(|n| n == name)
+            .unwrap_or_else(|| panic!("no server named {name}"));
+        if let Some(mut child) = self.servers[index].take() {
+            child.kill().expect("SIGKILL the server");
+            child.wait().expect("reap the server");
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for child in self.servers.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // A failed test shows what the servers said.
+        if std::thread::panicking() {
+            for name in &self.names {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
+                    .unwrap_or_default();
+                eprintln!("--- nats-server {name} ---\n{log}");
+            }
+        }
+    }
+}
