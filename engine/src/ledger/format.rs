@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
-use crate::store::{Cf, FORMAT_KEY, Store};
+use crate::store::{Cf, FORMAT_KEY, Store, StoreBatch};
 
 use super::LedgerConfig;
 use super::error::{LedgerError, corrupt};
-use super::record::{FormatRecord, LAYOUT_VERSION};
+use super::record::{FormatRecord, LAYOUT_VERSION, UPGRADABLE_LAYOUT};
 use super::window::WINDOW_WORD_BITS;
 
 /// Checks what can be checked about a configuration before anything is opened.
@@ -66,8 +66,9 @@ pub(crate) fn read(store: &Store) -> Result<FormatRecord, LedgerError> {
     Ok(FormatRecord::decode(&format_bytes).map_err(corrupt(Cf::Meta))?)
 }
 
-/// Refuses a store whose format record is missing, of another layout, or of another window size
-/// than `config`'s (stored windows have that many words); returns the record.
+/// Refuses a store whose format record is missing, of a layout this build neither writes nor
+/// upgrades, or of another window size than `config`'s (stored windows have that many words);
+/// returns the record.
 ///
 /// Whether receipts are archived is the directory's, not the configuration's: a directory made
 /// before the archive existed (or with it off) runs without one, with a warning when the
@@ -75,7 +76,7 @@ pub(crate) fn read(store: &Store) -> Result<FormatRecord, LedgerError> {
 /// and turning the archive on halfway would leave its open epoch unauditable anyway.
 pub(crate) fn check(store: &Store, config: &LedgerConfig) -> Result<FormatRecord, LedgerError> {
     let format = read(store)?;
-    if format.layout != LAYOUT_VERSION {
+    if format.layout != LAYOUT_VERSION && format.layout != UPGRADABLE_LAYOUT {
         return Err(LedgerError::Config {
             problem: format!(
                 "data dir {} has layout {}, this build reads layout {LAYOUT_VERSION}",
@@ -104,4 +105,24 @@ pub(crate) fn check(store: &Store, config: &LedgerConfig) -> Result<FormatRecord
         );
     }
     Ok(format)
+}
+
+/// Marks a store whose records were brought to this build's layout (see [`UPGRADABLE_LAYOUT`])
+/// as being of it. Written last, so a crash before it leaves an older record and the next open
+/// upgrades again (each upgrade step is idempotent).
+pub(crate) fn upgraded(store: &Store, format: FormatRecord) -> Result<(), LedgerError> {
+    if format.layout == LAYOUT_VERSION {
+        return Ok(());
+    }
+    let mut batch = StoreBatch::default();
+    batch.put(
+        Cf::Meta,
+        FORMAT_KEY,
+        FormatRecord {
+            layout: LAYOUT_VERSION,
+            ..format
+        }
+        .encode(),
+    );
+    Ok(store.write(batch)?)
 }

@@ -101,9 +101,11 @@ pub(crate) struct Ledger {
 impl Ledger {
     /// Loads the ledger's metadata from an opened store and checks it matches `config`.
     pub(crate) fn open(store: Arc<Store>, config: LedgerConfig) -> Result<Self, LedgerError> {
-        let archive = format::check(&store, &config)?.archive_receipts;
+        let format = format::check(&store, &config)?;
+        let archive = format.archive_receipts;
         super::grants::split_grant_records(&store)?;
         super::grants::fold_grant_spends(&store)?;
+        format::upgraded(&store, format)?;
         let open = match store.get(Cf::Meta, OPEN_EPOCH_KEY)? {
             Some(bytes) => OpenEpoch::decode(&bytes).map_err(corrupt(Cf::Meta))?,
             None => OpenEpoch::default(),

@@ -163,8 +163,14 @@ pub struct FormatRecord {
 
 /// The layout this code writes. 2: producer sessions keyed by client id, a batch digest in each
 /// stored ack, receipt and channel counts in each payer record; open-epoch index keys prefixed by
-/// their epoch, an indexed epoch in each payer and payee record, and a resumable seal.
-pub const LAYOUT_VERSION: u32 = 2;
+/// their epoch, an indexed epoch in each payer and payee record, and a resumable seal. 3: a
+/// session's spend kept in its windows, no record of its own.
+pub const LAYOUT_VERSION: u32 = 3;
+
+/// The older layout a ledger still opens: its session spends are folded into their windows and
+/// its format record rewritten, after which a build of that layout refuses the directory rather
+/// than look for spends that are no longer where it expects them (a session would spend again).
+pub const UPGRADABLE_LAYOUT: u32 = 2;
 
 impl FormatRecord {
     /// magic, layout u32, window_nonces u32, archive_receipts u8 (0 or 1; appended later).

@@ -7,7 +7,8 @@ use crate::grant::{
     SignedGrant,
 };
 use crate::ledger::record::{
-    ChannelKey, GRANT_RECORDS_SPLIT_KEY, Position, grant_key, grant_spend_key, session_window_key,
+    ChannelKey, FormatRecord, GRANT_RECORDS_SPLIT_KEY, LAYOUT_VERSION, Position, UPGRADABLE_LAYOUT,
+    grant_key, grant_spend_key, session_window_key,
 };
 use crate::store::{Cf, Store, StoreBatch};
 use crate::verdict::Reason;
@@ -403,9 +404,30 @@ fn spend_survives_reopening_from(older: impl FnOnce(&Store, &SignedGrant, Positi
         granted_at,
         agent_key,
     );
-    drop(ledger);
+    // Marked as the layout those records belong to.
+    let store = ledger.store();
+    let format = crate::ledger::format::read(&store).expect("format");
+    let mut batch = StoreBatch::default();
+    batch.put(
+        Cf::Meta,
+        crate::store::FORMAT_KEY,
+        FormatRecord {
+            layout: UPGRADABLE_LAYOUT,
+            ..format
+        }
+        .encode(),
+    );
+    store.write(batch).expect("write");
+    drop((store, ledger));
 
     let mut reopened = super::ledger(dir.path());
+    // Upgraded, so a build of the older layout refuses the directory from now on.
+    assert_eq!(
+        crate::ledger::format::read(&reopened.store())
+            .expect("format")
+            .layout,
+        LAYOUT_VERSION
+    );
     let held = LedgerReader::new(reopened.store())
         .grant(&agent_key)
         .expect("read")
