@@ -52,13 +52,20 @@ pub trait BatchVerifier: Send + Sync + 'static {
     fn verify_clients(&self, receipts: &[ReceiptView<'_>], spans: &[ClientSpan]) -> Vec<Verdict> {
         let mut verdicts = Vec::with_capacity(receipts.len());
         let mut rest = receipts;
-        for span in spans {
-            let (mine, others) = rest.split_at(span.receipts.min(rest.len()));
-            verdicts.extend(self.verify(mine));
+        let lengths = spans.iter().map(|span| span.receipts);
+        for length in lengths.chain([usize::MAX]) {
+            let (mine, others) = rest.split_at(length.min(rest.len()));
+            if mine.is_empty() {
+                continue;
+            }
+            let checked = self.verify(mine);
+            if checked.len() != mine.len() {
+                // A miscount in one span would shift every later verdict onto the wrong
+                // receipt: answer with no verdicts, which the caller refuses as a whole.
+                return Vec::new();
+            }
+            verdicts.extend(checked);
             rest = others;
-        }
-        if !rest.is_empty() {
-            verdicts.extend(self.verify(rest));
         }
         verdicts
     }

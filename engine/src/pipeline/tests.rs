@@ -272,3 +272,58 @@ fn a_group_never_mixes_clients_in_one_verification() {
     }
     assert_eq!(calls.len(), 3, "one verification per client");
 }
+
+/// A verifier that miscounts within spans but gets the total right (two verdicts for a lone
+/// receipt, one too few for three) must not have its verdicts shifted onto other receipts: the
+/// whole group is refused.
+#[test]
+fn a_verifier_miscounting_one_clients_span_gets_the_group_refused() {
+    struct Miscounting;
+    impl BatchVerifier for Miscounting {
+        fn verify(&self, receipts: &[ReceiptView<'_>]) -> Vec<Verdict> {
+            let count = if receipts.len() == 1 {
+                2
+            } else {
+                receipts.len() - 1
+            };
+            vec![Ok(()); count]
+        }
+    }
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let request = |client_id: u64, receipts: u64| SubmitRequest {
+        client_id,
+        producer_id: 1,
+        session_epoch: 1,
+        batch_seq: 1,
+        receipts: ReceiptBatch::from_receipts(
+            &(0..receipts)
+                .map(|nonce| {
+                    crate::receipt::UnsignedReceipt {
+                        payer: PayerKey(key.verifying_key().to_bytes()),
+                        payee: crate::receipt::Address([2; 20]),
+                        amount: 5,
+                        nonce,
+                        timestamp_ms: 0,
+                        request_hash: [0; 32],
+                        session: false,
+                    }
+                    .sign(&key, &crate::Domain::default())
+                })
+                .collect::<Vec<_>>(),
+        ),
+        prejudged: Vec::new(),
+    };
+    let requests = [request(1, 1), request(2, 3)];
+    let group: Vec<(&SubmitRequest, Signatures)> = requests
+        .iter()
+        .map(|request| (request, Signatures::Unchecked))
+        .collect();
+    let verdicts = group_verdicts(&Miscounting, &group);
+    assert_eq!(
+        verdicts,
+        vec![
+            vec![Err(Reason::BadSignature)],
+            vec![Err(Reason::BadSignature); 3]
+        ]
+    );
+}
