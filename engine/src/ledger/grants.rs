@@ -14,7 +14,7 @@ use super::error::{DecodeError, LedgerError, corrupt, invariant};
 use super::reader::session_spend;
 use super::record::{
     GRANT_KEY_PREFIX, GRANT_RECORDS_SPLIT_KEY, GRANT_SPEND_KEY_PREFIX, HeldGrant, PayerState,
-    SESSION_WINDOW_KEY_PREFIX, SessionWindow, decode_legacy_grant_spend,
+    SessionWindow, decode_legacy_grant_spend, session_windows_prefix,
 };
 use super::state::Ledger;
 
@@ -98,8 +98,7 @@ fn fold_into_window(
     if spent == GrantSpend::default() {
         return Ok(());
     }
-    let mut prefix = [SESSION_WINDOW_KEY_PREFIX; 33];
-    prefix[1..].copy_from_slice(&session.0);
+    let prefix = session_windows_prefix(session);
     // A session spends only through a receipt, whose window was written with its spend.
     let (key, bytes) = store
         .snapshot()

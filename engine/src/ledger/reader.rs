@@ -18,9 +18,9 @@ use super::record::{
     ChannelKey, ChannelState, EntryKind, EpochRecord, FUNDS_CURSOR_KEY, FundsCursor,
     GRANT_KEY_PREFIX, GrantRecord, HEAD_WITHDRAWALS_KEY, HeadWithdrawals, HeldGrant,
     OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey, ProducerState,
-    SEALING_EPOCH_KEY, SESSION_WINDOW_KEY_PREFIX, SealingEpoch, SessionWindow, address_from,
-    decode_amount, entry_key, entry_prefix, epoch_key, grant_key, payer_from, producer_key,
-    session_window_key,
+    SEALING_EPOCH_KEY, SealingEpoch, SessionWindow, address_from, decode_amount, entry_key,
+    entry_prefix, epoch_key, grant_key, payer_from, producer_key, session_window_key,
+    session_windows_prefix,
 };
 
 /// Entries read from RocksDB per scan when a whole epoch is read back: the transient copies
@@ -497,9 +497,7 @@ pub(super) fn session_spend(
     snapshot: &StoreSnapshot<'_>,
     session: &PayerKey,
 ) -> Result<GrantSpend, StoreError> {
-    let mut prefix = [0u8; 33];
-    prefix[0] = SESSION_WINDOW_KEY_PREFIX;
-    prefix[1..].copy_from_slice(&session.0);
+    let prefix = session_windows_prefix(session);
     let mut spent = GrantSpend::default();
     let mut after: Option<Vec<u8>> = None;
     loop {

@@ -229,9 +229,13 @@ pub fn session_window_key(key: &ChannelKey) -> [u8; 53] {
     out
 }
 
-/// The prefix every session window key starts with; followed by the session key, it prefixes
-/// all of one session's windows.
+/// The prefix every session window key starts with.
 pub const SESSION_WINDOW_KEY_PREFIX: u8 = b'w';
+
+/// The prefix of all of one session's windows: `'w' ‖ session key`.
+pub fn session_windows_prefix(session: &PayerKey) -> [u8; 33] {
+    session_key_with(SESSION_WINDOW_KEY_PREFIX, session)
+}
 
 impl SessionWindow {
     /// An empty window with nothing spent.
