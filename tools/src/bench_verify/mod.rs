@@ -6,6 +6,8 @@
 //!   way (its AVX2 backend; its IFMA path needs a nightly compiler). The baseline.
 //! - `dalek3_same_backend`: ed25519-dalek 3 `verify_batch` on curve25519-dalek 5, with the
 //!   backend Tollgate uses.
+//! - `zebra_batch`: ed25519-zebra's batch verifier (ZIP-215, coalescing the terms of each
+//!   distinct key, as Tollgate does) on the same curve25519-dalek 5 backend.
 //! - `tollgate`: [`tollgate_engine::VerifyPool`] over the raw receipt bytes.
 //! - `tollgate_sessions` (with `--sessions-per-payer N`): the same, over the same draw signed
 //!   by N session keys per payer instead of the payer keys: what delegating to agents costs
@@ -19,14 +21,14 @@
 
 use std::time::Instant;
 
-use anyhow::ensure;
+use anyhow::{Context, ensure};
 use serde::Serialize;
 use tollgate_engine::verify::BATCH_RECEIPTS_DEFAULT;
 
 mod contenders;
 mod workload;
 
-pub use contenders::{Backends, Dalek2Inputs, Dalek3Inputs, tollgate_pool};
+pub use contenders::{Backends, Dalek2Inputs, Dalek3Inputs, ZebraInputs, tollgate_pool};
 pub use workload::Workload;
 
 /// Flags of `tollgate bench verify`.
@@ -213,6 +215,7 @@ pub fn measure(args: &BenchVerifyArgs) -> anyhow::Result<Report> {
 
     let dalek2 = Dalek2Inputs::new(&workload)?;
     let dalek3 = Dalek3Inputs::new(&workload)?;
+    let zebra = ZebraInputs::new(&workload)?;
     let views = workload.views()?;
     let pool = tollgate_pool(&workload.domain, threads, args.batch)?;
     let rayon_pool = rayon::ThreadPoolBuilder::new()
@@ -228,6 +231,10 @@ pub fn measure(args: &BenchVerifyArgs) -> anyhow::Result<Report> {
         (
             "dalek3_same_backend",
             Box::new(|| rayon_pool.install(|| dalek3.verify(args.batch))),
+        ),
+        (
+            "zebra_batch",
+            Box::new(|| rayon_pool.install(|| zebra.verify(args.batch))),
         ),
         ("tollgate", Box::new(|| count_bad(&pool.verify(&views)))),
     ];
@@ -267,10 +274,14 @@ pub fn measure(args: &BenchVerifyArgs) -> anyhow::Result<Report> {
             passes_receipts_per_s: passes,
         })
         .collect::<Vec<_>>();
-    let tollgate_rate = results[2].receipts_per_s;
-    let session_vs_payer = results
-        .get(3)
-        .map(|sessions| sessions.receipts_per_s / tollgate_rate);
+    let rate_of = |name: &str| {
+        results
+            .iter()
+            .find(|measured| measured.name == name)
+            .map(|measured| measured.receipts_per_s)
+    };
+    let tollgate_rate = rate_of("tollgate").context("the tollgate contender always runs")?;
+    let session_vs_payer = rate_of("tollgate_sessions").map(|sessions| sessions / tollgate_rate);
 
     let tollgate_one_thread_receipts_per_s = if threads > 1 {
         let single = tollgate_pool(&workload.domain, 1, args.batch)?;
@@ -429,6 +440,7 @@ mod tests {
             [
                 "dalek2_default",
                 "dalek3_same_backend",
+                "zebra_batch",
                 "tollgate",
                 "tollgate_sessions"
             ]
