@@ -1,10 +1,12 @@
 //! The verifiers `tollgate bench verify` runs, each prepared before the clock starts, and which
 //! curve25519 arithmetic each uses on this CPU.
 
+use std::ops::Range;
+
 use anyhow::Context;
 use rayon::prelude::*;
 use serde::Serialize;
-use tollgate_engine::receipt::SIGNING_BYTES;
+use tollgate_engine::receipt::{SIGNATURE_BYTES, SIGNING_BYTES};
 use tollgate_engine::{Domain, Verifier, VerifyConfig, VerifyPool};
 
 use super::Workload;
@@ -72,36 +74,65 @@ pub fn tollgate_pool(domain: &Domain, threads: usize, batch: usize) -> anyhow::R
     )?)
 }
 
-/// Inputs of one ed25519-dalek major version, prepared before the clock starts. The versions
-/// share their API but not their types, so one definition is stamped out per crate.
+/// What every library contender gets before the clock starts: each receipt's signing bytes, and
+/// its signature and key in the library's own types (a caller could cache both).
+#[derive(Debug)]
+pub struct Prepared<S, K> {
+    messages: Vec<[u8; SIGNING_BYTES]>,
+    signatures: Vec<S>,
+    keys: Vec<K>,
+}
+
+impl<S: Sync, K: Sync> Prepared<S, K> {
+    fn new(
+        workload: &Workload,
+        signature: impl Fn(&[u8; SIGNATURE_BYTES]) -> S,
+        key: impl Fn(&[u8; 32]) -> anyhow::Result<K>,
+    ) -> anyhow::Result<Self> {
+        let views = workload.views()?;
+        Ok(Self {
+            messages: workload.signing_bytes()?,
+            signatures: views
+                .iter()
+                .map(|view| signature(&view.signature()))
+                .collect(),
+            keys: views
+                .iter()
+                .map(|view| key(&view.payer().0))
+                .collect::<anyhow::Result<_>>()?,
+        })
+    }
+
+    /// Runs `verify_chunk` over `batch`-sized ranges of the receipts on the current rayon pool
+    /// and sums the receipts each rejected.
+    fn rejected_by_chunks(
+        &self,
+        batch: usize,
+        verify_chunk: impl Fn(Range<usize>) -> usize + Sync,
+    ) -> usize {
+        let receipts = self.messages.len();
+        (0..receipts.div_ceil(batch))
+            .into_par_iter()
+            .map(|chunk| verify_chunk(chunk * batch..((chunk + 1) * batch).min(receipts)))
+            .sum()
+    }
+}
+
+/// Inputs of one ed25519-dalek major version. The versions share their API but not their types,
+/// so one definition is stamped out per crate.
 macro_rules! dalek_inputs {
     ($(#[$doc:meta])* $name:ident, $dalek:ident) => {
         $(#[$doc])*
         #[derive(Debug)]
-        pub struct $name {
-            messages: Vec<[u8; SIGNING_BYTES]>,
-            signatures: Vec<$dalek::Signature>,
-            keys: Vec<$dalek::VerifyingKey>,
-        }
+        pub struct $name(Prepared<$dalek::Signature, $dalek::VerifyingKey>);
 
         impl $name {
             /// Decodes keys and signatures and assembles the messages.
             pub fn new(workload: &Workload) -> anyhow::Result<Self> {
-                let views = workload.views()?;
-                Ok(Self {
-                    messages: workload.signing_bytes()?,
-                    signatures: views
-                        .iter()
-                        .map(|view| $dalek::Signature::from_bytes(&view.signature()))
-                        .collect(),
-                    keys: views
-                        .iter()
-                        .map(|view| {
-                            $dalek::VerifyingKey::from_bytes(&view.payer().0)
-                                .context("generated payer keys decompress")
-                        })
-                        .collect::<anyhow::Result<_>>()?,
+                Prepared::new(workload, $dalek::Signature::from_bytes, |key| {
+                    $dalek::VerifyingKey::from_bytes(key).context("generated payer keys decompress")
                 })
+                .map(Self)
             }
 
             /// Verifies everything in `batch`-sized chunks on the current rayon pool; returns
@@ -109,30 +140,24 @@ macro_rules! dalek_inputs {
             /// `verify` per receipt, as a caller of `verify_batch` must to find the bad ones.
             pub fn verify(&self, batch: usize) -> usize {
                 use $dalek::Verifier as _;
-                let chunks = self.messages.len().div_ceil(batch);
-                (0..chunks)
-                    .into_par_iter()
-                    .map(|chunk| {
-                        let range = chunk * batch..((chunk + 1) * batch).min(self.messages.len());
-                        let messages: Vec<&[u8]> = self.messages[range.clone()]
-                            .iter()
-                            .map(|m| m.as_slice())
-                            .collect();
-                        let signatures = &self.signatures[range.clone()];
-                        let keys = &self.keys[range];
-                        if $dalek::verify_batch(&messages, signatures, keys).is_ok() {
-                            return 0;
-                        }
-                        messages
-                            .iter()
-                            .zip(signatures)
-                            .zip(keys)
-                            .filter(|((message, signature), key)| {
-                                key.verify(message, signature).is_err()
-                            })
-                            .count()
-                    })
-                    .sum()
+                let inputs = &self.0;
+                inputs.rejected_by_chunks(batch, |range| {
+                    let messages: Vec<&[u8]> = inputs.messages[range.clone()]
+                        .iter()
+                        .map(|m| m.as_slice())
+                        .collect();
+                    let signatures = &inputs.signatures[range.clone()];
+                    let keys = &inputs.keys[range];
+                    if $dalek::verify_batch(&messages, signatures, keys).is_ok() {
+                        return 0;
+                    }
+                    messages
+                        .iter()
+                        .zip(signatures)
+                        .zip(keys)
+                        .filter(|((message, signature), key)| key.verify(message, signature).is_err())
+                        .count()
+                })
             }
         }
     };
@@ -149,57 +174,42 @@ dalek_inputs!(
     ed25519_dalek
 );
 
-/// Inputs of ed25519-zebra's batch verifier (ZIP-215, one coefficient per distinct key), prepared
-/// before the clock starts like the dalek contenders'. Its items hash (R, A, message) when
-/// queued, so that hash is timed, as it is inside every other contender.
+/// Inputs of ed25519-zebra's batch verifier (ZIP-215, one coefficient per distinct key). Its
+/// items hash (R, A, message) when queued, so that hash is timed, as it is inside every other
+/// contender.
 #[derive(Debug)]
-pub struct ZebraInputs {
-    messages: Vec<[u8; SIGNING_BYTES]>,
-    signatures: Vec<ed25519_zebra::Signature>,
-    keys: Vec<ed25519_zebra::VerificationKeyBytes>,
-}
+pub struct ZebraInputs(Prepared<ed25519_zebra::Signature, ed25519_zebra::VerificationKeyBytes>);
 
 impl ZebraInputs {
     /// Takes the keys and signatures as bytes and assembles the messages.
     pub fn new(workload: &Workload) -> anyhow::Result<Self> {
-        let views = workload.views()?;
-        Ok(Self {
-            messages: workload.signing_bytes()?,
-            signatures: views
-                .iter()
-                .map(|view| ed25519_zebra::Signature::from_bytes(&view.signature()))
-                .collect(),
-            keys: views
-                .iter()
-                .map(|view| ed25519_zebra::VerificationKeyBytes::from(view.payer().0))
-                .collect(),
+        Prepared::new(workload, ed25519_zebra::Signature::from_bytes, |key| {
+            Ok(ed25519_zebra::VerificationKeyBytes::from(*key))
         })
+        .map(Self)
     }
 
     /// Verifies everything in `batch`-sized chunks on the current rayon pool; returns the number
     /// rejected. A chunk whose batch equation fails is re-checked one item at a time, as
     /// zebra's documentation tells a caller to find the bad ones.
     pub fn verify(&self, batch: usize) -> usize {
-        let chunks = self.messages.len().div_ceil(batch);
-        (0..chunks)
-            .into_par_iter()
-            .map(|chunk| {
-                let range = chunk * batch..((chunk + 1) * batch).min(self.messages.len());
-                let items: Vec<ed25519_zebra::batch::Item> = range
-                    .map(|i| (self.keys[i], self.signatures[i], &self.messages[i]).into())
-                    .collect();
-                let mut verifier = ed25519_zebra::batch::Verifier::new();
-                for item in &items {
-                    verifier.queue(item.clone());
-                }
-                if verifier.verify(rand::rng()).is_ok() {
-                    return 0;
-                }
-                items
-                    .into_iter()
-                    .filter(|item| item.clone().verify_single().is_err())
-                    .count()
-            })
-            .sum()
+        let inputs = &self.0;
+        inputs.rejected_by_chunks(batch, |range| {
+            let items: Vec<ed25519_zebra::batch::Item> = range
+                .map(|i| (inputs.keys[i], inputs.signatures[i], &inputs.messages[i]).into())
+                .collect();
+            let mut verifier = ed25519_zebra::batch::Verifier::new();
+            for item in &items {
+                verifier.queue(item.clone());
+            }
+            if verifier.verify(rand::rng()).is_ok() {
+                return 0;
+            }
+            items
+                .into_iter()
+                .map(ed25519_zebra::batch::Item::verify_single)
+                .filter(Result::is_err)
+                .count()
+        })
     }
 }
