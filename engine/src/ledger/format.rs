@@ -8,7 +8,7 @@ use crate::store::{Cf, FORMAT_KEY, Store, StoreBatch};
 
 use super::LedgerConfig;
 use super::error::{LedgerError, corrupt};
-use super::record::{FormatRecord, LAYOUT_VERSION, UPGRADABLE_LAYOUT};
+use super::record::{FormatRecord, LAYOUT_VERSION, UPGRADABLE_LAYOUTS};
 use super::window::WINDOW_WORD_BITS;
 
 /// Checks what can be checked about a configuration before anything is opened.
@@ -76,7 +76,7 @@ pub(crate) fn read(store: &Store) -> Result<FormatRecord, LedgerError> {
 /// and turning the archive on halfway would leave its open epoch unauditable anyway.
 pub(crate) fn check(store: &Store, config: &LedgerConfig) -> Result<FormatRecord, LedgerError> {
     let format = read(store)?;
-    if format.layout != LAYOUT_VERSION && format.layout != UPGRADABLE_LAYOUT {
+    if format.layout != LAYOUT_VERSION && !UPGRADABLE_LAYOUTS.contains(&format.layout) {
         return Err(LedgerError::Config {
             problem: format!(
                 "data dir {} has layout {}, this build reads layout {LAYOUT_VERSION}",
@@ -107,7 +107,7 @@ pub(crate) fn check(store: &Store, config: &LedgerConfig) -> Result<FormatRecord
     Ok(format)
 }
 
-/// Marks a store whose records were brought to this build's layout (see [`UPGRADABLE_LAYOUT`])
+/// Marks a store whose records were brought to this build's layout (see [`UPGRADABLE_LAYOUTS`])
 /// as being of it. Written last, so a crash before it leaves an older record and the next open
 /// upgrades again (each upgrade step is idempotent).
 pub(crate) fn upgraded(store: &Store, format: FormatRecord) -> Result<(), LedgerError> {

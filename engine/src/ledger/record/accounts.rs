@@ -86,11 +86,11 @@ impl ChannelState {
         }
     }
 
-    /// Layout: cumulative u128, receipts u64, last_timestamp_ms u64, indexed_epoch u64,
-    /// top option<u64>, word count u16, words u64 each.
+    /// Version 2: cumulative u128, receipts u64, last_timestamp_ms u64, indexed_epoch u64, then
+    /// the window as runs ([`put_window`]).
     pub fn encode(&self) -> Vec<u8> {
         let words = self.window.words();
-        let mut out = encoder(16 + 8 * 3 + window_bytes(words.len()));
+        let mut out = versioned_encoder(CHANNEL_VERSION, 16 + 8 * 3 + window_bytes(words.len()));
         out.extend_from_slice(&self.cumulative.to_le_bytes());
         out.extend_from_slice(&self.receipts.to_le_bytes());
         out.extend_from_slice(&self.last_timestamp_ms.to_le_bytes());
@@ -99,16 +99,31 @@ impl ChannelState {
         out
     }
 
-    /// Inverse of [`ChannelState::encode`].
+    /// Inverse of [`ChannelState::encode`], and version 1 (every window word whole). An older
+    /// record is rewritten in version 2 the next time its channel takes a receipt.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut d = Decoder::new(bytes, "channel")?;
-        let cumulative = d.u128()?;
-        let receipts = d.u64()?;
-        let last_timestamp_ms = d.u64()?;
-        let indexed_epoch = d.u64()?;
-        let window = d.window()?;
+        let (mut d, version) = Decoder::versioned(bytes, "channel", CHANNEL_VERSION)?;
+        let state = d.channel_state(version)?;
         d.finish()?;
-        Ok(Self {
+        Ok(state)
+    }
+}
+
+/// Version 1 stored the window's words whole, version 2 as runs.
+const CHANNEL_VERSION: u8 = 2;
+
+impl Decoder<'_> {
+    /// The fields of a [`ChannelState`] of `version`: also the body of a version-1 session window.
+    pub(super) fn channel_state(&mut self, version: u8) -> Result<ChannelState, DecodeError> {
+        let cumulative = self.u128()?;
+        let receipts = self.u64()?;
+        let last_timestamp_ms = self.u64()?;
+        let indexed_epoch = self.u64()?;
+        let window = match version {
+            1 => self.plain_window()?,
+            _ => self.window()?,
+        };
+        Ok(ChannelState {
             cumulative,
             receipts,
             last_timestamp_ms,
@@ -118,7 +133,15 @@ impl ChannelState {
     }
 }
 
-/// Writes a window as top option<u64>, word count u16, words u64 each.
+/// Writes a window as top option<u64>, word count u16, then the words as runs (version 2 of the
+/// records that hold a window; version 1 stored every word whole, see [`Decoder::plain_window`]).
+///
+/// Each run is a tag byte, `kind << 6 | (length - 1)` for 1 to 64 words, and for a literal run
+/// its words u64 each after it. Kinds: 0 words of all zeros, 1 words of all ones, 2 literal words.
+/// A window over nonces taken in order is a run of ones, the word at the top and a run of zeros,
+/// and an unused one 4 bytes: a 1,024-nonce window over in-order nonces is about 23 bytes instead of 147, and the
+/// ledger writes one beside every channel and session window it touches, so the bytes flushed,
+/// logged and compacted per receipt are mostly windows. Measured in docs/BENCHMARKS.md.
 pub(super) fn put_window(out: &mut Vec<u8>, window: &NonceWindow) {
     put_option(out, window.top(), |out, top| {
         out.extend_from_slice(&top.to_le_bytes())
@@ -126,20 +149,98 @@ pub(super) fn put_window(out: &mut Vec<u8>, window: &NonceWindow) {
     let words = window.words();
     // Word count fits: window_nonces is a u32 checked at open against the stored format.
     out.extend_from_slice(&(words.len() as u16).to_le_bytes());
-    for word in words {
-        out.extend_from_slice(&word.to_le_bytes());
+    let mut rest = words;
+    while let Some(&first) = rest.first() {
+        let kind = WordRun::of(first);
+        let length = rest
+            .iter()
+            .take(WordRun::MAX_WORDS)
+            .take_while(|&&word| WordRun::of(word) == kind)
+            .count();
+        // `length` is 1..=64, so the tag's low six bits hold `length - 1`.
+        out.push((kind as u8) << 6 | (length - 1) as u8);
+        if kind == WordRun::Literal {
+            for word in &rest[..length] {
+                out.extend_from_slice(&word.to_le_bytes());
+            }
+        }
+        rest = &rest[length..];
     }
 }
 
-/// Encoded size of a window of `words` words.
+/// Largest encoded size of a window of `words` words (every word a literal).
 pub(super) fn window_bytes(words: usize) -> usize {
-    9 + 2 + 8 * words
+    9 + 2 + 8 * words + words.div_ceil(WordRun::MAX_WORDS)
+}
+
+/// What a run of a stored window's words holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum WordRun {
+    Zeros = 0,
+    Ones = 1,
+    Literal = 2,
+}
+
+impl WordRun {
+    const MAX_WORDS: usize = 64;
+
+    fn of(word: u64) -> Self {
+        match word {
+            0 => Self::Zeros,
+            u64::MAX => Self::Ones,
+            _ => Self::Literal,
+        }
+    }
 }
 
 impl Decoder<'_> {
     /// Inverse of [`put_window`].
     pub(super) fn window(&mut self) -> Result<NonceWindow, DecodeError> {
         let top = self.option(|d| d.u64())?;
+        let count = self.window_words()?;
+        let mut words = Vec::with_capacity(count);
+        while words.len() < count {
+            let tag = self.u8()?;
+            let length = usize::from(tag & 0x3f) + 1;
+            if words.len() + length > count {
+                return Err(DecodeError(format!(
+                    "{}: window runs past its {count} words",
+                    self.what
+                )));
+            }
+            match tag >> 6 {
+                0 => words.resize(words.len() + length, 0),
+                1 => words.resize(words.len() + length, u64::MAX),
+                2 => {
+                    for _ in 0..length {
+                        words.push(self.u64()?);
+                    }
+                }
+                kind => {
+                    return Err(DecodeError(format!(
+                        "{}: window run of kind {kind}",
+                        self.what
+                    )));
+                }
+            }
+        }
+        Ok(NonceWindow::from_parts(top, words.into_boxed_slice()))
+    }
+
+    /// A window as version 1 of its record stored it: top option<u64>, word count u16, every
+    /// word u64.
+    pub(super) fn plain_window(&mut self) -> Result<NonceWindow, DecodeError> {
+        let top = self.option(|d| d.u64())?;
+        let count = self.window_words()?;
+        let words = (0..count)
+            .map(|_| self.u64())
+            .collect::<Result<Vec<_>, _>>()?
+            .into_boxed_slice();
+        Ok(NonceWindow::from_parts(top, words))
+    }
+
+    fn window_words(&mut self) -> Result<usize, DecodeError> {
         let count = self.u16()?;
         if count < 2 {
             return Err(DecodeError(format!(
@@ -147,11 +248,7 @@ impl Decoder<'_> {
                 self.what
             )));
         }
-        let words = (0..count)
-            .map(|_| self.u64())
-            .collect::<Result<Vec<_>, _>>()?
-            .into_boxed_slice();
-        Ok(NonceWindow::from_parts(top, words))
+        Ok(usize::from(count))
     }
 }
 

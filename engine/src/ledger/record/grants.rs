@@ -218,8 +218,8 @@ pub struct SessionWindow {
 }
 
 /// Version 1 was a whole channel state; version 2 the window alone; version 3 the spent part
-/// and the window.
-const SESSION_WINDOW_VERSION: u8 = 3;
+/// and the window; version 4 the same with the window as runs ([`put_window`]).
+const SESSION_WINDOW_VERSION: u8 = 4;
 
 /// Key of a session window: `'w' ‖ session key ‖ payee`.
 pub fn session_window_key(key: &ChannelKey) -> [u8; 53] {
@@ -260,7 +260,7 @@ impl Cached for SessionWindow {
     fn key_bytes(key: &ChannelKey) -> Vec<u8> {
         session_window_key(key).to_vec()
     }
-    /// Version 3: spent (total u128, period u64, period total u128), then the window.
+    /// Version 4: spent (total u128, period u64, period total u128), then the window as runs.
     fn encode(&self) -> Vec<u8> {
         let mut out = versioned_encoder(
             SESSION_WINDOW_VERSION,
@@ -272,18 +272,17 @@ impl Cached for SessionWindow {
     }
     /// Any version. Version 1 was a whole [`ChannelState`] (the session's totals with the
     /// payee, then the window), read for its window; versions 1 and 2 hold no spent part (the
-    /// session's spend was its own record then, folded into one window when the ledger opens).
-    /// Older versions are rewritten as version 3 the next time the session uses the window.
+    /// session's spend was its own record then, folded into one window when the ledger opens);
+    /// versions 1 to 3 store every window word whole. Older versions are rewritten as version 4
+    /// the next time the session uses the window.
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let (mut d, version) = Decoder::versioned(bytes, "session window", SESSION_WINDOW_VERSION)?;
-        if version == 1 {
-            let _totals = (d.u128()?, d.u64()?, d.u64()?, d.u64()?);
-        }
-        let spent = match version {
-            1 | 2 => GrantSpend::default(),
-            _ => d.grant_spend()?,
+        let (spent, window) = match version {
+            1 => (GrantSpend::default(), d.channel_state(1)?.window),
+            2 => (GrantSpend::default(), d.plain_window()?),
+            3 => (d.grant_spend()?, d.plain_window()?),
+            _ => (d.grant_spend()?, d.window()?),
         };
-        let window = d.window()?;
         d.finish()?;
         Ok(Self { window, spent })
     }

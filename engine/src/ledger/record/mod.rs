@@ -164,13 +164,17 @@ pub struct FormatRecord {
 /// The layout this code writes. 2: producer sessions keyed by client id, a batch digest in each
 /// stored ack, receipt and channel counts in each payer record; open-epoch index keys prefixed by
 /// their epoch, an indexed epoch in each payer and payee record, and a resumable seal. 3: a
-/// session's spend kept in its windows, no record of its own.
-pub const LAYOUT_VERSION: u32 = 3;
+/// session's spend kept in its windows, no record of its own. 4: windows stored as runs of words
+/// (channel record version 2, session window version 4).
+pub const LAYOUT_VERSION: u32 = 4;
 
-/// The older layout a ledger still opens: its session spends are folded into their windows and
-/// its format record rewritten, after which a build of that layout refuses the directory rather
-/// than look for spends that are no longer where it expects them (a session would spend again).
-pub const UPGRADABLE_LAYOUT: u32 = 2;
+/// The older layouts a ledger still opens. Layout 2's session spends are folded into their
+/// windows; layout 3's records need nothing (this build reads windows stored whole and rewrites
+/// them as runs when next touched). Then the format record is rewritten, after which a build of
+/// an older layout refuses the directory rather than misread it (a layout-2 build would look for
+/// spends that are no longer where it expects them, and a session would spend again; a layout-3
+/// build cannot read a window stored as runs).
+pub const UPGRADABLE_LAYOUTS: [u32; 2] = [2, 3];
 
 impl FormatRecord {
     /// magic, layout u32, window_nonces u32, archive_receipts u8 (0 or 1; appended later).

@@ -248,17 +248,21 @@ fn grant_records_round_trip_and_refuse_trailing_or_short_bytes() {
 
     let mut window = NonceWindow::new(128);
     window.insert(900);
-    // The first layout stored a session's window as a whole channel state.
-    let first_layout = ChannelState {
-        cumulative: 5888,
-        receipts: 3,
-        last_timestamp_ms: 44,
-        indexed_epoch: 2,
-        window: window.clone(),
-    }
-    .encode();
-    // The first two layouts had no spent part.
-    let second_layout = [&[2u8][..], &first_layout[1 + 40..]].concat();
+    let stored_whole = crate::ledger::tests::window_stored_whole(&window);
+    // The first layout stored a session's window as a whole channel state (version 1, its
+    // window word by word).
+    let first_layout = [
+        &[1u8][..],
+        &5888u128.to_le_bytes(),
+        &3u64.to_le_bytes(),
+        &44u64.to_le_bytes(),
+        &2u64.to_le_bytes(),
+        &stored_whole,
+    ]
+    .concat();
+    // The first two layouts had no spent part; the first three stored the window word by word.
+    let second_layout = [&[2u8][..], &stored_whole].concat();
+    let third_layout = [&[3u8][..], &legacy_spend[1..], &stored_whole].concat();
     let bare = SessionWindow {
         window,
         spent: GrantSpend::default(),
@@ -269,8 +273,84 @@ fn grant_records_round_trip_and_refuse_trailing_or_short_bytes() {
         spent: spend,
         ..bare
     };
+    assert_eq!(SessionWindow::decode(&third_layout), Ok(window.clone()));
     let bytes = window.encode();
     assert_eq!(SessionWindow::decode(&bytes), Ok(window));
     assert!(SessionWindow::decode(&bytes[..bytes.len() - 1]).is_err());
     assert!(SessionWindow::decode(&[bytes.as_slice(), &[0]].concat()).is_err());
+}
+
+/// A window from `nonces` accepted in turn (each one the window would still take).
+fn window_of(window_nonces: u32, nonces: &[u64]) -> NonceWindow {
+    let mut window = NonceWindow::new(window_nonces);
+    for &nonce in nonces {
+        if window.check(nonce).is_ok() {
+            window.insert(nonce);
+        }
+    }
+    window
+}
+
+#[test]
+fn windows_are_stored_as_runs_and_refuse_runs_that_do_not_add_up() {
+    let channel = |window| ChannelState {
+        window,
+        ..ChannelState::empty(1024)
+    };
+    // Unused: one tag after the top flag and the word count.
+    let unused = channel(NonceWindow::new(1024)).encode();
+    assert_eq!(unused.len(), 1 + 40 + 1 + 2 + 1);
+    // Over nonces taken in order: ones, the word at the top, zeros (with the ring's seam).
+    let in_order = channel(window_of(1024, &(1..=5_000).collect::<Vec<_>>())).encode();
+    assert!(
+        in_order.len() <= 1 + 40 + 9 + 2 + 4 + 8,
+        "{} bytes",
+        in_order.len()
+    );
+    // 65 zero words take two tags: a run holds at most 64.
+    let wide = channel(NonceWindow::new(64 * 64)).encode();
+    assert_eq!(&wide[wide.len() - 2..], [63, 0]);
+    assert_eq!(
+        ChannelState::decode(&wide),
+        Ok(channel(NonceWindow::new(64 * 64)))
+    );
+
+    let body = |tags: &[u8]| [&unused[..unused.len() - 1], tags].concat();
+    // 17 words: a run of 18 zeros goes past them, 16 stop short, kind 3 does not exist, and a
+    // literal run needs its words.
+    for (tags, why) in [
+        (&[17u8][..], "runs past"),
+        (&[15], "too short"),
+        (&[3 << 6 | 16], "kind 3"),
+        (&[2 << 6 | 16, 0, 0], "too short"),
+    ] {
+        let refused = ChannelState::decode(&body(tags)).expect_err(why);
+        assert!(refused.0.contains(why), "{why}: {refused:?}");
+    }
+    assert_eq!(
+        ChannelState::decode(&body(&[16])),
+        Ok(channel(NonceWindow::new(1024)))
+    );
+}
+
+proptest::proptest! {
+    /// Every window, stored as runs, reads back as itself, in channel records and in session
+    /// windows alike.
+    #[test]
+    fn windows_round_trip_as_runs(
+        nonces in proptest::collection::vec(0u64..3_000, 0..400),
+        jumps in proptest::collection::vec(proptest::prelude::any::<u64>(), 0..3),
+    ) {
+        let window = window_of(1024, &[nonces, jumps].concat());
+        let channel = ChannelState {
+            window: window.clone(),
+            ..ChannelState::empty(1024)
+        };
+        proptest::prop_assert_eq!(ChannelState::decode(&channel.encode()), Ok(channel));
+        let session = SessionWindow {
+            window,
+            spent: crate::grant::GrantSpend::default(),
+        };
+        proptest::prop_assert_eq!(SessionWindow::decode(&session.encode()), Ok(session));
+    }
 }

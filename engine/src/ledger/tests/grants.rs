@@ -6,8 +6,9 @@ use crate::grant::{
     Allowance, CheckedGrant, CheckedRevocation, Grant, GrantError, PayeeScope, Revocation,
     SignedGrant,
 };
+use crate::ledger::cache::Cached;
 use crate::ledger::record::{
-    ChannelKey, FormatRecord, GRANT_RECORDS_SPLIT_KEY, LAYOUT_VERSION, Position, UPGRADABLE_LAYOUT,
+    ChannelKey, ChannelState, GRANT_RECORDS_SPLIT_KEY, LAYOUT_VERSION, Position, SessionWindow,
     grant_key, grant_spend_key, session_window_key,
 };
 use crate::store::{Cf, Store, StoreBatch};
@@ -406,18 +407,7 @@ fn spend_survives_reopening_from(older: impl FnOnce(&Store, &SignedGrant, Positi
     );
     // Marked as the layout those records belong to.
     let store = ledger.store();
-    let format = crate::ledger::format::read(&store).expect("format");
-    let mut batch = StoreBatch::default();
-    batch.put(
-        Cf::Meta,
-        crate::store::FORMAT_KEY,
-        FormatRecord {
-            layout: UPGRADABLE_LAYOUT,
-            ..format
-        }
-        .encode(),
-    );
-    store.write(batch).expect("write");
+    mark_layout(&store, 2);
     drop((store, ledger));
 
     let mut reopened = super::ledger(dir.path());
@@ -441,16 +431,112 @@ fn spend_survives_reopening_from(older: impl FnOnce(&Store, &SignedGrant, Positi
     assert_eq!(got, vec![Err(Reason::OverGrantCap), Ok(())]);
 }
 
-/// The session's window (payee 5) rewritten as version 2: the window alone, no spent part.
+/// The session's window (payee 5) rewritten as version 2: the window alone, stored whole, no
+/// spent part.
 fn window_without_its_part(store: &Store, session: PayerKey, batch: &mut StoreBatch) {
     let key = session_window_key(&ChannelKey {
         payer: session,
         payee: Address([5; 20]),
     });
-    let version_3 = store.get(Cf::Grants, &key).expect("read").expect("window");
-    assert_eq!(version_3[0], 3);
-    let version_2 = [&[2u8][..], &version_3[1 + 40..]].concat();
+    let stored = store.get(Cf::Grants, &key).expect("read").expect("window");
+    let window = SessionWindow::decode(&stored).expect("decode").window;
+    let version_2 = [&[2u8][..], &window_stored_whole(&window)].concat();
     batch.put(Cf::Grants, key.to_vec(), version_2);
+}
+
+/// A layout-3 ledger (windows stored word by word: channel records of version 1, session windows
+/// of version 3) opens as layout 4, keeps refusing every nonce it accepted, and rewrites each
+/// window as runs when it is next used.
+#[test]
+fn windows_stored_whole_by_layout_3_keep_refusing_replays_and_are_rewritten_as_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ledger = ledger(dir.path());
+    let (payer_key, payer) = funded_payer(&mut ledger, 1);
+    let agent = SigningKey::from_bytes(&[2; 32]);
+    let agent_key = PayerKey(agent.verifying_key().to_bytes());
+    ledger
+        .register_grant(&checked(&grant_for(&payer_key, &agent, 30), &payer_key))
+        .expect("granted");
+    let accepted = [
+        receipt(&payer_key, 1, 1),
+        receipt(&payer_key, 1, 70),
+        session_receipt(&agent, 2, 3),
+    ];
+    assert_eq!(verdicts(&mut ledger, 1, &accepted), vec![Ok(()); 3]);
+    ledger.commit().expect("commit");
+    let channel_key = ChannelKey {
+        payer,
+        payee: Address([5; 20]),
+    }
+    .to_bytes();
+    let window_key = session_window_key(&ChannelKey {
+        payer: agent_key,
+        payee: Address([5; 20]),
+    });
+    let store = ledger.store();
+    let stored = |cf, key: &[u8]| store.get(cf, key).expect("read").expect("stored");
+    let channel = stored(Cf::Channels, &channel_key);
+    let session_window = stored(Cf::Grants, &window_key);
+    assert_eq!((channel[0], session_window[0]), (2, 4));
+    let channel_v1 = [
+        &[1u8][..],
+        &channel[1..41],
+        &window_stored_whole(&ChannelState::decode(&channel).expect("decode").window),
+    ]
+    .concat();
+    let session_window_v3 = [
+        &[3u8][..],
+        &session_window[1..41],
+        &window_stored_whole(
+            &SessionWindow::decode(&session_window)
+                .expect("decode")
+                .window,
+        ),
+    ]
+    .concat();
+    assert!(channel_v1.len() > channel.len() + 100);
+    let mut batch = StoreBatch::default();
+    batch.put(Cf::Channels, channel_key.to_vec(), channel_v1);
+    batch.put(Cf::Grants, window_key.to_vec(), session_window_v3);
+    store.write(batch).expect("write");
+    mark_layout(&store, 3);
+    drop((store, ledger));
+
+    let mut reopened = super::ledger(dir.path());
+    let store = reopened.store();
+    assert_eq!(
+        crate::ledger::format::read(&store).expect("format").layout,
+        LAYOUT_VERSION
+    );
+    // Still stored whole until used, and read as such.
+    assert_eq!(
+        store
+            .get(Cf::Channels, &channel_key)
+            .expect("read")
+            .expect("stored")[0],
+        1
+    );
+    assert_eq!(
+        verdicts(&mut reopened, 2, &accepted),
+        vec![Err(Reason::Duplicate); 3]
+    );
+    let next = [receipt(&payer_key, 1, 2), session_receipt(&agent, 2, 4)];
+    assert_eq!(verdicts(&mut reopened, 3, &next), vec![Ok(()); 2]);
+    reopened.commit().expect("commit");
+    let channel = store
+        .get(Cf::Channels, &channel_key)
+        .expect("read")
+        .expect("stored");
+    let session_window = store
+        .get(Cf::Grants, &window_key)
+        .expect("read")
+        .expect("stored");
+    assert_eq!((channel[0], session_window[0]), (2, 4));
+    let held = LedgerReader::new(store)
+        .grant(&agent_key)
+        .expect("read")
+        .expect("held");
+    assert_eq!(held.spent.total, 4);
 }
 
 #[test]

@@ -14,13 +14,15 @@ use ed25519_dalek::SigningKey;
 
 use super::error::LedgerError;
 use super::format::open_store;
-use super::record::{EpochRecord, batch_digest};
+use super::record::{EpochRecord, FormatRecord, batch_digest};
 use super::state::{Ledger, SessionId};
+use super::window::NonceWindow;
 use super::{
     BatchAck, EpochStatus, EpochUpdate, FundsEvent, FundsKind, LedgerConfig, LedgerReader,
     SealedEpoch, UnknownPayers,
 };
 use crate::receipt::{Address, Domain, PayerKey, Receipt, ReceiptBatch, UnsignedReceipt};
+use crate::store::{Cf, FORMAT_KEY, Store, StoreBatch};
 
 /// A ledger with `config` on a new store in `dir`.
 pub(super) fn open_ledger(dir: &Path, config: LedgerConfig) -> Ledger {
@@ -180,6 +182,32 @@ impl Ledger {
         let verdicts = vec![Ok(()); batch.len()];
         self.apply_batch(session, batch_digest(batch), batch, &verdicts, 1_000)
     }
+}
+
+/// `window` as layouts 2 and 3 stored it, before runs: top option<u64>, word count u16, every
+/// word u64.
+pub(super) fn window_stored_whole(window: &NonceWindow) -> Vec<u8> {
+    let mut out = match window.top() {
+        None => vec![0],
+        Some(top) => [&[1u8][..], &top.to_le_bytes()].concat(),
+    };
+    out.extend_from_slice(&(window.words().len() as u16).to_le_bytes());
+    for word in window.words() {
+        out.extend_from_slice(&word.to_le_bytes());
+    }
+    out
+}
+
+/// Marks the data directory of `store` as being of `layout`, as an older build left it.
+pub(super) fn mark_layout(store: &Store, layout: u32) {
+    let format = super::format::read(store).expect("format");
+    let mut batch = StoreBatch::default();
+    batch.put(
+        Cf::Meta,
+        FORMAT_KEY,
+        FormatRecord { layout, ..format }.encode(),
+    );
+    store.write(batch).expect("write");
 }
 
 /// A payer whose key is `[seed; 32]`, with 100 deposited at block 1.
