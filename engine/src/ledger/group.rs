@@ -10,8 +10,8 @@ use crate::store::{Cf, StoreBatch};
 use super::BatchAck;
 use super::error::{LedgerError, invariant};
 use super::record::{
-    BatchDigest, EpochRecord, FUNDS_CURSOR_KEY, HEAD_WITHDRAWALS_KEY, OPEN_EPOCH_KEY,
-    SEALING_EPOCH_KEY,
+    BatchDigest, EpochRecord, FUNDS_CURSOR_KEY, HEAD_WITHDRAWALS_KEY, LOG_POSITION_KEY,
+    OPEN_EPOCH_KEY, SEALING_EPOCH_KEY, encode_log_position,
 };
 use super::state::{InFlight, Ledger, SessionId};
 
@@ -22,6 +22,7 @@ impl Ledger {
             && !self.group.meta_dirty
             && !self.group.sealing_dirty
             && !self.group.head_withdrawals_dirty
+            && self.group.log_position.is_none()
             && self.channels.is_clean()
             && self.payers.is_clean()
             && self.payees.is_clean()
@@ -29,6 +30,13 @@ impl Ledger {
             && self.grants.is_clean()
             && self.grant_spends.is_clean()
             && self.session_windows.is_clean()
+    }
+
+    /// Records that the group holds what the log had up to `seq` (a cluster partition's stream
+    /// sequence). A refused batch counts too: applying it again refuses it again.
+    pub(crate) fn note_log_position(&mut self, seq: u64) {
+        let position = self.group.log_position.get_or_insert(seq);
+        *position = (*position).max(seq);
     }
 
     /// Receipts applied since the last write.
@@ -105,6 +113,13 @@ impl Ledger {
                     .batch
                     .put(Cf::Meta, FUNDS_CURSOR_KEY.to_vec(), cursor.encode());
             }
+        }
+        if let Some(seq) = group.log_position {
+            group.batch.put(
+                Cf::Meta,
+                LOG_POSITION_KEY.to_vec(),
+                encode_log_position(seq),
+            );
         }
         for (what, delta) in deltas {
             if delta != Some(expected) {

@@ -11,17 +11,17 @@ use crate::grant::GrantSpend;
 use crate::receipt::{Address, PayerKey};
 use crate::store::{Cf, Store, StoreError, StoreSnapshot};
 
-use super::SealedEpoch;
 use super::cache::Cached;
 use super::error::corrupt;
 use super::record::{
-    ChannelKey, ChannelState, EntryKind, EpochRecord, FUNDS_CURSOR_KEY, FundsCursor,
+    BatchDigest, ChannelKey, ChannelState, EntryKind, EpochRecord, FUNDS_CURSOR_KEY, FundsCursor,
     GRANT_KEY_PREFIX, GrantRecord, HEAD_WITHDRAWALS_KEY, HeadWithdrawals, HeldGrant,
-    OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey, ProducerState,
-    SEALING_EPOCH_KEY, SealingEpoch, SessionWindow, address_from, decode_amount, entry_key,
-    entry_prefix, epoch_key, grant_key, payer_from, producer_key, session_window_key,
-    session_windows_prefix,
+    LOG_POSITION_KEY, OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey,
+    ProducerState, SEALING_EPOCH_KEY, SealingEpoch, SessionWindow, ack_key, address_from,
+    decode_ack, decode_amount, decode_log_position, entry_key, entry_prefix, epoch_key, grant_key,
+    payer_from, producer_key, session_window_key, session_windows_prefix,
 };
+use super::{BatchOutcome, SealedEpoch};
 
 /// Entries read from RocksDB per scan when a whole epoch is read back: the transient copies
 /// stay this small however large the epoch.
@@ -477,6 +477,53 @@ impl LedgerReader {
                     .map_err(corrupt(Cf::Sessions))
             })
             .transpose()
+    }
+
+    /// The log position a cluster partition's ledger has applied through (`None`: nothing from
+    /// a log yet). Written in the same group as the effects of the batch at that position.
+    pub fn log_position(&self) -> Result<Option<u64>, StoreError> {
+        self.store
+            .get(Cf::Meta, LOG_POSITION_KEY)?
+            .map(|bytes| decode_log_position(&bytes).map_err(corrupt(Cf::Meta)))
+            .transpose()
+    }
+
+    /// What the ledger answered, or would answer again, to the batch `batch_seq` of a producer's
+    /// session whose receipt bytes hash to `digest` (`batch_digest`), without applying
+    /// anything: the same rules as a re-send, read from one snapshot. Exact once the batch's
+    /// ack was given (its group is on disk); before that it may say `Unknown`.
+    pub fn batch_outcome(
+        &self,
+        client_id: u64,
+        producer_id: u64,
+        session_epoch: u64,
+        batch_seq: u64,
+        digest: &BatchDigest,
+    ) -> Result<BatchOutcome, StoreError> {
+        let producer = ProducerKey {
+            client_id,
+            producer_id,
+        };
+        let snapshot = self.store.snapshot();
+        let Some(bytes) = snapshot.get(Cf::Sessions, &producer_key(producer))? else {
+            return Ok(BatchOutcome::Unknown);
+        };
+        let state = ProducerState::decode(&bytes).map_err(corrupt(Cf::Sessions))?;
+        if session_epoch < state.session_epoch {
+            return Ok(BatchOutcome::Superseded {
+                current: state.session_epoch,
+            });
+        }
+        let key = ack_key(producer, session_epoch, batch_seq);
+        let Some(bytes) = snapshot.get(Cf::Sessions, &key)? else {
+            return Ok(BatchOutcome::Unknown);
+        };
+        let (ack, original) = decode_ack(&bytes).map_err(corrupt(Cf::Sessions))?;
+        Ok(if &original == digest {
+            BatchOutcome::Acked(ack)
+        } else {
+            BatchOutcome::Mismatch
+        })
     }
 }
 
