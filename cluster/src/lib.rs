@@ -23,6 +23,15 @@
 //! TTL, which arrived in 2.11; a bucket-wide max age does the same for a bucket holding only
 //! leases, which is why the partition count lives in its own bucket.)
 //!
+//! **The data path** ([`Publisher`], [`Node`], [`own`]): an ingest node verifies a client
+//! batch, cuts it into one [`Part`] per partition and publishes each to `tollgate.rx.<p>` with a
+//! `Nats-Msg-Id` of (client, producer, session epoch, batch seq, partition); the partition's
+//! owner applies the parts to the partition's own ledger in stream order, each with its stream
+//! sequence in the same RocksDB write; the ingest node asks the owner for each part's verdicts
+//! (`tollgate.ask.<p>`) and merges them into the ack a standalone server would give. Modules:
+//! `part` (the bytes on the log and of the asks), `publish` (the ingest side), `owner` (one
+//! partition's consumer and answers), `node` (which partitions a node owns, by lease).
+//!
 //! This crate only knows about payers through [`tollgate_engine::PayerKey`]; the engine itself
 //! knows nothing of NATS or tokio.
 
@@ -31,12 +40,20 @@ mod error;
 mod fence;
 mod kv;
 mod lease;
+mod node;
+mod owner;
+mod part;
 mod partition;
+mod publish;
 mod resources;
 
 pub use config::ClusterConfig;
 pub use error::{ClusterError, LeaseError, NatsError};
 pub use fence::{FENCE_HEADER, Fence, FenceError};
 pub use lease::{Holder, Lease, LeaseKeeper, Leases};
+pub use node::{Node, NodeLedgers};
+pub use owner::{OwnerError, own};
+pub use part::{ASK_PREFIX, Ask, BatchId, DecodeError, Part, ask_subject};
 pub use partition::{SUBJECT_PREFIX, partition_of, subject_of};
+pub use publish::{PublishError, Publisher};
 pub use resources::Cluster;
