@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! stream tollgate.rx.<p> ──ordered consumer──▶ Engine::submit_logged ──▶ acks in order ──▶ applied (watch)
-//! tollgate.ask.<p> ──▶ wait until applied ≥ ask.seq ──▶ LedgerReader::batch_outcome ──▶ reply
+//! tollgate.ask.<p> ──▶ wait until applied ≥ ask.seq ──▶ LedgerReader::logged_outcome ──▶ reply
 //! ```
 //! Exactly once by position: each part is applied with its stream sequence in the same RocksDB
 //! write as its effect, and the consumer starts right after the sequence the ledger holds, so a
@@ -11,7 +11,9 @@
 //! part re-published after the duplicate window) is a re-sent batch to the ledger: the original
 //! ack, nothing charged twice.
 //!
-//! Asks are answered from the ledger, never from memory: an ingest node that lost its answer
+//! Asks are answered from the ledger, never from memory, by the part's log sequence (the outcome
+//! the part got is stored under it in the group that applied it, so it stays the answer however
+//! many later parts or sessions the producer sends): an ingest node that lost its answer
 //! (a dropped connection, an owner restart, a re-publish the log deduplicated) asks again,
 //! anywhere, any time, and gets the same verdicts.
 
@@ -303,17 +305,9 @@ async fn answer_asks(
                 () = stop.cancelled() => return,
                 reached = applied.wait_for(|applied| *applied >= ask.seq) => if reached.is_err() { return },
             }
-            let batch = ask.batch;
-            let outcome = tokio::task::spawn_blocking(move || {
-                reader.batch_outcome(
-                    batch.client_id,
-                    batch.producer_id,
-                    batch.session_epoch,
-                    batch.batch_seq,
-                    &ask.digest,
-                )
-            })
-            .await;
+            let outcome =
+                tokio::task::spawn_blocking(move || reader.logged_outcome(ask.seq, &ask.digest))
+                    .await;
             match outcome {
                 Ok(Ok(outcome)) => {
                     if let Err(error) = client.publish(reply, encode_answer(&outcome)).await {

@@ -9,8 +9,7 @@
 //! ```text
 //! part   = version 1 | partition u32 | client u64 | producer u64 | session epoch u64
 //!          | batch seq u64 | published ms u64 | receipts (176 bytes each)
-//! ask    = version 1 | log seq u64 | client u64 | producer u64 | session epoch u64
-//!          | batch seq u64 | digest [32]
+//! ask    = version 1 | log seq u64 | digest [32]
 //! answer = version 1 | status u8 | status body
 //!          acked:      batch seq u64 | accepted u32 | rejections u32 | (index u32 | reason u8)*
 //!          superseded: current epoch u64
@@ -138,13 +137,12 @@ impl Part {
 }
 
 /// An ingest node's question to a partition's owner: the verdicts of the part the log holds at
-/// `seq`, which must be `batch`'s with receipt bytes hashing to `digest`.
+/// `seq`, which must be the part it published there (the log seq came with its msg id), with
+/// receipt bytes hashing to `digest`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ask {
     /// The part's stream sequence (from the publish ack, also for a deduplicated re-publish).
     pub seq: u64,
-    /// The client batch the part was cut from.
-    pub batch: BatchId,
     /// blake3 of the part's receipt bytes (`batch_digest`).
     pub digest: BatchDigest,
 }
@@ -152,10 +150,9 @@ pub struct Ask {
 impl Ask {
     /// The request's payload.
     pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(1 + 8 + 32 + 32);
+        let mut out = BytesMut::with_capacity(1 + 8 + 32);
         out.put_u8(VERSION);
         out.put_u64_le(self.seq);
-        self.batch.put(&mut out);
         out.put_slice(&self.digest);
         out.freeze()
     }
@@ -164,10 +161,9 @@ impl Ask {
     pub fn decode(bytes: &[u8]) -> Result<Ask, DecodeError> {
         let mut reader = Reader::new(bytes, "ask")?;
         let seq = reader.u64()?;
-        let batch = BatchId::take(&mut reader)?;
         let digest = reader.array::<32>()?;
         reader.finish()?;
-        Ok(Ask { seq, batch, digest })
+        Ok(Ask { seq, digest })
     }
 }
 
@@ -330,7 +326,6 @@ mod tests {
     fn ask_and_every_answer_round_trip() {
         let ask = Ask {
             seq: 42,
-            batch: batch(),
             digest: [9; 32],
         };
         assert_eq!(Ask::decode(&ask.encode()), Ok(ask));

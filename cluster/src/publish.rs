@@ -185,7 +185,6 @@ impl Publisher {
         };
         let ask = Ask {
             seq,
-            batch: part.batch,
             digest: batch_digest(&part.receipts),
         }
         .encode();

@@ -357,3 +357,52 @@ fn expected_with_zeros(
         .map(|payer| (*payer, expected.get(payer).copied().unwrap_or(0)))
         .collect()
 }
+
+/// A part's answer stays the same however many later parts the producer sends to its
+/// partition and whether it moved on to a new session: the ledger keeps only the newest
+/// `acks_kept_per_producer` (64) acks of a producer and drops them all with a new session, so an
+/// answer read from those would leave a charged part never acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_part_keeps_its_ack_after_many_later_parts_and_a_new_session() {
+    const LATER_PARTS: u64 = 70;
+    let nats = NatsCluster::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let verifier = verifier();
+    let cluster = Cluster::start(config(&nats, "a")).await.expect("node a");
+    let node = Node::start(&cluster, ledgers(dir.path(), &verifier), 0..PARTITIONS);
+    until_owned(&[&node], PARTITIONS as usize).await;
+    let publisher = Publisher::new(&cluster, verifier.clone(), Duration::from_secs(30));
+
+    // One payer: every part lands in the same partition.
+    let key = payer_key(1);
+    let first = request(9, 0, &[receipt(&key, 5, 1)]);
+    let first_ack = publisher.submit(first.clone()).await.expect("acked");
+    assert_eq!(first_ack.accepted, 1);
+    for batch_seq in 1..=LATER_PARTS {
+        let later = request(9, batch_seq, &[receipt(&key, 1, 1 + batch_seq)]);
+        publisher.submit(later).await.expect("acked");
+    }
+    let again = publisher.submit(first.clone()).await;
+    assert_eq!(
+        again.as_ref().ok(),
+        Some(&first_ack),
+        "re-send after {LATER_PARTS} later parts: {again:?}"
+    );
+
+    let mut next_session = request(9, 0, &[receipt(&key, 1, 1_000)]);
+    next_session.session_epoch = 2;
+    publisher.submit(next_session).await.expect("acked");
+    let again = publisher.submit(first).await;
+    assert_eq!(
+        again.as_ref().ok(),
+        Some(&first_ack),
+        "re-send after a new session: {again:?}"
+    );
+    let payer = payer_of(&key);
+    assert_eq!(
+        totals(&[&node], &[payer])[&payer],
+        5 + u128::from(LATER_PARTS) + 1,
+        "nothing charged twice"
+    );
+    node.stop().await.expect("node stops");
+}

@@ -80,8 +80,8 @@ pub enum BatchOutcome {
         /// the producer's session epoch now
         current: u64,
     },
-    /// Nothing is held under this number: never applied, or its ack was dropped since
-    /// (`acks_kept_per_producer`).
+    /// Nothing is held for it: not applied yet (a part's outcome stays once applied; a
+    /// producer's acks are only the newest `acks_kept_per_producer`).
     Unknown,
 }
 

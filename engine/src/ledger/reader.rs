@@ -17,9 +17,9 @@ use super::record::{
     BatchDigest, ChannelKey, ChannelState, EntryKind, EpochRecord, FUNDS_CURSOR_KEY, FundsCursor,
     GRANT_KEY_PREFIX, GrantRecord, HEAD_WITHDRAWALS_KEY, HeadWithdrawals, HeldGrant,
     LOG_POSITION_KEY, OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey,
-    ProducerState, SEALING_EPOCH_KEY, SealingEpoch, SessionWindow, ack_key, address_from,
-    decode_ack, decode_amount, decode_log_position, entry_key, entry_prefix, epoch_key, grant_key,
-    payer_from, producer_key, session_window_key, session_windows_prefix,
+    ProducerState, SEALING_EPOCH_KEY, SealingEpoch, SessionWindow, address_from, decode_amount,
+    decode_log_position, decode_logged_outcome, entry_key, entry_prefix, epoch_key, grant_key,
+    logged_outcome_key, payer_from, producer_key, session_window_key, session_windows_prefix,
 };
 use super::{BatchOutcome, SealedEpoch};
 
@@ -488,39 +488,22 @@ impl LedgerReader {
             .transpose()
     }
 
-    /// What the ledger answered, or would answer again, to the batch `batch_seq` of a producer's
-    /// session whose receipt bytes hash to `digest` (`batch_digest`), without applying
-    /// anything: the same rules as a re-send, read from one snapshot. Exact once the batch's
-    /// ack was given (its group is on disk); before that it may say `Unknown`.
-    pub fn batch_outcome(
+    /// What the part a cluster partition's log holds at stream sequence `seq` got when it was
+    /// applied, if its receipt bytes hash to `digest` (`batch_digest`; another part there is
+    /// [`BatchOutcome::Mismatch`]). Recorded in the group that applied it, so exact once the
+    /// log position reached `seq`, and the same however many parts or sessions followed;
+    /// `Unknown` before.
+    pub fn logged_outcome(
         &self,
-        client_id: u64,
-        producer_id: u64,
-        session_epoch: u64,
-        batch_seq: u64,
+        seq: u64,
         digest: &BatchDigest,
     ) -> Result<BatchOutcome, StoreError> {
-        let producer = ProducerKey {
-            client_id,
-            producer_id,
-        };
-        let snapshot = self.store.snapshot();
-        let Some(bytes) = snapshot.get(Cf::Sessions, &producer_key(producer))? else {
+        let Some(bytes) = self.store.get(Cf::Sessions, &logged_outcome_key(seq))? else {
             return Ok(BatchOutcome::Unknown);
         };
-        let state = ProducerState::decode(&bytes).map_err(corrupt(Cf::Sessions))?;
-        if session_epoch < state.session_epoch {
-            return Ok(BatchOutcome::Superseded {
-                current: state.session_epoch,
-            });
-        }
-        let key = ack_key(producer, session_epoch, batch_seq);
-        let Some(bytes) = snapshot.get(Cf::Sessions, &key)? else {
-            return Ok(BatchOutcome::Unknown);
-        };
-        let (ack, original) = decode_ack(&bytes).map_err(corrupt(Cf::Sessions))?;
+        let (outcome, original) = decode_logged_outcome(&bytes).map_err(corrupt(Cf::Sessions))?;
         Ok(if &original == digest {
-            BatchOutcome::Acked(ack)
+            outcome
         } else {
             BatchOutcome::Mismatch
         })

@@ -427,7 +427,7 @@ impl<E: AnswerError> Writer<E> {
                 self.check_fatal(&result);
                 // After a fatal error nothing is written again, so noting it there is harmless.
                 if let Some(log) = log {
-                    self.ledger.note_log_position(log.seq);
+                    self.ledger.note_logged(log.seq, &digest, &result);
                 }
                 if let Ok(ack) = &result {
                     metrics::counter!(names::LEDGER_RECEIPTS_ACCEPTED_TOTAL)
