@@ -8,13 +8,19 @@
 //! the part's identity.
 //!
 //! Losing the lease stops the owner loop and closes the ledger; getting it back reopens the
-//! ledger and resumes the log right after the position the ledger holds. The ledger a node
+//! ledger and resumes the log right after the position the ledger holds. A NATS failure under
+//! the owner (its subscriptions cannot be made, its log consumer ended) does the same and
+//! more: the node stops renewing the lease so it lapses (another node may take the partition),
+//! waits a pause that grows with each failure in a row, and competes for the lease again; the
+//! streak is logged once, when it starts. Only a ledger failure makes a node give up a
+//! partition for good. The ledger a node
 //! keeps for a partition it lost may fall behind; the log holds every part (this slice purges
 //! nothing), so it catches up when the partition returns. The owners' answers do not need
 //! fencing: every owner applies the same log in the same order, judged as of the times in the
 //! log, so two owners for a moment give the same verdicts.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -22,11 +28,12 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tollgate_engine::pipeline::{BatchVerifier, Engine, EngineConfig, EngineError, LedgerReader};
-use tracing::{error, info};
+use tracing::{debug, error, info, warn};
 
-use crate::lease::{Lease, Leases};
-use crate::owner::{OwnerError, own};
+use crate::lease::{Lease, LeaseKeeper, Leases};
+use crate::owner::{Owner, OwnerError};
 use crate::resources::Cluster;
+use crate::retry::backoff;
 
 /// The ledgers of the partitions this node owns now, for reads.
 type Owned = Arc<Mutex<BTreeMap<u32, LedgerReader>>>;
@@ -71,15 +78,17 @@ impl Node {
         let owned: Owned = Arc::default();
         let mut tasks = JoinSet::new();
         for partition in partitions {
-            tasks.spawn(keep_partition(
-                cluster.leases().clone(),
-                cluster.jetstream().client(),
-                cluster.stream().clone(),
+            let keeping = Keeping {
+                leases: cluster.leases().clone(),
+                client: cluster.jetstream().client(),
+                stream: cluster.stream().clone(),
                 partition,
-                ledgers.clone(),
-                Arc::clone(&owned),
-                stop.clone(),
-            ));
+                partitions: cluster.partitions(),
+                ledgers: ledgers.clone(),
+                owned: Arc::clone(&owned),
+                stop: stop.clone(),
+            };
+            tasks.spawn(keeping.run());
         }
         Node { stop, tasks, owned }
     }
@@ -117,71 +126,141 @@ impl Node {
     }
 }
 
-/// Owns `partition` whenever this node holds its lease, until `stop`.
-async fn keep_partition(
+/// One partition a node competes for, and what owning it takes.
+struct Keeping {
     leases: Leases,
     client: async_nats::Client,
     stream: async_nats::jetstream::stream::Stream,
     partition: u32,
+    partitions: NonZeroU32,
     ledgers: NodeLedgers,
     owned: Owned,
     stop: CancellationToken,
-) -> Result<(), OwnerError> {
-    let keeper = leases.keep(partition);
-    let mut held = keeper.held();
-    let result = loop {
-        let Some(token) = wait_for_lease(&mut held, &stop).await else {
-            break Ok(());
-        };
-        let mut config = ledgers.engine.clone();
-        config.data_dir = ledgers.data_dir.join(format!("partition-{partition}"));
-        let verifier = Arc::clone(&ledgers.verifier);
-        let engine = match tokio::task::spawn_blocking(move || Engine::open(config, verifier)).await
-        {
-            Ok(Ok(engine)) => engine,
-            Ok(Err(source)) => break Err(OwnerError::Ledger { partition, source }),
-            Err(_) => {
-                break Err(OwnerError::Ledger {
-                    partition,
-                    source: EngineError::Stopped,
-                });
+}
+
+impl Keeping {
+    /// Owns the partition whenever this node holds its lease, until `stop` or a ledger failure;
+    /// after a NATS failure lets the lease lapse, backs off and competes again.
+    async fn run(self) -> Result<(), OwnerError> {
+        let partition = self.partition;
+        let mut failures = 0u32;
+        loop {
+            let keeper = self.leases.keep(partition);
+            let ended = self.own_while_held(&keeper, &mut failures).await;
+            keeper.stop().await;
+            let error = match ended {
+                Ok(()) => return Ok(()),
+                Err(error @ OwnerError::Nats { .. }) => error,
+                Err(error) => {
+                    error!(partition, %error, "partition owner failed; giving up its lease");
+                    return Err(error);
+                }
+            };
+            failures = failures.saturating_add(1);
+            let pause = backoff(failures);
+            if failures == 1 {
+                warn!(
+                    partition, %error, ?pause,
+                    "NATS failed under the partition's owner: letting its lease lapse and \
+                     competing for it again, with a growing pause until it is owned again"
+                );
+            } else {
+                debug!(partition, %error, failures, ?pause, "partition owner failed again");
             }
-        };
-        set(&owned, partition, Some(engine.reader()));
-        let lost = stop.child_token();
-        let mut owner = tokio::spawn(own(
-            client.clone(),
-            stream.clone(),
-            partition,
-            engine.clone(),
-            lost.clone(),
-        ));
+            tokio::select! {
+                () = self.stop.cancelled() => return Ok(()),
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// Runs the partition's owner whenever `keeper` holds the lease; ends on `stop` or the
+    /// first owner failure. An owner that starts ends the streak of `failures`.
+    async fn own_while_held(
+        &self,
+        keeper: &LeaseKeeper,
+        failures: &mut u32,
+    ) -> Result<(), OwnerError> {
+        let partition = self.partition;
+        let mut held = keeper.held();
+        loop {
+            let Some(token) = wait_for_lease(&mut held, &self.stop).await else {
+                return Ok(());
+            };
+            let engine = self.open_ledger().await?;
+            set(&self.owned, partition, Some(engine.reader()));
+            let started = tokio::select! {
+                started = Owner::start(
+                    self.client.clone(),
+                    &self.stream,
+                    partition,
+                    self.partitions,
+                    engine.clone(),
+                ) => Some(started),
+                () = lease_lost(&mut held, token, &self.stop) => None,
+            };
+            let ended = match started {
+                None => Ok(()),
+                Some(Err(error)) => Err(error),
+                Some(Ok(owner)) => {
+                    if *failures > 0 {
+                        info!(partition, failures = *failures, "partition owned again");
+                        *failures = 0;
+                    }
+                    self.run_owner(owner, &mut held, token).await
+                }
+            };
+            set(&self.owned, partition, None);
+            let closed = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+            ended?;
+            if let Ok(Err(source)) = closed {
+                return Err(OwnerError::Ledger { partition, source });
+            }
+            info!(partition, "partition released");
+            if self.stop.is_cancelled() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Opens the partition's own ledger (`<data_dir>/partition-<p>`).
+    async fn open_ledger(&self) -> Result<Engine, OwnerError> {
+        let partition = self.partition;
+        let mut config = self.ledgers.engine.clone();
+        config.data_dir = self.ledgers.data_dir.join(format!("partition-{partition}"));
+        let verifier = Arc::clone(&self.ledgers.verifier);
+        match tokio::task::spawn_blocking(move || Engine::open(config, verifier)).await {
+            Ok(Ok(engine)) => Ok(engine),
+            Ok(Err(source)) => Err(OwnerError::Ledger { partition, source }),
+            Err(_) => Err(OwnerError::Ledger {
+                partition,
+                source: EngineError::Stopped,
+            }),
+        }
+    }
+
+    /// Runs `owner` until it ends or the lease with `token` is lost; on loss the owner stops
+    /// after answering what it handed its ledger.
+    async fn run_owner(
+        &self,
+        owner: Owner,
+        held: &mut watch::Receiver<Option<Lease>>,
+        token: u64,
+    ) -> Result<(), OwnerError> {
+        let lost = self.stop.child_token();
+        let mut running = tokio::spawn(owner.run(lost.clone()));
         let ended = tokio::select! {
-            ended = &mut owner => Some(ended),
-            () = lease_lost(&mut held, token, &stop) => None,
+            ended = &mut running => Some(ended),
+            () = lease_lost(held, token, &self.stop) => None,
         };
         lost.cancel();
         let ended = match ended {
             Some(ended) => ended,
-            None => owner.await,
+            None => running.await,
         };
-        set(&owned, partition, None);
-        let closed = tokio::task::spawn_blocking(move || engine.shutdown()).await;
-        match (ended, closed) {
-            (Ok(Err(error)), _) => break Err(error),
-            (_, Ok(Err(source))) => break Err(OwnerError::Ledger { partition, source }),
-            _ => {}
-        }
-        info!(partition, "partition released");
-        if stop.is_cancelled() {
-            break Ok(());
-        }
-    };
-    if let Err(error) = &result {
-        error!(partition, %error, "partition owner failed; giving up its lease");
+        // A panicked owner answered nothing more; the ledger it used is closed next.
+        ended.unwrap_or(Ok(()))
     }
-    keeper.stop().await;
-    result
 }
 
 /// The token of the lease once held, `None` when stopped first.

@@ -10,10 +10,10 @@
 //! part   = version 1 | partition u32 | client u64 | producer u64 | session epoch u64
 //!          | batch seq u64 | published ms u64 | receipts (176 bytes each)
 //! ask    = version 1 | log seq u64 | digest [32]
-//! answer = version 1 | status u8 | status body
+//! answer = version 1 | log seq u64 (the ask's) | status u8 | status body
 //!          acked:      batch seq u64 | accepted u32 | rejections u32 | (index u32 | reason u8)*
 //!          superseded: current epoch u64
-//!          mismatch, unknown: nothing
+//!          mismatch, unknown, refused: nothing
 //! ```
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -171,65 +171,106 @@ const ACKED: u8 = 0;
 const MISMATCH: u8 = 1;
 const SUPERSEDED: u8 = 2;
 const UNKNOWN: u8 = 3;
+const REFUSED: u8 = 4;
 
-/// The owner's answer: what its ledger holds for the part, once it applied the log through the
-/// part's sequence.
-pub fn encode_answer(outcome: &BatchOutcome) -> Bytes {
-    let mut out = BytesMut::new();
-    out.put_u8(VERSION);
-    match outcome {
-        BatchOutcome::Acked(ack) => {
-            out.put_u8(ACKED);
-            out.put_u64_le(ack.batch_seq);
-            out.put_u32_le(ack.accepted);
-            // At most one rejection per receipt of a part, which a u32 counts.
-            out.put_u32_le(u32::try_from(ack.rejections.len()).unwrap_or(u32::MAX));
-            for (index, reason) in &ack.rejections {
-                out.put_u32_le(*index);
-                out.put_u8(reason.code());
-            }
-        }
-        BatchOutcome::Mismatch => out.put_u8(MISMATCH),
-        BatchOutcome::Superseded { current } => {
-            out.put_u8(SUPERSEDED);
-            out.put_u64_le(*current);
-        }
-        BatchOutcome::Unknown => out.put_u8(UNKNOWN),
-    }
-    out.freeze()
+/// The owner's answer to an ask, naming the log sequence it answers for so the ingest node can
+/// check it got the answer to its own question.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The ask's log sequence.
+    pub seq: u64,
+    pub verdicts: Verdicts,
 }
 
-/// Inverse of [`encode_answer`].
-pub fn decode_answer(bytes: &[u8]) -> Result<BatchOutcome, DecodeError> {
-    let mut reader = Reader::new(bytes, "answer")?;
-    let outcome = match reader.u8()? {
-        ACKED => {
-            let batch_seq = reader.u64()?;
-            let accepted = reader.u32()?;
-            let count = reader.u32()?;
-            let mut rejections = Vec::new();
-            for _ in 0..count {
-                let index = reader.u32()?;
-                let code = reader.u8()?;
-                let reason = Reason::from_code(code)
-                    .ok_or_else(|| malformed("answer", format!("unknown reason code {code}")))?;
-                rejections.push((index, reason));
+/// What the owner holds for the part at the asked sequence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdicts {
+    /// What its ledger holds, once it applied the log through the part's sequence.
+    Ledger(BatchOutcome),
+    /// The owner refused the part without applying any of it (mis-split or unreadable: see
+    /// the owner's log).
+    Refused,
+}
+
+impl Answer {
+    /// The reply's payload.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        out.put_u8(VERSION);
+        out.put_u64_le(self.seq);
+        let outcome = match &self.verdicts {
+            Verdicts::Ledger(outcome) => outcome,
+            Verdicts::Refused => {
+                out.put_u8(REFUSED);
+                return out.freeze();
             }
-            BatchOutcome::Acked(BatchAck {
-                batch_seq,
-                accepted,
-                rejections,
-            })
+        };
+        match outcome {
+            BatchOutcome::Acked(ack) => {
+                out.put_u8(ACKED);
+                out.put_u64_le(ack.batch_seq);
+                out.put_u32_le(ack.accepted);
+                // At most one rejection per receipt of a part, which a u32 counts.
+                out.put_u32_le(u32::try_from(ack.rejections.len()).unwrap_or(u32::MAX));
+                for (index, reason) in &ack.rejections {
+                    out.put_u32_le(*index);
+                    out.put_u8(reason.code());
+                }
+            }
+            BatchOutcome::Mismatch => out.put_u8(MISMATCH),
+            BatchOutcome::Superseded { current } => {
+                out.put_u8(SUPERSEDED);
+                out.put_u64_le(*current);
+            }
+            BatchOutcome::Unknown => out.put_u8(UNKNOWN),
         }
-        MISMATCH => BatchOutcome::Mismatch,
-        SUPERSEDED => BatchOutcome::Superseded {
-            current: reader.u64()?,
-        },
-        UNKNOWN => BatchOutcome::Unknown,
-        other => return Err(malformed("answer", format!("unknown status {other}"))),
-    };
-    reader.finish()?;
-    Ok(outcome)
+        out.freeze()
+    }
+
+    /// Inverse of [`Answer::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Answer, DecodeError> {
+        let mut reader = Reader::new(bytes, "answer")?;
+        let seq = reader.u64()?;
+        let outcome = match reader.u8()? {
+            ACKED => {
+                let batch_seq = reader.u64()?;
+                let accepted = reader.u32()?;
+                let count = reader.u32()?;
+                let mut rejections = Vec::new();
+                for _ in 0..count {
+                    let index = reader.u32()?;
+                    let code = reader.u8()?;
+                    let reason = Reason::from_code(code).ok_or_else(|| {
+                        malformed("answer", format!("unknown reason code {code}"))
+                    })?;
+                    rejections.push((index, reason));
+                }
+                BatchOutcome::Acked(BatchAck {
+                    batch_seq,
+                    accepted,
+                    rejections,
+                })
+            }
+            MISMATCH => BatchOutcome::Mismatch,
+            SUPERSEDED => BatchOutcome::Superseded {
+                current: reader.u64()?,
+            },
+            UNKNOWN => BatchOutcome::Unknown,
+            REFUSED => {
+                reader.finish()?;
+                return Ok(Answer {
+                    seq,
+                    verdicts: Verdicts::Refused,
+                });
+            }
+            other => return Err(malformed("answer", format!("unknown status {other}"))),
+        };
+        reader.finish()?;
+        Ok(Answer {
+            seq,
+            verdicts: Verdicts::Ledger(outcome),
+        })
+    }
 }
 
 /// Reads fixed-width little-endian fields after checking the version byte.
@@ -330,18 +371,23 @@ mod tests {
         };
         assert_eq!(Ask::decode(&ask.encode()), Ok(ask));
         assert!(Ask::decode(&ask.encode()[1..]).is_err());
-        for outcome in [
-            BatchOutcome::Acked(BatchAck {
+        for verdicts in [
+            Verdicts::Ledger(BatchOutcome::Acked(BatchAck {
                 batch_seq: 10,
                 accepted: 2,
                 rejections: vec![(1, Reason::Duplicate), (4, Reason::TimestampSkew)],
-            }),
-            BatchOutcome::Mismatch,
-            BatchOutcome::Superseded { current: 12 },
-            BatchOutcome::Unknown,
+            })),
+            Verdicts::Ledger(BatchOutcome::Mismatch),
+            Verdicts::Ledger(BatchOutcome::Superseded { current: 12 }),
+            Verdicts::Ledger(BatchOutcome::Unknown),
+            Verdicts::Refused,
         ] {
-            assert_eq!(decode_answer(&encode_answer(&outcome)), Ok(outcome));
+            let answer = Answer { seq: 42, verdicts };
+            assert_eq!(Answer::decode(&answer.encode()), Ok(answer));
         }
-        assert!(decode_answer(&[VERSION, 9]).is_err());
+        let mut unknown_status = vec![VERSION];
+        unknown_status.extend_from_slice(&42u64.to_le_bytes());
+        unknown_status.push(9);
+        assert!(Answer::decode(&unknown_status).is_err());
     }
 }

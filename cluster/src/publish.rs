@@ -34,7 +34,7 @@ use tollgate_engine::{Reason, ReceiptBatch, ReceiptView, Verdict};
 use tracing::warn;
 
 use crate::error::NatsError;
-use crate::part::{Ask, BatchId, Part, ask_subject, decode_answer};
+use crate::part::{Answer, Ask, BatchId, Part, Verdicts, ask_subject};
 use crate::partition::{partition_of, subject_of};
 use crate::resources::Cluster;
 
@@ -43,6 +43,24 @@ use crate::resources::Cluster;
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause between attempts when nobody answers or a publish fails.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// How an owner's answer fails to fit the part it was asked about.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AnswerProblem {
+    #[error("it answers for log seq {answered}")]
+    Sequence { answered: u64 },
+    #[error("it acks batch {answered}")]
+    BatchSeq { answered: u64 },
+    #[error("it accepts {accepted} and rejects {rejected} of the part's {receipts} receipts")]
+    Count {
+        receipts: usize,
+        accepted: u32,
+        rejected: usize,
+    },
+    /// Out of the part, or not after the previous rejection's (each receipt is judged once).
+    #[error("it rejects receipt {index} out of order or out of the part's {receipts}")]
+    Index { index: u32, receipts: usize },
+}
 
 /// Why a batch has no ack. Every one leaves the batch safe to re-send: a re-send gets the same
 /// parts, the same message ids and so the same verdicts.
@@ -71,6 +89,17 @@ pub enum PublishError {
         partition: u32,
         waited: Duration,
         last: String,
+    },
+    /// The part's owner refused it whole (mis-split or unreadable, see the owner's log):
+    /// nothing of it was charged.
+    #[error("partition {partition} refused the part at log seq {seq}; nothing of it was charged")]
+    PartRefused { partition: u32, seq: u64 },
+    /// The owner's answer does not fit the part asked about: not trusted, nothing acked.
+    #[error("partition {partition}: the answer for log seq {seq} does not fit the part: {problem}")]
+    BadAnswer {
+        partition: u32,
+        seq: u64,
+        problem: AnswerProblem,
     },
     /// The verifier's thread failed.
     #[error("verification failed: {0}")]
@@ -196,8 +225,8 @@ impl Publisher {
             )
             .await;
             let last = match answer {
-                Ok(Ok(message)) => match decode_answer(&message.payload) {
-                    Ok(outcome) => return self.outcome(part, outcome),
+                Ok(Ok(message)) => match Answer::decode(&message.payload) {
+                    Ok(answer) => return fitting(part, seq, answer),
                     Err(error) => error.to_string(),
                 },
                 // No owner yet (no responders) or the request failed.
@@ -210,31 +239,84 @@ impl Publisher {
             tokio::time::sleep(RETRY_PAUSE).await;
         }
     }
+}
 
-    fn outcome(&self, part: &Part, outcome: BatchOutcome) -> Result<BatchAck, PublishError> {
-        let BatchId {
-            producer_id,
-            session_epoch,
-            batch_seq,
-            ..
-        } = part.batch;
-        match outcome {
-            BatchOutcome::Acked(ack) => Ok(ack),
-            BatchOutcome::Mismatch => Err(PublishError::BatchMismatch {
+/// The part's ack from its owner's `answer` to the ask for log seq `seq`, once the answer is
+/// checked to fit the part: it answers that seq, acks the part's batch number, and judges each
+/// of the part's receipts exactly once (rejections in order, within the part; accepted plus
+/// rejected is the part's size). So [`merge`] maps every rejection to a receipt of the batch.
+fn fitting(part: &Part, seq: u64, answer: Answer) -> Result<BatchAck, PublishError> {
+    let BatchId {
+        producer_id,
+        session_epoch,
+        batch_seq,
+        ..
+    } = part.batch;
+    let partition = part.partition;
+    let bad = |problem| PublishError::BadAnswer {
+        partition,
+        seq,
+        problem,
+    };
+    if answer.seq != seq {
+        return Err(bad(AnswerProblem::Sequence {
+            answered: answer.seq,
+        }));
+    }
+    let outcome = match answer.verdicts {
+        Verdicts::Ledger(outcome) => outcome,
+        Verdicts::Refused => return Err(PublishError::PartRefused { partition, seq }),
+    };
+    let ack = match outcome {
+        BatchOutcome::Acked(ack) => ack,
+        BatchOutcome::Mismatch => {
+            return Err(PublishError::BatchMismatch {
                 producer_id,
                 session_epoch,
                 batch_seq,
-            }),
-            BatchOutcome::Superseded { current } => Err(PublishError::SessionSuperseded {
+            });
+        }
+        BatchOutcome::Superseded { current } => {
+            return Err(PublishError::SessionSuperseded {
                 producer_id,
                 current,
-            }),
-            BatchOutcome::Unknown => Err(PublishError::VerdictsGone {
-                partition: part.partition,
-                batch_seq,
-            }),
+            });
         }
+        BatchOutcome::Unknown => {
+            return Err(PublishError::VerdictsGone {
+                partition,
+                batch_seq,
+            });
+        }
+    };
+    if ack.batch_seq != batch_seq {
+        return Err(bad(AnswerProblem::BatchSeq {
+            answered: ack.batch_seq,
+        }));
     }
+    let receipts = part.receipts.len();
+    let judged = usize::try_from(ack.accepted)
+        .ok()
+        .and_then(|accepted| accepted.checked_add(ack.rejections.len()));
+    if judged != Some(receipts) {
+        return Err(bad(AnswerProblem::Count {
+            receipts,
+            accepted: ack.accepted,
+            rejected: ack.rejections.len(),
+        }));
+    }
+    let mut next = 0usize;
+    for (index, _) in &ack.rejections {
+        let at = usize::try_from(*index).unwrap_or(usize::MAX);
+        if at < next || at >= receipts {
+            return Err(bad(AnswerProblem::Index {
+                index: *index,
+                receipts,
+            }));
+        }
+        next = at + 1;
+    }
+    Ok(ack)
 }
 
 /// The receipts of one partition cut from a batch, with their indices in the batch.
@@ -246,7 +328,8 @@ struct Cut {
 
 /// Judges what the ingest node can (prejudged, malformed, signatures, session receipts) and
 /// cuts the rest into one part per partition, in batch order. The same batch always gives the
-/// same rejections and parts, so a re-send publishes the same bytes under the same ids.
+/// same rejections and parts, so a re-send publishes each part under the same message id (with
+/// its own publish time: the log keeps the first within the duplicate window).
 fn split(
     verifier: &dyn BatchVerifier,
     receipts: &ReceiptBatch,
@@ -311,7 +394,9 @@ fn split(
 }
 
 /// One ack for the whole batch: the ingest node's rejections and each part's, with each part's
-/// indices mapped back to the batch's, sorted by index like a standalone ack.
+/// indices mapped back to the batch's, sorted by index like a standalone ack. Each part's ack
+/// was checked to fit it ([`fitting`]): every rejection names one of the part's receipts, and
+/// the parts' accepted receipts are disjoint pieces of one batch, whose count is a u32.
 fn merge(
     batch_seq: u64,
     mut rejections: Vec<(u32, Reason)>,
@@ -320,11 +405,9 @@ fn merge(
     let mut accepted = 0u32;
     for (indices, ack) in parts {
         accepted = accepted.saturating_add(ack.accepted);
-        for (index, reason) in ack.rejections {
-            if let Some(original) = indices.get(index as usize) {
-                rejections.push((*original, reason));
-            }
-        }
+        rejections.extend(ack.rejections.into_iter().filter_map(|(index, reason)| {
+            Some((*indices.get(usize::try_from(index).ok()?)?, reason))
+        }));
     }
     rejections.sort_unstable_by_key(|(index, _)| *index);
     BatchAck {

@@ -3,24 +3,30 @@
 //! (consume in log order, apply to the partition's RocksDB ledger), and a fleet that sends
 //! through both. Every ack is checked against a model of the ledger's rules, every payer's total
 //! against what the acks accepted, and re-sends (through the other node, after a restart) get
-//! the original ack and charge nothing twice.
+//! the original ack and charge nothing twice. Also: an owner refuses a mis-split part, an
+//! ingest node refuses an answer that does not fit its part, and a node owns its partitions
+//! again after the whole NATS cluster was down.
 
-// This test kills no server (nats_cluster does): `NatsCluster::kill` stays unused here.
-#[allow(dead_code)]
 mod harness;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::message::PublishMessage;
 use ed25519_dalek::SigningKey;
+use futures::{StreamExt, TryStreamExt};
 use harness::NatsCluster;
 use tollgate_cluster::{
-    Cluster, ClusterConfig, Node, NodeLedgers, PublishError, Publisher, partition_of,
+    Answer, AnswerProblem, Ask, BatchId, Cluster, ClusterConfig, Node, NodeLedgers, Part,
+    PublishError, Publisher, Verdicts, ask_subject, partition_of, subject_of,
 };
-use tollgate_engine::pipeline::{BatchAck, EngineConfig, SubmitRequest, UnknownPayers};
+use tollgate_engine::pipeline::{
+    BatchAck, BatchOutcome, EngineConfig, SubmitRequest, UnknownPayers,
+};
 use tollgate_engine::{
     Address, Domain, PayerKey, Reason, Receipt, ReceiptBatch, UnsignedReceipt, Verifier,
     VerifyConfig, VerifyPool,
@@ -165,6 +171,24 @@ fn totals(nodes: &[&Node], payers: &[PayerKey]) -> HashMap<PayerKey, u128> {
         .collect()
 }
 
+/// A NATS cluster and one node owning every partition, with its ledgers' directory, verifier
+/// and cluster handle.
+async fn one_node() -> (
+    NatsCluster,
+    tempfile::TempDir,
+    Arc<VerifyPool>,
+    Cluster,
+    Node,
+) {
+    let nats = NatsCluster::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let verifier = verifier();
+    let cluster = Cluster::start(config(&nats, "a")).await.expect("node a");
+    let node = Node::start(&cluster, ledgers(dir.path(), &verifier), 0..PARTITIONS);
+    until_owned(&[&node], PARTITIONS as usize).await;
+    (nats, dir, verifier, cluster, node)
+}
+
 async fn until_owned(nodes: &[&Node], partitions: usize) {
     let deadline = Instant::now() + DEADLINE;
     while nodes.iter().map(|node| node.owned().len()).sum::<usize>() < partitions {
@@ -265,24 +289,19 @@ async fn batches_through_two_nodes_are_counted_exactly_once_and_resends_get_the_
         .filter(|batch| batch.request.batch_seq % 2 == 1)
         .take(3)
     {
-        let again = publishers[0]
-            .submit(batch.request.clone())
-            .await
-            .expect("acked");
-        assert_eq!(
-            again, batch.expected,
-            "re-send of batch {}",
-            batch.request.batch_seq
-        );
+        acked_as_expected(&publishers[0], batch, "re-send").await;
     }
-    // A re-send cut short on node a (it may or may not have published), finished through b.
+    // A batch whose ack the fleet never got from node a: cut short once node a published every
+    // part (read back from the log), finished through node b.
     let mut fresh_nonces = nonces.clone();
     let interrupted = fleet_batch(&keys, BATCHES, &mut fresh_nonces);
-    let _ = tokio::time::timeout(
-        Duration::from_millis(2),
-        publishers[0].submit(interrupted.request.clone()),
-    )
-    .await;
+    let first_try = tokio::spawn({
+        let publisher = publishers[0].clone();
+        let request = interrupted.request.clone();
+        async move { publisher.submit(request).await }
+    });
+    until_published(&a, &interrupted).await;
+    first_try.abort();
     let finished = publishers[1]
         .submit(interrupted.request.clone())
         .await
@@ -306,25 +325,35 @@ async fn batches_through_two_nodes_are_counted_exactly_once_and_resends_get_the_
         expected_with_zeros(&payers, &expected_totals)
     );
 
-    // A restarted node resumes each partition right after the position its ledger holds: the
+    // A restarted node resumes each partition right after the position its ledger holds (its
+    // new log consumers start there, not at the log's start with duplicates skipped): the
     // re-sends still get their original acks, nothing is applied twice, new work goes on.
+    let positions: Vec<(u32, u64)> = node_a
+        .owned()
+        .iter()
+        .map(|(partition, reader)| {
+            let position = reader.log_position().expect("read").expect("applied parts");
+            (*partition, position)
+        })
+        .collect();
+    assert_eq!(positions.len(), PARTITIONS as usize / 2);
     node_a.stop().await.expect("node a stops cleanly");
+    let restarted = SystemTime::now();
     let node_a = Node::start(
         &a,
         ledgers(&dir.path().join("a"), &verifier),
         0..PARTITIONS / 2,
     );
     until_owned(&[&node_a, &node_b], PARTITIONS as usize).await;
-    for batch in batches.iter().take(4) {
-        let again = publishers[1]
-            .submit(batch.request.clone())
-            .await
-            .expect("acked");
+    for (partition, position) in positions {
         assert_eq!(
-            again, batch.expected,
-            "re-send after restart of batch {}",
-            batch.request.batch_seq
+            consumer_start(&a, partition, restarted).await,
+            position + 1,
+            "partition {partition} resumes after its stored position {position}"
         );
+    }
+    for batch in batches.iter().take(4) {
+        acked_as_expected(&publishers[1], batch, "re-send after restart").await;
     }
     let next = fleet_batch(&keys, BATCHES + 1, &mut fresh_nonces);
     assert_eq!(
@@ -348,6 +377,78 @@ async fn batches_through_two_nodes_are_counted_exactly_once_and_resends_get_the_
     println!("data path test took {:?}", started.elapsed());
 }
 
+/// Sends `batch` through `publisher`: it must get the ack the model says (the original one,
+/// for a re-send).
+async fn acked_as_expected(publisher: &Publisher, batch: &FleetBatch, what: &str) {
+    let again = publisher
+        .submit(batch.request.clone())
+        .await
+        .expect("acked");
+    assert_eq!(
+        again, batch.expected,
+        "{what} of batch {}",
+        batch.request.batch_seq
+    );
+}
+
+/// Waits until the log holds every part of `batch`: each partition it reaches has, as its
+/// latest message, the part with the batch's message id.
+async fn until_published(cluster: &Cluster, batch: &FleetBatch) {
+    let partitions = NonZeroU32::new(PARTITIONS).expect("non-zero");
+    let reached: BTreeSet<u32> = batch
+        .charged
+        .iter()
+        .map(|(payer, _)| partition_of(payer, partitions))
+        .collect();
+    let id = BatchId {
+        client_id: batch.request.client_id,
+        producer_id: batch.request.producer_id,
+        session_epoch: batch.request.session_epoch,
+        batch_seq: batch.request.batch_seq,
+    };
+    let deadline = Instant::now() + DEADLINE;
+    for partition in reached {
+        loop {
+            let latest = cluster
+                .stream()
+                .get_last_raw_message_by_subject(&subject_of(partition))
+                .await;
+            let message_id = latest.ok().and_then(|message| {
+                let id = message.headers.get("Nats-Msg-Id")?;
+                Some(id.as_str().to_string())
+            });
+            if message_id.as_deref() == Some(id.message_id(partition).as_str()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "part of partition {partition} never published"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// The start sequence of the newest log consumer of `partition` created after `since`.
+async fn consumer_start(cluster: &Cluster, partition: u32, since: SystemTime) -> u64 {
+    let stream = cluster.stream().clone();
+    let consumers: Vec<_> = stream
+        .consumers()
+        .try_collect()
+        .await
+        .expect("list the log's consumers");
+    let newest = consumers
+        .into_iter()
+        .filter(|info| info.config.filter_subject == subject_of(partition))
+        .filter(|info| SystemTime::from(info.created) >= since)
+        .max_by_key(|info| info.created)
+        .unwrap_or_else(|| panic!("no consumer of partition {partition} since the restart"));
+    match newest.config.deliver_policy {
+        DeliverPolicy::ByStartSequence { start_sequence } => start_sequence,
+        other => panic!("partition {partition}'s consumer delivers {other:?}"),
+    }
+}
+
 fn expected_with_zeros(
     payers: &[PayerKey],
     expected: &HashMap<PayerKey, u128>,
@@ -365,12 +466,7 @@ fn expected_with_zeros(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_early_part_keeps_its_ack_after_many_later_parts_and_a_new_session() {
     const LATER_PARTS: u64 = 70;
-    let nats = NatsCluster::start().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let verifier = verifier();
-    let cluster = Cluster::start(config(&nats, "a")).await.expect("node a");
-    let node = Node::start(&cluster, ledgers(dir.path(), &verifier), 0..PARTITIONS);
-    until_owned(&[&node], PARTITIONS as usize).await;
+    let (_nats, _dir, verifier, cluster, node) = one_node().await;
     let publisher = Publisher::new(&cluster, verifier.clone(), Duration::from_secs(30));
 
     // One payer: every part lands in the same partition.
@@ -403,6 +499,288 @@ async fn an_early_part_keeps_its_ack_after_many_later_parts_and_a_new_session() 
         totals(&[&node], &[payer])[&payer],
         5 + u128::from(LATER_PARTS) + 1,
         "nothing charged twice"
+    );
+    node.stop().await.expect("node stops");
+}
+
+/// A part the ingest node split wrongly (a receipt whose payer lives in another partition) is
+/// refused whole by the owner: nothing of it is charged in either partition's ledger, its ask
+/// is answered `Refused`, and the owner goes on applying the parts after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_refuses_a_mis_split_part_and_charges_nothing_of_it() {
+    let (_nats, _dir, verifier, cluster, node) = one_node().await;
+    let partitions = NonZeroU32::new(PARTITIONS).expect("non-zero");
+
+    // Two payers of different partitions, both in a part published to the first's subject.
+    let home_key = payer_key(1);
+    let home = partition_of(&payer_of(&home_key), partitions);
+    let stranger_key = (2..)
+        .map(payer_key)
+        .find(|key| partition_of(&payer_of(key), partitions) != home)
+        .expect("a payer of another partition");
+    let stranger = partition_of(&payer_of(&stranger_key), partitions);
+    let receipts = [receipt(&home_key, 5, 1), receipt(&stranger_key, 7, 1)];
+    let part = Part {
+        partition: home,
+        batch: BatchId {
+            client_id: 1,
+            producer_id: 3,
+            session_epoch: 1,
+            batch_seq: 0,
+        },
+        published_ms: now_ms(),
+        receipts: ReceiptBatch::from_receipts(&receipts),
+    };
+    let client = cluster.jetstream().client();
+    let seq = cluster
+        .jetstream()
+        .send_publish(
+            subject_of(home),
+            PublishMessage::build()
+                .message_id(part.batch.message_id(home))
+                .payload(part.encode()),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored")
+        .sequence;
+    let ask = Ask {
+        seq,
+        digest: tollgate_engine::ledger::record::batch_digest(&part.receipts),
+    };
+    let reply = client
+        .request(ask_subject(home), ask.encode())
+        .await
+        .expect("the owner answers");
+    assert_eq!(
+        Answer::decode(&reply.payload).expect("an answer"),
+        Answer {
+            seq,
+            verdicts: Verdicts::Refused
+        }
+    );
+
+    // The owner goes on: the same payers' receipts, split right, are charged once each.
+    let publisher = Publisher::new(&cluster, verifier.clone(), Duration::from_secs(30));
+    let ack = publisher
+        .submit(request(
+            3,
+            1,
+            &[receipt(&home_key, 11, 2), receipt(&stranger_key, 13, 2)],
+        ))
+        .await
+        .expect("acked");
+    assert_eq!(ack.accepted, 2);
+    let owned = node.owned();
+    for (partition, key, total) in [(home, &home_key, 11), (stranger, &stranger_key, 13)] {
+        let pending = |partition: u32| {
+            owned[&partition]
+                .payer(&payer_of(key))
+                .expect("read")
+                .map_or(0, |balance| balance.pending)
+        };
+        assert_eq!(
+            pending(partition),
+            total,
+            "charged once in its own partition"
+        );
+    }
+    assert_eq!(
+        owned[&home].payer(&payer_of(&stranger_key)).expect("read"),
+        None,
+        "the stranger is not charged in the mis-split part's partition"
+    );
+    node.stop().await.expect("node stops");
+}
+
+/// An ingest node checks the owner's answer against its question and its part: an answer for
+/// another log sequence, another batch number, a count or a rejection index that does not fit
+/// the part, or a refusal, is a typed error and acks nothing. The "owner" here is the test,
+/// answering on the partition's ask subject (no node owns anything).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_node_refuses_an_answer_that_does_not_fit_its_part() {
+    let nats = NatsCluster::start().await;
+    let verifier = verifier();
+    let cluster = Cluster::start(config(&nats, "a")).await.expect("node a");
+    let publisher = Publisher::new(&cluster, verifier.clone(), Duration::from_secs(10));
+    let key = payer_key(1);
+    let partition = partition_of(
+        &payer_of(&key),
+        NonZeroU32::new(PARTITIONS).expect("non-zero"),
+    );
+    let mut asks = cluster
+        .jetstream()
+        .client()
+        .subscribe(ask_subject(partition))
+        .await
+        .expect("subscribe");
+    let client = cluster.jetstream().client();
+
+    type Twist = fn(u64, u64) -> Answer;
+    let cases: [(Twist, &str); 6] = [
+        (
+            |seq, batch| Answer {
+                seq: seq + 1,
+                verdicts: Verdicts::Ledger(BatchOutcome::Acked(BatchAck {
+                    batch_seq: batch,
+                    accepted: 2,
+                    rejections: Vec::new(),
+                })),
+            },
+            "sequence",
+        ),
+        (
+            |seq, batch| Answer {
+                seq,
+                verdicts: Verdicts::Ledger(BatchOutcome::Acked(BatchAck {
+                    batch_seq: batch + 1,
+                    accepted: 2,
+                    rejections: Vec::new(),
+                })),
+            },
+            "batch",
+        ),
+        (
+            |seq, batch| Answer {
+                seq,
+                verdicts: Verdicts::Ledger(BatchOutcome::Acked(BatchAck {
+                    batch_seq: batch,
+                    accepted: 3,
+                    rejections: Vec::new(),
+                })),
+            },
+            "count",
+        ),
+        (
+            |seq, batch| Answer {
+                seq,
+                verdicts: Verdicts::Ledger(BatchOutcome::Acked(BatchAck {
+                    batch_seq: batch,
+                    accepted: 1,
+                    rejections: vec![(2, Reason::Duplicate)],
+                })),
+            },
+            "index",
+        ),
+        (
+            |seq, batch| Answer {
+                seq,
+                verdicts: Verdicts::Ledger(BatchOutcome::Acked(BatchAck {
+                    batch_seq: batch,
+                    accepted: 0,
+                    rejections: vec![(1, Reason::Duplicate), (1, Reason::Stale)],
+                })),
+            },
+            "index twice",
+        ),
+        (
+            |seq, _| Answer {
+                seq,
+                verdicts: Verdicts::Refused,
+            },
+            "refused",
+        ),
+    ];
+    for (batch_seq, (twist, case)) in (0u64..).zip(cases) {
+        let nonce = 10 * (batch_seq + 1);
+        let batch = request(
+            5,
+            batch_seq,
+            &[receipt(&key, 1, nonce), receipt(&key, 2, nonce + 1)],
+        );
+        let submitted = tokio::spawn({
+            let publisher = publisher.clone();
+            async move { publisher.submit(batch).await }
+        });
+        let message = asks.next().await.expect("an ask");
+        let ask = Ask::decode(&message.payload).expect("an ask");
+        client
+            .publish(
+                message.reply.expect("a reply subject"),
+                twist(ask.seq, batch_seq).encode(),
+            )
+            .await
+            .expect("answer");
+        let error = submitted.await.expect("joined").expect_err(case);
+        let seq = ask.seq;
+        match (case, error) {
+            (
+                "refused",
+                PublishError::PartRefused {
+                    partition: p,
+                    seq: s,
+                },
+            ) => {
+                assert_eq!((p, s), (partition, seq));
+            }
+            (
+                _,
+                PublishError::BadAnswer {
+                    partition: p,
+                    seq: s,
+                    problem,
+                },
+            ) => {
+                assert_eq!((p, s), (partition, seq), "{case}");
+                let fits = match problem {
+                    AnswerProblem::Sequence { answered } => {
+                        case == "sequence" && answered == seq + 1
+                    }
+                    AnswerProblem::BatchSeq { answered } => {
+                        case == "batch" && answered == batch_seq + 1
+                    }
+                    AnswerProblem::Count {
+                        receipts,
+                        accepted,
+                        rejected,
+                    } => case == "count" && (receipts, accepted, rejected) == (2, 3, 0),
+                    AnswerProblem::Index { index, receipts } => {
+                        case.starts_with("index") && receipts == 2 && index >= 1
+                    }
+                };
+                assert!(fits, "{case}: {problem:?}");
+            }
+            (_, other) => panic!("{case}: {other:?}"),
+        }
+    }
+}
+
+/// The whole NATS cluster goes down under a node that owns every partition: its leases lapse
+/// and its owners stop; when NATS is back it competes for and owns every partition again,
+/// earlier batches keep their acks and new ones are acked and charged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_owns_its_partitions_again_after_nats_was_down() {
+    let (mut nats, _dir, verifier, cluster, node) = one_node().await;
+    let publisher = Publisher::new(&cluster, verifier.clone(), Duration::from_secs(30));
+    let keys: Vec<SigningKey> = (0..PAYERS).map(payer_key).collect();
+    let payers: Vec<PayerKey> = keys.iter().map(payer_of).collect();
+    let mut nonces = vec![0u64; keys.len()];
+    let before = fleet_batch(&keys, 0, &mut nonces);
+    acked_as_expected(&publisher, &before, "send").await;
+
+    nats.kill_all();
+    let deadline = Instant::now() + DEADLINE;
+    while !node.owned().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "owners kept running without NATS"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nats.restart_all().await;
+    until_owned(&[&node], PARTITIONS as usize).await;
+
+    acked_as_expected(&publisher, &before, "re-send after the outage").await;
+    let after = fleet_batch(&keys, 1, &mut nonces);
+    acked_as_expected(&publisher, &after, "send").await;
+    let mut expected: HashMap<PayerKey, u128> = HashMap::new();
+    for (payer, amount) in before.charged.iter().chain(&after.charged) {
+        *expected.entry(*payer).or_default() += amount;
+    }
+    assert_eq!(
+        totals(&[&node], &payers),
+        expected_with_zeros(&payers, &expected)
     );
     node.stop().await.expect("node stops");
 }

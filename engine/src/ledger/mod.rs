@@ -68,7 +68,7 @@ pub struct LogPosition {
 }
 
 /// What the ledger holds for a batch number, read back without applying anything (see
-/// [`LedgerReader::batch_outcome`]).
+/// [`LedgerReader::logged_outcome`]).
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum BatchOutcome {
     /// The batch was applied with these receipt bytes and got this ack.
