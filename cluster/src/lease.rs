@@ -21,7 +21,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::error::LeaseError;
 use crate::fence::Fence;
@@ -280,16 +280,27 @@ async fn keep(
     mut stopped: watch::Receiver<()>,
 ) -> Option<Lease> {
     let mut held: Option<Lease> = None;
+    // Acquire failures in a row: an unreachable bucket is logged once, not every heartbeat.
+    let mut failures = 0u32;
     loop {
         held = match held {
             None => match leases.acquire(partition).await {
                 Ok(lease) => {
-                    info!(partition, token = lease.token, node = %leases.node, "lease acquired");
+                    info!(partition, token = lease.token, node = %leases.node, failures, "lease acquired");
+                    failures = 0;
                     Some(lease)
                 }
-                Err(LeaseError::Held { .. } | LeaseError::Contended { .. }) => None,
+                Err(LeaseError::Held { .. } | LeaseError::Contended { .. }) => {
+                    failures = 0;
+                    None
+                }
                 Err(err) => {
-                    warn!(partition, error = %err, "lease acquire failed");
+                    failures = failures.saturating_add(1);
+                    if failures == 1 {
+                        warn!(partition, error = %err, "lease acquire failed; retrying every heartbeat");
+                    } else {
+                        debug!(partition, error = %err, failures, "lease acquire failed");
+                    }
                     None
                 }
             },

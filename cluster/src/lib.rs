@@ -9,9 +9,12 @@
 //! ([`partition_of`], a BLAKE3 hash of its key), so its funds check stays local to that
 //! partition. Each partition has at most one owner at a time, chosen by a lease in the lease
 //! bucket ([`Leases`]): compare-and-set on the key's revision to take it, renewed by heartbeat
-//! ([`LeaseKeeper`]), lost when a renewal's compare-and-set fails. An owner stamps its writes with
-//! its lease's token ([`Fence`]) and receivers refuse a token that is not the partition's
-//! current one ([`Leases::check_fence`]), so an owner that stalled past its lease cannot write.
+//! ([`LeaseKeeper`]), lost when a renewal's compare-and-set fails. Fencing is a primitive for the
+//! later slices' shared writes (checkpoints, epoch summaries): a writer stamps a message with
+//! its lease's token ([`Fence`]) and a receiver that calls [`Leases::check_fence`] refuses a
+//! token that is not the partition's current one. Nothing on the data path is fenced: an owner
+//! writes only its own node's ledger for the partition, and two owners for a moment apply the
+//! same log in the same order, so they give the same verdicts (see `node`).
 //!
 //! **Lease expiry** is judged by the NATS servers alone: the lease bucket's max age is the lease
 //! TTL, so the stream leader deletes a lease entry one TTL after the server stamped its last
@@ -23,6 +26,17 @@
 //! TTL, which arrived in 2.11; a bucket-wide max age does the same for a bucket holding only
 //! leases, which is why the partition count lives in its own bucket.)
 //!
+//! **The data path** ([`Publisher`], [`Node`]): an ingest node verifies a client
+//! batch, cuts it into one [`Part`] per partition and publishes each to `tollgate.rx.<p>` with a
+//! `Nats-Msg-Id` of (client, producer, session epoch, batch seq, partition); the partition's
+//! owner applies the parts to the partition's own ledger in stream order, each with its stream
+//! sequence in the same RocksDB write; the ingest node asks the owner for each part's verdicts
+//! (`tollgate.ask.<p>`), checks each [`Answer`] fits its part and merges them into the ack a
+//! standalone server would give. The owner refuses a part whose receipts are not all its
+//! partition's ([`PartRefused`]). Modules: `part` (the bytes on the log and of the asks),
+//! `publish` (the ingest side), `owner` (one partition's consumer and answers), `node` (which
+//! partitions a node owns, by lease), `retry` (the backoff after NATS failures).
+//!
 //! This crate only knows about payers through [`tollgate_engine::PayerKey`]; the engine itself
 //! knows nothing of NATS or tokio.
 
@@ -31,12 +45,21 @@ mod error;
 mod fence;
 mod kv;
 mod lease;
+mod node;
+mod owner;
+mod part;
 mod partition;
+mod publish;
 mod resources;
+mod retry;
 
 pub use config::ClusterConfig;
 pub use error::{ClusterError, LeaseError, NatsError};
 pub use fence::{FENCE_HEADER, Fence, FenceError};
 pub use lease::{Holder, Lease, LeaseKeeper, Leases};
+pub use node::{Node, NodeLedgers};
+pub use owner::{OwnerError, PartRefused, REFUSALS_KEPT};
+pub use part::{ASK_PREFIX, Answer, Ask, BatchId, DecodeError, Part, Verdicts, ask_subject};
 pub use partition::{SUBJECT_PREFIX, partition_of, subject_of};
+pub use publish::{AnswerProblem, PublishError, Publisher};
 pub use resources::Cluster;

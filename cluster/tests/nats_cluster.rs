@@ -1,6 +1,9 @@
 //! The cluster crate against a real 3-server NATS JetStream cluster on loopback: shared
 //! resources, the replicated and deduplicated log, leases, expiry and fencing.
 
+// This file kills single servers; stopping and restarting the whole cluster
+// (`kill_all`, `restart_all`) is data_path's.
+#[allow(dead_code)]
 mod harness;
 
 use std::time::{Duration, Instant};

@@ -4,9 +4,10 @@
 mod common;
 
 use common::*;
+use tollgate_engine::ledger::record::batch_digest;
 use tollgate_engine::pipeline::{
-    EngineConfig, EngineError, EpochStatus, EpochUpdate, FundsEvent, FundsKind, LedgerError,
-    PartRecord, SubmitError, UnknownPayers,
+    BatchOutcome, EngineConfig, EngineError, EpochStatus, EpochUpdate, FundsEvent, FundsKind,
+    LedgerError, LogPosition, PartRecord, SubmitError, UnknownPayers,
 };
 use tollgate_engine::{Reason, ReceiptBatch};
 
@@ -538,5 +539,68 @@ fn only_the_last_acks_are_kept_and_older_resends_fall_back_to_receipt_dedup() {
     assert_eq!(again.rejections, vec![(0, Reason::Duplicate)]);
     let balance = balance(&engine, &payer_of(&alice));
     assert_eq!(balance.pending, 3);
+    engine.shutdown().expect("shutdown");
+}
+
+/// Cluster mode's owner: a part applied at a log position is judged as of the position's time,
+/// the position is stored with its effect (and survives a restart), and what each part got can
+/// be read back by its position without applying anything, the same after the producer moved on
+/// to a new session.
+#[test]
+fn logged_batch_stores_its_position_and_its_outcome_reads_back() {
+    let (dir, engine, alice) = with_alice(1_000);
+    assert_eq!(engine.reader().log_position().expect("read"), None);
+    // Published an hour ago: judged against that time, so a replay years later agrees.
+    let published_ms = now_ms() - 3_600_000;
+    let receipts = [
+        receipt_at(&alice, payee(1), 10, 1, published_ms),
+        receipt_at(&alice, payee(1), 10, 1, published_ms),
+    ];
+    let part = request(4, 9, &receipts);
+    let digest = batch_digest(&part.receipts);
+    let at = |seq| LogPosition {
+        seq,
+        time_ms: published_ms,
+    };
+    let ack = wait(engine.submit_logged(part.clone(), at(7)).expect("queued")).expect("ack");
+    assert_eq!(
+        (ack.accepted, ack.rejections.clone()),
+        (1, vec![(1, Reason::Duplicate)])
+    );
+    assert_eq!(engine.reader().log_position().expect("read"), Some(7));
+    let outcome =
+        |seq, digest: &[u8; 32]| engine.reader().logged_outcome(seq, digest).expect("read");
+    assert_eq!(outcome(7, &digest), BatchOutcome::Acked(ack.clone()));
+    assert_eq!(outcome(7, &[0; 32]), BatchOutcome::Mismatch);
+    assert_eq!(outcome(10, &digest), BatchOutcome::Unknown);
+
+    // The same part delivered again later in the log: the original ack, nothing charged twice,
+    // and the position moves on (it was consumed).
+    let again = wait(engine.submit_logged(part.clone(), at(8)).expect("queued")).expect("ack");
+    assert_eq!(again, ack);
+    engine.shutdown().expect("shutdown");
+    let engine = open(dir.path());
+    assert_eq!(engine.reader().log_position().expect("read"), Some(8));
+    assert_eq!(balance(&engine, &payer_of(&alice)).pending, 10);
+    assert_eq!(
+        engine.reader().logged_outcome(8, &digest).expect("read"),
+        BatchOutcome::Acked(ack.clone())
+    );
+    // A later session epoch drops the producer's kept acks; the parts' outcomes stay, and the
+    // old session's part delivered again is refused as superseded, which is recorded too.
+    let mut newer = request(4, 1, &[receipt(&alice, payee(1), 5, 2)]);
+    newer.session_epoch = 2;
+    submit(&engine, newer).expect("ack");
+    let refused = wait(engine.submit_logged(part, at(11)).expect("queued"));
+    assert!(refused.is_err(), "{refused:?}");
+    let reader = engine.reader();
+    assert_eq!(
+        reader.logged_outcome(7, &digest).expect("read"),
+        BatchOutcome::Acked(ack)
+    );
+    assert_eq!(
+        reader.logged_outcome(11, &digest).expect("read"),
+        BatchOutcome::Superseded { current: 2 }
+    );
     engine.shutdown().expect("shutdown");
 }

@@ -18,6 +18,10 @@ pub struct NatsCluster {
     servers: Vec<Option<Child>>,
     names: Vec<String>,
     urls: Vec<String>,
+    /// How each server was started, to start it again on the same ports and store.
+    binary: PathBuf,
+    ports: Vec<(u16, u16)>,
+    routes: Vec<String>,
     dir: tempfile::TempDir,
 }
 
@@ -53,7 +57,12 @@ fn free_ports(n: usize) -> Vec<u16> {
 
 fn spawn(binary: &Path, dir: &Path, name: &str, port: u16, route_port: u16, routes: &str) -> Child {
     let store = dir.join(name);
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("server log file");
+    // Appended: a restarted server's log follows its first life's.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))
+        .expect("server log file");
     Command::new(binary)
         .args([
             "-a",
@@ -92,34 +101,62 @@ impl NatsCluster {
             .map(|p| format!("nats://127.0.0.1:{p}"))
             .collect();
         let names: Vec<String> = (0..SERVERS).map(|i| format!("n{i}")).collect();
-        let servers = (0..SERVERS)
-            .map(|i| {
-                let others: Vec<&str> = (0..SERVERS)
-                    .filter(|&j| j != i)
-                    .map(|j| routes[j].as_str())
-                    .collect();
-                Some(spawn(
-                    &binary,
-                    dir.path(),
-                    &names[i],
-                    client_ports[i],
-                    route_ports[i],
-                    &others.join(","),
-                ))
-            })
-            .collect();
         let urls = client_ports
             .iter()
             .map(|p| format!("nats://127.0.0.1:{p}"))
             .collect();
-        let cluster = NatsCluster {
-            servers,
+        let mut cluster = NatsCluster {
+            servers: (0..SERVERS).map(|_| None).collect(),
             names,
             urls,
+            binary,
+            ports: client_ports
+                .iter()
+                .copied()
+                .zip(route_ports.iter().copied())
+                .collect(),
+            routes,
             dir,
         };
+        for index in 0..SERVERS {
+            cluster.spawn_server(index);
+        }
         cluster.wait_ready().await;
         cluster
+    }
+
+    fn spawn_server(&mut self, index: usize) {
+        let others: Vec<&str> = (0..SERVERS)
+            .filter(|&j| j != index)
+            .map(|j| self.routes[j].as_str())
+            .collect();
+        let (port, route_port) = self.ports[index];
+        self.servers[index] = Some(spawn(
+            &self.binary,
+            self.dir.path(),
+            &self.names[index],
+            port,
+            route_port,
+            &others.join(","),
+        ));
+    }
+
+    /// kill -9 of every server: NATS is down for its clients until [`NatsCluster::restart_all`].
+    pub fn kill_all(&mut self) {
+        for name in self.names.clone() {
+            self.kill(&name);
+        }
+    }
+
+    /// Starts every killed server again on its ports and store (the streams and buckets are
+    /// kept) and returns once JetStream works again.
+    pub async fn restart_all(&mut self) {
+        for index in 0..SERVERS {
+            if self.servers[index].is_none() {
+                self.spawn_server(index);
+            }
+        }
+        self.wait_ready().await;
     }
 
     /// Retries placing (and removing) a throwaway R3 stream: that needs a meta leader and all

@@ -7,13 +7,14 @@
 
 use crate::store::{Cf, StoreBatch};
 
-use super::BatchAck;
 use super::error::{LedgerError, invariant};
 use super::record::{
-    BatchDigest, EpochRecord, FUNDS_CURSOR_KEY, HEAD_WITHDRAWALS_KEY, OPEN_EPOCH_KEY,
-    SEALING_EPOCH_KEY,
+    BatchDigest, EpochRecord, FUNDS_CURSOR_KEY, HEAD_WITHDRAWALS_KEY, LOG_POSITION_KEY,
+    OPEN_EPOCH_KEY, SEALING_EPOCH_KEY, encode_log_position, encode_logged_outcome,
+    logged_outcome_key,
 };
 use super::state::{InFlight, Ledger, SessionId};
+use super::{BatchAck, BatchOutcome};
 
 impl Ledger {
     /// True when closing the group now would write nothing.
@@ -22,6 +23,7 @@ impl Ledger {
             && !self.group.meta_dirty
             && !self.group.sealing_dirty
             && !self.group.head_withdrawals_dirty
+            && self.group.log_position.is_none()
             && self.channels.is_clean()
             && self.payers.is_clean()
             && self.payees.is_clean()
@@ -29,6 +31,33 @@ impl Ledger {
             && self.grants.is_clean()
             && self.grant_spends.is_clean()
             && self.session_windows.is_clean()
+    }
+
+    /// Records that the group holds what the log had up to `seq` (a cluster partition's stream
+    /// sequence), and what the part at `seq` (digest `digest`) got: `result` of applying it. A
+    /// refused part counts too: applying it again refuses it again. A storage failure records no
+    /// outcome (nothing is written after one).
+    pub(crate) fn note_logged(
+        &mut self,
+        seq: u64,
+        digest: &BatchDigest,
+        result: &Result<BatchAck, LedgerError>,
+    ) {
+        let position = self.group.log_position.get_or_insert(seq);
+        *position = (*position).max(seq);
+        let outcome = match result {
+            Ok(ack) => BatchOutcome::Acked(ack.clone()),
+            Err(LedgerError::BatchMismatch { .. }) => BatchOutcome::Mismatch,
+            Err(LedgerError::SessionSuperseded { current, .. }) => {
+                BatchOutcome::Superseded { current: *current }
+            }
+            Err(_) => return,
+        };
+        self.group.batch.put(
+            Cf::Sessions,
+            logged_outcome_key(seq).to_vec(),
+            encode_logged_outcome(&outcome, digest),
+        );
     }
 
     /// Receipts applied since the last write.
@@ -105,6 +134,13 @@ impl Ledger {
                     .batch
                     .put(Cf::Meta, FUNDS_CURSOR_KEY.to_vec(), cursor.encode());
             }
+        }
+        if let Some(seq) = group.log_position {
+            group.batch.put(
+                Cf::Meta,
+                LOG_POSITION_KEY.to_vec(),
+                encode_log_position(seq),
+            );
         }
         for (what, delta) in deltas {
             if delta != Some(expected) {

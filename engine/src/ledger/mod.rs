@@ -56,6 +56,35 @@ use crate::verdict::Reason;
 /// An epoch entry as stored: the account id bytes (payer key or payee address) and its amount.
 pub type EntryAmount = (Box<[u8]>, u128);
 
+/// Where a batch sits in a cluster partition's log: it is applied as of `time_ms` (the time the
+/// ingest node published it, which judges the timestamp skew, so replaying the log gives the
+/// same verdicts on any node at any time), and `seq` is written with the batch's group.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct LogPosition {
+    /// The stream sequence of the message that carried the batch.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch, stamped by the node that published it.
+    pub time_ms: u64,
+}
+
+/// What the ledger holds for a batch number, read back without applying anything (see
+/// [`LedgerReader::logged_outcome`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum BatchOutcome {
+    /// The batch was applied with these receipt bytes and got this ack.
+    Acked(BatchAck),
+    /// Another batch was applied under this number ([`LedgerError::BatchMismatch`]).
+    Mismatch,
+    /// The producer moved on to session epoch `current` ([`LedgerError::SessionSuperseded`]).
+    Superseded {
+        /// the producer's session epoch now
+        current: u64,
+    },
+    /// Nothing is held for it: not applied yet (a part's outcome stays once applied; a
+    /// producer's acks are only the newest `acks_kept_per_producer`).
+    Unknown,
+}
+
 /// What to do with a receipt whose payer never deposited.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub enum UnknownPayers {

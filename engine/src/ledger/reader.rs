@@ -11,17 +11,17 @@ use crate::grant::GrantSpend;
 use crate::receipt::{Address, PayerKey};
 use crate::store::{Cf, Store, StoreError, StoreSnapshot};
 
-use super::SealedEpoch;
 use super::cache::Cached;
 use super::error::corrupt;
 use super::record::{
-    ChannelKey, ChannelState, EntryKind, EpochRecord, FUNDS_CURSOR_KEY, FundsCursor,
+    BatchDigest, ChannelKey, ChannelState, EntryKind, EpochRecord, FUNDS_CURSOR_KEY, FundsCursor,
     GRANT_KEY_PREFIX, GrantRecord, HEAD_WITHDRAWALS_KEY, HeadWithdrawals, HeldGrant,
-    OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey, ProducerState,
-    SEALING_EPOCH_KEY, SealingEpoch, SessionWindow, address_from, decode_amount, entry_key,
-    entry_prefix, epoch_key, grant_key, payer_from, producer_key, session_window_key,
-    session_windows_prefix,
+    LOG_POSITION_KEY, OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey,
+    ProducerState, SEALING_EPOCH_KEY, SealingEpoch, SessionWindow, address_from, decode_amount,
+    decode_log_position, decode_logged_outcome, entry_key, entry_prefix, epoch_key, grant_key,
+    logged_outcome_key, payer_from, producer_key, session_window_key, session_windows_prefix,
 };
+use super::{BatchOutcome, SealedEpoch};
 
 /// Entries read from RocksDB per scan when a whole epoch is read back: the transient copies
 /// stay this small however large the epoch.
@@ -477,6 +477,36 @@ impl LedgerReader {
                     .map_err(corrupt(Cf::Sessions))
             })
             .transpose()
+    }
+
+    /// The log position a cluster partition's ledger has applied through (`None`: nothing from
+    /// a log yet). Written in the same group as the effects of the batch at that position.
+    pub fn log_position(&self) -> Result<Option<u64>, StoreError> {
+        self.store
+            .get(Cf::Meta, LOG_POSITION_KEY)?
+            .map(|bytes| decode_log_position(&bytes).map_err(corrupt(Cf::Meta)))
+            .transpose()
+    }
+
+    /// What the part a cluster partition's log holds at stream sequence `seq` got when it was
+    /// applied, if its receipt bytes hash to `digest` (`batch_digest`; another part there is
+    /// [`BatchOutcome::Mismatch`]). Recorded in the group that applied it, so exact once the
+    /// log position reached `seq`, and the same however many parts or sessions followed;
+    /// `Unknown` before.
+    pub fn logged_outcome(
+        &self,
+        seq: u64,
+        digest: &BatchDigest,
+    ) -> Result<BatchOutcome, StoreError> {
+        let Some(bytes) = self.store.get(Cf::Sessions, &logged_outcome_key(seq))? else {
+            return Ok(BatchOutcome::Unknown);
+        };
+        let (outcome, original) = decode_logged_outcome(&bytes).map_err(corrupt(Cf::Sessions))?;
+        Ok(if &original == digest {
+            outcome
+        } else {
+            BatchOutcome::Mismatch
+        })
     }
 }
 

@@ -58,6 +58,9 @@ pub(super) struct Group {
     pub(super) sealing_dirty: bool,
     /// The withdrawal requests at the chain's head changed.
     pub(super) head_withdrawals_dirty: bool,
+    /// The highest log position applied in the group (cluster mode): written with it, so the
+    /// stored position always describes exactly the state beside it.
+    pub(super) log_position: Option<u64>,
     /// Acks decided in this group with their batch's digest, answered again to a re-send before
     /// they are on disk.
     pub(super) acks: HashMap<SessionId, (BatchAck, BatchDigest)>,

@@ -36,8 +36,8 @@ use verify_stage::group_verdicts;
 use verify_stage::verify_stage;
 
 pub use crate::ledger::{
-    BatchAck, EpochStatus, EpochUpdate, FundsEvent, FundsKind, HeadWithdrawals, LedgerConfig,
-    LedgerError, LedgerReader, PartRecord, SealedEpoch, UnknownPayers,
+    BatchAck, BatchOutcome, EpochStatus, EpochUpdate, FundsEvent, FundsKind, HeadWithdrawals,
+    LedgerConfig, LedgerError, LedgerReader, LogPosition, PartRecord, SealedEpoch, UnknownPayers,
 };
 
 /// Checks the signatures of a batch. `engine::verify::VerifyPool` is the production one.
@@ -205,6 +205,7 @@ enum VerifyMsg {
         SubmitRequest,
         BatchDigest,
         Signatures,
+        Option<LogPosition>,
         oneshot::Sender<Result<BatchAck, EngineError>>,
     ),
     Shutdown,
@@ -314,7 +315,7 @@ impl Engine {
     /// when `queue_batches_max` batches are in flight. The batch's digest is computed here, on
     /// the caller's thread, so the single ledger writer never hashes.
     pub fn submit(&self, request: SubmitRequest) -> Result<AckReceiver, SubmitError> {
-        self.enqueue(request, Signatures::Unchecked)
+        self.enqueue(request, Signatures::Unchecked, None)
     }
 
     /// [`Engine::submit`] for a batch whose every receipt's signature the caller has already
@@ -325,13 +326,27 @@ impl Engine {
     /// where a forged receipt must not take a batch number. Only for receipts verified in this
     /// process: the ledger charges what this batch holds on the caller's word.
     pub fn submit_checked(&self, request: SubmitRequest) -> Result<AckReceiver, SubmitError> {
-        self.enqueue(request, Signatures::CheckedByCaller)
+        self.enqueue(request, Signatures::CheckedByCaller, None)
+    }
+
+    /// [`Engine::submit_checked`] for a cluster partition's owner: the batch is the part of a
+    /// client batch that the log holds at `log.seq`, verified by the ingest node that published
+    /// it. It is judged as of `log.time_ms`, and `log.seq` is written in the same group as its
+    /// effect, so [`LedgerReader::log_position`] tells a restarted owner exactly where to resume.
+    /// Submit a partition's parts in log order.
+    pub fn submit_logged(
+        &self,
+        request: SubmitRequest,
+        log: LogPosition,
+    ) -> Result<AckReceiver, SubmitError> {
+        self.enqueue(request, Signatures::CheckedByCaller, Some(log))
     }
 
     fn enqueue(
         &self,
         request: SubmitRequest,
         signatures: Signatures,
+        log: Option<LogPosition>,
     ) -> Result<AckReceiver, SubmitError> {
         self.check_open()?;
         let receipts = request.receipts.len();
@@ -347,7 +362,7 @@ impl Engine {
         match self
             .inner
             .submit
-            .try_send(VerifyMsg::Batch(request, digest, signatures, tx))
+            .try_send(VerifyMsg::Batch(request, digest, signatures, log, tx))
         {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => Err(SubmitError::Full),

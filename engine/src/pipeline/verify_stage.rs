@@ -32,8 +32,8 @@ pub(super) fn verify_stage(
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                VerifyMsg::Batch(request, digest, signatures, reply) => {
-                    group.push((request, digest, signatures, reply));
+                VerifyMsg::Batch(request, digest, signatures, log, reply) => {
+                    group.push((request, digest, signatures, log, reply));
                 }
                 VerifyMsg::Shutdown => stopping = true,
             }
@@ -43,11 +43,11 @@ pub(super) fn verify_stage(
         }
         metrics::gauge!(names::VERIFY_QUEUE_BATCHES).set(requests.len() as f64);
         let requests_in_group: Vec<(&SubmitRequest, Signatures)> =
-            group.iter().map(|(r, _, s, _)| (r, *s)).collect();
+            group.iter().map(|(r, _, s, _, _)| (r, *s)).collect();
         let started = std::time::Instant::now();
         let verdicts = group_verdicts(verifier, &requests_in_group);
         metrics::histogram!(names::VERIFY_SECONDS).record(started.elapsed());
-        for ((request, digest, _, reply), verdicts) in group.drain(..).zip(verdicts) {
+        for ((request, digest, _, log, reply), verdicts) in group.drain(..).zip(verdicts) {
             let msg = WriterMsg::Batch {
                 session: SessionId {
                     client_id: request.client_id,
@@ -58,6 +58,7 @@ pub(super) fn verify_stage(
                 digest,
                 receipts: request.receipts,
                 verdicts,
+                log,
                 reply,
             };
             if verified.send(msg).is_err() {

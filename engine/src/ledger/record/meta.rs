@@ -28,6 +28,9 @@ impl Default for OpenEpoch {
 pub const OPEN_EPOCH_KEY: &[u8] = b"open_epoch";
 /// Metadata key of the funds cursor.
 pub const FUNDS_CURSOR_KEY: &[u8] = b"funds_cursor";
+/// Metadata key of the log position a cluster partition's ledger has applied through (absent:
+/// a standalone ledger, or a partition that applied nothing yet).
+pub const LOG_POSITION_KEY: &[u8] = b"log_position";
 /// Metadata key of the highest epoch whose archive was pruned (absent: none was).
 pub const ARCHIVE_PRUNED_THROUGH_KEY: &[u8] = b"archive_pruned_through";
 
@@ -48,6 +51,21 @@ pub fn decode_epoch_number(bytes: &[u8]) -> Result<u64, DecodeError> {
     let epoch = d.u64()?;
     d.finish()?;
     Ok(epoch)
+}
+
+/// A log position (the stream sequence, u64) as a record.
+pub fn encode_log_position(seq: u64) -> Vec<u8> {
+    let mut out = encoder(8);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out
+}
+
+/// Inverse of [`encode_log_position`].
+pub fn decode_log_position(bytes: &[u8]) -> Result<u64, DecodeError> {
+    let mut d = Decoder::new(bytes, "log position")?;
+    let seq = d.u64()?;
+    d.finish()?;
+    Ok(seq)
 }
 
 impl OpenEpoch {

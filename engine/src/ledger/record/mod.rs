@@ -32,7 +32,7 @@ use crate::verdict::Reason;
 
 use super::cache::{CacheValue, Cached};
 use super::window::NonceWindow;
-use super::{BatchAck, EpochStatus};
+use super::{BatchAck, BatchOutcome, EpochStatus};
 
 /// Version byte in front of every record written by this code.
 const RECORD_VERSION: u8 = 1;

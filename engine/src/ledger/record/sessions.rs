@@ -77,11 +77,16 @@ impl ProducerState {
     }
 }
 
-/// digest 32 bytes, batch_seq u64, accepted u32, count u32, then (index u32, reason code u8)
-/// each.
+/// digest 32 bytes, then the ack's body ([`put_ack_body`]).
 pub fn encode_ack(ack: &BatchAck, digest: &BatchDigest) -> Vec<u8> {
     let mut out = encoder(32 + 16 + 5 * ack.rejections.len());
     out.extend_from_slice(digest);
+    put_ack_body(&mut out, ack);
+    out
+}
+
+/// batch_seq u64, accepted u32, count u32, then (index u32, reason code u8) each.
+fn put_ack_body(out: &mut Vec<u8>, ack: &BatchAck) {
     out.extend_from_slice(&ack.batch_seq.to_le_bytes());
     out.extend_from_slice(&ack.accepted.to_le_bytes());
     out.extend_from_slice(&(ack.rejections.len() as u32).to_le_bytes());
@@ -89,13 +94,10 @@ pub fn encode_ack(ack: &BatchAck, digest: &BatchDigest) -> Vec<u8> {
         out.extend_from_slice(&index.to_le_bytes());
         out.push(reason.code());
     }
-    out
 }
 
-/// Inverse of [`encode_ack`].
-pub fn decode_ack(bytes: &[u8]) -> Result<(BatchAck, BatchDigest), DecodeError> {
-    let mut d = Decoder::new(bytes, "ack")?;
-    let digest = d.take::<32>()?;
+/// Inverse of [`put_ack_body`].
+fn take_ack_body(d: &mut Decoder<'_>) -> Result<BatchAck, DecodeError> {
     let batch_seq = d.u64()?;
     let accepted = d.u32()?;
     let count = d.u32()?;
@@ -108,15 +110,76 @@ pub fn decode_ack(bytes: &[u8]) -> Result<(BatchAck, BatchDigest), DecodeError> 
             Ok((index, reason))
         })
         .collect::<Result<Vec<_>, DecodeError>>()?;
+    Ok(BatchAck {
+        batch_seq,
+        accepted,
+        rejections,
+    })
+}
+
+/// Inverse of [`encode_ack`].
+pub fn decode_ack(bytes: &[u8]) -> Result<(BatchAck, BatchDigest), DecodeError> {
+    let mut d = Decoder::new(bytes, "ack")?;
+    let digest = d.take::<32>()?;
+    let ack = take_ack_body(&mut d)?;
     d.finish()?;
-    Ok((
-        BatchAck {
-            batch_seq,
-            accepted,
-            rejections,
-        },
-        digest,
-    ))
+    Ok((ack, digest))
+}
+
+/// Key of the outcome of the part a cluster partition's log holds at stream sequence `seq`:
+/// `'l' ‖ seq` (BE). Unlike a producer's acks (the newest `acks_kept_per_producer`, dropped
+/// with an old session), it stays, so the owner answers an ask for that part the same however
+/// many parts or sessions followed it.
+pub fn logged_outcome_key(seq: u64) -> [u8; 9] {
+    let mut out = [0u8; 9];
+    out[0] = b'l';
+    out[1..].copy_from_slice(&seq.to_be_bytes());
+    out
+}
+
+const LOGGED_ACKED: u8 = 0;
+const LOGGED_MISMATCH: u8 = 1;
+const LOGGED_SUPERSEDED: u8 = 2;
+const LOGGED_UNKNOWN: u8 = 3;
+
+/// status u8, the part's digest (32 bytes), then for an ack its body ([`put_ack_body`]), for a
+/// superseded session the current epoch u64.
+pub fn encode_logged_outcome(outcome: &BatchOutcome, digest: &BatchDigest) -> Vec<u8> {
+    let mut out = encoder(1 + 32 + 16);
+    let status = match outcome {
+        BatchOutcome::Acked(_) => LOGGED_ACKED,
+        BatchOutcome::Mismatch => LOGGED_MISMATCH,
+        BatchOutcome::Superseded { .. } => LOGGED_SUPERSEDED,
+        BatchOutcome::Unknown => LOGGED_UNKNOWN,
+    };
+    out.push(status);
+    out.extend_from_slice(digest);
+    match outcome {
+        BatchOutcome::Acked(ack) => put_ack_body(&mut out, ack),
+        BatchOutcome::Superseded { current } => out.extend_from_slice(&current.to_le_bytes()),
+        BatchOutcome::Mismatch | BatchOutcome::Unknown => {}
+    }
+    out
+}
+
+/// Inverse of [`encode_logged_outcome`].
+pub fn decode_logged_outcome(bytes: &[u8]) -> Result<(BatchOutcome, BatchDigest), DecodeError> {
+    let mut d = Decoder::new(bytes, "logged outcome")?;
+    let status = d.u8()?;
+    let digest = d.take::<32>()?;
+    let outcome = match status {
+        LOGGED_ACKED => BatchOutcome::Acked(take_ack_body(&mut d)?),
+        LOGGED_MISMATCH => BatchOutcome::Mismatch,
+        LOGGED_SUPERSEDED => BatchOutcome::Superseded { current: d.u64()? },
+        LOGGED_UNKNOWN => BatchOutcome::Unknown,
+        other => {
+            return Err(DecodeError(format!(
+                "logged outcome: unknown status {other}"
+            )));
+        }
+    };
+    d.finish()?;
+    Ok((outcome, digest))
 }
 
 impl CacheValue for ProducerState {

@@ -33,7 +33,7 @@ use super::archive::{ArchiveGauges, compact_pruned};
 use super::error::LedgerError;
 use super::record::{BatchDigest, HeadWithdrawals};
 use super::state::{Ledger, SessionId};
-use super::{BatchAck, EpochUpdate, FundsEvent, LedgerReader, SealedEpoch};
+use super::{BatchAck, EpochUpdate, FundsEvent, LedgerReader, LogPosition, SealedEpoch};
 
 /// The error type the writer answers in: the caller's, which wraps [`LedgerError`]. The writer
 /// decides in [`LedgerError`] and converts only as a reply leaves.
@@ -54,6 +54,8 @@ pub(crate) enum WriterMsg<E> {
         digest: BatchDigest,
         receipts: ReceiptBatch,
         verdicts: Vec<Verdict>,
+        /// Set in cluster mode: the batch's place in its partition's log.
+        log: Option<LogPosition>,
         reply: AckSender<E>,
     },
     /// A chain event for the funds check.
@@ -415,12 +417,18 @@ impl<E: AnswerError> Writer<E> {
                 digest,
                 receipts,
                 verdicts,
+                log,
                 reply,
             } => {
-                let result =
-                    self.ledger
-                        .apply_batch(session, digest, &receipts, &verdicts, now_ms());
+                let applied_at = log.map_or_else(now_ms, |log| log.time_ms);
+                let result = self
+                    .ledger
+                    .apply_batch(session, digest, &receipts, &verdicts, applied_at);
                 self.check_fatal(&result);
+                // After a fatal error nothing is written again, so noting it there is harmless.
+                if let Some(log) = log {
+                    self.ledger.note_logged(log.seq, &digest, &result);
+                }
                 if let Ok(ack) = &result {
                     metrics::counter!(names::LEDGER_RECEIPTS_ACCEPTED_TOTAL)
                         .increment(u64::from(ack.accepted));

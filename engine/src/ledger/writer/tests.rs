@@ -57,6 +57,7 @@ fn resend_answered_from_a_group_whose_write_fails_is_not_acked() {
                 digest,
                 receipts: receipts.clone(),
                 verdicts: vec![Ok(())],
+                log: None,
                 reply,
             })
             .expect("writer is running");
@@ -154,6 +155,7 @@ fn batches_queued_behind_a_seal_are_acked_before_it_ends() {
                 digest: batch_digest(&receipts),
                 receipts,
                 verdicts,
+                log: None,
                 reply,
             })
             .expect("queue batch");

@@ -1,0 +1,489 @@
+//! A partition's owner: applies the partition's log to the partition's ledger in stream order and
+//! answers the ingest nodes' asks for verdicts.
+//!
+//! ```text
+//! stream tollgate.rx.<p> ──ordered consumer──▶ Engine::submit_logged ──▶ acks in order ──▶ applied (watch)
+//! tollgate.ask.<p> ──▶ wait until applied ≥ ask.seq ──▶ LedgerReader::logged_outcome ──▶ reply
+//! ```
+//! Exactly once by position: each part is applied with its stream sequence in the same RocksDB
+//! write as its effect, and the consumer starts right after the sequence the ledger holds, so a
+//! restarted owner neither skips nor repeats a part. A part delivered twice anyway (the same
+//! part re-published after the duplicate window) is a re-sent batch to the ledger: the original
+//! ack, nothing charged twice.
+//!
+//! The owner checks the ingest node's split before anything is charged: a part whose receipts
+//! do not all belong to its partition (by [`partition_of`] of the payer) would put a payer's
+//! spend in two ledgers, so such a part, like an unreadable one, is refused whole
+//! ([`PartRefused`], logged once per part) and its asks are answered `Refused`.
+//!
+//! Asks are answered from the ledger, never from memory, by the part's log sequence (the outcome
+//! the part got is stored under it in the group that applied it, so it stays the answer however
+//! many later parts or sessions the producer sends): an ingest node that lost its answer
+//! (a dropped connection, an owner restart, a re-publish the log deduplicated) asks again,
+//! anywhere, any time, and gets the same verdicts. Refusals are the exception: they are kept in
+//! memory (the newest [`REFUSALS_KEPT`]), so after a restart past a refused part its ask is
+//! answered `Unknown`, which charges nothing either.
+
+use std::collections::BTreeSet;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::stream;
+use futures::StreamExt;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tollgate_engine::pipeline::{
+    AckReceiver, BatchAck, Engine, EngineError, LedgerError, LogPosition, SubmitError,
+    SubmitRequest,
+};
+use tracing::{debug, info, warn};
+
+use crate::error::NatsError;
+use crate::part::{Answer, Ask, DecodeError, Part, Verdicts, ask_subject};
+use crate::partition::{partition_of, subject_of};
+use crate::retry::backoff;
+
+/// Asks waiting for the log to be applied that far, per partition; beyond, an ask is dropped
+/// and its node asks again after its timeout.
+const ASKS_WAITING_MAX: usize = 4_096;
+/// Parts handed to the engine and not yet answered. The engine's own queue bounds it too; this
+/// keeps the owner from pulling the whole log into memory ahead of the writer.
+const PARTS_IN_FLIGHT_MAX: usize = 128;
+/// Refused parts' sequences an owner remembers to answer their asks with.
+pub const REFUSALS_KEPT: usize = 1_024;
+
+/// Why an owner refused a part of its log whole, charging nothing: the ingest node that
+/// published it split or encoded it wrongly.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PartRefused {
+    #[error("unreadable part: {0}")]
+    Unreadable(#[from] DecodeError),
+    #[error("the part names partition {named}")]
+    OtherPartition { named: u32 },
+    #[error("receipt {index} of the part does not parse")]
+    MalformedReceipt { index: usize },
+    /// A session receipt is charged to the payer its grant names, which no owner knows yet
+    /// (grants do not travel through the log), and ingest nodes never publish one.
+    #[error("receipt {index} of the part is signed by a session key")]
+    SessionReceipt { index: usize },
+    /// Applying it would charge a payer in a ledger other than its partition's.
+    #[error("receipt {index} of the part belongs to partition {belongs}")]
+    MisSplit { index: usize, belongs: u32 },
+}
+
+/// `bytes` as a part of `partition` whose every receipt's payer belongs to `partition`.
+pub(crate) fn admit(
+    bytes: &bytes::Bytes,
+    partition: u32,
+    partitions: NonZeroU32,
+) -> Result<Part, PartRefused> {
+    let part = Part::decode(bytes)?;
+    if part.partition != partition {
+        return Err(PartRefused::OtherPartition {
+            named: part.partition,
+        });
+    }
+    for (index, record) in part.receipts.iter().enumerate() {
+        let view = record.map_err(|_| PartRefused::MalformedReceipt { index })?;
+        if view.is_session() {
+            return Err(PartRefused::SessionReceipt { index });
+        }
+        let belongs = partition_of(&view.payer(), partitions);
+        if belongs != partition {
+            return Err(PartRefused::MisSplit { index, belongs });
+        }
+    }
+    Ok(part)
+}
+
+/// Why an owner stopped other than by being told to.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnerError {
+    /// The ledger failed (a write or fsync error): the node must stop.
+    #[error("partition {partition}: the ledger failed")]
+    Ledger {
+        partition: u32,
+        #[source]
+        source: EngineError,
+    },
+    /// The ledger's stored log position could not be read.
+    #[error("partition {partition}: cannot read the ledger's log position")]
+    Position {
+        partition: u32,
+        #[source]
+        source: tollgate_engine::store::StoreError,
+    },
+    /// Subscribing to the log or the asks failed.
+    #[error("partition {partition}: {what}")]
+    Nats {
+        partition: u32,
+        what: &'static str,
+        #[source]
+        source: NatsError,
+    },
+}
+
+/// A partition's owner with its subscriptions made, ready to [`Owner::run`].
+pub(crate) struct Owner {
+    client: async_nats::Client,
+    partition: u32,
+    partitions: NonZeroU32,
+    engine: Engine,
+    position: u64,
+    asks: async_nats::Subscriber,
+    messages: std::pin::Pin<Box<pull::Ordered>>,
+}
+
+/// A part the consumer took from the log, in log order: handed to the ledger, or refused.
+enum Taken {
+    Submitted(u64, AckReceiver),
+    Refused(u64),
+}
+
+/// The newest refused parts' sequences, for their asks.
+type Refusals = Arc<Mutex<BTreeSet<u64>>>;
+
+impl Owner {
+    /// Reads where `engine` (partition `partition`'s own ledger) is in the log, subscribes to
+    /// the partition's asks and opens its log right after that position.
+    pub(crate) async fn start(
+        client: async_nats::Client,
+        stream: &stream::Stream,
+        partition: u32,
+        partitions: NonZeroU32,
+        engine: Engine,
+    ) -> Result<Owner, OwnerError> {
+        let nats = |what| {
+            move |source: NatsError| OwnerError::Nats {
+                partition,
+                what,
+                source,
+            }
+        };
+        let position = engine
+            .reader()
+            .log_position()
+            .map_err(|source| OwnerError::Position { partition, source })?
+            .unwrap_or(0);
+        let asks = client
+            .subscribe(ask_subject(partition))
+            .await
+            .map_err(|e| nats("subscribe to asks")(e.into()))?;
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: subject_of(partition),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: position + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats("create the log consumer")(e.into()))?;
+        let messages = Box::pin(
+            consumer
+                .messages()
+                .await
+                .map_err(|e| nats("read the log")(e.into()))?,
+        );
+        info!(partition, position, "owning partition");
+        Ok(Owner {
+            client,
+            partition,
+            partitions,
+            engine,
+            position,
+            asks,
+            messages,
+        })
+    }
+
+    /// Applies the partition's log to its ledger and answers asks until `stop` is cancelled or
+    /// the ledger or the log fails. Returns with every part it handed to the ledger answered;
+    /// the caller shuts the engine down.
+    pub(crate) async fn run(self, stop: CancellationToken) -> Result<(), OwnerError> {
+        let (partition, engine, position) = (self.partition, self.engine, self.position);
+        let (applied_tx, applied) = watch::channel(position);
+        let refusals = Refusals::default();
+        // The ledger failing stops the three loops below through this token.
+        let failed = stop.child_token();
+        let (in_flight_tx, in_flight_rx) = mpsc::channel(PARTS_IN_FLIGHT_MAX);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(answer_asks(
+            self.client,
+            self.asks,
+            engine.clone(),
+            applied.clone(),
+            Arc::clone(&refusals),
+            failed.clone(),
+        ));
+        let acks = tokio::spawn(await_acks(
+            partition,
+            in_flight_rx,
+            applied_tx,
+            failed.clone(),
+        ));
+        let log = Log {
+            partition,
+            partitions: self.partitions,
+            refusals,
+        };
+        let consumed = log
+            .consume(
+                self.messages,
+                &engine,
+                position,
+                in_flight_tx,
+                failed.clone(),
+            )
+            .await;
+        // The consumer dropped its sender: the ack loop ends once every part handed over is
+        // answered.
+        let acked = acks.await.unwrap_or(Err(EngineError::Stopped));
+        failed.cancel();
+        while tasks.join_next().await.is_some() {}
+        consumed?;
+        acked.map_err(|source| OwnerError::Ledger { partition, source })
+    }
+}
+
+/// What the consumer needs to judge the parts of one partition's log.
+struct Log {
+    partition: u32,
+    partitions: NonZeroU32,
+    refusals: Refusals,
+}
+
+impl Log {
+    /// Feeds the log to the engine in stream order, from just after `position`. The ordered
+    /// consumer recreates itself after an error from the last sequence it delivered; a streak of
+    /// errors is logged once and waited out with a growing pause, never spun on.
+    async fn consume(
+        &self,
+        mut messages: std::pin::Pin<Box<pull::Ordered>>,
+        engine: &Engine,
+        position: u64,
+        in_flight: mpsc::Sender<Taken>,
+        stop: CancellationToken,
+    ) -> Result<(), OwnerError> {
+        let partition = self.partition;
+        let mut last = position;
+        let mut errors = 0u32;
+        loop {
+            let message = tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                message = messages.next() => message,
+            };
+            let message = match message {
+                Some(Ok(message)) => {
+                    if errors > 0 {
+                        info!(partition, errors, "log consumer recovered");
+                        errors = 0;
+                    }
+                    message
+                }
+                Some(Err(error)) => {
+                    errors = errors.saturating_add(1);
+                    let pause = backoff(errors);
+                    if errors == 1 {
+                        warn!(partition, %error, ?pause, "log consumer error; retrying with backoff until it recovers");
+                    } else {
+                        debug!(partition, %error, errors, ?pause, "log consumer error");
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    continue;
+                }
+                None => {
+                    return Err(OwnerError::Nats {
+                        partition,
+                        what: "the log consumer ended",
+                        source: "no more messages".into(),
+                    });
+                }
+            };
+            let seq = match message.info() {
+                Ok(info) => info.stream_sequence,
+                Err(error) => {
+                    warn!(partition, %error, "log message without its sequence; skipped");
+                    continue;
+                }
+            };
+            if seq <= last {
+                continue;
+            }
+            last = seq;
+            let part = match admit(&message.payload, partition, self.partitions) {
+                Ok(part) => part,
+                Err(error) => {
+                    warn!(partition, seq, %error, "part refused, nothing of it applied");
+                    self.refused(seq);
+                    if in_flight.send(Taken::Refused(seq)).await.is_err() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
+            let request = SubmitRequest {
+                client_id: part.batch.client_id,
+                producer_id: part.batch.producer_id,
+                session_epoch: part.batch.session_epoch,
+                batch_seq: part.batch.batch_seq,
+                receipts: part.receipts,
+                prejudged: Vec::new(),
+            };
+            let at = LogPosition {
+                seq,
+                time_ms: part.published_ms,
+            };
+            let receiver = loop {
+                match engine.submit_logged(request.clone(), at) {
+                    Ok(receiver) => break receiver,
+                    // The in-flight bound normally keeps the engine's queue from filling.
+                    Err(SubmitError::Full) => tokio::time::sleep(Duration::from_millis(1)).await,
+                    Err(error) => {
+                        let source = match error {
+                            SubmitError::Poisoned => EngineError::Ledger(LedgerError::Poisoned {
+                                cause: "submit refused: ledger poisoned".into(),
+                            }),
+                            _ => EngineError::Stopped,
+                        };
+                        return Err(OwnerError::Ledger { partition, source });
+                    }
+                }
+            };
+            if in_flight
+                .send(Taken::Submitted(seq, receiver))
+                .await
+                .is_err()
+            {
+                // The ack loop stopped on a ledger failure, which it reports.
+                return Ok(());
+            }
+        }
+    }
+
+    /// Remembers that the part at `seq` was refused, forgetting the oldest beyond the bound.
+    fn refused(&self, seq: u64) {
+        let mut refusals = match self.refusals.lock() {
+            Ok(refusals) => refusals,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        refusals.insert(seq);
+        if refusals.len() > REFUSALS_KEPT {
+            refusals.pop_first();
+        }
+    }
+}
+
+/// Waits for the engine's answers in log order and publishes how far the log is applied. A
+/// refused part (another batch under a remembered number, a superseded session) counts as
+/// applied: applying it again refuses it again.
+async fn await_acks(
+    partition: u32,
+    mut in_flight: mpsc::Receiver<Taken>,
+    applied: watch::Sender<u64>,
+    failed: CancellationToken,
+) -> Result<(), EngineError> {
+    while let Some(taken) = in_flight.recv().await {
+        let (seq, receiver) = match taken {
+            Taken::Submitted(seq, receiver) => (seq, receiver),
+            Taken::Refused(seq) => {
+                applied.send_replace(seq);
+                continue;
+            }
+        };
+        let answer: Result<BatchAck, EngineError> =
+            receiver.await.unwrap_or(Err(EngineError::Stopped));
+        match answer {
+            Ok(_) => {}
+            Err(error) if error.is_refusal() => {
+                warn!(partition, seq, %error, "part refused by the ledger");
+            }
+            Err(error) => {
+                failed.cancel();
+                return Err(error);
+            }
+        }
+        applied.send_replace(seq);
+    }
+    Ok(())
+}
+
+/// Answers each ask once the log is applied through its sequence, from the ledger (or as
+/// refused).
+async fn answer_asks(
+    client: async_nats::Client,
+    mut asks: async_nats::Subscriber,
+    engine: Engine,
+    applied: watch::Receiver<u64>,
+    refusals: Refusals,
+    stop: CancellationToken,
+) {
+    let waiting = Arc::new(Semaphore::new(ASKS_WAITING_MAX));
+    let mut answering = JoinSet::new();
+    loop {
+        let message = tokio::select! {
+            () = stop.cancelled() => break,
+            message = asks.next() => match message {
+                Some(message) => message,
+                None => break,
+            },
+        };
+        let (Some(reply), Ok(ask)) = (message.reply.clone(), Ask::decode(&message.payload)) else {
+            warn!(subject = %message.subject, "unreadable ask; ignored");
+            continue;
+        };
+        let Ok(permit) = Arc::clone(&waiting).try_acquire_owned() else {
+            continue;
+        };
+        let (client, reader, mut applied, refusals, stop) = (
+            client.clone(),
+            engine.reader(),
+            applied.clone(),
+            Arc::clone(&refusals),
+            stop.clone(),
+        );
+        answering.spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                () = stop.cancelled() => return,
+                reached = applied.wait_for(|applied| *applied >= ask.seq) => if reached.is_err() { return },
+            }
+            let refused = match refusals.lock() {
+                Ok(refusals) => refusals.contains(&ask.seq),
+                Err(poisoned) => poisoned.into_inner().contains(&ask.seq),
+            };
+            let verdicts = if refused {
+                Ok(Ok(Verdicts::Refused))
+            } else {
+                tokio::task::spawn_blocking(move || {
+                    reader
+                        .logged_outcome(ask.seq, &ask.digest)
+                        .map(Verdicts::Ledger)
+                })
+                .await
+            };
+            match verdicts {
+                Ok(Ok(verdicts)) => {
+                    let answer = Answer {
+                        seq: ask.seq,
+                        verdicts,
+                    };
+                    if let Err(error) = client.publish(reply, answer.encode()).await {
+                        warn!(%error, "cannot send an answer; the node will ask again");
+                    }
+                }
+                Ok(Err(error)) => warn!(%error, "cannot read a batch's outcome"),
+                Err(error) => warn!(%error, "outcome read panicked"),
+            }
+        });
+        // Reap finished answers so the set stays as small as what is waiting.
+        while answering.try_join_next().is_some() {}
+    }
+    answering.shutdown().await;
+}

@@ -1,0 +1,393 @@
+//! What travels between nodes on the data path, encoders and decoders side by side: a batch
+//! *part* (the receipts of one client batch that belong to one partition, as published to the
+//! partition's log subject), the *ask* an ingest node sends a partition's owner for the part's
+//! verdicts, and the owner's *answer*.
+//!
+//! All integers little-endian, fixed widths, a version byte first; nothing here is serde, so the
+//! log's bytes never change with a library.
+//!
+//! ```text
+//! part   = version 1 | partition u32 | client u64 | producer u64 | session epoch u64
+//!          | batch seq u64 | published ms u64 | receipts (176 bytes each)
+//! ask    = version 1 | log seq u64 | digest [32]
+//! answer = version 1 | log seq u64 (the ask's) | status u8 | status body
+//!          acked:      batch seq u64 | accepted u32 | rejections u32 | (index u32 | reason u8)*
+//!          superseded: current epoch u64
+//!          mismatch, unknown, refused: nothing
+//! ```
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tollgate_engine::ledger::record::BatchDigest;
+use tollgate_engine::pipeline::{BatchAck, BatchOutcome};
+use tollgate_engine::{Reason, ReceiptBatch};
+
+const VERSION: u8 = 1;
+
+/// Subject prefix on which the owner of partition `p` answers asks: `tollgate.ask.<p>`.
+pub const ASK_PREFIX: &str = "tollgate.ask";
+
+/// The subject on which partition `partition`'s owner answers asks.
+pub fn ask_subject(partition: u32) -> String {
+    format!("{ASK_PREFIX}.{partition}")
+}
+
+/// Bytes that do not decode as the message they should be.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed {what}: {why}")]
+pub struct DecodeError {
+    what: &'static str,
+    why: String,
+}
+
+fn malformed(what: &'static str, why: impl Into<String>) -> DecodeError {
+    DecodeError {
+        what,
+        why: why.into(),
+    }
+}
+
+/// A client batch's producer session and number: with the partition, a part's identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BatchId {
+    /// The client the fleet connection authenticated as.
+    pub client_id: u64,
+    /// The producer inside that client.
+    pub producer_id: u64,
+    /// The producer's session epoch.
+    pub session_epoch: u64,
+    /// The batch's number in the session.
+    pub batch_seq: u64,
+}
+
+impl BatchId {
+    fn put(&self, out: &mut BytesMut) {
+        out.put_u64_le(self.client_id);
+        out.put_u64_le(self.producer_id);
+        out.put_u64_le(self.session_epoch);
+        out.put_u64_le(self.batch_seq);
+    }
+
+    fn take(reader: &mut Reader<'_>) -> Result<BatchId, DecodeError> {
+        Ok(BatchId {
+            client_id: reader.u64()?,
+            producer_id: reader.u64()?,
+            session_epoch: reader.u64()?,
+            batch_seq: reader.u64()?,
+        })
+    }
+
+    /// The part's `Nats-Msg-Id`: the log stores a re-publish of the same part (from any node,
+    /// within the duplicate window) once.
+    pub fn message_id(&self, partition: u32) -> String {
+        format!(
+            "{}.{}.{}.{}.{partition}",
+            self.client_id, self.producer_id, self.session_epoch, self.batch_seq
+        )
+    }
+}
+
+/// The receipts of one client batch that belong to one partition, already verified by the ingest
+/// node that publishes it.
+#[derive(Clone, Debug)]
+pub struct Part {
+    /// The partition every receipt's payer belongs to.
+    pub partition: u32,
+    /// The client batch it was cut from.
+    pub batch: BatchId,
+    /// When the ingest node published it (ms since the Unix epoch): the owner judges timestamp
+    /// skew against this, so every replay of the log judges the same.
+    pub published_ms: u64,
+    /// The receipts, in the order they had in the client batch.
+    pub receipts: ReceiptBatch,
+}
+
+const PART_HEADER_BYTES: usize = 1 + 4 + 32 + 8;
+
+impl Part {
+    /// The bytes published to the log.
+    pub fn encode(&self) -> Bytes {
+        let receipts = self.receipts.as_bytes();
+        let mut out = BytesMut::with_capacity(PART_HEADER_BYTES + receipts.len());
+        out.put_u8(VERSION);
+        out.put_u32_le(self.partition);
+        self.batch.put(&mut out);
+        out.put_u64_le(self.published_ms);
+        out.put_slice(receipts);
+        out.freeze()
+    }
+
+    /// Inverse of [`Part::encode`]; the receipts are not copied.
+    pub fn decode(bytes: &Bytes) -> Result<Part, DecodeError> {
+        let mut reader = Reader::new(bytes, "part")?;
+        let partition = reader.u32()?;
+        let batch = BatchId::take(&mut reader)?;
+        let published_ms = reader.u64()?;
+        let receipts = ReceiptBatch::new(bytes.slice(reader.at..))
+            .map_err(|error| malformed("part", error.to_string()))?;
+        if receipts.is_empty() {
+            return Err(malformed("part", "no receipts"));
+        }
+        Ok(Part {
+            partition,
+            batch,
+            published_ms,
+            receipts,
+        })
+    }
+}
+
+/// An ingest node's question to a partition's owner: the verdicts of the part the log holds at
+/// `seq`, which must be the part it published there (the log seq came with its msg id), with
+/// receipt bytes hashing to `digest`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ask {
+    /// The part's stream sequence (from the publish ack, also for a deduplicated re-publish).
+    pub seq: u64,
+    /// blake3 of the part's receipt bytes (`batch_digest`).
+    pub digest: BatchDigest,
+}
+
+impl Ask {
+    /// The request's payload.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(1 + 8 + 32);
+        out.put_u8(VERSION);
+        out.put_u64_le(self.seq);
+        out.put_slice(&self.digest);
+        out.freeze()
+    }
+
+    /// Inverse of [`Ask::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Ask, DecodeError> {
+        let mut reader = Reader::new(bytes, "ask")?;
+        let seq = reader.u64()?;
+        let digest = reader.array::<32>()?;
+        reader.finish()?;
+        Ok(Ask { seq, digest })
+    }
+}
+
+const ACKED: u8 = 0;
+const MISMATCH: u8 = 1;
+const SUPERSEDED: u8 = 2;
+const UNKNOWN: u8 = 3;
+const REFUSED: u8 = 4;
+
+/// The owner's answer to an ask, naming the log sequence it answers for so the ingest node can
+/// check it got the answer to its own question.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The ask's log sequence.
+    pub seq: u64,
+    pub verdicts: Verdicts,
+}
+
+/// What the owner holds for the part at the asked sequence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdicts {
+    /// What its ledger holds, once it applied the log through the part's sequence.
+    Ledger(BatchOutcome),
+    /// The owner refused the part without applying any of it (mis-split or unreadable: see
+    /// the owner's log).
+    Refused,
+}
+
+impl Answer {
+    /// The reply's payload.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        out.put_u8(VERSION);
+        out.put_u64_le(self.seq);
+        let outcome = match &self.verdicts {
+            Verdicts::Ledger(outcome) => outcome,
+            Verdicts::Refused => {
+                out.put_u8(REFUSED);
+                return out.freeze();
+            }
+        };
+        match outcome {
+            BatchOutcome::Acked(ack) => {
+                out.put_u8(ACKED);
+                out.put_u64_le(ack.batch_seq);
+                out.put_u32_le(ack.accepted);
+                // At most one rejection per receipt of a part, which a u32 counts.
+                out.put_u32_le(u32::try_from(ack.rejections.len()).unwrap_or(u32::MAX));
+                for (index, reason) in &ack.rejections {
+                    out.put_u32_le(*index);
+                    out.put_u8(reason.code());
+                }
+            }
+            BatchOutcome::Mismatch => out.put_u8(MISMATCH),
+            BatchOutcome::Superseded { current } => {
+                out.put_u8(SUPERSEDED);
+                out.put_u64_le(*current);
+            }
+            BatchOutcome::Unknown => out.put_u8(UNKNOWN),
+        }
+        out.freeze()
+    }
+
+    /// Inverse of [`Answer::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Answer, DecodeError> {
+        let mut reader = Reader::new(bytes, "answer")?;
+        let seq = reader.u64()?;
+        let outcome = match reader.u8()? {
+            ACKED => {
+                let batch_seq = reader.u64()?;
+                let accepted = reader.u32()?;
+                let count = reader.u32()?;
+                let mut rejections = Vec::new();
+                for _ in 0..count {
+                    let index = reader.u32()?;
+                    let code = reader.u8()?;
+                    let reason = Reason::from_code(code).ok_or_else(|| {
+                        malformed("answer", format!("unknown reason code {code}"))
+                    })?;
+                    rejections.push((index, reason));
+                }
+                BatchOutcome::Acked(BatchAck {
+                    batch_seq,
+                    accepted,
+                    rejections,
+                })
+            }
+            MISMATCH => BatchOutcome::Mismatch,
+            SUPERSEDED => BatchOutcome::Superseded {
+                current: reader.u64()?,
+            },
+            UNKNOWN => BatchOutcome::Unknown,
+            REFUSED => {
+                reader.finish()?;
+                return Ok(Answer {
+                    seq,
+                    verdicts: Verdicts::Refused,
+                });
+            }
+            other => return Err(malformed("answer", format!("unknown status {other}"))),
+        };
+        reader.finish()?;
+        Ok(Answer {
+            seq,
+            verdicts: Verdicts::Ledger(outcome),
+        })
+    }
+}
+
+/// Reads fixed-width little-endian fields after checking the version byte.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8], what: &'static str) -> Result<Reader<'a>, DecodeError> {
+        let mut reader = Reader { bytes, at: 0, what };
+        match reader.u8()? {
+            VERSION => Ok(reader),
+            other => Err(malformed(
+                what,
+                format!("version {other}, expected {VERSION}"),
+            )),
+        }
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let end = self.at + N;
+        let slice = self
+            .bytes
+            .get(self.at..end)
+            .ok_or_else(|| malformed(self.what, format!("ends at byte {}", self.bytes.len())))?;
+        self.at = end;
+        let mut out = [0u8; N];
+        out.copy_from_slice(slice);
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn finish(&self) -> Result<(), DecodeError> {
+        match self.bytes.len() - self.at {
+            0 => Ok(()),
+            extra => Err(malformed(self.what, format!("{extra} bytes past the end"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_engine::receipt::RECEIPT_BYTES;
+
+    fn batch() -> BatchId {
+        BatchId {
+            client_id: 7,
+            producer_id: 8,
+            session_epoch: 9,
+            batch_seq: 10,
+        }
+    }
+
+    #[test]
+    fn part_round_trips_and_refuses_cut_or_foreign_bytes() {
+        let part = Part {
+            partition: 3,
+            batch: batch(),
+            published_ms: 1_700_000_000_000,
+            receipts: ReceiptBatch::new(Bytes::from(vec![5u8; 2 * RECEIPT_BYTES]))
+                .expect("whole records"),
+        };
+        let bytes = part.encode();
+        assert_eq!(bytes.len(), PART_HEADER_BYTES + 2 * RECEIPT_BYTES);
+        let decoded = Part::decode(&bytes).expect("decodes");
+        assert_eq!(
+            (decoded.partition, decoded.batch, decoded.published_ms),
+            (part.partition, part.batch, part.published_ms)
+        );
+        assert_eq!(decoded.receipts.as_bytes(), part.receipts.as_bytes());
+        assert!(Part::decode(&bytes.slice(..bytes.len() - 1)).is_err());
+        assert!(Part::decode(&bytes.slice(..PART_HEADER_BYTES)).is_err());
+        let mut other_version = BytesMut::from(&bytes[..]);
+        other_version[0] = 2;
+        assert!(Part::decode(&other_version.freeze()).is_err());
+        assert_eq!(batch().message_id(3), "7.8.9.10.3");
+    }
+
+    #[test]
+    fn ask_and_every_answer_round_trip() {
+        let ask = Ask {
+            seq: 42,
+            digest: [9; 32],
+        };
+        assert_eq!(Ask::decode(&ask.encode()), Ok(ask));
+        assert!(Ask::decode(&ask.encode()[1..]).is_err());
+        for verdicts in [
+            Verdicts::Ledger(BatchOutcome::Acked(BatchAck {
+                batch_seq: 10,
+                accepted: 2,
+                rejections: vec![(1, Reason::Duplicate), (4, Reason::TimestampSkew)],
+            })),
+            Verdicts::Ledger(BatchOutcome::Mismatch),
+            Verdicts::Ledger(BatchOutcome::Superseded { current: 12 }),
+            Verdicts::Ledger(BatchOutcome::Unknown),
+            Verdicts::Refused,
+        ] {
+            let answer = Answer { seq: 42, verdicts };
+            assert_eq!(Answer::decode(&answer.encode()), Ok(answer));
+        }
+        let mut unknown_status = vec![VERSION];
+        unknown_status.extend_from_slice(&42u64.to_le_bytes());
+        unknown_status.push(9);
+        assert!(Answer::decode(&unknown_status).is_err());
+    }
+}
