@@ -78,8 +78,9 @@ pub enum PublishError {
     /// A part's owner knows the producer at a later session epoch.
     #[error("producer {producer_id} is now at session epoch {current}")]
     SessionSuperseded { producer_id: u64, current: u64 },
-    /// A part's owner no longer holds this batch's verdicts (`acks_kept_per_producer` newer
-    /// batches since): the batch was applied once, its ack is gone.
+    /// A part's owner no longer holds this batch's verdicts: re-published after the stream's
+    /// duplicate window with `acks_kept_per_producer` newer batches since (applied once, its
+    /// ack gone), or refused whole by an owner that restarted since (nothing charged).
     #[error("partition {partition} no longer holds the verdicts of batch {batch_seq}")]
     VerdictsGone { partition: u32, batch_seq: u64 },
     /// No verdict before the deadline: the part is in the log (or its publish failed) and will
