@@ -107,9 +107,11 @@ pub(crate) fn check(store: &Store, config: &LedgerConfig) -> Result<FormatRecord
     Ok(format)
 }
 
-/// Marks a store whose records were brought to this build's layout (see [`UPGRADABLE_LAYOUTS`])
-/// as being of it. Written last, so a crash before it leaves an older record and the next open
-/// upgrades again (each upgrade step is idempotent).
+/// Marks a store of an older layout (see [`UPGRADABLE_LAYOUTS`]) as being of this build's.
+/// Written before the upgrade steps run, which resume at any layout (the grant split is marked
+/// done by its own key, the spend fold runs at every open), so that a crash halfway leaves a
+/// directory an older build refuses rather than one holding records it cannot read (session
+/// windows folded by this build are stored as runs).
 pub(crate) fn upgraded(store: &Store, format: FormatRecord) -> Result<(), LedgerError> {
     if format.layout == LAYOUT_VERSION {
         return Ok(());

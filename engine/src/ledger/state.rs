@@ -106,9 +106,9 @@ impl Ledger {
     pub(crate) fn open(store: Arc<Store>, config: LedgerConfig) -> Result<Self, LedgerError> {
         let format = format::check(&store, &config)?;
         let archive = format.archive_receipts;
+        format::upgraded(&store, format)?;
         super::grants::split_grant_records(&store)?;
         super::grants::fold_grant_spends(&store)?;
-        format::upgraded(&store, format)?;
         let open = match store.get(Cf::Meta, OPEN_EPOCH_KEY)? {
             Some(bytes) => OpenEpoch::decode(&bytes).map_err(corrupt(Cf::Meta))?,
             None => OpenEpoch::default(),

@@ -138,10 +138,10 @@ impl Decoder<'_> {
 ///
 /// Each run is a tag byte, `kind << 6 | (length - 1)` for 1 to 64 words, and for a literal run
 /// its words u64 each after it. Kinds: 0 words of all zeros, 1 words of all ones, 2 literal words.
-/// A window over nonces taken in order is a run of ones, the word at the top and a run of zeros,
-/// and an unused one 4 bytes: a 1,024-nonce window over in-order nonces is about 23 bytes instead of 147, and the
-/// ledger writes one beside every channel and session window it touches, so the bytes flushed,
-/// logged and compacted per receipt are mostly windows. Measured in docs/BENCHMARKS.md.
+/// A window over nonces taken in order is a run of ones, the word at the top and a run of zeros:
+/// with 1,024 nonces about 23 bytes instead of 147, and an unused one 4 instead of 139. The ledger
+/// writes one beside every channel and session window it touches, so the bytes flushed, logged
+/// and compacted per receipt were mostly windows. Measured in docs/BENCHMARKS.md.
 pub(super) fn put_window(out: &mut Vec<u8>, window: &NonceWindow) {
     put_option(out, window.top(), |out, top| {
         out.extend_from_slice(&top.to_le_bytes())

@@ -301,12 +301,26 @@ fn windows_are_stored_as_runs_and_refuse_runs_that_do_not_add_up() {
     let unused = channel(NonceWindow::new(1024)).encode();
     assert_eq!(unused.len(), 1 + 40 + 1 + 2 + 1);
     // Over nonces taken in order: ones, the word at the top, zeros (with the ring's seam).
-    let in_order = channel(window_of(1024, &(1..=5_000).collect::<Vec<_>>())).encode();
+    let in_order = channel(window_of(1024, &(1..=5_000).collect::<Vec<_>>()));
+    let bytes = in_order.encode();
     assert!(
-        in_order.len() <= 1 + 40 + 9 + 2 + 4 + 8,
+        bytes.len() <= 1 + 40 + 9 + 2 + 4 + 8,
         "{} bytes",
-        in_order.len()
+        bytes.len()
     );
+    assert_eq!(ChannelState::decode(&bytes), Ok(in_order));
+    // 65 words of ones (the top's word full too): a run of 64 ones, its limit, then one more.
+    let full = channel(window_of(64 * 64, &(0..20_032).collect::<Vec<_>>()));
+    let bytes = full.encode();
+    assert_eq!(&bytes[bytes.len() - 2..], [1 << 6 | 63, 1 << 6]);
+    let decoded = ChannelState::decode(&bytes).expect("decode");
+    assert_eq!(decoded.window.check(20_031), Err(Reason::Duplicate));
+    assert_eq!(
+        decoded.window.check(20_032 - 64 * 64),
+        Err(Reason::Duplicate)
+    );
+    assert_eq!(decoded.window.check(20_032), Ok(()));
+    assert_eq!(decoded, full);
     // 65 zero words take two tags: a run holds at most 64.
     let wide = channel(NonceWindow::new(64 * 64)).encode();
     assert_eq!(&wide[wide.len() - 2..], [63, 0]);
@@ -339,9 +353,12 @@ proptest::proptest! {
     #[test]
     fn windows_round_trip_as_runs(
         nonces in proptest::collection::vec(0u64..3_000, 0..400),
+        ranges in proptest::collection::vec((0u64..3_000, 0u64..2_000), 0..4),
         jumps in proptest::collection::vec(proptest::prelude::any::<u64>(), 0..3),
     ) {
-        let window = window_of(1024, &[nonces, jumps].concat());
+        // Dense ranges fill whole words (runs of ones), scattered nonces make literal words.
+        let dense = ranges.into_iter().flat_map(|(start, length)| start..start + length);
+        let window = window_of(1024, &[dense.collect(), nonces, jumps].concat());
         let channel = ChannelState {
             window: window.clone(),
             ..ChannelState::empty(1024)
