@@ -13,16 +13,15 @@
 //! more: the node stops renewing the lease so it lapses (another node may take the partition),
 //! waits a pause that grows with each failure in a row, and competes for the lease again; the
 //! streak is logged once, when it starts. Only a ledger failure makes a node give up a
-//! partition for good. The ledger a node
-//! keeps for a partition it lost may fall behind; the log holds every part (this slice purges
-//! nothing), so it catches up when the partition returns. The owners' answers do not need
-//! fencing: every owner applies the same log in the same order, judged as of the times in the
-//! log, so two owners for a moment give the same verdicts.
+//! partition for good. The ledger a node keeps for a partition it lost may fall behind; the log
+//! holds every part (this slice purges nothing), so it catches up when the partition returns.
+//! The owners' answers do not need fencing: every owner applies the same log in the same order,
+//! judged as of the times in the log, so two owners for a moment give the same verdicts.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -95,10 +94,10 @@ impl Node {
 
     /// The partitions owned now, each with a reader of its ledger.
     pub fn owned(&self) -> BTreeMap<u32, LedgerReader> {
-        match self.owned.lock() {
-            Ok(owned) => owned.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.owned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Resolves when a partition's ledger failed (the node must stop), with the error.
@@ -300,10 +299,7 @@ async fn lease_lost(
 }
 
 fn set(owned: &Owned, partition: u32, reader: Option<LedgerReader>) {
-    let mut owned = match owned.lock() {
-        Ok(owned) => owned,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let mut owned = owned.lock().unwrap_or_else(PoisonError::into_inner);
     match reader {
         Some(reader) => owned.insert(partition, reader),
         None => owned.remove(&partition),

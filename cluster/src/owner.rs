@@ -26,7 +26,7 @@
 
 use std::collections::BTreeSet;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
@@ -369,10 +369,7 @@ impl Log {
 
     /// Remembers that the part at `seq` was refused, forgetting the oldest beyond the bound.
     fn refused(&self, seq: u64) {
-        let mut refusals = match self.refusals.lock() {
-            Ok(refusals) => refusals,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut refusals = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
         refusals.insert(seq);
         if refusals.len() > REFUSALS_KEPT {
             refusals.pop_first();
@@ -454,10 +451,10 @@ async fn answer_asks(
                 () = stop.cancelled() => return,
                 reached = applied.wait_for(|applied| *applied >= ask.seq) => if reached.is_err() { return },
             }
-            let refused = match refusals.lock() {
-                Ok(refusals) => refusals.contains(&ask.seq),
-                Err(poisoned) => poisoned.into_inner().contains(&ask.seq),
-            };
+            let refused = refusals
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&ask.seq);
             let verdicts = if refused {
                 Ok(Ok(Verdicts::Refused))
             } else {

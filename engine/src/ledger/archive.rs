@@ -31,7 +31,7 @@ use crate::telemetry as names;
 use super::error::{LedgerError, corrupt};
 use super::record::{
     ARCHIVE_PRUNED_THROUGH_KEY, EpochRecord, FormatRecord, OPEN_EPOCH_KEY, OpenEpoch,
-    SEALING_EPOCH_KEY, SealingEpoch, decode_epoch_number, encode_epoch_number, epoch_key,
+    SEALING_EPOCH_KEY, SealingEpoch, decode_u64_record, encode_u64_record, epoch_key,
 };
 use super::state::Ledger;
 use super::{EpochStatus, LedgerReader};
@@ -86,7 +86,7 @@ pub(crate) fn archive_key(epoch: u64, index: u64) -> [u8; ARCHIVE_KEY_BYTES] {
 fn pruned_through(snapshot: &StoreSnapshot<'_>) -> Result<u64, StoreError> {
     snapshot
         .get(Cf::Meta, ARCHIVE_PRUNED_THROUGH_KEY)?
-        .map(|bytes| decode_epoch_number(&bytes).map_err(corrupt(Cf::Meta)))
+        .map(|bytes| decode_u64_record(&bytes, "epoch number").map_err(corrupt(Cf::Meta)))
         .transpose()
         .map(Option::unwrap_or_default)
 }
@@ -286,7 +286,7 @@ impl Ledger {
         self.group.batch.put(
             Cf::Meta,
             ARCHIVE_PRUNED_THROUGH_KEY.to_vec(),
-            encode_epoch_number(through),
+            encode_u64_record(through),
         );
         self.archive_pruned_through = through;
         Ok(true)

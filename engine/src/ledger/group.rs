@@ -10,7 +10,7 @@ use crate::store::{Cf, StoreBatch};
 use super::error::{LedgerError, invariant};
 use super::record::{
     BatchDigest, EpochRecord, FUNDS_CURSOR_KEY, HEAD_WITHDRAWALS_KEY, LOG_POSITION_KEY,
-    OPEN_EPOCH_KEY, SEALING_EPOCH_KEY, encode_log_position, encode_logged_outcome,
+    OPEN_EPOCH_KEY, SEALING_EPOCH_KEY, encode_logged_outcome, encode_u64_record,
     logged_outcome_key,
 };
 use super::state::{InFlight, Ledger, SessionId};
@@ -136,11 +136,9 @@ impl Ledger {
             }
         }
         if let Some(seq) = group.log_position {
-            group.batch.put(
-                Cf::Meta,
-                LOG_POSITION_KEY.to_vec(),
-                encode_log_position(seq),
-            );
+            group
+                .batch
+                .put(Cf::Meta, LOG_POSITION_KEY.to_vec(), encode_u64_record(seq));
         }
         for (what, delta) in deltas {
             if delta != Some(expected) {

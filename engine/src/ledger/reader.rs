@@ -18,7 +18,7 @@ use super::record::{
     GRANT_KEY_PREFIX, GrantRecord, HEAD_WITHDRAWALS_KEY, HeadWithdrawals, HeldGrant,
     LOG_POSITION_KEY, OPEN_EPOCH_KEY, OpenEpoch, PayeeState, PayerState, ProducerKey,
     ProducerState, SEALING_EPOCH_KEY, SealingEpoch, SessionWindow, address_from, decode_amount,
-    decode_log_position, decode_logged_outcome, entry_key, entry_prefix, epoch_key, grant_key,
+    decode_logged_outcome, decode_u64_record, entry_key, entry_prefix, epoch_key, grant_key,
     logged_outcome_key, payer_from, producer_key, session_window_key, session_windows_prefix,
 };
 use super::{BatchOutcome, SealedEpoch};
@@ -484,7 +484,7 @@ impl LedgerReader {
     pub fn log_position(&self) -> Result<Option<u64>, StoreError> {
         self.store
             .get(Cf::Meta, LOG_POSITION_KEY)?
-            .map(|bytes| decode_log_position(&bytes).map_err(corrupt(Cf::Meta)))
+            .map(|bytes| decode_u64_record(&bytes, "log position").map_err(corrupt(Cf::Meta)))
             .transpose()
     }
 

@@ -19,7 +19,7 @@ use super::record::{
     ARCHIVE_PRUNED_THROUGH_KEY, BatchDigest, ChannelState, EpochRecord, FUNDS_CURSOR_KEY,
     FundsCursor, HEAD_WITHDRAWALS_KEY, HeadWithdrawals, HeldGrant, OPEN_EPOCH_KEY, OpenEpoch,
     PayeeState, PayerState, Position, ProducerKey, ProducerState, SEALING_EPOCH_KEY, SealingEpoch,
-    SessionWindow, decode_epoch_number,
+    SessionWindow, decode_u64_record,
 };
 use super::{BatchAck, LedgerConfig};
 use crate::grant::GrantSpend;
@@ -128,7 +128,7 @@ impl Ledger {
             .unwrap_or_default();
         let archive_pruned_through = store
             .get(Cf::Meta, ARCHIVE_PRUNED_THROUGH_KEY)?
-            .map(|bytes| decode_epoch_number(&bytes).map_err(corrupt(Cf::Meta)))
+            .map(|bytes| decode_u64_record(&bytes, "epoch number").map_err(corrupt(Cf::Meta)))
             .transpose()?
             .unwrap_or_default();
         Ok(Self {

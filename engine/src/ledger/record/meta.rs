@@ -38,34 +38,20 @@ pub const ARCHIVE_PRUNED_THROUGH_KEY: &[u8] = b"archive_pruned_through";
 /// `ledger::grants::split_grant_records`), so later opens skip the scan.
 pub const GRANT_RECORDS_SPLIT_KEY: &[u8] = b"grant_records_split";
 
-/// An epoch number as a record (u64).
-pub fn encode_epoch_number(epoch: u64) -> Vec<u8> {
+/// A single u64 as a record: an epoch number (the archive's pruned-through mark) or a log
+/// position (a cluster partition's stream sequence).
+pub fn encode_u64_record(value: u64) -> Vec<u8> {
     let mut out = encoder(8);
-    out.extend_from_slice(&epoch.to_le_bytes());
+    out.extend_from_slice(&value.to_le_bytes());
     out
 }
 
-/// Inverse of [`encode_epoch_number`].
-pub fn decode_epoch_number(bytes: &[u8]) -> Result<u64, DecodeError> {
-    let mut d = Decoder::new(bytes, "epoch number")?;
-    let epoch = d.u64()?;
+/// Inverse of [`encode_u64_record`]; `what` names the record in errors.
+pub fn decode_u64_record(bytes: &[u8], what: &'static str) -> Result<u64, DecodeError> {
+    let mut d = Decoder::new(bytes, what)?;
+    let value = d.u64()?;
     d.finish()?;
-    Ok(epoch)
-}
-
-/// A log position (the stream sequence, u64) as a record.
-pub fn encode_log_position(seq: u64) -> Vec<u8> {
-    let mut out = encoder(8);
-    out.extend_from_slice(&seq.to_le_bytes());
-    out
-}
-
-/// Inverse of [`encode_log_position`].
-pub fn decode_log_position(bytes: &[u8]) -> Result<u64, DecodeError> {
-    let mut d = Decoder::new(bytes, "log position")?;
-    let seq = d.u64()?;
-    d.finish()?;
-    Ok(seq)
+    Ok(value)
 }
 
 impl OpenEpoch {

@@ -438,10 +438,16 @@ fn window_without_its_part(store: &Store, session: PayerKey, batch: &mut StoreBa
         payer: session,
         payee: Address([5; 20]),
     });
-    let stored = store.get(Cf::Grants, &key).expect("read").expect("window");
-    let window = SessionWindow::decode(&stored).expect("decode").window;
+    let version_4 = stored(store, Cf::Grants, &key);
+    assert_eq!(version_4[0], 4);
+    let window = SessionWindow::decode(&version_4).expect("decode").window;
     let version_2 = [&[2u8][..], &window_stored_whole(&window)].concat();
     batch.put(Cf::Grants, key.to_vec(), version_2);
+}
+
+/// The record under `key` in `cf`, which must be there.
+fn stored(store: &Store, cf: Cf, key: &[u8]) -> Vec<u8> {
+    store.get(cf, key).expect("read").expect("stored")
 }
 
 /// A layout-3 ledger (windows stored word by word: channel records of version 1, session windows
@@ -474,9 +480,8 @@ fn windows_stored_whole_by_layout_3_keep_refusing_replays_and_are_rewritten_as_r
         payee: Address([5; 20]),
     });
     let store = ledger.store();
-    let stored = |cf, key: &[u8]| store.get(cf, key).expect("read").expect("stored");
-    let channel = stored(Cf::Channels, &channel_key);
-    let session_window = stored(Cf::Grants, &window_key);
+    let channel = stored(&store, Cf::Channels, &channel_key);
+    let session_window = stored(&store, Cf::Grants, &window_key);
     assert_eq!((channel[0], session_window[0]), (2, 4));
     let channel_v1 = [
         &[1u8][..],
@@ -509,13 +514,7 @@ fn windows_stored_whole_by_layout_3_keep_refusing_replays_and_are_rewritten_as_r
         LAYOUT_VERSION
     );
     // Still stored whole until used, and read as such.
-    assert_eq!(
-        store
-            .get(Cf::Channels, &channel_key)
-            .expect("read")
-            .expect("stored")[0],
-        1
-    );
+    assert_eq!(stored(&store, Cf::Channels, &channel_key)[0], 1);
     assert_eq!(
         verdicts(&mut reopened, 2, &accepted),
         vec![Err(Reason::Duplicate); 3]
@@ -523,14 +522,8 @@ fn windows_stored_whole_by_layout_3_keep_refusing_replays_and_are_rewritten_as_r
     let next = [receipt(&payer_key, 1, 2), session_receipt(&agent, 2, 4)];
     assert_eq!(verdicts(&mut reopened, 3, &next), vec![Ok(()); 2]);
     reopened.commit().expect("commit");
-    let channel = store
-        .get(Cf::Channels, &channel_key)
-        .expect("read")
-        .expect("stored");
-    let session_window = store
-        .get(Cf::Grants, &window_key)
-        .expect("read")
-        .expect("stored");
+    let channel = stored(&store, Cf::Channels, &channel_key);
+    let session_window = stored(&store, Cf::Grants, &window_key);
     assert_eq!((channel[0], session_window[0]), (2, 4));
     let held = LedgerReader::new(store)
         .grant(&agent_key)
