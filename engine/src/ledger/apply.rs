@@ -112,10 +112,9 @@ impl Ledger {
             // A new session: the old session's batches can never be re-sent (they would be
             // refused as superseded), so their acks go.
             for seq in producer.recent.drain(..) {
-                self.group.batch.delete(
-                    Cf::Sessions,
-                    ack_key(key, producer.session_epoch, seq).to_vec(),
-                );
+                self.group
+                    .batch
+                    .delete(Cf::Sessions, ack_key(key, producer.session_epoch, seq));
             }
             producer.session_epoch = session_epoch;
         }
@@ -124,12 +123,12 @@ impl Ledger {
             if let Some(old) = producer.recent.pop_front() {
                 self.group
                     .batch
-                    .delete(Cf::Sessions, ack_key(key, session_epoch, old).to_vec());
+                    .delete(Cf::Sessions, ack_key(key, session_epoch, old));
             }
         }
         self.group.batch.put(
             Cf::Sessions,
-            ack_key(key, session_epoch, batch_seq).to_vec(),
+            ack_key(key, session_epoch, batch_seq),
             encode_ack(&ack, &digest),
         );
         self.group.acks.insert(session, (ack.clone(), digest));
@@ -260,7 +259,7 @@ impl Ledger {
         if sums.new_channel {
             self.group
                 .batch
-                .put(Cf::PayeeChannels, key.to_payee_index().to_vec(), Vec::new());
+                .put(Cf::PayeeChannels, key.to_payee_index(), Vec::new());
         }
         self.index_channel(&key)?;
         self.index_account::<PayerState>(&payer)?;

@@ -282,10 +282,10 @@ impl Ledger {
         let end = archive_key(through + 1, 0);
         self.group
             .batch
-            .delete_range(Cf::Archive, archive_key(0, 0).to_vec(), end.to_vec());
+            .delete_range(Cf::Archive, archive_key(0, 0), end);
         self.group.batch.put(
             Cf::Meta,
-            ARCHIVE_PRUNED_THROUGH_KEY.to_vec(),
+            ARCHIVE_PRUNED_THROUGH_KEY,
             encode_u64_record(through),
         );
         self.archive_pruned_through = through;

@@ -18,8 +18,8 @@ use super::error::{DecodeError, corrupt};
 
 /// A value the cache can hold.
 pub(crate) trait CacheValue: Sized {
-    /// Key type.
-    type Key: Copy + Eq + Hash;
+    /// Key type. Its order is the order of its stored bytes ([`Cached::key_bytes`]).
+    type Key: Copy + Eq + Hash + Ord;
     /// The money this value holds that only accepted receipts change, for the pair assertion
     /// around every write (zero for values that hold none).
     fn receipt_money(&self) -> u128;
@@ -29,10 +29,18 @@ pub(crate) trait CacheValue: Sized {
 pub(crate) trait Cached: CacheValue {
     /// Column family the values live in.
     const CF: Cf;
+    /// A storage key, held without allocating.
+    type KeyBytes: AsRef<[u8]>;
     /// Storage key.
-    fn key_bytes(key: &Self::Key) -> Vec<u8>;
+    fn key_bytes(key: &Self::Key) -> Self::KeyBytes;
+    /// Appends the storage form to `out`.
+    fn encode_into(&self, out: &mut Vec<u8>);
     /// Storage form.
-    fn encode(&self) -> Vec<u8>;
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
     /// Inverse of `encode`.
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError>;
 }
@@ -180,7 +188,7 @@ impl<V: Cached> Cache<V> {
             slot.referenced = true;
             return Ok(());
         }
-        let value = match store.get(V::CF, &V::key_bytes(key))? {
+        let value = match store.get(V::CF, V::key_bytes(key).as_ref())? {
             Some(bytes) => V::decode(&bytes).map_err(corrupt(V::CF))?,
             None => default(),
         };
@@ -199,7 +207,7 @@ impl<V: Cached> Cache<V> {
             slot.referenced = true;
             return Ok(true);
         }
-        let Some(bytes) = store.get(V::CF, &V::key_bytes(key))? else {
+        let Some(bytes) = store.get(V::CF, V::key_bytes(key).as_ref())? else {
             return Ok(false);
         };
         let value = V::decode(&bytes).map_err(corrupt(V::CF))?;
@@ -220,7 +228,7 @@ impl<V: Cached> Cache<V> {
             return Ok(Some(read(&slot.value)));
         }
         store
-            .get(V::CF, &V::key_bytes(key))?
+            .get(V::CF, V::key_bytes(key).as_ref())?
             .map(|bytes| {
                 V::decode(&bytes)
                     .map(|value| read(&value))
@@ -234,7 +242,10 @@ impl<V: Cached> Cache<V> {
     /// invariant: receipt money only grows, and an epoch commit moves it, never removes it).
     pub(crate) fn drain_dirty(&mut self, batch: &mut StoreBatch) -> Option<u128> {
         let mut delta: Option<u128> = Some(0);
-        let mut puts = Vec::with_capacity(self.dirty.len());
+        // In key order, RocksDB's memtable resumes each insert from where the previous one ended
+        // instead of descending its skip list from the top: the insert was the writer's largest
+        // single cost. Each key is dirty at most once, so the order changes nothing else.
+        self.dirty.sort_unstable();
         for key in self.dirty.drain(..) {
             let Some(slot) = self.map.get_mut(&key) else {
                 continue;
@@ -244,14 +255,9 @@ impl<V: Cached> Cache<V> {
             };
             delta =
                 delta.and_then(|d| d.checked_add(slot.value.receipt_money().checked_sub(base)?));
-            puts.push((V::key_bytes(&key), slot.value.encode()));
-        }
-        // In key order, RocksDB's memtable resumes each insert from where the previous one ended
-        // instead of descending its skip list from the top: the insert was the writer's largest
-        // single cost. Each key is dirty at most once, so the order changes nothing else.
-        puts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (key, value) in puts {
-            batch.put(V::CF, key, value);
+            batch.put_with(V::CF, V::key_bytes(&key).as_ref(), |out| {
+                slot.value.encode_into(out)
+            });
         }
         delta
     }
@@ -266,7 +272,7 @@ mod tests {
     fn evicts_only_clean_entries_and_stays_bounded() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, _) = Store::open(dir.path(), |b| {
-            b.put(Cf::Meta, crate::store::FORMAT_KEY, b"x".to_vec())
+            b.put(Cf::Meta, crate::store::FORMAT_KEY, b"x")
         })
         .expect("open");
         let mut cache: Cache<PayeeState> = Cache::new(16);
@@ -287,5 +293,37 @@ mod tests {
         let key = Address([63; 20]);
         cache.load(&store, &key, PayeeState::default).expect("load");
         assert_eq!(cache.get(&key).map(|p| p.credited), Some(63));
+    }
+
+    proptest::proptest! {
+        /// Dirty entries are written in key order, which RocksDB's memtable inserts depend on
+        /// for their speed: the keys' order must be their stored bytes' order.
+        #[test]
+        fn key_order_is_stored_byte_order(
+            a in proptest::array::uniform32(0u8..4),
+            b in proptest::array::uniform32(0u8..4),
+            x in proptest::array::uniform20(0u8..4),
+            y in proptest::array::uniform20(0u8..4),
+            client in 0u64..3,
+            producers in (0u64..300, 0u64..300),
+        ) {
+            use crate::ledger::record::{ChannelKey, ChannelState, PayerState, ProducerKey, ProducerState, SessionWindow, HeldGrant};
+            use crate::receipt::PayerKey;
+            fn agrees<V: Cached>(one: V::Key, two: V::Key) -> bool {
+                one.cmp(&two) == V::key_bytes(&one).as_ref().cmp(V::key_bytes(&two).as_ref())
+            }
+            let channel = |payer, payee| ChannelKey { payer: PayerKey(payer), payee: Address(payee) };
+            let (first, second) = (channel(a, x), channel(b, y));
+            proptest::prop_assert!(agrees::<ChannelState>(first, second));
+            proptest::prop_assert!(agrees::<SessionWindow>(first, second));
+            proptest::prop_assert!(agrees::<PayerState>(PayerKey(a), PayerKey(b)));
+            proptest::prop_assert!(agrees::<HeldGrant>(PayerKey(a), PayerKey(b)));
+            proptest::prop_assert!(agrees::<PayeeState>(Address(x), Address(y)));
+            let producer = |client_id, producer_id| ProducerKey { client_id, producer_id };
+            proptest::prop_assert!(agrees::<ProducerState>(
+                producer(client, producers.0),
+                producer(2 - client, producers.1),
+            ));
+        }
     }
 }

@@ -83,11 +83,9 @@ impl Ledger {
             record.tx_hash = Some(last.tx_hash);
             record.block = Some(last.block);
         }
-        self.group.batch.put(
-            Cf::Epochs,
-            epoch_key(update.epoch).to_vec(),
-            record.encode(),
-        );
+        self.group
+            .batch
+            .put(Cf::Epochs, epoch_key(update.epoch), record.encode());
         self.group.epochs.insert(update.epoch, record);
         Ok(())
     }

@@ -42,7 +42,7 @@ pub(crate) fn split_grant_records(store: &Store) -> Result<(), LedgerError> {
             let (held, spent) = HeldGrant::decode_any(value).map_err(corrupt(Cf::Grants))?;
             if let Some(spent) = spent {
                 let session = held.grant.grant.session;
-                batch.put(Cf::Grants, key.to_vec(), held.encode());
+                batch.put(Cf::Grants, key, held.encode());
                 fold_into_window(store, &session, spent, &mut batch)?;
             }
         }
@@ -81,7 +81,7 @@ pub(crate) fn fold_grant_spends(store: &Store) -> Result<(), LedgerError> {
                     .ok_or_else(|| corrupt(Cf::Grants)(DecodeError("spend key length".into())))?,
             );
             fold_into_window(store, &session, spent, &mut batch)?;
-            batch.delete(Cf::Grants, key.to_vec());
+            batch.delete(Cf::Grants, key);
         }
         store.write(batch)?;
     }
@@ -116,7 +116,7 @@ fn fold_into_window(
         .spent
         .combine(spent)
         .ok_or_else(|| corrupt(Cf::Grants)(DecodeError("session spend overflows".into())))?;
-    batch.put(Cf::Grants, key.to_vec(), window.encode());
+    batch.put(Cf::Grants, &key, window.encode());
     Ok(())
 }
 

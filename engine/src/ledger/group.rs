@@ -55,7 +55,7 @@ impl Ledger {
         };
         self.group.batch.put(
             Cf::Sessions,
-            logged_outcome_key(seq).to_vec(),
+            logged_outcome_key(seq),
             encode_logged_outcome(&outcome, digest),
         );
     }
@@ -110,35 +110,31 @@ impl Ledger {
         self.session_windows.drain_dirty(&mut group.batch);
         if group.sealing_dirty {
             match &self.sealing {
-                Some(sealing) => {
-                    group
-                        .batch
-                        .put(Cf::Meta, SEALING_EPOCH_KEY.to_vec(), sealing.encode())
-                }
-                None => group.batch.delete(Cf::Meta, SEALING_EPOCH_KEY.to_vec()),
+                Some(sealing) => group
+                    .batch
+                    .put(Cf::Meta, SEALING_EPOCH_KEY, sealing.encode()),
+                None => group.batch.delete(Cf::Meta, SEALING_EPOCH_KEY),
             }
         }
         if group.head_withdrawals_dirty {
             group.batch.put(
                 Cf::Meta,
-                HEAD_WITHDRAWALS_KEY.to_vec(),
+                HEAD_WITHDRAWALS_KEY,
                 self.head_withdrawals.encode(),
             );
         }
         if group.meta_dirty {
             group
                 .batch
-                .put(Cf::Meta, OPEN_EPOCH_KEY.to_vec(), self.open.encode());
+                .put(Cf::Meta, OPEN_EPOCH_KEY, self.open.encode());
             if let Some(cursor) = self.cursor {
-                group
-                    .batch
-                    .put(Cf::Meta, FUNDS_CURSOR_KEY.to_vec(), cursor.encode());
+                group.batch.put(Cf::Meta, FUNDS_CURSOR_KEY, cursor.encode());
             }
         }
         if let Some(seq) = group.log_position {
             group
                 .batch
-                .put(Cf::Meta, LOG_POSITION_KEY.to_vec(), encode_u64_record(seq));
+                .put(Cf::Meta, LOG_POSITION_KEY, encode_u64_record(seq));
         }
         for (what, delta) in deltas {
             if delta != Some(expected) {
@@ -153,6 +149,7 @@ impl Ledger {
             acks: group.acks,
             epochs: group.epochs,
         });
+        self.group.batch = StoreBatch::with_room_of(&group.batch);
         Ok(group.batch)
     }
 

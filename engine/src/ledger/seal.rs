@@ -120,7 +120,7 @@ impl Ledger {
                     .into());
                 }
             }
-            self.group.batch.delete(Cf::OpenEpoch, key.to_vec());
+            self.group.batch.delete(Cf::OpenEpoch, key);
         }
         let sealing = self
             .sealing
@@ -168,28 +168,29 @@ impl Ledger {
         };
         self.group
             .batch
-            .put(Cf::Epochs, epoch_key(epoch).to_vec(), record.encode());
+            .put(Cf::Epochs, epoch_key(epoch), record.encode());
         self.group.epochs.insert(epoch, record);
         Ok(epoch)
     }
 
     /// True when `indexed_epoch` is the epoch being sealed and the seal has not reached the
-    /// index entry `suffix` yet: that entry's amount at the cut is still to be written.
-    fn awaits_seal(&self, suffix: &[u8], indexed_epoch: u64) -> bool {
+    /// index entry of `kind` and `id` yet: that entry's amount at the cut is still to be written.
+    /// The entry's suffix is only built during a seal: every receipt asks this of its payer and
+    /// payee.
+    fn awaits_seal(&self, kind: IndexKind, id: &[u8], indexed_epoch: u64) -> bool {
         self.sealing.as_ref().is_some_and(|sealing| {
             sealing.epoch == indexed_epoch
                 && sealing
                     .cursor
                     .as_deref()
-                    .is_none_or(|cursor| suffix > cursor)
+                    .is_none_or(|cursor| index_suffix(kind, id).as_slice() > cursor)
         })
     }
 
     /// An account's unsealed amount as the open epoch sees it: zero while it still belongs to
     /// the epoch being sealed.
     pub(super) fn unsealed_after_cut<V: Account>(&self, state: &V, key: &V::Key) -> u128 {
-        let suffix = index_suffix(V::KIND, &V::key_bytes(key));
-        if self.awaits_seal(&suffix, state.indexed_epoch()) {
+        if self.awaits_seal(V::KIND, V::key_bytes(key).as_ref(), state.indexed_epoch()) {
             0
         } else {
             state.unsealed()
@@ -250,14 +251,14 @@ impl Ledger {
         indexed_epoch: u64,
         amount_at_cut: u128,
     ) -> Result<bool, LedgerError> {
-        let suffix = index_suffix(kind, id);
-        if !self.awaits_seal(&suffix, indexed_epoch) {
+        if !self.awaits_seal(kind, id, indexed_epoch) {
             return Ok(false);
         }
         self.write_sealed_entry(kind, id, amount_at_cut)?;
-        self.group
-            .batch
-            .delete(Cf::OpenEpoch, index_key(indexed_epoch, &suffix));
+        self.group.batch.delete(
+            Cf::OpenEpoch,
+            index_key(indexed_epoch, &index_suffix(kind, id)),
+        );
         Ok(true)
     }
 
@@ -299,14 +300,19 @@ impl Ledger {
             return Ok(());
         }
         let id = V::key_bytes(key);
-        if self.freeze_if_awaited(V::KIND, &id, state.indexed_epoch(), state.unsealed())? {
+        if self.freeze_if_awaited(
+            V::KIND,
+            id.as_ref(),
+            state.indexed_epoch(),
+            state.unsealed(),
+        )? {
             state.set_index(0, open);
         } else {
             state.set_index(state.unsealed(), open);
         }
         self.group.batch.put(
             Cf::OpenEpoch,
-            index_key(open, &index_suffix(V::KIND, &id)),
+            index_key(open, &index_suffix(V::KIND, id.as_ref())),
             Vec::new(),
         );
         *V::cache(self)

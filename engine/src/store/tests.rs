@@ -3,7 +3,7 @@
 use super::*;
 
 fn init(batch: &mut StoreBatch) {
-    batch.put(Cf::Meta, FORMAT_KEY, b"test".to_vec());
+    batch.put(Cf::Meta, FORMAT_KEY, b"test");
 }
 
 #[test]
@@ -12,12 +12,12 @@ fn write_after_a_failed_write_is_refused() {
     let (store, fresh) = Store::open(dir.path(), init).expect("open");
     assert!(fresh);
     let mut batch = StoreBatch::default();
-    batch.put(Cf::Payers, b"a".to_vec(), b"1".to_vec());
+    batch.put(Cf::Payers, b"a", b"1");
     store.write(batch).expect("first write");
 
     store.fail_next_write();
     let mut batch = StoreBatch::default();
-    batch.put(Cf::Payers, b"b".to_vec(), b"2".to_vec());
+    batch.put(Cf::Payers, b"b", b"2");
     assert!(matches!(
         store.write(batch),
         Err(StoreError::Poisoned { .. })
@@ -26,7 +26,7 @@ fn write_after_a_failed_write_is_refused() {
 
     // A perfectly good write is refused from now on, and nothing reaches the disk.
     let mut batch = StoreBatch::default();
-    batch.put(Cf::Payers, b"c".to_vec(), b"3".to_vec());
+    batch.put(Cf::Payers, b"c", b"3");
     assert!(matches!(
         store.write(batch),
         Err(StoreError::Poisoned { .. })
@@ -62,7 +62,7 @@ fn scan_respects_prefix_cursor_and_limit() {
     let (store, _) = Store::open(dir.path(), init).expect("open");
     let mut batch = StoreBatch::default();
     for key in [&b"a1"[..], b"a2", b"a3", b"b1"] {
-        batch.put(Cf::Channels, key.to_vec(), key.to_vec());
+        batch.put(Cf::Channels, key, key);
     }
     store.write(batch).expect("write");
     let snapshot = store.snapshot();

@@ -88,18 +88,17 @@ impl ChannelState {
 
     /// Version 2: cumulative u128, receipts u64, last_timestamp_ms u64, indexed_epoch u64, then
     /// the window as runs ([`put_window`]).
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         let words = self.window.words();
-        let mut out = versioned_encoder(CHANNEL_VERSION, 16 + 8 * 3 + window_bytes(words.len()));
+        start_record(out, CHANNEL_VERSION, 16 + 8 * 3 + window_bytes(words.len()));
         out.extend_from_slice(&self.cumulative.to_le_bytes());
         out.extend_from_slice(&self.receipts.to_le_bytes());
         out.extend_from_slice(&self.last_timestamp_ms.to_le_bytes());
         out.extend_from_slice(&self.indexed_epoch.to_le_bytes());
-        put_window(&mut out, &self.window);
-        out
+        put_window(out, &self.window);
     }
 
-    /// Inverse of [`ChannelState::encode`], and version 1 (every window word whole). An older
+    /// Inverse of [`ChannelState::encode_into`], and version 1 (every window word whole). An older
     /// record is rewritten in version 2 the next time its channel takes a receipt.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let (mut d, version) = Decoder::versioned(bytes, "channel", CHANNEL_VERSION)?;
@@ -292,8 +291,8 @@ impl PayerState {
     }
 
     /// Six u128 fields, three u64 fields, then shortfall u128, in declaration order.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = encoder(16 * 7 + 8 * 3);
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        start_record(out, RECORD_VERSION, 16 * 7 + 8 * 3);
         for field in [
             self.deposited,
             self.withdrawal_requested,
@@ -308,10 +307,9 @@ impl PayerState {
         out.extend_from_slice(&self.channels.to_le_bytes());
         out.extend_from_slice(&self.indexed_epoch.to_le_bytes());
         out.extend_from_slice(&self.shortfall.to_le_bytes());
-        out
     }
 
-    /// Inverse of [`PayerState::encode`].
+    /// Inverse of [`PayerState::encode_into`].
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut d = Decoder::new(bytes, "payer")?;
         let state = Self {
@@ -350,17 +348,16 @@ pub struct PayeeState {
 
 impl PayeeState {
     /// Three u128 fields in declaration order, indexed_epoch u64, then shortfall u128.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = encoder(16 * 4 + 8);
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        start_record(out, RECORD_VERSION, 16 * 4 + 8);
         for field in [self.credited, self.settled, self.unsealed] {
             out.extend_from_slice(&field.to_le_bytes());
         }
         out.extend_from_slice(&self.indexed_epoch.to_le_bytes());
         out.extend_from_slice(&self.shortfall.to_le_bytes());
-        out
     }
 
-    /// Inverse of [`PayeeState::encode`].
+    /// Inverse of [`PayeeState::encode_into`].
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut d = Decoder::new(bytes, "payee")?;
         let state = Self {
@@ -384,11 +381,12 @@ impl CacheValue for ChannelState {
 
 impl Cached for ChannelState {
     const CF: Cf = Cf::Channels;
-    fn key_bytes(key: &ChannelKey) -> Vec<u8> {
-        key.to_bytes().to_vec()
+    type KeyBytes = [u8; CHANNEL_KEY_BYTES];
+    fn key_bytes(key: &ChannelKey) -> Self::KeyBytes {
+        key.to_bytes()
     }
-    fn encode(&self) -> Vec<u8> {
-        ChannelState::encode(self)
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        ChannelState::encode_into(self, out)
     }
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         ChannelState::decode(bytes)
@@ -409,11 +407,12 @@ impl CacheValue for PayerState {
 
 impl Cached for PayerState {
     const CF: Cf = Cf::Payers;
-    fn key_bytes(key: &PayerKey) -> Vec<u8> {
-        key.0.to_vec()
+    type KeyBytes = [u8; 32];
+    fn key_bytes(key: &PayerKey) -> Self::KeyBytes {
+        key.0
     }
-    fn encode(&self) -> Vec<u8> {
-        PayerState::encode(self)
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        PayerState::encode_into(self, out)
     }
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         PayerState::decode(bytes)
@@ -429,11 +428,12 @@ impl CacheValue for PayeeState {
 
 impl Cached for PayeeState {
     const CF: Cf = Cf::Payees;
-    fn key_bytes(key: &Address) -> Vec<u8> {
-        key.0.to_vec()
+    type KeyBytes = [u8; 20];
+    fn key_bytes(key: &Address) -> Self::KeyBytes {
+        key.0
     }
-    fn encode(&self) -> Vec<u8> {
-        PayeeState::encode(self)
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        PayeeState::encode_into(self, out)
     }
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         PayeeState::decode(bytes)

@@ -172,11 +172,13 @@ impl CacheValue for HeldGrant {
 
 impl Cached for HeldGrant {
     const CF: Cf = Cf::Grants;
-    fn key_bytes(key: &PayerKey) -> Vec<u8> {
-        grant_key(key).to_vec()
+    type KeyBytes = [u8; 33];
+    fn key_bytes(key: &PayerKey) -> Self::KeyBytes {
+        grant_key(key)
     }
-    fn encode(&self) -> Vec<u8> {
-        HeldGrant::encode(self)
+    /// Grants change rarely: through the owned encoding.
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&HeldGrant::encode(self))
     }
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         HeldGrant::decode(bytes)
@@ -257,18 +259,19 @@ impl CacheValue for SessionWindow {
 
 impl Cached for SessionWindow {
     const CF: Cf = Cf::Grants;
-    fn key_bytes(key: &ChannelKey) -> Vec<u8> {
-        session_window_key(key).to_vec()
+    type KeyBytes = [u8; 53];
+    fn key_bytes(key: &ChannelKey) -> Self::KeyBytes {
+        session_window_key(key)
     }
     /// Version 4: spent (total u128, period u64, period total u128), then the window as runs.
-    fn encode(&self) -> Vec<u8> {
-        let mut out = versioned_encoder(
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        start_record(
+            out,
             SESSION_WINDOW_VERSION,
             40 + window_bytes(self.window.words().len()),
         );
-        put_grant_spend(&mut out, &self.spent);
-        put_window(&mut out, &self.window);
-        out
+        put_grant_spend(out, &self.spent);
+        put_window(out, &self.window);
     }
     /// Any version. Version 1 was a whole [`ChannelState`] (the session's totals with the
     /// payee, then the window), read for its window; versions 1 and 2 hold no spent part (the

@@ -132,9 +132,15 @@ fn encoder(capacity: usize) -> Vec<u8> {
 }
 
 fn versioned_encoder(version: u8, capacity: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(capacity + 1);
-    out.push(version);
+    let mut out = Vec::new();
+    start_record(&mut out, version, capacity);
     out
+}
+
+/// Starts a record of `version` at the end of `out`, with room for `capacity` bytes after it.
+fn start_record(out: &mut Vec<u8>, version: u8, capacity: usize) {
+    out.reserve(capacity + 1);
+    out.push(version);
 }
 
 fn put_option<T>(out: &mut Vec<u8>, value: Option<T>, write: impl FnOnce(&mut Vec<u8>, T)) {

@@ -14,7 +14,7 @@ pub struct ProducerState {
 }
 
 /// A producer as the ledger knows it: the authenticated client and the producer id it chose.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
 pub struct ProducerKey {
     /// The client the connection authenticated as.
     pub client_id: u64,
@@ -191,11 +191,13 @@ impl CacheValue for ProducerState {
 
 impl Cached for ProducerState {
     const CF: Cf = Cf::Sessions;
-    fn key_bytes(key: &ProducerKey) -> Vec<u8> {
-        producer_key(*key).to_vec()
+    type KeyBytes = [u8; 17];
+    fn key_bytes(key: &ProducerKey) -> Self::KeyBytes {
+        producer_key(*key)
     }
-    fn encode(&self) -> Vec<u8> {
-        ProducerState::encode(self)
+    /// Once per batch, not per receipt: through the owned encoding.
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&ProducerState::encode(self))
     }
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         ProducerState::decode(bytes)

@@ -269,7 +269,7 @@ fn a_corrupted_archive_entry_is_reported_not_skipped() {
     accept_one(&mut ledger);
     let mut batch = StoreBatch::default();
     let bad = archive_key(1, 1);
-    batch.put(Cf::Archive, bad.to_vec(), vec![7; 10]);
+    batch.put(Cf::Archive, bad, vec![7; 10]);
     ledger.store.write(batch).expect("write");
     let error = reader(&ledger)
         .archived_receipts(1, None, 10)

@@ -442,7 +442,7 @@ fn window_without_its_part(store: &Store, session: PayerKey, batch: &mut StoreBa
     assert_eq!(version_4[0], 4);
     let window = SessionWindow::decode(&version_4).expect("decode").window;
     let version_2 = [&[2u8][..], &window_stored_whole(&window)].concat();
-    batch.put(Cf::Grants, key.to_vec(), version_2);
+    batch.put(Cf::Grants, key, version_2);
 }
 
 /// The record under `key` in `cf`, which must be there.
@@ -501,8 +501,8 @@ fn windows_stored_whole_by_layout_3_keep_refusing_replays_and_are_rewritten_as_r
     .concat();
     assert!(channel_v1.len() > channel.len() + 100);
     let mut batch = StoreBatch::default();
-    batch.put(Cf::Channels, channel_key.to_vec(), channel_v1);
-    batch.put(Cf::Grants, window_key.to_vec(), session_window_v3);
+    batch.put(Cf::Channels, channel_key, channel_v1);
+    batch.put(Cf::Grants, window_key, session_window_v3);
     store.write(batch).expect("write");
     mark_layout(&store, 3);
     drop((store, ledger));
@@ -550,9 +550,9 @@ fn grant_records_of_the_first_layout_are_split_at_open_and_keep_their_spend() {
         ]
         .concat();
         let mut batch = StoreBatch::default();
-        batch.put(Cf::Grants, grant_key(&session).to_vec(), first_layout);
+        batch.put(Cf::Grants, grant_key(&session), first_layout);
         window_without_its_part(store, session, &mut batch);
-        batch.delete(Cf::Meta, GRANT_RECORDS_SPLIT_KEY.to_vec());
+        batch.delete(Cf::Meta, GRANT_RECORDS_SPLIT_KEY);
         store.write(batch).expect("write");
     });
 }
@@ -570,7 +570,7 @@ fn spend_records_are_folded_into_the_sessions_window_at_open() {
         ]
         .concat();
         let mut batch = StoreBatch::default();
-        batch.put(Cf::Grants, grant_spend_key(&session).to_vec(), spend_record);
+        batch.put(Cf::Grants, grant_spend_key(&session), spend_record);
         window_without_its_part(store, session, &mut batch);
         store.write(batch).expect("write");
     });
