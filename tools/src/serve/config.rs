@@ -462,6 +462,10 @@ impl ServeOptions {
             shown.operator_key = Some(MASK.into());
         }
         shown.rpc_url = shown.rpc_url.as_deref().map(mask_url);
+        // NATS URLs may carry a user and password too.
+        for server in shown.cluster.servers.iter_mut().flatten() {
+            *server = mask_url(server);
+        }
         for token in shown.api_tokens.iter_mut().flatten() {
             if !token.token.is_file() {
                 token.token = MASK.into();
@@ -697,7 +701,7 @@ mod tests {
         .expect("a config file");
         let flags = ServeOptions {
             cluster: ClusterOptions {
-                servers: Some(vec!["nats://127.0.0.1:4222".into()]),
+                servers: Some(vec!["nats://tollgate:s3cret@127.0.0.1:4222".into()]),
                 node_id: Some("flag".into()),
                 ..ClusterOptions::default()
             },
@@ -714,7 +718,15 @@ mod tests {
             .expect("cluster mode");
         assert_eq!(cluster.node_id, "flag", "a flag beats the file");
         assert_eq!(cluster.lease_ttl_ms, 4_000, "the file's other keys stay");
-        assert_eq!(cluster.servers, vec!["nats://127.0.0.1:4222".to_string()]);
+        assert_eq!(
+            cluster.servers,
+            vec!["nats://tollgate:s3cret@127.0.0.1:4222".to_string()]
+        );
+        let shown = merged.to_masked_toml().expect("toml");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("127.0.0.1:4222"),
+            "{shown}"
+        );
         assert_eq!(cluster.partitions, ClusterConfig::default().partitions);
 
         let with_chain = ServeOptions {
