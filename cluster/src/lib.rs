@@ -57,7 +57,7 @@ pub use config::ClusterConfig;
 pub use error::{ClusterError, LeaseError, NatsError};
 pub use fence::{FENCE_HEADER, Fence, FenceError};
 pub use lease::{Holder, Lease, LeaseKeeper, Leases};
-pub use node::{Node, NodeLedgers};
+pub use node::{Node, NodeLedgers, OwnedLedgers};
 pub use owner::{OwnerError, PartRefused, REFUSALS_KEPT};
 pub use part::{ASK_PREFIX, Answer, Ask, BatchId, DecodeError, Part, Verdicts, ask_subject};
 pub use partition::{SUBJECT_PREFIX, partition_of, subject_of};

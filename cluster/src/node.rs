@@ -37,6 +37,30 @@ use crate::retry::backoff;
 /// The ledgers of the partitions this node owns now, for reads.
 type Owned = Arc<Mutex<BTreeMap<u32, LedgerReader>>>;
 
+/// Which partitions a node owns now, with a reader of each one's ledger; follows the node's
+/// ownership as it changes. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct OwnedLedgers(Owned);
+
+impl OwnedLedgers {
+    /// A reader of `partition`'s ledger while this node owns it.
+    pub fn reader(&self, partition: u32) -> Option<LedgerReader> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&partition)
+            .cloned()
+    }
+
+    /// The partitions owned now, each with a reader of its ledger.
+    pub fn all(&self) -> BTreeMap<u32, LedgerReader> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// What a node keeps for every partition it may own.
 #[derive(Clone)]
 pub struct NodeLedgers {
@@ -94,10 +118,12 @@ impl Node {
 
     /// The partitions owned now, each with a reader of its ledger.
     pub fn owned(&self) -> BTreeMap<u32, LedgerReader> {
-        self.owned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.ledgers().all()
+    }
+
+    /// A handle on the partitions this node owns, for readers that outlive a borrow of it.
+    pub fn ledgers(&self) -> OwnedLedgers {
+        OwnedLedgers(Arc::clone(&self.owned))
     }
 
     /// Resolves when a partition's ledger failed (the node must stop), with the error.

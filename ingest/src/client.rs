@@ -74,7 +74,9 @@ pub type GrantOutcome = Result<(), GrantRefusal>;
 /// How a client connects and batches. Build with [`ClientConfig::new`], then adjust fields.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// Server address, `host:port`.
+    /// Server address, `host:port`; for a cluster, several separated by commas. Every connect
+    /// and reconnect takes the first that accepts a TCP connection, in order, in the same
+    /// session: when a node is down its unacknowledged batches are re-sent through the next.
     pub addr: String,
     /// The client id the server is configured with (any value for a server in open mode).
     pub client_id: u64,
@@ -507,7 +509,7 @@ impl Connection {
             addr: config.addr.clone(),
             detail,
         };
-        let stream = TcpStream::connect(&config.addr)
+        let stream = connect_first(&config.addr)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         stream
@@ -590,6 +592,20 @@ impl From<ClientError> for Failure {
             Failure::Fatal(error)
         }
     }
+}
+
+/// A TCP connection to the first of `addrs` (comma-separated) that accepts one.
+async fn connect_first(addrs: &str) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for addr in addrs.split(',').map(str::trim) {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no server address")
+    }))
 }
 
 /// The next frame from the server; an ERROR frame comes back as a failure.

@@ -12,6 +12,11 @@
 //! engine answers, by a small task per batch, so a client that stops reading its ACKs cannot sit on
 //! permits other clients need.
 //!
+//! Where batches go is the [`Ledger`]: this process's engine (standalone), or in cluster mode a
+//! [`ClusterLedger`] that publishes them to the cluster's log and answers once their partitions'
+//! owners applied them. Only the engine's path is on the standalone hot path, unchanged: the
+//! cluster's is one `match` arm away and costs the standalone server nothing.
+//!
 //! Every limit is in [`ServerConfig`]. A protocol violation is answered with one ERROR frame and
 //! the connection closes; nothing of a frame that fails a check is applied, and batches read
 //! before it are still acknowledged first. Shutdown (the `CancellationToken`) stops accepting,
@@ -26,6 +31,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::SinkExt;
+use futures::future::BoxFuture;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -138,6 +144,28 @@ impl ServerConfig {
     }
 }
 
+/// Where a server's batches, balance queries and grants go.
+#[derive(Clone, Debug)]
+pub enum Ledger {
+    /// Standalone: this process's engine judges, applies and answers everything.
+    Engine(Engine),
+    /// Cluster mode: batches go through the cluster's log to their partitions' owners. HELLO
+    /// skips the session-epoch check (the epochs are kept per partition, by the owners, who
+    /// refuse a superseded session's batches), and GRANT/REVOKE are refused with
+    /// [`ErrorCode::NotInCluster`] (grants do not travel through the log yet).
+    Cluster(Arc<dyn ClusterLedger>),
+}
+
+/// What a cluster node does with what a connection reads. Its refusals are the ERROR frames the
+/// connection closes with.
+pub trait ClusterLedger: Send + Sync + std::fmt::Debug + 'static {
+    /// The batch's ack once every receipt it accepts is durable in its partition's ledger.
+    fn submit(&self, request: SubmitRequest) -> BoxFuture<'static, Result<BatchAck, ErrorFrame>>;
+    /// The payer's balance, from its partition's ledger when this node owns it; otherwise
+    /// [`ErrorCode::PartitionNotOwned`].
+    fn balance(&self, query: QueryBalance) -> BoxFuture<'static, Result<Balance, ErrorFrame>>;
+}
+
 /// Why the server stopped other than by its shutdown token.
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -158,7 +186,7 @@ pub enum ServerError {
 struct Shared {
     config: ServerConfig,
     clients: HashMap<u64, ClientAuth>,
-    engine: Engine,
+    ledger: Ledger,
     engine_permits: Arc<Semaphore>,
     /// Cancelled when the engine fails: every connection stops, `run` returns the error.
     fatal: CancellationToken,
@@ -209,7 +237,7 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
-    engine: Engine,
+    ledger: Ledger,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let listen = listener.local_addr().map_err(ServerError::Listener)?;
@@ -228,7 +256,7 @@ pub async fn run(
             .collect(),
         engine_permits: Arc::new(Semaphore::new(config.engine_batches_max)),
         config,
-        engine,
+        ledger,
         fatal: CancellationToken::new(),
         fatal_error: std::sync::Mutex::new(None),
     });
@@ -378,7 +406,15 @@ async fn linger_close(mut read: OwnedReadHalf, mut write: OwnedWriteHalf) {
 /// What a batch's waiter task reports back to its connection.
 struct Answered {
     batch_seq: u64,
-    result: Result<BatchAck, EngineError>,
+    result: Result<BatchAck, Unacked>,
+}
+
+/// Why a batch got no ack.
+enum Unacked {
+    /// The engine's error (standalone).
+    Engine(EngineError),
+    /// The cluster's refusal, as the ERROR to close with.
+    Refused(ErrorFrame),
 }
 
 /// Who is on the other end, once the HELLO checks out.
@@ -525,9 +561,20 @@ impl Connection {
         if let Err(error) = hello.verify(challenge) {
             return Err(refusal(ErrorCode::BadClientAuth, error.to_string()));
         }
+        let session = Session {
+            client_id: hello.client_id,
+            producer_id: hello.producer_id,
+            session_epoch: hello.session_epoch,
+            payees,
+        };
+        let reader = match &self.shared.ledger {
+            Ledger::Engine(engine) => engine.reader(),
+            // The epochs live in the partitions' ledgers: each refuses a superseded session's
+            // batches when they reach it.
+            Ledger::Cluster(_) => return Ok(session),
+        };
         // Sessions are looked up inside the client the HELLO proved: a producer id names nothing
         // of another client's, so the epoch below is this client's own.
-        let reader = self.shared.engine.reader();
         match reader.session_epoch(hello.client_id, hello.producer_id) {
             Ok(Some(current)) if hello.session_epoch < current => Err(refusal(
                 ErrorCode::ProducerFenced,
@@ -536,12 +583,7 @@ impl Connection {
                     hello.producer_id, hello.session_epoch
                 ),
             )),
-            Ok(_) => Ok(Session {
-                client_id: hello.client_id,
-                producer_id: hello.producer_id,
-                session_epoch: hello.session_epoch,
-                payees,
-            }),
+            Ok(_) => Ok(session),
             Err(error) => {
                 tracing::error!(%error, "cannot read the producer's session");
                 Err(refusal(
@@ -638,23 +680,48 @@ impl Connection {
             return Ok(());
         };
         let batch_seq = request.batch_seq;
-        let receiver = match self.shared.engine.submit(request) {
-            Ok(receiver) => receiver,
-            Err(error) => {
-                self.in_flight -= 1;
-                return Err(self.not_taken(error));
+        match &self.shared.ledger {
+            Ledger::Engine(engine) => {
+                let receiver = match engine.submit(request) {
+                    Ok(receiver) => receiver,
+                    Err(error) => {
+                        self.in_flight -= 1;
+                        return Err(self.not_taken(error));
+                    }
+                };
+                self.wait_for_answer(batch_seq, permit, async move {
+                    receiver
+                        .await
+                        .unwrap_or(Err(EngineError::Stopped))
+                        .map_err(Unacked::Engine)
+                });
             }
-        };
+            Ledger::Cluster(cluster) => {
+                let answer = cluster.submit(request);
+                self.wait_for_answer(batch_seq, permit, async move {
+                    answer.await.map_err(Unacked::Refused)
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The task that returns the batch's permit the moment `answer` resolves and reports it.
+    fn wait_for_answer(
+        &self,
+        batch_seq: u64,
+        permit: OwnedSemaphorePermit,
+        answer: impl Future<Output = Result<BatchAck, Unacked>> + Send + 'static,
+    ) {
         metrics::gauge!(names::ENGINE_BATCHES_IN_FLIGHT).increment(1.0);
         let answered = self.answered_tx.clone();
         tokio::spawn(async move {
-            let result = receiver.await.unwrap_or(Err(EngineError::Stopped));
+            let result = answer.await;
             drop(permit);
             metrics::gauge!(names::ENGINE_BATCHES_IN_FLIGHT).decrement(1.0);
             // The connection may be gone; the batch is durable (or failed) either way.
             let _ = answered.send(Answered { batch_seq, result }).await;
         });
-        Ok(())
     }
 
     /// Why a batch the engine did not take ends the connection.
@@ -692,26 +759,28 @@ impl Connection {
                 };
                 self.write(&Frame::Ack(ack)).await
             }
-            Err(EngineError::Ledger(LedgerError::SessionSuperseded { current, .. })) => {
-                Err(refusal(
-                    ErrorCode::ProducerFenced,
-                    format!(
-                        "batch {}: the producer is now at session epoch {current}",
-                        answered.batch_seq
-                    ),
-                ))
-            }
-            Err(error @ EngineError::Ledger(LedgerError::BatchMismatch { .. })) => {
-                Err(refusal(ErrorCode::BatchMismatch, error.to_string()))
-            }
-            Err(error) if error.is_refusal() => {
+            Err(Unacked::Refused(error)) => Err(Closing { error: Some(error) }),
+            Err(Unacked::Engine(EngineError::Ledger(LedgerError::SessionSuperseded {
+                current,
+                ..
+            }))) => Err(refusal(
+                ErrorCode::ProducerFenced,
+                format!(
+                    "batch {}: the producer is now at session epoch {current}",
+                    answered.batch_seq
+                ),
+            )),
+            Err(Unacked::Engine(
+                error @ EngineError::Ledger(LedgerError::BatchMismatch { .. }),
+            )) => Err(refusal(ErrorCode::BatchMismatch, error.to_string())),
+            Err(Unacked::Engine(error)) if error.is_refusal() => {
                 tracing::warn!(%error, batch_seq = answered.batch_seq, "engine refused a batch");
                 Err(refusal(ErrorCode::Internal, error.to_string()))
             }
-            Err(EngineError::Stopped) => {
+            Err(Unacked::Engine(EngineError::Stopped)) => {
                 Err(refusal(ErrorCode::ShuttingDown, "the engine stopped"))
             }
-            Err(error) => {
+            Err(Unacked::Engine(error)) => {
                 self.shared.fail(&error);
                 Err(refusal(ErrorCode::Internal, "the ledger has failed"))
             }
@@ -727,6 +796,16 @@ impl Connection {
         kind: Record,
         registration: Registration,
     ) -> Result<(), Closing> {
+        let engine = match &self.shared.ledger {
+            Ledger::Engine(engine) => engine.clone(),
+            Ledger::Cluster(_) => {
+                return Err(refusal(
+                    ErrorCode::NotInCluster,
+                    "grants and revocations do not travel through the cluster's log yet; \
+                     register them with a standalone server",
+                ));
+            }
+        };
         let domain = self.config().domain;
         let record = registration.record;
         // A signature verification: kept off the runtime's worker threads.
@@ -734,7 +813,7 @@ impl Connection {
             .await
             .map_err(|error| refusal(ErrorCode::Internal, error.to_string()))?;
         let outcome = match checked {
-            Ok(checked) => self.register(checked).await?,
+            Ok(checked) => self.register(&engine, checked).await?,
             Err(error) => Err(GrantRefusal::from(&error)),
         };
         if let Err(refused) = &outcome {
@@ -749,8 +828,11 @@ impl Connection {
 
     /// Hands a checked record to the ledger and waits until it is durable; the ledger's
     /// refusal (a session granted by another payer, say) is the request's answer.
-    async fn register(&self, checked: Checked) -> Result<Result<(), GrantRefusal>, Closing> {
-        let engine = &self.shared.engine;
+    async fn register(
+        &self,
+        engine: &Engine,
+        checked: Checked,
+    ) -> Result<Result<(), GrantRefusal>, Closing> {
         let receiver = loop {
             let queued = match &checked {
                 Checked::Grant(grant) => engine.grant(grant.clone()),
@@ -789,7 +871,15 @@ impl Connection {
     }
 
     async fn balance(&self, query: QueryBalance) -> Result<Balance, Closing> {
-        let reader = self.shared.engine.reader();
+        let reader = match &self.shared.ledger {
+            Ledger::Engine(engine) => engine.reader(),
+            Ledger::Cluster(cluster) => {
+                return cluster
+                    .balance(query)
+                    .await
+                    .map_err(|error| Closing { error: Some(error) });
+            }
+        };
         let read = tokio::task::spawn_blocking(move || payer_balance(&reader, query)).await;
         match read {
             Ok(Ok(balance)) => Ok(balance),
@@ -991,7 +1081,7 @@ fn not_allowed(submit: &Submit, allowed: &BTreeSet<Address>) -> Vec<(u32, Reason
 
 /// The answer to QUERY_BALANCE from the payer's one record, which keeps its receipt and channel
 /// counts: one point read however many payees the payer has paid.
-fn payer_balance(
+pub fn payer_balance(
     reader: &tollgate_engine::pipeline::LedgerReader,
     query: QueryBalance,
 ) -> Result<Balance, tollgate_engine::store::StoreError> {

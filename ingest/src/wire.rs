@@ -184,6 +184,12 @@ pub enum ErrorCode {
     /// A SUBMIT reuses the (producer, session epoch, batch sequence) of an acknowledged batch with
     /// other receipts: it is not a re-send, and nothing of it was applied.
     BatchMismatch = 26,
+    /// A cluster node was asked for a payer balance of a partition it does not own; another
+    /// node owns it (routing queries to the owner is not built yet).
+    PartitionNotOwned = 27,
+    /// A request a cluster node cannot serve yet (GRANT, REVOKE: grants do not travel through
+    /// the cluster's log); a standalone server serves it.
+    NotInCluster = 28,
     /// No HELLO arrived within the handshake timeout.
     HandshakeTimeout = 40,
     /// The connection was silent for longer than the idle timeout.
@@ -204,7 +210,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in code order.
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 29] = [
         ErrorCode::BadMagic,
         ErrorCode::UnsupportedVersion,
         ErrorCode::UnknownFrameType,
@@ -224,6 +230,8 @@ impl ErrorCode {
         ErrorCode::BadClientAuth,
         ErrorCode::ProducerFenced,
         ErrorCode::BatchMismatch,
+        ErrorCode::PartitionNotOwned,
+        ErrorCode::NotInCluster,
         ErrorCode::HandshakeTimeout,
         ErrorCode::IdleTimeout,
         ErrorCode::ReadDeadline,
@@ -266,6 +274,8 @@ impl ErrorCode {
             ErrorCode::BadClientAuth => "bad_client_auth",
             ErrorCode::ProducerFenced => "producer_fenced",
             ErrorCode::BatchMismatch => "batch_mismatch",
+            ErrorCode::PartitionNotOwned => "partition_not_owned",
+            ErrorCode::NotInCluster => "not_in_cluster",
             ErrorCode::HandshakeTimeout => "handshake_timeout",
             ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::ReadDeadline => "read_deadline",

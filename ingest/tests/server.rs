@@ -21,7 +21,7 @@ use tollgate_engine::{
     VerifyConfig, VerifyPool,
 };
 use tollgate_ingest::client::{Client, ClientConfig};
-use tollgate_ingest::server::{ClientAuth, ServerConfig, ServerError, bind, run};
+use tollgate_ingest::server::{ClientAuth, Ledger, ServerConfig, ServerError, bind, run};
 use tollgate_ingest::wire::{
     Ack, ErrorCode, FRAME_BYTES_MAX, Frame, FrameCodec, FrameType, GrantResult, Hello, Ping,
     Registration, Submit,
@@ -126,7 +126,12 @@ async fn start_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut ServerConfig)
     let listener = bind(([127, 0, 0, 1], 0).into()).expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(run(listener, config, engine.clone(), shutdown.clone()));
+    let server = tokio::spawn(run(
+        listener,
+        config,
+        Ledger::Engine(engine.clone()),
+        shutdown.clone(),
+    ));
     Harness {
         addr,
         engine,
@@ -672,7 +677,7 @@ async fn open_mode_is_refused_off_loopback() {
     let result = run(
         listener,
         ServerConfig::new(domain()),
-        engine,
+        Ledger::Engine(engine),
         CancellationToken::new(),
     )
     .await;

@@ -137,6 +137,12 @@ pub enum ApiError {
         /// What it waits for (catching up with the chain, a failing node, shutting down).
         waiting_for: String,
     },
+    /// A route a cluster node does not serve yet (its ledgers are split by partition over the
+    /// nodes, and queries are not routed to the owners yet).
+    #[error(
+        "{0} is not served in cluster mode yet: payer balances are on the fleet protocol (QUERY_BALANCE) from the payer's partition owner"
+    )]
+    NotInCluster(String),
     /// Reading the ledger failed, or what it holds does not add up.
     #[error("internal error: {0}")]
     Internal(String),
@@ -165,6 +171,7 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::EpochNotCommitted { .. } | Self::EpochNotFinal { .. } => StatusCode::CONFLICT,
             Self::FinalityUnknown { .. } | Self::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotInCluster(_) => StatusCode::NOT_IMPLEMENTED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -193,6 +200,7 @@ impl ApiError {
             Self::GrantRefused(_) => "grant_refused",
             Self::UnknownGrant(_) => "unknown_grant",
             Self::NotReady { .. } => "not_ready",
+            Self::NotInCluster(_) => "not_in_cluster",
             Self::Internal(_) => "internal",
         }
     }
@@ -290,6 +298,11 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ),
     ("unknown_grant", 404, "no grant is held for the session key"),
     ("not_ready", 503, "the server is starting; retry"),
+    (
+        "not_in_cluster",
+        501,
+        "a cluster node does not serve the route yet (docs/CLUSTER.md)",
+    ),
     ("internal", 500, "reading the ledger failed"),
 ];
 
@@ -373,6 +386,7 @@ mod tests {
             ApiError::NotReady {
                 waiting_for: String::new(),
             },
+            ApiError::NotInCluster(String::new()),
             ApiError::Internal(String::new()),
         ];
         assert_eq!(samples.len(), ERROR_CODES.len());

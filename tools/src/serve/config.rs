@@ -6,7 +6,9 @@
 //!
 //! Every key of the file is a flag name with `_` for `-` (`--epoch-secs` is `epoch_secs`, and
 //! `TOLLGATE_EPOCH_SECS`); fleet clients are `[[client]]` tables or `--client ID:KEY:PAYEES`, query
-//! API tokens `[[api_token]]` tables or `--api-token NAME:SCOPES:TOKEN`.
+//! API tokens `[[api_token]]` tables or `--api-token NAME:SCOPES:TOKEN`. Cluster mode is the
+//! `[cluster]` table, whose keys are `tollgate_cluster::ClusterConfig`'s; three of them are also
+//! flags: `servers` is `--cluster`, and `--node-id`, `--partitions`.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -16,6 +18,7 @@ use std::str::FromStr;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
+use tollgate_cluster::ClusterConfig;
 use tollgate_engine::ledger::{LedgerConfig, UnknownPayers};
 use tollgate_engine::receipt::parse_hex;
 use tollgate_engine::verify::VerifyConfig;
@@ -119,6 +122,50 @@ impl ApiTokenOption {
             .read()
             .with_context(|| format!("api token {:?}: reading its file", self.name))?;
         ApiToken::new(&self.name, self.scopes.clone(), &secret).map_err(anyhow::Error::msg)
+    }
+}
+
+/// Cluster mode's options: the `[cluster]` table of the file (docs/CLUSTER.md), three of them
+/// also flags. Cluster mode is on when any is given.
+#[derive(Clone, Debug, Default, PartialEq, Args, Serialize, Deserialize)]
+pub struct ClusterOptions {
+    /// Join the cluster on these NATS servers, `nats://host:port[,...]` (cluster mode,
+    /// docs/CLUSTER.md); without it serve runs standalone.
+    #[arg(long = "cluster", env = "TOLLGATE_CLUSTER", value_delimiter = ',')]
+    pub servers: Option<Vec<String>>,
+    /// This node's name in the cluster, unique per node (cluster mode).
+    #[arg(long, env = "TOLLGATE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Payer partitions, fixed when the cluster is created (cluster mode) [default: 16].
+    #[arg(long, env = "TOLLGATE_PARTITIONS")]
+    pub partitions: Option<u32>,
+    /// The `[cluster]` table's other keys (resource names, replicas, lease timing): file only.
+    #[arg(skip)]
+    #[serde(flatten)]
+    pub settings: toml::Table,
+}
+
+impl ClusterOptions {
+    fn is_empty(&self) -> bool {
+        *self == ClusterOptions::default()
+    }
+
+    /// The cluster to join, `None` for standalone mode; an error names the key.
+    fn resolve(&self) -> anyhow::Result<Option<ClusterConfig>> {
+        if self.is_empty() {
+            return Ok(None);
+        }
+        if self.servers.is_none() {
+            anyhow::bail!(
+                "cluster: cluster settings are given but no NATS servers to join (--cluster \
+                 nats://host:port[,...], or `servers` in the [cluster] table)"
+            );
+        }
+        let config: ClusterConfig = toml::Table::try_from(self)?
+            .try_into()
+            .context("cluster: invalid [cluster] table")?;
+        config.validate().context("cluster")?;
+        Ok(Some(config))
     }
 }
 
@@ -258,6 +305,11 @@ pub struct ServeOptions {
     #[arg(long = "api-token", env = "TOLLGATE_API_TOKENS", value_delimiter = ';')]
     #[serde(rename = "api_token")]
     pub api_tokens: Option<Vec<ApiTokenOption>>,
+
+    /// Cluster mode (the `[cluster]` table).
+    #[command(flatten)]
+    #[serde(default, skip_serializing_if = "ClusterOptions::is_empty")]
+    pub cluster: ClusterOptions,
 }
 
 /// Where the settlement chain is, when settlement is on.
@@ -304,6 +356,8 @@ pub struct ServeConfig {
     pub server: ServerConfig,
     /// `None`: chainless mode.
     pub chain: Option<ChainSettings>,
+    /// `None`: standalone mode.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl ServeOptions {
@@ -350,6 +404,7 @@ impl ServeOptions {
             shutdown_grace_ms: Some(server.shutdown_grace_ms),
             clients: Some(Vec::new()),
             api_tokens: Some(Vec::new()),
+            cluster: ClusterOptions::default(),
         }
     }
 
@@ -360,11 +415,18 @@ impl ServeOptions {
         toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
     }
 
-    /// `self` with every option `over` sets replacing ours. Done through TOML tables so no
-    /// option can be forgotten here when one is added.
+    /// `self` with every option `over` sets replacing ours (key by key inside the `[cluster]`
+    /// table). Done through TOML tables so no option can be forgotten here when one is added.
     pub fn overlay(self, over: &ServeOptions) -> anyhow::Result<Self> {
         let mut merged = toml::Table::try_from(self)?;
-        merged.extend(toml::Table::try_from(over)?);
+        for (key, value) in toml::Table::try_from(over)? {
+            match (merged.get_mut(&key), value) {
+                (Some(toml::Value::Table(ours)), toml::Value::Table(theirs)) => ours.extend(theirs),
+                (_, value) => {
+                    merged.insert(key, value);
+                }
+            }
+        }
         Ok(merged.try_into()?)
     }
 
@@ -400,6 +462,10 @@ impl ServeOptions {
             shown.operator_key = Some(MASK.into());
         }
         shown.rpc_url = shown.rpc_url.as_deref().map(mask_url);
+        // NATS URLs may carry a user and password too.
+        for server in shown.cluster.servers.iter_mut().flatten() {
+            *server = mask_url(server);
+        }
         for token in shown.api_tokens.iter_mut().flatten() {
             if !token.token.is_file() {
                 token.token = MASK.into();
@@ -427,6 +493,14 @@ impl ServeOptions {
             (Some(_), None) => anyhow::bail!("rpc_url: settlement also needs contract"),
             (None, Some(_)) => anyhow::bail!("contract: settlement also needs rpc_url"),
         };
+        let cluster = self.cluster.resolve()?;
+        if cluster.is_some() && chain.is_some() {
+            anyhow::bail!(
+                "cluster: settlement (rpc_url and contract) is not available in cluster mode yet: \
+                 deposits, exits and epoch commits do not travel through the cluster's log; run \
+                 the cluster chainless (no rpc_url or contract, unknown_payers = accept)"
+            );
+        }
         if chain.is_none() && unknown_payers == UnknownPayersPolicy::Reject {
             anyhow::bail!(
                 "unknown_payers: with no chain configured (rpc_url and contract) no payer can \
@@ -499,6 +573,7 @@ impl ServeOptions {
             verify,
             server,
             chain,
+            cluster,
         })
     }
 
@@ -608,6 +683,108 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_flags_and_the_cluster_table_merge_key_by_key() {
+        assert!(
+            ServeOptions::defaults()
+                .cluster
+                .resolve()
+                .expect("ok")
+                .is_none(),
+            "standalone by default"
+        );
+        let file: ServeOptions = toml::from_str(
+            "unknown_payers = \"accept\"\n[cluster]\nnode_id = \"file\"\nlease_ttl_ms = 4000\n\
+             lease_heartbeat_ms = 1000\n",
+        )
+        .expect("a config file");
+        let flags = ServeOptions {
+            cluster: ClusterOptions {
+                servers: Some(vec!["nats://tollgate:s3cret@127.0.0.1:4222".into()]),
+                node_id: Some("flag".into()),
+                ..ClusterOptions::default()
+            },
+            ..ServeOptions::default()
+        };
+        let merged = ServeOptions::defaults()
+            .overlay(&file)
+            .and_then(|options| options.overlay(&flags))
+            .expect("merged");
+        let cluster = merged
+            .resolve()
+            .expect("valid")
+            .cluster
+            .expect("cluster mode");
+        assert_eq!(cluster.node_id, "flag", "a flag beats the file");
+        assert_eq!(cluster.lease_ttl_ms, 4_000, "the file's other keys stay");
+        assert_eq!(
+            cluster.servers,
+            vec!["nats://tollgate:s3cret@127.0.0.1:4222".to_string()]
+        );
+        let shown = merged.to_masked_toml().expect("toml");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("127.0.0.1:4222"),
+            "{shown}"
+        );
+        assert_eq!(cluster.partitions, ClusterConfig::default().partitions);
+
+        let with_chain = ServeOptions {
+            rpc_url: Some("http://127.0.0.1:8545".into()),
+            contract: Some("0x00000000000000000000000000000000000000aa".into()),
+            operator_key: Some("7e".repeat(32).as_str().into()),
+            confirmations: Some(0),
+            ..merged.clone()
+        };
+        let refused = with_chain
+            .resolve()
+            .expect_err("settlement in cluster mode");
+        assert!(refused.to_string().contains("cluster mode"), "{refused}");
+
+        let no_servers = ServeOptions::defaults().overlay(&file).expect("merged");
+        let refused = no_servers
+            .resolve()
+            .expect_err("cluster keys without servers");
+        assert!(refused.to_string().contains("--cluster"), "{refused}");
+
+        let typo: ServeOptions = toml::from_str(
+            "[cluster]\nservers = [\"nats://h:1\"]\nnode_id = \"a\"\nlease_tll_ms = 1\n",
+        )
+        .expect("parses as a table");
+        let refused = typo.cluster.resolve().expect_err("an unknown cluster key");
+        assert!(
+            format!("{refused:#}").contains("lease_tll_ms"),
+            "{refused:#}"
+        );
+    }
+
+    #[test]
+    fn the_example_cluster_table_lists_every_key_with_its_default() {
+        let example = include_str!("../../../tollgate.example.toml");
+        let table: String = example
+            .lines()
+            .skip_while(|line| *line != "# [cluster]")
+            .take_while(|line| line.starts_with("# "))
+            .map(|line| format!("{}\n", &line[2..]))
+            .collect();
+        let options: ServeOptions = toml::from_str(&table).expect("the uncommented table parses");
+        let documented = toml::Table::try_from(&options.cluster).expect("a table");
+        let all = toml::Table::try_from(ClusterConfig::default()).expect("a table");
+        assert_eq!(
+            documented.keys().collect::<BTreeSet<_>>(),
+            all.keys().collect::<BTreeSet<_>>()
+        );
+        let config = options.cluster.resolve().expect("valid").expect("cluster");
+        assert_eq!(
+            config,
+            ClusterConfig {
+                servers: config.servers.clone(),
+                node_id: config.node_id.clone(),
+                ..ClusterConfig::default()
+            },
+            "every documented value is the default"
+        );
+    }
 
     #[test]
     fn debug_never_shows_the_operator_key() {

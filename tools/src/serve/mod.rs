@@ -7,8 +7,11 @@
 //! the other way: the fleet port stops accepting and acks what it read, the loops finish their
 //! step, and the engine writes and fsyncs everything before the process exits 0.
 
+mod cluster;
 pub mod config;
 pub mod process;
+
+pub use cluster::PARTITIONS_OWNED;
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -23,6 +26,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tollgate_engine::pipeline::{Engine, EngineConfig};
 use tollgate_engine::{Verifier, VerifyPool};
+use tollgate_ingest::server::Ledger;
 use tollgate_settle::chain::ContractReader;
 use tollgate_settle::epoch::{EpochLoop, FundsLoop};
 use tollgate_settle::exit::ExitTiming;
@@ -117,12 +121,11 @@ pub async fn cancel_on_signal(shutdown: CancellationToken) {
 /// and fsyncs what was accepted, and returns the first failure, if any.
 pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = install_metrics()?;
+    if let Some(cluster) = config.cluster.clone() {
+        return cluster::serve(config, cluster, metrics, shutdown).await;
+    }
     let engine = open_engine(&config).await?;
-    let fleet_listener = tollgate_ingest::server::bind(config.listen)
-        .with_context(|| format!("listen: cannot bind {}", config.listen))?;
-    let http_listener = TcpListener::bind(config.http)
-        .await
-        .with_context(|| format!("http: cannot bind {}", config.http))?;
+    let (fleet_listener, http_listener) = bind(&config).await?;
 
     // Logged as bound, so a port of 0 in the configuration shows the one the kernel chose.
     let fleet_address = fleet_listener.local_addr().context("listen")?;
@@ -163,16 +166,8 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
     if let Some(settlement) = &settlement {
         api = api.with_chain(Arc::new(settlement.reader.clone()));
     }
-    let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
-    tasks.spawn(named("http", {
-        let shutdown = shutdown.clone();
-        async move {
-            axum::serve(http_listener, router(api))
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-                .context("http server")
-        }
-    }));
+    let mut tasks = Tasks::new();
+    spawn_http(&mut tasks, http_listener, router(api), &shutdown);
     tasks.spawn(named("metrics upkeep", upkeep(metrics, shutdown.clone())));
 
     if let Some(settlement) = settlement
@@ -184,19 +179,13 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
         return Err(error);
     }
 
-    let ingest_shutdown = shutdown.clone();
-    let server_config = config.server.clone();
-    let ingest_engine = engine.clone();
-    tasks.spawn(named("ingest", async move {
-        tollgate_ingest::server::run(
-            fleet_listener,
-            server_config,
-            ingest_engine,
-            ingest_shutdown,
-        )
-        .await
-        .context("ingest server")
-    }));
+    spawn_ingest(
+        &mut tasks,
+        fleet_listener,
+        &config,
+        Ledger::Engine(engine.clone()),
+        &shutdown,
+    );
     ready.store(true, Ordering::Release);
     tracing::info!(
         listen = %fleet_address,
@@ -224,6 +213,52 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
     stopped?;
     tracing::info!("tollgate stopped cleanly");
     Ok(())
+}
+
+/// The parts of `serve` that run until shutdown, each named for the log when it fails.
+type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
+
+/// Binds the fleet port and the HTTP port.
+async fn bind(config: &ServeConfig) -> anyhow::Result<(TcpListener, TcpListener)> {
+    let fleet = tollgate_ingest::server::bind(config.listen)
+        .with_context(|| format!("listen: cannot bind {}", config.listen))?;
+    let http = TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("http: cannot bind {}", config.http))?;
+    Ok((fleet, http))
+}
+
+/// Serves `app` on the HTTP port until `shutdown`.
+fn spawn_http(
+    tasks: &mut Tasks,
+    listener: TcpListener,
+    app: axum::Router,
+    shutdown: &CancellationToken,
+) {
+    let shutdown = shutdown.clone();
+    tasks.spawn(named("http", async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .context("http server")
+    }));
+}
+
+/// Serves the fleet port, handing what it reads to `ledger`, until `shutdown`.
+fn spawn_ingest(
+    tasks: &mut Tasks,
+    listener: TcpListener,
+    config: &ServeConfig,
+    ledger: Ledger,
+    shutdown: &CancellationToken,
+) {
+    let server_config = config.server.clone();
+    let shutdown = shutdown.clone();
+    tasks.spawn(named("ingest", async move {
+        tollgate_ingest::server::run(listener, server_config, ledger, shutdown)
+            .await
+            .context("ingest server")
+    }));
 }
 
 /// Installs the Prometheus recorder with every metric of the README's table present from the
@@ -365,7 +400,7 @@ impl Settlement {
     /// `startup` how far it got), then runs both loops as tasks.
     async fn start(
         self,
-        tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+        tasks: &mut Tasks,
         shutdown: &CancellationToken,
         startup: &Startup,
     ) -> anyhow::Result<()> {
@@ -416,10 +451,7 @@ fn failure_of(outcome: Outcome) -> Option<anyhow::Error> {
 
 /// Waits up to `grace` for every task, then aborts the ones still running (safe: every part
 /// resumes from the ledger). Returns the first failure.
-async fn drain(
-    tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
-    grace: Duration,
-) -> Option<anyhow::Error> {
+async fn drain(tasks: &mut Tasks, grace: Duration) -> Option<anyhow::Error> {
     let mut first_failure = None;
     let deadline = tokio::time::Instant::now() + grace;
     loop {

@@ -61,6 +61,8 @@ export const ERROR_CODES = {
   bad_client_auth: 24,
   producer_fenced: 25,
   batch_mismatch: 26,
+  partition_not_owned: 27,
+  not_in_cluster: 28,
   handshake_timeout: 40,
   idle_timeout: 41,
   read_deadline: 42,

@@ -1,0 +1,275 @@
+//! `tollgate serve --cluster`: one process that is both an ingest node and an owner node of a
+//! cluster on NATS JetStream (docs/CLUSTER.md).
+//!
+//! As an ingest node it serves the fleet port with the standalone protocol and auth, and hands
+//! each batch to [`Publisher::submit`] (verify, split by partition, publish, collect the owners'
+//! verdicts) through the ingest server's [`ClusterLedger`] seam. As an owner node it competes for
+//! every partition's lease ([`Node`]) and keeps the ledgers of those it owns under the data
+//! directory (`partition-<p>`). The HTTP port serves `/healthz`, `/readyz` and `/metrics`; the
+//! query API's ledger routes answer `not_in_cluster` (the ledgers are split over the nodes and
+//! queries are not routed to their owners yet).
+//!
+//! Shutdown: the fleet port stops reading and waits for the owners' answers to what it read, and
+//! only then do the owners stop and their ledgers close.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::http::{StatusCode, Uri, header};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::future::BoxFuture;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+use tollgate_cluster::{
+    Cluster, ClusterConfig, Node, NodeLedgers, OwnedLedgers, PublishError, Publisher, partition_of,
+};
+use tollgate_engine::pipeline::{BatchAck, BatchVerifier, EngineConfig, SubmitRequest};
+use tollgate_engine::{Verifier, VerifyPool};
+use tollgate_ingest::server::{ClusterLedger, Ledger, payer_balance};
+use tollgate_ingest::wire::{Balance, ErrorCode, ErrorFrame, QueryBalance};
+use tollgate_query::model::StatusBody;
+
+use super::config::ServeConfig;
+use super::{
+    LOOPS_GRACE, READY_MESSAGE, Tasks, drain, failure_of, named, spawn_http, spawn_ingest, upkeep,
+};
+use crate::api::ApiError;
+
+/// Gauge: the partitions whose lease this node holds and whose ledger it applies now.
+pub const PARTITIONS_OWNED: &str = "tollgate_cluster_partitions_owned";
+
+/// How often the partitions-owned gauge is refreshed.
+const OWNED_REFRESH: Duration = Duration::from_secs(1);
+
+/// Lease TTLs a batch's verdicts may take: a partition whose owner died is ownerless for up to
+/// one TTL, and its new owner replays the log before it answers. Past this the connection is
+/// closed with `internal` and the client re-sends (the log deduplicates the re-publish).
+const VERDICT_TIMEOUT_TTLS: u32 = 3;
+
+/// Serves `config` as a node of `cluster` until `shutdown` is cancelled or a part fails.
+pub(super) async fn serve(
+    config: ServeConfig,
+    cluster_config: ClusterConfig,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    // A standalone ledger is a RocksDB directory, which always holds CURRENT.
+    if data_dir.join("CURRENT").exists() {
+        anyhow::bail!(
+            "data_dir: {} holds a standalone ledger; cluster mode keeps one ledger per partition \
+             in partition-<p> directories of its own data_dir",
+            data_dir.display()
+        );
+    }
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("data_dir: cannot create {}", data_dir.display()))?;
+    let node_id = cluster_config.node_id.clone();
+    let verdict_timeout =
+        Duration::from_millis(cluster_config.lease_ttl_ms).saturating_mul(VERDICT_TIMEOUT_TTLS);
+    let cluster = Cluster::start(cluster_config)
+        .await
+        .context("cluster: joining the NATS cluster")?;
+    let partitions = cluster.partitions();
+    let verifier: Arc<dyn BatchVerifier> = Arc::new(
+        VerifyPool::new(
+            Verifier::new(config.domain, config.verify.clone()),
+            config.verify.clone(),
+        )
+        .context("verify pool")?,
+    );
+    let mut node = Node::start(
+        &cluster,
+        NodeLedgers {
+            data_dir: data_dir.clone(),
+            engine: EngineConfig {
+                ledger: config.ledger.clone(),
+                ..EngineConfig::new(&data_dir)
+            },
+            verifier: Arc::clone(&verifier),
+        },
+        0..partitions.get(),
+    );
+    let ingest = ClusterIngest {
+        publisher: Publisher::new(&cluster, verifier, verdict_timeout),
+        owned: node.ledgers(),
+        partitions,
+        node_id: node_id.clone(),
+    };
+
+    let bound = super::bind(&config).await;
+    let (fleet_listener, http_listener) = match bound {
+        Ok(listeners) => listeners,
+        Err(error) => {
+            node.stop().await.ok();
+            return Err(error);
+        }
+    };
+    let fleet_address = fleet_listener.local_addr().context("listen")?;
+    let http_address = http_listener.local_addr().context("http")?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let mut tasks = Tasks::new();
+    let app = router(metrics.clone(), Arc::clone(&ready));
+    spawn_http(&mut tasks, http_listener, app, &shutdown);
+    tasks.spawn(named("metrics upkeep", upkeep(metrics, shutdown.clone())));
+    tasks.spawn(named(
+        "partitions owned",
+        count_owned(node.ledgers(), shutdown.clone()),
+    ));
+    spawn_ingest(
+        &mut tasks,
+        fleet_listener,
+        &config,
+        Ledger::Cluster(Arc::new(ingest)),
+        &shutdown,
+    );
+    ready.store(true, Ordering::Release);
+    tracing::info!(
+        listen = %fleet_address,
+        http = %http_address,
+        data_dir = %data_dir.display(),
+        node_id = %node_id,
+        partitions = partitions.get(),
+        "{READY_MESSAGE}"
+    );
+
+    // The first part to end (a signal, a failed partition ledger, the ingest server) ends the
+    // others.
+    let mut failure = tokio::select! {
+        outcome = tasks.join_next() => outcome.and_then(failure_of),
+        error = node.failed() => Some(anyhow::Error::new(error).context("partition owner")),
+    };
+    shutdown.cancel();
+    ready.store(false, Ordering::Release);
+    // The owners keep running while the fleet port drains: its last acks wait for them.
+    let grace = Duration::from_millis(config.server.shutdown_grace_ms) + LOOPS_GRACE;
+    failure = failure.or(drain(&mut tasks, grace).await);
+    let stopped = node.stop().await.context("partition owner");
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    stopped?;
+    tracing::info!("tollgate stopped cleanly");
+    Ok(())
+}
+
+/// Keeps [`PARTITIONS_OWNED`] up to date.
+async fn count_owned(owned: OwnedLedgers, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let gauge = metrics::gauge!(PARTITIONS_OWNED);
+    let mut tick = tokio::time::interval(OWNED_REFRESH);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => gauge.set(owned.all().len() as f64),
+        }
+    }
+}
+
+/// The HTTP port of a cluster node: health, readiness and metrics; every other route is refused
+/// as `not_in_cluster`.
+fn router(metrics: PrometheusHandle, ready: Arc<AtomicBool>) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async {
+                Json(StatusBody {
+                    status: "ok".into(),
+                })
+            }),
+        )
+        .route(
+            "/readyz",
+            get(move || async move {
+                if ready.load(Ordering::Acquire) {
+                    Ok(Json(StatusBody {
+                        status: "ready".into(),
+                    }))
+                } else {
+                    Err(ApiError::NotReady {
+                        waiting_for: "shutting down".into(),
+                    })
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    metrics.render(),
+                )
+            }),
+        )
+        .fallback(|uri: Uri| async move { ApiError::NotInCluster(uri.path().to_owned()) })
+}
+
+/// The ingest server's way into the cluster: batches through the publisher, balances from the
+/// ledgers of the partitions this node owns.
+#[derive(Debug)]
+struct ClusterIngest {
+    publisher: Publisher,
+    owned: OwnedLedgers,
+    partitions: NonZeroU32,
+    node_id: String,
+}
+
+impl ClusterLedger for ClusterIngest {
+    fn submit(&self, request: SubmitRequest) -> BoxFuture<'static, Result<BatchAck, ErrorFrame>> {
+        let publisher = self.publisher.clone();
+        Box::pin(async move { publisher.submit(request).await.map_err(refusal) })
+    }
+
+    fn balance(&self, query: QueryBalance) -> BoxFuture<'static, Result<Balance, ErrorFrame>> {
+        let partition = partition_of(&query.payer, self.partitions);
+        let reader = self.owned.reader(partition);
+        let node_id = self.node_id.clone();
+        Box::pin(async move {
+            let Some(reader) = reader else {
+                return Err(ErrorFrame::new(
+                    ErrorCode::PartitionNotOwned,
+                    format!(
+                        "payer {} is in partition {partition}, which node {node_id} does not \
+                         own; ask its owner",
+                        query.payer
+                    ),
+                ));
+            };
+            match tokio::task::spawn_blocking(move || payer_balance(&reader, query)).await {
+                Ok(Ok(balance)) => Ok(balance),
+                Ok(Err(error)) => {
+                    tracing::error!(partition, %error, "balance read failed");
+                    Err(ErrorFrame::new(
+                        ErrorCode::Internal,
+                        "cannot read the ledger",
+                    ))
+                }
+                Err(error) => Err(ErrorFrame::new(ErrorCode::Internal, error.to_string())),
+            }
+        })
+    }
+}
+
+/// The ERROR a batch without an ack closes its connection with. A refusal that is about the
+/// batch (another batch under its number, a superseded session) has the standalone code; every
+/// other failure is `internal`, after which the client re-sends, from any node, and gets the
+/// same verdicts.
+fn refusal(error: PublishError) -> ErrorFrame {
+    let code = match &error {
+        PublishError::BatchMismatch { .. } => ErrorCode::BatchMismatch,
+        PublishError::SessionSuperseded { .. } => ErrorCode::ProducerFenced,
+        PublishError::Timeout { .. } => ErrorCode::Internal,
+        PublishError::VerdictsGone { .. }
+        | PublishError::PartRefused { .. }
+        | PublishError::BadAnswer { .. }
+        | PublishError::Verify(_) => {
+            tracing::warn!(%error, "batch not acked");
+            ErrorCode::Internal
+        }
+    };
+    ErrorFrame::new(code, error.to_string())
+}

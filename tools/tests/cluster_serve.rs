@@ -1,0 +1,395 @@
+//! `tollgate serve --cluster` as real processes: a real 3-server NATS JetStream cluster, three
+//! spawned `tollgate serve --cluster` nodes with 16 partitions, and a fleet of Rust clients
+//! streaming receipts from many payers through all three. The node that owns the partitions is
+//! killed with SIGKILL mid-stream; the clients re-send what it left unacked through the next
+//! node in their lists, the surviving nodes take its partitions over and replay their logs, and
+//! every acked receipt must be counted exactly once: each payer's total in the partition ledgers
+//! (read after the nodes stopped) equals what the acks accepted. Also checked: QUERY_BALANCE is
+//! answered by the payer's partition owner and refused as `partition_not_owned` elsewhere,
+//! GRANT as `not_in_cluster`, and the HTTP port serves `/healthz` and refuses ledger routes.
+
+#[path = "../../cluster/tests/harness/mod.rs"]
+#[allow(dead_code)]
+mod harness;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::SigningKey;
+use harness::NatsCluster;
+use tollgate_cluster::partition_of;
+use tollgate_engine::grant::{Grant, PayeeScope};
+use tollgate_engine::pipeline::{Engine, EngineConfig};
+use tollgate_engine::{
+    Address, Domain, PayerKey, UnsignedReceipt, Verifier, VerifyConfig, VerifyPool,
+};
+use tollgate_ingest::client::{Client, ClientConfig, ClientError};
+use tollgate_ingest::wire::ErrorCode;
+use tollgate_tools::serve::PARTITIONS_OWNED;
+use tollgate_tools::serve::process::ServerProcess;
+
+const TOLLGATE: &str = env!("CARGO_BIN_EXE_tollgate");
+/// The deployment a chainless server takes receipts for (chain id and contract defaults).
+const DOMAIN: Domain = Domain {
+    chain_id: 31_337,
+    contract: Address([0; 20]),
+};
+const PARTITIONS: u32 = 16;
+const NODES: usize = 3;
+const PAYERS: u32 = 1_000;
+/// Producers (fleet clients), two starting at each node.
+const PRODUCERS: u64 = 6;
+const RECEIPTS_PER_PRODUCER: u64 = 4_000;
+/// Receipts a producer submits before awaiting their verdicts.
+const CHUNK: u64 = 400;
+/// Receipts acked over all producers before the owning node is killed.
+const KILL_AFTER: u64 = PRODUCERS * RECEIPTS_PER_PRODUCER / 3;
+/// Bound for anything that must happen eventually (elections, lease expiry, replays).
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Short leases so the killed node's partitions move within seconds.
+const CLUSTER_TABLE: &str = "[cluster]\nlease_ttl_ms = 2000\nlease_heartbeat_ms = 500\n";
+
+fn start_node(nats: &NatsCluster, dir: &Path, name: &str) -> ServerProcess {
+    let data = dir.join(name);
+    let args: Vec<String> = [
+        "--config",
+        &dir.join("cluster.toml").display().to_string(),
+        "--cluster",
+        &nats.urls().join(","),
+        "--node-id",
+        name,
+        "--partitions",
+        &PARTITIONS.to_string(),
+        "--unknown-payers",
+        "accept",
+        "--verify-threads",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data.display().to_string(),
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    ServerProcess::start(
+        TOLLGATE.as_ref(),
+        &args,
+        Some(&dir.join(format!("{name}.log"))),
+        &[],
+    )
+    .expect("tollgate serve --cluster starts")
+}
+
+async fn owned(node: &ServerProcess) -> u32 {
+    node.metric(PARTITIONS_OWNED)
+        .await
+        .expect("metrics")
+        .expect("the partitions-owned gauge") as u32
+}
+
+/// Waits until the live nodes own every partition between them; returns each one's count.
+async fn all_owned(nodes: &[&ServerProcess]) -> Vec<u32> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut counts = Vec::new();
+        for node in nodes {
+            counts.push(owned(node).await);
+        }
+        if counts.iter().sum::<u32>() == PARTITIONS {
+            return counts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partitions not all owned: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn payer_key(n: u32) -> SigningKey {
+    let mut seed = [9u8; 32];
+    seed[..4].copy_from_slice(&n.to_le_bytes());
+    SigningKey::from_bytes(&seed)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+fn client_config(addr: String, producer_id: u64) -> ClientConfig {
+    let mut config = ClientConfig::new(
+        addr,
+        1,
+        SigningKey::from_bytes(&[producer_id as u8; 32]),
+        producer_id,
+        DOMAIN,
+    );
+    config.batch_receipts_max = 200;
+    config
+}
+
+/// What one producer had acked: per payer, receipts and amount.
+type Acked = BTreeMap<u32, (u64, u128)>;
+
+/// Streams `RECEIPTS_PER_PRODUCER` receipts through `addr` (a node list) and returns what the
+/// acks accepted; every receipt must be accepted (each is new, and a re-sent batch gets its
+/// original ack).
+async fn produce(
+    addr: String,
+    producer_id: u64,
+    keys: Arc<Vec<SigningKey>>,
+    progress: Arc<AtomicU64>,
+) -> Acked {
+    let client = Client::connect(client_config(addr, producer_id))
+        .await
+        .expect("the fleet connects");
+    let payee = Address([producer_id as u8; 20]);
+    let mut acked = Acked::new();
+    let mut sent = 0u64;
+    while sent < RECEIPTS_PER_PRODUCER {
+        let mut verdicts = Vec::new();
+        for k in sent..sent + CHUNK {
+            let payer = ((k * PRODUCERS + producer_id) % u64::from(PAYERS)) as u32;
+            let key = &keys[payer as usize];
+            let amount = 1 + k % 7;
+            let receipt = UnsignedReceipt {
+                payer: PayerKey(key.verifying_key().to_bytes()),
+                payee,
+                amount,
+                // Unique per (payer, payee) channel: this producer is the channel's only sender.
+                nonce: k + 1,
+                timestamp_ms: now_ms(),
+                request_hash: [producer_id as u8; 32],
+                session: false,
+            }
+            .sign(key, &DOMAIN);
+            let verdict = client.submit(receipt).await.expect("submit");
+            verdicts.push((payer, amount, verdict));
+        }
+        for (payer, amount, verdict) in verdicts {
+            let verdict = verdict.await.expect("every receipt gets a verdict");
+            assert_eq!(verdict, Ok(()), "producer {producer_id}, payer {payer}");
+            let entry = acked.entry(payer).or_default();
+            entry.0 += 1;
+            entry.1 += u128::from(amount);
+        }
+        sent += CHUNK;
+        progress.fetch_add(CHUNK, Ordering::Relaxed);
+    }
+    client.close().await.expect("close");
+    acked
+}
+
+/// Per payer, receipts and amount in the partition ledgers under `dirs`: for each partition the
+/// ledger that applied the most of its log (all apply the same log in the same order, so the
+/// furthest holds everything any other holds).
+fn ledger_totals(dirs: &[std::path::PathBuf], payers: &[PayerKey]) -> BTreeMap<u32, (u64, u128)> {
+    let config = VerifyConfig {
+        threads: 1,
+        ..VerifyConfig::default()
+    };
+    let verifier =
+        Arc::new(VerifyPool::new(Verifier::new(DOMAIN, config.clone()), config).expect("pool"));
+    let partitions = std::num::NonZeroU32::new(PARTITIONS).expect("non-zero");
+    let mut totals = BTreeMap::new();
+    for partition in 0..PARTITIONS {
+        let mut furthest: Option<(u64, Engine)> = None;
+        for dir in dirs {
+            let path = dir.join(format!("partition-{partition}"));
+            if !path.exists() {
+                continue;
+            }
+            let engine = Engine::open(EngineConfig::new(&path), verifier.clone())
+                .expect("a partition ledger opens");
+            let position = engine
+                .reader()
+                .log_position()
+                .expect("log position")
+                .unwrap_or(0);
+            match &furthest {
+                Some((best, _)) if *best >= position => engine.shutdown().expect("close"),
+                _ => {
+                    if let Some((_, older)) = furthest.replace((position, engine)) {
+                        older.shutdown().expect("close");
+                    }
+                }
+            }
+        }
+        let (_, engine) = furthest.expect("some node owned every partition");
+        let reader = engine.reader();
+        for (index, payer) in payers.iter().enumerate() {
+            if partition_of(payer, partitions) != partition {
+                continue;
+            }
+            if let Some(balance) = reader.payer(payer).expect("payer read") {
+                totals.insert(index as u32, (balance.receipts, balance.pending));
+            }
+        }
+        engine.shutdown().expect("close");
+    }
+    totals
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_kill_9() {
+    let started = Instant::now();
+    let nats = NatsCluster::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("cluster.toml"), CLUSTER_TABLE).expect("config file");
+    let names = ["n0", "n1", "n2"];
+    // n0 first: it takes every partition, so killing it moves all of them.
+    let mut nodes: Vec<Option<ServerProcess>> = vec![Some(start_node(&nats, dir.path(), names[0]))];
+    all_owned(&[nodes[0].as_ref().expect("n0")]).await;
+    for name in &names[1..] {
+        nodes.push(Some(start_node(&nats, dir.path(), name)));
+    }
+    let live: Vec<&ServerProcess> = nodes.iter().flatten().collect();
+    let before = all_owned(&live).await;
+    assert_eq!(before[0], PARTITIONS, "n0 owns every partition: {before:?}");
+    let listens: Vec<String> = live.iter().map(|n| n.listen.to_string()).collect();
+    let https: Vec<String> = live.iter().map(|n| n.http.to_string()).collect();
+
+    // The HTTP port: health and metrics, ledger routes refused as not served in cluster mode.
+    let health = reqwest::get(format!("http://{}/healthz", https[1]))
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+    let refused = reqwest::get(format!("http://{}/v1/epochs", https[1]))
+        .await
+        .expect("a ledger route");
+    assert_eq!(refused.status(), 501);
+    let body: serde_json::Value = refused.json().await.expect("json error body");
+    assert_eq!(body["error"], "not_in_cluster", "{body}");
+
+    let keys: Arc<Vec<SigningKey>> = Arc::new((0..PAYERS).map(payer_key).collect());
+    let payers: Vec<PayerKey> = keys
+        .iter()
+        .map(|key| PayerKey(key.verifying_key().to_bytes()))
+        .collect();
+    let progress = Arc::new(AtomicU64::new(0));
+    let mut producers = tokio::task::JoinSet::new();
+    for producer in 0..PRODUCERS {
+        // Each producer starts at its own node and falls over to the next ones.
+        let first = producer as usize % NODES;
+        let addr = (0..NODES)
+            .map(|i| listens[(first + i) % NODES].clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        producers.spawn(produce(
+            addr,
+            producer + 1,
+            Arc::clone(&keys),
+            Arc::clone(&progress),
+        ));
+    }
+
+    let deadline = Instant::now() + DEADLINE;
+    while progress.load(Ordering::Relaxed) < KILL_AFTER {
+        assert!(Instant::now() < deadline, "the fleet made no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let acked_at_kill = progress.load(Ordering::Relaxed);
+    nodes[0].take().expect("n0").kill().expect("kill -9 n0");
+    let killed_at = Instant::now();
+
+    let mut acked = Acked::new();
+    while let Some(done) = producers.join_next().await {
+        for (payer, (receipts, amount)) in done.expect("a producer finished") {
+            let entry = acked.entry(payer).or_default();
+            entry.0 += receipts;
+            entry.1 += amount;
+        }
+    }
+    let streamed = started.elapsed();
+    let survivors: Vec<&ServerProcess> = nodes.iter().flatten().collect();
+    let after = all_owned(&survivors).await;
+
+    // QUERY_BALANCE: answered by the owner of the payer's partition, refused elsewhere.
+    let mut answered = 0;
+    let mut not_owned = 0;
+    for payer in 0..20u32 {
+        for node in &survivors {
+            let client = Client::connect(client_config(node.listen.to_string(), 100))
+                .await
+                .expect("connect");
+            match client.balance(payers[payer as usize]).await {
+                Ok(balance) => {
+                    let (receipts, amount) = acked[&payer];
+                    assert_eq!((balance.receipts, balance.pending), (receipts, amount));
+                    answered += 1;
+                }
+                Err(error) => {
+                    assert_eq!(error.code(), Some(ErrorCode::PartitionNotOwned), "{error}");
+                    not_owned += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(answered, 20, "one owner answers for each payer");
+    assert_eq!(not_owned, 20, "the other node refuses");
+
+    // GRANT: refused with its own code, nothing registered.
+    let session = SigningKey::from_bytes(&[0x5e; 32]);
+    let grant = Grant {
+        domain: DOMAIN,
+        payer: payers[0],
+        session: PayerKey(session.verifying_key().to_bytes()),
+        nonce: 1,
+        cap: 1_000,
+        allowance: None,
+        valid_from_ms: 0,
+        valid_until_ms: u64::MAX,
+        payees: PayeeScope::Any,
+    }
+    .sign(&keys[0]);
+    let client = Client::connect(client_config(survivors[0].listen.to_string(), 101))
+        .await
+        .expect("connect");
+    match client.grant(&grant).await {
+        Err(ClientError::Refused { code, .. }) => {
+            assert_eq!(ErrorCode::from_code(code), Some(ErrorCode::NotInCluster));
+        }
+        other => panic!("a grant in cluster mode: {other:?}"),
+    }
+
+    for node in nodes.into_iter().flatten() {
+        let status = node
+            .terminate(Duration::from_secs(30))
+            .expect("a clean stop");
+        assert!(status.success(), "{status}");
+    }
+    let dirs: Vec<_> = names.iter().map(|name| dir.path().join(name)).collect();
+    let totals = ledger_totals(&dirs, &payers);
+    let acked_receipts: u64 = acked.values().map(|(n, _)| n).sum();
+    assert_eq!(acked_receipts, PRODUCERS * RECEIPTS_PER_PRODUCER);
+    let mut lost = 0u64;
+    let mut double = 0u64;
+    for payer in 0..PAYERS {
+        let want = acked.get(&payer).copied().unwrap_or_default();
+        let have = totals.get(&payer).copied().unwrap_or_default();
+        lost += want.0.saturating_sub(have.0);
+        double += have.0.saturating_sub(want.0);
+        assert_eq!(
+            have, want,
+            "payer {payer}: ledger vs acked (receipts, amount)"
+        );
+    }
+    println!(
+        "cluster of {NODES} serve nodes, {PARTITIONS} partitions, {PAYERS} payers: \
+         {acked_receipts} receipts acked in {streamed:.1?} ({acked_at_kill} before kill -9 of n0, \
+         which owned {before:?}; survivors then owned {after:?}, {:.1?} after the kill); \
+         lost {lost} / double {double}",
+        killed_at.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(120));
+}
