@@ -18,7 +18,8 @@ use super::error::{DecodeError, corrupt};
 
 /// A value the cache can hold.
 pub(crate) trait CacheValue: Sized {
-    /// Key type. Its order is the order of its stored bytes ([`Cached::key_bytes`]).
+    /// Key type. For a stored value, its order is the order of its stored bytes
+    /// ([`Cached::key_bytes`]): dirty values are written in it.
     type Key: Copy + Eq + Hash + Ord;
     /// The money this value holds that only accepted receipts change, for the pair assertion
     /// around every write (zero for values that hold none).
@@ -314,6 +315,9 @@ mod tests {
             }
             let channel = |payer, payee| ChannelKey { payer: PayerKey(payer), payee: Address(payee) };
             let (first, second) = (channel(a, x), channel(b, y));
+            // Channels of one payer differ by payee alone.
+            proptest::prop_assert!(agrees::<ChannelState>(channel(a, x), channel(a, y)));
+            proptest::prop_assert!(agrees::<SessionWindow>(channel(a, x), channel(a, y)));
             proptest::prop_assert!(agrees::<ChannelState>(first, second));
             proptest::prop_assert!(agrees::<SessionWindow>(first, second));
             proptest::prop_assert!(agrees::<PayerState>(PayerKey(a), PayerKey(b)));

@@ -249,10 +249,12 @@ impl StoreBatch {
         });
     }
     /// Sets `key` to what `encode` appends to the buffer it is given: a record encoded in place.
+    /// The buffer holds the batch's earlier keys and values: `encode` may only append to it.
     pub fn put_with(&mut self, cf: Cf, key: &[u8], encode: impl FnOnce(&mut Vec<u8>)) {
         let key = self.push(key);
         let start = self.data.len();
         encode(&mut self.data);
+        debug_assert!(self.data.len() >= start, "an encoder may only append");
         self.ops.push(Op::Put(cf, key, start..self.data.len()));
     }
     /// Deletes `key`.
