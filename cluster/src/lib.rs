@@ -33,9 +33,12 @@
 //! sequence in the same RocksDB write; the ingest node asks the owner for each part's verdicts
 //! (`tollgate.ask.<p>`), checks each [`Answer`] fits its part and merges them into the ack a
 //! standalone server would give. The owner refuses a part whose receipts are not all its
-//! partition's ([`PartRefused`]). Modules: `part` (the bytes on the log and of the asks),
-//! `publish` (the ingest side), `owner` (one partition's consumer and answers), `node` (which
-//! partitions a node owns, by lease), `retry` (the backoff after NATS failures).
+//! partition's ([`PartRefused`]). A payer's funds are read from any node by asking its
+//! partition's owner ([`FundsClient`], `tollgate.funds.<p>`), whose ledger holds everything
+//! acked. Modules: `part` (the bytes on the log, of the asks and of the funds queries),
+//! `publish` (the ingest side), `owner` (one partition's consumer and answers), `funds` (funds
+//! queries, both sides), `node` (which partitions a node owns, by lease), `retry` (the backoff
+//! after NATS failures).
 //!
 //! This crate only knows about payers through [`tollgate_engine::PayerKey`]; the engine itself
 //! knows nothing of NATS or tokio.
@@ -43,6 +46,7 @@
 mod config;
 mod error;
 mod fence;
+mod funds;
 mod kv;
 mod lease;
 mod node;
@@ -52,14 +56,19 @@ mod partition;
 mod publish;
 mod resources;
 mod retry;
+pub mod telemetry;
 
 pub use config::ClusterConfig;
 pub use error::{ClusterError, LeaseError, NatsError};
 pub use fence::{FENCE_HEADER, Fence, FenceError};
+pub use funds::{FundsClient, FundsError};
 pub use lease::{Holder, Lease, LeaseKeeper, Leases};
 pub use node::{Node, NodeLedgers, OwnedLedgers};
 pub use owner::{OwnerError, PartRefused, REFUSALS_KEPT};
-pub use part::{ASK_PREFIX, Answer, Ask, BatchId, DecodeError, Part, Verdicts, ask_subject};
+pub use part::{
+    ASK_PREFIX, Answer, Ask, BatchId, DecodeError, FUNDS_PREFIX, FundsAnswer, FundsQuery, Part,
+    Verdicts, ask_subject, funds_subject,
+};
 pub use partition::{SUBJECT_PREFIX, partition_of, subject_of};
 pub use publish::{AnswerProblem, PublishError, Publisher};
-pub use resources::Cluster;
+pub use resources::{Cluster, nats_server_binary};

@@ -33,6 +33,7 @@ use crate::lease::{Lease, LeaseKeeper, Leases};
 use crate::owner::{Owner, OwnerError};
 use crate::resources::Cluster;
 use crate::retry::backoff;
+use crate::telemetry;
 
 /// The ledgers of the partitions this node owns now, for reads.
 type Owned = Arc<Mutex<BTreeMap<u32, LedgerReader>>>;
@@ -326,8 +327,11 @@ async fn lease_lost(
 
 fn set(owned: &Owned, partition: u32, reader: Option<LedgerReader>) {
     let mut owned = owned.lock().unwrap_or_else(PoisonError::into_inner);
-    match reader {
-        Some(reader) => owned.insert(partition, reader),
-        None => owned.remove(&partition),
+    let changed = match reader {
+        Some(reader) => owned.insert(partition, reader).is_none(),
+        None => owned.remove(&partition).is_some(),
     };
+    if changed {
+        telemetry::ownership_changed(owned.contains_key(&partition));
+    }
 }

@@ -42,9 +42,11 @@ use tollgate_engine::pipeline::{
 use tracing::{debug, info, warn};
 
 use crate::error::NatsError;
-use crate::part::{Answer, Ask, DecodeError, Part, Verdicts, ask_subject};
+use crate::funds::answer_funds;
+use crate::part::{Answer, Ask, DecodeError, Part, Verdicts, ask_subject, funds_subject};
 use crate::partition::{partition_of, subject_of};
 use crate::retry::backoff;
+use crate::telemetry;
 
 /// Asks waiting for the log to be applied that far, per partition; beyond, an ask is dropped
 /// and its node asks again after its timeout.
@@ -134,6 +136,7 @@ pub(crate) struct Owner {
     engine: Engine,
     position: u64,
     asks: async_nats::Subscriber,
+    funds: async_nats::Subscriber,
     messages: std::pin::Pin<Box<pull::Ordered>>,
 }
 
@@ -148,7 +151,7 @@ type Refusals = Arc<Mutex<BTreeSet<u64>>>;
 
 impl Owner {
     /// Reads where `engine` (partition `partition`'s own ledger) is in the log, subscribes to
-    /// the partition's asks and opens its log right after that position.
+    /// the partition's asks and funds queries, and opens its log right after that position.
     pub(crate) async fn start(
         client: async_nats::Client,
         stream: &stream::Stream,
@@ -172,6 +175,10 @@ impl Owner {
             .subscribe(ask_subject(partition))
             .await
             .map_err(|e| nats("subscribe to asks")(e.into()))?;
+        let funds = client
+            .subscribe(funds_subject(partition))
+            .await
+            .map_err(|e| nats("subscribe to funds queries")(e.into()))?;
         let consumer = stream
             .create_consumer(pull::OrderedConfig {
                 filter_subject: subject_of(partition),
@@ -196,6 +203,7 @@ impl Owner {
             engine,
             position,
             asks,
+            funds,
             messages,
         })
     }
@@ -211,6 +219,14 @@ impl Owner {
         let failed = stop.child_token();
         let (in_flight_tx, in_flight_rx) = mpsc::channel(PARTS_IN_FLIGHT_MAX);
         let mut tasks = JoinSet::new();
+        tasks.spawn(answer_funds(
+            self.client.clone(),
+            self.funds,
+            partition,
+            self.partitions,
+            engine.reader(),
+            failed.clone(),
+        ));
         tasks.spawn(answer_asks(
             self.client,
             self.asks,
@@ -307,7 +323,10 @@ impl Log {
                 }
             };
             let seq = match message.info() {
-                Ok(info) => info.stream_sequence,
+                Ok(info) => {
+                    telemetry::log_lag(partition, info.pending);
+                    info.stream_sequence
+                }
                 Err(error) => {
                     warn!(partition, %error, "log message without its sequence; skipped");
                     continue;

@@ -1,7 +1,8 @@
 //! What travels between nodes on the data path, encoders and decoders side by side: a batch
 //! *part* (the receipts of one client batch that belong to one partition, as published to the
 //! partition's log subject), the *ask* an ingest node sends a partition's owner for the part's
-//! verdicts, and the owner's *answer*.
+//! verdicts, and the owner's *answer*; a *funds* query any node sends a partition's owner for
+//! one payer's balance, and the owner's *funds answer*.
 //!
 //! All integers little-endian, fixed widths, a version byte first; nothing here is serde, so the
 //! log's bytes never change with a library.
@@ -14,12 +15,19 @@
 //!          acked:      batch seq u64 | accepted u32 | rejections u32 | (index u32 | reason u8)*
 //!          superseded: current epoch u64
 //!          mismatch, unknown, refused: nothing
+//! funds  = version 1 | payer [32]
+//! funds answer = version 1 | status u8 | status body
+//!          known:      deposited u128 | withdrawal requested u128 | withdrawn u128
+//!                      | settled u128 | pending u128 | available u128 | shortfall u128
+//!                      | receipts u64 | channels u64
+//!          unknown payer, other partition: nothing
 //! ```
 
 use bytes::{BufMut, Bytes, BytesMut};
+use tollgate_engine::ledger::PayerBalance;
 use tollgate_engine::ledger::record::BatchDigest;
 use tollgate_engine::pipeline::{BatchAck, BatchOutcome};
-use tollgate_engine::{Reason, ReceiptBatch};
+use tollgate_engine::{PayerKey, Reason, ReceiptBatch};
 
 const VERSION: u8 = 1;
 
@@ -273,6 +281,110 @@ impl Answer {
     }
 }
 
+/// Subject prefix on which the owner of partition `p` answers funds queries: `tollgate.funds.<p>`.
+pub const FUNDS_PREFIX: &str = "tollgate.funds";
+
+/// The subject on which partition `partition`'s owner answers funds queries.
+pub fn funds_subject(partition: u32) -> String {
+    format!("{FUNDS_PREFIX}.{partition}")
+}
+
+/// A query for one payer's funds, sent to its partition's owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FundsQuery {
+    /// The payer (deposit key).
+    pub payer: PayerKey,
+}
+
+impl FundsQuery {
+    /// The request's payload.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(1 + 32);
+        out.put_u8(VERSION);
+        out.put_slice(&self.payer.0);
+        out.freeze()
+    }
+
+    /// Parses a request's payload.
+    pub fn decode(bytes: &[u8]) -> Result<FundsQuery, DecodeError> {
+        let mut reader = Reader::new(bytes, "funds query")?;
+        let payer = PayerKey(reader.array()?);
+        reader.finish()?;
+        Ok(FundsQuery { payer })
+    }
+}
+
+const KNOWN: u8 = 0;
+const UNKNOWN_PAYER: u8 = 1;
+const OTHER_PARTITION: u8 = 2;
+
+/// The owner's answer to a funds query: what its ledger holds now, which includes everything it
+/// has acked (an ingest node acks a batch only after the owner applied it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FundsAnswer {
+    /// The payer's funds.
+    Known(PayerBalance),
+    /// The ledger has never seen the payer.
+    UnknownPayer,
+    /// The payer is not in the partition asked: the asking node computed another partition
+    /// (another partition count), which nothing should answer for.
+    OtherPartition,
+}
+
+impl FundsAnswer {
+    /// The reply's payload.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(2 + 7 * 16 + 2 * 8);
+        out.put_u8(VERSION);
+        match self {
+            FundsAnswer::Known(funds) => {
+                out.put_u8(KNOWN);
+                for amount in [
+                    funds.deposited,
+                    funds.withdrawal_requested,
+                    funds.withdrawn,
+                    funds.settled,
+                    funds.pending,
+                    funds.available,
+                    funds.shortfall,
+                ] {
+                    out.put_u128_le(amount);
+                }
+                out.put_u64_le(funds.receipts);
+                out.put_u64_le(funds.channels);
+            }
+            FundsAnswer::UnknownPayer => out.put_u8(UNKNOWN_PAYER),
+            FundsAnswer::OtherPartition => out.put_u8(OTHER_PARTITION),
+        }
+        out.freeze()
+    }
+
+    /// Parses a reply's payload.
+    pub fn decode(bytes: &[u8]) -> Result<FundsAnswer, DecodeError> {
+        let mut reader = Reader::new(bytes, "funds answer")?;
+        let answer = match reader.u8()? {
+            KNOWN => FundsAnswer::Known(PayerBalance {
+                deposited: reader.u128()?,
+                withdrawal_requested: reader.u128()?,
+                withdrawn: reader.u128()?,
+                settled: reader.u128()?,
+                pending: reader.u128()?,
+                available: reader.u128()?,
+                shortfall: reader.u128()?,
+                receipts: reader.u64()?,
+                channels: reader.u64()?,
+            }),
+            UNKNOWN_PAYER => FundsAnswer::UnknownPayer,
+            OTHER_PARTITION => FundsAnswer::OtherPartition,
+            other => {
+                return Err(malformed("funds answer", format!("unknown status {other}")));
+            }
+        };
+        reader.finish()?;
+        Ok(answer)
+    }
+}
+
 /// Reads fixed-width little-endian fields after checking the version byte.
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -314,6 +426,10 @@ impl<'a> Reader<'a> {
 
     fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn u128(&mut self) -> Result<u128, DecodeError> {
+        Ok(u128::from_le_bytes(self.array()?))
     }
 
     fn finish(&self) -> Result<(), DecodeError> {
@@ -389,5 +505,39 @@ mod tests {
         unknown_status.extend_from_slice(&42u64.to_le_bytes());
         unknown_status.push(9);
         assert!(Answer::decode(&unknown_status).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn funds_queries_and_answers_round_trip(
+            payer in proptest::array::uniform32(proptest::num::u8::ANY),
+            amounts in proptest::array::uniform7(proptest::num::u128::ANY),
+            counts in proptest::array::uniform2(proptest::num::u64::ANY),
+        ) {
+            let query = FundsQuery { payer: PayerKey(payer) };
+            proptest::prop_assert_eq!(FundsQuery::decode(&query.encode()), Ok(query));
+            let [deposited, withdrawal_requested, withdrawn, settled, pending, available, shortfall] =
+                amounts;
+            let known = FundsAnswer::Known(PayerBalance {
+                deposited,
+                withdrawal_requested,
+                withdrawn,
+                settled,
+                pending,
+                available,
+                shortfall,
+                receipts: counts[0],
+                channels: counts[1],
+            });
+            for answer in [known, FundsAnswer::UnknownPayer, FundsAnswer::OtherPartition] {
+                let bytes = answer.encode();
+                proptest::prop_assert_eq!(FundsAnswer::decode(&bytes), Ok(answer));
+                // Cut short or with a byte too many, it is refused.
+                proptest::prop_assert!(FundsAnswer::decode(&bytes[..bytes.len() - 1]).is_err());
+                let mut longer = bytes.to_vec();
+                longer.push(0);
+                proptest::prop_assert!(FundsAnswer::decode(&longer).is_err());
+            }
+        }
     }
 }

@@ -416,3 +416,16 @@ async fn try_record_partitions(
     }
     Ok(())
 }
+
+/// Where `nats-server` is on this machine: on PATH, or in /usr/sbin where Debian's package puts it
+/// (not on a non-root user's PATH). For the tests and benches that start real servers.
+pub fn nats_server_binary() -> Option<std::path::PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain([std::path::PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file())
+}

@@ -21,8 +21,8 @@ use ed25519_dalek::SigningKey;
 use futures::{StreamExt, TryStreamExt};
 use harness::NatsCluster;
 use tollgate_cluster::{
-    Answer, AnswerProblem, Ask, BatchId, Cluster, ClusterConfig, Node, NodeLedgers, Part,
-    PublishError, Publisher, Verdicts, ask_subject, partition_of, subject_of,
+    Answer, AnswerProblem, Ask, BatchId, Cluster, ClusterConfig, FundsClient, FundsError, Node,
+    NodeLedgers, Part, PublishError, Publisher, Verdicts, ask_subject, partition_of, subject_of,
 };
 use tollgate_engine::pipeline::{
     BatchAck, BatchOutcome, EngineConfig, SubmitRequest, UnknownPayers,
@@ -501,6 +501,38 @@ async fn an_early_part_keeps_its_ack_after_many_later_parts_and_a_new_session() 
         "nothing charged twice"
     );
     node.stop().await.expect("node stops");
+}
+
+/// A payer's funds come from its partition's owner, asked from the cluster: none for a payer it
+/// never saw, everything acked as soon as the ack is in, and `NoOwner` once nobody owns the
+/// partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn funds_come_from_the_partition_owner_with_every_ack_in_them() {
+    let (_nats, _dir, verifier, cluster, node) = one_node().await;
+    let publisher = Publisher::new(&cluster, verifier.clone(), Duration::from_secs(30));
+    let funds = FundsClient::new(&cluster);
+    let key = payer_key(3);
+    let payer = payer_of(&key);
+    assert_eq!(funds.funds(payer).await.expect("answered"), None);
+    let batch = request(4, 0, &[receipt(&key, 7, 1), receipt(&key, 5, 2)]);
+    assert_eq!(publisher.submit(batch).await.expect("acked").accepted, 2);
+    let known = funds
+        .funds(payer)
+        .await
+        .expect("answered")
+        .expect("a known payer");
+    assert_eq!((known.pending, known.receipts, known.channels), (12, 2, 1));
+    node.stop().await.expect("node stops");
+    // The owner's unsubscription reaches the server shortly after it stops: until then a query
+    // may go unanswered.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match funds.funds(payer).await {
+            Err(FundsError::NoOwner { .. }) => break,
+            Err(FundsError::Timeout { .. }) if Instant::now() < deadline => {}
+            other => panic!("with no owner: {other:?}"),
+        }
+    }
 }
 
 /// A part the ingest node split wrongly (a receipt whose payer lives in another partition) is

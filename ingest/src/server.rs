@@ -48,7 +48,7 @@ use tollgate_engine::pipeline::{
     BatchAck, Engine, EngineError, LedgerError, SubmitError, SubmitRequest,
 };
 use tollgate_engine::receipt::RECEIPT_BYTES;
-use tollgate_engine::{Address, Domain, PayerKey, Reason};
+use tollgate_engine::{Address, Domain, Reason};
 use tracing::Instrument;
 
 use crate::wire::{
@@ -1085,18 +1085,22 @@ pub fn payer_balance(
     reader: &tollgate_engine::pipeline::LedgerReader,
     query: QueryBalance,
 ) -> Result<Balance, tollgate_engine::store::StoreError> {
-    let payer: PayerKey = query.payer;
-    let funds = reader.payer(&payer)?.unwrap_or_default();
-    Ok(Balance {
+    let funds = reader.payer(&query.payer)?.unwrap_or_default();
+    Ok(balance_frame(query, funds))
+}
+
+/// The BALANCE frame answering `query` with `funds` (zero for a payer the ledger never saw).
+pub fn balance_frame(query: QueryBalance, funds: tollgate_engine::ledger::PayerBalance) -> Balance {
+    Balance {
         request_id: query.request_id,
-        payer,
+        payer: query.payer,
         net_deposited: funds.deposited.saturating_sub(funds.withdrawn),
         settled: funds.settled,
         pending: funds.pending,
         available: funds.available,
         receipts: funds.receipts,
         channels: funds.channels,
-    })
+    }
 }
 
 impl std::fmt::Debug for Connection {

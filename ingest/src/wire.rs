@@ -184,8 +184,8 @@ pub enum ErrorCode {
     /// A SUBMIT reuses the (producer, session epoch, batch sequence) of an acknowledged batch with
     /// other receipts: it is not a re-send, and nothing of it was applied.
     BatchMismatch = 26,
-    /// A cluster node was asked for a payer balance of a partition it does not own; another
-    /// node owns it (routing queries to the owner is not built yet).
+    /// A cluster node was asked for a payer balance of a partition that has no owner right now
+    /// (its owner died and its lease has not moved yet): ask again shortly.
     PartitionNotOwned = 27,
     /// A request a cluster node cannot serve yet (GRANT, REVOKE: grants do not travel through
     /// the cluster's log); a standalone server serves it.

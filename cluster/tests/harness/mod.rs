@@ -25,23 +25,14 @@ pub struct NatsCluster {
     dir: tempfile::TempDir,
 }
 
-/// `nats-server` from PATH, or from /usr/sbin where Debian's package puts it (not on a non-root
-/// user's PATH). A missing server fails the test: the cluster tests never skip.
+/// A missing server fails the test: the cluster tests never skip.
 fn nats_server() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .unwrap_or_default();
-    on_path
-        .into_iter()
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join("nats-server"))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "nats-server not found on PATH or in /usr/sbin: run scripts/bootstrap.sh, which \
-                 installs Debian's nats-server package (the cluster tests need a real server)"
-            )
-        })
+    tollgate_cluster::nats_server_binary().unwrap_or_else(|| {
+        panic!(
+            "nats-server not found on PATH or in /usr/sbin: run scripts/bootstrap.sh, which \
+             installs Debian's nats-server package (the cluster tests need a real server)"
+        )
+    })
 }
 
 /// Ports the OS just handed out; all are held at once so none repeats.

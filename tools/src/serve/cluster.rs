@@ -5,14 +5,14 @@
 //! each batch to [`Publisher::submit`] (verify, split by partition, publish, collect the owners'
 //! verdicts) through the ingest server's [`ClusterLedger`] seam. As an owner node it competes for
 //! every partition's lease ([`Node`]) and keeps the ledgers of those it owns under the data
-//! directory (`partition-<p>`). The HTTP port serves `/healthz`, `/readyz` and `/metrics`; the
-//! query API's ledger routes answer `not_in_cluster` (the ledgers are split over the nodes and
-//! queries are not routed to their owners yet).
+//! directory (`partition-<p>`). QUERY_BALANCE on the fleet port is answered for any payer, by
+//! asking the payer's partition owner ([`FundsClient`]). The HTTP port serves `/healthz`,
+//! `/readyz` and `/metrics`; the query API's ledger routes answer `not_in_cluster` (they are not
+//! routed to the owners yet).
 //!
 //! Shutdown: the fleet port stops reading and waits for the owners' answers to what it read, and
 //! only then do the owners stop and their ledgers close.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -25,11 +25,12 @@ use futures::future::BoxFuture;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tollgate_cluster::{
-    Cluster, ClusterConfig, Node, NodeLedgers, OwnedLedgers, PublishError, Publisher, partition_of,
+    Cluster, ClusterConfig, FundsClient, FundsError, Node, NodeLedgers, OwnedLedgers, PublishError,
+    Publisher,
 };
 use tollgate_engine::pipeline::{BatchAck, BatchVerifier, EngineConfig, SubmitRequest};
 use tollgate_engine::{Verifier, VerifyPool};
-use tollgate_ingest::server::{ClusterLedger, Ledger, payer_balance};
+use tollgate_ingest::server::{ClusterLedger, Ledger, balance_frame};
 use tollgate_ingest::wire::{Balance, ErrorCode, ErrorFrame, QueryBalance};
 use tollgate_query::model::StatusBody;
 
@@ -39,8 +40,7 @@ use super::{
 };
 use crate::api::ApiError;
 
-/// Gauge: the partitions whose lease this node holds and whose ledger it applies now.
-pub const PARTITIONS_OWNED: &str = "tollgate_cluster_partitions_owned";
+pub use tollgate_cluster::telemetry::PARTITIONS_OWNED;
 
 /// How often the partitions-owned gauge is refreshed.
 const OWNED_REFRESH: Duration = Duration::from_secs(1);
@@ -96,9 +96,7 @@ pub(super) async fn serve(
     );
     let ingest = ClusterIngest {
         publisher: Publisher::new(&cluster, verifier, verdict_timeout),
-        owned: node.ledgers(),
-        partitions,
-        node_id: node_id.clone(),
+        funds: FundsClient::new(&cluster),
     };
 
     let bound = super::bind(&config).await;
@@ -209,13 +207,11 @@ fn router(metrics: PrometheusHandle, ready: Arc<AtomicBool>) -> Router {
 }
 
 /// The ingest server's way into the cluster: batches through the publisher, balances from the
-/// ledgers of the partitions this node owns.
+/// payer's partition owner, whichever node that is (this one included).
 #[derive(Debug)]
 struct ClusterIngest {
     publisher: Publisher,
-    owned: OwnedLedgers,
-    partitions: NonZeroU32,
-    node_id: String,
+    funds: FundsClient,
 }
 
 impl ClusterLedger for ClusterIngest {
@@ -225,30 +221,18 @@ impl ClusterLedger for ClusterIngest {
     }
 
     fn balance(&self, query: QueryBalance) -> BoxFuture<'static, Result<Balance, ErrorFrame>> {
-        let partition = partition_of(&query.payer, self.partitions);
-        let reader = self.owned.reader(partition);
-        let node_id = self.node_id.clone();
+        let funds = self.funds.clone();
         Box::pin(async move {
-            let Some(reader) = reader else {
-                return Err(ErrorFrame::new(
+            match funds.funds(query.payer).await {
+                Ok(known) => Ok(balance_frame(query, known.unwrap_or_default())),
+                Err(error @ FundsError::NoOwner { .. }) => Err(ErrorFrame::new(
                     ErrorCode::PartitionNotOwned,
-                    format!(
-                        "payer {} is in partition {partition}, which node {node_id} does not \
-                         own; ask its owner",
-                        query.payer
-                    ),
-                ));
-            };
-            match tokio::task::spawn_blocking(move || payer_balance(&reader, query)).await {
-                Ok(Ok(balance)) => Ok(balance),
-                Ok(Err(error)) => {
-                    tracing::error!(partition, %error, "balance read failed");
-                    Err(ErrorFrame::new(
-                        ErrorCode::Internal,
-                        "cannot read the ledger",
-                    ))
+                    error.to_string(),
+                )),
+                Err(error) => {
+                    tracing::warn!(%error, "balance query failed");
+                    Err(ErrorFrame::new(ErrorCode::Internal, error.to_string()))
                 }
-                Err(error) => Err(ErrorFrame::new(ErrorCode::Internal, error.to_string())),
             }
         })
     }

@@ -270,6 +270,7 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     tollgate_engine::telemetry::register();
     tollgate_ingest::telemetry::register();
     tollgate_settle::telemetry::register();
+    tollgate_cluster::telemetry::register();
     Ok(handle)
 }
 
