@@ -176,13 +176,16 @@ fn eight_clients(
         threads: None,
         archive_rounds: 0,
         session_rounds: 0,
+        cluster_rounds: 0,
+        cluster_partitions: 0,
         work_dir: None,
         json: false,
     };
-    let good_args = load_args(server, &workload(args.receipts, GOOD_CLIENTS, seed));
+    let good_args = load_args(server, &workload(args.receipts, GOOD_CLIENTS, seed), true);
     let mut eighth_args = load_args(
         server,
         &workload(args.receipts / u64::from(GOOD_CLIENTS), 1, seed + 1),
+        true,
     );
     eighth_args.extend(["--bad-sig-pct".to_owned(), bad_pct.to_string()]);
     let (good, eighth) = std::thread::scope(|scope| {

@@ -55,3 +55,77 @@ fn the_end_to_end_bench_reports_consistent_figures() {
     assert_eq!(number(&["overload", "connections"]), 16.0);
     assert!(number(&["overload", "server_peak_rss_mib"]) >= number(&["server_peak_rss_mib"]));
 }
+
+/// `--cluster-rounds`: the one-node cluster on a real `nats-server` takes the same load as the
+/// standalone server, and its figures add up (CPU by role, the log's bytes). Speeds are not
+/// asserted.
+#[test]
+fn the_cluster_comparison_reports_consistent_figures() {
+    let output = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["bench", "e2e", "--json"])
+        // Enough receipts that each verify thread runs for some ticks of the CPU clock (10 ms).
+        .args([
+            "--receipts",
+            "12000",
+            "--payers",
+            "100",
+            "--connections",
+            "4",
+        ])
+        .args([
+            "--archive-rounds",
+            "0",
+            "--paced-pct",
+            "50",
+            "--offered-secs",
+            "1",
+        ])
+        .args(["--cluster-rounds", "1", "--cluster-partitions", "4"])
+        .output()
+        .expect("run tollgate bench e2e");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a line")).expect("JSON report");
+    let cluster = &report["cluster"];
+    let number = |path: &[&str]| {
+        path.iter()
+            .fold(cluster, |value, key| &value[*key])
+            .as_f64()
+            .unwrap_or_else(|| panic!("{path:?} missing in {cluster}"))
+    };
+    let (standalone, node) = (
+        number(&["standalone_receipts_per_s"]),
+        number(&["cluster_receipts_per_s"]),
+    );
+    assert!(standalone > 0.0 && node > 0.0);
+    assert!((number(&["ratio"]) - node / standalone).abs() < 1e-9);
+    assert_eq!(number(&["partitions"]), 4.0);
+    for side in ["standalone_cpu", "cluster_cpu"] {
+        let total = number(&[side, "total"]);
+        let parts: f64 = ["verify_pool", "ledgers", "runtime", "other"]
+            .iter()
+            .map(|part| number(&[side, part]))
+            .sum();
+        assert!(total > 0.0, "{side}: no CPU measured");
+        // Threads are read one after the other, so a tick may land between two reads.
+        assert!(
+            (parts - total).abs() <= total * 0.05,
+            "{side}: parts {parts} of {total}"
+        );
+        // Both verify every signature in their pool.
+        assert!(
+            number(&[side, "verify_pool"]) > 0.0,
+            "{side}: verify pool idle"
+        );
+    }
+    assert!(number(&["nats_server_cpu_us_per_receipt"]) > 0.0);
+    // A receipt travels whole (176 bytes as signed) inside a message with its headers.
+    assert!(number(&["log_bytes_per_receipt"]) > 176.0);
+    assert!(number(&["receipts_per_log_message"]) >= 1.0);
+    assert!(number(&["paced", "cluster_ack_latency_ms", "p99"]) > 0.0);
+}

@@ -286,8 +286,10 @@ impl Engine {
             .name("tollgate-ledger".into())
             .spawn(move || writer.run())
             .map_err(EngineError::Spawn)?;
+        // Not `tollgate-verify`: Linux keeps 15 bytes of a thread's name, and the pool's threads
+        // (`tollgate-verify-N`) must stay apart from this one in a profile or a CPU split.
         let verify = std::thread::Builder::new()
-            .name("tollgate-verify".into())
+            .name("tollgate-stage".into())
             .spawn(move || verify_stage(verifier.as_ref(), submit_rx, verified_tx))
             .map_err(EngineError::Spawn)?;
         Ok(Engine {

@@ -16,6 +16,11 @@
 //!    costs. The same full-speed workload signed by the payers' own keys and by N session keys
 //!    per payer, alternating on the first server for R rounds; both rates and their ratio.
 //!
+//! 7. With `--cluster-rounds R`: the price of the log (issue 19). The same full-speed workload
+//!    against the first server and a one-node cluster on a local `nats-server`, by turns; both
+//!    at one paced rate; CPU per receipt by role and in `nats-server`; bytes per receipt on the
+//!    log (module `cluster`).
+//!
 //! Receipts per fsync come from the server's own `/metrics`; its peak RSS from `/proc`.
 
 use std::path::{Path, PathBuf};
@@ -30,6 +35,10 @@ use tollgate_load::{Funds, Planner, Sessions, Summary, Workload, child};
 
 use crate::bench_verify::{Backends, tollgate_pool};
 use crate::serve::process::{ServerProcess, WorkDir};
+
+mod cluster;
+
+pub use cluster::{ClusterCost, CpuPerReceipt, PacedPair};
 
 /// The generator's replay window bound; nothing stale is injected, so only its floor matters.
 const WINDOW_NONCES: u64 = 4096;
@@ -91,6 +100,14 @@ pub struct BenchE2eArgs {
     /// full-speed load signed by payer keys, then signed by session keys (0 skips it).
     #[arg(long, default_value_t = 0)]
     pub session_rounds: u32,
+    /// Rounds of the cluster comparison: each runs the full-speed load once against the first
+    /// server, then once against a one-node cluster (`tollgate serve --cluster` on a local
+    /// `nats-server`, every resource one replica) started beside it (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    pub cluster_rounds: u32,
+    /// Partitions of that one-node cluster.
+    #[arg(long, default_value_t = 16)]
+    pub cluster_partitions: u32,
     /// Keep the server's data directory and log here instead of a temporary directory.
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
@@ -184,6 +201,8 @@ pub struct Report {
     pub archive: Option<ArchiveCost>,
     /// The session-key comparison, unless skipped.
     pub sessions: Option<SessionCost>,
+    /// The one-node cluster comparison, unless skipped.
+    pub cluster: Option<ClusterCost>,
 }
 
 /// Runs the benchmark and prints the report.
@@ -219,7 +238,7 @@ pub fn measure(args: &BenchE2eArgs) -> anyhow::Result<Report> {
     let server_args = |data: &Path| chainless_server_args(data, threads);
     let log = work_dir.log();
     let server = ServerProcess::start(&exe, &server_args(&work_dir.data()), Some(&log), &[])?;
-    let full = run_load(&load_binary, &server, args, &[])?;
+    let full = run_load(&load_binary, &server, args, &[], true)?;
     eprintln!("end to end: {:.0} receipts/s", full.receipts_per_s);
     let receipts_per_fsync = receipts_per_fsync(&server)?;
 
@@ -237,6 +256,7 @@ pub fn measure(args: &BenchE2eArgs) -> anyhow::Result<Report> {
             &server,
             &run_args,
             &["--rate".to_owned(), format!("{rate:.0}")],
+            true,
         )?;
         anyhow::Ok(Offered {
             offered_pct: pct,
@@ -298,8 +318,8 @@ pub fn measure(args: &BenchE2eArgs) -> anyhow::Result<Report> {
             let (payer_rate, session_rate) = by_turns(
                 rounds,
                 "session",
-                || Ok(run_load(&load_binary, &server, &payer_signed, &[])?.receipts_per_s),
-                || Ok(run_load(&load_binary, &server, args, &[])?.receipts_per_s),
+                || Ok(run_load(&load_binary, &server, &payer_signed, &[], true)?.receipts_per_s),
+                || Ok(run_load(&load_binary, &server, args, &[], true)?.receipts_per_s),
             )?;
             Some(SessionCost {
                 rounds,
@@ -309,6 +329,17 @@ pub fn measure(args: &BenchE2eArgs) -> anyhow::Result<Report> {
                 ratio: session_rate / payer_rate,
             })
         }
+    };
+    let cluster = match args.cluster_rounds {
+        0 => None,
+        _ => Some(cluster::cluster_cost(
+            &exe,
+            &load_binary,
+            &server,
+            args,
+            threads,
+            &work_dir.data().with_file_name("cluster"),
+        )?),
     };
     let status = server.terminate(Duration::from_secs(60))?;
     ensure!(status.success(), "the server exited with {status}");
@@ -331,6 +362,7 @@ pub fn measure(args: &BenchE2eArgs) -> anyhow::Result<Report> {
         overload,
         archive,
         sessions,
+        cluster,
     })
 }
 
@@ -383,8 +415,8 @@ fn archive_cost(
     let (without_rate, with_rate) = by_turns(
         rounds,
         "archive (without, with)",
-        || Ok(run_load(load_binary, without, args, &[])?.receipts_per_s),
-        || Ok(run_load(load_binary, with, args, &[])?.receipts_per_s),
+        || Ok(run_load(load_binary, without, args, &[], true)?.receipts_per_s),
+        || Ok(run_load(load_binary, with, args, &[], true)?.receipts_per_s),
     )?;
     // The gauges are refreshed after a write at most once a second, both from one read: their
     // ratio is right even when the last second of the run is not in them.
@@ -468,13 +500,17 @@ fn verify_ceiling(args: &BenchE2eArgs, threads: usize) -> anyhow::Result<f64> {
     Ok(views.len() as f64 / elapsed)
 }
 
+/// One `tollgate-load` run of `args`' workload against `server`; every receipt must be acked
+/// accepted, and with `check_balances` every payer's balance must be what the acks say (a
+/// cluster node does not serve balances over HTTP yet).
 fn run_load(
     load_binary: &Path,
     server: &ServerProcess,
     args: &BenchE2eArgs,
     extra: &[String],
+    check_balances: bool,
 ) -> anyhow::Result<Summary> {
-    let mut load_args = load_args(server, args);
+    let mut load_args = load_args(server, args, check_balances);
     load_args.extend_from_slice(extra);
     let run = child::run(load_binary, &load_args)?;
     let summary = run.summary;
@@ -495,12 +531,15 @@ fn run_load(
     Ok(summary)
 }
 
-/// The `tollgate-load` arguments of `args`' workload against `server`, presigned and checked
-/// against the server's balances afterwards.
-pub(crate) fn load_args(server: &ServerProcess, args: &BenchE2eArgs) -> Vec<String> {
+/// The `tollgate-load` arguments of `args`' workload against `server`, presigned, and with
+/// `check_balances` checked against the server's balances afterwards.
+pub(crate) fn load_args(
+    server: &ServerProcess,
+    args: &BenchE2eArgs,
+    check_balances: bool,
+) -> Vec<String> {
     let mut load_args: Vec<String> = [
         ("--addr", server.listen.to_string()),
-        ("--check", format!("http://{}", server.http)),
         ("--receipts", args.receipts.to_string()),
         ("--payers", args.payers.to_string()),
         ("--payees", args.payees.to_string()),
@@ -515,6 +554,9 @@ pub(crate) fn load_args(server: &ServerProcess, args: &BenchE2eArgs) -> Vec<Stri
     .flat_map(|(flag, value)| [flag.to_owned(), value])
     .collect();
     load_args.push("--presign".to_owned());
+    if check_balances {
+        load_args.extend(["--check".to_owned(), format!("http://{}", server.http)]);
+    }
     load_args
 }
 
@@ -609,6 +651,9 @@ fn print_text(report: &Report) {
             sessions.ratio
         );
     }
+    if let Some(cluster) = &report.cluster {
+        print_cluster(cluster, &latency);
+    }
     if let Some(overload) = &report.overload {
         println!(
             "overload ({:.0} receipts/s offered on {} connections): {:.0} receipts/s acked, \
@@ -620,4 +665,42 @@ fn print_text(report: &Report) {
             latency(&overload.ack_latency_ms)
         );
     }
+}
+
+fn print_cluster(cluster: &ClusterCost, latency: &dyn Fn(&LatencyMs) -> String) {
+    println!(
+        "one-node cluster ({} rounds, {} partitions, one nats-server): {:.0} receipts/s, \
+         standalone {:.0} = {:.3}; full-speed p99 {:.1} ms against {:.1} ms",
+        cluster.rounds,
+        cluster.partitions,
+        cluster.cluster_receipts_per_s,
+        cluster.standalone_receipts_per_s,
+        cluster.ratio,
+        cluster.cluster_full_speed_p99_ms,
+        cluster.standalone_full_speed_p99_ms
+    );
+    if let Some(paced) = &cluster.paced {
+        println!(
+            "  both at {:.0} receipts/s: cluster {}; standalone {}",
+            paced.offered_receipts_per_s,
+            latency(&paced.cluster_ack_latency_ms),
+            latency(&paced.standalone_ack_latency_ms)
+        );
+    }
+    let cpu = |name: &str, cpu: &CpuPerReceipt| {
+        println!(
+            "  CPU per receipt, {name}: {:.2} us = verify pool {:.2} + ledgers {:.2} + \
+             runtime {:.2} + other {:.2}",
+            cpu.total, cpu.verify_pool, cpu.ledgers, cpu.runtime, cpu.other
+        );
+    };
+    cpu("standalone", &cluster.standalone_cpu);
+    cpu("cluster node", &cluster.cluster_cpu);
+    println!(
+        "  nats-server {:.2} us per receipt; the log holds {:.1} bytes per receipt, \
+         {:.1} receipts per message",
+        cluster.nats_server_cpu_us_per_receipt,
+        cluster.log_bytes_per_receipt,
+        cluster.receipts_per_log_message
+    );
 }

@@ -1,0 +1,422 @@
+//! `--cluster-rounds`: the price of the log. The same full-speed workload against the standalone
+//! server and a one-node cluster (`tollgate serve --cluster` on one local `nats-server`, every
+//! resource with one replica), by turns; then the two at one paced rate for their ack latency;
+//! then where a receipt's CPU goes on each (by thread name: the verification pool is the ingest
+//! role, the ledgers and RocksDB the owner role, the tokio runtime both), in `nats-server`, and
+//! how many bytes a receipt takes on the log.
+
+use std::cell::RefCell;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use serde::Serialize;
+use tollgate_load::Summary;
+use tollgate_load::stats::LatencyMs;
+
+use super::{BenchE2eArgs, by_turns, chainless_server_args, run_load};
+use crate::serve::PARTITIONS_OWNED;
+use crate::serve::process::ServerProcess;
+
+/// Linux reports thread CPU time in ticks of USER_HZ, which is 100 on every architecture's ABI.
+const TICKS_PER_S: f64 = 100.0;
+
+/// How long the one-node cluster gets to take every partition's lease.
+const OWN_ALL_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The cluster side of the comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterCost {
+    /// Rounds (one full-speed run on each server per round).
+    pub rounds: u32,
+    /// Partitions of the one-node cluster (all owned by its one node).
+    pub partitions: u32,
+    /// Mean full-speed rate of the standalone server.
+    pub standalone_receipts_per_s: f64,
+    /// Mean full-speed rate of the one-node cluster.
+    pub cluster_receipts_per_s: f64,
+    /// The second divided by the first.
+    pub ratio: f64,
+    /// Mean over the rounds of the full-speed runs' p99 ack latency, standalone.
+    pub standalone_full_speed_p99_ms: f64,
+    /// The same on the cluster.
+    pub cluster_full_speed_p99_ms: f64,
+    /// Both at one offered rate (`--paced-pct` of the cluster's rate), unless skipped.
+    pub paced: Option<PacedPair>,
+    /// CPU per receipt over the full-speed runs, standalone.
+    pub standalone_cpu: CpuPerReceipt,
+    /// CPU per receipt over the full-speed runs, on the cluster node.
+    pub cluster_cpu: CpuPerReceipt,
+    /// CPU per receipt of `nats-server` over the cluster's full-speed runs.
+    pub nats_server_cpu_us_per_receipt: f64,
+    /// Bytes the receipts log holds per receipt published to it.
+    pub log_bytes_per_receipt: f64,
+    /// Receipts per log message (one message per partition part of a client batch).
+    pub receipts_per_log_message: f64,
+}
+
+/// Ack latency of both at the same offered rate.
+#[derive(Clone, Debug, Serialize)]
+pub struct PacedPair {
+    /// Receipts per second offered to each.
+    pub offered_receipts_per_s: f64,
+    /// The standalone server's ack latency.
+    pub standalone_ack_latency_ms: LatencyMs,
+    /// The cluster node's.
+    pub cluster_ack_latency_ms: LatencyMs,
+}
+
+/// Microseconds of CPU per receipt, by role, from the process's threads.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct CpuPerReceipt {
+    /// Every thread of the process, those that ended included.
+    pub total: f64,
+    /// The signature verification pool (`tollgate-verify-N`): the ingest role.
+    pub verify_pool: f64,
+    /// Ledger writers, their syncers and verify stages, archive and seal threads, RocksDB's
+    /// background threads: the owner role.
+    pub ledgers: f64,
+    /// The tokio runtime (`tollgate-io`): sockets, the protocol, and in a cluster publishing,
+    /// the log consumers and the asks, for both roles.
+    pub runtime: f64,
+    /// Everything else: the main thread, threads that ended during the run.
+    pub other: f64,
+}
+
+/// Ticks of CPU by role, read from /proc.
+#[derive(Clone, Copy, Debug, Default)]
+struct Ticks {
+    total: u64,
+    verify_pool: u64,
+    ledgers: u64,
+    runtime: u64,
+}
+
+impl Ticks {
+    fn of(pid: u32) -> anyhow::Result<Self> {
+        let mut ticks = Ticks {
+            total: process_ticks(&format!("/proc/{pid}/stat"))?.1,
+            ..Ticks::default()
+        };
+        let tasks = format!("/proc/{pid}/task");
+        for task in std::fs::read_dir(&tasks).with_context(|| format!("listing {tasks}"))? {
+            // A thread may end between the listing and the read: it is in `total` then.
+            let Ok((name, used)) = process_ticks(&task?.path().join("stat").display().to_string())
+            else {
+                continue;
+            };
+            match name.as_str() {
+                "tollgate-verify" => ticks.verify_pool += used,
+                "tollgate-io" => ticks.runtime += used,
+                name if name.starts_with("tollgate-") || name.starts_with("rocksdb:") => {
+                    ticks.ledgers += used;
+                }
+                _ => {}
+            }
+        }
+        Ok(ticks)
+    }
+
+    fn since(self, before: Ticks) -> Ticks {
+        Ticks {
+            total: self.total.saturating_sub(before.total),
+            verify_pool: self.verify_pool.saturating_sub(before.verify_pool),
+            ledgers: self.ledgers.saturating_sub(before.ledgers),
+            runtime: self.runtime.saturating_sub(before.runtime),
+        }
+    }
+
+    fn plus(self, other: Ticks) -> Ticks {
+        Ticks {
+            total: self.total + other.total,
+            verify_pool: self.verify_pool + other.verify_pool,
+            ledgers: self.ledgers + other.ledgers,
+            runtime: self.runtime + other.runtime,
+        }
+    }
+
+    fn per_receipt(self, receipts: f64) -> CpuPerReceipt {
+        let us = |ticks: u64| micros(ticks) / receipts;
+        let classified = self.verify_pool + self.ledgers + self.runtime;
+        CpuPerReceipt {
+            total: us(self.total),
+            verify_pool: us(self.verify_pool),
+            ledgers: us(self.ledgers),
+            runtime: us(self.runtime),
+            other: us(self.total.saturating_sub(classified)),
+        }
+    }
+}
+
+/// A `/proc/.../stat` file's command name and user plus system ticks.
+fn process_ticks(path: &str) -> anyhow::Result<(String, u64)> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    // The name is in parentheses and may hold anything, so fields are counted after the last ')'.
+    let (head, rest) = stat
+        .rsplit_once(')')
+        .with_context(|| format!("{path}: no command name"))?;
+    let name = head.split_once('(').map_or("", |(_, name)| name).to_owned();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    let field = |n: usize| -> anyhow::Result<u64> {
+        fields
+            .get(n - 3)
+            .with_context(|| format!("{path}: no field {n}"))?
+            .parse()
+            .with_context(|| format!("{path}: field {n} is not a number"))
+    };
+    Ok((name, field(14)? + field(15)?))
+}
+
+/// One local `nats-server` with JetStream and its monitoring port, killed when dropped.
+struct NatsServer {
+    child: Child,
+    url: String,
+    monitor: SocketAddr,
+}
+
+impl NatsServer {
+    fn start(dir: &Path) -> anyhow::Result<Self> {
+        let binary = tollgate_cluster::nats_server_binary().context(
+            "nats-server not found on PATH or in /usr/sbin: scripts/bootstrap.sh installs \
+             Debian's nats-server package",
+        )?;
+        // Held together so the two differ; released just before the server binds them.
+        let listeners = [
+            TcpListener::bind("127.0.0.1:0")?,
+            TcpListener::bind("127.0.0.1:0")?,
+        ];
+        let [client, monitor] = [&listeners[0], &listeners[1]].map(|l| l.local_addr());
+        let (client, monitor) = (client?, monitor?);
+        drop(listeners);
+        let log = std::fs::File::create(dir.join("nats-server.log"))?;
+        let child = Command::new(&binary)
+            .args(["-a", "127.0.0.1", "-p", &client.port().to_string()])
+            .args(["-m", &monitor.port().to_string(), "-js", "-sd"])
+            .arg(dir.join("nats-store"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let server = NatsServer {
+            child,
+            url: format!("nats://{client}"),
+            monitor,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while server.monitoring("healthz?js-enabled-only=true").is_err() {
+            if Instant::now() >= deadline {
+                bail!(
+                    "nats-server did not become healthy in 30 s (log: {})",
+                    dir.join("nats-server.log").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(server)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A monitoring endpoint's JSON.
+    fn monitoring(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let url = format!("http://{}/{path}", self.monitor);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let response = reqwest::get(&url).await?.error_for_status()?;
+            anyhow::Ok(response.json().await?)
+        })
+    }
+
+    /// Messages and bytes the stream `name` holds.
+    fn stream_state(&self, name: &str) -> anyhow::Result<(u64, u64)> {
+        let jsz = self.monitoring("jsz?streams=true")?;
+        let stream = jsz["account_details"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|account| account["stream_detail"].as_array().into_iter().flatten())
+            .find(|stream| stream["name"] == name)
+            .with_context(|| format!("nats-server does not list the stream {name}"))?;
+        let count = |field: &str| {
+            stream["state"][field]
+                .as_u64()
+                .with_context(|| format!("stream {name}: no state.{field}"))
+        };
+        Ok((count("messages")?, count("bytes")?))
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        drop(self.child.kill());
+        drop(self.child.wait());
+    }
+}
+
+/// Starts the one-node cluster beside `standalone` with its files in `dir`, runs the
+/// comparison, and stops it.
+pub(super) fn cluster_cost(
+    exe: &Path,
+    load_binary: &Path,
+    standalone: &ServerProcess,
+    args: &BenchE2eArgs,
+    threads: usize,
+    dir: &Path,
+) -> anyhow::Result<ClusterCost> {
+    std::fs::create_dir_all(dir)?;
+    let nats = NatsServer::start(dir)?;
+    let config = dir.join("cluster.toml");
+    std::fs::write(
+        &config,
+        "[cluster]\nstream_replicas = 1\nmeta_replicas = 1\nlease_replicas = 1\n\
+         checkpoint_replicas = 1\n",
+    )?;
+    let mut node_args = chainless_server_args(&dir.join("data"), threads);
+    let partitions = args.cluster_partitions;
+    node_args.extend(
+        [
+            ("--config", config.display().to_string()),
+            ("--cluster", nats.url.clone()),
+            ("--node-id", "bench".to_owned()),
+            ("--partitions", partitions.to_string()),
+        ]
+        .into_iter()
+        .flat_map(|(flag, value)| [flag.to_owned(), value]),
+    );
+    let node = ServerProcess::start(exe, &node_args, Some(&dir.join("node.log")), &[])?;
+    wait_owning(&node, partitions)?;
+
+    let standalone_tally = RefCell::new(Tally::default());
+    let cluster_tally = RefCell::new(Tally::default());
+    let (standalone_rate, cluster_rate) = by_turns(
+        args.cluster_rounds,
+        "cluster (standalone, one-node cluster)",
+        || {
+            standalone_tally
+                .borrow_mut()
+                .run(standalone.pid(), None, || {
+                    run_load(load_binary, standalone, args, &[], true)
+                })
+        },
+        || {
+            cluster_tally
+                .borrow_mut()
+                .run(node.pid(), Some(nats.pid()), || {
+                    run_load(load_binary, &node, args, &[], false)
+                })
+        },
+    )?;
+    let (standalone_tally, cluster_tally) =
+        (standalone_tally.into_inner(), cluster_tally.into_inner());
+    let rounds = f64::from(args.cluster_rounds);
+
+    let paced = match args.paced_pct {
+        0 => None,
+        pct => {
+            let rate = cluster_rate * f64::from(pct) / 100.0;
+            let run_args = BenchE2eArgs {
+                receipts: ((rate * args.offered_secs as f64) as u64).max(1),
+                ..args.clone()
+            };
+            let pace = ["--rate".to_owned(), format!("{rate:.0}")];
+            let standalone_run = run_load(load_binary, standalone, &run_args, &pace, true)?;
+            let cluster_run = run_load(load_binary, &node, &run_args, &pace, false)?;
+            let pair = PacedPair {
+                offered_receipts_per_s: rate,
+                standalone_ack_latency_ms: standalone_run.ack_latency_ms,
+                cluster_ack_latency_ms: cluster_run.ack_latency_ms,
+            };
+            Some((pair, cluster_run.sent))
+        }
+    };
+    // Every receipt sent to the node was valid (the runs check it), so each was published once.
+    let published = (cluster_tally.receipts + paced.as_ref().map_or(0, |p| p.1)) as f64;
+    let paced = paced.map(|(pair, _)| pair);
+    let (messages, bytes) =
+        nats.stream_state(&tollgate_cluster::ClusterConfig::default().stream_name)?;
+    ensure!(messages > 0, "the receipts log is empty");
+    let status = node.terminate(Duration::from_secs(60))?;
+    ensure!(status.success(), "the cluster node exited with {status}");
+    Ok(ClusterCost {
+        rounds: args.cluster_rounds,
+        partitions,
+        standalone_receipts_per_s: standalone_rate,
+        cluster_receipts_per_s: cluster_rate,
+        ratio: cluster_rate / standalone_rate,
+        standalone_full_speed_p99_ms: standalone_tally.p99_ms_sum / rounds,
+        cluster_full_speed_p99_ms: cluster_tally.p99_ms_sum / rounds,
+        paced,
+        standalone_cpu: standalone_tally.cpu_per_receipt(),
+        cluster_cpu: cluster_tally.cpu_per_receipt(),
+        nats_server_cpu_us_per_receipt: micros(cluster_tally.nats_ticks)
+            / cluster_tally.receipts as f64,
+        log_bytes_per_receipt: bytes as f64 / published,
+        receipts_per_log_message: published / messages as f64,
+    })
+}
+
+/// What one side's full-speed runs added up to.
+#[derive(Default)]
+struct Tally {
+    receipts: u64,
+    p99_ms_sum: f64,
+    ticks: Ticks,
+    nats_ticks: u64,
+}
+
+impl Tally {
+    /// Runs `load` against the process `pid` (and `nats`, if any), adding what it cost.
+    fn run(
+        &mut self,
+        pid: u32,
+        nats: Option<u32>,
+        load: impl FnOnce() -> anyhow::Result<Summary>,
+    ) -> anyhow::Result<f64> {
+        let nats_ticks = |pid| process_ticks(&format!("/proc/{pid}/stat")).map(|(_, t)| t);
+        let before = (Ticks::of(pid)?, nats.map(nats_ticks).transpose()?);
+        let summary = load()?;
+        self.ticks = self.ticks.plus(Ticks::of(pid)?.since(before.0));
+        if let (Some(nats), Some(before)) = (nats, before.1) {
+            self.nats_ticks += nats_ticks(nats)?.saturating_sub(before);
+        }
+        self.receipts += summary.sent;
+        self.p99_ms_sum += summary.ack_latency_ms.p99;
+        Ok(summary.receipts_per_s)
+    }
+
+    fn cpu_per_receipt(&self) -> CpuPerReceipt {
+        self.ticks.per_receipt(self.receipts as f64)
+    }
+}
+
+/// Microseconds of CPU in `ticks`.
+fn micros(ticks: u64) -> f64 {
+    ticks as f64 / TICKS_PER_S * 1e6
+}
+
+/// Waits until `node` owns all `partitions`.
+fn wait_owning(node: &ServerProcess, partitions: u32) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let deadline = Instant::now() + OWN_ALL_DEADLINE;
+    loop {
+        let owned = runtime.block_on(node.metric(PARTITIONS_OWNED))?;
+        if owned == Some(f64::from(partitions)) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the cluster node owns {owned:?} of {partitions} partitions after {OWN_ALL_DEADLINE:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
