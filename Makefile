@@ -6,7 +6,7 @@ BUILD_FLAGS := --release --locked
 # Where cargo puts the `tollgate` binary the TypeScript tests run against.
 TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 
-.PHONY: demo test bootstrap
+.PHONY: demo test bootstrap bench-simd
 
 bootstrap:
 	./scripts/bootstrap.sh
@@ -23,3 +23,9 @@ test: bootstrap
 
 demo:
 	./scripts/demo.sh
+
+# The ed25519-simd contender of `tollgate bench verify`, for CPUs with AVX-512 IFMA only: its own
+# crate and compile flags (AVX-512 for the whole binary), never part of `tollgate`. The binary is
+# contenders/ed25519-simd/target/release/tollgate-bench-simd, whatever CARGO_TARGET_DIR says.
+bench-simd:
+	cd contenders/ed25519-simd && CARGO_TARGET_DIR=target $(CARGO) build --release --locked

@@ -9,6 +9,10 @@
 //! - `zebra_batch`: ed25519-zebra's batch verifier (ZIP-215, coalescing the terms of each
 //!   distinct key, as Tollgate does) on the same curve25519-dalek 5 backend.
 //! - `tollgate`: [`tollgate_engine::VerifyPool`] over the raw receipt bytes.
+//! - `ed25519_simd` and `ed25519_simd_hot_keys` (with `--simd-bin`, on a CPU with AVX-512
+//!   IFMA): the `ed25519-simd` crate (eight signatures per vector, ZIP-215), in its own binary
+//!   because it needs IFMA at compile time; without a key cache (its default) and with a
+//!   `HotKeyCache` holding every payer key of the workload (its analogue of key coalescing).
 //! - `tollgate_sessions` (with `--sessions-per-payer N`): the same, over the same draw signed
 //!   by N session keys per payer instead of the payer keys: what delegating to agents costs
 //!   the verifier (more distinct keys, so less coalescing per batch equation).
@@ -19,6 +23,7 @@
 //! starts from the 176-byte records with a warm key cache (a first, untimed pass fills it, as
 //! traffic does).
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, ensure};
@@ -26,6 +31,7 @@ use serde::Serialize;
 use tollgate_engine::verify::BATCH_RECEIPTS_DEFAULT;
 
 mod contenders;
+mod simd;
 mod workload;
 
 pub use contenders::{Backends, Dalek2Inputs, Dalek3Inputs, ZebraInputs, tollgate_pool};
@@ -63,6 +69,10 @@ pub struct BenchVerifyArgs {
     /// the rate against the payer-signed one (0: payer keys only).
     #[arg(long, default_value_t = 0)]
     pub sessions_per_payer: usize,
+    /// The `ed25519-simd` contender's binary (`make bench-simd` builds it, on a CPU with AVX-512
+    /// IFMA only); runs it twice, without and with a key cache.
+    #[arg(long)]
+    pub simd_bin: Option<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -102,6 +112,8 @@ pub struct Report {
     pub batch: usize,
     /// Backend detection.
     pub backend: Backends,
+    /// The `ed25519-simd` contender's arithmetic, when it ran (fixed at its compile time).
+    pub simd_backend: Option<&'static str>,
     /// The contenders, baseline first.
     pub results: Vec<Measurement>,
     /// Session keys per payer of the `tollgate_sessions` contender (0: not run).
@@ -221,33 +233,66 @@ pub fn measure(args: &BenchVerifyArgs) -> anyhow::Result<Report> {
     let rayon_pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()?;
+    // Started before the contenders that borrow them; each reads the file once, at its start.
+    let simd_children = match &args.simd_bin {
+        Some(binary) => {
+            let simd_file = tempfile::NamedTempFile::new()?;
+            simd::write_workload(&workload, simd_file.path())?;
+            let start = |cache| {
+                let (child, rejected) =
+                    simd::SimdChild::start(binary, simd_file.path(), threads, args.batch, cache)?;
+                ensure!(
+                    rejected == expected_bad,
+                    "ed25519-simd rejected {rejected}, expected {expected_bad}"
+                );
+                anyhow::Ok(child)
+            };
+            vec![
+                ("ed25519_simd", start(0)?),
+                ("ed25519_simd_hot_keys", start(workload.payers_used.max(1))?),
+            ]
+        }
+        None => {
+            if Backends::detect().cpu_avx512ifma {
+                eprintln!(
+                    "this CPU has AVX-512 IFMA: `make bench-simd` builds the ed25519-simd \
+                     contender, and --simd-bin contenders/ed25519-simd/target/release/\
+                     tollgate-bench-simd runs it"
+                );
+            }
+            Vec::new()
+        }
+    };
     // Each contender verifies every receipt and answers how many it rejected; the first is the
     // baseline every ratio is taken against.
     let mut contenders: Vec<(&str, Contender)> = vec![
         (
             "dalek2_default",
-            Box::new(|| rayon_pool.install(|| dalek2.verify(args.batch))),
+            Box::new(|| Ok(rayon_pool.install(|| dalek2.verify(args.batch)))),
         ),
         (
             "dalek3_same_backend",
-            Box::new(|| rayon_pool.install(|| dalek3.verify(args.batch))),
+            Box::new(|| Ok(rayon_pool.install(|| dalek3.verify(args.batch)))),
         ),
         (
             "zebra_batch",
-            Box::new(|| rayon_pool.install(|| zebra.verify(args.batch))),
+            Box::new(|| Ok(rayon_pool.install(|| zebra.verify(args.batch)))),
         ),
-        ("tollgate", Box::new(|| count_bad(&pool.verify(&views)))),
+        ("tollgate", Box::new(|| Ok(count_bad(&pool.verify(&views))))),
     ];
     if let Some(session_views) = &session_views {
         contenders.push((
             "tollgate_sessions",
-            Box::new(|| count_bad(&pool.verify(session_views))),
+            Box::new(|| Ok(count_bad(&pool.verify(session_views)))),
         ));
+    }
+    for (name, child) in &simd_children {
+        contenders.push((*name, Box::new(|| child.pass())));
     }
 
     // Untimed pass: warms Tollgate's key cache and checks every contender finds the bad ones.
     for (name, verify) in &contenders {
-        let rejected = verify();
+        let rejected = verify()?;
         ensure!(
             rejected == expected_bad,
             "{name} rejected {rejected}, expected {expected_bad}"
@@ -258,8 +303,14 @@ pub fn measure(args: &BenchVerifyArgs) -> anyhow::Result<Report> {
     let mut passes = vec![Vec::with_capacity(args.rounds); contenders.len()];
     // Interleave the contenders so a noisy neighbour slows them alike.
     for _ in 0..args.rounds {
-        for ((_, verify), passes) in contenders.iter().zip(&mut passes) {
-            passes.push(n / timed(verify));
+        for ((name, verify), passes) in contenders.iter().zip(&mut passes) {
+            let started = Instant::now();
+            let rejected = verify()?;
+            passes.push(n / started.elapsed().as_secs_f64());
+            ensure!(
+                rejected == expected_bad,
+                "{name} rejected {rejected} in a timed pass, expected {expected_bad}"
+            );
         }
     }
     let baseline = median(&passes[0]);
@@ -309,6 +360,8 @@ pub fn measure(args: &BenchVerifyArgs) -> anyhow::Result<Report> {
         bad_pct: args.bad_pct,
         batch: args.batch,
         backend: Backends::detect(),
+        simd_backend: (!simd_children.is_empty())
+            .then_some("avx512ifma, 8 signatures per vector (fixed at compile time)"),
         results,
         sessions_per_payer: args.sessions_per_payer,
         session_vs_payer,
@@ -321,7 +374,7 @@ pub fn measure(args: &BenchVerifyArgs) -> anyhow::Result<Report> {
 }
 
 /// Verifies every receipt once and answers how many it rejected.
-type Contender<'a> = Box<dyn Fn() -> usize + Sync + 'a>;
+type Contender<'a> = Box<dyn Fn() -> anyhow::Result<usize> + Sync + 'a>;
 
 fn count_bad(verdicts: &[tollgate_engine::Verdict]) -> usize {
     verdicts.iter().filter(|verdict| verdict.is_err()).count()
@@ -368,6 +421,9 @@ fn print_text(report: &Report) {
         b.cpu_avx2,
         b.built_with_avx512_cfg
     );
+    if let Some(simd) = report.simd_backend {
+        println!("backend: ed25519-simd = {simd}");
+    }
     for m in &report.results {
         println!(
             "{:<22} {:>10.0} receipts/s  ratio_vs_dalek_default {:.2}",
@@ -432,6 +488,7 @@ mod tests {
             seed: 9,
             json: true,
             sessions_per_payer: 3,
+            simd_bin: None,
         };
         let report = measure(&args).expect("runs");
         let names: Vec<&str> = report.results.iter().map(|m| m.name.as_str()).collect();
