@@ -5,13 +5,20 @@
 //! copy that already holds everything acked (an ingest node acks a batch only after the owner
 //! applied it), so a client that reads its balance right after an ack sees the ack in it. A view
 //! replicated from the log would lag behind by its own consumer, and would be one more copy of
-//! every partition on every node. The price is one request and reply per query, and no answer
-//! while a partition has no owner (at most a lease TTL after its owner dies).
+//! every partition on every node. The owner answers as of its log's tail when the query arrives
+//! (it waits, briefly, until it has applied that far), so an owner that just took over and is
+//! still replaying answers "catching up" rather than a balance missing acked receipts. The price
+//! is a request and reply plus a read of the log's tail per query, and no answer while a
+//! partition has no owner (usually within a lease TTL of its owner's death).
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::stream::{self, LastRawMessageErrorKind};
 use futures::StreamExt;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tollgate_engine::PayerKey;
 use tollgate_engine::ledger::{LedgerReader, PayerBalance};
@@ -19,7 +26,7 @@ use tracing::warn;
 
 use crate::error::NatsError;
 use crate::part::{DecodeError, FundsAnswer, FundsQuery, funds_subject};
-use crate::partition::partition_of;
+use crate::partition::{partition_of, subject_of};
 use crate::resources::Cluster;
 
 /// How long a query waits for the owner's answer: the owner reads one record.
@@ -31,18 +38,25 @@ pub enum FundsError {
     /// Nobody owns the partition right now (its owner died and the lease has not moved yet).
     #[error("partition {partition} has no owner right now; ask again shortly")]
     NoOwner { partition: u32 },
+    /// The partition's owner has not applied its log as far as the query's moment yet (a new
+    /// owner replaying it).
+    #[error("partition {partition}'s owner is still applying its log; ask again shortly")]
+    CatchingUp { partition: u32 },
+    /// The owner could not read its ledger or its log's tail (its log says why).
+    #[error("partition {partition}'s owner could not read the payer's funds")]
+    OwnerFailed { partition: u32 },
     /// The owner did not answer in time.
     #[error("partition {partition}: no answer within {waited:?}")]
     Timeout { partition: u32, waited: Duration },
     /// The request could not be sent or its reply not received.
-    #[error("partition {partition}: {source}")]
+    #[error("partition {partition}: the funds request failed")]
     Nats {
         partition: u32,
         #[source]
         source: NatsError,
     },
     /// The owner's reply does not parse.
-    #[error("partition {partition}: {source}")]
+    #[error("partition {partition}: the owner's funds answer does not parse")]
     Unreadable {
         partition: u32,
         #[source]
@@ -103,52 +117,107 @@ impl FundsClient {
             FundsAnswer::Known(funds) => Ok(Some(funds)),
             FundsAnswer::UnknownPayer => Ok(None),
             FundsAnswer::OtherPartition => Err(FundsError::OtherPartition { partition }),
+            FundsAnswer::CatchingUp => Err(FundsError::CatchingUp { partition }),
+            FundsAnswer::Failed => Err(FundsError::OwnerFailed { partition }),
         }
     }
 }
 
-/// Answers partition `partition`'s funds queries from `reader` until `stop` is cancelled or the
-/// subscription ends. One read at a time: each is one record, off the runtime.
+/// How long an owner waits to apply its log through a query's tail before it answers that it
+/// is still catching up (a takeover's replay), which the asker may retry.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+
+/// Funds queries an owner works on at once per partition; beyond, a query is dropped and its
+/// asker times out.
+const QUERIES_WAITING_MAX: usize = 256;
+
+/// What an owner answers funds queries with: its partition's log (for the tail) and ledger, and
+/// how far it has applied the log.
+pub(crate) struct FundsSource {
+    pub(crate) client: async_nats::Client,
+    pub(crate) stream: stream::Stream,
+    pub(crate) partition: u32,
+    pub(crate) partitions: NonZeroU32,
+    pub(crate) reader: LedgerReader,
+    pub(crate) applied: watch::Receiver<u64>,
+}
+
+/// Answers the partition's funds queries until `stop` is cancelled or the subscription ends.
+/// Each answer is as of the log's tail when the query arrived: everything acked before it is in
+/// the log by then, so a reader sees its acks even from an owner that just took over.
 pub(crate) async fn answer_funds(
-    client: async_nats::Client,
+    source: FundsSource,
     mut queries: async_nats::Subscriber,
-    partition: u32,
-    partitions: NonZeroU32,
-    reader: LedgerReader,
     stop: CancellationToken,
 ) {
+    let source = Arc::new(source);
+    let waiting = Arc::new(Semaphore::new(QUERIES_WAITING_MAX));
+    let mut answering = JoinSet::new();
     loop {
         let message = tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => break,
             message = queries.next() => match message {
                 Some(message) => message,
-                None => return,
+                None => break,
             },
         };
         let (Some(reply), Ok(query)) = (message.reply, FundsQuery::decode(&message.payload)) else {
             warn!(subject = %message.subject, "unreadable funds query; ignored");
             continue;
         };
-        let answer = if partition_of(&query.payer, partitions) == partition {
-            let reader = reader.clone();
-            match tokio::task::spawn_blocking(move || reader.payer(&query.payer)).await {
-                Ok(Ok(Some(funds))) => FundsAnswer::Known(funds),
-                Ok(Ok(None)) => FundsAnswer::UnknownPayer,
-                Ok(Err(error)) => {
-                    // No answer: the asker times out, as if the owner were gone.
-                    warn!(partition, %error, "cannot read a payer's funds");
-                    continue;
-                }
-                Err(error) => {
-                    warn!(partition, %error, "funds read panicked");
-                    continue;
-                }
-            }
-        } else {
-            FundsAnswer::OtherPartition
+        let Ok(permit) = Arc::clone(&waiting).try_acquire_owned() else {
+            continue;
         };
-        if let Err(error) = client.publish(reply, answer.encode()).await {
-            warn!(partition, %error, "cannot send a funds answer");
+        let source = Arc::clone(&source);
+        answering.spawn(async move {
+            let _permit = permit;
+            let answer = source.answer(query.payer).await;
+            if let Err(error) = source.client.publish(reply, answer.encode()).await {
+                warn!(partition = source.partition, %error, "cannot send a funds answer");
+            }
+        });
+        // Reap finished answers so the set stays as small as what is waiting.
+        while answering.try_join_next().is_some() {}
+    }
+    answering.shutdown().await;
+}
+
+impl FundsSource {
+    async fn answer(&self, payer: PayerKey) -> FundsAnswer {
+        let partition = self.partition;
+        if partition_of(&payer, self.partitions) != partition {
+            return FundsAnswer::OtherPartition;
+        }
+        let tail = match self
+            .stream
+            .get_last_raw_message_by_subject(&subject_of(partition))
+            .await
+        {
+            Ok(last) => last.sequence,
+            Err(error) if matches!(error.kind(), LastRawMessageErrorKind::NoMessageFound) => 0,
+            Err(error) => {
+                warn!(partition, %error, "cannot read the log's tail for a funds query");
+                return FundsAnswer::Failed;
+            }
+        };
+        let mut applied = self.applied.clone();
+        match tokio::time::timeout(CATCH_UP_WAIT, applied.wait_for(|at| *at >= tail)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return FundsAnswer::Failed,
+            Err(_) => return FundsAnswer::CatchingUp,
+        }
+        let reader = self.reader.clone();
+        match tokio::task::spawn_blocking(move || reader.payer(&payer)).await {
+            Ok(Ok(Some(funds))) => FundsAnswer::Known(funds),
+            Ok(Ok(None)) => FundsAnswer::UnknownPayer,
+            Ok(Err(error)) => {
+                warn!(partition, %error, "cannot read a payer's funds");
+                FundsAnswer::Failed
+            }
+            Err(error) => {
+                warn!(partition, %error, "funds read panicked");
+                FundsAnswer::Failed
+            }
         }
     }
 }

@@ -44,15 +44,6 @@ type Owned = Arc<Mutex<BTreeMap<u32, LedgerReader>>>;
 pub struct OwnedLedgers(Owned);
 
 impl OwnedLedgers {
-    /// A reader of `partition`'s ledger while this node owns it.
-    pub fn reader(&self, partition: u32) -> Option<LedgerReader> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&partition)
-            .cloned()
-    }
-
     /// The partitions owned now, each with a reader of its ledger.
     pub fn all(&self) -> BTreeMap<u32, LedgerReader> {
         self.0
@@ -214,7 +205,6 @@ impl Keeping {
                 return Ok(());
             };
             let engine = self.open_ledger().await?;
-            set(&self.owned, partition, Some(engine.reader()));
             let started = tokio::select! {
                 started = Owner::start(
                     self.client.clone(),
@@ -229,6 +219,9 @@ impl Keeping {
                 None => Ok(()),
                 Some(Err(error)) => Err(error),
                 Some(Ok(owner)) => {
+                    // Owned from here: the owner answers asks and funds queries, so the gauge,
+                    // the ownership counter and `owned()` never run ahead of a working owner.
+                    set(&self.owned, partition, Some(engine.reader()));
                     if *failures > 0 {
                         info!(partition, failures = *failures, "partition owned again");
                         *failures = 0;
@@ -332,6 +325,11 @@ fn set(owned: &Owned, partition: u32, reader: Option<LedgerReader>) {
         None => owned.remove(&partition).is_some(),
     };
     if changed {
-        telemetry::ownership_changed(owned.contains_key(&partition));
+        let taken = owned.contains_key(&partition);
+        telemetry::ownership_changed(taken);
+        if !taken {
+            // Not this node's log to follow any more: no lag to alert on here.
+            telemetry::log_lag(partition).set(0.0);
+        }
     }
 }

@@ -42,7 +42,7 @@ use tollgate_engine::pipeline::{
 use tracing::{debug, info, warn};
 
 use crate::error::NatsError;
-use crate::funds::answer_funds;
+use crate::funds::{FundsSource, answer_funds};
 use crate::part::{Answer, Ask, DecodeError, Part, Verdicts, ask_subject, funds_subject};
 use crate::partition::{partition_of, subject_of};
 use crate::retry::backoff;
@@ -137,6 +137,7 @@ pub(crate) struct Owner {
     position: u64,
     asks: async_nats::Subscriber,
     funds: async_nats::Subscriber,
+    stream: stream::Stream,
     messages: std::pin::Pin<Box<pull::Ordered>>,
 }
 
@@ -204,6 +205,7 @@ impl Owner {
             position,
             asks,
             funds,
+            stream: stream.clone(),
             messages,
         })
     }
@@ -219,14 +221,15 @@ impl Owner {
         let failed = stop.child_token();
         let (in_flight_tx, in_flight_rx) = mpsc::channel(PARTS_IN_FLIGHT_MAX);
         let mut tasks = JoinSet::new();
-        tasks.spawn(answer_funds(
-            self.client.clone(),
-            self.funds,
+        let funds = FundsSource {
+            client: self.client.clone(),
+            stream: self.stream,
             partition,
-            self.partitions,
-            engine.reader(),
-            failed.clone(),
-        ));
+            partitions: self.partitions,
+            reader: engine.reader(),
+            applied: applied.clone(),
+        };
+        tasks.spawn(answer_funds(funds, self.funds, failed.clone()));
         tasks.spawn(answer_asks(
             self.client,
             self.asks,
@@ -285,6 +288,8 @@ impl Log {
         stop: CancellationToken,
     ) -> Result<(), OwnerError> {
         let partition = self.partition;
+        // Looked up once: the registry lookup and the label's allocation stay off the per-part path.
+        let lag = telemetry::log_lag(partition);
         let mut last = position;
         let mut errors = 0u32;
         loop {
@@ -324,7 +329,7 @@ impl Log {
             };
             let seq = match message.info() {
                 Ok(info) => {
-                    telemetry::log_lag(partition, info.pending);
+                    lag.set(info.pending as f64);
                     info.stream_sequence
                 }
                 Err(error) => {

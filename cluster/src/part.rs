@@ -20,7 +20,7 @@
 //!          known:      deposited u128 | withdrawal requested u128 | withdrawn u128
 //!                      | settled u128 | pending u128 | available u128 | shortfall u128
 //!                      | receipts u64 | channels u64
-//!          unknown payer, other partition: nothing
+//!          unknown payer, other partition, catching up, failed: nothing
 //! ```
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -317,9 +317,11 @@ impl FundsQuery {
 const KNOWN: u8 = 0;
 const UNKNOWN_PAYER: u8 = 1;
 const OTHER_PARTITION: u8 = 2;
+const CATCHING_UP: u8 = 3;
+const FAILED: u8 = 4;
 
-/// The owner's answer to a funds query: what its ledger holds now, which includes everything it
-/// has acked (an ingest node acks a batch only after the owner applied it).
+/// The owner's answer to a funds query: what its ledger holds once it has applied its log through
+/// the log's tail at the query's arrival, so everything acked before the query is in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FundsAnswer {
     /// The payer's funds.
@@ -329,6 +331,10 @@ pub enum FundsAnswer {
     /// The payer is not in the partition asked: the asking node computed another partition
     /// (another partition count), which nothing should answer for.
     OtherPartition,
+    /// The owner has not applied its log that far yet (a takeover's replay): ask again.
+    CatchingUp,
+    /// The owner could not read its ledger or its log's tail.
+    Failed,
 }
 
 impl FundsAnswer {
@@ -355,6 +361,8 @@ impl FundsAnswer {
             }
             FundsAnswer::UnknownPayer => out.put_u8(UNKNOWN_PAYER),
             FundsAnswer::OtherPartition => out.put_u8(OTHER_PARTITION),
+            FundsAnswer::CatchingUp => out.put_u8(CATCHING_UP),
+            FundsAnswer::Failed => out.put_u8(FAILED),
         }
         out.freeze()
     }
@@ -376,6 +384,8 @@ impl FundsAnswer {
             }),
             UNKNOWN_PAYER => FundsAnswer::UnknownPayer,
             OTHER_PARTITION => FundsAnswer::OtherPartition,
+            CATCHING_UP => FundsAnswer::CatchingUp,
+            FAILED => FundsAnswer::Failed,
             other => {
                 return Err(malformed("funds answer", format!("unknown status {other}")));
             }
@@ -529,7 +539,13 @@ mod tests {
                 receipts: counts[0],
                 channels: counts[1],
             });
-            for answer in [known, FundsAnswer::UnknownPayer, FundsAnswer::OtherPartition] {
+            for answer in [
+                known,
+                FundsAnswer::UnknownPayer,
+                FundsAnswer::OtherPartition,
+                FundsAnswer::CatchingUp,
+                FundsAnswer::Failed,
+            ] {
                 let bytes = answer.encode();
                 proptest::prop_assert_eq!(FundsAnswer::decode(&bytes), Ok(answer));
                 // Cut short or with a byte too many, it is refused.

@@ -41,7 +41,7 @@ pub(crate) fn ownership_changed(taken: bool) {
     metrics::counter!(OWNERSHIP_CHANGES_TOTAL, "change" => change).increment(1);
 }
 
-/// Records how far partition `partition`'s owner is behind its log.
-pub(crate) fn log_lag(partition: u32, pending: u64) {
-    metrics::gauge!(LOG_LAG_MESSAGES, "partition" => partition.to_string()).set(pending as f64);
+/// The gauge of how far partition `partition`'s owner on this node is behind its log.
+pub(crate) fn log_lag(partition: u32) -> metrics::Gauge {
+    metrics::gauge!(LOG_LAG_MESSAGES, "partition" => partition.to_string())
 }

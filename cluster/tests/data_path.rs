@@ -533,6 +533,24 @@ async fn funds_come_from_the_partition_owner_with_every_ack_in_them() {
             other => panic!("with no owner: {other:?}"),
         }
     }
+
+    // A new owner with an empty ledger replays the log: asked the moment it owns the
+    // partitions, it answers with every ack in it (it applies through the log's tail first), or
+    // says it is catching up; never a balance short of what was acked.
+    let fresh = tempfile::tempdir().expect("temp dir");
+    let next = Node::start(&cluster, ledgers(fresh.path(), &verifier), 0..PARTITIONS);
+    until_owned(&[&next], PARTITIONS as usize).await;
+    loop {
+        match funds.funds(payer).await {
+            Ok(Some(known)) => {
+                assert_eq!((known.pending, known.receipts), (12, 2));
+                break;
+            }
+            Err(FundsError::CatchingUp { .. }) if Instant::now() < deadline => {}
+            other => panic!("from the new owner: {other:?}"),
+        }
+    }
+    next.stop().await.expect("node stops");
 }
 
 /// A part the ingest node split wrongly (a receipt whose payer lives in another partition) is

@@ -161,8 +161,10 @@ pub enum Ledger {
 pub trait ClusterLedger: Send + Sync + std::fmt::Debug + 'static {
     /// The batch's ack once every receipt it accepts is durable in its partition's ledger.
     fn submit(&self, request: SubmitRequest) -> BoxFuture<'static, Result<BatchAck, ErrorFrame>>;
-    /// The payer's balance, from its partition's ledger when this node owns it; otherwise
-    /// [`ErrorCode::PartitionNotOwned`].
+    /// The payer's balance, from its partition's owner (whichever node that is); while the
+    /// partition has no owner, or a new one still replays its log,
+    /// [`ErrorCode::PartitionNotOwned`]. The connection waits for it, as for a standalone read,
+    /// but here it is a round trip to the owner (seconds at worst, when the owner is silent).
     fn balance(&self, query: QueryBalance) -> BoxFuture<'static, Result<Balance, ErrorFrame>>;
 }
 

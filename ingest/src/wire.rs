@@ -185,7 +185,8 @@ pub enum ErrorCode {
     /// other receipts: it is not a re-send, and nothing of it was applied.
     BatchMismatch = 26,
     /// A cluster node was asked for a payer balance of a partition that has no owner right now
-    /// (its owner died and its lease has not moved yet): ask again shortly.
+    /// (its owner died and its lease has not moved yet) or whose new owner is still replaying
+    /// its log: ask again shortly.
     PartitionNotOwned = 27,
     /// A request a cluster node cannot serve yet (GRANT, REVOKE: grants do not travel through
     /// the cluster's log); a standalone server serves it.

@@ -225,10 +225,10 @@ impl ClusterLedger for ClusterIngest {
         Box::pin(async move {
             match funds.funds(query.payer).await {
                 Ok(known) => Ok(balance_frame(query, known.unwrap_or_default())),
-                Err(error @ FundsError::NoOwner { .. }) => Err(ErrorFrame::new(
-                    ErrorCode::PartitionNotOwned,
-                    error.to_string(),
-                )),
+                // Both pass: a partition without an owner, or with one still replaying its log.
+                Err(error @ (FundsError::NoOwner { .. } | FundsError::CatchingUp { .. })) => Err(
+                    ErrorFrame::new(ErrorCode::PartitionNotOwned, error.to_string()),
+                ),
                 Err(error) => {
                     tracing::warn!(%error, "balance query failed");
                     Err(ErrorFrame::new(ErrorCode::Internal, error.to_string()))
