@@ -105,24 +105,25 @@ fn the_cluster_comparison_reports_consistent_figures() {
     assert!(standalone > 0.0 && node > 0.0);
     assert!((number(&["ratio"]) - node / standalone).abs() < 1e-9);
     assert_eq!(number(&["partitions"]), 4.0);
+    // Each thread's time is counted in whole ticks (10 ms), so in a run this short a thread that
+    // did a little shows none: the cluster node's dozens of small ledger threads may add up to
+    // zero. The standalone server's few busy threads are each counted.
     for side in ["standalone_cpu", "cluster_cpu"] {
-        let total = number(&[side, "total"]);
-        let parts: f64 = ["verify_pool", "ledgers", "runtime", "other"]
-            .iter()
-            .map(|part| number(&[side, part]))
-            .sum();
-        assert!(total > 0.0, "{side}: no CPU measured");
-        // Threads are read one after the other, so a tick may land between two reads.
-        assert!(
-            (parts - total).abs() <= total * 0.05,
-            "{side}: parts {parts} of {total}"
-        );
-        // Both verify every signature in their pool.
+        assert!(number(&[side, "total"]) > 0.0, "{side}: no CPU measured");
         assert!(
             number(&[side, "verify_pool"]) > 0.0,
             "{side}: verify pool idle"
         );
     }
+    let total = number(&["standalone_cpu", "total"]);
+    assert!(
+        number(&["standalone_cpu", "ledgers"]) > 0.0,
+        "no ledger work found"
+    );
+    assert!(
+        number(&["standalone_cpu", "other"]) < total / 2.0,
+        "most of the standalone server's CPU unaccounted for"
+    );
     assert!(number(&["nats_server_cpu_us_per_receipt"]) > 0.0);
     // A receipt travels whole (176 bytes as signed) inside a message with its headers.
     assert!(number(&["log_bytes_per_receipt"]) > 176.0);

@@ -1,9 +1,9 @@
 //! `--cluster-rounds`: the price of the log. The same full-speed workload against the standalone
 //! server and a one-node cluster (`tollgate serve --cluster` on one local `nats-server`, every
 //! resource with one replica), by turns; then the two at one paced rate for their ack latency;
-//! then where a receipt's CPU goes on each (by thread name: the verification pool is the ingest
-//! role, the ledgers and RocksDB the owner role, the tokio runtime both), in `nats-server`, and
-//! how many bytes a receipt takes on the log.
+//! then where a receipt's CPU goes on each (per thread, by what its name says it does: see
+//! [`CpuPerReceipt`]), in `nats-server`, and how many bytes a receipt takes in the log. The
+//! node gets an untimed warm-up run first, as the standalone server had its earlier runs.
 
 use std::cell::RefCell;
 use std::net::{SocketAddr, TcpListener};
@@ -51,7 +51,10 @@ pub struct ClusterCost {
     pub cluster_cpu: CpuPerReceipt,
     /// CPU per receipt of `nats-server` over the cluster's full-speed runs.
     pub nats_server_cpu_us_per_receipt: f64,
-    /// Bytes the receipts log holds per receipt published to it.
+    /// Bytes the receipts log stores per receipt published to it over the measured runs: the
+    /// receipts, each part's header and its message headers (message id), and JetStream's own
+    /// per-message overhead; storage, not the wire (the asks, answers and publish acks are not
+    /// in it).
     pub log_bytes_per_receipt: f64,
     /// Receipts per log message (one message per partition part of a client batch).
     pub receipts_per_log_message: f64,
@@ -68,70 +71,125 @@ pub struct PacedPair {
     pub cluster_ack_latency_ms: LatencyMs,
 }
 
-/// Microseconds of CPU per receipt, by role, from the process's threads.
+/// Microseconds of CPU per receipt, by thread, from the process's threads. The names say what
+/// a thread does, not which role it serves: see each field.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct CpuPerReceipt {
-    /// Every thread of the process, those that ended included.
+    /// Every thread of the process, those that ended during the runs included.
     pub total: f64,
     /// The signature verification pool (`tollgate-verify-N`): the ingest role.
     pub verify_pool: f64,
-    /// Ledger writers, their syncers and verify stages, archive and seal threads, RocksDB's
-    /// background threads: the owner role.
+    /// The engines' verify stages (`tollgate-stage`): standalone, the ingest side's grouping
+    /// and parsing that drives the pool; in a cluster, one per partition ledger, passing the
+    /// log's already verified parts to the writer (the owner role).
+    pub stage: f64,
+    /// Ledger writers and their syncers, archive and seal threads, RocksDB's background threads:
+    /// the owner role.
     pub ledgers: f64,
-    /// The tokio runtime (`tollgate-io`): sockets, the protocol, and in a cluster publishing,
-    /// the log consumers and the asks, for both roles.
+    /// The tokio runtime and its blocking pool (`tollgate-io`): sockets and the protocol, and in
+    /// a cluster also splitting batches, publishing, the log consumers and the asks' outcome
+    /// reads (both roles).
     pub runtime: f64,
-    /// Everything else: the main thread, threads that ended during the run.
+    /// Everything else: the main thread, and threads that ended during the runs.
     pub other: f64,
 }
 
-/// Ticks of CPU by role, read from /proc.
+/// What a thread does, by its name (Linux keeps its first 15 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Work {
+    VerifyPool,
+    Stage,
+    Ledgers,
+    Runtime,
+    Other,
+}
+
+impl Work {
+    fn of(name: &str) -> Work {
+        match name {
+            "tollgate-verify" => Work::VerifyPool,
+            "tollgate-stage" => Work::Stage,
+            "tollgate-io" => Work::Runtime,
+            name if name.starts_with("tollgate-ledger")
+                || name.starts_with("tollgate-archiv")
+                || name.starts_with("tollgate-seal")
+                || name.starts_with("rocksdb:") =>
+            {
+                Work::Ledgers
+            }
+            _ => Work::Other,
+        }
+    }
+}
+
+/// A process's CPU ticks, in all and per live thread.
+#[derive(Clone, Debug, Default)]
+struct Snapshot {
+    total: u64,
+    threads: std::collections::HashMap<u32, (Work, u64)>,
+}
+
+impl Snapshot {
+    fn of(pid: u32) -> anyhow::Result<Self> {
+        let mut snapshot = Snapshot {
+            total: process_ticks(&format!("/proc/{pid}/stat"))?.1,
+            ..Snapshot::default()
+        };
+        let tasks = format!("/proc/{pid}/task");
+        for task in std::fs::read_dir(&tasks).with_context(|| format!("listing {tasks}"))? {
+            let task = task?;
+            let Some(tid) = task.file_name().to_str().and_then(|tid| tid.parse().ok()) else {
+                continue;
+            };
+            // A thread may end between the listing and the read: it is in `total` then.
+            let Ok((name, used)) = process_ticks(&task.path().join("stat").display().to_string())
+            else {
+                continue;
+            };
+            snapshot.threads.insert(tid, (Work::of(&name), used));
+        }
+        Ok(snapshot)
+    }
+
+    /// The ticks spent between `before` and this snapshot, per kind of work: per thread, so a
+    /// thread that started in between counts from zero, and one that ended in between leaves
+    /// its share in `total` alone (so in `other`).
+    fn since(&self, before: &Snapshot) -> Ticks {
+        let mut ticks = Ticks {
+            total: self.total.saturating_sub(before.total),
+            ..Ticks::default()
+        };
+        for (tid, (work, used)) in &self.threads {
+            let earlier = before.threads.get(tid).map_or(0, |(_, used)| *used);
+            let spent = used.saturating_sub(earlier);
+            match work {
+                Work::VerifyPool => ticks.verify_pool += spent,
+                Work::Stage => ticks.stage += spent,
+                Work::Ledgers => ticks.ledgers += spent,
+                Work::Runtime => ticks.runtime += spent,
+                Work::Other => {}
+            }
+        }
+        ticks
+    }
+}
+
+/// Ticks of CPU by kind of work.
 #[derive(Clone, Copy, Debug, Default)]
 struct Ticks {
     total: u64,
     verify_pool: u64,
+    stage: u64,
     ledgers: u64,
     runtime: u64,
 }
 
 impl Ticks {
-    fn of(pid: u32) -> anyhow::Result<Self> {
-        let mut ticks = Ticks {
-            total: process_ticks(&format!("/proc/{pid}/stat"))?.1,
-            ..Ticks::default()
-        };
-        let tasks = format!("/proc/{pid}/task");
-        for task in std::fs::read_dir(&tasks).with_context(|| format!("listing {tasks}"))? {
-            // A thread may end between the listing and the read: it is in `total` then.
-            let Ok((name, used)) = process_ticks(&task?.path().join("stat").display().to_string())
-            else {
-                continue;
-            };
-            match name.as_str() {
-                "tollgate-verify" => ticks.verify_pool += used,
-                "tollgate-io" => ticks.runtime += used,
-                name if name.starts_with("tollgate-") || name.starts_with("rocksdb:") => {
-                    ticks.ledgers += used;
-                }
-                _ => {}
-            }
-        }
-        Ok(ticks)
-    }
-
-    fn since(self, before: Ticks) -> Ticks {
-        Ticks {
-            total: self.total.saturating_sub(before.total),
-            verify_pool: self.verify_pool.saturating_sub(before.verify_pool),
-            ledgers: self.ledgers.saturating_sub(before.ledgers),
-            runtime: self.runtime.saturating_sub(before.runtime),
-        }
-    }
-
     fn plus(self, other: Ticks) -> Ticks {
         Ticks {
             total: self.total + other.total,
             verify_pool: self.verify_pool + other.verify_pool,
+            stage: self.stage + other.stage,
             ledgers: self.ledgers + other.ledgers,
             runtime: self.runtime + other.runtime,
         }
@@ -139,10 +197,11 @@ impl Ticks {
 
     fn per_receipt(self, receipts: f64) -> CpuPerReceipt {
         let us = |ticks: u64| micros(ticks) / receipts;
-        let classified = self.verify_pool + self.ledgers + self.runtime;
+        let classified = self.verify_pool + self.stage + self.ledgers + self.runtime;
         CpuPerReceipt {
             total: us(self.total),
             verify_pool: us(self.verify_pool),
+            stage: us(self.stage),
             ledgers: us(self.ledgers),
             runtime: us(self.runtime),
             other: us(self.total.saturating_sub(classified)),
@@ -292,6 +351,15 @@ pub(super) fn cluster_cost(
     );
     let node = ServerProcess::start(exe, &node_args, Some(&dir.join("node.log")), &[])?;
     wait_owning(&node, partitions)?;
+    // The standalone server is warm from the runs before; this untimed run warms the node's
+    // partition ledgers and the log alike.
+    let warm_up = BenchE2eArgs {
+        receipts: (args.receipts / 10).max(1),
+        ..args.clone()
+    };
+    run_load(load_binary, &node, &warm_up, &[], false)?;
+    let stream = tollgate_cluster::ClusterConfig::default().stream_name;
+    let log_before = nats.stream_state(&stream)?;
 
     let standalone_tally = RefCell::new(Tally::default());
     let cluster_tally = RefCell::new(Tally::default());
@@ -339,9 +407,12 @@ pub(super) fn cluster_cost(
     // Every receipt sent to the node was valid (the runs check it), so each was published once.
     let published = (cluster_tally.receipts + paced.as_ref().map_or(0, |p| p.1)) as f64;
     let paced = paced.map(|(pair, _)| pair);
-    let (messages, bytes) =
-        nats.stream_state(&tollgate_cluster::ClusterConfig::default().stream_name)?;
-    ensure!(messages > 0, "the receipts log is empty");
+    let log_after = nats.stream_state(&stream)?;
+    let (messages, bytes) = (
+        log_after.0.saturating_sub(log_before.0),
+        log_after.1.saturating_sub(log_before.1),
+    );
+    ensure!(messages > 0, "the runs added nothing to the receipts log");
     let status = node.terminate(Duration::from_secs(60))?;
     ensure!(status.success(), "the cluster node exited with {status}");
     Ok(ClusterCost {
@@ -380,9 +451,9 @@ impl Tally {
         load: impl FnOnce() -> anyhow::Result<Summary>,
     ) -> anyhow::Result<f64> {
         let nats_ticks = |pid| process_ticks(&format!("/proc/{pid}/stat")).map(|(_, t)| t);
-        let before = (Ticks::of(pid)?, nats.map(nats_ticks).transpose()?);
+        let before = (Snapshot::of(pid)?, nats.map(nats_ticks).transpose()?);
         let summary = load()?;
-        self.ticks = self.ticks.plus(Ticks::of(pid)?.since(before.0));
+        self.ticks = self.ticks.plus(Snapshot::of(pid)?.since(&before.0));
         if let (Some(nats), Some(before)) = (nats, before.1) {
             self.nats_ticks += nats_ticks(nats)?.saturating_sub(before);
         }

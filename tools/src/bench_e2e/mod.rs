@@ -689,9 +689,9 @@ fn print_cluster(cluster: &ClusterCost, latency: &dyn Fn(&LatencyMs) -> String) 
     }
     let cpu = |name: &str, cpu: &CpuPerReceipt| {
         println!(
-            "  CPU per receipt, {name}: {:.2} us = verify pool {:.2} + ledgers {:.2} + \
-             runtime {:.2} + other {:.2}",
-            cpu.total, cpu.verify_pool, cpu.ledgers, cpu.runtime, cpu.other
+            "  CPU per receipt, {name}: {:.2} us = verify pool {:.2} + stage {:.2} + \
+             ledgers {:.2} + runtime {:.2} + other {:.2}",
+            cpu.total, cpu.verify_pool, cpu.stage, cpu.ledgers, cpu.runtime, cpu.other
         );
     };
     cpu("standalone", &cluster.standalone_cpu);

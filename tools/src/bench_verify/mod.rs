@@ -236,6 +236,11 @@ pub fn measure(args: &BenchVerifyArgs) -> anyhow::Result<Report> {
     // Started before the contenders that borrow them; each reads the file once, at its start.
     let simd_children = match &args.simd_bin {
         Some(binary) => {
+            // Without IFMA the child would die of SIGILL with nothing to say.
+            ensure!(
+                Backends::detect().cpu_avx512ifma,
+                "--simd-bin: ed25519-simd needs AVX-512 IFMA, which this CPU does not have"
+            );
             let simd_file = tempfile::NamedTempFile::new()?;
             simd::write_workload(&workload, simd_file.path())?;
             let start = |cache| {

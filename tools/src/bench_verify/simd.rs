@@ -104,3 +104,52 @@ impl Drop for SimdChild {
         drop(self.child.wait());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_workload_file_holds_each_receipt_as_signed() {
+        let workload = Workload::generate(5, 3, 1.1, 0.0, 2).expect("generates");
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        write_workload(&workload, file.path()).expect("writes");
+        let bytes = std::fs::read(file.path()).expect("reads");
+        let messages = workload.signing_bytes().expect("signing bytes");
+        let message_len = messages[0].len();
+        assert_eq!(&bytes[..8], b"TGSIMD1\n");
+        assert_eq!(bytes[8..12], 5u32.to_le_bytes());
+        assert_eq!(
+            bytes[12..16],
+            u32::try_from(message_len).expect("fits").to_le_bytes()
+        );
+        let views = workload.views().expect("views");
+        for (i, record) in bytes[16..].chunks_exact(96 + message_len).enumerate() {
+            assert_eq!(record[..32], views[i].payer().0);
+            assert_eq!(record[32..96], views[i].signature());
+            assert_eq!(record[96..], messages[i]);
+        }
+    }
+
+    /// The protocol against a stand-in child: its arguments, `ready`, one count per `pass`, and
+    /// a clear error once it is gone.
+    #[test]
+    fn a_child_answers_each_pass_and_its_end_is_an_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let script = dir.path().join("child.sh");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\n[ \"$2 $3 $4\" = \"2 64 7\" ] || exit 1\necho ready 3\n\
+             read line && echo 3\nread line && echo 4\n",
+        )
+        .expect("script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let (child, first) =
+            SimdChild::start(&script, Path::new("workload"), 2, 64, 7).expect("starts");
+        assert_eq!(first, 3);
+        assert_eq!(child.pass().expect("a count"), 3);
+        assert_eq!(child.pass().expect("a count"), 4);
+        assert!(child.pass().is_err(), "the child has ended");
+    }
+}
