@@ -72,3 +72,4 @@ pub use part::{
 pub use partition::{SUBJECT_PREFIX, partition_of, subject_of};
 pub use publish::{AnswerProblem, PublishError, Publisher};
 pub use resources::{Cluster, nats_server_binary};
+pub use retry::backoff;

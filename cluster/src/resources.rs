@@ -40,7 +40,12 @@ impl Cluster {
             .connect(config.servers.as_slice())
             .await
             .map_err(|source| ClusterError::Connect {
-                servers: config.servers.join(","),
+                servers: config
+                    .servers
+                    .iter()
+                    .map(|server| without_credentials(server))
+                    .collect::<Vec<_>>()
+                    .join(","),
                 source,
             })?;
         let jetstream = jetstream::new(client);
@@ -417,6 +422,22 @@ async fn try_record_partitions(
     Ok(())
 }
 
+/// `url` without a `user:password@` (or token) before its host, for errors and logs. Only the
+/// authority's credentials: a NATS URL carries nothing else secret. (The RPC URL's masking in
+/// `tools` also hides paths, which an RPC provider may put a key in.)
+fn without_credentials(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_owned(),
+        },
+        None => match url.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => url.to_owned(),
+        },
+    }
+}
+
 /// Where `nats-server` is on this machine: on PATH, or in /usr/sbin where Debian's package puts it
 /// (not on a non-root user's PATH). For the tests and benches that start real servers.
 pub fn nats_server_binary() -> Option<std::path::PathBuf> {
@@ -428,4 +449,22 @@ pub fn nats_server_binary() -> Option<std::path::PathBuf> {
         .chain([std::path::PathBuf::from("/usr/sbin")])
         .map(|dir| dir.join("nats-server"))
         .find(|candidate| candidate.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_credentials;
+
+    #[test]
+    fn connect_errors_name_servers_without_their_credentials() {
+        for (url, shown) in [
+            ("nats://alice:s3cret@h1:4222", "nats://***@h1:4222"),
+            ("nats://tok3n@h2:4222", "nats://***@h2:4222"),
+            ("nats://h3:4222", "nats://h3:4222"),
+            ("u:p@h4:4222", "***@h4:4222"),
+            ("h5:4222", "h5:4222"),
+        ] {
+            assert_eq!(without_credentials(url), shown);
+        }
+    }
 }

@@ -423,3 +423,81 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
     );
     assert!(started.elapsed() < Duration::from_secs(120));
 }
+
+/// NATS down when `serve --cluster` starts: the node waits (its ports stay closed, one warning
+/// in its log, not one per try) and joins as soon as a server answers on the configured port,
+/// then owns every partition.
+#[test]
+fn a_node_started_before_nats_joins_once_nats_answers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    std::fs::write(
+        dir.path().join("cluster.toml"),
+        "[cluster]\nstream_replicas = 1\nmeta_replicas = 1\nlease_replicas = 1\n\
+         checkpoint_replicas = 1\n",
+    )
+    .expect("config");
+    let args: Vec<String> = [
+        "--config",
+        &dir.path().join("cluster.toml").display().to_string(),
+        "--cluster",
+        &format!("nats://127.0.0.1:{port}"),
+        "--node-id",
+        "early",
+        "--partitions",
+        "4",
+        "--unknown-payers",
+        "accept",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--data-dir",
+        &dir.path().join("data").display().to_string(),
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    let log = dir.path().join("early.log");
+    let starting = {
+        let log = log.clone();
+        std::thread::spawn(move || ServerProcess::start(TOLLGATE.as_ref(), &args, Some(&log), &[]))
+    };
+    // Several tries fail meanwhile (the pause doubles from 100 ms).
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !starting.is_finished(),
+        "the node must wait for NATS, not exit or open its ports"
+    );
+    let binary =
+        tollgate_cluster::nats_server_binary().expect("nats-server: run scripts/bootstrap.sh");
+    let mut nats = std::process::Command::new(binary)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir.path().join("nats"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start nats-server");
+    let node = starting
+        .join()
+        .expect("the starting thread")
+        .expect("the node is ready once NATS answers");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let deadline = Instant::now() + DEADLINE;
+    while runtime.block_on(owned(&node)) < 4 {
+        assert!(Instant::now() < deadline, "partitions not all owned");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = std::fs::read_to_string(&log).expect("the node's log");
+    let warnings = text
+        .lines()
+        .filter(|line| line.contains("cannot join the NATS cluster yet"))
+        .count();
+    assert_eq!(warnings, 1, "one warning for the whole wait:\n{text}");
+    node.terminate(Duration::from_secs(30)).expect("stops");
+    drop(nats.kill());
+    drop(nats.wait());
+}

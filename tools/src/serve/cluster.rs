@@ -25,8 +25,8 @@ use futures::future::BoxFuture;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tollgate_cluster::{
-    Cluster, ClusterConfig, FundsClient, FundsError, Node, NodeLedgers, OwnedLedgers, PublishError,
-    Publisher,
+    Cluster, ClusterConfig, ClusterError, FundsClient, FundsError, Node, NodeLedgers, OwnedLedgers,
+    PublishError, Publisher, backoff,
 };
 use tollgate_engine::pipeline::{BatchAck, BatchVerifier, EngineConfig, SubmitRequest};
 use tollgate_engine::{Verifier, VerifyPool};
@@ -71,9 +71,9 @@ pub(super) async fn serve(
     let node_id = cluster_config.node_id.clone();
     let verdict_timeout =
         Duration::from_millis(cluster_config.lease_ttl_ms).saturating_mul(VERDICT_TIMEOUT_TTLS);
-    let cluster = Cluster::start(cluster_config)
-        .await
-        .context("cluster: joining the NATS cluster")?;
+    let Some(cluster) = join(cluster_config, &shutdown).await? else {
+        return Ok(());
+    };
     let partitions = cluster.partitions();
     let verifier: Arc<dyn BatchVerifier> = Arc::new(
         VerifyPool::new(
@@ -153,6 +153,55 @@ pub(super) async fn serve(
     stopped?;
     tracing::info!("tollgate stopped cleanly");
     Ok(())
+}
+
+/// Joins the cluster, waiting out a NATS cluster that cannot be reached or has no JetStream
+/// leader yet (down at start, or still electing): the first failure is logged at warn, the rest
+/// at debug, with a growing pause, until it answers or `shutdown`; then `None`. A refusal that
+/// waiting cannot change (settings that differ from the cluster's, another partition count) ends
+/// `serve` at once.
+async fn join(
+    config: ClusterConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Cluster>> {
+    let mut failures = 0u32;
+    loop {
+        let joining = tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            joining = Cluster::start(config.clone()) => joining,
+        };
+        let error = match joining {
+            Ok(cluster) => {
+                if failures > 0 {
+                    tracing::info!(failures, "joined the NATS cluster");
+                }
+                return Ok(Some(cluster));
+            }
+            Err(error @ (ClusterError::Connect { .. } | ClusterError::NoLeader { .. })) => error,
+            Err(error) => return Err(error).context("cluster: joining the NATS cluster"),
+        };
+        failures = failures.saturating_add(1);
+        let pause = backoff(failures);
+        let error = anyhow::Error::from(error);
+        if failures == 1 {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                ?pause,
+                "cannot join the NATS cluster yet; retrying with a growing pause until it answers"
+            );
+        } else {
+            tracing::debug!(
+                error = format!("{error:#}"),
+                failures,
+                ?pause,
+                "still cannot join the NATS cluster"
+            );
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
 }
 
 /// Keeps [`PARTITIONS_OWNED`] up to date.
