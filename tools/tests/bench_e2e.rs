@@ -3,27 +3,11 @@
 
 use std::process::Command;
 
-#[test]
-fn the_end_to_end_bench_reports_consistent_figures() {
+/// `tollgate bench e2e --json ARGS`, which must succeed: its report.
+fn bench_e2e(args: &[&str]) -> serde_json::Value {
     let output = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["bench", "e2e", "--json"])
-        .args([
-            "--receipts",
-            "6000",
-            "--payers",
-            "100",
-            "--connections",
-            "4",
-        ])
-        .args([
-            "--paced-pct",
-            "50",
-            "--offered-secs",
-            "1",
-            "--overload",
-            "--overload-secs",
-            "1",
-        ])
+        .args(args)
         .output()
         .expect("run tollgate bench e2e");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -32,14 +16,35 @@ fn the_end_to_end_bench_reports_consistent_figures() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let report: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().expect("a line")).expect("JSON report");
-    let number = |path: &[&str]| {
-        path.iter()
-            .fold(&report, |value, key| &value[*key])
-            .as_f64()
-            .unwrap_or_else(|| panic!("{path:?} missing in {report}"))
-    };
+    serde_json::from_str(stdout.lines().last().expect("a line")).expect("JSON report")
+}
+
+/// The number at `path` in `report`.
+fn number(report: &serde_json::Value, path: &[&str]) -> f64 {
+    path.iter()
+        .fold(report, |value, key| &value[*key])
+        .as_f64()
+        .unwrap_or_else(|| panic!("{path:?} missing in {report}"))
+}
+
+#[test]
+fn the_end_to_end_bench_reports_consistent_figures() {
+    let report = bench_e2e(&[
+        "--receipts",
+        "6000",
+        "--payers",
+        "100",
+        "--connections",
+        "4",
+        "--paced-pct",
+        "50",
+        "--offered-secs",
+        "1",
+        "--overload",
+        "--overload-secs",
+        "1",
+    ]);
+    let number = |path: &[&str]| number(&report, path);
     let ceiling = number(&["verify_ceiling_receipts_per_s"]);
     let e2e = number(&["e2e_receipts_per_s"]);
     assert!(ceiling > 0.0 && e2e > 0.0);
@@ -61,43 +66,26 @@ fn the_end_to_end_bench_reports_consistent_figures() {
 /// asserted.
 #[test]
 fn the_cluster_comparison_reports_consistent_figures() {
-    let output = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["bench", "e2e", "--json"])
+    let report = bench_e2e(&[
         // Enough receipts that each verify thread runs for some ticks of the CPU clock (10 ms).
-        .args([
-            "--receipts",
-            "12000",
-            "--payers",
-            "100",
-            "--connections",
-            "4",
-        ])
-        .args([
-            "--archive-rounds",
-            "0",
-            "--paced-pct",
-            "50",
-            "--offered-secs",
-            "1",
-        ])
-        .args(["--cluster-rounds", "1", "--cluster-partitions", "4"])
-        .output()
-        .expect("run tollgate bench e2e");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().expect("a line")).expect("JSON report");
-    let cluster = &report["cluster"];
-    let number = |path: &[&str]| {
-        path.iter()
-            .fold(cluster, |value, key| &value[*key])
-            .as_f64()
-            .unwrap_or_else(|| panic!("{path:?} missing in {cluster}"))
-    };
+        "--receipts",
+        "12000",
+        "--payers",
+        "100",
+        "--connections",
+        "4",
+        "--archive-rounds",
+        "0",
+        "--paced-pct",
+        "50",
+        "--offered-secs",
+        "1",
+        "--cluster-rounds",
+        "1",
+        "--cluster-partitions",
+        "4",
+    ]);
+    let number = |path: &[&str]| number(&report["cluster"], path);
     let (standalone, node) = (
         number(&["standalone_receipts_per_s"]),
         number(&["cluster_receipts_per_s"]),

@@ -54,17 +54,18 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// Short leases so the killed node's partitions move within seconds.
 const CLUSTER_TABLE: &str = "[cluster]\nlease_ttl_ms = 2000\nlease_heartbeat_ms = 500\n";
 
-fn start_node(nats: &NatsCluster, dir: &Path, name: &str) -> ServerProcess {
-    let data = dir.join(name);
-    let args: Vec<String> = [
+/// The arguments of node `name` of a cluster on `servers` with `partitions`, its config file
+/// (`cluster.toml`), data directory and log in `dir`.
+fn node_args(dir: &Path, servers: &str, name: &str, partitions: u32) -> Vec<String> {
+    [
         "--config",
         &dir.join("cluster.toml").display().to_string(),
         "--cluster",
-        &nats.urls().join(","),
+        servers,
         "--node-id",
         name,
         "--partitions",
-        &PARTITIONS.to_string(),
+        &partitions.to_string(),
         "--unknown-payers",
         "accept",
         "--verify-threads",
@@ -74,11 +75,15 @@ fn start_node(nats: &NatsCluster, dir: &Path, name: &str) -> ServerProcess {
         "--http",
         "127.0.0.1:0",
         "--data-dir",
-        &data.display().to_string(),
+        &dir.join(name).display().to_string(),
     ]
     .into_iter()
     .map(str::to_owned)
-    .collect();
+    .collect()
+}
+
+fn start_node(nats: &NatsCluster, dir: &Path, name: &str) -> ServerProcess {
+    let args = node_args(dir, &nats.urls().join(","), name, PARTITIONS);
     ServerProcess::start(
         TOLLGATE.as_ref(),
         &args,
@@ -440,27 +445,7 @@ fn a_node_started_before_nats_joins_once_nats_answers() {
          checkpoint_replicas = 1\n",
     )
     .expect("config");
-    let args: Vec<String> = [
-        "--config",
-        &dir.path().join("cluster.toml").display().to_string(),
-        "--cluster",
-        &format!("nats://127.0.0.1:{port}"),
-        "--node-id",
-        "early",
-        "--partitions",
-        "4",
-        "--unknown-payers",
-        "accept",
-        "--listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--data-dir",
-        &dir.path().join("data").display().to_string(),
-    ]
-    .into_iter()
-    .map(str::to_owned)
-    .collect();
+    let args = node_args(dir.path(), &format!("nats://127.0.0.1:{port}"), "early", 4);
     let log = dir.path().join("early.log");
     let starting = {
         let log = log.clone();
