@@ -178,6 +178,7 @@ fn eight_clients(
         session_rounds: 0,
         cluster_rounds: 0,
         cluster_partitions: 0,
+        cluster_nats_servers: 0,
         work_dir: None,
         json: false,
     };

@@ -1,6 +1,6 @@
 //! `--cluster-rounds`: the price of the log. The same full-speed workload against the standalone
-//! server and a one-node cluster (`tollgate serve --cluster` on one local `nats-server`, every
-//! resource with one replica), by turns; then the two at one paced rate for their ack latency;
+//! server and a one-node cluster (`tollgate serve --cluster` on `--cluster-nats-servers` local
+//! `nats-server`s, one by default, every resource with as many replicas), by turns; then the two at one paced rate for their ack latency;
 //! then where a receipt's CPU goes on each (per thread, by what its name says it does: see
 //! [`CpuPerReceipt`]), in `nats-server`, and how many bytes a receipt takes in the log. The
 //! node gets an untimed warm-up run first, as the standalone server had its earlier runs.
@@ -49,7 +49,9 @@ pub struct ClusterCost {
     pub standalone_cpu: CpuPerReceipt,
     /// CPU per receipt over the full-speed runs, on the cluster node.
     pub cluster_cpu: CpuPerReceipt,
-    /// CPU per receipt of `nats-server` over the cluster's full-speed runs.
+    /// `nats-server`s (and replicas of every resource).
+    pub nats_servers: usize,
+    /// CPU per receipt of all the `nats-server`s together over the cluster's full-speed runs.
     pub nats_server_cpu_us_per_receipt: f64,
     /// Bytes the receipts log stores per receipt published to it over the measured runs: the
     /// receipts, each part's header and its message headers (message id), and JetStream's own
@@ -236,51 +238,105 @@ struct NatsServer {
     monitor: SocketAddr,
 }
 
-impl NatsServer {
-    fn start(dir: &Path) -> anyhow::Result<Self> {
+/// `count` local `nats-server`s with JetStream, routed to each other when more than one, so the
+/// cluster's resources can have `count` replicas.
+struct NatsServers(Vec<NatsServer>);
+
+impl NatsServers {
+    fn start(dir: &Path, count: usize) -> anyhow::Result<Self> {
         let binary = tollgate_cluster::nats_server_binary().context(
             "nats-server not found on PATH or in /usr/sbin: scripts/bootstrap.sh installs \
              Debian's nats-server package",
         )?;
-        // Held together so the two differ; released just before the server binds them.
-        let listeners = [
-            TcpListener::bind("127.0.0.1:0")?,
-            TcpListener::bind("127.0.0.1:0")?,
-        ];
-        let [client, monitor] = [&listeners[0], &listeners[1]].map(|l| l.local_addr());
-        let (client, monitor) = (client?, monitor?);
+        // All held at once so none repeats; released just before the servers bind them.
+        let listeners = (0..3 * count)
+            .map(|_| TcpListener::bind("127.0.0.1:0"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ports = listeners
+            .iter()
+            .map(TcpListener::local_addr)
+            .collect::<Result<Vec<_>, _>>()?;
         drop(listeners);
-        let log = std::fs::File::create(dir.join("nats-server.log"))?;
-        let child = Command::new(&binary)
-            .args(["-a", "127.0.0.1", "-p", &client.port().to_string()])
-            .args(["-m", &monitor.port().to_string(), "-js", "-sd"])
-            .arg(dir.join("nats-store"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let server = NatsServer {
-            child,
-            url: format!("nats://{client}"),
-            monitor,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while server.monitoring("healthz?js-enabled-only=true").is_err() {
-            if Instant::now() >= deadline {
-                bail!(
-                    "nats-server did not become healthy in 30 s (log: {})",
-                    dir.join("nats-server.log").display()
-                );
+        let routes: Vec<String> = ports[2 * count..]
+            .iter()
+            .map(|route| format!("nats://{route}"))
+            .collect();
+        let mut servers = Vec::with_capacity(count);
+        for i in 0..count {
+            let (client, monitor, route) = (ports[i], ports[count + i], ports[2 * count + i]);
+            let log = std::fs::File::create(dir.join(format!("nats-server-{i}.log")))?;
+            let mut command = Command::new(&binary);
+            command
+                .args(["-a", "127.0.0.1", "-p", &client.port().to_string()])
+                .args(["-m", &monitor.port().to_string(), "-n", &format!("n{i}")])
+                .args(["-js", "-sd"])
+                .arg(dir.join(format!("nats-store-{i}")));
+            if count > 1 {
+                command
+                    .args(["--cluster_name", "tollgate-bench", "--cluster"])
+                    .arg(format!("nats://{route}"))
+                    .args(["--routes", &routes.join(",")]);
             }
-            std::thread::sleep(Duration::from_millis(100));
+            let child = command
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("starting {}", binary.display()))?;
+            servers.push(NatsServer {
+                child,
+                url: format!("nats://{client}"),
+                monitor,
+            });
         }
-        Ok(server)
+        let servers = NatsServers(servers);
+        // Healthy, and once clustered, agreeing on a JetStream meta leader.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for server in &servers.0 {
+            loop {
+                let ready = server.monitoring("jsz").is_ok_and(|jsz| {
+                    count == 1
+                        || jsz["meta_cluster"]["leader"]
+                            .as_str()
+                            .is_some_and(|l| !l.is_empty())
+                });
+                if ready {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    bail!(
+                        "nats-server {} not ready in 60 s (logs in {})",
+                        server.url,
+                        dir.display()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(servers)
     }
 
-    fn pid(&self) -> u32 {
-        self.child.id()
+    fn urls(&self) -> String {
+        self.0
+            .iter()
+            .map(|server| server.url.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
+    fn pids(&self) -> Vec<u32> {
+        self.0.iter().map(|server| server.child.id()).collect()
+    }
+
+    /// Messages and bytes of one replica of the stream `name`.
+    fn stream_state(&self, name: &str) -> anyhow::Result<(u64, u64)> {
+        self.0
+            .iter()
+            .find_map(|server| server.stream_state(name).ok())
+            .with_context(|| format!("no nats-server lists the stream {name}"))
+    }
+}
+
+impl NatsServer {
     /// A monitoring endpoint's JSON.
     fn monitoring(&self, path: &str) -> anyhow::Result<serde_json::Value> {
         let url = format!("http://{}/{path}", self.monitor);
@@ -293,7 +349,7 @@ impl NatsServer {
         })
     }
 
-    /// Messages and bytes the stream `name` holds.
+    /// Messages and bytes the stream `name` holds here.
     fn stream_state(&self, name: &str) -> anyhow::Result<(u64, u64)> {
         let jsz = self.monitoring("jsz?streams=true")?;
         let stream = jsz["account_details"]
@@ -330,19 +386,22 @@ pub(super) fn cluster_cost(
     dir: &Path,
 ) -> anyhow::Result<ClusterCost> {
     std::fs::create_dir_all(dir)?;
-    let nats = NatsServer::start(dir)?;
+    let replicas = args.cluster_nats_servers.max(1);
+    let nats = NatsServers::start(dir, replicas)?;
     let config = dir.join("cluster.toml");
     std::fs::write(
         &config,
-        "[cluster]\nstream_replicas = 1\nmeta_replicas = 1\nlease_replicas = 1\n\
-         checkpoint_replicas = 1\n",
+        format!(
+            "[cluster]\nstream_replicas = {replicas}\nmeta_replicas = {replicas}\n\
+             lease_replicas = {replicas}\ncheckpoint_replicas = {replicas}\n"
+        ),
     )?;
     let mut node_args = chainless_server_args(&dir.join("data"), threads);
     let partitions = args.cluster_partitions;
     node_args.extend(
         [
             ("--config", config.display().to_string()),
-            ("--cluster", nats.url.clone()),
+            ("--cluster", nats.urls()),
             ("--node-id", "bench".to_owned()),
             ("--partitions", partitions.to_string()),
         ]
@@ -369,14 +428,14 @@ pub(super) fn cluster_cost(
         || {
             standalone_tally
                 .borrow_mut()
-                .run(standalone.pid(), None, || {
+                .run(standalone.pid(), &[], || {
                     run_load(load_binary, standalone, args, &[], true)
                 })
         },
         || {
             cluster_tally
                 .borrow_mut()
-                .run(node.pid(), Some(nats.pid()), || {
+                .run(node.pid(), &nats.pids(), || {
                     run_load(load_binary, &node, args, &[], false)
                 })
         },
@@ -426,6 +485,7 @@ pub(super) fn cluster_cost(
         paced,
         standalone_cpu: standalone_tally.cpu_per_receipt(),
         cluster_cpu: cluster_tally.cpu_per_receipt(),
+        nats_servers: replicas,
         nats_server_cpu_us_per_receipt: micros(cluster_tally.nats_ticks)
             / cluster_tally.receipts as f64,
         log_bytes_per_receipt: bytes as f64 / published,
@@ -443,20 +503,22 @@ struct Tally {
 }
 
 impl Tally {
-    /// Runs `load` against the process `pid` (and `nats`, if any), adding what it cost.
+    /// Runs `load` against the process `pid` (and the `nats` servers'), adding what it cost.
     fn run(
         &mut self,
         pid: u32,
-        nats: Option<u32>,
+        nats: &[u32],
         load: impl FnOnce() -> anyhow::Result<Summary>,
     ) -> anyhow::Result<f64> {
-        let nats_ticks = |pid| process_ticks(&format!("/proc/{pid}/stat")).map(|(_, t)| t);
-        let before = (Snapshot::of(pid)?, nats.map(nats_ticks).transpose()?);
+        let nats_ticks = || -> anyhow::Result<u64> {
+            nats.iter()
+                .map(|pid| process_ticks(&format!("/proc/{pid}/stat")).map(|(_, t)| t))
+                .sum()
+        };
+        let before = (Snapshot::of(pid)?, nats_ticks()?);
         let summary = load()?;
         self.ticks = self.ticks.plus(Snapshot::of(pid)?.since(&before.0));
-        if let (Some(nats), Some(before)) = (nats, before.1) {
-            self.nats_ticks += nats_ticks(nats)?.saturating_sub(before);
-        }
+        self.nats_ticks += nats_ticks()?.saturating_sub(before.1);
         self.receipts += summary.sent;
         self.p99_ms_sum += summary.ack_latency_ms.p99;
         Ok(summary.receipts_per_s)

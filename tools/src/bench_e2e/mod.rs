@@ -108,6 +108,10 @@ pub struct BenchE2eArgs {
     /// Partitions of that one-node cluster.
     #[arg(long, default_value_t = 16)]
     pub cluster_partitions: u32,
+    /// `nats-server`s under it, clustered on loopback when more than one; every resource gets
+    /// as many replicas (3 measures the R3 log's price on this machine).
+    #[arg(long, default_value_t = 1)]
+    pub cluster_nats_servers: usize,
     /// Keep the server's data directory and log here instead of a temporary directory.
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
@@ -683,10 +687,11 @@ fn print_text(report: &Report) {
 
 fn print_cluster(cluster: &ClusterCost, latency: &dyn Fn(&LatencyMs) -> String) {
     println!(
-        "one-node cluster ({} rounds, {} partitions, one nats-server): {:.0} receipts/s, \
+        "one-node cluster ({} rounds, {} partitions, {} nats-server(s)): {:.0} receipts/s, \
          standalone {:.0} = {:.3}; full-speed p99 {:.1} ms against {:.1} ms",
         cluster.rounds,
         cluster.partitions,
+        cluster.nats_servers,
         cluster.cluster_receipts_per_s,
         cluster.standalone_receipts_per_s,
         cluster.ratio,
