@@ -16,9 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::stream::{self, LastRawMessageErrorKind};
-use futures::StreamExt;
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tollgate_engine::PayerKey;
 use tollgate_engine::ledger::{LedgerReader, PayerBalance};
@@ -27,6 +25,7 @@ use tracing::warn;
 use crate::error::NatsError;
 use crate::part::{DecodeError, FundsAnswer, FundsQuery, funds_subject};
 use crate::partition::{partition_of, subject_of};
+use crate::requests::answer_each;
 use crate::resources::Cluster;
 
 /// How long a query waits for the owner's answer: the owner reads one record.
@@ -147,39 +146,29 @@ pub(crate) struct FundsSource {
 /// the log by then, so a reader sees its acks even from an owner that just took over.
 pub(crate) async fn answer_funds(
     source: FundsSource,
-    mut queries: async_nats::Subscriber,
+    queries: async_nats::Subscriber,
     stop: CancellationToken,
 ) {
     let source = Arc::new(source);
-    let waiting = Arc::new(Semaphore::new(QUERIES_WAITING_MAX));
-    let mut answering = JoinSet::new();
-    loop {
-        let message = tokio::select! {
-            () = stop.cancelled() => break,
-            message = queries.next() => match message {
-                Some(message) => message,
-                None => break,
-            },
-        };
-        let (Some(reply), Ok(query)) = (message.reply, FundsQuery::decode(&message.payload)) else {
-            warn!(subject = %message.subject, "unreadable funds query; ignored");
-            continue;
-        };
-        let Ok(permit) = Arc::clone(&waiting).try_acquire_owned() else {
-            continue;
-        };
+    let answer = |query: FundsQuery, reply| {
         let source = Arc::clone(&source);
-        answering.spawn(async move {
-            let _permit = permit;
+        async move {
             let answer = source.answer(query.payer).await;
             if let Err(error) = source.client.publish(reply, answer.encode()).await {
                 warn!(partition = source.partition, %error, "cannot send a funds answer");
             }
-        });
-        // Reap finished answers so the set stays as small as what is waiting.
-        while answering.try_join_next().is_some() {}
-    }
-    answering.shutdown().await;
+        }
+    };
+    let decode = FundsQuery::decode;
+    answer_each(
+        queries,
+        "funds query",
+        QUERIES_WAITING_MAX,
+        decode,
+        answer,
+        stop,
+    )
+    .await;
 }
 
 impl FundsSource {

@@ -37,8 +37,8 @@
 //! partition's owner ([`FundsClient`], `tollgate.funds.<p>`), whose ledger holds everything
 //! acked. Modules: `part` (the bytes on the log, of the asks and of the funds queries),
 //! `publish` (the ingest side), `owner` (one partition's consumer and answers), `funds` (funds
-//! queries, both sides), `node` (which partitions a node owns, by lease), `retry` (the backoff
-//! after NATS failures).
+//! queries, both sides), `requests` (how an owner answers a request subject), `node` (which
+//! partitions a node owns, by lease), `retry` (the backoff after NATS failures).
 //!
 //! This crate only knows about payers through [`tollgate_engine::PayerKey`]; the engine itself
 //! knows nothing of NATS or tokio.
@@ -54,6 +54,7 @@ mod owner;
 mod part;
 mod partition;
 mod publish;
+mod requests;
 mod resources;
 mod retry;
 pub mod telemetry;

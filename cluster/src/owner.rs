@@ -32,7 +32,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::stream;
 use futures::StreamExt;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tollgate_engine::pipeline::{
@@ -45,6 +45,7 @@ use crate::error::NatsError;
 use crate::funds::{FundsSource, answer_funds};
 use crate::part::{Answer, Ask, DecodeError, Part, Verdicts, ask_subject, funds_subject};
 use crate::partition::{partition_of, subject_of};
+use crate::requests::answer_each;
 use crate::retry::backoff;
 use crate::telemetry;
 
@@ -439,29 +440,13 @@ async fn await_acks(
 /// refused).
 async fn answer_asks(
     client: async_nats::Client,
-    mut asks: async_nats::Subscriber,
+    asks: async_nats::Subscriber,
     engine: Engine,
     applied: watch::Receiver<u64>,
     refusals: Refusals,
     stop: CancellationToken,
 ) {
-    let waiting = Arc::new(Semaphore::new(ASKS_WAITING_MAX));
-    let mut answering = JoinSet::new();
-    loop {
-        let message = tokio::select! {
-            () = stop.cancelled() => break,
-            message = asks.next() => match message {
-                Some(message) => message,
-                None => break,
-            },
-        };
-        let (Some(reply), Ok(ask)) = (message.reply.clone(), Ask::decode(&message.payload)) else {
-            warn!(subject = %message.subject, "unreadable ask; ignored");
-            continue;
-        };
-        let Ok(permit) = Arc::clone(&waiting).try_acquire_owned() else {
-            continue;
-        };
+    let answer = |ask: Ask, reply| {
         let (client, reader, mut applied, refusals, stop) = (
             client.clone(),
             engine.reader(),
@@ -469,8 +454,7 @@ async fn answer_asks(
             Arc::clone(&refusals),
             stop.clone(),
         );
-        answering.spawn(async move {
-            let _permit = permit;
+        async move {
             tokio::select! {
                 () = stop.cancelled() => return,
                 reached = applied.wait_for(|applied| *applied >= ask.seq) => if reached.is_err() { return },
@@ -502,9 +486,15 @@ async fn answer_asks(
                 Ok(Err(error)) => warn!(%error, "cannot read a batch's outcome"),
                 Err(error) => warn!(%error, "outcome read panicked"),
             }
-        });
-        // Reap finished answers so the set stays as small as what is waiting.
-        while answering.try_join_next().is_some() {}
-    }
-    answering.shutdown().await;
+        }
+    };
+    answer_each(
+        asks,
+        "ask",
+        ASKS_WAITING_MAX,
+        Ask::decode,
+        answer,
+        stop.clone(),
+    )
+    .await;
 }
