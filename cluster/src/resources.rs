@@ -426,15 +426,12 @@ async fn try_record_partitions(
 /// authority's credentials: a NATS URL carries nothing else secret. (The RPC URL's masking in
 /// `tools` also hides paths, which an RPC provider may put a key in.)
 fn without_credentials(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((_, host)) => format!("{scheme}://***@{host}"),
-            None => url.to_owned(),
-        },
-        None => match url.rsplit_once('@') {
-            Some((_, host)) => format!("***@{host}"),
-            None => url.to_owned(),
-        },
+    let Some((credentials, host)) = url.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match credentials.split_once("://") {
+        Some((scheme, _)) => format!("{scheme}://***@{host}"),
+        None => format!("***@{host}"),
     }
 }
 
