@@ -35,6 +35,7 @@ use tollgate_load::stats::LatencyMs;
 use crate::bench_e2e::{chainless_server_args, metrics, print_report};
 use crate::bench_verify::Backends;
 use crate::grant::now_ms;
+use crate::proc_stat::cpu_seconds;
 use crate::receipts_json::ReceiptLine;
 use crate::serve::process::{ServerProcess, WorkDir};
 use crate::x402::{
@@ -419,26 +420,6 @@ impl Cpu {
             cpu_seconds("/proc/self/stat")? - self.generator,
         ))
     }
-}
-
-/// utime + stime of a process, from its `stat` file (fields 14 and 15, in clock ticks of
-/// 1/100 s on Linux).
-fn cpu_seconds(stat: &str) -> anyhow::Result<f64> {
-    let text = std::fs::read_to_string(stat).with_context(|| format!("reading {stat}"))?;
-    // The command name (field 2) may hold spaces; the fields after it never do.
-    let after_name = text
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .with_context(|| format!("{stat} has no command name"))?;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |n: usize| -> anyhow::Result<f64> {
-        Ok(fields
-            .get(n)
-            .with_context(|| format!("{stat} is short"))?
-            .parse::<u64>()? as f64)
-    };
-    // Fields 14 and 15 of the file; `after_name` starts at field 3.
-    Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 fn latency(mut us: Vec<u64>) -> LatencyMs {

@@ -21,6 +21,7 @@
 //! - [`api`]: the HTTP query API's server (balances, epochs, proofs, metrics, OpenAPI).
 //! - [`query`]: `tollgate balance | payee | epochs | proof`, the query API's client commands.
 //! - [`output`]: how commands print: tables for people, JSON for scripts, errors on one line.
+//! - `proc_stat`: CPU time of processes and threads from /proc, for the benches.
 //!
 //! The binaries are thin shells over these modules so tests and the demo drive the same code an
 //! operator does. This crate wires the others together; it owns no protocol, ledger or chain logic.
@@ -38,6 +39,7 @@ pub mod grant;
 pub mod keys;
 pub mod node;
 pub mod output;
+mod proc_stat;
 pub mod query;
 pub mod receipts_json;
 pub mod serve;

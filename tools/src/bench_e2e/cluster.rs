@@ -17,11 +17,9 @@ use tollgate_load::Summary;
 use tollgate_load::stats::LatencyMs;
 
 use super::{BenchE2eArgs, by_turns, chainless_server_args, run_load};
+use crate::proc_stat::{TICKS_PER_S, cpu_ticks};
 use crate::serve::PARTITIONS_OWNED;
 use crate::serve::process::ServerProcess;
-
-/// Linux reports thread CPU time in ticks of USER_HZ, which is 100 on every architecture's ABI.
-const TICKS_PER_S: f64 = 100.0;
 
 /// How long the one-node cluster gets to take every partition's lease.
 const OWN_ALL_DEADLINE: Duration = Duration::from_secs(60);
@@ -134,7 +132,7 @@ struct Snapshot {
 impl Snapshot {
     fn of(pid: u32) -> anyhow::Result<Self> {
         let mut snapshot = Snapshot {
-            total: process_ticks(&format!("/proc/{pid}/stat"))?.1,
+            total: cpu_ticks(&format!("/proc/{pid}/stat"))?.1,
             ..Snapshot::default()
         };
         let tasks = format!("/proc/{pid}/task");
@@ -144,7 +142,7 @@ impl Snapshot {
                 continue;
             };
             // A thread may end between the listing and the read: it is in `total` then.
-            let Ok((name, used)) = process_ticks(&task.path().join("stat").display().to_string())
+            let Ok((name, used)) = cpu_ticks(&task.path().join("stat").display().to_string())
             else {
                 continue;
             };
@@ -209,26 +207,6 @@ impl Ticks {
             other: us(self.total.saturating_sub(classified)),
         }
     }
-}
-
-/// A `/proc/.../stat` file's command name and user plus system ticks.
-fn process_ticks(path: &str) -> anyhow::Result<(String, u64)> {
-    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-    // The name is in parentheses and may hold anything, so fields are counted after the last ')'.
-    let (head, rest) = stat
-        .rsplit_once(')')
-        .with_context(|| format!("{path}: no command name"))?;
-    let name = head.split_once('(').map_or("", |(_, name)| name).to_owned();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15; `rest` starts at field 3.
-    let field = |n: usize| -> anyhow::Result<u64> {
-        fields
-            .get(n - 3)
-            .with_context(|| format!("{path}: no field {n}"))?
-            .parse()
-            .with_context(|| format!("{path}: field {n} is not a number"))
-    };
-    Ok((name, field(14)? + field(15)?))
 }
 
 /// One local `nats-server` with JetStream and its monitoring port, killed when dropped.
@@ -512,7 +490,7 @@ impl Tally {
     ) -> anyhow::Result<f64> {
         let nats_ticks = || -> anyhow::Result<u64> {
             nats.iter()
-                .map(|pid| process_ticks(&format!("/proc/{pid}/stat")).map(|(_, t)| t))
+                .map(|pid| cpu_ticks(&format!("/proc/{pid}/stat")).map(|(_, t)| t))
                 .sum()
         };
         let before = (Snapshot::of(pid)?, nats_ticks()?);
