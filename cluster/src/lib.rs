@@ -64,7 +64,7 @@ pub use error::{ClusterError, LeaseError, NatsError};
 pub use fence::{FENCE_HEADER, Fence, FenceError};
 pub use funds::{FundsClient, FundsError};
 pub use lease::{Holder, Lease, LeaseKeeper, Leases};
-pub use node::{Node, NodeLedgers, OwnedLedgers};
+pub use node::{Node, NodeLedgers};
 pub use owner::{OwnerError, PartRefused, REFUSALS_KEPT};
 pub use part::{
     ASK_PREFIX, Answer, Ask, BatchId, DecodeError, FUNDS_PREFIX, FundsAnswer, FundsQuery, Part,

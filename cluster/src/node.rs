@@ -38,21 +38,6 @@ use crate::telemetry;
 /// The ledgers of the partitions this node owns now, for reads.
 type Owned = Arc<Mutex<BTreeMap<u32, LedgerReader>>>;
 
-/// Which partitions a node owns now, with a reader of each one's ledger; follows the node's
-/// ownership as it changes. Cheap to clone.
-#[derive(Clone, Debug, Default)]
-pub struct OwnedLedgers(Owned);
-
-impl OwnedLedgers {
-    /// The partitions owned now, each with a reader of its ledger.
-    pub fn all(&self) -> BTreeMap<u32, LedgerReader> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
-
 /// What a node keeps for every partition it may own.
 #[derive(Clone)]
 pub struct NodeLedgers {
@@ -110,12 +95,10 @@ impl Node {
 
     /// The partitions owned now, each with a reader of its ledger.
     pub fn owned(&self) -> BTreeMap<u32, LedgerReader> {
-        self.ledgers().all()
-    }
-
-    /// A handle on the partitions this node owns, for readers that outlive a borrow of it.
-    pub fn ledgers(&self) -> OwnedLedgers {
-        OwnedLedgers(Arc::clone(&self.owned))
+        self.owned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Resolves when a partition's ledger failed (the node must stop), with the error.

@@ -35,10 +35,17 @@ pub fn register() {
     }
 }
 
-/// Counts a partition taken (`true`) or released.
+/// Counts a partition taken (`true`) or released, in the counter and the owned gauge (moved by
+/// one, not set, so it stays the node's count however its partitions come and go).
 pub(crate) fn ownership_changed(taken: bool) {
     let change = if taken { "taken" } else { "released" };
     metrics::counter!(OWNERSHIP_CHANGES_TOTAL, "change" => change).increment(1);
+    let owned = metrics::gauge!(PARTITIONS_OWNED);
+    if taken {
+        owned.increment(1.0);
+    } else {
+        owned.decrement(1.0);
+    }
 }
 
 /// The gauge of how far partition `partition`'s owner on this node is behind its log.

@@ -25,8 +25,8 @@ use futures::future::BoxFuture;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tollgate_cluster::{
-    Cluster, ClusterConfig, ClusterError, FundsClient, FundsError, Node, NodeLedgers, OwnedLedgers,
-    PublishError, Publisher, backoff,
+    Cluster, ClusterConfig, ClusterError, FundsClient, FundsError, Node, NodeLedgers, PublishError,
+    Publisher, backoff,
 };
 use tollgate_engine::pipeline::{BatchAck, BatchVerifier, EngineConfig, SubmitRequest};
 use tollgate_engine::{Verifier, VerifyPool};
@@ -39,11 +39,6 @@ use super::{
     LOOPS_GRACE, READY_MESSAGE, Tasks, drain, failure_of, named, spawn_http, spawn_ingest, upkeep,
 };
 use crate::api::ApiError;
-
-pub use tollgate_cluster::telemetry::PARTITIONS_OWNED;
-
-/// How often the partitions-owned gauge is refreshed.
-const OWNED_REFRESH: Duration = Duration::from_secs(1);
 
 /// Lease TTLs a batch's verdicts may take: a partition whose owner died is ownerless for up to
 /// one TTL, and its new owner replays the log before it answers. Past this the connection is
@@ -114,10 +109,6 @@ pub(super) async fn serve(
     let app = router(metrics.clone(), Arc::clone(&ready));
     spawn_http(&mut tasks, http_listener, app, &shutdown);
     tasks.spawn(named("metrics upkeep", upkeep(metrics, shutdown.clone())));
-    tasks.spawn(named(
-        "partitions owned",
-        count_owned(node.ledgers(), shutdown.clone()),
-    ));
     spawn_ingest(
         &mut tasks,
         fleet_listener,
@@ -200,18 +191,6 @@ async fn join(
         tokio::select! {
             () = shutdown.cancelled() => return Ok(None),
             () = tokio::time::sleep(pause) => {}
-        }
-    }
-}
-
-/// Keeps [`PARTITIONS_OWNED`] up to date.
-async fn count_owned(owned: OwnedLedgers, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let gauge = metrics::gauge!(PARTITIONS_OWNED);
-    let mut tick = tokio::time::interval(OWNED_REFRESH);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            _ = tick.tick() => gauge.set(owned.all().len() as f64),
         }
     }
 }

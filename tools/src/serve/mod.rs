@@ -11,7 +11,7 @@ mod cluster;
 pub mod config;
 pub mod process;
 
-pub use cluster::PARTITIONS_OWNED;
+pub use tollgate_cluster::telemetry::PARTITIONS_OWNED;
 
 use std::io::IsTerminal;
 use std::sync::Arc;
