@@ -547,6 +547,41 @@ fn only_the_last_acks_are_kept_and_older_resends_fall_back_to_receipt_dedup() {
 /// be read back by its position without applying anything, the same after the producer moved on
 /// to a new session.
 #[test]
+fn a_checkpoint_holds_what_was_answered_before_it_and_its_log_position() {
+    let (_dir, engine, alice) = with_alice(1_000);
+    let published_ms = now_ms();
+    let part = |batch_seq, amount, nonce| {
+        request(
+            4,
+            batch_seq,
+            &[receipt_at(&alice, payee(1), amount, nonce, published_ms)],
+        )
+    };
+    let at = |seq| LogPosition {
+        seq,
+        time_ms: published_ms,
+    };
+    wait(engine.submit_logged(part(1, 10, 1), at(7)).expect("queued")).expect("ack");
+    let copies = tempfile::tempdir().expect("tempdir");
+    let copy = copies.path().join("checkpoint");
+    let position = wait(engine.checkpoint(copy.clone()).expect("queued")).expect("checkpoint");
+    assert_eq!(position, Some(7));
+    // Answered after the checkpoint: in the live ledger only.
+    wait(engine.submit_logged(part(2, 5, 2), at(9)).expect("queued")).expect("ack");
+    assert_eq!(balance(&engine, &payer_of(&alice)).pending, 15);
+    // A second checkpoint into a directory that exists is refused, and the ledger goes on.
+    let refused = wait(engine.checkpoint(copy.clone()).expect("queued"));
+    assert!(refused.is_err(), "{refused:?}");
+    wait(engine.submit_logged(part(3, 1, 3), at(10)).expect("queued")).expect("ack");
+    engine.shutdown().expect("shutdown");
+
+    let restored = open(&copy);
+    assert_eq!(restored.reader().log_position().expect("read"), Some(7));
+    assert_eq!(balance(&restored, &payer_of(&alice)).pending, 10);
+    restored.shutdown().expect("shutdown");
+}
+
+#[test]
 fn logged_batch_stores_its_position_and_its_outcome_reads_back() {
     let (dir, engine, alice) = with_alice(1_000);
     assert_eq!(engine.reader().log_position().expect("read"), None);

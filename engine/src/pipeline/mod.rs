@@ -191,6 +191,9 @@ pub type DoneReceiver = oneshot::Receiver<Result<(), EngineError>>;
 /// The sealed epoch, once durable.
 pub type SealReceiver = oneshot::Receiver<Result<SealedEpoch, EngineError>>;
 
+/// The log position a checkpoint holds, once it is written.
+pub type CheckpointReceiver = oneshot::Receiver<Result<Option<u64>, EngineError>>;
+
 /// Who checks a batch's signatures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Signatures {
@@ -448,6 +451,17 @@ impl Engine {
     /// disk.
     pub fn revoke(&self, revocation: CheckedRevocation) -> Result<DoneReceiver, SubmitError> {
         self.control(|reply| WriterMsg::Revoke { revocation, reply })
+    }
+
+    /// Writes a consistent copy of the ledger to `dir` (which must not exist; on the data
+    /// directory's filesystem the table files are hard links, not copies) holding every write
+    /// answered before the checkpoint's own answer and none answered after it, and answers with
+    /// the log position the copy holds ([`LedgerReader::log_position`] of the copy, which is
+    /// where a ledger restored from it resumes). Made between two group writes, so
+    /// nothing is written while it is made: the next group waits for it (a flush of the
+    /// memtables and the links, milliseconds). For a cluster partition's checkpoints.
+    pub fn checkpoint(&self, dir: PathBuf) -> Result<CheckpointReceiver, SubmitError> {
+        self.control(|reply| WriterMsg::Checkpoint { dir, reply })
     }
 
     /// Snapshot reads that never block the writer.

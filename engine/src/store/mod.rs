@@ -170,6 +170,14 @@ pub enum StoreError {
         /// the failure that poisoned the store
         cause: String,
     },
+    /// RocksDB could not write a checkpoint (a copy of the database) to `path`.
+    #[error("cannot write a checkpoint to {path}: {message}")]
+    Checkpoint {
+        /// the checkpoint's directory
+        path: PathBuf,
+        /// RocksDB's explanation
+        message: String,
+    },
     /// Creating the data directory failed.
     #[error("cannot create data dir {path}: {source}")]
     CreateDir {
@@ -514,6 +522,18 @@ impl Store {
             });
         }
         Ok((store, fresh))
+    }
+
+    /// Writes a consistent copy of the database to `dir`, which must not exist: table files are
+    /// hard-linked when `dir` is on the same filesystem, the rest copied. The copy opens like
+    /// any data directory.
+    pub fn checkpoint(&self, dir: &Path) -> Result<(), StoreError> {
+        rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .and_then(|checkpoint| checkpoint.create_checkpoint(dir))
+            .map_err(|e| StoreError::Checkpoint {
+                path: dir.to_path_buf(),
+                message: e.into_string(),
+            })
     }
 
     /// The data directory.

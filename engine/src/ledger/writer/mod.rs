@@ -17,6 +17,7 @@
 //! once a second.
 
 use crate::telemetry as names;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -44,6 +45,7 @@ impl<E: From<LedgerError> + Send + 'static> AnswerError for E {}
 pub(crate) type AckSender<E> = oneshot::Sender<Result<BatchAck, E>>;
 pub(crate) type DoneSender<E> = oneshot::Sender<Result<(), E>>;
 pub(crate) type SealSender<E> = oneshot::Sender<Result<SealedEpoch, E>>;
+pub(crate) type CheckpointSender<E> = oneshot::Sender<Result<Option<u64>, E>>;
 
 /// Work for the writer.
 pub(crate) enum WriterMsg<E> {
@@ -96,6 +98,11 @@ pub(crate) enum WriterMsg<E> {
         revocation: CheckedRevocation,
         reply: DoneSender<E>,
     },
+    /// Copy the database to `dir` once everything before this message is written.
+    Checkpoint {
+        dir: PathBuf,
+        reply: CheckpointSender<E>,
+    },
     /// Finish what is queued, write it, stop.
     Shutdown,
 }
@@ -108,6 +115,13 @@ enum Reply<E> {
     /// After a prune's write: compact the archive below the end of this epoch (nothing if the
     /// write failed).
     CompactArchive(Option<(Arc<Store>, u64)>),
+    /// Copy the store to the directory, then answer with the log position the copy holds. Made
+    /// on the sync thread as the group's replies are sent, before the next group is written:
+    /// the copy holds exactly what was written up to here.
+    Checkpoint(
+        CheckpointSender<E>,
+        Result<(Arc<Store>, PathBuf), LedgerError>,
+    ),
 }
 
 impl<E: AnswerError> Reply<E> {
@@ -121,6 +135,13 @@ impl<E: AnswerError> Reply<E> {
             Reply::Sealed(tx, Err(error)) => drop(tx.send(Err(error.into()))),
             Reply::CompactArchive(Some((store, through))) => compact_pruned(store, through),
             Reply::CompactArchive(None) => {}
+            Reply::Checkpoint(tx, made) => {
+                let position = made.and_then(|(store, dir)| {
+                    store.checkpoint(&dir)?;
+                    Ok(LedgerReader::new(store).log_position()?)
+                });
+                drop(tx.send(position.map_err(E::from)));
+            }
         }
     }
 
@@ -130,6 +151,7 @@ impl<E: AnswerError> Reply<E> {
             Reply::Done(tx, Ok(())) => Reply::Done(tx, Err(error.clone_fatal())),
             Reply::Sealed(tx, Ok(_)) => Reply::Sealed(tx, Err(error.clone_fatal())),
             Reply::CompactArchive(_) => Reply::CompactArchive(None),
+            Reply::Checkpoint(tx, Ok(_)) => Reply::Checkpoint(tx, Err(error.clone_fatal())),
             refused => refused,
         }
     }
@@ -407,6 +429,7 @@ impl<E: AnswerError> Writer<E> {
                 | WriterMsg::Grant { reply, .. }
                 | WriterMsg::Revoke { reply, .. } => drop(reply.send(Err(error))),
                 WriterMsg::Seal { reply } => drop(reply.send(Err(error))),
+                WriterMsg::Checkpoint { reply, .. } => drop(reply.send(Err(error))),
                 WriterMsg::Shutdown => {}
             }
             return;
@@ -488,6 +511,10 @@ impl<E: AnswerError> Writer<E> {
                 } else {
                     self.start_seal(vec![reply]);
                 }
+            }
+            WriterMsg::Checkpoint { dir, reply } => {
+                self.replies
+                    .push(Reply::Checkpoint(reply, Ok((self.ledger.store(), dir))));
             }
             WriterMsg::Shutdown => {}
         }
