@@ -59,6 +59,15 @@ pub struct ClusterConfig {
     pub checkpoint_replicas: usize,
     /// Bytes the checkpoint store may hold before uploads are refused (-1: no limit).
     pub checkpoint_max_bytes: i64,
+    /// Log messages of a partition its owner applies between two checkpoints (the size
+    /// policy): about what a new owner replays beyond the newest checkpoint.
+    pub checkpoint_every_messages: u64,
+    /// The longest an owner goes without a checkpoint while its partition's log moves (the
+    /// time policy).
+    pub checkpoint_every_ms: u64,
+    /// Checkpoints kept per partition; the log is purged through the oldest kept once this
+    /// many exist. At least 2, so a corrupt newest checkpoint has one to fall back to.
+    pub checkpoints_kept: usize,
 }
 
 impl Default for ClusterConfig {
@@ -80,6 +89,9 @@ impl Default for ClusterConfig {
             checkpoint_bucket: "tollgate-checkpoints".to_string(),
             checkpoint_replicas: 3,
             checkpoint_max_bytes: -1,
+            checkpoint_every_messages: 100_000,
+            checkpoint_every_ms: 300_000,
+            checkpoints_kept: 2,
         }
     }
 }
@@ -122,6 +134,20 @@ impl ClusterConfig {
             if bytes == 0 || bytes < -1 {
                 return invalid(key, "-1 (no limit) or a positive number of bytes");
             }
+        }
+        if self.checkpoint_every_messages == 0 || self.checkpoint_every_ms == 0 {
+            let key = if self.checkpoint_every_messages == 0 {
+                "checkpoint_every_messages"
+            } else {
+                "checkpoint_every_ms"
+            };
+            return invalid(key, "a checkpoint policy needs a positive interval");
+        }
+        if self.checkpoints_kept < 2 {
+            return invalid(
+                "checkpoints_kept",
+                "at least 2: a corrupt newest checkpoint needs one to fall back to",
+            );
         }
         if self.duplicate_window_ms == 0 {
             return invalid("duplicate_window_ms", "deduplication needs a window");
@@ -178,7 +204,7 @@ mod tests {
     #[test]
     fn each_bad_setting_is_named() {
         type Break = fn(&mut ClusterConfig);
-        let cases: [(&str, Break); 6] = [
+        let cases: [(&str, Break); 9] = [
             ("node_id", |c| c.node_id.clear()),
             ("partitions", |c| c.partitions = 0),
             ("stream_replicas", |c| c.stream_replicas = 6),
@@ -187,6 +213,11 @@ mod tests {
                 c.lease_heartbeat_ms = c.lease_ttl_ms
             }),
             ("servers", |c| c.servers.clear()),
+            ("checkpoint_every_messages", |c| {
+                c.checkpoint_every_messages = 0
+            }),
+            ("checkpoint_every_ms", |c| c.checkpoint_every_ms = 0),
+            ("checkpoints_kept", |c| c.checkpoints_kept = 1),
         ];
         for (want, break_it) in cases {
             let mut config = named();

@@ -36,13 +36,16 @@
 //! partition's ([`PartRefused`]). A payer's funds are read from any node by asking its
 //! partition's owner ([`FundsClient`], `tollgate.funds.<p>`), whose ledger holds everything
 //! acked. Modules: `part` (the bytes on the log, of the asks and of the funds queries),
-//! `publish` (the ingest side), `owner` (one partition's consumer and answers), `funds` (funds
+//! `publish` (the ingest side), `owner` (one partition's consumer and answers), `checkpoint`
+//! (an owner's checkpoints in the object store, restored by the next owner, with the log
+//! purged below them), `funds` (funds
 //! queries, both sides), `requests` (how an owner answers a request subject), `node` (which
 //! partitions a node owns, by lease), `retry` (the backoff after NATS failures).
 //!
 //! This crate only knows about payers through [`tollgate_engine::PayerKey`]; the engine itself
 //! knows nothing of NATS or tokio.
 
+mod checkpoint;
 mod config;
 mod error;
 mod fence;
@@ -59,6 +62,7 @@ mod resources;
 mod retry;
 pub mod telemetry;
 
+pub use checkpoint::CheckpointError;
 pub use config::ClusterConfig;
 pub use error::{ClusterError, LeaseError, NatsError};
 pub use fence::{FENCE_HEADER, Fence, FenceError};

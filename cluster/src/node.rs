@@ -13,8 +13,10 @@
 //! more: the node stops renewing the lease so it lapses (another node may take the partition),
 //! waits a pause that grows with each failure in a row, and competes for the lease again; the
 //! streak is logged once, when it starts. Only a ledger failure makes a node give up a
-//! partition for good. The ledger a node keeps for a partition it lost may fall behind; the log
-//! holds every part (this slice purges nothing), so it catches up when the partition returns.
+//! partition for good. The ledger a node keeps for a partition it lost may fall behind; when the
+//! partition returns it catches up from the log, or, when a newer checkpoint exists (the log
+//! may be purged below it), is replaced by that checkpoint first ([`crate::checkpoint`]). A
+//! checkpoint that cannot be listed or restored is retried like a NATS failure.
 //! The owners' answers do not need fencing: every owner applies the same log in the same order,
 //! judged as of the times in the log, so two owners for a moment give the same verdicts.
 
@@ -29,8 +31,9 @@ use tokio_util::sync::CancellationToken;
 use tollgate_engine::pipeline::{BatchVerifier, Engine, EngineConfig, EngineError, LedgerReader};
 use tracing::{debug, error, info, warn};
 
+use crate::checkpoint::{CheckpointError, Checkpoints, Policy, Stored};
 use crate::lease::{Lease, LeaseKeeper, Leases};
-use crate::owner::{Owner, OwnerError};
+use crate::owner::{Checkpointing, Owner, OwnerError};
 use crate::resources::Cluster;
 use crate::retry::backoff;
 use crate::telemetry;
@@ -79,6 +82,17 @@ impl Node {
         let mut tasks = JoinSet::new();
         for partition in partitions {
             let keeping = Keeping {
+                checkpoints: Checkpoints::new(
+                    (
+                        cluster.checkpoints().clone(),
+                        cluster.checkpoint_stream().clone(),
+                    ),
+                    cluster.stream().clone(),
+                    cluster.leases().clone(),
+                    partition,
+                    Policy::of(cluster.config()),
+                    &ledgers.data_dir,
+                ),
                 leases: cluster.leases().clone(),
                 client: cluster.jetstream().client(),
                 stream: cluster.stream().clone(),
@@ -128,6 +142,7 @@ impl Node {
 
 /// One partition a node competes for, and what owning it takes.
 struct Keeping {
+    checkpoints: Checkpoints,
     leases: Leases,
     client: async_nats::Client,
     stream: async_nats::jetstream::stream::Stream,
@@ -150,7 +165,7 @@ impl Keeping {
             keeper.stop().await;
             let error = match ended {
                 Ok(()) => return Ok(()),
-                Err(error @ OwnerError::Nats { .. }) => error,
+                Err(error @ (OwnerError::Nats { .. } | OwnerError::Checkpoint { .. })) => error,
                 Err(error) => {
                     error!(partition, %error, "partition owner failed; giving up its lease");
                     return Err(error);
@@ -161,8 +176,8 @@ impl Keeping {
             if failures == 1 {
                 warn!(
                     partition, %error, ?pause,
-                    "NATS failed under the partition's owner: letting its lease lapse and \
-                     competing for it again, with a growing pause until it is owned again"
+                    "the partition's owner failed on NATS or its checkpoints: letting its lease \
+                     lapse and competing for it again, with a growing pause until it is owned again"
                 );
             } else {
                 debug!(partition, %error, failures, ?pause, "partition owner failed again");
@@ -187,7 +202,18 @@ impl Keeping {
             let Some(token) = wait_for_lease(&mut held, &self.stop).await else {
                 return Ok(());
             };
-            let engine = self.open_ledger().await?;
+            let prepared = tokio::select! {
+                prepared = self.ledger_for_owner() => Some(prepared?),
+                () = lease_lost(&mut held, token, &self.stop) => None,
+            };
+            let Some((engine, newest)) = prepared else {
+                continue;
+            };
+            let checkpointing = Checkpointing {
+                checkpoints: self.checkpoints.clone(),
+                token,
+                newest,
+            };
             let started = tokio::select! {
                 started = Owner::start(
                     self.client.clone(),
@@ -209,7 +235,7 @@ impl Keeping {
                         info!(partition, failures = *failures, "partition owned again");
                         *failures = 0;
                     }
-                    self.run_owner(owner, &mut held, token).await
+                    self.run_owner(owner, checkpointing, &mut held, token).await
                 }
             };
             set(&self.owned, partition, None);
@@ -225,20 +251,31 @@ impl Keeping {
         }
     }
 
-    /// Opens the partition's own ledger (`<data_dir>/partition-<p>`).
-    async fn open_ledger(&self) -> Result<Engine, OwnerError> {
+    /// Opens the partition's ledger (`<data_dir>/partition-<p>`) for its new owner, restored
+    /// from the newest usable checkpoint when the node's own is behind it; with the newest
+    /// checkpoint listed.
+    async fn ledger_for_owner(&self) -> Result<(Engine, Option<Stored>), OwnerError> {
         let partition = self.partition;
-        let mut config = self.ledgers.engine.clone();
-        config.data_dir = self.ledgers.data_dir.join(format!("partition-{partition}"));
-        let verifier = Arc::clone(&self.ledgers.verifier);
-        match tokio::task::spawn_blocking(move || Engine::open(config, verifier)).await {
-            Ok(Ok(engine)) => Ok(engine),
-            Ok(Err(source)) => Err(OwnerError::Ledger { partition, source }),
-            Err(_) => Err(OwnerError::Ledger {
-                partition,
-                source: EngineError::Stopped,
-            }),
-        }
+        let ledger_dir = self.ledgers.data_dir.join(format!("partition-{partition}"));
+        let open = |data_dir: PathBuf| {
+            let mut config = self.ledgers.engine.clone();
+            config.data_dir = data_dir;
+            let verifier = Arc::clone(&self.ledgers.verifier);
+            async move {
+                tokio::task::spawn_blocking(move || Engine::open(config, verifier))
+                    .await
+                    .unwrap_or(Err(EngineError::Stopped))
+            }
+        };
+        self.checkpoints
+            .ledger_for_owner(&ledger_dir, &open)
+            .await
+            .map_err(|error| match error {
+                // This node's own ledger does not open: as before checkpoints, the node gives
+                // the partition up.
+                CheckpointError::Ledger(source) => OwnerError::Ledger { partition, source },
+                source => OwnerError::Checkpoint { partition, source },
+            })
     }
 
     /// Runs `owner` until it ends or the lease with `token` is lost; on loss the owner stops
@@ -246,11 +283,12 @@ impl Keeping {
     async fn run_owner(
         &self,
         owner: Owner,
+        checkpointing: Checkpointing,
         held: &mut watch::Receiver<Option<Lease>>,
         token: u64,
     ) -> Result<(), OwnerError> {
         let lost = self.stop.child_token();
-        let mut running = tokio::spawn(owner.run(lost.clone()));
+        let mut running = tokio::spawn(owner.run(checkpointing, lost.clone()));
         let ended = tokio::select! {
             ended = &mut running => Some(ended),
             () = lease_lost(held, token, &self.stop) => None,
@@ -313,6 +351,7 @@ fn set(owned: &Owned, partition: u32, reader: Option<LedgerReader>) {
         if !taken {
             // Not this node's log to follow any more: no lag to alert on here.
             telemetry::log_lag(partition).set(0.0);
+            telemetry::checkpoint_age(partition).set(0.0);
         }
     }
 }

@@ -26,6 +26,7 @@
 
 use std::collections::BTreeSet;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -41,6 +42,7 @@ use tollgate_engine::pipeline::{
 };
 use tracing::{debug, info, warn};
 
+use crate::checkpoint::{CheckpointError, Checkpoints, Stored};
 use crate::error::NatsError;
 use crate::funds::{FundsSource, answer_funds};
 use crate::part::{Answer, Ask, DecodeError, Part, Verdicts, ask_subject, funds_subject};
@@ -119,6 +121,14 @@ pub enum OwnerError {
         #[source]
         source: tollgate_engine::store::StoreError,
     },
+    /// The partition's checkpoints could not be listed or restored: tried again, like a NATS
+    /// failure.
+    #[error("partition {partition}: checkpoints")]
+    Checkpoint {
+        partition: u32,
+        #[source]
+        source: CheckpointError,
+    },
     /// Subscribing to the log or the asks failed.
     #[error("partition {partition}: {what}")]
     Nats {
@@ -140,6 +150,14 @@ pub(crate) struct Owner {
     funds: async_nats::Subscriber,
     stream: stream::Stream,
     messages: std::pin::Pin<Box<pull::Ordered>>,
+}
+
+/// What an owner needs to checkpoint its partition: the partition's checkpoints, the token of
+/// the lease it owns the partition by, and the newest checkpoint when it took over.
+pub(crate) struct Checkpointing {
+    pub(crate) checkpoints: Checkpoints,
+    pub(crate) token: u64,
+    pub(crate) newest: Option<Stored>,
 }
 
 /// A part the consumer took from the log, in log order: handed to the ledger, or refused.
@@ -211,12 +229,17 @@ impl Owner {
         })
     }
 
-    /// Applies the partition's log to its ledger and answers asks until `stop` is cancelled or
-    /// the ledger or the log fails. Returns with every part it handed to the ledger answered;
-    /// the caller shuts the engine down.
-    pub(crate) async fn run(self, stop: CancellationToken) -> Result<(), OwnerError> {
+    /// Applies the partition's log to its ledger, answers asks and checkpoints the ledger until
+    /// `stop` is cancelled or the ledger or the log fails. Returns with every part it handed to
+    /// the ledger answered; the caller shuts the engine down.
+    pub(crate) async fn run(
+        self,
+        checkpointing: Checkpointing,
+        stop: CancellationToken,
+    ) -> Result<(), OwnerError> {
         let (partition, engine, position) = (self.partition, self.engine, self.position);
         let (applied_tx, applied) = watch::channel(position);
+        let messages_applied = Arc::new(AtomicU64::new(0));
         let refusals = Refusals::default();
         // The ledger failing stops the three loops below through this token.
         let failed = stop.child_token();
@@ -231,6 +254,13 @@ impl Owner {
             applied: applied.clone(),
         };
         tasks.spawn(answer_funds(funds, self.funds, failed.clone()));
+        tasks.spawn(checkpointing.checkpoints.keep_taking(
+            engine.clone(),
+            Arc::clone(&messages_applied),
+            checkpointing.token,
+            checkpointing.newest,
+            failed.clone(),
+        ));
         tasks.spawn(answer_asks(
             self.client,
             self.asks,
@@ -242,7 +272,7 @@ impl Owner {
         let acks = tokio::spawn(await_acks(
             partition,
             in_flight_rx,
-            applied_tx,
+            (applied_tx, messages_applied),
             failed.clone(),
         ));
         let log = Log {
@@ -402,19 +432,20 @@ impl Log {
     }
 }
 
-/// Waits for the engine's answers in log order and publishes how far the log is applied. A
-/// refused part (another batch under a remembered number, a superseded session) counts as
-/// applied: applying it again refuses it again.
+/// Waits for the engine's answers in log order and publishes how far the log is applied, and
+/// how many of its messages. A refused part (another batch under a remembered number, a
+/// superseded session) counts as applied: applying it again refuses it again.
 async fn await_acks(
     partition: u32,
     mut in_flight: mpsc::Receiver<Taken>,
-    applied: watch::Sender<u64>,
+    (applied, messages): (watch::Sender<u64>, Arc<AtomicU64>),
     failed: CancellationToken,
 ) -> Result<(), EngineError> {
     while let Some(taken) = in_flight.recv().await {
         let (seq, receiver) = match taken {
             Taken::Submitted(seq, receiver) => (seq, receiver),
             Taken::Refused(seq) => {
+                messages.fetch_add(1, Ordering::Relaxed);
                 applied.send_replace(seq);
                 continue;
             }
@@ -431,6 +462,7 @@ async fn await_acks(
                 return Err(error);
             }
         }
+        messages.fetch_add(1, Ordering::Relaxed);
         applied.send_replace(seq);
     }
     Ok(())

@@ -24,6 +24,8 @@ pub struct Cluster {
     jetstream: jetstream::Context,
     stream: stream::Stream,
     checkpoints: object_store::ObjectStore,
+    /// The stream behind the checkpoint store, whose subjects list the checkpoints.
+    checkpoint_stream: stream::Stream,
     leases: Leases,
 }
 
@@ -105,6 +107,13 @@ impl Cluster {
         )
         .await?;
 
+        let checkpoint_stream = jetstream
+            .get_stream(format!("OBJ_{}", config.checkpoint_bucket))
+            .await
+            .map_err(|source| ClusterError::Resource {
+                resource: format!("object store {}", config.checkpoint_bucket),
+                source: source.into(),
+            })?;
         info!(
             node = %config.node_id,
             partitions = partitions.get(),
@@ -123,6 +132,7 @@ impl Cluster {
             jetstream,
             stream,
             checkpoints,
+            checkpoint_stream,
             leases,
         })
     }
@@ -150,6 +160,11 @@ impl Cluster {
     /// The checkpoint store.
     pub fn checkpoints(&self) -> &object_store::ObjectStore {
         &self.checkpoints
+    }
+
+    /// The stream behind the checkpoint store.
+    pub(crate) fn checkpoint_stream(&self) -> &stream::Stream {
+        &self.checkpoint_stream
     }
 
     /// This node's access to the partition leases.

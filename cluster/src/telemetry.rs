@@ -12,7 +12,21 @@ pub const OWNERSHIP_CHANGES_TOTAL: &str = "tollgate_cluster_ownership_changes_to
 /// as of the last one delivered (0 when it has caught up).
 pub const LOG_LAG_MESSAGES: &str = "tollgate_cluster_log_lag_messages";
 
-/// Describes the metrics and creates the unlabelled ones and both ownership counters at zero.
+/// Counter, label `outcome`: partition checkpoints `stored` by this node's owners, `failed` to
+/// be made or stored, `restored` by a new owner here, and `unusable` ones a new owner passed
+/// over for an older one (a corrupt or unreadable checkpoint: a longer replay).
+pub const CHECKPOINTS_TOTAL: &str = "tollgate_cluster_checkpoints_total";
+/// Gauge, label `partition`: seconds since the partition's newest checkpoint was stored, while
+/// its owner here has applied log messages the checkpoint does not hold (0 when it holds them
+/// all, however old: an idle partition's checkpoint is not stale, nor one this node does not
+/// own).
+pub const CHECKPOINT_AGE_SECONDS: &str = "tollgate_cluster_checkpoint_age_seconds";
+
+/// The outcomes [`CHECKPOINTS_TOTAL`] counts.
+const CHECKPOINT_OUTCOMES: [&str; 4] = ["stored", "failed", "restored", "unusable"];
+
+/// Describes the metrics and creates the unlabelled ones and the ownership and checkpoint
+/// counters at zero.
 pub fn register() {
     describe_gauge!(
         PARTITIONS_OWNED,
@@ -29,7 +43,20 @@ pub fn register() {
         Unit::Count,
         "log messages of the partition not yet delivered to its owner on this node"
     );
+    describe_counter!(
+        CHECKPOINTS_TOTAL,
+        Unit::Count,
+        "partition checkpoints stored, failed, restored, or passed over as unusable"
+    );
+    describe_gauge!(
+        CHECKPOINT_AGE_SECONDS,
+        Unit::Seconds,
+        "seconds since the partition's newest checkpoint, while the owner here applied more"
+    );
     metrics::gauge!(PARTITIONS_OWNED).set(0.0);
+    for outcome in CHECKPOINT_OUTCOMES {
+        metrics::counter!(CHECKPOINTS_TOTAL, "outcome" => outcome).absolute(0);
+    }
     for change in ["taken", "released"] {
         metrics::counter!(OWNERSHIP_CHANGES_TOTAL, "change" => change).absolute(0);
     }
@@ -51,4 +78,15 @@ pub(crate) fn ownership_changed(taken: bool) {
 /// The gauge of how far partition `partition`'s owner on this node is behind its log.
 pub(crate) fn log_lag(partition: u32) -> metrics::Gauge {
     metrics::gauge!(LOG_LAG_MESSAGES, "partition" => partition.to_string())
+}
+
+/// Counts a checkpoint `outcome` (one of [`CHECKPOINT_OUTCOMES`]).
+pub(crate) fn checkpoint_done(outcome: &'static str) {
+    debug_assert!(CHECKPOINT_OUTCOMES.contains(&outcome));
+    metrics::counter!(CHECKPOINTS_TOTAL, "outcome" => outcome).increment(1);
+}
+
+/// The gauge of how stale partition `partition`'s newest checkpoint is, as its owner here sees it.
+pub(crate) fn checkpoint_age(partition: u32) -> metrics::Gauge {
+    metrics::gauge!(CHECKPOINT_AGE_SECONDS, "partition" => partition.to_string())
 }

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::message::PublishMessage;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE;
 use ed25519_dalek::SigningKey;
 use futures::{StreamExt, TryStreamExt};
 use harness::NatsCluster;
@@ -833,4 +835,178 @@ async fn a_node_owns_its_partitions_again_after_nats_was_down() {
         expected_with_zeros(&payers, &expected)
     );
     node.stop().await.expect("node stops");
+}
+
+/// Log messages an owner applies between two checkpoints in the checkpoint test.
+const CHECKPOINT_EVERY: u64 = 4;
+
+/// The names and positions of `partition`'s checkpoints in the object store, oldest first,
+/// from the store's metadata subjects (its own listing can hang while objects are deleted).
+async fn checkpoints_of(cluster: &Cluster, partition: u32) -> Vec<(String, u64)> {
+    let bucket = &cluster.config().checkpoint_bucket;
+    let subjects: Vec<(String, usize)> = cluster
+        .jetstream()
+        .get_stream(format!("OBJ_{bucket}"))
+        .await
+        .expect("the checkpoint store's stream")
+        .info_with_subjects(format!("$O.{bucket}.M.*"))
+        .await
+        .expect("list checkpoints")
+        .try_collect()
+        .await
+        .expect("list checkpoints");
+    let prefix = format!("p.{partition}.");
+    let mut found: Vec<(String, u64)> = subjects
+        .into_iter()
+        .filter_map(|(subject, _)| {
+            let encoded = subject.rsplit('.').next()?;
+            let name = String::from_utf8(URL_SAFE.decode(encoded).ok()?).ok()?;
+            let seq = name.strip_prefix(&prefix)?.parse().ok()?;
+            Some((name, seq))
+        })
+        .collect();
+    found.sort_by_key(|(_, seq)| *seq);
+    found
+}
+
+/// Messages the log holds for each partition.
+async fn log_messages(cluster: &Cluster) -> HashMap<u32, usize> {
+    let subjects: Vec<(String, usize)> = cluster
+        .stream()
+        .info_with_subjects("tollgate.rx.>")
+        .await
+        .expect("stream info")
+        .try_collect()
+        .await
+        .expect("subject counts");
+    (0..PARTITIONS)
+        .map(|p| {
+            let count = subjects
+                .iter()
+                .find(|(subject, _)| *subject == subject_of(p))
+                .map_or(0, |(_, count)| *count);
+            (p, count)
+        })
+        .collect()
+}
+
+/// An owner checkpoints each partition every few log messages, keeps two checkpoints and
+/// purges the log through the older one. A new owner with an empty data directory restores each
+/// partition from its newest checkpoint and replays only the log after it: every payer's total
+/// equals what was acked, though the log no longer holds all of it. A corrupt newest
+/// checkpoint is passed over for the one before it (a longer replay, the same totals); a
+/// partition whose every checkpoint is corrupt is not owned at all, since the log may lack what
+/// the new owner would need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owner_restores_checkpoints_and_replays_only_the_rest_of_a_purged_log() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("tollgate_cluster=info")
+        .with_test_writer()
+        .try_init();
+    let nats = NatsCluster::start().await;
+    let checkpointing = |node| ClusterConfig {
+        checkpoint_every_messages: CHECKPOINT_EVERY,
+        checkpoint_every_ms: 3_600_000,
+        checkpoints_kept: 2,
+        ..config(&nats, node)
+    };
+    let verifier = verifier();
+    let dir_a = tempfile::tempdir().expect("temp dir");
+    let cluster = Cluster::start(checkpointing("a")).await.expect("node a");
+    let node_a = Node::start(&cluster, ledgers(dir_a.path(), &verifier), 0..PARTITIONS);
+    until_owned(&[&node_a], PARTITIONS as usize).await;
+    let publisher = Publisher::new(&cluster, verifier.clone(), Duration::from_secs(30));
+    let keys: Vec<SigningKey> = (0..PAYERS).map(payer_key).collect();
+    let payers: Vec<PayerKey> = keys.iter().map(payer_of).collect();
+    let mut nonces = vec![0u64; keys.len()];
+    let partitions = NonZeroU32::new(PARTITIONS).expect("non-zero");
+    let mut expected: HashMap<PayerKey, u128> = HashMap::new();
+    // Log messages published per partition: one per batch reaching it.
+    let mut published: HashMap<u32, usize> = (0..PARTITIONS).map(|p| (p, 0)).collect();
+    for batch in 0..BATCHES {
+        let batch = fleet_batch(&keys, batch, &mut nonces);
+        acked_as_expected(&publisher, &batch, "a batch").await;
+        let reached: BTreeSet<u32> = batch
+            .charged
+            .iter()
+            .map(|(payer, _)| partition_of(payer, partitions))
+            .collect();
+        for partition in reached {
+            *published.entry(partition).or_default() += 1;
+        }
+        for (payer, amount) in batch.charged {
+            *expected.entry(payer).or_default() += amount;
+        }
+    }
+    // Wait until every partition has its two newest checkpoints, its log is purged below them,
+    // and nothing changes any more (the last checkpoint due was stored).
+    let deadline = Instant::now() + DEADLINE;
+    let mut last = Vec::new();
+    loop {
+        let counts = log_messages(&cluster).await;
+        let mut now = Vec::new();
+        for partition in 0..PARTITIONS {
+            now.push(checkpoints_of(&cluster, partition).await);
+        }
+        let purged = (0..PARTITIONS).all(|p| counts[&p] < published[&p]);
+        if purged && now.iter().all(|stored| stored.len() == 2) && now == last {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "checkpoints {now:?}, log {counts:?} of {published:?}"
+        );
+        last = now;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let counts = log_messages(&cluster).await;
+    node_a.stop().await.expect("node a stops");
+
+    // Partition 0's newest checkpoint corrupt: its older one and a longer replay. Both of
+    // partition 1's corrupt: not owned.
+    let garbage = |name: String| {
+        let store = cluster.checkpoints().clone();
+        async move {
+            store
+                .put(name.as_str(), &mut &b"not a checkpoint"[..])
+                .await
+                .expect("overwrite a checkpoint");
+        }
+    };
+    let zero = checkpoints_of(&cluster, 0).await;
+    garbage(zero[1].0.clone()).await;
+    for (name, _) in checkpoints_of(&cluster, 1).await {
+        garbage(name).await;
+    }
+
+    let newest_of_two = checkpoints_of(&cluster, 2).await[1].1;
+    let dir_b = tempfile::tempdir().expect("temp dir");
+    let since = SystemTime::now();
+    let cluster_b = Cluster::start(checkpointing("b")).await.expect("node b");
+    let node_b = Node::start(&cluster_b, ledgers(dir_b.path(), &verifier), 0..PARTITIONS);
+    until_owned(&[&node_b], PARTITIONS as usize - 1).await;
+    // Partition 1 stays unowned however long node b tries (each try lets its lease lapse).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let owned = node_b.owned();
+    assert!(
+        !owned.contains_key(&1),
+        "a partition with no usable checkpoint was owned"
+    );
+    assert_eq!(owned.len(), PARTITIONS as usize - 1);
+    let restorable: Vec<PayerKey> = payers
+        .iter()
+        .copied()
+        .filter(|payer| partition_of(payer, partitions) != 1)
+        .collect();
+    // Each restored ledger's log resumed right after its checkpoint: partition 0's after the
+    // older one, not from the start of the log.
+    assert_eq!(consumer_start(&cluster, 0, since).await, zero[0].1 + 1);
+    assert_eq!(consumer_start(&cluster, 2, since).await, newest_of_two + 1);
+    let want = expected_with_zeros(&restorable, &expected);
+    assert_eq!(totals(&[&node_b], &restorable), want);
+    println!(
+        "restored 15 of 16 partitions from checkpoints (partition 0 from its older one); log \
+         messages left per partition after purges: {counts:?}"
+    );
+    node_b.stop().await.expect("node b stops");
 }

@@ -2,9 +2,10 @@
 //! spawned `tollgate serve --cluster` nodes with 16 partitions, and a fleet of Rust clients
 //! streaming receipts from many payers through all three. The node that owns the partitions is
 //! killed with SIGKILL mid-stream; the clients re-send what it left unacked through the next
-//! node in their lists, the surviving nodes take its partitions over and replay their logs, and
-//! every acked receipt must be counted exactly once: each payer's total in the partition ledgers
-//! (read after the nodes stopped) equals what the acks accepted. Also checked: QUERY_BALANCE is
+//! node in their lists, the surviving nodes take its partitions over (the killed node had
+//! checkpointed them and purged their logs, so the survivors restore checkpoints and replay the
+//! rest of the logs), and every acked receipt must be counted exactly once: each payer's total in
+//! the partition ledgers (read after the nodes stopped) equals what the acks accepted. Also checked: QUERY_BALANCE is
 //! answered by every node for every payer (routed to the payer's partition owner) with what was
 //! acked, GRANT is refused as `not_in_cluster`, and the HTTP port serves `/healthz` and refuses
 //! ledger routes.
@@ -51,8 +52,10 @@ const KILL_AFTER: u64 = PRODUCERS * RECEIPTS_PER_PRODUCER / 3;
 /// Bound for anything that must happen eventually (elections, lease expiry, replays).
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Short leases so the killed node's partitions move within seconds.
-const CLUSTER_TABLE: &str = "[cluster]\nlease_ttl_ms = 2000\nlease_heartbeat_ms = 500\n";
+/// Short leases so the killed node's partitions move within seconds, and a checkpoint every few
+/// log messages so the logs are purged and the new owners must restore checkpoints.
+const CLUSTER_TABLE: &str = "[cluster]\nlease_ttl_ms = 2000\nlease_heartbeat_ms = 500\n\
+                             checkpoint_every_messages = 20\n";
 
 /// The arguments of node `name` of a cluster on `servers` with `partitions`, its config file
 /// (`cluster.toml`), data directory and log in `dir`.
@@ -346,6 +349,24 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
         taken >= f64::from(PARTITIONS),
         "partitions taken over: {taken}"
     );
+    // The killed node had checkpointed its partitions and purged their logs: the survivors,
+    // which never owned them, restored checkpoints and replayed only the rest, and checkpoint
+    // in turn.
+    let mut checkpoints = [0.0; 2];
+    for node in &survivors {
+        for (count, outcome) in checkpoints.iter_mut().zip(["restored", "stored"]) {
+            *count += series(
+                node,
+                &format!(r#"tollgate_cluster_checkpoints_total{{outcome="{outcome}"}}"#),
+            )
+            .await
+            .expect("the checkpoint counter");
+        }
+    }
+    assert!(
+        checkpoints.iter().all(|&count| count >= 1.0),
+        "checkpoints restored, stored by the survivors: {checkpoints:?}"
+    );
     let lag_shown = futures::future::join_all(
         survivors
             .iter()
@@ -422,9 +443,11 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
     println!(
         "cluster of {NODES} serve nodes, {PARTITIONS} partitions, {PAYERS} payers: \
          {acked_receipts} receipts acked in {streamed:.1?} ({acked_at_kill} before kill -9 of n0, \
-         which owned {before:?}; survivors then owned {after:?}, {:.1?} after the kill); \
-         lost {lost} / double {double}",
-        killed_at.elapsed()
+         which owned {before:?}; survivors then owned {after:?}, {:.1?} after the kill, \
+         restoring {} checkpoints and storing {}); lost {lost} / double {double}",
+        killed_at.elapsed(),
+        checkpoints[0],
+        checkpoints[1]
     );
     assert!(started.elapsed() < Duration::from_secs(120));
 }

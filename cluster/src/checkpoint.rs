@@ -1,0 +1,614 @@
+//! Partition checkpoints in the object store: a new owner restores a partition instead of
+//! replaying its whole log, and the log is purged below what the checkpoints hold.
+//!
+//! ```text
+//! owner, after checkpoint_every_messages parts applied, or checkpoint_every_ms after the last
+//! checkpoint when a part came since:
+//!   Engine::checkpoint (a RocksDB checkpoint between two group writes, with its log position s)
+//!   ─▶ one tar ─▶ object p.<p>.<s, 20 digits> ─▶ delete all but the newest checkpoints_kept
+//!   ─▶ purge tollgate.rx.<p> through the oldest kept checkpoint's position
+//! new owner: its own ledger of the partition when that is at least as far as the newest
+//!   checkpoint; else the newest checkpoint that restores (downloads with its digest right,
+//!   unpacks, opens as a ledger, holds the position its name says); then the log from there
+//! ```
+//!
+//! Why this is safe:
+//! - **A checkpoint is a function of the log alone.** Every owner applies the same log in the
+//!   same order, judged as of the times in it, so the state through position `s` is the same
+//!   whichever node made it, an old owner that lost its lease included. A checkpoint is never
+//!   refused for who made it; fencing (the lease token checked before each upload and before
+//!   each deletion and purge) only keeps an old owner from doing work that is not its own now.
+//! - **Nothing the log lacks is ever needed.** The log is purged only through the oldest kept
+//!   checkpoint, once `checkpoints_kept` exist, and a checkpoint is deleted only when that many
+//!   newer ones exist. So the log always holds everything after the oldest checkpoint listed,
+//!   and a ledger at least that far (a checkpoint's, or a node's own from an earlier ownership)
+//!   resumes from the log with nothing missing. A new owner that can use none of the newer
+//!   checkpoints and whose own ledger is below the oldest one cannot know the log still holds
+//!   what it lacks: it refuses to own the partition ([`CheckpointError::NoUsable`]) and tries
+//!   again with a growing pause, rather than resume over a gap.
+//! - **A corrupt checkpoint costs replay, not money.** The object store checks the SHA-256
+//!   digest recorded at upload when the download ends; one that does not unpack, open as a
+//!   ledger or hold the position its name says is passed over for the next older one (counted
+//!   and logged), and the replay is that much longer.
+//!
+//! The local ledger a node keeps for a partition is a cache of the log: replacing it with a
+//! checkpoint, or losing it in a crash half-way through the replacement, loses nothing.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{object_store, stream};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE;
+use futures::TryStreamExt;
+use tokio_util::sync::CancellationToken;
+use tollgate_engine::pipeline::{Engine, EngineError, LedgerError, SubmitError};
+use tracing::{debug, info, warn};
+
+use crate::config::ClusterConfig;
+use crate::error::{LeaseError, NatsError};
+use crate::lease::Leases;
+use crate::partition::subject_of;
+use crate::retry::backoff;
+use crate::telemetry;
+
+/// How often an owner looks whether a checkpoint is due (an atomic load).
+const POLICY_TICK: Duration = Duration::from_millis(200);
+
+/// Why a checkpoint could not be made, stored or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    // The causes are in the messages: these errors end in log lines, which show one message.
+    #[error("object store: cannot {what}: {source}")]
+    Store {
+        what: &'static str,
+        source: NatsError,
+    },
+    #[error("checkpoint files: cannot {what}: {source}")]
+    Files {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the ledger: {0}")]
+    Ledger(#[from] EngineError),
+    #[error("the ledger did not take the checkpoint request: {0}")]
+    Submit(#[from] SubmitError),
+    #[error("reading the lease: {0}")]
+    Lease(#[from] LeaseError),
+    /// Our lease on the partition is gone: the checkpoints are the next owner's work now.
+    #[error("the lease on the partition is no longer ours")]
+    Fenced,
+    #[error("the checkpoint holds log position {found:?}, its name says {named}")]
+    Position { named: u64, found: Option<u64> },
+    /// No checkpoint newer than the node's own ledger restored, and that ledger is below the
+    /// oldest checkpoint, so the log may no longer hold what it lacks.
+    #[error(
+        "no usable checkpoint: {tried} newer than this node's ledger (at {local}) failed to \
+         restore, and the log may be purged through {oldest}"
+    )]
+    NoUsable {
+        tried: usize,
+        local: u64,
+        oldest: u64,
+    },
+}
+
+fn store_error<E: std::error::Error + Send + Sync + 'static>(
+    what: &'static str,
+) -> impl FnOnce(E) -> CheckpointError {
+    move |source| CheckpointError::Store {
+        what,
+        source: Box::new(source),
+    }
+}
+
+fn files_error(what: &'static str) -> impl FnOnce(std::io::Error) -> CheckpointError {
+    move |source| CheckpointError::Files { what, source }
+}
+
+/// When an owner checkpoints its partition and how many checkpoints it keeps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Policy {
+    every_messages: u64,
+    every: Duration,
+    kept: usize,
+}
+
+impl Policy {
+    pub(crate) fn of(config: &ClusterConfig) -> Policy {
+        Policy {
+            every_messages: config.checkpoint_every_messages,
+            every: Duration::from_millis(config.checkpoint_every_ms),
+            kept: config.checkpoints_kept,
+        }
+    }
+}
+
+/// A checkpoint in the object store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stored {
+    name: String,
+    /// The log position it holds: a ledger restored from it resumes after this.
+    seq: u64,
+    /// When it was stored, by the clock of the node that stored it.
+    stored_at: Option<SystemTime>,
+}
+
+/// The object name of partition `partition`'s checkpoint through log position `seq`; zero-padded
+/// so names sort as positions do.
+fn object_name(partition: u32, seq: u64) -> String {
+    format!("p.{partition}.{seq:020}")
+}
+
+/// Opens a partition ledger in a directory (the node's ledger settings).
+pub(crate) trait OpenLedger: Fn(PathBuf) -> Self::Opening + Send + Sync {
+    type Opening: Future<Output = Result<Engine, EngineError>> + Send;
+}
+
+impl<F, O> OpenLedger for F
+where
+    F: Fn(PathBuf) -> O + Send + Sync,
+    O: Future<Output = Result<Engine, EngineError>> + Send,
+{
+    type Opening = O;
+}
+
+/// One partition's checkpoints, as its owner (or a node about to own it) sees them.
+#[derive(Clone)]
+pub(crate) struct Checkpoints {
+    store: object_store::ObjectStore,
+    /// The object store's own stream: one metadata subject per object, listed to find the
+    /// partition's checkpoints.
+    objects: stream::Stream,
+    stream: stream::Stream,
+    leases: Leases,
+    partition: u32,
+    policy: Policy,
+    /// Where checkpoints are made and unpacked: beside the partition's ledger, on its
+    /// filesystem, so a RocksDB checkpoint hard-links its table files and a restored ledger is
+    /// renamed into place.
+    work: PathBuf,
+}
+
+impl Checkpoints {
+    pub(crate) fn new(
+        (store, objects): (object_store::ObjectStore, stream::Stream),
+        stream: stream::Stream,
+        leases: Leases,
+        partition: u32,
+        policy: Policy,
+        data_dir: &Path,
+    ) -> Checkpoints {
+        Checkpoints {
+            store,
+            objects,
+            stream,
+            leases,
+            partition,
+            policy,
+            work: data_dir.join(format!("checkpoints-{partition}")),
+        }
+    }
+
+    /// The partition's checkpoints, oldest first, the newest with the time it was stored.
+    ///
+    /// Read from the object store's stream (its metadata subjects, `$O.<bucket>.M.<name in
+    /// base64>`) in one request, not with the object store's own listing: that one ends on a
+    /// message with nothing pending after it, and never ends when a concurrent delete rolls up
+    /// the message it waits for (seen with 16 owners checkpointing at once). A deleted
+    /// checkpoint leaves no subject behind ([`Checkpoints::delete`]).
+    async fn list(&self) -> Result<Vec<Stored>, CheckpointError> {
+        let subjects: Vec<(String, usize)> = self
+            .objects
+            .info_with_subjects(self.meta_subject("*"))
+            .await
+            .map_err(store_error("list the checkpoints"))?
+            .try_collect()
+            .await
+            .map_err(store_error("list the checkpoints"))?;
+        let prefix = format!("p.{}.", self.partition);
+        let mut found: Vec<Stored> = subjects
+            .iter()
+            .filter_map(|(subject, _)| {
+                let encoded = subject.rsplit('.').next()?;
+                let name = String::from_utf8(URL_SAFE.decode(encoded).ok()?).ok()?;
+                let seq = name.strip_prefix(&prefix)?.parse().ok()?;
+                Some(Stored {
+                    name,
+                    seq,
+                    stored_at: None,
+                })
+            })
+            .collect();
+        found.sort_by_key(|stored| stored.seq);
+        if let Some(newest) = found.last_mut() {
+            let info = self
+                .store
+                .info(&newest.name)
+                .await
+                .map_err(store_error("read the newest checkpoint's info"))?;
+            newest.stored_at = info.modified.and_then(|at| {
+                u64::try_from(at.unix_timestamp())
+                    .ok()
+                    .map(|secs| UNIX_EPOCH + Duration::from_secs(secs))
+            });
+        }
+        Ok(found)
+    }
+
+    /// The metadata subject of the object whose name encodes to `encoded` (or a wildcard).
+    fn meta_subject(&self, encoded: &str) -> String {
+        let stream = &self.objects.cached_info().config.name;
+        let bucket = stream.strip_prefix("OBJ_").unwrap_or(stream);
+        format!("$O.{bucket}.M.{encoded}")
+    }
+
+    /// Deletes a checkpoint and its metadata subject: the object store keeps a deleted object's
+    /// metadata as a marker, which would pile up, one per checkpoint ever made, in every
+    /// listing. Deleting one already gone is harmless (an interrupted deletion is finished).
+    async fn delete(&self, name: &str) -> Result<(), CheckpointError> {
+        match self.store.delete(name).await {
+            Ok(()) => {}
+            Err(error) if error.kind() == object_store::DeleteErrorKind::NotFound => {}
+            Err(error) => return Err(store_error("delete an old checkpoint")(error)),
+        }
+        self.objects
+            .purge()
+            .filter(self.meta_subject(&URL_SAFE.encode(name)))
+            .await
+            .map_err(store_error("drop an old checkpoint's marker"))?;
+        Ok(())
+    }
+
+    /// The ledger a new owner of the partition starts from, open, and the newest checkpoint
+    /// listed: the node's own ledger (`ledger_dir`) when it is at least as far as every
+    /// checkpoint, else the newest checkpoint that restores, moved into `ledger_dir`.
+    pub(crate) async fn ledger_for_owner(
+        &self,
+        ledger_dir: &Path,
+        open: &impl OpenLedger,
+    ) -> Result<(Engine, Option<Stored>), CheckpointError> {
+        let partition = self.partition;
+        let engine = open(ledger_dir.to_path_buf()).await?;
+        let local = engine
+            .reader()
+            .log_position()
+            .map_err(LedgerError::from)
+            .map_err(EngineError::from)?;
+        let stored = self.list().await?;
+        let newest = stored.last().cloned();
+        let local = local.unwrap_or(0);
+        let newer: Vec<&Stored> = stored.iter().rev().filter(|c| c.seq > local).collect();
+        if newer.is_empty() {
+            return Ok((engine, newest));
+        }
+        shut(engine).await?;
+        for checkpoint in &newer {
+            match self.restore(checkpoint, ledger_dir, open).await {
+                Ok(engine) => {
+                    telemetry::checkpoint_done("restored");
+                    info!(
+                        partition,
+                        checkpoint = checkpoint.name,
+                        local,
+                        "restored the partition's ledger from its checkpoint"
+                    );
+                    return Ok((engine, newest));
+                }
+                Err(error) => {
+                    telemetry::checkpoint_done("unusable");
+                    warn!(
+                        partition, checkpoint = checkpoint.name, %error,
+                        "checkpoint unusable; trying the next older one (a longer replay)"
+                    );
+                }
+            }
+        }
+        let oldest = stored.first().map_or(0, |c| c.seq);
+        if local < oldest {
+            return Err(CheckpointError::NoUsable {
+                tried: newer.len(),
+                local,
+                oldest,
+            });
+        }
+        warn!(
+            partition,
+            local, "no newer checkpoint restored; replaying the log from this node's own ledger"
+        );
+        Ok((open(ledger_dir.to_path_buf()).await?, newest))
+    }
+
+    /// Downloads `checkpoint`, checks it opens as a ledger at the position its name says, and
+    /// puts it in place of `ledger_dir`, opened.
+    async fn restore(
+        &self,
+        checkpoint: &Stored,
+        ledger_dir: &Path,
+        open: &impl OpenLedger,
+    ) -> Result<Engine, CheckpointError> {
+        let work = self.work.join("restore");
+        renew_dir(&work).await?;
+        let archive = work.join("checkpoint.tar");
+        let mut object = self
+            .store
+            .get(&checkpoint.name)
+            .await
+            .map_err(store_error("get the checkpoint"))?;
+        let mut file = tokio::fs::File::create(&archive)
+            .await
+            .map_err(files_error("create the download"))?;
+        // The object's reader fails at the end when the digest recorded at upload differs.
+        tokio::io::copy(&mut object, &mut file)
+            .await
+            .map_err(files_error("download the checkpoint"))?;
+        drop(file);
+        let restored = work.join("ledger");
+        blocking({
+            let (archive, restored) = (archive.clone(), restored.clone());
+            move || {
+                let file = std::fs::File::open(&archive)?;
+                tar::Archive::new(std::io::BufReader::new(file)).unpack(&restored)
+            }
+        })
+        .await
+        .map_err(files_error("unpack the checkpoint"))?;
+        let engine = open(restored.clone()).await?;
+        let found = engine
+            .reader()
+            .log_position()
+            .map_err(LedgerError::from)
+            .map_err(EngineError::from);
+        shut(engine).await?;
+        let found = found?;
+        if found != Some(checkpoint.seq) {
+            return Err(CheckpointError::Position {
+                named: checkpoint.seq,
+                found,
+            });
+        }
+        let (ledger_dir, replaced) = (ledger_dir.to_path_buf(), work.join("replaced"));
+        blocking({
+            let ledger_dir = ledger_dir.clone();
+            move || replace_dir(&ledger_dir, &restored, &replaced)
+        })
+        .await
+        .map_err(files_error("move the restored ledger into place"))?;
+        let _ = tokio::fs::remove_dir_all(&work).await;
+        Ok(open(ledger_dir).await?)
+    }
+
+    /// Checkpoints the partition while this node owns it: whenever the policy says so, until
+    /// `stop` or the lease is found lost. `applied` counts the log messages the owner applied;
+    /// `newest` is the newest checkpoint when it started.
+    pub(crate) async fn keep_taking(
+        self,
+        engine: Engine,
+        applied: Arc<AtomicU64>,
+        token: u64,
+        newest: Option<Stored>,
+        stop: CancellationToken,
+    ) {
+        let partition = self.partition;
+        let age = telemetry::checkpoint_age(partition);
+        let mut newest_seq = newest.as_ref().map_or(0, |c| c.seq);
+        let mut stored_at = newest
+            .and_then(|c| c.stored_at)
+            .unwrap_or_else(SystemTime::now);
+        let mut applied_then = 0;
+        let (mut failures, mut retry_at) = (0u32, Instant::now());
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(POLICY_TICK) => {}
+            }
+            let applied_now = applied.load(Ordering::Relaxed);
+            let since = applied_now.saturating_sub(applied_then);
+            let elapsed = stored_at.elapsed().unwrap_or_default();
+            // An idle partition's checkpoint holds everything: not stale, however old.
+            age.set(if since == 0 {
+                0.0
+            } else {
+                elapsed.as_secs_f64()
+            });
+            let due =
+                since >= self.policy.every_messages || (since > 0 && elapsed >= self.policy.every);
+            if !due || Instant::now() < retry_at {
+                continue;
+            }
+            let taken = tokio::select! {
+                () = stop.cancelled() => return,
+                taken = self.take(&engine, token, newest_seq) => taken,
+            };
+            match taken {
+                Ok(seq) => {
+                    if let Some(seq) = seq {
+                        telemetry::checkpoint_done("stored");
+                        debug!(partition, seq, "checkpoint stored");
+                        (newest_seq, stored_at) = (seq, SystemTime::now());
+                    }
+                    applied_then = applied_now;
+                    if failures > 0 {
+                        info!(partition, failures, "checkpoints stored again");
+                        failures = 0;
+                    }
+                }
+                Err(CheckpointError::Fenced) => return,
+                Err(error) => {
+                    telemetry::checkpoint_done("failed");
+                    failures = failures.saturating_add(1);
+                    let pause = backoff(failures);
+                    retry_at = Instant::now() + pause;
+                    if failures == 1 {
+                        warn!(partition, %error, ?pause, "checkpoint failed; retrying with a growing pause");
+                    } else {
+                        debug!(partition, %error, failures, "checkpoint failed again");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes and stores a checkpoint, then keeps the newest and purges the log below them. The
+    /// position stored, `None` when the ledger is not past `newest`.
+    async fn take(
+        &self,
+        engine: &Engine,
+        token: u64,
+        newest: u64,
+    ) -> Result<Option<u64>, CheckpointError> {
+        self.check_lease(token).await?;
+        let made = self.work.join("take");
+        renew_dir(&self.work).await?;
+        let position = engine
+            .checkpoint(made.clone())?
+            .await
+            .unwrap_or(Err(EngineError::Stopped))?;
+        let Some(seq) = position.filter(|&seq| seq > newest) else {
+            return Ok(None);
+        };
+        let archive = self.work.join("take.tar");
+        blocking({
+            let archive = archive.clone();
+            move || pack(&made, &archive)
+        })
+        .await
+        .map_err(files_error("pack the checkpoint"))?;
+        let mut file = tokio::fs::File::open(&archive)
+            .await
+            .map_err(files_error("open the packed checkpoint"))?;
+        let meta = object_store::ObjectMetadata {
+            name: object_name(self.partition, seq),
+            description: Some(format!(
+                "Tollgate partition {} through log position {seq}",
+                self.partition
+            )),
+            metadata: HashMap::from([
+                ("seq".to_string(), seq.to_string()),
+                ("holder".to_string(), self.leases.node_id().to_string()),
+                ("token".to_string(), token.to_string()),
+            ]),
+            ..Default::default()
+        };
+        self.store
+            .put(meta, &mut file)
+            .await
+            .map_err(store_error("store the checkpoint"))?;
+        drop(file);
+        let _ = tokio::fs::remove_dir_all(&self.work).await;
+        self.prune(token).await?;
+        Ok(Some(seq))
+    }
+
+    /// Deletes all but the newest `kept` checkpoints and purges the partition's log through
+    /// the oldest kept; nothing while fewer than `kept` exist (a corrupt newest one must have
+    /// one before it to fall back to).
+    async fn prune(&self, token: u64) -> Result<(), CheckpointError> {
+        let stored = self.list().await?;
+        let Some(excess) = stored.len().checked_sub(self.policy.kept) else {
+            return Ok(());
+        };
+        self.check_lease(token).await?;
+        for old in &stored[..excess] {
+            self.delete(&old.name).await?;
+        }
+        let floor = stored[excess].seq;
+        self.stream
+            .purge()
+            .filter(subject_of(self.partition))
+            .sequence(floor.saturating_add(1))
+            .await
+            .map_err(store_error("purge the partition's log"))?;
+        Ok(())
+    }
+
+    /// `Fenced` unless the partition's lease still carries `token`.
+    async fn check_lease(&self, token: u64) -> Result<(), CheckpointError> {
+        match self.leases.holder(self.partition).await? {
+            Some(holder) if holder.token == token => Ok(()),
+            _ => Err(CheckpointError::Fenced),
+        }
+    }
+}
+
+/// Runs blocking file work off the runtime.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("checkpoint file work panicked")))
+}
+
+async fn shut(engine: Engine) -> Result<(), EngineError> {
+    tokio::task::spawn_blocking(move || engine.shutdown())
+        .await
+        .unwrap_or(Err(EngineError::Stopped))
+}
+
+/// `dir` empty, whatever an interrupted attempt left there.
+async fn renew_dir(dir: &Path) -> Result<(), CheckpointError> {
+    match tokio::fs::remove_dir_all(dir).await {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(files_error("clear the work directory")(source)),
+    }
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(files_error("create the work directory"))
+}
+
+/// One tar of a RocksDB checkpoint directory.
+fn pack(dir: &Path, archive: &Path) -> std::io::Result<()> {
+    let file = std::fs::File::create(archive)?;
+    let mut builder = tar::Builder::new(std::io::BufWriter::new(file));
+    builder.append_dir_all(".", dir)?;
+    builder.into_inner()?.flush()
+}
+
+/// Puts `restored` where `ledger_dir` is, durably: the old ledger is moved to `replaced` first
+/// and deleted after, so a crash in between leaves no ledger (a new owner restores again) or
+/// the restored one, never a mix.
+fn replace_dir(ledger_dir: &Path, restored: &Path, replaced: &Path) -> std::io::Result<()> {
+    if ledger_dir.exists() {
+        std::fs::rename(ledger_dir, replaced)?;
+    }
+    std::fs::rename(restored, ledger_dir)?;
+    if let Some(parent) = ledger_dir.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    std::fs::remove_dir_all(replaced).or_else(|error| match error.kind() {
+        std::io::ErrorKind::NotFound => Ok(()),
+        _ => Err(error),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_sort_as_positions_and_stay_apart_per_partition() {
+        let mut names = [
+            object_name(1, 900),
+            object_name(1, 10_000),
+            object_name(1, 7),
+        ];
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                object_name(1, 7),
+                object_name(1, 900),
+                object_name(1, 10_000)
+            ]
+        );
+        assert!(!object_name(10, 5).starts_with("p.1."));
+        assert_eq!(object_name(3, 42), "p.3.00000000000000000042");
+    }
+}
