@@ -17,7 +17,7 @@
 //!   same order, judged as of the times in it, so the state through position `s` is the same
 //!   whichever node made it, an old owner that lost its lease included. A checkpoint is never
 //!   refused for who made it; fencing (the lease token checked before each upload and before
-//!   each deletion and purge) only keeps an old owner from doing work that is not its own now.
+//!   the deletions and the purge that follow) only keeps an old owner from doing work that is not its own now.
 //! - **Nothing the log lacks is ever needed.** The log is purged only through the oldest kept
 //!   checkpoint, once `checkpoints_kept` exist, and a checkpoint is deleted only when that many
 //!   newer ones exist. So the log always holds everything after the oldest checkpoint listed,
@@ -83,8 +83,17 @@ pub enum CheckpointError {
     /// Our lease on the partition is gone: the checkpoints are the next owner's work now.
     #[error("the lease on the partition is no longer ours")]
     Fenced,
-    #[error("the checkpoint holds log position {found:?}, its name says {named}")]
-    Position { named: u64, found: Option<u64> },
+    #[error("the checkpoint holds log position {found}, its name says {named}")]
+    Position { named: u64, found: u64 },
+    #[error("the checkpoint does not open as a ledger: {0}")]
+    Unopenable(String),
+    /// Its bytes are not a checkpoint: the digest differs (on every try), or the tar does not
+    /// unpack.
+    #[error("the checkpoint is corrupt: cannot {what}: {source}")]
+    Corrupt {
+        what: &'static str,
+        source: std::io::Error,
+    },
     /// No checkpoint newer than the node's own ledger restored, and that ledger is below the
     /// oldest checkpoint, so the log may no longer hold what it lacks.
     #[error(
@@ -109,6 +118,29 @@ fn store_error<E: std::error::Error + Send + Sync + 'static>(
 
 fn files_error(what: &'static str) -> impl FnOnce(std::io::Error) -> CheckpointError {
     move |source| CheckpointError::Files { what, source }
+}
+
+/// Reading a checkpoint failed: its bytes are to blame unless this node's disk is.
+fn reading_error(what: &'static str) -> impl FnOnce(std::io::Error) -> CheckpointError {
+    move |source| match source.kind() {
+        std::io::ErrorKind::StorageFull
+        | std::io::ErrorKind::PermissionDenied
+        | std::io::ErrorKind::ReadOnlyFilesystem => CheckpointError::Files { what, source },
+        _ => CheckpointError::Corrupt { what, source },
+    }
+}
+
+impl CheckpointError {
+    /// The checkpoint itself is unusable (not the store, the lease or this node's disk): the
+    /// next older one is tried instead.
+    fn is_the_checkpoints_fault(&self) -> bool {
+        matches!(
+            self,
+            CheckpointError::Corrupt { .. }
+                | CheckpointError::Position { .. }
+                | CheckpointError::Unopenable(_)
+        )
+    }
 }
 
 /// When an owner checkpoints its partition and how many checkpoints it keeps.
@@ -267,22 +299,28 @@ impl Checkpoints {
 
     /// The ledger a new owner of the partition starts from, open, and the newest checkpoint
     /// listed: the node's own ledger (`ledger_dir`) when it is at least as far as every
-    /// checkpoint, else the newest checkpoint that restores, moved into `ledger_dir`.
+    /// checkpoint, else the newest checkpoint that restores, moved into `ledger_dir`; when none
+    /// restores, the node's own ledger again if it is at least as far as the oldest checkpoint
+    /// (the log holds the rest), else [`CheckpointError::NoUsable`]. A failure that is not the
+    /// checkpoint's (the store, the disk) is returned, to be tried again, rather than answered
+    /// with an older checkpoint. An unusable checkpoint is left in the store: deleting it could
+    /// leave none listed, which reads as a log never purged.
     pub(crate) async fn ledger_for_owner(
         &self,
         ledger_dir: &Path,
         open: &impl OpenLedger,
     ) -> Result<(Engine, Option<Stored>), CheckpointError> {
         let partition = self.partition;
-        let engine = open(ledger_dir.to_path_buf()).await?;
-        let local = engine
-            .reader()
-            .log_position()
-            .map_err(LedgerError::from)
-            .map_err(EngineError::from)?;
         let stored = self.list().await?;
         let newest = stored.last().cloned();
-        let local = local.unwrap_or(0);
+        let engine = open(ledger_dir.to_path_buf()).await?;
+        let local = match position_of(&engine) {
+            Ok(local) => local,
+            Err(error) => {
+                shut(engine).await?;
+                return Err(error.into());
+            }
+        };
         let newer: Vec<&Stored> = stored.iter().rev().filter(|c| c.seq > local).collect();
         if newer.is_empty() {
             return Ok((engine, newest));
@@ -300,6 +338,9 @@ impl Checkpoints {
                     );
                     return Ok((engine, newest));
                 }
+                // Not the checkpoint's fault (the store did not answer, the disk is full): try
+                // again later rather than resume from further back.
+                Err(error) if !error.is_the_checkpoints_fault() => return Err(error),
                 Err(error) => {
                     telemetry::checkpoint_done("unusable");
                     warn!(
@@ -309,8 +350,19 @@ impl Checkpoints {
                 }
             }
         }
+        // A failed restore may have left the ledger directory empty or missing: judge by the
+        // ledger that actually opens now, not by the one read before.
+        let engine = open(ledger_dir.to_path_buf()).await?;
+        let local = match position_of(&engine) {
+            Ok(local) => local,
+            Err(error) => {
+                shut(engine).await?;
+                return Err(error.into());
+            }
+        };
         let oldest = stored.first().map_or(0, |c| c.seq);
         if local < oldest {
+            shut(engine).await?;
             return Err(CheckpointError::NoUsable {
                 tried: newer.len(),
                 local,
@@ -321,7 +373,7 @@ impl Checkpoints {
             partition,
             local, "no newer checkpoint restored; replaying the log from this node's own ledger"
         );
-        Ok((open(ledger_dir.to_path_buf()).await?, newest))
+        Ok((engine, newest))
     }
 
     /// Downloads `checkpoint`, checks it opens as a ledger at the position its name says, and
@@ -335,19 +387,7 @@ impl Checkpoints {
         let work = self.work.join("restore");
         renew_dir(&work).await?;
         let archive = work.join("checkpoint.tar");
-        let mut object = self
-            .store
-            .get(&checkpoint.name)
-            .await
-            .map_err(store_error("get the checkpoint"))?;
-        let mut file = tokio::fs::File::create(&archive)
-            .await
-            .map_err(files_error("create the download"))?;
-        // The object's reader fails at the end when the digest recorded at upload differs.
-        tokio::io::copy(&mut object, &mut file)
-            .await
-            .map_err(files_error("download the checkpoint"))?;
-        drop(file);
+        self.download(&checkpoint.name, &archive).await?;
         let restored = work.join("ledger");
         blocking({
             let (archive, restored) = (archive.clone(), restored.clone());
@@ -357,16 +397,22 @@ impl Checkpoints {
             }
         })
         .await
-        .map_err(files_error("unpack the checkpoint"))?;
-        let engine = open(restored.clone()).await?;
-        let found = engine
-            .reader()
-            .log_position()
-            .map_err(LedgerError::from)
-            .map_err(EngineError::from);
+        .map_err(reading_error("unpack the checkpoint"))?;
+        // Durable before it replaces the ledger: torn table files after a power cut would leave
+        // a ledger that does not open.
+        blocking({
+            let restored = restored.clone();
+            move || sync_tree(&restored)
+        })
+        .await
+        .map_err(files_error("sync the unpacked checkpoint"))?;
+        // A checkpoint that does not open is the checkpoint's fault, not the ledger's.
+        let unopenable = |error: EngineError| CheckpointError::Unopenable(error.to_string());
+        let engine = open(restored.clone()).await.map_err(unopenable)?;
+        let found = position_of(&engine);
         shut(engine).await?;
-        let found = found?;
-        if found != Some(checkpoint.seq) {
+        let found = found.map_err(unopenable)?;
+        if found != checkpoint.seq {
             return Err(CheckpointError::Position {
                 named: checkpoint.seq,
                 found,
@@ -381,6 +427,34 @@ impl Checkpoints {
         .map_err(files_error("move the restored ledger into place"))?;
         let _ = tokio::fs::remove_dir_all(&work).await;
         Ok(open(ledger_dir).await?)
+    }
+
+    /// Downloads `name` to `archive`. A read that fails is tried twice more before the
+    /// checkpoint is judged unusable: a digest that differs fails every time, a dropped
+    /// connection does not, and judging a good checkpoint unusable costs a longer replay.
+    async fn download(&self, name: &str, archive: &Path) -> Result<(), CheckpointError> {
+        let mut failures = 0u32;
+        loop {
+            let mut object = self
+                .store
+                .get(name)
+                .await
+                .map_err(store_error("get the checkpoint"))?;
+            let mut file = tokio::fs::File::create(archive)
+                .await
+                .map_err(files_error("create the download"))?;
+            // The object's reader fails at the end when the digest recorded at upload differs.
+            match tokio::io::copy(&mut object, &mut file).await {
+                Ok(_) => return Ok(()),
+                Err(error) if failures >= 2 => {
+                    return Err(reading_error("download the checkpoint")(error));
+                }
+                Err(_) => {
+                    failures += 1;
+                    tokio::time::sleep(backoff(failures)).await;
+                }
+            }
+        }
     }
 
     /// Checkpoints the partition while this node owns it: whenever the policy says so, until
@@ -421,24 +495,34 @@ impl Checkpoints {
             if !due || Instant::now() < retry_at {
                 continue;
             }
+            // The prune also runs when nothing new was stored: it finishes one that failed.
             let taken = tokio::select! {
                 () = stop.cancelled() => return,
-                taken = self.take(&engine, token, newest_seq) => taken,
-            };
-            match taken {
-                Ok(seq) => {
-                    if let Some(seq) = seq {
+                taken = async {
+                    let stored = self.take(&engine, token, newest_seq).await;
+                    if let Ok(Some(seq)) = stored {
                         telemetry::checkpoint_done("stored");
                         debug!(partition, seq, "checkpoint stored");
                         (newest_seq, stored_at) = (seq, SystemTime::now());
                     }
+                    self.prune(token).await.and(stored)
+                } => taken,
+            };
+            match taken {
+                Ok(_) => {
                     applied_then = applied_now;
                     if failures > 0 {
                         info!(partition, failures, "checkpoints stored again");
                         failures = 0;
                     }
                 }
-                Err(CheckpointError::Fenced) => return,
+                Err(CheckpointError::Fenced) => {
+                    info!(
+                        partition,
+                        "lease lost: no more checkpoints of the partition here"
+                    );
+                    return;
+                }
                 Err(error) => {
                     telemetry::checkpoint_done("failed");
                     failures = failures.saturating_add(1);
@@ -454,8 +538,8 @@ impl Checkpoints {
         }
     }
 
-    /// Makes and stores a checkpoint, then keeps the newest and purges the log below them. The
-    /// position stored, `None` when the ledger is not past `newest`.
+    /// Makes and stores a checkpoint: the position stored, `None` when the ledger is not past
+    /// `newest`.
     async fn take(
         &self,
         engine: &Engine,
@@ -501,7 +585,6 @@ impl Checkpoints {
             .map_err(store_error("store the checkpoint"))?;
         drop(file);
         let _ = tokio::fs::remove_dir_all(&self.work).await;
-        self.prune(token).await?;
         Ok(Some(seq))
     }
 
@@ -534,6 +617,12 @@ impl Checkpoints {
             _ => Err(CheckpointError::Fenced),
         }
     }
+}
+
+/// The log position `engine`'s ledger holds (0: none yet).
+fn position_of(engine: &Engine) -> Result<u64, EngineError> {
+    let position = engine.reader().log_position().map_err(LedgerError::from)?;
+    Ok(position.unwrap_or(0))
 }
 
 /// Runs blocking file work off the runtime.
@@ -571,14 +660,34 @@ fn pack(dir: &Path, archive: &Path) -> std::io::Result<()> {
     builder.into_inner()?.flush()
 }
 
-/// Puts `restored` where `ledger_dir` is, durably: the old ledger is moved to `replaced` first
-/// and deleted after, so a crash in between leaves no ledger (a new owner restores again) or
-/// the restored one, never a mix.
+/// Every file and directory under `dir`, and `dir` itself, on disk.
+fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            std::fs::File::open(&path)?.sync_all()?;
+        }
+    }
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Puts `restored` where `ledger_dir` is: the old ledger is moved to `replaced` first (and back
+/// if the second move fails) and deleted after, the parent directory synced in between, so a
+/// crash leaves the old ledger, no ledger (the next owner restores again), or the restored
+/// one, never a mix.
 fn replace_dir(ledger_dir: &Path, restored: &Path, replaced: &Path) -> std::io::Result<()> {
-    if ledger_dir.exists() {
+    let had_one = ledger_dir.exists();
+    if had_one {
         std::fs::rename(ledger_dir, replaced)?;
     }
-    std::fs::rename(restored, ledger_dir)?;
+    if let Err(error) = std::fs::rename(restored, ledger_dir) {
+        if had_one {
+            std::fs::rename(replaced, ledger_dir)?;
+        }
+        return Err(error);
+    }
     if let Some(parent) = ledger_dir.parent() {
         std::fs::File::open(parent)?.sync_all()?;
     }

@@ -455,11 +455,12 @@ impl Engine {
 
     /// Writes a consistent copy of the ledger to `dir` (which must not exist; on the data
     /// directory's filesystem the table files are hard links, not copies) holding every write
-    /// answered before the checkpoint's own answer and none answered after it, and answers with
-    /// the log position the copy holds ([`LedgerReader::log_position`] of the copy, which is
-    /// where a ledger restored from it resumes). Made between two group writes, so
-    /// nothing is written while it is made: the next group waits for it (a flush of the
-    /// memtables and the links, milliseconds). For a cluster partition's checkpoints.
+    /// answered before the checkpoint's own answer (and those of its group answered after it),
+    /// and answers with the log position the copy holds, exactly where a ledger restored from it
+    /// resumes (read from the store right after the copy is made: the sync thread makes it and
+    /// is the only writer). Made between two group writes, so nothing is written while it is
+    /// made: the next group waits for it (a flush of the memtables, then the links). For a
+    /// cluster partition's checkpoints.
     pub fn checkpoint(&self, dir: PathBuf) -> Result<CheckpointReceiver, SubmitError> {
         self.control(|reply| WriterMsg::Checkpoint { dir, reply })
     }
