@@ -19,13 +19,15 @@
 //!   refused for who made it; fencing (the lease token checked before each upload and before
 //!   the deletions and the purge that follow) only keeps an old owner from doing work that is not its own now.
 //! - **Nothing the log lacks is ever needed.** The log is purged only through the oldest kept
-//!   checkpoint, once `checkpoints_kept` exist, and a checkpoint is deleted only when that many
-//!   newer ones exist. So the log always holds everything after the oldest checkpoint listed,
-//!   and a ledger at least that far (a checkpoint's, or a node's own from an earlier ownership)
-//!   resumes from the log with nothing missing. A new owner that can use none of the newer
-//!   checkpoints and whose own ledger is below the oldest one cannot know the log still holds
-//!   what it lacks: it refuses to own the partition ([`CheckpointError::NoUsable`]) and tries
-//!   again with a growing pause, rather than resume over a gap.
+//!   checkpoint, once `checkpoints_kept` exist, and only after the purge floor ([`FloorRecord`],
+//!   in the meta bucket) was raised to it by a compare-and-set that still carried the owner's
+//!   lease token. A new owner first writes its own token into that record, then resumes only
+//!   from a ledger at or above the floor it read there: an old owner that lost its lease
+//!   mid-purge has either raised the floor before (and the new owner resumes above it) or finds
+//!   the new token and purges nothing. A new owner that can use no checkpoint at or above the
+//!   floor, and whose own ledger is below it, refuses to own the partition
+//!   ([`CheckpointError::NoUsable`]) and tries again with a growing pause, rather than resume
+//!   over a gap.
 //! - **A corrupt checkpoint costs replay, not money.** The object store checks the SHA-256
 //!   digest recorded at upload when the download ends; one that does not unpack, open as a
 //!   ledger or hold the position its name says is passed over for the next older one (counted
@@ -42,16 +44,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::{object_store, stream};
+use async_nats::jetstream::kv::UpdateErrorKind;
+use async_nats::jetstream::{kv, object_store, stream};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE;
 use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tollgate_engine::pipeline::{Engine, EngineError, LedgerError, SubmitError};
 use tracing::{debug, info, warn};
 
 use crate::config::ClusterConfig;
 use crate::error::{LeaseError, NatsError};
+use crate::kv::{Latest, latest};
 use crate::lease::Leases;
 use crate::partition::subject_of;
 use crate::retry::backoff;
@@ -95,15 +100,15 @@ pub enum CheckpointError {
         source: std::io::Error,
     },
     /// No checkpoint newer than the node's own ledger restored, and that ledger is below the
-    /// oldest checkpoint, so the log may no longer hold what it lacks.
+    /// partition's purge floor, so the log no longer holds what it lacks.
     #[error(
         "no usable checkpoint: {tried} newer than this node's ledger (at {local}) failed to \
-         restore, and the log may be purged through {oldest}"
+         restore, and the log is purged through {floor}"
     )]
     NoUsable {
         tried: usize,
         local: u64,
-        oldest: u64,
+        floor: u64,
     },
 }
 
@@ -190,10 +195,25 @@ where
     type Opening = O;
 }
 
+/// How far a partition's log is purged, key `floor.<p>` of the meta bucket: the log holds
+/// nothing of the partition at or below `floor`. Written by compare-and-set only, with the
+/// lease token of the owner that wrote it: a new owner writes its token there before it
+/// chooses where to resume (and reads the floor it must resume at or above), an owner raises
+/// the floor before it purges, and only while the record still carries its token. So an old
+/// owner that lost its lease while it was about to purge either raised the floor before the new
+/// owner read it, or finds the new owner's token and purges nothing.
+#[derive(Debug, Serialize, Deserialize)]
+struct FloorRecord {
+    floor: u64,
+    token: u64,
+}
+
 /// One partition's checkpoints, as its owner (or a node about to own it) sees them.
 #[derive(Clone)]
 pub(crate) struct Checkpoints {
     store: object_store::ObjectStore,
+    /// The meta bucket, where the partition's purge floor is recorded ([`FloorRecord`]).
+    meta: kv::Store,
     /// The object store's own stream: one metadata subject per object, listed to find the
     /// partition's checkpoints.
     objects: stream::Stream,
@@ -209,7 +229,7 @@ pub(crate) struct Checkpoints {
 
 impl Checkpoints {
     pub(crate) fn new(
-        (store, objects): (object_store::ObjectStore, stream::Stream),
+        (store, objects, meta): (object_store::ObjectStore, stream::Stream, kv::Store),
         stream: stream::Stream,
         leases: Leases,
         partition: u32,
@@ -218,6 +238,7 @@ impl Checkpoints {
     ) -> Checkpoints {
         Checkpoints {
             store,
+            meta,
             objects,
             stream,
             leases,
@@ -273,6 +294,63 @@ impl Checkpoints {
         Ok(found)
     }
 
+    fn floor_key(&self) -> String {
+        format!("floor.{}", self.partition)
+    }
+
+    /// The partition's floor record, if written, and the revision a write must expect.
+    async fn read_floor(&self) -> Result<(Option<FloorRecord>, u64), CheckpointError> {
+        let read = |source: NatsError| CheckpointError::Store {
+            what: "read the purge floor",
+            source,
+        };
+        match latest(&self.meta, &self.floor_key()).await.map_err(read)? {
+            Latest::Value(message) => {
+                let record = serde_json::from_slice(&message.payload)
+                    .map_err(|error| read(Box::new(error)))?;
+                Ok((Some(record), message.sequence))
+            }
+            other => Ok((None, other.vacant_revision().unwrap_or(0))),
+        }
+    }
+
+    /// Writes `record` if the floor record is still at revision `expect`; `false` when another
+    /// write came first.
+    async fn write_floor(
+        &self,
+        record: &FloorRecord,
+        expect: u64,
+    ) -> Result<bool, CheckpointError> {
+        let bytes = serde_json::to_vec(record).map_err(|error| CheckpointError::Store {
+            what: "encode the purge floor",
+            source: Box::new(error),
+        })?;
+        match self
+            .meta
+            .update(self.floor_key(), bytes.into(), expect)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(error) => Err(store_error("write the purge floor")(error)),
+        }
+    }
+
+    /// Writes `token` into the floor record, keeping its floor, so that no earlier owner can
+    /// raise it (and purge) any more; the floor, which the new owner must resume at or above.
+    async fn claim_floor(&self, token: u64) -> Result<u64, CheckpointError> {
+        loop {
+            let (record, expect) = self.read_floor().await?;
+            let floor = record.map_or(0, |record| record.floor);
+            if self
+                .write_floor(&FloorRecord { floor, token }, expect)
+                .await?
+            {
+                return Ok(floor);
+            }
+        }
+    }
+
     /// The metadata subject of the object whose name encodes to `encoded` (or a wildcard).
     fn meta_subject(&self, encoded: &str) -> String {
         let stream = &self.objects.cached_info().config.name;
@@ -298,19 +376,21 @@ impl Checkpoints {
     }
 
     /// The ledger a new owner of the partition starts from, open, and the newest checkpoint
-    /// listed: the node's own ledger (`ledger_dir`) when it is at least as far as every
-    /// checkpoint, else the newest checkpoint that restores, moved into `ledger_dir`; when none
-    /// restores, the node's own ledger again if it is at least as far as the oldest checkpoint
-    /// (the log holds the rest), else [`CheckpointError::NoUsable`]. A failure that is not the
-    /// checkpoint's (the store, the disk) is returned, to be tried again, rather than answered
-    /// with an older checkpoint. An unusable checkpoint is left in the store: deleting it could
-    /// leave none listed, which reads as a log never purged.
+    /// listed. Claims the purge floor for `token` first. Then: the node's own ledger
+    /// (`ledger_dir`) when it is at least as far as every checkpoint and the floor; else the
+    /// newest checkpoint at or above the floor that restores, moved into `ledger_dir`; when
+    /// none restores, the node's own ledger again if it is at or above the floor (the log holds
+    /// the rest); else [`CheckpointError::NoUsable`]. A failure that is not the checkpoint's
+    /// (the store, the disk) is returned, to be tried again, rather than answered with an older
+    /// checkpoint. An unusable checkpoint stays in the store (for an operator to look at).
     pub(crate) async fn ledger_for_owner(
         &self,
         ledger_dir: &Path,
+        token: u64,
         open: &impl OpenLedger,
     ) -> Result<(Engine, Option<Stored>), CheckpointError> {
         let partition = self.partition;
+        let floor = self.claim_floor(token).await?;
         let stored = self.list().await?;
         let newest = stored.last().cloned();
         let engine = open(ledger_dir.to_path_buf()).await?;
@@ -321,8 +401,13 @@ impl Checkpoints {
                 return Err(error.into());
             }
         };
-        let newer: Vec<&Stored> = stored.iter().rev().filter(|c| c.seq > local).collect();
-        if newer.is_empty() {
+        // Only a checkpoint at or above the floor has the log after it.
+        let newer: Vec<&Stored> = stored
+            .iter()
+            .rev()
+            .filter(|c| c.seq > local && c.seq >= floor)
+            .collect();
+        if newer.is_empty() && local >= floor {
             return Ok((engine, newest));
         }
         shut(engine).await?;
@@ -360,13 +445,12 @@ impl Checkpoints {
                 return Err(error.into());
             }
         };
-        let oldest = stored.first().map_or(0, |c| c.seq);
-        if local < oldest {
+        if local < floor {
             shut(engine).await?;
             return Err(CheckpointError::NoUsable {
                 tried: newer.len(),
                 local,
-                oldest,
+                floor,
             });
         }
         warn!(
@@ -589,18 +673,30 @@ impl Checkpoints {
     }
 
     /// Deletes all but the newest `kept` checkpoints and purges the partition's log through
-    /// the oldest kept; nothing while fewer than `kept` exist (a corrupt newest one must have
-    /// one before it to fall back to).
+    /// the oldest kept, after raising the purge floor there (`Fenced` if a later owner claimed
+    /// it); nothing while fewer than `kept` exist (a corrupt newest one must have one before it
+    /// to fall back to).
     async fn prune(&self, token: u64) -> Result<(), CheckpointError> {
         let stored = self.list().await?;
         let Some(excess) = stored.len().checked_sub(self.policy.kept) else {
             return Ok(());
         };
-        self.check_lease(token).await?;
+        let floor = stored[excess].seq;
+        let (record, expect) = self.read_floor().await?;
+        let Some(record) = record.filter(|record| record.token == token) else {
+            // A later owner claimed the partition: its purges now.
+            return Err(CheckpointError::Fenced);
+        };
+        if floor > record.floor
+            && !self
+                .write_floor(&FloorRecord { floor, token }, expect)
+                .await?
+        {
+            return Err(CheckpointError::Fenced);
+        }
         for old in &stored[..excess] {
             self.delete(&old.name).await?;
         }
-        let floor = stored[excess].seq;
         self.stream
             .purge()
             .filter(subject_of(self.partition))

@@ -86,6 +86,7 @@ impl Node {
                     (
                         cluster.checkpoints().clone(),
                         cluster.checkpoint_stream().clone(),
+                        cluster.meta().clone(),
                     ),
                     cluster.stream().clone(),
                     cluster.leases().clone(),
@@ -203,7 +204,7 @@ impl Keeping {
                 return Ok(());
             };
             let prepared = tokio::select! {
-                prepared = self.ledger_for_owner() => Some(prepared?),
+                prepared = self.ledger_for_owner(token) => Some(prepared?),
                 () = lease_lost(&mut held, token, &self.stop) => None,
             };
             let Some((engine, newest)) = prepared else {
@@ -254,7 +255,7 @@ impl Keeping {
     /// Opens the partition's ledger (`<data_dir>/partition-<p>`) for its new owner, restored
     /// from the newest usable checkpoint when the node's own is behind it; with the newest
     /// checkpoint listed.
-    async fn ledger_for_owner(&self) -> Result<(Engine, Option<Stored>), OwnerError> {
+    async fn ledger_for_owner(&self, token: u64) -> Result<(Engine, Option<Stored>), OwnerError> {
         let partition = self.partition;
         let ledger_dir = self.ledgers.data_dir.join(format!("partition-{partition}"));
         let open = |data_dir: PathBuf| {
@@ -268,7 +269,7 @@ impl Keeping {
             }
         };
         self.checkpoints
-            .ledger_for_owner(&ledger_dir, &open)
+            .ledger_for_owner(&ledger_dir, token, &open)
             .await
             .map_err(|error| match error {
                 // This node's own ledger does not open: as before checkpoints, the node gives

@@ -26,6 +26,8 @@ pub struct Cluster {
     checkpoints: object_store::ObjectStore,
     /// The stream behind the checkpoint store, whose subjects list the checkpoints.
     checkpoint_stream: stream::Stream,
+    /// The meta bucket: facts fixed at creation, and each partition's purge floor.
+    meta: kv::Store,
     leases: Leases,
 }
 
@@ -133,6 +135,7 @@ impl Cluster {
             stream,
             checkpoints,
             checkpoint_stream,
+            meta,
             leases,
         })
     }
@@ -165,6 +168,11 @@ impl Cluster {
     /// The stream behind the checkpoint store.
     pub(crate) fn checkpoint_stream(&self) -> &stream::Stream {
         &self.checkpoint_stream
+    }
+
+    /// The meta bucket.
+    pub(crate) fn meta(&self) -> &kv::Store {
+        &self.meta
     }
 
     /// This node's access to the partition leases.

@@ -895,8 +895,8 @@ async fn log_messages(cluster: &Cluster) -> HashMap<u32, usize> {
 /// partition from its newest checkpoint and replays only the log after it: every payer's total
 /// equals what was acked, though the log no longer holds all of it. A corrupt newest
 /// checkpoint is passed over for the one before it (a longer replay, the same totals); a
-/// partition whose every checkpoint is corrupt is not owned at all, since the log may lack what
-/// the new owner would need.
+/// partition whose every checkpoint is corrupt, or deleted, is not owned at all, since its log
+/// was purged (the purge floor says how far) and lacks what the new owner would need.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_owner_restores_checkpoints_and_replays_only_the_rest_of_a_purged_log() {
     let _ = tracing_subscriber::fmt()
@@ -978,25 +978,46 @@ async fn a_new_owner_restores_checkpoints_and_replays_only_the_rest_of_a_purged_
     for (name, _) in checkpoints_of(&cluster, 1).await {
         garbage(name).await;
     }
+    // Partition 3's checkpoints deleted outright (markers and all): nothing listed, but its log
+    // is purged, so nothing may resume it from an empty ledger.
+    let bucket = &cluster.config().checkpoint_bucket;
+    let objects = cluster
+        .jetstream()
+        .get_stream(format!("OBJ_{bucket}"))
+        .await
+        .expect("the checkpoint store's stream");
+    for (name, _) in checkpoints_of(&cluster, 3).await {
+        cluster.checkpoints().delete(&name).await.expect("delete");
+        objects
+            .purge()
+            .filter(format!("$O.{bucket}.M.{}", URL_SAFE.encode(&name)))
+            .await
+            .expect("drop its marker");
+    }
+    assert!(checkpoints_of(&cluster, 3).await.is_empty());
 
     let newest_of_two = checkpoints_of(&cluster, 2).await[1].1;
     let dir_b = tempfile::tempdir().expect("temp dir");
     let since = SystemTime::now();
     let cluster_b = Cluster::start(checkpointing("b")).await.expect("node b");
     let node_b = Node::start(&cluster_b, ledgers(dir_b.path(), &verifier), 0..PARTITIONS);
-    until_owned(&[&node_b], PARTITIONS as usize - 1).await;
-    // Partition 1 stays unowned however long node b tries (each try lets its lease lapse).
+    let unowned = [1, 3];
+    until_owned(&[&node_b], PARTITIONS as usize - unowned.len()).await;
+    // Partitions 1 and 3 stay unowned however long node b tries (each try lets its lease
+    // lapse).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let owned = node_b.owned();
-    assert!(
-        !owned.contains_key(&1),
-        "a partition with no usable checkpoint was owned"
-    );
-    assert_eq!(owned.len(), PARTITIONS as usize - 1);
+    for partition in unowned {
+        assert!(
+            !owned.contains_key(&partition),
+            "partition {partition}, with no usable checkpoint and its log purged, was owned"
+        );
+    }
+    assert_eq!(owned.len(), PARTITIONS as usize - unowned.len());
     let restorable: Vec<PayerKey> = payers
         .iter()
         .copied()
-        .filter(|payer| partition_of(payer, partitions) != 1)
+        .filter(|payer| !unowned.contains(&partition_of(payer, partitions)))
         .collect();
     // Each restored ledger's log resumed right after its checkpoint: partition 0's after the
     // older one, not from the start of the log.
@@ -1005,7 +1026,7 @@ async fn a_new_owner_restores_checkpoints_and_replays_only_the_rest_of_a_purged_
     let want = expected_with_zeros(&restorable, &expected);
     assert_eq!(totals(&[&node_b], &restorable), want);
     println!(
-        "restored 15 of 16 partitions from checkpoints (partition 0 from its older one); log \
+        "restored 14 of 16 partitions from checkpoints (partition 0 from its older one); log \
          messages left per partition after purges: {counts:?}"
     );
     node_b.stop().await.expect("node b stops");
