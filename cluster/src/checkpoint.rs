@@ -338,9 +338,15 @@ impl Checkpoints {
 
     /// Writes `token` into the floor record, keeping its floor, so that no earlier owner can
     /// raise it (and purge) any more; the floor, which the new owner must resume at or above.
+    /// `Fenced` when a later owner's token is there already (lease tokens only grow): this
+    /// node's lease lapsed while it was taking over.
     async fn claim_floor(&self, token: u64) -> Result<u64, CheckpointError> {
+        let mut contended = 0u32;
         loop {
             let (record, expect) = self.read_floor().await?;
+            if record.as_ref().is_some_and(|record| record.token > token) {
+                return Err(CheckpointError::Fenced);
+            }
             let floor = record.map_or(0, |record| record.floor);
             if self
                 .write_floor(&FloorRecord { floor, token }, expect)
@@ -348,6 +354,8 @@ impl Checkpoints {
             {
                 return Ok(floor);
             }
+            contended = contended.saturating_add(1);
+            tokio::time::sleep(backoff(contended)).await;
         }
     }
 
@@ -390,8 +398,11 @@ impl Checkpoints {
         open: &impl OpenLedger,
     ) -> Result<(Engine, Option<Stored>), CheckpointError> {
         let partition = self.partition;
-        let floor = self.claim_floor(token).await?;
+        let claimed = self.claim_floor(token).await?;
         let stored = self.list().await?;
+        // A cluster whose record is missing (made before the floor existed, or deleted by
+        // hand) was purged at most through its oldest checkpoint, as purges always were.
+        let floor = claimed.max(stored.first().map_or(0, |c| c.seq));
         let newest = stored.last().cloned();
         let engine = open(ledger_dir.to_path_buf()).await?;
         let local = match position_of(&engine) {
@@ -589,7 +600,10 @@ impl Checkpoints {
                         debug!(partition, seq, "checkpoint stored");
                         (newest_seq, stored_at) = (seq, SystemTime::now());
                     }
-                    self.prune(token).await.and(stored)
+                    match stored {
+                        Err(error) => Err(error),
+                        Ok(stored) => self.prune(&engine, token).await.map(|()| stored),
+                    }
                 } => taken,
             };
             match taken {
@@ -675,13 +689,18 @@ impl Checkpoints {
     /// Deletes all but the newest `kept` checkpoints and purges the partition's log through
     /// the oldest kept, after raising the purge floor there (`Fenced` if a later owner claimed
     /// it); nothing while fewer than `kept` exist (a corrupt newest one must have one before it
-    /// to fall back to).
-    async fn prune(&self, token: u64) -> Result<(), CheckpointError> {
+    /// to fall back to) or while `engine` has not applied the log that far.
+    async fn prune(&self, engine: &Engine, token: u64) -> Result<(), CheckpointError> {
         let stored = self.list().await?;
         let Some(excess) = stored.len().checked_sub(self.policy.kept) else {
             return Ok(());
         };
         let floor = stored[excess].seq;
+        // An owner still replaying below the floor (it resumed from its own ledger, short of
+        // checkpoints it could not restore) must not purge what it has yet to apply.
+        if position_of(engine)? < floor {
+            return Ok(());
+        }
         let (record, expect) = self.read_floor().await?;
         let Some(record) = record.filter(|record| record.token == token) else {
             // A later owner claimed the partition: its purges now.

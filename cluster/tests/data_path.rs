@@ -995,6 +995,20 @@ async fn a_new_owner_restores_checkpoints_and_replays_only_the_rest_of_a_purged_
             .expect("drop its marker");
     }
     assert!(checkpoints_of(&cluster, 3).await.is_empty());
+    // What keeps it unowned: its purge floor, recorded before the purge.
+    let floor: serde_json::Value = serde_json::from_slice(
+        &cluster
+            .jetstream()
+            .get_key_value(&cluster.config().meta_bucket)
+            .await
+            .expect("the meta bucket")
+            .get("floor.3")
+            .await
+            .expect("read the floor")
+            .expect("partition 3's floor is recorded"),
+    )
+    .expect("a floor record");
+    assert!(floor["floor"].as_u64() > Some(0), "{floor}");
 
     let newest_of_two = checkpoints_of(&cluster, 2).await[1].1;
     let dir_b = tempfile::tempdir().expect("temp dir");
