@@ -4,15 +4,16 @@
 //! they share, created idempotently by whichever node starts first ([`Cluster::start`]): the
 //! receipts log (one replicated stream, subject `tollgate.rx.<p>` per payer partition, with a
 //! duplicate window so a re-published batch part carrying the same `Nats-Msg-Id` is stored once),
-//! a meta KV bucket recording the partition count fixed at creation, a lease KV bucket, and an
-//! object store for partition checkpoints. A payer belongs to one partition forever
-//! ([`partition_of`], a BLAKE3 hash of its key), so its funds check stays local to that
-//! partition. Each partition has at most one owner at a time, chosen by a lease in the lease
-//! bucket ([`Leases`]): compare-and-set on the key's revision to take it, renewed by heartbeat
-//! ([`LeaseKeeper`]), lost when a renewal's compare-and-set fails. Fencing is a primitive for the
-//! later slices' shared writes (checkpoints, epoch summaries): a writer stamps a message with
-//! its lease's token ([`Fence`]) and a receiver that calls [`Leases::check_fence`] refuses a
-//! token that is not the partition's current one. Nothing on the data path is fenced: an owner
+//! a meta KV bucket recording the partition count fixed at creation (and each partition's purge
+//! floor), a lease KV bucket, and an object store for partition checkpoints. A payer belongs to
+//! one partition forever ([`partition_of`], a BLAKE3 hash of its key), so its funds check stays
+//! local to that partition. Each partition has at most one owner at a time, chosen by a lease in
+//! the lease bucket ([`Leases`]): compare-and-set on the key's revision to take it, renewed by
+//! heartbeat ([`LeaseKeeper`]), lost when a renewal's compare-and-set fails. Fencing is a
+//! primitive for the later slices' shared writes (epoch summaries): a writer stamps a message
+//! with its lease's token ([`Fence`]) and a receiver that calls [`Leases::check_fence`] refuses
+//! a token that is not the partition's current one. Checkpoints fence their purges with the
+//! lease token in the partition's purge floor record instead (`checkpoint`). Nothing on the data path is fenced: an owner
 //! writes only its own node's ledger for the partition, and two owners for a moment apply the
 //! same log in the same order, so they give the same verdicts (see `node`).
 //!
