@@ -404,14 +404,7 @@ impl Checkpoints {
         // hand) was purged at most through its oldest checkpoint, as purges always were.
         let floor = claimed.max(stored.first().map_or(0, |c| c.seq));
         let newest = stored.last().cloned();
-        let engine = open(ledger_dir.to_path_buf()).await?;
-        let local = match position_of(&engine) {
-            Ok(local) => local,
-            Err(error) => {
-                shut(engine).await?;
-                return Err(error.into());
-            }
-        };
+        let (engine, local) = open_at(open, ledger_dir).await?;
         // Only a checkpoint at or above the floor has the log after it.
         let newer: Vec<&Stored> = stored
             .iter()
@@ -448,14 +441,7 @@ impl Checkpoints {
         }
         // A failed restore may have left the ledger directory empty or missing: judge by the
         // ledger that actually opens now, not by the one read before.
-        let engine = open(ledger_dir.to_path_buf()).await?;
-        let local = match position_of(&engine) {
-            Ok(local) => local,
-            Err(error) => {
-                shut(engine).await?;
-                return Err(error.into());
-            }
-        };
+        let (engine, local) = open_at(open, ledger_dir).await?;
         if local < floor {
             shut(engine).await?;
             return Err(CheckpointError::NoUsable {
@@ -503,10 +489,8 @@ impl Checkpoints {
         .map_err(files_error("sync the unpacked checkpoint"))?;
         // A checkpoint that does not open is the checkpoint's fault, not the ledger's.
         let unopenable = |error: EngineError| CheckpointError::Unopenable(error.to_string());
-        let engine = open(restored.clone()).await.map_err(unopenable)?;
-        let found = position_of(&engine);
+        let (engine, found) = open_at(open, &restored).await.map_err(unopenable)?;
         shut(engine).await?;
-        let found = found.map_err(unopenable)?;
         if found != checkpoint.seq {
             return Err(CheckpointError::Position {
                 named: checkpoint.seq,
@@ -738,6 +722,18 @@ impl Checkpoints {
 fn position_of(engine: &Engine) -> Result<u64, EngineError> {
     let position = engine.reader().log_position().map_err(LedgerError::from)?;
     Ok(position.unwrap_or(0))
+}
+
+/// Opens the ledger in `dir` with its log position (closed again when that cannot be read).
+async fn open_at(open: &impl OpenLedger, dir: &Path) -> Result<(Engine, u64), EngineError> {
+    let engine = open(dir.to_path_buf()).await?;
+    match position_of(&engine) {
+        Ok(position) => Ok((engine, position)),
+        Err(error) => {
+            shut(engine).await?;
+            Err(error)
+        }
+    }
 }
 
 /// Runs blocking file work off the runtime.
