@@ -508,6 +508,19 @@ impl Checkpoints {
         Ok(open(ledger_dir).await?)
     }
 
+    /// Removes what an interrupted checkpoint or restore left in the work directory: its hard
+    /// links would keep table files the ledger deleted on disk.
+    pub(crate) async fn clear_work(&self) {
+        match tokio::fs::remove_dir_all(&self.work).await {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => warn!(
+                partition = self.partition, work = %self.work.display(), %error,
+                "cannot clear the checkpoint work directory"
+            ),
+        }
+    }
+
     /// Downloads `name` to `archive`. A read that fails is tried twice more before the
     /// checkpoint is judged unusable: a digest that differs fails every time, a dropped
     /// connection does not, and judging a good checkpoint unusable costs a longer replay.

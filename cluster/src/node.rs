@@ -159,6 +159,8 @@ impl Keeping {
     /// after a NATS failure lets the lease lapse, backs off and competes again.
     async fn run(self) -> Result<(), OwnerError> {
         let partition = self.partition;
+        // Left by a run that crashed mid-checkpoint.
+        self.checkpoints.clear_work().await;
         let mut failures = 0u32;
         loop {
             let keeper = self.leases.keep(partition);
@@ -203,9 +205,12 @@ impl Keeping {
             let Some(token) = wait_for_lease(&mut held, &self.stop).await else {
                 return Ok(());
             };
+            // Not given up when the lease is lost meanwhile: a dropped restore would leave its
+            // blocking work (unpacking, the swap, a ledger open) running under the next try,
+            // which could find the ledger still locked. A lost lease stops the owner below.
             let prepared = tokio::select! {
                 prepared = self.ledger_for_owner(token) => Some(prepared?),
-                () = lease_lost(&mut held, token, &self.stop) => None,
+                () = self.stop.cancelled() => None,
             };
             let Some((engine, newest)) = prepared else {
                 continue;
@@ -241,6 +246,7 @@ impl Keeping {
             };
             set(&self.owned, partition, None);
             let closed = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+            self.checkpoints.clear_work().await;
             ended?;
             if let Ok(Err(source)) = closed {
                 return Err(OwnerError::Ledger { partition, source });
