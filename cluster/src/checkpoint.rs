@@ -279,12 +279,10 @@ impl Checkpoints {
             })
             .collect();
         found.sort_by_key(|stored| stored.seq);
-        if let Some(newest) = found.last_mut() {
-            let info = self
-                .store
-                .info(&newest.name)
-                .await
-                .map_err(store_error("read the newest checkpoint's info"))?;
+        // Only for the age metric: an object a replica does not show yet is not an error.
+        if let Some(newest) = found.last_mut()
+            && let Ok(info) = self.store.info(&newest.name).await
+        {
             newest.stored_at = info.modified.and_then(|at| {
                 u64::try_from(at.unix_timestamp())
                     .ok()
@@ -336,18 +334,18 @@ impl Checkpoints {
         }
     }
 
-    /// Writes `token` into the floor record, keeping its floor, so that no earlier owner can
-    /// raise it (and purge) any more; the floor, which the new owner must resume at or above.
-    /// `Fenced` when a later owner's token is there already (lease tokens only grow): this
-    /// node's lease lapsed while it was taking over.
-    async fn claim_floor(&self, token: u64) -> Result<u64, CheckpointError> {
+    /// Writes `token` into the floor record, keeping its floor (`if_absent` when there is no
+    /// record), so that no earlier owner can raise it (and purge) any more; the floor, which the
+    /// new owner must resume at or above. `Fenced` when a later owner's token is there already
+    /// (lease tokens only grow): this node's lease lapsed while it was taking over.
+    async fn claim_floor(&self, token: u64, if_absent: u64) -> Result<u64, CheckpointError> {
         let mut contended = 0u32;
         loop {
             let (record, expect) = self.read_floor().await?;
             if record.as_ref().is_some_and(|record| record.token > token) {
                 return Err(CheckpointError::Fenced);
             }
-            let floor = record.map_or(0, |record| record.floor);
+            let floor = record.map_or(if_absent, |record| record.floor);
             if self
                 .write_floor(&FloorRecord { floor, token }, expect)
                 .await?
@@ -398,11 +396,12 @@ impl Checkpoints {
         open: &impl OpenLedger,
     ) -> Result<(Engine, Option<Stored>), CheckpointError> {
         let partition = self.partition;
-        let claimed = self.claim_floor(token).await?;
         let stored = self.list().await?;
         // A cluster whose record is missing (made before the floor existed, or deleted by
         // hand) was purged at most through its oldest checkpoint, as purges always were.
-        let floor = claimed.max(stored.first().map_or(0, |c| c.seq));
+        let floor = self
+            .claim_floor(token, stored.first().map_or(0, |c| c.seq))
+            .await?;
         let newest = stored.last().cloned();
         let (engine, local) = open_at(open, ledger_dir).await?;
         // Only a checkpoint at or above the floor has the log after it.

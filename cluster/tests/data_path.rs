@@ -890,9 +890,10 @@ async fn log_messages(cluster: &Cluster) -> HashMap<u32, usize> {
         .collect()
 }
 
-/// An owner checkpoints each partition every few log messages, keeps two checkpoints and
-/// purges the log through the older one. A new owner with an empty data directory restores each
-/// partition from its newest checkpoint and replays only the log after it: every payer's total
+/// An owner checkpoints each partition every few log messages (or a moment after the last),
+/// keeps two checkpoints and purges the log through the older one. A new owner with an empty
+/// data directory restores each partition from its newest checkpoint and replays only the log
+/// after it: every payer's total
 /// equals what was acked, though the log no longer holds all of it. A corrupt newest
 /// checkpoint is passed over for the one before it (a longer replay, the same totals); a
 /// partition whose every checkpoint is corrupt, or deleted, is not owned at all, since its log
@@ -906,7 +907,9 @@ async fn a_new_owner_restores_checkpoints_and_replays_only_the_rest_of_a_purged_
     let nats = NatsCluster::start().await;
     let checkpointing = |node| ClusterConfig {
         checkpoint_every_messages: CHECKPOINT_EVERY,
-        checkpoint_every_ms: 3_600_000,
+        // The time policy too: however fast the batches go, each partition's owner checkpoints
+        // within a moment of the last message it applied.
+        checkpoint_every_ms: 300,
         checkpoints_kept: 2,
         ..config(&nats, node)
     };
@@ -924,6 +927,17 @@ async fn a_new_owner_restores_checkpoints_and_replays_only_the_rest_of_a_purged_
     // Log messages published per partition: one per batch reaching it.
     let mut published: HashMap<u32, usize> = (0..PARTITIONS).map(|p| (p, 0)).collect();
     for batch in 0..BATCHES {
+        if batch == BATCHES / 2 {
+            // Half way, every partition checkpointed once, so the second half gives it a second
+            // checkpoint, and its log a purge.
+            let deadline = Instant::now() + DEADLINE;
+            for partition in 0..PARTITIONS {
+                while checkpoints_of(&cluster, partition).await.is_empty() {
+                    assert!(Instant::now() < deadline, "no checkpoint of {partition}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
         let batch = fleet_batch(&keys, batch, &mut nonces);
         acked_as_expected(&publisher, &batch, "a batch").await;
         let reached: BTreeSet<u32> = batch
