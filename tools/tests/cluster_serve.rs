@@ -55,7 +55,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// Short leases so the killed node's partitions move within seconds, and a checkpoint every few
 /// log messages so the logs are purged and the new owners must restore checkpoints.
 const CLUSTER_TABLE: &str = "[cluster]\nlease_ttl_ms = 2000\nlease_heartbeat_ms = 500\n\
-                             checkpoint_every_messages = 20\n";
+                             checkpoint_every_messages = 5\ncheckpoint_every_ms = 200\n";
 
 /// The arguments of node `name` of a cluster on `servers` with `partitions`, its config file
 /// (`cluster.toml`), data directory and log in `dir`.
@@ -317,6 +317,20 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
     let deadline = Instant::now() + DEADLINE;
     while progress.load(Ordering::Relaxed) < KILL_AFTER {
         assert!(Instant::now() < deadline, "the fleet made no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And the owner has checkpointed (how many log messages a third of the stream makes per
+    // partition depends on how the clients batch).
+    let n0 = nodes[0].as_ref().expect("n0");
+    while series(
+        n0,
+        r#"tollgate_cluster_checkpoints_total{outcome="stored"}"#,
+    )
+    .await
+    .unwrap_or(0.0)
+        < f64::from(PARTITIONS)
+    {
+        assert!(Instant::now() < deadline, "n0 stored no checkpoints");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let acked_at_kill = progress.load(Ordering::Relaxed);
