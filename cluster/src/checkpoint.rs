@@ -172,8 +172,6 @@ pub(crate) struct Stored {
     name: String,
     /// The log position it holds: a ledger restored from it resumes after this.
     seq: u64,
-    /// When it was stored, by the clock of the node that stored it.
-    stored_at: Option<SystemTime>,
 }
 
 /// The object name of partition `partition`'s checkpoint through log position `seq`; zero-padded
@@ -271,25 +269,19 @@ impl Checkpoints {
                 let encoded = subject.rsplit('.').next()?;
                 let name = String::from_utf8(URL_SAFE.decode(encoded).ok()?).ok()?;
                 let seq = name.strip_prefix(&prefix)?.parse().ok()?;
-                Some(Stored {
-                    name,
-                    seq,
-                    stored_at: None,
-                })
+                Some(Stored { name, seq })
             })
             .collect();
         found.sort_by_key(|stored| stored.seq);
-        // Only for the age metric: an object a replica does not show yet is not an error.
-        if let Some(newest) = found.last_mut()
-            && let Ok(info) = self.store.info(&newest.name).await
-        {
-            newest.stored_at = info.modified.and_then(|at| {
-                u64::try_from(at.unix_timestamp())
-                    .ok()
-                    .map(|secs| UNIX_EPOCH + Duration::from_secs(secs))
-            });
-        }
         Ok(found)
+    }
+
+    /// When `checkpoint` was stored, by the clock of the node that stored it; only for the age
+    /// metric, so an object a replica does not show yet is not an error, just unknown.
+    async fn stored_at(&self, checkpoint: &Stored) -> Option<SystemTime> {
+        let info = self.store.info(&checkpoint.name).await.ok()?;
+        let secs = u64::try_from(info.modified?.unix_timestamp()).ok()?;
+        Some(UNIX_EPOCH + Duration::from_secs(secs))
     }
 
     fn floor_key(&self) -> String {
@@ -503,7 +495,7 @@ impl Checkpoints {
         })
         .await
         .map_err(files_error("move the restored ledger into place"))?;
-        let _ = tokio::fs::remove_dir_all(&work).await;
+        self.clear_work().await;
         Ok(open(ledger_dir).await?)
     }
 
@@ -562,9 +554,11 @@ impl Checkpoints {
         let partition = self.partition;
         let age = telemetry::checkpoint_age(partition);
         let mut newest_seq = newest.as_ref().map_or(0, |c| c.seq);
-        let mut stored_at = newest
-            .and_then(|c| c.stored_at)
-            .unwrap_or_else(SystemTime::now);
+        let newest_stored_at = match &newest {
+            Some(checkpoint) => self.stored_at(checkpoint).await,
+            None => None,
+        };
+        let mut stored_at = newest_stored_at.unwrap_or_else(SystemTime::now);
         let mut applied_then = 0;
         let (mut failures, mut retry_at) = (0u32, Instant::now());
         loop {
@@ -678,7 +672,7 @@ impl Checkpoints {
             .await
             .map_err(store_error("store the checkpoint"))?;
         drop(file);
-        let _ = tokio::fs::remove_dir_all(&self.work).await;
+        self.clear_work().await;
         Ok(Some(seq))
     }
 
