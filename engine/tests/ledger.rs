@@ -483,6 +483,25 @@ fn acked_state_survives_kill_9_and_reads_list_channels() {
         .expect("read");
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].payee, payee(2));
+    // The funds with the first channels, from one snapshot: the counts cover every channel.
+    let (funds, first) = reader
+        .payer_with_channels(&payer_of(&alice), 2)
+        .expect("read")
+        .expect("alice is known");
+    assert_eq!((funds.receipts, funds.channels, funds.pending), (3, 3, 30));
+    assert_eq!(first[..], alice_channels[..2]);
+    let (_, none) = reader
+        .payer_with_channels(&payer_of(&alice), 0)
+        .expect("read")
+        .expect("alice is known");
+    assert!(none.is_empty());
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[0x99; 32]);
+    assert!(
+        reader
+            .payer_with_channels(&payer_of(&stranger), 5)
+            .expect("read")
+            .is_none()
+    );
     let payee_channels = reader.payee_channels(&payee(1), None, 10).expect("read");
     assert_eq!(payee_channels.len(), 2);
     assert_eq!(payee_balance(&engine, &payee(1)).credited, 13);

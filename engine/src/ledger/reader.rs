@@ -99,6 +99,64 @@ fn channel_info(key: ChannelKey, bytes: &[u8]) -> Result<ChannelInfo, StoreError
     })
 }
 
+/// Up to `limit` channels of `payer` in payee order as `snapshot` holds them, after `after`
+/// when given.
+fn channels_in(
+    snapshot: &StoreSnapshot<'_>,
+    payer: &PayerKey,
+    after: Option<&Address>,
+    limit: usize,
+) -> Result<Vec<ChannelInfo>, StoreError> {
+    let after = after.map(|payee| {
+        ChannelKey {
+            payer: *payer,
+            payee: *payee,
+        }
+        .to_bytes()
+    });
+    snapshot
+        .scan(
+            Cf::Channels,
+            &payer.0,
+            after.as_ref().map(|a| &a[..]),
+            limit,
+        )?
+        .into_iter()
+        .map(|(key, value)| {
+            let key = ChannelKey::from_bytes(&key).map_err(corrupt(Cf::Channels))?;
+            channel_info(key, &value)
+        })
+        .collect()
+}
+
+/// A payer's funds and counts as `snapshot` holds them.
+fn payer_in(
+    snapshot: &StoreSnapshot<'_>,
+    payer: &PayerKey,
+) -> Result<Option<PayerBalance>, StoreError> {
+    let Some(bytes) = snapshot.get(Cf::Payers, &payer.0)? else {
+        return Ok(None);
+    };
+    let state = PayerState::decode(&bytes).map_err(corrupt(Cf::Payers))?;
+    let at_head = snapshot
+        .get(Cf::Meta, HEAD_WITHDRAWALS_KEY)?
+        .map(|bytes| HeadWithdrawals::decode(&bytes).map_err(corrupt(Cf::Meta)))
+        .transpose()?
+        .unwrap_or_default()
+        .of(payer);
+    Ok(Some(PayerBalance {
+        deposited: state.deposited,
+        withdrawal_requested: state.withdrawal_requested.saturating_add(at_head),
+        withdrawn: state.withdrawn,
+        settled: state.settled,
+        pending: state.pending,
+        available: state.available().saturating_sub(at_head),
+        receipts: state.receipts,
+        channels: state.channels,
+        shortfall: state.shortfall,
+    }))
+}
+
 /// An epoch's stored entries of one kind in key order, read from one snapshot a page at a time
 /// and parsed by `parse(id, amount)` as they come, so the only full copy is the result.
 fn epoch_entries<T>(
@@ -150,28 +208,27 @@ impl LedgerReader {
     /// A payer's funds and counts, from its one record: the cost does not grow with its
     /// channels. `None` if the ledger never heard of the payer.
     pub fn payer(&self, payer: &PayerKey) -> Result<Option<PayerBalance>, StoreError> {
+        payer_in(&self.store.snapshot(), payer)
+    }
+
+    /// A payer's funds and counts with its first `listed` channels in payee order, all from one
+    /// snapshot (the channels add up to no more than the counts say). `None` if the ledger never
+    /// heard of the payer.
+    pub fn payer_with_channels(
+        &self,
+        payer: &PayerKey,
+        listed: usize,
+    ) -> Result<Option<(PayerBalance, Vec<ChannelInfo>)>, StoreError> {
         let snapshot = self.store.snapshot();
-        let Some(bytes) = snapshot.get(Cf::Payers, &payer.0)? else {
+        let Some(balance) = payer_in(&snapshot, payer)? else {
             return Ok(None);
         };
-        let state = PayerState::decode(&bytes).map_err(corrupt(Cf::Payers))?;
-        let at_head = snapshot
-            .get(Cf::Meta, HEAD_WITHDRAWALS_KEY)?
-            .map(|bytes| HeadWithdrawals::decode(&bytes).map_err(corrupt(Cf::Meta)))
-            .transpose()?
-            .unwrap_or_default()
-            .of(payer);
-        Ok(Some(PayerBalance {
-            deposited: state.deposited,
-            withdrawal_requested: state.withdrawal_requested.saturating_add(at_head),
-            withdrawn: state.withdrawn,
-            settled: state.settled,
-            pending: state.pending,
-            available: state.available().saturating_sub(at_head),
-            receipts: state.receipts,
-            channels: state.channels,
-            shortfall: state.shortfall,
-        }))
+        let channels = if listed == 0 {
+            Vec::new()
+        } else {
+            channels_in(&snapshot, payer, None, listed)?
+        };
+        Ok(Some((balance, channels)))
     }
 
     /// A payee's credits; `None` if nothing was ever accepted for it.
@@ -245,27 +302,7 @@ impl LedgerReader {
         after: Option<&Address>,
         limit: usize,
     ) -> Result<Vec<ChannelInfo>, StoreError> {
-        let after = after.map(|payee| {
-            ChannelKey {
-                payer: *payer,
-                payee: *payee,
-            }
-            .to_bytes()
-        });
-        self.store
-            .snapshot()
-            .scan(
-                Cf::Channels,
-                &payer.0,
-                after.as_ref().map(|a| &a[..]),
-                limit,
-            )?
-            .into_iter()
-            .map(|(key, value)| {
-                let key = ChannelKey::from_bytes(&key).map_err(corrupt(Cf::Channels))?;
-                channel_info(key, &value)
-            })
-            .collect()
+        channels_in(&self.store.snapshot(), payer, after, limit)
     }
 
     /// Up to `limit` channels paying `payee` in payer order, after `after` when given.
