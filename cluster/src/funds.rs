@@ -1,5 +1,6 @@
-//! A payer's funds from any node. The owner of the payer's partition answers funds queries on
-//! `tollgate.funds.<p>` from its ledger ([`answer_funds`]); [`FundsClient`] asks it.
+//! A payer's funds (and, asked for, its first channels) from any node. The owner of the payer's
+//! partition answers funds queries on `tollgate.funds.<p>` from its ledger ([`answer_funds`]);
+//! [`FundsClient`] asks it, for the fleet port's QUERY_BALANCE and the HTTP `/v1/payers/{payer}`.
 //!
 //! Routed to the owner rather than read from a replicated view: the owner's ledger is the only
 //! copy that already holds everything acked (an ingest node acks a batch only after the owner
@@ -19,11 +20,11 @@ use async_nats::jetstream::stream::{self, LastRawMessageErrorKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tollgate_engine::PayerKey;
-use tollgate_engine::ledger::{LedgerReader, PayerBalance};
+use tollgate_engine::ledger::{ChannelInfo, LedgerReader, PayerBalance};
 use tracing::warn;
 
 use crate::error::NatsError;
-use crate::part::{DecodeError, FundsAnswer, FundsQuery, funds_subject};
+use crate::part::{DecodeError, FUNDS_CHANNELS_LISTED_MAX, FundsAnswer, FundsQuery, funds_subject};
 use crate::partition::{partition_of, subject_of};
 use crate::requests::answer_each;
 use crate::resources::Cluster;
@@ -65,6 +66,9 @@ pub enum FundsError {
     /// partition count, so neither answer could be trusted.
     #[error("partition {partition}'s owner says the payer is not in it")]
     OtherPartition { partition: u32 },
+    /// The owner answered about another payer than the one asked about.
+    #[error("partition {partition}'s owner answered about another payer")]
+    OtherPayer { partition: u32 },
 }
 
 /// Asks partitions' owners for payers' funds. Cheap to clone.
@@ -86,10 +90,22 @@ impl FundsClient {
     /// `payer`'s funds as its partition's owner holds them now; `None` for a payer it has never
     /// seen.
     pub async fn funds(&self, payer: PayerKey) -> Result<Option<PayerBalance>, FundsError> {
+        Ok(self.payer(payer, 0).await?.map(|(funds, _)| funds))
+    }
+
+    /// `payer`'s funds with its first `channels` channels in payee order (at most
+    /// [`FUNDS_CHANNELS_LISTED_MAX`]), as its partition's owner holds them now, read together;
+    /// `None` for a payer it has never seen.
+    pub async fn payer(
+        &self,
+        payer: PayerKey,
+        channels: u16,
+    ) -> Result<Option<(PayerBalance, Vec<ChannelInfo>)>, FundsError> {
         let partition = partition_of(&payer, self.partitions);
-        let request = self
-            .client
-            .request(funds_subject(partition), FundsQuery { payer }.encode());
+        let request = self.client.request(
+            funds_subject(partition),
+            FundsQuery { payer, channels }.encode(),
+        );
         let reply = match tokio::time::timeout(FUNDS_TIMEOUT, request).await {
             Err(_) => {
                 return Err(FundsError::Timeout {
@@ -113,7 +129,12 @@ impl FundsClient {
         match FundsAnswer::decode(&reply.payload)
             .map_err(|source| FundsError::Unreadable { partition, source })?
         {
-            FundsAnswer::Known(funds) => Ok(Some(funds)),
+            FundsAnswer::Known {
+                payer: answered,
+                funds,
+                channels,
+            } if answered == payer => Ok(Some((funds, channels))),
+            FundsAnswer::Known { .. } => Err(FundsError::OtherPayer { partition }),
             FundsAnswer::UnknownPayer => Ok(None),
             FundsAnswer::OtherPartition => Err(FundsError::OtherPartition { partition }),
             FundsAnswer::CatchingUp => Err(FundsError::CatchingUp { partition }),
@@ -153,7 +174,7 @@ pub(crate) async fn answer_funds(
     let answer = |query: FundsQuery, reply| {
         let source = Arc::clone(&source);
         async move {
-            let answer = source.answer(query.payer).await;
+            let answer = source.answer(query).await;
             if let Err(error) = source.client.publish(reply, answer.encode()).await {
                 warn!(partition = source.partition, %error, "cannot send a funds answer");
             }
@@ -172,7 +193,9 @@ pub(crate) async fn answer_funds(
 }
 
 impl FundsSource {
-    async fn answer(&self, payer: PayerKey) -> FundsAnswer {
+    async fn answer(&self, query: FundsQuery) -> FundsAnswer {
+        let FundsQuery { payer, channels } = query;
+        let listed = usize::from(channels.min(FUNDS_CHANNELS_LISTED_MAX));
         let partition = self.partition;
         if partition_of(&payer, self.partitions) != partition {
             return FundsAnswer::OtherPartition;
@@ -196,8 +219,13 @@ impl FundsSource {
             Err(_) => return FundsAnswer::CatchingUp,
         }
         let reader = self.reader.clone();
-        match tokio::task::spawn_blocking(move || reader.payer(&payer)).await {
-            Ok(Ok(Some(funds))) => FundsAnswer::Known(funds),
+        match tokio::task::spawn_blocking(move || reader.payer_with_channels(&payer, listed)).await
+        {
+            Ok(Ok(Some((funds, channels)))) => FundsAnswer::Known {
+                payer,
+                funds,
+                channels,
+            },
             Ok(Ok(None)) => FundsAnswer::UnknownPayer,
             Ok(Err(error)) => {
                 warn!(partition, %error, "cannot read a payer's funds");

@@ -15,19 +15,21 @@
 //!          acked:      batch seq u64 | accepted u32 | rejections u32 | (index u32 | reason u8)*
 //!          superseded: current epoch u64
 //!          mismatch, unknown, refused: nothing
-//! funds  = version 1 | payer [32]
+//! funds  = version 1 | payer [32] | channels to list u16
 //! funds answer = version 1 | status u8 | status body
 //!          known:      deposited u128 | withdrawal requested u128 | withdrawn u128
 //!                      | settled u128 | pending u128 | available u128 | shortfall u128
-//!                      | receipts u64 | channels u64
+//!                      | receipts u64 | channels u64 | payer [32] | listed u16
+//!                      | (payee [20] | cumulative u128 | receipts u64 | last timestamp ms u64
+//!                         | has nonce u8 | highest nonce u64)*
 //!          unknown payer, other partition, catching up, failed: nothing
 //! ```
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tollgate_engine::ledger::PayerBalance;
 use tollgate_engine::ledger::record::BatchDigest;
+use tollgate_engine::ledger::{ChannelInfo, PayerBalance};
 use tollgate_engine::pipeline::{BatchAck, BatchOutcome};
-use tollgate_engine::{PayerKey, Reason, ReceiptBatch};
+use tollgate_engine::{Address, PayerKey, Reason, ReceiptBatch};
 
 const VERSION: u8 = 1;
 
@@ -294,14 +296,24 @@ pub fn funds_subject(partition: u32) -> String {
 pub struct FundsQuery {
     /// The payer (deposit key).
     pub payer: PayerKey,
+    /// How many of the payer's channels to list with its funds, in payee order (0 for the funds
+    /// alone); the owner lists at most [`FUNDS_CHANNELS_LISTED_MAX`].
+    pub channels: u16,
 }
+
+/// The most channels an owner lists in one funds answer (about 61 bytes each).
+pub const FUNDS_CHANNELS_LISTED_MAX: u16 = 1_000;
+
+/// One listed channel's bytes: payee, cumulative, receipts, last timestamp, has nonce, nonce.
+const LISTED_CHANNEL_BYTES: usize = 20 + 16 + 8 + 8 + 1 + 8;
 
 impl FundsQuery {
     /// The request's payload.
     pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(1 + 32);
+        let mut out = BytesMut::with_capacity(1 + 32 + 2);
         out.put_u8(VERSION);
         out.put_slice(&self.payer.0);
+        out.put_u16_le(self.channels);
         out.freeze()
     }
 
@@ -309,8 +321,9 @@ impl FundsQuery {
     pub fn decode(bytes: &[u8]) -> Result<FundsQuery, DecodeError> {
         let mut reader = Reader::new(bytes, "funds query")?;
         let payer = PayerKey(reader.array()?);
+        let channels = reader.u16()?;
         reader.finish()?;
-        Ok(FundsQuery { payer })
+        Ok(FundsQuery { payer, channels })
     }
 }
 
@@ -322,10 +335,16 @@ const FAILED: u8 = 4;
 
 /// The owner's answer to a funds query: what its ledger holds once it has applied its log through
 /// the log's tail at the query's arrival, so everything acked before the query is in it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FundsAnswer {
-    /// The payer's funds.
-    Known(PayerBalance),
+    /// The payer's funds, with the first channels the query asked for (the payer's, read from
+    /// one snapshot together with the funds). `payer` is the one asked about, which the asker
+    /// checks: an answer to another query is never taken for this one.
+    Known {
+        payer: PayerKey,
+        funds: PayerBalance,
+        channels: Vec<ChannelInfo>,
+    },
     /// The ledger has never seen the payer.
     UnknownPayer,
     /// The payer is not in the partition asked: the asking node computed another partition
@@ -340,10 +359,19 @@ pub enum FundsAnswer {
 impl FundsAnswer {
     /// The reply's payload.
     pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(2 + 7 * 16 + 2 * 8);
+        let listed = match self {
+            FundsAnswer::Known { channels, .. } => channels.len(),
+            _ => 0,
+        };
+        let mut out =
+            BytesMut::with_capacity(2 + 7 * 16 + 2 * 8 + 32 + 2 + listed * LISTED_CHANNEL_BYTES);
         out.put_u8(VERSION);
         match self {
-            FundsAnswer::Known(funds) => {
+            FundsAnswer::Known {
+                payer,
+                funds,
+                channels,
+            } => {
                 out.put_u8(KNOWN);
                 for amount in [
                     funds.deposited,
@@ -358,6 +386,17 @@ impl FundsAnswer {
                 }
                 out.put_u64_le(funds.receipts);
                 out.put_u64_le(funds.channels);
+                out.put_slice(&payer.0);
+                // Never more than the query's u16 asked for.
+                out.put_u16_le(u16::try_from(channels.len()).unwrap_or(u16::MAX));
+                for channel in channels.iter().take(usize::from(u16::MAX)) {
+                    out.put_slice(&channel.payee.0);
+                    out.put_u128_le(channel.cumulative);
+                    out.put_u64_le(channel.receipts);
+                    out.put_u64_le(channel.last_timestamp_ms);
+                    out.put_u8(u8::from(channel.highest_nonce.is_some()));
+                    out.put_u64_le(channel.highest_nonce.unwrap_or(0));
+                }
             }
             FundsAnswer::UnknownPayer => out.put_u8(UNKNOWN_PAYER),
             FundsAnswer::OtherPartition => out.put_u8(OTHER_PARTITION),
@@ -371,17 +410,41 @@ impl FundsAnswer {
     pub fn decode(bytes: &[u8]) -> Result<FundsAnswer, DecodeError> {
         let mut reader = Reader::new(bytes, "funds answer")?;
         let answer = match reader.u8()? {
-            KNOWN => FundsAnswer::Known(PayerBalance {
-                deposited: reader.u128()?,
-                withdrawal_requested: reader.u128()?,
-                withdrawn: reader.u128()?,
-                settled: reader.u128()?,
-                pending: reader.u128()?,
-                available: reader.u128()?,
-                shortfall: reader.u128()?,
-                receipts: reader.u64()?,
-                channels: reader.u64()?,
-            }),
+            KNOWN => {
+                let funds = PayerBalance {
+                    deposited: reader.u128()?,
+                    withdrawal_requested: reader.u128()?,
+                    withdrawn: reader.u128()?,
+                    settled: reader.u128()?,
+                    pending: reader.u128()?,
+                    available: reader.u128()?,
+                    shortfall: reader.u128()?,
+                    receipts: reader.u64()?,
+                    channels: reader.u64()?,
+                };
+                let payer = PayerKey(reader.array()?);
+                let listed = reader.u16()?;
+                let channels = (0..listed)
+                    .map(|_| {
+                        Ok(ChannelInfo {
+                            payer,
+                            payee: Address(reader.array()?),
+                            cumulative: reader.u128()?,
+                            receipts: reader.u64()?,
+                            last_timestamp_ms: reader.u64()?,
+                            highest_nonce: match (reader.u8()?, reader.u64()?) {
+                                (0, _) => None,
+                                (_, nonce) => Some(nonce),
+                            },
+                        })
+                    })
+                    .collect::<Result<Vec<_>, DecodeError>>()?;
+                FundsAnswer::Known {
+                    payer,
+                    funds,
+                    channels,
+                }
+            }
             UNKNOWN_PAYER => FundsAnswer::UnknownPayer,
             OTHER_PARTITION => FundsAnswer::OtherPartition,
             CATCHING_UP => FundsAnswer::CatchingUp,
@@ -430,6 +493,10 @@ impl<'a> Reader<'a> {
         Ok(self.array::<1>()?[0])
     }
 
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+
     fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_le_bytes(self.array()?))
     }
@@ -453,6 +520,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy;
     use tollgate_engine::receipt::RECEIPT_BYTES;
 
     fn batch() -> BatchId {
@@ -517,28 +585,60 @@ mod tests {
         assert!(Answer::decode(&unknown_status).is_err());
     }
 
+    fn any_channel(payer: [u8; 32]) -> impl proptest::strategy::Strategy<Value = ChannelInfo> {
+        use proptest::prelude::*;
+        (
+            proptest::array::uniform20(any::<u8>()),
+            any::<u128>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<Option<u64>>(),
+        )
+            .prop_map(
+                move |(payee, cumulative, receipts, last_timestamp_ms, highest_nonce)| {
+                    ChannelInfo {
+                        payer: PayerKey(payer),
+                        payee: Address(payee),
+                        cumulative,
+                        receipts,
+                        last_timestamp_ms,
+                        highest_nonce,
+                    }
+                },
+            )
+    }
+
     proptest::proptest! {
         #[test]
         fn funds_queries_and_answers_round_trip(
-            payer in proptest::array::uniform32(proptest::num::u8::ANY),
+            (payer, channels) in proptest::array::uniform32(proptest::num::u8::ANY)
+                .prop_flat_map(|payer| (
+                    proptest::strategy::Just(payer),
+                    proptest::collection::vec(any_channel(payer), 0..4),
+                )),
+            listed in proptest::num::u16::ANY,
             amounts in proptest::array::uniform7(proptest::num::u128::ANY),
             counts in proptest::array::uniform2(proptest::num::u64::ANY),
         ) {
-            let query = FundsQuery { payer: PayerKey(payer) };
+            let query = FundsQuery { payer: PayerKey(payer), channels: listed };
             proptest::prop_assert_eq!(FundsQuery::decode(&query.encode()), Ok(query));
             let [deposited, withdrawal_requested, withdrawn, settled, pending, available, shortfall] =
                 amounts;
-            let known = FundsAnswer::Known(PayerBalance {
-                deposited,
-                withdrawal_requested,
-                withdrawn,
-                settled,
-                pending,
-                available,
-                shortfall,
-                receipts: counts[0],
-                channels: counts[1],
-            });
+            let known = FundsAnswer::Known {
+                payer: PayerKey(payer),
+                funds: PayerBalance {
+                    deposited,
+                    withdrawal_requested,
+                    withdrawn,
+                    settled,
+                    pending,
+                    available,
+                    shortfall,
+                    receipts: counts[0],
+                    channels: counts[1],
+                },
+                channels,
+            };
             for answer in [
                 known,
                 FundsAnswer::UnknownPayer,
@@ -547,7 +647,7 @@ mod tests {
                 FundsAnswer::Failed,
             ] {
                 let bytes = answer.encode();
-                proptest::prop_assert_eq!(FundsAnswer::decode(&bytes), Ok(answer));
+                proptest::prop_assert_eq!(FundsAnswer::decode(&bytes), Ok(answer.clone()));
                 // Cut short or with a byte too many, it is refused.
                 proptest::prop_assert!(FundsAnswer::decode(&bytes[..bytes.len() - 1]).is_err());
                 let mut longer = bytes.to_vec();

@@ -7,8 +7,9 @@
 //! rest of the logs), and every acked receipt must be counted exactly once: each payer's total in
 //! the partition ledgers (read after the nodes stopped) equals what the acks accepted. Also checked: QUERY_BALANCE is
 //! answered by every node for every payer (routed to the payer's partition owner) with what was
-//! acked, GRANT is refused as `not_in_cluster`, and the HTTP port serves `/healthz` and refuses
-//! ledger routes.
+//! acked, and so is `GET /v1/payers/{payer}` on the HTTP port (with the standalone access
+//! policy), GRANT is refused as `not_in_cluster`, and the HTTP port serves `/healthz` and refuses
+//! the routes that need the whole cluster's ledger.
 
 #[path = "../../cluster/tests/harness/mod.rs"]
 #[allow(dead_code)]
@@ -30,6 +31,7 @@ use tollgate_engine::{
 };
 use tollgate_ingest::client::{Client, ClientConfig, ClientError};
 use tollgate_ingest::wire::ErrorCode;
+use tollgate_query::client::{Credentials, QueryClient, QueryError};
 use tollgate_tools::serve::PARTITIONS_OWNED;
 use tollgate_tools::serve::process::ServerProcess;
 
@@ -57,6 +59,10 @@ const DEADLINE: Duration = Duration::from_secs(60);
 const CLUSTER_TABLE: &str = "[cluster]\nlease_ttl_ms = 2000\nlease_heartbeat_ms = 500\n\
                              checkpoint_every_messages = 5\ncheckpoint_every_ms = 200\n";
 
+/// The query API's operator token on every node: the API is not open, so the cluster router
+/// must apply the same access policy as a standalone server.
+const OPERATOR_TOKEN: &str = "cluster-serve-test-operator-token-0123456789";
+
 /// The arguments of node `name` of a cluster on `servers` with `partitions`, its config file
 /// (`cluster.toml`), data directory and log in `dir`.
 fn node_args(dir: &Path, servers: &str, name: &str, partitions: u32) -> Vec<String> {
@@ -77,6 +83,8 @@ fn node_args(dir: &Path, servers: &str, name: &str, partitions: u32) -> Vec<Stri
         "127.0.0.1:0",
         "--http",
         "127.0.0.1:0",
+        "--api-token",
+        &format!("ops:operator:{OPERATOR_TOKEN}"),
         "--data-dir",
         &dir.join(name).display().to_string(),
     ]
@@ -94,6 +102,12 @@ fn start_node(nats: &NatsCluster, dir: &Path, name: &str) -> ServerProcess {
         &[],
     )
     .expect("tollgate serve --cluster starts")
+}
+
+fn query_client(node: &ServerProcess, credentials: Credentials) -> QueryClient {
+    QueryClient::new(&format!("http://{}", node.http))
+        .expect("a query client")
+        .with_credentials(credentials)
 }
 
 async fn owned(node: &ServerProcess) -> u32 {
@@ -280,7 +294,8 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
     let listens: Vec<String> = live.iter().map(|n| n.listen.to_string()).collect();
     let https: Vec<String> = live.iter().map(|n| n.http.to_string()).collect();
 
-    // The HTTP port: health and metrics, ledger routes refused as not served in cluster mode.
+    // The HTTP port: health and metrics, routes that need the whole cluster's ledger refused as
+    // not served in cluster mode.
     let health = reqwest::get(format!("http://{}/healthz", https[1]))
         .await
         .expect("healthz");
@@ -406,6 +421,60 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
                 .unwrap_or_else(|error| panic!("payer {payer} at {}: {error}", node.listen));
             assert_eq!((balance.receipts, balance.pending), acked[&payer]);
         }
+    }
+
+    // GET /v1/payers/{payer}: the same from every survivor, routed like QUERY_BALANCE, with the
+    // payer's channels read in the same snapshot as its totals; under the standalone access
+    // policy (a token or the payer's own signature; nothing else).
+    for payer in 0..20u32 {
+        for node in &survivors {
+            let view = query_client(node, Credentials::Bearer(OPERATOR_TOKEN.into()))
+                .payer(&payers[payer as usize])
+                .await
+                .unwrap_or_else(|error| panic!("payer {payer} at {}: {error}", node.http));
+            assert_eq!(
+                (view.receipts, view.pending),
+                acked[&payer],
+                "payer {payer}"
+            );
+            assert_eq!(view.channel_count, view.channels.len() as u64);
+            assert_eq!(
+                view.channels.iter().map(|c| c.cumulative).sum::<u128>(),
+                view.pending
+            );
+        }
+    }
+    let own = query_client(
+        survivors[1],
+        Credentials::Payer {
+            key: Box::new(keys[0].clone()),
+            domain: DOMAIN,
+        },
+    );
+    let view = own.payer(&payers[0]).await.expect("a payer reads itself");
+    assert_eq!((view.receipts, view.pending), acked[&0]);
+    match own.payer(&payers[1]).await {
+        Err(QueryError::Refused { status: 403, .. }) => {}
+        other => panic!("a payer reading another payer: {other:?}"),
+    }
+    match query_client(survivors[0], Credentials::None)
+        .payer(&payers[0])
+        .await
+    {
+        Err(QueryError::Refused { status: 401, .. }) => {}
+        other => panic!("no credentials: {other:?}"),
+    }
+    let stranger = PayerKey(
+        SigningKey::from_bytes(&[0x77; 32])
+            .verifying_key()
+            .to_bytes(),
+    );
+    match query_client(survivors[0], Credentials::Bearer(OPERATOR_TOKEN.into()))
+        .payer(&stranger)
+        .await
+    {
+        Err(QueryError::NotFound { code, .. }) => assert_eq!(code, "unknown_payer"),
+        other => panic!("a payer nobody paid for: {other:?}"),
     }
 
     // GRANT: refused with its own code, nothing registered.

@@ -13,6 +13,7 @@
 //! - anyone, in open mode: when no token is configured, which `serve` allows only on a loopback
 //!   address (like the fleet port's open mode).
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Request, State};
@@ -23,7 +24,7 @@ use tollgate_engine::grant::Grant;
 use tollgate_engine::{Address, Domain, PayerKey};
 use tollgate_query::auth::{HEADER_PAYER, HEADER_SIGNATURE, HEADER_TIMESTAMP, PayerRequest};
 
-use super::{ApiError, ApiState};
+use super::ApiError;
 
 /// What a bearer token lets its holder read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -281,11 +282,11 @@ impl Caller {
 
 /// Middleware: names the caller for the handlers, or answers 401.
 pub async fn authenticate(
-    State(state): State<ApiState>,
+    State(access): State<Arc<ApiAccess>>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    match state.access.caller(&request) {
+    match access.caller(&request) {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
             next.run(request).await

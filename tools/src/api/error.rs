@@ -137,12 +137,16 @@ pub enum ApiError {
         /// What it waits for (catching up with the chain, a failing node, shutting down).
         waiting_for: String,
     },
-    /// A route a cluster node does not serve yet (its ledgers are split by partition over the
-    /// nodes, and queries are not routed to the owners yet).
+    /// A route a cluster node does not serve yet: it needs the whole cluster's ledger, which is
+    /// split by partition over the nodes.
     #[error(
-        "{0} is not served in cluster mode yet: payer balances are on the fleet protocol (QUERY_BALANCE) from the payer's partition owner"
+        "{0} is not served in cluster mode yet: payers are at /v1/payers/{{payer}} on any node (and QUERY_BALANCE on the fleet port), read from the payer's partition owner"
     )]
     NotInCluster(String),
+    /// Cluster mode: the payer's partition has no owner right now (its owner died and no node
+    /// took its lease yet), or its new owner is still replaying the partition's log.
+    #[error("{0}")]
+    PartitionNotOwned(String),
     /// Reading the ledger failed, or what it holds does not add up.
     #[error("internal error: {0}")]
     Internal(String),
@@ -170,7 +174,9 @@ impl ApiError {
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::EpochNotCommitted { .. } | Self::EpochNotFinal { .. } => StatusCode::CONFLICT,
-            Self::FinalityUnknown { .. } | Self::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::FinalityUnknown { .. } | Self::NotReady { .. } | Self::PartitionNotOwned(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::NotInCluster(_) => StatusCode::NOT_IMPLEMENTED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -201,6 +207,7 @@ impl ApiError {
             Self::UnknownGrant(_) => "unknown_grant",
             Self::NotReady { .. } => "not_ready",
             Self::NotInCluster(_) => "not_in_cluster",
+            Self::PartitionNotOwned(_) => "partition_not_owned",
             Self::Internal(_) => "internal",
         }
     }
@@ -303,6 +310,12 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
         501,
         "a cluster node does not serve the route yet (docs/CLUSTER.md)",
     ),
+    (
+        "partition_not_owned",
+        503,
+        "cluster mode: the payer's partition has no owner right now, or its new owner is still \
+         replaying its log; retry after the Retry-After seconds",
+    ),
     ("internal", 500, "reading the ledger failed"),
 ];
 
@@ -322,6 +335,12 @@ impl IntoResponse for ApiError {
             code: grant_error.map(GrantError::code),
         };
         let mut response = (self.status(), Json(body)).into_response();
+        if matches!(self, Self::PartitionNotOwned(_)) {
+            // A lease moves within its TTL; a replay ends sooner than a client's patience.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if matches!(self, Self::Unauthenticated { .. }) {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -387,6 +406,7 @@ mod tests {
                 waiting_for: String::new(),
             },
             ApiError::NotInCluster(String::new()),
+            ApiError::PartitionNotOwned(String::new()),
             ApiError::Internal(String::new()),
         ];
         assert_eq!(samples.len(), ERROR_CODES.len());

@@ -10,6 +10,7 @@
 //! - [`epoch_data`]: `GET /v1/epochs/{n}/tree` and `/receipts`, what an auditor recomputes an epoch
 //!   from.
 //! - [`proof`]: `GET /v1/epochs/{n}/proof` and its bounded cache of built epoch trees.
+//! - [`routed`]: the API of a cluster node, which reads payers from their partitions' owners.
 //! - `grants`: `POST /v1/grants` and `/v1/revocations` (session grants into the engine, answered
 //!   once durable; the only routes that change anything), `GET /v1/grants[/{session_key}]`.
 //! - [`withdrawable`]: the short-lived cache of what the contract lets payees withdraw.
@@ -30,6 +31,7 @@ pub mod error;
 mod grants;
 pub mod openapi;
 pub mod proof;
+pub mod routed;
 pub mod withdrawable;
 pub mod x402;
 
@@ -48,7 +50,7 @@ use axum::{Extension, Json, Router};
 use futures::future::BoxFuture;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
-use tollgate_engine::ledger::{EpochRecord, OpenEpoch};
+use tollgate_engine::ledger::{ChannelInfo, EpochRecord, OpenEpoch, PayerBalance};
 use tollgate_engine::pipeline::{Engine, EpochStatus, LedgerReader};
 use tollgate_engine::store::StoreError;
 use tollgate_engine::{Address, Domain, PayerKey};
@@ -61,9 +63,6 @@ use tollgate_query::model::{
     EpochStatusView, EpochView, PartView, PayeeView, PayerView, StatusBody, WithdrawableSource,
 };
 use withdrawable::{WITHDRAWABLE_TTL_DEFAULT, WithdrawableCache};
-
-/// Channels read per RocksDB scan while totalling a payer's channels.
-const CHANNELS_PAGE: usize = 1024;
 
 /// Why the chain could not answer (what a payee may withdraw, whether an epoch is final).
 #[derive(Debug, thiserror::Error)]
@@ -244,7 +243,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/grants/{session_key}", get(grants::grant))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_ready))
         .route_layer(middleware::from_fn_with_state(
-            state.clone(),
+            Arc::clone(&state.access),
             auth::authenticate,
         ));
     // No credentials: a grant or revocation is authorized by its payer's signature (`grants`).
@@ -370,54 +369,45 @@ async fn payer(
 ) -> Result<Json<PayerView>, ApiError> {
     let payer = parse_payer(&path_text(path)?)?;
     caller.may_read_payer(&payer)?;
-    let view = read_ledger(&state, move |reader| {
-        let balance = reader
-            .payer(&payer)?
-            .ok_or_else(|| ApiError::UnknownPayer(payer.to_string()))?;
-        let mut receipts = 0u64;
-        let mut channel_count = 0u64;
-        let mut channels = Vec::new();
-        let mut after = None;
-        // Paged so a payer with many payees costs bounded memory; each page is its own snapshot,
-        // so under load the totals may straddle a group the balance above does not include yet.
-        loop {
-            let page = reader.payer_channels(&payer, after.as_ref(), CHANNELS_PAGE)?;
-            for channel in &page {
-                receipts = receipts
-                    .checked_add(channel.receipts)
-                    .ok_or_else(|| ApiError::Internal("receipt count overflows u64".into()))?;
-                channel_count += 1;
-                if channels.len() < CHANNELS_LISTED_MAX {
-                    channels.push(ChannelView {
-                        payee: channel.payee.to_string(),
-                        cumulative: channel.cumulative,
-                        receipts: channel.receipts,
-                        last_timestamp_ms: channel.last_timestamp_ms,
-                        highest_nonce: channel.highest_nonce.map(u128::from),
-                    });
-                }
-            }
-            match page.last() {
-                Some(last) if page.len() == CHANNELS_PAGE => after = Some(last.payee),
-                _ => break,
-            }
-        }
-        Ok(PayerView {
-            payer: payer.to_string(),
-            deposited: balance.deposited,
-            withdrawal_requested: balance.withdrawal_requested,
-            withdrawn: balance.withdrawn,
-            settled: balance.settled,
-            pending: balance.pending,
-            available: balance.available,
-            shortfall: balance.shortfall,
-            receipts,
-            channel_count,
-            channels,
-        })
+    let (balance, channels) = read_ledger(&state, move |reader| {
+        reader
+            .payer_with_channels(&payer, CHANNELS_LISTED_MAX)?
+            .ok_or_else(|| ApiError::UnknownPayer(payer.to_string()))
     })
     .await?;
-    Ok(Json(view))
+    Ok(Json(payer_view(&payer, &balance, &channels)))
+}
+
+/// The JSON view of a payer's funds and counts with its first channels, wherever they were read
+/// (this node's ledger, or in cluster mode the partition owner's).
+pub(crate) fn payer_view(
+    payer: &PayerKey,
+    balance: &PayerBalance,
+    channels: &[ChannelInfo],
+) -> PayerView {
+    PayerView {
+        payer: payer.to_string(),
+        deposited: balance.deposited,
+        withdrawal_requested: balance.withdrawal_requested,
+        withdrawn: balance.withdrawn,
+        settled: balance.settled,
+        pending: balance.pending,
+        available: balance.available,
+        shortfall: balance.shortfall,
+        receipts: balance.receipts,
+        channel_count: balance.channels,
+        channels: channels
+            .iter()
+            .take(CHANNELS_LISTED_MAX)
+            .map(|channel| ChannelView {
+                payee: channel.payee.to_string(),
+                cumulative: channel.cumulative,
+                receipts: channel.receipts,
+                last_timestamp_ms: channel.last_timestamp_ms,
+                highest_nonce: channel.highest_nonce.map(u128::from),
+            })
+            .collect(),
+    }
 }
 
 async fn payee(
@@ -612,10 +602,15 @@ async fn readyz(State(state): State<ApiState>) -> Result<Json<StatusBody>, ApiEr
 }
 
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+    prometheus_text(&state.metrics)
+}
+
+/// `/metrics`: the Prometheus text exposition of everything recorded so far.
+fn prometheus_text(metrics: &PrometheusHandle) -> impl IntoResponse + use<> {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        metrics.render(),
     )
 }
 

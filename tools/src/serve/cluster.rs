@@ -5,10 +5,9 @@
 //! each batch to [`Publisher::submit`] (verify, split by partition, publish, collect the owners'
 //! verdicts) through the ingest server's [`ClusterLedger`] seam. As an owner node it competes for
 //! every partition's lease ([`Node`]) and keeps the ledgers of those it owns under the data
-//! directory (`partition-<p>`). QUERY_BALANCE on the fleet port is answered for any payer, by
-//! asking the payer's partition owner ([`FundsClient`]). The HTTP port serves `/healthz`,
-//! `/readyz` and `/metrics`; the query API's ledger routes answer `not_in_cluster` (they are not
-//! routed to the owners yet).
+//! directory (`partition-<p>`). QUERY_BALANCE on the fleet port and `GET /v1/payers/{payer}` on
+//! the HTTP port are answered for any payer, by asking the payer's partition owner
+//! ([`FundsClient`]); the HTTP port's other routes are [`routed`]'s.
 //!
 //! Shutdown: the fleet port stops reading and waits for the owners' answers to what it read, and
 //! only then do the owners stop and their ledgers close.
@@ -18,9 +17,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::http::{StatusCode, Uri, header};
-use axum::routing::get;
-use axum::{Json, Router};
 use futures::future::BoxFuture;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
@@ -32,13 +28,13 @@ use tollgate_engine::pipeline::{BatchAck, BatchVerifier, EngineConfig, SubmitReq
 use tollgate_engine::{Verifier, VerifyPool};
 use tollgate_ingest::server::{ClusterLedger, Ledger, balance_frame};
 use tollgate_ingest::wire::{Balance, ErrorCode, ErrorFrame, QueryBalance};
-use tollgate_query::model::StatusBody;
 
 use super::config::ServeConfig;
 use super::{
     LOOPS_GRACE, READY_MESSAGE, Tasks, drain, failure_of, named, spawn_http, spawn_ingest, upkeep,
 };
-use crate::api::ApiError;
+use crate::api::auth::ApiAccess;
+use crate::api::routed::{self, RoutedState};
 
 /// Lease TTLs a batch's verdicts may take: a partition whose owner died is ownerless for up to
 /// one TTL, and its new owner replays the log before it answers. Past this the connection is
@@ -106,7 +102,16 @@ pub(super) async fn serve(
     let http_address = http_listener.local_addr().context("http")?;
     let ready = Arc::new(AtomicBool::new(false));
     let mut tasks = Tasks::new();
-    let app = router(metrics.clone(), Arc::clone(&ready));
+    let app = routed::router(RoutedState::new(
+        FundsClient::new(&cluster),
+        ApiAccess::new(
+            config.api_tokens.clone(),
+            config.domain,
+            config.ledger.timestamp_skew_ms,
+        ),
+        Arc::clone(&ready),
+        metrics.clone(),
+    ));
     spawn_http(&mut tasks, http_listener, app, &shutdown);
     tasks.spawn(named("metrics upkeep", upkeep(metrics, shutdown.clone())));
     spawn_ingest(
@@ -193,45 +198,6 @@ async fn join(
             () = tokio::time::sleep(pause) => {}
         }
     }
-}
-
-/// The HTTP port of a cluster node: health, readiness and metrics; every other route is refused
-/// as `not_in_cluster`.
-fn router(metrics: PrometheusHandle, ready: Arc<AtomicBool>) -> Router {
-    Router::new()
-        .route(
-            "/healthz",
-            get(|| async {
-                Json(StatusBody {
-                    status: "ok".into(),
-                })
-            }),
-        )
-        .route(
-            "/readyz",
-            get(move || async move {
-                if ready.load(Ordering::Acquire) {
-                    Ok(Json(StatusBody {
-                        status: "ready".into(),
-                    }))
-                } else {
-                    Err(ApiError::NotReady {
-                        waiting_for: "shutting down".into(),
-                    })
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move || async move {
-                (
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    metrics.render(),
-                )
-            }),
-        )
-        .fallback(|uri: Uri| async move { ApiError::NotInCluster(uri.path().to_owned()) })
 }
 
 /// The ingest server's way into the cluster: batches through the publisher, balances from the
