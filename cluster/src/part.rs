@@ -4,8 +4,8 @@
 //! verdicts, and the owner's *answer*; a *funds* query any node sends a partition's owner for
 //! one payer's balance, and the owner's *funds answer*.
 //!
-//! All integers little-endian, fixed widths, a version byte first; nothing here is serde, so the
-//! log's bytes never change with a library.
+//! All integers little-endian, fixed widths, a version byte first (1; 2 for the funds query and
+//! answer); nothing here is serde, so the log's bytes never change with a library.
 //!
 //! ```text
 //! part   = version 1 | partition u32 | client u64 | producer u64 | session epoch u64
@@ -15,8 +15,8 @@
 //!          acked:      batch seq u64 | accepted u32 | rejections u32 | (index u32 | reason u8)*
 //!          superseded: current epoch u64
 //!          mismatch, unknown, refused: nothing
-//! funds  = version 1 | payer [32] | channels to list u16
-//! funds answer = version 1 | status u8 | status body
+//! funds  = version 2 | payer [32] | channels to list u16
+//! funds answer = version 2 | status u8 | status body
 //!          known:      deposited u128 | withdrawal requested u128 | withdrawn u128
 //!                      | settled u128 | pending u128 | available u128 | shortfall u128
 //!                      | receipts u64 | channels u64 | payer [32] | listed u16
@@ -32,6 +32,10 @@ use tollgate_engine::pipeline::{BatchAck, BatchOutcome};
 use tollgate_engine::{Address, PayerKey, Reason, ReceiptBatch};
 
 const VERSION: u8 = 1;
+/// The funds query and answer's own version: 2 since they carry a payer's channels. A node of
+/// the version before refuses them as of another version (and its queries are refused here)
+/// rather than misreading them: both sides of a funds query must run the same release.
+const FUNDS_VERSION: u8 = 2;
 
 /// Subject prefix on which the owner of partition `p` answers asks: `tollgate.ask.<p>`.
 pub const ASK_PREFIX: &str = "tollgate.ask";
@@ -311,7 +315,7 @@ impl FundsQuery {
     /// The request's payload.
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(1 + 32 + 2);
-        out.put_u8(VERSION);
+        out.put_u8(FUNDS_VERSION);
         out.put_slice(&self.payer.0);
         out.put_u16_le(self.channels);
         out.freeze()
@@ -319,7 +323,7 @@ impl FundsQuery {
 
     /// Parses a request's payload.
     pub fn decode(bytes: &[u8]) -> Result<FundsQuery, DecodeError> {
-        let mut reader = Reader::new(bytes, "funds query")?;
+        let mut reader = Reader::of_version(bytes, "funds query", FUNDS_VERSION)?;
         let payer = PayerKey(reader.array()?);
         let channels = reader.u16()?;
         reader.finish()?;
@@ -339,7 +343,7 @@ const FAILED: u8 = 4;
 pub enum FundsAnswer {
     /// The payer's funds, with the first channels the query asked for (the payer's, read from
     /// one snapshot together with the funds). `payer` is the one asked about, which the asker
-    /// checks: an answer to another query is never taken for this one.
+    /// checks: funds answered about another payer are never taken for the one asked about.
     Known {
         payer: PayerKey,
         funds: PayerBalance,
@@ -365,7 +369,7 @@ impl FundsAnswer {
         };
         let mut out =
             BytesMut::with_capacity(2 + 7 * 16 + 2 * 8 + 32 + 2 + listed * LISTED_CHANNEL_BYTES);
-        out.put_u8(VERSION);
+        out.put_u8(FUNDS_VERSION);
         match self {
             FundsAnswer::Known {
                 payer,
@@ -408,7 +412,7 @@ impl FundsAnswer {
 
     /// Parses a reply's payload.
     pub fn decode(bytes: &[u8]) -> Result<FundsAnswer, DecodeError> {
-        let mut reader = Reader::new(bytes, "funds answer")?;
+        let mut reader = Reader::of_version(bytes, "funds answer", FUNDS_VERSION)?;
         let answer = match reader.u8()? {
             KNOWN => {
                 let funds = PayerBalance {
@@ -433,8 +437,14 @@ impl FundsAnswer {
                             receipts: reader.u64()?,
                             last_timestamp_ms: reader.u64()?,
                             highest_nonce: match (reader.u8()?, reader.u64()?) {
-                                (0, _) => None,
-                                (_, nonce) => Some(nonce),
+                                (0, 0) => None,
+                                (1, nonce) => Some(nonce),
+                                (flag, nonce) => {
+                                    return Err(malformed(
+                                        "funds answer",
+                                        format!("nonce flag {flag} with nonce {nonce}"),
+                                    ));
+                                }
                             },
                         })
                     })
@@ -467,12 +477,20 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn new(bytes: &'a [u8], what: &'static str) -> Result<Reader<'a>, DecodeError> {
+        Self::of_version(bytes, what, VERSION)
+    }
+
+    fn of_version(
+        bytes: &'a [u8],
+        what: &'static str,
+        version: u8,
+    ) -> Result<Reader<'a>, DecodeError> {
         let mut reader = Reader { bytes, at: 0, what };
         match reader.u8()? {
-            VERSION => Ok(reader),
+            found if found == version => Ok(reader),
             other => Err(malformed(
                 what,
-                format!("version {other}, expected {VERSION}"),
+                format!("version {other}, expected {version}"),
             )),
         }
     }
@@ -653,6 +671,10 @@ mod tests {
                 let mut longer = bytes.to_vec();
                 longer.push(0);
                 proptest::prop_assert!(FundsAnswer::decode(&longer).is_err());
+                // An answer of the version before (no channels) is refused, not misread.
+                let mut older = bytes.to_vec();
+                older[0] = VERSION;
+                proptest::prop_assert!(FundsAnswer::decode(&older).is_err());
             }
         }
     }

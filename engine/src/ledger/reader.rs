@@ -99,28 +99,14 @@ fn channel_info(key: ChannelKey, bytes: &[u8]) -> Result<ChannelInfo, StoreError
     })
 }
 
-/// Up to `limit` channels of `payer` in payee order as `snapshot` holds them, after `after`
-/// when given.
+/// The first `limit` channels of `payer` in payee order as `snapshot` holds them.
 fn channels_in(
     snapshot: &StoreSnapshot<'_>,
     payer: &PayerKey,
-    after: Option<&Address>,
     limit: usize,
 ) -> Result<Vec<ChannelInfo>, StoreError> {
-    let after = after.map(|payee| {
-        ChannelKey {
-            payer: *payer,
-            payee: *payee,
-        }
-        .to_bytes()
-    });
     snapshot
-        .scan(
-            Cf::Channels,
-            &payer.0,
-            after.as_ref().map(|a| &a[..]),
-            limit,
-        )?
+        .scan(Cf::Channels, &payer.0, None, limit)?
         .into_iter()
         .map(|(key, value)| {
             let key = ChannelKey::from_bytes(&key).map_err(corrupt(Cf::Channels))?;
@@ -226,7 +212,7 @@ impl LedgerReader {
         let channels = if listed == 0 {
             Vec::new()
         } else {
-            channels_in(&snapshot, payer, None, listed)?
+            channels_in(&snapshot, payer, listed)?
         };
         Ok(Some((balance, channels)))
     }
@@ -293,16 +279,6 @@ impl LedgerReader {
             Some(window) => window.check(nonce),
             None => Ok(()),
         })
-    }
-
-    /// Up to `limit` channels of `payer` in payee order, after `after` when given.
-    pub fn payer_channels(
-        &self,
-        payer: &PayerKey,
-        after: Option<&Address>,
-        limit: usize,
-    ) -> Result<Vec<ChannelInfo>, StoreError> {
-        channels_in(&self.store.snapshot(), payer, after, limit)
     }
 
     /// Up to `limit` channels paying `payee` in payer order, after `after` when given.

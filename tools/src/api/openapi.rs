@@ -416,6 +416,8 @@ pub fn document() -> Value {
                  token's smallest unit as decimal strings (they are u128). Ledger routes (/v1/...) \
                  answer 503 until the server is ready, and only to a caller the server knows \
                  (see securitySchemes; /healthz, /readyz, /metrics and this document are open). \
+                 A cluster node (serve --cluster) serves /v1/payers/{{payer}} for any payer and \
+                 answers the other /v1 routes 501 not_in_cluster. \
                  Every error is {{\"error\": code, \"message\": text}}:{error_table}"
             )
         },
@@ -427,7 +429,12 @@ pub fn document() -> Value {
                     "200": json_response("The payer.", "Payer"),
                     "400": error_response("Malformed payer key (malformed_payer)."),
                     "404": error_response("The ledger never heard of this payer (unknown_payer)."),
-                    "500": internal.clone(), "503": not_ready.clone()
+                    "500": internal.clone(),
+                    "503": error_response(
+                        "Not ready yet (not_ready): the server is starting; or, on a cluster \
+                         node, the payer's partition has no owner right now or its new owner is \
+                         still replaying its log (partition_not_owned, with Retry-After)."
+                    )
                 }
             }},
             "/v1/payees/{payee}": { "get": {

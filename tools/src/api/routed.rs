@@ -61,7 +61,7 @@ impl RoutedState {
             Ok(())
         } else {
             Err(ApiError::NotReady {
-                waiting_for: "shutting down".into(),
+                waiting_for: "the node to start serving (or it is shutting down)".into(),
             })
         }
     }
