@@ -114,6 +114,18 @@ impl ClusterConfig {
         if self.node_id.is_empty() {
             return invalid("node_id", "every node needs a name");
         }
+        // It is a key of the lease bucket (`n.<node id>`), so NATS's key rules apply.
+        let key_text = |c: char| c.is_ascii_alphanumeric() || "-_=/.".contains(c);
+        if !self.node_id.chars().all(key_text)
+            || self.node_id.starts_with('.')
+            || self.node_id.ends_with('.')
+            || self.node_id.contains("..")
+        {
+            return invalid(
+                "node_id",
+                "letters, digits, `-`, `_`, `=`, `/` and `.` (not first, last or twice in a row)",
+            );
+        }
         if self.partitions == 0 {
             return invalid("partitions", "at least one partition is needed");
         }
@@ -204,8 +216,10 @@ mod tests {
     #[test]
     fn each_bad_setting_is_named() {
         type Break = fn(&mut ClusterConfig);
-        let cases: [(&str, Break); 9] = [
+        let cases: [(&str, Break); 11] = [
             ("node_id", |c| c.node_id.clear()),
+            ("node_id", |c| c.node_id = "node 1".into()),
+            ("node_id", |c| c.node_id = "n1.".into()),
             ("partitions", |c| c.partitions = 0),
             ("stream_replicas", |c| c.stream_replicas = 6),
             ("stream_max_bytes", |c| c.stream_max_bytes = 0),

@@ -13,19 +13,22 @@
 //! - **Token**: the revision at which the lease was acquired. It stays the same across renewals
 //!   and grows with every new owner (stream sequences never go back), so it fences writes.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::kv::{self, UpdateErrorKind};
 use bytes::Bytes;
+use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::error::LeaseError;
+use crate::error::{LeaseError, NatsError};
 use crate::fence::Fence;
 use crate::kv::{Latest, latest};
+use crate::share::Share;
 
 /// A lease's stored value.
 #[derive(Debug, Serialize, Deserialize)]
@@ -102,6 +105,13 @@ fn key(partition: u32) -> String {
     format!("p.{partition}")
 }
 
+/// The lease bucket's keys that announce nodes: `n.<node id>`.
+const NODE_KEY_PREFIX: &str = "n.";
+
+fn node_key(node: &str) -> String {
+    format!("{NODE_KEY_PREFIX}{node}")
+}
+
 impl Leases {
     pub(crate) fn new(store: kv::Store, node: String, ttl: Duration, heartbeat: Duration) -> Self {
         Self {
@@ -115,6 +125,54 @@ impl Leases {
     /// This node's name, as written in the leases it holds.
     pub fn node_id(&self) -> &str {
         &self.node
+    }
+
+    /// How often leases are renewed (and this node announced).
+    pub(crate) fn heartbeat(&self) -> Duration {
+        self.heartbeat
+    }
+
+    /// Writes this node's announcement (`n.<node id>`, aged out one TTL after its last write)
+    /// and counts the nodes announced, this one included.
+    pub(crate) async fn announce(&self) -> Result<u32, NatsError> {
+        self.store
+            .put(node_key(&self.node), Bytes::from(self.node.clone()))
+            .await?;
+        let subjects: Vec<(String, usize)> = self
+            .store
+            .stream
+            .info_with_subjects(format!("{}{NODE_KEY_PREFIX}>", self.store.prefix))
+            .await?
+            .try_collect()
+            .await?;
+        // At least this node, whose write just succeeded, however the listing lags.
+        Ok(u32::try_from(subjects.len()).unwrap_or(u32::MAX).max(1))
+    }
+
+    /// Removes this node's announcement, leaving nothing behind to count (a KV delete would
+    /// leave a marker, counted until it ages out).
+    pub(crate) async fn withdraw(&self) -> Result<(), NatsError> {
+        self.store
+            .stream
+            .purge()
+            .filter(format!("{}{}", self.store.prefix, node_key(&self.node)))
+            .await?;
+        Ok(())
+    }
+
+    /// Gives `lease` up at once rather than letting it age out: deletes its entry, expecting
+    /// its last revision, so another node may acquire it at the next heartbeat. Harmless when
+    /// the lease was lost meanwhile (the compare-and-set fails).
+    pub(crate) async fn release(&self, lease: &Lease) {
+        let partition = lease.partition;
+        match self
+            .store
+            .delete_expect_revision(key(partition), Some(lease.revision))
+            .await
+        {
+            Ok(()) => info!(partition, token = lease.token, "lease released"),
+            Err(error) => debug!(partition, %error, "lease not released; it ages out instead"),
+        }
     }
 
     async fn latest(&self, partition: u32) -> Result<Latest, LeaseError> {
@@ -164,6 +222,18 @@ impl Leases {
     /// Takes `partition` if nobody holds it. Refused with [`LeaseError::Held`] while another
     /// node's lease is live, and with [`LeaseError::Contended`] when another node won the race.
     pub async fn acquire(&self, partition: u32) -> Result<Lease, LeaseError> {
+        self.acquire_if(partition, || true)
+            .await?
+            .ok_or(LeaseError::Contended { partition })
+    }
+
+    /// [`Leases::acquire`], asking `admit` once the partition is found vacant (never for a held
+    /// one, so a node's share is spent only on partitions it can get); `None` when refused.
+    async fn acquire_if(
+        &self,
+        partition: u32,
+        admit: impl FnOnce() -> bool,
+    ) -> Result<Option<Lease>, LeaseError> {
         let latest = self.latest(partition).await?;
         let Some(expect) = latest.vacant_revision() else {
             let holder = Self::holder_of(partition, &latest)?;
@@ -176,19 +246,22 @@ impl Leases {
                 None => LeaseError::Contended { partition },
             });
         };
+        if !admit() {
+            return Ok(None);
+        }
         let sent = Instant::now();
         match self
             .store
             .update(key(partition), self.record(partition, 0)?, expect)
             .await
         {
-            Ok(revision) => Ok(Lease {
+            Ok(revision) => Ok(Some(Lease {
                 partition,
                 token: revision,
                 revision,
                 sent,
                 ttl: self.ttl,
-            }),
+            })),
             Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => {
                 Err(LeaseError::Contended { partition })
             }
@@ -243,9 +316,15 @@ impl Leases {
     /// Starts taking and keeping `partition`: tries to acquire it every heartbeat while vacant,
     /// renews it every heartbeat while held.
     pub fn keep(&self, partition: u32) -> LeaseKeeper {
+        self.keep_within(partition, Share::unlimited())
+    }
+
+    /// [`Leases::keep`] within this node's `share`: acquires only while the node holds less
+    /// than its share, and releases the lease when the share says so.
+    pub(crate) fn keep_within(&self, partition: u32, share: Arc<Share>) -> LeaseKeeper {
         let (held_tx, held) = watch::channel(None);
         let (stop, stopped) = watch::channel(());
-        let task = tokio::spawn(keep(self.clone(), partition, held_tx, stopped));
+        let task = tokio::spawn(keep(self.clone(), partition, share, held_tx, stopped));
         LeaseKeeper { held, stop, task }
     }
 }
@@ -265,8 +344,9 @@ impl LeaseKeeper {
         self.held.clone()
     }
 
-    /// Stops heartbeating (the servers expire the lease one TTL after the last renewal) and
-    /// returns the lease last held.
+    /// Stops heartbeating and gives up the lease last held (deleted, so another node may take
+    /// it at once; if that fails, the servers expire it one TTL after the last renewal), which
+    /// it returns.
     pub async fn stop(self) -> Option<Lease> {
         drop(self.stop);
         self.task.await.ok().flatten()
@@ -276,6 +356,7 @@ impl LeaseKeeper {
 async fn keep(
     leases: Leases,
     partition: u32,
+    share: Arc<Share>,
     held_tx: watch::Sender<Option<Lease>>,
     mut stopped: watch::Receiver<()>,
 ) -> Option<Lease> {
@@ -284,11 +365,19 @@ async fn keep(
     let mut failures = 0u32;
     loop {
         held = match held {
-            None => match leases.acquire(partition).await {
-                Ok(lease) => {
+            None => match leases
+                .acquire_if(partition, || share.reserve(partition))
+                .await
+            {
+                Ok(Some(lease)) => {
                     info!(partition, token = lease.token, node = %leases.node, failures, "lease acquired");
                     failures = 0;
                     Some(lease)
+                }
+                // Vacant, but this node holds its share.
+                Ok(None) => {
+                    failures = 0;
+                    None
                 }
                 Err(LeaseError::Held { .. } | LeaseError::Contended { .. }) => {
                     failures = 0;
@@ -305,6 +394,17 @@ async fn keep(
                 }
             },
             Some(mut lease) => match leases.renew(&mut lease).await {
+                Ok(()) if share.release_now(partition) => {
+                    // The owner stops on seeing the lease gone; two owners for a moment give
+                    // the same verdicts, so the next one need not wait for it.
+                    held_tx.send_replace(None);
+                    info!(
+                        partition,
+                        "releasing the lease: this node holds more than its share"
+                    );
+                    leases.release(&lease).await;
+                    None
+                }
                 Ok(()) => Some(lease),
                 Err(err @ LeaseError::Lost { .. }) => {
                     warn!(partition, error = %err, "lease lost");
@@ -322,11 +422,18 @@ async fn keep(
                 }
             },
         };
+        if held.is_none() {
+            share.gave_up(partition);
+        }
         held_tx.send_replace(held.clone());
         tokio::select! {
             () = tokio::time::sleep(leases.heartbeat) => {}
             _ = stopped.changed() => break,
         }
     }
+    if let Some(lease) = &held {
+        leases.release(lease).await;
+    }
+    share.gave_up(partition);
     held
 }

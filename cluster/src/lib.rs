@@ -41,7 +41,8 @@
 //! (an owner's checkpoints in the object store, restored by the next owner, with the log
 //! purged below them), `funds` (funds
 //! queries, both sides), `requests` (how an owner answers a request subject), `node` (which
-//! partitions a node owns, by lease), `retry` (the backoff after NATS failures).
+//! partitions a node owns, by lease), `share` (how many it may hold: rebalancing as nodes join
+//! and leave), `retry` (the backoff after NATS failures).
 //!
 //! This crate only knows about payers through [`tollgate_engine::PayerKey`]; the engine itself
 //! knows nothing of NATS or tokio.
@@ -61,6 +62,7 @@ mod publish;
 mod requests;
 mod resources;
 mod retry;
+mod share;
 pub mod telemetry;
 
 pub use checkpoint::CheckpointError;

@@ -1,6 +1,8 @@
 //! A node's partitions: for each partition it may own, a lease keeper, and while the lease is
 //! held, the partition's ledger (its own RocksDB directory, `<data_dir>/partition-<p>`) and
-//! the owner loop that applies the partition's log to it ([`crate::owner`]).
+//! the owner loop that applies the partition's log to it ([`crate::owner`]). The node announces
+//! itself to the others and holds at most its share of the partitions ([`crate::share`]), so
+//! partitions spread over the nodes as they join and leave.
 //!
 //! One ledger per partition rather than one per node: a partition is the unit that changes
 //! owner, so its state must be separable; and each ledger's per-producer ack store then keys a
@@ -36,6 +38,7 @@ use crate::lease::{Lease, LeaseKeeper, Leases};
 use crate::owner::{Checkpointing, Owner, OwnerError};
 use crate::resources::Cluster;
 use crate::retry::backoff;
+use crate::share::Share;
 use crate::telemetry;
 
 /// The ledgers of the partitions this node owns now, for reads.
@@ -68,6 +71,7 @@ pub struct Node {
     stop: CancellationToken,
     tasks: JoinSet<Result<(), OwnerError>>,
     owned: Owned,
+    share: Arc<Share>,
 }
 
 impl Node {
@@ -80,6 +84,12 @@ impl Node {
         let stop = CancellationToken::new();
         let owned: Owned = Arc::default();
         let mut tasks = JoinSet::new();
+        let share = Share::new(cluster.partitions().get(), cluster.leases().heartbeat());
+        let announcing = announce(cluster.leases().clone(), Arc::clone(&share), stop.clone());
+        tasks.spawn(async move {
+            announcing.await;
+            Ok(())
+        });
         for partition in partitions {
             let keeping = Keeping {
                 checkpoints: Checkpoints::new(
@@ -95,6 +105,7 @@ impl Node {
                     &ledgers.data_dir,
                 ),
                 leases: cluster.leases().clone(),
+                share: Arc::clone(&share),
                 client: cluster.jetstream().client(),
                 stream: cluster.stream().clone(),
                 partition,
@@ -105,7 +116,18 @@ impl Node {
             };
             tasks.spawn(keeping.run());
         }
-        Node { stop, tasks, owned }
+        Node {
+            stop,
+            tasks,
+            owned,
+            share,
+        }
+    }
+
+    /// Takes no more partitions (the node is about to stop): what it owns stays owned until
+    /// [`Node::stop`], so what it already handed its owners is still answered.
+    pub fn stop_taking(&self) {
+        self.share.leave();
     }
 
     /// The partitions owned now, each with a reader of its ledger.
@@ -145,6 +167,8 @@ impl Node {
 struct Keeping {
     checkpoints: Checkpoints,
     leases: Leases,
+    /// How many partitions this node may hold (rebalancing, see `share`).
+    share: Arc<Share>,
     client: async_nats::Client,
     stream: async_nats::jetstream::stream::Stream,
     partition: u32,
@@ -163,7 +187,7 @@ impl Keeping {
         self.checkpoints.clear_work().await;
         let mut failures = 0u32;
         loop {
-            let keeper = self.leases.keep(partition);
+            let keeper = self.leases.keep_within(partition, Arc::clone(&self.share));
             let ended = self.own_while_held(&keeper, &mut failures).await;
             keeper.stop().await;
             let error = match ended {
@@ -360,5 +384,40 @@ fn set(owned: &Owned, partition: u32, reader: Option<LedgerReader>) {
             telemetry::log_lag(partition).set(0.0);
             telemetry::checkpoint_age(partition).set(0.0);
         }
+    }
+}
+
+/// Announces this node every heartbeat and keeps `share` at ceil(P / nodes announced) until
+/// `stop`; then withdraws the announcement. A failure keeps the last share and is logged once
+/// per streak.
+async fn announce(leases: Leases, share: Arc<Share>, stop: CancellationToken) {
+    let mut failures = 0u32;
+    loop {
+        match leases.announce().await {
+            Ok(nodes) => {
+                if failures > 0 {
+                    info!(failures, "nodes counted again");
+                }
+                failures = 0;
+                telemetry::nodes(nodes);
+                share.set_nodes(nodes);
+            }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                if failures == 1 {
+                    warn!(%error, "cannot announce this node or count the others; keeping the last share");
+                } else {
+                    debug!(%error, failures, "cannot announce this node or count the others");
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(leases.heartbeat()) => {}
+        }
+    }
+    if let Err(error) = leases.withdraw().await {
+        // It ages out one TTL later anyway.
+        debug!(%error, "cannot withdraw this node's announcement");
     }
 }

@@ -22,6 +22,10 @@ pub const CHECKPOINTS_TOTAL: &str = "tollgate_cluster_checkpoints_total";
 /// own).
 pub const CHECKPOINT_AGE_SECONDS: &str = "tollgate_cluster_checkpoint_age_seconds";
 
+/// Gauge: the nodes announced in the lease bucket as this node last counted them (itself
+/// included); its share of the partitions is ceil(partitions / nodes).
+pub const NODES: &str = "tollgate_cluster_nodes";
+
 /// The outcomes [`CHECKPOINTS_TOTAL`] counts.
 const CHECKPOINT_OUTCOMES: [&str; 4] = ["stored", "failed", "restored", "unusable"];
 
@@ -53,6 +57,11 @@ pub fn register() {
         Unit::Seconds,
         "seconds since the partition's newest checkpoint, while the owner here applied more"
     );
+    describe_gauge!(
+        NODES,
+        Unit::Count,
+        "nodes announced in the cluster as this node last counted them"
+    );
     metrics::gauge!(PARTITIONS_OWNED).set(0.0);
     for outcome in CHECKPOINT_OUTCOMES {
         metrics::counter!(CHECKPOINTS_TOTAL, "outcome" => outcome).absolute(0);
@@ -73,6 +82,11 @@ pub(crate) fn ownership_changed(taken: bool) {
     } else {
         owned.decrement(1.0);
     }
+}
+
+/// Records the nodes counted.
+pub(crate) fn nodes(count: u32) {
+    metrics::gauge!(NODES).set(f64::from(count));
 }
 
 /// The gauge of how far partition `partition`'s owner on this node is behind its log.

@@ -139,6 +139,8 @@ pub(super) async fn serve(
     };
     shutdown.cancel();
     ready.store(false, Ordering::Release);
+    // Peers stopping at the same time release their partitions: not ours to take now.
+    node.stop_taking();
     // The owners keep running while the fleet port drains: its last acks wait for them.
     let grace = Duration::from_millis(config.server.shutdown_grace_ms) + LOOPS_GRACE;
     failure = failure.or(drain(&mut tasks, grace).await);
