@@ -10,6 +10,10 @@
 //!   expecting the vacant revision (0 when no entry is left). A live entry is never overwritten.
 //! - **Renew** (every heartbeat): write the same record expecting our last revision. A failed
 //!   compare-and-set means the entry expired or another node took it: the lease is lost.
+//! - **Release**: a holder that stops cleanly, or holds more than its share of the partitions
+//!   (see `share`), deletes its entry expecting its last revision: the key is vacant at once
+//!   (its delete marker's revision is what the next acquire expects), not a TTL later. After a
+//!   failure the holder only stops renewing, and the lease lapses.
 //! - **Token**: the revision at which the lease was acquired. It stays the same across renewals
 //!   and grows with every new owner (stream sequences never go back), so it fences writes.
 
@@ -28,7 +32,7 @@ use tracing::{debug, info, warn};
 use crate::error::{LeaseError, NatsError};
 use crate::fence::Fence;
 use crate::kv::{Latest, latest};
-use crate::share::Share;
+use crate::share::{Share, Vacancy};
 
 /// A lease's stored value.
 #[derive(Debug, Serialize, Deserialize)]
@@ -132,12 +136,12 @@ impl Leases {
         self.heartbeat
     }
 
-    /// Writes this node's announcement (`n.<node id>`, aged out one TTL after its last write)
-    /// and counts the nodes announced, this one included.
+    /// Counts the nodes announced (this one included), then writes this node's announcement
+    /// (`n.<node id>`, aged out one TTL after its last write). Nothing is written when the count
+    /// fails: a node that cannot count its peers cannot keep to its share, so it must not be
+    /// counted by them either.
     pub(crate) async fn announce(&self) -> Result<u32, NatsError> {
-        self.store
-            .put(node_key(&self.node), Bytes::from(self.node.clone()))
-            .await?;
+        let own = node_key(&self.node);
         let subjects: Vec<(String, usize)> = self
             .store
             .stream
@@ -145,8 +149,19 @@ impl Leases {
             .await?
             .try_collect()
             .await?;
-        // At least this node, whose write just succeeded, however the listing lags.
-        Ok(u32::try_from(subjects.len()).unwrap_or(u32::MAX).max(1))
+        let counted = subjects
+            .iter()
+            .any(|(subject, _)| subject.strip_prefix(&self.store.prefix) == Some(own.as_str()));
+        self.store.put(own, Bytes::from(self.node.clone())).await?;
+        let nodes = subjects.len() + usize::from(!counted);
+        Ok(u32::try_from(nodes).unwrap_or(u32::MAX))
+    }
+
+    /// How many announcements in a row may fail before this node withdraws: by then the last
+    /// one it wrote is about to age out anyway.
+    pub(crate) fn announce_failures_max(&self) -> u32 {
+        let beats = self.ttl.as_millis() / self.heartbeat.as_millis().max(1);
+        u32::try_from(beats).unwrap_or(u32::MAX).max(1)
     }
 
     /// Removes this node's announcement, leaving nothing behind to count (a KV delete would
@@ -222,17 +237,18 @@ impl Leases {
     /// Takes `partition` if nobody holds it. Refused with [`LeaseError::Held`] while another
     /// node's lease is live, and with [`LeaseError::Contended`] when another node won the race.
     pub async fn acquire(&self, partition: u32) -> Result<Lease, LeaseError> {
-        self.acquire_if(partition, || true)
+        self.acquire_if(partition, |_| true)
             .await?
             .ok_or(LeaseError::Contended { partition })
     }
 
     /// [`Leases::acquire`], asking `admit` once the partition is found vacant (never for a held
-    /// one, so a node's share is spent only on partitions it can get); `None` when refused.
+    /// one, so a node's share is spent only on partitions it can get) and how; `None` when
+    /// refused.
     async fn acquire_if(
         &self,
         partition: u32,
-        admit: impl FnOnce() -> bool,
+        admit: impl FnOnce(Vacancy) -> bool,
     ) -> Result<Option<Lease>, LeaseError> {
         let latest = self.latest(partition).await?;
         let Some(expect) = latest.vacant_revision() else {
@@ -246,7 +262,11 @@ impl Leases {
                 None => LeaseError::Contended { partition },
             });
         };
-        if !admit() {
+        let vacancy = match latest {
+            Latest::Absent => Vacancy::Lapsed,
+            _ => Vacancy::Released,
+        };
+        if !admit(vacancy) {
             return Ok(None);
         }
         let sent = Instant::now();
@@ -323,7 +343,7 @@ impl Leases {
     /// than its share, and releases the lease when the share says so.
     pub(crate) fn keep_within(&self, partition: u32, share: Arc<Share>) -> LeaseKeeper {
         let (held_tx, held) = watch::channel(None);
-        let (stop, stopped) = watch::channel(());
+        let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(keep(self.clone(), partition, share, held_tx, stopped));
         LeaseKeeper { held, stop, task }
     }
@@ -333,7 +353,8 @@ impl Leases {
 #[derive(Debug)]
 pub struct LeaseKeeper {
     held: watch::Receiver<Option<Lease>>,
-    stop: watch::Sender<()>,
+    /// Dropped to stop the heartbeat; `true` first to give the lease up at once.
+    stop: watch::Sender<bool>,
     task: JoinHandle<Option<Lease>>,
 }
 
@@ -346,8 +367,16 @@ impl LeaseKeeper {
 
     /// Stops heartbeating and gives up the lease last held (deleted, so another node may take
     /// it at once; if that fails, the servers expire it one TTL after the last renewal), which
-    /// it returns.
+    /// it returns. For a clean stop, once the owner has stopped.
     pub async fn stop(self) -> Option<Lease> {
+        self.stop.send_replace(true);
+        self.lapse().await
+    }
+
+    /// Stops heartbeating and lets the lease last held lapse (the servers expire it one TTL after
+    /// the last renewal), which it returns. After a failure: the partition is left to whichever
+    /// node takes it first once it lapsed, rather than handed straight back to this one.
+    pub async fn lapse(self) -> Option<Lease> {
         drop(self.stop);
         self.task.await.ok().flatten()
     }
@@ -358,7 +387,7 @@ async fn keep(
     partition: u32,
     share: Arc<Share>,
     held_tx: watch::Sender<Option<Lease>>,
-    mut stopped: watch::Receiver<()>,
+    mut stopped: watch::Receiver<bool>,
 ) -> Option<Lease> {
     let mut held: Option<Lease> = None;
     // Acquire failures in a row: an unreachable bucket is logged once, not every heartbeat.
@@ -366,7 +395,7 @@ async fn keep(
     loop {
         held = match held {
             None => match leases
-                .acquire_if(partition, || share.reserve(partition))
+                .acquire_if(partition, |vacancy| share.reserve(partition, vacancy))
                 .await
             {
                 Ok(Some(lease)) => {
@@ -431,7 +460,9 @@ async fn keep(
             _ = stopped.changed() => break,
         }
     }
-    if let Some(lease) = &held {
+    if let Some(lease) = &held
+        && *stopped.borrow()
+    {
         leases.release(lease).await;
     }
     share.gave_up(partition);

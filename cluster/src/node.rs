@@ -189,7 +189,11 @@ impl Keeping {
         loop {
             let keeper = self.leases.keep_within(partition, Arc::clone(&self.share));
             let ended = self.own_while_held(&keeper, &mut failures).await;
-            keeper.stop().await;
+            if ended.is_ok() {
+                keeper.stop().await;
+            } else {
+                keeper.lapse().await;
+            }
             let error = match ended {
                 Ok(()) => return Ok(()),
                 Err(error @ (OwnerError::Nats { .. } | OwnerError::Checkpoint { .. })) => error,
@@ -389,7 +393,8 @@ fn set(owned: &Owned, partition: u32, reader: Option<LedgerReader>) {
 
 /// Announces this node every heartbeat and keeps `share` at ceil(P / nodes announced) until
 /// `stop`; then withdraws the announcement. A failure keeps the last share and is logged once
-/// per streak.
+/// per streak; a streak as long as a TTL withdraws the announcement, so the peers stop counting
+/// a node that cannot count them.
 async fn announce(leases: Leases, share: Arc<Share>, stop: CancellationToken) {
     let mut failures = 0u32;
     loop {
@@ -405,9 +410,14 @@ async fn announce(leases: Leases, share: Arc<Share>, stop: CancellationToken) {
             Err(error) => {
                 failures = failures.saturating_add(1);
                 if failures == 1 {
-                    warn!(%error, "cannot announce this node or count the others; keeping the last share");
+                    warn!(%error, "cannot count the nodes or announce this one; keeping the last share");
                 } else {
-                    debug!(%error, failures, "cannot announce this node or count the others");
+                    debug!(%error, failures, "cannot count the nodes or announce this one");
+                }
+                if failures == leases.announce_failures_max()
+                    && let Err(error) = leases.withdraw().await
+                {
+                    debug!(%error, "cannot withdraw this node's announcement");
                 }
             }
         }

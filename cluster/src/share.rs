@@ -21,6 +21,15 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
+/// How a vacant lease became vacant, as far as its entry tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Vacancy {
+    /// Deleted by its holder (a release): handed on.
+    Released,
+    /// No entry: never taken, or its holder stopped renewing it a TTL ago (dead or failing).
+    Lapsed,
+}
+
 /// The partitions one node holds or is acquiring, and how many it may.
 #[derive(Debug)]
 pub(crate) struct Share {
@@ -75,13 +84,19 @@ impl Share {
         }
     }
 
-    /// Reserves a place for `partition` before acquiring its lease: `false` when this node
-    /// already holds (or is acquiring) its share, or is stopping.
-    pub(crate) fn reserve(&self, partition: u32) -> bool {
+    /// Reserves a place for the vacant `partition` before acquiring its lease: `false` when this
+    /// node is stopping, has not counted the nodes yet, or already holds (or is acquiring) its
+    /// share and the lease was released to be handed on. A lease that lapsed (its holder died
+    /// or keeps failing) is taken beyond the share: when the shares add up to exactly P, or a
+    /// counted node cannot own its share, nobody else would take it; the taker releases it
+    /// again, one per heartbeat, while over its share.
+    pub(crate) fn reserve(&self, partition: u32, vacancy: Vacancy) -> bool {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let limit = self.limit();
         held.contains(&partition)
             || (!self.leaving.load(Ordering::Acquire)
-                && held.len() < self.limit()
+                && limit > 0
+                && (held.len() < limit || vacancy == Vacancy::Lapsed)
                 && held.insert(partition))
     }
 
@@ -124,27 +139,40 @@ mod tests {
 
     #[test]
     fn a_node_holds_at_most_its_share_and_releases_its_highest_partition_first() {
+        use Vacancy::{Lapsed, Released};
         let share = Share::new(16, Duration::from_secs(3600));
-        assert!(!share.reserve(0), "nothing before the nodes are counted");
+        assert!(
+            !share.reserve(0, Lapsed),
+            "nothing before the nodes are counted"
+        );
         share.set_nodes(1);
-        assert!((0..16).all(|p| share.reserve(p)));
+        assert!((0..16).all(|p| share.reserve(p, Released)));
         assert!(!share.release_now(15), "alone, it holds them all");
         share.set_nodes(3);
         assert!(!share.release_now(14), "not its highest");
         assert!(share.release_now(15));
         share.gave_up(15);
         assert!(!share.release_now(14), "one release per pace");
-        assert!(!share.reserve(15), "over its share, it takes nothing");
+        assert!(
+            !share.reserve(15, Released),
+            "over its share, it takes no released partition"
+        );
         let share = Share::new(16, Duration::ZERO);
         share.set_nodes(3);
-        assert!((0..6).all(|p| share.reserve(p)));
-        assert!(!share.reserve(6), "ceil(16 / 3) = 6");
-        assert!(share.reserve(5), "one it holds stays reserved");
+        assert!((0..6).all(|p| share.reserve(p, Released)));
+        assert!(!share.reserve(6, Released), "ceil(16 / 3) = 6");
+        assert!(share.reserve(5, Released), "one it holds stays reserved");
+        assert!(
+            share.reserve(7, Lapsed),
+            "a lapsed lease is taken beyond the share"
+        );
+        assert!(share.release_now(7), "and handed on again");
+        share.gave_up(7);
         share.gave_up(0);
-        assert!(share.reserve(6));
+        assert!(share.reserve(6, Released));
         share.leave();
         share.gave_up(6);
-        assert!(!share.reserve(6), "a stopping node takes nothing");
-        assert!(share.reserve(5), "what it holds stays");
+        assert!(!share.reserve(6, Lapsed), "a stopping node takes nothing");
+        assert!(share.reserve(5, Released), "what it holds stays");
     }
 }
