@@ -202,8 +202,15 @@ impl Publisher {
                     .await?
                     .await?;
                 Ok::<u64, NatsError>(ack.sequence)
-            }
-            .await;
+            };
+            // Bounded by the batch's deadline, not by the client's own publish-ack timeout (30 s
+            // by default, and its wait for a free ack slot has none): a batch is answered or
+            // refused within its verdict timeout. A publish that lands after all is kept once
+            // by its message id when the client re-sends.
+            let published = match tokio::time::timeout_at(deadline, published).await {
+                Ok(published) => published,
+                Err(_) => return Err(timeout("publish: no ack before the deadline".into())),
+            };
             match published {
                 Ok(seq) => break seq,
                 Err(error) if Instant::now() + RETRY_PAUSE < deadline => {
