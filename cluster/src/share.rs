@@ -5,7 +5,9 @@
 //! partitions; a node above it (the one that was alone when its peers joined) releases its
 //! highest-numbered partition, one per heartbeat so partitions move one at a time, by stopping
 //! its owner and deleting the lease so another node takes it without waiting out a TTL. A node
-//! that stops deletes its leases the same way once its owners stopped.
+//! that stops deletes its leases the same way once its owners stopped. A released lease is
+//! taken only within the share; a lapsed one (its holder died, or failed and stopped renewing)
+//! beyond it, so no partition waits for a count to catch up, and the extra is handed on again.
 //!
 //! This module is the arithmetic; the lease keepers ask it before acquiring and after renewing,
 //! and the node's announcing loop tells it how many nodes there are.
