@@ -194,14 +194,7 @@ impl EpochTree {
     /// turns stored entries into a tree, so the root settle commits and the proofs the query API
     /// serves can never be built two ways. An epoch without leaves is [`MerkleError::Empty`].
     pub fn from_sealed(sealed: &SealedEpoch) -> Result<Self, MerkleError> {
-        Self::build(
-            sealed.epoch,
-            sealed.leaves.iter().map(|(payer, payee, cumulative)| Leaf {
-                payer: *payer,
-                payee: *payee,
-                cumulative: *cumulative,
-            }),
-        )
+        Self::build(sealed.epoch, leaves_of(sealed))
     }
 
     /// The epoch this tree commits.
@@ -259,17 +252,10 @@ impl EpochTree {
     /// The proof for the `index`-th listed leaf (OpenZeppelin's `getProof(index)`); empty past
     /// the end. The sibling of every node from the leaf up to the root's children.
     pub fn proof_at(&self, index: usize) -> Vec<B256> {
-        let Some(&leaf) = self.tree_index.get(index) else {
-            return Vec::new();
-        };
-        let mut proof = Vec::with_capacity(usize::BITS as usize);
-        let mut node = leaf;
-        while node > 0 {
-            let sibling = if node % 2 == 1 { node + 1 } else { node - 1 };
-            proof.push(self.tree[sibling]);
-            node = (node - 1) / 2;
+        match self.tree_index.get(index) {
+            Some(&leaf) => heap_proof(&self.tree, leaf),
+            None => Vec::new(),
         }
-        proof
     }
 
     /// The tree as OpenZeppelin's `StandardMerkleTree.dump()` writes it:
@@ -292,6 +278,154 @@ impl EpochTree {
                 })
                 .collect(),
         }
+    }
+}
+
+/// A sealed epoch's stored leaves as tree leaves.
+fn leaves_of(sealed: &SealedEpoch) -> impl Iterator<Item = Leaf> + '_ {
+    sealed
+        .leaves
+        .iter()
+        .map(|&(payer, payee, cumulative)| Leaf {
+            payer,
+            payee,
+            cumulative,
+        })
+}
+
+/// The sibling of every node from heap node `node` up to the root's children.
+fn heap_proof(tree: &[B256], mut node: usize) -> Vec<B256> {
+    let mut proof = Vec::with_capacity(usize::BITS as usize);
+    while node > 0 {
+        let sibling = if node % 2 == 1 { node + 1 } else { node - 1 };
+        proof.push(tree[sibling]);
+        node = (node - 1) / 2;
+    }
+    proof
+}
+
+/// An epoch's tree in cluster mode: an [`EpochTree`] per partition that has leaves, under a tree
+/// over their roots laid out as OpenZeppelin lays out nodes (sorted ascending, the same heap).
+/// A partition root enters the upper tree as a node, never hashed as a leaf, so a channel's
+/// proof is its partition proof followed by its partition root's proof, and `MerkleProof.verify`
+/// / `Settlement.verifyLeaf` fold it to the epoch root like any proof. With one partition
+/// holding leaves, the epoch root is that partition's root.
+pub struct PartitionedTree {
+    partitions: Vec<EpochTree>,
+    /// The heap over the partition roots: node `i` hashes `2i + 1` and `2i + 2`, the roots are
+    /// the last `partitions.len()`.
+    top: Vec<B256>,
+    /// For each partition tree, its root's index in `top`.
+    top_index: Vec<usize>,
+}
+
+impl std::fmt::Debug for PartitionedTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionedTree")
+            .field("partitions", &self.partitions.len())
+            .field("leaves", &self.len())
+            .field("root", &self.root())
+            .finish()
+    }
+}
+
+impl PartitionedTree {
+    /// Builds `epoch`'s tree over the partitions' leaves (one list per partition, in any
+    /// order; a partition without leaves adds nothing). [`MerkleError::Empty`] when no
+    /// partition has a leaf.
+    pub fn build(
+        epoch: u64,
+        partitions: impl IntoIterator<Item = Vec<Leaf>>,
+    ) -> Result<Self, MerkleError> {
+        let partitions = partitions
+            .into_iter()
+            .filter(|leaves| !leaves.is_empty())
+            .map(|leaves| EpochTree::build(epoch, leaves))
+            .collect::<Result<Vec<_>, _>>()?;
+        if partitions.is_empty() {
+            return Err(MerkleError::Empty);
+        }
+        let mut order: Vec<([u64; 4], usize)> = partitions
+            .iter()
+            .enumerate()
+            .map(|(position, tree)| (hash_words(&tree.root().0), position))
+            .collect();
+        order.sort_unstable_by_key(|(words, _)| *words);
+        if let Some(pair) = order.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+            return Err(MerkleError::DuplicateLeaf(hash_bytes(&pair[0].0)));
+        }
+        let nodes = 2 * partitions.len() - 1;
+        let mut top = vec![B256::ZERO; nodes];
+        let mut top_index = vec![0; partitions.len()];
+        for (rank, (words, position)) in order.iter().enumerate() {
+            let at = nodes - 1 - rank;
+            top[at] = hash_bytes(words);
+            top_index[*position] = at;
+        }
+        hash_parents(&mut top, nodes - partitions.len());
+        Ok(Self {
+            partitions,
+            top,
+            top_index,
+        })
+    }
+
+    /// Rebuilds the tree of an epoch that the partitions' ledgers sealed one by one, from each
+    /// partition's sealed epoch (all of epoch `epoch`): for the coordinator's commit and for
+    /// proofs, which can then never be built two ways.
+    pub fn from_sealed<'a>(
+        epoch: u64,
+        partitions: impl IntoIterator<Item = &'a SealedEpoch>,
+    ) -> Result<Self, MerkleError> {
+        Self::build(
+            epoch,
+            partitions
+                .into_iter()
+                .map(|sealed| leaves_of(sealed).collect()),
+        )
+    }
+
+    /// The root committed onchain.
+    pub fn root(&self) -> B256 {
+        self.top.first().copied().unwrap_or_default()
+    }
+
+    /// Leaves (channels) over all partitions.
+    pub fn len(&self) -> usize {
+        self.partitions.iter().map(EpochTree::len).sum()
+    }
+
+    /// Always false: `build` refuses a tree without leaves.
+    pub fn is_empty(&self) -> bool {
+        self.partitions.is_empty()
+    }
+
+    /// The proof for the channel `(payer, payee)`, ready for `verifyLeaf` / `MerkleProof.verify`:
+    /// its partition proof, then its partition root's proof.
+    pub fn proof(&self, payer: &PayerKey, payee: &Address) -> Option<(Leaf, Vec<B256>)> {
+        self.partitions
+            .iter()
+            .zip(&self.top_index)
+            .find_map(|(tree, &at)| {
+                let (leaf, mut proof) = tree.proof(payer, payee)?;
+                proof.extend(heap_proof(&self.top, at));
+                Some((leaf, proof))
+            })
+    }
+
+    /// Every leaf with its proof, partition by partition.
+    pub fn proofs(&self) -> impl Iterator<Item = (Leaf, Vec<B256>)> + '_ {
+        self.partitions
+            .iter()
+            .zip(&self.top_index)
+            .flat_map(|(tree, &at)| {
+                let upper = heap_proof(&self.top, at);
+                (0..tree.len()).map(move |index| {
+                    let mut proof = tree.proof_at(index);
+                    proof.extend_from_slice(&upper);
+                    (tree.listed[index], proof)
+                })
+            })
     }
 }
 
@@ -532,6 +666,42 @@ mod tests {
         )
             .abi_encode();
         assert_eq!(leaf_hash(7, &l), keccak256(keccak256(encoded)));
+    }
+
+    #[test]
+    fn partitioned_tree_proofs_fold_to_its_root() {
+        for (partitions, leaves) in [(1u32, 1u32), (1, 7), (3, 2), (4, 9), (16, 40), (5, 41)] {
+            let mut split = vec![Vec::new(); partitions as usize + 1];
+            for i in 0..leaves {
+                split[(i % partitions) as usize].push(leaf(i));
+            }
+            // The extra partition stays empty and adds nothing.
+            let tree = PartitionedTree::build(5, split.clone()).expect("leaves");
+            assert_eq!(tree.len(), leaves as usize);
+            let mut proven = 0;
+            for (listed, proof) in tree.proofs() {
+                assert!(verify(tree.root(), leaf_hash(5, &listed), &proof));
+                let (found, by_channel) = tree.proof(&listed.payer, &listed.payee).expect("listed");
+                assert_eq!((found, &by_channel), (listed, &proof));
+                proven += 1;
+            }
+            assert_eq!(proven, leaves);
+            if partitions == 1 {
+                assert_eq!(
+                    tree.root(),
+                    EpochTree::build(5, split[0].clone())
+                        .expect("leaves")
+                        .root()
+                );
+            }
+            // Another epoch number or another cumulative is not proven.
+            let (listed, proof) = tree.proofs().next().expect("a leaf");
+            assert!(!verify(tree.root(), leaf_hash(6, &listed), &proof));
+        }
+        assert_eq!(
+            PartitionedTree::build(5, vec![Vec::new(), Vec::new()]).err(),
+            Some(MerkleError::Empty)
+        );
     }
 
     #[test]
