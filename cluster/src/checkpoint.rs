@@ -58,6 +58,7 @@ use crate::config::ClusterConfig;
 use crate::error::{LeaseError, NatsError};
 use crate::kv::{Latest, latest};
 use crate::lease::Leases;
+use crate::objects::{ReadError, meta_subject, read_object};
 use crate::partition::subject_of;
 use crate::retry::backoff;
 use crate::telemetry;
@@ -351,9 +352,7 @@ impl Checkpoints {
 
     /// The metadata subject of the object whose name encodes to `encoded` (or a wildcard).
     fn meta_subject(&self, encoded: &str) -> String {
-        let stream = &self.objects.cached_info().config.name;
-        let bucket = stream.strip_prefix("OBJ_").unwrap_or(stream);
-        format!("$O.{bucket}.M.{encoded}")
+        meta_subject(&self.objects, encoded)
     }
 
     /// Deletes a checkpoint and its metadata subject: the object store keeps a deleted object's
@@ -512,31 +511,33 @@ impl Checkpoints {
         }
     }
 
-    /// Downloads `name` to `archive`. A read that fails is tried twice more before the
-    /// checkpoint is judged unusable: a digest that differs fails every time, a dropped
+    /// Downloads `name` to `archive` (without a consumer: see `objects`). A read that fails is
+    /// tried twice more before it counts: a digest that differs fails every time, a dropped
     /// connection does not, and judging a good checkpoint unusable costs a longer replay.
     async fn download(&self, name: &str, archive: &Path) -> Result<(), CheckpointError> {
         let mut failures = 0u32;
         loop {
-            let mut object = self
-                .store
-                .get(name)
-                .await
-                .map_err(store_error("get the checkpoint"))?;
             let mut file = tokio::fs::File::create(archive)
                 .await
                 .map_err(files_error("create the download"))?;
-            // The object's reader fails at the end when the digest recorded at upload differs.
-            match tokio::io::copy(&mut object, &mut file).await {
+            let error = match read_object(&self.objects, name, &mut file).await {
                 Ok(_) => return Ok(()),
-                Err(error) if failures >= 2 => {
-                    return Err(reading_error("download the checkpoint")(error));
+                Err(ReadError::Write(error)) => {
+                    return Err(files_error("write the download")(error));
                 }
-                Err(_) => {
-                    failures += 1;
-                    tokio::time::sleep(backoff(failures)).await;
-                }
+                Err(error) => error,
+            };
+            if failures >= 2 {
+                return Err(match error {
+                    ReadError::Corrupt(why) => CheckpointError::Corrupt {
+                        what: "download the checkpoint",
+                        source: std::io::Error::other(why),
+                    },
+                    other => store_error("get the checkpoint")(other),
+                });
             }
+            failures += 1;
+            tokio::time::sleep(backoff(failures)).await;
         }
     }
 

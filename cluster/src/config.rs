@@ -98,6 +98,9 @@ impl Default for ClusterConfig {
 
 /// Most copies JetStream keeps of anything.
 const REPLICAS_MAX: usize = 5;
+/// The most partitions a cluster may have. Leaves room above for the coordinator's lease
+/// number ([`crate::lease::COORDINATOR_LEASE`]).
+pub const PARTITIONS_MAX: u32 = 4_096;
 
 impl ClusterConfig {
     /// Refuses settings the servers would reject later or that break a guarantee, naming the key.
@@ -126,8 +129,11 @@ impl ClusterConfig {
                 "letters, digits, `-`, `_`, `=`, `/` and `.` (not first, last or twice in a row)",
             );
         }
-        if self.partitions == 0 {
-            return invalid("partitions", "at least one partition is needed");
+        if self.partitions == 0 || self.partitions > PARTITIONS_MAX {
+            return invalid(
+                "partitions",
+                "between 1 and 4096 (each is a lease, an owner and a ledger directory)",
+            );
         }
         for (key, replicas) in [
             ("stream_replicas", self.stream_replicas),
@@ -216,11 +222,12 @@ mod tests {
     #[test]
     fn each_bad_setting_is_named() {
         type Break = fn(&mut ClusterConfig);
-        let cases: [(&str, Break); 11] = [
+        let cases: [(&str, Break); 12] = [
             ("node_id", |c| c.node_id.clear()),
             ("node_id", |c| c.node_id = "node 1".into()),
             ("node_id", |c| c.node_id = "n1.".into()),
             ("partitions", |c| c.partitions = 0),
+            ("partitions", |c| c.partitions = PARTITIONS_MAX + 1),
             ("stream_replicas", |c| c.stream_replicas = 6),
             ("stream_max_bytes", |c| c.stream_max_bytes = 0),
             ("lease_heartbeat_ms", |c| {

@@ -105,7 +105,14 @@ pub struct Leases {
     heartbeat: Duration,
 }
 
+/// The settlement coordinator's lease (`coordinator` in the bucket), kept like a partition's
+/// under a number no partition has (a cluster has at most [`crate::PARTITIONS_MAX`]).
+pub const COORDINATOR_LEASE: u32 = u32::MAX;
+
 fn key(partition: u32) -> String {
+    if partition == COORDINATOR_LEASE {
+        return "coordinator".to_owned();
+    }
     format!("p.{partition}")
 }
 

@@ -42,19 +42,23 @@
 //! purged below them), `funds` (funds
 //! queries, both sides), `requests` (how an owner answers a request subject), `node` (which
 //! partitions a node owns, by lease), `share` (how many it may hold: rebalancing as nodes join
-//! and leave), `retry` (the backoff after NATS failures).
+//! and leave), `retry` (the backoff after NATS failures), `epoch` (the coordinator's marks in
+//! every partition's log, each owner's seal at them and its summary for the coordinator:
+//! [`Epochs`]), `objects` (reading an object-store object without a consumer).
 //!
 //! This crate only knows about payers through [`tollgate_engine::PayerKey`]; the engine itself
 //! knows nothing of NATS or tokio.
 
 mod checkpoint;
 mod config;
+mod epoch;
 mod error;
 mod fence;
 mod funds;
 mod kv;
 mod lease;
 mod node;
+mod objects;
 mod owner;
 mod part;
 mod partition;
@@ -66,16 +70,17 @@ mod share;
 pub mod telemetry;
 
 pub use checkpoint::CheckpointError;
-pub use config::ClusterConfig;
+pub use config::{ClusterConfig, PARTITIONS_MAX};
+pub use epoch::{Epochs, EpochsError};
 pub use error::{ClusterError, LeaseError, NatsError};
 pub use fence::{FENCE_HEADER, Fence, FenceError};
 pub use funds::{FundsClient, FundsError};
-pub use lease::{Holder, Lease, LeaseKeeper, Leases};
+pub use lease::{COORDINATOR_LEASE, Holder, Lease, LeaseKeeper, Leases};
 pub use node::{Node, NodeLedgers};
 pub use owner::{OwnerError, PartRefused, REFUSALS_KEPT};
 pub use part::{
-    ASK_PREFIX, Answer, Ask, BatchId, DecodeError, FUNDS_PREFIX, FundsAnswer, FundsQuery, Part,
-    Verdicts, ask_subject, funds_subject,
+    ASK_PREFIX, Answer, Ask, BatchId, DecodeError, EpochMark, FUNDS_PREFIX, FundsAnswer,
+    FundsQuery, Part, Summary, Verdicts, ask_subject, funds_subject,
 };
 pub use partition::{SUBJECT_PREFIX, partition_of, subject_of};
 pub use publish::{AnswerProblem, PublishError, Publisher};

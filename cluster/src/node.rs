@@ -34,6 +34,7 @@ use tollgate_engine::pipeline::{BatchVerifier, Engine, EngineConfig, EngineError
 use tracing::{debug, error, info, warn};
 
 use crate::checkpoint::{CheckpointError, Checkpoints, Policy, Stored};
+use crate::epoch::Summaries;
 use crate::lease::{Lease, LeaseKeeper, Leases};
 use crate::owner::{Checkpointing, Owner, OwnerError};
 use crate::resources::Cluster;
@@ -104,6 +105,7 @@ impl Node {
                     Policy::of(cluster.config()),
                     &ledgers.data_dir,
                 ),
+                summaries: Summaries::new(cluster),
                 leases: cluster.leases().clone(),
                 share: Arc::clone(&share),
                 client: cluster.jetstream().client(),
@@ -166,6 +168,8 @@ impl Node {
 /// One partition a node competes for, and what owning it takes.
 struct Keeping {
     checkpoints: Checkpoints,
+    /// Where the owner stores its partition's summary of each epoch it seals.
+    summaries: Summaries,
     leases: Leases,
     /// How many partitions this node may hold (rebalancing, see `share`).
     share: Arc<Share>,
@@ -254,7 +258,7 @@ impl Keeping {
                     &self.stream,
                     partition,
                     self.partitions,
-                    engine.clone(),
+                    (engine.clone(), self.summaries.clone()),
                 ) => Some(started),
                 () = lease_lost(&mut held, token, &self.stop) => None,
             };

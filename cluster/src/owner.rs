@@ -31,21 +31,23 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-use async_nats::jetstream::stream;
+use async_nats::jetstream::{self, stream};
 use futures::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tollgate_engine::pipeline::{
-    AckReceiver, BatchAck, Engine, EngineError, LedgerError, LogPosition, SubmitError,
-    SubmitRequest,
+    AckReceiver, BatchAck, Engine, EngineError, LogPosition, SubmitError, SubmitRequest,
 };
 use tracing::{debug, info, warn};
 
 use crate::checkpoint::{CheckpointError, Checkpoints, Stored};
+use crate::epoch::{Summaries, apply_mark, refused, store_newest_summary};
 use crate::error::NatsError;
 use crate::funds::{FundsSource, answer_funds};
-use crate::part::{Answer, Ask, DecodeError, Part, Verdicts, ask_subject, funds_subject};
+use crate::part::{
+    Answer, Ask, DecodeError, EpochMark, Part, Verdicts, ask_subject, funds_subject,
+};
 use crate::partition::{partition_of, subject_of};
 use crate::requests::answer_each;
 use crate::retry::backoff;
@@ -57,6 +59,11 @@ const ASKS_WAITING_MAX: usize = 4_096;
 /// Parts handed to the engine and not yet answered. The engine's own queue bounds it too; this
 /// keeps the owner from pulling the whole log into memory ahead of the writer.
 const PARTS_IN_FLIGHT_MAX: usize = 128;
+/// How long the log consumer may deliver nothing before the log is checked for messages it
+/// should have delivered.
+const STALL_CHECK: Duration = Duration::from_secs(5);
+/// How long the consumer loop waits for the answer to whether the log holds more.
+const STALL_QUESTION: Duration = Duration::from_secs(1);
 /// Refused parts' sequences an owner remembers to answer their asks with.
 pub const REFUSALS_KEPT: usize = 1_024;
 
@@ -145,11 +152,12 @@ pub(crate) struct Owner {
     partition: u32,
     partitions: NonZeroU32,
     engine: Engine,
+    summaries: Summaries,
     position: u64,
     asks: async_nats::Subscriber,
     funds: async_nats::Subscriber,
     stream: stream::Stream,
-    messages: std::pin::Pin<Box<pull::Ordered>>,
+    messages: LogFeed,
 }
 
 /// What an owner needs to checkpoint its partition: the partition's checkpoints, the token of
@@ -160,10 +168,17 @@ pub(crate) struct Checkpointing {
     pub(crate) newest: Option<Stored>,
 }
 
-/// A part the consumer took from the log, in log order: handed to the ledger, or refused.
+/// A message the consumer took from the log, in log order: a part handed to the ledger, a
+/// refused one, or an epoch mark, which the consumer waits for (`done`) before it reads on, so
+/// no later part reaches the ledger before the mark is applied.
 enum Taken {
     Submitted(u64, AckReceiver),
     Refused(u64),
+    Mark {
+        seq: u64,
+        mark: EpochMark,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// The newest refused parts' sequences, for their asks.
@@ -177,7 +192,7 @@ impl Owner {
         stream: &stream::Stream,
         partition: u32,
         partitions: NonZeroU32,
-        engine: Engine,
+        (engine, summaries): (Engine, Summaries),
     ) -> Result<Owner, OwnerError> {
         let nats = |what| {
             move |source: NatsError| OwnerError::Nats {
@@ -199,28 +214,16 @@ impl Owner {
             .subscribe(funds_subject(partition))
             .await
             .map_err(|e| nats("subscribe to funds queries")(e.into()))?;
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: subject_of(partition),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: position + 1,
-                },
-                ..Default::default()
-            })
+        let messages = LogFeed::open(stream, partition, position)
             .await
-            .map_err(|e| nats("create the log consumer")(e.into()))?;
-        let messages = Box::pin(
-            consumer
-                .messages()
-                .await
-                .map_err(|e| nats("read the log")(e.into()))?,
-        );
+            .map_err(nats("open the log"))?;
         info!(partition, position, "owning partition");
         Ok(Owner {
             client,
             partition,
             partitions,
             engine,
+            summaries,
             position,
             asks,
             funds,
@@ -247,13 +250,18 @@ impl Owner {
         let mut tasks = JoinSet::new();
         let funds = FundsSource {
             client: self.client.clone(),
-            stream: self.stream,
+            stream: self.stream.clone(),
             partition,
             partitions: self.partitions,
             reader: engine.reader(),
             applied: applied.clone(),
         };
         tasks.spawn(answer_funds(funds, self.funds, failed.clone()));
+        let (newest, summaries) = (engine.clone(), self.summaries.clone());
+        let stopping = failed.clone();
+        tasks.spawn(async move {
+            store_newest_summary(&newest, summaries, partition, stopping).await;
+        });
         tasks.spawn(checkpointing.checkpoints.keep_taking(
             engine.clone(),
             Arc::clone(&messages_applied),
@@ -270,7 +278,7 @@ impl Owner {
             failed.clone(),
         ));
         let acks = tokio::spawn(await_acks(
-            partition,
+            (partition, engine.clone(), self.summaries),
             in_flight_rx,
             (applied_tx, messages_applied),
             failed.clone(),
@@ -279,6 +287,7 @@ impl Owner {
             partition,
             partitions: self.partitions,
             refusals,
+            stream: self.stream.clone(),
         };
         let consumed = log
             .consume(
@@ -299,20 +308,82 @@ impl Owner {
     }
 }
 
+/// Messages an ordered consumer's task may hold for the consumer loop.
+const FEED_BUFFER: usize = 64;
+
+/// The partition's log through an ordered consumer, read by a task of its own: the consumer
+/// loop waits on the channel with a timeout instead of on the consumer, whose `next` must not
+/// be cancelled (async-nats's ordered consumer stopped delivering when it was, every few
+/// seconds, in the cluster test). Dropping the feed stops the task and the consumer.
+struct LogFeed {
+    messages: mpsc::Receiver<Result<jetstream::Message, pull::OrderedError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LogFeed {
+    /// The partition's log from just after `position`.
+    async fn open(
+        stream: &stream::Stream,
+        partition: u32,
+        position: u64,
+    ) -> Result<LogFeed, NatsError> {
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: subject_of(partition),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: position + 1,
+                },
+                ..Default::default()
+            })
+            .await?;
+        let mut ordered = consumer.messages().await?;
+        let (tx, messages) = mpsc::channel(FEED_BUFFER);
+        let task = tokio::spawn(async move {
+            while let Some(message) = ordered.next().await {
+                if tx.send(message).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(LogFeed { messages, task })
+    }
+}
+
+impl Drop for LogFeed {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Whether the log holds a message of `partition` after `position`: an ordered consumer that
+/// delivers nothing while this says yes is stalled. Asks the stream's leader for the
+/// partition's last message (no consumer needed), for at most [`STALL_QUESTION`]; `false`
+/// when it does not answer.
+async fn log_has_more(stream: &stream::Stream, partition: u32, position: u64) -> bool {
+    let last = tokio::time::timeout(
+        STALL_QUESTION,
+        stream.get_last_raw_message_by_subject(&subject_of(partition)),
+    )
+    .await;
+    matches!(last, Ok(Ok(message)) if message.sequence > position)
+}
+
 /// What the consumer needs to judge the parts of one partition's log.
 struct Log {
     partition: u32,
     partitions: NonZeroU32,
     refusals: Refusals,
+    stream: stream::Stream,
 }
 
 impl Log {
     /// Feeds the log to the engine in stream order, from just after `position`. The ordered
     /// consumer recreates itself after an error from the last sequence it delivered; a streak of
-    /// errors is logged once and waited out with a growing pause, never spun on.
+    /// errors is logged once and waited out with a growing pause, never spun on. A consumer that
+    /// delivers nothing for [`STALL_CHECK`] while the log holds more is replaced.
     async fn consume(
         &self,
-        mut messages: std::pin::Pin<Box<pull::Ordered>>,
+        mut feed: LogFeed,
         engine: &Engine,
         position: u64,
         in_flight: mpsc::Sender<Taken>,
@@ -326,7 +397,26 @@ impl Log {
         loop {
             let message = tokio::select! {
                 () = stop.cancelled() => return Ok(()),
-                message = messages.next() => message,
+                message = tokio::time::timeout(STALL_CHECK, feed.messages.recv()) => message,
+            };
+            let Ok(message) = message else {
+                // With a NATS server down, NATS 2.9.10 can leave an ordered consumer that
+                // delivers nothing and reports nothing (seen for minutes after a server was
+                // killed): checked against the log itself, and replaced when stalled.
+                if log_has_more(&self.stream, partition, last).await {
+                    warn!(
+                        partition,
+                        position = last,
+                        "the log consumer delivers nothing while the log has more; opening it again"
+                    );
+                    match LogFeed::open(&self.stream, partition, last).await {
+                        Ok(reopened) => feed = reopened,
+                        Err(error) => {
+                            warn!(partition, %error, "cannot open the log again; trying at the next check")
+                        }
+                    }
+                }
+                continue;
             };
             let message = match message {
                 Some(Ok(message)) => {
@@ -372,6 +462,29 @@ impl Log {
                 continue;
             }
             last = seq;
+            if EpochMark::is_mark(&message.payload) {
+                let mark = match EpochMark::decode(&message.payload) {
+                    Ok(mark) => mark,
+                    Err(error) => {
+                        warn!(partition, seq, %error, "epoch mark refused");
+                        if in_flight.send(Taken::Refused(seq)).await.is_err() {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                };
+                let (done, applied) = oneshot::channel();
+                if in_flight
+                    .send(Taken::Mark { seq, mark, done })
+                    .await
+                    .is_err()
+                    || applied.await.is_err()
+                {
+                    // The ack loop stopped (on a ledger failure, which it reports, or `stop`).
+                    return Ok(());
+                }
+                continue;
+            }
             let part = match admit(&message.payload, partition, self.partitions) {
                 Ok(part) => part,
                 Err(error) => {
@@ -401,13 +514,10 @@ impl Log {
                     // The in-flight bound normally keeps the engine's queue from filling.
                     Err(SubmitError::Full) => tokio::time::sleep(Duration::from_millis(1)).await,
                     Err(error) => {
-                        let source = match error {
-                            SubmitError::Poisoned => EngineError::Ledger(LedgerError::Poisoned {
-                                cause: "submit refused: ledger poisoned".into(),
-                            }),
-                            _ => EngineError::Stopped,
-                        };
-                        return Err(OwnerError::Ledger { partition, source });
+                        return Err(OwnerError::Ledger {
+                            partition,
+                            source: refused(error),
+                        });
                     }
                 }
             };
@@ -434,9 +544,10 @@ impl Log {
 
 /// Waits for the engine's answers in log order and publishes how far the log is applied, and
 /// how many of its messages. A refused part (another batch under a remembered number, a
-/// superseded session) counts as applied: applying it again refuses it again.
+/// superseded session) counts as applied: applying it again refuses it again. An epoch mark is
+/// applied here, once everything before it is answered.
 async fn await_acks(
-    partition: u32,
+    (partition, engine, summaries): (u32, Engine, Summaries),
     mut in_flight: mpsc::Receiver<Taken>,
     (applied, messages): (watch::Sender<u64>, Arc<AtomicU64>),
     failed: CancellationToken,
@@ -447,6 +558,20 @@ async fn await_acks(
             Taken::Refused(seq) => {
                 messages.fetch_add(1, Ordering::Relaxed);
                 applied.send_replace(seq);
+                continue;
+            }
+            Taken::Mark { seq, mark, done } => {
+                if let Err(error) = apply_mark(&engine, &summaries, partition, mark, &failed).await
+                {
+                    if !error.is_refusal() {
+                        failed.cancel();
+                        return Err(error);
+                    }
+                    warn!(partition, seq, ?mark, %error, "epoch mark refused by the ledger");
+                }
+                messages.fetch_add(1, Ordering::Relaxed);
+                applied.send_replace(seq);
+                done.send(()).ok();
                 continue;
             }
         };

@@ -1,15 +1,22 @@
-//! What travels between nodes on the data path, encoders and decoders side by side: a batch
-//! *part* (the receipts of one client batch that belong to one partition, as published to the
-//! partition's log subject), the *ask* an ingest node sends a partition's owner for the part's
-//! verdicts, and the owner's *answer*; a *funds* query any node sends a partition's owner for
-//! one payer's balance, and the owner's *funds answer*.
+//! What travels between nodes, encoders and decoders side by side: a batch *part* (the receipts
+//! of one client batch that belong to one partition, as published to the partition's log
+//! subject), the *ask* an ingest node sends a partition's owner for the part's verdicts, and the
+//! owner's *answer*; a *funds* query any node sends a partition's owner for one payer's balance,
+//! and the owner's *funds answer*; the coordinator's *epoch marks* in every partition's log (seal
+//! the epoch here; the epoch is committed onchain), and the partition *summary* an owner stores
+//! for each sealed epoch.
 //!
 //! All integers little-endian, fixed widths, a version byte first (1; 2 for the funds query and
-//! answer); nothing here is serde, so the log's bytes never change with a library.
+//! answer; 0x80 for an epoch mark, which shares the log with parts and is told from one by that
+//! byte); nothing here is serde, so the log's bytes never change with a library.
 //!
 //! ```text
 //! part   = version 1 | partition u32 | client u64 | producer u64 | session epoch u64
 //!          | batch seq u64 | published ms u64 | receipts (176 bytes each)
+//! mark   = version 0x80 | kind u8 (1 seal, 2 committed) | epoch u64
+//! summary = version 1 | partition u32 | epoch u64 | leaves u64 | debits u64 | credits u64
+//!          | (payer [32] | payee [20] | cumulative u128)* | (payer [32] | amount u128)*
+//!          | (payee [20] | amount u128)*
 //! ask    = version 1 | log seq u64 | digest [32]
 //! answer = version 1 | log seq u64 (the ask's) | status u8 | status body
 //!          acked:      batch seq u64 | accepted u32 | rejections u32 | (index u32 | reason u8)*
@@ -27,7 +34,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tollgate_engine::ledger::record::BatchDigest;
-use tollgate_engine::ledger::{ChannelInfo, PayerBalance};
+use tollgate_engine::ledger::{ChannelInfo, PayerBalance, SealedEpoch};
 use tollgate_engine::pipeline::{BatchAck, BatchOutcome};
 use tollgate_engine::{Address, PayerKey, Reason, ReceiptBatch};
 
@@ -468,6 +475,164 @@ impl FundsAnswer {
     }
 }
 
+/// An epoch mark's version byte, which no part starts with: it tells the two apart in the log.
+const MARK_VERSION: u8 = 0x80;
+const MARK_SEAL: u8 = 1;
+const MARK_COMMITTED: u8 = 2;
+
+/// What the coordinator writes into every partition's log about an epoch. Applied in log order
+/// with the parts, so every owner that applies the log makes the same cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EpochMark {
+    /// The barrier: the partition's open epoch, which must be this one, is sealed after every
+    /// part before the mark and before every part after it.
+    Seal(u64),
+    /// The epoch is committed onchain and final: the partition's ledger settles it.
+    Committed(u64),
+}
+
+impl EpochMark {
+    /// The bytes published to the log.
+    pub fn encode(&self) -> Bytes {
+        let (kind, epoch) = match self {
+            EpochMark::Seal(epoch) => (MARK_SEAL, epoch),
+            EpochMark::Committed(epoch) => (MARK_COMMITTED, epoch),
+        };
+        let mut out = BytesMut::with_capacity(1 + 1 + 8);
+        out.put_u8(MARK_VERSION);
+        out.put_u8(kind);
+        out.put_u64_le(*epoch);
+        out.freeze()
+    }
+
+    /// Whether the log message `bytes` is a mark (else it is a part, or nothing readable).
+    pub fn is_mark(bytes: &[u8]) -> bool {
+        bytes.first() == Some(&MARK_VERSION)
+    }
+
+    /// Inverse of [`EpochMark::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<EpochMark, DecodeError> {
+        let mut reader = Reader::of_version(bytes, "epoch mark", MARK_VERSION)?;
+        let kind = reader.u8()?;
+        let epoch = reader.u64()?;
+        reader.finish()?;
+        match kind {
+            MARK_SEAL => Ok(EpochMark::Seal(epoch)),
+            MARK_COMMITTED => Ok(EpochMark::Committed(epoch)),
+            other => Err(malformed("epoch mark", format!("unknown kind {other}"))),
+        }
+    }
+
+    /// The mark's `Nats-Msg-Id` in `partition`'s log: a coordinator that publishes it again
+    /// (after a restart, or a new coordinator finishing the last one's work) within the
+    /// duplicate window is stored once; beyond it, applying a mark twice changes nothing.
+    pub fn message_id(&self, partition: u32) -> String {
+        match self {
+            EpochMark::Seal(epoch) => format!("seal.{epoch}.{partition}"),
+            EpochMark::Committed(epoch) => format!("committed.{epoch}.{partition}"),
+        }
+    }
+}
+
+/// One partition's share of a sealed epoch, as its owner stores it for the coordinator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    pub partition: u32,
+    /// The partition ledger's sealed epoch: its leaves, debits and credits.
+    pub sealed: SealedEpoch,
+}
+
+const LEAF_BYTES: usize = 32 + 20 + 16;
+const DEBIT_BYTES: usize = 32 + 16;
+const CREDIT_BYTES: usize = 20 + 16;
+const SUMMARY_HEADER_BYTES: usize = 1 + 4 + 8 + 3 * 8;
+
+impl Summary {
+    /// The stored bytes.
+    pub fn encode(&self) -> Bytes {
+        let SealedEpoch {
+            epoch,
+            leaves,
+            debits,
+            credits,
+        } = &self.sealed;
+        let mut out = BytesMut::with_capacity(
+            SUMMARY_HEADER_BYTES
+                + leaves.len() * LEAF_BYTES
+                + debits.len() * DEBIT_BYTES
+                + credits.len() * CREDIT_BYTES,
+        );
+        out.put_u8(VERSION);
+        out.put_u32_le(self.partition);
+        out.put_u64_le(*epoch);
+        for entries in [leaves.len(), debits.len(), credits.len()] {
+            out.put_u64_le(entries as u64);
+        }
+        for (payer, payee, cumulative) in leaves {
+            out.put_slice(&payer.0);
+            out.put_slice(&payee.0);
+            out.put_u128_le(*cumulative);
+        }
+        for (payer, amount) in debits {
+            out.put_slice(&payer.0);
+            out.put_u128_le(*amount);
+        }
+        for (payee, amount) in credits {
+            out.put_slice(&payee.0);
+            out.put_u128_le(*amount);
+        }
+        out.freeze()
+    }
+
+    /// Inverse of [`Summary::encode`]. The counts are checked against the bytes there are
+    /// before anything is allocated for them.
+    pub fn decode(bytes: &[u8]) -> Result<Summary, DecodeError> {
+        let mut reader = Reader::new(bytes, "summary")?;
+        let partition = reader.u32()?;
+        let epoch = reader.u64()?;
+        let counts = [reader.u64()?, reader.u64()?, reader.u64()?];
+        let needed = counts
+            .iter()
+            .zip([LEAF_BYTES, DEBIT_BYTES, CREDIT_BYTES])
+            .try_fold(0u64, |total, (n, size)| {
+                total.checked_add(n.checked_mul(size as u64)?)
+            });
+        if needed != Some((bytes.len() - reader.at) as u64) {
+            return Err(malformed(
+                "summary",
+                format!("{counts:?} entries in {} bytes", bytes.len() - reader.at),
+            ));
+        }
+        // Each count is at most the bytes there are, so it fits a usize.
+        let [leaves, debits, credits] = counts.map(|n| n as usize);
+        let mut sealed = SealedEpoch {
+            epoch,
+            leaves: Vec::with_capacity(leaves),
+            debits: Vec::with_capacity(debits),
+            credits: Vec::with_capacity(credits),
+        };
+        for _ in 0..leaves {
+            sealed.leaves.push((
+                PayerKey(reader.array()?),
+                Address(reader.array()?),
+                reader.u128()?,
+            ));
+        }
+        for _ in 0..debits {
+            sealed
+                .debits
+                .push((PayerKey(reader.array()?), reader.u128()?));
+        }
+        for _ in 0..credits {
+            sealed
+                .credits
+                .push((Address(reader.array()?), reader.u128()?));
+        }
+        reader.finish()?;
+        Ok(Summary { partition, sealed })
+    }
+}
+
 /// Reads fixed-width little-endian fields after checking the version byte.
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -601,6 +766,60 @@ mod tests {
         unknown_status.extend_from_slice(&42u64.to_le_bytes());
         unknown_status.push(9);
         assert!(Answer::decode(&unknown_status).is_err());
+    }
+
+    #[test]
+    fn epoch_marks_round_trip_and_are_told_from_parts() {
+        for mark in [EpochMark::Seal(3), EpochMark::Committed(u64::MAX)] {
+            let bytes = mark.encode();
+            assert!(EpochMark::is_mark(&bytes));
+            assert_eq!(EpochMark::decode(&bytes), Ok(mark));
+            assert!(EpochMark::decode(&bytes[..bytes.len() - 1]).is_err());
+            // A mark is never read as a part.
+            assert!(Part::decode(&bytes).is_err());
+        }
+        let mut unknown_kind = EpochMark::Seal(1).encode().to_vec();
+        unknown_kind[1] = 9;
+        assert!(EpochMark::decode(&unknown_kind).is_err());
+        assert!(!EpochMark::is_mark(&[VERSION, 0, 0]));
+        assert_eq!(EpochMark::Seal(4).message_id(2), "seal.4.2");
+        assert_eq!(EpochMark::Committed(4).message_id(2), "committed.4.2");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn summaries_round_trip_and_refuse_counts_their_bytes_do_not_hold(
+            partition in proptest::num::u32::ANY,
+            epoch in proptest::num::u64::ANY,
+            leaves in proptest::collection::vec(
+                (proptest::array::uniform32(proptest::num::u8::ANY),
+                 proptest::array::uniform20(proptest::num::u8::ANY),
+                 proptest::num::u128::ANY), 0..5),
+            debits in proptest::collection::vec(
+                (proptest::array::uniform32(proptest::num::u8::ANY), proptest::num::u128::ANY), 0..5),
+            credits in proptest::collection::vec(
+                (proptest::array::uniform20(proptest::num::u8::ANY), proptest::num::u128::ANY), 0..5),
+        ) {
+            let summary = Summary {
+                partition,
+                sealed: SealedEpoch {
+                    epoch,
+                    leaves: leaves.into_iter().map(|(a, b, c)| (PayerKey(a), Address(b), c)).collect(),
+                    debits: debits.into_iter().map(|(a, b)| (PayerKey(a), b)).collect(),
+                    credits: credits.into_iter().map(|(a, b)| (Address(a), b)).collect(),
+                },
+            };
+            let bytes = summary.encode();
+            proptest::prop_assert_eq!(Summary::decode(&bytes), Ok(summary));
+            proptest::prop_assert!(Summary::decode(&bytes[..bytes.len() - 1]).is_err());
+            let mut longer = bytes.to_vec();
+            longer.push(0);
+            proptest::prop_assert!(Summary::decode(&longer).is_err());
+            // A count far beyond the bytes is refused before anything is allocated for it.
+            let mut huge = bytes.to_vec();
+            huge[13..21].copy_from_slice(&u64::MAX.to_le_bytes());
+            proptest::prop_assert!(Summary::decode(&huge).is_err());
+        }
     }
 
     fn any_channel(payer: [u8; 32]) -> impl proptest::strategy::Strategy<Value = ChannelInfo> {

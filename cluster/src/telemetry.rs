@@ -26,6 +26,10 @@ pub const CHECKPOINT_AGE_SECONDS: &str = "tollgate_cluster_checkpoint_age_second
 /// included); its share of the partitions is ceil(partitions / nodes).
 pub const NODES: &str = "tollgate_cluster_nodes";
 
+/// Gauge: 1 while this node holds the coordinator's lease (seals and commits the cluster's
+/// epochs), else 0. Summed over the nodes it is 1, or 0 for at most a lease TTL.
+pub const COORDINATOR: &str = "tollgate_cluster_coordinator";
+
 /// The outcomes [`CHECKPOINTS_TOTAL`] counts.
 const CHECKPOINT_OUTCOMES: [&str; 4] = ["stored", "failed", "restored", "unusable"];
 
@@ -62,7 +66,13 @@ pub fn register() {
         Unit::Count,
         "nodes announced in the cluster as this node last counted them"
     );
+    describe_gauge!(
+        COORDINATOR,
+        Unit::Count,
+        "1 while this node coordinates the cluster's epochs"
+    );
     metrics::gauge!(PARTITIONS_OWNED).set(0.0);
+    metrics::gauge!(COORDINATOR).set(0.0);
     for outcome in CHECKPOINT_OUTCOMES {
         metrics::counter!(CHECKPOINTS_TOTAL, "outcome" => outcome).absolute(0);
     }

@@ -12,6 +12,7 @@
 //! policy), GRANT is refused as `not_in_cluster`, and the HTTP port serves `/healthz` and refuses
 //! the routes that need the whole cluster's ledger.
 
+mod common;
 #[path = "../../cluster/tests/harness/mod.rs"]
 #[allow(dead_code)]
 mod harness;
@@ -33,15 +34,11 @@ use tollgate_engine::{
 use tollgate_ingest::client::{Client, ClientConfig, ClientError};
 use tollgate_ingest::wire::ErrorCode;
 use tollgate_query::client::{Credentials, QueryClient, QueryError};
+use tollgate_settle::merkle::{self, PartitionedTree};
 use tollgate_tools::serve::PARTITIONS_OWNED;
 use tollgate_tools::serve::process::ServerProcess;
 
 const TOLLGATE: &str = env!("CARGO_BIN_EXE_tollgate");
-/// The deployment a chainless server takes receipts for (chain id and contract defaults).
-const DOMAIN: Domain = Domain {
-    chain_id: 31_337,
-    contract: Address([0; 20]),
-};
 const PARTITIONS: u32 = 16;
 const NODES: usize = 3;
 const PAYERS: u32 = 1_000;
@@ -54,6 +51,8 @@ const CHUNK: u64 = 400;
 const KILL_AFTER: u64 = PRODUCERS * RECEIPTS_PER_PRODUCER / 3;
 /// Bound for anything that must happen eventually (elections, lease expiry, replays).
 const DEADLINE: Duration = Duration::from_secs(60);
+/// Each payer's deposit onchain: far above what the fleet spends.
+const DEPOSIT: u128 = 1_000_000_000;
 
 /// Short leases so the killed node's partitions move within seconds, and a checkpoint every few
 /// log messages so the logs are purged and the new owners must restore checkpoints.
@@ -94,13 +93,71 @@ fn node_args(dir: &Path, servers: &str, name: &str, partitions: u32) -> Vec<Stri
     .collect()
 }
 
-fn start_node(nats: &NatsCluster, dir: &Path, name: &str) -> ServerProcess {
-    let args = node_args(dir, &nats.urls().join(","), name, PARTITIONS);
+/// The settlement chain every node commits the cluster's epochs to: a real anvil with the
+/// contract deployed (dev key 0 operates it) and every payer funded.
+struct Chain {
+    anvil: alloy::node_bindings::AnvilInstance,
+    deployed: tollgate_settle::DeployedAddresses,
+    domain: Domain,
+}
+
+impl Chain {
+    async fn start(payers: &[PayerKey]) -> Chain {
+        let anvil = common::spawn_anvil();
+        let deployed = common::deploy(&anvil, &tollgate_settle::DeployParams::dev()).await;
+        common::fund(&anvil, &deployed, payers, DEPOSIT).await;
+        let domain = Domain {
+            chain_id: deployed.chain_id,
+            contract: Address(deployed.settlement.0.0),
+        };
+        Chain {
+            anvil,
+            deployed,
+            domain,
+        }
+    }
+
+    /// Settlement on, every epoch a second, deposits and commits final at once.
+    fn args(&self) -> Vec<String> {
+        [
+            "--rpc-url",
+            &self.anvil.endpoint(),
+            "--contract",
+            &self.deployed.settlement.to_string(),
+            "--chain-id",
+            &self.deployed.chain_id.to_string(),
+            "--start-block",
+            &self.deployed.block.to_string(),
+            "--confirmations",
+            "0",
+            "--epoch-secs",
+            "1",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
+    }
+
+    async fn reader(&self) -> tollgate_settle::ContractReader {
+        tollgate_settle::ContractReader::connect(
+            &self.anvil.endpoint(),
+            self.deployed.chain_id,
+            self.deployed.settlement,
+        )
+        .await
+        .expect("a contract reader")
+    }
+}
+
+fn start_node(nats: &NatsCluster, dir: &Path, name: &str, chain: &Chain) -> ServerProcess {
+    let mut args = node_args(dir, &nats.urls().join(","), name, PARTITIONS);
+    args.extend(chain.args());
+    let operator_key = hex::encode(common::dev_key(&chain.anvil, 0).to_bytes());
     ServerProcess::start(
         TOLLGATE.as_ref(),
         &args,
         Some(&dir.join(format!("{name}.log"))),
-        &[],
+        &[("TOLLGATE_OPERATOR_KEY", &operator_key)],
     )
     .expect("tollgate serve --cluster starts")
 }
@@ -164,13 +221,13 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn client_config(addr: String, producer_id: u64) -> ClientConfig {
+fn client_config(addr: String, producer_id: u64, domain: Domain) -> ClientConfig {
     let mut config = ClientConfig::new(
         addr,
         1,
         SigningKey::from_bytes(&[producer_id as u8; 32]),
         producer_id,
-        DOMAIN,
+        domain,
     );
     config.batch_receipts_max = 200;
     config
@@ -185,10 +242,10 @@ type Acked = BTreeMap<u32, (u64, u128)>;
 async fn produce(
     addr: String,
     producer_id: u64,
-    keys: Arc<Vec<SigningKey>>,
+    (keys, domain): (Arc<Vec<SigningKey>>, Domain),
     progress: Arc<AtomicU64>,
 ) -> Acked {
-    let client = Client::connect(client_config(addr, producer_id))
+    let client = Client::connect(client_config(addr, producer_id, domain))
         .await
         .expect("the fleet connects");
     let payee = Address([producer_id as u8; 20]);
@@ -210,7 +267,7 @@ async fn produce(
                 request_hash: [producer_id as u8; 32],
                 session: false,
             }
-            .sign(key, &DOMAIN);
+            .sign(key, &domain);
             let verdict = client.submit(receipt).await.expect("submit");
             verdicts.push((payer, amount, verdict));
         }
@@ -228,52 +285,60 @@ async fn produce(
     acked
 }
 
-/// Per payer, receipts and amount in the partition ledgers under `dirs`: for each partition the
-/// ledger that applied the most of its log (all apply the same log in the same order, so the
-/// furthest holds everything any other holds).
-fn ledger_totals(dirs: &[std::path::PathBuf], payers: &[PayerKey]) -> BTreeMap<u32, (u64, u128)> {
+/// For each partition the ledger under `dirs` that applied the most of its log (all apply the
+/// same log in the same order, so the furthest holds everything any other holds), opened.
+fn furthest_ledgers(dirs: &[std::path::PathBuf], domain: Domain) -> Vec<Engine> {
     let config = VerifyConfig {
         threads: 1,
         ..VerifyConfig::default()
     };
     let verifier =
-        Arc::new(VerifyPool::new(Verifier::new(DOMAIN, config.clone()), config).expect("pool"));
-    let partitions = std::num::NonZeroU32::new(PARTITIONS).expect("non-zero");
-    let mut totals = BTreeMap::new();
-    for partition in 0..PARTITIONS {
-        let mut furthest: Option<(u64, Engine)> = None;
-        for dir in dirs {
-            let path = dir.join(format!("partition-{partition}"));
-            if !path.exists() {
-                continue;
-            }
-            let engine = Engine::open(EngineConfig::new(&path), verifier.clone())
-                .expect("a partition ledger opens");
-            let position = engine
-                .reader()
-                .log_position()
-                .expect("log position")
-                .unwrap_or(0);
-            match &furthest {
-                Some((best, _)) if *best >= position => engine.shutdown().expect("close"),
-                _ => {
-                    if let Some((_, older)) = furthest.replace((position, engine)) {
-                        older.shutdown().expect("close");
+        Arc::new(VerifyPool::new(Verifier::new(domain, config.clone()), config).expect("pool"));
+    (0..PARTITIONS)
+        .map(|partition| {
+            let mut furthest: Option<(u64, Engine)> = None;
+            for dir in dirs {
+                let path = dir.join(format!("partition-{partition}"));
+                if !path.exists() {
+                    continue;
+                }
+                let engine = Engine::open(EngineConfig::new(&path), verifier.clone())
+                    .expect("a partition ledger opens");
+                let position = engine
+                    .reader()
+                    .log_position()
+                    .expect("log position")
+                    .unwrap_or(0);
+                match &furthest {
+                    Some((best, _)) if *best >= position => engine.shutdown().expect("close"),
+                    _ => {
+                        if let Some((_, older)) = furthest.replace((position, engine)) {
+                            older.shutdown().expect("close");
+                        }
                     }
                 }
             }
+            furthest.expect("some node owned every partition").1
+        })
+        .collect()
+}
+
+/// Per payer, receipts, amount (settled or pending) and amount still pending in `ledgers`.
+fn ledger_totals(ledgers: &[Engine], payers: &[PayerKey]) -> BTreeMap<u32, (u64, u128, u128)> {
+    let partitions = std::num::NonZeroU32::new(PARTITIONS).expect("non-zero");
+    let mut totals = BTreeMap::new();
+    for (index, payer) in payers.iter().enumerate() {
+        let reader = ledgers[partition_of(payer, partitions) as usize].reader();
+        if let Some(balance) = reader.payer(payer).expect("payer read") {
+            totals.insert(
+                index as u32,
+                (
+                    balance.receipts,
+                    balance.settled + balance.pending,
+                    balance.pending,
+                ),
+            );
         }
-        let (_, engine) = furthest.expect("some node owned every partition");
-        let reader = engine.reader();
-        for (index, payer) in payers.iter().enumerate() {
-            if partition_of(payer, partitions) != partition {
-                continue;
-            }
-            if let Some(balance) = reader.payer(payer).expect("payer read") {
-                totals.insert(index as u32, (balance.receipts, balance.pending));
-            }
-        }
-        engine.shutdown().expect("close");
     }
     totals
 }
@@ -284,13 +349,21 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
     let nats = NatsCluster::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("cluster.toml"), CLUSTER_TABLE).expect("config file");
+    let keys: Arc<Vec<SigningKey>> = Arc::new((0..PAYERS).map(payer_key).collect());
+    let payers: Vec<PayerKey> = keys
+        .iter()
+        .map(|key| PayerKey(key.verifying_key().to_bytes()))
+        .collect();
+    let chain = Chain::start(&payers).await;
+    let domain = chain.domain;
     let names = ["n0", "n1", "n2"];
     // n0 first: alone, it takes every partition.
-    let mut nodes: Vec<Option<ServerProcess>> = vec![Some(start_node(&nats, dir.path(), names[0]))];
+    let mut nodes: Vec<Option<ServerProcess>> =
+        vec![Some(start_node(&nats, dir.path(), names[0], &chain))];
     let alone = balanced(&[nodes[0].as_ref().expect("n0")]).await;
     assert_eq!(alone, [PARTITIONS]);
     for name in &names[1..] {
-        nodes.push(Some(start_node(&nats, dir.path(), name)));
+        nodes.push(Some(start_node(&nats, dir.path(), name, &chain)));
     }
     // Rebalancing: as n1 and n2 join, n0 releases partitions beyond its share of
     // ceil(16 / 3) = 6, one per heartbeat, and the newcomers take them.
@@ -316,11 +389,6 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
     let body: serde_json::Value = refused.json().await.expect("json error body");
     assert_eq!(body["error"], "not_in_cluster", "{body}");
 
-    let keys: Arc<Vec<SigningKey>> = Arc::new((0..PAYERS).map(payer_key).collect());
-    let payers: Vec<PayerKey> = keys
-        .iter()
-        .map(|key| PayerKey(key.verifying_key().to_bytes()))
-        .collect();
     let progress = Arc::new(AtomicU64::new(0));
     let mut producers = tokio::task::JoinSet::new();
     for producer in 0..PRODUCERS {
@@ -333,7 +401,7 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
         producers.spawn(produce(
             addr,
             producer + 1,
-            Arc::clone(&keys),
+            (Arc::clone(&keys), domain),
             Arc::clone(&progress),
         ));
     }
@@ -422,14 +490,18 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
     // routed), with everything acked in it.
     for payer in 0..20u32 {
         for node in &survivors {
-            let client = Client::connect(client_config(node.listen.to_string(), 100))
+            let client = Client::connect(client_config(node.listen.to_string(), 100, domain))
                 .await
                 .expect("connect");
             let balance = client
                 .balance(payers[payer as usize])
                 .await
                 .unwrap_or_else(|error| panic!("payer {payer} at {}: {error}", node.listen));
-            assert_eq!((balance.receipts, balance.pending), acked[&payer]);
+            assert_eq!(
+                (balance.receipts, balance.settled + balance.pending),
+                acked[&payer]
+            );
+            client.close().await.expect("close");
         }
     }
 
@@ -443,14 +515,14 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
                 .await
                 .unwrap_or_else(|error| panic!("payer {payer} at {}: {error}", node.http));
             assert_eq!(
-                (view.receipts, view.pending),
+                (view.receipts, view.settled + view.pending),
                 acked[&payer],
                 "payer {payer}"
             );
             assert_eq!(view.channel_count, view.channels.len() as u64);
             assert_eq!(
                 view.channels.iter().map(|c| c.cumulative).sum::<u128>(),
-                view.pending
+                view.settled + view.pending
             );
         }
     }
@@ -458,11 +530,11 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
         survivors[1],
         Credentials::Payer {
             key: Box::new(keys[0].clone()),
-            domain: DOMAIN,
+            domain,
         },
     );
     let view = own.payer(&payers[0]).await.expect("a payer reads itself");
-    assert_eq!((view.receipts, view.pending), acked[&0]);
+    assert_eq!((view.receipts, view.settled + view.pending), acked[&0]);
     match own.payer(&payers[1]).await {
         Err(QueryError::Refused { status: 403, .. }) => {}
         other => panic!("a payer reading another payer: {other:?}"),
@@ -490,7 +562,7 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
     // GRANT: refused with its own code, nothing registered.
     let session = SigningKey::from_bytes(&[0x5e; 32]);
     let grant = Grant {
-        domain: DOMAIN,
+        domain,
         payer: payers[0],
         session: PayerKey(session.verifying_key().to_bytes()),
         nonce: 1,
@@ -501,7 +573,7 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
         payees: PayeeScope::Any,
     }
     .sign(&keys[0]);
-    let client = Client::connect(client_config(survivors[0].listen.to_string(), 101))
+    let client = Client::connect(client_config(survivors[0].listen.to_string(), 101, domain))
         .await
         .expect("connect");
     match client.grant(&grant).await {
@@ -510,8 +582,57 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
         }
         other => panic!("a grant in cluster mode: {other:?}"),
     }
-    // No connection of ours left open for the nodes' shutdown to wait for.
-    drop((client, own));
+    // No connection of ours left open for the nodes' shutdown to wait for (the refused one is
+    // closed by the node already).
+    client.close().await.ok();
+    drop(own);
+
+    // Epochs: the coordinator (whichever node holds its lease; n0 may have held it when it was
+    // killed) seals every partition at its marks and commits each epoch once, with one root
+    // over the partitions' roots, until the chain holds every acked amount; each partition's
+    // ledger then settles what was committed.
+    let acked_amount: u128 = acked.values().map(|(_, amount)| amount).sum();
+    let contract = chain.reader().await;
+    let settling = Instant::now() + DEADLINE;
+    let committed = loop {
+        let committed = onchain_epochs(&contract).await;
+        let amount: u128 = committed
+            .iter()
+            .flat_map(|epoch| epoch.debits.values())
+            .sum();
+        if amount == acked_amount {
+            break committed;
+        }
+        assert!(
+            amount < acked_amount && Instant::now() < settling,
+            "committed onchain {amount} of {acked_amount} acked"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        committed.len() >= 2,
+        "at least two epochs: {}",
+        committed.len()
+    );
+    let operator = query_client(survivors[0], Credentials::Bearer(OPERATOR_TOKEN.into()));
+    for payer in 0..20u32 {
+        loop {
+            let view = operator
+                .payer(&payers[payer as usize])
+                .await
+                .expect("payer");
+            if view.pending == 0 {
+                assert_eq!(view.settled, acked[&payer].1, "payer {payer}");
+                break;
+            }
+            assert!(
+                Instant::now() < settling,
+                "payer {payer} never settled: {view:?}, acked {:?}",
+                acked[&payer]
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 
     for node in nodes.into_iter().flatten() {
         let status = node
@@ -520,31 +641,104 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
         assert!(status.success(), "{status}");
     }
     let dirs: Vec<_> = names.iter().map(|name| dir.path().join(name)).collect();
-    let totals = ledger_totals(&dirs, &payers);
+    let ledgers = furthest_ledgers(&dirs, domain);
+    let totals = ledger_totals(&ledgers, &payers);
     let acked_receipts: u64 = acked.values().map(|(n, _)| n).sum();
     assert_eq!(acked_receipts, PRODUCERS * RECEIPTS_PER_PRODUCER);
     let mut lost = 0u64;
     let mut double = 0u64;
+    let mut debited: BTreeMap<PayerKey, u128> = BTreeMap::new();
+    for epoch in &committed {
+        for (payer, amount) in &epoch.debits {
+            *debited.entry(*payer).or_default() += amount;
+        }
+    }
     for payer in 0..PAYERS {
         let want = acked.get(&payer).copied().unwrap_or_default();
-        let have = totals.get(&payer).copied().unwrap_or_default();
-        lost += want.0.saturating_sub(have.0);
-        double += have.0.saturating_sub(want.0);
+        let (receipts, amount, pending) = totals.get(&payer).copied().unwrap_or_default();
+        lost += want.0.saturating_sub(receipts);
+        double += receipts.saturating_sub(want.0);
         assert_eq!(
-            have, want,
+            (receipts, amount),
+            want,
             "payer {payer}: ledger vs acked (receipts, amount)"
         );
+        assert_eq!(pending, 0, "payer {payer}: everything committed is settled");
+        assert_eq!(
+            debited.get(&payers[payer as usize]).copied().unwrap_or(0),
+            want.1,
+            "payer {payer}: debited onchain vs acked"
+        );
+    }
+    // Each committed root is the tree over the partitions' sealed epochs, and its proofs (a
+    // partition proof, then the partition root's) verify in the contract.
+    let mut leaves = 0usize;
+    for epoch in &committed {
+        let sealed: Vec<_> = ledgers
+            .iter()
+            .map(|ledger| {
+                ledger
+                    .reader()
+                    .sealed_epoch(epoch.epoch)
+                    .expect("read")
+                    .expect("every partition sealed the epoch")
+            })
+            .collect();
+        let tree = PartitionedTree::from_sealed(epoch.epoch, &sealed).expect("leaves");
+        assert_eq!(tree.root(), epoch.root, "epoch {}", epoch.epoch);
+        for (index, (leaf, proof)) in tree.proofs().enumerate() {
+            assert!(merkle::verify(
+                tree.root(),
+                merkle::leaf_hash(epoch.epoch, &leaf),
+                &proof
+            ));
+            if index < 5 {
+                assert!(
+                    contract
+                        .verify_leaf(epoch.epoch, &leaf, &proof)
+                        .await
+                        .expect("verifyLeaf"),
+                    "epoch {} leaf {index}",
+                    epoch.epoch
+                );
+            }
+        }
+        leaves += tree.len();
+    }
+    for ledger in ledgers {
+        ledger.shutdown().expect("close");
     }
     println!(
         "cluster of {NODES} serve nodes, {PARTITIONS} partitions, {PAYERS} payers: \
          {acked_receipts} receipts acked in {streamed:.1?} ({acked_at_kill} before kill -9 of n0, \
          which owned {before:?}; survivors then owned {after:?}, {:.1?} after the kill, \
-         restoring {} checkpoints and storing {}); lost {lost} / double {double}",
+         restoring {} checkpoints and storing {}); lost {lost} / double {double}; {} epochs \
+         committed onchain, one root each over the partition roots ({leaves} leaves, every proof \
+         checked, 5 per epoch by the contract)",
         killed_at.elapsed(),
         checkpoints[0],
-        checkpoints[1]
+        checkpoints[1],
+        committed.len(),
     );
-    assert!(started.elapsed() < Duration::from_secs(120));
+    assert!(started.elapsed() < Duration::from_secs(180));
+}
+
+/// Every epoch committed onchain so far, from the first.
+async fn onchain_epochs(
+    contract: &tollgate_settle::ContractReader,
+) -> Vec<tollgate_settle::onchain::OnchainEpoch> {
+    let mut epochs = Vec::new();
+    for epoch in 1.. {
+        match contract
+            .onchain_epoch(epoch, 0)
+            .await
+            .expect("read the chain")
+        {
+            Some(committed) if committed.complete() => epochs.push(committed),
+            _ => return epochs,
+        }
+    }
+    epochs
 }
 
 /// NATS down when `serve --cluster` starts: the node waits (its ports stay closed, one warning

@@ -21,8 +21,8 @@ use futures::future::BoxFuture;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tollgate_cluster::{
-    Cluster, ClusterConfig, ClusterError, FundsClient, FundsError, Node, NodeLedgers, PublishError,
-    Publisher, backoff,
+    Cluster, ClusterConfig, ClusterError, Epochs, FundsClient, FundsError, Node, NodeLedgers,
+    PublishError, Publisher, backoff,
 };
 use tollgate_engine::pipeline::{BatchAck, BatchVerifier, EngineConfig, SubmitRequest};
 use tollgate_engine::{Verifier, VerifyPool};
@@ -30,8 +30,10 @@ use tollgate_ingest::server::{ClusterLedger, Ledger, balance_frame};
 use tollgate_ingest::wire::{Balance, ErrorCode, ErrorFrame, QueryBalance};
 
 use super::config::ServeConfig;
+use super::coordinator::Coordinator;
 use super::{
-    LOOPS_GRACE, READY_MESSAGE, Tasks, drain, failure_of, named, spawn_http, spawn_ingest, upkeep,
+    LOOPS_GRACE, READY_MESSAGE, Tasks, connect_submitter, drain, failure_of, named, spawn_http,
+    spawn_ingest, upkeep,
 };
 use crate::api::auth::ApiAccess;
 use crate::api::routed::{self, RoutedState};
@@ -62,6 +64,23 @@ pub(super) async fn serve(
     let node_id = cluster_config.node_id.clone();
     let verdict_timeout =
         Duration::from_millis(cluster_config.lease_ttl_ms).saturating_mul(VERDICT_TIMEOUT_TTLS);
+    let submitter = match &config.chain {
+        Some(chain) => {
+            let operator = tollgate_settle::chain::load_signer(chain.operator_key.expose())
+                .context("operator_key")?;
+            tracing::info!(operator = %operator.address(), "settlement on: this node may coordinate the cluster's epochs");
+            Some((
+                connect_submitter(&config, chain, operator).await?,
+                chain.epochs.clone(),
+            ))
+        }
+        None => {
+            tracing::warn!(
+                "no chain configured: the cluster's epochs are not sealed or committed by this node"
+            );
+            None
+        }
+    };
     let Some(cluster) = join(cluster_config, &shutdown).await? else {
         return Ok(());
     };
@@ -114,6 +133,17 @@ pub(super) async fn serve(
     ));
     spawn_http(&mut tasks, http_listener, app, &shutdown);
     tasks.spawn(named("metrics upkeep", upkeep(metrics, shutdown.clone())));
+    if let Some((submitter, config)) = submitter {
+        let coordinator = Coordinator {
+            epochs: Epochs::new(&cluster),
+            submitter,
+            config,
+        };
+        tasks.spawn(named(
+            "settlement coordinator",
+            coordinator.run(shutdown.clone()),
+        ));
+    }
     spawn_ingest(
         &mut tasks,
         fleet_listener,

@@ -494,11 +494,12 @@ impl ServeOptions {
             (None, Some(_)) => anyhow::bail!("contract: settlement also needs rpc_url"),
         };
         let cluster = self.cluster.resolve()?;
-        if cluster.is_some() && chain.is_some() {
+        if cluster.is_some() && unknown_payers == UnknownPayersPolicy::Reject {
             anyhow::bail!(
-                "cluster: settlement (rpc_url and contract) is not available in cluster mode yet: \
-                 deposits, exits and epoch commits do not travel through the cluster's log; run \
-                 the cluster chainless (no rpc_url or contract, unknown_payers = accept)"
+                "unknown_payers: cluster mode has no funds check yet (deposits and exits do not \
+                 travel through the cluster's log), so `reject` would refuse every receipt; set \
+                 unknown_payers = accept (with rpc_url and contract the cluster still commits \
+                 its epochs onchain)"
             );
         }
         if chain.is_none() && unknown_payers == UnknownPayersPolicy::Reject {
@@ -734,11 +735,18 @@ mod tests {
             contract: Some("0x00000000000000000000000000000000000000aa".into()),
             operator_key: Some("7e".repeat(32).as_str().into()),
             confirmations: Some(0),
+            unknown_payers: Some(UnknownPayersPolicy::Accept),
             ..merged.clone()
         };
-        let refused = with_chain
+        let settling = with_chain.resolve().expect("settlement in cluster mode");
+        assert!(settling.chain.is_some() && settling.cluster.is_some());
+        let rejecting = ServeOptions {
+            unknown_payers: Some(UnknownPayersPolicy::Reject),
+            ..with_chain
+        };
+        let refused = rejecting
             .resolve()
-            .expect_err("settlement in cluster mode");
+            .expect_err("no funds check in cluster mode");
         assert!(refused.to_string().contains("cluster mode"), "{refused}");
 
         let no_servers = ServeOptions::defaults().overlay(&file).expect("merged");

@@ -9,6 +9,7 @@
 
 mod cluster;
 pub mod config;
+mod coordinator;
 pub mod process;
 
 pub use tollgate_cluster::telemetry::PARTITIONS_OWNED;
@@ -334,15 +335,7 @@ async fn connect_settlement(
     )
     .await
     .context("rpc_url: deposit watcher")?;
-    let submitter = Submitter::connect(
-        &chain.rpc_url,
-        domain.chain_id,
-        contract,
-        operator,
-        chain.submit.clone(),
-    )
-    .await
-    .context("rpc_url: epoch submitter")?;
+    let submitter = connect_submitter(config, chain, operator).await?;
     let reader = ContractReader::connect(&chain.rpc_url, domain.chain_id, contract)
         .await
         .context("rpc_url: contract reader")?;
@@ -357,6 +350,23 @@ async fn connect_settlement(
         epochs: EpochLoop::new(engine.clone(), submitter, chain.epochs.clone()),
         reader,
     })
+}
+
+/// The epoch submitter, its chain id and contract code checked, and its key the operator's.
+async fn connect_submitter(
+    config: &ServeConfig,
+    chain: &ChainSettings,
+    operator: alloy::signers::local::PrivateKeySigner,
+) -> anyhow::Result<Submitter> {
+    Submitter::connect(
+        &chain.rpc_url,
+        config.domain.chain_id,
+        alloy::primitives::Address::from(config.domain.contract.0),
+        operator,
+        chain.submit.clone(),
+    )
+    .await
+    .context("rpc_url: epoch submitter")
 }
 
 /// Blocks whose timestamps give the chain's block time for the start-up exit check.

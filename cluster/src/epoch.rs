@@ -1,0 +1,368 @@
+//! Epochs in cluster mode: one cut across every partition, one commit per epoch.
+//!
+//! ```text
+//! coordinator ──Seal(e)──▶ tollgate.rx.<p> (every p) ──owner, in log order──▶ seal e ──▶ summary e.<e>.<p>
+//! coordinator ◀── all P summaries ── builds the epoch tree over the partition roots, commits once
+//! coordinator ──Committed(e)──▶ tollgate.rx.<p> (every p) ──owner──▶ the ledger settles e
+//! ```
+//! The coordinator is whichever node holds the lease [`COORDINATOR_LEASE`] ([`Epochs::coordinate`]).
+//! Its marks travel in the partitions' logs, so each owner applies a mark after every part
+//! before it and before every part after it: the seal is a consistent cut in log order, the same
+//! for every owner that ever applies the log (two owners of a partition for a moment, or a new
+//! owner replaying from a checkpoint, make the same cut or find it made). A partition's summary
+//! (its sealed epoch's leaves, debits and credits) is a function of the log through the mark, so
+//! it needs no fence: whoever stores it stores the same bytes. Building the tree and committing
+//! are the chain's business, in `tollgate serve`; this module only moves marks and summaries.
+//!
+//! A mark is applied at most once in effect: a seal of an epoch the ledger has already sealed
+//! only stores the summary again (a crash between the seal and the upload is repaired by the
+//! replay), and a commit the ledger already recorded changes nothing.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage, object_store, stream};
+use futures::future::try_join_all;
+use tokio_util::sync::CancellationToken;
+use tollgate_engine::ledger::{EpochStatus, EpochUpdate};
+use tollgate_engine::pipeline::{Engine, EngineError, LedgerError, LedgerReader, SubmitError};
+use tracing::{info, warn};
+
+use crate::error::NatsError;
+use crate::lease::{COORDINATOR_LEASE, LeaseKeeper, Leases};
+use crate::objects::{ReadError, read_object};
+use crate::part::{DecodeError, EpochMark, Summary};
+use crate::partition::subject_of;
+use crate::resources::Cluster;
+use crate::retry::backoff;
+
+/// Why the coordinator's reads or writes of marks and summaries failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EpochsError {
+    #[error("cannot {what}: {source}")]
+    Nats {
+        what: &'static str,
+        source: NatsError,
+    },
+    /// A stored summary that is not the partition's summary of the epoch it is named for.
+    #[error("the summary of partition {partition} for epoch {epoch} is unusable: {why}")]
+    BadSummary {
+        partition: u32,
+        epoch: u64,
+        why: String,
+    },
+}
+
+fn nats(what: &'static str) -> impl FnOnce(NatsError) -> EpochsError {
+    move |source| EpochsError::Nats { what, source }
+}
+
+/// How long storing or reading one summary, or publishing one mark, may take before it is given
+/// up and tried again.
+const SUMMARY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The object name of partition `partition`'s summary of `epoch`, in the checkpoints' object
+/// store (whose checkpoints are named `p.<p>.<seq>`, so neither listing sees the other).
+fn summary_name(epoch: u64, partition: u32) -> String {
+    format!("e.{epoch:020}.{partition}")
+}
+
+/// Where owners store their partitions' summaries: the checkpoints' object store (`store`, its
+/// stream `objects`).
+#[derive(Clone)]
+pub(crate) struct Summaries {
+    store: object_store::ObjectStore,
+    objects: stream::Stream,
+}
+
+impl Summaries {
+    pub(crate) fn new(cluster: &Cluster) -> Summaries {
+        Summaries {
+            store: cluster.checkpoints().clone(),
+            objects: cluster.checkpoint_stream().clone(),
+        }
+    }
+
+    async fn put(&self, summary: &Summary) -> Result<(), NatsError> {
+        let bytes = summary.encode();
+        let name = summary_name(summary.sealed.epoch, summary.partition);
+        // A put can stall for good when a server goes away mid-upload, like a read.
+        tokio::time::timeout(
+            SUMMARY_TIMEOUT,
+            self.store.put(name.as_str(), &mut bytes.as_ref()),
+        )
+        .await??;
+        Ok(())
+    }
+
+    async fn get(&self, epoch: u64, partition: u32) -> Result<Option<Summary>, EpochsError> {
+        let name = summary_name(epoch, partition);
+        let mut bytes = Vec::new();
+        let read = read_object(&self.objects, &name, &mut bytes);
+        match tokio::time::timeout(SUMMARY_TIMEOUT, read).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(ReadError::NotFound)) => return Ok(None),
+            Ok(Err(error)) => return Err(nats("read a partition summary")(error.into())),
+            Err(elapsed) => return Err(nats("read a partition summary")(elapsed.into())),
+        }
+        let bad = |why: String| EpochsError::BadSummary {
+            partition,
+            epoch,
+            why,
+        };
+        let summary =
+            Summary::decode(&bytes).map_err(|error: DecodeError| bad(error.to_string()))?;
+        if (summary.partition, summary.sealed.epoch) != (partition, epoch) {
+            return Err(bad(format!(
+                "it holds partition {}'s epoch {}",
+                summary.partition, summary.sealed.epoch
+            )));
+        }
+        Ok(Some(summary))
+    }
+}
+
+/// Sends a control request to the engine and waits for its answer, waiting out a full queue.
+async fn control<T>(
+    mut send: impl FnMut() -> Result<
+        futures::channel::oneshot::Receiver<Result<T, EngineError>>,
+        SubmitError,
+    >,
+) -> Result<T, EngineError> {
+    loop {
+        match send() {
+            Ok(reply) => return reply.await.unwrap_or(Err(EngineError::Stopped)),
+            Err(SubmitError::Full) => tokio::time::sleep(Duration::from_millis(1)).await,
+            Err(error) => return Err(refused(error)),
+        }
+    }
+}
+
+/// The engine error behind a request it did not take.
+pub(crate) fn refused(error: SubmitError) -> EngineError {
+    match error {
+        SubmitError::Poisoned => EngineError::Ledger(LedgerError::Poisoned {
+            cause: "submit refused: ledger poisoned".into(),
+        }),
+        _ => EngineError::Stopped,
+    }
+}
+
+/// Applies `mark` to partition `partition`'s ledger; the caller has applied every part before
+/// it and applies none after it until this returns. Only a ledger failure is an error; the
+/// summary of a sealed epoch is stored beside the data path until `stop`.
+pub(crate) async fn apply_mark(
+    engine: &Engine,
+    summaries: &Summaries,
+    partition: u32,
+    mark: EpochMark,
+    stop: &CancellationToken,
+) -> Result<(), EngineError> {
+    let reader = engine.reader();
+    match mark {
+        EpochMark::Seal(epoch) => {
+            let open = reader.open_epoch().map_err(LedgerError::from)?.epoch;
+            if open < epoch {
+                // Epochs are sealed one mark at a time from 1, so the ledger missed marks: it
+                // was made for another deployment or cluster. Sealing now would give this
+                // epoch's number to what belongs to an earlier one.
+                warn!(
+                    partition,
+                    epoch,
+                    open,
+                    "seal mark for a later epoch than the ledger's open one: not sealed"
+                );
+                return Ok(());
+            }
+            if open == epoch {
+                let sealed = control(|| engine.seal_epoch()).await?;
+                info!(
+                    partition,
+                    epoch,
+                    leaves = sealed.leaves.len(),
+                    "partition sealed at the epoch mark"
+                );
+            }
+            // Stored beside the data path, which goes on at once: a stalled object store
+            // must not stall the partition. An owner that stops before it is stored leaves it
+            // to the next, which stores its newest sealed epoch's summary when it starts.
+            tokio::spawn(store_summary(
+                engine.reader(),
+                summaries.clone(),
+                (partition, epoch),
+                stop.clone(),
+            ));
+        }
+        EpochMark::Committed(epoch) => {
+            let status = reader
+                .epoch(epoch)
+                .map_err(LedgerError::from)?
+                .map(|record| record.status);
+            if matches!(status, Some(EpochStatus::Sealed | EpochStatus::Submitted)) {
+                let update = EpochUpdate {
+                    epoch,
+                    status: EpochStatus::Committed,
+                    root: None,
+                    part: None,
+                };
+                control(|| engine.record_epoch(update)).await?;
+                info!(partition, epoch, "partition settled the committed epoch");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stores the summary of the newest epoch `engine`'s ledger has sealed, if any: the owner
+/// before may have sealed it and stopped before its summary was stored, and resuming after the
+/// mark this owner will not apply it again. Storing a summary twice stores the same bytes.
+pub(crate) async fn store_newest_summary(
+    engine: &Engine,
+    summaries: Summaries,
+    partition: u32,
+    stop: CancellationToken,
+) {
+    let open = match engine.reader().open_epoch() {
+        Ok(open) => open.epoch,
+        Err(error) => {
+            warn!(partition, %error, "cannot read the open epoch: the newest summary is not stored again");
+            return;
+        }
+    };
+    if let Some(newest) = open.checked_sub(1).filter(|&epoch| epoch > 0) {
+        store_summary(engine.reader(), summaries, (partition, newest), stop).await;
+    }
+}
+
+/// Reads the sealed epoch and stores its summary, trying again with a growing pause until it is
+/// stored or `stop`.
+async fn store_summary(
+    reader: LedgerReader,
+    summaries: Summaries,
+    (partition, epoch): (u32, u64),
+    stop: CancellationToken,
+) {
+    let sealed = tokio::task::spawn_blocking(move || reader.sealed_epoch(epoch)).await;
+    let sealed = match sealed {
+        Ok(Ok(Some(sealed))) => sealed,
+        Ok(Ok(None)) => {
+            warn!(
+                partition,
+                epoch, "the sealed epoch has no entries: no summary"
+            );
+            return;
+        }
+        Ok(Err(error)) => {
+            warn!(partition, epoch, %error, "cannot read the sealed epoch: no summary");
+            return;
+        }
+        Err(error) => {
+            warn!(partition, epoch, %error, "reading the sealed epoch panicked: no summary");
+            return;
+        }
+    };
+    let summary = Summary { partition, sealed };
+    let mut failures = 0u32;
+    loop {
+        let error = match summaries.put(&summary).await {
+            Ok(()) => {
+                if failures > 0 {
+                    info!(partition, epoch, failures, "partition summary stored");
+                }
+                return;
+            }
+            Err(error) => error,
+        };
+        failures = failures.saturating_add(1);
+        if failures == 1 {
+            warn!(partition, epoch, %error, "cannot store the partition summary; retrying with backoff");
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff(failures)) => {}
+        }
+    }
+}
+
+/// The coordinator's access to the partitions' logs and summaries.
+#[derive(Clone)]
+pub struct Epochs {
+    jetstream: jetstream::Context,
+    stream: stream::Stream,
+    summaries: Summaries,
+    leases: Leases,
+    partitions: NonZeroU32,
+}
+
+impl std::fmt::Debug for Epochs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Epochs")
+            .field("partitions", &self.partitions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Epochs {
+    pub fn new(cluster: &Cluster) -> Epochs {
+        Epochs {
+            jetstream: cluster.jetstream().clone(),
+            stream: cluster.stream().clone(),
+            summaries: Summaries::new(cluster),
+            leases: cluster.leases().clone(),
+            partitions: cluster.partitions(),
+        }
+    }
+
+    pub fn partitions(&self) -> NonZeroU32 {
+        self.partitions
+    }
+
+    /// Competes for the coordinator's lease, and keeps it while held.
+    pub fn coordinate(&self) -> LeaseKeeper {
+        self.leases.keep(COORDINATOR_LEASE)
+    }
+
+    /// Writes `mark` into every partition's log, each with its message id, and returns once
+    /// the log holds all of them.
+    pub async fn mark(&self, mark: EpochMark) -> Result<(), EpochsError> {
+        try_join_all((0..self.partitions.get()).map(|partition| async move {
+            let message = PublishMessage::build()
+                .message_id(mark.message_id(partition))
+                .payload(mark.encode());
+            let published = async {
+                self.jetstream
+                    .send_publish(subject_of(partition), message)
+                    .await?
+                    .await?;
+                Ok::<(), NatsError>(())
+            };
+            // Bounded like a summary's read: the next step publishes again (once, by its id).
+            match tokio::time::timeout(SUMMARY_TIMEOUT, published).await {
+                Ok(published) => published,
+                Err(elapsed) => Err(elapsed.into()),
+            }
+            .map_err(nats("publish an epoch mark"))
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// Every partition's summary of `epoch`, in partition order: `None` for a partition whose
+    /// owner has not stored it yet.
+    pub async fn summaries(&self, epoch: u64) -> Result<Vec<Option<Summary>>, EpochsError> {
+        try_join_all(
+            (0..self.partitions.get()).map(|partition| self.summaries.get(epoch, partition)),
+        )
+        .await
+    }
+
+    /// The log's last sequence: unchanged since the last marks means nothing happened since.
+    pub async fn log_tail(&self) -> Result<u64, EpochsError> {
+        let mut stream = self.stream.clone();
+        let info = stream
+            .info()
+            .await
+            .map_err(|error| nats("read the log's state")(error.into()))?;
+        Ok(info.state.last_sequence)
+    }
+}

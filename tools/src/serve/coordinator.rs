@@ -1,0 +1,333 @@
+//! A cluster's settlement coordinator (docs/CLUSTER.md, "Epochs"): every node runs one, and the
+//! one holding the coordinator's lease closes epochs and commits them, one commit per epoch for
+//! the whole cluster.
+//!
+//! It keeps nothing a restart or a new coordinator could lose: the chain says which epoch comes
+//! next, the object store holds the partitions' summaries of it, and the log holds the marks.
+//! Each step reads them again: when every partition's summary of the next epoch is stored, it
+//! builds the epoch tree over the partition roots, nets the credits and commits (the submitter
+//! sends only what the chain lacks, so a commit a lost coordinator began is finished, not
+//! repeated), then writes `Committed(e)` into every log; when none is stored and the epoch is
+//! due, it writes `Seal(e)` into every log; when some are, a coordinator that stopped half-way
+//! left them, and it writes the seal marks again at once (each partition seals at the first).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use alloy::primitives::B256;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tollgate_cluster::telemetry::COORDINATOR;
+use tollgate_cluster::{EpochMark, Epochs, Lease, Summary};
+use tollgate_settle::epoch::EpochConfig;
+use tollgate_settle::merkle::{MerkleError, PartitionedTree};
+use tollgate_settle::submitter::{EpochCommit, OnchainEpoch, SubmitError, Submitter};
+use tollgate_settle::telemetry as names;
+
+/// The coordinator's duties, whenever this node holds the lease.
+pub(super) struct Coordinator {
+    pub(super) epochs: Epochs,
+    pub(super) submitter: Submitter,
+    pub(super) config: EpochConfig,
+}
+
+/// What one coordinating term remembers between steps; a new term starts afresh.
+struct Term {
+    /// The epoch this term wrote seal marks for, until it is committed.
+    marked: Option<u64>,
+    /// When the open epoch is due to be sealed.
+    due: Instant,
+    /// Where the log would end if nothing but this term's own marks landed since its last seal
+    /// marks: the log still ending there means there is nothing to seal.
+    quiet_tail: Option<u64>,
+    /// The epoch whose failure was last logged, so a failure repeated every tick is logged once.
+    failing: Option<u64>,
+}
+
+/// Why a step did not finish: tried again at the next tick.
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error("the chain: {0}")]
+    Chain(#[from] tollgate_settle::ChainError),
+    #[error("the cluster: {0}")]
+    Cluster(#[from] tollgate_cluster::EpochsError),
+    /// Boxed: the submitter's error is large, and every step's result would carry its size.
+    #[error("epoch {epoch}: {source}")]
+    Commit {
+        epoch: u64,
+        source: Box<SubmitError>,
+    },
+    #[error("epoch {epoch}: {why}")]
+    Summaries { epoch: u64, why: String },
+}
+
+impl Coordinator {
+    /// Competes for the coordinator's lease until `shutdown`, coordinating while it holds it.
+    pub(super) async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let keeper = self.epochs.coordinate();
+        let mut held = keeper.held();
+        loop {
+            let token = tokio::select! {
+                () = shutdown.cancelled() => break,
+                lease = acquired(&mut held) => match lease {
+                    Some(lease) => lease.token(),
+                    None => break,
+                },
+            };
+            tracing::info!(token, "coordinating the cluster's epochs");
+            let coordinating = metrics::gauge!(COORDINATOR);
+            coordinating.set(1.0);
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = lost(&mut held, token) => {
+                    tracing::warn!(token, "no longer the coordinator");
+                }
+                () = self.coordinate() => {}
+            }
+            coordinating.set(0.0);
+        }
+        metrics::gauge!(COORDINATOR).set(0.0);
+        keeper.stop().await;
+        Ok(())
+    }
+
+    /// One term: a step every tick, forever (it ends when the lease is lost or on shutdown).
+    async fn coordinate(&self) {
+        let interval = Duration::from_millis(self.config.epoch_interval_ms);
+        let mut term = Term {
+            marked: None,
+            due: Instant::now() + interval,
+            quiet_tail: None,
+            failing: None,
+        };
+        loop {
+            match self.step(&mut term, interval).await {
+                Ok(()) => term.failing = None,
+                Err((epoch, error)) => {
+                    if term.failing != Some(epoch) {
+                        tracing::error!(epoch, error = %error, "settlement: cannot close the epoch yet; trying again every tick");
+                        term.failing = Some(epoch);
+                    } else {
+                        tracing::debug!(epoch, error = %error, "settlement: still failing");
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(self.config.tick_ms)).await;
+        }
+    }
+
+    async fn step(&self, term: &mut Term, interval: Duration) -> Result<(), (u64, StepError)> {
+        let (next, _) = self
+            .submitter
+            .position()
+            .await
+            .map_err(|error| (0, error.into()))?
+            .next();
+        let failed = |error: StepError| (next, error);
+        let summaries = self
+            .epochs
+            .summaries(next)
+            .await
+            .map_err(|error| failed(error.into()))?;
+        if summaries.iter().all(Option::is_some) {
+            self.commit(next, summaries.into_iter().flatten().collect())
+                .await
+                .map_err(failed)?;
+            term.marked = None;
+            self.epochs
+                .mark(EpochMark::Committed(next))
+                .await
+                .map_err(|error| failed(error.into()))?;
+            // Parts that landed after the seal marks are the next epoch's: only the commit
+            // marks themselves leave the log as quiet as it was.
+            term.quiet_tail = term
+                .quiet_tail
+                .and_then(|tail| tail.checked_add(self.width()));
+            return Ok(());
+        }
+        if term.marked == Some(next) {
+            // The owners are sealing (or catching up first).
+            return Ok(());
+        }
+        let left_half_done = summaries.iter().any(Option::is_some);
+        if !left_half_done {
+            if Instant::now() < term.due {
+                return Ok(());
+            }
+            let tail = self
+                .epochs
+                .log_tail()
+                .await
+                .map_err(|error| failed(error.into()))?;
+            // An empty log has nothing to seal either (a cluster's first start).
+            if tail == 0 || term.quiet_tail == Some(tail) {
+                term.due = Instant::now() + interval;
+                return Ok(());
+            }
+        }
+        let before = self
+            .epochs
+            .log_tail()
+            .await
+            .map_err(|error| failed(error.into()))?;
+        self.epochs
+            .mark(EpochMark::Seal(next))
+            .await
+            .map_err(|error| failed(error.into()))?;
+        term.quiet_tail = before.checked_add(self.width());
+        term.marked = Some(next);
+        term.due = Instant::now() + interval;
+        metrics::gauge!(names::LAST_SEALED_EPOCH).set(next as f64);
+        tracing::info!(
+            epoch = next,
+            "epoch marks written: every partition seals the epoch at its mark"
+        );
+        Ok(())
+    }
+
+    /// Messages one mark adds to the log: one per partition.
+    fn width(&self) -> u64 {
+        u64::from(self.epochs.partitions().get())
+    }
+
+    /// Builds epoch `epoch`'s tree and net amounts from the partitions' summaries and commits
+    /// it, returning once the commit is final.
+    async fn commit(&self, epoch: u64, summaries: Vec<Summary>) -> Result<(), StepError> {
+        let commit = epoch_commit(epoch, &summaries)?;
+        let outcome = self
+            .submitter
+            .submit(&commit)
+            .await
+            .map_err(|source| StepError::Commit {
+                epoch,
+                source: Box::new(source),
+            })?;
+        match outcome.onchain {
+            OnchainEpoch::Committed => {
+                metrics::gauge!(names::LAST_COMMITTED_EPOCH).set(epoch as f64);
+                tracing::info!(
+                    epoch,
+                    root = %commit.root,
+                    debits = commit.debits.len(),
+                    credits = commit.credits.len(),
+                    parts = outcome.parts,
+                    sent = outcome.landed.len(),
+                    "epoch committed for the whole cluster"
+                );
+            }
+            OnchainEpoch::Voided => {
+                tracing::warn!(epoch, "the arbiter voided the epoch");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The cluster's commit of `epoch`: the root of the tree over the partitions' trees (zero when
+/// no partition has a leaf, as for a standalone epoch without leaves), every partition's debits
+/// (payers are in one partition each) and the credits netted over the partitions.
+fn epoch_commit(epoch: u64, summaries: &[Summary]) -> Result<EpochCommit, StepError> {
+    let broken = |why: String| StepError::Summaries { epoch, why };
+    let tree = PartitionedTree::from_sealed(epoch, summaries.iter().map(|summary| &summary.sealed));
+    let root = match tree {
+        Ok(tree) => tree.root(),
+        Err(MerkleError::Empty) => B256::ZERO,
+        Err(error) => return Err(broken(error.to_string())),
+    };
+    let mut debits = Vec::new();
+    let mut credits = BTreeMap::new();
+    for summary in summaries {
+        debits.extend_from_slice(&summary.sealed.debits);
+        for &(payee, amount) in &summary.sealed.credits {
+            let total: &mut u128 = credits.entry(payee).or_default();
+            *total = total
+                .checked_add(amount)
+                .ok_or_else(|| broken(format!("payee {payee}'s credits overflow")))?;
+        }
+    }
+    let debited = sum(debits.iter().map(|(_, amount)| *amount));
+    let credited = sum(credits.values().copied());
+    if debited.is_none() || debited != credited {
+        return Err(broken(format!(
+            "the partitions debit {debited:?} and credit {credited:?}"
+        )));
+    }
+    debits.sort_unstable_by_key(|(payer, _)| *payer);
+    Ok(EpochCommit {
+        epoch,
+        root,
+        debits,
+        credits: credits.into_iter().collect(),
+    })
+}
+
+/// The sum of `amounts`, `None` past u128.
+fn sum(mut amounts: impl Iterator<Item = u128>) -> Option<u128> {
+    amounts.try_fold(0u128, u128::checked_add)
+}
+
+/// The lease once this node holds it; `None` if the keeper stopped.
+async fn acquired(held: &mut watch::Receiver<Option<Lease>>) -> Option<Lease> {
+    held.wait_for(Option::is_some)
+        .await
+        .ok()
+        .and_then(|lease| lease.clone())
+}
+
+/// Returns once the lease of token `token` is no longer held.
+async fn lost(held: &mut watch::Receiver<Option<Lease>>, token: u64) {
+    let _ = held
+        .wait_for(|lease| lease.as_ref().map(Lease::token) != Some(token))
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_engine::ledger::SealedEpoch;
+    use tollgate_engine::{Address, PayerKey};
+
+    fn summary(partition: u32, entries: &[(u8, u8, u128)]) -> Summary {
+        let mut sealed = SealedEpoch {
+            epoch: 3,
+            ..SealedEpoch::default()
+        };
+        let mut credits = BTreeMap::new();
+        for &(payer, payee, amount) in entries {
+            sealed
+                .leaves
+                .push((PayerKey([payer; 32]), Address([payee; 20]), amount));
+            sealed.debits.push((PayerKey([payer; 32]), amount));
+            *credits.entry(Address([payee; 20])).or_insert(0u128) += amount;
+        }
+        sealed.credits = credits.into_iter().collect();
+        Summary { partition, sealed }
+    }
+
+    #[test]
+    fn credits_are_netted_over_partitions_and_the_root_covers_every_leaf() {
+        let summaries = [
+            summary(0, &[(1, 9, 5), (2, 8, 7)]),
+            summary(1, &[]),
+            summary(2, &[(3, 9, 11)]),
+        ];
+        let commit = epoch_commit(3, &summaries).expect("balanced");
+        assert_eq!(
+            commit.credits,
+            vec![(Address([8; 20]), 7), (Address([9; 20]), 16)]
+        );
+        assert_eq!(commit.debits.len(), 3);
+        let tree =
+            PartitionedTree::from_sealed(3, summaries.iter().map(|s| &s.sealed)).expect("leaves");
+        assert_eq!(commit.root, tree.root());
+        assert_eq!(tree.proofs().count(), 3);
+
+        let empty = epoch_commit(3, &[summary(0, &[]), summary(1, &[])]).expect("empty");
+        assert_eq!(empty.root, B256::ZERO);
+
+        let mut unbalanced = summaries.to_vec();
+        unbalanced[2].sealed.credits[0].1 += 1;
+        assert!(epoch_commit(3, &unbalanced).is_err());
+    }
+}
