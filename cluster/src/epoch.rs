@@ -194,10 +194,27 @@ pub(crate) async fn apply_mark(
             ));
         }
         EpochMark::Committed(epoch) => {
-            let status = reader
-                .epoch(epoch)
-                .map_err(LedgerError::from)?
-                .map(|record| record.status);
+            // A seal resumed after a crash may still be writing the epoch: its record comes
+            // when it is done.
+            let status = loop {
+                let status = reader
+                    .epoch(epoch)
+                    .map_err(LedgerError::from)?
+                    .map(|record| record.status);
+                if status.is_some() || !still_sealing(&reader, epoch)? {
+                    break status;
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(SEAL_POLL) => {}
+                }
+            };
+            if status.is_none() {
+                warn!(
+                    partition,
+                    epoch, "commit mark for an epoch this ledger never sealed"
+                );
+            }
             if matches!(status, Some(EpochStatus::Sealed | EpochStatus::Submitted)) {
                 let update = EpochUpdate {
                     epoch,
@@ -211,6 +228,17 @@ pub(crate) async fn apply_mark(
         }
     }
     Ok(())
+}
+
+/// How often a mark waiting for a seal still being written looks again.
+const SEAL_POLL: Duration = Duration::from_millis(20);
+
+/// Whether the ledger is still writing the seal of `epoch`.
+fn still_sealing(reader: &LedgerReader, epoch: u64) -> Result<bool, LedgerError> {
+    Ok(reader
+        .sealing_epoch()
+        .map_err(LedgerError::from)?
+        .is_some_and(|sealing| sealing.epoch == epoch))
 }
 
 /// Stores the summary of the newest epoch `engine`'s ledger has sealed, if any: the owner
@@ -242,13 +270,25 @@ async fn store_summary(
     (partition, epoch): (u32, u64),
     stop: CancellationToken,
 ) {
-    let sealed = tokio::task::spawn_blocking(move || reader.sealed_epoch(epoch)).await;
+    // A seal resumed after a crash may still be writing the epoch: read it once it is done.
+    let sealed = loop {
+        let read = reader.clone();
+        match tokio::task::spawn_blocking(move || read.sealed_epoch(epoch)).await {
+            Ok(Ok(None)) if matches!(still_sealing(&reader, epoch), Ok(true)) => {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(SEAL_POLL) => {}
+                }
+            }
+            sealed => break sealed,
+        }
+    };
     let sealed = match sealed {
         Ok(Ok(Some(sealed))) => sealed,
         Ok(Ok(None)) => {
             warn!(
                 partition,
-                epoch, "the sealed epoch has no entries: no summary"
+                epoch, "the epoch is not sealed in this ledger: no summary"
             );
             return;
         }

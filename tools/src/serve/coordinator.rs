@@ -7,7 +7,8 @@
 //! Each step reads them again: when every partition's summary of the next epoch is stored, it
 //! builds the epoch tree over the partition roots, nets the credits and commits (the submitter
 //! sends only what the chain lacks, so a commit a lost coordinator began is finished, not
-//! repeated), then writes `Committed(e)` into every log; when none is stored and the epoch is
+//! repeated); the next step, and the first of every term, writes `Committed(e - 1)` into every
+//! log for the epoch the chain has last taken (unless the arbiter voided it); when none is stored and the epoch is
 //! due, it writes `Seal(e)` into every log; when some are, a coordinator that stopped half-way
 //! left them, and it writes the seal marks again at once (each partition seals at the first).
 
@@ -36,6 +37,8 @@ pub(super) struct Coordinator {
 struct Term {
     /// The epoch this term wrote seal marks for, until it is committed.
     marked: Option<u64>,
+    /// The epoch whose commit marks this term wrote (or, voided, decided not to write).
+    committed_marked: Option<u64>,
     /// When the open epoch is due to be sealed.
     due: Instant,
     /// Where the log would end if nothing but this term's own marks landed since its last seal
@@ -97,6 +100,7 @@ impl Coordinator {
         let interval = Duration::from_millis(self.config.epoch_interval_ms);
         let mut term = Term {
             marked: None,
+            committed_marked: None,
             due: Instant::now() + interval,
             quiet_tail: None,
             failing: None,
@@ -118,32 +122,50 @@ impl Coordinator {
     }
 
     async fn step(&self, term: &mut Term, interval: Duration) -> Result<(), (u64, StepError)> {
-        let (next, _) = self
+        let position = self
             .submitter
             .position()
             .await
-            .map_err(|error| (0, error.into()))?
-            .next();
+            .map_err(|error| (0, error.into()))?;
+        let (next, _) = position.next();
         let failed = |error: StepError| (next, error);
+        // The commit marks of the epoch before, once per term and until they are all written:
+        // the coordinator before may have stopped, or a publish failed, between the commit and
+        // its marks, and the chain's position has moved past the epoch since. Never for a voided
+        // epoch, whose amounts the chain did not move (cluster mode does not carry them into a
+        // later epoch yet: they stay pending).
+        if let Some(previous) = next.checked_sub(1).filter(|&epoch| epoch > 0)
+            && term.committed_marked != Some(previous)
+        {
+            if position.voided(previous) {
+                tracing::warn!(
+                    epoch = previous,
+                    "the arbiter voided the epoch: its amounts stay pending in the partitions (disputes are not carried forward in cluster mode yet)"
+                );
+            } else {
+                self.epochs
+                    .mark(EpochMark::Committed(previous))
+                    .await
+                    .map_err(|error| failed(error.into()))?;
+                // Parts that landed after the seal marks are the next epoch's: only the commit
+                // marks themselves leave the log as quiet as it was.
+                term.quiet_tail = term
+                    .quiet_tail
+                    .and_then(|tail| tail.checked_add(self.width()));
+            }
+            term.committed_marked = Some(previous);
+        }
         let summaries = self
             .epochs
             .summaries(next)
             .await
             .map_err(|error| failed(error.into()))?;
         if summaries.iter().all(Option::is_some) {
+            // Its commit marks go out at the next step, from the chain's position.
             self.commit(next, summaries.into_iter().flatten().collect())
                 .await
                 .map_err(failed)?;
             term.marked = None;
-            self.epochs
-                .mark(EpochMark::Committed(next))
-                .await
-                .map_err(|error| failed(error.into()))?;
-            // Parts that landed after the seal marks are the next epoch's: only the commit
-            // marks themselves leave the log as quiet as it was.
-            term.quiet_tail = term
-                .quiet_tail
-                .and_then(|tail| tail.checked_add(self.width()));
             return Ok(());
         }
         if term.marked == Some(next) {
@@ -216,6 +238,7 @@ impl Coordinator {
                     "epoch committed for the whole cluster"
                 );
             }
+            // No commit marks for it (the next step sees it voided on the chain).
             OnchainEpoch::Voided => {
                 tracing::warn!(epoch, "the arbiter voided the epoch");
             }
