@@ -10,7 +10,8 @@
 //! local to that partition. Each partition has at most one owner at a time, chosen by a lease in
 //! the lease bucket ([`Leases`]): compare-and-set on the key's revision to take it, renewed by
 //! heartbeat ([`LeaseKeeper`]), lost when a renewal's compare-and-set fails. Fencing is a
-//! primitive for the later slices' shared writes (epoch summaries): a writer stamps a message
+//! primitive for shared writes whose content depends on who writes them (none yet: an epoch
+//! summary is the same whichever owner stores it, see `epoch`): a writer stamps a message
 //! with its lease's token ([`Fence`]) and a receiver that calls [`Leases::check_fence`] refuses
 //! a token that is not the partition's current one. Checkpoints fence their purges with the
 //! lease token in the partition's purge floor record instead (`checkpoint`). Nothing on the data path is fenced: an owner
