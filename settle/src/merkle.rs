@@ -129,6 +129,30 @@ fn hash_parents(tree: &mut [B256], parents: usize) {
     }
 }
 
+/// OpenZeppelin's heap over `order`'s hashes (each with the position its leaf was listed at):
+/// the hashes sorted ascending fill the end in reverse, and every other node hashes its two
+/// children. Returns the nodes and, per listed position, where its hash sits. Refuses a hash
+/// given twice.
+fn heap(mut order: Vec<([u64; 4], usize)>) -> Result<(Vec<B256>, Vec<usize>), MerkleError> {
+    // Sorting (hash, listed position) pairs moves 40 bytes per swap instead of a whole leaf,
+    // comparing the hash as big-endian words orders it as bytes do while settling almost
+    // every comparison on the first word, and the leaves stay where they were listed.
+    order.par_sort_unstable_by_key(|(words, _)| *words);
+    if let Some(pair) = order.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+        return Err(MerkleError::DuplicateLeaf(hash_bytes(&pair[0].0)));
+    }
+    let nodes = 2 * order.len() - 1;
+    let mut tree = vec![B256::ZERO; nodes];
+    let mut tree_index = vec![0; order.len()];
+    for (rank, (words, position)) in order.iter().enumerate() {
+        let at = nodes - 1 - rank;
+        tree[at] = hash_bytes(words);
+        tree_index[*position] = at;
+    }
+    hash_parents(&mut tree, nodes - order.len());
+    Ok((tree, tree_index))
+}
+
 /// An epoch's tree: OpenZeppelin's heap of nodes, and the leaves in the order they were listed
 /// with where each sits in the heap (a dump's `values`).
 pub struct EpochTree {
@@ -160,28 +184,13 @@ impl EpochTree {
         }
         // Two thirds of the keccaks are the leaves' double hashes, independent of each other:
         // hashed on every core (rayon's global pool, never the engine's verify pool).
-        let mut order: Vec<([u64; 4], usize)> = listed
+        let order: Vec<([u64; 4], usize)> = listed
             .par_iter()
             .enumerate()
             .with_min_len(PARALLEL_MIN)
             .map(|(position, leaf)| (hash_words(&leaf_hash(epoch, leaf).0), position))
             .collect();
-        // Sorting (hash, listed position) pairs moves 40 bytes per swap instead of a whole leaf,
-        // comparing the hash as big-endian words orders it as bytes do while settling almost
-        // every comparison on the first word, and the leaves stay where they were listed.
-        order.par_sort_unstable_by_key(|(words, _)| *words);
-        if let Some(pair) = order.windows(2).find(|pair| pair[0].0 == pair[1].0) {
-            return Err(MerkleError::DuplicateLeaf(hash_bytes(&pair[0].0)));
-        }
-        let nodes = 2 * listed.len() - 1;
-        let mut tree = vec![B256::ZERO; nodes];
-        let mut tree_index = vec![0; listed.len()];
-        for (rank, (words, position)) in order.iter().enumerate() {
-            let at = nodes - 1 - rank;
-            tree[at] = hash_bytes(words);
-            tree_index[*position] = at;
-        }
-        hash_parents(&mut tree, nodes - listed.len());
+        let (tree, tree_index) = heap(order)?;
         Ok(Self {
             epoch,
             listed,
@@ -345,24 +354,12 @@ impl PartitionedTree {
         if partitions.is_empty() {
             return Err(MerkleError::Empty);
         }
-        let mut order: Vec<([u64; 4], usize)> = partitions
+        let order: Vec<([u64; 4], usize)> = partitions
             .iter()
             .enumerate()
             .map(|(position, tree)| (hash_words(&tree.root().0), position))
             .collect();
-        order.sort_unstable_by_key(|(words, _)| *words);
-        if let Some(pair) = order.windows(2).find(|pair| pair[0].0 == pair[1].0) {
-            return Err(MerkleError::DuplicateLeaf(hash_bytes(&pair[0].0)));
-        }
-        let nodes = 2 * partitions.len() - 1;
-        let mut top = vec![B256::ZERO; nodes];
-        let mut top_index = vec![0; partitions.len()];
-        for (rank, (words, position)) in order.iter().enumerate() {
-            let at = nodes - 1 - rank;
-            top[at] = hash_bytes(words);
-            top_index[*position] = at;
-        }
-        hash_parents(&mut top, nodes - partitions.len());
+        let (top, top_index) = heap(order)?;
         Ok(Self {
             partitions,
             top,
