@@ -173,31 +173,24 @@ impl Coordinator {
             return Ok(());
         }
         let left_half_done = summaries.iter().any(Option::is_some);
-        if !left_half_done {
-            if Instant::now() < term.due {
-                return Ok(());
-            }
-            let tail = self
-                .epochs
-                .log_tail()
-                .await
-                .map_err(|error| failed(error.into()))?;
-            // An empty log has nothing to seal either (a cluster's first start).
-            if tail == 0 || term.quiet_tail == Some(tail) {
-                term.due = Instant::now() + interval;
-                return Ok(());
-            }
+        if !left_half_done && Instant::now() < term.due {
+            return Ok(());
         }
-        let before = self
+        let tail = self
             .epochs
             .log_tail()
             .await
             .map_err(|error| failed(error.into()))?;
+        // An empty log has nothing to seal either (a cluster's first start).
+        if !left_half_done && (tail == 0 || term.quiet_tail == Some(tail)) {
+            term.due = Instant::now() + interval;
+            return Ok(());
+        }
         self.epochs
             .mark(EpochMark::Seal(next))
             .await
             .map_err(|error| failed(error.into()))?;
-        term.quiet_tail = before.checked_add(self.width());
+        term.quiet_tail = tail.checked_add(self.width());
         term.marked = Some(next);
         term.due = Instant::now() + interval;
         metrics::gauge!(names::LAST_SEALED_EPOCH).set(next as f64);
