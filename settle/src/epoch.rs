@@ -18,8 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tollgate_engine::{
     PayerKey,
     ledger::{
-        EpochRecord, EpochStatus, EpochUpdate, FundsEvent, FundsKind, HeadWithdrawals, PartRecord,
-        SealedEpoch,
+        EpochRecord, EpochStatus, EpochUpdate, FundsEvent, FundsKind, PartRecord, SealedEpoch,
     },
     pipeline::{Engine, EngineError, SubmitError as EngineSubmitError},
     store::StoreError,
@@ -30,7 +29,7 @@ use crate::merkle::{EpochTree, MerkleError};
 use crate::submitter::{
     EpochCommit, LandedPart, OnchainEpoch, Overdraft, SubmitError, SubmitOutcome, Submitter,
 };
-use crate::watcher::{ChainEvent, FundsChange, WatchBatch, WatchError, Watcher};
+use crate::watcher::{ChainEvent, LedgerNews, WatchBatch, WatchError, Watcher, head_withdrawals};
 
 /// When to close an epoch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -735,36 +734,15 @@ impl FundsLoop {
 
     /// Hands the ledger the requests at the head, summed per payer, to refuse spend of at once.
     async fn apply_head_requests(&self, events: &[ChainEvent]) -> Result<(), EpochError> {
-        let mut requests = BTreeMap::new();
-        for event in events {
-            if let FundsChange::WithdrawalRequested { payer, amount, .. } = event.change {
-                let total = requests.entry(payer).or_insert(0u128);
-                // A sum past u128 refuses all of the payer's spend: the safe side.
-                *total = total.saturating_add(amount);
-            }
-        }
-        let requests = HeadWithdrawals(requests);
+        let requests = head_withdrawals(events);
         engine_call(|| self.engine.head_withdrawals(requests.clone())).await
     }
 
     async fn apply(&self, batch: &WatchBatch) -> Result<(), EpochError> {
         for event in &batch.events {
-            let funds = |payer: PayerKey, kind: FundsKind, amount: u128| FundsEvent {
-                payer,
-                kind,
-                amount,
-                block: event.block,
-                log_index: event.log_index,
-            };
-            let funds_event = match event.change {
-                FundsChange::Deposit { payer, amount } => funds(payer, FundsKind::Deposit, amount),
-                FundsChange::WithdrawalRequested { payer, amount, .. } => {
-                    funds(payer, FundsKind::WithdrawalRequested, amount)
-                }
-                FundsChange::WithdrawalCompleted { payer, amount, .. } => {
-                    funds(payer, FundsKind::WithdrawalCompleted, amount)
-                }
-                FundsChange::Disputed { epoch } => {
+            match event.ledger_news() {
+                LedgerNews::Funds(funds) => engine_call(|| self.engine.funds(funds)).await?,
+                LedgerNews::Voided(epoch) => {
                     // Idempotent in the ledger (Disputed may become Disputed), so a replay after a
                     // restart is harmless.
                     record_status(&self.engine, epoch, EpochStatus::Disputed, None, None).await?;
@@ -773,10 +751,8 @@ impl FundsLoop {
                         epoch,
                         "the arbiter voided an epoch; its amounts go into the next one"
                     );
-                    continue;
                 }
-            };
-            engine_call(|| self.engine.funds(funds_event)).await?;
+            }
         }
         let scanned = FundsEvent {
             payer: PayerKey([0; 32]),

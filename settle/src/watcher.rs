@@ -18,6 +18,7 @@ use alloy::{
     sol_types::SolEvent,
 };
 use tollgate_engine::PayerKey;
+use tollgate_engine::ledger::{FundsEvent, FundsKind, HeadWithdrawals};
 
 use crate::chain::{self, ChainError};
 use crate::contract::Settlement;
@@ -106,6 +107,54 @@ pub struct ChainEvent {
     pub log_index: u64,
     /// Transaction that emitted it.
     pub tx_hash: TxHash,
+}
+
+/// What an event asks of the engine's ledger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LedgerNews {
+    /// A payer's funds moved: applied once, by the event's chain position.
+    Funds(FundsEvent),
+    /// The arbiter voided the epoch: its amounts are owed again and go into the open epoch.
+    Voided(u64),
+}
+
+impl ChainEvent {
+    /// The event as the ledger takes it.
+    pub fn ledger_news(&self) -> LedgerNews {
+        let funds = |payer: PayerKey, kind: FundsKind, amount: u128| {
+            LedgerNews::Funds(FundsEvent {
+                payer,
+                kind,
+                amount,
+                block: self.block,
+                log_index: self.log_index,
+            })
+        };
+        match self.change {
+            FundsChange::Deposit { payer, amount } => funds(payer, FundsKind::Deposit, amount),
+            FundsChange::WithdrawalRequested { payer, amount, .. } => {
+                funds(payer, FundsKind::WithdrawalRequested, amount)
+            }
+            FundsChange::WithdrawalCompleted { payer, amount, .. } => {
+                funds(payer, FundsKind::WithdrawalCompleted, amount)
+            }
+            FundsChange::Disputed { epoch } => LedgerNews::Voided(epoch),
+        }
+    }
+}
+
+/// The withdrawal requests among `events` (a poll's [`WatchBatch::head_requests`]), summed per
+/// payer, for the ledger to refuse spend of at once. A sum past u128 refuses all of the payer's
+/// spend: the safe side.
+pub fn head_withdrawals(events: &[ChainEvent]) -> HeadWithdrawals {
+    let mut requests = HeadWithdrawals::default();
+    for event in events {
+        if let FundsChange::WithdrawalRequested { payer, amount, .. } = event.change {
+            let total = requests.0.entry(payer).or_insert(0u128);
+            *total = total.saturating_add(amount);
+        }
+    }
+    requests
 }
 
 /// Events of the confirmed blocks `[from, next_block)`.
