@@ -98,8 +98,9 @@ impl Default for ClusterConfig {
 
 /// Most copies JetStream keeps of anything.
 const REPLICAS_MAX: usize = 5;
-/// The most partitions a cluster may have. Leaves room above for the coordinator's lease
-/// number ([`crate::lease::COORDINATOR_LEASE`]).
+/// The most partitions a cluster may have. Leaves room above for the lease numbers of the
+/// coordinator and the funds watcher ([`crate::lease::COORDINATOR_LEASE`],
+/// [`crate::lease::WATCHER_LEASE`]).
 pub const PARTITIONS_MAX: u32 = 4_096;
 
 impl ClusterConfig {

@@ -21,7 +21,7 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, message::PublishMessage, object_store, stream};
+use async_nats::jetstream::{self, object_store, stream};
 use futures::future::try_join_all;
 use tokio_util::sync::CancellationToken;
 use tollgate_engine::ledger::{EpochStatus, EpochUpdate};
@@ -30,9 +30,9 @@ use tracing::{info, warn};
 
 use crate::error::NatsError;
 use crate::lease::{COORDINATOR_LEASE, LeaseKeeper, Leases};
+use crate::mark_log::publish_mark;
 use crate::objects::{ReadError, read_object};
-use crate::part::{DecodeError, EpochMark, Summary};
-use crate::partition::subject_of;
+use crate::part::{DecodeError, Mark, Summary};
 use crate::resources::Cluster;
 use crate::retry::backoff;
 
@@ -57,8 +57,7 @@ fn nats(what: &'static str) -> impl FnOnce(NatsError) -> EpochsError {
     move |source| EpochsError::Nats { what, source }
 }
 
-/// How long storing or reading one summary, or publishing one mark, may take before it is given
-/// up and tried again.
+/// How long storing or reading one summary may take before it is given up and tried again.
 const SUMMARY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The object name of partition `partition`'s summary of `epoch`, in the checkpoints' object
@@ -155,12 +154,12 @@ pub(crate) async fn apply_mark(
     engine: &Engine,
     summaries: &Summaries,
     partition: u32,
-    mark: EpochMark,
+    mark: &Mark,
     stop: &CancellationToken,
 ) -> Result<(), EngineError> {
     let reader = engine.reader();
-    match mark {
-        EpochMark::Seal(epoch) => {
+    match *mark {
+        Mark::Seal(epoch) => {
             let open = reader.open_epoch().map_err(LedgerError::from)?.epoch;
             if open < epoch {
                 // Epochs are sealed one mark at a time from 1, so the ledger missed marks: it
@@ -193,21 +192,9 @@ pub(crate) async fn apply_mark(
                 stop.clone(),
             ));
         }
-        EpochMark::Committed(epoch) => {
-            // A seal resumed after a crash may still be writing the epoch: its record comes
-            // when it is done.
-            let status = loop {
-                let status = reader
-                    .epoch(epoch)
-                    .map_err(LedgerError::from)?
-                    .map(|record| record.status);
-                if status.is_some() || !still_sealing(&reader, epoch)? {
-                    break status;
-                }
-                tokio::select! {
-                    () = stop.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(SEAL_POLL) => {}
-                }
+        Mark::Committed(epoch) => {
+            let Some(status) = status_once_sealed(&reader, epoch, stop).await? else {
+                return Ok(());
             };
             if status.is_none() {
                 warn!(
@@ -216,18 +203,73 @@ pub(crate) async fn apply_mark(
                 );
             }
             if matches!(status, Some(EpochStatus::Sealed | EpochStatus::Submitted)) {
-                let update = EpochUpdate {
-                    epoch,
-                    status: EpochStatus::Committed,
-                    root: None,
-                    part: None,
-                };
-                control(|| engine.record_epoch(update)).await?;
+                record_status(engine, epoch, EpochStatus::Committed).await?;
                 info!(partition, epoch, "partition settled the committed epoch");
             }
         }
+        Mark::Voided(epoch) => {
+            let Some(status) = status_once_sealed(&reader, epoch, stop).await? else {
+                return Ok(());
+            };
+            match status {
+                None => warn!(
+                    partition,
+                    epoch, "voided mark for an epoch this ledger never sealed"
+                ),
+                Some(EpochStatus::Disputed) => {}
+                Some(_) => {
+                    // The ledger carries the epoch's amounts into its open epoch (pending
+                    // again, if they were settled): the next seal takes them to the chain.
+                    record_status(engine, epoch, EpochStatus::Disputed).await?;
+                    warn!(
+                        partition,
+                        epoch, "the arbiter voided the epoch: its amounts go into the next one"
+                    );
+                }
+            }
+        }
+        // The ledger applies a funds event once, by its chain position.
+        Mark::Funds(event) => control(|| engine.funds(event)).await?,
+        Mark::HeadWithdrawals(ref requests) => {
+            control(|| engine.head_withdrawals(requests.clone())).await?;
+        }
     }
     Ok(())
+}
+
+/// Records `status` for `epoch` in the ledger.
+async fn record_status(
+    engine: &Engine,
+    epoch: u64,
+    status: EpochStatus,
+) -> Result<(), EngineError> {
+    let update = EpochUpdate {
+        epoch,
+        status,
+        root: None,
+        part: None,
+    };
+    control(|| engine.record_epoch(update)).await
+}
+
+/// The ledger's status of `epoch` (`None` inside: never sealed), once a seal resumed after a
+/// crash has finished writing it (its record comes when it is done); `None` if `stop` came
+/// first.
+async fn status_once_sealed(
+    reader: &LedgerReader,
+    epoch: u64,
+    stop: &CancellationToken,
+) -> Result<Option<Option<EpochStatus>>, LedgerError> {
+    loop {
+        let status = reader.epoch(epoch)?.map(|record| record.status);
+        if status.is_some() || !still_sealing(reader, epoch)? {
+            return Ok(Some(status));
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(None),
+            () = tokio::time::sleep(SEAL_POLL) => {}
+        }
+    }
 }
 
 /// How often a mark waiting for a seal still being written looks again.
@@ -364,26 +406,13 @@ impl Epochs {
 
     /// Writes `mark` into every partition's log, each with its message id, and returns once
     /// the log holds all of them.
-    pub async fn mark(&self, mark: EpochMark) -> Result<(), EpochsError> {
-        try_join_all((0..self.partitions.get()).map(|partition| async move {
-            let message = PublishMessage::build()
-                .message_id(mark.message_id(partition))
-                .payload(mark.encode());
-            let published = async {
-                self.jetstream
-                    .send_publish(subject_of(partition), message)
-                    .await?
-                    .await?;
-                Ok::<(), NatsError>(())
-            };
-            // Bounded like a summary's read: the next step publishes again (once, by its id).
-            match tokio::time::timeout(SUMMARY_TIMEOUT, published).await {
-                Ok(published) => published,
-                Err(elapsed) => Err(elapsed.into()),
-            }
-            .map_err(nats("publish an epoch mark"))
+    pub async fn mark(&self, mark: Mark) -> Result<(), EpochsError> {
+        try_join_all((0..self.partitions.get()).map(|partition| {
+            // The next step publishes again (once, by its id) if this one fails.
+            publish_mark(&self.jetstream, partition, &mark)
         }))
-        .await?;
+        .await
+        .map_err(nats("publish an epoch mark"))?;
         Ok(())
     }
 

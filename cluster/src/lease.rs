@@ -109,11 +109,15 @@ pub struct Leases {
 /// under a number no partition has (a cluster has at most [`crate::PARTITIONS_MAX`]).
 pub const COORDINATOR_LEASE: u32 = u32::MAX;
 
+/// The funds watcher's lease (`watcher` in the bucket), kept the same way.
+pub const WATCHER_LEASE: u32 = u32::MAX - 1;
+
 fn key(partition: u32) -> String {
-    if partition == COORDINATOR_LEASE {
-        return "coordinator".to_owned();
+    match partition {
+        COORDINATOR_LEASE => "coordinator".to_owned(),
+        WATCHER_LEASE => "watcher".to_owned(),
+        _ => format!("p.{partition}"),
     }
-    format!("p.{partition}")
 }
 
 /// The lease bucket's keys that announce nodes: `n.<node id>`.

@@ -45,7 +45,9 @@
 //! partitions a node owns, by lease), `share` (how many it may hold: rebalancing as nodes join
 //! and leave), `retry` (the backoff after NATS failures), `epoch` (the coordinator's marks in
 //! every partition's log, each owner's seal at them and its summary for the coordinator:
-//! [`Epochs`]), `objects` (reading an object-store object without a consumer).
+//! [`Epochs`]), `watch` (the funds watcher's chain news in the payers' partitions' logs:
+//! [`FundsLog`]), `mark_log` (how either writes a mark into a log), `objects` (reading an
+//! object-store object without a consumer).
 //!
 //! This crate only knows about payers through [`tollgate_engine::PayerKey`]; the engine itself
 //! knows nothing of NATS or tokio.
@@ -58,6 +60,7 @@ mod fence;
 mod funds;
 mod kv;
 mod lease;
+mod mark_log;
 mod node;
 mod objects;
 mod owner;
@@ -69,6 +72,7 @@ mod resources;
 mod retry;
 mod share;
 pub mod telemetry;
+mod watch;
 
 pub use checkpoint::CheckpointError;
 pub use config::{ClusterConfig, PARTITIONS_MAX};
@@ -76,14 +80,15 @@ pub use epoch::{Epochs, EpochsError};
 pub use error::{ClusterError, LeaseError, NatsError};
 pub use fence::{FENCE_HEADER, Fence, FenceError};
 pub use funds::{FundsClient, FundsError};
-pub use lease::{COORDINATOR_LEASE, Holder, Lease, LeaseKeeper, Leases};
+pub use lease::{COORDINATOR_LEASE, Holder, Lease, LeaseKeeper, Leases, WATCHER_LEASE};
 pub use node::{Node, NodeLedgers};
 pub use owner::{OwnerError, PartRefused, REFUSALS_KEPT};
 pub use part::{
-    ASK_PREFIX, Answer, Ask, BatchId, DecodeError, EpochMark, FUNDS_PREFIX, FundsAnswer,
-    FundsQuery, Part, Summary, Verdicts, ask_subject, funds_subject,
+    ASK_PREFIX, Answer, Ask, BatchId, DecodeError, FUNDS_PREFIX, FundsAnswer, FundsQuery, Mark,
+    Part, Summary, Verdicts, ask_subject, funds_subject,
 };
 pub use partition::{SUBJECT_PREFIX, partition_of, subject_of};
 pub use publish::{AnswerProblem, PublishError, Publisher};
 pub use resources::{Cluster, nats_server_binary};
 pub use retry::backoff;
+pub use watch::{FundsLog, FundsLogError, HeadSets};

@@ -45,9 +45,7 @@ use crate::checkpoint::{CheckpointError, Checkpoints, Stored};
 use crate::epoch::{Summaries, apply_mark, refused, store_newest_summary};
 use crate::error::NatsError;
 use crate::funds::{FundsSource, answer_funds};
-use crate::part::{
-    Answer, Ask, DecodeError, EpochMark, Part, Verdicts, ask_subject, funds_subject,
-};
+use crate::part::{Answer, Ask, DecodeError, Mark, Part, Verdicts, ask_subject, funds_subject};
 use crate::partition::{partition_of, subject_of};
 use crate::requests::answer_each;
 use crate::retry::backoff;
@@ -176,7 +174,7 @@ enum Taken {
     Refused(u64),
     Mark {
         seq: u64,
-        mark: EpochMark,
+        mark: Mark,
         done: oneshot::Sender<()>,
     },
 }
@@ -462,8 +460,8 @@ impl Log {
                 continue;
             }
             last = seq;
-            if EpochMark::is_mark(&message.payload) {
-                let mark = match EpochMark::decode(&message.payload) {
+            if Mark::is_mark(&message.payload) {
+                let mark = match Mark::decode(&message.payload) {
                     Ok(mark) => mark,
                     Err(error) => {
                         warn!(partition, seq, %error, "epoch mark refused");
@@ -561,13 +559,13 @@ async fn await_acks(
                 continue;
             }
             Taken::Mark { seq, mark, done } => {
-                if let Err(error) = apply_mark(&engine, &summaries, partition, mark, &failed).await
+                if let Err(error) = apply_mark(&engine, &summaries, partition, &mark, &failed).await
                 {
                     if !error.is_refusal() {
                         failed.cancel();
                         return Err(error);
                     }
-                    warn!(partition, seq, ?mark, %error, "epoch mark refused by the ledger");
+                    warn!(partition, seq, ?mark, %error, "mark refused by the ledger");
                 }
                 messages.fetch_add(1, Ordering::Relaxed);
                 applied.send_replace(seq);

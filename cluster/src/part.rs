@@ -2,18 +2,23 @@
 //! of one client batch that belong to one partition, as published to the partition's log
 //! subject), the *ask* an ingest node sends a partition's owner for the part's verdicts, and the
 //! owner's *answer*; a *funds* query any node sends a partition's owner for one payer's balance,
-//! and the owner's *funds answer*; the coordinator's *epoch marks* in every partition's log (seal
-//! the epoch here; the epoch is committed onchain), and the partition *summary* an owner stores
-//! for each sealed epoch.
+//! and the owner's *funds answer*; the *marks* in partitions' logs (the coordinator's: seal the
+//! epoch here, the epoch is committed onchain; the funds watcher's: a payer's deposit or
+//! withdrawal, the unconfirmed withdrawal requests, a voided epoch), and the partition *summary*
+//! an owner stores for each sealed epoch.
 //!
 //! All integers little-endian, fixed widths, a version byte first (1; 2 for the funds query and
-//! answer; 0x80 for an epoch mark, which shares the log with parts and is told from one by that
+//! answer; 0x80 for a mark, which shares the log with parts and is told from one by that
 //! byte); nothing here is serde, so the log's bytes never change with a library.
 //!
 //! ```text
 //! part   = version 1 | partition u32 | client u64 | producer u64 | session epoch u64
 //!          | batch seq u64 | published ms u64 | receipts (176 bytes each)
-//! mark   = version 0x80 | kind u8 (1 seal, 2 committed) | epoch u64
+//! mark   = version 0x80 | kind u8 | kind body
+//!          seal (1), committed (2), voided (3): epoch u64
+//!          funds (4): payer [32] | funds kind u8 (1 deposit, 2 withdrawal requested,
+//!                     3 withdrawal completed) | amount u128 | block u64 | log index u64
+//!          head withdrawals (5): count u32 | (payer [32] | amount u128)*
 //! summary = version 1 | partition u32 | epoch u64 | leaves u64 | debits u64 | credits u64
 //!          | (payer [32] | payee [20] | cumulative u128)* | (payer [32] | amount u128)*
 //!          | (payee [20] | amount u128)*
@@ -34,7 +39,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tollgate_engine::ledger::record::BatchDigest;
-use tollgate_engine::ledger::{ChannelInfo, PayerBalance, SealedEpoch};
+use tollgate_engine::ledger::{
+    ChannelInfo, FundsEvent, FundsKind, HeadWithdrawals, PayerBalance, SealedEpoch,
+};
 use tollgate_engine::pipeline::{BatchAck, BatchOutcome};
 use tollgate_engine::{Address, PayerKey, Reason, ReceiptBatch};
 
@@ -475,33 +482,76 @@ impl FundsAnswer {
     }
 }
 
-/// An epoch mark's version byte, which no part starts with: it tells the two apart in the log.
+/// A mark's version byte, which no part starts with: it tells the two apart in the log.
 const MARK_VERSION: u8 = 0x80;
 const MARK_SEAL: u8 = 1;
 const MARK_COMMITTED: u8 = 2;
+const MARK_VOIDED: u8 = 3;
+const MARK_FUNDS: u8 = 4;
+const MARK_HEAD_WITHDRAWALS: u8 = 5;
 
-/// What the coordinator writes into every partition's log about an epoch. Applied in log order
-/// with the parts, so every owner that applies the log makes the same cut.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EpochMark {
+/// A funds event's kind on the log. Stored: never renumber.
+const FUNDS_KINDS: [(FundsKind, u8); 4] = [
+    (FundsKind::Deposit, 1),
+    (FundsKind::WithdrawalRequested, 2),
+    (FundsKind::WithdrawalCompleted, 3),
+    (FundsKind::BlockScanned, 4),
+];
+
+/// What the cluster's elected roles write into partitions' logs besides the parts: the
+/// coordinator's epoch marks (into every partition) and the funds watcher's chain news (a
+/// payer's funds event into the payer's partition; a voided epoch into every partition).
+/// Applied in log order with the parts, so every owner that applies the log makes the same cut
+/// and the same funds check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mark {
     /// The barrier: the partition's open epoch, which must be this one, is sealed after every
     /// part before the mark and before every part after it.
     Seal(u64),
     /// The epoch is committed onchain and final: the partition's ledger settles it.
     Committed(u64),
+    /// The arbiter voided the epoch: its amounts go back to pending and into the open epoch.
+    Voided(u64),
+    /// A confirmed deposit or withdrawal of one of the partition's payers, applied once by its
+    /// chain position.
+    Funds(FundsEvent),
+    /// The withdrawal requests of the partition's payers in the blocks not yet confirmed,
+    /// replacing the last such set.
+    HeadWithdrawals(HeadWithdrawals),
 }
 
-impl EpochMark {
+impl Mark {
     /// The bytes published to the log.
     pub fn encode(&self) -> Bytes {
-        let (kind, epoch) = match self {
-            EpochMark::Seal(epoch) => (MARK_SEAL, epoch),
-            EpochMark::Committed(epoch) => (MARK_COMMITTED, epoch),
-        };
-        let mut out = BytesMut::with_capacity(1 + 1 + 8);
+        let mut out = BytesMut::with_capacity(2 + 8);
         out.put_u8(MARK_VERSION);
-        out.put_u8(kind);
-        out.put_u64_le(*epoch);
+        match self {
+            Mark::Seal(epoch) | Mark::Committed(epoch) | Mark::Voided(epoch) => {
+                out.put_u8(match self {
+                    Mark::Seal(_) => MARK_SEAL,
+                    Mark::Committed(_) => MARK_COMMITTED,
+                    _ => MARK_VOIDED,
+                });
+                out.put_u64_le(*epoch);
+            }
+            Mark::Funds(event) => {
+                out.put_u8(MARK_FUNDS);
+                out.put_slice(&event.payer.0);
+                let kind = FUNDS_KINDS.iter().find(|(kind, _)| *kind == event.kind);
+                out.put_u8(kind.map_or(0, |(_, code)| *code));
+                out.put_u128_le(event.amount);
+                out.put_u64_le(event.block);
+                out.put_u64_le(event.log_index);
+            }
+            Mark::HeadWithdrawals(requests) => {
+                out.put_u8(MARK_HEAD_WITHDRAWALS);
+                out.put_u32_le(requests.0.len() as u32);
+                for (payer, amount) in &requests.0 {
+                    out.put_slice(&payer.0);
+                    out.put_u128_le(*amount);
+                }
+            }
+        }
         out.freeze()
     }
 
@@ -510,29 +560,73 @@ impl EpochMark {
         bytes.first() == Some(&MARK_VERSION)
     }
 
-    /// Inverse of [`EpochMark::encode`].
-    pub fn decode(bytes: &[u8]) -> Result<EpochMark, DecodeError> {
-        let mut reader = Reader::of_version(bytes, "epoch mark", MARK_VERSION)?;
-        let kind = reader.u8()?;
-        let epoch = reader.u64()?;
+    /// Inverse of [`Mark::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Mark, DecodeError> {
+        const WHAT: &str = "mark";
+        let mut reader = Reader::of_version(bytes, WHAT, MARK_VERSION)?;
+        let mark = match reader.u8()? {
+            MARK_SEAL => Mark::Seal(reader.u64()?),
+            MARK_COMMITTED => Mark::Committed(reader.u64()?),
+            MARK_VOIDED => Mark::Voided(reader.u64()?),
+            MARK_FUNDS => {
+                let payer = PayerKey(reader.array()?);
+                let code = reader.u8()?;
+                let kind = FUNDS_KINDS
+                    .iter()
+                    .find(|(_, known)| *known == code)
+                    .map(|(kind, _)| *kind)
+                    .ok_or_else(|| malformed(WHAT, format!("unknown funds kind {code}")))?;
+                Mark::Funds(FundsEvent {
+                    payer,
+                    kind,
+                    amount: reader.u128()?,
+                    block: reader.u64()?,
+                    log_index: reader.u64()?,
+                })
+            }
+            MARK_HEAD_WITHDRAWALS => {
+                let count = reader.u32()? as usize;
+                if count.checked_mul(HEAD_WITHDRAWAL_BYTES) != Some(bytes.len() - reader.at) {
+                    return Err(malformed(
+                        WHAT,
+                        format!("{count} requests in {} bytes", bytes.len() - reader.at),
+                    ));
+                }
+                let mut requests = std::collections::BTreeMap::new();
+                for _ in 0..count {
+                    let payer = PayerKey(reader.array()?);
+                    if requests.insert(payer, reader.u128()?).is_some() {
+                        return Err(malformed(WHAT, format!("payer {payer} listed twice")));
+                    }
+                }
+                Mark::HeadWithdrawals(HeadWithdrawals(requests))
+            }
+            other => return Err(malformed(WHAT, format!("unknown kind {other}"))),
+        };
         reader.finish()?;
-        match kind {
-            MARK_SEAL => Ok(EpochMark::Seal(epoch)),
-            MARK_COMMITTED => Ok(EpochMark::Committed(epoch)),
-            other => Err(malformed("epoch mark", format!("unknown kind {other}"))),
-        }
+        Ok(mark)
     }
 
-    /// The mark's `Nats-Msg-Id` in `partition`'s log: a coordinator that publishes it again
-    /// (after a restart, or a new coordinator finishing the last one's work) within the
-    /// duplicate window is stored once; beyond it, applying a mark twice changes nothing.
-    pub fn message_id(&self, partition: u32) -> String {
+    /// The mark's `Nats-Msg-Id` in `partition`'s log, if it has one: a role that publishes it
+    /// again (after a restart, or a new holder finishing the last one's work) within the
+    /// duplicate window is stored once; beyond it, applying a mark twice changes nothing (a
+    /// funds event at or before the ledger's funds cursor is ignored). A head-withdrawals set
+    /// has none: each replaces the last, so the newest must land even if an older one was the
+    /// same.
+    pub fn message_id(&self, partition: u32) -> Option<String> {
         match self {
-            EpochMark::Seal(epoch) => format!("seal.{epoch}.{partition}"),
-            EpochMark::Committed(epoch) => format!("committed.{epoch}.{partition}"),
+            Mark::Seal(epoch) => Some(format!("seal.{epoch}.{partition}")),
+            Mark::Committed(epoch) => Some(format!("committed.{epoch}.{partition}")),
+            Mark::Voided(epoch) => Some(format!("voided.{epoch}.{partition}")),
+            // A chain position names one event, which goes into one partition.
+            Mark::Funds(event) => Some(format!("funds.{}.{}", event.block, event.log_index)),
+            Mark::HeadWithdrawals(_) => None,
         }
     }
 }
+
+/// Bytes per payer in a head-withdrawals mark: payer key and amount.
+const HEAD_WITHDRAWAL_BYTES: usize = 32 + 16;
 
 /// One partition's share of a sealed epoch, as its owner stores it for the coordinator.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -769,21 +863,61 @@ mod tests {
     }
 
     #[test]
-    fn epoch_marks_round_trip_and_are_told_from_parts() {
-        for mark in [EpochMark::Seal(3), EpochMark::Committed(u64::MAX)] {
+    fn marks_round_trip_and_are_told_from_parts() {
+        let funds = |kind| {
+            Mark::Funds(FundsEvent {
+                payer: PayerKey([5; 32]),
+                kind,
+                amount: u128::MAX,
+                block: 17,
+                log_index: 3,
+            })
+        };
+        let head = HeadWithdrawals([(PayerKey([1; 32]), 40), (PayerKey([2; 32]), 7)].into());
+        for mark in [
+            Mark::Seal(3),
+            Mark::Committed(u64::MAX),
+            Mark::Voided(2),
+            funds(FundsKind::Deposit),
+            funds(FundsKind::WithdrawalRequested),
+            funds(FundsKind::WithdrawalCompleted),
+            Mark::HeadWithdrawals(head),
+            Mark::HeadWithdrawals(HeadWithdrawals::default()),
+        ] {
             let bytes = mark.encode();
-            assert!(EpochMark::is_mark(&bytes));
-            assert_eq!(EpochMark::decode(&bytes), Ok(mark));
-            assert!(EpochMark::decode(&bytes[..bytes.len() - 1]).is_err());
+            assert!(Mark::is_mark(&bytes));
+            assert_eq!(Mark::decode(&bytes), Ok(mark.clone()));
+            assert!(Mark::decode(&bytes[..bytes.len() - 1]).is_err());
+            let mut longer = bytes.to_vec();
+            longer.push(0);
+            assert!(Mark::decode(&longer).is_err());
             // A mark is never read as a part.
             assert!(Part::decode(&bytes).is_err());
         }
-        let mut unknown_kind = EpochMark::Seal(1).encode().to_vec();
+        let mut unknown_kind = Mark::Seal(1).encode().to_vec();
         unknown_kind[1] = 9;
-        assert!(EpochMark::decode(&unknown_kind).is_err());
-        assert!(!EpochMark::is_mark(&[VERSION, 0, 0]));
-        assert_eq!(EpochMark::Seal(4).message_id(2), "seal.4.2");
-        assert_eq!(EpochMark::Committed(4).message_id(2), "committed.4.2");
+        assert!(Mark::decode(&unknown_kind).is_err());
+        let mut unknown_funds = funds(FundsKind::Deposit).encode().to_vec();
+        unknown_funds[2 + 32] = 0;
+        assert!(Mark::decode(&unknown_funds).is_err());
+        let twice = HeadWithdrawals([(PayerKey([1; 32]), 40), (PayerKey([2; 32]), 7)].into());
+        let mut listed_twice = Mark::HeadWithdrawals(twice).encode().to_vec();
+        listed_twice.copy_within(6..6 + 32, 6 + 48);
+        assert!(Mark::decode(&listed_twice).is_err());
+        assert!(!Mark::is_mark(&[VERSION, 0, 0]));
+        assert_eq!(Mark::Seal(4).message_id(2).as_deref(), Some("seal.4.2"));
+        assert_eq!(
+            Mark::Committed(4).message_id(2).as_deref(),
+            Some("committed.4.2")
+        );
+        assert_eq!(
+            funds(FundsKind::Deposit).message_id(2).as_deref(),
+            Some("funds.17.3")
+        );
+        assert_eq!(
+            Mark::HeadWithdrawals(HeadWithdrawals::default()).message_id(2),
+            None
+        );
     }
 
     proptest::proptest! {

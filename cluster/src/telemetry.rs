@@ -30,6 +30,10 @@ pub const NODES: &str = "tollgate_cluster_nodes";
 /// epochs), else 0. Summed over the nodes it is 1, or 0 for at most a lease TTL.
 pub const COORDINATOR: &str = "tollgate_cluster_coordinator";
 
+/// Gauge: 1 while this node holds the funds watcher's lease (publishes the chain's deposits and
+/// exits into the partitions' logs), else 0.
+pub const WATCHER: &str = "tollgate_cluster_funds_watcher";
+
 /// The outcomes [`CHECKPOINTS_TOTAL`] counts.
 const CHECKPOINT_OUTCOMES: [&str; 4] = ["stored", "failed", "restored", "unusable"];
 
@@ -71,8 +75,14 @@ pub fn register() {
         Unit::Count,
         "1 while this node coordinates the cluster's epochs"
     );
+    describe_gauge!(
+        WATCHER,
+        Unit::Count,
+        "1 while this node publishes the chain's funds events into the partitions' logs"
+    );
     metrics::gauge!(PARTITIONS_OWNED).set(0.0);
     metrics::gauge!(COORDINATOR).set(0.0);
+    metrics::gauge!(WATCHER).set(0.0);
     for outcome in CHECKPOINT_OUTCOMES {
         metrics::counter!(CHECKPOINTS_TOTAL, "outcome" => outcome).absolute(0);
     }

@@ -23,9 +23,11 @@ use ed25519_dalek::SigningKey;
 use futures::{StreamExt, TryStreamExt};
 use harness::NatsCluster;
 use tollgate_cluster::{
-    Answer, AnswerProblem, Ask, BatchId, Cluster, ClusterConfig, FundsClient, FundsError, Node,
-    NodeLedgers, Part, PublishError, Publisher, Verdicts, ask_subject, partition_of, subject_of,
+    Answer, AnswerProblem, Ask, BatchId, Cluster, ClusterConfig, FundsClient, FundsError, FundsLog,
+    FundsLogError, Mark, Node, NodeLedgers, Part, PublishError, Publisher, Verdicts, ask_subject,
+    partition_of, subject_of,
 };
+use tollgate_engine::ledger::{FundsEvent, FundsKind, HeadWithdrawals};
 use tollgate_engine::pipeline::{
     BatchAck, BatchOutcome, EngineConfig, SubmitRequest, UnknownPayers,
 };
@@ -67,10 +69,14 @@ fn verifier() -> Arc<VerifyPool> {
     Arc::new(VerifyPool::new(Verifier::new(DOMAIN, config.clone()), config).expect("verify pool"))
 }
 
-/// Chainless ledgers (no deposits through the log yet): unknown payers are accepted.
+/// Chainless ledgers: unknown payers are accepted.
 fn ledgers(dir: &Path, verifier: &Arc<VerifyPool>) -> NodeLedgers {
+    ledgers_with(dir, verifier, UnknownPayers::Accept)
+}
+
+fn ledgers_with(dir: &Path, verifier: &Arc<VerifyPool>, policy: UnknownPayers) -> NodeLedgers {
     let mut engine = EngineConfig::new(dir);
-    engine.ledger.unknown_payers = UnknownPayers::Accept;
+    engine.ledger.unknown_payers = policy;
     NodeLedgers {
         data_dir: dir.to_path_buf(),
         engine,
@@ -549,6 +555,110 @@ async fn funds_come_from_the_partition_owner_with_every_ack_in_them() {
                 break;
             }
             Err(FundsError::CatchingUp { .. }) if Instant::now() < deadline => {}
+            other => panic!("from the new owner: {other:?}"),
+        }
+    }
+    next.stop().await.expect("node stops");
+}
+
+/// The funds watcher's news reaches the owners' funds checks through the logs, in log order
+/// with the parts and each event once: a payer is unknown until its deposit is in its
+/// partition's log, spends up to it, is refused what an unconfirmed withdrawal request takes
+/// (until the set that replaces it), and a deposit published again (within the log's
+/// duplicate window, and past it without a message id) counts once; a new owner replaying the
+/// log finds the same. The watcher's progress record round-trips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn funds_news_reaches_the_funds_check_in_log_order_and_once() {
+    let nats = NatsCluster::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let verifier = verifier();
+    let cluster = Cluster::start(config(&nats, "a")).await.expect("node a");
+    let ledgers = |dir: &Path| ledgers_with(dir, &verifier, UnknownPayers::Reject);
+    let node = Node::start(&cluster, ledgers(dir.path()), 0..PARTITIONS);
+    until_owned(&[&node], PARTITIONS as usize).await;
+    let publisher = Publisher::new(&cluster, verifier.clone(), Duration::from_secs(30));
+    let funds = FundsClient::new(&cluster);
+    let log = FundsLog::new(&cluster);
+
+    assert_eq!(log.next_block().await.expect("read"), None);
+    log.record_next_block(12).await.expect("recorded");
+    assert_eq!(log.next_block().await.expect("read"), Some(12));
+
+    let key = payer_key(3);
+    let payer = payer_of(&key);
+    let mut batch_seq = 0;
+    let mut spend = async |amount: u64, nonce: u64| {
+        batch_seq += 1;
+        let ack = publisher
+            .submit(request(4, batch_seq, &[receipt(&key, amount, nonce)]))
+            .await
+            .expect("acked");
+        ack.rejections.first().map(|(_, reason)| *reason)
+    };
+    assert_eq!(spend(7, 1).await, Some(Reason::UnknownPayer));
+
+    let deposit = Mark::Funds(FundsEvent {
+        payer,
+        kind: FundsKind::Deposit,
+        amount: 10,
+        block: 2,
+        log_index: 0,
+    });
+    log.publish(std::slice::from_ref(&deposit))
+        .await
+        .expect("published");
+    assert_eq!(spend(7, 1).await, None);
+    assert_eq!(spend(5, 2).await, Some(Reason::InsufficientFunds));
+    // Again by the watcher (stored once by its id), and as if past the duplicate window.
+    log.publish(std::slice::from_ref(&deposit))
+        .await
+        .expect("published again");
+    let partition = partition_of(&payer, NonZeroU32::new(PARTITIONS).expect("non-zero"));
+    cluster
+        .jetstream()
+        .publish(subject_of(partition), deposit.encode())
+        .await
+        .expect("sent")
+        .await
+        .expect("stored without an id");
+    assert_eq!(spend(5, 2).await, Some(Reason::InsufficientFunds));
+
+    let mut heads = log.unknown_head_sets();
+    let requested = HeadWithdrawals([(payer, 3)].into());
+    log.publish_head(&requested, &mut heads)
+        .await
+        .expect("published");
+    assert_eq!(spend(1, 3).await, Some(Reason::InsufficientFunds));
+    log.publish_head(&HeadWithdrawals::default(), &mut heads)
+        .await
+        .expect("published");
+    assert_eq!(spend(3, 3).await, None);
+    match log.publish(&[Mark::Seal(1)]).await {
+        Err(FundsLogError::NotNews { .. }) => {}
+        other => panic!("a seal mark from the watcher: {other:?}"),
+    }
+    let known = funds.funds(payer).await.expect("answered").expect("known");
+    assert_eq!(
+        (known.deposited, known.pending, known.available),
+        (10, 10, 0)
+    );
+    node.stop().await.expect("node stops");
+
+    let fresh = tempfile::tempdir().expect("temp dir");
+    let next = Node::start(&cluster, ledgers(fresh.path()), 0..PARTITIONS);
+    until_owned(&[&next], PARTITIONS as usize).await;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match funds.funds(payer).await {
+            Ok(Some(known)) => {
+                assert_eq!(
+                    (known.deposited, known.pending, known.available),
+                    (10, 10, 0)
+                );
+                break;
+            }
+            Err(FundsError::CatchingUp { .. } | FundsError::NoOwner { .. })
+                if Instant::now() < deadline => {}
             other => panic!("from the new owner: {other:?}"),
         }
     }

@@ -10,7 +10,11 @@
 //! answered by every node for every payer (routed to the payer's partition owner) with what was
 //! acked, and so is `GET /v1/payers/{payer}` on the HTTP port (with the standalone access
 //! policy), GRANT is refused as `not_in_cluster`, and the HTTP port serves `/healthz` and refuses
-//! the routes that need the whole cluster's ledger.
+//! the routes that need the whole cluster's ledger. The funds check is on (`unknown_payers =
+//! reject`): deposits and withdrawal requests reach the partitions only through the funds
+//! watcher's marks in their logs, so the fleet streams only once every deposit shows, a payer
+//! funded mid-run spends exactly its deposit, a withdrawal request stops spending at once, and
+//! an unfunded payer is refused.
 
 mod common;
 #[path = "../../cluster/tests/harness/mod.rs"]
@@ -23,18 +27,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use alloy::primitives::B256;
 use ed25519_dalek::SigningKey;
 use harness::NatsCluster;
 use tollgate_cluster::partition_of;
 use tollgate_engine::grant::{Grant, PayeeScope};
 use tollgate_engine::pipeline::{Engine, EngineConfig};
 use tollgate_engine::{
-    Address, Domain, PayerKey, UnsignedReceipt, Verifier, VerifyConfig, VerifyPool,
+    Address, Domain, PayerKey, Reason, Receipt, UnsignedReceipt, Verifier, VerifyConfig, VerifyPool,
 };
 use tollgate_ingest::client::{Client, ClientConfig, ClientError};
 use tollgate_ingest::wire::ErrorCode;
 use tollgate_query::client::{Credentials, QueryClient, QueryError};
-use tollgate_settle::merkle::{self, PartitionedTree};
+use tollgate_settle::merkle::{self, MerkleError, PartitionedTree};
 use tollgate_tools::serve::PARTITIONS_OWNED;
 use tollgate_tools::serve::process::ServerProcess;
 
@@ -53,6 +58,9 @@ const KILL_AFTER: u64 = PRODUCERS * RECEIPTS_PER_PRODUCER / 3;
 const DEADLINE: Duration = Duration::from_secs(60);
 /// Each payer's deposit onchain: far above what the fleet spends.
 const DEPOSIT: u128 = 1_000_000_000;
+/// The deposit of a payer funded while the cluster runs (index `PAYERS`), which it then spends
+/// to the last unit.
+const LATE_DEPOSIT: u128 = 50;
 
 /// Short leases so the killed node's partitions move within seconds, and a checkpoint every few
 /// log messages so the logs are purged and the new owners must restore checkpoints.
@@ -65,7 +73,12 @@ const OPERATOR_TOKEN: &str = "cluster-serve-test-operator-token-0123456789";
 
 /// The arguments of node `name` of a cluster on `servers` with `partitions`, its config file
 /// (`cluster.toml`), data directory and log in `dir`.
-fn node_args(dir: &Path, servers: &str, name: &str, partitions: u32) -> Vec<String> {
+fn node_args(
+    dir: &Path,
+    servers: &str,
+    name: &str,
+    (partitions, unknown_payers): (u32, &str),
+) -> Vec<String> {
     [
         "--config",
         &dir.join("cluster.toml").display().to_string(),
@@ -76,7 +89,7 @@ fn node_args(dir: &Path, servers: &str, name: &str, partitions: u32) -> Vec<Stri
         "--partitions",
         &partitions.to_string(),
         "--unknown-payers",
-        "accept",
+        unknown_payers,
         "--verify-threads",
         "1",
         "--listen",
@@ -150,7 +163,8 @@ impl Chain {
 }
 
 fn start_node(nats: &NatsCluster, dir: &Path, name: &str, chain: &Chain) -> ServerProcess {
-    let mut args = node_args(dir, &nats.urls().join(","), name, PARTITIONS);
+    // A payer without a deposit is refused: the funds check is on.
+    let mut args = node_args(dir, &nats.urls().join(","), name, (PARTITIONS, "reject"));
     args.extend(chain.args());
     let operator_key = hex::encode(common::dev_key(&chain.anvil, 0).to_bytes());
     ServerProcess::start(
@@ -349,12 +363,13 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
     let nats = NatsCluster::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("cluster.toml"), CLUSTER_TABLE).expect("config file");
-    let keys: Arc<Vec<SigningKey>> = Arc::new((0..PAYERS).map(payer_key).collect());
+    // The fleet's payers, and one more (index PAYERS) funded only while the cluster runs.
+    let keys: Arc<Vec<SigningKey>> = Arc::new((0..=PAYERS).map(payer_key).collect());
     let payers: Vec<PayerKey> = keys
         .iter()
         .map(|key| PayerKey(key.verifying_key().to_bytes()))
         .collect();
-    let chain = Chain::start(&payers).await;
+    let chain = Chain::start(&payers[..PAYERS as usize]).await;
     let domain = chain.domain;
     let names = ["n0", "n1", "n2"];
     // n0 first: alone, it takes every partition.
@@ -388,6 +403,14 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
     assert_eq!(refused.status(), 501);
     let body: serde_json::Value = refused.json().await.expect("json error body");
     assert_eq!(body["error"], "not_in_cluster", "{body}");
+
+    // The funds check is on: a node knows a payer's deposit once the funds watcher (whichever
+    // node holds its lease) has published it into the payer's partition and the owner applied
+    // it. Every receipt of the fleet must be accepted, so it waits for every deposit.
+    let funds_view = query_client(live[1], Credentials::Bearer(OPERATOR_TOKEN.into()));
+    let funded = Instant::now();
+    deposited(&funds_view, &payers[..PAYERS as usize], DEPOSIT).await;
+    let deposits_seen = funded.elapsed();
 
     let progress = Arc::new(AtomicU64::new(0));
     let mut producers = tokio::task::JoinSet::new();
@@ -485,6 +508,79 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
         "partition 0's log lag is on its owner's /metrics"
     );
 
+    // The funds check through the logs, on the survivors: a payer funded now can spend exactly
+    // its deposit; a withdrawal request takes what it asks for out of spending at once; a payer
+    // nobody funded is refused.
+    let late = PAYERS as usize;
+    common::fund(&chain.anvil, &chain.deployed, &payers[late..], LATE_DEPOSIT).await;
+    deposited(&funds_view, &payers[late..], LATE_DEPOSIT).await;
+    let spender = Client::connect(client_config(survivors[1].listen.to_string(), 102, domain))
+        .await
+        .expect("connect");
+    let spend = |key: &SigningKey, amount: u64, nonce: u64| -> Receipt {
+        UnsignedReceipt {
+            payer: PayerKey(key.verifying_key().to_bytes()),
+            payee: Address([0xee; 20]),
+            amount,
+            nonce,
+            timestamp_ms: now_ms(),
+            request_hash: [0xee; 32],
+            session: false,
+        }
+        .sign(key, &domain)
+    };
+    let mut verdicts = Vec::new();
+    for (nonce, amount) in [(1, 20), (2, 20), (3, 20), (4, 10)] {
+        let verdict = spender
+            .submit(spend(&keys[late], amount, nonce))
+            .await
+            .expect("submit");
+        verdicts.push(verdict.await.expect("a verdict"));
+    }
+    assert_eq!(
+        verdicts,
+        [Ok(()), Ok(()), Err(Reason::InsufficientFunds), Ok(())],
+        "a deposit of {LATE_DEPOSIT}, spent in 20, 20, 20 (one too many) and 10"
+    );
+    acked.insert(PAYERS, (3, LATE_DEPOSIT));
+    let spendable = DEPOSIT - acked[&1].1;
+    tollgate_settle::chain::request_withdrawal(
+        &chain.anvil.endpoint(),
+        common::dev_key(&chain.anvil, 1),
+        chain.deployed.settlement,
+        &payers[1],
+        spendable,
+    )
+    .await
+    .expect("payer 1's owner asks for what payer 1 has not spent");
+    let deadline = Instant::now() + DEADLINE;
+    while funds_view
+        .payer(&payers[1])
+        .await
+        .map_or(0, |view| view.withdrawal_requested)
+        != spendable
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the withdrawal request never reached payer 1's partition"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stranger_key = SigningKey::from_bytes(&[0x77; 32]);
+    for (key, why) in [
+        (&keys[1], Reason::InsufficientFunds),
+        (&stranger_key, Reason::UnknownPayer),
+    ] {
+        let verdict = spender
+            .submit(spend(key, 1, 1))
+            .await
+            .expect("submit")
+            .await
+            .expect("a verdict");
+        assert_eq!(verdict, Err(why));
+    }
+    spender.close().await.expect("close");
+
     // QUERY_BALANCE: every survivor answers for every payer, the one that does not own the
     // payer's partition by asking the one that does (so at least 20 of the 40 answers were
     // routed), with everything acked in it.
@@ -546,11 +642,7 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
         Err(QueryError::Refused { status: 401, .. }) => {}
         other => panic!("no credentials: {other:?}"),
     }
-    let stranger = PayerKey(
-        SigningKey::from_bytes(&[0x77; 32])
-            .verifying_key()
-            .to_bytes(),
-    );
+    let stranger = PayerKey(stranger_key.verifying_key().to_bytes());
     match query_client(survivors[0], Credentials::Bearer(OPERATOR_TOKEN.into()))
         .payer(&stranger)
         .await
@@ -609,13 +701,20 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // Funds marks grow the logs too, so a seal can come when only deposits arrived: such an
+    // epoch is committed empty (root zero, no debits), as the chain needs every epoch in turn.
+    let with_receipts = committed
+        .iter()
+        .filter(|epoch| !epoch.debits.is_empty())
+        .count();
     assert!(
-        committed.len() >= 2,
-        "at least two epochs: {}",
+        with_receipts >= 2,
+        "at least two epochs with receipts: {with_receipts} of {}",
         committed.len()
     );
     let operator = query_client(survivors[0], Credentials::Bearer(OPERATOR_TOKEN.into()));
-    for payer in 0..20u32 {
+    // The late payer spent in the last epoch: its commit marks must be applied before the stop.
+    for payer in (0..20u32).chain([PAYERS]) {
         loop {
             let view = operator
                 .payer(&payers[payer as usize])
@@ -644,7 +743,7 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
     let ledgers = furthest_ledgers(&dirs, domain);
     let totals = ledger_totals(&ledgers, &payers);
     let acked_receipts: u64 = acked.values().map(|(n, _)| n).sum();
-    assert_eq!(acked_receipts, PRODUCERS * RECEIPTS_PER_PRODUCER);
+    assert_eq!(acked_receipts, PRODUCERS * RECEIPTS_PER_PRODUCER + 3);
     let mut lost = 0u64;
     let mut double = 0u64;
     let mut debited: BTreeMap<PayerKey, u128> = BTreeMap::new();
@@ -653,7 +752,7 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
             *debited.entry(*payer).or_default() += amount;
         }
     }
-    for payer in 0..PAYERS {
+    for payer in 0..=PAYERS {
         let want = acked.get(&payer).copied().unwrap_or_default();
         let (receipts, amount, pending) = totals.get(&payer).copied().unwrap_or_default();
         lost += want.0.saturating_sub(receipts);
@@ -684,7 +783,14 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
                     .expect("every partition sealed the epoch")
             })
             .collect();
-        let tree = PartitionedTree::from_sealed(epoch.epoch, &sealed).expect("leaves");
+        let tree = match PartitionedTree::from_sealed(epoch.epoch, &sealed) {
+            Err(MerkleError::Empty) => {
+                assert_eq!(epoch.root, B256::ZERO, "empty epoch {}", epoch.epoch);
+                assert!(epoch.debits.is_empty(), "empty epoch {}", epoch.epoch);
+                continue;
+            }
+            tree => tree.expect("leaves"),
+        };
         assert_eq!(tree.root(), epoch.root, "epoch {}", epoch.epoch);
         for (index, (leaf, proof)) in tree.proofs().enumerate() {
             assert!(merkle::verify(
@@ -713,14 +819,52 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
          {acked_receipts} receipts acked in {streamed:.1?} ({acked_at_kill} before kill -9 of n0, \
          which owned {before:?}; survivors then owned {after:?}, {:.1?} after the kill, \
          restoring {} checkpoints and storing {}); lost {lost} / double {double}; {} epochs \
-         committed onchain, one root each over the partition roots ({leaves} leaves, every proof \
-         checked, 5 per epoch by the contract)",
+         committed onchain ({with_receipts} with receipts), one root each over the partition roots ({leaves} leaves, every proof \
+         checked, 5 per epoch by the contract); funds checked in the partitions: {PAYERS} \
+         deposits published and applied {deposits_seen:.1?} after the nodes were up, a late \
+         deposit spent to the unit, a withdrawal request and an unfunded payer refused",
         killed_at.elapsed(),
         checkpoints[0],
         checkpoints[1],
         committed.len(),
     );
     assert!(started.elapsed() < Duration::from_secs(180));
+}
+
+/// Waits until every one of `payers` shows `deposit` deposited, asking `view`'s node (which
+/// routes each query to the payer's partition owner).
+async fn deposited(view: &QueryClient, payers: &[PayerKey], deposit: u128) {
+    use futures::stream::StreamExt;
+    let deadline = Instant::now() + DEADLINE;
+    let mut waiting = payers.to_vec();
+    loop {
+        let views: Vec<_> = futures::stream::iter(&waiting)
+            .map(|payer| view.payer(payer))
+            .buffered(16)
+            .collect()
+            .await;
+        let mut last = None;
+        waiting = waiting
+            .into_iter()
+            .zip(views)
+            .filter_map(|(payer, view)| match view {
+                Ok(view) if view.deposited == deposit => None,
+                other => {
+                    last = Some(format!("{other:?}"));
+                    Some(payer)
+                }
+            })
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} payers' deposits not applied; the last: {last:?}",
+            waiting.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Every epoch committed onchain so far, from the first.
@@ -757,7 +901,12 @@ fn a_node_started_before_nats_joins_once_nats_answers() {
          checkpoint_replicas = 1\n",
     )
     .expect("config");
-    let args = node_args(dir.path(), &format!("nats://127.0.0.1:{port}"), "early", 4);
+    let args = node_args(
+        dir.path(),
+        &format!("nats://127.0.0.1:{port}"),
+        "early",
+        (4, "accept"),
+    );
     let log = dir.path().join("early.log");
     let starting = {
         let log = log.clone();

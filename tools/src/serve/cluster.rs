@@ -5,7 +5,10 @@
 //! each batch to [`Publisher::submit`] (verify, split by partition, publish, collect the owners'
 //! verdicts) through the ingest server's [`ClusterLedger`] seam. As an owner node it competes for
 //! every partition's lease ([`Node`]) and keeps the ledgers of those it owns under the data
-//! directory (`partition-<p>`). QUERY_BALANCE on the fleet port and `GET /v1/payers/{payer}` on
+//! directory (`partition-<p>`). With the chain configured it also competes for the cluster's two
+//! chain roles: the settlement coordinator (`coordinator`) and the funds watcher
+//! (`funds_watcher`), which publishes deposits and exits into the partitions' logs for the
+//! owners' funds checks. QUERY_BALANCE on the fleet port and `GET /v1/payers/{payer}` on
 //! the HTTP port are answered for any payer, by asking the payer's partition owner
 //! ([`FundsClient`]); the HTTP port's other routes are [`routed`]'s.
 //!
@@ -21,19 +24,24 @@ use futures::future::BoxFuture;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tollgate_cluster::{
-    Cluster, ClusterConfig, ClusterError, Epochs, FundsClient, FundsError, Node, NodeLedgers,
-    PublishError, Publisher, backoff,
+    Cluster, ClusterConfig, ClusterError, Epochs, FundsClient, FundsError, FundsLog, Node,
+    NodeLedgers, PublishError, Publisher, backoff,
 };
 use tollgate_engine::pipeline::{BatchAck, BatchVerifier, EngineConfig, SubmitRequest};
 use tollgate_engine::{Verifier, VerifyPool};
 use tollgate_ingest::server::{ClusterLedger, Ledger, balance_frame};
 use tollgate_ingest::wire::{Balance, ErrorCode, ErrorFrame, QueryBalance};
+use tollgate_settle::ContractReader;
+use tollgate_settle::epoch::EpochConfig;
+use tollgate_settle::submitter::Submitter;
+use tollgate_settle::watcher::Watcher;
 
-use super::config::ServeConfig;
+use super::config::{ChainSettings, ServeConfig};
 use super::coordinator::Coordinator;
+use super::funds_watcher::FundsWatcher;
 use super::{
-    LOOPS_GRACE, READY_MESSAGE, Tasks, connect_submitter, drain, failure_of, named, spawn_http,
-    spawn_ingest, upkeep,
+    LOOPS_GRACE, READY_MESSAGE, Tasks, check_exit_timing, connect_submitter, drain, failure_of,
+    named, spawn_http, spawn_ingest, upkeep,
 };
 use crate::api::auth::ApiAccess;
 use crate::api::routed::{self, RoutedState};
@@ -64,19 +72,11 @@ pub(super) async fn serve(
     let node_id = cluster_config.node_id.clone();
     let verdict_timeout =
         Duration::from_millis(cluster_config.lease_ttl_ms).saturating_mul(VERDICT_TIMEOUT_TTLS);
-    let submitter = match &config.chain {
-        Some(chain) => {
-            let operator = tollgate_settle::chain::load_signer(chain.operator_key.expose())
-                .context("operator_key")?;
-            tracing::info!(operator = %operator.address(), "settlement on: this node may coordinate the cluster's epochs");
-            Some((
-                connect_submitter(&config, chain, operator).await?,
-                chain.epochs.clone(),
-            ))
-        }
+    let settlement = match &config.chain {
+        Some(chain) => Some(connect_settlement(&config, chain).await?),
         None => {
             tracing::warn!(
-                "no chain configured: the cluster's epochs are not sealed or committed by this node"
+                "no chain configured: this node neither watches deposits nor seals or commits the cluster's epochs"
             );
             None
         }
@@ -133,16 +133,23 @@ pub(super) async fn serve(
     ));
     spawn_http(&mut tasks, http_listener, app, &shutdown);
     tasks.spawn(named("metrics upkeep", upkeep(metrics, shutdown.clone())));
-    if let Some((submitter, config)) = submitter {
+    if let Some(settlement) = settlement {
         let coordinator = Coordinator {
             epochs: Epochs::new(&cluster),
-            submitter,
-            config,
+            submitter: settlement.submitter,
+            config: settlement.epochs,
         };
         tasks.spawn(named(
             "settlement coordinator",
             coordinator.run(shutdown.clone()),
         ));
+        let watcher = FundsWatcher {
+            log: FundsLog::new(&cluster),
+            watcher: settlement.watcher,
+            start_block: settlement.start_block,
+            poll_ms: settlement.funds_poll_ms,
+        };
+        tasks.spawn(named("funds watcher", watcher.run(shutdown.clone())));
     }
     spawn_ingest(
         &mut tasks,
@@ -181,6 +188,49 @@ pub(super) async fn serve(
     stopped?;
     tracing::info!("tollgate stopped cleanly");
     Ok(())
+}
+
+/// The chain side of a cluster node: what it needs to hold either of the chain's roles.
+struct ClusterSettlement {
+    submitter: Submitter,
+    epochs: EpochConfig,
+    watcher: Watcher,
+    start_block: u64,
+    funds_poll_ms: u64,
+}
+
+/// Connects the epoch submitter and the funds watcher (each checks the chain id and the
+/// contract's code, the submitter that the key is the operator's), and refuses to start when a
+/// payer's exit could overtake a receipt accepted before it, as a standalone server does.
+async fn connect_settlement(
+    config: &ServeConfig,
+    chain: &ChainSettings,
+) -> anyhow::Result<ClusterSettlement> {
+    let domain = config.domain;
+    let contract = alloy::primitives::Address::from(domain.contract.0);
+    let operator =
+        tollgate_settle::chain::load_signer(chain.operator_key.expose()).context("operator_key")?;
+    tracing::info!(operator = %operator.address(), "settlement on: this node may coordinate the cluster's epochs and watch its deposits");
+    let submitter = connect_submitter(config, chain, operator).await?;
+    let watcher = Watcher::connect(
+        &chain.rpc_url,
+        domain.chain_id,
+        contract,
+        chain.watch.clone(),
+    )
+    .await
+    .context("rpc_url: deposit watcher")?;
+    let reader = ContractReader::connect(&chain.rpc_url, domain.chain_id, contract)
+        .await
+        .context("rpc_url: contract reader")?;
+    check_exit_timing(chain, &reader).await?;
+    Ok(ClusterSettlement {
+        submitter,
+        epochs: chain.epochs.clone(),
+        watcher,
+        start_block: chain.start_block,
+        funds_poll_ms: chain.funds_poll_ms,
+    })
 }
 
 /// Joins the cluster, waiting out a NATS cluster that cannot be reached or has no JetStream

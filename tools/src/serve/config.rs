@@ -494,14 +494,6 @@ impl ServeOptions {
             (None, Some(_)) => anyhow::bail!("contract: settlement also needs rpc_url"),
         };
         let cluster = self.cluster.resolve()?;
-        if cluster.is_some() && unknown_payers == UnknownPayersPolicy::Reject {
-            anyhow::bail!(
-                "unknown_payers: cluster mode has no funds check yet (deposits and exits do not \
-                 travel through the cluster's log), so `reject` would refuse every receipt; set \
-                 unknown_payers = accept (with rpc_url and contract the cluster still commits \
-                 its epochs onchain)"
-            );
-        }
         if chain.is_none() && unknown_payers == UnknownPayersPolicy::Reject {
             anyhow::bail!(
                 "unknown_payers: with no chain configured (rpc_url and contract) no payer can \
@@ -740,14 +732,13 @@ mod tests {
         };
         let settling = with_chain.resolve().expect("settlement in cluster mode");
         assert!(settling.chain.is_some() && settling.cluster.is_some());
+        // The funds check works in cluster mode too: deposits travel through the logs.
         let rejecting = ServeOptions {
             unknown_payers: Some(UnknownPayersPolicy::Reject),
             ..with_chain
         };
-        let refused = rejecting
-            .resolve()
-            .expect_err("no funds check in cluster mode");
-        assert!(refused.to_string().contains("cluster mode"), "{refused}");
+        let checked = rejecting.resolve().expect("a funds check in cluster mode");
+        assert_eq!(checked.ledger.unknown_payers, UnknownPayers::Reject);
 
         let no_servers = ServeOptions::defaults().overlay(&file).expect("merged");
         let refused = no_servers

@@ -16,15 +16,16 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use alloy::primitives::B256;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tollgate_cluster::telemetry::COORDINATOR;
-use tollgate_cluster::{EpochMark, Epochs, Lease, Summary};
+use tollgate_cluster::{Epochs, Mark, Summary};
 use tollgate_settle::epoch::EpochConfig;
 use tollgate_settle::merkle::{MerkleError, PartitionedTree};
 use tollgate_settle::submitter::{EpochCommit, OnchainEpoch, SubmitError, Submitter};
 use tollgate_settle::telemetry as names;
+
+use super::role;
 
 /// The coordinator's duties, whenever this node holds the lease.
 pub(super) struct Coordinator {
@@ -69,29 +70,14 @@ impl Coordinator {
     /// Competes for the coordinator's lease until `shutdown`, coordinating while it holds it.
     pub(super) async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let keeper = self.epochs.coordinate();
-        let mut held = keeper.held();
-        loop {
-            let token = tokio::select! {
-                () = shutdown.cancelled() => break,
-                lease = acquired(&mut held) => match lease {
-                    Some(lease) => lease.token(),
-                    None => break,
-                },
-            };
-            tracing::info!(token, "coordinating the cluster's epochs");
-            let coordinating = metrics::gauge!(COORDINATOR);
-            coordinating.set(1.0);
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = lost(&mut held, token) => {
-                    tracing::warn!(token, "no longer the coordinator");
-                }
-                () = self.coordinate() => {}
-            }
-            coordinating.set(0.0);
-        }
-        metrics::gauge!(COORDINATOR).set(0.0);
-        keeper.stop().await;
+        role::hold(
+            "settlement coordinator",
+            COORDINATOR,
+            keeper,
+            shutdown,
+            || self.coordinate(),
+        )
+        .await;
         Ok(())
     }
 
@@ -132,19 +118,19 @@ impl Coordinator {
         // The commit marks of the epoch before, once per term and until they are all written:
         // the coordinator before may have stopped, or a publish failed, between the commit and
         // its marks, and the chain's position has moved past the epoch since. Never for a voided
-        // epoch, whose amounts the chain did not move (cluster mode does not carry them into a
-        // later epoch yet: they stay pending).
+        // epoch, whose amounts the chain did not move: the funds watcher's voided marks carry
+        // them into each partition's open epoch.
         if let Some(previous) = next.checked_sub(1).filter(|&epoch| epoch > 0)
             && term.committed_marked != Some(previous)
         {
             if position.voided(previous) {
                 tracing::warn!(
                     epoch = previous,
-                    "the arbiter voided the epoch: its amounts stay pending in the partitions (disputes are not carried forward in cluster mode yet)"
+                    "the arbiter voided the epoch: no commit marks; the partitions carry its amounts into a later epoch at the funds watcher's voided marks"
                 );
             } else {
                 self.epochs
-                    .mark(EpochMark::Committed(previous))
+                    .mark(Mark::Committed(previous))
                     .await
                     .map_err(|error| failed(error.into()))?;
                 // Parts that landed after the seal marks are the next epoch's: only the commit
@@ -187,7 +173,7 @@ impl Coordinator {
             return Ok(());
         }
         self.epochs
-            .mark(EpochMark::Seal(next))
+            .mark(Mark::Seal(next))
             .await
             .map_err(|error| failed(error.into()))?;
         term.quiet_tail = tail.checked_add(self.width());
@@ -281,21 +267,6 @@ fn epoch_commit(epoch: u64, summaries: &[Summary]) -> Result<EpochCommit, StepEr
 /// The sum of `amounts`, `None` past u128.
 fn sum(mut amounts: impl Iterator<Item = u128>) -> Option<u128> {
     amounts.try_fold(0u128, u128::checked_add)
-}
-
-/// The lease once this node holds it; `None` if the keeper stopped.
-async fn acquired(held: &mut watch::Receiver<Option<Lease>>) -> Option<Lease> {
-    held.wait_for(Option::is_some)
-        .await
-        .ok()
-        .and_then(|lease| lease.clone())
-}
-
-/// Returns once the lease of token `token` is no longer held.
-async fn lost(held: &mut watch::Receiver<Option<Lease>>, token: u64) {
-    let _ = held
-        .wait_for(|lease| lease.as_ref().map(Lease::token) != Some(token))
-        .await;
 }
 
 #[cfg(test)]

@@ -10,7 +10,9 @@
 mod cluster;
 pub mod config;
 mod coordinator;
+mod funds_watcher;
 pub mod process;
+mod role;
 
 pub use tollgate_cluster::telemetry::PARTITIONS_OWNED;
 
