@@ -44,6 +44,9 @@ pub enum EpochsError {
         what: &'static str,
         source: NatsError,
     },
+    /// Only seal and commit marks are the coordinator's to write.
+    #[error("not a coordinator's mark: {mark:?}")]
+    NotEpochMark { mark: Mark },
     /// A stored summary that is not the partition's summary of the epoch it is named for.
     #[error("the summary of partition {partition} for epoch {epoch} is unusable: {why}")]
     BadSummary {
@@ -404,9 +407,12 @@ impl Epochs {
         self.leases.keep(COORDINATOR_LEASE)
     }
 
-    /// Writes `mark` into every partition's log, each with its message id, and returns once
-    /// the log holds all of them.
+    /// Writes `mark` (a seal or commit mark) into every partition's log, each with its message
+    /// id, and returns once the log holds all of them.
     pub async fn mark(&self, mark: Mark) -> Result<(), EpochsError> {
+        if !matches!(mark, Mark::Seal(_) | Mark::Committed(_)) {
+            return Err(EpochsError::NotEpochMark { mark });
+        }
         try_join_all((0..self.partitions.get()).map(|partition| {
             // The next step publishes again (once, by its id) if this one fails.
             publish_mark(&self.jetstream, partition, &mark)

@@ -200,7 +200,11 @@ impl Keeping {
             }
             let error = match ended {
                 Ok(()) => return Ok(()),
-                Err(error @ (OwnerError::Nats { .. } | OwnerError::Checkpoint { .. })) => error,
+                Err(
+                    error @ (OwnerError::Nats { .. }
+                    | OwnerError::Checkpoint { .. }
+                    | OwnerError::UnreadableMark { .. }),
+                ) => error,
                 Err(error) => {
                     error!(partition, %error, "partition owner failed; giving up its lease");
                     return Err(error);
@@ -211,8 +215,8 @@ impl Keeping {
             if failures == 1 {
                 warn!(
                     partition, %error, ?pause,
-                    "the partition's owner failed on NATS or its checkpoints: letting its lease \
-                     lapse and competing for it again, with a growing pause until it is owned again"
+                    "the partition's owner failed on NATS, its checkpoints or a mark it cannot \
+                     read: letting its lease lapse and competing for it again, with a growing pause until it is owned again"
                 );
             } else {
                 debug!(partition, %error, failures, ?pause, "partition owner failed again");

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tollgate_engine::pipeline::{
     AckReceiver, BatchAck, Engine, EngineError, LogPosition, SubmitError, SubmitRequest,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::checkpoint::{CheckpointError, Checkpoints, Stored};
 use crate::epoch::{Summaries, apply_mark, refused, store_newest_summary};
@@ -133,6 +133,16 @@ pub enum OwnerError {
         partition: u32,
         #[source]
         source: CheckpointError,
+    },
+    /// A mark in the log does not decode: written by a newer release (every node must run it
+    /// before its marks are written), or damaged. Tried again like a NATS failure, so the
+    /// partition waits at the mark instead of skipping what may be a deposit or an exit.
+    #[error("partition {partition}: the mark at log sequence {seq} does not decode")]
+    UnreadableMark {
+        partition: u32,
+        seq: u64,
+        #[source]
+        source: DecodeError,
     },
     /// Subscribing to the log or the asks failed.
     #[error("partition {partition}: {what}")]
@@ -461,16 +471,26 @@ impl Log {
             }
             last = seq;
             if Mark::is_mark(&message.payload) {
-                let mark = match Mark::decode(&message.payload) {
-                    Ok(mark) => mark,
-                    Err(error) => {
-                        warn!(partition, seq, %error, "epoch mark refused");
-                        if in_flight.send(Taken::Refused(seq)).await.is_err() {
-                            return Ok(());
-                        }
-                        continue;
+                // A mark this node cannot read (a newer release wrote it, or it is damaged)
+                // may be money: the partition stops here rather than skip it.
+                let mark = Mark::decode(&message.payload).map_err(|source| {
+                    OwnerError::UnreadableMark {
+                        partition,
+                        seq,
+                        source,
                     }
-                };
+                })?;
+                if let Mark::Funds(event) = &mark
+                    && partition_of(&event.payer, self.partitions) != partition
+                {
+                    // Applying it would move this partition's funds cursor past its own
+                    // payers' events.
+                    error!(partition, seq, payer = %event.payer, "funds mark for another partition's payer: not applied");
+                    if in_flight.send(Taken::Refused(seq)).await.is_err() {
+                        return Ok(());
+                    }
+                    continue;
+                }
                 let (done, applied) = oneshot::channel();
                 if in_flight
                     .send(Taken::Mark { seq, mark, done })

@@ -490,12 +490,13 @@ const MARK_VOIDED: u8 = 3;
 const MARK_FUNDS: u8 = 4;
 const MARK_HEAD_WITHDRAWALS: u8 = 5;
 
-/// A funds event's kind on the log. Stored: never renumber.
-const FUNDS_KINDS: [(FundsKind, u8); 4] = [
+/// A funds event's kind on the log. Stored: never renumber. `BlockScanned` (the standalone
+/// ledger's cursor move without an event) never travels: a partition's cursor moves only with
+/// its own payers' events, and one scanned block would skip the rest of its block.
+const FUNDS_KINDS: [(FundsKind, u8); 3] = [
     (FundsKind::Deposit, 1),
     (FundsKind::WithdrawalRequested, 2),
     (FundsKind::WithdrawalCompleted, 3),
-    (FundsKind::BlockScanned, 4),
 ];
 
 /// What the cluster's elected roles write into partitions' logs besides the parts: the
@@ -898,8 +899,9 @@ mod tests {
         unknown_kind[1] = 9;
         assert!(Mark::decode(&unknown_kind).is_err());
         let mut unknown_funds = funds(FundsKind::Deposit).encode().to_vec();
-        unknown_funds[2 + 32] = 0;
+        unknown_funds[2 + 32] = 4;
         assert!(Mark::decode(&unknown_funds).is_err());
+        assert!(Mark::decode(&funds(FundsKind::BlockScanned).encode()).is_err());
         let twice = HeadWithdrawals([(PayerKey([1; 32]), 40), (PayerKey([2; 32]), 7)].into());
         let mut listed_twice = Mark::HeadWithdrawals(twice).encode().to_vec();
         listed_twice.copy_within(6..6 + 32, 6 + 48);

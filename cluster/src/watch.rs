@@ -19,16 +19,18 @@
 //! **Withdrawal requests not yet confirmed** are refused spend at once, as in standalone mode:
 //! each partition gets the set of its payers' unconfirmed requests as one
 //! [`Mark::HeadWithdrawals`] that replaces the last, published when the set changes
-//! ([`HeadSets`]) and to every partition at the start of each term (the last holder's sets are
-//! not known).
+//! ([`HeadSets`]), to every partition at the start of each term (the last holder's sets are
+//! not known), and to every partition again every so often (the caller starts a new
+//! [`FundsLog::unknown_head_sets`]), which replaces a stale set a paused old holder published
+//! after the new one's.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 
 use async_nats::jetstream;
 use bytes::Bytes;
-use futures::future::try_join_all;
-use tollgate_engine::ledger::HeadWithdrawals;
+use futures::future::{join_all, try_join_all};
+use tollgate_engine::ledger::{FundsKind, HeadWithdrawals};
 
 use crate::error::NatsError;
 use crate::kv::{Latest, latest};
@@ -52,7 +54,8 @@ pub enum FundsLogError {
     /// The progress record holds something else than a block number.
     #[error("the meta bucket's `{NEXT_BLOCK_KEY}` holds {value:?}, not a block number")]
     BadProgress { value: String },
-    /// Only funds events and voided epochs are the watcher's to publish.
+    /// Only funds events (of a payer: not the standalone ledger's block-scanned cursor moves)
+    /// and voided epochs are the watcher's to publish.
     #[error("not a funds watcher's mark: {mark:?}")]
     NotNews { mark: Mark },
 }
@@ -126,7 +129,7 @@ impl FundsLog {
         let mut by_partition: BTreeMap<u32, Vec<&Mark>> = BTreeMap::new();
         for mark in news {
             match mark {
-                Mark::Funds(event) => by_partition
+                Mark::Funds(event) if event.kind != FundsKind::BlockScanned => by_partition
                     .entry(partition_of(&event.payer, self.partitions))
                     .or_default()
                     .push(mark),
@@ -171,21 +174,33 @@ impl FundsLog {
                 set.0.insert(*payer, *amount);
             }
         }
-        let changed = split
+        let changed: Vec<_> = split
             .into_iter()
             .enumerate()
-            .filter(|(partition, set)| sets.0[*partition].as_ref() != Some(set));
-        let published = try_join_all(changed.map(|(partition, set)| async move {
-            let mark = Mark::HeadWithdrawals(set.clone());
-            publish_mark(&self.jetstream, partition as u32, &mark).await?;
-            Ok::<_, NatsError>((partition, set))
-        }))
-        .await
-        .map_err(nats("publish unconfirmed withdrawal requests"))?;
-        for (partition, set) in published {
-            sets.0[partition] = Some(set);
+            .filter(|(partition, set)| sets.0[*partition].as_ref() != Some(set))
+            .collect();
+        // A publish that fails may still have been stored: until one is known to be, the
+        // partition's set is unknown, so the next call publishes it whatever it is.
+        for (partition, _) in &changed {
+            sets.0[*partition] = None;
         }
-        Ok(())
+        let published = join_all(changed.into_iter().map(|(partition, set)| async move {
+            let mark = Mark::HeadWithdrawals(set.clone());
+            let stored = publish_mark(&self.jetstream, partition as u32, &mark).await;
+            (partition, stored.map(|()| set))
+        }))
+        .await;
+        let mut failed = None;
+        for (partition, stored) in published {
+            match stored {
+                Ok(set) => sets.0[partition] = Some(set),
+                Err(error) => failed = Some(error),
+            }
+        }
+        match failed {
+            None => Ok(()),
+            Some(error) => Err(nats("publish unconfirmed withdrawal requests")(error)),
+        }
     }
 
     /// No partition's set known: the first [`FundsLog::publish_head`] publishes into every one.

@@ -637,11 +637,53 @@ async fn funds_news_reaches_the_funds_check_in_log_order_and_once() {
         Err(FundsLogError::NotNews { .. }) => {}
         other => panic!("a seal mark from the watcher: {other:?}"),
     }
+    // A second deposit, and a request at the head that takes 4 of it; a funds mark for
+    // another partition's payer, in this partition's log, moves nothing here (nor this
+    // partition's funds cursor).
+    let Mark::Funds(first) = deposit else {
+        unreachable!("built as a funds mark")
+    };
+    let second = Mark::Funds(FundsEvent {
+        amount: 20,
+        block: 3,
+        ..first
+    });
+    log.publish(&[second]).await.expect("published");
+    log.publish_head(&HeadWithdrawals([(payer, 4)].into()), &mut heads)
+        .await
+        .expect("published");
+    let partitions = NonZeroU32::new(PARTITIONS).expect("non-zero");
+    let elsewhere = (0..)
+        .map(|n| payer_of(&payer_key(n)))
+        .find(|other| partition_of(other, partitions) != partition)
+        .expect("a payer of another partition");
+    let misrouted = Mark::Funds(FundsEvent {
+        payer: elsewhere,
+        kind: FundsKind::Deposit,
+        amount: 1_000,
+        block: 99,
+        log_index: 0,
+    });
+    cluster
+        .jetstream()
+        .publish(subject_of(partition), misrouted.encode())
+        .await
+        .expect("sent")
+        .await
+        .expect("stored");
+    let expected = (30, 10, 16);
     let known = funds.funds(payer).await.expect("answered").expect("known");
-    assert_eq!(
-        (known.deposited, known.pending, known.available),
-        (10, 10, 0)
-    );
+    assert_eq!((known.deposited, known.pending, known.available), expected);
+    // Still takes its own events after the stray one: the cursor did not move to block 99.
+    let third = Mark::Funds(FundsEvent {
+        amount: 5,
+        block: 50,
+        ..first
+    });
+    log.publish(&[third]).await.expect("published");
+    let expected = (35, 10, 21);
+    let known = funds.funds(payer).await.expect("answered").expect("known");
+    assert_eq!((known.deposited, known.pending, known.available), expected);
     node.stop().await.expect("node stops");
 
     let fresh = tempfile::tempdir().expect("temp dir");
@@ -651,10 +693,7 @@ async fn funds_news_reaches_the_funds_check_in_log_order_and_once() {
     loop {
         match funds.funds(payer).await {
             Ok(Some(known)) => {
-                assert_eq!(
-                    (known.deposited, known.pending, known.available),
-                    (10, 10, 0)
-                );
+                assert_eq!((known.deposited, known.pending, known.available), expected);
                 break;
             }
             Err(FundsError::CatchingUp { .. } | FundsError::NoOwner { .. })

@@ -7,7 +7,7 @@
 //! which block to read (recorded once the logs hold that block's events), and publishing an
 //! event again changes nothing (`tollgate_cluster::FundsLog`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tollgate_cluster::telemetry::WATCHER;
@@ -16,6 +16,11 @@ use tollgate_settle::telemetry as names;
 use tollgate_settle::watcher::{LedgerNews, WatchError, Watcher, head_withdrawals};
 
 use super::role;
+
+/// How often every partition gets its set of unconfirmed withdrawal requests again, changed or
+/// not: a paused old watcher may have published a stale set after this one's, which nothing
+/// else would replace until the set changes. One small message per partition per period.
+const HEAD_SETS_REFRESH: Duration = Duration::from_secs(60);
 
 /// The funds watcher's duties, whenever this node holds the lease.
 pub(super) struct FundsWatcher {
@@ -47,8 +52,13 @@ impl FundsWatcher {
     /// One term: reads and publishes until dropped (the lease lost, or shutdown).
     async fn watch(&self) {
         let mut heads = self.log.unknown_head_sets();
+        let mut heads_since = Instant::now();
         let mut failures = 0u32;
         loop {
+            if heads_since.elapsed() >= HEAD_SETS_REFRESH {
+                heads = self.log.unknown_head_sets();
+                heads_since = Instant::now();
+            }
             let pause = match self.step(&mut heads).await {
                 Ok(caught_up) => {
                     if failures > 0 {
