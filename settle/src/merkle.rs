@@ -387,6 +387,11 @@ impl PartitionedTree {
         self.top.first().copied().unwrap_or_default()
     }
 
+    /// The epoch whose leaves it holds (`build` refuses a tree without a partition tree).
+    pub fn epoch(&self) -> u64 {
+        self.partitions.first().map_or(0, EpochTree::epoch)
+    }
+
     /// Leaves (channels) over all partitions.
     pub fn len(&self) -> usize {
         self.partitions.iter().map(EpochTree::len).sum()

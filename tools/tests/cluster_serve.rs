@@ -13,8 +13,11 @@
 //! the routes that need the whole cluster's ledger. The funds check is on (`unknown_payers =
 //! reject`): deposits and withdrawal requests reach the partitions only through the funds
 //! watcher's marks in their logs, so the fleet streams only once every deposit shows, a payer
-//! funded mid-run spends exactly its deposit, a withdrawal request stops spending at once, and
-//! an unfunded payer is refused.
+//! funded mid-run spends exactly its deposit, a withdrawal request stops spending once confirmed
+//! (anvil's blocks count at once here, `--confirmations 0`, so the unconfirmed-requests set is
+//! always empty: `cluster/tests/data_path.rs` covers that set), and an unfunded payer is refused.
+//! Any node serves a channel's proof in a final epoch, rebuilt from the partitions' summaries,
+//! which the contract accepts.
 
 mod common;
 #[path = "../../cluster/tests/harness/mod.rs"]
@@ -733,6 +736,39 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
         }
     }
 
+    // Proofs from any node, rebuilt from the partitions' summaries: in every epoch with
+    // receipts, payer 0's channels (to whichever producers' payees it moved in that epoch)
+    // come with a proof the contract accepts under the committed root, from both survivors;
+    // a channel without a leaf there is 404 `unknown_leaf`.
+    let mut proofs_served = 0;
+    for epoch in committed.iter().filter(|epoch| !epoch.debits.is_empty()) {
+        for producer in 1..=PRODUCERS {
+            let payee = Address([producer as u8; 20]);
+            for node in &survivors {
+                let asked = query_client(node, Credentials::Bearer(OPERATOR_TOKEN.into()))
+                    .proof(epoch.epoch, &payers[0], &payee)
+                    .await;
+                let view = match asked {
+                    Ok(view) => view,
+                    Err(QueryError::NotFound { code, .. }) if code == "unknown_leaf" => continue,
+                    Err(error) => panic!("epoch {} proof from {}: {error}", epoch.epoch, node.http),
+                };
+                assert_eq!(view.root, epoch.root.to_string(), "epoch {}", epoch.epoch);
+                let (leaf, proof) = view.decode().expect("a well-formed proof");
+                assert!(
+                    contract
+                        .verify_leaf(epoch.epoch, &leaf, &proof)
+                        .await
+                        .expect("verifyLeaf"),
+                    "epoch {} payer 0 payee {producer}",
+                    epoch.epoch
+                );
+                proofs_served += 1;
+            }
+        }
+    }
+    assert!(proofs_served >= 2, "proofs served: {proofs_served}");
+
     for node in nodes.into_iter().flatten() {
         let status = node
             .terminate(Duration::from_secs(30))
@@ -820,7 +856,7 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
          which owned {before:?}; survivors then owned {after:?}, {:.1?} after the kill, \
          restoring {} checkpoints and storing {}); lost {lost} / double {double}; {} epochs \
          committed onchain ({with_receipts} with receipts), one root each over the partition roots ({leaves} leaves, every proof \
-         checked, 5 per epoch by the contract); funds checked in the partitions: {PAYERS} \
+         checked, 5 per epoch by the contract, {proofs_served} served by the nodes); funds checked in the partitions: {PAYERS} \
          deposits published and applied {deposits_seen:.1?} after the nodes were up, a late \
          deposit spent to the unit, a withdrawal request and an unfunded payer refused",
         killed_at.elapsed(),

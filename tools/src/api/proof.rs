@@ -20,40 +20,59 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use alloy::primitives::B256;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
 use serde::Deserialize;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tollgate_engine::pipeline::{EpochStatus, LedgerReader};
 use tollgate_engine::{Address, PayerKey};
 use tollgate_query::model::ProofView;
-use tollgate_settle::merkle::{EpochTree, leaf_hash};
+use tollgate_settle::merkle::{EpochTree, Leaf, PartitionedTree, leaf_hash};
 
 use super::auth::Caller;
 use super::{
-    ApiError, ApiState, hex32, parse_address, parse_epoch, parse_payer, path_text, query_params,
-    read_ledger, status_view,
+    ApiError, ApiState, ChainView, hex32, parse_address, parse_epoch, parse_payer, path_text,
+    query_params, read_ledger, status_view,
 };
 
 /// Epoch trees kept built by default. Two covers the epoch just committed and the one before,
 /// which is what payees ask about; each 1M-leaf tree holds about 170 MB.
 pub const TREES_CACHED_DEFAULT: usize = 2;
 
-/// The most recently used epoch trees, least recently used first. Only built trees of epochs the
+/// A tree the cache can hold: it knows its epoch.
+pub(super) trait EpochOf {
+    fn epoch_of(&self) -> u64;
+}
+
+impl EpochOf for EpochTree {
+    fn epoch_of(&self) -> u64 {
+        self.epoch()
+    }
+}
+
+impl EpochOf for PartitionedTree {
+    fn epoch_of(&self) -> u64 {
+        self.epoch()
+    }
+}
+
+/// The most recently used epoch trees, least recently used first (a standalone server's
+/// [`EpochTree`]s, a cluster node's [`PartitionedTree`]s). Only built trees of epochs the
 /// chain said were final go in, so a hit needs no chain read (a final epoch stays final), and a
 /// request that finds no leaf never pushes a useful tree out.
 #[derive(Debug)]
-pub(super) struct TreeCache {
+pub(super) struct TreeCache<T = EpochTree> {
     capacity: usize,
-    trees: Mutex<VecDeque<Arc<EpochTree>>>,
+    trees: Mutex<VecDeque<Arc<T>>>,
     /// One build at a time: bounds the memory of trees being built to one, and a request that
     /// waited re-checks the cache, so concurrent requests for an epoch build it once. The permit
     /// moves into the blocking build, so a client that hangs up does not release it early.
     building: Arc<Semaphore>,
 }
 
-impl TreeCache {
+impl<T: EpochOf> TreeCache<T> {
     pub(super) fn new(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(1),
@@ -62,16 +81,16 @@ impl TreeCache {
         }
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, VecDeque<Arc<EpochTree>>>, ApiError> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, VecDeque<Arc<T>>>, ApiError> {
         self.trees
             .lock()
             .map_err(|_| ApiError::Internal("proof tree cache poisoned".into()))
     }
 
     /// The tree of `epoch` if built, now the most recently used.
-    fn get(&self, epoch: u64) -> Result<Option<Arc<EpochTree>>, ApiError> {
+    pub(super) fn get(&self, epoch: u64) -> Result<Option<Arc<T>>, ApiError> {
         let mut trees = self.lock()?;
-        let Some(index) = trees.iter().position(|tree| tree.epoch() == epoch) else {
+        let Some(index) = trees.iter().position(|tree| tree.epoch_of() == epoch) else {
             return Ok(None);
         };
         let tree = trees.remove(index);
@@ -83,7 +102,7 @@ impl TreeCache {
 
     /// Keeps `tree`, dropping the least recently used one when full (a request still holding
     /// it finishes with its own reference).
-    fn insert(&self, tree: Arc<EpochTree>) -> Result<(), ApiError> {
+    pub(super) fn insert(&self, tree: Arc<T>) -> Result<(), ApiError> {
         let mut trees = self.lock()?;
         if trees.len() >= self.capacity {
             trees.pop_front();
@@ -91,12 +110,40 @@ impl TreeCache {
         trees.push_back(tree);
         Ok(())
     }
+
+    /// Waits for the one build at a time: the tree of `epoch` if a build that ran meanwhile
+    /// cached it, else the permit to build it (held until the build is done).
+    pub(super) async fn turn_to_build(
+        &self,
+        epoch: u64,
+    ) -> Result<Result<Arc<T>, OwnedSemaphorePermit>, ApiError> {
+        let permit = self
+            .building
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::Internal("proof tree builder closed".into()))?;
+        Ok(match self.get(epoch)? {
+            Some(tree) => Ok(tree),
+            None => Err(permit),
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
 pub(super) struct ProofQuery {
     payer: Option<String>,
     payee: Option<String>,
+}
+
+impl ProofQuery {
+    /// The channel asked about.
+    pub(super) fn channel(&self) -> Result<(PayerKey, Address), ApiError> {
+        Ok((
+            parse_payer(required(&self.payer, "payer")?)?,
+            parse_address(required(&self.payee, "payee")?)?,
+        ))
+    }
 }
 
 fn required<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, ApiError> {
@@ -128,14 +175,14 @@ fn committed_root(reader: &LedgerReader, epoch: u64) -> Result<[u8; 32], ApiErro
 
 /// Refuses an epoch the contract does not hold final: its proofs would not verify yet, and the
 /// arbiter may still void it.
-async fn require_final(state: &ApiState, epoch: u64) -> Result<(), ApiError> {
-    let chain = state
-        .chain
-        .as_ref()
-        .ok_or_else(|| ApiError::FinalityUnknown {
-            epoch,
-            reason: "no chain configured".into(),
-        })?;
+pub(super) async fn require_final(
+    chain: Option<&dyn ChainView>,
+    epoch: u64,
+) -> Result<(), ApiError> {
+    let chain = chain.ok_or_else(|| ApiError::FinalityUnknown {
+        epoch,
+        reason: "no chain configured".into(),
+    })?;
     match chain.epoch_final(epoch).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(ApiError::EpochNotFinal { epoch }),
@@ -166,16 +213,10 @@ async fn build_once(
     epoch: u64,
     root: Option<[u8; 32]>,
 ) -> Result<Arc<EpochTree>, ApiError> {
-    let permit = state
-        .trees
-        .building
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| ApiError::Internal("proof tree builder closed".into()))?;
-    if let Some(tree) = state.trees.get(epoch)? {
-        return Ok(tree);
-    }
+    let permit = match state.trees.turn_to_build(epoch).await? {
+        Ok(tree) => return Ok(tree),
+        Err(permit) => permit,
+    };
     read_ledger(state, move |reader| {
         let _building = permit;
         build_tree(reader, epoch, root).map(Arc::new)
@@ -209,7 +250,7 @@ fn build_tree(
     Ok(tree)
 }
 
-fn unknown_leaf(epoch: u64, payer: &PayerKey, payee: &Address) -> ApiError {
+pub(super) fn unknown_leaf(epoch: u64, payer: &PayerKey, payee: &Address) -> ApiError {
     ApiError::UnknownLeaf {
         epoch,
         payer: payer.to_string(),
@@ -224,9 +265,7 @@ pub(super) async fn proof(
     query: Result<Query<ProofQuery>, QueryRejection>,
 ) -> Result<Json<ProofView>, ApiError> {
     let epoch = parse_epoch(&path_text(path)?)?;
-    let query = query_params(query)?;
-    let payer = parse_payer(required(&query.payer, "payer")?)?;
-    let payee = parse_address(required(&query.payee, "payee")?)?;
+    let (payer, payee) = query_params(query)?.channel()?;
     caller.may_read_channel(&payer)?;
     let root = read_ledger(&state, move |reader| {
         let root = committed_root(reader, epoch)?;
@@ -240,7 +279,7 @@ pub(super) async fn proof(
     let tree = match state.trees.get(epoch)? {
         Some(tree) => tree,
         None => {
-            require_final(&state, epoch).await?;
+            require_final(state.chain.as_deref(), epoch).await?;
             let tree = build_once(&state, epoch, Some(root)).await?;
             state.trees.insert(tree.clone())?;
             tree
@@ -252,21 +291,25 @@ pub(super) async fn proof(
         .await
         .map_err(|e| ApiError::Internal(format!("proof task failed: {e}")))?;
     let (leaf, proof) = found.ok_or_else(|| unknown_leaf(epoch, &payer, &payee))?;
-    Ok(Json(ProofView {
+    Ok(Json(proof_view(epoch, &leaf, root, &proof)))
+}
+
+/// The JSON body of a leaf's proof under `root`.
+pub(super) fn proof_view(epoch: u64, leaf: &Leaf, root: [u8; 32], proof: &[B256]) -> ProofView {
+    ProofView {
         epoch,
         payer: leaf.payer.to_string(),
         payee: leaf.payee.to_string(),
         cumulative: leaf.cumulative,
-        leaf: hex32(&leaf_hash(epoch, &leaf).0),
+        leaf: hex32(&leaf_hash(epoch, leaf).0),
         root: hex32(&root),
         proof: proof.iter().map(|hash| hex32(&hash.0)).collect(),
-    }))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tollgate_settle::merkle::Leaf;
 
     fn tree(epoch: u64) -> Arc<EpochTree> {
         let leaf = Leaf {
@@ -277,12 +320,12 @@ mod tests {
         Arc::new(EpochTree::build(epoch, [leaf]).expect("one leaf"))
     }
 
-    fn cached(cache: &TreeCache) -> Vec<u64> {
+    fn cached(cache: &TreeCache<EpochTree>) -> Vec<u64> {
         cache
             .lock()
             .expect("lock")
             .iter()
-            .map(|tree| tree.epoch())
+            .map(|tree| tree.epoch_of())
             .collect()
     }
 

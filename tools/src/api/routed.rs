@@ -6,28 +6,35 @@
 //! given before the request. Same JSON body, same access policy (tokens, payer-signed requests,
 //! open mode on loopback) as a standalone server; a partition with no owner right now, or one
 //! whose new owner is still replaying its log, is `503 partition_not_owned` with `Retry-After`.
-//! `/healthz`, `/readyz`, `/metrics` and `/openapi.json` are served as standalone; the routes that
-//! need the whole cluster's ledger (payees, epochs, proofs, grants, the x402 facilitator) answer
-//! `501 not_in_cluster`.
+//! `GET /v1/epochs/{epoch}/proof` is served from the partitions' summaries in the object store
+//! (with the chain configured). `/healthz`, `/readyz`, `/metrics` and `/openapi.json` are served
+//! as standalone; the routes that need the whole cluster's ledger (payees, the epoch list and
+//! details, trees, receipts, grants, the x402 facilitator) answer `501 not_in_cluster`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::Uri;
 use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tollgate_cluster::{FundsClient, FundsError};
-use tollgate_query::model::{CHANNELS_LISTED_MAX, PayerView, StatusBody};
+use tokio::sync::OwnedSemaphorePermit;
+use tollgate_cluster::{Epochs, FundsClient, FundsError};
+use tollgate_query::model::{CHANNELS_LISTED_MAX, PayerView, ProofView, StatusBody};
+use tollgate_settle::ContractReader;
+use tollgate_settle::merkle::{MerkleError, PartitionedTree};
 
 use super::auth::{self, ApiAccess, Caller};
+use super::proof::{
+    ProofQuery, TREES_CACHED_DEFAULT, TreeCache, proof_view, require_final, unknown_leaf,
+};
 use super::{
-    ApiError, healthz, method_not_allowed, openapi_json, parse_payer, path_text, payer_view,
-    prometheus_text,
+    ApiError, chain_read, healthz, hex32, method_not_allowed, openapi_json, parse_epoch,
+    parse_payer, path_text, payer_view, prometheus_text, query_params,
 };
 
 /// What the routes of a cluster node share. Cheap to clone.
@@ -37,6 +44,17 @@ pub struct RoutedState {
     access: Arc<ApiAccess>,
     ready: Arc<AtomicBool>,
     metrics: PrometheusHandle,
+    proofs: Option<Proofs>,
+}
+
+/// What proofs take in a cluster: the partitions' summaries of an epoch (the coordinator
+/// committed the root of the tree over them) and the contract, which says whether the epoch is
+/// final and accepts the proof before it is served.
+#[derive(Clone, Debug)]
+struct Proofs {
+    epochs: Epochs,
+    contract: ContractReader,
+    trees: Arc<TreeCache<PartitionedTree>>,
 }
 
 impl RoutedState {
@@ -53,7 +71,19 @@ impl RoutedState {
             access: Arc::new(access),
             ready,
             metrics,
+            proofs: None,
         }
+    }
+
+    /// Serves `GET /v1/epochs/{epoch}/proof` from the partitions' summaries in `epochs`, for
+    /// epochs `contract` holds final.
+    pub fn with_proofs(mut self, epochs: Epochs, contract: ContractReader) -> Self {
+        self.proofs = Some(Proofs {
+            epochs,
+            contract,
+            trees: Arc::new(TreeCache::new(TREES_CACHED_DEFAULT)),
+        });
+        self
     }
 
     fn ready(&self) -> Result<(), ApiError> {
@@ -71,6 +101,7 @@ impl RoutedState {
 pub fn router(state: RoutedState) -> Router {
     let payers = Router::new()
         .route("/v1/payers/{payer}", get(payer))
+        .route("/v1/epochs/{epoch}/proof", get(proof))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state.access),
             auth::authenticate,
@@ -108,6 +139,96 @@ async fn payer(
             Err(ApiError::PartitionNotOwned(error.to_string()))
         }
         Err(error) => Err(ApiError::Internal(error.to_string())),
+    }
+}
+
+/// A channel's leaf in a final epoch and its proof over the whole cluster's tree (its partition
+/// proof, then its partition root's), the same JSON as standalone. The tree is rebuilt from the
+/// partitions' summaries, the same code the coordinator committed the root with; before a tree
+/// is cached the contract must accept the first proof taken from it (`Settlement.verifyLeaf`),
+/// which also checks its root is the committed one.
+async fn proof(
+    State(state): State<RoutedState>,
+    Extension(caller): Extension<Caller>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<ProofQuery>, QueryRejection>,
+) -> Result<Json<ProofView>, ApiError> {
+    state.ready()?;
+    let epoch = parse_epoch(&path_text(path)?)?;
+    let (payer, payee) = query_params(query)?.channel()?;
+    caller.may_read_channel(&payer)?;
+    let Some(proofs) = &state.proofs else {
+        return Err(ApiError::FinalityUnknown {
+            epoch,
+            reason: "no chain configured".into(),
+        });
+    };
+    let (tree, cached) = match proofs.trees.get(epoch)? {
+        Some(tree) => (tree, true),
+        None => {
+            require_final(Some(&proofs.contract), epoch).await?;
+            match proofs.trees.turn_to_build(epoch).await? {
+                Ok(tree) => (tree, true),
+                Err(permit) => match build_partitioned(proofs, epoch, permit).await? {
+                    Some(tree) => (tree, false),
+                    // Committed empty: no channel has a leaf in it.
+                    None => return Err(unknown_leaf(epoch, &payer, &payee)),
+                },
+            }
+        }
+    };
+    let search = Arc::clone(&tree);
+    // A linear scan over up to millions of leaves: off the async workers.
+    let found = tokio::task::spawn_blocking(move || search.proof(&payer, &payee))
+        .await
+        .map_err(|e| ApiError::Internal(format!("proof task failed: {e}")))?;
+    let (leaf, path) = found.ok_or_else(|| unknown_leaf(epoch, &payer, &payee))?;
+    if !cached {
+        let accepted = chain_read(proofs.contract.verify_leaf(epoch, &leaf, &path))
+            .await
+            .map_err(|error| ApiError::FinalityUnknown {
+                epoch,
+                reason: error.to_string(),
+            })?;
+        if !accepted {
+            return Err(ApiError::Internal(format!(
+                "epoch {epoch}: the tree rebuilt from the partitions' summaries (root {}) is not \
+                 the one committed onchain",
+                hex32(&tree.root().0)
+            )));
+        }
+        proofs.trees.insert(Arc::clone(&tree))?;
+    }
+    Ok(Json(proof_view(epoch, &leaf, tree.root().0, &path)))
+}
+
+/// Reads every partition's summary of `epoch` and builds the tree over them, holding the build
+/// `permit` until it is built; `None` for an epoch without leaves.
+async fn build_partitioned(
+    proofs: &Proofs,
+    epoch: u64,
+    permit: OwnedSemaphorePermit,
+) -> Result<Option<Arc<PartitionedTree>>, ApiError> {
+    let summaries = proofs
+        .epochs
+        .summaries(epoch)
+        .await
+        .map_err(|error| ApiError::Internal(format!("epoch {epoch}: {error}")))?;
+    let Some(summaries) = summaries.into_iter().collect::<Option<Vec<_>>>() else {
+        return Err(ApiError::Internal(format!(
+            "epoch {epoch} is final onchain but a partition's summary is missing"
+        )));
+    };
+    let built = tokio::task::spawn_blocking(move || {
+        let _building = permit;
+        PartitionedTree::from_sealed(epoch, summaries.iter().map(|summary| &summary.sealed))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("tree build failed: {e}")))?;
+    match built {
+        Ok(tree) => Ok(Some(Arc::new(tree))),
+        Err(MerkleError::Empty) => Ok(None),
+        Err(error) => Err(ApiError::Internal(format!("epoch {epoch}: {error}"))),
     }
 }
 

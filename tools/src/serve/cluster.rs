@@ -121,7 +121,7 @@ pub(super) async fn serve(
     let http_address = http_listener.local_addr().context("http")?;
     let ready = Arc::new(AtomicBool::new(false));
     let mut tasks = Tasks::new();
-    let app = routed::router(RoutedState::new(
+    let mut routes = RoutedState::new(
         FundsClient::new(&cluster),
         ApiAccess::new(
             config.api_tokens.clone(),
@@ -130,7 +130,11 @@ pub(super) async fn serve(
         ),
         Arc::clone(&ready),
         metrics.clone(),
-    ));
+    );
+    if let Some(settlement) = &settlement {
+        routes = routes.with_proofs(Epochs::new(&cluster), settlement.contract.clone());
+    }
+    let app = routed::router(routes);
     spawn_http(&mut tasks, http_listener, app, &shutdown);
     tasks.spawn(named("metrics upkeep", upkeep(metrics, shutdown.clone())));
     if let Some(settlement) = settlement {
@@ -193,6 +197,7 @@ pub(super) async fn serve(
 /// The chain side of a cluster node: what it needs to hold either of the chain's roles.
 struct ClusterSettlement {
     submitter: Submitter,
+    contract: ContractReader,
     epochs: EpochConfig,
     watcher: Watcher,
     start_block: u64,
@@ -226,6 +231,7 @@ async fn connect_settlement(
     check_exit_timing(chain, &reader).await?;
     Ok(ClusterSettlement {
         submitter,
+        contract: reader,
         epochs: chain.epochs.clone(),
         watcher,
         start_block: chain.start_block,
