@@ -896,6 +896,12 @@ impl Connection {
     /// Acknowledges every batch already read (without reading more), then sends the ERROR and
     /// closes. Batches the engine has taken are durable whatever happens to the socket.
     async fn close(mut self, closing: Closing) {
+        tracing::debug!(
+            in_flight = self.in_flight,
+            waiting = self.waiting.is_some(),
+            refusal = closing.error.as_ref().map(|error| error.code),
+            "closing"
+        );
         if self.waiting.is_some() {
             let permit = acquire(&self.shared.engine_permits).await;
             // Already closing for another reason, which is the one the client is told.
@@ -906,8 +912,17 @@ impl Connection {
             let Some(answered) = self.answered_rx.recv().await else {
                 break;
             };
-            if writable && self.on_answer(answered).await.is_err() {
-                writable = false;
+            if !writable {
+                self.in_flight -= 1;
+                continue;
+            }
+            match self.on_answer(answered).await {
+                Ok(()) => {}
+                // Nobody to write to any more.
+                Err(Closing { error: None }) => writable = false,
+                // Another batch refused: the client is told the first refusal and re-sends
+                // every batch without an ack, this one too; the acks of the others still go out.
+                Err(Closing { error: Some(_) }) => {}
             }
         }
         let Some(error) = closing.error else {

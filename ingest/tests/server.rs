@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BufMut;
 use ed25519_dalek::SigningKey;
+use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -15,16 +16,20 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tollgate_engine::grant::{Grant, PayeeScope, Revocation, SignedGrant, SignedRevocation};
-use tollgate_engine::pipeline::{Engine, EngineConfig, FundsEvent, FundsKind};
+use tollgate_engine::pipeline::{
+    BatchAck, Engine, EngineConfig, FundsEvent, FundsKind, SubmitRequest,
+};
 use tollgate_engine::{
     Address, Domain, PayerKey, Reason, Receipt, ReceiptBatch, UnsignedReceipt, Verifier,
     VerifyConfig, VerifyPool,
 };
 use tollgate_ingest::client::{Client, ClientConfig};
-use tollgate_ingest::server::{ClientAuth, Ledger, ServerConfig, ServerError, bind, run};
+use tollgate_ingest::server::{
+    ClientAuth, ClusterLedger, Ledger, ServerConfig, ServerError, bind, run,
+};
 use tollgate_ingest::wire::{
-    Ack, ErrorCode, FRAME_BYTES_MAX, Frame, FrameCodec, FrameType, GrantResult, Hello, Ping,
-    Registration, Submit,
+    Ack, Balance, ErrorCode, ErrorFrame, FRAME_BYTES_MAX, Frame, FrameCodec, FrameType,
+    GrantResult, Hello, Ping, QueryBalance, Registration, Submit,
 };
 
 fn domain() -> Domain {
@@ -1201,4 +1206,64 @@ async fn grants_and_revocations_survive_a_restart() {
     assert_eq!(pending(&h), 20);
     client.close().await.expect("close");
     h.stop().await;
+}
+
+/// A cluster that refuses every batch a moment after it is handed over, as `serve --cluster`
+/// does when a partition's owner cannot be reached within the verdict timeout (a NATS server
+/// down). The seam (`ClusterLedger`) is the only part not real here: what is tested is the
+/// server's connection closing, which is the same whoever refuses.
+#[derive(Debug)]
+struct RefusingCluster;
+
+impl ClusterLedger for RefusingCluster {
+    fn submit(&self, _: SubmitRequest) -> BoxFuture<'static, Result<BatchAck, ErrorFrame>> {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Err(ErrorFrame::new(ErrorCode::Internal, "no verdicts in time"))
+        })
+    }
+
+    fn balance(&self, _: QueryBalance) -> BoxFuture<'static, Result<Balance, ErrorFrame>> {
+        Box::pin(async { Err(ErrorFrame::new(ErrorCode::PartitionNotOwned, "no owner")) })
+    }
+}
+
+/// Several batches in flight, all refused: the connection is told the first refusal, closes once
+/// every batch it read is answered, and the server then stops at once. (The close used to stop
+/// counting answers after the second refusal, so it waited forever for answers already
+/// received: the client heard nothing, and the server's shutdown waited out its grace.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_batches_are_all_refused_closes_and_the_server_stops() {
+    let listener = bind(([127, 0, 0, 1], 0).into()).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut config = ServerConfig::new(domain());
+    config.shutdown_grace_ms = 10_000;
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(run(
+        listener,
+        config,
+        Ledger::Cluster(Arc::new(RefusingCluster)),
+        shutdown.clone(),
+    ));
+    let mut raw = handshake(addr, 1, 1).await;
+    for seq in 1..=4u64 {
+        raw.feed(&Frame::Submit(Submit {
+            batch_seq: seq,
+            receipts: ReceiptBatch::from_receipts(&[receipt(100 + seq, PAYEE)]),
+        }))
+        .await
+        .expect("feed");
+    }
+    SinkExt::<&Frame>::flush(&mut raw).await.expect("flush");
+    assert_eq!(error_code(&mut raw).await, Some(ErrorCode::Internal));
+    match tokio::time::timeout(Duration::from_secs(5), raw.next()).await {
+        Ok(None | Some(Err(_))) => {}
+        other => panic!("the server must close after the ERROR, got {other:?}"),
+    }
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server stops without waiting out its grace")
+        .expect("join")
+        .expect("clean shutdown");
 }
