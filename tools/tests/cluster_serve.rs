@@ -52,11 +52,21 @@ const NODES: usize = 3;
 const PAYERS: u32 = 1_000;
 /// Producers (fleet clients), two starting at each node.
 const PRODUCERS: u64 = 6;
-const RECEIPTS_PER_PRODUCER: u64 = 4_000;
+/// Receipts each producer streams: 201,600 in all (the issue asks for at least 200,000), about
+/// 50 s on two cores. `TOLLGATE_CLUSTER_RECEIPTS` (a total, rounded down to a multiple of
+/// `PRODUCERS * CHUNK`) runs the same test at another scale.
+const RECEIPTS_PER_PRODUCER_DEFAULT: u64 = 33_600;
+
+fn receipts_per_producer() -> u64 {
+    std::env::var("TOLLGATE_CLUSTER_RECEIPTS")
+        .ok()
+        .and_then(|total| total.parse::<u64>().ok())
+        .map_or(RECEIPTS_PER_PRODUCER_DEFAULT, |total| {
+            (total / PRODUCERS / CHUNK).max(1) * CHUNK
+        })
+}
 /// Receipts a producer submits before awaiting their verdicts.
 const CHUNK: u64 = 400;
-/// Receipts acked over all producers before the owning node is killed.
-const KILL_AFTER: u64 = PRODUCERS * RECEIPTS_PER_PRODUCER / 3;
 /// Bound for anything that must happen eventually (elections, lease expiry, replays).
 const DEADLINE: Duration = Duration::from_secs(60);
 /// Each payer's deposit onchain: far above what the fleet spends.
@@ -253,12 +263,12 @@ fn client_config(addr: String, producer_id: u64, domain: Domain) -> ClientConfig
 /// What one producer had acked: per payer, receipts and amount.
 type Acked = BTreeMap<u32, (u64, u128)>;
 
-/// Streams `RECEIPTS_PER_PRODUCER` receipts through `addr` (a node list) and returns what the
+/// Streams `per_producer` receipts through `addr` (a node list) and returns what the
 /// acks accepted; every receipt must be accepted (each is new, and a re-sent batch gets its
 /// original ack).
 async fn produce(
     addr: String,
-    producer_id: u64,
+    (producer_id, per_producer): (u64, u64),
     (keys, domain): (Arc<Vec<SigningKey>>, Domain),
     progress: Arc<AtomicU64>,
 ) -> Acked {
@@ -268,7 +278,7 @@ async fn produce(
     let payee = Address([producer_id as u8; 20]);
     let mut acked = Acked::new();
     let mut sent = 0u64;
-    while sent < RECEIPTS_PER_PRODUCER {
+    while sent < per_producer {
         let mut verdicts = Vec::new();
         for k in sent..sent + CHUNK {
             let payer = ((k * PRODUCERS + producer_id) % u64::from(PAYERS)) as u32;
@@ -363,7 +373,7 @@ fn ledger_totals(ledgers: &[Engine], payers: &[PayerKey]) -> BTreeMap<u32, (u64,
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_kill_9() {
     let started = Instant::now();
-    let nats = NatsCluster::start().await;
+    let mut nats = NatsCluster::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("cluster.toml"), CLUSTER_TABLE).expect("config file");
     // The fleet's payers, and one more (index PAYERS) funded only while the cluster runs.
@@ -415,6 +425,7 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
     deposited(&funds_view, &payers[..PAYERS as usize], DEPOSIT).await;
     let deposits_seen = funded.elapsed();
 
+    let per_producer = receipts_per_producer();
     let progress = Arc::new(AtomicU64::new(0));
     let mut producers = tokio::task::JoinSet::new();
     for producer in 0..PRODUCERS {
@@ -426,14 +437,15 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
             .join(",");
         producers.spawn(produce(
             addr,
-            producer + 1,
+            (producer + 1, per_producer),
             (Arc::clone(&keys), domain),
             Arc::clone(&progress),
         ));
     }
 
     let deadline = Instant::now() + DEADLINE;
-    while progress.load(Ordering::Relaxed) < KILL_AFTER {
+    // Receipts acked over all producers before the owning node is killed: a third.
+    while progress.load(Ordering::Relaxed) < PRODUCERS * per_producer / 3 {
         assert!(Instant::now() < deadline, "the fleet made no progress");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -454,6 +466,19 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
     let acked_at_kill = progress.load(Ordering::Relaxed);
     nodes[0].take().expect("n0").kill().expect("kill -9 n0");
     let killed_at = Instant::now();
+
+    // Opt-in (`TOLLGATE_CLUSTER_KILL_NATS=1`), not in the suite yet (docs/CLUSTER.md says why):
+    // kill -9 of one NATS server of three after two thirds of the stream; the R3 stream keeps
+    // its quorum and everything above must hold as before.
+    let kill_nats = std::env::var_os("TOLLGATE_CLUSTER_KILL_NATS").is_some();
+    if kill_nats {
+        let deadline = Instant::now() + DEADLINE * 4;
+        while progress.load(Ordering::Relaxed) < PRODUCERS * per_producer * 2 / 3 {
+            assert!(Instant::now() < deadline, "the fleet made no progress");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        nats.kill("n2");
+    }
 
     let mut acked = Acked::new();
     while let Some(done) = producers.join_next().await {
@@ -779,7 +804,7 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
     let ledgers = furthest_ledgers(&dirs, domain);
     let totals = ledger_totals(&ledgers, &payers);
     let acked_receipts: u64 = acked.values().map(|(n, _)| n).sum();
-    assert_eq!(acked_receipts, PRODUCERS * RECEIPTS_PER_PRODUCER + 3);
+    assert_eq!(acked_receipts, PRODUCERS * per_producer + 3);
     let mut lost = 0u64;
     let mut double = 0u64;
     let mut debited: BTreeMap<PayerKey, u128> = BTreeMap::new();
@@ -856,7 +881,8 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
          which owned {before:?}; survivors then owned {after:?}, {:.1?} after the kill, \
          restoring {} checkpoints and storing {}); lost {lost} / double {double}; {} epochs \
          committed onchain ({with_receipts} with receipts), one root each over the partition roots ({leaves} leaves, every proof \
-         checked, 5 per epoch by the contract, {proofs_served} served by the nodes); funds checked in the partitions: {PAYERS} \
+         checked, 5 per epoch by the contract, {proofs_served} served by the nodes); NATS server \
+         killed mid-stream: {kill_nats}; funds checked in the partitions: {PAYERS} \
          deposits published and applied {deposits_seen:.1?} after the nodes were up, a late \
          deposit spent to the unit, a withdrawal request and an unfunded payer refused",
         killed_at.elapsed(),
@@ -864,7 +890,10 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
         checkpoints[1],
         committed.len(),
     );
-    assert!(started.elapsed() < Duration::from_secs(180));
+    // Three minutes for the suite's receipts, more for a larger run.
+    let budget =
+        Duration::from_secs(180) * per_producer.div_ceil(RECEIPTS_PER_PRODUCER_DEFAULT) as u32;
+    assert!(started.elapsed() < budget);
 }
 
 /// Waits until every one of `payers` shows `deposit` deposited, asking `view`'s node (which
