@@ -922,7 +922,9 @@ impl Connection {
                 Err(Closing { error: None }) => writable = false,
                 // Another batch refused: the client is told the first refusal and re-sends
                 // every batch without an ack, this one too; the acks of the others still go out.
-                Err(Closing { error: Some(_) }) => {}
+                Err(Closing { error: Some(error) }) => {
+                    tracing::debug!(code = error.code, text = %error.text, "another batch refused while closing");
+                }
             }
         }
         let Some(error) = closing.error else {

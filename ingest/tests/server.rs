@@ -1208,17 +1208,27 @@ async fn grants_and_revocations_survive_a_restart() {
     h.stop().await;
 }
 
-/// A cluster that refuses every batch a moment after it is handed over, as `serve --cluster`
-/// does when a partition's owner cannot be reached within the verdict timeout (a NATS server
-/// down). The seam (`ClusterLedger`) is the only part not real here: what is tested is the
-/// server's connection closing, which is the same whoever refuses.
+/// A cluster that refuses every batch once `together` batches were handed to it, as
+/// `serve --cluster` does when a partition's owner cannot be reached within the verdict timeout
+/// (a NATS server down). The seam (`ClusterLedger`) is the only part not real here: what is
+/// tested is the server's connection closing, which is the same whoever refuses.
 #[derive(Debug)]
-struct RefusingCluster;
+struct RefusingCluster {
+    together: usize,
+    handed: Arc<std::sync::atomic::AtomicUsize>,
+}
 
 impl ClusterLedger for RefusingCluster {
     fn submit(&self, _: SubmitRequest) -> BoxFuture<'static, Result<BatchAck, ErrorFrame>> {
-        Box::pin(async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        use std::sync::atomic::Ordering;
+        self.handed.fetch_add(1, Ordering::SeqCst);
+        let (handed, together) = (Arc::clone(&self.handed), self.together);
+        Box::pin(async move {
+            // Every refusal comes with all the batches in flight: the close then has more
+            // answers to wait for than the one that started it.
+            while handed.load(Ordering::SeqCst) < together {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             Err(ErrorFrame::new(ErrorCode::Internal, "no verdicts in time"))
         })
     }
@@ -1242,7 +1252,10 @@ async fn a_connection_whose_batches_are_all_refused_closes_and_the_server_stops(
     let server = tokio::spawn(run(
         listener,
         config,
-        Ledger::Cluster(Arc::new(RefusingCluster)),
+        Ledger::Cluster(Arc::new(RefusingCluster {
+            together: 4,
+            handed: Arc::default(),
+        })),
         shutdown.clone(),
     ));
     let mut raw = handshake(addr, 1, 1).await;
