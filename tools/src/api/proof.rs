@@ -100,10 +100,12 @@ impl<T: EpochOf> TreeCache<T> {
         Ok(tree)
     }
 
-    /// Keeps `tree`, dropping the least recently used one when full (a request still holding
-    /// it finishes with its own reference).
+    /// Keeps `tree` (in place of another tree of its epoch), dropping the least recently used
+    /// one when full (a request still holding it finishes with its own reference).
     pub(super) fn insert(&self, tree: Arc<T>) -> Result<(), ApiError> {
         let mut trees = self.lock()?;
+        // Built twice meanwhile (a build that did not wait its turn): one copy is enough.
+        trees.retain(|kept| kept.epoch_of() != tree.epoch_of());
         if trees.len() >= self.capacity {
             trees.pop_front();
         }
@@ -338,6 +340,12 @@ mod tests {
         assert_eq!(cached(&cache), [2, 1], "a hit becomes the most recent");
         cache.insert(tree(3)).expect("insert");
         assert_eq!(cached(&cache), [1, 3], "the least recently used fell out");
+        cache.insert(tree(1)).expect("insert");
+        assert_eq!(
+            cached(&cache),
+            [3, 1],
+            "an epoch's tree replaces its other copy"
+        );
         assert!(cache.get(2).expect("get").is_none());
         assert_eq!(cached(&TreeCache::new(0)).len(), 0);
         let single = TreeCache::new(0);

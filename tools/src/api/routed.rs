@@ -144,9 +144,10 @@ async fn payer(
 
 /// A channel's leaf in a final epoch and its proof over the whole cluster's tree (its partition
 /// proof, then its partition root's), the same JSON as standalone. The tree is rebuilt from the
-/// partitions' summaries, the same code the coordinator committed the root with; before a tree
-/// is cached the contract must accept the first proof taken from it (`Settlement.verifyLeaf`),
-/// which also checks its root is the committed one.
+/// partitions' summaries, the same code the coordinator committed the root with, and cached
+/// once the contract has accepted a proof taken from it (its first leaf's, whatever the request
+/// asks), which shows its root is the committed one: after that, asking for any channel, with a
+/// leaf or without, costs a search of the cached tree and no build.
 async fn proof(
     State(state): State<RoutedState>,
     Extension(caller): Extension<Caller>,
@@ -163,14 +164,14 @@ async fn proof(
             reason: "no chain configured".into(),
         });
     };
-    let (tree, cached) = match proofs.trees.get(epoch)? {
-        Some(tree) => (tree, true),
+    let tree = match proofs.trees.get(epoch)? {
+        Some(tree) => tree,
         None => {
             require_final(Some(&proofs.contract), epoch).await?;
             match proofs.trees.turn_to_build(epoch).await? {
-                Ok(tree) => (tree, true),
-                Err(permit) => match build_partitioned(proofs, epoch, permit).await? {
-                    Some(tree) => (tree, false),
+                Ok(tree) => tree,
+                Err(permit) => match verified_tree(proofs, epoch, permit).await? {
+                    Some(tree) => tree,
                     // Committed empty: no channel has a leaf in it.
                     None => return Err(unknown_leaf(epoch, &payer, &payee)),
                 },
@@ -183,28 +184,14 @@ async fn proof(
         .await
         .map_err(|e| ApiError::Internal(format!("proof task failed: {e}")))?;
     let (leaf, path) = found.ok_or_else(|| unknown_leaf(epoch, &payer, &payee))?;
-    if !cached {
-        let accepted = chain_read(proofs.contract.verify_leaf(epoch, &leaf, &path))
-            .await
-            .map_err(|error| ApiError::FinalityUnknown {
-                epoch,
-                reason: error.to_string(),
-            })?;
-        if !accepted {
-            return Err(ApiError::Internal(format!(
-                "epoch {epoch}: the tree rebuilt from the partitions' summaries (root {}) is not \
-                 the one committed onchain",
-                hex32(&tree.root().0)
-            )));
-        }
-        proofs.trees.insert(Arc::clone(&tree))?;
-    }
     Ok(Json(proof_view(epoch, &leaf, tree.root().0, &path)))
 }
 
-/// Reads every partition's summary of `epoch` and builds the tree over them, holding the build
-/// `permit` until it is built; `None` for an epoch without leaves.
-async fn build_partitioned(
+/// Reads every partition's summary of `epoch`, builds the tree over them, has the contract
+/// accept its first leaf's proof and caches it, all under the build `permit` (so concurrent
+/// requests for the epoch build it once, and a client that hangs up mid-build does not let a
+/// second build start); `None` for an epoch without leaves.
+async fn verified_tree(
     proofs: &Proofs,
     epoch: u64,
     permit: OwnedSemaphorePermit,
@@ -219,17 +206,41 @@ async fn build_partitioned(
             "epoch {epoch} is final onchain but a partition's summary is missing"
         )));
     };
-    let built = tokio::task::spawn_blocking(move || {
-        let _building = permit;
-        PartitionedTree::from_sealed(epoch, summaries.iter().map(|summary| &summary.sealed))
+    let (permit, built) = tokio::task::spawn_blocking(move || {
+        let built =
+            PartitionedTree::from_sealed(epoch, summaries.iter().map(|summary| &summary.sealed))
+                .map(|tree| {
+                    let first = tree.proofs().next();
+                    (tree, first)
+                });
+        (permit, built)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("tree build failed: {e}")))?;
-    match built {
-        Ok(tree) => Ok(Some(Arc::new(tree))),
-        Err(MerkleError::Empty) => Ok(None),
-        Err(error) => Err(ApiError::Internal(format!("epoch {epoch}: {error}"))),
+    let (tree, first) = match built {
+        Ok(built) => built,
+        Err(MerkleError::Empty) => return Ok(None),
+        Err(error) => return Err(ApiError::Internal(format!("epoch {epoch}: {error}"))),
+    };
+    let (leaf, path) =
+        first.ok_or_else(|| ApiError::Internal(format!("epoch {epoch}: a tree without leaves")))?;
+    let accepted = chain_read(proofs.contract.verify_leaf(epoch, &leaf, &path))
+        .await
+        .map_err(|error| ApiError::FinalityUnknown {
+            epoch,
+            reason: error.to_string(),
+        })?;
+    if !accepted {
+        return Err(ApiError::Internal(format!(
+            "epoch {epoch}: the tree rebuilt from the partitions' summaries (root {}) is not the \
+             one committed onchain",
+            hex32(&tree.root().0)
+        )));
     }
+    let tree = Arc::new(tree);
+    proofs.trees.insert(Arc::clone(&tree))?;
+    drop(permit);
+    Ok(Some(tree))
 }
 
 async fn readyz(State(state): State<RoutedState>) -> Result<Json<StatusBody>, ApiError> {
