@@ -31,17 +31,13 @@ use tollgate_engine::pipeline::{BatchAck, BatchVerifier, EngineConfig, SubmitReq
 use tollgate_engine::{Verifier, VerifyPool};
 use tollgate_ingest::server::{ClusterLedger, Ledger, balance_frame};
 use tollgate_ingest::wire::{Balance, ErrorCode, ErrorFrame, QueryBalance};
-use tollgate_settle::ContractReader;
-use tollgate_settle::epoch::EpochConfig;
-use tollgate_settle::submitter::Submitter;
-use tollgate_settle::watcher::Watcher;
 
-use super::config::{ChainSettings, ServeConfig};
+use super::config::ServeConfig;
 use super::coordinator::Coordinator;
 use super::funds_watcher::FundsWatcher;
 use super::{
-    LOOPS_GRACE, READY_MESSAGE, Tasks, check_exit_timing, connect_submitter, drain, failure_of,
-    named, spawn_http, spawn_ingest, upkeep,
+    LOOPS_GRACE, READY_MESSAGE, Tasks, connect_chain, drain, failure_of, named, spawn_http,
+    spawn_ingest, upkeep,
 };
 use crate::api::auth::ApiAccess;
 use crate::api::routed::{self, RoutedState};
@@ -73,7 +69,11 @@ pub(super) async fn serve(
     let verdict_timeout =
         Duration::from_millis(cluster_config.lease_ttl_ms).saturating_mul(VERDICT_TIMEOUT_TTLS);
     let settlement = match &config.chain {
-        Some(chain) => Some(connect_settlement(&config, chain).await?),
+        Some(chain) => {
+            let links = connect_chain(&config, chain).await?;
+            tracing::info!("this node may coordinate the cluster's epochs and watch its deposits");
+            Some((links, chain.clone()))
+        }
         None => {
             tracing::warn!(
                 "no chain configured: this node neither watches deposits nor seals or commits the cluster's epochs"
@@ -131,17 +131,17 @@ pub(super) async fn serve(
         Arc::clone(&ready),
         metrics.clone(),
     );
-    if let Some(settlement) = &settlement {
-        routes = routes.with_proofs(Epochs::new(&cluster), settlement.contract.clone());
+    if let Some((links, _)) = &settlement {
+        routes = routes.with_proofs(Epochs::new(&cluster), links.reader.clone());
     }
     let app = routed::router(routes);
     spawn_http(&mut tasks, http_listener, app, &shutdown);
     tasks.spawn(named("metrics upkeep", upkeep(metrics, shutdown.clone())));
-    if let Some(settlement) = settlement {
+    if let Some((links, chain)) = settlement {
         let coordinator = Coordinator {
             epochs: Epochs::new(&cluster),
-            submitter: settlement.submitter,
-            config: settlement.epochs,
+            submitter: links.submitter,
+            config: chain.epochs,
         };
         tasks.spawn(named(
             "settlement coordinator",
@@ -149,9 +149,9 @@ pub(super) async fn serve(
         ));
         let watcher = FundsWatcher {
             log: FundsLog::new(&cluster),
-            watcher: settlement.watcher,
-            start_block: settlement.start_block,
-            poll_ms: settlement.funds_poll_ms,
+            watcher: links.watcher,
+            start_block: chain.start_block,
+            poll_ms: chain.funds_poll_ms,
         };
         tasks.spawn(named("funds watcher", watcher.run(shutdown.clone())));
     }
@@ -192,51 +192,6 @@ pub(super) async fn serve(
     stopped?;
     tracing::info!("tollgate stopped cleanly");
     Ok(())
-}
-
-/// The chain side of a cluster node: what it needs to hold either of the chain's roles.
-struct ClusterSettlement {
-    submitter: Submitter,
-    contract: ContractReader,
-    epochs: EpochConfig,
-    watcher: Watcher,
-    start_block: u64,
-    funds_poll_ms: u64,
-}
-
-/// Connects the epoch submitter and the funds watcher (each checks the chain id and the
-/// contract's code, the submitter that the key is the operator's), and refuses to start when a
-/// payer's exit could overtake a receipt accepted before it, as a standalone server does.
-async fn connect_settlement(
-    config: &ServeConfig,
-    chain: &ChainSettings,
-) -> anyhow::Result<ClusterSettlement> {
-    let domain = config.domain;
-    let contract = alloy::primitives::Address::from(domain.contract.0);
-    let operator =
-        tollgate_settle::chain::load_signer(chain.operator_key.expose()).context("operator_key")?;
-    tracing::info!(operator = %operator.address(), "settlement on: this node may coordinate the cluster's epochs and watch its deposits");
-    let submitter = connect_submitter(config, chain, operator).await?;
-    let watcher = Watcher::connect(
-        &chain.rpc_url,
-        domain.chain_id,
-        contract,
-        chain.watch.clone(),
-    )
-    .await
-    .context("rpc_url: deposit watcher")?;
-    let reader = ContractReader::connect(&chain.rpc_url, domain.chain_id, contract)
-        .await
-        .context("rpc_url: contract reader")?;
-    check_exit_timing(chain, &reader).await?;
-    Ok(ClusterSettlement {
-        submitter,
-        contract: reader,
-        epochs: chain.epochs.clone(),
-        watcher,
-        start_block: chain.start_block,
-        funds_poll_ms: chain.funds_poll_ms,
-    })
 }
 
 /// Joins the cluster, waiting out a NATS cluster that cannot be reached or has no JetStream

@@ -316,13 +316,18 @@ struct Settlement {
     reader: ContractReader,
 }
 
-/// Connects the deposit watcher, the epoch submitter and the API's contract reader; each checks
-/// the chain id and the contract's code, and the submitter that the key is the operator's.
-async fn connect_settlement(
-    config: &ServeConfig,
-    chain: &ChainSettings,
-    engine: &Engine,
-) -> anyhow::Result<Settlement> {
+/// What settlement needs from the chain, in standalone and cluster mode alike: the deposit
+/// watcher, the epoch submitter and a contract reader.
+struct ChainLinks {
+    watcher: Watcher,
+    submitter: Submitter,
+    reader: ContractReader,
+}
+
+/// Connects the deposit watcher, the epoch submitter and the contract reader (each checks the
+/// chain id and the contract's code, the submitter that the key is the operator's), and refuses
+/// to start when a payer's exit could overtake a receipt accepted before it.
+async fn connect_chain(config: &ServeConfig, chain: &ChainSettings) -> anyhow::Result<ChainLinks> {
     let domain = config.domain;
     let contract = alloy::primitives::Address::from(domain.contract.0);
     let operator =
@@ -342,6 +347,24 @@ async fn connect_settlement(
         .await
         .context("rpc_url: contract reader")?;
     check_exit_timing(chain, &reader).await?;
+    Ok(ChainLinks {
+        watcher,
+        submitter,
+        reader,
+    })
+}
+
+/// The standalone server's settlement loops over its ledger, on the chain's links.
+async fn connect_settlement(
+    config: &ServeConfig,
+    chain: &ChainSettings,
+    engine: &Engine,
+) -> anyhow::Result<Settlement> {
+    let ChainLinks {
+        watcher,
+        submitter,
+        reader,
+    } = connect_chain(config, chain).await?;
     Ok(Settlement {
         funds: FundsLoop::new(
             engine.clone(),
