@@ -767,7 +767,6 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
     // receipts, payer 0's channels (to whichever producers' payees it moved in that epoch)
     // come with a proof the contract accepts under the committed root, from both survivors;
     // a channel without a leaf there is 404 `unknown_leaf`.
-    let mut proofs_served = 0;
     // Per (epoch, producer), the nodes that served payer 0's channel to the producer's payee;
     // checked against the partition ledgers' sealed leaves once the nodes have stopped.
     let mut served_by: BTreeMap<(u64, u8), usize> = BTreeMap::new();
@@ -793,11 +792,11 @@ async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_k
                     "epoch {} payer 0 payee {producer}",
                     epoch.epoch
                 );
-                proofs_served += 1;
                 *served_by.entry((epoch.epoch, producer as u8)).or_default() += 1;
             }
         }
     }
+    let proofs_served: usize = served_by.values().sum();
     // Under the standalone access policy: a payer reads its own channels' proofs only; and an
     // epoch the chain does not hold final has none.
     let payee = Address([1; 20]);

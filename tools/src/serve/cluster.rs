@@ -68,11 +68,11 @@ pub(super) async fn serve(
     let node_id = cluster_config.node_id.clone();
     let verdict_timeout =
         Duration::from_millis(cluster_config.lease_ttl_ms).saturating_mul(VERDICT_TIMEOUT_TTLS);
-    let settlement = match &config.chain {
+    let links = match &config.chain {
         Some(chain) => {
             let links = connect_chain(&config, chain).await?;
             tracing::info!("this node may coordinate the cluster's epochs and watch its deposits");
-            Some((links, chain.clone()))
+            Some(links)
         }
         None => {
             tracing::warn!(
@@ -131,17 +131,18 @@ pub(super) async fn serve(
         Arc::clone(&ready),
         metrics.clone(),
     );
-    if let Some((links, _)) = &settlement {
+    if let Some(links) = &links {
         routes = routes.with_proofs(Epochs::new(&cluster), links.reader.clone());
     }
     let app = routed::router(routes);
     spawn_http(&mut tasks, http_listener, app, &shutdown);
     tasks.spawn(named("metrics upkeep", upkeep(metrics, shutdown.clone())));
-    if let Some((links, chain)) = settlement {
+    // The links exist exactly when the chain is configured.
+    if let (Some(links), Some(chain)) = (links, &config.chain) {
         let coordinator = Coordinator {
             epochs: Epochs::new(&cluster),
             submitter: links.submitter,
-            config: chain.epochs,
+            config: chain.epochs.clone(),
         };
         tasks.spawn(named(
             "settlement coordinator",
