@@ -21,7 +21,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE;
 use ed25519_dalek::SigningKey;
 use futures::{StreamExt, TryStreamExt};
-use harness::NatsCluster;
+use harness::{NatsCluster, trace, within};
 use tollgate_cluster::{
     Answer, AnswerProblem, Ask, BatchId, Cluster, ClusterConfig, FundsClient, FundsError, FundsLog,
     FundsLogError, Mark, Node, NodeLedgers, Part, PublishError, Publisher, Verdicts, ask_subject,
@@ -188,10 +188,12 @@ async fn one_node() -> (
     Cluster,
     Node,
 ) {
-    let nats = NatsCluster::start().await;
+    let nats = within("start NATS", NatsCluster::start()).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let verifier = verifier();
-    let cluster = Cluster::start(config(&nats, "a")).await.expect("node a");
+    let cluster = within("connect node a", Cluster::start(config(&nats, "a")))
+        .await
+        .expect("node a");
     let node = Node::start(&cluster, ledgers(dir.path(), &verifier), 0..PARTITIONS);
     until_owned(&[&node], PARTITIONS as usize).await;
     (nats, dir, verifier, cluster, node)
@@ -207,8 +209,9 @@ async fn until_owned(nodes: &[&Node], partitions: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_through_two_nodes_are_counted_exactly_once_and_resends_get_the_original_ack() {
+    trace();
     let started = Instant::now();
-    let nats = NatsCluster::start().await;
+    let nats = within("start NATS", NatsCluster::start()).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let verifier = verifier();
     let (a, b) = tokio::join!(
@@ -248,11 +251,11 @@ async fn batches_through_two_nodes_are_counted_exactly_once_and_resends_get_the_
     }
     let sending = Instant::now();
     for chunk in batches.chunks(CONCURRENT_BATCHES) {
-        let acks = futures::future::join_all(chunk.iter().map(|batch| {
+        let sent = futures::future::join_all(chunk.iter().map(|batch| {
             let publisher = &publishers[(batch.request.batch_seq % 2) as usize];
             publisher.submit(batch.request.clone())
-        }))
-        .await;
+        }));
+        let acks = within("send a chunk of batches", sent).await;
         for (batch, ack) in chunk.iter().zip(acks) {
             assert_eq!(
                 ack.expect("acked"),
@@ -306,7 +309,7 @@ async fn batches_through_two_nodes_are_counted_exactly_once_and_resends_get_the_
     let first_try = tokio::spawn({
         let publisher = publishers[0].clone();
         let request = interrupted.request.clone();
-        async move { publisher.submit(request).await }
+        async move { within("submit", publisher.submit(request)).await }
     });
     until_published(&a, &interrupted).await;
     first_try.abort();
@@ -324,7 +327,7 @@ async fn batches_through_two_nodes_are_counted_exactly_once_and_resends_get_the_
     let mut other = interrupted.request.clone();
     let reused_payer = (BATCHES as usize * BATCH_RECEIPTS + 7) % keys.len();
     other.receipts = ReceiptBatch::from_receipts(&[receipt(&keys[reused_payer], 1, 1_000_000)]);
-    match publishers[0].submit(other).await {
+    match within("submit", publishers[0].submit(other)).await {
         Err(PublishError::BatchMismatch { batch_seq, .. }) => assert_eq!(batch_seq, BATCHES),
         other => panic!("expected a batch mismatch, got {other:?}"),
     }
@@ -345,7 +348,9 @@ async fn batches_through_two_nodes_are_counted_exactly_once_and_resends_get_the_
         })
         .collect();
     assert_eq!(positions.len(), PARTITIONS as usize / 2);
-    node_a.stop().await.expect("node a stops cleanly");
+    within("stop node_a", node_a.stop())
+        .await
+        .expect("node a stops cleanly");
     let restarted = SystemTime::now();
     let node_a = Node::start(
         &a,
@@ -380,16 +385,20 @@ async fn batches_through_two_nodes_are_counted_exactly_once_and_resends_get_the_
     );
     println!("re-sends through the other node and after a restart: original acks, double 0");
 
-    node_a.stop().await.expect("node a stops");
-    node_b.stop().await.expect("node b stops");
+    within("stop node_a", node_a.stop())
+        .await
+        .expect("node a stops");
+    within("stop node_b", node_b.stop())
+        .await
+        .expect("node b stops");
     println!("data path test took {:?}", started.elapsed());
 }
 
 /// Sends `batch` through `publisher`: it must get the ack the model says (the original one,
 /// for a re-send).
 async fn acked_as_expected(publisher: &Publisher, batch: &FleetBatch, what: &str) {
-    let again = publisher
-        .submit(batch.request.clone())
+    let step = format!("{what} of batch {}", batch.request.batch_seq);
+    let again = within(&step, publisher.submit(batch.request.clone()))
         .await
         .expect("acked");
     assert_eq!(
@@ -417,10 +426,13 @@ async fn until_published(cluster: &Cluster, batch: &FleetBatch) {
     let deadline = Instant::now() + DEADLINE;
     for partition in reached {
         loop {
-            let latest = cluster
-                .stream()
-                .get_last_raw_message_by_subject(&subject_of(partition))
-                .await;
+            let latest = within(
+                "read the log's latest message",
+                cluster
+                    .stream()
+                    .get_last_raw_message_by_subject(&subject_of(partition)),
+            )
+            .await;
             let message_id = latest.ok().and_then(|message| {
                 let id = message.headers.get("Nats-Msg-Id")?;
                 Some(id.as_str().to_string())
@@ -440,9 +452,7 @@ async fn until_published(cluster: &Cluster, batch: &FleetBatch) {
 /// The start sequence of the newest log consumer of `partition` created after `since`.
 async fn consumer_start(cluster: &Cluster, partition: u32, since: SystemTime) -> u64 {
     let stream = cluster.stream().clone();
-    let consumers: Vec<_> = stream
-        .consumers()
-        .try_collect()
+    let consumers: Vec<_> = within("list the log's consumers", stream.consumers().try_collect())
         .await
         .expect("list the log's consumers");
     let newest = consumers
@@ -473,6 +483,7 @@ fn expected_with_zeros(
 /// answer read from those would leave a charged part never acked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_early_part_keeps_its_ack_after_many_later_parts_and_a_new_session() {
+    trace();
     const LATER_PARTS: u64 = 70;
     let (_nats, _dir, verifier, cluster, node) = one_node().await;
     let publisher = Publisher::new(&cluster, verifier.clone(), Duration::from_secs(30));
@@ -480,13 +491,17 @@ async fn an_early_part_keeps_its_ack_after_many_later_parts_and_a_new_session() 
     // One payer: every part lands in the same partition.
     let key = payer_key(1);
     let first = request(9, 0, &[receipt(&key, 5, 1)]);
-    let first_ack = publisher.submit(first.clone()).await.expect("acked");
+    let first_ack = within("submit", publisher.submit(first.clone()))
+        .await
+        .expect("acked");
     assert_eq!(first_ack.accepted, 1);
     for batch_seq in 1..=LATER_PARTS {
         let later = request(9, batch_seq, &[receipt(&key, 1, 1 + batch_seq)]);
-        publisher.submit(later).await.expect("acked");
+        within("submit", publisher.submit(later))
+            .await
+            .expect("acked");
     }
-    let again = publisher.submit(first.clone()).await;
+    let again = within("submit", publisher.submit(first.clone())).await;
     assert_eq!(
         again.as_ref().ok(),
         Some(&first_ack),
@@ -495,8 +510,10 @@ async fn an_early_part_keeps_its_ack_after_many_later_parts_and_a_new_session() 
 
     let mut next_session = request(9, 0, &[receipt(&key, 1, 1_000)]);
     next_session.session_epoch = 2;
-    publisher.submit(next_session).await.expect("acked");
-    let again = publisher.submit(first).await;
+    within("submit", publisher.submit(next_session))
+        .await
+        .expect("acked");
+    let again = within("submit", publisher.submit(first)).await;
     assert_eq!(
         again.as_ref().ok(),
         Some(&first_ack),
@@ -508,7 +525,7 @@ async fn an_early_part_keeps_its_ack_after_many_later_parts_and_a_new_session() 
         5 + u128::from(LATER_PARTS) + 1,
         "nothing charged twice"
     );
-    node.stop().await.expect("node stops");
+    within("stop node", node.stop()).await.expect("node stops");
 }
 
 /// A payer's funds come from its partition's owner, asked from the cluster: none for a payer it
@@ -516,26 +533,38 @@ async fn an_early_part_keeps_its_ack_after_many_later_parts_and_a_new_session() 
 /// partition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn funds_come_from_the_partition_owner_with_every_ack_in_them() {
+    trace();
     let (_nats, _dir, verifier, cluster, node) = one_node().await;
     let publisher = Publisher::new(&cluster, verifier.clone(), Duration::from_secs(30));
     let funds = FundsClient::new(&cluster);
     let key = payer_key(3);
     let payer = payer_of(&key);
-    assert_eq!(funds.funds(payer).await.expect("answered"), None);
+    assert_eq!(
+        within("ask for funds", funds.funds(payer))
+            .await
+            .expect("answered"),
+        None
+    );
     let batch = request(4, 0, &[receipt(&key, 7, 1), receipt(&key, 5, 2)]);
-    assert_eq!(publisher.submit(batch).await.expect("acked").accepted, 2);
+    assert_eq!(
+        within("submit", publisher.submit(batch))
+            .await
+            .expect("acked")
+            .accepted,
+        2
+    );
     let known = funds
         .funds(payer)
         .await
         .expect("answered")
         .expect("a known payer");
     assert_eq!((known.pending, known.receipts, known.channels), (12, 2, 1));
-    node.stop().await.expect("node stops");
+    within("stop node", node.stop()).await.expect("node stops");
     // The owner's unsubscription reaches the server shortly after it stops: until then a query
     // may go unanswered.
     let deadline = Instant::now() + DEADLINE;
     loop {
-        match funds.funds(payer).await {
+        match within("ask for funds", funds.funds(payer)).await {
             Err(FundsError::NoOwner { .. }) => break,
             Err(FundsError::Timeout { .. }) if Instant::now() < deadline => {}
             other => panic!("with no owner: {other:?}"),
@@ -549,7 +578,7 @@ async fn funds_come_from_the_partition_owner_with_every_ack_in_them() {
     let next = Node::start(&cluster, ledgers(fresh.path(), &verifier), 0..PARTITIONS);
     until_owned(&[&next], PARTITIONS as usize).await;
     loop {
-        match funds.funds(payer).await {
+        match within("ask for funds", funds.funds(payer)).await {
             Ok(Some(known)) => {
                 assert_eq!((known.pending, known.receipts), (12, 2));
                 break;
@@ -558,7 +587,7 @@ async fn funds_come_from_the_partition_owner_with_every_ack_in_them() {
             other => panic!("from the new owner: {other:?}"),
         }
     }
-    next.stop().await.expect("node stops");
+    within("stop next", next.stop()).await.expect("node stops");
 }
 
 /// The funds watcher's news reaches the owners' funds checks through the logs, in log order
@@ -569,10 +598,13 @@ async fn funds_come_from_the_partition_owner_with_every_ack_in_them() {
 /// log finds the same. The watcher's progress record round-trips.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn funds_news_reaches_the_funds_check_in_log_order_and_once() {
-    let nats = NatsCluster::start().await;
+    trace();
+    let nats = within("start NATS", NatsCluster::start()).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let verifier = verifier();
-    let cluster = Cluster::start(config(&nats, "a")).await.expect("node a");
+    let cluster = within("connect node a", Cluster::start(config(&nats, "a")))
+        .await
+        .expect("node a");
     let ledgers = |dir: &Path| ledgers_with(dir, &verifier, UnknownPayers::Reject);
     let node = Node::start(&cluster, ledgers(dir.path()), 0..PARTITIONS);
     until_owned(&[&node], PARTITIONS as usize).await;
@@ -589,10 +621,8 @@ async fn funds_news_reaches_the_funds_check_in_log_order_and_once() {
     let mut batch_seq = 0;
     let mut spend = async |amount: u64, nonce: u64| {
         batch_seq += 1;
-        let ack = publisher
-            .submit(request(4, batch_seq, &[receipt(&key, amount, nonce)]))
-            .await
-            .expect("acked");
+        let sent = publisher.submit(request(4, batch_seq, &[receipt(&key, amount, nonce)]));
+        let ack = within("spend", sent).await.expect("acked");
         ack.rejections.first().map(|(_, reason)| *reason)
     };
     assert_eq!(spend(7, 1).await, Some(Reason::UnknownPayer));
@@ -672,7 +702,10 @@ async fn funds_news_reaches_the_funds_check_in_log_order_and_once() {
         .await
         .expect("stored");
     let expected = (30, 10, 16);
-    let known = funds.funds(payer).await.expect("answered").expect("known");
+    let known = within("ask for funds", funds.funds(payer))
+        .await
+        .expect("answered")
+        .expect("known");
     assert_eq!((known.deposited, known.pending, known.available), expected);
     // Still takes its own events after the stray one: the cursor did not move to block 99.
     let third = Mark::Funds(FundsEvent {
@@ -682,16 +715,19 @@ async fn funds_news_reaches_the_funds_check_in_log_order_and_once() {
     });
     log.publish(&[third]).await.expect("published");
     let expected = (35, 10, 21);
-    let known = funds.funds(payer).await.expect("answered").expect("known");
+    let known = within("ask for funds", funds.funds(payer))
+        .await
+        .expect("answered")
+        .expect("known");
     assert_eq!((known.deposited, known.pending, known.available), expected);
-    node.stop().await.expect("node stops");
+    within("stop node", node.stop()).await.expect("node stops");
 
     let fresh = tempfile::tempdir().expect("temp dir");
     let next = Node::start(&cluster, ledgers(fresh.path()), 0..PARTITIONS);
     until_owned(&[&next], PARTITIONS as usize).await;
     let deadline = Instant::now() + DEADLINE;
     loop {
-        match funds.funds(payer).await {
+        match within("ask for funds", funds.funds(payer)).await {
             Ok(Some(known)) => {
                 assert_eq!((known.deposited, known.pending, known.available), expected);
                 break;
@@ -701,7 +737,7 @@ async fn funds_news_reaches_the_funds_check_in_log_order_and_once() {
             other => panic!("from the new owner: {other:?}"),
         }
     }
-    next.stop().await.expect("node stops");
+    within("stop next", next.stop()).await.expect("node stops");
 }
 
 /// A part the ingest node split wrongly (a receipt whose payer lives in another partition) is
@@ -709,6 +745,7 @@ async fn funds_news_reaches_the_funds_check_in_log_order_and_once() {
 /// is answered `Refused`, and the owner goes on applying the parts after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_refuses_a_mis_split_part_and_charges_nothing_of_it() {
+    trace();
     let (_nats, _dir, verifier, cluster, node) = one_node().await;
     let partitions = NonZeroU32::new(PARTITIONS).expect("non-zero");
 
@@ -792,7 +829,7 @@ async fn an_owner_refuses_a_mis_split_part_and_charges_nothing_of_it() {
         None,
         "the stranger is not charged in the mis-split part's partition"
     );
-    node.stop().await.expect("node stops");
+    within("stop node", node.stop()).await.expect("node stops");
 }
 
 /// An ingest node checks the owner's answer against its question and its part: an answer for
@@ -801,9 +838,12 @@ async fn an_owner_refuses_a_mis_split_part_and_charges_nothing_of_it() {
 /// answering on the partition's ask subject (no node owns anything).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ingest_node_refuses_an_answer_that_does_not_fit_its_part() {
-    let nats = NatsCluster::start().await;
+    trace();
+    let nats = within("start NATS", NatsCluster::start()).await;
     let verifier = verifier();
-    let cluster = Cluster::start(config(&nats, "a")).await.expect("node a");
+    let cluster = within("connect node a", Cluster::start(config(&nats, "a")))
+        .await
+        .expect("node a");
     let publisher = Publisher::new(&cluster, verifier.clone(), Duration::from_secs(10));
     let key = payer_key(1);
     let partition = partition_of(
@@ -892,7 +932,7 @@ async fn an_ingest_node_refuses_an_answer_that_does_not_fit_its_part() {
         );
         let submitted = tokio::spawn({
             let publisher = publisher.clone();
-            async move { publisher.submit(batch).await }
+            async move { within("submit", publisher.submit(batch)).await }
         });
         let message = asks.next().await.expect("an ask");
         let ask = Ask::decode(&message.payload).expect("an ask");
@@ -952,6 +992,7 @@ async fn an_ingest_node_refuses_an_answer_that_does_not_fit_its_part() {
 /// earlier batches keep their acks and new ones are acked and charged once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_owns_its_partitions_again_after_nats_was_down() {
+    trace();
     let (mut nats, _dir, verifier, cluster, node) = one_node().await;
     let publisher = Publisher::new(&cluster, verifier.clone(), Duration::from_secs(30));
     let keys: Vec<SigningKey> = (0..PAYERS).map(payer_key).collect();
@@ -969,7 +1010,7 @@ async fn a_node_owns_its_partitions_again_after_nats_was_down() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    nats.restart_all().await;
+    within("restart NATS", nats.restart_all()).await;
     until_owned(&[&node], PARTITIONS as usize).await;
 
     acked_as_expected(&publisher, &before, "re-send after the outage").await;
@@ -983,7 +1024,7 @@ async fn a_node_owns_its_partitions_again_after_nats_was_down() {
         totals(&[&node], &payers),
         expected_with_zeros(&payers, &expected)
     );
-    node.stop().await.expect("node stops");
+    within("stop node", node.stop()).await.expect("node stops");
 }
 
 /// Log messages an owner applies between two checkpoints in the checkpoint test.
@@ -993,17 +1034,21 @@ const CHECKPOINT_EVERY: u64 = 4;
 /// from the store's metadata subjects (its own listing can hang while objects are deleted).
 async fn checkpoints_of(cluster: &Cluster, partition: u32) -> Vec<(String, u64)> {
     let bucket = &cluster.config().checkpoint_bucket;
-    let subjects: Vec<(String, usize)> = cluster
-        .jetstream()
-        .get_stream(format!("OBJ_{bucket}"))
-        .await
-        .expect("the checkpoint store's stream")
-        .info_with_subjects(format!("$O.{bucket}.M.*"))
-        .await
-        .expect("list checkpoints")
-        .try_collect()
-        .await
-        .expect("list checkpoints");
+    let listing = async {
+        cluster
+            .jetstream()
+            .get_stream(format!("OBJ_{bucket}"))
+            .await
+            .expect("the checkpoint store's stream")
+            .info_with_subjects(format!("$O.{bucket}.M.*"))
+            .await
+            .expect("list checkpoints")
+            .try_collect()
+            .await
+            .expect("list checkpoints")
+    };
+    let subjects: Vec<(String, usize)> =
+        within(format!("list partition {partition}'s checkpoints"), listing).await;
     let prefix = format!("p.{partition}.");
     let mut found: Vec<(String, u64)> = subjects
         .into_iter()
@@ -1020,14 +1065,17 @@ async fn checkpoints_of(cluster: &Cluster, partition: u32) -> Vec<(String, u64)>
 
 /// Messages the log holds for each partition.
 async fn log_messages(cluster: &Cluster) -> HashMap<u32, usize> {
-    let subjects: Vec<(String, usize)> = cluster
-        .stream()
-        .info_with_subjects("tollgate.rx.>")
-        .await
-        .expect("stream info")
-        .try_collect()
-        .await
-        .expect("subject counts");
+    let listing = async {
+        cluster
+            .stream()
+            .info_with_subjects("tollgate.rx.>")
+            .await
+            .expect("stream info")
+            .try_collect()
+            .await
+            .expect("subject counts")
+    };
+    let subjects: Vec<(String, usize)> = within("count the log's messages", listing).await;
     (0..PARTITIONS)
         .map(|p| {
             let count = subjects
@@ -1049,11 +1097,8 @@ async fn log_messages(cluster: &Cluster) -> HashMap<u32, usize> {
 /// was purged (the purge floor says how far) and lacks what the new owner would need.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_owner_restores_checkpoints_and_replays_only_the_rest_of_a_purged_log() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("tollgate_cluster=info")
-        .with_test_writer()
-        .try_init();
-    let nats = NatsCluster::start().await;
+    trace();
+    let nats = within("start NATS", NatsCluster::start()).await;
     let checkpointing = |node| ClusterConfig {
         checkpoint_every_messages: CHECKPOINT_EVERY,
         // The time policy too: however fast the batches go, each partition's owner checkpoints
@@ -1064,7 +1109,9 @@ async fn a_new_owner_restores_checkpoints_and_replays_only_the_rest_of_a_purged_
     };
     let verifier = verifier();
     let dir_a = tempfile::tempdir().expect("temp dir");
-    let cluster = Cluster::start(checkpointing("a")).await.expect("node a");
+    let cluster = within("connect node a", Cluster::start(checkpointing("a")))
+        .await
+        .expect("node a");
     let node_a = Node::start(&cluster, ledgers(dir_a.path(), &verifier), 0..PARTITIONS);
     until_owned(&[&node_a], PARTITIONS as usize).await;
     let publisher = Publisher::new(&cluster, verifier.clone(), Duration::from_secs(30));
@@ -1123,17 +1170,21 @@ async fn a_new_owner_restores_checkpoints_and_replays_only_the_rest_of_a_purged_
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let counts = log_messages(&cluster).await;
-    node_a.stop().await.expect("node a stops");
+    within("stop node_a", node_a.stop())
+        .await
+        .expect("node a stops");
 
     // Partition 0's newest checkpoint corrupt: its older one and a longer replay. Both of
     // partition 1's corrupt: not owned.
     let garbage = |name: String| {
         let store = cluster.checkpoints().clone();
         async move {
-            store
-                .put(name.as_str(), &mut &b"not a checkpoint"[..])
-                .await
-                .expect("overwrite a checkpoint");
+            within(
+                "overwrite a checkpoint",
+                store.put(name.as_str(), &mut &b"not a checkpoint"[..]),
+            )
+            .await
+            .expect("overwrite a checkpoint");
         }
     };
     let zero = checkpoints_of(&cluster, 0).await;
@@ -1176,7 +1227,9 @@ async fn a_new_owner_restores_checkpoints_and_replays_only_the_rest_of_a_purged_
     let newest_of_two = checkpoints_of(&cluster, 2).await[1].1;
     let dir_b = tempfile::tempdir().expect("temp dir");
     let since = SystemTime::now();
-    let cluster_b = Cluster::start(checkpointing("b")).await.expect("node b");
+    let cluster_b = within("connect node b", Cluster::start(checkpointing("b")))
+        .await
+        .expect("node b");
     let node_b = Node::start(&cluster_b, ledgers(dir_b.path(), &verifier), 0..PARTITIONS);
     let unowned = [1, 3];
     until_owned(&[&node_b], PARTITIONS as usize - unowned.len()).await;
@@ -1206,5 +1259,7 @@ async fn a_new_owner_restores_checkpoints_and_replays_only_the_rest_of_a_purged_
         "restored 14 of 16 partitions from checkpoints (partition 0 from its older one); log \
          messages left per partition after purges: {counts:?}"
     );
-    node_b.stop().await.expect("node b stops");
+    within("stop node_b", node_b.stop())
+        .await
+        .expect("node b stops");
 }

@@ -1,6 +1,8 @@
 //! A real 3-server NATS JetStream cluster on loopback for the cluster tests: free ports, a temp
 //! store dir per server, routes between all three. Servers are killed when it is dropped.
 
+use std::fmt::Display;
+use std::future::IntoFuture;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,6 +14,28 @@ use async_nats::jetstream::{self, stream};
 const READY_DEADLINE: Duration = Duration::from_secs(60);
 
 const SERVERS: usize = 3;
+
+/// How long one step of a test may take: a stalled await fails the test naming its step
+/// instead of hanging the suite with nothing to say where.
+pub const STEP_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Awaits `future`, failing the test with `step` if it takes longer than [`STEP_DEADLINE`].
+pub async fn within<F: IntoFuture>(step: impl Display, future: F) -> F::Output {
+    tokio::time::timeout(STEP_DEADLINE, future)
+        .await
+        .unwrap_or_else(|_| panic!("stalled for {STEP_DEADLINE:?}: {step}"))
+}
+
+/// The nodes' logs (`RUST_LOG`, else the cluster crate's info) in the test's captured output,
+/// so a failed test shows what the nodes did before it.
+pub fn trace() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("tollgate_cluster=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
 
 #[derive(Debug)]
 pub struct NatsCluster {
@@ -46,7 +70,14 @@ fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
-fn spawn(binary: &Path, dir: &Path, name: &str, port: u16, route_port: u16, routes: &str) -> Child {
+fn spawn(
+    binary: &Path,
+    dir: &Path,
+    (cluster_name, name): (&str, &str),
+    port: u16,
+    route_port: u16,
+    routes: &str,
+) -> Child {
     let store = dir.join(name);
     // Appended: a restarted server's log follows its first life's.
     let log = std::fs::OpenOptions::new()
@@ -67,8 +98,9 @@ fn spawn(binary: &Path, dir: &Path, name: &str, port: u16, route_port: u16, rout
         ])
         .arg(&store)
         .args([
+            // Unique per cluster: two tests' clusters never merge, whatever ports they get.
             "--cluster_name",
-            "tollgate-test",
+            cluster_name,
             "--cluster",
             &format!("nats://127.0.0.1:{route_port}"),
             "--routes",
@@ -122,10 +154,11 @@ impl NatsCluster {
             .map(|j| self.routes[j].as_str())
             .collect();
         let (port, route_port) = self.ports[index];
+        let cluster_name = format!("tollgate-test-{}", self.ports[0].1);
         self.servers[index] = Some(spawn(
             &self.binary,
             self.dir.path(),
-            &self.names[index],
+            (&cluster_name, &self.names[index]),
             port,
             route_port,
             &others.join(","),
