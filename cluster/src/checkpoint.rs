@@ -48,7 +48,6 @@ use async_nats::jetstream::kv::UpdateErrorKind;
 use async_nats::jetstream::{kv, object_store, stream};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE;
-use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tollgate_engine::pipeline::{Engine, EngineError, LedgerError, SubmitError};
@@ -58,6 +57,7 @@ use crate::config::ClusterConfig;
 use crate::error::{LeaseError, NatsError};
 use crate::kv::{Latest, latest};
 use crate::lease::Leases;
+use crate::listing::subjects;
 use crate::objects::{ReadError, meta_subject, read_object};
 use crate::partition::subject_of;
 use crate::retry::backoff;
@@ -255,18 +255,16 @@ impl Checkpoints {
     /// the message it waits for (seen with 16 owners checkpointing at once). A deleted
     /// checkpoint leaves no subject behind ([`Checkpoints::delete`]).
     async fn list(&self) -> Result<Vec<Stored>, CheckpointError> {
-        let subjects: Vec<(String, usize)> = self
-            .objects
-            .info_with_subjects(self.meta_subject("*"))
+        let subjects = subjects(&self.objects, self.meta_subject("*"))
             .await
-            .map_err(store_error("list the checkpoints"))?
-            .try_collect()
-            .await
-            .map_err(store_error("list the checkpoints"))?;
+            .map_err(|source| CheckpointError::Store {
+                what: "list the checkpoints",
+                source,
+            })?;
         let prefix = format!("p.{}.", self.partition);
         let mut found: Vec<Stored> = subjects
-            .iter()
-            .filter_map(|(subject, _)| {
+            .keys()
+            .filter_map(|subject| {
                 let encoded = subject.rsplit('.').next()?;
                 let name = String::from_utf8(URL_SAFE.decode(encoded).ok()?).ok()?;
                 let seq = name.strip_prefix(&prefix)?.parse().ok()?;
@@ -704,6 +702,13 @@ impl Checkpoints {
         {
             return Err(CheckpointError::Fenced);
         }
+        debug!(
+            partition = self.partition,
+            floor,
+            kept = ?stored[excess..].iter().map(|stored| stored.seq).collect::<Vec<_>>(),
+            deleted = ?stored[..excess].iter().map(|stored| stored.seq).collect::<Vec<_>>(),
+            "pruning the partition's checkpoints and purging its log through the floor"
+        );
         for old in &stored[..excess] {
             self.delete(&old.name).await?;
         }

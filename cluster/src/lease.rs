@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use async_nats::jetstream::kv::{self, UpdateErrorKind};
 use bytes::Bytes;
-use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -32,6 +31,7 @@ use tracing::{debug, info, warn};
 use crate::error::{LeaseError, NatsError};
 use crate::fence::Fence;
 use crate::kv::{Latest, latest};
+use crate::listing::subjects;
 use crate::share::{Share, Vacancy};
 
 /// A lease's stored value.
@@ -153,16 +153,14 @@ impl Leases {
     /// counted by them either.
     pub(crate) async fn announce(&self) -> Result<u32, NatsError> {
         let own = node_key(&self.node);
-        let subjects: Vec<(String, usize)> = self
-            .store
-            .stream
-            .info_with_subjects(format!("{}{NODE_KEY_PREFIX}>", self.store.prefix))
-            .await?
-            .try_collect()
-            .await?;
+        let subjects = subjects(
+            &self.store.stream,
+            format!("{}{NODE_KEY_PREFIX}>", self.store.prefix),
+        )
+        .await?;
         let counted = subjects
-            .iter()
-            .any(|(subject, _)| subject.strip_prefix(&self.store.prefix) == Some(own.as_str()));
+            .keys()
+            .any(|subject| subject.strip_prefix(&self.store.prefix) == Some(own.as_str()));
         self.store.put(own, Bytes::from(self.node.clone())).await?;
         let nodes = subjects.len() + usize::from(!counted);
         Ok(u32::try_from(nodes).unwrap_or(u32::MAX))

@@ -47,7 +47,8 @@
 //! every partition's log, each owner's seal at them and its summary for the coordinator:
 //! [`Epochs`]), `watch` (the funds watcher's chain news in the payers' partitions' logs:
 //! [`FundsLog`]), `mark_log` (how either writes a mark into a log), `objects` (reading an
-//! object-store object without a consumer).
+//! object-store object without a consumer), `listing` (the subjects a stream holds: checkpoints,
+//! announced nodes).
 //!
 //! This crate only knows about payers through [`tollgate_engine::PayerKey`]; the engine itself
 //! knows nothing of NATS or tokio.
@@ -60,6 +61,7 @@ mod fence;
 mod funds;
 mod kv;
 mod lease;
+mod listing;
 mod mark_log;
 mod node;
 mod objects;
@@ -81,6 +83,7 @@ pub use error::{ClusterError, LeaseError, NatsError};
 pub use fence::{FENCE_HEADER, Fence, FenceError};
 pub use funds::{FundsClient, FundsError};
 pub use lease::{COORDINATOR_LEASE, Holder, Lease, LeaseKeeper, Leases, WATCHER_LEASE};
+pub use listing::subjects;
 pub use node::{Node, NodeLedgers};
 pub use owner::{OwnerError, PartRefused, REFUSALS_KEPT};
 pub use part::{

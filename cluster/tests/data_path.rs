@@ -25,7 +25,7 @@ use harness::{NatsCluster, trace, within};
 use tollgate_cluster::{
     Answer, AnswerProblem, Ask, BatchId, Cluster, ClusterConfig, FundsClient, FundsError, FundsLog,
     FundsLogError, Mark, Node, NodeLedgers, Part, PublishError, Publisher, Verdicts, ask_subject,
-    partition_of, subject_of,
+    partition_of, subject_of, subjects,
 };
 use tollgate_engine::ledger::{FundsEvent, FundsKind, HeadWithdrawals};
 use tollgate_engine::pipeline::{
@@ -1035,24 +1035,20 @@ const CHECKPOINT_EVERY: u64 = 4;
 async fn checkpoints_of(cluster: &Cluster, partition: u32) -> Vec<(String, u64)> {
     let bucket = &cluster.config().checkpoint_bucket;
     let listing = async {
-        cluster
+        let objects = cluster
             .jetstream()
             .get_stream(format!("OBJ_{bucket}"))
             .await
-            .expect("the checkpoint store's stream")
-            .info_with_subjects(format!("$O.{bucket}.M.*"))
-            .await
-            .expect("list checkpoints")
-            .try_collect()
+            .expect("the checkpoint store's stream");
+        subjects(&objects, format!("$O.{bucket}.M.*"))
             .await
             .expect("list checkpoints")
     };
-    let subjects: Vec<(String, usize)> =
-        within(format!("list partition {partition}'s checkpoints"), listing).await;
+    let listed = within(format!("list partition {partition}'s checkpoints"), listing).await;
     let prefix = format!("p.{partition}.");
-    let mut found: Vec<(String, u64)> = subjects
-        .into_iter()
-        .filter_map(|(subject, _)| {
+    let mut found: Vec<(String, u64)> = listed
+        .keys()
+        .filter_map(|subject| {
             let encoded = subject.rsplit('.').next()?;
             let name = String::from_utf8(URL_SAFE.decode(encoded).ok()?).ok()?;
             let seq = name.strip_prefix(&prefix)?.parse().ok()?;
@@ -1065,25 +1061,14 @@ async fn checkpoints_of(cluster: &Cluster, partition: u32) -> Vec<(String, u64)>
 
 /// Messages the log holds for each partition.
 async fn log_messages(cluster: &Cluster) -> HashMap<u32, usize> {
-    let listing = async {
-        cluster
-            .stream()
-            .info_with_subjects("tollgate.rx.>")
-            .await
-            .expect("stream info")
-            .try_collect()
-            .await
-            .expect("subject counts")
-    };
-    let subjects: Vec<(String, usize)> = within("count the log's messages", listing).await;
+    let counts = within(
+        "count the log's messages",
+        subjects(cluster.stream(), "tollgate.rx.>".to_string()),
+    )
+    .await
+    .expect("subject counts");
     (0..PARTITIONS)
-        .map(|p| {
-            let count = subjects
-                .iter()
-                .find(|(subject, _)| *subject == subject_of(p))
-                .map_or(0, |(_, count)| *count);
-            (p, count)
-        })
+        .map(|p| (p, counts.get(&subject_of(p)).copied().unwrap_or(0)))
         .collect()
 }
 
