@@ -4,6 +4,7 @@
 //! coordinator ──Seal(e)──▶ tollgate.rx.<p> (every p) ──owner, in log order──▶ seal e ──▶ summary e.<e>.<p>
 //! coordinator ◀── all P summaries ── builds the epoch tree over the partition roots, commits once
 //! coordinator ──Committed(e)──▶ tollgate.rx.<p> (every p) ──owner──▶ the ledger settles e
+//! coordinator ──Shortfall(e, payer, available)──▶ tollgate.rx.<payer's p> ──owner──▶ cut, summary again
 //! ```
 //! The coordinator is whichever node holds the lease [`COORDINATOR_LEASE`] ([`Epochs::coordinate`]).
 //! Its marks travel in the partitions' logs, so each owner applies a mark after every part
@@ -16,16 +17,22 @@
 //!
 //! A mark is applied at most once in effect: a seal of an epoch the ledger has already sealed
 //! only stores the summary again (a crash between the seal and the upload is repaired by the
-//! replay), and a commit the ledger already recorded changes nothing.
+//! replay), a commit the ledger already recorded changes nothing, and a shortfall sets the
+//! payer's cut in the epoch to the same amount again. A shortfall comes when the commit reverted
+//! because the payer's exit overtook its debit: the summary then carries the cut, and the
+//! coordinator commits the epoch without it.
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, object_store, stream};
 use futures::future::try_join_all;
 use tokio_util::sync::CancellationToken;
+use tollgate_engine::PayerKey;
 use tollgate_engine::ledger::{EpochStatus, EpochUpdate};
 use tollgate_engine::pipeline::{Engine, EngineError, LedgerError, LedgerReader, SubmitError};
+use tollgate_engine::store::StoreError;
 use tracing::{info, warn};
 
 use crate::error::NatsError;
@@ -33,6 +40,7 @@ use crate::lease::{COORDINATOR_LEASE, LeaseKeeper, Leases};
 use crate::mark_log::publish_mark;
 use crate::objects::{ReadError, read_object};
 use crate::part::{DecodeError, Mark, Summary};
+use crate::partition::partition_of;
 use crate::resources::Cluster;
 use crate::retry::backoff;
 
@@ -75,6 +83,9 @@ fn summary_name(epoch: u64, partition: u32) -> String {
 pub(crate) struct Summaries {
     store: object_store::ObjectStore,
     objects: stream::Stream,
+    /// Held while a partition's summary is read from its ledger and stored: a later mark (a
+    /// shortfall) changes the summary, and the newest read must be the last stored.
+    writing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Summaries {
@@ -82,6 +93,7 @@ impl Summaries {
         Summaries {
             store: cluster.checkpoints().clone(),
             objects: cluster.checkpoint_stream().clone(),
+            writing: Arc::default(),
         }
     }
 
@@ -231,12 +243,115 @@ pub(crate) async fn apply_mark(
                 }
             }
         }
+        Mark::Shortfall {
+            epoch,
+            payer,
+            available,
+            based_on,
+        } => {
+            let shortfall = Shortfall {
+                epoch,
+                payer,
+                available,
+                based_on,
+            };
+            apply_shortfall(engine, summaries, partition, shortfall, stop).await?;
+        }
         // The ledger applies a funds event once, by its chain position.
         Mark::Funds(event) => control(|| engine.funds(event)).await?,
         Mark::HeadWithdrawals(ref requests) => {
             control(|| engine.head_withdrawals(requests.clone())).await?;
         }
     }
+    Ok(())
+}
+
+/// A [`Mark::Shortfall`]'s fields.
+struct Shortfall {
+    epoch: u64,
+    payer: PayerKey,
+    available: u128,
+    based_on: u128,
+}
+
+/// Records a shortfall mark's cut in the ledger when the epoch is sealed and not settled, it
+/// debits the payer, and the payer's cut in it is still the one the mark was based on; then,
+/// whatever it changed, stores the partition's summary again: the coordinator that wrote the
+/// mark read a summary without this cut, or an older one.
+async fn apply_shortfall(
+    engine: &Engine,
+    summaries: &Summaries,
+    partition: u32,
+    mark: Shortfall,
+    stop: &CancellationToken,
+) -> Result<(), EngineError> {
+    let Shortfall {
+        epoch,
+        payer,
+        available,
+        based_on,
+    } = mark;
+    let reader = engine.reader();
+    let Some(status) = status_once_sealed(&reader, epoch, stop).await? else {
+        return Ok(());
+    };
+    if !matches!(status, Some(EpochStatus::Sealed | EpochStatus::Submitted)) {
+        warn!(
+            partition, epoch, ?status, %payer,
+            "shortfall mark for an epoch this ledger has not sealed, or has settled: not recorded"
+        );
+        return Ok(());
+    }
+    let store_again = || {
+        tokio::spawn(store_summary(
+            engine.reader(),
+            summaries.clone(),
+            (partition, epoch),
+            stop.clone(),
+        ))
+    };
+    let cut = reader
+        .epoch_shortfalls(epoch)
+        .map_err(LedgerError::from)?
+        .into_iter()
+        .filter(|(cut_payer, _, _)| *cut_payer == payer)
+        .fold(0u128, |total, (_, _, cut)| total.saturating_add(cut));
+    if cut != based_on {
+        info!(
+            partition, epoch, %payer, cut, based_on,
+            "shortfall mark based on another cut than the ledger's (written from an out-of-date summary, or applied again): not recorded"
+        );
+        store_again();
+        return Ok(());
+    }
+    // A mark naming a payer the epoch does not debit (a coordinator's bug) must not reach the
+    // ledger, which treats that as its own corruption.
+    let read = engine.reader();
+    let sealed = tokio::task::spawn_blocking(move || read.sealed_epoch(epoch))
+        .await
+        .map_err(|_| EngineError::Stopped)?
+        .map_err(LedgerError::from)?;
+    let debit = sealed.and_then(|sealed| {
+        sealed
+            .debits
+            .iter()
+            .find(|(debited, _)| *debited == payer)
+            .map(|(_, debit)| *debit)
+    });
+    let Some(debit) = debit else {
+        warn!(partition, epoch, %payer, "shortfall mark for a payer the epoch does not debit: not recorded");
+        return Ok(());
+    };
+    control(|| engine.record_shortfall(epoch, payer, available)).await?;
+    if available < debit {
+        warn!(
+            partition, epoch, %payer, available, debit,
+            "the payer's exit overtook its debit: the epoch's commit leaves the uncovered rest out (shortfall)"
+        );
+    } else {
+        info!(partition, epoch, %payer, available, debit, "the chain covers the payer's debit: no cut");
+    }
+    store_again();
     Ok(())
 }
 
@@ -307,8 +422,9 @@ pub(crate) async fn store_newest_summary(
     }
 }
 
-/// Reads the sealed epoch and stores its summary, trying again with a growing pause until it is
-/// stored or `stop`.
+/// Reads the sealed epoch and its shortfalls and stores its summary, trying again with a
+/// growing pause until it is stored or `stop`. Read and stored under the partition's writing
+/// lock, so of two stores racing (a seal's and a shortfall's) the later read lands last.
 async fn store_summary(
     reader: LedgerReader,
     summaries: Summaries,
@@ -316,40 +432,42 @@ async fn store_summary(
     stop: CancellationToken,
 ) {
     // A seal resumed after a crash may still be writing the epoch: read it once it is done.
-    let sealed = loop {
-        let read = reader.clone();
-        match tokio::task::spawn_blocking(move || read.sealed_epoch(epoch)).await {
-            Ok(Ok(None)) if matches!(still_sealing(&reader, epoch), Ok(true)) => {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(SEAL_POLL) => {}
-                }
-            }
-            sealed => break sealed,
+    while matches!(still_sealing(&reader, epoch), Ok(true)) {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(SEAL_POLL) => {}
         }
-    };
-    let sealed = match sealed {
-        Ok(Ok(Some(sealed))) => sealed,
-        Ok(Ok(None)) => {
-            warn!(
-                partition,
-                epoch, "the epoch is not sealed in this ledger: no summary"
-            );
-            return;
-        }
-        Ok(Err(error)) => {
-            warn!(partition, epoch, %error, "cannot read the sealed epoch: no summary");
-            return;
-        }
-        Err(error) => {
-            warn!(partition, epoch, %error, "reading the sealed epoch panicked: no summary");
-            return;
-        }
-    };
-    let summary = Summary { partition, sealed };
+    }
     let mut failures = 0u32;
     loop {
-        let error = match summaries.put(&summary).await {
+        let stored = {
+            let _writing = summaries.writing.lock().await;
+            let read = reader.clone();
+            let summary = match tokio::task::spawn_blocking(move || {
+                summary_of(&read, partition, epoch)
+            })
+            .await
+            {
+                Ok(Ok(Some(summary))) => summary,
+                Ok(Ok(None)) => {
+                    warn!(
+                        partition,
+                        epoch, "the epoch is not sealed in this ledger: no summary"
+                    );
+                    return;
+                }
+                Ok(Err(error)) => {
+                    warn!(partition, epoch, %error, "cannot read the sealed epoch: no summary");
+                    return;
+                }
+                Err(error) => {
+                    warn!(partition, epoch, %error, "reading the sealed epoch panicked: no summary");
+                    return;
+                }
+            };
+            summaries.put(&summary).await
+        };
+        let error = match stored {
             Ok(()) => {
                 if failures > 0 {
                     info!(partition, epoch, failures, "partition summary stored");
@@ -367,6 +485,22 @@ async fn store_summary(
             () = tokio::time::sleep(backoff(failures)) => {}
         }
     }
+}
+
+/// Partition `partition`'s summary of `epoch` as its ledger holds it now; `None` if not sealed.
+fn summary_of(
+    reader: &LedgerReader,
+    partition: u32,
+    epoch: u64,
+) -> Result<Option<Summary>, StoreError> {
+    let Some(sealed) = reader.sealed_epoch(epoch)? else {
+        return Ok(None);
+    };
+    Ok(Some(Summary {
+        partition,
+        sealed,
+        shortfalls: reader.epoch_shortfalls(epoch)?,
+    }))
 }
 
 /// The coordinator's access to the partitions' logs and summaries.
@@ -420,6 +554,31 @@ impl Epochs {
         .await
         .map_err(nats("publish an epoch mark"))?;
         Ok(())
+    }
+
+    /// Writes into `payer`'s partition that the chain holds only `available` of its debit in
+    /// `epoch` (the commit reverted with `Overdraft`), and returns once the log holds it. The
+    /// owner records the shortfall if the payer's cut in the epoch is still `based_on` (as in
+    /// the summary the commit was built from), and stores its summary again.
+    pub async fn shortfall(
+        &self,
+        epoch: u64,
+        payer: PayerKey,
+        (available, based_on): (u128, u128),
+    ) -> Result<(), EpochsError> {
+        let mark = Mark::Shortfall {
+            epoch,
+            payer,
+            available,
+            based_on,
+        };
+        publish_mark(
+            &self.jetstream,
+            partition_of(&payer, self.partitions),
+            &mark,
+        )
+        .await
+        .map_err(nats("publish a shortfall mark"))
     }
 
     /// Every partition's summary of `epoch`, in partition order: `None` for a partition whose

@@ -480,12 +480,12 @@ impl Log {
                         source,
                     }
                 })?;
-                if let Mark::Funds(event) = &mark
-                    && partition_of(&event.payer, self.partitions) != partition
+                if let Some(payer) = mark.payer()
+                    && partition_of(payer, self.partitions) != partition
                 {
-                    // Applying it would move this partition's funds cursor past its own
-                    // payers' events.
-                    error!(partition, seq, payer = %event.payer, "funds mark for another partition's payer: not applied");
+                    // A funds mark would move this partition's funds cursor past its own
+                    // payers' events; a shortfall names a debit this ledger does not hold.
+                    error!(partition, seq, %payer, ?mark, "mark for another partition's payer: not applied");
                     if in_flight.send(Taken::Refused(seq)).await.is_err() {
                         return Ok(());
                     }

@@ -50,6 +50,10 @@ const VERSION: u8 = 1;
 /// the version before refuses them as of another version (and its queries are refused here)
 /// rather than misreading them: both sides of a funds query must run the same release.
 const FUNDS_VERSION: u8 = 2;
+/// The summary's own version: 2 since it carries the epoch's shortfalls. A summary of the
+/// version before is refused rather than misread: the owners and the coordinator must run the
+/// same release.
+const SUMMARY_VERSION: u8 = 2;
 
 /// Subject prefix on which the owner of partition `p` answers asks: `tollgate.ask.<p>`.
 pub const ASK_PREFIX: &str = "tollgate.ask";
@@ -489,6 +493,7 @@ const MARK_COMMITTED: u8 = 2;
 const MARK_VOIDED: u8 = 3;
 const MARK_FUNDS: u8 = 4;
 const MARK_HEAD_WITHDRAWALS: u8 = 5;
+const MARK_SHORTFALL: u8 = 6;
 
 /// A funds event's kind on the log. Stored: never renumber. `BlockScanned` (the standalone
 /// ledger's cursor move without an event) never travels: a partition's cursor moves only with
@@ -500,8 +505,9 @@ const FUNDS_KINDS: [(FundsKind, u8); 3] = [
 ];
 
 /// What the cluster's elected roles write into partitions' logs besides the parts: the
-/// coordinator's epoch marks (into every partition) and the funds watcher's chain news (a
-/// payer's funds event into the payer's partition; a voided epoch into every partition).
+/// coordinator's epoch marks (into every partition) and shortfalls (into the payer's
+/// partition), and the funds watcher's chain news (a payer's funds event into the payer's
+/// partition; a voided epoch into every partition).
 /// Applied in log order with the parts, so every owner that applies the log makes the same cut
 /// and the same funds check.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -519,6 +525,19 @@ pub enum Mark {
     /// The withdrawal requests of the partition's payers in the blocks not yet confirmed,
     /// replacing the last such set.
     HeadWithdrawals(HeadWithdrawals),
+    /// The chain holds only `available` of `payer`'s debit in `epoch`, sealed and not yet
+    /// committed: the payer's exit overtook it and the commit reverted with `Overdraft`. The
+    /// owner records the uncovered rest as the epoch's shortfall and stores the partition's
+    /// summary again with it, so the coordinator commits the epoch without it. Only if the
+    /// payer's cut in the epoch is still `based_on`, the cut in the summary the failed commit
+    /// was built from: a mark written from an out-of-date summary must not replace a cut a later
+    /// commit relies on.
+    Shortfall {
+        epoch: u64,
+        payer: PayerKey,
+        available: u128,
+        based_on: u128,
+    },
 }
 
 impl Mark {
@@ -552,8 +571,30 @@ impl Mark {
                     out.put_u128_le(*amount);
                 }
             }
+            Mark::Shortfall {
+                epoch,
+                payer,
+                available,
+                based_on,
+            } => {
+                out.put_u8(MARK_SHORTFALL);
+                out.put_u64_le(*epoch);
+                out.put_slice(&payer.0);
+                out.put_u128_le(*available);
+                out.put_u128_le(*based_on);
+            }
         }
         out.freeze()
+    }
+
+    /// The payer a mark is about, for marks that belong in that payer's partition only (a
+    /// funds event, a shortfall).
+    pub fn payer(&self) -> Option<&PayerKey> {
+        match self {
+            Mark::Funds(event) => Some(&event.payer),
+            Mark::Shortfall { payer, .. } => Some(payer),
+            Mark::Seal(_) | Mark::Committed(_) | Mark::Voided(_) | Mark::HeadWithdrawals(_) => None,
+        }
     }
 
     /// Whether the log message `bytes` is a mark (else it is a part, or nothing readable).
@@ -602,6 +643,12 @@ impl Mark {
                 }
                 Mark::HeadWithdrawals(HeadWithdrawals(requests))
             }
+            MARK_SHORTFALL => Mark::Shortfall {
+                epoch: reader.u64()?,
+                payer: PayerKey(reader.array()?),
+                available: reader.u128()?,
+                based_on: reader.u128()?,
+            },
             other => return Err(malformed(WHAT, format!("unknown kind {other}"))),
         };
         reader.finish()?;
@@ -613,7 +660,9 @@ impl Mark {
     /// duplicate window is stored once; beyond it, applying a mark twice changes nothing (a
     /// funds event at or before the ledger's funds cursor is ignored). A head-withdrawals set
     /// has none: each replaces the last, so the newest must land even if an older one was the
-    /// same.
+    /// same. Nor has a shortfall: one applied twice finds the cut it was based on gone and
+    /// changes nothing, and each that arrives makes the owner store its summary again, which
+    /// is what a coordinator reading an out-of-date summary needs.
     pub fn message_id(&self, partition: u32) -> Option<String> {
         match self {
             Mark::Seal(epoch) => Some(format!("seal.{epoch}.{partition}")),
@@ -621,7 +670,7 @@ impl Mark {
             Mark::Voided(epoch) => Some(format!("voided.{epoch}.{partition}")),
             // A chain position names one event, which goes into one partition.
             Mark::Funds(event) => Some(format!("funds.{}.{}", event.block, event.log_index)),
-            Mark::HeadWithdrawals(_) => None,
+            Mark::HeadWithdrawals(_) | Mark::Shortfall { .. } => None,
         }
     }
 }
@@ -635,12 +684,16 @@ pub struct Summary {
     pub partition: u32,
     /// The partition ledger's sealed epoch: its leaves, debits and credits.
     pub sealed: SealedEpoch,
+    /// What the epoch's commit leaves out, per (payer, payee) channel in that order: recorded
+    /// at [`Mark::Shortfall`]s, nearly always none.
+    pub shortfalls: Vec<(PayerKey, Address, u128)>,
 }
 
 const LEAF_BYTES: usize = 32 + 20 + 16;
 const DEBIT_BYTES: usize = 32 + 16;
 const CREDIT_BYTES: usize = 20 + 16;
-const SUMMARY_HEADER_BYTES: usize = 1 + 4 + 8 + 3 * 8;
+const SHORTFALL_BYTES: usize = 32 + 20 + 16;
+const SUMMARY_HEADER_BYTES: usize = 1 + 4 + 8 + 4 * 8;
 
 impl Summary {
     /// The stored bytes.
@@ -651,23 +704,21 @@ impl Summary {
             debits,
             credits,
         } = &self.sealed;
+        let shortfalls = &self.shortfalls;
         let mut out = BytesMut::with_capacity(
             SUMMARY_HEADER_BYTES
                 + leaves.len() * LEAF_BYTES
                 + debits.len() * DEBIT_BYTES
-                + credits.len() * CREDIT_BYTES,
+                + credits.len() * CREDIT_BYTES
+                + shortfalls.len() * SHORTFALL_BYTES,
         );
-        out.put_u8(VERSION);
+        out.put_u8(SUMMARY_VERSION);
         out.put_u32_le(self.partition);
         out.put_u64_le(*epoch);
-        for entries in [leaves.len(), debits.len(), credits.len()] {
+        for entries in [leaves.len(), debits.len(), credits.len(), shortfalls.len()] {
             out.put_u64_le(entries as u64);
         }
-        for (payer, payee, cumulative) in leaves {
-            out.put_slice(&payer.0);
-            out.put_slice(&payee.0);
-            out.put_u128_le(*cumulative);
-        }
+        put_channel_amounts(&mut out, leaves);
         for (payer, amount) in debits {
             out.put_slice(&payer.0);
             out.put_u128_le(*amount);
@@ -676,19 +727,20 @@ impl Summary {
             out.put_slice(&payee.0);
             out.put_u128_le(*amount);
         }
+        put_channel_amounts(&mut out, shortfalls);
         out.freeze()
     }
 
     /// Inverse of [`Summary::encode`]. The counts are checked against the bytes there are
     /// before anything is allocated for them.
     pub fn decode(bytes: &[u8]) -> Result<Summary, DecodeError> {
-        let mut reader = Reader::new(bytes, "summary")?;
+        let mut reader = Reader::of_version(bytes, "summary", SUMMARY_VERSION)?;
         let partition = reader.u32()?;
         let epoch = reader.u64()?;
-        let counts = [reader.u64()?, reader.u64()?, reader.u64()?];
+        let counts = [reader.u64()?, reader.u64()?, reader.u64()?, reader.u64()?];
         let needed = counts
             .iter()
-            .zip([LEAF_BYTES, DEBIT_BYTES, CREDIT_BYTES])
+            .zip([LEAF_BYTES, DEBIT_BYTES, CREDIT_BYTES, SHORTFALL_BYTES])
             .try_fold(0u64, |total, (n, size)| {
                 total.checked_add(n.checked_mul(size as u64)?)
             });
@@ -699,20 +751,13 @@ impl Summary {
             ));
         }
         // Each count is at most the bytes there are, so it fits a usize.
-        let [leaves, debits, credits] = counts.map(|n| n as usize);
+        let [leaves, debits, credits, shortfalls] = counts.map(|n| n as usize);
         let mut sealed = SealedEpoch {
             epoch,
-            leaves: Vec::with_capacity(leaves),
+            leaves: channel_amounts(&mut reader, leaves)?,
             debits: Vec::with_capacity(debits),
             credits: Vec::with_capacity(credits),
         };
-        for _ in 0..leaves {
-            sealed.leaves.push((
-                PayerKey(reader.array()?),
-                Address(reader.array()?),
-                reader.u128()?,
-            ));
-        }
         for _ in 0..debits {
             sealed
                 .debits
@@ -723,9 +768,38 @@ impl Summary {
                 .credits
                 .push((Address(reader.array()?), reader.u128()?));
         }
+        let shortfalls = channel_amounts(&mut reader, shortfalls)?;
         reader.finish()?;
-        Ok(Summary { partition, sealed })
+        Ok(Summary {
+            partition,
+            sealed,
+            shortfalls,
+        })
     }
+}
+
+/// Per-channel amounts (leaves, shortfalls): payer key, payee, amount.
+fn put_channel_amounts(out: &mut BytesMut, entries: &[(PayerKey, Address, u128)]) {
+    for (payer, payee, amount) in entries {
+        out.put_slice(&payer.0);
+        out.put_slice(&payee.0);
+        out.put_u128_le(*amount);
+    }
+}
+
+fn channel_amounts(
+    reader: &mut Reader<'_>,
+    count: usize,
+) -> Result<Vec<(PayerKey, Address, u128)>, DecodeError> {
+    let mut entries = Vec::with_capacity(count);
+    for _ in 0..count {
+        entries.push((
+            PayerKey(reader.array()?),
+            Address(reader.array()?),
+            reader.u128()?,
+        ));
+    }
+    Ok(entries)
 }
 
 /// Reads fixed-width little-endian fields after checking the version byte.
@@ -884,6 +958,12 @@ mod tests {
             funds(FundsKind::WithdrawalCompleted),
             Mark::HeadWithdrawals(head),
             Mark::HeadWithdrawals(HeadWithdrawals::default()),
+            Mark::Shortfall {
+                epoch: 4,
+                payer: PayerKey([6; 32]),
+                available: u128::MAX - 1,
+                based_on: 7,
+            },
         ] {
             let bytes = mark.encode();
             assert!(Mark::is_mark(&bytes));
@@ -935,15 +1015,23 @@ mod tests {
                 (proptest::array::uniform32(proptest::num::u8::ANY), proptest::num::u128::ANY), 0..5),
             credits in proptest::collection::vec(
                 (proptest::array::uniform20(proptest::num::u8::ANY), proptest::num::u128::ANY), 0..5),
+            shortfalls in proptest::collection::vec(
+                (proptest::array::uniform32(proptest::num::u8::ANY),
+                 proptest::array::uniform20(proptest::num::u8::ANY),
+                 proptest::num::u128::ANY), 0..3),
         ) {
+            let channels = |entries: Vec<([u8; 32], [u8; 20], u128)>| -> Vec<(PayerKey, Address, u128)> {
+                entries.into_iter().map(|(a, b, c)| (PayerKey(a), Address(b), c)).collect()
+            };
             let summary = Summary {
                 partition,
                 sealed: SealedEpoch {
                     epoch,
-                    leaves: leaves.into_iter().map(|(a, b, c)| (PayerKey(a), Address(b), c)).collect(),
+                    leaves: channels(leaves),
                     debits: debits.into_iter().map(|(a, b)| (PayerKey(a), b)).collect(),
                     credits: credits.into_iter().map(|(a, b)| (Address(a), b)).collect(),
                 },
+                shortfalls: channels(shortfalls),
             };
             let bytes = summary.encode();
             proptest::prop_assert_eq!(Summary::decode(&bytes), Ok(summary));
@@ -955,6 +1043,10 @@ mod tests {
             let mut huge = bytes.to_vec();
             huge[13..21].copy_from_slice(&u64::MAX.to_le_bytes());
             proptest::prop_assert!(Summary::decode(&huge).is_err());
+            // A summary of the version before (no shortfalls) is refused, not misread.
+            let mut older = bytes.to_vec();
+            older[0] = VERSION;
+            proptest::prop_assert!(Summary::decode(&older).is_err());
         }
     }
 

@@ -23,9 +23,9 @@ use ed25519_dalek::SigningKey;
 use futures::{StreamExt, TryStreamExt};
 use harness::{NatsCluster, trace, within};
 use tollgate_cluster::{
-    Answer, AnswerProblem, Ask, BatchId, Cluster, ClusterConfig, FundsClient, FundsError, FundsLog,
-    FundsLogError, Mark, Node, NodeLedgers, Part, PublishError, Publisher, Verdicts, ask_subject,
-    partition_of, subject_of, subjects,
+    Answer, AnswerProblem, Ask, BatchId, Cluster, ClusterConfig, Epochs, FundsClient, FundsError,
+    FundsLog, FundsLogError, Mark, Node, NodeLedgers, Part, PublishError, Publisher, Summary,
+    Verdicts, ask_subject, partition_of, subject_of, subjects,
 };
 use tollgate_engine::ledger::{FundsEvent, FundsKind, HeadWithdrawals};
 use tollgate_engine::pipeline::{
@@ -1247,4 +1247,144 @@ async fn a_new_owner_restores_checkpoints_and_replays_only_the_rest_of_a_purged_
     within("stop node_b", node_b.stop())
         .await
         .expect("node b stops");
+}
+
+/// Waits until `partition`'s summary of `epoch` is stored and satisfies `wanted`.
+async fn summary_when(
+    epochs: &Epochs,
+    epoch: u64,
+    partition: u32,
+    wanted: impl Fn(&Summary) -> bool,
+) -> Summary {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let summaries = within("read the summaries", epochs.summaries(epoch))
+            .await
+            .expect("summaries read");
+        if let Some(summary) = summaries[partition as usize].clone().filter(&wanted) {
+            return summary;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partition {partition}'s summary of epoch {epoch}: {:?}",
+            summaries[partition as usize]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A payer's exit overtook its debit in a sealed epoch, so the commit reverted with `Overdraft`
+/// and the coordinator wrote a shortfall mark: the payer's owner records the uncovered rest as
+/// cut from what the payer paid in the epoch, in payee order, and stores its summary again with
+/// the cut; at the commit mark the ledger writes the cut off instead of settling it. A shortfall
+/// mark for a payer the epoch does not debit, one in another payer's partition, or one based on
+/// a cut the ledger no longer holds changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shortfall_mark_leaves_the_uncovered_debit_out_of_the_summary_and_the_settlement() {
+    trace();
+    let (_nats, _dir, verifier, cluster, node) = one_node().await;
+    let publisher = Publisher::new(&cluster, verifier.clone(), Duration::from_secs(30));
+    let epochs = Epochs::new(&cluster);
+    let partitions = NonZeroU32::new(PARTITIONS).expect("non-zero");
+    let key = payer_key(1);
+    let payer = payer_of(&key);
+    let partition = partition_of(&payer, partitions);
+    let (payee_a, payee_b) = (Address([0x0a; 20]), Address([0x0b; 20]));
+    let pay = |payee: Address, amount: u64, nonce: u64| {
+        UnsignedReceipt {
+            payee,
+            ..receipt(&key, amount, nonce).unsigned()
+        }
+        .sign(&key, &DOMAIN)
+    };
+    let receipts = [pay(payee_a, 3_000, 1), pay(payee_b, 4_000, 2)];
+    let ack = within("submit", publisher.submit(request(9, 1, &receipts)))
+        .await
+        .expect("acked");
+    assert_eq!(ack.accepted, 2, "{ack:?}");
+    within("seal", epochs.mark(Mark::Seal(1)))
+        .await
+        .expect("sealed");
+    let sealed = summary_when(&epochs, 1, partition, |_| true).await;
+    assert_eq!(sealed.sealed.debits, vec![(payer, 7_000)]);
+    assert!(sealed.shortfalls.is_empty());
+
+    // For a payer of the partition the epoch does not debit: nothing recorded. In another
+    // partition's log: refused.
+    let undebited = (2..)
+        .map(|n| payer_of(&payer_key(n)))
+        .find(|other| partition_of(other, partitions) == partition)
+        .expect("another payer of the partition");
+    within("shortfall", epochs.shortfall(1, undebited, (0, 0)))
+        .await
+        .expect("published");
+    let elsewhere = (0..PARTITIONS)
+        .find(|&p| p != partition)
+        .expect("another partition");
+    let misrouted = Mark::Shortfall {
+        epoch: 1,
+        payer,
+        available: 0,
+        based_on: 0,
+    };
+    cluster
+        .jetstream()
+        .publish(subject_of(elsewhere), misrouted.encode())
+        .await
+        .expect("sent")
+        .await
+        .expect("stored");
+    // The chain held 2,500 of the 7,000: all 3,000 paid to a is cut, then 1,500 of b's 4,000.
+    within("shortfall", epochs.shortfall(1, payer, (2_500, 0)))
+        .await
+        .expect("published");
+    let covered = summary_when(&epochs, 1, partition, |summary| {
+        !summary.shortfalls.is_empty()
+    })
+    .await;
+    assert_eq!(
+        covered.shortfalls,
+        vec![(payer, payee_a, 3_000), (payer, payee_b, 1_500)]
+    );
+    assert_eq!(
+        covered.sealed, sealed.sealed,
+        "the epoch itself is as sealed"
+    );
+    // A mark based on that cut is recorded: the chain now holds 2,000, so 5,000 is cut. Then a
+    // mark written from the summary before it (the chain then held 6,000) is not: the commit
+    // relies on the cut its summary showed, and the commit mark comes right after.
+    within("shortfall", epochs.shortfall(1, payer, (2_000, 4_500)))
+        .await
+        .expect("published");
+    let recut = summary_when(&epochs, 1, partition, |summary| {
+        summary.shortfalls != covered.shortfalls
+    })
+    .await;
+    assert_eq!(
+        recut.shortfalls,
+        vec![(payer, payee_a, 3_000), (payer, payee_b, 2_000)]
+    );
+    within("shortfall", epochs.shortfall(1, payer, (6_000, 4_500)))
+        .await
+        .expect("published");
+    let elsewhere_summary = summary_when(&epochs, 1, elsewhere, |_| true).await;
+    assert!(elsewhere_summary.shortfalls.is_empty());
+
+    within("commit", epochs.mark(Mark::Committed(1)))
+        .await
+        .expect("committed");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let balance = node.owned()[&partition]
+            .payer(&payer)
+            .expect("read")
+            .expect("known");
+        if balance.pending == 0 {
+            assert_eq!((balance.settled, balance.shortfall), (2_000, 5_000));
+            break;
+        }
+        assert!(Instant::now() < deadline, "never settled: {balance:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    within("stop node", node.stop()).await.expect("node stops");
 }

@@ -8,7 +8,6 @@
 //! the submitter sends only what the chain still lacks, so every epoch ends committed exactly once.
 
 use crate::telemetry as names;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -496,39 +495,15 @@ impl EpochLoop {
 
     /// The epoch's debits and credits less its recorded shortfalls, under the root as sealed.
     fn covered_commit(&self, sealed: &SealedEpoch, root: B256) -> Result<EpochCommit, EpochError> {
-        let mut payer_cuts = BTreeMap::new();
-        let mut payee_cuts = BTreeMap::new();
-        for (payer, payee, cut) in self.engine.reader().epoch_shortfalls(sealed.epoch)? {
-            for total in [
-                payer_cuts.entry(payer).or_insert(0u128),
-                payee_cuts.entry(payee).or_insert(0u128),
-            ] {
-                *total = total.saturating_add(cut);
-            }
-        }
-        let broken = || EpochError::ShortfallExceeds(sealed.epoch);
-        let debits = sealed
-            .debits
-            .iter()
-            .map(|(payer, debit)| {
-                let cut = payer_cuts.get(payer).copied().unwrap_or(0);
-                Ok((*payer, debit.checked_sub(cut).ok_or_else(broken)?))
-            })
-            .collect::<Result<_, EpochError>>()?;
-        let credits = sealed
-            .credits
-            .iter()
-            .map(|(payee, credit)| {
-                let cut = payee_cuts.get(payee).copied().unwrap_or(0);
-                Ok((*payee, credit.checked_sub(cut).ok_or_else(broken)?))
-            })
-            .collect::<Result<_, EpochError>>()?;
-        Ok(EpochCommit {
+        let shortfalls = self.engine.reader().epoch_shortfalls(sealed.epoch)?;
+        EpochCommit {
             epoch: sealed.epoch,
             root,
-            debits,
-            credits,
-        })
+            debits: sealed.debits.clone(),
+            credits: sealed.credits.clone(),
+        }
+        .less_shortfalls(&shortfalls)
+        .ok_or(EpochError::ShortfallExceeds(sealed.epoch))
     }
 
     /// Records the parts of a complete commit of `parts` parts that an earlier run sent but

@@ -11,6 +11,7 @@
 //! and an open commit's part count is adopted from the chain (parts are cut evenly, so the cut
 //! depends only on the number of parts), so a restart with another `part_entries_max` finishes it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,36 @@ pub struct EpochCommit {
     pub debits: Vec<(PayerKey, u128)>,
     /// Net credit per payee since the previous epoch.
     pub credits: Vec<(tollgate_engine::Address, u128)>,
+}
+
+impl EpochCommit {
+    /// The commit less `shortfalls` (per channel: payer, payee, cut), which the chain does not
+    /// cover: each payer's debit and each payee's credit reduced by its cuts. Entries keep their
+    /// places, reduced possibly to zero, so the commit is cut into the same parts as before and
+    /// the parts already sent stay valid. `None` if a cut exceeds the entry it reduces.
+    pub fn less_shortfalls(
+        mut self,
+        shortfalls: &[(PayerKey, tollgate_engine::Address, u128)],
+    ) -> Option<EpochCommit> {
+        let mut payer_cuts = BTreeMap::new();
+        let mut payee_cuts = BTreeMap::new();
+        // A channel the payer paid nothing in the epoch can carry a zero cut; its payee may have
+        // no credit entry.
+        for &(payer, payee, cut) in shortfalls.iter().filter(|(_, _, cut)| *cut > 0) {
+            let payer_cut: &mut u128 = payer_cuts.entry(payer).or_default();
+            *payer_cut = payer_cut.checked_add(cut)?;
+            let payee_cut: &mut u128 = payee_cuts.entry(payee).or_default();
+            *payee_cut = payee_cut.checked_add(cut)?;
+        }
+        for (payer, debit) in &mut self.debits {
+            *debit = debit.checked_sub(payer_cuts.remove(payer).unwrap_or(0))?;
+        }
+        for (payee, credit) in &mut self.credits {
+            *credit = credit.checked_sub(payee_cuts.remove(payee).unwrap_or(0))?;
+        }
+        // A cut of an entry the commit does not have exceeds it.
+        (payer_cuts.is_empty() && payee_cuts.is_empty()).then_some(self)
+    }
 }
 
 /// Submitter limits. Defaults suit a public chain with 30M-gas blocks.
@@ -771,5 +802,46 @@ impl Submitter {
         Ok(block
             .map(|block| block.header.timestamp)
             .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_engine::Address;
+
+    #[test]
+    fn shortfalls_reduce_entries_in_place_and_a_cut_beyond_its_entry_is_refused() {
+        let (payer_a, payer_b) = (PayerKey([1; 32]), PayerKey([2; 32]));
+        let (payee_x, payee_y, payee_z) = (Address([8; 20]), Address([9; 20]), Address([7; 20]));
+        let commit = EpochCommit {
+            epoch: 4,
+            root: B256::repeat_byte(3),
+            debits: vec![(payer_a, 10), (payer_b, 6)],
+            credits: vec![(payee_x, 9), (payee_y, 7)],
+        };
+        // Payer a's 10 is covered to 1: 6 cut from x, 3 from y; a zero cut on a channel whose
+        // payee has no credit entry (z) changes nothing.
+        let cuts = [
+            (payer_a, payee_x, 6),
+            (payer_a, payee_y, 3),
+            (payer_a, payee_z, 0),
+        ];
+        let covered = commit.clone().less_shortfalls(&cuts).expect("covered");
+        assert_eq!(covered.root, commit.root);
+        assert_eq!(covered.debits, vec![(payer_a, 1), (payer_b, 6)]);
+        assert_eq!(covered.credits, vec![(payee_x, 3), (payee_y, 4)]);
+        // Cut to zero, the entry keeps its place.
+        let all = [(payer_b, payee_y, 6)];
+        let zeroed = commit.clone().less_shortfalls(&all).expect("covered");
+        assert_eq!(zeroed.debits, vec![(payer_a, 10), (payer_b, 0)]);
+        assert_eq!(zeroed.credits, vec![(payee_x, 9), (payee_y, 1)]);
+        for beyond in [
+            [(payer_b, payee_y, 7)],
+            [(payer_b, payee_z, 1)],
+            [(PayerKey([5; 32]), payee_x, 1)],
+        ] {
+            assert_eq!(commit.clone().less_shortfalls(&beyond), None, "{beyond:?}");
+        }
     }
 }

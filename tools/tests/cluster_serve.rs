@@ -145,9 +145,14 @@ impl Chain {
 
     /// Settlement on, every epoch a second, deposits and commits final at once.
     fn args(&self) -> Vec<String> {
+        self.args_via(&self.anvil.endpoint())
+    }
+
+    /// [`Chain::args`] with the chain reached at `rpc_url`.
+    fn args_via(&self, rpc_url: &str) -> Vec<String> {
         [
             "--rpc-url",
-            &self.anvil.endpoint(),
+            rpc_url,
             "--contract",
             &self.deployed.settlement.to_string(),
             "--chain-id",
@@ -370,8 +375,12 @@ fn ledger_totals(ledgers: &[Engine], payers: &[PayerKey]) -> BTreeMap<u32, (u64,
     totals
 }
 
+/// One cluster test at a time: two would share the machine's two cores.
+static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_of_serve_processes_counts_every_acked_receipt_once_across_a_kill_9() {
+    let _alone = ONE_CLUSTER.lock().await;
     let started = Instant::now();
     let mut nats = NatsCluster::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1051,4 +1060,189 @@ fn a_node_started_before_nats_joins_once_nats_answers() {
     node.terminate(Duration::from_secs(30)).expect("stops");
     drop(nats.kill());
     drop(nats.wait());
+}
+
+/// Moves anvil's clock `secs` ahead and mines a block at the new time.
+async fn advance_chain(chain: &Chain, secs: u64) {
+    use alloy::providers::Provider;
+    let provider = alloy::providers::ProviderBuilder::new()
+        .connect_http(chain.anvil.endpoint().parse().expect("url"));
+    let _: serde_json::Value = provider
+        .raw_request("evm_increaseTime".into(), (secs,))
+        .await
+        .expect("increase time");
+    let _: serde_json::Value = provider
+        .raw_request("evm_mine".into(), ())
+        .await
+        .expect("mine");
+}
+
+/// Waits until `payer`'s view on `view` satisfies `wanted`, and returns it.
+async fn payer_when(
+    view: &QueryClient,
+    payer: &PayerKey,
+    what: &str,
+    wanted: impl Fn(&tollgate_query::model::PayerView) -> bool,
+) -> tollgate_query::model::PayerView {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let seen = view.payer(payer).await;
+        if let Ok(seen) = &seen
+            && wanted(seen)
+        {
+            return seen.clone();
+        }
+        assert!(Instant::now() < deadline, "{what}: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A payer's exit overtakes debits the cluster accepted while the chain was out of its reach
+/// for longer than the withdrawal delay: the epoch's commit reverts with `Overdraft`. The
+/// coordinator writes a shortfall mark into the payer's partition, its owner records the
+/// uncovered rest (cut from what the payer paid in the epoch, in payee order) and stores its
+/// summary again, and the epoch is committed without it: the other payer's debits in the same
+/// epoch settle in full, the next epoch settles too, and every balance equals the chain's.
+/// Before shortfalls reached cluster mode, the coordinator retried the reverting commit every
+/// tick and settlement stopped for everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exit_that_overtakes_debits_while_the_chain_is_out_of_reach_is_committed_as_a_shortfall()
+{
+    let _alone = ONE_CLUSTER.lock().await;
+    let nats = NatsCluster::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("cluster.toml"), CLUSTER_TABLE).expect("config file");
+    let (exiting_key, staying_key) = (payer_key(0x5e), payer_key(0x57));
+    let [exiting, staying] =
+        [&exiting_key, &staying_key].map(|key| PayerKey(key.verifying_key().to_bytes()));
+    let chain = Chain::start(&[exiting, staying]).await;
+    let domain = chain.domain;
+    // The node reaches the chain through a proxy the test can cut.
+    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cutting = Arc::clone(&cut);
+    let proxy = common::RpcProxy::start(chain.anvil.endpoint(), move |_, _| {
+        cutting.load(Ordering::SeqCst)
+    })
+    .await;
+    let mut args = node_args(
+        dir.path(),
+        &nats.urls().join(","),
+        "n0",
+        (PARTITIONS, "reject"),
+    );
+    args.extend(chain.args_via(&proxy.url));
+    let operator_key = hex::encode(common::dev_key(&chain.anvil, 0).to_bytes());
+    let node = ServerProcess::start(
+        TOLLGATE.as_ref(),
+        &args,
+        Some(&dir.path().join("n0.log")),
+        &[("TOLLGATE_OPERATOR_KEY", &operator_key)],
+    )
+    .expect("the node starts");
+    balanced(&[&node]).await;
+    let view = query_client(&node, Credentials::Bearer(OPERATOR_TOKEN.into()));
+    deposited(&view, &[exiting, staying], DEPOSIT).await;
+    let client = Client::connect(client_config(node.listen.to_string(), 7, domain))
+        .await
+        .expect("connect");
+    let (payee_a, payee_b) = (Address([0x0a; 20]), Address([0x0b; 20]));
+    let pay = async |key: &SigningKey, payee: Address, amount: u64, nonce: u64| {
+        let receipt = UnsignedReceipt {
+            payer: PayerKey(key.verifying_key().to_bytes()),
+            payee,
+            amount,
+            nonce,
+            timestamp_ms: now_ms(),
+            request_hash: [0x5f; 32],
+            session: false,
+        }
+        .sign(key, &domain);
+        let verdict = client.submit(receipt).await.expect("submit");
+        assert_eq!(verdict.await.expect("a verdict"), Ok(()));
+    };
+
+    pay(&exiting_key, payee_a, 3_000, 1).await;
+    pay(&staying_key, payee_a, 2_000, 1).await;
+    payer_when(&view, &exiting, "epoch 1 settled", |seen| {
+        seen.settled == 3_000
+    })
+    .await;
+
+    // The chain is out of reach: nothing is committed, and the funds watcher hears nothing.
+    cut.store(true, Ordering::SeqCst);
+    // The exiting payer pays a 2,000 more (its leaf grows from 3,000 to 5,000) and b 4,000;
+    // the staying payer pays both too.
+    pay(&exiting_key, payee_a, 2_000, 2).await;
+    pay(&exiting_key, payee_b, 4_000, 3).await;
+    pay(&staying_key, payee_a, 1_000, 2).await;
+    pay(&staying_key, payee_b, 500, 3).await;
+    // Its owner exits with all but 2,000 of what the chain holds: 2,000 of the 6,000 debit is
+    // covered.
+    let owner = common::dev_key(&chain.anvil, 1);
+    let rpc = chain.anvil.endpoint();
+    let settlement = chain.deployed.settlement;
+    tollgate_settle::chain::request_withdrawal(
+        &rpc,
+        owner.clone(),
+        settlement,
+        &exiting,
+        DEPOSIT - 3_000 - 2_000,
+    )
+    .await
+    .expect("the exit is requested");
+    advance_chain(
+        &chain,
+        tollgate_settle::DeployParams::dev().withdrawal_delay_secs + 1,
+    )
+    .await;
+    tollgate_settle::chain::complete_withdrawal(&rpc, owner, settlement, &exiting)
+        .await
+        .expect("the exit completes");
+
+    cut.store(false, Ordering::SeqCst);
+    // 4,000 uncovered: all 2,000 the payer paid a in epoch 2, then 2,000 of b's 4,000.
+    let cut = payer_when(&view, &exiting, "epoch 2 committed", |seen| {
+        seen.pending == 0 && seen.settled > 3_000
+    })
+    .await;
+    assert_eq!((cut.settled, cut.shortfall), (5_000, 4_000), "{cut:?}");
+    // Settling goes on, for the other payer in full.
+    pay(&staying_key, payee_b, 700, 4).await;
+    let full = payer_when(&view, &staying, "epoch 3 committed", |seen| {
+        seen.pending == 0 && seen.settled == 4_200
+    })
+    .await;
+    assert_eq!(full.shortfall, 0);
+    let shortfall_counted = series(&node, tollgate_settle::telemetry::SHORTFALL)
+        .await
+        .expect("the shortfall counter");
+    assert_eq!(shortfall_counted, 4_000.0);
+
+    // The chain agrees: what it still holds for each payer, what each payee can withdraw.
+    let contract = chain.reader().await;
+    for (payer, seen) in [(exiting, &cut), (staying, &full)] {
+        let onchain = contract.available(&payer).await.expect("read the chain");
+        let held = payer_when(&view, &payer, "withdrawal seen", |seen| {
+            seen.withdrawal_requested == 0
+        })
+        .await;
+        assert_eq!(
+            onchain,
+            held.deposited - held.withdrawn - held.settled,
+            "{payer}: {seen:?}"
+        );
+    }
+    for (payee, settled) in [(payee_a, 6_000), (payee_b, 3_200)] {
+        assert_eq!(
+            contract.withdrawable(payee).await.expect("read the chain"),
+            settled,
+            "{payee}"
+        );
+    }
+    println!(
+        "shortfall in cluster mode: payer's exit overtook a 6000 debit, 4000 uncovered and \
+         written off, the epoch committed with the rest and the next one after it"
+    );
+    client.close().await.expect("close");
+    node.terminate(Duration::from_secs(30)).expect("stops");
 }

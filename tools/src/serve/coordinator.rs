@@ -12,7 +12,7 @@
 //! due, it writes `Seal(e)` into every log; when some are, a coordinator that stopped half-way
 //! left them, and it writes the seal marks again at once (each partition seals at the first).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use alloy::primitives::B256;
@@ -20,9 +20,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tollgate_cluster::telemetry::COORDINATOR;
 use tollgate_cluster::{Epochs, Mark, Summary};
+use tollgate_engine::PayerKey;
 use tollgate_settle::epoch::EpochConfig;
 use tollgate_settle::merkle::{MerkleError, PartitionedTree};
-use tollgate_settle::submitter::{EpochCommit, OnchainEpoch, SubmitError, Submitter};
+use tollgate_settle::submitter::{EpochCommit, OnchainEpoch, Overdraft, SubmitError, Submitter};
 use tollgate_settle::telemetry as names;
 
 use super::role;
@@ -47,6 +48,9 @@ struct Term {
     quiet_tail: Option<u64>,
     /// The epoch whose failure was last logged, so a failure repeated every tick is logged once.
     failing: Option<u64>,
+    /// Shortfall marks this term wrote (epoch, payer, what the chain held): each is written
+    /// again while the commit still reverts, but logged once.
+    shortfalls: BTreeSet<(u64, PayerKey, u128)>,
 }
 
 /// Why a step did not finish: tried again at the next tick.
@@ -90,6 +94,7 @@ impl Coordinator {
             due: Instant::now() + interval,
             quiet_tail: None,
             failing: None,
+            shortfalls: BTreeSet::new(),
         };
         loop {
             match self.step(&mut term, interval).await {
@@ -148,7 +153,7 @@ impl Coordinator {
             .map_err(|error| failed(error.into()))?;
         if summaries.iter().all(Option::is_some) {
             // Its commit marks go out at the next step, from the chain's position.
-            self.commit(next, summaries.into_iter().flatten().collect())
+            self.commit(term, next, summaries.into_iter().flatten().collect())
                 .await
                 .map_err(failed)?;
             term.marked = None;
@@ -187,30 +192,86 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Writes the shortfall of `overdraft` into its payer's partition, based on the payer's cut
+    /// in `summaries` (what the failed commit was built from); logged the first time this term.
+    async fn shortfall(
+        &self,
+        term: &mut Term,
+        summaries: &[Summary],
+        overdraft: &Overdraft,
+    ) -> Result<(), StepError> {
+        let Overdraft {
+            epoch,
+            part,
+            payer,
+            available,
+            amount,
+        } = *overdraft;
+        let based_on = summaries
+            .iter()
+            .flat_map(|summary| &summary.shortfalls)
+            .filter(|(cut_payer, _, _)| *cut_payer == payer)
+            .fold(0u128, |total, (_, _, cut)| total.saturating_add(*cut));
+        self.epochs
+            .shortfall(epoch, payer, (available, based_on))
+            .await?;
+        if term.shortfalls.insert((epoch, payer, available)) {
+            tracing::warn!(
+                epoch,
+                part,
+                payer = %payer,
+                available,
+                debited = amount,
+                "payer's exit overtook its debit: the epoch is committed without the uncovered amount (shortfall) once the payer's partition has recorded it"
+            );
+        }
+        Ok(())
+    }
+
     /// Messages one mark adds to the log: one per partition.
     fn width(&self) -> u64 {
         u64::from(self.epochs.partitions().get())
     }
 
     /// Builds epoch `epoch`'s tree and net amounts from the partitions' summaries and commits
-    /// it, returning once the commit is final.
-    async fn commit(&self, epoch: u64, summaries: Vec<Summary>) -> Result<(), StepError> {
+    /// it, returning once the commit is final. When a payer's exit has overtaken its debit
+    /// (`Overdraft`), it writes a shortfall mark into the payer's partition instead and returns:
+    /// the owner records the cut and stores its summary again, and a later step commits the
+    /// epoch without the uncovered amount, so one payer never stops settlement for everyone.
+    async fn commit(
+        &self,
+        term: &mut Term,
+        epoch: u64,
+        summaries: Vec<Summary>,
+    ) -> Result<(), StepError> {
         let commit = epoch_commit(epoch, &summaries)?;
-        let outcome = self
-            .submitter
-            .submit(&commit)
-            .await
-            .map_err(|source| StepError::Commit {
-                epoch,
-                source: Box::new(source),
-            })?;
+        let outcome = match self.submitter.submit(&commit).await {
+            Ok(outcome) => outcome,
+            Err(SubmitError::Overdraft(overdraft)) => {
+                return self.shortfall(term, &summaries, &overdraft).await;
+            }
+            Err(source) => {
+                return Err(StepError::Commit {
+                    epoch,
+                    source: Box::new(source),
+                });
+            }
+        };
         match outcome.onchain {
             OnchainEpoch::Committed => {
+                // Counted by the coordinator whose commit completes the epoch, so once.
+                let written_off = summaries
+                    .iter()
+                    .flat_map(|summary| &summary.shortfalls)
+                    .fold(0u128, |total, (_, _, cut)| total.saturating_add(*cut));
+                metrics::counter!(names::SHORTFALL)
+                    .increment(u64::try_from(written_off).unwrap_or(u64::MAX));
                 metrics::gauge!(names::LAST_COMMITTED_EPOCH).set(epoch as f64);
                 tracing::info!(
                     epoch,
                     root = %commit.root,
                     debits = commit.debits.len(),
+                    written_off,
                     credits = commit.credits.len(),
                     parts = outcome.parts,
                     sent = outcome.landed.len(),
@@ -228,7 +289,8 @@ impl Coordinator {
 
 /// The cluster's commit of `epoch`: the root of the tree over the partitions' trees (zero when
 /// no partition has a leaf, as for a standalone epoch without leaves), every partition's debits
-/// (payers are in one partition each) and the credits netted over the partitions.
+/// (payers are in one partition each) and the credits netted over the partitions, less the
+/// shortfalls the partitions recorded.
 fn epoch_commit(epoch: u64, summaries: &[Summary]) -> Result<EpochCommit, StepError> {
     let broken = |why: String| StepError::Summaries { epoch, why };
     let tree = PartitionedTree::from_sealed(epoch, summaries.iter().map(|summary| &summary.sealed));
@@ -256,12 +318,18 @@ fn epoch_commit(epoch: u64, summaries: &[Summary]) -> Result<EpochCommit, StepEr
         )));
     }
     debits.sort_unstable_by_key(|(payer, _)| *payer);
-    Ok(EpochCommit {
+    let shortfalls: Vec<_> = summaries
+        .iter()
+        .flat_map(|summary| summary.shortfalls.iter().copied())
+        .collect();
+    EpochCommit {
         epoch,
         root,
         debits,
         credits: credits.into_iter().collect(),
-    })
+    }
+    .less_shortfalls(&shortfalls)
+    .ok_or_else(|| broken("a shortfall exceeds what it cuts".to_string()))
 }
 
 /// The sum of `amounts`, `None` past u128.
@@ -289,7 +357,11 @@ mod tests {
             *credits.entry(Address([payee; 20])).or_insert(0u128) += amount;
         }
         sealed.credits = credits.into_iter().collect();
-        Summary { partition, sealed }
+        Summary {
+            partition,
+            sealed,
+            shortfalls: Vec::new(),
+        }
     }
 
     #[test]
@@ -316,5 +388,34 @@ mod tests {
         let mut unbalanced = summaries.to_vec();
         unbalanced[2].sealed.credits[0].1 += 1;
         assert!(epoch_commit(3, &unbalanced).is_err());
+    }
+
+    #[test]
+    fn a_recorded_shortfall_is_left_out_of_the_debit_and_the_netted_credit_under_the_same_root() {
+        let mut summaries = [
+            summary(0, &[(1, 9, 5), (2, 8, 7)]),
+            summary(1, &[(3, 9, 11)]),
+        ];
+        let full = epoch_commit(3, &summaries).expect("balanced");
+        // Payer 3's exit left 7 of its 11: the 4 it did not cover is cut from payee 9, whose
+        // credit is netted over both partitions (5 + 11).
+        summaries[1].shortfalls = vec![(PayerKey([3; 32]), Address([9; 20]), 4)];
+        let covered = epoch_commit(3, &summaries).expect("covered");
+        assert_eq!(covered.root, full.root, "the leaves are as sealed");
+        assert_eq!(
+            covered.debits,
+            vec![
+                (PayerKey([1; 32]), 5),
+                (PayerKey([2; 32]), 7),
+                (PayerKey([3; 32]), 7)
+            ]
+        );
+        assert_eq!(
+            covered.credits,
+            vec![(Address([8; 20]), 7), (Address([9; 20]), 12)]
+        );
+        // A cut beyond what it cuts is refused, not committed.
+        summaries[1].shortfalls = vec![(PayerKey([3; 32]), Address([9; 20]), 12)];
+        assert!(epoch_commit(3, &summaries).is_err());
     }
 }
