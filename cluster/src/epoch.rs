@@ -39,7 +39,7 @@ use crate::error::NatsError;
 use crate::lease::{COORDINATOR_LEASE, LeaseKeeper, Leases};
 use crate::mark_log::publish_mark;
 use crate::objects::{ReadError, read_object};
-use crate::part::{DecodeError, Mark, Summary};
+use crate::part::{DecodeError, Mark, Shortfall, Summary};
 use crate::partition::partition_of;
 use crate::resources::Cluster;
 use crate::retry::backoff;
@@ -243,18 +243,7 @@ pub(crate) async fn apply_mark(
                 }
             }
         }
-        Mark::Shortfall {
-            epoch,
-            payer,
-            available,
-            based_on,
-        } => {
-            let shortfall = Shortfall {
-                epoch,
-                payer,
-                available,
-                based_on,
-            };
+        Mark::Shortfall(shortfall) => {
             apply_shortfall(engine, summaries, partition, shortfall, stop).await?;
         }
         // The ledger applies a funds event once, by its chain position.
@@ -264,14 +253,6 @@ pub(crate) async fn apply_mark(
         }
     }
     Ok(())
-}
-
-/// A [`Mark::Shortfall`]'s fields.
-struct Shortfall {
-    epoch: u64,
-    payer: PayerKey,
-    available: u128,
-    based_on: u128,
 }
 
 /// Records a shortfall mark's cut in the ledger when the epoch is sealed and not settled, it
@@ -566,12 +547,12 @@ impl Epochs {
         payer: PayerKey,
         (available, based_on): (u128, u128),
     ) -> Result<(), EpochsError> {
-        let mark = Mark::Shortfall {
+        let mark = Mark::Shortfall(Shortfall {
             epoch,
             payer,
             available,
             based_on,
-        };
+        });
         publish_mark(
             &self.jetstream,
             partition_of(&payer, self.partitions),

@@ -88,7 +88,7 @@ pub use node::{Node, NodeLedgers};
 pub use owner::{OwnerError, PartRefused, REFUSALS_KEPT};
 pub use part::{
     ASK_PREFIX, Answer, Ask, BatchId, DecodeError, FUNDS_PREFIX, FundsAnswer, FundsQuery, Mark,
-    Part, Summary, Verdicts, ask_subject, funds_subject,
+    Part, Shortfall, Summary, Verdicts, ask_subject, funds_subject,
 };
 pub use partition::{SUBJECT_PREFIX, partition_of, subject_of};
 pub use publish::{AnswerProblem, PublishError, Publisher};

@@ -525,19 +525,22 @@ pub enum Mark {
     /// The withdrawal requests of the partition's payers in the blocks not yet confirmed,
     /// replacing the last such set.
     HeadWithdrawals(HeadWithdrawals),
-    /// The chain holds only `available` of `payer`'s debit in `epoch`, sealed and not yet
-    /// committed: the payer's exit overtook it and the commit reverted with `Overdraft`. The
-    /// owner records the uncovered rest as the epoch's shortfall and stores the partition's
-    /// summary again with it, so the coordinator commits the epoch without it. Only if the
-    /// payer's cut in the epoch is still `based_on`, the cut in the summary the failed commit
-    /// was built from: a mark written from an out-of-date summary must not replace a cut a later
-    /// commit relies on.
-    Shortfall {
-        epoch: u64,
-        payer: PayerKey,
-        available: u128,
-        based_on: u128,
-    },
+    /// A payer's exit overtook its debit in a sealed epoch: see [`Shortfall`].
+    Shortfall(Shortfall),
+}
+
+/// The chain holds only `available` of `payer`'s debit in `epoch`, sealed and not yet
+/// committed: the payer's exit overtook it and the commit reverted with `Overdraft`. The owner
+/// records the uncovered rest as the epoch's shortfall and stores the partition's summary again
+/// with it, so the coordinator commits the epoch without it. Only if the payer's cut in the
+/// epoch is still `based_on`, the cut in the summary the failed commit was built from: a mark
+/// written from an out-of-date summary must not replace a cut a later commit relies on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shortfall {
+    pub epoch: u64,
+    pub payer: PayerKey,
+    pub available: u128,
+    pub based_on: u128,
 }
 
 impl Mark {
@@ -571,12 +574,12 @@ impl Mark {
                     out.put_u128_le(*amount);
                 }
             }
-            Mark::Shortfall {
+            Mark::Shortfall(Shortfall {
                 epoch,
                 payer,
                 available,
                 based_on,
-            } => {
+            }) => {
                 out.put_u8(MARK_SHORTFALL);
                 out.put_u64_le(*epoch);
                 out.put_slice(&payer.0);
@@ -592,7 +595,7 @@ impl Mark {
     pub fn payer(&self) -> Option<&PayerKey> {
         match self {
             Mark::Funds(event) => Some(&event.payer),
-            Mark::Shortfall { payer, .. } => Some(payer),
+            Mark::Shortfall(shortfall) => Some(&shortfall.payer),
             Mark::Seal(_) | Mark::Committed(_) | Mark::Voided(_) | Mark::HeadWithdrawals(_) => None,
         }
     }
@@ -643,12 +646,12 @@ impl Mark {
                 }
                 Mark::HeadWithdrawals(HeadWithdrawals(requests))
             }
-            MARK_SHORTFALL => Mark::Shortfall {
+            MARK_SHORTFALL => Mark::Shortfall(Shortfall {
                 epoch: reader.u64()?,
                 payer: PayerKey(reader.array()?),
                 available: reader.u128()?,
                 based_on: reader.u128()?,
-            },
+            }),
             other => return Err(malformed(WHAT, format!("unknown kind {other}"))),
         };
         reader.finish()?;
@@ -670,7 +673,7 @@ impl Mark {
             Mark::Voided(epoch) => Some(format!("voided.{epoch}.{partition}")),
             // A chain position names one event, which goes into one partition.
             Mark::Funds(event) => Some(format!("funds.{}.{}", event.block, event.log_index)),
-            Mark::HeadWithdrawals(_) | Mark::Shortfall { .. } => None,
+            Mark::HeadWithdrawals(_) | Mark::Shortfall(_) => None,
         }
     }
 }
@@ -958,12 +961,12 @@ mod tests {
             funds(FundsKind::WithdrawalCompleted),
             Mark::HeadWithdrawals(head),
             Mark::HeadWithdrawals(HeadWithdrawals::default()),
-            Mark::Shortfall {
+            Mark::Shortfall(Shortfall {
                 epoch: 4,
                 payer: PayerKey([6; 32]),
                 available: u128::MAX - 1,
                 based_on: 7,
-            },
+            }),
         ] {
             let bytes = mark.encode();
             assert!(Mark::is_mark(&bytes));

@@ -24,8 +24,8 @@ use futures::{StreamExt, TryStreamExt};
 use harness::{NatsCluster, trace, within};
 use tollgate_cluster::{
     Answer, AnswerProblem, Ask, BatchId, Cluster, ClusterConfig, Epochs, FundsClient, FundsError,
-    FundsLog, FundsLogError, Mark, Node, NodeLedgers, Part, PublishError, Publisher, Summary,
-    Verdicts, ask_subject, partition_of, subject_of, subjects,
+    FundsLog, FundsLogError, Mark, Node, NodeLedgers, Part, PublishError, Publisher, Shortfall,
+    Summary, Verdicts, ask_subject, partition_of, subject_of, subjects,
 };
 use tollgate_engine::ledger::{FundsEvent, FundsKind, HeadWithdrawals};
 use tollgate_engine::pipeline::{
@@ -1321,12 +1321,12 @@ async fn a_shortfall_mark_leaves_the_uncovered_debit_out_of_the_summary_and_the_
     let elsewhere = (0..PARTITIONS)
         .find(|&p| p != partition)
         .expect("another partition");
-    let misrouted = Mark::Shortfall {
+    let misrouted = Mark::Shortfall(Shortfall {
         epoch: 1,
         payer,
         available: 0,
         based_on: 0,
-    };
+    });
     cluster
         .jetstream()
         .publish(subject_of(elsewhere), misrouted.encode())
