@@ -13,13 +13,18 @@ bootstrap:
 
 # Every check CI runs: formatting, no module circles inside a crate, lints as errors, every test
 # in the workspace, then the TypeScript packages' tests against the `tollgate` binary cargo test
-# built (their npm packages are installed by bootstrap).
+# built (their npm packages are installed by bootstrap). The tests are built first and timed
+# apart from their run: a cold machine spends most of `make test` compiling, and the suite's own
+# time is what must stay under 15 minutes.
 test: bootstrap
 	$(CARGO) fmt --all -- --check
 	python3 scripts/module_cycles.py
 	$(CARGO) clippy --workspace --all-targets $(BUILD_FLAGS) -- -D warnings
-	$(CARGO) test --workspace $(BUILD_FLAGS)
-	cd clients/typescript && npm run build && TOLLGATE_BIN=$(TARGET_DIR)/release/tollgate npm test
+	$(CARGO) test --workspace $(BUILD_FLAGS) --no-run
+	@started=$$(date +%s) && \
+	$(CARGO) test --workspace $(BUILD_FLAGS) && \
+	cd clients/typescript && npm run build && TOLLGATE_BIN=$(TARGET_DIR)/release/tollgate npm test && \
+	echo "make test: the tests themselves ran in $$(( $$(date +%s) - started )) s"
 
 demo:
 	./scripts/demo.sh
