@@ -68,6 +68,14 @@ pub struct ClusterConfig {
     /// Checkpoints kept per partition; the log is purged through the oldest kept once this
     /// many exist. At least 2, so a corrupt newest checkpoint has one to fall back to.
     pub checkpoints_kept: usize,
+
+    /// Object store holding each partition's summary of each sealed epoch, from which the
+    /// coordinator commits and any node serves proofs. Its own store, not the checkpoints': a
+    /// checkpoint listing reads every object's name, and summaries grow by one per partition per
+    /// epoch. No byte limit: a refused summary would stop every epoch.
+    pub summary_bucket: String,
+    /// Copies of each summary.
+    pub summary_replicas: usize,
 }
 
 impl Default for ClusterConfig {
@@ -92,6 +100,8 @@ impl Default for ClusterConfig {
             checkpoint_every_messages: 100_000,
             checkpoint_every_ms: 300_000,
             checkpoints_kept: 2,
+            summary_bucket: "tollgate-summaries".to_string(),
+            summary_replicas: 3,
         }
     }
 }
@@ -141,6 +151,7 @@ impl ClusterConfig {
             ("lease_replicas", self.lease_replicas),
             ("meta_replicas", self.meta_replicas),
             ("checkpoint_replicas", self.checkpoint_replicas),
+            ("summary_replicas", self.summary_replicas),
         ] {
             if !(1..=REPLICAS_MAX).contains(&replicas) {
                 return invalid(key, "JetStream keeps 1 to 5 replicas");
@@ -223,7 +234,7 @@ mod tests {
     #[test]
     fn each_bad_setting_is_named() {
         type Break = fn(&mut ClusterConfig);
-        let cases: [(&str, Break); 12] = [
+        let cases: [(&str, Break); 13] = [
             ("node_id", |c| c.node_id.clear()),
             ("node_id", |c| c.node_id = "node 1".into()),
             ("node_id", |c| c.node_id = "n1.".into()),
@@ -240,6 +251,7 @@ mod tests {
             }),
             ("checkpoint_every_ms", |c| c.checkpoint_every_ms = 0),
             ("checkpoints_kept", |c| c.checkpoints_kept = 1),
+            ("summary_replicas", |c| c.summary_replicas = 0),
         ];
         for (want, break_it) in cases {
             let mut config = named();

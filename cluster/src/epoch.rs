@@ -71,14 +71,13 @@ fn nats(what: &'static str) -> impl FnOnce(NatsError) -> EpochsError {
 /// How long storing or reading one summary may take before it is given up and tried again.
 const SUMMARY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The object name of partition `partition`'s summary of `epoch`, in the checkpoints' object
-/// store (whose checkpoints are named `p.<p>.<seq>`, so neither listing sees the other).
+/// The object name of partition `partition`'s summary of `epoch`, in the summary store.
 fn summary_name(epoch: u64, partition: u32) -> String {
     format!("e.{epoch:020}.{partition}")
 }
 
-/// Where owners store their partitions' summaries: the checkpoints' object store (`store`, its
-/// stream `objects`).
+/// Where owners store their partitions' summaries: the summary store (`store`, its stream
+/// `objects`).
 #[derive(Clone)]
 pub(crate) struct Summaries {
     store: object_store::ObjectStore,
@@ -91,8 +90,8 @@ pub(crate) struct Summaries {
 impl Summaries {
     pub(crate) fn new(cluster: &Cluster) -> Summaries {
         Summaries {
-            store: cluster.checkpoints().clone(),
-            objects: cluster.checkpoint_stream().clone(),
+            store: cluster.summaries().clone(),
+            objects: cluster.summary_stream().clone(),
             writing: Arc::default(),
         }
     }

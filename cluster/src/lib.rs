@@ -5,7 +5,8 @@
 //! receipts log (one replicated stream, subject `tollgate.rx.<p>` per payer partition, with a
 //! duplicate window so a re-published batch part carrying the same `Nats-Msg-Id` is stored once),
 //! a meta KV bucket recording the partition count fixed at creation (and each partition's purge
-//! floor), a lease KV bucket, and an object store for partition checkpoints. A payer belongs to
+//! floor), a lease KV bucket, an object store for partition checkpoints and one for the
+//! partitions' summaries of sealed epochs. A payer belongs to
 //! one partition forever ([`partition_of`], a BLAKE3 hash of its key), so its funds check stays
 //! local to that partition. Each partition has at most one owner at a time, chosen by a lease in
 //! the lease bucket ([`Leases`]): compare-and-set on the key's revision to take it, renewed by

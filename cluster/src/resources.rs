@@ -26,6 +26,9 @@ pub struct Cluster {
     checkpoints: object_store::ObjectStore,
     /// The stream behind the checkpoint store, whose subjects list the checkpoints.
     checkpoint_stream: stream::Stream,
+    summaries: object_store::ObjectStore,
+    /// The stream behind the summary store, read directly (see `objects`).
+    summary_stream: stream::Stream,
     /// The meta bucket: facts fixed at creation, and each partition's purge floor.
     meta: kv::Store,
     leases: Leases,
@@ -33,7 +36,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// Connects and creates (or opens, when another node created them) the log stream, the meta
-    /// and lease buckets and the checkpoint store. Safe to run on every node at every start.
+    /// and lease buckets and the checkpoint and summary stores. Safe to run on every node at every start.
     /// Refuses, changing nothing, a resource that exists with other settings or a cluster
     /// created with another partition count.
     pub async fn start(config: ClusterConfig) -> Result<Cluster, ClusterError> {
@@ -95,27 +98,20 @@ impl Cluster {
         )
         .await?;
 
-        let checkpoints = ensure(
+        let (checkpoints, checkpoint_stream) = open_objects(
             &jetstream,
-            Want::objects(&config),
-            jetstream.create_object_store(object_store::Config {
-                bucket: config.checkpoint_bucket.clone(),
-                description: Some("Tollgate partition checkpoints".to_string()),
-                num_replicas: config.checkpoint_replicas,
-                max_bytes: config.checkpoint_max_bytes,
-                ..Default::default()
-            }),
-            async || jetstream.get_object_store(&config.checkpoint_bucket).await,
+            &config.checkpoint_bucket,
+            "Tollgate partition checkpoints",
+            (config.checkpoint_replicas, config.checkpoint_max_bytes),
         )
         .await?;
-
-        let checkpoint_stream = jetstream
-            .get_stream(format!("OBJ_{}", config.checkpoint_bucket))
-            .await
-            .map_err(|source| ClusterError::Resource {
-                resource: format!("object store {}", config.checkpoint_bucket),
-                source: source.into(),
-            })?;
+        let (summaries, summary_stream) = open_objects(
+            &jetstream,
+            &config.summary_bucket,
+            "Tollgate partitions' summaries of sealed epochs",
+            (config.summary_replicas, -1),
+        )
+        .await?;
         info!(
             node = %config.node_id,
             partitions = partitions.get(),
@@ -135,6 +131,8 @@ impl Cluster {
             stream,
             checkpoints,
             checkpoint_stream,
+            summaries,
+            summary_stream,
             meta,
             leases,
         })
@@ -168,6 +166,16 @@ impl Cluster {
     /// The stream behind the checkpoint store.
     pub(crate) fn checkpoint_stream(&self) -> &stream::Stream {
         &self.checkpoint_stream
+    }
+
+    /// The summary store.
+    pub(crate) fn summaries(&self) -> &object_store::ObjectStore {
+        &self.summaries
+    }
+
+    /// The stream behind the summary store.
+    pub(crate) fn summary_stream(&self) -> &stream::Stream {
+        &self.summary_stream
     }
 
     /// The meta bucket.
@@ -232,15 +240,14 @@ impl Want {
         }
     }
 
-    fn objects(config: &ClusterConfig) -> Want {
-        let bucket = &config.checkpoint_bucket;
+    fn objects(bucket: &str, replicas: usize, max_bytes: i64) -> Want {
         Want {
             resource: format!("object store {bucket}"),
             stream: format!("OBJ_{bucket}"),
             subjects: None,
-            replicas: config.checkpoint_replicas,
+            replicas,
             max_age: Duration::ZERO,
-            max_bytes: config.checkpoint_max_bytes,
+            max_bytes,
             per_subject: -1,
             duplicate_window: None,
         }
@@ -387,6 +394,37 @@ async fn open_bucket(
             resource,
             source: Box::new(err),
         })
+}
+
+/// Creates (or finds with our settings) an object store, and opens it and the stream behind it
+/// (read directly: see `objects`). `(replicas, max_bytes)` as configured.
+async fn open_objects(
+    jetstream: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+    (replicas, max_bytes): (usize, i64),
+) -> Result<(object_store::ObjectStore, stream::Stream), ClusterError> {
+    let store = ensure(
+        jetstream,
+        Want::objects(bucket, replicas, max_bytes),
+        jetstream.create_object_store(object_store::Config {
+            bucket: bucket.to_string(),
+            description: Some(description.to_string()),
+            num_replicas: replicas,
+            max_bytes,
+            ..Default::default()
+        }),
+        async || jetstream.get_object_store(bucket).await,
+    )
+    .await?;
+    let stream = jetstream
+        .get_stream(format!("OBJ_{bucket}"))
+        .await
+        .map_err(|source| ClusterError::Resource {
+            resource: format!("object store {bucket}"),
+            source: source.into(),
+        })?;
+    Ok((store, stream))
 }
 
 /// Records `ours` as the cluster's partition count if none is recorded yet, else checks it.

@@ -63,6 +63,12 @@ async fn nodes_share_the_resources_and_a_partition_count_mismatch_is_refused() {
     let info = a.stream().get_info().await.expect("stream info");
     assert_eq!(info.config.num_replicas, 3);
     assert_eq!(info.config.subjects, vec!["tollgate.rx.*".to_string()]);
+    // Summaries have a store of their own, beside the checkpoints'.
+    for store in ["OBJ_tollgate-checkpoints", "OBJ_tollgate-summaries"] {
+        let mut objects = a.jetstream().get_stream(store).await.expect(store);
+        let info = objects.info().await.expect("object store info");
+        assert_eq!(info.config.num_replicas, 3, "{store}");
+    }
 
     let mut other_count = config(&nats, "c");
     other_count.partitions = 8;

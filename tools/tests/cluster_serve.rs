@@ -1016,7 +1016,7 @@ fn a_node_started_before_nats_joins_once_nats_answers() {
     std::fs::write(
         dir.path().join("cluster.toml"),
         "[cluster]\nstream_replicas = 1\nmeta_replicas = 1\nlease_replicas = 1\n\
-         checkpoint_replicas = 1\n",
+         checkpoint_replicas = 1\nsummary_replicas = 1\n",
     )
     .expect("config");
     let args = node_args(

@@ -371,7 +371,8 @@ pub(super) fn cluster_cost(
         &config,
         format!(
             "[cluster]\nstream_replicas = {replicas}\nmeta_replicas = {replicas}\n\
-             lease_replicas = {replicas}\ncheckpoint_replicas = {replicas}\n"
+             lease_replicas = {replicas}\ncheckpoint_replicas = {replicas}\n\
+             summary_replicas = {replicas}\n"
         ),
     )?;
     let mut node_args = chainless_server_args(&dir.join("data"), threads);
