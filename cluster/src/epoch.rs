@@ -4,7 +4,7 @@
 //! coordinator ──Seal(e)──▶ tollgate.rx.<p> (every p) ──owner, in log order──▶ seal e ──▶ summary e.<e>.<p>
 //! coordinator ◀── all P summaries ── builds the epoch tree over the partition roots, commits once
 //! coordinator ──Committed(e)──▶ tollgate.rx.<p> (every p) ──owner──▶ the ledger settles e
-//! coordinator ──Shortfall(e, payer, available)──▶ tollgate.rx.<payer's p> ──owner──▶ cut, summary again
+//! coordinator ──Shortfall(e, payer, available, based_on)──▶ tollgate.rx.<payer's p> ──owner──▶ cut, summary again
 //! ```
 //! The coordinator is whichever node holds the lease [`COORDINATOR_LEASE`] ([`Epochs::coordinate`]).
 //! Its marks travel in the partitions' logs, so each owner applies a mark after every part
@@ -17,10 +17,10 @@
 //!
 //! A mark is applied at most once in effect: a seal of an epoch the ledger has already sealed
 //! only stores the summary again (a crash between the seal and the upload is repaired by the
-//! replay), a commit the ledger already recorded changes nothing, and a shortfall sets the
-//! payer's cut in the epoch to the same amount again. A shortfall comes when the commit reverted
-//! because the payer's exit overtook its debit: the summary then carries the cut, and the
-//! coordinator commits the epoch without it.
+//! replay), a commit the ledger already recorded changes nothing, and a shortfall applied again
+//! finds the payer's cut no longer the one it was based on and changes nothing. A shortfall comes
+//! when the commit reverted because the payer's exit overtook its debit: the summary then
+//! carries the cut, and the coordinator commits the epoch without it.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
