@@ -112,6 +112,8 @@ pub const COORDINATOR_LEASE: u32 = u32::MAX;
 /// The funds watcher's lease (`watcher` in the bucket), kept the same way.
 pub const WATCHER_LEASE: u32 = u32::MAX - 1;
 
+/// The lease's key in the bucket, which also names it in the log: `p.<partition>`,
+/// `coordinator` or `watcher`.
 fn key(partition: u32) -> String {
     match partition {
         COORDINATOR_LEASE => "coordinator".to_owned(),
@@ -194,8 +196,10 @@ impl Leases {
             .delete_expect_revision(key(partition), Some(lease.revision))
             .await
         {
-            Ok(()) => info!(partition, token = lease.token, "lease released"),
-            Err(error) => debug!(partition, %error, "lease not released; it ages out instead"),
+            Ok(()) => info!(lease = %key(partition), token = lease.token, "lease released"),
+            Err(error) => {
+                debug!(lease = %key(partition), %error, "lease not released; it ages out instead")
+            }
         }
     }
 
@@ -408,7 +412,7 @@ async fn keep(
                 .await
             {
                 Ok(Some(lease)) => {
-                    info!(partition, token = lease.token, node = %leases.node, failures, "lease acquired");
+                    info!(lease = %key(partition), token = lease.token, node = %leases.node, failures, "lease acquired");
                     failures = 0;
                     Some(lease)
                 }
@@ -424,9 +428,9 @@ async fn keep(
                 Err(err) => {
                     failures = failures.saturating_add(1);
                     if failures == 1 {
-                        warn!(partition, error = %err, "lease acquire failed; retrying every heartbeat");
+                        warn!(lease = %key(partition), error = %err, "lease acquire failed; retrying every heartbeat");
                     } else {
-                        debug!(partition, error = %err, failures, "lease acquire failed");
+                        debug!(lease = %key(partition), error = %err, failures, "lease acquire failed");
                     }
                     None
                 }
@@ -437,7 +441,7 @@ async fn keep(
                     // the same verdicts, so the next one need not wait for it.
                     held_tx.send_replace(None);
                     info!(
-                        partition,
+                        lease = %key(partition),
                         "releasing the lease: this node holds more than its share"
                     );
                     leases.release(&lease).await;
@@ -445,17 +449,17 @@ async fn keep(
                 }
                 Ok(()) => Some(lease),
                 Err(err @ LeaseError::Lost { .. }) => {
-                    warn!(partition, error = %err, "lease lost");
+                    warn!(lease = %key(partition), error = %err, "lease lost");
                     None
                 }
                 // The servers may still count us as the holder: keep trying until our own
                 // deadline for the lease passes.
                 Err(err) if Instant::now() < lease.valid_until() => {
-                    warn!(partition, error = %err, "lease renewal failed, retrying");
+                    warn!(lease = %key(partition), error = %err, "lease renewal failed, retrying");
                     Some(lease)
                 }
                 Err(err) => {
-                    warn!(partition, error = %err, "lease expired without a renewal");
+                    warn!(lease = %key(partition), error = %err, "lease expired without a renewal");
                     None
                 }
             },
