@@ -1,6 +1,7 @@
 //! Epochs in cluster mode: one cut across every partition, one commit per epoch.
 //!
 //! ```text
+//! coordinator ──open?──▶ tollgate.open.<p> (every p) ──owner──▶ what its open epoch holds (seal only if something)
 //! coordinator ──Seal(e)──▶ tollgate.rx.<p> (every p) ──owner, in log order──▶ seal e ──▶ summary e.<e>.<p>
 //! coordinator ◀── all P summaries ── builds the epoch tree over the partition roots, commits once
 //! coordinator ──Committed(e)──▶ tollgate.rx.<p> (every p) ──owner──▶ the ledger settles e
@@ -27,19 +28,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, object_store, stream};
-use futures::future::try_join_all;
+use futures::future::{join_all, try_join_all};
 use tokio_util::sync::CancellationToken;
 use tollgate_engine::PayerKey;
 use tollgate_engine::ledger::{EpochStatus, EpochUpdate};
 use tollgate_engine::pipeline::{Engine, EngineError, LedgerError, LedgerReader, SubmitError};
 use tollgate_engine::store::StoreError;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::error::NatsError;
 use crate::lease::{COORDINATOR_LEASE, LeaseKeeper, Leases};
 use crate::mark_log::publish_mark;
 use crate::objects::{ReadError, read_object};
-use crate::part::{DecodeError, Mark, Shortfall, Summary};
+use crate::part::{DecodeError, Mark, OpenAnswer, OpenQuery, Shortfall, Summary, open_subject};
 use crate::partition::partition_of;
 use crate::resources::Cluster;
 use crate::retry::backoff;
@@ -67,6 +68,10 @@ pub enum EpochsError {
 fn nats(what: &'static str) -> impl FnOnce(NatsError) -> EpochsError {
     move |source| EpochsError::Nats { what, source }
 }
+
+/// How long the coordinator waits for an owner to say what its open epoch holds: the owner
+/// reads one record once it has applied its log through the tail.
+const OPEN_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long storing or reading one summary may take before it is given up and tried again.
 const SUMMARY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -483,11 +488,24 @@ fn summary_of(
     }))
 }
 
+/// What the partitions' open epochs hold, as the coordinator asks before it seals: the funds
+/// watcher's marks and the coordinator's own grow the logs without filling an epoch, and
+/// judging by the logs' growth committed an empty epoch every interval on an idle cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenEpochs {
+    /// Some partition's open epoch holds receipts, or amounts a voided epoch carried in.
+    Something,
+    /// Every owner answered, and every open epoch is empty.
+    Nothing,
+    /// Some owner could not say (none right now, catching up, no answer in time, a release
+    /// that does not answer), and none said something.
+    Unsure,
+}
+
 /// The coordinator's access to the partitions' logs and summaries.
 #[derive(Clone)]
 pub struct Epochs {
     jetstream: jetstream::Context,
-    stream: stream::Stream,
     summaries: Summaries,
     leases: Leases,
     partitions: NonZeroU32,
@@ -505,7 +523,6 @@ impl Epochs {
     pub fn new(cluster: &Cluster) -> Epochs {
         Epochs {
             jetstream: cluster.jetstream().clone(),
-            stream: cluster.stream().clone(),
             summaries: Summaries::new(cluster),
             leases: cluster.leases().clone(),
             partitions: cluster.partitions(),
@@ -570,13 +587,35 @@ impl Epochs {
         .await
     }
 
-    /// The log's last sequence: unchanged since the last marks means nothing happened since.
-    pub async fn log_tail(&self) -> Result<u64, EpochsError> {
-        let mut stream = self.stream.clone();
-        let info = stream
-            .info()
-            .await
-            .map_err(|error| nats("read the log's state")(error.into()))?;
-        Ok(info.state.last_sequence)
+    /// What the partitions' open epochs hold, as their owners' ledgers have them once applied
+    /// through the log's tail (so every receipt acked before the question counts): something
+    /// to seal (receipts, or amounts a voided epoch carried in), nothing, or not known (some
+    /// owner could not say and none said something).
+    pub async fn open_epochs(&self) -> OpenEpochs {
+        let client = self.jetstream.client();
+        let asked = (0..self.partitions.get()).map(|partition| {
+            let client = client.clone();
+            async move {
+                let request = client.request(open_subject(partition), OpenQuery.encode());
+                let holds = match tokio::time::timeout(OPEN_QUERY_TIMEOUT, request).await {
+                    Ok(Ok(reply)) => OpenAnswer::decode(&reply.payload)
+                        .ok()
+                        .and_then(|answer| answer.holds_something()),
+                    Ok(Err(_)) | Err(_) => None,
+                };
+                if holds.is_none() {
+                    debug!(partition, "no answer about the partition's open epoch");
+                }
+                holds
+            }
+        });
+        let answers = join_all(asked).await;
+        if answers.contains(&Some(true)) {
+            OpenEpochs::Something
+        } else if answers.contains(&None) {
+            OpenEpochs::Unsure
+        } else {
+            OpenEpochs::Nothing
+        }
     }
 }

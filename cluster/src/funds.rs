@@ -1,5 +1,5 @@
 //! A payer's funds (and, asked for, its first channels) from any node. The owner of the payer's
-//! partition answers funds queries on `tollgate.funds.<p>` from its ledger ([`answer_funds`]);
+//! partition answers funds queries on `tollgate.funds.<p>` from its ledger ([`answer_queries`]);
 //! [`FundsClient`] asks it, for the fleet port's QUERY_BALANCE and the HTTP `/v1/payers/{payer}`.
 //!
 //! Routed to the owner rather than read from a replicated view: the owner's ledger is the only
@@ -11,6 +11,10 @@
 //! still replaying answers "catching up" rather than a balance missing acked receipts. The price
 //! is a request and reply plus a read of the log's tail per query, and no answer while a
 //! partition has no owner (usually within a lease TTL of its owner's death).
+//!
+//! The coordinator asks the same way what a partition's open epoch holds (`tollgate.open.<p>`,
+//! [`crate::Epochs::open_epochs`]), answered as of the log's tail too: it seals
+//! only an epoch with receipts in it, as a standalone server does.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -24,7 +28,10 @@ use tollgate_engine::ledger::{ChannelInfo, LedgerReader, PayerBalance};
 use tracing::warn;
 
 use crate::error::NatsError;
-use crate::part::{DecodeError, FUNDS_CHANNELS_LISTED_MAX, FundsAnswer, FundsQuery, funds_subject};
+use crate::part::{
+    DecodeError, FUNDS_CHANNELS_LISTED_MAX, FundsAnswer, FundsQuery, OpenAnswer, OpenQuery,
+    funds_subject,
+};
 use crate::partition::{partition_of, subject_of};
 use crate::requests::answer_each;
 use crate::resources::Cluster;
@@ -147,13 +154,13 @@ impl FundsClient {
 /// is still catching up (a takeover's replay), which the asker may retry.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 
-/// Funds queries an owner works on at once per partition; beyond, a query is dropped and its
-/// asker times out.
+/// Queries of one kind an owner works on at once per partition; beyond, a query is dropped and
+/// its asker times out.
 const QUERIES_WAITING_MAX: usize = 256;
 
-/// What an owner answers funds queries with: its partition's log (for the tail) and ledger, and
+/// What an owner answers funds and open-epoch queries with: its partition's log (for the tail) and ledger, and
 /// how far it has applied the log.
-pub(crate) struct FundsSource {
+pub(crate) struct QuerySource {
     pub(crate) client: async_nats::Client,
     pub(crate) stream: stream::Stream,
     pub(crate) partition: u32,
@@ -162,44 +169,65 @@ pub(crate) struct FundsSource {
     pub(crate) applied: watch::Receiver<u64>,
 }
 
-/// Answers the partition's funds queries until `stop` is cancelled or the subscription ends.
-/// Each answer is as of the log's tail when the query arrived: everything acked before it is in
-/// the log by then, so a reader sees its acks even from an owner that just took over.
-pub(crate) async fn answer_funds(
-    source: FundsSource,
-    queries: async_nats::Subscriber,
+/// Answers the partition's funds queries and open-epoch queries until `stop` is cancelled or a
+/// subscription ends. Each answer is as of the log's tail when the query arrived: everything
+/// acked before it is in the log by then, so a reader sees its acks even from an owner that just
+/// took over.
+pub(crate) async fn answer_queries(
+    source: QuerySource,
+    (funds, open): (async_nats::Subscriber, async_nats::Subscriber),
     stop: CancellationToken,
 ) {
     let source = Arc::new(source);
-    let answer = |query: FundsQuery, reply| {
-        let source = Arc::clone(&source);
-        async move {
-            let answer = source.answer(query).await;
-            if let Err(error) = source.client.publish(reply, answer.encode()).await {
-                warn!(partition = source.partition, %error, "cannot send a funds answer");
-            }
-        }
-    };
-    let decode = FundsQuery::decode;
-    answer_each(
-        queries,
+    let funds_answers = answer_each(
+        funds,
         "funds query",
         QUERIES_WAITING_MAX,
-        decode,
-        answer,
+        FundsQuery::decode,
+        |query, to| {
+            let source = Arc::clone(&source);
+            async move {
+                let answer = source.answer(query).await;
+                source.reply(to, answer.encode()).await;
+            }
+        },
+        stop.clone(),
+    );
+    let open_answers = answer_each(
+        open,
+        "open-epoch query",
+        QUERIES_WAITING_MAX,
+        OpenQuery::decode,
+        |OpenQuery, to| {
+            let source = Arc::clone(&source);
+            async move {
+                let answer = source.open_epoch().await;
+                source.reply(to, answer.encode()).await;
+            }
+        },
         stop,
-    )
-    .await;
+    );
+    tokio::join!(funds_answers, open_answers);
 }
 
-impl FundsSource {
-    async fn answer(&self, query: FundsQuery) -> FundsAnswer {
-        let FundsQuery { payer, channels } = query;
-        let listed = usize::from(channels.min(FUNDS_CHANNELS_LISTED_MAX));
-        let partition = self.partition;
-        if partition_of(&payer, self.partitions) != partition {
-            return FundsAnswer::OtherPartition;
+/// Why an owner cannot answer as of a query's moment.
+enum Behind {
+    /// It has not applied its log through the tail yet.
+    CatchingUp,
+    /// It could not read the tail, or stopped applying.
+    Failed,
+}
+
+impl QuerySource {
+    async fn reply(&self, to: async_nats::Subject, answer: bytes::Bytes) {
+        if let Err(error) = self.client.publish(to, answer).await {
+            warn!(partition = self.partition, %error, "cannot send an answer");
         }
+    }
+
+    /// Waits until the ledger has applied the partition's log through its tail as it is now.
+    async fn caught_up(&self) -> Result<(), Behind> {
+        let partition = self.partition;
         let tail = match self
             .stream
             .get_last_raw_message_by_subject(&subject_of(partition))
@@ -208,15 +236,29 @@ impl FundsSource {
             Ok(last) => last.sequence,
             Err(error) if matches!(error.kind(), LastRawMessageErrorKind::NoMessageFound) => 0,
             Err(error) => {
-                warn!(partition, %error, "cannot read the log's tail for a funds query");
-                return FundsAnswer::Failed;
+                warn!(partition, %error, "cannot read the log's tail for a query");
+                return Err(Behind::Failed);
             }
         };
         let mut applied = self.applied.clone();
         match tokio::time::timeout(CATCH_UP_WAIT, applied.wait_for(|at| *at >= tail)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => return FundsAnswer::Failed,
-            Err(_) => return FundsAnswer::CatchingUp,
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Behind::Failed),
+            Err(_) => Err(Behind::CatchingUp),
+        }
+    }
+
+    async fn answer(&self, query: FundsQuery) -> FundsAnswer {
+        let FundsQuery { payer, channels } = query;
+        let listed = usize::from(channels.min(FUNDS_CHANNELS_LISTED_MAX));
+        let partition = self.partition;
+        if partition_of(&payer, self.partitions) != partition {
+            return FundsAnswer::OtherPartition;
+        }
+        match self.caught_up().await {
+            Ok(()) => {}
+            Err(Behind::CatchingUp) => return FundsAnswer::CatchingUp,
+            Err(Behind::Failed) => return FundsAnswer::Failed,
         }
         let reader = self.reader.clone();
         match tokio::task::spawn_blocking(move || reader.payer_with_channels(&payer, listed)).await
@@ -234,6 +276,31 @@ impl FundsSource {
             Err(error) => {
                 warn!(partition, %error, "funds read panicked");
                 FundsAnswer::Failed
+            }
+        }
+    }
+
+    /// What the partition's open epoch holds, for the coordinator's decision to seal.
+    async fn open_epoch(&self) -> OpenAnswer {
+        match self.caught_up().await {
+            Ok(()) => {}
+            Err(Behind::CatchingUp) => return OpenAnswer::CatchingUp,
+            Err(Behind::Failed) => return OpenAnswer::Failed,
+        }
+        let reader = self.reader.clone();
+        match tokio::task::spawn_blocking(move || reader.open_epoch()).await {
+            Ok(Ok(open)) => OpenAnswer::Holds {
+                epoch: open.epoch,
+                receipts: open.receipts,
+                amount: open.amount,
+            },
+            Ok(Err(error)) => {
+                warn!(partition = self.partition, %error, "cannot read the open epoch");
+                OpenAnswer::Failed
+            }
+            Err(error) => {
+                warn!(partition = self.partition, %error, "open epoch read panicked");
+                OpenAnswer::Failed
             }
         }
     }

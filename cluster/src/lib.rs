@@ -79,7 +79,7 @@ mod watch;
 
 pub use checkpoint::CheckpointError;
 pub use config::{ClusterConfig, PARTITIONS_MAX};
-pub use epoch::{Epochs, EpochsError};
+pub use epoch::{Epochs, EpochsError, OpenEpochs};
 pub use error::{ClusterError, LeaseError, NatsError};
 pub use fence::{FENCE_HEADER, Fence, FenceError};
 pub use funds::{FundsClient, FundsError};

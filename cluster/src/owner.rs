@@ -44,8 +44,10 @@ use tracing::{debug, error, info, warn};
 use crate::checkpoint::{CheckpointError, Checkpoints, Stored};
 use crate::epoch::{Summaries, apply_mark, refused, store_newest_summary};
 use crate::error::NatsError;
-use crate::funds::{FundsSource, answer_funds};
-use crate::part::{Answer, Ask, DecodeError, Mark, Part, Verdicts, ask_subject, funds_subject};
+use crate::funds::{QuerySource, answer_queries};
+use crate::part::{
+    Answer, Ask, DecodeError, Mark, Part, Verdicts, ask_subject, funds_subject, open_subject,
+};
 use crate::partition::{partition_of, subject_of};
 use crate::requests::answer_each;
 use crate::retry::backoff;
@@ -164,6 +166,8 @@ pub(crate) struct Owner {
     position: u64,
     asks: async_nats::Subscriber,
     funds: async_nats::Subscriber,
+    /// The coordinator's questions about the partition's open epoch.
+    open: async_nats::Subscriber,
     stream: stream::Stream,
     messages: LogFeed,
 }
@@ -194,7 +198,7 @@ type Refusals = Arc<Mutex<BTreeSet<u64>>>;
 
 impl Owner {
     /// Reads where `engine` (partition `partition`'s own ledger) is in the log, subscribes to
-    /// the partition's asks and funds queries, and opens its log right after that position.
+    /// the partition's asks, funds queries and open-epoch queries, and opens its log right after that position.
     pub(crate) async fn start(
         client: async_nats::Client,
         stream: &stream::Stream,
@@ -222,6 +226,10 @@ impl Owner {
             .subscribe(funds_subject(partition))
             .await
             .map_err(|e| nats("subscribe to funds queries")(e.into()))?;
+        let open = client
+            .subscribe(open_subject(partition))
+            .await
+            .map_err(|e| nats("subscribe to open-epoch queries")(e.into()))?;
         let messages = LogFeed::open(stream, partition, position)
             .await
             .map_err(nats("open the log"))?;
@@ -235,6 +243,7 @@ impl Owner {
             position,
             asks,
             funds,
+            open,
             stream: stream.clone(),
             messages,
         })
@@ -256,7 +265,7 @@ impl Owner {
         let failed = stop.child_token();
         let (in_flight_tx, in_flight_rx) = mpsc::channel(PARTS_IN_FLIGHT_MAX);
         let mut tasks = JoinSet::new();
-        let funds = FundsSource {
+        let funds = QuerySource {
             client: self.client.clone(),
             stream: self.stream.clone(),
             partition,
@@ -264,7 +273,11 @@ impl Owner {
             reader: engine.reader(),
             applied: applied.clone(),
         };
-        tasks.spawn(answer_funds(funds, self.funds, failed.clone()));
+        tasks.spawn(answer_queries(
+            funds,
+            (self.funds, self.open),
+            failed.clone(),
+        ));
         let (newest, summaries) = (engine.clone(), self.summaries.clone());
         let stopping = failed.clone();
         tasks.spawn(async move {

@@ -2,7 +2,8 @@
 //! of one client batch that belong to one partition, as published to the partition's log
 //! subject), the *ask* an ingest node sends a partition's owner for the part's verdicts, and the
 //! owner's *answer*; a *funds* query any node sends a partition's owner for one payer's balance,
-//! and the owner's *funds answer*; the *marks* in partitions' logs (the coordinator's: seal the
+//! and the owner's *funds answer*; the coordinator's *open* query for what a partition's open
+//! epoch holds, and the owner's *open answer*; the *marks* in partitions' logs (the coordinator's: seal the
 //! epoch here, the epoch is committed onchain; the funds watcher's: a payer's deposit or
 //! withdrawal, the unconfirmed withdrawal requests, a voided epoch), and the partition *summary*
 //! an owner stores for each sealed epoch.
@@ -35,6 +36,9 @@
 //!                      | (payee [20] | cumulative u128 | receipts u64 | last timestamp ms u64
 //!                         | has nonce u8 | highest nonce u64)*
 //!          unknown payer, other partition, catching up, failed: nothing
+//! open   = version 1
+//! open answer = version 1 | status u8 (0 holds, 3 catching up, 4 failed) | status body
+//!          holds:      epoch u64 | receipts u64 | amount u128
 //! ```
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -480,6 +484,102 @@ impl FundsAnswer {
             other => {
                 return Err(malformed("funds answer", format!("unknown status {other}")));
             }
+        };
+        reader.finish()?;
+        Ok(answer)
+    }
+}
+
+/// Subject prefix on which the owner of partition `p` answers what its open epoch holds:
+/// `tollgate.open.<p>`.
+pub const OPEN_PREFIX: &str = "tollgate.open";
+
+/// The subject on which partition `partition`'s owner answers open-epoch queries.
+pub fn open_subject(partition: u32) -> String {
+    format!("{OPEN_PREFIX}.{partition}")
+}
+
+/// The coordinator's question to a partition's owner: what does your open epoch hold?
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenQuery;
+
+impl OpenQuery {
+    /// The request's payload.
+    pub fn encode(&self) -> Bytes {
+        Bytes::from_static(&[VERSION])
+    }
+
+    /// Parses a request's payload.
+    pub fn decode(bytes: &[u8]) -> Result<OpenQuery, DecodeError> {
+        Reader::of_version(bytes, "open-epoch query", VERSION)?.finish()?;
+        Ok(OpenQuery)
+    }
+}
+
+const HOLDS: u8 = 0;
+
+/// The owner's answer to an open-epoch query, as of the log's tail at the query's arrival (like
+/// a funds answer), so every receipt acked before the query is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenAnswer {
+    /// The partition's open epoch: its number, the receipts accepted into it and the amount it
+    /// will debit (theirs, plus what a voided epoch carried in).
+    Holds {
+        epoch: u64,
+        receipts: u64,
+        amount: u128,
+    },
+    /// The owner has not applied its log that far yet (a takeover's replay).
+    CatchingUp,
+    /// The owner could not read its ledger or its log's tail.
+    Failed,
+}
+
+impl OpenAnswer {
+    /// Whether the epoch has anything to seal, as a standalone server judges its own.
+    pub fn holds_something(&self) -> Option<bool> {
+        match self {
+            OpenAnswer::Holds {
+                receipts, amount, ..
+            } => Some(*receipts > 0 || *amount > 0),
+            OpenAnswer::CatchingUp | OpenAnswer::Failed => None,
+        }
+    }
+
+    /// The reply's payload.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(2 + 8 + 8 + 16);
+        out.put_u8(VERSION);
+        match self {
+            OpenAnswer::Holds {
+                epoch,
+                receipts,
+                amount,
+            } => {
+                out.put_u8(HOLDS);
+                out.put_u64_le(*epoch);
+                out.put_u64_le(*receipts);
+                out.put_u128_le(*amount);
+            }
+            OpenAnswer::CatchingUp => out.put_u8(CATCHING_UP),
+            OpenAnswer::Failed => out.put_u8(FAILED),
+        }
+        out.freeze()
+    }
+
+    /// Parses a reply's payload.
+    pub fn decode(bytes: &[u8]) -> Result<OpenAnswer, DecodeError> {
+        const WHAT: &str = "open-epoch answer";
+        let mut reader = Reader::of_version(bytes, WHAT, VERSION)?;
+        let answer = match reader.u8()? {
+            HOLDS => OpenAnswer::Holds {
+                epoch: reader.u64()?,
+                receipts: reader.u64()?,
+                amount: reader.u128()?,
+            },
+            CATCHING_UP => OpenAnswer::CatchingUp,
+            FAILED => OpenAnswer::Failed,
+            other => return Err(malformed(WHAT, format!("unknown status {other}"))),
         };
         reader.finish()?;
         Ok(answer)
@@ -938,6 +1038,43 @@ mod tests {
         unknown_status.extend_from_slice(&42u64.to_le_bytes());
         unknown_status.push(9);
         assert!(Answer::decode(&unknown_status).is_err());
+    }
+
+    #[test]
+    fn open_query_and_every_open_answer_round_trip() {
+        assert_eq!(OpenQuery::decode(&OpenQuery.encode()), Ok(OpenQuery));
+        assert!(OpenQuery::decode(&[VERSION, 0]).is_err());
+        assert!(OpenQuery::decode(&[FUNDS_VERSION]).is_err());
+        for answer in [
+            OpenAnswer::Holds {
+                epoch: 7,
+                receipts: 0,
+                amount: u128::MAX,
+            },
+            OpenAnswer::CatchingUp,
+            OpenAnswer::Failed,
+        ] {
+            assert_eq!(OpenAnswer::decode(&answer.encode()), Ok(answer));
+        }
+        let holds = OpenAnswer::Holds {
+            epoch: 7,
+            receipts: 1,
+            amount: 5,
+        }
+        .encode();
+        assert_eq!(holds.len(), 2 + 8 + 8 + 16);
+        assert!(OpenAnswer::decode(&holds[..holds.len() - 1]).is_err());
+        assert!(OpenAnswer::decode(&[VERSION, 9]).is_err());
+        let empty = |receipts, amount| OpenAnswer::Holds {
+            epoch: 2,
+            receipts,
+            amount,
+        };
+        assert_eq!(empty(0, 0).holds_something(), Some(false));
+        assert_eq!(empty(1, 0).holds_something(), Some(true));
+        // Amounts a voided epoch carried in, without a receipt of the epoch's own.
+        assert_eq!(empty(0, 9).holds_something(), Some(true));
+        assert_eq!(OpenAnswer::CatchingUp.holds_something(), None);
     }
 
     #[test]

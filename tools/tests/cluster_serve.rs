@@ -21,7 +21,8 @@
 //! Any node serves a channel's proof in a final epoch, rebuilt from the partitions' summaries,
 //! which the contract accepts. A second test has a payer's exit overtake debits the cluster
 //! accepted while the chain was out of its reach: the epoch is committed without the uncovered
-//! amount (a shortfall) and settling goes on. The tests take turns: each needs both cores.
+//! amount (a shortfall) and settling goes on. A third has an idle cluster commit nothing while
+//! deposits and marks reach the logs. The tests take turns: each needs both cores.
 
 mod common;
 #[path = "../../cluster/tests/harness/mod.rs"]
@@ -1101,6 +1102,27 @@ async fn payer_when(
     }
 }
 
+/// Submits one receipt of `key`'s through `client`: its verdict.
+async fn submit_one(
+    client: &Client,
+    domain: Domain,
+    key: &SigningKey,
+    (payee, amount, nonce): (Address, u64, u64),
+) -> Result<(), Reason> {
+    let receipt = UnsignedReceipt {
+        payer: PayerKey(key.verifying_key().to_bytes()),
+        payee,
+        amount,
+        nonce,
+        timestamp_ms: now_ms(),
+        request_hash: [0x5f; 32],
+        session: false,
+    }
+    .sign(key, &domain);
+    let verdict = client.submit(receipt).await.expect("submit");
+    verdict.await.expect("a verdict")
+}
+
 /// A payer's exit overtakes debits the cluster accepted while the chain was out of its reach
 /// for longer than the withdrawal delay: the epoch's commit reverts with `Overdraft`. The
 /// coordinator writes a shortfall mark into the payer's partition, its owner records the
@@ -1151,18 +1173,8 @@ async fn an_exit_that_overtakes_debits_while_the_chain_is_out_of_reach_is_commit
         .expect("connect");
     let (payee_a, payee_b) = (Address([0x0a; 20]), Address([0x0b; 20]));
     let pay = async |key: &SigningKey, payee: Address, amount: u64, nonce: u64| {
-        let receipt = UnsignedReceipt {
-            payer: PayerKey(key.verifying_key().to_bytes()),
-            payee,
-            amount,
-            nonce,
-            timestamp_ms: now_ms(),
-            request_hash: [0x5f; 32],
-            session: false,
-        }
-        .sign(key, &domain);
-        let verdict = client.submit(receipt).await.expect("submit");
-        assert_eq!(verdict.await.expect("a verdict"), Ok(()));
+        let verdict = submit_one(&client, domain, key, (payee, amount, nonce)).await;
+        assert_eq!(verdict, Ok(()));
     };
 
     pay(&exiting_key, payee_a, 3_000, 1).await;
@@ -1246,6 +1258,80 @@ async fn an_exit_that_overtakes_debits_while_the_chain_is_out_of_reach_is_commit
     println!(
         "shortfall in cluster mode: payer's exit overtook a 6000 debit, 4000 uncovered and \
          written off, the epoch committed with the rest and the next one after it"
+    );
+    client.close().await.expect("close");
+    node.terminate(Duration::from_secs(30)).expect("stops");
+}
+
+/// An idle cluster commits nothing: deposits reach the partitions' logs as the funds watcher's
+/// marks (as do its sets of unconfirmed withdrawal requests, every minute), the coordinator's
+/// commit marks follow every epoch, and a refused receipt's part lands in its partition's log,
+/// but none of them is anything to settle. The coordinator seals, as a standalone server does,
+/// only when an owner's open epoch holds receipts (or a voided epoch's amounts): before, every
+/// epoch interval in which the logs had grown sealed and committed an empty epoch, a
+/// transaction and its gas, once a minute on an idle cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn funds_news_and_marks_alone_commit_no_epoch() {
+    let _alone = ONE_CLUSTER.lock().await;
+    let nats = NatsCluster::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("cluster.toml"), CLUSTER_TABLE).expect("config file");
+    let key = payer_key(0x1d);
+    let payer = PayerKey(key.verifying_key().to_bytes());
+    let chain = Chain::start(&[payer]).await;
+    let node = start_node(&nats, dir.path(), "n0", &chain);
+    balanced(&[&node]).await;
+    let view = query_client(&node, Credentials::Bearer(OPERATOR_TOKEN.into()));
+    let contract = chain.reader().await;
+    // Epochs are a second long: three intervals with nothing but the deposit's marks.
+    let idle = Duration::from_secs(3);
+    deposited(&view, &[payer], DEPOSIT).await;
+    tokio::time::sleep(idle).await;
+    assert_eq!(onchain_epochs(&contract).await.len(), 0, "a deposit alone");
+
+    let client = Client::connect(client_config(node.listen.to_string(), 3, chain.domain))
+        .await
+        .expect("connect");
+    let payee = Address([0x1e; 20]);
+    let paid = submit_one(&client, chain.domain, &key, (payee, 700, 1)).await;
+    assert_eq!(paid, Ok(()));
+    payer_when(&view, &payer, "the receipt settled", |seen| {
+        seen.settled == 700
+    })
+    .await;
+    assert_eq!(
+        onchain_epochs(&contract).await.len(),
+        1,
+        "the receipt's epoch"
+    );
+
+    // A second deposit, the first epoch's commit marks, and a part whose one receipt is refused
+    // (its payer never deposited) are all the log gets.
+    common::fund(&chain.anvil, &chain.deployed, &[payer], DEPOSIT).await;
+    deposited(&view, &[payer], 2 * DEPOSIT).await;
+    let refused = submit_one(&client, chain.domain, &payer_key(0x1f), (payee, 5, 1)).await;
+    assert_eq!(refused, Err(Reason::UnknownPayer));
+    tokio::time::sleep(idle).await;
+    assert_eq!(
+        onchain_epochs(&contract).await.len(),
+        1,
+        "a deposit, commit marks and a refused receipt alone"
+    );
+
+    let paid = submit_one(&client, chain.domain, &key, (payee, 300, 2)).await;
+    assert_eq!(paid, Ok(()));
+    payer_when(&view, &payer, "the second receipt settled", |seen| {
+        seen.settled == 1_000
+    })
+    .await;
+    assert_eq!(
+        onchain_epochs(&contract).await.len(),
+        2,
+        "the second receipt's epoch"
+    );
+    println!(
+        "idle cluster: two deposits, an epoch's commit marks and a refused receipt sealed nothing; \
+         two receipts sealed and committed two epochs"
     );
     client.close().await.expect("close");
     node.terminate(Duration::from_secs(30)).expect("stops");

@@ -9,8 +9,10 @@
 //! sends only what the chain lacks, so a commit a lost coordinator began is finished, not
 //! repeated); the next step, and the first of every term, writes `Committed(e - 1)` into every
 //! log for the epoch the chain has last taken (unless the arbiter voided it); when none is stored and the epoch is
-//! due, it writes `Seal(e)` into every log; when some are, a coordinator that stopped half-way
-//! left them, and it writes the seal marks again at once (each partition seals at the first).
+//! due and some partition's owner says its open epoch holds receipts (or amounts a voided epoch
+//! carried in: funds news and marks alone seal nothing, so an idle cluster commits nothing), it
+//! writes `Seal(e)` into every log; when some are, a coordinator that stopped half-way left them,
+//! and it writes the seal marks again at once (each partition seals at the first).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -19,7 +21,7 @@ use alloy::primitives::B256;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tollgate_cluster::telemetry::COORDINATOR;
-use tollgate_cluster::{Epochs, Mark, Summary};
+use tollgate_cluster::{Epochs, Mark, OpenEpochs, Summary};
 use tollgate_engine::PayerKey;
 use tollgate_settle::epoch::EpochConfig;
 use tollgate_settle::merkle::{MerkleError, PartitionedTree};
@@ -35,17 +37,28 @@ pub(super) struct Coordinator {
     pub(super) config: EpochConfig,
 }
 
+/// How often a due epoch whose partitions hold nothing is looked at again: receipts that arrive
+/// on an idle cluster are sealed this long after, at most. One small query per partition.
+const QUIET_RECHECK: Duration = Duration::from_secs(2);
+
+/// How long at least a due epoch waits for an owner that cannot say what its open epoch holds
+/// (no owner yet at a cluster's start, a lease moving, a replay) before it is sealed anyway.
+/// Waiting costs no other partition anything: a seal cannot complete without that partition's
+/// summary, and receipts anywhere else seal the epoch at once.
+const UNSURE_GRACE_MIN: Duration = Duration::from_secs(10);
+
 /// What one coordinating term remembers between steps; a new term starts afresh.
 struct Term {
     /// The epoch this term wrote seal marks for, until it is committed.
     marked: Option<u64>,
     /// The epoch whose commit marks this term wrote (or, voided, decided not to write).
     committed_marked: Option<u64>,
-    /// When the open epoch is due to be sealed.
+    /// When to look next whether the open epoch is to be sealed: an interval after this term's
+    /// last seal marks (or its start), then every [`QUIET_RECHECK`] while it holds nothing.
     due: Instant,
-    /// Where the log would end if nothing but this term's own marks landed since its last seal
-    /// marks: the log still ending there means there is nothing to seal.
-    quiet_tail: Option<u64>,
+    /// Since when some partition's owner could not say what its open epoch holds (and none
+    /// said something).
+    unsure_since: Option<Instant>,
     /// The epoch whose failure was last logged, so a failure repeated every tick is logged once.
     failing: Option<u64>,
     /// Shortfall marks this term wrote (epoch, payer, what the chain held): each is written
@@ -92,7 +105,7 @@ impl Coordinator {
             marked: None,
             committed_marked: None,
             due: Instant::now() + interval,
-            quiet_tail: None,
+            unsure_since: None,
             failing: None,
             shortfalls: BTreeSet::new(),
         };
@@ -138,11 +151,6 @@ impl Coordinator {
                     .mark(Mark::Committed(previous))
                     .await
                     .map_err(|error| failed(error.into()))?;
-                // Parts that landed after the seal marks are the next epoch's: only the commit
-                // marks themselves leave the log as quiet as it was.
-                term.quiet_tail = term
-                    .quiet_tail
-                    .and_then(|tail| tail.checked_add(self.width()));
             }
             term.committed_marked = Some(previous);
         }
@@ -167,21 +175,32 @@ impl Coordinator {
         if !left_half_done && Instant::now() < term.due {
             return Ok(());
         }
-        let tail = self
-            .epochs
-            .log_tail()
-            .await
-            .map_err(|error| failed(error.into()))?;
-        // An empty log has nothing to seal either (a cluster's first start).
-        if !left_half_done && (tail == 0 || term.quiet_tail == Some(tail)) {
-            term.due = Instant::now() + interval;
-            return Ok(());
+        if !left_half_done {
+            let recheck = Instant::now() + interval.min(QUIET_RECHECK);
+            match self.epochs.open_epochs().await {
+                OpenEpochs::Something => {}
+                OpenEpochs::Nothing => {
+                    term.unsure_since = None;
+                    term.due = recheck;
+                    return Ok(());
+                }
+                // A partition's receipts are sealed at most an interval (or UNSURE_GRACE_MIN)
+                // late while its owner cannot say, and then an empty epoch may be the price of
+                // the doubt: never receipts left unsealed for good.
+                OpenEpochs::Unsure => {
+                    let since = *term.unsure_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() < interval.max(UNSURE_GRACE_MIN) {
+                        term.due = recheck;
+                        return Ok(());
+                    }
+                }
+            }
         }
+        term.unsure_since = None;
         self.epochs
             .mark(Mark::Seal(next))
             .await
             .map_err(|error| failed(error.into()))?;
-        term.quiet_tail = tail.checked_add(self.width());
         term.marked = Some(next);
         term.due = Instant::now() + interval;
         metrics::gauge!(names::LAST_SEALED_EPOCH).set(next as f64);
@@ -226,11 +245,6 @@ impl Coordinator {
             );
         }
         Ok(())
-    }
-
-    /// Messages one mark adds to the log: one per partition.
-    fn width(&self) -> u64 {
-        u64::from(self.epochs.partitions().get())
     }
 
     /// Builds epoch `epoch`'s tree and net amounts from the partitions' summaries and commits
