@@ -502,10 +502,23 @@ pub enum OpenEpochs {
     Unsure,
 }
 
+/// Whether an owner's answer means epoch `next` has something to seal; `None` when it cannot
+/// tell. An owner already past `next` sealed it at a seal mark the others have not all applied
+/// (a coordinator stopped half-way): the marks must go out again. One behind it is replaying
+/// from an older checkpoint.
+fn fills(answer: &OpenAnswer, next: u64) -> Option<bool> {
+    match answer {
+        OpenAnswer::Holds { epoch, .. } if *epoch > next => Some(true),
+        OpenAnswer::Holds { epoch, .. } if *epoch == next => Some(answer.fills()),
+        OpenAnswer::Holds { .. } | OpenAnswer::CatchingUp | OpenAnswer::Failed => None,
+    }
+}
+
 /// The coordinator's access to the partitions' logs and summaries.
 #[derive(Clone)]
 pub struct Epochs {
     jetstream: jetstream::Context,
+    stream: stream::Stream,
     summaries: Summaries,
     leases: Leases,
     partitions: NonZeroU32,
@@ -523,6 +536,7 @@ impl Epochs {
     pub fn new(cluster: &Cluster) -> Epochs {
         Epochs {
             jetstream: cluster.jetstream().clone(),
+            stream: cluster.stream().clone(),
             summaries: Summaries::new(cluster),
             leases: cluster.leases().clone(),
             partitions: cluster.partitions(),
@@ -587,35 +601,68 @@ impl Epochs {
         .await
     }
 
-    /// What the partitions' open epochs hold, as their owners' ledgers have them once applied
-    /// through the log's tail (so every receipt acked before the question counts): something
-    /// to seal (receipts, or amounts a voided epoch carried in), nothing, or not known (some
-    /// owner could not say and none said something).
-    pub async fn open_epochs(&self) -> OpenEpochs {
+    /// The log's last sequence: a ledger changes only through its log, so while this stays
+    /// where it was when every owner said its open epoch holds nothing, it still holds nothing.
+    pub async fn log_tail(&self) -> Result<u64, EpochsError> {
+        let mut stream = self.stream.clone();
+        let info = stream
+            .info()
+            .await
+            .map_err(|error| nats("read the log's state")(error.into()))?;
+        Ok(info.state.last_sequence)
+    }
+
+    /// What the partitions' open epochs hold, `next` being the epoch to seal next, as their
+    /// owners' ledgers have them once applied through the log's tail (so every receipt acked
+    /// before the question counts): something to seal (receipts, or amounts a voided epoch
+    /// carried in), nothing, or not known (some owner could not say and none said something).
+    pub async fn open_epochs(&self, next: u64) -> OpenEpochs {
         let client = self.jetstream.client();
         let asked = (0..self.partitions.get()).map(|partition| {
             let client = client.clone();
             async move {
                 let request = client.request(open_subject(partition), OpenQuery.encode());
-                let holds = match tokio::time::timeout(OPEN_QUERY_TIMEOUT, request).await {
+                let judged = match tokio::time::timeout(OPEN_QUERY_TIMEOUT, request).await {
                     Ok(Ok(reply)) => OpenAnswer::decode(&reply.payload)
                         .ok()
-                        .and_then(|answer| answer.holds_something()),
+                        .and_then(|answer| fills(&answer, next)),
                     Ok(Err(_)) | Err(_) => None,
                 };
-                if holds.is_none() {
+                if judged.is_none() {
                     debug!(partition, "no answer about the partition's open epoch");
                 }
-                holds
+                judged
             }
         });
-        let answers = join_all(asked).await;
-        if answers.contains(&Some(true)) {
+        let judged = join_all(asked).await;
+        if judged.contains(&Some(true)) {
             OpenEpochs::Something
-        } else if answers.contains(&None) {
+        } else if judged.contains(&None) {
             OpenEpochs::Unsure
         } else {
             OpenEpochs::Nothing
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_counts_for_the_epoch_to_seal_and_past_it_but_not_behind_it() {
+        let holds = |epoch, receipts| OpenAnswer::Holds {
+            epoch,
+            receipts,
+            amount: 0,
+        };
+        assert_eq!(fills(&holds(5, 0), 5), Some(false));
+        assert_eq!(fills(&holds(5, 3), 5), Some(true));
+        // Sealed 5 at a mark the other partitions have not all applied: the marks go out again.
+        assert_eq!(fills(&holds(6, 0), 5), Some(true));
+        // Replaying from an older checkpoint: what it holds is not epoch 5's yet.
+        assert_eq!(fills(&holds(4, 3), 5), None);
+        assert_eq!(fills(&OpenAnswer::CatchingUp, 5), None);
+        assert_eq!(fills(&OpenAnswer::Failed, 5), None);
     }
 }

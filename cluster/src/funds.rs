@@ -280,13 +280,22 @@ impl QuerySource {
         }
     }
 
-    /// What the partition's open epoch holds, for the coordinator's decision to seal.
+    /// What the partition's open epoch holds, for the coordinator's decision to seal: at once
+    /// when it holds something (a busy owner is often behind the tail, and what it holds stays
+    /// until the next seal), else once the ledger has applied the log through the tail.
     async fn open_epoch(&self) -> OpenAnswer {
-        match self.caught_up().await {
-            Ok(()) => {}
-            Err(Behind::CatchingUp) => return OpenAnswer::CatchingUp,
-            Err(Behind::Failed) => return OpenAnswer::Failed,
+        let now = self.read_open_epoch().await;
+        if now.fills() {
+            return now;
         }
+        match self.caught_up().await {
+            Ok(()) => self.read_open_epoch().await,
+            Err(Behind::CatchingUp) => OpenAnswer::CatchingUp,
+            Err(Behind::Failed) => OpenAnswer::Failed,
+        }
+    }
+
+    async fn read_open_epoch(&self) -> OpenAnswer {
         let reader = self.reader.clone();
         match tokio::task::spawn_blocking(move || reader.open_epoch()).await {
             Ok(Ok(open)) => OpenAnswer::Holds {

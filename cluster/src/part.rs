@@ -20,9 +20,11 @@
 //!          funds (4): payer [32] | funds kind u8 (1 deposit, 2 withdrawal requested,
 //!                     3 withdrawal completed) | amount u128 | block u64 | log index u64
 //!          head withdrawals (5): count u32 | (payer [32] | amount u128)*
-//! summary = version 1 | partition u32 | epoch u64 | leaves u64 | debits u64 | credits u64
-//!          | (payer [32] | payee [20] | cumulative u128)* | (payer [32] | amount u128)*
-//!          | (payee [20] | amount u128)*
+//!          shortfall (6): epoch u64 | payer [32] | available u128 | based on u128
+//! summary = version 2 | partition u32 | epoch u64 | leaves u64 | debits u64 | credits u64
+//!          | shortfalls u64 | (payer [32] | payee [20] | cumulative u128)*
+//!          | (payer [32] | amount u128)* | (payee [20] | amount u128)*
+//!          | (payer [32] | payee [20] | shortfall u128)*
 //! ask    = version 1 | log seq u64 | digest [32]
 //! answer = version 1 | log seq u64 (the ask's) | status u8 | status body
 //!          acked:      batch seq u64 | accepted u32 | rejections u32 | (index u32 | reason u8)*
@@ -37,7 +39,7 @@
 //!                         | has nonce u8 | highest nonce u64)*
 //!          unknown payer, other partition, catching up, failed: nothing
 //! open   = version 1
-//! open answer = version 1 | status u8 (0 holds, 3 catching up, 4 failed) | status body
+//! open answer = version 1 | status u8 (0 holds, 1 catching up, 2 failed) | status body
 //!          holds:      epoch u64 | receipts u64 | amount u128
 //! ```
 
@@ -516,14 +518,18 @@ impl OpenQuery {
     }
 }
 
-const HOLDS: u8 = 0;
+const OPEN_HOLDS: u8 = 0;
+const OPEN_CATCHING_UP: u8 = 1;
+const OPEN_FAILED: u8 = 2;
 
 /// The owner's answer to an open-epoch query, as of the log's tail at the query's arrival (like
 /// a funds answer), so every receipt acked before the query is counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpenAnswer {
     /// The partition's open epoch: its number, the receipts accepted into it and the amount it
-    /// will debit (theirs, plus what a voided epoch carried in).
+    /// will debit (theirs, plus what a voided epoch carried in). An owner whose open epoch holds
+    /// something says so at once, however far behind the log's tail it is: it holds something
+    /// until it seals, so the answer cannot go stale.
     Holds {
         epoch: u64,
         receipts: u64,
@@ -536,14 +542,10 @@ pub enum OpenAnswer {
 }
 
 impl OpenAnswer {
-    /// Whether the epoch has anything to seal, as a standalone server judges its own.
-    pub fn holds_something(&self) -> Option<bool> {
-        match self {
-            OpenAnswer::Holds {
-                receipts, amount, ..
-            } => Some(*receipts > 0 || *amount > 0),
-            OpenAnswer::CatchingUp | OpenAnswer::Failed => None,
-        }
+    /// Whether the open epoch holds something to seal, as a standalone server judges its own:
+    /// receipts, or an amount a voided epoch carried in.
+    pub fn fills(&self) -> bool {
+        matches!(self, OpenAnswer::Holds { receipts, amount, .. } if *receipts > 0 || *amount > 0)
     }
 
     /// The reply's payload.
@@ -556,13 +558,13 @@ impl OpenAnswer {
                 receipts,
                 amount,
             } => {
-                out.put_u8(HOLDS);
+                out.put_u8(OPEN_HOLDS);
                 out.put_u64_le(*epoch);
                 out.put_u64_le(*receipts);
                 out.put_u128_le(*amount);
             }
-            OpenAnswer::CatchingUp => out.put_u8(CATCHING_UP),
-            OpenAnswer::Failed => out.put_u8(FAILED),
+            OpenAnswer::CatchingUp => out.put_u8(OPEN_CATCHING_UP),
+            OpenAnswer::Failed => out.put_u8(OPEN_FAILED),
         }
         out.freeze()
     }
@@ -572,13 +574,13 @@ impl OpenAnswer {
         const WHAT: &str = "open-epoch answer";
         let mut reader = Reader::of_version(bytes, WHAT, VERSION)?;
         let answer = match reader.u8()? {
-            HOLDS => OpenAnswer::Holds {
+            OPEN_HOLDS => OpenAnswer::Holds {
                 epoch: reader.u64()?,
                 receipts: reader.u64()?,
                 amount: reader.u128()?,
             },
-            CATCHING_UP => OpenAnswer::CatchingUp,
-            FAILED => OpenAnswer::Failed,
+            OPEN_CATCHING_UP => OpenAnswer::CatchingUp,
+            OPEN_FAILED => OpenAnswer::Failed,
             other => return Err(malformed(WHAT, format!("unknown status {other}"))),
         };
         reader.finish()?;
@@ -1064,17 +1066,17 @@ mod tests {
         .encode();
         assert_eq!(holds.len(), 2 + 8 + 8 + 16);
         assert!(OpenAnswer::decode(&holds[..holds.len() - 1]).is_err());
-        assert!(OpenAnswer::decode(&[VERSION, 9]).is_err());
-        let empty = |receipts, amount| OpenAnswer::Holds {
+        assert!(OpenAnswer::decode(&[VERSION, 3]).is_err());
+        let holding = |receipts, amount| OpenAnswer::Holds {
             epoch: 2,
             receipts,
             amount,
         };
-        assert_eq!(empty(0, 0).holds_something(), Some(false));
-        assert_eq!(empty(1, 0).holds_something(), Some(true));
-        // Amounts a voided epoch carried in, without a receipt of the epoch's own.
-        assert_eq!(empty(0, 9).holds_something(), Some(true));
-        assert_eq!(OpenAnswer::CatchingUp.holds_something(), None);
+        assert!(!holding(0, 0).fills());
+        assert!(holding(1, 0).fills());
+        // An amount a voided epoch carried in, without a receipt of the epoch's own.
+        assert!(holding(0, 9).fills());
+        assert!(!OpenAnswer::CatchingUp.fills());
     }
 
     #[test]

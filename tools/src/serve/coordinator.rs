@@ -38,14 +38,17 @@ pub(super) struct Coordinator {
 }
 
 /// How often a due epoch whose partitions hold nothing is looked at again: receipts that arrive
-/// on an idle cluster are sealed this long after, at most. One small query per partition.
+/// on an idle cluster are sealed this long after, at most. One read of the log's state, and a
+/// query per partition only if the log has grown since they last all said nothing.
 const QUIET_RECHECK: Duration = Duration::from_secs(2);
 
-/// How long at least a due epoch waits for an owner that cannot say what its open epoch holds
-/// (no owner yet at a cluster's start, a lease moving, a replay) before it is sealed anyway.
-/// Waiting costs no other partition anything: a seal cannot complete without that partition's
-/// summary, and receipts anywhere else seal the epoch at once.
-const UNSURE_GRACE_MIN: Duration = Duration::from_secs(10);
+/// How long a due epoch waits for an owner that cannot say what its open epoch holds (no owner
+/// yet at a cluster's start, a lease moving, a replay from an older checkpoint, a node of a
+/// release without the question) before it is sealed anyway, maybe empty. Short against the
+/// epoch interval: the exit check budgets one interval from a receipt's acceptance to its seal,
+/// and receipts anywhere else seal the epoch at once (an owner whose open epoch holds something
+/// says so without catching up first).
+const UNSURE_GRACE: Duration = Duration::from_secs(10);
 
 /// What one coordinating term remembers between steps; a new term starts afresh.
 struct Term {
@@ -56,9 +59,11 @@ struct Term {
     /// When to look next whether the open epoch is to be sealed: an interval after this term's
     /// last seal marks (or its start), then every [`QUIET_RECHECK`] while it holds nothing.
     due: Instant,
-    /// Since when some partition's owner could not say what its open epoch holds (and none
-    /// said something).
-    unsure_since: Option<Instant>,
+    /// The log's last sequence when every owner last said its open epoch holds nothing.
+    quiet_at: Option<u64>,
+    /// Since when some partition's owner could not say what the epoch to seal holds (and none
+    /// said something), and that epoch.
+    unsure_since: Option<(u64, Instant)>,
     /// The epoch whose failure was last logged, so a failure repeated every tick is logged once.
     failing: Option<u64>,
     /// Shortfall marks this term wrote (epoch, payer, what the chain held): each is written
@@ -105,6 +110,7 @@ impl Coordinator {
             marked: None,
             committed_marked: None,
             due: Instant::now() + interval,
+            quiet_at: None,
             unsure_since: None,
             failing: None,
             shortfalls: BTreeSet::new(),
@@ -177,22 +183,38 @@ impl Coordinator {
         }
         if !left_half_done {
             let recheck = Instant::now() + interval.min(QUIET_RECHECK);
-            match self.epochs.open_epochs().await {
+            // Read before asking: what lands later is past it.
+            let tail = self
+                .epochs
+                .log_tail()
+                .await
+                .map_err(|error| failed(error.into()))?;
+            if term.quiet_at == Some(tail) {
+                term.due = recheck;
+                return Ok(());
+            }
+            match self.epochs.open_epochs(next).await {
                 OpenEpochs::Something => {}
                 OpenEpochs::Nothing => {
+                    term.quiet_at = Some(tail);
                     term.unsure_since = None;
                     term.due = recheck;
                     return Ok(());
                 }
-                // A partition's receipts are sealed at most an interval (or UNSURE_GRACE_MIN)
-                // late while its owner cannot say, and then an empty epoch may be the price of
-                // the doubt: never receipts left unsealed for good.
                 OpenEpochs::Unsure => {
-                    let since = *term.unsure_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() < interval.max(UNSURE_GRACE_MIN) {
+                    let since = match term.unsure_since {
+                        Some((epoch, since)) if epoch == next => since,
+                        _ => term.unsure_since.insert((next, Instant::now())).1,
+                    };
+                    if since.elapsed() < UNSURE_GRACE {
                         term.due = recheck;
                         return Ok(());
                     }
+                    tracing::warn!(
+                        epoch = next,
+                        grace = ?UNSURE_GRACE,
+                        "some partition's owner has not said what its open epoch holds: sealing anyway"
+                    );
                 }
             }
         }
