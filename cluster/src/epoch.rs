@@ -40,7 +40,9 @@ use crate::error::NatsError;
 use crate::lease::{COORDINATOR_LEASE, LeaseKeeper, Leases};
 use crate::mark_log::publish_mark;
 use crate::objects::{ReadError, read_object};
-use crate::part::{DecodeError, Mark, OpenAnswer, OpenQuery, Shortfall, Summary, open_subject};
+use crate::part::{
+    DecodeError, Mark, OpenAnswer, OpenQuery, Shortfall, Summary, open_subject, written_off,
+};
 use crate::partition::partition_of;
 use crate::resources::Cluster;
 use crate::retry::backoff;
@@ -295,12 +297,8 @@ async fn apply_shortfall(
             stop.clone(),
         ))
     };
-    let cut = reader
-        .epoch_shortfalls(epoch)
-        .map_err(LedgerError::from)?
-        .into_iter()
-        .filter(|(cut_payer, _, _)| *cut_payer == payer)
-        .fold(0u128, |total, (_, _, cut)| total.saturating_add(cut));
+    let shortfalls = reader.epoch_shortfalls(epoch).map_err(LedgerError::from)?;
+    let cut = written_off(&shortfalls, Some(&payer));
     if cut != based_on {
         info!(
             partition, epoch, %payer, cut, based_on,

@@ -89,7 +89,7 @@ pub use node::{Node, NodeLedgers};
 pub use owner::{OwnerError, PartRefused, REFUSALS_KEPT};
 pub use part::{
     ASK_PREFIX, Answer, Ask, BatchId, DecodeError, FUNDS_PREFIX, FundsAnswer, FundsQuery, Mark,
-    Part, Shortfall, Summary, Verdicts, ask_subject, funds_subject,
+    Part, Shortfall, Summary, Verdicts, ask_subject, funds_subject, written_off,
 };
 pub use partition::{SUBJECT_PREFIX, partition_of, subject_of};
 pub use publish::{AnswerProblem, PublishError, Publisher};

@@ -198,7 +198,8 @@ type Refusals = Arc<Mutex<BTreeSet<u64>>>;
 
 impl Owner {
     /// Reads where `engine` (partition `partition`'s own ledger) is in the log, subscribes to
-    /// the partition's asks, funds queries and open-epoch queries, and opens its log right after that position.
+    /// the partition's asks, funds queries and open-epoch queries, and opens its log right after
+    /// that position.
     pub(crate) async fn start(
         client: async_nats::Client,
         stream: &stream::Stream,

@@ -794,6 +794,19 @@ pub struct Summary {
     pub shortfalls: Vec<(PayerKey, Address, u128)>,
 }
 
+/// What `shortfalls` (`(payer, payee, cut)` entries, as a summary and a ledger hold them) write
+/// off in all, or of `payer` alone: the coordinator bases a shortfall mark on this sum over the
+/// summaries and the owner checks its ledger's against it, so both must count alike.
+pub fn written_off<'a>(
+    shortfalls: impl IntoIterator<Item = &'a (PayerKey, Address, u128)>,
+    payer: Option<&PayerKey>,
+) -> u128 {
+    shortfalls
+        .into_iter()
+        .filter(|(cut_payer, _, _)| payer.is_none_or(|payer| payer == cut_payer))
+        .fold(0u128, |total, (_, _, cut)| total.saturating_add(*cut))
+}
+
 const LEAF_BYTES: usize = 32 + 20 + 16;
 const DEBIT_BYTES: usize = 32 + 16;
 const CREDIT_BYTES: usize = 20 + 16;
@@ -1040,6 +1053,22 @@ mod tests {
         unknown_status.extend_from_slice(&42u64.to_le_bytes());
         unknown_status.push(9);
         assert!(Answer::decode(&unknown_status).is_err());
+    }
+
+    #[test]
+    fn written_off_sums_every_cut_or_one_payers() {
+        let (a, b) = (PayerKey([1; 32]), PayerKey([2; 32]));
+        let cuts = [
+            (a, Address([7; 20]), 3),
+            (b, Address([7; 20]), 5),
+            (a, Address([8; 20]), u128::MAX),
+        ];
+        assert_eq!(written_off(&cuts[..2], None), 8);
+        assert_eq!(written_off(&cuts[..2], Some(&a)), 3);
+        assert_eq!(written_off(&cuts, Some(&b)), 5);
+        assert_eq!(written_off(&cuts, Some(&PayerKey([3; 32]))), 0);
+        // Saturates rather than wraps: the owner's check then refuses the mark.
+        assert_eq!(written_off(&cuts, Some(&a)), u128::MAX);
     }
 
     #[test]

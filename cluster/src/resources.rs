@@ -36,7 +36,8 @@ pub struct Cluster {
 
 impl Cluster {
     /// Connects and creates (or opens, when another node created them) the log stream, the meta
-    /// and lease buckets and the checkpoint and summary stores. Safe to run on every node at every start.
+    /// and lease buckets and the checkpoint and summary stores. Safe to run on every node at
+    /// every start.
     /// Refuses, changing nothing, a resource that exists with other settings or a cluster
     /// created with another partition count.
     pub async fn start(config: ClusterConfig) -> Result<Cluster, ClusterError> {

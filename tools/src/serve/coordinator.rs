@@ -21,7 +21,7 @@ use alloy::primitives::B256;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tollgate_cluster::telemetry::COORDINATOR;
-use tollgate_cluster::{Epochs, Mark, OpenEpochs, Summary};
+use tollgate_cluster::{Epochs, Mark, OpenEpochs, Summary, written_off};
 use tollgate_engine::PayerKey;
 use tollgate_settle::epoch::EpochConfig;
 use tollgate_settle::merkle::{MerkleError, PartitionedTree};
@@ -248,11 +248,10 @@ impl Coordinator {
             available,
             amount,
         } = *overdraft;
-        let based_on = summaries
-            .iter()
-            .flat_map(|summary| &summary.shortfalls)
-            .filter(|(cut_payer, _, _)| *cut_payer == payer)
-            .fold(0u128, |total, (_, _, cut)| total.saturating_add(*cut));
+        let based_on = written_off(
+            summaries.iter().flat_map(|summary| &summary.shortfalls),
+            Some(&payer),
+        );
         self.epochs
             .shortfall(epoch, payer, (available, based_on))
             .await?;
@@ -296,10 +295,10 @@ impl Coordinator {
         match outcome.onchain {
             OnchainEpoch::Committed => {
                 // Counted by the coordinator whose commit completes the epoch, so once.
-                let written_off = summaries
-                    .iter()
-                    .flat_map(|summary| &summary.shortfalls)
-                    .fold(0u128, |total, (_, _, cut)| total.saturating_add(*cut));
+                let written_off = written_off(
+                    summaries.iter().flat_map(|summary| &summary.shortfalls),
+                    None,
+                );
                 metrics::counter!(names::SHORTFALL)
                     .increment(u64::try_from(written_off).unwrap_or(u64::MAX));
                 metrics::gauge!(names::LAST_COMMITTED_EPOCH).set(epoch as f64);
