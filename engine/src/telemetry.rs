@@ -8,7 +8,8 @@ use crate::verdict::Reason;
 
 /// Gauge: batches submitted and waiting for signature verification.
 pub const VERIFY_QUEUE_BATCHES: &str = "tollgate_verify_queue_batches";
-/// Histogram: time to verify one group of batches.
+/// Histogram: time to verify one group of batches (two groups may verify at once, sharing the
+/// pool, so these can add up to more than the time that passed).
 pub const VERIFY_SECONDS: &str = "tollgate_verify_seconds";
 /// Counter: batch equations computed (bisection shows here).
 pub const VERIFY_EQUATIONS_TOTAL: &str = "tollgate_verify_equations_total";
@@ -46,7 +47,7 @@ pub fn register() {
     describe_histogram!(
         VERIFY_SECONDS,
         Unit::Seconds,
-        "time to verify one group of batches"
+        "time to verify one group of batches (two may verify at once)"
     );
     describe_counter!(VERIFY_EQUATIONS_TOTAL, "batch equations computed");
     describe_gauge!(

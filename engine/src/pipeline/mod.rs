@@ -1,12 +1,13 @@
 //! The engine as ingest and settle see it: submit a batch, get an ack once it is durable.
 //!
 //! ```text
-//! submit ──[queue_batches_max]──▶ verify thread ──[verified_batches_max]──▶ ledger writer ──▶ RocksDB
+//! submit ──[queue_batches_max]──▶ verify stage ──[verified_batches_max]──▶ ledger writer ──▶ RocksDB
 //! funds / seal_epoch / record_epoch / grant / revoke ──[control_queue_max]──▶ ledger writer
 //! ```
-//! Both stages are single threads connected by bounded crossbeam channels, so batches reach the
-//! writer in submission order; the verify thread hands each batch to a [`BatchVerifier`], which
-//! may fan out on its own pool. When the writer or the verifier falls behind, the queues fill,
+//! The stages are connected by bounded crossbeam channels. The verify stage hands groups of
+//! batches to a [`BatchVerifier`], which may fan out on its own pool, two groups at a time, and
+//! passes them on in submission order; the writer is a single thread, so batches are applied in
+//! that order. When the writer or the verifier falls behind, the queues fill,
 //! `submit` answers [`SubmitError::Full`], and ingest stops reading sockets: TCP pushes back on the
 //! fleet. Replies travel on `futures_channel::oneshot`, which needs no async runtime.
 
@@ -91,7 +92,7 @@ pub struct EngineConfig {
     pub ledger: LedgerConfig,
     /// Batches submitted and not yet verified; `submit` answers `Full` beyond.
     pub queue_batches_max: usize,
-    /// Verified batches waiting for the writer; the verify thread waits beyond.
+    /// Verified batches waiting for the writer; the verify stage waits beyond.
     pub verified_batches_max: usize,
     /// Funds events, seals and epoch updates waiting for the writer.
     pub control_queue_max: usize,
@@ -204,18 +205,22 @@ enum Signatures {
 }
 
 enum VerifyMsg {
-    Batch(
-        SubmitRequest,
-        BatchDigest,
-        Signatures,
-        Option<LogPosition>,
-        oneshot::Sender<Result<BatchAck, EngineError>>,
-    ),
+    Batch(QueuedBatch),
     Shutdown,
 }
 
+/// A submitted batch on its way through the verify stage.
+struct QueuedBatch {
+    request: SubmitRequest,
+    digest: BatchDigest,
+    signatures: Signatures,
+    log: Option<LogPosition>,
+    reply: oneshot::Sender<Result<BatchAck, EngineError>>,
+}
+
 struct Threads {
-    verify: JoinHandle<()>,
+    /// True when the stage told the writer to stop.
+    verify: JoinHandle<bool>,
     writer: JoinHandle<Result<(), LedgerError>>,
 }
 
@@ -364,11 +369,13 @@ impl Engine {
         }
         let digest = batch_digest(&request.receipts);
         let (tx, rx) = oneshot::channel();
-        match self
-            .inner
-            .submit
-            .try_send(VerifyMsg::Batch(request, digest, signatures, log, tx))
-        {
+        match self.inner.submit.try_send(VerifyMsg::Batch(QueuedBatch {
+            request,
+            digest,
+            signatures,
+            log,
+            reply: tx,
+        })) {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => Err(SubmitError::Full),
             Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
@@ -490,12 +497,18 @@ impl Inner {
             return Ok(());
         };
         // Blocking send: the marker queues behind every batch already submitted. An error means
-        // the verify thread is gone already, which joining reports.
+        // the verify stage is gone already, which joining reports.
         drop(self.submit.send(VerifyMsg::Shutdown));
         let verify = threads.verify.join();
+        if !matches!(verify, Ok(true)) {
+            // A stage that panicked, or ended early, never told the writer to stop, and the
+            // writer keeps waiting for control messages while this handle holds their queue:
+            // tell it here, or the join below never returns.
+            drop(self.control.send(WriterMsg::Shutdown));
+        }
         let writer = threads.writer.join();
         if verify.is_err() {
-            return Err(invariant("verify thread panicked").into());
+            return Err(invariant("verify stage panicked").into());
         }
         match writer {
             Ok(result) => Ok(result?),

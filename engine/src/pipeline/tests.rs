@@ -327,3 +327,154 @@ fn a_verifier_miscounting_one_clients_span_gets_the_group_refused() {
         ]
     );
 }
+
+/// Accepts every signature. Its first call returns only once a later call has returned (or
+/// after 10 s), and says which happened: two groups verified at once, or one at a time.
+#[derive(Default)]
+struct FirstCallWaitsForTheSecond {
+    calls: std::sync::atomic::AtomicUsize,
+    second_done: Mutex<bool>,
+    second_done_changed: std::sync::Condvar,
+    overtaken: AtomicBool,
+}
+
+impl BatchVerifier for FirstCallWaitsForTheSecond {
+    fn verify(&self, receipts: &[ReceiptView<'_>]) -> Vec<Verdict> {
+        let mut second_done = self.second_done.lock().expect("flag");
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            let (second_done, _) = self
+                .second_done_changed
+                .wait_timeout_while(second_done, std::time::Duration::from_secs(10), |done| {
+                    !*done
+                })
+                .expect("flag");
+            self.overtaken.store(*second_done, Ordering::SeqCst);
+        } else {
+            *second_done = true;
+            self.second_done_changed.notify_all();
+        }
+        vec![Ok(()); receipts.len()]
+    }
+}
+
+/// An engine that accepts unknown payers, its verifier, and a request for batch `batch_seq` of
+/// one producer: one receipt, nonce `batch_seq`.
+fn engine_and_request<V: BatchVerifier>(
+    dir: &std::path::Path,
+    verifier: V,
+) -> (Engine, Arc<V>, impl Fn(u64) -> SubmitRequest) {
+    use crate::receipt::{Address, UnsignedReceipt};
+
+    let mut config = EngineConfig::new(dir);
+    config.ledger.unknown_payers = UnknownPayers::Accept;
+    let verifier = Arc::new(verifier);
+    let engine =
+        Engine::open(config, Arc::clone(&verifier) as Arc<dyn BatchVerifier>).expect("open");
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let request = move |batch_seq: u64| SubmitRequest {
+        client_id: 1,
+        producer_id: 1,
+        session_epoch: 1,
+        batch_seq,
+        receipts: ReceiptBatch::from_receipts(&[UnsignedReceipt {
+            payer: PayerKey(key.verifying_key().to_bytes()),
+            payee: Address([2; 20]),
+            amount: 5,
+            nonce: batch_seq,
+            timestamp_ms: now_ms,
+            request_hash: [0; 32],
+            session: false,
+        }
+        .sign(&key, &crate::Domain::default())]),
+        prejudged: Vec::new(),
+    };
+    (engine, verifier, request)
+}
+
+/// Two groups verify at once, and the writer still takes them in submission order: a second
+/// batch whose verification ends while the first's is still running is applied, and acked,
+/// only after the first. (Fails with the stage handing groups on as they finish: the second
+/// batch is acked while the first still verifies; and with one group at a time.)
+#[test]
+fn a_group_verified_sooner_waits_for_the_one_submitted_before_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (engine, verifier, request) =
+        engine_and_request(dir.path(), FirstCallWaitsForTheSecond::default());
+
+    let mut first = engine.submit(request(1)).expect("queued");
+    while verifier.calls.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let second = engine.submit(request(2)).expect("queued");
+    let second = futures::executor::block_on(second)
+        .expect("answered")
+        .expect("acked");
+    assert_eq!((second.accepted, second.rejections), (1, Vec::new()));
+    assert!(
+        verifier.overtaken.load(Ordering::SeqCst),
+        "the second batch was not verified while the first was"
+    );
+    let first = first
+        .try_recv()
+        .expect("answered")
+        .expect("the first batch is acked before the second")
+        .expect("acked");
+    assert_eq!(first.accepted, 1);
+    engine.shutdown().expect("clean");
+}
+
+/// A shutdown asked for while two groups verify waits for both: each is applied and acked, in
+/// order, and the engine stops cleanly.
+#[test]
+fn a_shutdown_while_two_groups_verify_finishes_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (engine, verifier, request) =
+        engine_and_request(dir.path(), FirstCallWaitsForTheSecond::default());
+    let first = engine.submit(request(1)).expect("queued");
+    while verifier.calls.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let second = engine.submit(request(2)).expect("queued");
+    engine.shutdown().expect("clean");
+    for (seq, ack) in [(1, first), (2, second)] {
+        let ack = futures::executor::block_on(ack)
+            .expect("answered")
+            .expect("acked");
+        assert_eq!((ack.batch_seq, ack.accepted), (seq, 1));
+    }
+}
+
+struct Panics;
+
+impl BatchVerifier for Panics {
+    fn verify(&self, _: &[ReceiptView<'_>]) -> Vec<Verdict> {
+        panic!("a verifier bug");
+    }
+}
+
+/// A verifier that panics stops the engine with an error instead of hanging it: the batch gets
+/// no ack, and `shutdown` says the stage panicked. (Hung before: the stage never told the writer
+/// to stop, and the writer waited for control messages from the handle being shut down.)
+#[test]
+fn a_verifier_panic_ends_the_engine_with_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (engine, _, request) = engine_and_request(dir.path(), Panics);
+    let ack = engine.submit(request(1)).expect("queued");
+    assert!(
+        futures::executor::block_on(ack).is_err(),
+        "a batch the verifier never judged was answered"
+    );
+    let (done, stopped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || drop(done.send(engine.shutdown())));
+    let stopped = stopped
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("shutdown returned within 30 s");
+    assert!(
+        stopped.is_err(),
+        "a panicked stage was reported as a clean stop"
+    );
+}

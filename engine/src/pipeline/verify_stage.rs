@@ -1,9 +1,14 @@
-//! The verify stage: the thread between `submit` and the ledger writer that groups queued
-//! batches, verifies their signatures in one call, and hands them on in submission order.
+//! The verify stage: between `submit` and the ledger writer, it groups queued batches, verifies
+//! each group's signatures in one call, two groups at a time, and hands them on in submission
+//! order.
 
-use crossbeam_channel::{Receiver, Sender};
+use std::collections::VecDeque;
 
-use super::{BatchVerifier, ClientSpan, EngineError, Signatures, SubmitRequest, VerifyMsg};
+use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, bounded};
+
+use super::{
+    BatchVerifier, ClientSpan, EngineError, QueuedBatch, Signatures, SubmitRequest, VerifyMsg,
+};
 use crate::ledger::state::SessionId;
 use crate::ledger::writer::WriterMsg;
 use crate::telemetry as names;
@@ -16,25 +21,112 @@ use crate::verdict::{Reason, Verdict};
 /// latency target.
 const VERIFY_GROUP_BATCHES_MAX: usize = 4;
 
-/// The verify stage. It takes every batch already queued (up to a bound) and verifies them in
-/// one call, so the pool spreads their receipts over all its threads: one client batch is often
-/// a single batch equation, which alone would keep one core busy and leave the others idle. A
-/// lone batch goes at once, so a quiet server adds no latency. Results leave in submission order.
+/// Groups verified at once. With one, the pool waited for a group's slowest chunk at the end of
+/// every group, one core idle; with two, the next group's chunks fill that gap (rayon runs a
+/// call's chunks before it takes the next call from its queue, so the older group still ends
+/// first). Measured in docs/BENCHMARKS.md, "Two groups in flight".
+const GROUPS_IN_FLIGHT: usize = 2;
+
+/// Batches verified in one call, in submission order.
+type Group = Vec<QueuedBatch>;
+
+/// A group and one verdict per record of each of its batches.
+struct Verified {
+    group: Group,
+    verdicts: Vec<Vec<Verdict>>,
+}
+
+/// The verify stage. Its thread takes every batch already queued (up to a bound) as a group and
+/// gives it to one of [`GROUPS_IN_FLIGHT`] verifying threads, which verifies the group in one
+/// call so the pool spreads its receipts over all its threads: one client batch is often a single
+/// batch equation, which alone would keep one core busy and leave the others idle. A lone batch
+/// goes at once, so a quiet server adds no latency. Groups are handed to the writer oldest
+/// first, each when it and every group before it are verified. True when it told the writer to
+/// stop, after handing on every batch submitted before [`VerifyMsg::Shutdown`].
 pub(super) fn verify_stage(
     verifier: &dyn BatchVerifier,
     requests: Receiver<VerifyMsg>,
     verified: Sender<WriterMsg<EngineError>>,
-) {
-    let mut group = Vec::with_capacity(VERIFY_GROUP_BATCHES_MAX);
+) -> bool {
+    let (jobs, jobs_rx) = bounded::<(Group, Sender<Verified>)>(GROUPS_IN_FLIGHT);
+    std::thread::scope(|scope| {
+        for lane in 1..=GROUPS_IN_FLIGHT {
+            let jobs = &jobs_rx;
+            let spawned = std::thread::Builder::new()
+                .name(format!("tollgate-stage{lane}"))
+                .spawn_scoped(scope, move || verify_groups(verifier, jobs));
+            if let Err(error) = spawned {
+                // Nothing may verify a batch: closing the queue makes `submit` say so.
+                tracing::error!(%error, "cannot start a verify stage thread");
+                return false;
+            }
+        }
+        let stopped =
+            take_groups(&requests, &jobs, &verified) && verified.send(WriterMsg::Shutdown).is_ok();
+        // The verifying threads end when `jobs` closes, before the scope waits for them.
+        drop(jobs);
+        stopped
+    })
+}
+
+/// Forms groups and hands them on in order until the queue closes or asks to stop, then hands on
+/// the groups still verifying. True when it stopped on [`VerifyMsg::Shutdown`] with every group
+/// before it handed on; false when the queue closed, the writer is gone or a verifying thread
+/// died.
+fn take_groups(
+    requests: &Receiver<VerifyMsg>,
+    jobs: &Sender<(Group, Sender<Verified>)>,
+    verified: &Sender<WriterMsg<EngineError>>,
+) -> bool {
+    let mut in_flight: VecDeque<Receiver<Verified>> = VecDeque::with_capacity(GROUPS_IN_FLIGHT);
     let mut stopping = false;
-    while !stopping {
-        let Ok(first) = requests.recv() else { return };
+    let mut closed = false;
+    loop {
+        if stopping || closed || in_flight.len() == GROUPS_IN_FLIGHT {
+            let Some(oldest) = in_flight.pop_front() else {
+                return stopping;
+            };
+            let handed_on = oldest.recv().is_ok_and(|done| hand_on(done, verified));
+            if !handed_on {
+                return false;
+            }
+            continue;
+        }
+        let oldest_ready = {
+            let mut select = Select::new();
+            select.recv(requests);
+            if let Some(oldest) = in_flight.front() {
+                select.recv(oldest);
+            }
+            select.ready() == 1
+        };
+        if oldest_ready {
+            // `ready` may wake without a message: look again on the next round.
+            match in_flight.front().map(Receiver::try_recv) {
+                Some(Ok(done)) => {
+                    in_flight.pop_front();
+                    if !hand_on(done, verified) {
+                        return false;
+                    }
+                }
+                Some(Err(TryRecvError::Disconnected)) => return false,
+                Some(Err(TryRecvError::Empty)) | None => {}
+            }
+            continue;
+        }
+        let first = match requests.try_recv() {
+            Ok(first) => first,
+            Err(TryRecvError::Empty) => continue,
+            Err(TryRecvError::Disconnected) => {
+                closed = true;
+                continue;
+            }
+        };
+        let mut group = Vec::with_capacity(VERIFY_GROUP_BATCHES_MAX);
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                VerifyMsg::Batch(request, digest, signatures, log, reply) => {
-                    group.push((request, digest, signatures, log, reply));
-                }
+                VerifyMsg::Batch(batch) => group.push(batch),
                 VerifyMsg::Shutdown => stopping = true,
             }
             if !stopping && group.len() < VERIFY_GROUP_BATCHES_MAX {
@@ -42,32 +134,55 @@ pub(super) fn verify_stage(
             }
         }
         metrics::gauge!(names::VERIFY_QUEUE_BATCHES).set(requests.len() as f64);
-        let requests_in_group: Vec<(&SubmitRequest, Signatures)> =
-            group.iter().map(|(r, _, s, _, _)| (r, *s)).collect();
-        let started = std::time::Instant::now();
-        let verdicts = group_verdicts(verifier, &requests_in_group);
-        metrics::histogram!(names::VERIFY_SECONDS).record(started.elapsed());
-        for ((request, digest, _, log, reply), verdicts) in group.drain(..).zip(verdicts) {
-            let msg = WriterMsg::Batch {
-                session: SessionId {
-                    client_id: request.client_id,
-                    producer_id: request.producer_id,
-                    session_epoch: request.session_epoch,
-                    batch_seq: request.batch_seq,
-                },
-                digest,
-                receipts: request.receipts,
-                verdicts,
-                log,
-                reply,
-            };
-            if verified.send(msg).is_err() {
-                return;
-            }
+        if group.is_empty() {
+            continue;
         }
-        metrics::gauge!(names::LEDGER_QUEUE_BATCHES).set(verified.len() as f64);
+        let (done, done_rx) = bounded(1);
+        if jobs.send((group, done)).is_err() {
+            return false;
+        }
+        in_flight.push_back(done_rx);
     }
-    drop(verified.send(WriterMsg::Shutdown));
+}
+
+/// A verifying thread: verifies each group it is given and sends it back with its verdicts.
+fn verify_groups(verifier: &dyn BatchVerifier, jobs: &Receiver<(Group, Sender<Verified>)>) {
+    for (group, done) in jobs {
+        let requests: Vec<(&SubmitRequest, Signatures)> = group
+            .iter()
+            .map(|batch| (&batch.request, batch.signatures))
+            .collect();
+        let started = std::time::Instant::now();
+        let verdicts = group_verdicts(verifier, &requests);
+        metrics::histogram!(names::VERIFY_SECONDS).record(started.elapsed());
+        if done.send(Verified { group, verdicts }).is_err() {
+            return;
+        }
+    }
+}
+
+/// Hands a verified group's batches to the writer; false once the writer is gone.
+fn hand_on(done: Verified, verified: &Sender<WriterMsg<EngineError>>) -> bool {
+    for (batch, verdicts) in done.group.into_iter().zip(done.verdicts) {
+        let msg = WriterMsg::Batch {
+            session: SessionId {
+                client_id: batch.request.client_id,
+                producer_id: batch.request.producer_id,
+                session_epoch: batch.request.session_epoch,
+                batch_seq: batch.request.batch_seq,
+            },
+            digest: batch.digest,
+            receipts: batch.request.receipts,
+            verdicts,
+            log: batch.log,
+            reply: batch.reply,
+        };
+        if verified.send(msg).is_err() {
+            return false;
+        }
+    }
+    metrics::gauge!(names::LEDGER_QUEUE_BATCHES).set(verified.len() as f64);
+    true
 }
 
 /// One verdict per record of each request: prejudged reasons, `Malformed` for records that do
