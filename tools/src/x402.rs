@@ -26,9 +26,9 @@ pub const SCHEME: &str = "tollgate";
 /// The text that opens every `request_hash` preimage, so the hash can never be read as another
 /// protocol's.
 pub const REQUEST_HASH_TAG: &str = "tollgate-x402-v1";
-/// The engine client id the facilitator's settles are submitted under. Reserved: a fleet client
-/// configured with this id is refused (`serve` configuration), so the fleet protocol can never
-/// reach the x402 producers' sessions.
+/// The engine client id the facilitator's settles are submitted under, so their signatures share
+/// batch equations with each other and never with a fleet client's. Reserved: a fleet client
+/// configured with this id is refused (`serve` configuration).
 pub const CLIENT_ID: u64 = u64::MAX;
 
 /// The CAIP-2 network of a deployment on EVM chain `chain_id`.
@@ -426,28 +426,13 @@ pub fn check_payment(
 }
 
 /// The commitment identifier `/settle` answers in `transaction`: `0x` and the BLAKE3 hash of the
-/// receipt's 176 signed bytes, which is also the engine's digest of the one-receipt batch it was
-/// settled in. Anyone holding the payload can recompute it, and find the receipt in its epoch's
-/// archive (`GET /v1/epochs/{n}/receipts`) and the epoch's root onchain.
+/// receipt's 176 signed bytes. Anyone holding the payload can recompute it, and find the receipt
+/// in its epoch's archive (`GET /v1/epochs/{n}/receipts`) and the epoch's root onchain.
 pub fn transaction_id(receipt: &Receipt) -> String {
     format!(
         "0x{}",
         hex::encode(blake3::hash(&receipt.to_bytes()).as_bytes())
     )
-}
-
-/// The engine producer a receipt is settled under: one per channel window (signing key and
-/// payee), the first 8 bytes (little-endian) of BLAKE3 over `tollgate-x402-producer-v1`, the key
-/// and the payee. With the nonce as batch number, a re-sent payload is the same batch and gets
-/// the same answer, and a different receipt under a used nonce is refused as a replay.
-pub fn producer_id(receipt: &Receipt) -> u64 {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(b"tollgate-x402-producer-v1");
-    hasher.update(&receipt.payer.0);
-    hasher.update(&receipt.payee.0);
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
-    u64::from_le_bytes(word)
 }
 
 /// A payer's nonces for one channel without stored state: a counter that starts at the clock

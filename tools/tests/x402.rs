@@ -1,7 +1,7 @@
 //! The x402 facilitator of a real `tollgate serve` over a real anvil with funded payers: verify
 //! then settle then replay, each kind of payment the binding refuses (underpaid, wrong payee,
 //! wrong network, bad signature, unfunded payer, bad body), and a concurrent burst of settles
-//! whose total is exactly what the ledger charged each payer, its signatures checked once.
+//! whose total is exactly what the ledger charged each payer, its signatures checked in batches.
 
 mod common;
 
@@ -267,9 +267,13 @@ async fn facilitator_verifies_settles_once_refuses_what_it_must_and_charges_a_bu
     facilitator
         .refused(&wrong_network, &mainnet, reason::INVALID_NETWORK)
         .await;
-    let mut forged = facilitator.pay(payer, PRICE, nonces.next(now_ms()), asked);
+    let genuine = facilitator.pay(payer, PRICE, nonces.next(now_ms()), asked);
+    let mut forged = genuine.clone();
     forged.payload.amount = (PRICE * 5).to_string();
     facilitator.refused(&forged, asked, reason::SIGNATURE).await;
+    // A forged payment takes nothing: its payer's real one under the same nonce settles.
+    let settled = facilitator.settle(&genuine, asked).await;
+    assert!(settled.success, "{settled:?}");
     let unfunded = SigningKey::from_bytes(&[0x5a; 32]);
     let broke = facilitator.pay(&unfunded, PRICE, nonces.next(now_ms()), asked);
     facilitator
@@ -294,8 +298,8 @@ async fn facilitator_verifies_settles_once_refuses_what_it_must_and_charges_a_bu
             assert_eq!(code, Some(reason::INVALID_PAYLOAD), "{answer}");
         }
     }
-    // None of it cost the payer anything.
-    assert_eq!(facilitator.paid(payer).await, 2 * u128::from(PRICE));
+    // None of it cost the payer anything but the genuine payment.
+    assert_eq!(facilitator.paid(payer).await, 3 * u128::from(PRICE));
 
     // A concurrent burst: every settle succeeds once and the payers are charged the exact total.
     let base = now_ms();
@@ -336,11 +340,11 @@ async fn facilitator_verifies_settles_once_refuses_what_it_must_and_charges_a_bu
     for (who, key) in keys.iter().take(BURST_PAYERS as usize).enumerate() {
         assert_eq!(facilitator.paid(key).await, expected[who], "payer {who}");
     }
-    // The facilitator checked each signature before the engine saw it; the engine's batch
-    // verifier must not check them again.
-    assert_eq!(
-        equations().await,
-        equations_before,
-        "the engine re-verified settled receipts"
+    // The settles' signatures were checked by the engine's verify stage (in batch equations;
+    // how many settles share one depends on timing, which engine/src/pipeline/tests.rs pins
+    // down), not by the facilitator before it.
+    assert!(
+        equations().await > equations_before,
+        "the engine's verify stage checked none of the settles' signatures"
     );
 }

@@ -23,14 +23,35 @@ impl Ledger {
     /// then and changes nothing, provided its `digest` (blake3 of its receipt bytes) is the
     /// original's: another batch under a remembered number is refused as
     /// [`LedgerError::BatchMismatch`]. `verdicts[i]` is the verify stage's verdict for record `i`.
+    /// With no `digest` the batch is unsequenced: its producer session is neither read nor
+    /// written and its ack is not kept, so only its accepted receipts leave a trace.
     pub(crate) fn apply_batch(
         &mut self,
         session: SessionId,
-        digest: BatchDigest,
+        digest: Option<BatchDigest>,
         receipts: &ReceiptBatch,
         verdicts: &[Verdict],
         now_ms: u64,
     ) -> Result<BatchAck, LedgerError> {
+        if let Some(digest) = digest
+            && let Some(remembered) = self.remembered_ack(session, digest)?
+        {
+            return Ok(remembered);
+        }
+        let ack = self.apply_receipts(session.batch_seq, receipts, verdicts, now_ms)?;
+        if let Some(digest) = digest {
+            self.keep_ack(session, digest, &ack)?;
+        }
+        Ok(ack)
+    }
+
+    /// The ack a batch got the first time, if its producer session remembers its number (the
+    /// producer's state is loaded into the cache either way).
+    fn remembered_ack(
+        &mut self,
+        session: SessionId,
+        digest: BatchDigest,
+    ) -> Result<Option<BatchAck>, LedgerError> {
         let SessionId {
             producer_id,
             session_epoch,
@@ -74,8 +95,19 @@ impl Ledger {
                     batch_seq,
                 });
             }
-            return Ok(ack);
+            return Ok(Some(ack));
         }
+        Ok(None)
+    }
+
+    /// Judges and applies each receipt of a batch on its verdict.
+    fn apply_receipts(
+        &mut self,
+        batch_seq: u64,
+        receipts: &ReceiptBatch,
+        verdicts: &[Verdict],
+        now_ms: u64,
+    ) -> Result<BatchAck, LedgerError> {
         if receipts.len() != verdicts.len() || receipts.len() > u32::MAX as usize {
             return Err(invariant(format!(
                 "{} verdicts for {} receipts",
@@ -102,7 +134,23 @@ impl Ledger {
                 Err(reason) => ack.rejections.push((index as u32, reason)),
             }
         }
+        Ok(ack)
+    }
 
+    /// Remembers `ack` under the batch's number in its producer session (loaded by
+    /// [`Ledger::remembered_ack`]), forgetting the oldest beyond the number kept.
+    fn keep_ack(
+        &mut self,
+        session: SessionId,
+        digest: BatchDigest,
+        ack: &BatchAck,
+    ) -> Result<(), LedgerError> {
+        let SessionId {
+            session_epoch,
+            batch_seq,
+            ..
+        } = session;
+        let key = session.producer();
         let kept = self.config.acks_kept_per_producer;
         let producer = self
             .producers
@@ -129,10 +177,10 @@ impl Ledger {
         self.group.batch.put(
             Cf::Sessions,
             ack_key(key, session_epoch, batch_seq),
-            encode_ack(&ack, &digest),
+            encode_ack(ack, &digest),
         );
         self.group.acks.insert(session, (ack.clone(), digest));
-        Ok(ack)
+        Ok(())
     }
 
     /// Checks one verified receipt and, if it passes, applies it. `Ok(Err(reason))` is a refused

@@ -25,9 +25,9 @@ use thiserror::Error;
 use crate::grant::{CheckedGrant, CheckedRevocation};
 use crate::ledger::error::invariant;
 use crate::ledger::format::{open_store, validate};
-use crate::ledger::record::{BatchDigest, batch_digest};
+use crate::ledger::record::batch_digest;
 use crate::ledger::state::Ledger;
-use crate::ledger::writer::{Writer, WriterMsg};
+use crate::ledger::writer::{BatchKey, Writer, WriterMsg};
 use crate::receipt::{PayerKey, ReceiptBatch, ReceiptView};
 use crate::store::Store;
 use crate::verdict::{Reason, Verdict};
@@ -70,6 +70,17 @@ pub trait BatchVerifier: Send + Sync + 'static {
         }
         verdicts
     }
+
+    /// [`BatchVerifier::verify_clients`] called from the verify stage's own thread, which may
+    /// do a small call's work itself rather than wake a pool for it. The default is
+    /// `verify_clients`.
+    fn verify_clients_here(
+        &self,
+        receipts: &[ReceiptView<'_>],
+        spans: &[ClientSpan],
+    ) -> Vec<Verdict> {
+        self.verify_clients(receipts, spans)
+    }
 }
 
 // Here rather than beside the pool: the verifier knows nothing of the pipeline that calls it.
@@ -80,6 +91,14 @@ impl BatchVerifier for crate::verify::VerifyPool {
 
     fn verify_clients(&self, receipts: &[ReceiptView<'_>], spans: &[ClientSpan]) -> Vec<Verdict> {
         crate::verify::VerifyPool::verify_clients(self, receipts, spans)
+    }
+
+    fn verify_clients_here(
+        &self,
+        receipts: &[ReceiptView<'_>],
+        spans: &[ClientSpan],
+    ) -> Vec<Verdict> {
+        crate::verify::VerifyPool::verify_clients_here(self, receipts, spans)
     }
 }
 
@@ -200,7 +219,7 @@ pub type CheckpointReceiver = oneshot::Receiver<Result<Option<u64>, EngineError>
 enum Signatures {
     /// The verify stage, with the engine's verifier.
     Unchecked,
-    /// The caller did, before submitting ([`Engine::submit_checked`]).
+    /// The ingest node that published the batch to the log ([`Engine::submit_logged`]).
     CheckedByCaller,
 }
 
@@ -212,9 +231,8 @@ enum VerifyMsg {
 /// A submitted batch on its way through the verify stage.
 struct QueuedBatch {
     request: SubmitRequest,
-    digest: BatchDigest,
+    key: BatchKey,
     signatures: Signatures,
-    log: Option<LogPosition>,
     reply: oneshot::Sender<Result<BatchAck, EngineError>>,
 }
 
@@ -325,38 +343,61 @@ impl Engine {
     /// when `queue_batches_max` batches are in flight. The batch's digest is computed here, on
     /// the caller's thread, so the single ledger writer never hashes.
     pub fn submit(&self, request: SubmitRequest) -> Result<AckReceiver, SubmitError> {
-        self.enqueue(request, Signatures::Unchecked, None)
+        let key = BatchKey::Sequenced {
+            digest: batch_digest(&request.receipts),
+            log: None,
+        };
+        self.enqueue(request, key, Signatures::Unchecked)
     }
 
-    /// [`Engine::submit`] for a batch whose every receipt's signature the caller has already
-    /// checked with this deployment's [`crate::verify::Verifier`] (its verdicts are the verify
-    /// stage's): the stage passes the batch on without checking again. Records that do not parse
-    /// are still refused `Malformed`. For a caller that must know a receipt is signed before it
-    /// may submit it, which would otherwise pay for the signature twice: the x402 facilitator,
-    /// where a forged receipt must not take a batch number. Only for receipts verified in this
-    /// process: the ledger charges what this batch holds on the caller's word.
-    pub fn submit_checked(&self, request: SubmitRequest) -> Result<AckReceiver, SubmitError> {
-        self.enqueue(request, Signatures::CheckedByCaller, None)
+    /// Queues receipts that belong to no producer's sequence, each judged on its own: verified
+    /// with `client_id`'s other receipts, applied like any batch, but the ledger remembers
+    /// nothing of the batch itself, only what its accepted receipts changed. A receipt sent again
+    /// is refused by its channel's anti-replay window (`Duplicate`, `Stale`) instead of getting
+    /// the first ack back, and a refused receipt (a forged one included) takes nothing: its
+    /// nonce stays free for the receipt its payer signs. For the x402 facilitator's `/settle`,
+    /// where a payment settles once and a forged payment must not take a batch number. The
+    /// ack's `batch_seq` is 0.
+    pub fn submit_unsequenced(
+        &self,
+        client_id: u64,
+        receipts: ReceiptBatch,
+    ) -> Result<AckReceiver, SubmitError> {
+        let request = SubmitRequest {
+            client_id,
+            producer_id: 0,
+            session_epoch: 0,
+            batch_seq: 0,
+            receipts,
+            prejudged: Vec::new(),
+        };
+        self.enqueue(request, BatchKey::Unsequenced, Signatures::Unchecked)
     }
 
-    /// [`Engine::submit_checked`] for a cluster partition's owner: the batch is the part of a
-    /// client batch that the log holds at `log.seq`, verified by the ingest node that published
-    /// it. It is judged as of `log.time_ms`, and `log.seq` is written in the same group as its
-    /// effect, so [`LedgerReader::log_position`] tells a restarted owner exactly where to resume.
-    /// Submit a partition's parts in log order.
+    /// [`Engine::submit`] for a cluster partition's owner: the batch is the part of a client
+    /// batch that the log holds at `log.seq`, verified by the ingest node that published it (the
+    /// verify stage does not check its signatures again; records that do not parse are still
+    /// refused `Malformed`). It is judged as of `log.time_ms`, and `log.seq` is written in the
+    /// same group as its effect, so [`LedgerReader::log_position`] tells a restarted owner
+    /// exactly where to resume. Submit a partition's parts in log order.
     pub fn submit_logged(
         &self,
         request: SubmitRequest,
         log: LogPosition,
     ) -> Result<AckReceiver, SubmitError> {
-        self.enqueue(request, Signatures::CheckedByCaller, Some(log))
+        let key = BatchKey::Sequenced {
+            digest: batch_digest(&request.receipts),
+            log: Some(log),
+        };
+        self.enqueue(request, key, Signatures::CheckedByCaller)
     }
 
+    /// Queues a batch for the verify stage.
     fn enqueue(
         &self,
         request: SubmitRequest,
+        key: BatchKey,
         signatures: Signatures,
-        log: Option<LogPosition>,
     ) -> Result<AckReceiver, SubmitError> {
         self.check_open()?;
         let receipts = request.receipts.len();
@@ -367,13 +408,11 @@ impl Engine {
         {
             return Err(SubmitError::PrejudgedOutOfRange { index, receipts });
         }
-        let digest = batch_digest(&request.receipts);
         let (tx, rx) = oneshot::channel();
         match self.inner.submit.try_send(VerifyMsg::Batch(QueuedBatch {
             request,
-            digest,
+            key,
             signatures,
-            log,
             reply: tx,
         })) {
             Ok(()) => Ok(rx),

@@ -120,11 +120,12 @@ fn failed_write_poisons_the_engine_and_nothing_more_is_written_or_acked() {
     engine.shutdown().expect("clean");
 }
 
-/// A batch the caller verified is not verified again: the verifier here refuses every
-/// signature, yet the checked batch is accepted, and the same kind of receipt submitted the usual
-/// way is refused. A record that does not parse is refused either way.
+/// A logged batch (verified by the ingest node that published it) is not verified again: the
+/// verifier here refuses every signature, yet the logged batch is accepted, and the same kind of
+/// receipt submitted the usual way is refused. A record that does not parse is refused either
+/// way.
 #[test]
-fn a_batch_checked_by_the_caller_skips_the_verifier_but_not_the_parse() {
+fn a_logged_batch_skips_the_verifier_but_not_the_parse() {
     use crate::receipt::{Address, RECEIPT_BYTES, UnsignedReceipt};
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -163,14 +164,22 @@ fn a_batch_checked_by_the_caller_skips_the_verifier_but_not_the_parse() {
         (ack.accepted, ack.rejections)
     };
 
-    let checked = engine.submit_checked(request(1, batch(1))).expect("queued");
+    let at = |seq| LogPosition {
+        seq,
+        time_ms: now_ms,
+    };
+    let checked = engine
+        .submit_logged(request(1, batch(1)), at(1))
+        .expect("queued");
     assert_eq!(answer(checked), (1, Vec::new()));
     let unchecked = engine.submit(request(2, batch(2))).expect("queued");
     assert_eq!(answer(unchecked), (0, vec![(0, Reason::BadSignature)]));
     let mut garbage = batch(3).as_bytes().to_vec();
     garbage[..RECEIPT_BYTES].fill(0xff);
     let garbage = ReceiptBatch::new(garbage.into()).expect("whole records");
-    let malformed = engine.submit_checked(request(3, garbage)).expect("queued");
+    let malformed = engine
+        .submit_logged(request(3, garbage), at(2))
+        .expect("queued");
     assert_eq!(answer(malformed), (0, vec![(0, Reason::Malformed)]));
     engine.shutdown().expect("clean");
 }
@@ -446,6 +455,82 @@ fn a_shutdown_while_two_groups_verify_finishes_both() {
             .expect("acked");
         assert_eq!((ack.batch_seq, ack.accepted), (seq, 1));
     }
+}
+
+/// Records the receipts of each call; its first two calls wait until released (10 s at most),
+/// so what is submitted meanwhile queues up in front of the stage. Refuses every signature.
+#[derive(Default)]
+struct HoldsTheFirstTwoCalls {
+    calls: Mutex<Vec<usize>>,
+    released: Mutex<bool>,
+    wake: std::sync::Condvar,
+}
+
+impl HoldsTheFirstTwoCalls {
+    fn started(&self) -> usize {
+        self.calls.lock().expect("calls").len()
+    }
+
+    fn wait_until_started(&self, calls: usize) {
+        while self.started() < calls {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    fn release(&self) {
+        *self.released.lock().expect("released") = true;
+        self.wake.notify_all();
+    }
+}
+
+impl BatchVerifier for HoldsTheFirstTwoCalls {
+    fn verify(&self, receipts: &[ReceiptView<'_>]) -> Vec<Verdict> {
+        let call = {
+            let mut calls = self.calls.lock().expect("calls");
+            calls.push(receipts.len());
+            calls.len()
+        };
+        if call <= 2 {
+            let released = self.released.lock().expect("released");
+            let timeout = std::time::Duration::from_secs(10);
+            drop(
+                self.wake
+                    .wait_timeout_while(released, timeout, |released| !*released),
+            );
+        }
+        vec![Err(Reason::BadSignature); receipts.len()]
+    }
+}
+
+/// One-receipt batches (x402's settles) queued while both verifying threads are busy are
+/// verified in one call: a group takes them all, up to as many receipts as four batches of 256,
+/// not just four. And an unsequenced batch's signatures are the stage's to check, like any
+/// other's: this verifier refuses them all. (With groups of at most four batches, the last eight
+/// took two calls.)
+#[test]
+fn queued_one_receipt_batches_share_one_verification() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (engine, verifier, request) =
+        engine_and_request(dir.path(), HoldsTheFirstTwoCalls::default());
+    let submit = |nonce| {
+        engine
+            .submit_unsequenced(1, request(nonce).receipts)
+            .expect("queued")
+    };
+    let mut acks = vec![submit(1)];
+    verifier.wait_until_started(1);
+    acks.push(submit(2));
+    verifier.wait_until_started(2);
+    acks.extend((3..=10).map(submit));
+    verifier.release();
+    for ack in acks {
+        let ack = futures::executor::block_on(ack)
+            .expect("answered")
+            .expect("acked");
+        assert_eq!(ack.rejections, vec![(0, Reason::BadSignature)]);
+    }
+    assert_eq!(*verifier.calls.lock().expect("calls"), vec![1, 1, 8]);
+    engine.shutdown().expect("clean");
 }
 
 struct Panics;

@@ -14,12 +14,18 @@ use crate::ledger::writer::WriterMsg;
 use crate::telemetry as names;
 use crate::verdict::{Reason, Verdict};
 
-/// Most queued batches verified together: enough chunks to keep a small pool busy, few enough
-/// that the first batch of a group does not wait long for the last. Measured on 2 cores
-/// (docs/BENCHMARKS.md), p99 ack latency at 80% load: 32-39 ms with 4, 45-57 ms with 8, 63 ms
-/// with 16, 84 ms with 64; full speed with 4 is about 6% below 8, a trade taken for the
-/// latency target.
-const VERIFY_GROUP_BATCHES_MAX: usize = 4;
+/// A group takes queued batches until it holds this many and [`GROUP_RECEIPTS`] receipts:
+/// enough chunks to keep a small pool busy, few enough that the first batch of a group does not
+/// wait long for the last. Measured on 2 cores with batches of 256 (docs/BENCHMARKS.md), p99 ack
+/// latency at 80% load: 32-39 ms with 4, 45-57 ms with 8, 63 ms with 16, 84 ms with 64; full
+/// speed with 4 is about 6% below 8, a trade taken for the latency target.
+const GROUP_BATCHES: usize = 4;
+
+/// What the latency above depends on is the receipts a group verifies, not its batches: four
+/// batches of the load generator's 256. Smaller batches (x402's one-receipt settles) fill a
+/// group up to as many receipts, so their signatures share batch equations and their writes
+/// share an fsync.
+const GROUP_RECEIPTS: usize = 4 * 256;
 
 /// Groups verified at once. With one, the pool waited for a group's slowest chunk at the end of
 /// every group, one core idle; with two, the next group's chunks fill that gap (rayon runs a
@@ -122,14 +128,21 @@ fn take_groups(
                 continue;
             }
         };
-        let mut group = Vec::with_capacity(VERIFY_GROUP_BATCHES_MAX);
+        let mut group = Vec::with_capacity(GROUP_BATCHES);
+        let mut receipts = 0;
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                VerifyMsg::Batch(batch) => group.push(batch),
+                VerifyMsg::Batch(batch) => {
+                    // An empty batch counts as one receipt, so a group stays bounded whatever
+                    // a caller submits.
+                    receipts += batch.request.receipts.len().max(1);
+                    group.push(batch);
+                }
                 VerifyMsg::Shutdown => stopping = true,
             }
-            if !stopping && group.len() < VERIFY_GROUP_BATCHES_MAX {
+            let full = group.len() >= GROUP_BATCHES && receipts >= GROUP_RECEIPTS;
+            if !stopping && !full {
                 next = requests.try_recv().ok();
             }
         }
@@ -171,10 +184,9 @@ fn hand_on(done: Verified, verified: &Sender<WriterMsg<EngineError>>) -> bool {
                 session_epoch: batch.request.session_epoch,
                 batch_seq: batch.request.batch_seq,
             },
-            digest: batch.digest,
+            key: batch.key,
             receipts: batch.request.receipts,
             verdicts,
-            log: batch.log,
             reply: batch.reply,
         };
         if verified.send(msg).is_err() {
@@ -240,7 +252,7 @@ pub(super) fn group_verdicts(
     if views.is_empty() {
         return verdicts;
     }
-    let checked = verifier.verify_clients(&views, &spans);
+    let checked = verifier.verify_clients_here(&views, &spans);
     if checked.len() != views.len() {
         // A verifier that answers for the wrong number of receipts cannot be trusted on any:
         // nobody is charged on its word.

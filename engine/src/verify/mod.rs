@@ -10,9 +10,10 @@
 //!   input order.
 //!
 //! Nothing here blocks on I/O, and nothing here runs on tokio's threads: the pool's threads are its
-//! own. The bounded queue in front of the pool belongs to `engine::pipeline`; a caller of
-//! [`VerifyPool::verify`] blocks until its receipts are done, so work in flight is bounded by the
-//! number of callers.
+//! own, except that the engine's verify stage verifies a call of a single chunk on its own
+//! thread ([`VerifyPool::verify_clients_here`]). The bounded queue in front of the pool belongs to `engine::pipeline`; a caller
+//! of [`VerifyPool::verify`] blocks until its receipts are done, so work in flight is bounded by
+//! the number of callers.
 
 mod batch;
 mod key_cache;
@@ -48,7 +49,8 @@ pub const REFUSED_KEYS_DEFAULT: usize = 65_536;
 /// How verification is sized.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifyConfig {
-    /// Threads in the [`VerifyPool`]. Default: every core the process may use.
+    /// Threads in the [`VerifyPool`]. Default: every core the process may use. Callers of
+    /// [`VerifyPool::verify_clients_here`] add to them.
     pub threads: usize,
     /// Receipts per batch equation; larger submissions are split into chunks of this size.
     pub batch_receipts_max: usize,
@@ -277,6 +279,13 @@ pub struct VerifyPool {
     failing: Mutex<HashMap<u64, usize>>,
 }
 
+/// Where a call that makes a single chunk is verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LoneChunk {
+    Pool,
+    Caller,
+}
+
 /// The smallest chunk [`VerifyPool::adapt`] shrinks to: below it the multiscalar multiplication
 /// loses more per point than bisection saves.
 const CHUNK_RECEIPTS_MIN: usize = 32;
@@ -351,6 +360,28 @@ impl VerifyPool {
         receipts: &[ReceiptView<'_>],
         spans: &[ClientSpan],
     ) -> Vec<Verdict> {
+        self.verify_spans(receipts, spans, LoneChunk::Pool)
+    }
+
+    /// [`VerifyPool::verify_clients`] for a caller whose own thread may verify (the engine's
+    /// verify stage, never tokio's threads): a call whose receipts make a single chunk runs on
+    /// it. Handing one chunk to the pool costs two thread wake-ups, and the pool's threads spin
+    /// and yield before they sleep again: 8% of a 2-core machine under x402's small groups of
+    /// settles (docs/BENCHMARKS.md). Such calls add to the pool's threads.
+    pub fn verify_clients_here(
+        &self,
+        receipts: &[ReceiptView<'_>],
+        spans: &[ClientSpan],
+    ) -> Vec<Verdict> {
+        self.verify_spans(receipts, spans, LoneChunk::Caller)
+    }
+
+    fn verify_spans(
+        &self,
+        receipts: &[ReceiptView<'_>],
+        spans: &[ClientSpan],
+        lone_chunk: LoneChunk,
+    ) -> Vec<Verdict> {
         let mut spans = spans.to_vec();
         let covered: usize = spans.iter().map(|span| span.receipts).sum();
         if covered < receipts.len() {
@@ -390,14 +421,19 @@ impl VerifyPool {
                     .map(|(items, out)| (items, out, failed)),
             );
         }
-        self.pool.install(|| {
-            work.into_par_iter().for_each(|(items, out, failed)| {
+        let verify_chunk =
+            |(items, out, failed): (&[ReceiptView<'_>], &mut [Verdict], &AtomicUsize)| {
                 // More than one equation: the chunk's own failed and bisection ran.
                 if self.verifier.batch(items, separator, out) > 1 {
                     failed.fetch_add(1, Ordering::Relaxed);
                 }
-            });
-        });
+            };
+        if work.len() == 1 && lone_chunk == LoneChunk::Caller {
+            work.into_iter().for_each(verify_chunk);
+        } else {
+            self.pool
+                .install(|| work.into_par_iter().for_each(verify_chunk));
+        }
         let mut failing = self.failing_clients();
         for ((span, &chunk), failed) in spans.iter().zip(&chunks).zip(failed) {
             let chunks = span.receipts.div_ceil(chunk);

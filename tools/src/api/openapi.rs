@@ -601,7 +601,7 @@ pub fn document() -> Value {
                 "VerifyResponse"
             )},
             "/settle": { "post": x402_post(
-                "x402 facilitator: the payment's receipt into the ledger through the engine, answered once durable. A payment settles once: the same payload settled again, or a copy settled at the same moment, is refused `invalid_tollgate_payload_replay` (`duplicate`, with the first settle's transaction in the message).",
+                "x402 facilitator: the payment's receipt into the ledger through the engine, answered once durable. A payment settles once: the same payload settled again, or a copy settled at the same moment, is refused `invalid_tollgate_payload_replay` (`duplicate`, with the payload's transaction in the message). A refused settle takes nothing: a forged payment cannot spend its payer's nonce.",
                 "SettleResponse"
             )},
             "/healthz": { "get": {

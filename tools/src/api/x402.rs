@@ -2,33 +2,25 @@
 //! (docs/X402.md). The binding itself (types, `request_hash`, the requirement checks) is
 //! [`crate::x402`]; this module is only how HTTP reaches it and the engine.
 //!
-//! `/settle` submits the receipt as a one-receipt batch through the engine, the path the fleet
-//! protocol's batches take: the verify stage, then the single ledger writer, which groups it with
-//! everything else into one fsync. The batch is keyed so a retry is the same batch: client
-//! [`x402::CLIENT_ID`], producer [`x402::producer_id`] (the receipt's channel window), session
-//! epoch 0, batch number the receipt's nonce. The ledger answers a re-sent batch with the ack it
-//! gave the first time and refuses another receipt under a remembered number, so a payload is
-//! counted once however often it arrives, and nothing else can claim its nonce.
+//! `/settle` submits the receipt through the engine as an unsequenced one-receipt batch
+//! (`Engine::submit_unsequenced`), the path the fleet protocol's batches take: the verify stage,
+//! which checks its signature in a batch equation with the other settles of its group, then the
+//! single ledger writer, which applies it with everything else of its group under one fsync.
 //!
-//! A payment settles once: a settle first claims its nonce in memory and reads the window, and a
-//! payload whose nonce is spent or being settled is refused `duplicate`, as a second settle of an
-//! EVM authorization fails onchain. Answering it with the first success instead would have a
-//! resource server, which settles once per request, serve a replayed payment header again.
-//!
-//! Why the signature is checked here, before the engine: a batch number is taken by whatever
-//! batch arrives first under it, refused or not. Were forged receipts submitted unchecked, anyone
-//! could take a payer's future nonces (they follow the clock) and have its real receipts refused
-//! as replays. Only a receipt its payer signed reaches the engine, and it goes in through
-//! `Engine::submit_checked`, so the engine does not pay for the same signature again: one
-//! signature check per settle.
+//! A payment settles once, by the ledger's own rule: the receipt's channel window (or its
+//! session's) refuses a nonce it has taken, so a payload settled again, or copies of one settled
+//! at once, are refused `duplicate` (as a second settle of an EVM authorization fails onchain;
+//! answering with the first success instead would have a resource server, which settles once per
+//! request, serve a replayed payment header again). Unsequenced, the batch itself is remembered
+//! nowhere: a receipt refused for its signature takes no nonce and no batch number, so a forged
+//! payment cannot get its payer's real one refused, and a settle costs no producer session.
 //!
 //! Who may call: anyone, without a bearer token, like `POST /v1/grants`. A receipt authorizes
 //! itself: its payer signed exactly this payee, amount and nonce for this deployment, and settling
 //! it can only move that money to that payee, once. A resource server (the usual caller) needs
 //! no credential; a bearer token would protect nothing a replay could not already not do.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -37,15 +29,10 @@ use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
-use tollgate_engine::ledger::LedgerError;
-use tollgate_engine::pipeline::{
-    EngineError, LedgerReader, SubmitError, SubmitRequest, UnknownPayers,
-};
+use tollgate_engine::pipeline::{LedgerReader, SubmitError, UnknownPayers};
 use tollgate_engine::store::StoreError;
 use tollgate_engine::verify::{Verifier, VerifyConfig};
-use tollgate_engine::{
-    Address, Domain, PayerKey, Reason, Receipt, ReceiptBatch, ReceiptView, Verdict,
-};
+use tollgate_engine::{Domain, Reason, Receipt, ReceiptBatch, ReceiptView, Verdict};
 
 use super::{ApiState, read_ledger};
 use crate::grant::now_ms;
@@ -79,27 +66,9 @@ pub struct X402Config {
 pub(super) struct Facilitator {
     domain: Domain,
     config: X402Config,
+    /// `/verify`'s signature check; `/settle` leaves it to the engine's verify stage.
     verifier: Verifier,
     settles: Semaphore,
-    /// The nonces of the settles between their window check and their answer, by channel window:
-    /// a second settle of one of them is refused at once rather than answered from the first
-    /// one's ack (see the module doc).
-    settling: Mutex<HashSet<WindowNonce>>,
-}
-
-/// A nonce of one window: the signing key (a payer's or a session's), the payee, the nonce.
-type WindowNonce = (PayerKey, Address, u64);
-
-/// A settle's claim on its nonce, given back when the settle has its answer.
-struct Settling<'a> {
-    facilitator: &'a Facilitator,
-    nonce: WindowNonce,
-}
-
-impl Drop for Settling<'_> {
-    fn drop(&mut self) {
-        self.facilitator.settling_nonces().remove(&self.nonce);
-    }
 }
 
 impl Facilitator {
@@ -109,24 +78,6 @@ impl Facilitator {
             verifier: Verifier::new(domain, config.verify.clone()),
             config,
             settles: Semaphore::new(SETTLES_IN_FLIGHT_MAX),
-            settling: Mutex::new(HashSet::new()),
-        })
-    }
-
-    fn settling_nonces(&self) -> std::sync::MutexGuard<'_, HashSet<WindowNonce>> {
-        // The set is consistent after any panic (inserts and removes are single calls).
-        self.settling.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Claims `receipt`'s nonce for one settle; `None` while another settle holds it.
-    fn claim(&self, receipt: &Receipt) -> Option<Settling<'_>> {
-        let nonce = (receipt.payer, receipt.payee, receipt.nonce);
-        // A claim is built only when the insert took: dropping one releases its nonce, which
-        // takes the lock.
-        let claimed = self.settling_nonces().insert(nonce);
-        claimed.then(|| Settling {
-            facilitator: self,
-            nonce,
         })
     }
 
@@ -134,25 +85,29 @@ impl Facilitator {
         x402::network(self.domain.chain_id)
     }
 
-    /// The checks that need neither the ledger nor the engine, the signature included.
-    fn check(&self, request: &FacilitatorRequest) -> Result<Receipt, Refusal> {
+    /// The receipt, if the payment meets its requirements: the checks that need neither the
+    /// signature nor the ledger.
+    fn requirements_met(&self, request: &FacilitatorRequest) -> Result<Receipt, Refusal> {
         if request.x402_version != x402::X402_VERSION {
             return Err(Refusal {
                 code: reason::INVALID_X402_VERSION,
                 message: format!("wrong_version: x402Version {}", request.x402_version),
             });
         }
-        let receipt = x402::check_payment(
+        x402::check_payment(
             &self.domain,
             &request.payment_payload,
             &request.payment_requirements,
-        )?;
+        )
+    }
+
+    /// Whether the receipt's signature holds under this deployment, checked on its own.
+    fn signature(&self, receipt: &Receipt) -> Result<(), Refusal> {
         let bytes = receipt.to_bytes();
-        let verdict = ReceiptView::parse(&bytes)
+        ReceiptView::parse(&bytes)
             .map_err(|_| Reason::Malformed)
-            .and_then(|view| self.verifier.verify_one(&view));
-        verdict.map_err(Refusal::of)?;
-        Ok(receipt)
+            .and_then(|view| self.verifier.verify_one(&view))
+            .map_err(Refusal::of)
     }
 }
 
@@ -243,10 +198,13 @@ pub(super) async fn verify(
         Ok(request) => request,
         Err(refusal) => return verify_answer(StatusCode::BAD_REQUEST, None, Some(refusal)),
     };
-    let receipt = match facilitator.check(&request) {
+    let receipt = match facilitator.requirements_met(&request) {
         Ok(receipt) => receipt,
         Err(refusal) => return verify_answer(StatusCode::OK, None, Some(refusal)),
     };
+    if let Err(refusal) = facilitator.signature(&receipt) {
+        return verify_answer(StatusCode::OK, None, Some(refusal));
+    }
     let now = now_ms();
     if receipt.timestamp_ms.abs_diff(now) > facilitator.config.timestamp_skew_ms {
         return verify_answer(
@@ -315,41 +273,7 @@ fn unexpected(retry: bool, name: &str, why: impl std::fmt::Display) -> Refusal {
     }
 }
 
-/// Settles `receipt`, whose signature [`Facilitator::check`] verified, unless its nonce is spent
-/// or being settled: a payment settles once, and a second settle of it is refused as a replay.
-async fn settle_once(
-    state: &ApiState,
-    facilitator: &Facilitator,
-    receipt: &Receipt,
-) -> (StatusCode, Result<(), Refusal>) {
-    let spent = || Refusal {
-        code: reason::REPLAY,
-        message: format!(
-            "duplicate: this payment was settled before (transaction {}) or is being settled",
-            x402::transaction_id(receipt)
-        ),
-    };
-    let Some(_claim) = facilitator.claim(receipt) else {
-        return (StatusCode::OK, Err(spent()));
-    };
-    let (payer, payee, session, nonce) =
-        (receipt.payer, receipt.payee, receipt.session, receipt.nonce);
-    let window = read_ledger(state, move |reader| {
-        Ok(reader.nonce_verdict(&payer, &payee, session, nonce)?)
-    })
-    .await;
-    match window {
-        Ok(Ok(())) => submit(state, facilitator, receipt).await,
-        Ok(Err(Reason::Duplicate)) => (StatusCode::OK, Err(spent())),
-        Ok(Err(reason)) => (StatusCode::OK, Err(Refusal::of(reason))),
-        Err(error) => {
-            let status = StatusCode::INTERNAL_SERVER_ERROR;
-            (status, Err(unexpected(false, "internal", error)))
-        }
-    }
-}
-
-/// Submits `receipt` as its own batch and waits until it is durable or refused.
+/// Submits `receipt` as its own unsequenced batch and waits until it is durable or refused.
 async fn submit(
     state: &ApiState,
     facilitator: &Facilitator,
@@ -367,17 +291,10 @@ async fn submit(
             Err(unexpected(true, "shutting_down", "closed")),
         );
     };
-    let request = SubmitRequest {
-        client_id: x402::CLIENT_ID,
-        producer_id: x402::producer_id(receipt),
-        session_epoch: 0,
-        batch_seq: receipt.nonce,
-        receipts: ReceiptBatch::from_receipts(std::slice::from_ref(receipt)),
-        prejudged: Vec::new(),
-    };
+    let receipts = ReceiptBatch::from_receipts(std::slice::from_ref(receipt));
     let started = tokio::time::Instant::now();
     let receiver = loop {
-        match engine.submit_checked(request.clone()) {
+        match engine.submit_unsequenced(x402::CLIENT_ID, receipts.clone()) {
             Ok(receiver) => break receiver,
             Err(SubmitError::Full) if started.elapsed() < QUEUE_WAIT => {
                 tokio::time::sleep(QUEUE_RETRY).await;
@@ -395,6 +312,17 @@ async fn submit(
     match receiver.await {
         Ok(Ok(ack)) if ack.accepted == 1 => (StatusCode::OK, Ok(())),
         Ok(Ok(ack)) => match ack.rejections.first() {
+            Some(&(_, Reason::Duplicate)) => (
+                StatusCode::OK,
+                Err(Refusal {
+                    code: reason::REPLAY,
+                    message: format!(
+                        "duplicate: the nonce is spent: this payment was settled before \
+                         (transaction {}), or another receipt took its nonce",
+                        x402::transaction_id(receipt)
+                    ),
+                }),
+            ),
             Some(&(_, reason)) => (StatusCode::OK, Err(Refusal::of(reason))),
             None => {
                 let status = StatusCode::INTERNAL_SERVER_ERROR;
@@ -404,16 +332,6 @@ async fn submit(
                 )
             }
         },
-        Ok(Err(EngineError::Ledger(LedgerError::BatchMismatch { .. }))) => (
-            StatusCode::OK,
-            Err(Refusal {
-                code: reason::REPLAY,
-                message: format!(
-                    "duplicate: nonce {} of this channel was settled with another receipt",
-                    receipt.nonce
-                ),
-            }),
-        ),
         Ok(Err(error)) => {
             let status = StatusCode::INTERNAL_SERVER_ERROR;
             (status, Err(unexpected(false, "internal", error)))
@@ -449,7 +367,7 @@ pub(super) async fn settle(
         }
     };
     let network = request.payment_requirements.network.clone();
-    let receipt = match facilitator.check(&request) {
+    let receipt = match facilitator.requirements_met(&request) {
         Ok(receipt) => receipt,
         Err(refusal) => {
             return Settled {
@@ -460,7 +378,7 @@ pub(super) async fn settle(
             };
         }
     };
-    let (status, outcome) = settle_once(&state, &facilitator, &receipt).await;
+    let (status, outcome) = submit(&state, &facilitator, &receipt).await;
     Settled {
         status,
         network,

@@ -79,9 +79,11 @@ pub struct CpuPerReceipt {
     pub total: f64,
     /// The signature verification pool (`tollgate-verify-N`): the ingest role.
     pub verify_pool: f64,
-    /// The engines' verify stages (`tollgate-stage`): standalone, the ingest side's grouping
-    /// and parsing that drives the pool; in a cluster, one per partition ledger, passing the
-    /// log's already verified parts to the writer (the owner role).
+    /// The engines' verify stages (`tollgate-stage` and its verifying threads
+    /// `tollgate-stage1`, `tollgate-stage2`): standalone, the ingest side's grouping and parsing
+    /// that drives the pool, and the verification of a group of one chunk; in a cluster, one per
+    /// partition ledger, passing the log's already verified parts to the writer (the owner
+    /// role).
     pub stage: f64,
     /// Ledger writers and their syncers, archive and seal threads, RocksDB's background threads:
     /// the owner role.
@@ -108,8 +110,8 @@ impl Work {
     fn of(name: &str) -> Work {
         match name {
             "tollgate-verify" => Work::VerifyPool,
-            "tollgate-stage" => Work::Stage,
             "tollgate-io" => Work::Runtime,
+            name if name.starts_with("tollgate-stage") => Work::Stage,
             name if name.starts_with("tollgate-ledger")
                 || name.starts_with("tollgate-archiv")
                 || name.starts_with("tollgate-seal")

@@ -31,6 +31,34 @@ fn resend_while_the_original_is_in_flight_gets_the_same_ack() {
     assert_eq!(ledger.payers.get(&payer).map(|p| p.pending), Some(10));
 }
 
+/// An unsequenced batch leaves nothing but its accepted receipts: one refused for its signature
+/// takes nothing, so the receipt its payer signs under the same nonce is accepted after it, and
+/// the accepted one sent again is judged again, a replay now, not answered with its first ack.
+/// (Sequenced, the forged batch's ack would be answered to the genuine one.)
+#[test]
+fn an_unsequenced_batch_is_judged_each_time_and_a_refused_one_takes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ledger = ledger(dir.path());
+    let (key, payer) = funded_payer(&mut ledger, 3);
+    let batch = ReceiptBatch::from_receipts(&[receipt(&key, 10, 1)]);
+    let mut apply = |verdict| {
+        ledger
+            .apply_batch(session(0), None, &batch, &[verdict], 1_000)
+            .expect("apply")
+    };
+    let forged = apply(Err(Reason::BadSignature));
+    assert_eq!(forged.rejections, vec![(0, Reason::BadSignature)]);
+    let genuine = apply(Ok(()));
+    assert_eq!((genuine.accepted, genuine.rejections), (1, Vec::new()));
+    let again = apply(Ok(()));
+    assert_eq!(again.rejections, vec![(0, Reason::Duplicate)]);
+    assert_eq!(ledger.payers.get(&payer).map(|p| p.pending), Some(10));
+    assert!(
+        ledger.producers.get(&session(0).producer()).is_none(),
+        "an unsequenced batch loaded or kept a producer session"
+    );
+}
+
 /// Another batch under a remembered number is refused wherever the original's ack is kept:
 /// in the open group, in the group being written, and on disk.
 #[test]

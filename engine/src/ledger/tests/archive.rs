@@ -55,7 +55,13 @@ fn accepted_receipts_are_archived_in_order_and_rejected_never() {
     let batch = ReceiptBatch::from_receipts(&[first, first, overdraft, bad_signature, last]);
     let verdicts = [Ok(()), Ok(()), Ok(()), Err(Reason::BadSignature), Ok(())];
     let ack = ledger
-        .apply_batch(session(1), batch_digest(&batch), &batch, &verdicts, 1_000)
+        .apply_batch(
+            session(1),
+            Some(batch_digest(&batch)),
+            &batch,
+            &verdicts,
+            1_000,
+        )
         .expect("apply");
     assert_eq!(ack.accepted, 2);
     ledger.commit().expect("commit");

@@ -216,7 +216,13 @@ fn validity_scope_and_allowance_are_exact() {
     // At acceptance after valid_until, a receipt signed inside the validity is refused too.
     let late = ReceiptBatch::from_receipts(&[at(1_400, 1, 6)]);
     let ack = ledger
-        .apply_batch(session(2), batch_digest(&late), &late, &[Ok(())], 1_500)
+        .apply_batch(
+            session(2),
+            Some(batch_digest(&late)),
+            &late,
+            &[Ok(())],
+            1_500,
+        )
         .expect("apply");
     assert_eq!(ack.rejections, vec![(0, Reason::GrantExpired)]);
 }

@@ -180,7 +180,7 @@ impl Ledger {
         batch: &ReceiptBatch,
     ) -> Result<BatchAck, LedgerError> {
         let verdicts = vec![Ok(()); batch.len()];
-        self.apply_batch(session, batch_digest(batch), batch, &verdicts, 1_000)
+        self.apply_batch(session, Some(batch_digest(batch)), batch, &verdicts, 1_000)
     }
 }
 

@@ -47,17 +47,29 @@ pub(crate) type DoneSender<E> = oneshot::Sender<Result<(), E>>;
 pub(crate) type SealSender<E> = oneshot::Sender<Result<SealedEpoch, E>>;
 pub(crate) type CheckpointSender<E> = oneshot::Sender<Result<Option<u64>, E>>;
 
+/// How the ledger knows a batch again, if at all.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum BatchKey {
+    /// Remembered under its producer session's batch number: `digest` (blake3 of its receipt
+    /// bytes, computed before it was queued) tells a re-send from another batch. `log` is set in
+    /// cluster mode: the batch's place in its partition's log.
+    Sequenced {
+        digest: BatchDigest,
+        log: Option<LogPosition>,
+    },
+    /// Remembered nowhere: only its accepted receipts leave a trace (see
+    /// [`Ledger::apply_batch`]).
+    Unsequenced,
+}
+
 /// Work for the writer.
 pub(crate) enum WriterMsg<E> {
-    /// A verified batch: `verdicts[i]` is the verify stage's verdict for record `i`; `digest` is
-    /// blake3 of its receipt bytes, computed before it was queued.
+    /// A verified batch: `verdicts[i]` is the verify stage's verdict for record `i`.
     Batch {
         session: SessionId,
-        digest: BatchDigest,
+        key: BatchKey,
         receipts: ReceiptBatch,
         verdicts: Vec<Verdict>,
-        /// Set in cluster mode: the batch's place in its partition's log.
-        log: Option<LogPosition>,
         reply: AckSender<E>,
     },
     /// A chain event for the funds check.
@@ -437,19 +449,26 @@ impl<E: AnswerError> Writer<E> {
         match msg {
             WriterMsg::Batch {
                 session,
-                digest,
+                key,
                 receipts,
                 verdicts,
-                log,
                 reply,
             } => {
+                let (digest, log) = match key {
+                    BatchKey::Sequenced { digest, log } => (Some(digest), log),
+                    BatchKey::Unsequenced => (None, None),
+                };
                 let applied_at = log.map_or_else(now_ms, |log| log.time_ms);
                 let result = self
                     .ledger
                     .apply_batch(session, digest, &receipts, &verdicts, applied_at);
                 self.check_fatal(&result);
                 // After a fatal error nothing is written again, so noting it there is harmless.
-                if let Some(log) = log {
+                if let BatchKey::Sequenced {
+                    digest,
+                    log: Some(log),
+                } = key
+                {
                     self.ledger.note_logged(log.seq, &digest, &result);
                 }
                 if let Ok(ack) = &result {

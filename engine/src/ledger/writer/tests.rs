@@ -54,10 +54,9 @@ fn resend_answered_from_a_group_whose_write_fails_is_not_acked() {
                     session_epoch: 1,
                     batch_seq: 1,
                 },
-                digest,
+                key: BatchKey::Sequenced { digest, log: None },
                 receipts: receipts.clone(),
                 verdicts: vec![Ok(())],
-                log: None,
                 reply,
             })
             .expect("writer is running");
@@ -127,7 +126,7 @@ fn batches_queued_behind_a_seal_are_acked_before_it_ends() {
     let ack = ledger
         .apply_batch(
             session(1),
-            batch_digest(&receipts),
+            Some(batch_digest(&receipts)),
             &receipts,
             &verdicts,
             now_ms(),
@@ -152,10 +151,12 @@ fn batches_queued_behind_a_seal_are_acked_before_it_ends() {
         batches_tx
             .send(WriterMsg::Batch {
                 session: session(u64::from(seq)),
-                digest: batch_digest(&receipts),
+                key: BatchKey::Sequenced {
+                    digest: batch_digest(&receipts),
+                    log: None,
+                },
                 receipts,
                 verdicts,
-                log: None,
                 reply,
             })
             .expect("queue batch");
