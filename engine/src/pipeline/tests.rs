@@ -366,6 +366,13 @@ impl BatchVerifier for FirstCallWaitsForTheSecond {
     }
 }
 
+/// Returns once `reached` holds, looking every millisecond.
+fn wait_until(reached: impl Fn() -> bool) {
+    while !reached() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// An engine that accepts unknown payers, its verifier, and a request for batch `batch_seq` of
 /// one producer: one receipt, nonce `batch_seq`.
 fn engine_and_request<V: BatchVerifier>(
@@ -415,9 +422,7 @@ fn a_group_verified_sooner_waits_for_the_one_submitted_before_it() {
         engine_and_request(dir.path(), FirstCallWaitsForTheSecond::default());
 
     let mut first = engine.submit(request(1)).expect("queued");
-    while verifier.calls.load(Ordering::SeqCst) == 0 {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    wait_until(|| verifier.calls.load(Ordering::SeqCst) > 0);
     let second = engine.submit(request(2)).expect("queued");
     let second = futures::executor::block_on(second)
         .expect("answered")
@@ -444,9 +449,7 @@ fn a_shutdown_while_two_groups_verify_finishes_both() {
     let (engine, verifier, request) =
         engine_and_request(dir.path(), FirstCallWaitsForTheSecond::default());
     let first = engine.submit(request(1)).expect("queued");
-    while verifier.calls.load(Ordering::SeqCst) == 0 {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    wait_until(|| verifier.calls.load(Ordering::SeqCst) > 0);
     let second = engine.submit(request(2)).expect("queued");
     engine.shutdown().expect("clean");
     for (seq, ack) in [(1, first), (2, second)] {
@@ -469,12 +472,6 @@ struct HoldsTheFirstTwoCalls {
 impl HoldsTheFirstTwoCalls {
     fn started(&self) -> usize {
         self.calls.lock().expect("calls").len()
-    }
-
-    fn wait_until_started(&self, calls: usize) {
-        while self.started() < calls {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
     }
 
     fn release(&self) {
@@ -518,9 +515,9 @@ fn queued_one_receipt_batches_share_one_verification() {
             .expect("queued")
     };
     let mut acks = vec![submit(1)];
-    verifier.wait_until_started(1);
+    wait_until(|| verifier.started() >= 1);
     acks.push(submit(2));
-    verifier.wait_until_started(2);
+    wait_until(|| verifier.started() >= 2);
     acks.extend((3..=10).map(submit));
     verifier.release();
     for ack in acks {

@@ -11,9 +11,9 @@
 //!
 //! Nothing here blocks on I/O, and nothing here runs on tokio's threads: the pool's threads are its
 //! own, except that the engine's verify stage verifies a call of a single chunk on its own
-//! thread ([`VerifyPool::verify_clients_here`]). The bounded queue in front of the pool belongs to `engine::pipeline`; a caller
-//! of [`VerifyPool::verify`] blocks until its receipts are done, so work in flight is bounded by
-//! the number of callers.
+//! thread ([`VerifyPool::verify_clients_here`]). The bounded queue in front of the pool belongs
+//! to `engine::pipeline`; a caller of [`VerifyPool::verify`] blocks until its receipts are done,
+//! so work in flight is bounded by the number of callers.
 
 mod batch;
 mod key_cache;

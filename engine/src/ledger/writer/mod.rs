@@ -464,11 +464,7 @@ impl<E: AnswerError> Writer<E> {
                     .apply_batch(session, digest, &receipts, &verdicts, applied_at);
                 self.check_fatal(&result);
                 // After a fatal error nothing is written again, so noting it there is harmless.
-                if let BatchKey::Sequenced {
-                    digest,
-                    log: Some(log),
-                } = key
-                {
+                if let (Some(log), Some(digest)) = (log, digest) {
                     self.ledger.note_logged(log.seq, &digest, &result);
                 }
                 if let Ok(ack) = &result {
